@@ -1,0 +1,201 @@
+//! Dense layer: `y = x W + b`, `x: (N, D_in)`, `W: (D_in, D_out)`, `b: (D_out)` optional.
+//!
+//! Backward: `grad_x = grad_y W^T`, `grad_W = x^T grad_y`, `grad_b = sum_n grad_y`.
+
+use ndarray::{Axis, Ix1, Ix2, IxDyn};
+use rand_chacha::ChaCha8Rng;
+
+use crate::grads::Grads;
+use crate::rng::gaussian;
+use crate::tensor::{matmul, matmul_into, Tensor};
+
+#[derive(Debug, Clone)]
+pub struct Dense {
+    pub name: String,
+    /// (D_in, D_out)
+    pub w: Tensor,
+    /// (D_out), when the layer has a bias.
+    pub b: Option<Tensor>,
+}
+
+/// What backward needs: the input.
+#[derive(Debug, Clone)]
+pub struct DenseCache {
+    /// (N, D_in)
+    pub x: Tensor,
+}
+
+impl Dense {
+    /// He initialisation on fan-out, `W ~ N(0, 2 / D_out)`, as in the paper's code.
+    pub fn he_fan_out(
+        name: &str,
+        d_in: usize,
+        d_out: usize,
+        bias: Option<f64>,
+        rng: &mut ChaCha8Rng,
+    ) -> Self {
+        let std = (2.0 / d_out as f64).sqrt();
+        Self::with_std(name, d_in, d_out, std, bias, rng)
+    }
+
+    /// `W ~ N(0, std^2)`, bias filled with the given value when present.
+    pub fn with_std(
+        name: &str,
+        d_in: usize,
+        d_out: usize,
+        std: f64,
+        bias: Option<f64>,
+        rng: &mut ChaCha8Rng,
+    ) -> Self {
+        Dense {
+            name: name.to_string(),
+            w: gaussian(&[d_in, d_out], std, rng),
+            b: bias.map(|v| Tensor::from_elem(IxDyn(&[d_out]), v)),
+        }
+    }
+
+    pub fn d_in(&self) -> usize {
+        self.w.shape()[0]
+    }
+
+    pub fn d_out(&self) -> usize {
+        self.w.shape()[1]
+    }
+
+    pub fn forward(&self, x: &Tensor) -> (Tensor, DenseCache) {
+        (self.apply(x), DenseCache { x: x.clone() })
+    }
+
+    /// The forward map alone (no cache).
+    pub fn apply(&self, x: &Tensor) -> Tensor {
+        let x2 = x
+            .view()
+            .into_dimensionality::<Ix2>()
+            .expect("dense input must be (N, D)");
+        let w = self.w.view().into_dimensionality::<Ix2>().unwrap();
+        let mut y = matmul(&x2, &w);
+        if let Some(b) = &self.b {
+            let b = b.view().into_dimensionality::<Ix1>().unwrap();
+            y += &b;
+        }
+        y.into_dyn()
+    }
+
+    pub fn backward(
+        &self,
+        cache: &DenseCache,
+        grad_y: &Tensor,
+        grads: Option<&mut Grads>,
+    ) -> Tensor {
+        let gy = grad_y
+            .view()
+            .into_dimensionality::<Ix2>()
+            .expect("dense grad must be (N, D)");
+        let w = self.w.view().into_dimensionality::<Ix2>().unwrap();
+        if let Some(grads) = grads {
+            let x = cache.x.view().into_dimensionality::<Ix2>().unwrap();
+            let mut gw = ndarray::Array2::zeros(w.raw_dim());
+            matmul_into(&mut gw.view_mut(), &x.t(), &gy, false);
+            grads.accumulate(&format!("{}.w", self.name), gw.into_dyn());
+            if self.b.is_some() {
+                grads.accumulate(&format!("{}.b", self.name), gy.sum_axis(Axis(0)).into_dyn());
+            }
+        }
+        matmul(&gy, &w.t()).into_dyn()
+    }
+
+    pub fn visit_params(&self, f: &mut dyn FnMut(String, &Tensor)) {
+        f(format!("{}.w", self.name), &self.w);
+        if let Some(b) = &self.b {
+            f(format!("{}.b", self.name), b);
+        }
+    }
+
+    pub fn visit_params_mut(&mut self, f: &mut dyn FnMut(String, &mut Tensor)) {
+        f(format!("{}.w", self.name), &mut self.w);
+        if let Some(b) = &mut self.b {
+            f(format!("{}.b", self.name), b);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::finite_diff::{numerical_gradient, quadratic_loss, rel_error};
+    use crate::rng::{gaussian, rng};
+
+    /// Relative error bound for 2-point central differences with h = 1e-6 in f64.
+    const TOL: f64 = 1e-6;
+
+    #[test]
+    fn dense_backward_matches_finite_differences() {
+        let mut r = rng(11);
+        let layer = Dense::with_std("d", 5, 4, 0.7, Some(0.0), &mut r);
+        let mut layer = layer;
+        layer.b = Some(gaussian(&[4], 0.5, &mut r));
+        let x = gaussian(&[6, 5], 1.0, &mut r);
+        let (a, b) = (
+            gaussian(&[6, 4], 1.0, &mut r),
+            gaussian(&[6, 4], 1.0, &mut r),
+        );
+        let (y, cache) = layer.forward(&x);
+        let (_, gy) = quadratic_loss(&y, &a, &b);
+        let mut grads = Grads::new();
+        let gx = layer.backward(&cache, &gy, Some(&mut grads));
+
+        let num_x = numerical_gradient(|x| quadratic_loss(&layer.apply(x), &a, &b).0, &x, 1e-6);
+        assert!(
+            rel_error(&gx, &num_x) < TOL,
+            "grad_x {}",
+            rel_error(&gx, &num_x)
+        );
+
+        let num_w = numerical_gradient(
+            |w| {
+                let mut l = layer.clone();
+                l.w = w.clone();
+                quadratic_loss(&l.apply(&x), &a, &b).0
+            },
+            &layer.w,
+            1e-6,
+        );
+        let gw = grads.get("d.w").unwrap();
+        assert!(
+            rel_error(gw, &num_w) < TOL,
+            "grad_w {}",
+            rel_error(gw, &num_w)
+        );
+
+        let num_b = numerical_gradient(
+            |bias| {
+                let mut l = layer.clone();
+                l.b = Some(bias.clone());
+                quadratic_loss(&l.apply(&x), &a, &b).0
+            },
+            layer.b.as_ref().unwrap(),
+            1e-6,
+        );
+        let gb = grads.get("d.b").unwrap();
+        assert!(
+            rel_error(gb, &num_b) < TOL,
+            "grad_b {}",
+            rel_error(gb, &num_b)
+        );
+    }
+
+    #[test]
+    fn skipping_weight_gradients_gives_same_input_gradient() {
+        let mut r = rng(3);
+        let layer = Dense::he_fan_out("d", 3, 3, None, &mut r);
+        let x = gaussian(&[4, 3], 1.0, &mut r);
+        let gy = gaussian(&[4, 3], 1.0, &mut r);
+        let (_, cache) = layer.forward(&x);
+        let mut grads = Grads::new();
+        assert_eq!(
+            layer.backward(&cache, &gy, None),
+            layer.backward(&cache, &gy, Some(&mut grads))
+        );
+        assert_eq!(grads.len(), 1);
+    }
+}

@@ -1,0 +1,52 @@
+//! Logistic sigmoid `g = 1 / (1 + exp(-z))`, the gate non-linearity; `dg/dz = g (1 - g)`.
+
+use crate::tensor::Tensor;
+
+/// Numerically stable for large |z| (no overflow of exp).
+pub fn sigmoid(z: f64) -> f64 {
+    if z >= 0.0 {
+        1.0 / (1.0 + (-z).exp())
+    } else {
+        let e = z.exp();
+        e / (1.0 + e)
+    }
+}
+
+pub fn forward(z: &Tensor) -> Tensor {
+    z.mapv(sigmoid)
+}
+
+/// `grad_z = grad_g * g (1 - g)`, from the cached output `g`.
+pub fn backward(g: &Tensor, grad_g: &Tensor) -> Tensor {
+    let mut out = grad_g.clone();
+    out.zip_mut_with(g, |d, &g| *d *= g * (1.0 - g));
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::finite_diff::{numerical_gradient, quadratic_loss, rel_error};
+    use crate::rng::{gaussian, rng};
+
+    #[test]
+    fn sigmoid_backward_matches_finite_differences() {
+        let mut r = rng(8);
+        let z = gaussian(&[5, 4], 3.0, &mut r);
+        let (a, b) = (
+            gaussian(&[5, 4], 1.0, &mut r),
+            gaussian(&[5, 4], 1.0, &mut r),
+        );
+        let g = forward(&z);
+        let gz = backward(&g, &quadratic_loss(&g, &a, &b).1);
+        let num = numerical_gradient(|z| quadratic_loss(&forward(z), &a, &b).0, &z, 1e-6);
+        assert!(rel_error(&gz, &num) < 1e-6, "{}", rel_error(&gz, &num));
+    }
+
+    #[test]
+    fn sigmoid_is_stable_at_extremes() {
+        assert_eq!(sigmoid(-1000.0), 0.0);
+        assert_eq!(sigmoid(1000.0), 1.0);
+        assert!((sigmoid(-6.0) - 0.0024726231566347743).abs() < 1e-15);
+    }
+}

@@ -1,0 +1,156 @@
+//! The residual MLP: a dense stem (input -> width, plus BN-ReLU for post-activation
+//! placements), L units of two dense layers each, a head (BN-ReLU after the last addition for
+//! pre-activation placements, as in the paper) and a dense classifier.
+//!
+//! Initialisation follows the conventions in PAPER.md: hidden, gate and projection weights
+//! He normal on fan-out (`std = sqrt(2 / D_out)`), classifier `N(0, 1 / D_in)`, biases 0
+//! except the gate bias, BN gamma 1 and beta 0.
+
+use anyhow::{bail, Result};
+use rand_chacha::ChaCha8Rng;
+use serde::Serialize;
+
+use super::{NetSpec, Network};
+use crate::layers::{BatchNorm, Dense};
+use crate::rng::{derive_seed, purpose, rng};
+use crate::unit::{Op, Placement, ResidualUnit, ShortcutKind, Step};
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct MlpConfig {
+    /// Number of residual units L.
+    pub units: usize,
+    pub width: usize,
+    pub input_dim: usize,
+    pub classes: usize,
+    #[serde(serialize_with = "crate::util::serialize_display")]
+    pub placement: Placement,
+    #[serde(serialize_with = "crate::util::serialize_display")]
+    pub shortcut: ShortcutKind,
+    /// Seed of the weight initialisation.
+    pub seed: u64,
+}
+
+impl MlpConfig {
+    pub fn validate(&self) -> Result<()> {
+        for (what, v) in [
+            ("units", self.units),
+            ("width", self.width),
+            ("input dimension", self.input_dim),
+        ] {
+            if v == 0 {
+                bail!("{what} must be at least 1, got 0");
+            }
+        }
+        if self.classes < 2 {
+            bail!("classes must be at least 2, got {}", self.classes);
+        }
+        Ok(())
+    }
+}
+
+/// Turns a placement recipe into dense-layer ops named `{prefix}.w{i}` / `{prefix}.bn{i}`.
+fn dense_ops(recipe: &[Step], prefix: &str, width: usize, r: &mut ChaCha8Rng) -> Vec<Op> {
+    recipe
+        .iter()
+        .map(|step| match *step {
+            Step::Weight(i) => Op::Dense(Dense::he_fan_out(
+                &format!("{prefix}.w{i}"),
+                width,
+                width,
+                None,
+                r,
+            )),
+            Step::Bn(i) => Op::BatchNorm(BatchNorm::new(&format!("{prefix}.bn{i}"), width)),
+            Step::Relu => Op::Relu,
+        })
+        .collect()
+}
+
+/// One residual unit of two dense layers at `width`.
+pub fn dense_unit(
+    index: usize,
+    placement: Placement,
+    shortcut: ShortcutKind,
+    width: usize,
+    r: &mut ChaCha8Rng,
+) -> ResidualUnit {
+    let name = format!("unit{index}");
+    let branch = dense_ops(
+        &placement.branch_recipe(2),
+        &format!("{name}.branch"),
+        width,
+        r,
+    );
+    let after_add = dense_ops(
+        &placement.after_add_recipe(),
+        &format!("{name}.after"),
+        width,
+        r,
+    );
+    let shortcut_op = match shortcut {
+        ShortcutKind::Gate { bias } | ShortcutKind::ShortcutGate { bias } => Some(Op::Dense(
+            Dense::he_fan_out(&format!("{name}.gate"), width, width, Some(bias), r),
+        )),
+        ShortcutKind::Conv1x1 => Some(Op::Dense(Dense::he_fan_out(
+            &format!("{name}.proj"),
+            width,
+            width,
+            None,
+            r,
+        ))),
+        _ => None,
+    };
+    ResidualUnit {
+        index,
+        placement,
+        shortcut,
+        branch,
+        after_add,
+        shortcut_op,
+    }
+}
+
+pub fn build_mlp(cfg: &MlpConfig) -> Result<Network> {
+    cfg.validate()?;
+    let mut r = rng(derive_seed(cfg.seed, &[purpose::INIT]));
+    let mut stem = vec![Op::Dense(Dense::he_fan_out(
+        "stem.w",
+        cfg.input_dim,
+        cfg.width,
+        None,
+        &mut r,
+    ))];
+    if !cfg.placement.is_preact() {
+        stem.extend([
+            Op::BatchNorm(BatchNorm::new("stem.bn", cfg.width)),
+            Op::Relu,
+        ]);
+    }
+    let units = (0..cfg.units)
+        .map(|l| dense_unit(l, cfg.placement, cfg.shortcut, cfg.width, &mut r))
+        .collect();
+    let mut head = Vec::new();
+    if cfg.placement.is_preact() {
+        head.extend([
+            Op::BatchNorm(BatchNorm::new("head.bn", cfg.width)),
+            Op::Relu,
+        ]);
+    }
+    let classifier_std = (1.0 / cfg.width as f64).sqrt();
+    head.push(Op::Dense(Dense::with_std(
+        "classifier",
+        cfg.width,
+        cfg.classes,
+        classifier_std,
+        Some(0.0),
+        &mut r,
+    )));
+    Ok(Network {
+        spec: NetSpec::Mlp(cfg.clone()),
+        stem,
+        units,
+        head,
+        classes: cfg.classes,
+        input_shape: vec![cfg.input_dim],
+    })
+}

@@ -1,0 +1,226 @@
+//! A residual network: stem -> L residual units -> head (-> softmax cross-entropy).
+//!
+//! The network records every unit input `x_0 .. x_L` (`x_L` is the head's input) in its
+//! cache and returns every `dE/dx_l` from backward, so the analysis never needs hooks.
+
+pub mod mlp;
+
+use anyhow::{bail, Result};
+use ndarray::Array2;
+use serde::Serialize;
+
+use crate::grads::Grads;
+use crate::layers::{loss, Mode};
+use crate::tensor::Tensor;
+use crate::unit::ops::{backward_seq, forward_seq, update_running_stats_seq, Op, OpCache};
+use crate::unit::{ForwardCtx, ResidualUnit, UnitCache};
+
+pub use mlp::{build_mlp, MlpConfig};
+
+/// What network was built, serialisable so results can say what produced them.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(tag = "net", rename_all = "lowercase")]
+pub enum NetSpec {
+    Mlp(MlpConfig),
+}
+
+#[derive(Debug, Clone)]
+pub struct Network {
+    pub spec: NetSpec,
+    pub stem: Vec<Op>,
+    pub units: Vec<ResidualUnit>,
+    /// Extra BN-ReLU for pre-activation nets, then the classifier (last op).
+    pub head: Vec<Op>,
+    /// Number of classes.
+    pub classes: usize,
+    /// Shape of one input sample (e.g. `[64]`).
+    pub input_shape: Vec<usize>,
+}
+
+#[derive(Debug, Clone)]
+pub struct NetCache {
+    stem: Vec<OpCache>,
+    pub units: Vec<UnitCache>,
+    /// `x_L`, the head's input.
+    pub x_last: Tensor,
+    head: Vec<OpCache>,
+    /// (N, K)
+    pub probs: Array2<f64>,
+    pub loss: f64,
+}
+
+impl NetCache {
+    /// `x_l` for `l` in `0..=L`.
+    pub fn x(&self, l: usize) -> &Tensor {
+        if l < self.units.len() {
+            &self.units[l].x
+        } else {
+            &self.x_last
+        }
+    }
+}
+
+/// The result of a backward pass.
+#[derive(Debug, Clone)]
+pub struct NetGrads {
+    /// `dE/dx_l` for `l` in `0..=L`.
+    pub grad_x: Vec<Tensor>,
+}
+
+impl Network {
+    pub fn num_units(&self) -> usize {
+        self.units.len()
+    }
+
+    /// Rejects inputs the engine cannot give a meaningful answer for, naming the bad value.
+    pub fn validate_batch(&self, input: &Tensor, labels: &[usize], mode: Mode) -> Result<()> {
+        let shape = input.shape();
+        if shape.is_empty() || shape[1..] != self.input_shape[..] {
+            bail!(
+                "input has shape {:?}, expected (N, {:?})",
+                shape,
+                self.input_shape
+            );
+        }
+        let n = shape[0];
+        if n == 0 {
+            bail!("batch is empty");
+        }
+        if mode == Mode::Train && n < 2 {
+            bail!("a batch of {n}: BatchNorm in training mode needs at least 2 samples (use a larger batch or BN mode 'eval')");
+        }
+        if labels.len() != n {
+            bail!("{} labels for a batch of {n}", labels.len());
+        }
+        if let Some((i, &t)) = labels.iter().enumerate().find(|(_, &t)| t >= self.classes) {
+            bail!(
+                "label {t} of sample {i} is out of range for {} classes",
+                self.classes
+            );
+        }
+        if let Some(i) = input.iter().position(|v| !v.is_finite()) {
+            bail!(
+                "input contains a non-finite value ({}) at flat index {i}",
+                input.as_slice().map_or(f64::NAN, |s| s[i])
+            );
+        }
+        Ok(())
+    }
+
+    pub fn forward(&self, input: &Tensor, labels: &[usize], ctx: &ForwardCtx) -> Result<NetCache> {
+        self.validate_batch(input, labels, ctx.mode)?;
+        let (x0, stem) = forward_seq(&self.stem, input, ctx.mode);
+        let mut units = Vec::with_capacity(self.units.len());
+        let mut x = x0;
+        for unit in &self.units {
+            let (next, cache) = unit.forward(&x, ctx);
+            units.push(cache);
+            x = next;
+        }
+        let (logits, head) = forward_seq(&self.head, &x, ctx.mode);
+        let (loss, probs) = loss::forward(&logits, labels);
+        Ok(NetCache {
+            stem,
+            units,
+            x_last: x,
+            head,
+            probs,
+            loss,
+        })
+    }
+
+    /// The loss as a function of `x_l` alone (units `l..L` and the head), for finite differences.
+    pub fn loss_from(&self, l: usize, x_l: &Tensor, labels: &[usize], ctx: &ForwardCtx) -> f64 {
+        let mut x = x_l.clone();
+        for unit in &self.units[l..] {
+            x = unit.forward(&x, ctx).0;
+        }
+        let (logits, _) = forward_seq(&self.head, &x, ctx.mode);
+        loss::forward(&logits, labels).0
+    }
+
+    /// Every `dE/dx_l`; parameter gradients too when `grads` is given (training), skipped
+    /// otherwise (a gradient profile needs input gradients only).
+    pub fn backward(
+        &self,
+        cache: &NetCache,
+        labels: &[usize],
+        mut grads: Option<&mut Grads>,
+    ) -> NetGrads {
+        let grad_logits = loss::backward(&cache.probs, labels);
+        let mut g = backward_seq(&self.head, &cache.head, &grad_logits, grads.as_deref_mut());
+        let mut grad_x = vec![Tensor::zeros(ndarray::IxDyn(&[0])); self.units.len() + 1];
+        for (l, (unit, uc)) in self.units.iter().zip(&cache.units).enumerate().rev() {
+            let below = unit.backward(uc, &g, grads.as_deref_mut());
+            grad_x[l + 1] = std::mem::replace(&mut g, below);
+        }
+        grad_x[0] = g;
+        if let Some(grads) = grads {
+            backward_seq(&self.stem, &cache.stem, &grad_x[0], Some(grads));
+        }
+        NetGrads { grad_x }
+    }
+
+    /// After a training-mode forward: move every BN's running statistics toward the batch's.
+    pub fn update_running_stats(&mut self, cache: &NetCache) {
+        update_running_stats_seq(&mut self.stem, &cache.stem);
+        for (unit, uc) in self.units.iter_mut().zip(&cache.units) {
+            unit.update_running_stats(uc);
+        }
+        update_running_stats_seq(&mut self.head, &cache.head);
+    }
+
+    pub fn visit_params(&self, f: &mut dyn FnMut(String, &Tensor)) {
+        self.stem.iter().for_each(|op| op.visit_params(f));
+        self.units.iter().for_each(|u| u.visit_params(f));
+        self.head.iter().for_each(|op| op.visit_params(f));
+    }
+
+    pub fn visit_params_mut(&mut self, f: &mut dyn FnMut(String, &mut Tensor)) {
+        self.stem.iter_mut().for_each(|op| op.visit_params_mut(f));
+        self.units.iter_mut().for_each(|u| u.visit_params_mut(f));
+        self.head.iter_mut().for_each(|op| op.visit_params_mut(f));
+    }
+
+    pub fn visit_buffers(&self, f: &mut dyn FnMut(String, &Tensor)) {
+        self.stem.iter().for_each(|op| op.visit_buffers(f));
+        self.units.iter().for_each(|u| u.visit_buffers(f));
+        self.head.iter().for_each(|op| op.visit_buffers(f));
+    }
+
+    /// Names of every parameter, in visiting order.
+    pub fn param_names(&self) -> Vec<String> {
+        let mut names = Vec::new();
+        self.visit_params(&mut |n, _| names.push(n));
+        names
+    }
+
+    /// A copy of the parameter `name`.
+    pub fn param(&self, name: &str) -> Option<Tensor> {
+        let mut found = None;
+        self.visit_params(&mut |n, t| {
+            if n == name {
+                found = Some(t.clone())
+            }
+        });
+        found
+    }
+
+    /// A copy of the network with `value` in place of parameter `name`.
+    pub fn with_param(&self, name: &str, value: &Tensor) -> Network {
+        let mut net = self.clone();
+        net.visit_params_mut(&mut |n, t| {
+            if n == name {
+                t.assign(value)
+            }
+        });
+        net
+    }
+
+    /// Total number of scalar parameters.
+    pub fn param_count(&self) -> usize {
+        let mut count = 0;
+        self.visit_params(&mut |_, t| count += t.len());
+        count
+    }
+}

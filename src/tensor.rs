@@ -1,0 +1,188 @@
+//! Tensors, deterministic reductions and the one GEMM entry point.
+//!
+//! Every activation is an `ArrayD<f64>` whose axis 0 is the batch (N). Dense layers see
+//! `(N, D)`, conv layers `(N, C, H, W)`. Reductions run in a fixed order on one thread so
+//! that a number never depends on how many threads rayon has.
+
+use ndarray::{ArrayD, ArrayView2, ArrayViewD, ArrayViewMut2, Axis};
+
+/// An activation, gradient or parameter array (f64, any rank, standard layout).
+pub type Tensor = ArrayD<f64>;
+
+/// Sum of squares in logical (row-major) order.
+pub fn sum_sq(a: &ArrayViewD<f64>) -> f64 {
+    a.iter().fold(0.0, |acc, &v| acc + v * v)
+}
+
+/// Euclidean norm over every element.
+pub fn norm(a: &Tensor) -> f64 {
+    sum_sq(&a.view()).sqrt()
+}
+
+/// Inner product over every element, in logical order.
+pub fn dot(a: &Tensor, b: &Tensor) -> f64 {
+    assert_eq!(a.shape(), b.shape(), "dot: shape mismatch");
+    a.iter()
+        .zip(b.iter())
+        .fold(0.0, |acc, (&x, &y)| acc + x * y)
+}
+
+/// Norm of each sample (row of axis 0).
+pub fn per_sample_norms(a: &Tensor) -> Vec<f64> {
+    a.axis_iter(Axis(0)).map(|s| sum_sq(&s).sqrt()).collect()
+}
+
+/// True when no element is NaN or infinite.
+pub fn all_finite(a: &Tensor) -> bool {
+    a.iter().all(|v| v.is_finite())
+}
+
+/// `a += alpha * b`.
+pub fn axpy(a: &mut Tensor, alpha: f64, b: &Tensor) {
+    a.zip_mut_with(b, |x, &y| *x += alpha * y);
+}
+
+/// Below this many multiply-adds a GEMM runs on the calling thread: splitting
+/// small products costs more than it saves. The choice depends on shape only,
+/// never on the thread count, so results stay bit-identical.
+const PARALLEL_GEMM_MIN_FLOPS: usize = 64 * 64 * 64;
+
+/// `c = a · b` (or `c += a · b` when `accumulate`), shapes `(m,k) · (k,n) -> (m,n)`.
+///
+/// The only place the crate calls the `gemm` crate's unsafe kernel. Any strides are
+/// accepted (transposed views run without copies); the gemm kernels give the same bits
+/// for any thread count.
+pub fn matmul_into(
+    c: &mut ArrayViewMut2<f64>,
+    a: &ArrayView2<f64>,
+    b: &ArrayView2<f64>,
+    accumulate: bool,
+) {
+    let (m, k) = a.dim();
+    let (k2, n) = b.dim();
+    assert_eq!(k, k2, "matmul: inner dimensions {k} and {k2} differ");
+    assert_eq!(
+        c.dim(),
+        (m, n),
+        "matmul: output shape {:?} is not ({m}, {n})",
+        c.dim()
+    );
+    if m == 0 || n == 0 {
+        return;
+    }
+    if k == 0 {
+        if !accumulate {
+            c.fill(0.0);
+        }
+        return;
+    }
+    let threads = rayon::current_num_threads();
+    let parallelism = if threads > 1 && m * n * k >= PARALLEL_GEMM_MIN_FLOPS {
+        gemm::Parallelism::Rayon(threads)
+    } else {
+        gemm::Parallelism::None
+    };
+    let (c_rs, c_cs) = (c.strides()[0], c.strides()[1]);
+    let (a_rs, a_cs) = (a.strides()[0], a.strides()[1]);
+    let (b_rs, b_cs) = (b.strides()[0], b.strides()[1]);
+    // SAFETY: the shapes were checked above; the pointers come from live ndarray views whose
+    // strides (in elements) describe exactly the (m,n), (m,k), (k,n) matrices passed, and `c`
+    // is a unique mutable borrow so it cannot alias `a` or `b`.
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            k,
+            c.as_mut_ptr(),
+            c_cs,
+            c_rs,
+            accumulate,
+            a.as_ptr(),
+            a_cs,
+            a_rs,
+            b.as_ptr(),
+            b_cs,
+            b_rs,
+            1.0,
+            1.0,
+            false,
+            false,
+            false,
+            parallelism,
+        );
+    }
+}
+
+/// `a · b` into a new array.
+pub fn matmul(a: &ArrayView2<f64>, b: &ArrayView2<f64>) -> ndarray::Array2<f64> {
+    let mut c = ndarray::Array2::zeros((a.nrows(), b.ncols()));
+    matmul_into(&mut c.view_mut(), a, b, false);
+    c
+}
+
+/// Median of finite-or-not values (NaN sorts last); `None` when empty.
+pub fn median(values: &[f64]) -> Option<f64> {
+    if values.is_empty() {
+        return None;
+    }
+    let mut v = values.to_vec();
+    v.sort_by(|a, b| a.total_cmp(b));
+    let n = v.len();
+    Some(if n % 2 == 1 {
+        v[n / 2]
+    } else {
+        0.5 * (v[n / 2 - 1] + v[n / 2])
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ndarray::Array2;
+
+    fn naive(a: &Array2<f64>, b: &Array2<f64>) -> Array2<f64> {
+        let mut c = Array2::zeros((a.nrows(), b.ncols()));
+        for i in 0..a.nrows() {
+            for j in 0..b.ncols() {
+                let mut s = 0.0;
+                for p in 0..a.ncols() {
+                    s += a[[i, p]] * b[[p, j]];
+                }
+                c[[i, j]] = s;
+            }
+        }
+        c
+    }
+
+    #[test]
+    fn matmul_matches_naive_for_plain_and_transposed_views() {
+        let a = Array2::from_shape_fn((37, 70), |(i, j)| ((i * 7 + j * 3) % 11) as f64 - 5.0);
+        let b = Array2::from_shape_fn((70, 90), |(i, j)| ((i * 5 + j) % 13) as f64 * 0.25);
+        let want = naive(&a, &b);
+        assert_eq!(matmul(&a.view(), &b.view()), want);
+        // The same product from transposed (column-major) views of stored transposes.
+        let bt = b.t().to_owned();
+        let at = a.t().to_owned();
+        let got_t = matmul(&at.t(), &bt.t());
+        assert_eq!(got_t, want);
+        // accumulate adds on top.
+        let mut c = want.clone();
+        matmul_into(&mut c.view_mut(), &a.view(), &b.view(), true);
+        assert_eq!(c, &want * 2.0);
+    }
+
+    #[test]
+    #[should_panic(expected = "inner dimensions")]
+    fn matmul_rejects_mismatched_shapes() {
+        let a = Array2::<f64>::zeros((2, 3));
+        let b = Array2::<f64>::zeros((4, 2));
+        let _ = matmul(&a.view(), &b.view());
+    }
+
+    #[test]
+    fn median_of_even_and_odd() {
+        assert_eq!(median(&[3.0, 1.0, 2.0]), Some(2.0));
+        assert_eq!(median(&[4.0, 1.0, 2.0, 3.0]), Some(2.5));
+        assert_eq!(median(&[]), None);
+    }
+}

@@ -1,0 +1,9 @@
+//! The residual unit (Eq. 1-2) with its placements and shortcut variants.
+
+pub mod ops;
+pub mod residual;
+pub mod spec;
+
+pub use ops::{Op, OpCache};
+pub use residual::{ForwardCtx, ResidualUnit, UnitCache, UnitParts};
+pub use spec::{Placement, ShortcutKind, Step};

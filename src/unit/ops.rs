@@ -1,0 +1,115 @@
+//! A branch or an after-addition function is a short sequence of ops. The sequence runs
+//! forward keeping one cache per op and backward in reverse; the residual unit never looks
+//! inside, so conv layers plug in as new `Op` variants.
+
+use crate::grads::Grads;
+use crate::layers::{relu, BatchNorm, BatchNormCache, Dense, DenseCache, Mode};
+use crate::tensor::Tensor;
+
+#[derive(Debug, Clone)]
+pub enum Op {
+    Dense(Dense),
+    BatchNorm(BatchNorm),
+    Relu,
+}
+
+#[derive(Debug, Clone)]
+pub enum OpCache {
+    Dense(DenseCache),
+    BatchNorm(BatchNormCache),
+    Relu(relu::ReluCache),
+}
+
+impl Op {
+    pub fn forward(&self, x: &Tensor, mode: Mode) -> (Tensor, OpCache) {
+        match self {
+            Op::Dense(d) => {
+                let (y, c) = d.forward(x);
+                (y, OpCache::Dense(c))
+            }
+            Op::BatchNorm(bn) => {
+                let (y, c) = bn.forward(x, mode);
+                (y, OpCache::BatchNorm(c))
+            }
+            Op::Relu => {
+                let (y, c) = relu::forward(x);
+                (y, OpCache::Relu(c))
+            }
+        }
+    }
+
+    pub fn backward(&self, cache: &OpCache, grad_y: &Tensor, grads: Option<&mut Grads>) -> Tensor {
+        match (self, cache) {
+            (Op::Dense(d), OpCache::Dense(c)) => d.backward(c, grad_y, grads),
+            (Op::BatchNorm(bn), OpCache::BatchNorm(c)) => bn.backward(c, grad_y, grads),
+            (Op::Relu, OpCache::Relu(c)) => relu::backward(c, grad_y),
+            _ => unreachable!("op and cache kinds always match: caches are made by forward"),
+        }
+    }
+
+    pub fn visit_params(&self, f: &mut dyn FnMut(String, &Tensor)) {
+        match self {
+            Op::Dense(d) => d.visit_params(f),
+            Op::BatchNorm(bn) => bn.visit_params(f),
+            Op::Relu => {}
+        }
+    }
+
+    pub fn visit_params_mut(&mut self, f: &mut dyn FnMut(String, &mut Tensor)) {
+        match self {
+            Op::Dense(d) => d.visit_params_mut(f),
+            Op::BatchNorm(bn) => bn.visit_params_mut(f),
+            Op::Relu => {}
+        }
+    }
+
+    pub fn visit_buffers(&self, f: &mut dyn FnMut(String, &Tensor)) {
+        if let Op::BatchNorm(bn) = self {
+            bn.visit_buffers(f)
+        }
+    }
+
+    /// Short human-readable name ("W", "BN", "ReLU"), for descriptions.
+    pub fn label(&self) -> &'static str {
+        match self {
+            Op::Dense(_) => "W",
+            Op::BatchNorm(_) => "BN",
+            Op::Relu => "ReLU",
+        }
+    }
+}
+
+/// Runs `ops` in order; an empty sequence is the identity.
+pub fn forward_seq(ops: &[Op], x: &Tensor, mode: Mode) -> (Tensor, Vec<OpCache>) {
+    let mut caches = Vec::with_capacity(ops.len());
+    let mut cur = x.clone();
+    for op in ops {
+        let (y, c) = op.forward(&cur, mode);
+        caches.push(c);
+        cur = y;
+    }
+    (cur, caches)
+}
+
+/// Backward through `ops` in reverse order.
+pub fn backward_seq(
+    ops: &[Op],
+    caches: &[OpCache],
+    grad_y: &Tensor,
+    mut grads: Option<&mut Grads>,
+) -> Tensor {
+    let mut g = grad_y.clone();
+    for (op, cache) in ops.iter().zip(caches).rev() {
+        g = op.backward(cache, &g, grads.as_deref_mut());
+    }
+    g
+}
+
+/// Updates the running statistics of every BatchNorm in `ops` from a training-mode pass.
+pub fn update_running_stats_seq(ops: &mut [Op], caches: &[OpCache]) {
+    for (op, cache) in ops.iter_mut().zip(caches) {
+        if let (Op::BatchNorm(bn), OpCache::BatchNorm(c)) = (op, cache) {
+            bn.update_running_stats(c);
+        }
+    }
+}

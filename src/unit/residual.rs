@@ -1,0 +1,304 @@
+//! The residual unit, Eq. 1-2 of the paper: `y = h(x) + F(x)`, `x_next = f(y)`.
+//!
+//! Backward exposes the paper's split. With `grad_y = J_f^T grad_next` (the after-addition
+//! function at the cached point), the unit's vector-Jacobian product is the sum of two linear
+//! maps:
+//!
+//! ```text
+//! shortcut part:  J_h(x)^T grad_y          (h as a whole function of x, gate included)
+//! branch part:    J_{F'}(x)^T grad_y       (F' = the term added: F, B F or g F)
+//! ```
+//!
+//! The full backward is their sum, which is what makes the direct/rest split of `dE/dx_l`
+//! measurable: carrying `dE/dx_L` down through shortcut parts alone gives the direct term of
+//! Eq. 5/8.
+
+use ndarray::IxDyn;
+
+use super::ops::{backward_seq, forward_seq, update_running_stats_seq, Op, OpCache};
+use super::spec::{Placement, ShortcutKind};
+use crate::grads::Grads;
+use crate::layers::{dropout, sigmoid, Mode};
+use crate::rng::{derive_seed, purpose, rng};
+use crate::tensor::Tensor;
+
+/// What a forward pass needs besides the input: BN mode and the seed of dropout masks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ForwardCtx {
+    pub mode: Mode,
+    /// Dropout masks of unit `l` are drawn from `derive_seed(dropout_seed, [DROPOUT, l])`.
+    pub dropout_seed: u64,
+}
+
+#[derive(Debug, Clone)]
+pub struct ResidualUnit {
+    pub index: usize,
+    pub placement: Placement,
+    pub shortcut: ShortcutKind,
+    /// The residual function F.
+    pub branch: Vec<Op>,
+    /// The after-addition function f (empty = identity).
+    pub after_add: Vec<Op>,
+    /// Gate pre-activation `W_g x + b_g` (gates) or projection `W_s x` (conv1x1).
+    pub shortcut_op: Option<Op>,
+}
+
+#[derive(Debug, Clone)]
+pub struct UnitCache {
+    /// The unit input `x_l`.
+    pub x: Tensor,
+    branch: Vec<OpCache>,
+    /// `F(x)`, before any gate or branch scale.
+    pub branch_out: Tensor,
+    shortcut_op: Option<OpCache>,
+    /// `g = sigmoid(W_g x + b_g)` for gated shortcuts.
+    pub gate: Option<Tensor>,
+    /// Dropout mask on the shortcut.
+    pub mask: Option<Tensor>,
+    after_add: Vec<OpCache>,
+}
+
+/// The two summands of Eq. 1 at one input, with the caches backward needs.
+#[derive(Debug, Clone)]
+pub struct UnitParts {
+    /// `h(x)`
+    pub shortcut: Tensor,
+    /// `F'(x)`: `F`, `B F` or `g F`
+    pub branch_term: Tensor,
+    cache: UnitCache,
+}
+
+impl ResidualUnit {
+    /// `h(x)` and `F'(x)` separately, before the addition.
+    pub fn forward_parts(&self, x: &Tensor, ctx: &ForwardCtx) -> UnitParts {
+        let (branch_out, branch_caches) = forward_seq(&self.branch, x, ctx.mode);
+        let mut shortcut_cache = None;
+        let mut gate = None;
+        let mut mask = None;
+        let shortcut = match self.shortcut {
+            ShortcutKind::Identity => x.clone(),
+            ShortcutKind::Scale { lambda, .. } => x * lambda,
+            ShortcutKind::Gate { .. } | ShortcutKind::ShortcutGate { .. } => {
+                let (z, c) = self.shortcut_op().forward(x, ctx.mode);
+                shortcut_cache = Some(c);
+                let g = sigmoid::forward(&z);
+                let h = x * &g.mapv(|g| 1.0 - g);
+                gate = Some(g);
+                h
+            }
+            ShortcutKind::Conv1x1 => {
+                let (p, c) = self.shortcut_op().forward(x, ctx.mode);
+                shortcut_cache = Some(c);
+                p
+            }
+            ShortcutKind::Dropout { p, rescale } => {
+                let mut r = rng(derive_seed(
+                    ctx.dropout_seed,
+                    &[purpose::DROPOUT, self.index as u64],
+                ));
+                let m = dropout::mask(x.shape(), p, rescale, &mut r);
+                let h = dropout::forward(x, &m);
+                mask = Some(m);
+                h
+            }
+            ShortcutKind::None => Tensor::zeros(IxDyn(x.shape())),
+        };
+        let cache = UnitCache {
+            x: x.clone(),
+            branch: branch_caches,
+            branch_out,
+            shortcut_op: shortcut_cache,
+            gate,
+            mask,
+            after_add: Vec::new(),
+        };
+        let branch_term = self.branch_term(&cache);
+        UnitParts {
+            shortcut,
+            branch_term,
+            cache,
+        }
+    }
+
+    /// The after-addition function `f` alone.
+    pub fn apply_after_add(&self, y: &Tensor, mode: Mode) -> Tensor {
+        forward_seq(&self.after_add, y, mode).0
+    }
+
+    /// `x_next = f(h(x) + F'(x))` with the cache for backward.
+    pub fn forward(&self, x: &Tensor, ctx: &ForwardCtx) -> (Tensor, UnitCache) {
+        let UnitParts {
+            shortcut,
+            branch_term,
+            mut cache,
+        } = self.forward_parts(x, ctx);
+        let y = shortcut + &branch_term;
+        let (x_next, after_caches) = forward_seq(&self.after_add, &y, ctx.mode);
+        cache.after_add = after_caches;
+        (x_next, cache)
+    }
+
+    fn shortcut_op(&self) -> &Op {
+        self.shortcut_op
+            .as_ref()
+            .expect("gated and projection shortcuts are built with their layer")
+    }
+
+    /// The term the branch adds to the sum: `F`, `B F` (scaled) or `g F` (exclusive gate).
+    pub fn branch_term(&self, cache: &UnitCache) -> Tensor {
+        match self.shortcut {
+            ShortcutKind::Scale { branch, .. } => &cache.branch_out * branch,
+            ShortcutKind::Gate { .. } => cache.branch_out.clone() * cache.gate.as_ref().unwrap(),
+            _ => cache.branch_out.clone(),
+        }
+    }
+
+    /// `grad_y = J_f^T grad_next`: through the after-addition function.
+    fn grad_sum(&self, cache: &UnitCache, grad_next: &Tensor, grads: Option<&mut Grads>) -> Tensor {
+        backward_seq(&self.after_add, &cache.after_add, grad_next, grads)
+    }
+
+    /// Backward through the gate's pre-activation: `grad_g` -> input gradient, weights into `grads`.
+    fn gate_backward(
+        &self,
+        cache: &UnitCache,
+        grad_g: &Tensor,
+        grads: Option<&mut Grads>,
+    ) -> Tensor {
+        let grad_z = sigmoid::backward(cache.gate.as_ref().unwrap(), grad_g);
+        self.shortcut_op()
+            .backward(cache.shortcut_op.as_ref().unwrap(), &grad_z, grads)
+    }
+
+    /// `J_h(x)^T grad_y`.
+    fn shortcut_part(
+        &self,
+        cache: &UnitCache,
+        grad_y: &Tensor,
+        grads: Option<&mut Grads>,
+    ) -> Tensor {
+        match self.shortcut {
+            ShortcutKind::Identity => grad_y.clone(),
+            ShortcutKind::Scale { lambda, .. } => grad_y * lambda,
+            ShortcutKind::Gate { .. } | ShortcutKind::ShortcutGate { .. } => {
+                // h = (1 - g) * x: the direct factor (1 - g) plus the path through the gate,
+                // d/dg [(1 - g) x] = -x.
+                let g = cache.gate.as_ref().unwrap();
+                let direct = grad_y * &g.mapv(|g| 1.0 - g);
+                let grad_g = -(grad_y * &cache.x);
+                direct + &self.gate_backward(cache, &grad_g, grads)
+            }
+            ShortcutKind::Conv1x1 => {
+                self.shortcut_op()
+                    .backward(cache.shortcut_op.as_ref().unwrap(), grad_y, grads)
+            }
+            ShortcutKind::Dropout { .. } => dropout::backward(cache.mask.as_ref().unwrap(), grad_y),
+            ShortcutKind::None => Tensor::zeros(IxDyn(cache.x.shape())),
+        }
+    }
+
+    /// `J_{F'}(x)^T grad_y`.
+    fn branch_part(
+        &self,
+        cache: &UnitCache,
+        grad_y: &Tensor,
+        mut grads: Option<&mut Grads>,
+    ) -> Tensor {
+        let grad_f = match self.shortcut {
+            ShortcutKind::Scale { branch, .. } => grad_y * branch,
+            ShortcutKind::Gate { .. } => grad_y * cache.gate.as_ref().unwrap(),
+            _ => grad_y.clone(),
+        };
+        let mut grad_x = backward_seq(&self.branch, &cache.branch, &grad_f, grads.as_deref_mut());
+        if let ShortcutKind::Gate { .. } = self.shortcut {
+            // g * F: the gate's own dependence on x, d/dg [g F] = F.
+            let grad_g = grad_y * &cache.branch_out;
+            grad_x += &self.gate_backward(cache, &grad_g, grads);
+        }
+        grad_x
+    }
+
+    /// Full backward: `dE/dx_l` from `dE/dx_{l+1}`, parameter gradients into `grads` if given.
+    pub fn backward(
+        &self,
+        cache: &UnitCache,
+        grad_next: &Tensor,
+        mut grads: Option<&mut Grads>,
+    ) -> Tensor {
+        let (s, b) = self.backward_split_inner(cache, grad_next, grads.as_deref_mut());
+        s + &b
+    }
+
+    /// Both parts of the backward, `(shortcut part, branch part)`; their sum is `dE/dx_l`.
+    pub fn backward_split(&self, cache: &UnitCache, grad_next: &Tensor) -> (Tensor, Tensor) {
+        self.backward_split_inner(cache, grad_next, None)
+    }
+
+    fn backward_split_inner(
+        &self,
+        cache: &UnitCache,
+        grad_next: &Tensor,
+        mut grads: Option<&mut Grads>,
+    ) -> (Tensor, Tensor) {
+        let grad_y = self.grad_sum(cache, grad_next, grads.as_deref_mut());
+        let s = self.shortcut_part(cache, &grad_y, grads.as_deref_mut());
+        let b = self.branch_part(cache, &grad_y, grads);
+        (s, b)
+    }
+
+    /// The vector-Jacobian product through the shortcut path only (f included).
+    pub fn vjp_shortcut(&self, cache: &UnitCache, grad_next: &Tensor) -> Tensor {
+        let grad_y = self.grad_sum(cache, grad_next, None);
+        self.shortcut_part(cache, &grad_y, None)
+    }
+
+    /// The vector-Jacobian product through the branch only (f included).
+    pub fn vjp_branch(&self, cache: &UnitCache, grad_next: &Tensor) -> Tensor {
+        let grad_y = self.grad_sum(cache, grad_next, None);
+        self.branch_part(cache, &grad_y, None)
+    }
+
+    pub fn update_running_stats(&mut self, cache: &UnitCache) {
+        update_running_stats_seq(&mut self.branch, &cache.branch);
+        update_running_stats_seq(&mut self.after_add, &cache.after_add);
+    }
+
+    pub fn visit_params(&self, f: &mut dyn FnMut(String, &Tensor)) {
+        self.branch.iter().for_each(|op| op.visit_params(f));
+        self.after_add.iter().for_each(|op| op.visit_params(f));
+        if let Some(op) = &self.shortcut_op {
+            op.visit_params(f);
+        }
+    }
+
+    pub fn visit_params_mut(&mut self, f: &mut dyn FnMut(String, &mut Tensor)) {
+        self.branch.iter_mut().for_each(|op| op.visit_params_mut(f));
+        self.after_add
+            .iter_mut()
+            .for_each(|op| op.visit_params_mut(f));
+        if let Some(op) = &mut self.shortcut_op {
+            op.visit_params_mut(f);
+        }
+    }
+
+    pub fn visit_buffers(&self, f: &mut dyn FnMut(String, &Tensor)) {
+        self.branch.iter().for_each(|op| op.visit_buffers(f));
+        self.after_add.iter().for_each(|op| op.visit_buffers(f));
+    }
+
+    /// e.g. "W BN ReLU W BN | add | ReLU".
+    pub fn describe(&self) -> String {
+        let seq = |ops: &[Op]| ops.iter().map(|o| o.label()).collect::<Vec<_>>().join(" ");
+        let after = if self.after_add.is_empty() {
+            "identity".to_string()
+        } else {
+            seq(&self.after_add)
+        };
+        format!(
+            "F = {}; h = {}; f = {}",
+            seq(&self.branch),
+            self.shortcut,
+            after
+        )
+    }
+}

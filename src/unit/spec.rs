@@ -1,0 +1,332 @@
+//! The paper's vocabulary: activation placements (Fig. 4) and shortcut variants (Fig. 2),
+//! parsed from the strings the CLI and experiment files use, validated once.
+
+use std::fmt;
+use std::str::FromStr;
+
+/// Where BN and ReLU sit relative to the addition (Fig. 4 of the paper).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Placement {
+    /// (a) W BN ReLU W BN, add, ReLU.
+    Original,
+    /// (b) W BN ReLU W, add, BN ReLU.
+    BnAfterAdd,
+    /// (c) W BN ReLU W BN ReLU, add.
+    ReluBeforeAdd,
+    /// (d) ReLU W BN ReLU W BN, add.
+    ReluPreact,
+    /// (e) BN ReLU W BN ReLU W, add.
+    FullPreact,
+}
+
+/// One step of a branch or after-addition recipe; `Weight(i)` / `Bn(i)` count from 1.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Step {
+    Weight(usize),
+    Bn(usize),
+    Relu,
+}
+
+impl Placement {
+    pub const ALL: [Placement; 5] = [
+        Placement::Original,
+        Placement::BnAfterAdd,
+        Placement::ReluBeforeAdd,
+        Placement::ReluPreact,
+        Placement::FullPreact,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Placement::Original => "original",
+            Placement::BnAfterAdd => "bn-after-add",
+            Placement::ReluBeforeAdd => "relu-before-add",
+            Placement::ReluPreact => "relu-preact",
+            Placement::FullPreact => "full-preact",
+        }
+    }
+
+    /// Pre-activation placements put the activation inside the branch, before the weights:
+    /// the stem then has no BN-ReLU of its own and the head adds one after the last addition.
+    pub fn is_preact(self) -> bool {
+        matches!(self, Placement::ReluPreact | Placement::FullPreact)
+    }
+
+    /// True when the after-addition function `f` is the identity (Eq. 3 holds).
+    pub fn after_add_is_identity(self) -> bool {
+        self.after_add_recipe().is_empty()
+    }
+
+    /// The branch `F` for a unit with `weights` weight layers (2 basic, 3 bottleneck).
+    pub fn branch_recipe(self, weights: usize) -> Vec<Step> {
+        let mut steps = Vec::new();
+        for i in 1..=weights {
+            let last = i == weights;
+            match self {
+                Placement::Original => {
+                    steps.extend([Step::Weight(i), Step::Bn(i)]);
+                    if !last {
+                        steps.push(Step::Relu);
+                    }
+                }
+                Placement::BnAfterAdd => {
+                    steps.push(Step::Weight(i));
+                    if !last {
+                        steps.extend([Step::Bn(i), Step::Relu]);
+                    }
+                }
+                Placement::ReluBeforeAdd => {
+                    steps.extend([Step::Weight(i), Step::Bn(i), Step::Relu])
+                }
+                Placement::ReluPreact => {
+                    if i == 1 {
+                        steps.push(Step::Relu);
+                    }
+                    steps.extend([Step::Weight(i), Step::Bn(i)]);
+                    if !last {
+                        steps.push(Step::Relu);
+                    }
+                }
+                Placement::FullPreact => steps.extend([Step::Bn(i), Step::Relu, Step::Weight(i)]),
+            }
+        }
+        steps
+    }
+
+    /// The after-addition function `f`; BN indices continue after the branch's.
+    pub fn after_add_recipe(self) -> Vec<Step> {
+        match self {
+            Placement::Original => vec![Step::Relu],
+            Placement::BnAfterAdd => vec![Step::Bn(0), Step::Relu],
+            _ => vec![],
+        }
+    }
+}
+
+impl fmt::Display for Placement {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl FromStr for Placement {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        Placement::ALL
+            .iter()
+            .copied()
+            .find(|p| p.name() == s)
+            .ok_or_else(|| {
+                format!(
+                    "unknown placement '{s}' (expected one of: {})",
+                    Placement::ALL
+                        .iter()
+                        .map(|p| p.name())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                )
+            })
+    }
+}
+
+/// The shortcut `h` of Eq. 1 and how the branch is weighted (Fig. 2 of the paper).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum ShortcutKind {
+    /// `h(x) = x`.
+    Identity,
+    /// `h(x) = lambda x`, branch scaled by `branch` (1 unless given, 0.5/0.5 in the paper).
+    Scale { lambda: f64, branch: f64 },
+    /// Exclusive gating: `(1 - g) x + g F`, `g = sigmoid(W_g x + b_g)`, `b_g` initialised to `bias`.
+    Gate { bias: f64 },
+    /// Shortcut-only gating: `(1 - g) x + F`.
+    ShortcutGate { bias: f64 },
+    /// A learned projection `h(x) = W_s x` (a 1x1 convolution in conv nets), no BN.
+    Conv1x1,
+    /// `h(x) = m * x` with a Bernoulli mask, `P(m = 0) = p`; not rescaled unless asked.
+    Dropout { p: f64, rescale: bool },
+    /// A plain network: `h = 0`.
+    None,
+}
+
+pub const SHORTCUT_SYNTAX: &str =
+    "identity, scale:L, scale:L:B, gate:B, shortcut-gate:B, conv1x1, dropout:P, dropout:P:rescale or none";
+
+impl ShortcutKind {
+    /// The constant `lambda` when `h` is a constant scaling (identity 1, plain net 0).
+    pub fn constant_lambda(self) -> Option<f64> {
+        match self {
+            ShortcutKind::Identity => Some(1.0),
+            ShortcutKind::Scale { lambda, .. } => Some(lambda),
+            ShortcutKind::None => Some(0.0),
+            _ => None,
+        }
+    }
+
+    pub fn has_gate(self) -> bool {
+        matches!(
+            self,
+            ShortcutKind::Gate { .. } | ShortcutKind::ShortcutGate { .. }
+        )
+    }
+}
+
+fn parse_number(full: &str, field: &str, what: &str) -> Result<f64, String> {
+    let v: f64 = field
+        .trim()
+        .parse()
+        .map_err(|_| format!("shortcut '{full}': {what} '{field}' is not a number"))?;
+    if !v.is_finite() {
+        return Err(format!(
+            "shortcut '{full}': {what} must be finite, got '{field}'"
+        ));
+    }
+    Ok(v)
+}
+
+impl FromStr for ShortcutKind {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let parts: Vec<&str> = s.split(':').collect();
+        let bad_arity =
+            || format!("shortcut '{s}': wrong number of ':' fields (expected {SHORTCUT_SYNTAX})");
+        match parts[0] {
+            "identity" if parts.len() == 1 => Ok(ShortcutKind::Identity),
+            "none" | "plain" if parts.len() == 1 => Ok(ShortcutKind::None),
+            "conv1x1" | "projection" if parts.len() == 1 => Ok(ShortcutKind::Conv1x1),
+            "scale" if parts.len() == 2 || parts.len() == 3 => {
+                let lambda = parse_number(s, parts[1], "lambda")?;
+                let branch = match parts.get(2) {
+                    Some(b) => parse_number(s, b, "branch scale")?,
+                    None => 1.0,
+                };
+                Ok(ShortcutKind::Scale { lambda, branch })
+            }
+            "gate" if parts.len() == 2 => Ok(ShortcutKind::Gate {
+                bias: parse_number(s, parts[1], "gate bias")?,
+            }),
+            "shortcut-gate" if parts.len() == 2 => Ok(ShortcutKind::ShortcutGate {
+                bias: parse_number(s, parts[1], "gate bias")?,
+            }),
+            "dropout" if parts.len() == 2 || parts.len() == 3 => {
+                let p = parse_number(s, parts[1], "drop probability")?;
+                if !(0.0..1.0).contains(&p) {
+                    return Err(format!(
+                        "shortcut '{s}': drop probability must be in [0, 1), got {p}"
+                    ));
+                }
+                let rescale =
+                    match parts.get(2) {
+                        None => false,
+                        Some(&"rescale") => true,
+                        Some(other) => return Err(format!(
+                            "shortcut '{s}': unknown dropout option '{other}' (expected 'rescale')"
+                        )),
+                    };
+                Ok(ShortcutKind::Dropout { p, rescale })
+            }
+            "identity" | "none" | "plain" | "conv1x1" | "projection" | "scale" | "gate"
+            | "shortcut-gate" | "dropout" => Err(bad_arity()),
+            other => Err(format!(
+                "unknown shortcut '{other}' (expected {SHORTCUT_SYNTAX})"
+            )),
+        }
+    }
+}
+
+impl fmt::Display for ShortcutKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match *self {
+            ShortcutKind::Identity => write!(f, "identity"),
+            ShortcutKind::Scale { lambda, branch } if branch == 1.0 => write!(f, "scale:{lambda}"),
+            ShortcutKind::Scale { lambda, branch } => write!(f, "scale:{lambda}:{branch}"),
+            ShortcutKind::Gate { bias } => write!(f, "gate:{bias}"),
+            ShortcutKind::ShortcutGate { bias } => write!(f, "shortcut-gate:{bias}"),
+            ShortcutKind::Conv1x1 => write!(f, "conv1x1"),
+            ShortcutKind::Dropout { p, rescale: false } => write!(f, "dropout:{p}"),
+            ShortcutKind::Dropout { p, rescale: true } => write!(f, "dropout:{p}:rescale"),
+            ShortcutKind::None => write!(f, "none"),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shortcuts_round_trip() {
+        for s in [
+            "identity",
+            "scale:0.5",
+            "scale:0.5:0.5",
+            "gate:-6",
+            "shortcut-gate:0",
+            "conv1x1",
+            "dropout:0.5",
+            "dropout:0.25:rescale",
+            "none",
+        ] {
+            let k: ShortcutKind = s.parse().unwrap();
+            assert_eq!(k.to_string(), s);
+        }
+    }
+
+    #[test]
+    fn bad_shortcuts_name_the_bad_value() {
+        let e = "scale:abc".parse::<ShortcutKind>().unwrap_err();
+        assert!(e.contains("'abc' is not a number"), "{e}");
+        let e = "dropout:1.5".parse::<ShortcutKind>().unwrap_err();
+        assert!(e.contains("[0, 1)") && e.contains("1.5"), "{e}");
+        let e = "wormhole".parse::<ShortcutKind>().unwrap_err();
+        assert!(e.contains("unknown shortcut 'wormhole'"), "{e}");
+        let e = "gate".parse::<ShortcutKind>().unwrap_err();
+        assert!(e.contains("wrong number"), "{e}");
+        assert!("scale:inf".parse::<ShortcutKind>().is_err());
+    }
+
+    #[test]
+    fn placements_parse_and_recipes_match_the_paper() {
+        use Step::*;
+        assert_eq!(
+            "full-preact".parse::<Placement>().unwrap(),
+            Placement::FullPreact
+        );
+        assert!("preact"
+            .parse::<Placement>()
+            .unwrap_err()
+            .contains("unknown placement 'preact'"));
+        assert_eq!(
+            Placement::Original.branch_recipe(2),
+            vec![Weight(1), Bn(1), Relu, Weight(2), Bn(2)]
+        );
+        assert_eq!(
+            Placement::BnAfterAdd.branch_recipe(2),
+            vec![Weight(1), Bn(1), Relu, Weight(2)]
+        );
+        assert_eq!(Placement::BnAfterAdd.after_add_recipe(), vec![Bn(0), Relu]);
+        assert_eq!(
+            Placement::ReluBeforeAdd.branch_recipe(2),
+            vec![Weight(1), Bn(1), Relu, Weight(2), Bn(2), Relu]
+        );
+        assert_eq!(
+            Placement::ReluPreact.branch_recipe(2),
+            vec![Relu, Weight(1), Bn(1), Relu, Weight(2), Bn(2)]
+        );
+        assert_eq!(
+            Placement::FullPreact.branch_recipe(3),
+            vec![
+                Bn(1),
+                Relu,
+                Weight(1),
+                Bn(2),
+                Relu,
+                Weight(2),
+                Bn(3),
+                Relu,
+                Weight(3)
+            ]
+        );
+        assert!(Placement::FullPreact.after_add_is_identity());
+        assert!(!Placement::Original.after_add_is_identity());
+    }
+}
