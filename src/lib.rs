@@ -1,7 +1,30 @@
+//! resprop: how gradients travel through deep residual networks.
+//!
+//! A CPU engine (ndarray, f64) with hand-written forward and backward passes for residual
+//! networks, built to reproduce and extend the analysis of He, Zhang, Ren and Sun, "Identity
+//! Mappings in Deep Residual Networks" (ECCV 2016).
+//!
+//! Notation: `N` batch, `D` features (`C, H, W` for conv nets), `L` residual units. A unit
+//! computes `y_l = h(x_l) + F(x_l)`, `x_{l+1} = f(y_l)`; `x_0` is the stem's output and `x_L`
+//! the head's input.
+//!
+//! Modules:
+//! - [`layers`]: dense, BatchNorm, ReLU, sigmoid, dropout, softmax cross-entropy, each with
+//!   forward, hand-written backward and a finite-difference test side by side;
+//! - [`unit`]: the residual unit, its placements and shortcut variants, and the two
+//!   vector-Jacobian products (shortcut only, branch only) whose sum is the backward;
+//! - [`net`]: the residual MLP;
+//! - [`analysis`]: per-unit records (direct/rest split) and the formula checks;
+//! - [`interchange`]: the `.npz` state file; [`output`]: atomic writes; [`cli`]: the binary.
+
+pub mod analysis;
+pub mod cli;
 pub mod finite_diff;
 pub mod grads;
+pub mod interchange;
 pub mod layers;
 pub mod net;
+pub mod output;
 pub mod rng;
 pub mod tensor;
 pub mod unit;

@@ -14,9 +14,36 @@ pub fn sum_sq(a: &ArrayViewD<f64>) -> f64 {
     a.iter().fold(0.0, |acc, &v| acc + v * v)
 }
 
+/// Euclidean norm scaled by the largest magnitude (as LAPACK's dnrm2), so that entries up
+/// to f64::MAX do not overflow the sum of squares; NaN in, NaN out.
+pub fn scaled_norm<'a>(values: impl Iterator<Item = &'a f64> + Clone) -> f64 {
+    let max = values.clone().fold(0.0f64, |m, &v| {
+        if v.is_nan() || m.is_nan() {
+            f64::NAN
+        } else {
+            m.max(v.abs())
+        }
+    });
+    if max == 0.0 || !max.is_finite() {
+        return max;
+    }
+    max * values
+        .fold(0.0, |acc, &v| acc + (v / max) * (v / max))
+        .sqrt()
+}
+
 /// Euclidean norm over every element.
 pub fn norm(a: &Tensor) -> f64 {
-    sum_sq(&a.view()).sqrt()
+    scaled_norm(a.iter())
+}
+
+/// Cosine of the angle between `a` and `b`, computed on normalised entries so it cannot overflow.
+pub fn cosine(a: &Tensor, b: &Tensor) -> f64 {
+    assert_eq!(a.shape(), b.shape(), "cosine: shape mismatch");
+    let (na, nb) = (norm(a), norm(b));
+    a.iter()
+        .zip(b.iter())
+        .fold(0.0, |acc, (&x, &y)| acc + (x / na) * (y / nb))
 }
 
 /// Inner product over every element, in logical order.
@@ -29,7 +56,9 @@ pub fn dot(a: &Tensor, b: &Tensor) -> f64 {
 
 /// Norm of each sample (row of axis 0).
 pub fn per_sample_norms(a: &Tensor) -> Vec<f64> {
-    a.axis_iter(Axis(0)).map(|s| sum_sq(&s).sqrt()).collect()
+    a.axis_iter(Axis(0))
+        .map(|s| scaled_norm(s.iter()))
+        .collect()
 }
 
 /// True when no element is NaN or infinite.
@@ -177,6 +206,19 @@ mod tests {
         let a = Array2::<f64>::zeros((2, 3));
         let b = Array2::<f64>::zeros((4, 2));
         let _ = matmul(&a.view(), &b.view());
+    }
+
+    #[test]
+    fn norm_does_not_overflow_below_f64_max() {
+        let big = Tensor::from_elem(ndarray::IxDyn(&[4]), 1e200);
+        assert!((norm(&big) - 2e200).abs() / 2e200 < 1e-15);
+        let mut with_nan = big.clone();
+        with_nan[[2]] = f64::NAN;
+        assert!(norm(&with_nan).is_nan());
+        with_nan[[2]] = f64::INFINITY;
+        assert_eq!(norm(&with_nan), f64::INFINITY);
+        assert_eq!(norm(&Tensor::zeros(ndarray::IxDyn(&[3]))), 0.0);
+        assert!((cosine(&big, &big) - 1.0).abs() < 1e-15);
     }
 
     #[test]

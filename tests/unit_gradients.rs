@@ -40,9 +40,7 @@ fn unit(placement: Placement, shortcut: &str, seed: u64) -> ResidualUnit {
     let mut u = dense_unit(3, placement, kind, 5, &mut r);
     let mut noise = rng(seed + 1000);
     u.visit_params_mut(&mut |name, t| {
-        if name.ends_with("gamma") {
-            *t = &*t + &gaussian(t.shape(), 0.3, &mut noise);
-        } else if name.ends_with("beta") || name.ends_with(".b") {
+        if name.ends_with("gamma") || name.ends_with("beta") || name.ends_with(".b") {
             *t = &*t + &gaussian(t.shape(), 0.3, &mut noise);
         }
     });

@@ -9,7 +9,8 @@ pub struct ReluCache {
 }
 
 pub fn forward(x: &Tensor) -> (Tensor, ReluCache) {
-    let y = x.mapv(|v| v.max(0.0));
+    // Not `v.max(0.0)`: that maps NaN to 0 and would hide an overflow upstream.
+    let y = x.mapv(|v| if v > 0.0 || v.is_nan() { v } else { 0.0 });
     (y.clone(), ReluCache { y })
 }
 
@@ -42,5 +43,13 @@ mod tests {
         let num = numerical_gradient(|x| quadratic_loss(&forward(x).0, &a, &b).0, &x, 1e-6);
         // Gaussian inputs sit far (>> h) from the kink, so 2-point differences are accurate to ~1e-9.
         assert!(rel_error(&gx, &num) < 1e-6, "{}", rel_error(&gx, &num));
+    }
+
+    #[test]
+    fn relu_propagates_nan() {
+        let x = Tensor::from_shape_vec(ndarray::IxDyn(&[3]), vec![f64::NAN, -1.0, 2.0]).unwrap();
+        let (y, _) = forward(&x);
+        assert!(y[[0]].is_nan());
+        assert_eq!((y[[1]], y[[2]]), (0.0, 2.0));
     }
 }

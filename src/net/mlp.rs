@@ -114,7 +114,7 @@ pub fn build_mlp(cfg: &MlpConfig) -> Result<Network> {
     cfg.validate()?;
     let mut r = rng(derive_seed(cfg.seed, &[purpose::INIT]));
     let mut stem = vec![Op::Dense(Dense::he_fan_out(
-        "stem.w",
+        "stem",
         cfg.input_dim,
         cfg.width,
         None,

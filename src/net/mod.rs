@@ -12,7 +12,9 @@ use serde::Serialize;
 use crate::grads::Grads;
 use crate::layers::{loss, Mode};
 use crate::tensor::Tensor;
-use crate::unit::ops::{backward_seq, forward_seq, update_running_stats_seq, Op, OpCache};
+use crate::unit::ops::{
+    backward_seq, forward_seq, freeze_relus_seq, update_running_stats_seq, Op, OpCache,
+};
 use crate::unit::{ForwardCtx, ResidualUnit, UnitCache};
 
 pub use mlp::{build_mlp, MlpConfig};
@@ -137,6 +139,24 @@ impl Network {
         }
         let (logits, _) = forward_seq(&self.head, &x, ctx.mode);
         loss::forward(&logits, labels).0
+    }
+
+    /// A copy whose every ReLU is replaced by the fixed 0/1 pattern it had in `cache`.
+    ///
+    /// The loss is piecewise smooth, with kinks wherever a ReLU input crosses zero; in a deep
+    /// net a perturbation of 1e-8 along a shallow `x_l` already crosses some. The frozen copy
+    /// coincides with the network on the linear piece that contains the cached point and is
+    /// smooth everywhere, so its derivative there *is* the network's, and finite differences
+    /// can use steps large enough to be far above rounding. The ReLU's own backward is tested
+    /// against unfrozen differences in its layer file.
+    pub fn with_frozen_relus(&self, cache: &NetCache) -> Network {
+        let mut net = self.clone();
+        freeze_relus_seq(&mut net.stem, &cache.stem);
+        for (unit, uc) in net.units.iter_mut().zip(&cache.units) {
+            unit.freeze_relus(uc);
+        }
+        freeze_relus_seq(&mut net.head, &cache.head);
+        net
     }
 
     /// Every `dE/dx_l`; parameter gradients too when `grads` is given (training), skipped

@@ -6,11 +6,16 @@ use crate::grads::Grads;
 use crate::layers::{relu, BatchNorm, BatchNormCache, Dense, DenseCache, Mode};
 use crate::tensor::Tensor;
 
+// Ops are built once per network (a few hundred at most), so their size does not matter.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone)]
 pub enum Op {
     Dense(Dense),
     BatchNorm(BatchNorm),
     Relu,
+    /// A ReLU frozen at one point: multiply by that point's fixed 0/1 pattern. Finite
+    /// differences use it to stay on the base point's linear piece (see `Network::with_frozen_relus`).
+    Mask(Tensor),
 }
 
 #[derive(Debug, Clone)]
@@ -18,6 +23,7 @@ pub enum OpCache {
     Dense(DenseCache),
     BatchNorm(BatchNormCache),
     Relu(relu::ReluCache),
+    Mask,
 }
 
 impl Op {
@@ -35,6 +41,7 @@ impl Op {
                 let (y, c) = relu::forward(x);
                 (y, OpCache::Relu(c))
             }
+            Op::Mask(m) => (x * m, OpCache::Mask),
         }
     }
 
@@ -43,6 +50,7 @@ impl Op {
             (Op::Dense(d), OpCache::Dense(c)) => d.backward(c, grad_y, grads),
             (Op::BatchNorm(bn), OpCache::BatchNorm(c)) => bn.backward(c, grad_y, grads),
             (Op::Relu, OpCache::Relu(c)) => relu::backward(c, grad_y),
+            (Op::Mask(m), OpCache::Mask) => grad_y * m,
             _ => unreachable!("op and cache kinds always match: caches are made by forward"),
         }
     }
@@ -51,7 +59,7 @@ impl Op {
         match self {
             Op::Dense(d) => d.visit_params(f),
             Op::BatchNorm(bn) => bn.visit_params(f),
-            Op::Relu => {}
+            Op::Relu | Op::Mask(_) => {}
         }
     }
 
@@ -59,7 +67,7 @@ impl Op {
         match self {
             Op::Dense(d) => d.visit_params_mut(f),
             Op::BatchNorm(bn) => bn.visit_params_mut(f),
-            Op::Relu => {}
+            Op::Relu | Op::Mask(_) => {}
         }
     }
 
@@ -75,6 +83,7 @@ impl Op {
             Op::Dense(_) => "W",
             Op::BatchNorm(_) => "BN",
             Op::Relu => "ReLU",
+            Op::Mask(_) => "ReLU(frozen)",
         }
     }
 }
@@ -103,6 +112,15 @@ pub fn backward_seq(
         g = op.backward(cache, &g, grads.as_deref_mut());
     }
     g
+}
+
+/// Replaces every ReLU of `ops` by the fixed pattern it had in `caches`.
+pub fn freeze_relus_seq(ops: &mut [Op], caches: &[OpCache]) {
+    for (op, cache) in ops.iter_mut().zip(caches) {
+        if let OpCache::Relu(c) = cache {
+            *op = Op::Mask(c.y.mapv(|v| if v > 0.0 { 1.0 } else { 0.0 }));
+        }
+    }
 }
 
 /// Updates the running statistics of every BatchNorm in `ops` from a training-mode pass.

@@ -15,7 +15,9 @@
 
 use ndarray::IxDyn;
 
-use super::ops::{backward_seq, forward_seq, update_running_stats_seq, Op, OpCache};
+use super::ops::{
+    backward_seq, forward_seq, freeze_relus_seq, update_running_stats_seq, Op, OpCache,
+};
 use super::spec::{Placement, ShortcutKind};
 use crate::grads::Grads;
 use crate::layers::{dropout, sigmoid, Mode};
@@ -223,9 +225,9 @@ impl ResidualUnit {
         &self,
         cache: &UnitCache,
         grad_next: &Tensor,
-        mut grads: Option<&mut Grads>,
+        grads: Option<&mut Grads>,
     ) -> Tensor {
-        let (s, b) = self.backward_split_inner(cache, grad_next, grads.as_deref_mut());
+        let (s, b) = self.backward_split_inner(cache, grad_next, grads);
         s + &b
     }
 
@@ -256,6 +258,12 @@ impl ResidualUnit {
     pub fn vjp_branch(&self, cache: &UnitCache, grad_next: &Tensor) -> Tensor {
         let grad_y = self.grad_sum(cache, grad_next, None);
         self.branch_part(cache, &grad_y, None)
+    }
+
+    /// Replaces every ReLU by the pattern it had in `cache` (see `Network::with_frozen_relus`).
+    pub fn freeze_relus(&mut self, cache: &UnitCache) {
+        freeze_relus_seq(&mut self.branch, &cache.branch);
+        freeze_relus_seq(&mut self.after_add, &cache.after_add);
     }
 
     pub fn update_running_stats(&mut self, cache: &UnitCache) {

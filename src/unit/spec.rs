@@ -214,14 +214,15 @@ impl FromStr for ShortcutKind {
                         "shortcut '{s}': drop probability must be in [0, 1), got {p}"
                     ));
                 }
-                let rescale =
-                    match parts.get(2) {
-                        None => false,
-                        Some(&"rescale") => true,
-                        Some(other) => return Err(format!(
+                let rescale = match parts.get(2) {
+                    None => false,
+                    Some(&"rescale") => true,
+                    Some(other) => {
+                        return Err(format!(
                             "shortcut '{s}': unknown dropout option '{other}' (expected 'rescale')"
-                        )),
-                    };
+                        ))
+                    }
+                };
                 Ok(ShortcutKind::Dropout { p, rescale })
             }
             "identity" | "none" | "plain" | "conv1x1" | "projection" | "scale" | "gate"
@@ -237,7 +238,10 @@ impl fmt::Display for ShortcutKind {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match *self {
             ShortcutKind::Identity => write!(f, "identity"),
-            ShortcutKind::Scale { lambda, branch } if branch == 1.0 => write!(f, "scale:{lambda}"),
+            ShortcutKind::Scale {
+                lambda,
+                branch: 1.0,
+            } => write!(f, "scale:{lambda}"),
             ShortcutKind::Scale { lambda, branch } => write!(f, "scale:{lambda}:{branch}"),
             ShortcutKind::Gate { bias } => write!(f, "gate:{bias}"),
             ShortcutKind::ShortcutGate { bias } => write!(f, "shortcut-gate:{bias}"),

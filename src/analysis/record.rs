@@ -1,0 +1,245 @@
+//! The per-unit record: for each unit input `x_l` (`l = 0..=L`) the forward signal, the
+//! gradient `dE/dx_l`, and its split into the direct part (Eq. 5/8's first term)
+//!
+//! ```text
+//! D_L = dE/dx_L,   D_l = (shortcut VJP of unit l)(D_{l+1})
+//! ```
+//!
+//! and the rest `dE/dx_l - D_l` (everything that passed through at least one branch).
+
+use serde::Serialize;
+
+use crate::net::{NetCache, NetGrads, Network};
+use crate::tensor::{cosine, norm, per_sample_norms, Tensor};
+
+/// One row of the profile CSV.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct UnitRecord {
+    pub unit: usize,
+    /// ||x_l||
+    pub act_norm: f64,
+    /// ||F'(x_l)||, the term the branch adds (none for row L).
+    pub branch_norm: Option<f64>,
+    /// ||dE/dx_l|| over the batch.
+    pub grad_norm: f64,
+    /// ||D_l||
+    pub direct_norm: f64,
+    /// ||dE/dx_l - D_l||
+    pub rest_norm: f64,
+    /// ||dE/dx_l|| / ||dE/dx_L||
+    pub grad_ratio: f64,
+    /// ||D_l|| / ||dE/dx_L||
+    pub direct_ratio: f64,
+    /// The paper's prediction for `direct_ratio` where it has one.
+    pub predicted_direct_ratio: Option<f64>,
+    /// cos(dE/dx_l, dE/dx_L) when the shapes agree.
+    pub cos_top: Option<f64>,
+    /// Per-sample ||dE/dx_l[n]|| / ||dE/dx_L[n]||: min, median, max over the batch.
+    pub sample_ratio_min: f64,
+    pub sample_ratio_median: f64,
+    pub sample_ratio_max: f64,
+}
+
+pub const CSV_COLUMNS: [&str; 15] = [
+    "unit",
+    "act_norm",
+    "branch_norm",
+    "grad_norm",
+    "direct_norm",
+    "rest_norm",
+    "grad_ratio",
+    "direct_ratio",
+    "predicted_direct_ratio",
+    "cos_top",
+    "sample_ratio_min",
+    "sample_ratio_median",
+    "sample_ratio_max",
+    "placement",
+    "shortcut",
+];
+
+/// A column that went non-finite, and where it first did (in the direction it is computed:
+/// upward for forward quantities, downward from `L` for gradients).
+#[derive(Debug, Clone, PartialEq)]
+pub struct NonFinite {
+    pub column: &'static str,
+    pub first_unit: usize,
+    pub count: usize,
+}
+
+#[derive(Debug, Clone)]
+pub struct Profile {
+    pub records: Vec<UnitRecord>,
+    pub loss: f64,
+    pub nonfinite: Vec<NonFinite>,
+}
+
+/// The direct parts `D_0 ..= D_L`.
+pub fn direct_parts(net: &Network, cache: &NetCache, grad_top: &Tensor) -> Vec<Tensor> {
+    let l_top = net.num_units();
+    let mut parts = vec![grad_top.clone(); l_top + 1];
+    for l in (0..l_top).rev() {
+        parts[l] = net.units[l].vjp_shortcut(&cache.units[l], &parts[l + 1]);
+    }
+    parts
+}
+
+/// `prod_{i=l}^{L-1} lambda_i` when the paper predicts the direct part exactly: constant
+/// shortcut scaling (identity: 1, plain: 0) and an identity after-addition function.
+pub fn predicted_direct_ratio(net: &Network, l: usize) -> Option<f64> {
+    net.units[l..].iter().try_fold(1.0, |acc, u| {
+        if !u.placement.after_add_is_identity() {
+            return None;
+        }
+        u.shortcut.constant_lambda().map(|lambda| acc * lambda)
+    })
+}
+
+/// Builds the records from a forward cache and its backward.
+pub fn build_records(net: &Network, cache: &NetCache, grads: &NetGrads) -> Profile {
+    let l_top = net.num_units();
+    let g_top = &grads.grad_x[l_top];
+    let top_norm = norm(g_top);
+    let top_samples = per_sample_norms(g_top);
+    let direct = direct_parts(net, cache, g_top);
+    let records: Vec<UnitRecord> = (0..=l_top)
+        .map(|l| {
+            let g = &grads.grad_x[l];
+            let grad_norm = norm(g);
+            let direct_norm = norm(&direct[l]);
+            let sample_ratios: Vec<f64> = per_sample_norms(g)
+                .iter()
+                .zip(&top_samples)
+                .map(|(&a, &b)| a / b)
+                .collect();
+            let (min, max) =
+                sample_ratios
+                    .iter()
+                    .fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), &v| {
+                        if v.is_nan() {
+                            (f64::NAN, f64::NAN)
+                        } else {
+                            (lo.min(v), hi.max(v))
+                        }
+                    });
+            UnitRecord {
+                unit: l,
+                act_norm: norm(cache.x(l)),
+                branch_norm: (l < l_top).then(|| norm(&net.units[l].branch_term(&cache.units[l]))),
+                grad_norm,
+                direct_norm,
+                rest_norm: norm(&(g - &direct[l])),
+                grad_ratio: grad_norm / top_norm,
+                direct_ratio: direct_norm / top_norm,
+                predicted_direct_ratio: if l == l_top {
+                    Some(1.0)
+                } else {
+                    predicted_direct_ratio(net, l)
+                },
+                cos_top: (g.shape() == g_top.shape()).then(|| cosine(g, g_top)),
+                sample_ratio_min: min,
+                sample_ratio_median: crate::tensor::median(&sample_ratios).unwrap_or(f64::NAN),
+                sample_ratio_max: max,
+            }
+        })
+        .collect();
+    let nonfinite = find_nonfinite(&records);
+    Profile {
+        records,
+        loss: cache.loss,
+        nonfinite,
+    }
+}
+
+fn find_nonfinite(records: &[UnitRecord]) -> Vec<NonFinite> {
+    type Getter = fn(&UnitRecord) -> Option<f64>;
+    let forward: [(&'static str, Getter); 2] = [
+        ("act_norm", |r| Some(r.act_norm)),
+        ("branch_norm", |r| r.branch_norm),
+    ];
+    let backward: [(&'static str, Getter); 4] = [
+        ("grad_norm", |r| Some(r.grad_norm)),
+        ("direct_norm", |r| Some(r.direct_norm)),
+        ("rest_norm", |r| Some(r.rest_norm)),
+        ("grad_ratio", |r| Some(r.grad_ratio)),
+    ];
+    let bad = |get: Getter| -> Vec<usize> {
+        records
+            .iter()
+            .filter(|r| get(r).is_some_and(|v| !v.is_finite()))
+            .map(|r| r.unit)
+            .collect()
+    };
+    let mut out = Vec::new();
+    for (column, get) in forward {
+        let units = bad(get);
+        if let Some(&first) = units.first() {
+            out.push(NonFinite {
+                column,
+                first_unit: first,
+                count: units.len(),
+            });
+        }
+    }
+    for (column, get) in backward {
+        let units = bad(get);
+        if let Some(&first) = units.last() {
+            out.push(NonFinite {
+                column,
+                first_unit: first,
+                count: units.len(),
+            });
+        }
+    }
+    out
+}
+
+/// A float as the CSV writes it: shortest round-trip in exponent form, `inf`/`-inf`/`NaN`.
+pub fn fmt_f64(v: f64) -> String {
+    if v.is_nan() {
+        "NaN".into()
+    } else if v.is_infinite() {
+        if v > 0.0 { "inf" } else { "-inf" }.into()
+    } else {
+        format!("{v:e}")
+    }
+}
+
+fn fmt_opt(v: Option<f64>) -> String {
+    v.map(fmt_f64).unwrap_or_default()
+}
+
+impl UnitRecord {
+    /// The CSV fields in `CSV_COLUMNS` order (the last two, placement and shortcut, are
+    /// supplied by the caller).
+    pub fn csv_fields(&self) -> Vec<String> {
+        vec![
+            self.unit.to_string(),
+            fmt_f64(self.act_norm),
+            fmt_opt(self.branch_norm),
+            fmt_f64(self.grad_norm),
+            fmt_f64(self.direct_norm),
+            fmt_f64(self.rest_norm),
+            fmt_f64(self.grad_ratio),
+            fmt_f64(self.direct_ratio),
+            fmt_opt(self.predicted_direct_ratio),
+            fmt_opt(self.cos_top),
+            fmt_f64(self.sample_ratio_min),
+            fmt_f64(self.sample_ratio_median),
+            fmt_f64(self.sample_ratio_max),
+        ]
+    }
+}
+
+/// The whole profile as CSV bytes (header + one row per unit).
+pub fn profile_csv(profile: &Profile, placement: &str, shortcut: &str) -> anyhow::Result<Vec<u8>> {
+    let mut w = csv::Writer::from_writer(Vec::new());
+    w.write_record(CSV_COLUMNS)?;
+    for r in &profile.records {
+        let mut fields = r.csv_fields();
+        fields.push(placement.to_string());
+        fields.push(shortcut.to_string());
+        w.write_record(&fields)?;
+    }
+    w.into_inner().map_err(|e| anyhow::anyhow!("csv: {e}"))
+}

@@ -1,0 +1,148 @@
+//! `resprop bench`: time the workloads of WORKLOADS.md.
+//!
+//! One step = forward through the whole network recording every unit input, softmax
+//! cross-entropy, and backward giving every `dE/dx_l`; in `train` mode every parameter
+//! gradient as well. Setup (building the net, drawing the batch) is outside the timing.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Instant;
+
+use anyhow::{bail, Result};
+use clap::{Args, ValueEnum};
+use indicatif::{ProgressBar, ProgressStyle};
+
+use crate::analysis::gaussian_batch;
+use crate::grads::Grads;
+use crate::layers::Mode;
+use crate::net::{build_mlp, MlpConfig};
+use crate::output::{check_writable, emit, write_atomic};
+use crate::unit::{ForwardCtx, Placement, ShortcutKind};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum BenchMode {
+    /// Input gradients only (what a gradient profile needs).
+    Profile,
+    /// Input and parameter gradients (what a training step needs).
+    Train,
+}
+
+#[derive(Debug, Args)]
+pub struct BenchArgs {
+    /// Workload id from WORKLOADS.md: W1 (MLP, 100 units, width 256, batch 128) or W1b
+    /// (1000 units). The conv workloads W2-W4 come with the CIFAR ResNets.
+    #[arg(long, default_value = "W1")]
+    pub workload: String,
+    #[arg(long, value_enum, default_value_t = BenchMode::Profile)]
+    pub mode: BenchMode,
+    /// Timed steps (after one untimed warm-up step).
+    #[arg(long, default_value_t = 7, value_parser = clap::value_parser!(u32).range(1..))]
+    pub repeat: u32,
+    /// Write the timings as CSV.
+    #[arg(long, value_name = "FILE")]
+    pub csv: Option<PathBuf>,
+    /// Worker threads (default: all cores).
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
+    pub threads: Option<u32>,
+}
+
+pub struct Workload {
+    pub id: &'static str,
+    pub config: MlpConfig,
+    pub batch: usize,
+}
+
+pub fn workload(id: &str) -> Result<Workload> {
+    let mlp = |units| MlpConfig {
+        units,
+        width: 256,
+        input_dim: 64,
+        classes: 10,
+        placement: Placement::FullPreact,
+        shortcut: ShortcutKind::Identity,
+        seed: 0,
+    };
+    Ok(match id.to_ascii_uppercase().as_str() {
+        "W1" => Workload { id: "W1", config: mlp(100), batch: 128 },
+        "W1B" => Workload { id: "W1b", config: mlp(1000), batch: 128 },
+        "W2" | "W3" | "W4" => bail!("workload '{id}' needs the CIFAR ResNets, which this build does not have yet (available: W1, W1b)"),
+        _ => bail!("unknown workload '{id}' (available: W1, W1b)"),
+    })
+}
+
+/// Peak resident set size of this process in MB (Linux), from /proc/self/status VmHWM.
+pub fn peak_rss_mb() -> Option<f64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kb: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb / 1024.0)
+}
+
+pub fn run(args: &BenchArgs) -> Result<ExitCode> {
+    if let Some(p) = &args.csv {
+        check_writable(p)?;
+    }
+    let w = workload(&args.workload)?;
+    let net = build_mlp(&w.config)?;
+    let (input, labels) = gaussian_batch(&net.input_shape, w.batch, net.classes, 0);
+    let ctx = ForwardCtx {
+        mode: Mode::Train,
+        dropout_seed: 0,
+    };
+    let step = || -> Result<f64> {
+        let t = Instant::now();
+        let cache = net.forward(&input, &labels, &ctx)?;
+        let grads = match args.mode {
+            BenchMode::Profile => net.backward(&cache, &labels, None),
+            BenchMode::Train => {
+                let mut g = Grads::new();
+                let out = net.backward(&cache, &labels, Some(&mut g));
+                std::hint::black_box(&g);
+                out
+            }
+        };
+        std::hint::black_box(&grads);
+        Ok(t.elapsed().as_secs_f64())
+    };
+    let threads = rayon::current_num_threads();
+    let bar = ProgressBar::new(args.repeat as u64 + 1);
+    bar.set_style(
+        ProgressStyle::with_template("{msg} [{bar:30}] {pos}/{len} steps ({elapsed})").unwrap(),
+    );
+    bar.set_message(format!("{} {:?}", w.id, args.mode).to_lowercase());
+    step()?; // warm-up
+    bar.inc(1);
+    let mut times = Vec::with_capacity(args.repeat as usize);
+    for _ in 0..args.repeat {
+        times.push(step()?);
+        bar.inc(1);
+    }
+    bar.finish_and_clear();
+    let median = crate::tensor::median(&times).unwrap();
+    let min = times.iter().cloned().fold(f64::INFINITY, f64::min);
+    let max = times.iter().cloned().fold(0.0, f64::max);
+    let rss = peak_rss_mb();
+    let mode = format!("{:?}", args.mode).to_lowercase();
+    let mut out = String::new();
+    outln!(
+        out,
+        "{} ({} units, width {}, batch {}), mode {mode}, {threads} threads, {} steps: median {median:.4} s, min {min:.4} s, max {max:.4} s, peak RSS {}",
+        w.id,
+        w.config.units,
+        w.config.width,
+        w.batch,
+        args.repeat,
+        rss.map_or("unknown".to_string(), |r| format!("{r:.0} MB"))
+    );
+    emit(&out)?;
+    if let Some(path) = &args.csv {
+        let csv = format!(
+            "workload,mode,threads,repeat,median_s,min_s,max_s,peak_rss_mb\n{},{mode},{threads},{},{median},{min},{max},{}\n",
+            w.id,
+            args.repeat,
+            rss.map_or(String::new(), |r| r.to_string())
+        );
+        write_atomic(path, csv.as_bytes())?;
+    }
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,211 @@
+//! Command-line interface: raw arguments (clap) -> validated network spec -> subcommand.
+
+/// `writeln!` into a `String` report (writing to a String cannot fail).
+macro_rules! outln {
+    ($out:expr, $($arg:tt)*) => {{
+        use std::fmt::Write as _;
+        let _ = writeln!($out, $($arg)*);
+    }};
+}
+
+pub mod bench;
+pub mod check;
+pub mod profile;
+
+use std::ffi::OsString;
+use std::process::ExitCode;
+
+use anyhow::{Context, Result};
+use clap::{Args, Parser, Subcommand};
+
+use crate::layers::Mode;
+use crate::net::{build_mlp, MlpConfig, Network};
+use crate::rng::{derive_seed, purpose};
+use crate::unit::{ForwardCtx, Placement, ShortcutKind};
+
+const ABOUT: &str = "How gradients travel through deep residual networks (He et al. 2016, \"Identity Mappings in Deep Residual Networks\").";
+
+const LONG_ABOUT: &str = "How gradients travel through deep residual networks (He et al. 2016, \"Identity Mappings in Deep Residual Networks\").
+
+A residual unit computes y_l = h(x_l) + F(x_l), x_{l+1} = f(y_l). With h and f identities,
+  x_L = x_l + sum_{i=l}^{L-1} F(x_i)                                     (Eq. 4)
+  dE/dx_l = dE/dx_L + dE/dx_L * d/dx_l sum_{i=l}^{L-1} F(x_i)            (Eq. 5)
+so the gradient of any deeper unit reaches every shallower one directly. resprop runs these
+networks on a CPU engine with hand-written backward passes, records dE/dx_l per unit with its
+direct (shortcut-only) part, and verifies the formulas numerically.";
+
+#[derive(Debug, Parser)]
+#[command(name = "resprop", version, about = ABOUT, long_about = LONG_ABOUT)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Per-unit gradient profile: ||dE/dx_l||, its direct (shortcut-only) part and the rest.
+    ///
+    /// Prints a compact per-unit table; --csv writes one tidy row per unit input x_l
+    /// (l = 0..L, row L is the head's input), --npz writes the whole computation for NumPy.
+    Profile(profile::ProfileArgs),
+    /// Verify the paper's formulas numerically: finite differences, Eq. 4/7 (forward sum),
+    /// Eq. 5/8 (additive backward), prod lambda (scaled shortcuts).
+    ///
+    /// Prints one row per check and exits with status 1 if any check fails.
+    Check(check::CheckArgs),
+    /// Time the benchmark workloads (W1, W1b) of WORKLOADS.md: median/min/max seconds per
+    /// step and peak RSS.
+    Bench(bench::BenchArgs),
+}
+
+/// The network, its input batch and the run's seed.
+#[derive(Debug, Clone, Args)]
+pub struct NetArgs {
+    /// Network: `mlp` (residual MLP of two-dense-layer units).
+    #[arg(long, default_value = "mlp", value_parser = ["mlp"])]
+    pub net: String,
+    /// Number of residual units L.
+    #[arg(long, default_value_t = 54)]
+    pub units: usize,
+    /// Width of every unit (features).
+    #[arg(long, default_value_t = 64)]
+    pub width: usize,
+    /// Input dimension of the MLP's dense stem.
+    #[arg(long, default_value_t = 64)]
+    pub input_dim: usize,
+    /// Number of classes of the softmax cross-entropy loss.
+    #[arg(long, default_value_t = 10)]
+    pub classes: usize,
+    /// Mini-batch size N (Gaussian inputs N(0,1), labels uniform over the classes).
+    #[arg(long, default_value_t = 32)]
+    pub batch: usize,
+    /// Activation placement (Fig. 4): original (W BN ReLU W BN, add, ReLU), bn-after-add
+    /// (W BN ReLU W, add, BN ReLU), relu-before-add (W BN ReLU W BN ReLU, add), relu-preact
+    /// (ReLU W BN ReLU W BN, add), full-preact (BN ReLU W BN ReLU W, add).
+    #[arg(long, default_value = "original", value_parser = parse_placement)]
+    pub placement: Placement,
+    /// Shortcut h (Fig. 2): identity; scale:L (h = L x); scale:L:B (branch scaled by B too);
+    /// gate:B (exclusive gating (1-g) x + g F, g = sigmoid(W_g x + b), b initialised to B);
+    /// shortcut-gate:B ((1-g) x + F); conv1x1 (learned projection); dropout:P (Bernoulli mask
+    /// on the shortcut, not rescaled; dropout:P:rescale divides by 1-P); none (plain net, h = 0).
+    #[arg(long, default_value = "identity", value_parser = parse_shortcut)]
+    pub shortcut: ShortcutKind,
+    /// BatchNorm mode: train (batch statistics) or eval (running statistics).
+    #[arg(long, default_value = "train", value_parser = parse_mode)]
+    pub bn_mode: Mode,
+    /// Seed of weights, input batch, labels and dropout masks.
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Worker threads (default: all cores). Results do not depend on it.
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
+    pub threads: Option<u32>,
+}
+
+fn parse_placement(s: &str) -> Result<Placement, String> {
+    s.parse()
+}
+
+fn parse_shortcut(s: &str) -> Result<ShortcutKind, String> {
+    s.parse()
+}
+
+fn parse_mode(s: &str) -> Result<Mode, String> {
+    s.parse()
+}
+
+impl NetArgs {
+    pub fn mlp_config(&self) -> MlpConfig {
+        MlpConfig {
+            units: self.units,
+            width: self.width,
+            input_dim: self.input_dim,
+            classes: self.classes,
+            placement: self.placement,
+            shortcut: self.shortcut,
+            seed: self.seed,
+        }
+    }
+
+    /// Builds the network, validating every size.
+    pub fn build(&self) -> Result<Network> {
+        if self.batch == 0 {
+            anyhow::bail!("batch must be at least 1, got 0");
+        }
+        build_mlp(&self.mlp_config())
+    }
+
+    pub fn ctx(&self) -> ForwardCtx {
+        ForwardCtx {
+            mode: self.bn_mode,
+            dropout_seed: derive_seed(self.seed, &[purpose::DROPOUT]),
+        }
+    }
+
+    /// One line naming everything that determines the numbers.
+    pub fn summary(&self) -> String {
+        format!(
+            "{} with {} units, width {}, batch {}, placement {}, shortcut {}, BN {}, seed {}",
+            self.net,
+            self.units,
+            self.width,
+            self.batch,
+            self.placement,
+            self.shortcut,
+            self.bn_mode,
+            self.seed
+        )
+    }
+}
+
+/// Sets the size of rayon's global pool (used by the GEMM kernels and the checks).
+fn init_threads(threads: Option<u32>) -> Result<()> {
+    if let Some(n) = threads {
+        rayon::ThreadPoolBuilder::new()
+            .num_threads(n as usize)
+            .build_global()
+            .context("could not start the thread pool")?;
+    }
+    Ok(())
+}
+
+/// Parses `args` and runs the subcommand. Usage errors are printed as one line.
+pub fn run(args: impl IntoIterator<Item = OsString>) -> ExitCode {
+    let cli = match Cli::try_parse_from(args) {
+        Ok(cli) => cli,
+        Err(e) => {
+            use clap::error::ErrorKind;
+            if matches!(
+                e.kind(),
+                ErrorKind::DisplayHelp
+                    | ErrorKind::DisplayVersion
+                    | ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand
+            ) {
+                let _ = e.print();
+                return if e.kind() == ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand {
+                    ExitCode::from(2)
+                } else {
+                    ExitCode::SUCCESS
+                };
+            }
+            let rendered = e.render().to_string();
+            let first = rendered
+                .lines()
+                .next()
+                .unwrap_or("error: invalid arguments");
+            eprintln!("{first} (see 'resprop --help')");
+            return ExitCode::from(2);
+        }
+    };
+    let result = match cli.command {
+        Command::Profile(a) => init_threads(a.net.threads).and_then(|_| profile::run(&a)),
+        Command::Check(a) => init_threads(a.net.threads).and_then(|_| check::run(&a)),
+        Command::Bench(a) => init_threads(a.threads).and_then(|_| bench::run(&a)),
+    };
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::from(2)
+        }
+    }
+}

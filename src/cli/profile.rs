@@ -1,0 +1,149 @@
+//! `resprop profile`: the per-unit gradient record of one network at one batch.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Result;
+use clap::Args;
+
+use super::NetArgs;
+use crate::analysis::gaussian_batch;
+use crate::analysis::record::{build_records, fmt_f64, profile_csv, Profile};
+use crate::output::{check_writable, emit, write_atomic};
+
+#[derive(Debug, Args)]
+pub struct ProfileArgs {
+    #[command(flatten)]
+    pub net: NetArgs,
+    /// Write the per-unit record as CSV (one row per unit input x_l).
+    #[arg(long, value_name = "FILE")]
+    pub csv: Option<PathBuf>,
+    /// Write parameters, BN state, masks, the batch and every x_l, dE/dx_l as .npz
+    /// (layout in docs/formats.md).
+    #[arg(long, value_name = "FILE")]
+    pub npz: Option<PathBuf>,
+    /// Print every unit's row (default: about 20 evenly spaced rows).
+    #[arg(long)]
+    pub all_rows: bool,
+}
+
+pub fn run(args: &ProfileArgs) -> Result<ExitCode> {
+    for path in [&args.csv, &args.npz].into_iter().flatten() {
+        check_writable(path)?;
+    }
+    let net = args.net.build()?;
+    let (input, labels) =
+        gaussian_batch(&net.input_shape, args.net.batch, net.classes, args.net.seed);
+    let ctx = args.net.ctx();
+    let cache = net.forward(&input, &labels, &ctx)?;
+    let grads = net.backward(&cache, &labels, None);
+    let profile = build_records(&net, &cache, &grads);
+
+    let mut out = String::new();
+    outln!(out, "resprop profile: {}", args.net.summary());
+    outln!(out, "unit: {}", net.units[0].describe());
+    outln!(out, "loss E = {}", fmt_f64(profile.loss));
+    print_table(&mut out, &profile, args.all_rows);
+    emit(&out)?;
+    report_nonfinite(&profile);
+    let mut out = String::new();
+
+    if let Some(path) = &args.csv {
+        let bytes = profile_csv(
+            &profile,
+            args.net.placement.name(),
+            &args.net.shortcut.to_string(),
+        )?;
+        write_atomic(path, &bytes)?;
+        outln!(
+            out,
+            "wrote {} rows to {}",
+            profile.records.len(),
+            path.display()
+        );
+    }
+    if let Some(path) = &args.npz {
+        crate::interchange::write_npz(path, &net, &ctx, &input, &labels, &cache, &grads)?;
+        outln!(out, "wrote state to {}", path.display());
+    }
+    emit(&out)?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Rows to print: all when few, else about 20 evenly spaced including 0 and L.
+fn rows_to_show(n: usize, all: bool) -> Vec<usize> {
+    if all || n <= 24 {
+        return (0..n).collect();
+    }
+    let step = n.div_ceil(20);
+    let mut rows: Vec<usize> = (0..n).step_by(step).collect();
+    if *rows.last().unwrap() != n - 1 {
+        rows.push(n - 1);
+    }
+    rows
+}
+
+fn short(v: Option<f64>) -> String {
+    match v {
+        None => "-".into(),
+        Some(v) if v.is_finite() => format!("{v:.3e}"),
+        Some(v) => fmt_f64(v),
+    }
+}
+
+fn print_table(out: &mut String, profile: &Profile, all: bool) {
+    outln!(
+        out,
+        "{:>5} {:>10} {:>10} {:>11} {:>10} {:>10} {:>10} {:>8} {:>10} {:>10}",
+        "unit",
+        "||x_l||",
+        "||F'||",
+        "||dE/dx_l||",
+        "grad/top",
+        "direct/top",
+        "predicted",
+        "cos_top",
+        "sample_min",
+        "sample_med"
+    );
+    for i in rows_to_show(profile.records.len(), all) {
+        let r = &profile.records[i];
+        outln!(
+            out,
+            "{:>5} {:>10} {:>10} {:>11} {:>10} {:>10} {:>10} {:>8} {:>10} {:>10}",
+            r.unit,
+            short(Some(r.act_norm)),
+            short(r.branch_norm),
+            short(Some(r.grad_norm)),
+            short(Some(r.grad_ratio)),
+            short(Some(r.direct_ratio)),
+            short(r.predicted_direct_ratio),
+            r.cos_top.map_or("-".into(), |c| if c.is_finite() {
+                format!("{c:.4}")
+            } else {
+                fmt_f64(c)
+            }),
+            short(Some(r.sample_ratio_min)),
+            short(Some(r.sample_ratio_median)),
+        );
+    }
+}
+
+/// Overflow is a result, not an error: say where it happened, on stderr.
+pub fn report_nonfinite(profile: &Profile) {
+    for nf in &profile.nonfinite {
+        eprintln!(
+            "warning: {} is non-finite (inf/NaN) at {} of {} units, first at unit {} (in the order it is computed)",
+            nf.column,
+            nf.count,
+            profile.records.len(),
+            nf.first_unit
+        );
+    }
+    if !profile.loss.is_finite() {
+        eprintln!(
+            "warning: the loss itself is non-finite ({}): the forward signal overflowed",
+            fmt_f64(profile.loss)
+        );
+    }
+}

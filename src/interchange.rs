@@ -1,0 +1,132 @@
+//! `.npz` interchange: everything needed to rebuild a profiled computation in NumPy or
+//! PyTorch (network description, parameters, BN state, dropout masks, input batch, labels,
+//! and every `x_l` and `dE/dx_l`). The layout is documented in `docs/formats.md`.
+
+use std::path::Path;
+
+use anyhow::{anyhow, Result};
+use ndarray::{Array0, Array1};
+use ndarray_npy::NpzWriter;
+use serde_json::{json, Value};
+
+use crate::net::{NetCache, NetGrads, Network};
+use crate::unit::{ForwardCtx, Op, ResidualUnit, ShortcutKind};
+
+pub const FORMAT_VERSION: u32 = 1;
+
+fn op_json(op: &Op) -> Value {
+    match op {
+        Op::Dense(d) => json!({
+            "op": "dense",
+            "w": format!("{}.w", d.name),
+            "b": d.b.as_ref().map(|_| format!("{}.b", d.name)),
+        }),
+        Op::BatchNorm(bn) => json!({
+            "op": "batchnorm",
+            "gamma": format!("{}.gamma", bn.name),
+            "beta": format!("{}.beta", bn.name),
+            "running_mean": format!("{}.running_mean", bn.name),
+            "running_var": format!("{}.running_var", bn.name),
+            "eps": bn.eps,
+            "momentum": bn.momentum,
+        }),
+        Op::Relu => json!({ "op": "relu" }),
+        Op::Mask(_) => json!({ "op": "frozen-relu" }),
+    }
+}
+
+fn ops_json(ops: &[Op]) -> Value {
+    Value::Array(ops.iter().map(op_json).collect())
+}
+
+fn shortcut_json(unit: &ResidualUnit) -> Value {
+    let op = unit.shortcut_op.as_ref().map(op_json);
+    match unit.shortcut {
+        ShortcutKind::Identity => json!({ "kind": "identity" }),
+        ShortcutKind::Scale { lambda, branch } => {
+            json!({ "kind": "scale", "lambda": lambda, "branch_scale": branch })
+        }
+        ShortcutKind::Gate { bias } => json!({ "kind": "gate", "bias_init": bias, "gate": op }),
+        ShortcutKind::ShortcutGate { bias } => {
+            json!({ "kind": "shortcut-gate", "bias_init": bias, "gate": op })
+        }
+        ShortcutKind::Conv1x1 => json!({ "kind": "conv1x1", "projection": op }),
+        ShortcutKind::Dropout { p, rescale } => {
+            json!({ "kind": "dropout", "p": p, "rescale": rescale, "mask": format!("mask/{}", unit.index) })
+        }
+        ShortcutKind::None => json!({ "kind": "none" }),
+    }
+}
+
+/// The resolved description stored as `meta_json`.
+pub fn describe(net: &Network, ctx: &ForwardCtx, loss: f64) -> Value {
+    json!({
+        "format": "resprop-state",
+        "version": FORMAT_VERSION,
+        "spec": net.spec,
+        "bn_mode": ctx.mode,
+        "dropout_seed": ctx.dropout_seed,
+        "loss": loss,
+        "stem": ops_json(&net.stem),
+        "units": net.units.iter().map(|u| json!({
+            "index": u.index,
+            "placement": u.placement.name(),
+            "branch": ops_json(&u.branch),
+            "shortcut": shortcut_json(u),
+            "after_add": ops_json(&u.after_add),
+        })).collect::<Vec<_>>(),
+        "head": ops_json(&net.head),
+        "loss_fn": "softmax cross-entropy, mean over the batch",
+    })
+}
+
+/// Writes the `.npz` atomically.
+pub fn write_npz(
+    path: &Path,
+    net: &Network,
+    ctx: &ForwardCtx,
+    input: &crate::tensor::Tensor,
+    labels: &[usize],
+    cache: &NetCache,
+    grads: &NetGrads,
+) -> Result<()> {
+    let meta = serde_json::to_vec_pretty(&describe(net, ctx, cache.loss))?;
+    crate::output::write_atomic_with(path, |w| {
+        let mut npz = NpzWriter::new_compressed(w);
+        let err = |e: ndarray_npy::WriteNpzError| anyhow!("writing '{}': {e}", path.display());
+        npz.add_array("meta_json", &Array1::from(meta))
+            .map_err(err)?;
+        npz.add_array("input", input).map_err(err)?;
+        npz.add_array(
+            "labels",
+            &Array1::from_iter(labels.iter().map(|&t| t as i64)),
+        )
+        .map_err(err)?;
+        npz.add_array("loss", &Array0::from_elem((), cache.loss))
+            .map_err(err)?;
+        let mut result = Ok(());
+        net.visit_params(&mut |name, t| {
+            if result.is_ok() {
+                result = npz.add_array(format!("param/{name}"), t).map_err(err);
+            }
+        });
+        net.visit_buffers(&mut |name, t| {
+            if result.is_ok() {
+                result = npz.add_array(format!("buffer/{name}"), t).map_err(err);
+            }
+        });
+        result?;
+        for (l, uc) in cache.units.iter().enumerate() {
+            if let Some(mask) = &uc.mask {
+                npz.add_array(format!("mask/{l}"), mask).map_err(err)?;
+            }
+        }
+        for l in 0..=net.num_units() {
+            npz.add_array(format!("x/{l}"), cache.x(l)).map_err(err)?;
+            npz.add_array(format!("grad_x/{l}"), &grads.grad_x[l])
+                .map_err(err)?;
+        }
+        npz.finish().map_err(err)?;
+        Ok(())
+    })
+}

@@ -1,0 +1,309 @@
+//! The binary as a user runs it: output files, one-line errors, exit codes, determinism.
+
+use std::path::Path;
+use std::process::{Command, Output};
+
+fn resprop(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_resprop"))
+        .args(args)
+        .output()
+        .expect("binary runs")
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+/// A bad input: non-zero exit, exactly one line on stderr naming `needle`, no panic.
+fn assert_one_line_error(args: &[&str], needle: &str) {
+    let o = resprop(args);
+    let err = stderr(&o);
+    assert!(!o.status.success(), "{args:?} should fail");
+    assert!(!err.contains("panicked"), "{args:?} panicked: {err}");
+    assert_eq!(
+        err.trim_end().lines().count(),
+        1,
+        "{args:?}: one line expected, got:\n{err}"
+    );
+    assert!(err.contains(needle), "{args:?}: '{needle}' not in: {err}");
+}
+
+#[test]
+fn profile_writes_a_tidy_csv() {
+    let dir = tempfile::tempdir().unwrap();
+    let csv = dir.path().join("prof.csv");
+    let o = resprop(&[
+        "profile",
+        "--units",
+        "12",
+        "--width",
+        "16",
+        "--batch",
+        "8",
+        "--placement",
+        "original",
+        "--shortcut",
+        "scale:0.5",
+        "--seed",
+        "1",
+        "--csv",
+        csv.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let text = std::fs::read_to_string(&csv).unwrap();
+    let mut lines = text.lines();
+    let header = lines.next().unwrap();
+    for col in [
+        "unit",
+        "act_norm",
+        "branch_norm",
+        "grad_norm",
+        "direct_norm",
+        "rest_norm",
+        "grad_ratio",
+        "direct_ratio",
+        "predicted_direct_ratio",
+        "cos_top",
+        "sample_ratio_min",
+        "sample_ratio_median",
+    ] {
+        assert!(
+            header.split(',').any(|c| c == col),
+            "column {col} missing from {header}"
+        );
+    }
+    let rows: Vec<&str> = lines.collect();
+    assert_eq!(rows.len(), 13, "one row per x_l, l = 0..=12");
+    assert!(rows[12].starts_with("12,"));
+    let stdout = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        stdout.contains("grad/top") && stdout.contains("wrote 13 rows"),
+        "{stdout}"
+    );
+}
+
+#[test]
+fn check_passes_and_lists_inapplicable_checks() {
+    let o = resprop(&[
+        "check",
+        "--units",
+        "10",
+        "--width",
+        "16",
+        "--batch",
+        "8",
+        "--placement",
+        "full-preact",
+        "--shortcut",
+        "gate:-6",
+    ]);
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(o.status.success(), "{out}\n{}", stderr(&o));
+    assert!(out.contains("PASS") && !out.contains("FAIL"), "{out}");
+    assert!(
+        out.contains("n/a") && out.contains("constant scaling"),
+        "{out}"
+    );
+    let o = resprop(&[
+        "check",
+        "--units",
+        "10",
+        "--width",
+        "16",
+        "--batch",
+        "8",
+        "--placement",
+        "original",
+    ]);
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(out.contains("f is not the identity"), "{out}");
+}
+
+#[test]
+fn bad_inputs_give_one_line_errors() {
+    assert_one_line_error(&["profile", "--units", "0"], "units");
+    assert_one_line_error(&["profile", "--width", "0"], "width");
+    assert_one_line_error(&["profile", "--batch", "0"], "batch");
+    assert_one_line_error(&["profile", "--batch", "1"], "batch of 1");
+    assert_one_line_error(&["profile", "--placement", "sideways"], "sideways");
+    assert_one_line_error(&["profile", "--shortcut", "wormhole"], "wormhole");
+    assert_one_line_error(
+        &["profile", "--shortcut", "scale:abc"],
+        "'abc' is not a number",
+    );
+    assert_one_line_error(&["profile", "--shortcut", "dropout:1.5"], "1.5");
+    assert_one_line_error(&["profile", "--threads", "0"], "threads");
+    assert_one_line_error(&["profile", "--units", "-3"], "-3");
+    assert_one_line_error(
+        &["profile", "--csv", "/nonexistent-dir-resprop/p.csv"],
+        "does not exist",
+    );
+    assert_one_line_error(&["check", "--directions", "0"], "directions");
+    assert_one_line_error(&["bench", "--workload", "W9"], "W9");
+    assert_one_line_error(&["frobnicate"], "frobnicate");
+}
+
+#[test]
+fn failed_runs_leave_no_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let csv = dir.path().join("out.csv");
+    let o = resprop(&["profile", "--batch", "1", "--csv", csv.to_str().unwrap()]);
+    assert!(!o.status.success());
+    assert_eq!(
+        std::fs::read_dir(dir.path()).unwrap().count(),
+        0,
+        "no output and no temporary file"
+    );
+}
+
+fn csv_bytes(dir: &Path, threads: &str, extra: &[&str]) -> Vec<u8> {
+    let path = dir.join(format!("t{threads}.csv"));
+    let mut args = vec![
+        "profile",
+        "--units",
+        "30",
+        "--width",
+        "128",
+        "--batch",
+        "64",
+        "--seed",
+        "7",
+        "--threads",
+        threads,
+    ];
+    args.extend_from_slice(extra);
+    args.extend_from_slice(&["--csv", path.to_str().unwrap()]);
+    let o = resprop(&args);
+    assert!(o.status.success(), "{}", stderr(&o));
+    std::fs::read(path).unwrap()
+}
+
+/// Large enough (128 x 128, batch 64) that the GEMMs run multi-threaded with 2 threads.
+#[test]
+fn same_seed_gives_identical_csv_for_any_thread_count() {
+    let dir = tempfile::tempdir().unwrap();
+    for extra in [
+        &["--shortcut", "identity"][..],
+        &["--shortcut", "gate:-2", "--placement", "bn-after-add"][..],
+        &["--shortcut", "dropout:0.3"][..],
+    ] {
+        let one = csv_bytes(dir.path(), "1", extra);
+        let two = csv_bytes(dir.path(), "2", extra);
+        assert_eq!(one, two, "{extra:?}: CSV differs between 1 and 2 threads");
+    }
+}
+
+#[test]
+fn different_seeds_give_different_profiles() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = csv_bytes(dir.path(), "1", &[]);
+    let path = dir.path().join("s8.csv");
+    let o = resprop(&[
+        "profile",
+        "--units",
+        "30",
+        "--width",
+        "128",
+        "--batch",
+        "64",
+        "--seed",
+        "8",
+        "--csv",
+        path.to_str().unwrap(),
+    ]);
+    assert!(o.status.success());
+    assert_ne!(a, std::fs::read(path).unwrap());
+}
+
+#[test]
+fn overflow_warns_on_stderr_and_writes_inf() {
+    let dir = tempfile::tempdir().unwrap();
+    let csv = dir.path().join("o.csv");
+    let o = resprop(&[
+        "profile",
+        "--units",
+        "1100",
+        "--width",
+        "4",
+        "--batch",
+        "4",
+        "--placement",
+        "full-preact",
+        "--shortcut",
+        "scale:2",
+        "--csv",
+        csv.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let err = stderr(&o);
+    assert!(
+        err.contains("warning: act_norm is non-finite") && err.contains("first at unit"),
+        "{err}"
+    );
+    let text = std::fs::read_to_string(csv).unwrap();
+    assert!(text.contains("inf") || text.contains("NaN"));
+}
+
+#[test]
+fn help_uses_the_papers_vocabulary() {
+    let o = resprop(&["profile", "--help"]);
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(o.status.success());
+    for word in [
+        "full-preact",
+        "bn-after-add",
+        "shortcut-gate:B",
+        "dropout:P",
+        "--threads",
+        "--npz",
+    ] {
+        assert!(out.contains(word), "--help lacks {word}");
+    }
+}
+
+#[test]
+fn npz_holds_the_whole_computation() {
+    use ndarray_npy::NpzReader;
+    let dir = tempfile::tempdir().unwrap();
+    let npz = dir.path().join("s.npz");
+    let o = resprop(&[
+        "profile",
+        "--units",
+        "5",
+        "--width",
+        "8",
+        "--batch",
+        "6",
+        "--shortcut",
+        "dropout:0.5",
+        "--npz",
+        npz.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let mut r = NpzReader::new(std::fs::File::open(&npz).unwrap()).unwrap();
+    let names = r.names().unwrap();
+    for key in [
+        "meta_json",
+        "input",
+        "labels",
+        "loss",
+        "x/0",
+        "x/5",
+        "grad_x/0",
+        "grad_x/5",
+        "mask/0",
+        "param/stem.w",
+        "buffer/stem.bn.running_var",
+    ] {
+        assert!(
+            names.iter().any(|n| n == key),
+            "{key} missing from {names:?}"
+        );
+    }
+    let x0: ndarray::ArrayD<f64> = r.by_name("x/0").unwrap();
+    assert_eq!(x0.shape(), &[6, 8]);
+    let meta: ndarray::Array1<u8> = r.by_name("meta_json").unwrap();
+    let meta: serde_json::Value = serde_json::from_slice(meta.as_slice().unwrap()).unwrap();
+    assert_eq!(meta["units"].as_array().unwrap().len(), 5);
+    assert_eq!(meta["units"][0]["shortcut"]["kind"], "dropout");
+}
