@@ -9,6 +9,16 @@ use ndarray::{ArrayD, ArrayView2, ArrayViewD, ArrayViewMut2, Axis};
 /// An activation, gradient or parameter array (f64, any rank, standard layout).
 pub type Tensor = ArrayD<f64>;
 
+/// The same tensor in standard (row-major, contiguous) layout, copying only if it is not.
+/// (`as_standard_layout().into_owned()` would copy even an already-standard array.)
+pub fn into_standard_layout(x: Tensor) -> Tensor {
+    if x.is_standard_layout() {
+        x
+    } else {
+        x.as_standard_layout().into_owned()
+    }
+}
+
 /// Sum of squares in logical (row-major) order.
 pub fn sum_sq(a: &ArrayViewD<f64>) -> f64 {
     a.iter().fold(0.0, |acc, &v| acc + v * v)
@@ -144,9 +154,20 @@ pub fn matmul_into(
 
 /// `a · b` into a new array.
 pub fn matmul(a: &ArrayView2<f64>, b: &ArrayView2<f64>) -> ndarray::Array2<f64> {
-    let mut c = ndarray::Array2::zeros((a.nrows(), b.ncols()));
-    matmul_into(&mut c.view_mut(), a, b, false);
-    c
+    let (m, n) = (a.nrows(), b.ncols());
+    if a.ncols() == 0 || m == 0 || n == 0 {
+        return ndarray::Array2::zeros((m, n));
+    }
+    // The kernel overwrites every element when it does not read the destination, so the
+    // output is not zero-filled first (that would be a full extra pass over memory).
+    let mut c = ndarray::Array2::<f64>::uninit((m, n));
+    // SAFETY: `MaybeUninit<f64>` has the layout of `f64`; `c` is a fresh standard-layout
+    // (m, n) array, so the view covers exactly its elements; the kernel only writes them.
+    let mut out =
+        unsafe { ndarray::ArrayViewMut2::from_shape_ptr((m, n), c.as_mut_ptr().cast::<f64>()) };
+    matmul_into(&mut out, a, b, false);
+    // SAFETY: k > 0 and a non-accumulating call (`read_dst = false`) writes all m x n elements.
+    unsafe { c.assume_init() }
 }
 
 /// Median of finite-or-not values (NaN sorts last); `None` when empty.

@@ -157,15 +157,19 @@ impl NetArgs {
     }
 }
 
-/// Sets the size of rayon's global pool (used by the GEMM kernels and the checks).
-fn init_threads(threads: Option<u32>) -> Result<()> {
+/// Runs `job` inside a rayon pool of `threads` workers (default: all cores). The whole job runs
+/// on a worker, so the many small parallel sections (GEMMs, BN reductions) are cheap joins
+/// rather than a hand-off from an outside thread that then sleeps until woken.
+fn in_pool(
+    threads: Option<u32>,
+    job: impl FnOnce() -> Result<ExitCode> + Send,
+) -> Result<ExitCode> {
+    let mut builder = rayon::ThreadPoolBuilder::new();
     if let Some(n) = threads {
-        rayon::ThreadPoolBuilder::new()
-            .num_threads(n as usize)
-            .build_global()
-            .context("could not start the thread pool")?;
+        builder = builder.num_threads(n as usize);
     }
-    Ok(())
+    let pool = builder.build().context("could not start the thread pool")?;
+    pool.install(job)
 }
 
 /// Parses `args` and runs the subcommand. Usage errors are printed as one line.
@@ -197,9 +201,9 @@ pub fn run(args: impl IntoIterator<Item = OsString>) -> ExitCode {
         }
     };
     let result = match cli.command {
-        Command::Profile(a) => init_threads(a.net.threads).and_then(|_| profile::run(&a)),
-        Command::Check(a) => init_threads(a.net.threads).and_then(|_| check::run(&a)),
-        Command::Bench(a) => init_threads(a.threads).and_then(|_| bench::run(&a)),
+        Command::Profile(a) => in_pool(a.net.threads, || profile::run(&a)),
+        Command::Check(a) => in_pool(a.net.threads, || check::run(&a)),
+        Command::Bench(a) => in_pool(a.threads, || bench::run(&a)),
     };
     match result {
         Ok(code) => code,

@@ -12,7 +12,8 @@
 //! sqrt(running_var + eps)`. Running statistics are updated (momentum 0.1, unbiased variance,
 //! as PyTorch does) by an explicit call after a training-mode forward, never behind `&self`.
 
-use ndarray::{Array1, Array3, ArrayView3, Axis, Ix1, IxDyn};
+use ndarray::{Array1, Ix1, IxDyn};
+use rayon::prelude::*;
 
 use super::Mode;
 use crate::grads::Grads;
@@ -50,25 +51,86 @@ pub struct BatchNormCache {
     pub count: usize,
 }
 
-/// `(N, C, S)` view of an `(N, C, ...)` tensor, S = product of the trailing axes.
-fn as_ncs(x: &Tensor) -> ArrayView3<'_, f64> {
-    let n = x.shape()[0];
-    let c = x.shape()[1];
-    let s = x.len() / (n * c).max(1);
-    x.view()
-        .into_shape_with_order((n, c, s))
-        .expect("standard layout tensor")
+/// `(N, C, S)` sizes of an `(N, C, ...)` tensor, S = product of the trailing axes.
+fn ncs(x: &[usize]) -> (usize, usize, usize) {
+    let (n, c) = (x[0], x[1]);
+    (n, c, x.iter().skip(2).product())
 }
 
-/// Per-channel sum over (N, S), accumulated in a fixed order.
-fn channel_sums(x: &ArrayView3<f64>) -> Array1<f64> {
-    let mut sums = Array1::zeros(x.shape()[1]);
-    for sample in x.axis_iter(Axis(0)) {
-        for (c, row) in sample.axis_iter(Axis(0)).enumerate() {
-            sums[c] += row.iter().sum::<f64>();
+/// Channels per reduction task: one cache line of f64 when S = 1.
+const CHANNEL_BLOCK: usize = 8;
+
+/// Per-channel sums of `term(flat index, channel)` over (N, S). Each channel is summed in the
+/// same order (n, then s) whatever the thread count. Dense activations (S = 1) are summed row
+/// by row on one thread (vectorised across channels; too small to split); conv activations in
+/// parallel blocks of channels.
+fn per_channel_sum(
+    n: usize,
+    c: usize,
+    s: usize,
+    term: impl Fn(usize, usize) -> f64 + Sync,
+) -> Array1<f64> {
+    if s == 1 {
+        let mut acc = vec![0.0; c];
+        for ni in 0..n {
+            let base = ni * c;
+            for (ch, a) in acc.iter_mut().enumerate() {
+                *a += term(base + ch, ch);
+            }
         }
+        return Array1::from(acc);
     }
-    sums
+    let blocks: Vec<Vec<f64>> = (0..c.div_ceil(CHANNEL_BLOCK))
+        .into_par_iter()
+        .map(|b| {
+            let (lo, hi) = (b * CHANNEL_BLOCK, ((b + 1) * CHANNEL_BLOCK).min(c));
+            let mut acc = vec![0.0; hi - lo];
+            for ni in 0..n {
+                for ch in lo..hi {
+                    let base = (ni * c + ch) * s;
+                    let mut t = 0.0;
+                    for i in base..base + s {
+                        t += term(i, ch);
+                    }
+                    acc[ch - lo] += t;
+                }
+            }
+            acc
+        })
+        .collect();
+    Array1::from(blocks.concat())
+}
+
+/// Applies `f(channel, flat index, output)` to every element, samples in parallel (dense
+/// activations on one thread, row by row).
+fn per_element(out: &mut [f64], c: usize, s: usize, f: impl Fn(usize, usize, &mut f64) + Sync) {
+    let sample = c * s;
+    if s == 1 {
+        // Blocks of rows in parallel, each row a tight loop across channels.
+        let rows_per_task = (4096 / c.max(1)).max(1);
+        out.par_chunks_mut(rows_per_task * c)
+            .enumerate()
+            .for_each(|(b, block)| {
+                for (r, row) in block.chunks_exact_mut(c).enumerate() {
+                    let base = (b * rows_per_task + r) * c;
+                    for (ch, o) in row.iter_mut().enumerate() {
+                        f(ch, base + ch, o);
+                    }
+                }
+            });
+        return;
+    }
+    out.par_chunks_mut(sample)
+        .with_min_len(4)
+        .enumerate()
+        .for_each(|(ni, chunk)| {
+            for (ch, seg) in chunk.chunks_exact_mut(s).enumerate() {
+                let base = ni * sample + ch * s;
+                for (k, o) in seg.iter_mut().enumerate() {
+                    f(ch, base + k, o);
+                }
+            }
+        });
 }
 
 impl BatchNorm {
@@ -89,15 +151,17 @@ impl BatchNorm {
         self.gamma.len()
     }
 
-    pub fn forward(&self, x: &Tensor, mode: Mode) -> (Tensor, BatchNormCache) {
+    /// Takes the input by value: its buffer becomes the cached `xhat`.
+    pub fn forward(&self, x: Tensor, mode: Mode) -> (Tensor, BatchNormCache) {
         assert_eq!(
             x.shape()[1],
             self.channels(),
             "{}: channel count",
             self.name
         );
-        let x3 = as_ncs(x);
-        let (n, c, s) = x3.dim();
+        let mut x = crate::tensor::into_standard_layout(x);
+        let xs = x.as_slice().unwrap();
+        let (n, c, s) = ncs(x.shape());
         let count = n * s;
         let (mean, var) = match mode {
             Mode::Train => {
@@ -106,9 +170,11 @@ impl BatchNorm {
                     "{}: training-mode BatchNorm needs more than one value per channel",
                     self.name
                 );
-                let mean = channel_sums(&x3) / count as f64;
-                let centred = &x3 - &mean.view().insert_axis(Axis(1));
-                let var = channel_sums(&centred.mapv(|v| v * v).view()) / count as f64;
+                let mean = per_channel_sum(n, c, s, |i, _| xs[i]) / count as f64;
+                let m = mean.as_slice().unwrap();
+                // Two passes (mean, then centred squares): no cancellation for large means.
+                let var = per_channel_sum(n, c, s, |i, ch| (xs[i] - m[ch]) * (xs[i] - m[ch]))
+                    / count as f64;
                 (mean, var)
             }
             Mode::Eval => (
@@ -125,84 +191,65 @@ impl BatchNorm {
             ),
         };
         let inv_std = var.mapv(|v| 1.0 / (v + self.eps).sqrt());
-        let gamma = self.gamma.view().into_dimensionality::<Ix1>().unwrap();
-        let beta = self.beta.view().into_dimensionality::<Ix1>().unwrap();
-        let mut xhat = Array3::zeros((n, c, s));
-        let mut y = Array3::zeros((n, c, s));
-        for ((mut xh_n, mut y_n), x_n) in xhat
-            .outer_iter_mut()
-            .zip(y.outer_iter_mut())
-            .zip(x3.outer_iter())
-        {
-            for ch in 0..c {
-                let (m, is, g, b) = (mean[ch], inv_std[ch], gamma[ch], beta[ch]);
-                let src = x_n.index_axis(Axis(0), ch);
-                let mut xh = xh_n.index_axis_mut(Axis(0), ch);
-                let mut yy = y_n.index_axis_mut(Axis(0), ch);
-                for ((xh, yy), &v) in xh.iter_mut().zip(yy.iter_mut()).zip(src.iter()) {
-                    *xh = (v - m) * is;
-                    *yy = g * *xh + b;
-                }
-            }
-        }
-        let shape = x.raw_dim();
+        let (m, is) = (mean.as_slice().unwrap(), inv_std.as_slice().unwrap());
+        per_element(x.as_slice_mut().unwrap(), c, s, |ch, _, o| {
+            *o = (*o - m[ch]) * is[ch]
+        });
+        let xhat = x;
+        let (g, b) = (
+            self.gamma.as_slice().unwrap(),
+            self.beta.as_slice().unwrap(),
+        );
+        let mut y = xhat.clone();
+        per_element(y.as_slice_mut().unwrap(), c, s, |ch, _, o| {
+            *o = g[ch] * *o + b[ch]
+        });
+        let train = mode == Mode::Train;
         let cache = BatchNormCache {
             mode,
-            xhat: xhat.into_shape_with_order(shape.clone()).unwrap(),
+            xhat,
             inv_std,
-            batch_mean: if mode == Mode::Train {
-                mean
-            } else {
-                Array1::zeros(0)
-            },
-            batch_var: if mode == Mode::Train {
-                var
-            } else {
-                Array1::zeros(0)
-            },
+            batch_mean: if train { mean } else { Array1::zeros(0) },
+            batch_var: if train { var } else { Array1::zeros(0) },
             count,
         };
-        (y.into_shape_with_order(shape).unwrap(), cache)
+        (y, cache)
     }
 
+    /// Takes the output gradient by value and turns it into the input gradient in place.
     pub fn backward(
         &self,
         cache: &BatchNormCache,
-        grad_y: &Tensor,
+        grad_y: Tensor,
         grads: Option<&mut Grads>,
     ) -> Tensor {
-        let gy = as_ncs(grad_y);
-        let xhat = as_ncs(&cache.xhat);
-        let (n, c, s) = gy.dim();
-        let grad_beta = channel_sums(&gy);
-        let grad_gamma = channel_sums(&(&gy * &xhat).view());
-        let gamma = self.gamma.view().into_dimensionality::<Ix1>().unwrap();
+        let mut grad_y = crate::tensor::into_standard_layout(grad_y);
+        let gy = grad_y.as_slice().unwrap();
+        let xh = cache.xhat.as_slice().unwrap();
+        let (n, c, s) = ncs(grad_y.shape());
+        let grad_beta = per_channel_sum(n, c, s, |i, _| gy[i]);
+        let grad_gamma = per_channel_sum(n, c, s, |i, _| gy[i] * xh[i]);
+        let gamma = self.gamma.as_slice().unwrap();
         let m = cache.count as f64;
-        let mut gx = Array3::zeros((n, c, s));
-        for ((mut gx_n, gy_n), xh_n) in gx
-            .outer_iter_mut()
-            .zip(gy.outer_iter())
-            .zip(xhat.outer_iter())
-        {
-            for ch in 0..c {
-                let scale = gamma[ch] * cache.inv_std[ch];
-                let (mb, mg) = (grad_beta[ch] / m, grad_gamma[ch] / m);
-                let mut out = gx_n.index_axis_mut(Axis(0), ch);
-                let g = gy_n.index_axis(Axis(0), ch);
-                let xh = xh_n.index_axis(Axis(0), ch);
-                for ((o, &g), &xh) in out.iter_mut().zip(g.iter()).zip(xh.iter()) {
-                    *o = match cache.mode {
-                        Mode::Train => scale * (g - mb - xh * mg),
-                        Mode::Eval => scale * g,
-                    };
-                }
+        let scale: Vec<f64> = (0..c).map(|ch| gamma[ch] * cache.inv_std[ch]).collect();
+        match cache.mode {
+            Mode::Train => {
+                let mb: Vec<f64> = grad_beta.iter().map(|v| v / m).collect();
+                let mg: Vec<f64> = grad_gamma.iter().map(|v| v / m).collect();
+                per_element(grad_y.as_slice_mut().unwrap(), c, s, |ch, i, o| {
+                    *o = scale[ch] * (*o - mb[ch] - xh[i] * mg[ch])
+                });
             }
+            Mode::Eval => per_element(grad_y.as_slice_mut().unwrap(), c, s, |ch, _, o| {
+                *o *= scale[ch]
+            }),
         }
+        let gx = grad_y;
         if let Some(grads) = grads {
             grads.accumulate(&format!("{}.gamma", self.name), grad_gamma.into_dyn());
             grads.accumulate(&format!("{}.beta", self.name), grad_beta.into_dyn());
         }
-        gx.into_shape_with_order(grad_y.raw_dim()).unwrap()
+        gx
     }
 
     /// Moves the running statistics toward this batch's (training-mode caches only).
@@ -254,6 +301,7 @@ mod tests {
     use super::*;
     use crate::finite_diff::{numerical_gradient, quadratic_loss, rel_error};
     use crate::rng::{gaussian, rng};
+    use ndarray::Axis;
 
     /// Relative error bound for 2-point central differences, h = 1e-6, f64.
     const TOL: f64 = 1e-6;
@@ -273,11 +321,11 @@ mod tests {
         let bn = layer_with_random_affine(shape[1], seed);
         let x = gaussian(shape, 2.0, &mut r) + 0.5;
         let (a, b) = (gaussian(shape, 1.0, &mut r), gaussian(shape, 1.0, &mut r));
-        let (y, cache) = bn.forward(&x, mode);
+        let (y, cache) = bn.forward(x.clone(), mode);
         let mut grads = Grads::new();
-        let gx = bn.backward(&cache, &quadratic_loss(&y, &a, &b).1, Some(&mut grads));
+        let gx = bn.backward(&cache, quadratic_loss(&y, &a, &b).1, Some(&mut grads));
         let num_x = numerical_gradient(
-            |x| quadratic_loss(&bn.forward(x, mode).0, &a, &b).0,
+            |x| quadratic_loss(&bn.forward(x.clone(), mode).0, &a, &b).0,
             &x,
             1e-6,
         );
@@ -290,7 +338,7 @@ mod tests {
             |g| {
                 let mut l = bn.clone();
                 l.gamma = g.clone();
-                quadratic_loss(&l.forward(&x, mode).0, &a, &b).0
+                quadratic_loss(&l.forward(x.clone(), mode).0, &a, &b).0
             },
             &bn.gamma,
             1e-6,
@@ -301,7 +349,7 @@ mod tests {
             |bt| {
                 let mut l = bn.clone();
                 l.beta = bt.clone();
-                quadratic_loss(&l.forward(&x, mode).0, &a, &b).0
+                quadratic_loss(&l.forward(x.clone(), mode).0, &a, &b).0
             },
             &bn.beta,
             1e-6,
@@ -329,7 +377,7 @@ mod tests {
     fn train_mode_normalises_each_channel() {
         let bn = BatchNorm::new("bn", 3);
         let x = gaussian(&[50, 3], 4.0, &mut rng(4)) + 7.0;
-        let (y, _) = bn.forward(&x, Mode::Train);
+        let (y, _) = bn.forward(x, Mode::Train);
         for col in y.axis_iter(Axis(1)) {
             let mean = col.sum() / 50.0;
             let var = col.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / 50.0;
@@ -344,7 +392,7 @@ mod tests {
     fn running_stats_follow_momentum_with_unbiased_variance() {
         let mut bn = BatchNorm::new("bn", 1);
         let x = Tensor::from_shape_vec(IxDyn(&[4, 1]), vec![1.0, 2.0, 3.0, 6.0]).unwrap();
-        let (_, cache) = bn.forward(&x, Mode::Train);
+        let (_, cache) = bn.forward(x, Mode::Train);
         bn.update_running_stats(&cache);
         // mean 3, biased var 3.5, unbiased 14/3.
         assert!((bn.running_mean[[0]] - 0.3).abs() < 1e-15);

@@ -62,8 +62,9 @@ impl Dense {
         self.w.shape()[1]
     }
 
-    pub fn forward(&self, x: &Tensor) -> (Tensor, DenseCache) {
-        (self.apply(x), DenseCache { x: x.clone() })
+    /// Takes the input by value: it moves into the cache, no copy.
+    pub fn forward(&self, x: Tensor) -> (Tensor, DenseCache) {
+        (self.apply(&x), DenseCache { x })
     }
 
     /// The forward map alone (no cache).
@@ -139,7 +140,7 @@ mod tests {
             gaussian(&[6, 4], 1.0, &mut r),
             gaussian(&[6, 4], 1.0, &mut r),
         );
-        let (y, cache) = layer.forward(&x);
+        let (y, cache) = layer.forward(x.clone());
         let (_, gy) = quadratic_loss(&y, &a, &b);
         let mut grads = Grads::new();
         let gx = layer.backward(&cache, &gy, Some(&mut grads));
@@ -190,7 +191,7 @@ mod tests {
         let layer = Dense::he_fan_out("d", 3, 3, None, &mut r);
         let x = gaussian(&[4, 3], 1.0, &mut r);
         let gy = gaussian(&[4, 3], 1.0, &mut r);
-        let (_, cache) = layer.forward(&x);
+        let (_, cache) = layer.forward(x.clone());
         let mut grads = Grads::new();
         assert_eq!(
             layer.backward(&cache, &gy, None),

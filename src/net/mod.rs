@@ -111,7 +111,7 @@ impl Network {
 
     pub fn forward(&self, input: &Tensor, labels: &[usize], ctx: &ForwardCtx) -> Result<NetCache> {
         self.validate_batch(input, labels, ctx.mode)?;
-        let (x0, stem) = forward_seq(&self.stem, input, ctx.mode);
+        let (x0, stem) = forward_seq(&self.stem, input.clone(), ctx.mode);
         let mut units = Vec::with_capacity(self.units.len());
         let mut x = x0;
         for unit in &self.units {
@@ -119,7 +119,7 @@ impl Network {
             units.push(cache);
             x = next;
         }
-        let (logits, head) = forward_seq(&self.head, &x, ctx.mode);
+        let (logits, head) = forward_seq(&self.head, x.clone(), ctx.mode);
         let (loss, probs) = loss::forward(&logits, labels);
         Ok(NetCache {
             stem,
@@ -137,7 +137,7 @@ impl Network {
         for unit in &self.units[l..] {
             x = unit.forward(&x, ctx).0;
         }
-        let (logits, _) = forward_seq(&self.head, &x, ctx.mode);
+        let (logits, _) = forward_seq(&self.head, x, ctx.mode);
         loss::forward(&logits, labels).0
     }
 
@@ -168,7 +168,7 @@ impl Network {
         mut grads: Option<&mut Grads>,
     ) -> NetGrads {
         let grad_logits = loss::backward(&cache.probs, labels);
-        let mut g = backward_seq(&self.head, &cache.head, &grad_logits, grads.as_deref_mut());
+        let mut g = backward_seq(&self.head, &cache.head, grad_logits, grads.as_deref_mut());
         let mut grad_x = vec![Tensor::zeros(ndarray::IxDyn(&[0])); self.units.len() + 1];
         for (l, (unit, uc)) in self.units.iter().zip(&cache.units).enumerate().rev() {
             let below = unit.backward(uc, &g, grads.as_deref_mut());
@@ -176,7 +176,7 @@ impl Network {
         }
         grad_x[0] = g;
         if let Some(grads) = grads {
-            backward_seq(&self.stem, &cache.stem, &grad_x[0], Some(grads));
+            backward_seq(&self.stem, &cache.stem, grad_x[0].clone(), Some(grads));
         }
         NetGrads { grad_x }
     }

@@ -27,7 +27,8 @@ pub enum OpCache {
 }
 
 impl Op {
-    pub fn forward(&self, x: &Tensor, mode: Mode) -> (Tensor, OpCache) {
+    /// Takes the input by value so layers can reuse or keep its buffer without a copy.
+    pub fn forward(&self, x: Tensor, mode: Mode) -> (Tensor, OpCache) {
         match self {
             Op::Dense(d) => {
                 let (y, c) = d.forward(x);
@@ -45,9 +46,10 @@ impl Op {
         }
     }
 
-    pub fn backward(&self, cache: &OpCache, grad_y: &Tensor, grads: Option<&mut Grads>) -> Tensor {
+    /// Takes the output gradient by value (element-wise layers work in place).
+    pub fn backward(&self, cache: &OpCache, grad_y: Tensor, grads: Option<&mut Grads>) -> Tensor {
         match (self, cache) {
-            (Op::Dense(d), OpCache::Dense(c)) => d.backward(c, grad_y, grads),
+            (Op::Dense(d), OpCache::Dense(c)) => d.backward(c, &grad_y, grads),
             (Op::BatchNorm(bn), OpCache::BatchNorm(c)) => bn.backward(c, grad_y, grads),
             (Op::Relu, OpCache::Relu(c)) => relu::backward(c, grad_y),
             (Op::Mask(m), OpCache::Mask) => grad_y * m,
@@ -89,11 +91,11 @@ impl Op {
 }
 
 /// Runs `ops` in order; an empty sequence is the identity.
-pub fn forward_seq(ops: &[Op], x: &Tensor, mode: Mode) -> (Tensor, Vec<OpCache>) {
+pub fn forward_seq(ops: &[Op], x: Tensor, mode: Mode) -> (Tensor, Vec<OpCache>) {
     let mut caches = Vec::with_capacity(ops.len());
-    let mut cur = x.clone();
+    let mut cur = x;
     for op in ops {
-        let (y, c) = op.forward(&cur, mode);
+        let (y, c) = op.forward(cur, mode);
         caches.push(c);
         cur = y;
     }
@@ -104,12 +106,12 @@ pub fn forward_seq(ops: &[Op], x: &Tensor, mode: Mode) -> (Tensor, Vec<OpCache>)
 pub fn backward_seq(
     ops: &[Op],
     caches: &[OpCache],
-    grad_y: &Tensor,
+    grad_y: Tensor,
     mut grads: Option<&mut Grads>,
 ) -> Tensor {
-    let mut g = grad_y.clone();
+    let mut g = grad_y;
     for (op, cache) in ops.iter().zip(caches).rev() {
-        g = op.backward(cache, &g, grads.as_deref_mut());
+        g = op.backward(cache, g, grads.as_deref_mut());
     }
     g
 }
@@ -118,7 +120,7 @@ pub fn backward_seq(
 pub fn freeze_relus_seq(ops: &mut [Op], caches: &[OpCache]) {
     for (op, cache) in ops.iter_mut().zip(caches) {
         if let OpCache::Relu(c) = cache {
-            *op = Op::Mask(c.y.mapv(|v| if v > 0.0 { 1.0 } else { 0.0 }));
+            *op = Op::Mask(c.positive.mapv(|p| if p { 1.0 } else { 0.0 }));
         }
     }
 }

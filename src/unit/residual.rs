@@ -13,8 +13,6 @@
 //! measurable: carrying `dE/dx_L` down through shortcut parts alone gives the direct term of
 //! Eq. 5/8.
 
-use ndarray::IxDyn;
-
 use super::ops::{
     backward_seq, forward_seq, freeze_relus_seq, update_running_stats_seq, Op, OpCache,
 };
@@ -55,6 +53,8 @@ pub struct UnitCache {
     shortcut_op: Option<OpCache>,
     /// `g = sigmoid(W_g x + b_g)` for gated shortcuts.
     pub gate: Option<Tensor>,
+    /// `W_s x` for the projection shortcut.
+    projection: Option<Tensor>,
     /// Dropout mask on the shortcut.
     pub mask: Option<Tensor>,
     after_add: Vec<OpCache>,
@@ -67,75 +67,94 @@ pub struct UnitParts {
     pub shortcut: Tensor,
     /// `F'(x)`: `F`, `B F` or `g F`
     pub branch_term: Tensor,
-    cache: UnitCache,
 }
 
 impl ResidualUnit {
-    /// `h(x)` and `F'(x)` separately, before the addition.
-    pub fn forward_parts(&self, x: &Tensor, ctx: &ForwardCtx) -> UnitParts {
-        let (branch_out, branch_caches) = forward_seq(&self.branch, x, ctx.mode);
+    /// Runs the branch and the shortcut's own layers (gate, projection, mask); the cache is
+    /// complete except for the after-addition function.
+    fn forward_inputs(&self, x: &Tensor, ctx: &ForwardCtx) -> UnitCache {
+        let (branch_out, branch_caches) = forward_seq(&self.branch, x.clone(), ctx.mode);
         let mut shortcut_cache = None;
         let mut gate = None;
+        let mut projection = None;
         let mut mask = None;
-        let shortcut = match self.shortcut {
-            ShortcutKind::Identity => x.clone(),
-            ShortcutKind::Scale { lambda, .. } => x * lambda,
-            ShortcutKind::Gate { .. } | ShortcutKind::ShortcutGate { .. } => {
-                let (z, c) = self.shortcut_op().forward(x, ctx.mode);
+        match self.shortcut {
+            ShortcutKind::Gate { .. }
+            | ShortcutKind::ShortcutGate { .. }
+            | ShortcutKind::Conv1x1 => {
+                let (z, c) = self.shortcut_op().forward(x.clone(), ctx.mode);
                 shortcut_cache = Some(c);
-                let g = sigmoid::forward(&z);
-                let h = x * &g.mapv(|g| 1.0 - g);
-                gate = Some(g);
-                h
-            }
-            ShortcutKind::Conv1x1 => {
-                let (p, c) = self.shortcut_op().forward(x, ctx.mode);
-                shortcut_cache = Some(c);
-                p
+                if self.shortcut.has_gate() {
+                    gate = Some(sigmoid::forward(&z));
+                } else {
+                    projection = Some(z);
+                }
             }
             ShortcutKind::Dropout { p, rescale } => {
                 let mut r = rng(derive_seed(
                     ctx.dropout_seed,
                     &[purpose::DROPOUT, self.index as u64],
                 ));
-                let m = dropout::mask(x.shape(), p, rescale, &mut r);
-                let h = dropout::forward(x, &m);
-                mask = Some(m);
-                h
+                mask = Some(dropout::mask(x.shape(), p, rescale, &mut r));
             }
-            ShortcutKind::None => Tensor::zeros(IxDyn(x.shape())),
-        };
-        let cache = UnitCache {
+            _ => {}
+        }
+        UnitCache {
             x: x.clone(),
             branch: branch_caches,
             branch_out,
             shortcut_op: shortcut_cache,
             gate,
+            projection,
             mask,
             after_add: Vec::new(),
-        };
+        }
+    }
+
+    /// `acc += h(x)` from the cached shortcut state.
+    fn add_shortcut(&self, cache: &UnitCache, acc: &mut Tensor) {
+        let x = &cache.x;
+        match self.shortcut {
+            ShortcutKind::Identity => *acc += x,
+            ShortcutKind::Scale { lambda, .. } => acc.zip_mut_with(x, |a, &v| *a += lambda * v),
+            ShortcutKind::Gate { .. } | ShortcutKind::ShortcutGate { .. } => {
+                ndarray::Zip::from(acc)
+                    .and(x)
+                    .and(cache.gate.as_ref().unwrap())
+                    .for_each(|a, &v, &g| *a += (1.0 - g) * v)
+            }
+            ShortcutKind::Conv1x1 => *acc += cache.projection.as_ref().unwrap(),
+            ShortcutKind::Dropout { .. } => ndarray::Zip::from(acc)
+                .and(x)
+                .and(cache.mask.as_ref().unwrap())
+                .for_each(|a, &v, &m| *a += m * v),
+            ShortcutKind::None => {}
+        }
+    }
+
+    /// `h(x)` and `F'(x)` separately, before the addition.
+    pub fn forward_parts(&self, x: &Tensor, ctx: &ForwardCtx) -> UnitParts {
+        let cache = self.forward_inputs(x, ctx);
+        let mut shortcut = Tensor::zeros(x.raw_dim());
+        self.add_shortcut(&cache, &mut shortcut);
         let branch_term = self.branch_term(&cache);
         UnitParts {
             shortcut,
             branch_term,
-            cache,
         }
     }
 
     /// The after-addition function `f` alone.
     pub fn apply_after_add(&self, y: &Tensor, mode: Mode) -> Tensor {
-        forward_seq(&self.after_add, y, mode).0
+        forward_seq(&self.after_add, y.clone(), mode).0
     }
 
     /// `x_next = f(h(x) + F'(x))` with the cache for backward.
     pub fn forward(&self, x: &Tensor, ctx: &ForwardCtx) -> (Tensor, UnitCache) {
-        let UnitParts {
-            shortcut,
-            branch_term,
-            mut cache,
-        } = self.forward_parts(x, ctx);
-        let y = shortcut + &branch_term;
-        let (x_next, after_caches) = forward_seq(&self.after_add, &y, ctx.mode);
+        let mut cache = self.forward_inputs(x, ctx);
+        let mut y = self.branch_term(&cache);
+        self.add_shortcut(&cache, &mut y);
+        let (x_next, after_caches) = forward_seq(&self.after_add, y, ctx.mode);
         cache.after_add = after_caches;
         (x_next, cache)
     }
@@ -156,7 +175,7 @@ impl ResidualUnit {
     }
 
     /// `grad_y = J_f^T grad_next`: through the after-addition function.
-    fn grad_sum(&self, cache: &UnitCache, grad_next: &Tensor, grads: Option<&mut Grads>) -> Tensor {
+    fn grad_sum(&self, cache: &UnitCache, grad_next: Tensor, grads: Option<&mut Grads>) -> Tensor {
         backward_seq(&self.after_add, &cache.after_add, grad_next, grads)
     }
 
@@ -169,33 +188,42 @@ impl ResidualUnit {
     ) -> Tensor {
         let grad_z = sigmoid::backward(cache.gate.as_ref().unwrap(), grad_g);
         self.shortcut_op()
-            .backward(cache.shortcut_op.as_ref().unwrap(), &grad_z, grads)
+            .backward(cache.shortcut_op.as_ref().unwrap(), grad_z, grads)
     }
 
-    /// `J_h(x)^T grad_y`.
+    /// `J_h(x)^T grad_y`; takes `grad_y` by value so identity-like shortcuts reuse it.
     fn shortcut_part(
         &self,
         cache: &UnitCache,
-        grad_y: &Tensor,
+        mut grad_y: Tensor,
         grads: Option<&mut Grads>,
     ) -> Tensor {
         match self.shortcut {
-            ShortcutKind::Identity => grad_y.clone(),
-            ShortcutKind::Scale { lambda, .. } => grad_y * lambda,
+            ShortcutKind::Identity => grad_y,
+            ShortcutKind::Scale { lambda, .. } => {
+                grad_y *= lambda;
+                grad_y
+            }
             ShortcutKind::Gate { .. } | ShortcutKind::ShortcutGate { .. } => {
                 // h = (1 - g) * x: the direct factor (1 - g) plus the path through the gate,
                 // d/dg [(1 - g) x] = -x.
-                let g = cache.gate.as_ref().unwrap();
-                let direct = grad_y * &g.mapv(|g| 1.0 - g);
-                let grad_g = -(grad_y * &cache.x);
-                direct + &self.gate_backward(cache, &grad_g, grads)
+                let grad_g = -(&grad_y * &cache.x);
+                grad_y.zip_mut_with(cache.gate.as_ref().unwrap(), |d, &g| *d *= 1.0 - g);
+                grad_y += &self.gate_backward(cache, &grad_g, grads);
+                grad_y
             }
             ShortcutKind::Conv1x1 => {
                 self.shortcut_op()
                     .backward(cache.shortcut_op.as_ref().unwrap(), grad_y, grads)
             }
-            ShortcutKind::Dropout { .. } => dropout::backward(cache.mask.as_ref().unwrap(), grad_y),
-            ShortcutKind::None => Tensor::zeros(IxDyn(cache.x.shape())),
+            ShortcutKind::Dropout { .. } => {
+                grad_y *= cache.mask.as_ref().unwrap();
+                grad_y
+            }
+            ShortcutKind::None => {
+                grad_y.fill(0.0);
+                grad_y
+            }
         }
     }
 
@@ -211,7 +239,7 @@ impl ResidualUnit {
             ShortcutKind::Gate { .. } => grad_y * cache.gate.as_ref().unwrap(),
             _ => grad_y.clone(),
         };
-        let mut grad_x = backward_seq(&self.branch, &cache.branch, &grad_f, grads.as_deref_mut());
+        let mut grad_x = backward_seq(&self.branch, &cache.branch, grad_f, grads.as_deref_mut());
         if let ShortcutKind::Gate { .. } = self.shortcut {
             // g * F: the gate's own dependence on x, d/dg [g F] = F.
             let grad_g = grad_y * &cache.branch_out;
@@ -227,8 +255,9 @@ impl ResidualUnit {
         grad_next: &Tensor,
         grads: Option<&mut Grads>,
     ) -> Tensor {
-        let (s, b) = self.backward_split_inner(cache, grad_next, grads);
-        s + &b
+        let (mut s, b) = self.backward_split_inner(cache, grad_next, grads);
+        s += &b;
+        s
     }
 
     /// Both parts of the backward, `(shortcut part, branch part)`; their sum is `dE/dx_l`.
@@ -242,21 +271,21 @@ impl ResidualUnit {
         grad_next: &Tensor,
         mut grads: Option<&mut Grads>,
     ) -> (Tensor, Tensor) {
-        let grad_y = self.grad_sum(cache, grad_next, grads.as_deref_mut());
-        let s = self.shortcut_part(cache, &grad_y, grads.as_deref_mut());
-        let b = self.branch_part(cache, &grad_y, grads);
+        let grad_y = self.grad_sum(cache, grad_next.clone(), grads.as_deref_mut());
+        let b = self.branch_part(cache, &grad_y, grads.as_deref_mut());
+        let s = self.shortcut_part(cache, grad_y, grads);
         (s, b)
     }
 
     /// The vector-Jacobian product through the shortcut path only (f included).
     pub fn vjp_shortcut(&self, cache: &UnitCache, grad_next: &Tensor) -> Tensor {
-        let grad_y = self.grad_sum(cache, grad_next, None);
-        self.shortcut_part(cache, &grad_y, None)
+        let grad_y = self.grad_sum(cache, grad_next.clone(), None);
+        self.shortcut_part(cache, grad_y, None)
     }
 
     /// The vector-Jacobian product through the branch only (f included).
     pub fn vjp_branch(&self, cache: &UnitCache, grad_next: &Tensor) -> Tensor {
-        let grad_y = self.grad_sum(cache, grad_next, None);
+        let grad_y = self.grad_sum(cache, grad_next.clone(), None);
         self.branch_part(cache, &grad_y, None)
     }
 
