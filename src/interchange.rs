@@ -30,6 +30,14 @@ fn op_json(op: &Op) -> Value {
             "eps": bn.eps,
             "momentum": bn.momentum,
         }),
+        Op::Conv(c) => json!({
+            "op": "conv2d",
+            "w": format!("{}.w", c.name),
+            "b": c.b.as_ref().map(|_| format!("{}.b", c.name)),
+            "stride": c.stride,
+            "pad": c.pad,
+        }),
+        Op::Pool => json!({ "op": "global_avg_pool" }),
         Op::Relu => json!({ "op": "relu" }),
         Op::Mask(_) => json!({ "op": "frozen-relu" }),
     }

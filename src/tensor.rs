@@ -97,6 +97,30 @@ pub fn matmul_into(
     b: &ArrayView2<f64>,
     accumulate: bool,
 ) {
+    let threads = rayon::current_num_threads();
+    let parallel = threads > 1 && a.nrows() * a.ncols() * b.ncols() >= PARALLEL_GEMM_MIN_FLOPS;
+    gemm_call(c, a, b, accumulate, parallel.then_some(threads));
+}
+
+/// As [`matmul_into`], always on the calling thread: for GEMMs that already run inside a
+/// parallel loop (one per sample of a convolution), so parallelism is never nested.
+pub fn matmul_into_serial(
+    c: &mut ArrayViewMut2<f64>,
+    a: &ArrayView2<f64>,
+    b: &ArrayView2<f64>,
+    accumulate: bool,
+) {
+    gemm_call(c, a, b, accumulate, None);
+}
+
+/// The one place that calls the `gemm` crate; `threads: None` runs on the calling thread.
+fn gemm_call(
+    c: &mut ArrayViewMut2<f64>,
+    a: &ArrayView2<f64>,
+    b: &ArrayView2<f64>,
+    accumulate: bool,
+    threads: Option<usize>,
+) {
     let (m, k) = a.dim();
     let (k2, n) = b.dim();
     assert_eq!(k, k2, "matmul: inner dimensions {k} and {k2} differ");
@@ -115,11 +139,9 @@ pub fn matmul_into(
         }
         return;
     }
-    let threads = rayon::current_num_threads();
-    let parallelism = if threads > 1 && m * n * k >= PARALLEL_GEMM_MIN_FLOPS {
-        gemm::Parallelism::Rayon(threads)
-    } else {
-        gemm::Parallelism::None
+    let parallelism = match threads {
+        Some(t) => gemm::Parallelism::Rayon(t),
+        None => gemm::Parallelism::None,
     };
     let (c_rs, c_cs) = (c.strides()[0], c.strides()[1]);
     let (a_rs, a_cs) = (a.strides()[0], a.strides()[1]);

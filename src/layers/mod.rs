@@ -9,6 +9,7 @@
 //! [`Grads`]: crate::grads::Grads
 
 pub mod batch_norm;
+pub mod conv;
 pub mod dense;
 pub mod dropout;
 pub mod loss;
@@ -16,6 +17,7 @@ pub mod relu;
 pub mod sigmoid;
 
 pub use batch_norm::{BatchNorm, BatchNormCache};
+pub use conv::{Conv2d, ConvCache};
 pub use dense::{Dense, DenseCache};
 
 /// Whether BatchNorm normalises with batch statistics (training) or running ones (evaluation).

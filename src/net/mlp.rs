@@ -107,6 +107,7 @@ pub fn dense_unit(
         branch,
         after_add,
         shortcut_op,
+        pre: Vec::new(),
     }
 }
 

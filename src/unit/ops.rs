@@ -3,7 +3,8 @@
 //! inside, so conv layers plug in as new `Op` variants.
 
 use crate::grads::Grads;
-use crate::layers::{relu, BatchNorm, BatchNormCache, Dense, DenseCache, Mode};
+use crate::layers::conv::pool;
+use crate::layers::{relu, BatchNorm, BatchNormCache, Conv2d, ConvCache, Dense, DenseCache, Mode};
 use crate::tensor::Tensor;
 
 // Ops are built once per network (a few hundred at most), so their size does not matter.
@@ -11,6 +12,9 @@ use crate::tensor::Tensor;
 #[derive(Debug, Clone)]
 pub enum Op {
     Dense(Dense),
+    Conv(Conv2d),
+    /// Global average pooling `(N, C, H, W) -> (N, C)`.
+    Pool,
     BatchNorm(BatchNorm),
     Relu,
     /// A ReLU frozen at one point: multiply by that point's fixed 0/1 pattern. Finite
@@ -21,6 +25,9 @@ pub enum Op {
 #[derive(Debug, Clone)]
 pub enum OpCache {
     Dense(DenseCache),
+    Conv(ConvCache),
+    /// The pooled input's shape.
+    Pool(Vec<usize>),
     BatchNorm(BatchNormCache),
     Relu(relu::ReluCache),
     Mask,
@@ -34,6 +41,11 @@ impl Op {
                 let (y, c) = d.forward(x);
                 (y, OpCache::Dense(c))
             }
+            Op::Conv(conv) => {
+                let (y, c) = conv.forward(x);
+                (y, OpCache::Conv(c))
+            }
+            Op::Pool => (pool::forward(&x), OpCache::Pool(x.shape().to_vec())),
             Op::BatchNorm(bn) => {
                 let (y, c) = bn.forward(x, mode);
                 (y, OpCache::BatchNorm(c))
@@ -50,6 +62,8 @@ impl Op {
     pub fn backward(&self, cache: &OpCache, grad_y: Tensor, grads: Option<&mut Grads>) -> Tensor {
         match (self, cache) {
             (Op::Dense(d), OpCache::Dense(c)) => d.backward(c, &grad_y, grads),
+            (Op::Conv(conv), OpCache::Conv(c)) => conv.backward(c, &grad_y, grads),
+            (Op::Pool, OpCache::Pool(shape)) => pool::backward(shape, &grad_y),
             (Op::BatchNorm(bn), OpCache::BatchNorm(c)) => bn.backward(c, grad_y, grads),
             (Op::Relu, OpCache::Relu(c)) => relu::backward(c, grad_y),
             (Op::Mask(m), OpCache::Mask) => grad_y * m,
@@ -60,16 +74,18 @@ impl Op {
     pub fn visit_params(&self, f: &mut dyn FnMut(String, &Tensor)) {
         match self {
             Op::Dense(d) => d.visit_params(f),
+            Op::Conv(c) => c.visit_params(f),
             Op::BatchNorm(bn) => bn.visit_params(f),
-            Op::Relu | Op::Mask(_) => {}
+            Op::Relu | Op::Mask(_) | Op::Pool => {}
         }
     }
 
     pub fn visit_params_mut(&mut self, f: &mut dyn FnMut(String, &mut Tensor)) {
         match self {
             Op::Dense(d) => d.visit_params_mut(f),
+            Op::Conv(c) => c.visit_params_mut(f),
             Op::BatchNorm(bn) => bn.visit_params_mut(f),
-            Op::Relu | Op::Mask(_) => {}
+            Op::Relu | Op::Mask(_) | Op::Pool => {}
         }
     }
 
@@ -83,6 +99,9 @@ impl Op {
     pub fn label(&self) -> &'static str {
         match self {
             Op::Dense(_) => "W",
+            Op::Conv(c) if c.k() == 1 => "W1x1",
+            Op::Conv(_) => "W3x3",
+            Op::Pool => "pool",
             Op::BatchNorm(_) => "BN",
             Op::Relu => "ReLU",
             Op::Mask(_) => "ReLU(frozen)",

@@ -41,12 +41,18 @@ pub struct ResidualUnit {
     pub after_add: Vec<Op>,
     /// Gate pre-activation `W_g x + b_g` (gates) or projection `W_s x` (conv1x1).
     pub shortcut_op: Option<Op>,
+    /// Activation applied once before the split (pre-activation units that change shape: the
+    /// projection then sees the pre-activated input, as in the paper's code); usually empty.
+    pub pre: Vec<Op>,
 }
 
 #[derive(Debug, Clone)]
 pub struct UnitCache {
     /// The unit input `x_l`.
     pub x: Tensor,
+    pre: Vec<OpCache>,
+    /// The input both paths see: `pre(x)` (`x` itself when `pre` is empty).
+    split_input: Option<Tensor>,
     branch: Vec<OpCache>,
     /// `F(x)`, before any gate or branch scale.
     pub branch_out: Tensor,
@@ -72,7 +78,14 @@ pub struct UnitParts {
 impl ResidualUnit {
     /// Runs the branch and the shortcut's own layers (gate, projection, mask); the cache is
     /// complete except for the after-addition function.
-    fn forward_inputs(&self, x: &Tensor, ctx: &ForwardCtx) -> UnitCache {
+    fn forward_inputs(&self, x_in: &Tensor, ctx: &ForwardCtx) -> UnitCache {
+        let (split_input, pre_caches) = if self.pre.is_empty() {
+            (None, Vec::new())
+        } else {
+            let (a, c) = forward_seq(&self.pre, x_in.clone(), ctx.mode);
+            (Some(a), c)
+        };
+        let x = split_input.as_ref().unwrap_or(x_in);
         let (branch_out, branch_caches) = forward_seq(&self.branch, x.clone(), ctx.mode);
         let mut shortcut_cache = None;
         let mut gate = None;
@@ -100,7 +113,9 @@ impl ResidualUnit {
             _ => {}
         }
         UnitCache {
-            x: x.clone(),
+            x: x_in.clone(),
+            pre: pre_caches,
+            split_input,
             branch: branch_caches,
             branch_out,
             shortcut_op: shortcut_cache,
@@ -113,7 +128,7 @@ impl ResidualUnit {
 
     /// `acc += h(x)` from the cached shortcut state.
     fn add_shortcut(&self, cache: &UnitCache, acc: &mut Tensor) {
-        let x = &cache.x;
+        let x = cache.split_input.as_ref().unwrap_or(&cache.x);
         match self.shortcut {
             ShortcutKind::Identity => *acc += x,
             ShortcutKind::Scale { lambda, .. } => acc.zip_mut_with(x, |a, &v| *a += lambda * v),
@@ -135,7 +150,7 @@ impl ResidualUnit {
     /// `h(x)` and `F'(x)` separately, before the addition.
     pub fn forward_parts(&self, x: &Tensor, ctx: &ForwardCtx) -> UnitParts {
         let cache = self.forward_inputs(x, ctx);
-        let mut shortcut = Tensor::zeros(x.raw_dim());
+        let mut shortcut = Tensor::zeros(cache.branch_out.raw_dim());
         self.add_shortcut(&cache, &mut shortcut);
         let branch_term = self.branch_term(&cache);
         UnitParts {
@@ -195,6 +210,26 @@ impl ResidualUnit {
     fn shortcut_part(
         &self,
         cache: &UnitCache,
+        grad_y: Tensor,
+        mut grads: Option<&mut Grads>,
+    ) -> Tensor {
+        let g = self.shortcut_part_inner(cache, grad_y, grads.as_deref_mut());
+        self.through_pre(cache, g, grads)
+    }
+
+    /// Backward through the shared pre-activation, if any (linear in the gradient, so the
+    /// shortcut and branch parts can each pass through it and still add up).
+    fn through_pre(&self, cache: &UnitCache, g: Tensor, grads: Option<&mut Grads>) -> Tensor {
+        if self.pre.is_empty() {
+            g
+        } else {
+            backward_seq(&self.pre, &cache.pre, g, grads)
+        }
+    }
+
+    fn shortcut_part_inner(
+        &self,
+        cache: &UnitCache,
         mut grad_y: Tensor,
         grads: Option<&mut Grads>,
     ) -> Tensor {
@@ -207,7 +242,7 @@ impl ResidualUnit {
             ShortcutKind::Gate { .. } | ShortcutKind::ShortcutGate { .. } => {
                 // h = (1 - g) * x: the direct factor (1 - g) plus the path through the gate,
                 // d/dg [(1 - g) x] = -x.
-                let grad_g = -(&grad_y * &cache.x);
+                let grad_g = -(&grad_y * cache.split_input.as_ref().unwrap_or(&cache.x));
                 grad_y.zip_mut_with(cache.gate.as_ref().unwrap(), |d, &g| *d *= 1.0 - g);
                 grad_y += &self.gate_backward(cache, &grad_g, grads);
                 grad_y
@@ -243,9 +278,9 @@ impl ResidualUnit {
         if let ShortcutKind::Gate { .. } = self.shortcut {
             // g * F: the gate's own dependence on x, d/dg [g F] = F.
             let grad_g = grad_y * &cache.branch_out;
-            grad_x += &self.gate_backward(cache, &grad_g, grads);
+            grad_x += &self.gate_backward(cache, &grad_g, grads.as_deref_mut());
         }
-        grad_x
+        self.through_pre(cache, grad_x, grads)
     }
 
     /// Full backward: `dE/dx_l` from `dE/dx_{l+1}`, parameter gradients into `grads` if given.
@@ -291,16 +326,19 @@ impl ResidualUnit {
 
     /// Replaces every ReLU by the pattern it had in `cache` (see `Network::with_frozen_relus`).
     pub fn freeze_relus(&mut self, cache: &UnitCache) {
+        freeze_relus_seq(&mut self.pre, &cache.pre);
         freeze_relus_seq(&mut self.branch, &cache.branch);
         freeze_relus_seq(&mut self.after_add, &cache.after_add);
     }
 
     pub fn update_running_stats(&mut self, cache: &UnitCache) {
+        update_running_stats_seq(&mut self.pre, &cache.pre);
         update_running_stats_seq(&mut self.branch, &cache.branch);
         update_running_stats_seq(&mut self.after_add, &cache.after_add);
     }
 
     pub fn visit_params(&self, f: &mut dyn FnMut(String, &Tensor)) {
+        self.pre.iter().for_each(|op| op.visit_params(f));
         self.branch.iter().for_each(|op| op.visit_params(f));
         self.after_add.iter().for_each(|op| op.visit_params(f));
         if let Some(op) = &self.shortcut_op {
@@ -309,6 +347,7 @@ impl ResidualUnit {
     }
 
     pub fn visit_params_mut(&mut self, f: &mut dyn FnMut(String, &mut Tensor)) {
+        self.pre.iter_mut().for_each(|op| op.visit_params_mut(f));
         self.branch.iter_mut().for_each(|op| op.visit_params_mut(f));
         self.after_add
             .iter_mut()
@@ -319,6 +358,7 @@ impl ResidualUnit {
     }
 
     pub fn visit_buffers(&self, f: &mut dyn FnMut(String, &Tensor)) {
+        self.pre.iter().for_each(|op| op.visit_buffers(f));
         self.branch.iter().for_each(|op| op.visit_buffers(f));
         self.after_add.iter().for_each(|op| op.visit_buffers(f));
     }

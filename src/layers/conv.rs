@@ -1,0 +1,467 @@
+//! 2-D convolution, NCHW: `x: (N, C_in, H, W)`, `w: (C_out, C_in, k, k)`, stride `s`, zero
+//! padding `p`, optional bias; `H_out = (H + 2p - k) / s + 1`.
+//!
+//! Per sample, with `cols = im2col(x_n): (C_in k k, H_out W_out)` and `W2 = w` viewed as
+//! `(C_out, C_in k k)`:
+//!
+//! ```text
+//! forward:  y_n      = W2 · cols
+//! backward: grad_x_n = col2im(W2^T · grad_y_n)
+//!           grad_W2 += grad_y_n · cols^T,   grad_b += sum_{h,w} grad_y_n
+//! ```
+//!
+//! A 1x1 convolution with stride 1 needs no im2col: `cols` is `x_n` itself. Samples run in
+//! parallel (each GEMM on one thread: one level of parallelism); weight gradients are summed
+//! over fixed chunks of samples and the chunks added in order, so the bits do not depend on
+//! the thread count.
+
+use ndarray::{Array2, ArrayView2, ArrayViewMut2, Axis, Ix4, IxDyn};
+use rand_chacha::ChaCha8Rng;
+use rayon::prelude::*;
+
+use crate::grads::Grads;
+use crate::rng::gaussian;
+use crate::tensor::{matmul_into_serial, Tensor};
+
+/// Samples per weight-gradient partial sum (fixed, so the summation order is too).
+const GRAD_CHUNK: usize = 4;
+
+#[derive(Debug, Clone)]
+pub struct Conv2d {
+    pub name: String,
+    /// (C_out, C_in, k, k)
+    pub w: Tensor,
+    /// (C_out), when the layer has a bias (the gate's 1x1 convolution).
+    pub b: Option<Tensor>,
+    pub stride: usize,
+    pub pad: usize,
+}
+
+/// The input: im2col is recomputed in backward rather than kept (memory matters more than
+/// the copy for ResNet-1001).
+#[derive(Debug, Clone)]
+pub struct ConvCache {
+    /// (N, C_in, H, W)
+    pub x: Tensor,
+}
+
+/// Output spatial size.
+pub fn out_size(size: usize, k: usize, stride: usize, pad: usize) -> usize {
+    (size + 2 * pad - k) / stride + 1
+}
+
+/// `x_n: (C, H, W)` -> `cols: (C k k, Ho Wo)`.
+fn im2col(x: &[f64], c: usize, h: usize, w: usize, k: usize, s: usize, p: usize, cols: &mut [f64]) {
+    let (ho, wo) = (out_size(h, k, s, p), out_size(w, k, s, p));
+    for ci in 0..c {
+        for ki in 0..k {
+            for kj in 0..k {
+                let row = &mut cols[((ci * k + ki) * k + kj) * ho * wo..][..ho * wo];
+                for oh in 0..ho {
+                    let ih = (oh * s + ki) as isize - p as isize;
+                    let out = &mut row[oh * wo..(oh + 1) * wo];
+                    if ih < 0 || ih >= h as isize {
+                        out.fill(0.0);
+                        continue;
+                    }
+                    let src = &x[(ci * h + ih as usize) * w..][..w];
+                    for (ow, o) in out.iter_mut().enumerate() {
+                        let iw = (ow * s + kj) as isize - p as isize;
+                        *o = if iw < 0 || iw >= w as isize {
+                            0.0
+                        } else {
+                            src[iw as usize]
+                        };
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Adds `cols: (C k k, Ho Wo)` back into `x_n: (C, H, W)` (the adjoint of im2col).
+fn col2im(cols: &[f64], c: usize, h: usize, w: usize, k: usize, s: usize, p: usize, x: &mut [f64]) {
+    let (ho, wo) = (out_size(h, k, s, p), out_size(w, k, s, p));
+    for ci in 0..c {
+        for ki in 0..k {
+            for kj in 0..k {
+                let row = &cols[((ci * k + ki) * k + kj) * ho * wo..][..ho * wo];
+                for oh in 0..ho {
+                    let ih = (oh * s + ki) as isize - p as isize;
+                    if ih < 0 || ih >= h as isize {
+                        continue;
+                    }
+                    let dst = &mut x[(ci * h + ih as usize) * w..][..w];
+                    for (ow, &v) in row[oh * wo..(oh + 1) * wo].iter().enumerate() {
+                        let iw = (ow * s + kj) as isize - p as isize;
+                        if iw >= 0 && iw < w as isize {
+                            dst[iw as usize] += v;
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+impl Conv2d {
+    /// He initialisation on fan-out, `w ~ N(0, 2 / (k k C_out))`, as in the paper's code.
+    pub fn he_fan_out(
+        name: &str,
+        c_in: usize,
+        c_out: usize,
+        k: usize,
+        stride: usize,
+        pad: usize,
+        bias: Option<f64>,
+        rng: &mut ChaCha8Rng,
+    ) -> Self {
+        let std = (2.0 / (k * k * c_out) as f64).sqrt();
+        Conv2d {
+            name: name.to_string(),
+            w: gaussian(&[c_out, c_in, k, k], std, rng),
+            b: bias.map(|v| Tensor::from_elem(IxDyn(&[c_out]), v)),
+            stride,
+            pad,
+        }
+    }
+
+    pub fn c_out(&self) -> usize {
+        self.w.shape()[0]
+    }
+    pub fn c_in(&self) -> usize {
+        self.w.shape()[1]
+    }
+    pub fn k(&self) -> usize {
+        self.w.shape()[2]
+    }
+
+    /// True when `cols` is the input itself.
+    fn is_pointwise(&self) -> bool {
+        self.k() == 1 && self.stride == 1 && self.pad == 0
+    }
+
+    /// `w` as `(C_out, C_in k k)`.
+    fn w2(&self) -> ArrayView2<'_, f64> {
+        let (co, rest) = (self.c_out(), self.c_in() * self.k() * self.k());
+        self.w.view().into_shape_with_order((co, rest)).unwrap()
+    }
+
+    /// Output shape for an input shape `(N, C, H, W)`.
+    pub fn out_shape(&self, in_shape: &[usize]) -> [usize; 4] {
+        let (k, s, p) = (self.k(), self.stride, self.pad);
+        [
+            in_shape[0],
+            self.c_out(),
+            out_size(in_shape[2], k, s, p),
+            out_size(in_shape[3], k, s, p),
+        ]
+    }
+
+    pub fn apply(&self, x: &Tensor) -> Tensor {
+        let x = x
+            .view()
+            .into_dimensionality::<Ix4>()
+            .expect("conv input must be (N, C, H, W)");
+        let (_, c, h, w) = x.dim();
+        assert_eq!(c, self.c_in(), "{}: input channels", self.name);
+        let x = x.as_standard_layout();
+        let xs = x.as_slice().unwrap();
+        let out = self.out_shape(x.shape());
+        let (co, hw_out) = (out[1], out[2] * out[3]);
+        let (k, s, p) = (self.k(), self.stride, self.pad);
+        let ckk = c * k * k;
+        let w2 = self.w2();
+        let mut y = Tensor::zeros(IxDyn(&out));
+        y.as_slice_mut()
+            .unwrap()
+            .par_chunks_mut(co * hw_out)
+            .enumerate()
+            .for_each(|(n, y_n)| {
+                let x_n = &xs[n * c * h * w..(n + 1) * c * h * w];
+                let mut y_n = ArrayViewMut2::from_shape((co, hw_out), y_n).unwrap();
+                if self.is_pointwise() {
+                    let cols = ArrayView2::from_shape((c, h * w), x_n).unwrap();
+                    matmul_into_serial(&mut y_n, &w2, &cols, false);
+                } else {
+                    let mut cols = vec![0.0; ckk * hw_out];
+                    im2col(x_n, c, h, w, k, s, p, &mut cols);
+                    let cols = ArrayView2::from_shape((ckk, hw_out), &cols[..]).unwrap();
+                    matmul_into_serial(&mut y_n, &w2, &cols, false);
+                }
+                if let Some(b) = &self.b {
+                    for (mut row, &bv) in y_n.axis_iter_mut(Axis(0)).zip(b.iter()) {
+                        row += bv;
+                    }
+                }
+            });
+        y
+    }
+
+    /// Takes the input by value: it moves into the cache.
+    pub fn forward(&self, x: Tensor) -> (Tensor, ConvCache) {
+        let x = crate::tensor::into_standard_layout(x);
+        (self.apply(&x), ConvCache { x })
+    }
+
+    pub fn backward(
+        &self,
+        cache: &ConvCache,
+        grad_y: &Tensor,
+        grads: Option<&mut Grads>,
+    ) -> Tensor {
+        let gy = grad_y.as_standard_layout();
+        let gys = gy.as_slice().unwrap();
+        let xs = cache.x.as_slice().unwrap();
+        let (n_batch, c, h, w) = cache.x.view().into_dimensionality::<Ix4>().unwrap().dim();
+        let out = self.out_shape(cache.x.shape());
+        let (co, hw_out) = (out[1], out[2] * out[3]);
+        let (k, s, p) = (self.k(), self.stride, self.pad);
+        let ckk = c * k * k;
+        let w2 = self.w2();
+        let sample_in = c * h * w;
+        let sample_out = co * hw_out;
+        let mut gx = Tensor::zeros(cache.x.raw_dim());
+        gx.as_slice_mut()
+            .unwrap()
+            .par_chunks_mut(sample_in)
+            .enumerate()
+            .for_each(|(n, gx_n)| {
+                let gy_n = ArrayView2::from_shape(
+                    (co, hw_out),
+                    &gys[n * sample_out..(n + 1) * sample_out],
+                )
+                .unwrap();
+                if self.is_pointwise() {
+                    let mut gx_n = ArrayViewMut2::from_shape((c, h * w), gx_n).unwrap();
+                    matmul_into_serial(&mut gx_n, &w2.t(), &gy_n, false);
+                } else {
+                    let mut gcols = Array2::zeros((ckk, hw_out));
+                    matmul_into_serial(&mut gcols.view_mut(), &w2.t(), &gy_n, false);
+                    col2im(gcols.as_slice().unwrap(), c, h, w, k, s, p, gx_n);
+                }
+            });
+        if let Some(grads) = grads {
+            // Fixed chunks of samples, each summed in order on one thread, then the chunks in order.
+            let partials: Vec<(Array2<f64>, Vec<f64>)> = (0..n_batch.div_ceil(GRAD_CHUNK))
+                .into_par_iter()
+                .map(|chunk| {
+                    let mut gw = Array2::<f64>::zeros((co, ckk));
+                    let mut gb = vec![0.0; co];
+                    let mut cols = vec![0.0; if self.is_pointwise() { 0 } else { ckk * hw_out }];
+                    for n in chunk * GRAD_CHUNK..((chunk + 1) * GRAD_CHUNK).min(n_batch) {
+                        let gy_n = ArrayView2::from_shape(
+                            (co, hw_out),
+                            &gys[n * sample_out..(n + 1) * sample_out],
+                        )
+                        .unwrap();
+                        let x_n = &xs[n * sample_in..(n + 1) * sample_in];
+                        if self.is_pointwise() {
+                            let cols = ArrayView2::from_shape((c, h * w), x_n).unwrap();
+                            matmul_into_serial(&mut gw.view_mut(), &gy_n, &cols.t(), true);
+                        } else {
+                            im2col(x_n, c, h, w, k, s, p, &mut cols);
+                            let cols = ArrayView2::from_shape((ckk, hw_out), &cols[..]).unwrap();
+                            matmul_into_serial(&mut gw.view_mut(), &gy_n, &cols.t(), true);
+                        }
+                        for (g, row) in gb.iter_mut().zip(gy_n.axis_iter(Axis(0))) {
+                            *g += row.sum();
+                        }
+                    }
+                    (gw, gb)
+                })
+                .collect();
+            let mut gw = Array2::<f64>::zeros((co, ckk));
+            let mut gb = vec![0.0; co];
+            for (pw, pb) in &partials {
+                gw += pw;
+                gb.iter_mut().zip(pb).for_each(|(a, b)| *a += b);
+            }
+            grads.accumulate(
+                &format!("{}.w", self.name),
+                gw.into_shape_with_order(self.w.raw_dim()).unwrap(),
+            );
+            if self.b.is_some() {
+                grads.accumulate(
+                    &format!("{}.b", self.name),
+                    Tensor::from_shape_vec(IxDyn(&[co]), gb).unwrap(),
+                );
+            }
+        }
+        gx
+    }
+
+    pub fn visit_params(&self, f: &mut dyn FnMut(String, &Tensor)) {
+        f(format!("{}.w", self.name), &self.w);
+        if let Some(b) = &self.b {
+            f(format!("{}.b", self.name), b);
+        }
+    }
+
+    pub fn visit_params_mut(&mut self, f: &mut dyn FnMut(String, &mut Tensor)) {
+        f(format!("{}.w", self.name), &mut self.w);
+        if let Some(b) = &mut self.b {
+            f(format!("{}.b", self.name), b);
+        }
+    }
+}
+
+/// Global average pooling `(N, C, H, W) -> (N, C)`; backward spreads `grad / (H W)`.
+pub mod pool {
+    use super::*;
+
+    pub fn forward(x: &Tensor) -> Tensor {
+        let x4 = x
+            .view()
+            .into_dimensionality::<Ix4>()
+            .expect("pool input must be (N, C, H, W)");
+        let (n, c, h, w) = x4.dim();
+        let flat = x4.as_standard_layout();
+        let flat = flat.into_shape_with_order((n, c, h * w)).unwrap();
+        flat.map_axis(Axis(2), |v| v.sum() / (h * w) as f64)
+            .into_dyn()
+    }
+
+    /// `in_shape` is the input's `(N, C, H, W)`.
+    pub fn backward(in_shape: &[usize], grad_y: &Tensor) -> Tensor {
+        let (n, c, h, w) = (in_shape[0], in_shape[1], in_shape[2], in_shape[3]);
+        let scale = 1.0 / (h * w) as f64;
+        let g = grad_y.view().into_dimensionality::<ndarray::Ix2>().unwrap();
+        let mut gx = vec![0.0; n * c * h * w];
+        for (i, plane) in gx.chunks_exact_mut(h * w).enumerate() {
+            plane.fill(g[[i / c, i % c]] * scale);
+        }
+        Tensor::from_shape_vec(IxDyn(in_shape), gx).unwrap()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::finite_diff::{numerical_gradient, quadratic_loss, rel_error};
+    use crate::rng::{gaussian, rng};
+
+    /// Relative error bound for 2-point central differences, h = 1e-6, f64.
+    const TOL: f64 = 1e-6;
+
+    fn check(
+        c_in: usize,
+        c_out: usize,
+        k: usize,
+        stride: usize,
+        pad: usize,
+        bias: bool,
+        hw: usize,
+    ) {
+        let mut r = rng(21 + k as u64 * 10 + stride as u64);
+        let mut layer = Conv2d::he_fan_out(
+            "c",
+            c_in,
+            c_out,
+            k,
+            stride,
+            pad,
+            bias.then_some(0.0),
+            &mut r,
+        );
+        if bias {
+            layer.b = Some(gaussian(&[c_out], 0.5, &mut r));
+        }
+        let x = gaussian(&[3, c_in, hw, hw], 1.0, &mut r);
+        let (y, cache) = layer.forward(x.clone());
+        let (a, b) = (
+            gaussian(y.shape(), 1.0, &mut r),
+            gaussian(y.shape(), 1.0, &mut r),
+        );
+        let mut grads = Grads::new();
+        let gx = layer.backward(&cache, &quadratic_loss(&y, &a, &b).1, Some(&mut grads));
+        let tag = format!("k{k} s{stride} p{pad} bias {bias}");
+        let num = numerical_gradient(|x| quadratic_loss(&layer.apply(x), &a, &b).0, &x, 1e-6);
+        assert!(
+            rel_error(&gx, &num) < TOL,
+            "{tag} grad_x {}",
+            rel_error(&gx, &num)
+        );
+        let num_w = numerical_gradient(
+            |w| {
+                let mut l = layer.clone();
+                l.w = w.clone();
+                quadratic_loss(&l.apply(&x), &a, &b).0
+            },
+            &layer.w,
+            1e-6,
+        );
+        let e = rel_error(grads.get("c.w").unwrap(), &num_w);
+        assert!(e < TOL, "{tag} grad_w {e}");
+        if bias {
+            let num_b = numerical_gradient(
+                |bv| {
+                    let mut l = layer.clone();
+                    l.b = Some(bv.clone());
+                    quadratic_loss(&l.apply(&x), &a, &b).0
+                },
+                layer.b.as_ref().unwrap(),
+                1e-6,
+            );
+            let e = rel_error(grads.get("c.b").unwrap(), &num_b);
+            assert!(e < TOL, "{tag} grad_b {e}");
+        }
+    }
+
+    #[test]
+    fn conv3x3_pad1_stride1() {
+        check(2, 3, 3, 1, 1, false, 5);
+    }
+
+    #[test]
+    fn conv3x3_pad1_stride2() {
+        check(2, 3, 3, 2, 1, false, 6);
+    }
+
+    #[test]
+    fn conv1x1_stride1_with_bias() {
+        check(3, 2, 1, 1, 0, true, 4);
+    }
+
+    #[test]
+    fn conv1x1_stride2() {
+        check(3, 4, 1, 2, 0, false, 5);
+    }
+
+    #[test]
+    fn conv_matches_direct_sum() {
+        // One output value computed by the definition.
+        let mut r = rng(3);
+        let layer = Conv2d::he_fan_out("c", 2, 2, 3, 2, 1, None, &mut r);
+        let x = gaussian(&[1, 2, 5, 5], 1.0, &mut r);
+        let y = layer.apply(&x);
+        assert_eq!(y.shape(), &[1, 2, 3, 3]);
+        let (co, oh, ow) = (1, 1, 2);
+        let mut want = 0.0;
+        for ci in 0..2 {
+            for ki in 0..3 {
+                for kj in 0..3 {
+                    let (ih, iw) = ((oh * 2 + ki) as isize - 1, (ow * 2 + kj) as isize - 1);
+                    if (0..5).contains(&ih) && (0..5).contains(&iw) {
+                        want += layer.w[[co, ci, ki, kj]] * x[[0, ci, ih as usize, iw as usize]];
+                    }
+                }
+            }
+        }
+        assert!((y[[0, co, oh, ow]] - want).abs() < 1e-14);
+    }
+
+    #[test]
+    fn pool_backward_matches_finite_differences() {
+        let mut r = rng(4);
+        let x = gaussian(&[2, 3, 4, 5], 1.0, &mut r);
+        let (a, b) = (
+            gaussian(&[2, 3], 1.0, &mut r),
+            gaussian(&[2, 3], 1.0, &mut r),
+        );
+        let y = pool::forward(&x);
+        let gx = pool::backward(x.shape(), &quadratic_loss(&y, &a, &b).1);
+        let num = numerical_gradient(|x| quadratic_loss(&pool::forward(x), &a, &b).0, &x, 1e-6);
+        assert!(rel_error(&gx, &num) < TOL, "{}", rel_error(&gx, &num));
+    }
+}
