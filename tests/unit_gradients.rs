@@ -6,6 +6,7 @@ use resprop::finite_diff::{numerical_gradient, quadratic_loss, rel_error};
 use resprop::grads::Grads;
 use resprop::layers::Mode;
 use resprop::net::mlp::dense_unit;
+use resprop::net::resnet::{conv_unit, Block};
 use resprop::rng::{gaussian, rng};
 use resprop::tensor::Tensor;
 use resprop::unit::{ForwardCtx, Placement, ResidualUnit, ShortcutKind};
@@ -36,8 +37,10 @@ fn ctx(mode: Mode) -> ForwardCtx {
 /// A unit whose BN affine parameters are random, so no gradient hides behind gamma = 1, beta = 0.
 fn unit(placement: Placement, shortcut: &str, seed: u64) -> ResidualUnit {
     let kind: ShortcutKind = shortcut.parse().unwrap();
-    let mut r = rng(seed);
-    let mut u = dense_unit(3, placement, kind, 5, &mut r);
+    randomise_affine(dense_unit(3, placement, kind, 5, &mut rng(seed)), seed)
+}
+
+fn randomise_affine(mut u: ResidualUnit, seed: u64) -> ResidualUnit {
     let mut noise = rng(seed + 1000);
     u.visit_params_mut(&mut |name, t| {
         if name.ends_with("gamma") || name.ends_with("beta") || name.ends_with(".b") {
@@ -48,18 +51,23 @@ fn unit(placement: Placement, shortcut: &str, seed: u64) -> ResidualUnit {
 }
 
 fn check_combo(placement: Placement, shortcut: &str, mode: Mode) {
-    let u = unit(placement, shortcut, 42);
+    let tag = format!("{placement} / {shortcut} / {mode}");
+    check_unit(&unit(placement, shortcut, 42), &[6, 5], &tag, mode);
+}
+
+fn check_unit(u: &ResidualUnit, in_shape: &[usize], tag: &str, mode: Mode) {
+    let u = u.clone();
     let c = ctx(mode);
     let mut r = rng(7);
-    let x = gaussian(&[6, 5], 1.0, &mut r);
+    let x = gaussian(in_shape, 1.0, &mut r);
+    let out_shape = u.forward(&x, &c).0.shape().to_vec();
     let (a, b) = (
-        gaussian(&[6, 5], 1.0, &mut r),
-        gaussian(&[6, 5], 1.0, &mut r),
+        gaussian(&out_shape, 1.0, &mut r),
+        gaussian(&out_shape, 1.0, &mut r),
     );
     let loss = |y: &Tensor| quadratic_loss(y, &a, &b).0;
     let (y, cache) = u.forward(&x, &c);
     let grad_next = quadratic_loss(&y, &a, &b).1;
-    let tag = format!("{placement} / {shortcut} / {mode}");
 
     // Forward is f(h(x) + F'(x)) with the parts as forward_parts reports them.
     let parts = u.forward_parts(&x, &c);
@@ -153,6 +161,48 @@ fn every_placement_and_shortcut_in_eval_mode() {
     for p in Placement::ALL {
         for s in SHORTCUTS {
             check_combo(p, s, Mode::Eval);
+        }
+    }
+}
+
+/// Conv units (3x3 basic and 1x1-3x3-1x1 bottleneck) for every placement and shortcut, and the
+/// shape-changing units (stride 2, projection shortcut, shared pre-activation in pre-act nets).
+#[test]
+fn conv_units_for_every_placement_and_shortcut() {
+    for p in Placement::ALL {
+        for s in SHORTCUTS {
+            let kind: ShortcutKind = s.parse().unwrap();
+            let basic = conv_unit(1, p, kind, Block::Basic, 3, 3, 1, &mut rng(5));
+            check_unit(
+                &randomise_affine(basic, 5),
+                &[2, 3, 4, 4],
+                &format!("basic {p} / {s}"),
+                Mode::Train,
+            );
+        }
+        for (block, c_in, width, stride) in [
+            (Block::Basic, 2, 3, 2),
+            (Block::Bottleneck, 3, 2, 1),
+            (Block::Bottleneck, 4, 2, 2),
+        ] {
+            let u = conv_unit(
+                1,
+                p,
+                ShortcutKind::Identity,
+                block,
+                c_in,
+                width,
+                stride,
+                &mut rng(6),
+            );
+            assert!(u.changes_shape && u.shortcut == ShortcutKind::Conv1x1);
+            assert_eq!(
+                u.pre.is_empty(),
+                !p.is_preact(),
+                "{p}: pre-activation before the split"
+            );
+            let tag = format!("{block:?} {c_in}->{width} stride {stride} {p}");
+            check_unit(&randomise_affine(u, 6), &[2, c_in, 4, 4], &tag, Mode::Train);
         }
     }
 }

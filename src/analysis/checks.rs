@@ -16,7 +16,7 @@
 
 use rayon::prelude::*;
 
-use super::record::{build_records, direct_parts, predicted_direct_ratio};
+use super::record::{build_records, direct_parts, predicted_direct_ratio, Stages};
 use crate::finite_diff::{directional_derivative, rel_error_scalar};
 use crate::grads::Grads;
 use crate::net::{NetCache, Network};
@@ -152,11 +152,21 @@ pub fn run_checks(
     let cache = net.forward(input, labels, ctx)?;
     let mut grads = Grads::new();
     let back = net.backward(&cache, labels, Some(&mut grads));
-    let mut rows =
-        finite_difference_rows(net, input, labels, ctx, opts, &cache, &back.grad_x, &grads);
-    rows.push(forward_unrolling(net, &cache));
-    rows.push(additive_backward(net, &cache, &back.grad_x));
-    rows.push(prod_lambda(net, &cache, &back));
+    let stages = Stages::of(&cache, net.num_units());
+    let mut rows = finite_difference_rows(
+        net,
+        input,
+        labels,
+        ctx,
+        opts,
+        &cache,
+        &back.grad_x,
+        &grads,
+        &stages,
+    );
+    rows.push(forward_unrolling(net, &cache, &stages));
+    rows.push(additive_backward(net, &cache, &back.grad_x, &stages));
+    rows.push(prod_lambda(net, &cache, &back, &stages));
     Ok(CheckReport {
         rows,
         notes: conditioning_notes(net, &cache, &back.grad_x),
@@ -200,6 +210,7 @@ fn finite_difference_rows(
     cache: &NetCache,
     grad_x: &[Tensor],
     grads: &Grads,
+    stages: &Stages,
 ) -> Vec<CheckRow> {
     let l_top = net.num_units();
     let mut units = vec![0, l_top / 2, l_top.saturating_sub(1), l_top];
@@ -214,14 +225,18 @@ fn finite_difference_rows(
             });
         }
     }
-    // Parameters of the stem, the first and last unit, and the head.
-    let owners = [
+    // Parameters of the stem, the first and last unit, the first unit that changes shape
+    // (projection, shared pre-activation), and the head.
+    let mut owners = vec![
         ("stem".to_string(), "stem.".to_string()),
         ("unit 0".to_string(), "unit0.".to_string()),
         (format!("unit {}", l_top - 1), format!("unit{}.", l_top - 1)),
         ("head".to_string(), "head.".to_string()),
         ("classifier".to_string(), "classifier.".to_string()),
     ];
+    if let Some(l) = (1..l_top).find(|&l| !stages.internal(l)) {
+        owners.insert(2, (format!("unit {l} (shape change)"), format!("unit{l}.")));
+    }
     let names = net.param_names();
     let mut seen_groups = Vec::new();
     for (group, prefix) in owners {
@@ -324,85 +339,118 @@ fn finite_difference_rows(
     rows
 }
 
-/// Why Eq. 3-4 (and 7) do not describe this network, if they do not.
-fn unrolling_inapplicable(net: &Network) -> Option<String> {
-    let u = &net.units[0];
-    if !u.placement.after_add_is_identity() {
-        return Some(format!(
-            "f is not the identity under '{}' (x_{{l+1}} = f(y_l) with f = {})",
-            u.placement,
-            u.after_add
-                .iter()
-                .map(|o| o.label())
-                .collect::<Vec<_>>()
-                .join("-")
-        ));
+/// Why Eq. 3-4 (and 7) do not describe this network's stages, if they do not: every unit
+/// inside a stage needs an identity `f` and a constant-scaling shortcut.
+fn unrolling_inapplicable(net: &Network, stages: &Stages) -> Option<String> {
+    if !(0..net.num_units()).any(|l| stages.internal(l)) {
+        return Some(
+            "every unit changes the shape, so no stage has a unit the derivation covers"
+                .to_string(),
+        );
     }
-    if u.shortcut.constant_lambda().is_none() {
-        return Some(format!(
-            "h is not a constant scaling under '{}'; its factor depends on x or a mask",
-            u.shortcut
-        ));
+    for (l, u) in net
+        .units
+        .iter()
+        .enumerate()
+        .filter(|(l, _)| stages.internal(*l))
+    {
+        if !u.placement.after_add_is_identity() {
+            return Some(format!(
+                "f is not the identity under '{}' (x_{{l+1}} = f(y_l) with f = {})",
+                u.placement,
+                u.after_add
+                    .iter()
+                    .map(|o| o.label())
+                    .collect::<Vec<_>>()
+                    .join("-")
+            ));
+        }
+        if u.shortcut.constant_lambda().is_none() {
+            return Some(format!(
+                "h of unit {l} is not a constant scaling ('{}'); its factor depends on x or a mask",
+                u.shortcut
+            ));
+        }
     }
     None
 }
 
+/// The paper's equation for this net, judged by its last unit (never a projection unit
+/// unless every unit is one).
 fn eq_name(net: &Network, identity: &str, scaled: &str) -> String {
-    match net.units[0].shortcut {
+    match net.units.last().unwrap().shortcut {
         ShortcutKind::Identity => identity.to_string(),
         _ => scaled.to_string(),
     }
 }
 
-/// Check 2: `x_L - Lambda_l x_l - sum_{i>=l} Fhat_i`, relative to the largest term.
-fn forward_unrolling(net: &Network, cache: &NetCache) -> CheckRow {
+/// Check 2: `x_top - Lambda_l x_l - sum_{i=l}^{top-1} Fhat_i` within each stage, relative to
+/// the largest term.
+fn forward_unrolling(net: &Network, cache: &NetCache, stages: &Stages) -> CheckRow {
     let name = eq_name(net, "Eq. 4", "Eq. 7");
-    let what =
-        format!("{name} forward unrolling: x_L = (prod lambda) x_l + sum_i Fhat(x_i), every l");
-    if let Some(reason) = unrolling_inapplicable(net) {
+    let what = format!("{name} forward unrolling: x_top = (prod lambda) x_l + sum_i Fhat(x_i), every l, within each stage");
+    if let Some(reason) = unrolling_inapplicable(net, stages) {
         return CheckRow::not_applicable("forward sum", what, FORMULA_TOL, reason);
     }
-    let l_top = net.num_units();
-    let x_top = cache.x(l_top);
-    let mut sum_fhat = Tensor::zeros(x_top.raw_dim());
-    let mut above = 1.0; // prod_{j=i+1}^{L-1} lambda_j
-    let mut max_fhat = 0.0f64;
+    let mut tops: Vec<usize> = stages.top.clone();
+    tops.dedup();
     let mut worst = 0.0f64;
-    for i in (0..l_top).rev() {
-        let unit = &net.units[i];
-        let fhat = unit.branch_term(&cache.units[i]) * above;
-        max_fhat = max_fhat.max(norm(&fhat));
-        sum_fhat += &fhat;
-        let lambda_l = above * unit.shortcut.constant_lambda().unwrap();
-        let scaled_x = cache.x(i) * lambda_l;
-        let residual = x_top - &scaled_x - &sum_fhat;
-        let scale = norm(x_top).max(norm(&scaled_x)).max(max_fhat);
-        worst = worse(worst, norm(&residual) / scale);
-        above = lambda_l;
+    for top in tops {
+        let x_top = cache.x(top);
+        let mut sum_fhat = Tensor::zeros(x_top.raw_dim());
+        let mut above = 1.0; // prod_{j=i+1}^{top-1} lambda_j
+        let mut max_fhat = 0.0f64;
+        // Units i = top-1, top-2, ... down to the stage's bottom.
+        for i in (0..top).rev().take_while(|&i| stages.internal(i)) {
+            let unit = &net.units[i];
+            let fhat = unit.branch_term(&cache.units[i]) * above;
+            max_fhat = max_fhat.max(norm(&fhat));
+            sum_fhat += &fhat;
+            let lambda_l = above * unit.shortcut.constant_lambda().unwrap();
+            let scaled_x = cache.x(i) * lambda_l;
+            let residual = x_top - &scaled_x - &sum_fhat;
+            let scale = norm(x_top).max(norm(&scaled_x)).max(max_fhat);
+            worst = worse(
+                worst,
+                if scale == 0.0 {
+                    0.0
+                } else {
+                    norm(&residual) / scale
+                },
+            );
+            above = lambda_l;
+        }
     }
     CheckRow::measured("forward sum", what, worst, FORMULA_TOL)
 }
 
 /// Check 3: the additive backward, every branch contribution carried down separately.
-fn additive_backward(net: &Network, cache: &NetCache, grad_x: &[Tensor]) -> CheckRow {
+fn additive_backward(
+    net: &Network,
+    cache: &NetCache,
+    grad_x: &[Tensor],
+    stages: &Stages,
+) -> CheckRow {
     let l_top = net.num_units();
-    let f_identity = net.units[0].placement.after_add_is_identity();
-    let name = match (net.units[0].shortcut, f_identity) {
+    let last = net.units.last().unwrap();
+    let f_identity = last.placement.after_add_is_identity();
+    let name = match (last.shortcut, f_identity) {
         (ShortcutKind::Identity, true) => "Eq. 5 additive backward: dE/dx_l = dE/dx_L + sum_{i>=l} (branch VJP of unit i)".to_string(),
         (ShortcutKind::Scale { .. } | ShortcutKind::None, true) => {
             "Eq. 8 additive backward: dE/dx_l = (prod lambda) dE/dx_L + sum_i carried branch terms".to_string()
         }
         _ => "Eq. 8 generalised (direct term = prod of shortcut VJPs, f included) + carried branch terms".to_string(),
     };
-    let direct = direct_parts(net, cache, &grad_x[l_top]);
-    // acc[l] accumulates D_l + sum_i T_{l,i}(c_i); max_term[l] the largest term's norm.
+    let direct = direct_parts(net, cache, grad_x, stages);
+    // acc[l] accumulates D_l + sum_i T_{l,i}(c_i) over the stage's units i >= l; max_term[l]
+    // the largest term's norm.
     let mut acc: Vec<Tensor> = direct.clone();
     let mut max_term: Vec<f64> = direct.iter().map(norm).collect();
-    for i in (0..l_top).rev() {
+    for i in (0..l_top).rev().filter(|&i| stages.internal(i)) {
         let mut carried = net.units[i].vjp_branch(&cache.units[i], &grad_x[i + 1]);
         acc[i] += &carried;
         max_term[i] = max_term[i].max(norm(&carried));
-        for l in (0..i).rev() {
+        for l in (0..i).rev().take_while(|&l| stages.internal(l)) {
             carried = net.units[l].vjp_shortcut(&cache.units[l], &carried);
             acc[l] += &carried;
             max_term[l] = max_term[l].max(norm(&carried));
@@ -422,10 +470,15 @@ fn additive_backward(net: &Network, cache: &NetCache, grad_x: &[Tensor]) -> Chec
 }
 
 /// Check 4: `direct_ratio = prod lambda` for constant scalings with f = identity.
-fn prod_lambda(net: &Network, cache: &NetCache, back: &crate::net::NetGrads) -> CheckRow {
-    let what =
-        "Eq. 8 direct term: ||D_l|| / ||dE/dx_L|| = prod_{i>=l} lambda_i, every l".to_string();
-    if let Some(reason) = unrolling_inapplicable(net) {
+fn prod_lambda(
+    net: &Network,
+    cache: &NetCache,
+    back: &crate::net::NetGrads,
+    stages: &Stages,
+) -> CheckRow {
+    let what = "Eq. 8 direct term: ||D_l|| / ||dE/dx_top|| = prod_{i=l}^{top-1} lambda_i, every l"
+        .to_string();
+    if let Some(reason) = unrolling_inapplicable(net, stages) {
         return CheckRow::not_applicable("prod lambda", what, PROD_LAMBDA_TOL, reason);
     }
     let profile = build_records(net, cache, back);
@@ -433,11 +486,7 @@ fn prod_lambda(net: &Network, cache: &NetCache, back: &crate::net::NetGrads) -> 
         .records
         .iter()
         .map(|r| {
-            let predicted = if r.unit == net.num_units() {
-                1.0
-            } else {
-                predicted_direct_ratio(net, r.unit).unwrap()
-            };
+            let predicted = predicted_direct_ratio(net, r.unit, r.stage_top).unwrap();
             if predicted == 0.0 {
                 r.direct_ratio.abs()
             } else {

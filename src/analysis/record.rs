@@ -6,16 +6,59 @@
 //! ```
 //!
 //! and the rest `dE/dx_l - D_l` (everything that passed through at least one branch).
+//!
+//! The derivation holds within one feature-map shape: a *stage* is a maximal run of unit
+//! inputs with the same shape (the whole MLP; three stages of a CIFAR ResNet). The direct part
+//! restarts at each stage's top, `D_top = dE/dx_top`, rather than pretending the formulas hold
+//! across a projection.
 
 use serde::Serialize;
 
 use crate::net::{NetCache, NetGrads, Network};
 use crate::tensor::{cosine, norm, per_sample_norms, Tensor};
 
+/// Which unit inputs share a shape.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Stages {
+    /// Stage index of each `x_l`, `l = 0..=L`, counting from the input.
+    pub stage: Vec<usize>,
+    /// The top (largest `l`) of the stage of each `x_l`.
+    pub top: Vec<usize>,
+}
+
+impl Stages {
+    pub fn of(cache: &NetCache, units: usize) -> Stages {
+        let mut stage = vec![0; units + 1];
+        for l in 1..=units {
+            stage[l] = stage[l - 1] + usize::from(cache.x(l).shape() != cache.x(l - 1).shape());
+        }
+        let mut top = vec![units; units + 1];
+        for l in (0..units).rev() {
+            top[l] = if stage[l] == stage[l + 1] {
+                top[l + 1]
+            } else {
+                l
+            };
+        }
+        Stages { stage, top }
+    }
+
+    /// True when unit `l` keeps the shape (an internal unit of a stage).
+    pub fn internal(&self, l: usize) -> bool {
+        self.stage[l] == self.stage[l + 1]
+    }
+}
+
 /// One row of the profile CSV.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct UnitRecord {
     pub unit: usize,
+    /// Stage of `x_l` (0 for the MLP).
+    pub stage: usize,
+    /// The top of that stage, where the direct part starts.
+    pub stage_top: usize,
+    /// True for a unit whose output has another shape than its input (projection units).
+    pub shape_change: bool,
     /// ||x_l||
     pub act_norm: f64,
     /// ||F'(x_l)||, the term the branch adds (none for row L).
@@ -28,11 +71,11 @@ pub struct UnitRecord {
     pub rest_norm: f64,
     /// ||dE/dx_l|| / ||dE/dx_L||
     pub grad_ratio: f64,
-    /// ||D_l|| / ||dE/dx_L||
+    /// ||D_l|| / ||dE/dx_top|| (top = the stage's top; L for the MLP)
     pub direct_ratio: f64,
     /// The paper's prediction for `direct_ratio` where it has one.
     pub predicted_direct_ratio: Option<f64>,
-    /// cos(dE/dx_l, dE/dx_L) when the shapes agree.
+    /// cos(dE/dx_l, dE/dx_top).
     pub cos_top: Option<f64>,
     /// Per-sample ||dE/dx_l[n]|| / ||dE/dx_L[n]||: min, median, max over the batch.
     pub sample_ratio_min: f64,
@@ -40,8 +83,11 @@ pub struct UnitRecord {
     pub sample_ratio_max: f64,
 }
 
-pub const CSV_COLUMNS: [&str; 15] = [
+pub const CSV_COLUMNS: [&str; 18] = [
     "unit",
+    "stage",
+    "stage_top",
+    "shape_change",
     "act_norm",
     "branch_norm",
     "grad_norm",
@@ -74,20 +120,29 @@ pub struct Profile {
     pub nonfinite: Vec<NonFinite>,
 }
 
-/// The direct parts `D_0 ..= D_L`.
-pub fn direct_parts(net: &Network, cache: &NetCache, grad_top: &Tensor) -> Vec<Tensor> {
+/// The direct parts `D_0 ..= D_L`, restarting at each stage's top.
+pub fn direct_parts(
+    net: &Network,
+    cache: &NetCache,
+    grad_x: &[Tensor],
+    stages: &Stages,
+) -> Vec<Tensor> {
     let l_top = net.num_units();
-    let mut parts = vec![grad_top.clone(); l_top + 1];
+    let mut parts = vec![grad_x[l_top].clone(); l_top + 1];
     for l in (0..l_top).rev() {
-        parts[l] = net.units[l].vjp_shortcut(&cache.units[l], &parts[l + 1]);
+        parts[l] = if stages.internal(l) {
+            net.units[l].vjp_shortcut(&cache.units[l], &parts[l + 1])
+        } else {
+            grad_x[l].clone()
+        };
     }
     parts
 }
 
-/// `prod_{i=l}^{L-1} lambda_i` when the paper predicts the direct part exactly: constant
+/// `prod_{i=l}^{top-1} lambda_i` when the paper predicts the direct part exactly: constant
 /// shortcut scaling (identity: 1, plain: 0) and an identity after-addition function.
-pub fn predicted_direct_ratio(net: &Network, l: usize) -> Option<f64> {
-    net.units[l..].iter().try_fold(1.0, |acc, u| {
+pub fn predicted_direct_ratio(net: &Network, l: usize, top: usize) -> Option<f64> {
+    net.units[l..top].iter().try_fold(1.0, |acc, u| {
         if !u.placement.after_add_is_identity() {
             return None;
         }
@@ -101,9 +156,13 @@ pub fn build_records(net: &Network, cache: &NetCache, grads: &NetGrads) -> Profi
     let g_top = &grads.grad_x[l_top];
     let top_norm = norm(g_top);
     let top_samples = per_sample_norms(g_top);
-    let direct = direct_parts(net, cache, g_top);
+    let stages = Stages::of(cache, l_top);
+    let direct = direct_parts(net, cache, &grads.grad_x, &stages);
     let records: Vec<UnitRecord> = (0..=l_top)
         .map(|l| {
+            let top = stages.top[l];
+            let g_stage_top = &grads.grad_x[top];
+            let stage_top_norm = norm(g_stage_top);
             let g = &grads.grad_x[l];
             let grad_norm = norm(g);
             let direct_norm = norm(&direct[l]);
@@ -124,19 +183,18 @@ pub fn build_records(net: &Network, cache: &NetCache, grads: &NetGrads) -> Profi
                     });
             UnitRecord {
                 unit: l,
+                stage: stages.stage[l],
+                stage_top: top,
+                shape_change: l < l_top && !stages.internal(l),
                 act_norm: norm(cache.x(l)),
                 branch_norm: (l < l_top).then(|| norm(&net.units[l].branch_term(&cache.units[l]))),
                 grad_norm,
                 direct_norm,
                 rest_norm: norm(&(g - &direct[l])),
                 grad_ratio: grad_norm / top_norm,
-                direct_ratio: direct_norm / top_norm,
-                predicted_direct_ratio: if l == l_top {
-                    Some(1.0)
-                } else {
-                    predicted_direct_ratio(net, l)
-                },
-                cos_top: (g.shape() == g_top.shape()).then(|| cosine(g, g_top)),
+                direct_ratio: direct_norm / stage_top_norm,
+                predicted_direct_ratio: predicted_direct_ratio(net, l, top),
+                cos_top: Some(cosine(g, g_stage_top)),
                 sample_ratio_min: min,
                 sample_ratio_median: crate::tensor::median(&sample_ratios).unwrap_or(f64::NAN),
                 sample_ratio_max: max,
@@ -215,6 +273,9 @@ impl UnitRecord {
     pub fn csv_fields(&self) -> Vec<String> {
         vec![
             self.unit.to_string(),
+            self.stage.to_string(),
+            self.stage_top.to_string(),
+            u8::from(self.shape_change).to_string(),
             fmt_f64(self.act_norm),
             fmt_opt(self.branch_norm),
             fmt_f64(self.grad_norm),

@@ -32,7 +32,16 @@ pub fn run(args: &CheckArgs) -> Result<ExitCode> {
     let rows = &report.rows;
     let mut out = String::new();
     outln!(out, "resprop check: {}", args.net.summary());
-    outln!(out, "unit: {}", net.units[0].describe());
+    outln!(out, "unit: {}", net.units.last().unwrap().describe());
+    let projections: Vec<String> = net
+        .units
+        .iter()
+        .filter(|u| u.changes_shape)
+        .map(|u| u.index.to_string())
+        .collect();
+    if !projections.is_empty() {
+        outln!(out, "shape-changing units (1x1 projection shortcut unless plain; the direct part restarts above them): {}", projections.join(", "));
+    }
     outln!(
         out,
         "{:<19} {:<6} {:>11} {:>9}  what",

@@ -19,7 +19,8 @@ use anyhow::{Context, Result};
 use clap::{Args, Parser, Subcommand};
 
 use crate::layers::Mode;
-use crate::net::{build_mlp, MlpConfig, Network};
+use crate::net::resnet::{parse_resnet_name, Block};
+use crate::net::{build_mlp, build_resnet, MlpConfig, Network, ResnetConfig};
 use crate::rng::{derive_seed, purpose};
 use crate::unit::{ForwardCtx, Placement, ShortcutKind};
 
@@ -61,18 +62,24 @@ pub enum Command {
 /// The network, its input batch and the run's seed.
 #[derive(Debug, Clone, Args)]
 pub struct NetArgs {
-    /// Network: `mlp` (residual MLP of two-dense-layer units).
-    #[arg(long, default_value = "mlp", value_parser = ["mlp"])]
-    pub net: String,
-    /// Number of residual units L.
+    /// Network: `mlp` (residual MLP of two-dense-layer units; sized by --units, --width,
+    /// --input-dim) or a CIFAR ResNet: `resnet110` (18 basic units per stage), `resnet164`
+    /// (18 bottleneck), `resnet1001` (111 bottleneck), `resnet:N:basic|bottleneck` (N per
+    /// stage; `resnet:3:basic` is ResNet-20).
+    #[arg(long, default_value = "mlp", value_parser = parse_net)]
+    pub net: NetChoice,
+    /// Number of residual units L (MLP).
     #[arg(long, default_value_t = 54)]
     pub units: usize,
-    /// Width of every unit (features).
+    /// Width of every unit, in features (MLP).
     #[arg(long, default_value_t = 64)]
     pub width: usize,
-    /// Input dimension of the MLP's dense stem.
+    /// Input dimension of the dense stem (MLP).
     #[arg(long, default_value_t = 64)]
     pub input_dim: usize,
+    /// Input images are 3 x S x S (ResNets; 32 for CIFAR).
+    #[arg(long, default_value_t = 32)]
+    pub image_size: usize,
     /// Number of classes of the softmax cross-entropy loss.
     #[arg(long, default_value_t = 10)]
     pub classes: usize,
@@ -99,6 +106,38 @@ pub struct NetArgs {
     /// Worker threads (default: all cores). Results do not depend on it.
     #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
     pub threads: Option<u32>,
+}
+
+/// Which network `--net` names.
+#[derive(Debug, Clone, PartialEq)]
+pub enum NetChoice {
+    Mlp,
+    Resnet {
+        name: String,
+        units_per_stage: usize,
+        block: Block,
+    },
+}
+
+impl std::fmt::Display for NetChoice {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            NetChoice::Mlp => f.write_str("mlp"),
+            NetChoice::Resnet { name, .. } => f.write_str(name),
+        }
+    }
+}
+
+fn parse_net(s: &str) -> Result<NetChoice, String> {
+    if s == "mlp" {
+        return Ok(NetChoice::Mlp);
+    }
+    let (units_per_stage, block) = parse_resnet_name(s)?;
+    Ok(NetChoice::Resnet {
+        name: s.to_string(),
+        units_per_stage,
+        block,
+    })
 }
 
 fn parse_placement(s: &str) -> Result<Placement, String> {
@@ -131,7 +170,23 @@ impl NetArgs {
         if self.batch == 0 {
             anyhow::bail!("batch must be at least 1, got 0");
         }
-        build_mlp(&self.mlp_config())
+        match &self.net {
+            NetChoice::Mlp => build_mlp(&self.mlp_config()),
+            NetChoice::Resnet {
+                name,
+                units_per_stage,
+                block,
+            } => build_resnet(&ResnetConfig {
+                name: name.clone(),
+                units_per_stage: *units_per_stage,
+                block: *block,
+                image_size: self.image_size,
+                classes: self.classes,
+                placement: self.placement,
+                shortcut: self.shortcut,
+                seed: self.seed,
+            }),
+        }
     }
 
     pub fn ctx(&self) -> ForwardCtx {
@@ -143,16 +198,22 @@ impl NetArgs {
 
     /// One line naming everything that determines the numbers.
     pub fn summary(&self) -> String {
+        let size = match &self.net {
+            NetChoice::Mlp => format!("{} units, width {}", self.units, self.width),
+            NetChoice::Resnet {
+                units_per_stage, ..
+            } => {
+                format!(
+                    "{} units, {}x{} images",
+                    3 * units_per_stage,
+                    self.image_size,
+                    self.image_size
+                )
+            }
+        };
         format!(
-            "{} with {} units, width {}, batch {}, placement {}, shortcut {}, BN {}, seed {}",
-            self.net,
-            self.units,
-            self.width,
-            self.batch,
-            self.placement,
-            self.shortcut,
-            self.bn_mode,
-            self.seed
+            "{} with {size}, batch {}, placement {}, shortcut {}, BN {}, seed {}",
+            self.net, self.batch, self.placement, self.shortcut, self.bn_mode, self.seed
         )
     }
 }

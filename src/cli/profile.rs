@@ -41,7 +41,16 @@ pub fn run(args: &ProfileArgs) -> Result<ExitCode> {
 
     let mut out = String::new();
     outln!(out, "resprop profile: {}", args.net.summary());
-    outln!(out, "unit: {}", net.units[0].describe());
+    outln!(out, "unit: {}", net.units.last().unwrap().describe());
+    let projections: Vec<String> = net
+        .units
+        .iter()
+        .filter(|u| u.changes_shape)
+        .map(|u| u.index.to_string())
+        .collect();
+    if !projections.is_empty() {
+        outln!(out, "shape-changing units (1x1 projection shortcut unless plain; the direct part restarts above them): {}", projections.join(", "));
+    }
     outln!(out, "loss E = {}", fmt_f64(profile.loss));
     print_table(&mut out, &profile, args.all_rows);
     emit(&out)?;
@@ -94,8 +103,9 @@ fn short(v: Option<f64>) -> String {
 fn print_table(out: &mut String, profile: &Profile, all: bool) {
     outln!(
         out,
-        "{:>5} {:>10} {:>10} {:>11} {:>10} {:>10} {:>10} {:>8} {:>10} {:>10}",
+        "{:>5} {:>2} {:>10} {:>10} {:>11} {:>10} {:>10} {:>10} {:>8} {:>10} {:>10}",
         "unit",
+        "st",
         "||x_l||",
         "||F'||",
         "||dE/dx_l||",
@@ -110,8 +120,9 @@ fn print_table(out: &mut String, profile: &Profile, all: bool) {
         let r = &profile.records[i];
         outln!(
             out,
-            "{:>5} {:>10} {:>10} {:>11} {:>10} {:>10} {:>10} {:>8} {:>10} {:>10}",
+            "{:>5} {:>2} {:>10} {:>10} {:>11} {:>10} {:>10} {:>10} {:>8} {:>10} {:>10}",
             r.unit,
+            r.stage,
             short(Some(r.act_norm)),
             short(r.branch_norm),
             short(Some(r.grad_norm)),

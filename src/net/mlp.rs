@@ -108,6 +108,7 @@ pub fn dense_unit(
         after_add,
         shortcut_op,
         pre: Vec::new(),
+        changes_shape: false,
     }
 }
 

@@ -4,6 +4,7 @@
 //! cache and returns every `dE/dx_l` from backward, so the analysis never needs hooks.
 
 pub mod mlp;
+pub mod resnet;
 
 use anyhow::{bail, Result};
 use ndarray::Array2;
@@ -18,12 +19,14 @@ use crate::unit::ops::{
 use crate::unit::{ForwardCtx, ResidualUnit, UnitCache};
 
 pub use mlp::{build_mlp, MlpConfig};
+pub use resnet::{build_resnet, ResnetConfig};
 
 /// What network was built, serialisable so results can say what produced them.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 #[serde(tag = "net", rename_all = "lowercase")]
 pub enum NetSpec {
     Mlp(MlpConfig),
+    Resnet(resnet::ResnetConfig),
 }
 
 #[derive(Debug, Clone)]
@@ -88,7 +91,8 @@ impl Network {
         if n == 0 {
             bail!("batch is empty");
         }
-        if mode == Mode::Train && n < 2 {
+        // Conv nets normalise over (N, H, W), so one image is enough; an MLP's BN needs two.
+        if mode == Mode::Train && n < 2 && self.input_shape.len() == 1 {
             bail!("a batch of {n}: BatchNorm in training mode needs at least 2 samples (use a larger batch or BN mode 'eval')");
         }
         if labels.len() != n {

@@ -44,6 +44,8 @@ pub struct ResidualUnit {
     /// Activation applied once before the split (pre-activation units that change shape: the
     /// projection then sees the pre-activated input, as in the paper's code); usually empty.
     pub pre: Vec<Op>,
+    /// True when the output's shape differs from the input's (width or resolution changes).
+    pub changes_shape: bool,
 }
 
 #[derive(Debug, Clone)]

@@ -1,0 +1,395 @@
+//! The paper's CIFAR ResNets: a 3x3 stem convolution to 16 channels, three stages of `n`
+//! units at widths 16 / 32 / 64 (feature maps 32 / 16 / 8 for 32x32 inputs; stride 2 at the
+//! start of stages 2 and 3), global average pooling and a dense classifier.
+//!
+//! - basic units: 3x3 c, 3x3 c (ResNet-110: n = 18, 54 units);
+//! - bottleneck units: 1x1 c, 3x3 c, 1x1 4c (ResNet-164: n = 18; ResNet-1001: n = 111), with
+//!   the stride on the first 1x1 as in the paper's code.
+//!
+//! A unit that changes the shape (width or resolution) gets a 1x1 projection shortcut (the
+//! requested shortcut applies to every other unit; a plain net keeps h = 0 everywhere). In
+//! pre-activation nets such a unit applies its leading BN-ReLU once, before the split, so the
+//! projection sees the pre-activated input; the stem has no BN-ReLU of its own and the head
+//! adds one after the last addition.
+
+use anyhow::{bail, Result};
+use rand_chacha::ChaCha8Rng;
+use serde::Serialize;
+
+use super::{NetSpec, Network};
+use crate::layers::{BatchNorm, Conv2d, Dense};
+use crate::rng::{derive_seed, purpose, rng};
+use crate::unit::{Op, Placement, ResidualUnit, ShortcutKind, Step};
+
+pub const STAGE_WIDTHS: [usize; 3] = [16, 32, 64];
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Block {
+    Basic,
+    Bottleneck,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ResnetConfig {
+    /// The name it was given (`resnet110`, `resnet:3:basic`, ...).
+    pub name: String,
+    pub units_per_stage: usize,
+    pub block: Block,
+    /// Input images are 3 x size x size (32 for CIFAR).
+    pub image_size: usize,
+    pub classes: usize,
+    #[serde(serialize_with = "crate::util::serialize_display")]
+    pub placement: Placement,
+    #[serde(serialize_with = "crate::util::serialize_display")]
+    pub shortcut: ShortcutKind,
+    pub seed: u64,
+}
+
+/// `resnet110`, `resnet164`, `resnet1001` or `resnet:<units per stage>:<basic|bottleneck>`.
+pub fn parse_resnet_name(name: &str) -> Result<(usize, Block), String> {
+    match name {
+        "resnet110" => return Ok((18, Block::Basic)),
+        "resnet164" => return Ok((18, Block::Bottleneck)),
+        "resnet1001" => return Ok((111, Block::Bottleneck)),
+        _ => {}
+    }
+    let parts: Vec<&str> = name.split(':').collect();
+    if parts.len() != 3 || parts[0] != "resnet" {
+        return Err(format!(
+            "unknown network '{name}' (expected mlp, resnet110, resnet164, resnet1001 or resnet:<units per stage>:<basic|bottleneck>)"
+        ));
+    }
+    let n: usize = parts[1].parse().map_err(|_| {
+        format!(
+            "network '{name}': units per stage '{}' is not a whole number",
+            parts[1]
+        )
+    })?;
+    if n == 0 {
+        return Err(format!(
+            "network '{name}': units per stage must be at least 1"
+        ));
+    }
+    let block = match parts[2] {
+        "basic" => Block::Basic,
+        "bottleneck" => Block::Bottleneck,
+        other => {
+            return Err(format!(
+                "network '{name}': unknown block '{other}' (expected basic or bottleneck)"
+            ))
+        }
+    };
+    Ok((n, block))
+}
+
+impl ResnetConfig {
+    /// Weight layers counted as the paper does: 6n+2 (basic) or 9n+2 (bottleneck).
+    pub fn depth(&self) -> usize {
+        match self.block {
+            Block::Basic => 6 * self.units_per_stage + 2,
+            Block::Bottleneck => 9 * self.units_per_stage + 2,
+        }
+    }
+
+    pub fn validate(&self) -> Result<()> {
+        if self.units_per_stage == 0 {
+            bail!("units per stage must be at least 1, got 0");
+        }
+        if self.image_size < 4 {
+            bail!(
+                "image size must be at least 4 (two stride-2 stages), got {}",
+                self.image_size
+            );
+        }
+        if self.classes < 2 {
+            bail!("classes must be at least 2, got {}", self.classes);
+        }
+        Ok(())
+    }
+}
+
+/// One weight layer of a unit.
+#[derive(Debug, Clone, Copy)]
+struct ConvSpec {
+    c_in: usize,
+    c_out: usize,
+    k: usize,
+    stride: usize,
+}
+
+/// Turns a recipe into conv ops, tracking the channel count so each BN gets the right size.
+fn conv_ops(
+    recipe: &[Step],
+    prefix: &str,
+    specs: &[ConvSpec],
+    c_start: usize,
+    r: &mut ChaCha8Rng,
+) -> Vec<Op> {
+    let mut channels = c_start;
+    recipe
+        .iter()
+        .map(|step| match *step {
+            Step::Weight(i) => {
+                let s = specs[i - 1];
+                channels = s.c_out;
+                Op::Conv(Conv2d::he_fan_out(
+                    &format!("{prefix}.w{i}"),
+                    s.c_in,
+                    s.c_out,
+                    s.k,
+                    s.stride,
+                    s.k / 2,
+                    None,
+                    r,
+                ))
+            }
+            Step::Bn(i) => Op::BatchNorm(BatchNorm::new(&format!("{prefix}.bn{i}"), channels)),
+            Step::Relu => Op::Relu,
+        })
+        .collect()
+}
+
+/// One residual unit of the CIFAR nets.
+#[allow(clippy::too_many_arguments)]
+pub fn conv_unit(
+    index: usize,
+    placement: Placement,
+    shortcut: ShortcutKind,
+    block: Block,
+    c_in: usize,
+    width: usize,
+    stride: usize,
+    r: &mut ChaCha8Rng,
+) -> ResidualUnit {
+    let name = format!("unit{index}");
+    let (specs, c_out) = match block {
+        Block::Basic => (
+            vec![
+                ConvSpec {
+                    c_in,
+                    c_out: width,
+                    k: 3,
+                    stride,
+                },
+                ConvSpec {
+                    c_in: width,
+                    c_out: width,
+                    k: 3,
+                    stride: 1,
+                },
+            ],
+            width,
+        ),
+        Block::Bottleneck => (
+            vec![
+                ConvSpec {
+                    c_in,
+                    c_out: width,
+                    k: 1,
+                    stride,
+                },
+                ConvSpec {
+                    c_in: width,
+                    c_out: width,
+                    k: 3,
+                    stride: 1,
+                },
+                ConvSpec {
+                    c_in: width,
+                    c_out: 4 * width,
+                    k: 1,
+                    stride: 1,
+                },
+            ],
+            4 * width,
+        ),
+    };
+    let changes_shape = c_in != c_out || stride != 1;
+    let shortcut = if changes_shape && shortcut != ShortcutKind::None {
+        ShortcutKind::Conv1x1
+    } else {
+        shortcut
+    };
+    let mut recipe = placement.branch_recipe(specs.len());
+    let mut pre_recipe = Vec::new();
+    if changes_shape && placement.is_preact() && shortcut == ShortcutKind::Conv1x1 {
+        let first_weight = recipe
+            .iter()
+            .position(|s| matches!(s, Step::Weight(_)))
+            .unwrap();
+        pre_recipe = recipe.drain(..first_weight).collect();
+    }
+    let pre = conv_ops(&pre_recipe, &format!("{name}.pre"), &specs, c_in, r);
+    let branch = conv_ops(&recipe, &format!("{name}.branch"), &specs, c_in, r);
+    let after_add = conv_ops(
+        &placement.after_add_recipe(),
+        &format!("{name}.after"),
+        &specs,
+        c_out,
+        r,
+    );
+    let shortcut_op = match shortcut {
+        ShortcutKind::Gate { bias } | ShortcutKind::ShortcutGate { bias } => Some(Op::Conv(
+            Conv2d::he_fan_out(&format!("{name}.gate"), c_in, c_in, 1, 1, 0, Some(bias), r),
+        )),
+        ShortcutKind::Conv1x1 => Some(Op::Conv(Conv2d::he_fan_out(
+            &format!("{name}.proj"),
+            c_in,
+            c_out,
+            1,
+            stride,
+            0,
+            None,
+            r,
+        ))),
+        _ => None,
+    };
+    ResidualUnit {
+        index,
+        placement,
+        shortcut,
+        branch,
+        after_add,
+        shortcut_op,
+        pre,
+        changes_shape,
+    }
+}
+
+pub fn build_resnet(cfg: &ResnetConfig) -> Result<Network> {
+    cfg.validate()?;
+    let mut r = rng(derive_seed(cfg.seed, &[purpose::INIT]));
+    let mut stem = vec![Op::Conv(Conv2d::he_fan_out(
+        "stem",
+        3,
+        STAGE_WIDTHS[0],
+        3,
+        1,
+        1,
+        None,
+        &mut r,
+    ))];
+    if !cfg.placement.is_preact() {
+        stem.extend([
+            Op::BatchNorm(BatchNorm::new("stem.bn", STAGE_WIDTHS[0])),
+            Op::Relu,
+        ]);
+    }
+    let mut units = Vec::new();
+    let mut channels = STAGE_WIDTHS[0];
+    for (stage, &width) in STAGE_WIDTHS.iter().enumerate() {
+        for j in 0..cfg.units_per_stage {
+            let stride = if stage > 0 && j == 0 { 2 } else { 1 };
+            let unit = conv_unit(
+                units.len(),
+                cfg.placement,
+                cfg.shortcut,
+                cfg.block,
+                channels,
+                width,
+                stride,
+                &mut r,
+            );
+            channels = match cfg.block {
+                Block::Basic => width,
+                Block::Bottleneck => 4 * width,
+            };
+            units.push(unit);
+        }
+    }
+    let mut head = Vec::new();
+    if cfg.placement.is_preact() {
+        head.extend([Op::BatchNorm(BatchNorm::new("head.bn", channels)), Op::Relu]);
+    }
+    head.push(Op::Pool);
+    let std = (1.0 / channels as f64).sqrt();
+    head.push(Op::Dense(Dense::with_std(
+        "classifier",
+        channels,
+        cfg.classes,
+        std,
+        Some(0.0),
+        &mut r,
+    )));
+    Ok(Network {
+        spec: NetSpec::Resnet(cfg.clone()),
+        stem,
+        units,
+        head,
+        classes: cfg.classes,
+        input_shape: vec![3, cfg.image_size, cfg.image_size],
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cfg(n: usize, block: Block, placement: Placement) -> ResnetConfig {
+        ResnetConfig {
+            name: "t".into(),
+            units_per_stage: n,
+            block,
+            image_size: 32,
+            classes: 10,
+            placement,
+            shortcut: ShortcutKind::Identity,
+            seed: 0,
+        }
+    }
+
+    #[test]
+    fn names_parse() {
+        assert_eq!(parse_resnet_name("resnet110").unwrap(), (18, Block::Basic));
+        assert_eq!(
+            parse_resnet_name("resnet1001").unwrap(),
+            (111, Block::Bottleneck)
+        );
+        assert_eq!(
+            parse_resnet_name("resnet:3:basic").unwrap(),
+            (3, Block::Basic)
+        );
+        assert!(parse_resnet_name("resnet:x:basic")
+            .unwrap_err()
+            .contains("'x'"));
+        assert!(parse_resnet_name("resnet:2:wide")
+            .unwrap_err()
+            .contains("'wide'"));
+        assert!(parse_resnet_name("vgg")
+            .unwrap_err()
+            .contains("unknown network 'vgg'"));
+    }
+
+    #[test]
+    fn paper_architectures_have_the_papers_sizes() {
+        // Parameter counts from the paper: ResNet-110 1.7M, ResNet-164 1.7M, ResNet-1001 10.2M.
+        let r110 = build_resnet(&cfg(18, Block::Basic, Placement::Original)).unwrap();
+        assert_eq!(r110.num_units(), 54);
+        assert_eq!(cfg(18, Block::Basic, Placement::Original).depth(), 110);
+        let m = r110.param_count() as f64 / 1e6;
+        assert!((1.65..1.8).contains(&m), "ResNet-110 has {m}M parameters");
+        let r164 = build_resnet(&cfg(18, Block::Bottleneck, Placement::FullPreact)).unwrap();
+        let m = r164.param_count() as f64 / 1e6;
+        assert!((1.65..1.8).contains(&m), "ResNet-164 has {m}M parameters");
+        assert_eq!(
+            cfg(111, Block::Bottleneck, Placement::Original).depth(),
+            1001
+        );
+        // Projection shortcuts exactly where the shape changes: 2 (basic) or 3 (bottleneck).
+        let proj = |n: &Network| {
+            n.units
+                .iter()
+                .filter(|u| u.shortcut == ShortcutKind::Conv1x1)
+                .count()
+        };
+        assert_eq!(proj(&r110), 2);
+        assert_eq!(proj(&r164), 3);
+        // Pre-activation projection units run their BN-ReLU once before the split.
+        assert!(r164
+            .units
+            .iter()
+            .filter(|u| u.shortcut == ShortcutKind::Conv1x1)
+            .all(|u| u.pre.len() == 2));
+    }
+}
