@@ -19,12 +19,14 @@
 
 pub mod analysis;
 pub mod cli;
+pub mod experiment;
 pub mod finite_diff;
 pub mod grads;
 pub mod interchange;
 pub mod layers;
 pub mod net;
 pub mod output;
+pub mod plot;
 pub mod rng;
 pub mod tensor;
 pub mod unit;

@@ -164,9 +164,7 @@ pub fn run_checks(
         &grads,
         &stages,
     );
-    rows.push(forward_unrolling(net, &cache, &stages));
-    rows.push(additive_backward(net, &cache, &back.grad_x, &stages));
-    rows.push(prod_lambda(net, &cache, &back, &stages));
+    rows.extend(verify_units(net, &cache, &back).1);
     Ok(CheckReport {
         rows,
         notes: conditioning_notes(net, &cache, &back.grad_x),
@@ -384,17 +382,12 @@ fn eq_name(net: &Network, identity: &str, scaled: &str) -> String {
     }
 }
 
-/// Check 2: `x_top - Lambda_l x_l - sum_{i=l}^{top-1} Fhat_i` within each stage, relative to
-/// the largest term.
-fn forward_unrolling(net: &Network, cache: &NetCache, stages: &Stages) -> CheckRow {
-    let name = eq_name(net, "Eq. 4", "Eq. 7");
-    let what = format!("{name} forward unrolling: x_top = (prod lambda) x_l + sum_i Fhat(x_i), every l, within each stage");
-    if let Some(reason) = unrolling_inapplicable(net, stages) {
-        return CheckRow::not_applicable("forward sum", what, FORMULA_TOL, reason);
-    }
+/// Check 2, per unit: `||x_top - Lambda_l x_l - sum_{i=l}^{top-1} Fhat_i||` relative to the
+/// largest term, for every `x_l` below its stage's top (`None` at the tops).
+fn forward_unrolling_errors(net: &Network, cache: &NetCache, stages: &Stages) -> Vec<Option<f64>> {
+    let mut errors = vec![None; net.num_units() + 1];
     let mut tops: Vec<usize> = stages.top.clone();
     tops.dedup();
-    let mut worst = 0.0f64;
     for top in tops {
         let x_top = cache.x(top);
         let mut sum_fhat = Tensor::zeros(x_top.raw_dim());
@@ -410,37 +403,37 @@ fn forward_unrolling(net: &Network, cache: &NetCache, stages: &Stages) -> CheckR
             let scaled_x = cache.x(i) * lambda_l;
             let residual = x_top - &scaled_x - &sum_fhat;
             let scale = norm(x_top).max(norm(&scaled_x)).max(max_fhat);
-            worst = worse(
-                worst,
-                if scale == 0.0 {
-                    0.0
-                } else {
-                    norm(&residual) / scale
-                },
-            );
+            errors[i] = Some(if scale == 0.0 {
+                0.0
+            } else {
+                norm(&residual) / scale
+            });
             above = lambda_l;
         }
     }
+    errors
+}
+
+fn forward_unrolling(net: &Network, errors: &[Option<f64>], stages: &Stages) -> CheckRow {
+    let name = eq_name(net, "Eq. 4", "Eq. 7");
+    let what = format!("{name} forward unrolling: x_top = (prod lambda) x_l + sum_i Fhat(x_i), every l, within each stage");
+    if let Some(reason) = unrolling_inapplicable(net, stages) {
+        return CheckRow::not_applicable("forward sum", what, FORMULA_TOL, reason);
+    }
+    let worst = errors.iter().flatten().copied().fold(0.0, worse);
     CheckRow::measured("forward sum", what, worst, FORMULA_TOL)
 }
 
-/// Check 3: the additive backward, every branch contribution carried down separately.
-fn additive_backward(
+/// Check 3, per unit: every branch contribution carried down separately through the stage's
+/// shortcut VJPs, plus the direct part, against the recursive `dE/dx_l`; relative to the
+/// largest term.
+fn additive_backward_errors(
     net: &Network,
     cache: &NetCache,
     grad_x: &[Tensor],
     stages: &Stages,
-) -> CheckRow {
+) -> Vec<f64> {
     let l_top = net.num_units();
-    let last = net.units.last().unwrap();
-    let f_identity = last.placement.after_add_is_identity();
-    let name = match (last.shortcut, f_identity) {
-        (ShortcutKind::Identity, true) => "Eq. 5 additive backward: dE/dx_l = dE/dx_L + sum_{i>=l} (branch VJP of unit i)".to_string(),
-        (ShortcutKind::Scale { .. } | ShortcutKind::None, true) => {
-            "Eq. 8 additive backward: dE/dx_l = (prod lambda) dE/dx_L + sum_i carried branch terms".to_string()
-        }
-        _ => "Eq. 8 generalised (direct term = prod of shortcut VJPs, f included) + carried branch terms".to_string(),
-    };
     let direct = direct_parts(net, cache, grad_x, stages);
     // acc[l] accumulates D_l + sum_i T_{l,i}(c_i) over the stage's units i >= l; max_term[l]
     // the largest term's norm.
@@ -456,45 +449,102 @@ fn additive_backward(
             max_term[l] = max_term[l].max(norm(&carried));
         }
     }
-    let mut worst = 0.0f64;
-    for l in 0..=l_top {
-        let scale = max_term[l].max(norm(&grad_x[l]));
-        let e = if scale == 0.0 {
-            0.0
-        } else {
-            norm(&(&acc[l] - &grad_x[l])) / scale
-        };
-        worst = worse(worst, e);
-    }
+    (0..=l_top)
+        .map(|l| {
+            let scale = max_term[l].max(norm(&grad_x[l]));
+            if scale == 0.0 {
+                0.0
+            } else {
+                norm(&(&acc[l] - &grad_x[l])) / scale
+            }
+        })
+        .collect()
+}
+
+fn additive_backward(net: &Network, errors: &[f64]) -> CheckRow {
+    let last = net.units.last().unwrap();
+    let name = match (last.shortcut, last.placement.after_add_is_identity()) {
+        (ShortcutKind::Identity, true) => {
+            "Eq. 5 additive backward: dE/dx_l = dE/dx_L + sum_{i>=l} (branch VJP of unit i)".to_string()
+        }
+        (ShortcutKind::Scale { .. } | ShortcutKind::None, true) => {
+            "Eq. 8 additive backward: dE/dx_l = (prod lambda) dE/dx_L + sum_i carried branch terms".to_string()
+        }
+        _ => "Eq. 8 generalised (direct term = prod of shortcut VJPs, f included) + carried branch terms".to_string(),
+    };
+    let worst = errors.iter().copied().fold(0.0, worse);
     CheckRow::measured("additive backward", name, worst, FORMULA_TOL)
 }
 
-/// Check 4: `direct_ratio = prod lambda` for constant scalings with f = identity.
-fn prod_lambda(
-    net: &Network,
-    cache: &NetCache,
-    back: &crate::net::NetGrads,
-    stages: &Stages,
-) -> CheckRow {
+/// Check 4, per unit: `|direct_ratio - prod lambda|`, relative (absolute when the prediction is 0).
+fn prod_lambda_errors(net: &Network, records: &[super::record::UnitRecord]) -> Vec<Option<f64>> {
+    records
+        .iter()
+        .map(|r| {
+            predicted_direct_ratio(net, r.unit, r.stage_top).map(|predicted| {
+                if predicted == 0.0 {
+                    r.direct_ratio.abs()
+                } else {
+                    rel_error_scalar(r.direct_ratio, predicted)
+                }
+            })
+        })
+        .collect()
+}
+
+fn prod_lambda(net: &Network, errors: &[Option<f64>], stages: &Stages) -> CheckRow {
     let what = "Eq. 8 direct term: ||D_l|| / ||dE/dx_top|| = prod_{i=l}^{top-1} lambda_i, every l"
         .to_string();
     if let Some(reason) = unrolling_inapplicable(net, stages) {
         return CheckRow::not_applicable("prod lambda", what, PROD_LAMBDA_TOL, reason);
     }
-    let profile = build_records(net, cache, back);
-    let worst = profile
-        .records
-        .iter()
-        .map(|r| {
-            let predicted = predicted_direct_ratio(net, r.unit, r.stage_top).unwrap();
-            if predicted == 0.0 {
-                r.direct_ratio.abs()
-            } else {
-                rel_error_scalar(r.direct_ratio, predicted)
-            }
-        })
-        .fold(0.0f64, worse);
+    let worst = errors.iter().flatten().copied().fold(0.0, worse);
     CheckRow::measured("prod lambda", what, worst, PROD_LAMBDA_TOL)
+}
+
+/// The formula checks' errors at one unit input `x_l` (`None` where a check does not apply).
+#[derive(Debug, Clone, PartialEq)]
+pub struct UnitVerification {
+    pub unit: usize,
+    /// Eq. 4 / 7.
+    pub forward_sum: Option<f64>,
+    /// Eq. 5 / 8.
+    pub additive_backward: f64,
+    /// `direct_ratio` against `prod lambda`.
+    pub prod_lambda: Option<f64>,
+}
+
+/// Per-unit errors of checks 2-4 at the cached point, and the check rows built from them.
+pub fn verify_units(
+    net: &Network,
+    cache: &NetCache,
+    back: &crate::net::NetGrads,
+) -> (Vec<UnitVerification>, Vec<CheckRow>) {
+    let stages = Stages::of(cache, net.num_units());
+    let applies = unrolling_inapplicable(net, &stages).is_none();
+    // Eq. 4/7 needs a constant lambda at every unit inside a stage: only computed where it applies.
+    let forward = if applies {
+        forward_unrolling_errors(net, cache, &stages)
+    } else {
+        vec![None; net.num_units() + 1]
+    };
+    let additive = additive_backward_errors(net, cache, &back.grad_x, &stages);
+    let records = build_records(net, cache, back).records;
+    let prod = prod_lambda_errors(net, &records);
+    let rows = vec![
+        forward_unrolling(net, &forward, &stages),
+        additive_backward(net, &additive),
+        prod_lambda(net, &prod, &stages),
+    ];
+    let units = (0..=net.num_units())
+        .map(|l| UnitVerification {
+            unit: l,
+            forward_sum: forward[l].filter(|_| applies),
+            additive_backward: additive[l],
+            prod_lambda: prod[l].filter(|_| applies),
+        })
+        .collect();
+    (units, rows)
 }
 
 /// The larger error, NaN winning: a NaN anywhere must fail the check, never be overwritten.

@@ -15,7 +15,8 @@ use indicatif::{ProgressBar, ProgressStyle};
 use crate::analysis::gaussian_batch;
 use crate::grads::Grads;
 use crate::layers::Mode;
-use crate::net::{build_mlp, MlpConfig};
+use crate::net::resnet::parse_resnet_name;
+use crate::net::{build_mlp, build_resnet, MlpConfig, Network, ResnetConfig};
 use crate::output::{check_writable, emit, write_atomic};
 use crate::unit::{ForwardCtx, Placement, ShortcutKind};
 
@@ -29,8 +30,8 @@ pub enum BenchMode {
 
 #[derive(Debug, Args)]
 pub struct BenchArgs {
-    /// Workload id from WORKLOADS.md: W1 (MLP, 100 units, width 256, batch 128) or W1b
-    /// (1000 units). The conv workloads W2-W4 come with the CIFAR ResNets.
+    /// Workload id from WORKLOADS.md: W1 (MLP, 100 units, width 256, batch 128), W1b (1000
+    /// units), W2 (ResNet-110, batch 32), W3 (ResNet-164, batch 16), W4 (ResNet-1001, batch 16).
     #[arg(long, default_value = "W1")]
     pub workload: String,
     #[arg(long, value_enum, default_value_t = BenchMode::Profile)]
@@ -48,10 +49,13 @@ pub struct BenchArgs {
 
 pub struct Workload {
     pub id: &'static str,
-    pub config: MlpConfig,
+    pub description: &'static str,
+    pub net: Network,
     pub batch: usize,
 }
 
+/// The workloads of WORKLOADS.md: full pre-activation units, identity shortcuts, He init,
+/// BN in training mode, Gaussian inputs, 10 classes, f64.
 pub fn workload(id: &str) -> Result<Workload> {
     let mlp = |units| MlpConfig {
         units,
@@ -62,11 +66,47 @@ pub fn workload(id: &str) -> Result<Workload> {
         shortcut: ShortcutKind::Identity,
         seed: 0,
     };
-    Ok(match id.to_ascii_uppercase().as_str() {
-        "W1" => Workload { id: "W1", config: mlp(100), batch: 128 },
-        "W1B" => Workload { id: "W1b", config: mlp(1000), batch: 128 },
-        "W2" | "W3" | "W4" => bail!("workload '{id}' needs the CIFAR ResNets, which this build does not have yet (available: W1, W1b)"),
-        _ => bail!("unknown workload '{id}' (available: W1, W1b)"),
+    let resnet = |name: &str| -> Result<Network> {
+        let (units_per_stage, block) = parse_resnet_name(name).map_err(anyhow::Error::msg)?;
+        build_resnet(&ResnetConfig {
+            name: name.to_string(),
+            units_per_stage,
+            block,
+            image_size: 32,
+            classes: 10,
+            placement: Placement::FullPreact,
+            shortcut: ShortcutKind::Identity,
+            seed: 0,
+        })
+    };
+    let (id, description, net, batch) = match id.to_ascii_uppercase().as_str() {
+        "W1" => (
+            "W1",
+            "residual MLP, 100 units, width 256",
+            build_mlp(&mlp(100))?,
+            128,
+        ),
+        "W1B" => (
+            "W1b",
+            "residual MLP, 1000 units, width 256",
+            build_mlp(&mlp(1000))?,
+            128,
+        ),
+        "W2" => ("W2", "CIFAR ResNet-110, 32x32x3", resnet("resnet110")?, 32),
+        "W3" => ("W3", "CIFAR ResNet-164, 32x32x3", resnet("resnet164")?, 16),
+        "W4" => (
+            "W4",
+            "CIFAR ResNet-1001, 32x32x3",
+            resnet("resnet1001")?,
+            16,
+        ),
+        _ => bail!("unknown workload '{id}' (available: W1, W1b, W2, W3, W4)"),
+    };
+    Ok(Workload {
+        id,
+        description,
+        net,
+        batch,
     })
 }
 
@@ -83,7 +123,7 @@ pub fn run(args: &BenchArgs) -> Result<ExitCode> {
         check_writable(p)?;
     }
     let w = workload(&args.workload)?;
-    let net = build_mlp(&w.config)?;
+    let net = &w.net;
     let (input, labels) = gaussian_batch(&net.input_shape, w.batch, net.classes, 0);
     let ctx = ForwardCtx {
         mode: Mode::Train,
@@ -126,10 +166,9 @@ pub fn run(args: &BenchArgs) -> Result<ExitCode> {
     let mut out = String::new();
     outln!(
         out,
-        "{} ({} units, width {}, batch {}), mode {mode}, {threads} threads, {} steps: median {median:.4} s, min {min:.4} s, max {max:.4} s, peak RSS {}",
+        "{} ({}, batch {}), mode {mode}, {threads} threads, {} steps: median {median:.4} s, min {min:.4} s, max {max:.4} s, peak RSS {}",
         w.id,
-        w.config.units,
-        w.config.width,
+        w.description,
         w.batch,
         args.repeat,
         rss.map_or("unknown".to_string(), |r| format!("{r:.0} MB"))

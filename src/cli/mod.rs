@@ -10,6 +10,7 @@ macro_rules! outln {
 
 pub mod bench;
 pub mod check;
+pub mod experiment;
 pub mod profile;
 
 use std::ffi::OsString;
@@ -19,8 +20,7 @@ use anyhow::{Context, Result};
 use clap::{Args, Parser, Subcommand};
 
 use crate::layers::Mode;
-use crate::net::resnet::{parse_resnet_name, Block};
-use crate::net::{build_mlp, build_resnet, MlpConfig, Network, ResnetConfig};
+use crate::net::{build_net, NetChoice, NetSizes, Network};
 use crate::rng::{derive_seed, purpose};
 use crate::unit::{ForwardCtx, Placement, ShortcutKind};
 
@@ -38,8 +38,9 @@ direct (shortcut-only) part, and verifies the formulas numerically.";
 #[derive(Debug, Parser)]
 #[command(name = "resprop", version, about = ABOUT, long_about = LONG_ABOUT)]
 pub struct Cli {
+    /// With no command: `all` (run every experiment, draw the charts, write plots/README.md).
     #[command(subcommand)]
-    pub command: Command,
+    pub command: Option<Command>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -54,9 +55,16 @@ pub enum Command {
     ///
     /// Prints one row per check and exits with status 1 if any check fails.
     Check(check::CheckArgs),
-    /// Time the benchmark workloads (W1, W1b) of WORKLOADS.md: median/min/max seconds per
-    /// step and peak RSS.
+    /// Time the benchmark workloads (W1, W1b, W2, W3, W4) of WORKLOADS.md: median/min/max
+    /// seconds per step and peak RSS.
     Bench(bench::BenchArgs),
+    /// Run one experiment file: every cell of its grid, in parallel, into a tidy CSV.
+    Run(experiment::RunArgs),
+    /// Draw an experiment's charts (PNG and SVG) from its CSV, without recomputing.
+    Plot(experiment::PlotArgs),
+    /// Run every experiment in experiments/, draw the charts into plots/ and write
+    /// plots/README.md (what `resprop` does with no command).
+    All(experiment::AllArgs),
 }
 
 /// The network, its input batch and the run's seed.
@@ -108,36 +116,8 @@ pub struct NetArgs {
     pub threads: Option<u32>,
 }
 
-/// Which network `--net` names.
-#[derive(Debug, Clone, PartialEq)]
-pub enum NetChoice {
-    Mlp,
-    Resnet {
-        name: String,
-        units_per_stage: usize,
-        block: Block,
-    },
-}
-
-impl std::fmt::Display for NetChoice {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            NetChoice::Mlp => f.write_str("mlp"),
-            NetChoice::Resnet { name, .. } => f.write_str(name),
-        }
-    }
-}
-
 fn parse_net(s: &str) -> Result<NetChoice, String> {
-    if s == "mlp" {
-        return Ok(NetChoice::Mlp);
-    }
-    let (units_per_stage, block) = parse_resnet_name(s)?;
-    Ok(NetChoice::Resnet {
-        name: s.to_string(),
-        units_per_stage,
-        block,
-    })
+    s.parse()
 }
 
 fn parse_placement(s: &str) -> Result<Placement, String> {
@@ -153,15 +133,13 @@ fn parse_mode(s: &str) -> Result<Mode, String> {
 }
 
 impl NetArgs {
-    pub fn mlp_config(&self) -> MlpConfig {
-        MlpConfig {
+    pub fn sizes(&self) -> NetSizes {
+        NetSizes {
             units: self.units,
             width: self.width,
             input_dim: self.input_dim,
+            image_size: self.image_size,
             classes: self.classes,
-            placement: self.placement,
-            shortcut: self.shortcut,
-            seed: self.seed,
         }
     }
 
@@ -170,23 +148,13 @@ impl NetArgs {
         if self.batch == 0 {
             anyhow::bail!("batch must be at least 1, got 0");
         }
-        match &self.net {
-            NetChoice::Mlp => build_mlp(&self.mlp_config()),
-            NetChoice::Resnet {
-                name,
-                units_per_stage,
-                block,
-            } => build_resnet(&ResnetConfig {
-                name: name.clone(),
-                units_per_stage: *units_per_stage,
-                block: *block,
-                image_size: self.image_size,
-                classes: self.classes,
-                placement: self.placement,
-                shortcut: self.shortcut,
-                seed: self.seed,
-            }),
-        }
+        build_net(
+            &self.net,
+            &self.sizes(),
+            self.placement,
+            self.shortcut,
+            self.seed,
+        )
     }
 
     pub fn ctx(&self) -> ForwardCtx {
@@ -261,10 +229,16 @@ pub fn run(args: impl IntoIterator<Item = OsString>) -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let result = match cli.command {
+    let result = match cli
+        .command
+        .unwrap_or_else(|| Command::All(experiment::AllArgs::default()))
+    {
         Command::Profile(a) => in_pool(a.net.threads, || profile::run(&a)),
         Command::Check(a) => in_pool(a.net.threads, || check::run(&a)),
         Command::Bench(a) => in_pool(a.threads, || bench::run(&a)),
+        Command::Run(a) => in_pool(a.threads, || experiment::run(&a)),
+        Command::Plot(a) => in_pool(None, || experiment::plot(&a)),
+        Command::All(a) => in_pool(a.threads, || experiment::all(&a)),
     };
     match result {
         Ok(code) => code,

@@ -14,6 +14,7 @@
 
 use ndarray::{Array1, Ix1, IxDyn};
 use rayon::prelude::*;
+use std::ops::Range;
 
 use super::Mode;
 use crate::grads::Grads;
@@ -60,22 +61,23 @@ fn ncs(x: &[usize]) -> (usize, usize, usize) {
 /// Channels per reduction task: one cache line of f64 when S = 1.
 const CHANNEL_BLOCK: usize = 8;
 
-/// Per-channel sums of `term(flat index, channel)` over (N, S). Each channel is summed in the
-/// same order (n, then s) whatever the thread count. Dense activations (S = 1) are summed row
-/// by row on one thread (vectorised across channels; too small to split); conv activations in
-/// parallel blocks of channels.
+/// Per-channel sums over (N, S) of `term(range, channel)`, where `range` is a run of flat
+/// indices of one channel of one sample (the whole (n, c) plane when S > 1, one element when
+/// S = 1). Each channel is summed in the same order (n, then s) whatever the thread count.
+/// Dense activations (S = 1) are summed row by row on one thread (vectorised across channels;
+/// too small to split); conv activations in parallel blocks of channels.
 fn per_channel_sum(
     n: usize,
     c: usize,
     s: usize,
-    term: impl Fn(usize, usize) -> f64 + Sync,
+    term: impl Fn(Range<usize>, usize) -> f64 + Sync,
 ) -> Array1<f64> {
     if s == 1 {
         let mut acc = vec![0.0; c];
         for ni in 0..n {
             let base = ni * c;
             for (ch, a) in acc.iter_mut().enumerate() {
-                *a += term(base + ch, ch);
+                *a += term(base + ch..base + ch + 1, ch);
             }
         }
         return Array1::from(acc);
@@ -88,11 +90,7 @@ fn per_channel_sum(
             for ni in 0..n {
                 for ch in lo..hi {
                     let base = (ni * c + ch) * s;
-                    let mut t = 0.0;
-                    for i in base..base + s {
-                        t += term(i, ch);
-                    }
-                    acc[ch - lo] += t;
+                    acc[ch - lo] += term(base..base + s, ch);
                 }
             }
             acc
@@ -101,34 +99,35 @@ fn per_channel_sum(
     Array1::from(blocks.concat())
 }
 
-/// Applies `f(channel, flat index, output)` to every element, samples in parallel (dense
-/// activations on one thread, row by row).
-fn per_element(out: &mut [f64], c: usize, s: usize, f: impl Fn(usize, usize, &mut f64) + Sync) {
+/// Applies `f(channel, range, output run)` to every (sample, channel) run of elements,
+/// samples in parallel (dense activations in parallel blocks of rows).
+fn per_element(
+    out: &mut [f64],
+    c: usize,
+    s: usize,
+    f: impl Fn(usize, Range<usize>, &mut [f64]) + Sync,
+) {
     let sample = c * s;
     if s == 1 {
-        // Blocks of rows in parallel, each row a tight loop across channels.
         let rows_per_task = (4096 / c.max(1)).max(1);
         out.par_chunks_mut(rows_per_task * c)
             .enumerate()
             .for_each(|(b, block)| {
                 for (r, row) in block.chunks_exact_mut(c).enumerate() {
                     let base = (b * rows_per_task + r) * c;
-                    for (ch, o) in row.iter_mut().enumerate() {
-                        f(ch, base + ch, o);
+                    for (ch, o) in row.chunks_exact_mut(1).enumerate() {
+                        f(ch, base + ch..base + ch + 1, o);
                     }
                 }
             });
         return;
     }
     out.par_chunks_mut(sample)
-        .with_min_len(4)
         .enumerate()
         .for_each(|(ni, chunk)| {
             for (ch, seg) in chunk.chunks_exact_mut(s).enumerate() {
                 let base = ni * sample + ch * s;
-                for (k, o) in seg.iter_mut().enumerate() {
-                    f(ch, base + k, o);
-                }
+                f(ch, base..base + s, seg);
             }
         });
 }
@@ -170,11 +169,12 @@ impl BatchNorm {
                     "{}: training-mode BatchNorm needs more than one value per channel",
                     self.name
                 );
-                let mean = per_channel_sum(n, c, s, |i, _| xs[i]) / count as f64;
+                let mean = per_channel_sum(n, c, s, |r, _| xs[r].iter().sum()) / count as f64;
                 let m = mean.as_slice().unwrap();
                 // Two passes (mean, then centred squares): no cancellation for large means.
-                let var = per_channel_sum(n, c, s, |i, ch| (xs[i] - m[ch]) * (xs[i] - m[ch]))
-                    / count as f64;
+                let var = per_channel_sum(n, c, s, |r, ch| {
+                    xs[r].iter().map(|&v| (v - m[ch]) * (v - m[ch])).sum()
+                }) / count as f64;
                 (mean, var)
             }
             Mode::Eval => (
@@ -193,7 +193,8 @@ impl BatchNorm {
         let inv_std = var.mapv(|v| 1.0 / (v + self.eps).sqrt());
         let (m, is) = (mean.as_slice().unwrap(), inv_std.as_slice().unwrap());
         per_element(x.as_slice_mut().unwrap(), c, s, |ch, _, o| {
-            *o = (*o - m[ch]) * is[ch]
+            let (mc, ic) = (m[ch], is[ch]);
+            o.iter_mut().for_each(|v| *v = (*v - mc) * ic);
         });
         let xhat = x;
         let (g, b) = (
@@ -202,7 +203,8 @@ impl BatchNorm {
         );
         let mut y = xhat.clone();
         per_element(y.as_slice_mut().unwrap(), c, s, |ch, _, o| {
-            *o = g[ch] * *o + b[ch]
+            let (gc, bc) = (g[ch], b[ch]);
+            o.iter_mut().for_each(|v| *v = gc * *v + bc);
         });
         let train = mode == Mode::Train;
         let cache = BatchNormCache {
@@ -227,8 +229,10 @@ impl BatchNorm {
         let gy = grad_y.as_slice().unwrap();
         let xh = cache.xhat.as_slice().unwrap();
         let (n, c, s) = ncs(grad_y.shape());
-        let grad_beta = per_channel_sum(n, c, s, |i, _| gy[i]);
-        let grad_gamma = per_channel_sum(n, c, s, |i, _| gy[i] * xh[i]);
+        let grad_beta = per_channel_sum(n, c, s, |r, _| gy[r].iter().sum());
+        let grad_gamma = per_channel_sum(n, c, s, |r, _| {
+            gy[r.clone()].iter().zip(&xh[r]).map(|(g, x)| g * x).sum()
+        });
         let gamma = self.gamma.as_slice().unwrap();
         let m = cache.count as f64;
         let scale: Vec<f64> = (0..c).map(|ch| gamma[ch] * cache.inv_std[ch]).collect();
@@ -236,20 +240,23 @@ impl BatchNorm {
             Mode::Train => {
                 let mb: Vec<f64> = grad_beta.iter().map(|v| v / m).collect();
                 let mg: Vec<f64> = grad_gamma.iter().map(|v| v / m).collect();
-                per_element(grad_y.as_slice_mut().unwrap(), c, s, |ch, i, o| {
-                    *o = scale[ch] * (*o - mb[ch] - xh[i] * mg[ch])
+                per_element(grad_y.as_slice_mut().unwrap(), c, s, |ch, r, o| {
+                    let (sc, b, g) = (scale[ch], mb[ch], mg[ch]);
+                    o.iter_mut()
+                        .zip(&xh[r])
+                        .for_each(|(v, &x)| *v = sc * (*v - b - x * g));
                 });
             }
             Mode::Eval => per_element(grad_y.as_slice_mut().unwrap(), c, s, |ch, _, o| {
-                *o *= scale[ch]
+                let sc = scale[ch];
+                o.iter_mut().for_each(|v| *v *= sc);
             }),
         }
-        let gx = grad_y;
         if let Some(grads) = grads {
             grads.accumulate(&format!("{}.gamma", self.name), grad_gamma.into_dyn());
             grads.accumulate(&format!("{}.beta", self.name), grad_beta.into_dyn());
         }
-        gx
+        grad_y
     }
 
     /// Moves the running statistics toward this batch's (training-mode caches only).

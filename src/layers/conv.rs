@@ -50,52 +50,76 @@ pub fn out_size(size: usize, k: usize, stride: usize, pad: usize) -> usize {
     (size + 2 * pad - k) / stride + 1
 }
 
-/// `x_n: (C, H, W)` -> `cols: (C k k, Ho Wo)`.
-fn im2col(x: &[f64], c: usize, h: usize, w: usize, k: usize, s: usize, p: usize, cols: &mut [f64]) {
-    let (ho, wo) = (out_size(h, k, s, p), out_size(w, k, s, p));
-    for ci in 0..c {
-        for ki in 0..k {
-            for kj in 0..k {
-                let row = &mut cols[((ci * k + ki) * k + kj) * ho * wo..][..ho * wo];
-                for oh in 0..ho {
-                    let ih = (oh * s + ki) as isize - p as isize;
-                    let out = &mut row[oh * wo..(oh + 1) * wo];
-                    if ih < 0 || ih >= h as isize {
-                        out.fill(0.0);
-                        continue;
-                    }
-                    let src = &x[(ci * h + ih as usize) * w..][..w];
-                    for (ow, o) in out.iter_mut().enumerate() {
-                        let iw = (ow * s + kj) as isize - p as isize;
-                        *o = if iw < 0 || iw >= w as isize {
-                            0.0
-                        } else {
-                            src[iw as usize]
-                        };
-                    }
-                }
-            }
-        }
+/// The shape of one sample's convolution: input `(c, h, w)`, kernel `k`, stride `s`, pad `p`.
+#[derive(Debug, Clone, Copy)]
+struct Geometry {
+    c: usize,
+    h: usize,
+    w: usize,
+    k: usize,
+    s: usize,
+    p: usize,
+}
+
+impl Geometry {
+    fn out(&self) -> (usize, usize) {
+        (
+            out_size(self.h, self.k, self.s, self.p),
+            out_size(self.w, self.k, self.s, self.p),
+        )
+    }
+
+    /// Row `ih` of the input for output row `oh` and kernel row `ki`, if inside the image.
+    fn in_row(&self, oh: usize, ki: usize) -> Option<usize> {
+        let ih = (oh * self.s + ki) as isize - self.p as isize;
+        (0..self.h as isize).contains(&ih).then_some(ih as usize)
+    }
+
+    fn in_col(&self, ow: usize, kj: usize) -> Option<usize> {
+        let iw = (ow * self.s + kj) as isize - self.p as isize;
+        (0..self.w as isize).contains(&iw).then_some(iw as usize)
     }
 }
 
-/// Adds `cols: (C k k, Ho Wo)` back into `x_n: (C, H, W)` (the adjoint of im2col).
-fn col2im(cols: &[f64], c: usize, h: usize, w: usize, k: usize, s: usize, p: usize, x: &mut [f64]) {
-    let (ho, wo) = (out_size(h, k, s, p), out_size(w, k, s, p));
-    for ci in 0..c {
+/// Output columns `ow` whose input column `ow s + kj - p` lies inside the image.
+fn valid_cols(g: &Geometry, wo: usize, kj: usize) -> std::ops::Range<usize> {
+    let lo = g.p.saturating_sub(kj).div_ceil(g.s);
+    let hi = if g.w + g.p > kj {
+        ((g.w + g.p - kj - 1) / g.s + 1).min(wo)
+    } else {
+        0
+    };
+    lo.min(hi)..hi
+}
+
+/// `x_n: (C, H, W)` -> `cols: (C k k, Ho Wo)`; every element of `cols` is written.
+fn im2col(x: &[f64], g: Geometry, cols: &mut [f64]) {
+    let (ho, wo) = g.out();
+    let (k, h, w, s) = (g.k, g.h, g.w, g.s);
+    for ci in 0..g.c {
         for ki in 0..k {
             for kj in 0..k {
-                let row = &cols[((ci * k + ki) * k + kj) * ho * wo..][..ho * wo];
+                let row = &mut cols[((ci * k + ki) * k + kj) * ho * wo..][..ho * wo];
+                let valid = valid_cols(&g, wo, kj);
                 for oh in 0..ho {
-                    let ih = (oh * s + ki) as isize - p as isize;
-                    if ih < 0 || ih >= h as isize {
+                    let out = &mut row[oh * wo..(oh + 1) * wo];
+                    let Some(ih) = g.in_row(oh, ki) else {
+                        out.fill(0.0);
                         continue;
-                    }
-                    let dst = &mut x[(ci * h + ih as usize) * w..][..w];
-                    for (ow, &v) in row[oh * wo..(oh + 1) * wo].iter().enumerate() {
-                        let iw = (ow * s + kj) as isize - p as isize;
-                        if iw >= 0 && iw < w as isize {
-                            dst[iw as usize] += v;
+                    };
+                    let src = &x[(ci * h + ih) * w..][..w];
+                    out[..valid.start].fill(0.0);
+                    out[valid.end..].fill(0.0);
+                    // Input column of output column `valid.start`.
+                    let first = valid.start * s + kj - g.p;
+                    if s == 1 {
+                        out[valid.clone()].copy_from_slice(&src[first..first + valid.len()]);
+                    } else {
+                        for (o, &v) in out[valid.clone()]
+                            .iter_mut()
+                            .zip(src[first..].iter().step_by(s))
+                        {
+                            *o = v;
                         }
                     }
                 }
@@ -104,8 +128,42 @@ fn col2im(cols: &[f64], c: usize, h: usize, w: usize, k: usize, s: usize, p: usi
     }
 }
 
+/// Adds `cols: (C k k, Ho Wo)` back into `x_n: (C, H, W)` (the adjoint of im2col).
+fn col2im(cols: &[f64], g: Geometry, x: &mut [f64]) {
+    let (ho, wo) = g.out();
+    let (k, h, w) = (g.k, g.h, g.w);
+    for ci in 0..g.c {
+        for ki in 0..k {
+            for kj in 0..k {
+                let row = &cols[((ci * k + ki) * k + kj) * ho * wo..][..ho * wo];
+                for oh in 0..ho {
+                    let Some(ih) = g.in_row(oh, ki) else { continue };
+                    let dst = &mut x[(ci * h + ih) * w..][..w];
+                    for (ow, &v) in row[oh * wo..(oh + 1) * wo].iter().enumerate() {
+                        if let Some(iw) = g.in_col(ow, kj) {
+                            dst[iw] += v;
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// A buffer that every caller overwrites completely (im2col, a non-accumulating GEMM).
+/// Filled with NaN rather than left uninitialised: safe, nearly as cheap as no fill, and a
+/// missed element would show up as NaN in the tests instead of as a plausible number.
+fn uninit_vec(len: usize) -> Vec<f64> {
+    vec![f64::NAN; len]
+}
+
+fn uninit_tensor(shape: &[usize]) -> Tensor {
+    Tensor::from_shape_vec(IxDyn(shape), uninit_vec(shape.iter().product())).unwrap()
+}
+
 impl Conv2d {
     /// He initialisation on fan-out, `w ~ N(0, 2 / (k k C_out))`, as in the paper's code.
+    #[allow(clippy::too_many_arguments)]
     pub fn he_fan_out(
         name: &str,
         c_in: usize,
@@ -172,7 +230,7 @@ impl Conv2d {
         let (k, s, p) = (self.k(), self.stride, self.pad);
         let ckk = c * k * k;
         let w2 = self.w2();
-        let mut y = Tensor::zeros(IxDyn(&out));
+        let mut y = uninit_tensor(&out);
         y.as_slice_mut()
             .unwrap()
             .par_chunks_mut(co * hw_out)
@@ -185,7 +243,7 @@ impl Conv2d {
                     matmul_into_serial(&mut y_n, &w2, &cols, false);
                 } else {
                     let mut cols = vec![0.0; ckk * hw_out];
-                    im2col(x_n, c, h, w, k, s, p, &mut cols);
+                    im2col(x_n, Geometry { c, h, w, k, s, p }, &mut cols);
                     let cols = ArrayView2::from_shape((ckk, hw_out), &cols[..]).unwrap();
                     matmul_into_serial(&mut y_n, &w2, &cols, false);
                 }
@@ -238,7 +296,11 @@ impl Conv2d {
                 } else {
                     let mut gcols = Array2::zeros((ckk, hw_out));
                     matmul_into_serial(&mut gcols.view_mut(), &w2.t(), &gy_n, false);
-                    col2im(gcols.as_slice().unwrap(), c, h, w, k, s, p, gx_n);
+                    col2im(
+                        gcols.as_slice().unwrap(),
+                        Geometry { c, h, w, k, s, p },
+                        gx_n,
+                    );
                 }
             });
         if let Some(grads) = grads {
@@ -248,7 +310,7 @@ impl Conv2d {
                 .map(|chunk| {
                     let mut gw = Array2::<f64>::zeros((co, ckk));
                     let mut gb = vec![0.0; co];
-                    let mut cols = vec![0.0; if self.is_pointwise() { 0 } else { ckk * hw_out }];
+                    let mut cols = uninit_vec(if self.is_pointwise() { 0 } else { ckk * hw_out });
                     for n in chunk * GRAD_CHUNK..((chunk + 1) * GRAD_CHUNK).min(n_batch) {
                         let gy_n = ArrayView2::from_shape(
                             (co, hw_out),
@@ -260,7 +322,7 @@ impl Conv2d {
                             let cols = ArrayView2::from_shape((c, h * w), x_n).unwrap();
                             matmul_into_serial(&mut gw.view_mut(), &gy_n, &cols.t(), true);
                         } else {
-                            im2col(x_n, c, h, w, k, s, p, &mut cols);
+                            im2col(x_n, Geometry { c, h, w, k, s, p }, &mut cols);
                             let cols = ArrayView2::from_shape((ckk, hw_out), &cols[..]).unwrap();
                             matmul_into_serial(&mut gw.view_mut(), &gy_n, &cols.t(), true);
                         }

@@ -21,6 +21,87 @@ use crate::unit::{ForwardCtx, ResidualUnit, UnitCache};
 pub use mlp::{build_mlp, MlpConfig};
 pub use resnet::{build_resnet, ResnetConfig};
 
+/// Which network a run names: `mlp` or a CIFAR ResNet (`resnet110`, `resnet:3:basic`, ...).
+#[derive(Debug, Clone, PartialEq)]
+pub enum NetChoice {
+    Mlp,
+    Resnet {
+        name: String,
+        units_per_stage: usize,
+        block: resnet::Block,
+    },
+}
+
+impl std::fmt::Display for NetChoice {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            NetChoice::Mlp => f.write_str("mlp"),
+            NetChoice::Resnet { name, .. } => f.write_str(name),
+        }
+    }
+}
+
+impl std::str::FromStr for NetChoice {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        if s == "mlp" {
+            return Ok(NetChoice::Mlp);
+        }
+        let (units_per_stage, block) = resnet::parse_resnet_name(s)?;
+        Ok(NetChoice::Resnet {
+            name: s.to_string(),
+            units_per_stage,
+            block,
+        })
+    }
+}
+
+/// The sizes a network needs besides its kind (MLP: units, width, input_dim; ResNets:
+/// image_size; both: classes).
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct NetSizes {
+    pub units: usize,
+    pub width: usize,
+    pub input_dim: usize,
+    pub image_size: usize,
+    pub classes: usize,
+}
+
+/// Builds the named network, validating every size.
+pub fn build_net(
+    choice: &NetChoice,
+    sizes: &NetSizes,
+    placement: crate::unit::Placement,
+    shortcut: crate::unit::ShortcutKind,
+    seed: u64,
+) -> Result<Network> {
+    match choice {
+        NetChoice::Mlp => build_mlp(&MlpConfig {
+            units: sizes.units,
+            width: sizes.width,
+            input_dim: sizes.input_dim,
+            classes: sizes.classes,
+            placement,
+            shortcut,
+            seed,
+        }),
+        NetChoice::Resnet {
+            name,
+            units_per_stage,
+            block,
+        } => build_resnet(&ResnetConfig {
+            name: name.clone(),
+            units_per_stage: *units_per_stage,
+            block: *block,
+            image_size: sizes.image_size,
+            classes: sizes.classes,
+            placement,
+            shortcut,
+            seed,
+        }),
+    }
+}
+
 /// What network was built, serialisable so results can say what produced them.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 #[serde(tag = "net", rename_all = "lowercase")]

@@ -257,9 +257,10 @@ impl ResidualUnit {
                 grad_y *= cache.mask.as_ref().unwrap();
                 grad_y
             }
+            // h = 0: no gradient, in the shape of the input the shortcut would have read
+            // (which differs from grad_y's when the unit changes shape).
             ShortcutKind::None => {
-                grad_y.fill(0.0);
-                grad_y
+                Tensor::zeros(cache.split_input.as_ref().unwrap_or(&cache.x).raw_dim())
             }
         }
     }

@@ -1,0 +1,219 @@
+//! `resprop run`, `resprop plot` and `resprop all` (the default: every experiment, its charts
+//! and the report).
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::Instant;
+
+use anyhow::{bail, Context, Result};
+use clap::Args;
+
+use crate::experiment::{load_spec, run_experiment, ChartKind};
+use crate::output::emit;
+use crate::plot::report::{self, Entry};
+use crate::plot::table::Table;
+use crate::plot::{charts, save_figure};
+
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// Experiment file (TOML; see experiments/ and docs/experiments.md).
+    pub spec: PathBuf,
+    /// Results go to <OUT>/<name>/profile.csv, with the resolved spec.toml beside it.
+    #[arg(long, default_value = "results")]
+    pub out: PathBuf,
+    /// Also draw the experiment's charts into this folder.
+    #[arg(long, value_name = "DIR")]
+    pub plots: Option<PathBuf>,
+    /// Worker threads (default: all cores). Results do not depend on it.
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
+    pub threads: Option<u32>,
+}
+
+#[derive(Debug, Args)]
+pub struct PlotArgs {
+    /// An experiment's CSV (results/<name>/profile.csv).
+    pub csv: PathBuf,
+    /// Folder for the PNG and SVG charts.
+    #[arg(long, default_value = "plots")]
+    pub out: PathBuf,
+    /// Charts to draw (default: those the experiment's spec.toml asks for).
+    #[arg(long, value_delimiter = ',')]
+    pub charts: Vec<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct AllArgs {
+    /// Folder of experiment files; each *.toml runs in name order.
+    #[arg(long, default_value = "experiments")]
+    pub experiments: PathBuf,
+    #[arg(long, default_value = "results")]
+    pub results: PathBuf,
+    /// Charts and the generated README.md go here.
+    #[arg(long, default_value = "plots")]
+    pub plots: PathBuf,
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
+    pub threads: Option<u32>,
+}
+
+impl Default for AllArgs {
+    fn default() -> Self {
+        AllArgs {
+            experiments: "experiments".into(),
+            results: "results".into(),
+            plots: "plots".into(),
+            threads: None,
+        }
+    }
+}
+
+/// The charts a results folder's resolved spec asks for.
+fn charts_of(csv: &Path) -> Result<(Vec<ChartKind>, String)> {
+    let spec_path = csv.with_file_name("spec.toml");
+    let text = std::fs::read_to_string(&spec_path).with_context(|| {
+        format!(
+            "cannot read '{}' (written next to the CSV by 'resprop run')",
+            spec_path.display()
+        )
+    })?;
+    let value: toml::Value =
+        toml::from_str(&text).with_context(|| format!("malformed '{}'", spec_path.display()))?;
+    let names: Vec<String> = value
+        .get("charts")
+        .and_then(|c| c.as_array())
+        .map(|a| {
+            a.iter()
+                .filter_map(|v| v.as_str().map(String::from))
+                .collect()
+        })
+        .unwrap_or_default();
+    let claim = value
+        .get("claim")
+        .and_then(|c| c.as_str())
+        .unwrap_or("")
+        .to_string();
+    Ok((parse_charts(&names)?, claim))
+}
+
+fn parse_charts(names: &[String]) -> Result<Vec<ChartKind>> {
+    names
+        .iter()
+        .map(|n| {
+            ChartKind::ALL
+                .iter()
+                .find(|(k, _)| k == n)
+                .map(|(_, c)| *c)
+                .ok_or_else(|| {
+                    let all: Vec<&str> = ChartKind::ALL.iter().map(|(k, _)| *k).collect();
+                    anyhow::anyhow!("unknown chart '{n}' (expected one of: {})", all.join(", "))
+                })
+        })
+        .collect()
+}
+
+/// Draws `kinds` for the table into `out`, returning the PNG paths.
+fn draw(table: &Table, kinds: &[ChartKind], out: &Path) -> Result<Vec<PathBuf>> {
+    std::fs::create_dir_all(out).with_context(|| format!("cannot create '{}'", out.display()))?;
+    let mut pngs = Vec::new();
+    for &kind in kinds {
+        let stem = out.join(format!("{}_{}", table.experiment(), kind.name()));
+        let (png, _svg) = save_figure(&charts::figure(kind, table), &stem)?;
+        pngs.push(png);
+    }
+    Ok(pngs)
+}
+
+pub fn run(args: &RunArgs) -> Result<ExitCode> {
+    let spec = load_spec(&args.spec)?;
+    let t = Instant::now();
+    let csv = run_experiment(&spec, &args.out, true)?;
+    let mut out = format!(
+        "{}: {} cells in {:.1} s -> {}\n",
+        spec.name,
+        spec.cells().len(),
+        t.elapsed().as_secs_f64(),
+        csv.display()
+    );
+    if let Some(dir) = &args.plots {
+        for p in draw(&Table::read(&csv)?, &spec.charts, dir)? {
+            out.push_str(&format!("chart: {}\n", p.display()));
+        }
+    }
+    emit(&out)?;
+    Ok(ExitCode::SUCCESS)
+}
+
+pub fn plot(args: &PlotArgs) -> Result<ExitCode> {
+    let table = Table::read(&args.csv)?;
+    let kinds = if args.charts.is_empty() {
+        charts_of(&args.csv)?.0
+    } else {
+        parse_charts(&args.charts)?
+    };
+    if kinds.is_empty() {
+        bail!("no charts to draw: the spec lists none and --charts was not given");
+    }
+    let mut out = String::new();
+    for p in draw(&table, &kinds, &args.out)? {
+        out.push_str(&format!("chart: {}\n", p.display()));
+    }
+    emit(&out)?;
+    Ok(ExitCode::SUCCESS)
+}
+
+pub fn all(args: &AllArgs) -> Result<ExitCode> {
+    let mut files: Vec<PathBuf> = std::fs::read_dir(&args.experiments)
+        .with_context(|| {
+            format!(
+                "cannot read the experiments folder '{}'",
+                args.experiments.display()
+            )
+        })?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|x| x == "toml"))
+        .collect();
+    files.sort();
+    if files.is_empty() {
+        bail!(
+            "no *.toml experiment files in '{}'",
+            args.experiments.display()
+        );
+    }
+    // Validate every file before running any, so a typo in the last one fails fast.
+    let specs = files
+        .iter()
+        .map(|f| load_spec(f))
+        .collect::<Result<Vec<_>>>()?;
+    let mut entries = Vec::new();
+    let start = Instant::now();
+    for spec in &specs {
+        let t = Instant::now();
+        let csv = run_experiment(spec, &args.results, true)?;
+        let seconds = t.elapsed().as_secs_f64();
+        let table = Table::read(&csv)?;
+        let pngs = draw(&table, &spec.charts, &args.plots)?;
+        let charts = pngs
+            .iter()
+            .map(|p| PathBuf::from(p.file_name().unwrap()))
+            .collect();
+        emit(&format!(
+            "{}: {} cells in {seconds:.1} s, {} charts\n",
+            spec.name,
+            spec.cells().len(),
+            spec.charts.len()
+        ))?;
+        entries.push(Entry {
+            name: spec.name.clone(),
+            claim: spec.claim.clone(),
+            table,
+            charts,
+            seconds: Some(seconds),
+        });
+    }
+    let report = report::write(&args.plots, &entries)?;
+    emit(&format!(
+        "report: {} ({:.1} s in all)\n",
+        report.display(),
+        start.elapsed().as_secs_f64()
+    ))?;
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,411 @@
+//! Experiment files: TOML read into a raw layer (serde, unknown keys rejected), then validated
+//! into a [`Spec`] that cannot describe an invalid run. Every error names the file, the key
+//! and the bad value.
+//!
+//! ```toml
+//! name = "scaling"
+//! claim = "With h(x) = lambda x and f = identity the direct term is prod lambda (Eq. 8)."
+//! seed = 1              # cell seeds derive from (seed, replicate)
+//! batch = 32
+//! measure = "profile"   # or "verification" (adds the per-unit errors of Eq. 4/5/7/8)
+//! charts = ["grad_ratio", "lambda_sweep"]
+//!
+//! [net]                 # sizes; which nets run is in the grid
+//! units = 100           # MLP units (overridden by grid.units)
+//! width = 64
+//!
+//! [grid]                # the cells: every combination
+//! nets = ["mlp"]
+//! placements = ["full-preact"]
+//! shortcuts = ["scale:0.5", "identity"]
+//! replicates = [0, 1, 2]
+//! ```
+
+use std::path::Path;
+
+use anyhow::{anyhow, bail, Context, Result};
+use serde::{Deserialize, Serialize};
+
+use crate::layers::Mode;
+use crate::net::{NetChoice, NetSizes};
+use crate::unit::{Placement, ShortcutKind};
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawSpec {
+    name: String,
+    claim: String,
+    #[serde(default)]
+    seed: u64,
+    #[serde(default = "default_batch")]
+    batch: usize,
+    #[serde(default = "default_measure")]
+    measure: String,
+    #[serde(default)]
+    charts: Vec<String>,
+    #[serde(default)]
+    net: RawNet,
+    grid: RawGrid,
+}
+
+fn default_batch() -> usize {
+    32
+}
+
+fn default_measure() -> String {
+    "profile".into()
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawNet {
+    units: Option<usize>,
+    width: Option<usize>,
+    input_dim: Option<usize>,
+    image_size: Option<usize>,
+    classes: Option<usize>,
+    bn_mode: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawGrid {
+    #[serde(default = "default_nets")]
+    nets: Vec<String>,
+    placements: Vec<String>,
+    shortcuts: Vec<String>,
+    #[serde(default)]
+    units: Vec<usize>,
+    #[serde(default = "default_replicates")]
+    replicates: Vec<u64>,
+}
+
+fn default_nets() -> Vec<String> {
+    vec!["mlp".into()]
+}
+
+fn default_replicates() -> Vec<u64> {
+    vec![0]
+}
+
+/// What each cell records.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Measure {
+    /// The per-unit gradient record.
+    Profile,
+    /// The record plus the per-unit errors of the formula checks (O(L^2) VJPs per cell).
+    Verification,
+}
+
+/// Chart kinds an experiment can ask for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ChartKind {
+    /// ||dE/dx_l|| / ||dE/dx_L|| against l, one line per variant.
+    GradRatio,
+    /// Direct part and rest against l, one panel per variant.
+    DirectRest,
+    /// Measured direct ratio with prod(lambda) dashed over it.
+    LambdaSweep,
+    /// ||x_l|| against l.
+    Forward,
+    /// Per-sample gradient ratios: min / median / max band per unit.
+    SampleBands,
+    /// Per-unit verification errors with the tolerances.
+    Verification,
+}
+
+impl ChartKind {
+    pub const ALL: [(&'static str, ChartKind); 6] = [
+        ("grad_ratio", ChartKind::GradRatio),
+        ("direct_rest", ChartKind::DirectRest),
+        ("lambda_sweep", ChartKind::LambdaSweep),
+        ("forward", ChartKind::Forward),
+        ("sample_bands", ChartKind::SampleBands),
+        ("verification", ChartKind::Verification),
+    ];
+
+    pub fn name(self) -> &'static str {
+        ChartKind::ALL.iter().find(|(_, k)| *k == self).unwrap().0
+    }
+}
+
+/// A validated experiment.
+#[derive(Debug, Clone, Serialize)]
+pub struct Spec {
+    pub name: String,
+    pub claim: String,
+    pub seed: u64,
+    pub batch: usize,
+    pub measure: Measure,
+    pub charts: Vec<ChartKind>,
+    pub sizes: NetSizes,
+    #[serde(serialize_with = "crate::util::serialize_display")]
+    pub bn_mode: Mode,
+    #[serde(serialize_with = "serialize_displays")]
+    pub nets: Vec<NetChoice>,
+    #[serde(serialize_with = "serialize_displays")]
+    pub placements: Vec<Placement>,
+    #[serde(serialize_with = "serialize_displays")]
+    pub shortcuts: Vec<ShortcutKind>,
+    /// MLP depths (one entry, the `net.units` size, unless the grid sweeps them).
+    pub units: Vec<usize>,
+    pub replicates: Vec<u64>,
+}
+
+fn serialize_displays<T: std::fmt::Display, S: serde::Serializer>(
+    v: &[T],
+    s: S,
+) -> Result<S::Ok, S::Error> {
+    s.collect_seq(v.iter().map(|x| x.to_string()))
+}
+
+/// One run: a point of the grid.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Cell {
+    pub index: usize,
+    pub net: NetChoice,
+    pub placement: Placement,
+    pub shortcut: ShortcutKind,
+    pub units: usize,
+    pub replicate: u64,
+}
+
+impl Spec {
+    /// Every combination, in a fixed order (nets, placements, shortcuts, units, replicates).
+    pub fn cells(&self) -> Vec<Cell> {
+        let mut cells = Vec::new();
+        for net in &self.nets {
+            for &placement in &self.placements {
+                for &shortcut in &self.shortcuts {
+                    // Depth sweeps apply to the MLP; a ResNet's depth is in its name.
+                    let depths: &[usize] = if *net == NetChoice::Mlp {
+                        &self.units
+                    } else {
+                        &self.units[..1]
+                    };
+                    for &units in depths {
+                        for &replicate in &self.replicates {
+                            cells.push(Cell {
+                                index: cells.len(),
+                                net: net.clone(),
+                                placement,
+                                shortcut,
+                                units,
+                                replicate,
+                            });
+                        }
+                    }
+                }
+            }
+        }
+        cells
+    }
+
+    /// The resolved spec as TOML, saved next to the results.
+    pub fn to_toml(&self) -> Result<String> {
+        toml::to_string(self).context("serialising the resolved spec")
+    }
+}
+
+/// One-line form of a TOML error: `line L: message`.
+fn toml_error(text: &str, e: &toml::de::Error) -> String {
+    let line = e
+        .span()
+        .map(|s| text[..s.start.min(text.len())].lines().count().max(1));
+    let msg = e.message().trim().replace('\n', " ");
+    match line {
+        Some(l) => format!("line {l}: {msg}"),
+        None => msg,
+    }
+}
+
+fn parse_each<T>(
+    values: &[String],
+    key: &str,
+    parse: impl Fn(&str) -> Result<T, String>,
+) -> Result<Vec<T>> {
+    if values.is_empty() {
+        bail!("{key}: the list is empty");
+    }
+    values
+        .iter()
+        .map(|v| parse(v).map_err(|e| anyhow!("{key}: {e}")))
+        .collect()
+}
+
+/// Parses and validates the text of an experiment file.
+pub fn parse_spec(text: &str) -> Result<Spec> {
+    let raw: RawSpec = toml::from_str(text).map_err(|e| anyhow!(toml_error(text, &e)))?;
+    if raw.name.is_empty()
+        || !raw
+            .name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+    {
+        bail!(
+            "name: '{}' must be non-empty letters, digits, '-' or '_' (it names the output folder)",
+            raw.name
+        );
+    }
+    if raw.batch == 0 {
+        bail!("batch: must be at least 1, got 0");
+    }
+    let measure = match raw.measure.as_str() {
+        "profile" => Measure::Profile,
+        "verification" => Measure::Verification,
+        other => bail!("measure: unknown value '{other}' (expected 'profile' or 'verification')"),
+    };
+    let charts = raw
+        .charts
+        .iter()
+        .map(|c| {
+            ChartKind::ALL
+                .iter()
+                .find(|(n, _)| n == c)
+                .map(|(_, k)| *k)
+                .ok_or_else(|| {
+                    let names: Vec<&str> = ChartKind::ALL.iter().map(|(n, _)| *n).collect();
+                    anyhow!(
+                        "charts: unknown chart '{c}' (expected one of: {})",
+                        names.join(", ")
+                    )
+                })
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let positive = |key: &str, v: Option<usize>, default: usize| -> Result<usize> {
+        match v {
+            Some(0) => bail!("{key}: must be at least 1, got 0"),
+            Some(v) => Ok(v),
+            None => Ok(default),
+        }
+    };
+    let units = positive("net.units", raw.net.units, 54)?;
+    let sizes = NetSizes {
+        units,
+        width: positive("net.width", raw.net.width, 64)?,
+        input_dim: positive("net.input_dim", raw.net.input_dim, 64)?,
+        image_size: positive("net.image_size", raw.net.image_size, 32)?,
+        classes: positive("net.classes", raw.net.classes, 10)?,
+    };
+    if sizes.classes < 2 {
+        bail!("net.classes: must be at least 2, got {}", sizes.classes);
+    }
+    let bn_mode = match &raw.net.bn_mode {
+        None => Mode::Train,
+        Some(m) => m.parse().map_err(|e| anyhow!("net.bn_mode: {e}"))?,
+    };
+    let nets = parse_each(&raw.grid.nets, "grid.nets", |s| s.parse::<NetChoice>())?;
+    let placements = parse_each(&raw.grid.placements, "grid.placements", |s| {
+        s.parse::<Placement>()
+    })?;
+    let shortcuts = parse_each(&raw.grid.shortcuts, "grid.shortcuts", |s| {
+        s.parse::<ShortcutKind>()
+    })?;
+    let units = if raw.grid.units.is_empty() {
+        vec![units]
+    } else {
+        raw.grid.units.clone()
+    };
+    if let Some(&0) = units.iter().find(|&&u| u == 0) {
+        bail!("grid.units: depths must be at least 1, got 0");
+    }
+    if raw.grid.replicates.is_empty() {
+        bail!("grid.replicates: the list is empty");
+    }
+    if raw.batch < 2 && bn_mode == Mode::Train && nets.contains(&NetChoice::Mlp) {
+        bail!(
+            "batch: {} is too small for an MLP with BatchNorm in training mode (needs 2)",
+            raw.batch
+        );
+    }
+    Ok(Spec {
+        name: raw.name,
+        claim: raw.claim,
+        seed: raw.seed,
+        batch: raw.batch,
+        measure,
+        charts,
+        sizes,
+        bn_mode,
+        nets,
+        placements,
+        shortcuts,
+        units,
+        replicates: raw.grid.replicates,
+    })
+}
+
+/// Reads and validates an experiment file; errors start with the file's path.
+pub fn load_spec(path: &Path) -> Result<Spec> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("cannot read '{}'", path.display()))?;
+    parse_spec(&text).map_err(|e| anyhow!("{}: {e:#}", path.display()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = r#"
+name = "t"
+claim = "c"
+charts = ["grad_ratio"]
+[net]
+units = 4
+width = 8
+[grid]
+placements = ["original", "full-preact"]
+shortcuts = ["identity", "scale:0.5"]
+replicates = [0, 1]
+"#;
+
+    #[test]
+    fn good_spec_expands_to_cells() {
+        let spec = parse_spec(GOOD).unwrap();
+        let cells = spec.cells();
+        assert_eq!(cells.len(), 8);
+        assert_eq!(cells[0].placement, Placement::Original);
+        assert_eq!(cells[7].replicate, 1);
+        assert!(cells.iter().all(|c| c.units == 4));
+        assert!(spec.to_toml().unwrap().contains("scale:0.5"));
+    }
+
+    #[test]
+    fn bad_specs_name_key_and_value() {
+        let cases = [
+            (GOOD.replace("width = 8", "widht = 8"), "widht"),
+            (
+                GOOD.replace("\"original\"", "\"sideways\""),
+                "grid.placements: unknown placement 'sideways'",
+            ),
+            (
+                GOOD.replace("\"scale:0.5\"", "\"scale:x\""),
+                "grid.shortcuts: shortcut 'scale:x': lambda 'x'",
+            ),
+            (
+                GOOD.replace("units = 4", "units = 0"),
+                "net.units: must be at least 1, got 0",
+            ),
+            (GOOD.replace("units = 4", "units = \"four\""), "line 6"),
+            (
+                GOOD.replace("\"grad_ratio\"", "\"pie\""),
+                "charts: unknown chart 'pie'",
+            ),
+            (
+                GOOD.replace("name = \"t\"", "name = \"a/b\""),
+                "name: 'a/b'",
+            ),
+            (
+                GOOD.replace("replicates = [0, 1]", "replicates = []"),
+                "grid.replicates",
+            ),
+        ];
+        for (text, needle) in cases {
+            let e = format!("{:#}", parse_spec(&text).unwrap_err());
+            assert!(e.contains(needle), "'{needle}' not in: {e}");
+            assert!(!e.contains('\n'), "one line: {e}");
+        }
+    }
+}

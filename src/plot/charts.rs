@@ -1,0 +1,234 @@
+//! One function per chart kind: the tidy table in, a [`Figure`] out. Replicates are combined
+//! by the geometric mean (ratios live on a log scale).
+
+use super::table::{geo_mean, Table, UnitRows};
+use super::{Band, Figure, Line, LineStyle, Panel};
+use crate::analysis::checks::{FORMULA_TOL, PROD_LAMBDA_TOL};
+use crate::experiment::ChartKind;
+
+const UNIT_AXIS: &str = "unit l";
+const WIDE: (u32, u32) = (1100, 700);
+const PANELS: (u32, u32) = (1400, 900);
+/// Small multiples beyond this many variants would be unreadable.
+const MAX_PANELS: usize = 12;
+
+/// `column` per unit for one variant, combined over replicates.
+fn series(t: &Table, units: &UnitRows<'_>, column: &str) -> Vec<(f64, f64)> {
+    units
+        .iter()
+        .filter_map(|(&u, rows)| {
+            let vals: Vec<f64> = rows.iter().filter_map(|r| t.f(r, column)).collect();
+            (!vals.is_empty()).then(|| (u as f64, geo_mean(&vals)))
+        })
+        .collect()
+}
+
+fn line(
+    label: &str,
+    points: Vec<(f64, f64)>,
+    style: LineStyle,
+    color: usize,
+    in_legend: bool,
+) -> Line {
+    Line {
+        label: label.to_string(),
+        points,
+        style,
+        color,
+        in_legend,
+    }
+}
+
+pub fn figure(kind: ChartKind, t: &Table) -> Figure {
+    let name = t.experiment().to_string();
+    let variants = t.by_variant();
+    let one = |title: String, y_desc: &str, lines: Vec<Line>, hlines: Vec<(f64, String)>| Figure {
+        title: title.clone(),
+        panels: vec![Panel {
+            title,
+            x_desc: UNIT_AXIS.into(),
+            y_desc: y_desc.into(),
+            lines,
+            bands: vec![],
+            hlines,
+            legend_low: false,
+        }],
+        notes: vec![],
+        size: WIDE,
+    };
+    let panels = |title: String, panels: Vec<Panel>| Figure {
+        title,
+        panels,
+        notes: vec![],
+        size: PANELS,
+    };
+    match kind {
+        ChartKind::GradRatio => one(
+            format!("{name}: gradient ratio ‖∂E/∂x_l‖ / ‖∂E/∂x_L‖"),
+            "‖∂E/∂x_l‖ / ‖∂E/∂x_L‖",
+            variants
+                .iter()
+                .enumerate()
+                .map(|(i, (v, units))| {
+                    line(v, series(t, units, "grad_ratio"), LineStyle::Solid, i, true)
+                })
+                .collect(),
+            vec![],
+        ),
+        ChartKind::Forward => one(
+            format!("{name}: forward signal ‖x_l‖"),
+            "‖x_l‖",
+            variants
+                .iter()
+                .enumerate()
+                .map(|(i, (v, units))| {
+                    line(v, series(t, units, "act_norm"), LineStyle::Solid, i, true)
+                })
+                .collect(),
+            vec![],
+        ),
+        ChartKind::LambdaSweep => {
+            let mut lines = Vec::new();
+            for (i, (v, units)) in variants.iter().enumerate() {
+                lines.push(line(
+                    &format!("{v} measured"),
+                    series(t, units, "direct_ratio"),
+                    LineStyle::Points,
+                    i,
+                    true,
+                ));
+                lines.push(line(
+                    "prod λ (Eq. 8)",
+                    series(t, units, "predicted_direct_ratio"),
+                    LineStyle::Dashed,
+                    i,
+                    i == 0,
+                ));
+            }
+            let mut fig = one(
+                format!("{name}: direct part ‖D_l‖ / ‖∂E/∂x_L‖ (points) vs prod λ (dashed)"),
+                "‖D_l‖ / ‖∂E/∂x_L‖",
+                lines,
+                vec![],
+            );
+            fig.notes.push("dashed lines: the paper's prediction prod_{i=l}^{L-1} λ_i (Eq. 8), drawn over the measured points".into());
+            fig.panels[0].legend_low = true;
+            fig
+        }
+        ChartKind::DirectRest => panels(
+            format!("{name}: direct part D_l vs the rest ∂E/∂x_l − D_l"),
+            variants
+                .iter()
+                .take(MAX_PANELS)
+                .map(|(v, units)| Panel {
+                    title: v.clone(),
+                    x_desc: UNIT_AXIS.into(),
+                    y_desc: "norm".into(),
+                    lines: vec![
+                        line(
+                            "‖D_l‖ (direct)",
+                            series(t, units, "direct_norm"),
+                            LineStyle::Solid,
+                            0,
+                            true,
+                        ),
+                        line(
+                            "‖∂E/∂x_l − D_l‖ (rest)",
+                            series(t, units, "rest_norm"),
+                            LineStyle::Solid,
+                            1,
+                            true,
+                        ),
+                        line(
+                            "‖∂E/∂x_l‖",
+                            series(t, units, "grad_norm"),
+                            LineStyle::Dashed,
+                            7,
+                            true,
+                        ),
+                    ],
+                    bands: vec![],
+                    hlines: vec![],
+                    legend_low: true,
+                })
+                .collect(),
+        ),
+        ChartKind::SampleBands => panels(
+            format!("{name}: per-sample ‖∂E/∂x_l[n]‖ / ‖∂E/∂x_L[n]‖, min–max band and median"),
+            variants
+                .iter()
+                .take(MAX_PANELS)
+                .enumerate()
+                .map(|(i, (v, units))| Panel {
+                    title: v.clone(),
+                    x_desc: UNIT_AXIS.into(),
+                    y_desc: "per-sample ratio".into(),
+                    lines: vec![
+                        line(
+                            "median",
+                            series(t, units, "sample_ratio_median"),
+                            LineStyle::Solid,
+                            i,
+                            true,
+                        ),
+                        line(
+                            "min",
+                            series(t, units, "sample_ratio_min"),
+                            LineStyle::Dashed,
+                            i,
+                            true,
+                        ),
+                    ],
+                    bands: vec![Band {
+                        lower: series(t, units, "sample_ratio_min"),
+                        upper: series(t, units, "sample_ratio_max"),
+                        color: i,
+                    }],
+                    hlines: vec![],
+                    legend_low: false,
+                })
+                .collect(),
+        ),
+        ChartKind::Verification => panels(
+            format!("{name}: verification errors per unit (relative)"),
+            variants
+                .iter()
+                .take(MAX_PANELS)
+                .map(|(v, units)| {
+                    let mut lines = vec![line(
+                        "Eq. 5/8 additive backward",
+                        series(t, units, "additive_backward_error"),
+                        LineStyle::Solid,
+                        0,
+                        true,
+                    )];
+                    if t.has("forward_sum_error") {
+                        let fwd = series(t, units, "forward_sum_error");
+                        if !fwd.is_empty() {
+                            lines.push(line("Eq. 4/7 forward sum", fwd, LineStyle::Solid, 1, true));
+                            lines.push(line(
+                                "direct ratio vs prod λ",
+                                series(t, units, "prod_lambda_error"),
+                                LineStyle::Points,
+                                2,
+                                true,
+                            ));
+                        }
+                    }
+                    Panel {
+                        title: v.clone(),
+                        x_desc: UNIT_AXIS.into(),
+                        y_desc: "relative error".into(),
+                        lines,
+                        bands: vec![],
+                        hlines: vec![
+                            (FORMULA_TOL, "tolerance 1e-10".into()),
+                            (PROD_LAMBDA_TOL, "tolerance 1e-12 (prod λ)".into()),
+                        ],
+                        legend_low: false,
+                    }
+                })
+                .collect(),
+        ),
+    }
+}

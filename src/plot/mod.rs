@@ -1,0 +1,437 @@
+//! Charts from the experiments' tidy CSV (plotters, PNG and SVG).
+//!
+//! A chart is data ([`Figure`]) drawn by one function generic over the backend, so the PNG and
+//! the SVG cannot differ. Text uses the bundled DejaVu Sans (assets/fonts, Bitstream Vera
+//! licence), registered once; no system font is needed. On log axes, zero, underflowed and
+//! non-finite values are left out and listed in a note drawn on the chart, never clamped to
+//! the edge.
+
+pub mod charts;
+pub mod report;
+pub mod table;
+
+use std::path::{Path, PathBuf};
+use std::sync::Once;
+
+use anyhow::{anyhow, Result};
+use plotters::coord::Shift;
+use plotters::prelude::*;
+use plotters::style::FontStyle;
+
+static FONT: &[u8] = include_bytes!("../../assets/fonts/DejaVuSans.ttf");
+static REGISTER: Once = Once::new();
+
+/// Registers the bundled font as "sans-serif" (the only family the charts use).
+pub fn register_font() {
+    REGISTER.call_once(|| {
+        // The bytes are a valid TTF shipped with the crate; failure would be a build defect.
+        plotters::style::register_font("sans-serif", FontStyle::Normal, FONT)
+            .unwrap_or_else(|_| panic!("bundled font failed to load"));
+    });
+}
+
+/// Ten colours that stay distinct in print (the Tableau 10 palette).
+pub const PALETTE: [RGBColor; 10] = [
+    RGBColor(31, 119, 180),
+    RGBColor(255, 127, 14),
+    RGBColor(44, 160, 44),
+    RGBColor(214, 39, 40),
+    RGBColor(148, 103, 189),
+    RGBColor(140, 86, 75),
+    RGBColor(227, 119, 194),
+    RGBColor(127, 127, 127),
+    RGBColor(188, 189, 34),
+    RGBColor(23, 190, 207),
+];
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LineStyle {
+    Solid,
+    Dashed,
+    /// Markers only.
+    Points,
+}
+
+#[derive(Debug, Clone)]
+pub struct Line {
+    pub label: String,
+    pub points: Vec<(f64, f64)>,
+    pub style: LineStyle,
+    pub color: usize,
+    /// Whether the line gets a legend entry.
+    pub in_legend: bool,
+}
+
+/// A shaded band between two curves over the same x values.
+#[derive(Debug, Clone)]
+pub struct Band {
+    pub lower: Vec<(f64, f64)>,
+    pub upper: Vec<(f64, f64)>,
+    pub color: usize,
+}
+
+/// One panel: a line chart with a log y axis.
+#[derive(Debug, Clone, Default)]
+pub struct Panel {
+    pub title: String,
+    pub x_desc: String,
+    pub y_desc: String,
+    pub lines: Vec<Line>,
+    pub bands: Vec<Band>,
+    /// Horizontal reference lines (e.g. a tolerance), with labels.
+    pub hlines: Vec<(f64, String)>,
+    /// Put the legend at the lower right (when the data crowd the upper right).
+    pub legend_low: bool,
+}
+
+/// A whole chart: one or more panels and the notes shown under them.
+#[derive(Debug, Clone)]
+pub struct Figure {
+    pub title: String,
+    pub panels: Vec<Panel>,
+    pub notes: Vec<String>,
+    pub size: (u32, u32),
+}
+
+/// The kept points (finite, > 0) and the x values of the dropped ones.
+pub fn log_filter(points: &[(f64, f64)]) -> (Vec<(f64, f64)>, Vec<f64>) {
+    let mut kept = Vec::new();
+    let mut dropped = Vec::new();
+    for &(x, y) in points {
+        if y.is_finite() && y > 0.0 && y >= f64::MIN_POSITIVE {
+            kept.push((x, y));
+        } else {
+            dropped.push(x);
+        }
+    }
+    (kept, dropped)
+}
+
+/// "0-3, 7, 9-12" for a sorted list of unit indices.
+pub fn ranges(xs: &[f64]) -> String {
+    let mut out: Vec<String> = Vec::new();
+    let mut i = 0;
+    while i < xs.len() {
+        let mut j = i;
+        while j + 1 < xs.len() && xs[j + 1] == xs[j] + 1.0 {
+            j += 1;
+        }
+        out.push(if i == j {
+            format!("{}", xs[i])
+        } else {
+            format!("{}-{}", xs[i], xs[j])
+        });
+        i = j + 1;
+    }
+    out.join(", ")
+}
+
+/// Drops what a log axis cannot show from every line and band, returning the notes to print.
+pub fn prepare_log(fig: &mut Figure) {
+    let mut notes = Vec::new();
+    let several = fig.panels.len() > 1;
+    for panel in &mut fig.panels {
+        for line in &mut panel.lines {
+            let (kept, dropped) = log_filter(&line.points);
+            if !dropped.is_empty() {
+                let where_ = if several {
+                    format!(" ({})", panel.title)
+                } else {
+                    String::new()
+                };
+                notes.push(format!(
+                    "not shown (zero, underflow or non-finite): {}{where_} at unit(s) {}",
+                    line.label,
+                    ranges(&dropped)
+                ));
+            }
+            line.points = kept;
+        }
+        for band in &mut panel.bands {
+            let (lo, dropped_lo) = log_filter(&band.lower);
+            let (hi, dropped_hi) = log_filter(&band.upper);
+            if !dropped_lo.is_empty() || !dropped_hi.is_empty() {
+                band.lower.clear();
+                band.upper.clear();
+            } else {
+                band.lower = lo;
+                band.upper = hi;
+            }
+        }
+    }
+    fig.notes.extend(notes);
+}
+
+fn y_range(panel: &Panel) -> (f64, f64) {
+    let ys = panel
+        .lines
+        .iter()
+        .flat_map(|l| l.points.iter().map(|p| p.1))
+        .chain(
+            panel
+                .bands
+                .iter()
+                .flat_map(|b| b.lower.iter().chain(&b.upper).map(|p| p.1)),
+        )
+        .chain(panel.hlines.iter().map(|h| h.0));
+    let (lo, hi) = ys.fold((f64::INFINITY, 0.0f64), |(lo, hi), y| {
+        (lo.min(y), hi.max(y))
+    });
+    if !lo.is_finite() || hi <= 0.0 {
+        return (0.1, 10.0);
+    }
+    // Pad by a quarter decade; a flat line still gets a visible range.
+    let (lo, hi) = (lo / 10f64.powf(0.25), hi * 10f64.powf(0.25));
+    if hi / lo < 10.0 {
+        (lo / 3.0, hi * 3.0)
+    } else {
+        (lo, hi)
+    }
+}
+
+fn x_range(panel: &Panel) -> (f64, f64) {
+    let xs = panel
+        .lines
+        .iter()
+        .flat_map(|l| l.points.iter().map(|p| p.0));
+    let (lo, hi) = xs.fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), x| {
+        (lo.min(x), hi.max(x))
+    });
+    if lo.is_finite() && hi > lo {
+        (lo, hi)
+    } else if lo.is_finite() {
+        (lo - 1.0, lo + 1.0)
+    } else {
+        (0.0, 1.0)
+    }
+}
+
+/// Tick label for a log10 value: "1e-3" on whole decades, "3.2e-3" between.
+fn decade_label(v: &f64) -> String {
+    if (v - v.round()).abs() < 1e-9 {
+        format!("1e{}", v.round() as i64)
+    } else {
+        format!("{:.1e}", 10f64.powf(*v))
+    }
+}
+
+/// Draws one panel. The y axis is logarithmic: values are drawn as log10(y) on a linear axis
+/// labelled in powers of ten (plotters' own log axis drops labels over wide ranges).
+fn draw_panel<DB: DrawingBackend>(
+    area: &DrawingArea<DB, Shift>,
+    panel: &Panel,
+    small: bool,
+) -> Result<()>
+where
+    DB::ErrorType: 'static,
+{
+    let err = |e: DrawingAreaErrorKind<DB::ErrorType>| anyhow!("drawing: {e:?}");
+    let lg = |pts: &[(f64, f64)]| -> Vec<(f64, f64)> {
+        pts.iter().map(|&(x, y)| (x, y.log10())).collect()
+    };
+    let (x0, x1) = x_range(panel);
+    let (y0, y1) = y_range(panel);
+    let (y0, y1) = (y0.log10(), y1.log10());
+    let font = if small { 14 } else { 18 };
+    let mut chart = ChartBuilder::on(area)
+        .caption(&panel.title, ("sans-serif", font + 2))
+        .margin(8)
+        .x_label_area_size(if small { 30 } else { 40 })
+        .y_label_area_size(if small { 55 } else { 70 })
+        .build_cartesian_2d(x0..x1, y0..y1)
+        .map_err(err)?;
+    chart
+        .configure_mesh()
+        .x_desc(&panel.x_desc)
+        .y_desc(&panel.y_desc)
+        .label_style(("sans-serif", font - 2))
+        .axis_desc_style(("sans-serif", font))
+        .y_label_formatter(&decade_label)
+        .x_label_formatter(&|x| format!("{x:.0}"))
+        .draw()
+        .map_err(err)?;
+    for band in &panel.bands {
+        if band.lower.is_empty() {
+            continue;
+        }
+        let color = PALETTE[band.color % PALETTE.len()];
+        let mut poly = lg(&band.lower);
+        poly.extend(lg(&band.upper).into_iter().rev());
+        chart
+            .draw_series(std::iter::once(Polygon::new(poly, color.mix(0.18))))
+            .map_err(err)?;
+    }
+    for (y, label) in &panel.hlines {
+        let style = BLACK.mix(0.6).stroke_width(1);
+        let y = y.log10();
+        chart
+            .draw_series(DashedLineSeries::new(vec![(x0, y), (x1, y)], 4, 4, style))
+            .map_err(err)?
+            .label(label.clone())
+            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 18, y)], style));
+    }
+    // Markers first, lines over them, dashed lines last: a prediction drawn over exactly
+    // matching measurements must stay visible.
+    let order = |s: LineStyle| match s {
+        LineStyle::Points => 0,
+        LineStyle::Solid => 1,
+        LineStyle::Dashed => 2,
+    };
+    let mut lines: Vec<&Line> = panel.lines.iter().collect();
+    lines.sort_by_key(|l| order(l.style));
+    for line in lines {
+        let color = PALETTE[line.color % PALETTE.len()];
+        let pts = lg(&line.points);
+        let anno = match line.style {
+            LineStyle::Solid => chart
+                .draw_series(LineSeries::new(pts, color.stroke_width(2)))
+                .map_err(err)?,
+            LineStyle::Dashed => {
+                // Dark and thin over the colour of the measured series it predicts.
+                chart
+                    .draw_series(DashedLineSeries::new(
+                        pts,
+                        6,
+                        4,
+                        BLACK.mix(0.85).stroke_width(1),
+                    ))
+                    .map_err(err)?
+            }
+            LineStyle::Points => chart
+                .draw_series(
+                    pts.iter()
+                        .map(|&p| Circle::new(p, 4, color.stroke_width(2))),
+                )
+                .map_err(err)?,
+        };
+        if line.in_legend {
+            let style = line.style;
+            anno.label(line.label.clone())
+                .legend(move |(x, y)| match style {
+                    LineStyle::Dashed => {
+                        PathElement::new(vec![(x, y), (x + 18, y)], BLACK.mix(0.85).stroke_width(1))
+                            .into_dyn()
+                    }
+                    LineStyle::Points => {
+                        Circle::new((x + 9, y), 4, color.stroke_width(2)).into_dyn()
+                    }
+                    LineStyle::Solid => {
+                        PathElement::new(vec![(x, y), (x + 18, y)], color.stroke_width(2))
+                            .into_dyn()
+                    }
+                });
+        }
+    }
+    if panel.lines.iter().any(|l| l.in_legend) || !panel.hlines.is_empty() {
+        chart
+            .configure_series_labels()
+            .background_style(WHITE.mix(0.85))
+            .border_style(BLACK.mix(0.5))
+            .label_font(("sans-serif", font - 3))
+            .position(if panel.legend_low {
+                SeriesLabelPosition::LowerRight
+            } else {
+                SeriesLabelPosition::UpperRight
+            })
+            .draw()
+            .map_err(err)?;
+    }
+    Ok(())
+}
+
+fn draw_figure<DB: DrawingBackend>(root: DrawingArea<DB, Shift>, fig: &Figure) -> Result<()>
+where
+    DB::ErrorType: 'static,
+{
+    let err = |e: DrawingAreaErrorKind<DB::ErrorType>| anyhow!("drawing: {e:?}");
+    root.fill(&WHITE).map_err(err)?;
+    let note_height = 22 * fig.notes.len() as u32 + if fig.notes.is_empty() { 0 } else { 10 };
+    let (main, notes) = root.split_vertically(fig.size.1 - note_height);
+    let body = if fig.panels.len() > 1 {
+        main.titled(&fig.title, ("sans-serif", 24)).map_err(err)?
+    } else {
+        main
+    };
+    let n = fig.panels.len();
+    let cols = if n <= 1 {
+        1
+    } else if n <= 4 {
+        2
+    } else {
+        3
+    };
+    let rows = n.div_ceil(cols);
+    let areas = body.split_evenly((rows, cols));
+    for (panel, area) in fig.panels.iter().zip(areas.iter()) {
+        draw_panel(area, panel, n > 1)?;
+    }
+    for (i, note) in fig.notes.iter().enumerate() {
+        notes
+            .draw(&Text::new(
+                format!("Note: {note}"),
+                (12, 5 + 22 * i as i32),
+                ("sans-serif", 15).into_font().color(&RED.mix(0.9)),
+            ))
+            .map_err(err)?;
+    }
+    root.present().map_err(err)?;
+    Ok(())
+}
+
+/// Renders `fig` to `<stem>.png` and `<stem>.svg`, each written to a temporary file first.
+pub fn save_figure(fig: &Figure, stem: &Path) -> Result<(PathBuf, PathBuf)> {
+    register_font();
+    let mut fig = fig.clone();
+    prepare_log(&mut fig);
+    let png = stem.with_extension("png");
+    let svg = stem.with_extension("svg");
+    let tmp =
+        |p: &Path| p.with_extension(format!("{}.tmp", p.extension().unwrap().to_string_lossy()));
+    let (png_tmp, svg_tmp) = (tmp(&png), tmp(&svg));
+    let result = (|| -> Result<()> {
+        // The bitmap encoder picks the format from the extension, so the temporary keeps ".png".
+        let png_tmp_named = png_tmp.with_extension("tmp.png");
+        draw_figure(
+            BitMapBackend::new(&png_tmp_named, fig.size).into_drawing_area(),
+            &fig,
+        )?;
+        std::fs::rename(&png_tmp_named, &png)?;
+        draw_figure(
+            SVGBackend::new(&svg_tmp, fig.size).into_drawing_area(),
+            &fig,
+        )?;
+        std::fs::rename(&svg_tmp, &svg)?;
+        Ok(())
+    })();
+    if let Err(e) = result {
+        for p in [png_tmp.with_extension("tmp.png"), svg_tmp] {
+            std::fs::remove_file(p).ok();
+        }
+        return Err(e.context(format!("cannot write chart '{}'", stem.display())));
+    }
+    Ok((png, svg))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ranges_compress_runs() {
+        assert_eq!(ranges(&[0.0, 1.0, 2.0, 5.0, 7.0, 8.0]), "0-2, 5, 7-8");
+        assert_eq!(ranges(&[]), "");
+    }
+
+    #[test]
+    fn log_filter_drops_what_a_log_axis_cannot_show() {
+        let (kept, dropped) = log_filter(&[
+            (0.0, 1.0),
+            (1.0, 0.0),
+            (2.0, f64::NAN),
+            (3.0, f64::INFINITY),
+            (4.0, 1e-320),
+        ]);
+        assert_eq!(kept, vec![(0.0, 1.0)]);
+        assert_eq!(dropped, vec![1.0, 2.0, 3.0, 4.0]);
+    }
+}

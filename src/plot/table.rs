@@ -1,0 +1,149 @@
+//! The tidy CSV read back: rows of strings with typed column access.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use anyhow::{anyhow, bail, Context, Result};
+
+/// One variant's rows, grouped by unit (one row per replicate).
+pub type UnitRows<'a> = BTreeMap<usize, Vec<&'a Vec<String>>>;
+
+#[derive(Debug, Clone)]
+pub struct Table {
+    pub header: Vec<String>,
+    pub rows: Vec<Vec<String>>,
+}
+
+/// A float field; empty is `None`, `inf`/`NaN` parse as such.
+pub fn parse_f64(s: &str) -> Option<f64> {
+    if s.is_empty() {
+        None
+    } else {
+        s.parse().ok()
+    }
+}
+
+impl Table {
+    pub fn read(path: &Path) -> Result<Table> {
+        let mut r = csv::Reader::from_path(path)
+            .with_context(|| format!("cannot read '{}'", path.display()))?;
+        let header: Vec<String> = r.headers()?.iter().map(String::from).collect();
+        let rows = r
+            .records()
+            .map(|rec| rec.map(|r| r.iter().map(String::from).collect()))
+            .collect::<Result<Vec<Vec<String>>, _>>()
+            .with_context(|| format!("malformed CSV '{}'", path.display()))?;
+        let t = Table { header, rows };
+        for col in [
+            "experiment",
+            "unit",
+            "placement",
+            "shortcut",
+            "net",
+            "replicate",
+        ] {
+            t.col(col).map_err(|e| {
+                anyhow!("'{}' is not a resprop experiment CSV: {e}", path.display())
+            })?;
+        }
+        if t.rows.is_empty() {
+            bail!("'{}' has no rows", path.display());
+        }
+        Ok(t)
+    }
+
+    pub fn col(&self, name: &str) -> Result<usize> {
+        self.header
+            .iter()
+            .position(|h| h == name)
+            .ok_or_else(|| anyhow!("column '{name}' missing"))
+    }
+
+    pub fn has(&self, name: &str) -> bool {
+        self.header.iter().any(|h| h == name)
+    }
+
+    pub fn get<'a>(&self, row: &'a [String], name: &str) -> &'a str {
+        &row[self.col(name).expect("column checked by caller")]
+    }
+
+    pub fn f(&self, row: &[String], name: &str) -> Option<f64> {
+        parse_f64(self.get(row, name))
+    }
+
+    /// The experiment's name (first row).
+    pub fn experiment(&self) -> &str {
+        self.get(&self.rows[0], "experiment")
+    }
+
+    /// Variant label of a row: the key columns that differ across the table (net, placement,
+    /// shortcut, units), in that order.
+    pub fn variant(&self, row: &[String]) -> String {
+        let varying: Vec<&str> = ["net", "placement", "shortcut", "units"]
+            .into_iter()
+            .filter(|c| {
+                self.has(c)
+                    && self
+                        .rows
+                        .iter()
+                        .any(|r| self.get(r, c) != self.get(&self.rows[0], c))
+            })
+            .collect();
+        if varying.is_empty() {
+            return format!(
+                "{} {}",
+                self.get(row, "placement"),
+                self.get(row, "shortcut")
+            );
+        }
+        varying
+            .iter()
+            .map(|c| {
+                if *c == "units" {
+                    format!("L={}", self.get(row, c))
+                } else {
+                    self.get(row, c).to_string()
+                }
+            })
+            .collect::<Vec<_>>()
+            .join(" ")
+    }
+
+    /// Variants in first-appearance order, each with its rows grouped by unit (one row per
+    /// replicate).
+    pub fn by_variant(&self) -> Vec<(String, UnitRows<'_>)> {
+        let mut order: Vec<String> = Vec::new();
+        let mut groups: BTreeMap<String, UnitRows<'_>> = BTreeMap::new();
+        for row in &self.rows {
+            let v = self.variant(row);
+            if !groups.contains_key(&v) {
+                order.push(v.clone());
+            }
+            let unit: usize = self.get(row, "unit").parse().unwrap_or(0);
+            groups
+                .entry(v)
+                .or_default()
+                .entry(unit)
+                .or_default()
+                .push(row);
+        }
+        order
+            .into_iter()
+            .map(|v| {
+                let g = groups.remove(&v).unwrap();
+                (v, g)
+            })
+            .collect()
+    }
+}
+
+/// Geometric mean over replicates; `NaN` if any value is non-finite, `0` if any is 0.
+pub fn geo_mean(values: &[f64]) -> f64 {
+    if values.iter().any(|v| !v.is_finite()) {
+        return f64::NAN;
+    }
+    if values.iter().any(|&v| v <= 0.0) {
+        return 0.0;
+    }
+    (values.iter().map(|v| v.ln()).sum::<f64>() / values.len() as f64).exp()
+}
