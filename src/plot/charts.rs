@@ -52,6 +52,7 @@ pub fn figure(kind: ChartKind, t: &Table) -> Figure {
             bands: vec![],
             hlines,
             legend_low: false,
+            x_span: None,
         }],
         notes: vec![],
         size: WIDE,
@@ -150,6 +151,7 @@ pub fn figure(kind: ChartKind, t: &Table) -> Figure {
                     bands: vec![],
                     hlines: vec![],
                     legend_low: true,
+                    x_span: None,
                 })
                 .collect(),
         ),
@@ -186,6 +188,7 @@ pub fn figure(kind: ChartKind, t: &Table) -> Figure {
                     }],
                     hlines: vec![],
                     legend_low: false,
+                    x_span: None,
                 })
                 .collect(),
         ),
@@ -226,6 +229,7 @@ pub fn figure(kind: ChartKind, t: &Table) -> Figure {
                             (PROD_LAMBDA_TOL, "tolerance 1e-12 (prod λ)".into()),
                         ],
                         legend_low: false,
+                        x_span: None,
                     }
                 })
                 .collect(),

@@ -82,6 +82,8 @@ pub struct Panel {
     pub hlines: Vec<(f64, String)>,
     /// Put the legend at the lower right (when the data crowd the upper right).
     pub legend_low: bool,
+    /// x extent of all the data, including points a log axis cannot show (set by `prepare_log`).
+    pub x_span: Option<(f64, f64)>,
 }
 
 /// A whole chart: one or more panels and the notes shown under them.
@@ -93,18 +95,63 @@ pub struct Figure {
     pub size: (u32, u32),
 }
 
-/// The kept points (finite, > 0) and the x values of the dropped ones.
-pub fn log_filter(points: &[(f64, f64)]) -> (Vec<(f64, f64)>, Vec<f64>) {
+/// (x, y) pairs of a series.
+pub type Points = Vec<(f64, f64)>;
+
+/// Why a value cannot go on a log axis.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Dropped {
+    /// Exactly 0 (an exact result, e.g. an error of 0 to the last bit).
+    Zero,
+    /// Negative, or positive but below the normal f64 range (underflow).
+    TinyOrNegative,
+    /// inf or NaN (overflow).
+    NonFinite,
+}
+
+impl Dropped {
+    fn describe(self) -> &'static str {
+        match self {
+            Dropped::Zero => "exactly 0, not drawable on a log axis",
+            Dropped::TinyOrNegative => "underflowed (below 1e-308) or negative, not drawn",
+            Dropped::NonFinite => "inf or NaN (overflow), not drawn",
+        }
+    }
+}
+
+/// The kept points (finite, > 0) and the x values of the dropped ones with the reason.
+pub fn log_filter(points: &[(f64, f64)]) -> (Points, Vec<(f64, Dropped)>) {
     let mut kept = Vec::new();
     let mut dropped = Vec::new();
     for &(x, y) in points {
-        if y.is_finite() && y > 0.0 && y >= f64::MIN_POSITIVE {
-            kept.push((x, y));
+        if !y.is_finite() {
+            dropped.push((x, Dropped::NonFinite));
+        } else if y == 0.0 {
+            dropped.push((x, Dropped::Zero));
+        } else if y < f64::MIN_POSITIVE {
+            dropped.push((x, Dropped::TinyOrNegative));
         } else {
-            dropped.push(x);
+            kept.push((x, y));
         }
     }
     (kept, dropped)
+}
+
+/// Splits `text` into lines of at most about `width` characters, at spaces.
+fn wrap(text: &str, width: usize) -> Vec<String> {
+    let mut lines = vec![String::new()];
+    for word in text.split(' ') {
+        let last = lines.last_mut().unwrap();
+        if !last.is_empty() && last.chars().count() + word.chars().count() + 1 > width {
+            lines.push(format!("    {word}"));
+        } else {
+            if !last.is_empty() {
+                last.push(' ');
+            }
+            last.push_str(word);
+        }
+    }
+    lines
 }
 
 /// "0-3, 7, 9-12" for a sorted list of unit indices.
@@ -126,23 +173,42 @@ pub fn ranges(xs: &[f64]) -> String {
     out.join(", ")
 }
 
-/// Drops what a log axis cannot show from every line and band, returning the notes to print.
+/// Drops what a log axis cannot show from every line and band, and adds one note per reason
+/// saying which series lost which units.
 pub fn prepare_log(fig: &mut Figure) {
-    let mut notes = Vec::new();
+    let mut by_reason: std::collections::BTreeMap<Dropped, Vec<String>> = Default::default();
     let several = fig.panels.len() > 1;
     for panel in &mut fig.panels {
+        let xs = panel
+            .lines
+            .iter()
+            .flat_map(|l| l.points.iter().map(|p| p.0));
+        let (lo, hi) = xs.fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), x| {
+            (a.min(x), b.max(x))
+        });
+        if lo.is_finite() {
+            panel.x_span = Some((lo, hi));
+        }
         for line in &mut panel.lines {
             let (kept, dropped) = log_filter(&line.points);
-            if !dropped.is_empty() {
+            let mut reasons: Vec<Dropped> = dropped.iter().map(|d| d.1).collect();
+            reasons.sort();
+            reasons.dedup();
+            for reason in reasons {
+                let units: Vec<f64> = dropped
+                    .iter()
+                    .filter(|d| d.1 == reason)
+                    .map(|d| d.0)
+                    .collect();
                 let where_ = if several {
-                    format!(" ({})", panel.title)
+                    format!(" [{}]", panel.title)
                 } else {
                     String::new()
                 };
-                notes.push(format!(
-                    "not shown (zero, underflow or non-finite): {}{where_} at unit(s) {}",
+                by_reason.entry(reason).or_default().push(format!(
+                    "{}{where_} at {}",
                     line.label,
-                    ranges(&dropped)
+                    ranges(&units)
                 ));
             }
             line.points = kept;
@@ -159,7 +225,10 @@ pub fn prepare_log(fig: &mut Figure) {
             }
         }
     }
-    fig.notes.extend(notes);
+    for (reason, items) in by_reason {
+        fig.notes
+            .push(format!("{}: {}", reason.describe(), items.join("; ")));
+    }
 }
 
 fn y_range(panel: &Panel) -> (f64, f64) {
@@ -190,6 +259,13 @@ fn y_range(panel: &Panel) -> (f64, f64) {
 }
 
 fn x_range(panel: &Panel) -> (f64, f64) {
+    if let Some((lo, hi)) = panel.x_span {
+        return if hi > lo {
+            (lo, hi)
+        } else {
+            (lo - 1.0, lo + 1.0)
+        };
+    }
     let xs = panel
         .lines
         .iter()
@@ -345,7 +421,12 @@ where
 {
     let err = |e: DrawingAreaErrorKind<DB::ErrorType>| anyhow!("drawing: {e:?}");
     root.fill(&WHITE).map_err(err)?;
-    let note_height = 22 * fig.notes.len() as u32 + if fig.notes.is_empty() { 0 } else { 10 };
+    let wrapped: Vec<String> = fig
+        .notes
+        .iter()
+        .flat_map(|n| wrap(&format!("Note: {n}"), 150))
+        .collect();
+    let note_height = 20 * wrapped.len() as u32 + if wrapped.is_empty() { 0 } else { 10 };
     let (main, notes) = root.split_vertically(fig.size.1 - note_height);
     let body = if fig.panels.len() > 1 {
         main.titled(&fig.title, ("sans-serif", 24)).map_err(err)?
@@ -365,13 +446,10 @@ where
     for (panel, area) in fig.panels.iter().zip(areas.iter()) {
         draw_panel(area, panel, n > 1)?;
     }
-    for (i, note) in fig.notes.iter().enumerate() {
+    for (i, line) in wrapped.iter().enumerate() {
+        let style = ("sans-serif", 14).into_font().color(&RED.mix(0.9));
         notes
-            .draw(&Text::new(
-                format!("Note: {note}"),
-                (12, 5 + 22 * i as i32),
-                ("sans-serif", 15).into_font().color(&RED.mix(0.9)),
-            ))
+            .draw(&Text::new(line.clone(), (12, 5 + 20 * i as i32), style))
             .map_err(err)?;
     }
     root.present().map_err(err)?;
@@ -432,6 +510,12 @@ mod tests {
             (4.0, 1e-320),
         ]);
         assert_eq!(kept, vec![(0.0, 1.0)]);
-        assert_eq!(dropped, vec![1.0, 2.0, 3.0, 4.0]);
+        let reasons: Vec<(f64, Dropped)> = vec![
+            (1.0, Dropped::Zero),
+            (2.0, Dropped::NonFinite),
+            (3.0, Dropped::NonFinite),
+            (4.0, Dropped::TinyOrNegative),
+        ];
+        assert_eq!(dropped, reasons);
     }
 }

@@ -4,7 +4,7 @@
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 
-use super::table::{geo_mean, Table};
+use super::table::{geo_mean, Table, UnitRows};
 
 /// One experiment's inputs to the report.
 pub struct Entry {
@@ -29,45 +29,45 @@ fn at_unit(t: &Table, rows: &[&Vec<String>], col: &str) -> Option<f64> {
     (!vals.is_empty()).then(|| geo_mean(&vals))
 }
 
+/// The shallowest unit whose stage has units above it (0 for the MLP; 1 in bottleneck ResNets,
+/// whose unit 0 changes width so that x_0 is a stage of its own).
+fn first_in_stage(t: &Table, units: &UnitRows<'_>) -> Option<usize> {
+    units.iter().find(|(&u, rows)| rows.iter().any(|r| t.f(r, "stage_top").is_some_and(|top| top as usize > u))).map(|(&u, _)| u)
+}
+
 /// The per-variant summary table: the shallowest unit's ratios and the batch's worst sample.
 fn summary(t: &Table) -> String {
     let mut s = String::from(
-        "| variant | ‖∂E/∂x_0‖/‖∂E/∂x_L‖ | direct ratio at l = 0 | predicted (prod λ) | smallest per-sample ratio | largest ‖x_l‖ |\n|---|---|---|---|---|---|\n",
+        "| variant | ‖∂E/∂x_0‖/‖∂E/∂x_L‖ | l₀ | direct ratio at l₀ | predicted (prod λ) | smallest per-sample ratio | largest ‖x_l‖ |\n|---|---|---|---|---|---|---|\n",
     );
     for (v, units) in t.by_variant() {
         let first = units.values().next().unwrap();
+        let l0 = first_in_stage(t, &units);
+        let at_l0 = |col: &str| l0.and_then(|l| at_unit(t, &units[&l], col)).map_or("-".into(), num);
         let min_sample = units
             .values()
             .flatten()
             .filter_map(|r| t.f(r, "sample_ratio_min"))
-            .fold(f64::INFINITY, |a, b| {
-                if a.is_nan() || b.is_nan() {
-                    f64::NAN
-                } else {
-                    a.min(b)
-                }
-            });
-        let max_act = units
-            .values()
-            .flatten()
-            .filter_map(|r| t.f(r, "act_norm"))
-            .fold(0.0, |a: f64, b| {
-                if a.is_nan() || b.is_nan() {
-                    f64::NAN
-                } else {
-                    a.max(b)
-                }
-            });
+            .fold(f64::INFINITY, |a, b| if a.is_nan() || b.is_nan() { f64::NAN } else { a.min(b) });
+        let max_act = units.values().flatten().filter_map(|r| t.f(r, "act_norm")).fold(0.0, |a: f64, b| {
+            if a.is_nan() || b.is_nan() {
+                f64::NAN
+            } else {
+                a.max(b)
+            }
+        });
         let _ = writeln!(
             s,
-            "| {v} | {} | {} | {} | {} | {} |",
+            "| {v} | {} | {} | {} | {} | {} | {} |",
             at_unit(t, first, "grad_ratio").map_or("-".into(), num),
-            at_unit(t, first, "direct_ratio").map_or("-".into(), num),
-            at_unit(t, first, "predicted_direct_ratio").map_or("-".into(), num),
+            l0.map_or("-".into(), |l| l.to_string()),
+            at_l0("direct_ratio"),
+            at_l0("predicted_direct_ratio"),
             num(min_sample),
             num(max_act),
         );
     }
+    s.push_str("\nl₀ is the shallowest unit input with units above it in its stage (0 for the MLP; 1 in bottleneck ResNets, whose unit 0 changes width). The direct ratio is ‖D_l‖ over the stage top's gradient norm.\n");
     s
 }
 

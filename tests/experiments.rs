@@ -1,0 +1,254 @@
+//! Experiments end to end, as a user runs them: spec files, the runner, charts, the report.
+
+use std::path::Path;
+use std::process::{Command, Output};
+
+fn resprop(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_resprop"))
+        .args(args)
+        .output()
+        .expect("binary runs")
+}
+
+fn ok(o: &Output) {
+    assert!(
+        o.status.success(),
+        "stdout: {}\nstderr: {}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    );
+}
+
+const SPEC: &str = r#"
+name = "tiny"
+claim = "A tiny grid for the tests."
+seed = 3
+batch = 4
+charts = ["grad_ratio", "direct_rest", "lambda_sweep", "forward", "sample_bands"]
+[net]
+units = 6
+width = 8
+input_dim = 5
+[grid]
+placements = ["original", "full-preact"]
+shortcuts = ["identity", "scale:0.5"]
+replicates = [0, 1]
+"#;
+
+fn write_spec(dir: &Path, name: &str, text: &str) -> String {
+    let p = dir.join(name);
+    std::fs::write(&p, text).unwrap();
+    p.to_str().unwrap().to_string()
+}
+
+/// PNG width and height from the IHDR chunk.
+fn png_size(bytes: &[u8]) -> (u32, u32) {
+    assert_eq!(&bytes[..8], b"\x89PNG\r\n\x1a\n", "PNG signature");
+    let be = |i: usize| u32::from_be_bytes(bytes[i..i + 4].try_into().unwrap());
+    (be(16), be(20))
+}
+
+#[test]
+fn run_writes_tidy_csv_spec_and_charts() {
+    let dir = tempfile::tempdir().unwrap();
+    let spec = write_spec(dir.path(), "tiny.toml", SPEC);
+    let out = dir.path().join("results");
+    let plots = dir.path().join("plots");
+    ok(&resprop(&[
+        "run",
+        &spec,
+        "--out",
+        out.to_str().unwrap(),
+        "--plots",
+        plots.to_str().unwrap(),
+    ]));
+    let csv = std::fs::read_to_string(out.join("tiny/profile.csv")).unwrap();
+    let mut lines = csv.lines();
+    let header = lines.next().unwrap();
+    assert!(
+        header.starts_with("experiment,cell,net,placement,shortcut,units,replicate,unit,"),
+        "{header}"
+    );
+    // 2 placements x 2 shortcuts x 2 replicates = 8 cells, 7 unit inputs each.
+    assert_eq!(lines.count(), 8 * 7);
+    assert!(out.join("tiny/spec.toml").is_file());
+    let resolved = std::fs::read_to_string(out.join("tiny/spec.toml")).unwrap();
+    assert!(resolved.contains("scale:0.5") && resolved.contains("claim"));
+    for chart in [
+        "grad_ratio",
+        "direct_rest",
+        "lambda_sweep",
+        "forward",
+        "sample_bands",
+    ] {
+        let png = std::fs::read(plots.join(format!("tiny_{chart}.png"))).unwrap();
+        let size = png_size(&png);
+        assert!(
+            size == (1100, 700) || size == (1400, 900),
+            "{chart}: {size:?}"
+        );
+        let svg = std::fs::read_to_string(plots.join(format!("tiny_{chart}.svg"))).unwrap();
+        assert!(svg.starts_with("<svg"), "{chart}: not an SVG");
+        if chart == "grad_ratio" {
+            for label in ["original identity", "full-preact scale:0.5"] {
+                assert!(
+                    svg.contains(label),
+                    "{chart}: series label '{label}' missing from the SVG"
+                );
+            }
+        }
+    }
+    // Nothing half-written anywhere.
+    for entry in walk(dir.path()) {
+        assert!(
+            !entry.ends_with(".tmp") && !entry.contains(".tmp."),
+            "temporary file left: {entry}"
+        );
+    }
+}
+
+fn walk(dir: &Path) -> Vec<String> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).unwrap() {
+        let p = e.unwrap().path();
+        if p.is_dir() {
+            out.extend(walk(&p));
+        } else {
+            out.push(p.to_string_lossy().into_owned());
+        }
+    }
+    out
+}
+
+#[test]
+fn same_csv_for_one_and_two_threads() {
+    let dir = tempfile::tempdir().unwrap();
+    let spec = write_spec(
+        dir.path(),
+        "tiny.toml",
+        &SPEC
+            .replace("width = 8", "width = 96")
+            .replace("batch = 4", "batch = 64"),
+    );
+    let mut csvs = Vec::new();
+    for threads in ["1", "2"] {
+        let out = dir.path().join(format!("r{threads}"));
+        ok(&resprop(&[
+            "run",
+            &spec,
+            "--out",
+            out.to_str().unwrap(),
+            "--threads",
+            threads,
+        ]));
+        csvs.push(std::fs::read(out.join("tiny/profile.csv")).unwrap());
+    }
+    assert_eq!(csvs[0], csvs[1], "CSV differs between 1 and 2 threads");
+}
+
+#[test]
+fn rerun_skips_complete_cells() {
+    let dir = tempfile::tempdir().unwrap();
+    let spec = write_spec(dir.path(), "tiny.toml", SPEC);
+    let out = dir.path().join("results");
+    ok(&resprop(&["run", &spec, "--out", out.to_str().unwrap()]));
+    let cells = out.join("tiny/cells");
+    // Mark one finished cell and delete another: a rerun keeps the first and recomputes the second.
+    let marked = cells.join("0000.csv");
+    let original = std::fs::read_to_string(&marked).unwrap();
+    std::fs::write(&marked, original.replace("original", "ORIGINAL-KEPT")).unwrap();
+    let deleted = cells.join("0005.csv");
+    let before = std::fs::read(&deleted).unwrap();
+    std::fs::remove_file(&deleted).unwrap();
+    ok(&resprop(&["run", &spec, "--out", out.to_str().unwrap()]));
+    let csv = std::fs::read_to_string(out.join("tiny/profile.csv")).unwrap();
+    assert!(
+        csv.contains("ORIGINAL-KEPT"),
+        "a complete cell was recomputed"
+    );
+    assert_eq!(
+        std::fs::read(&deleted).unwrap(),
+        before,
+        "the missing cell came back identical"
+    );
+}
+
+#[test]
+fn bad_specs_give_one_line_errors_naming_file_and_key() {
+    let dir = tempfile::tempdir().unwrap();
+    for (text, needle) in [
+        (SPEC.replace("width = 8", "widht = 8"), "widht"),
+        (
+            SPEC.replace("\"identity\"", "\"teleport\""),
+            "grid.shortcuts: unknown shortcut 'teleport'",
+        ),
+        (SPEC.replace("units = 6", "units = 0"), "net.units"),
+        (SPEC.replace("batch = 4", "batch = \"many\""), "line"),
+    ] {
+        let spec = write_spec(dir.path(), "bad.toml", &text);
+        let o = resprop(&[
+            "run",
+            &spec,
+            "--out",
+            dir.path().join("r").to_str().unwrap(),
+        ]);
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(!o.status.success(), "{needle}: should fail");
+        assert_eq!(err.trim_end().lines().count(), 1, "one line: {err}");
+        assert!(
+            err.contains("bad.toml") && err.contains(needle),
+            "'{needle}' or the file name missing: {err}"
+        );
+        assert!(!err.contains("panicked"));
+    }
+    assert!(
+        !dir.path().join("r").exists(),
+        "nothing written for an invalid spec"
+    );
+    let o = resprop(&["plot", dir.path().join("none.csv").to_str().unwrap()]);
+    assert!(!o.status.success() && String::from_utf8_lossy(&o.stderr).contains("none.csv"));
+}
+
+#[test]
+fn all_writes_the_report_from_the_csv() {
+    let dir = tempfile::tempdir().unwrap();
+    let exp = dir.path().join("experiments");
+    std::fs::create_dir(&exp).unwrap();
+    write_spec(&exp, "tiny.toml", SPEC);
+    let verification = SPEC
+        .replace("name = \"tiny\"", "name = \"verify\"")
+        .replace("batch = 4", "batch = 4\nmeasure = \"verification\"")
+        .replace(
+            r#"charts = ["grad_ratio", "direct_rest", "lambda_sweep", "forward", "sample_bands"]"#,
+            r#"charts = ["verification"]"#,
+        );
+    write_spec(&exp, "verify.toml", &verification);
+    let (results, plots) = (dir.path().join("results"), dir.path().join("plots"));
+    ok(&resprop(&[
+        "all",
+        "--experiments",
+        exp.to_str().unwrap(),
+        "--results",
+        results.to_str().unwrap(),
+        "--plots",
+        plots.to_str().unwrap(),
+    ]));
+    let report = std::fs::read_to_string(plots.join("README.md")).unwrap();
+    assert!(report.contains("## tiny") && report.contains("A tiny grid for the tests."));
+    assert!(report.contains("![tiny_grad_ratio.png](tiny_grad_ratio.png)"));
+    assert!(report.contains("largest Eq. 5/8 error"));
+    // The report's numbers are the CSV's: scale 0.5 over 6 units under full pre-activation
+    // predicts a direct ratio of 0.5^6 at unit 0.
+    let row = report
+        .lines()
+        .find(|l| l.starts_with("| full-preact scale:0.5 |"))
+        .expect("summary row");
+    let cols: Vec<&str> = row.split('|').map(str::trim).collect();
+    let (measured, predicted): (f64, f64) = (cols[4].parse().unwrap(), cols[5].parse().unwrap());
+    let want = 0.5f64.powi(6);
+    assert!(
+        (measured - want).abs() / want < 1e-3 && (predicted - want).abs() / want < 1e-3,
+        "{row}"
+    );
+    assert!(plots.join("verify_verification.png").is_file());
+}
