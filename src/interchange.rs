@@ -124,8 +124,8 @@ pub fn write_npz(
             }
         });
         result?;
-        for (l, uc) in cache.units.iter().enumerate() {
-            if let Some(mask) = &uc.mask {
+        for l in 0..net.num_units() {
+            if let Some(mask) = &cache.unit(net, l).mask {
                 npz.add_array(format!("mask/{l}"), mask).map_err(err)?;
             }
         }

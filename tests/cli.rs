@@ -193,6 +193,47 @@ fn same_seed_gives_identical_csv_for_any_thread_count() {
     }
 }
 
+/// Recomputing units during backward gives the same bits as keeping every cache.
+#[test]
+fn low_memory_profile_is_identical() {
+    let dir = tempfile::tempdir().unwrap();
+    for net in [
+        &[
+            "--net",
+            "resnet:2:bottleneck",
+            "--image-size",
+            "8",
+            "--placement",
+            "full-preact",
+            "--shortcut",
+            "gate:-2",
+        ][..],
+        &[
+            "--units",
+            "12",
+            "--shortcut",
+            "dropout:0.5",
+            "--placement",
+            "bn-after-add",
+        ][..],
+    ] {
+        let mut csvs = Vec::new();
+        for extra in [&[][..], &["--low-memory"][..]] {
+            let path = dir.path().join(format!("lm{}.csv", extra.len()));
+            let mut args = vec!["profile", "--batch", "4", "--csv", path.to_str().unwrap()];
+            args.extend_from_slice(net);
+            args.extend_from_slice(extra);
+            let o = resprop(&args);
+            assert!(o.status.success(), "{}", stderr(&o));
+            csvs.push(std::fs::read(path).unwrap());
+        }
+        assert_eq!(
+            csvs[0], csvs[1],
+            "{net:?}: --low-memory changed the numbers"
+        );
+    }
+}
+
 #[test]
 fn different_seeds_give_different_profiles() {
     let dir = tempfile::tempdir().unwrap();

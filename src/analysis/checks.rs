@@ -396,7 +396,7 @@ fn forward_unrolling_errors(net: &Network, cache: &NetCache, stages: &Stages) ->
         // Units i = top-1, top-2, ... down to the stage's bottom.
         for i in (0..top).rev().take_while(|&i| stages.internal(i)) {
             let unit = &net.units[i];
-            let fhat = unit.branch_term(&cache.units[i]) * above;
+            let fhat = unit.branch_term(&cache.unit(net, i)) * above;
             max_fhat = max_fhat.max(norm(&fhat));
             sum_fhat += &fhat;
             let lambda_l = above * unit.shortcut.constant_lambda().unwrap();
@@ -440,11 +440,11 @@ fn additive_backward_errors(
     let mut acc: Vec<Tensor> = direct.clone();
     let mut max_term: Vec<f64> = direct.iter().map(norm).collect();
     for i in (0..l_top).rev().filter(|&i| stages.internal(i)) {
-        let mut carried = net.units[i].vjp_branch(&cache.units[i], &grad_x[i + 1]);
+        let mut carried = net.units[i].vjp_branch(&cache.unit(net, i), &grad_x[i + 1]);
         acc[i] += &carried;
         max_term[i] = max_term[i].max(norm(&carried));
         for l in (0..i).rev().take_while(|&l| stages.internal(l)) {
-            carried = net.units[l].vjp_shortcut(&cache.units[l], &carried);
+            carried = net.units[l].vjp_shortcut(&cache.unit(net, l), &carried);
             acc[l] += &carried;
             max_term[l] = max_term[l].max(norm(&carried));
         }

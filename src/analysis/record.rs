@@ -127,16 +127,30 @@ pub fn direct_parts(
     grad_x: &[Tensor],
     stages: &Stages,
 ) -> Vec<Tensor> {
+    direct_parts_and_branch_norms(net, cache, grad_x, stages).0
+}
+
+/// The direct parts and `||F'(x_l)||` per unit, in one pass over the units (a cache that kept
+/// only the inputs re-runs each unit once).
+fn direct_parts_and_branch_norms(
+    net: &Network,
+    cache: &NetCache,
+    grad_x: &[Tensor],
+    stages: &Stages,
+) -> (Vec<Tensor>, Vec<f64>) {
     let l_top = net.num_units();
     let mut parts = vec![grad_x[l_top].clone(); l_top + 1];
+    let mut branch_norms = vec![0.0; l_top];
     for l in (0..l_top).rev() {
+        let uc = cache.unit(net, l);
+        branch_norms[l] = norm(&net.units[l].branch_term(&uc));
         parts[l] = if stages.internal(l) {
-            net.units[l].vjp_shortcut(&cache.units[l], &parts[l + 1])
+            net.units[l].vjp_shortcut(&uc, &parts[l + 1])
         } else {
             grad_x[l].clone()
         };
     }
-    parts
+    (parts, branch_norms)
 }
 
 /// `prod_{i=l}^{top-1} lambda_i` when the paper predicts the direct part exactly: constant
@@ -157,7 +171,7 @@ pub fn build_records(net: &Network, cache: &NetCache, grads: &NetGrads) -> Profi
     let top_norm = norm(g_top);
     let top_samples = per_sample_norms(g_top);
     let stages = Stages::of(cache, l_top);
-    let direct = direct_parts(net, cache, &grads.grad_x, &stages);
+    let (direct, branch_norms) = direct_parts_and_branch_norms(net, cache, &grads.grad_x, &stages);
     let records: Vec<UnitRecord> = (0..=l_top)
         .map(|l| {
             let top = stages.top[l];
@@ -187,7 +201,7 @@ pub fn build_records(net: &Network, cache: &NetCache, grads: &NetGrads) -> Profi
                 stage_top: top,
                 shape_change: l < l_top && !stages.internal(l),
                 act_norm: norm(cache.x(l)),
-                branch_norm: (l < l_top).then(|| norm(&net.units[l].branch_term(&cache.units[l]))),
+                branch_norm: (l < l_top).then(|| branch_norms[l]),
                 grad_norm,
                 direct_norm,
                 rest_norm: norm(&(g - &direct[l])),

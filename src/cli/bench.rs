@@ -16,6 +16,7 @@ use crate::analysis::gaussian_batch;
 use crate::grads::Grads;
 use crate::layers::Mode;
 use crate::net::resnet::parse_resnet_name;
+use crate::net::Keep;
 use crate::net::{build_mlp, build_resnet, MlpConfig, Network, ResnetConfig};
 use crate::output::{check_writable, emit, write_atomic};
 use crate::unit::{ForwardCtx, Placement, ShortcutKind};
@@ -45,6 +46,9 @@ pub struct BenchArgs {
     /// Worker threads (default: all cores).
     #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
     pub threads: Option<u32>,
+    /// Keep only unit inputs in the forward pass and recompute each unit during backward.
+    #[arg(long)]
+    pub low_memory: bool,
 }
 
 pub struct Workload {
@@ -131,7 +135,12 @@ pub fn run(args: &BenchArgs) -> Result<ExitCode> {
     };
     let step = || -> Result<f64> {
         let t = Instant::now();
-        let cache = net.forward(&input, &labels, &ctx)?;
+        let keep = if args.low_memory {
+            Keep::Inputs
+        } else {
+            Keep::All
+        };
+        let cache = net.forward_with(&input, &labels, &ctx, keep)?;
         let grads = match args.mode {
             BenchMode::Profile => net.backward(&cache, &labels, None),
             BenchMode::Train => {
@@ -162,7 +171,12 @@ pub fn run(args: &BenchArgs) -> Result<ExitCode> {
     let min = times.iter().cloned().fold(f64::INFINITY, f64::min);
     let max = times.iter().cloned().fold(0.0, f64::max);
     let rss = peak_rss_mb();
-    let mode = format!("{:?}", args.mode).to_lowercase();
+    let mode = format!(
+        "{:?}{}",
+        args.mode,
+        if args.low_memory { ", low memory" } else { "" }
+    )
+    .to_lowercase();
     let mut out = String::new();
     outln!(
         out,

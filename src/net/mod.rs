@@ -6,6 +6,8 @@
 pub mod mlp;
 pub mod resnet;
 
+use std::borrow::Cow;
+
 use anyhow::{bail, Result};
 use ndarray::Array2;
 use serde::Serialize;
@@ -123,25 +125,53 @@ pub struct Network {
     pub input_shape: Vec<usize>,
 }
 
+/// What a forward pass keeps of each unit for the backward pass.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Keep {
+    /// Every cache (fastest backward).
+    #[default]
+    All,
+    /// Only the unit inputs `x_l`; the backward re-runs each unit's forward just before its
+    /// backward. Bit-identical results (BN statistics and seeded dropout masks recompute
+    /// exactly) for about one more forward pass and a fraction of the memory.
+    Inputs,
+}
+
+#[derive(Debug, Clone)]
+enum UnitStore {
+    Full(UnitCache),
+    Input(Tensor),
+}
+
 #[derive(Debug, Clone)]
 pub struct NetCache {
     stem: Vec<OpCache>,
-    pub units: Vec<UnitCache>,
+    units: Vec<UnitStore>,
     /// `x_L`, the head's input.
     pub x_last: Tensor,
     head: Vec<OpCache>,
     /// (N, K)
     pub probs: Array2<f64>,
     pub loss: f64,
+    /// The context of the pass, so a kept input can be re-run identically.
+    pub ctx: ForwardCtx,
 }
 
 impl NetCache {
     /// `x_l` for `l` in `0..=L`.
     pub fn x(&self, l: usize) -> &Tensor {
-        if l < self.units.len() {
-            &self.units[l].x
-        } else {
-            &self.x_last
+        match self.units.get(l) {
+            Some(UnitStore::Full(c)) => &c.x,
+            Some(UnitStore::Input(x)) => x,
+            None => &self.x_last,
+        }
+    }
+
+    /// Unit `l`'s cache, re-running its forward pass if only its input was kept.
+    pub fn unit<'a>(&'a self, net: &Network, l: usize) -> Cow<'a, UnitCache> {
+        match &self.units[l] {
+            UnitStore::Full(c) => Cow::Borrowed(c),
+            UnitStore::Input(x) => Cow::Owned(net.units[l].forward(x, &self.ctx).1),
         }
     }
 }
@@ -195,13 +225,27 @@ impl Network {
     }
 
     pub fn forward(&self, input: &Tensor, labels: &[usize], ctx: &ForwardCtx) -> Result<NetCache> {
+        self.forward_with(input, labels, ctx, Keep::All)
+    }
+
+    /// The forward pass, keeping every cache or only the unit inputs.
+    pub fn forward_with(
+        &self,
+        input: &Tensor,
+        labels: &[usize],
+        ctx: &ForwardCtx,
+        keep: Keep,
+    ) -> Result<NetCache> {
         self.validate_batch(input, labels, ctx.mode)?;
         let (x0, stem) = forward_seq(&self.stem, input.clone(), ctx.mode);
         let mut units = Vec::with_capacity(self.units.len());
         let mut x = x0;
         for unit in &self.units {
             let (next, cache) = unit.forward(&x, ctx);
-            units.push(cache);
+            units.push(match keep {
+                Keep::All => UnitStore::Full(cache),
+                Keep::Inputs => UnitStore::Input(cache.x),
+            });
             x = next;
         }
         let (logits, head) = forward_seq(&self.head, x.clone(), ctx.mode);
@@ -213,6 +257,7 @@ impl Network {
             head,
             probs,
             loss,
+            ctx: *ctx,
         })
     }
 
@@ -237,8 +282,9 @@ impl Network {
     pub fn with_frozen_relus(&self, cache: &NetCache) -> Network {
         let mut net = self.clone();
         freeze_relus_seq(&mut net.stem, &cache.stem);
-        for (unit, uc) in net.units.iter_mut().zip(&cache.units) {
-            unit.freeze_relus(uc);
+        for l in 0..self.units.len() {
+            let uc = cache.unit(self, l);
+            net.units[l].freeze_relus(&uc);
         }
         freeze_relus_seq(&mut net.head, &cache.head);
         net
@@ -255,8 +301,9 @@ impl Network {
         let grad_logits = loss::backward(&cache.probs, labels);
         let mut g = backward_seq(&self.head, &cache.head, grad_logits, grads.as_deref_mut());
         let mut grad_x = vec![Tensor::zeros(ndarray::IxDyn(&[0])); self.units.len() + 1];
-        for (l, (unit, uc)) in self.units.iter().zip(&cache.units).enumerate().rev() {
-            let below = unit.backward(uc, &g, grads.as_deref_mut());
+        for (l, unit) in self.units.iter().enumerate().rev() {
+            let uc = cache.unit(self, l);
+            let below = unit.backward(&uc, &g, grads.as_deref_mut());
             grad_x[l + 1] = std::mem::replace(&mut g, below);
         }
         grad_x[0] = g;
@@ -269,8 +316,9 @@ impl Network {
     /// After a training-mode forward: move every BN's running statistics toward the batch's.
     pub fn update_running_stats(&mut self, cache: &NetCache) {
         update_running_stats_seq(&mut self.stem, &cache.stem);
-        for (unit, uc) in self.units.iter_mut().zip(&cache.units) {
-            unit.update_running_stats(uc);
+        for l in 0..self.units.len() {
+            let uc = cache.unit(self, l).into_owned();
+            self.units[l].update_running_stats(&uc);
         }
         update_running_stats_seq(&mut self.head, &cache.head);
     }

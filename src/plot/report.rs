@@ -32,7 +32,13 @@ fn at_unit(t: &Table, rows: &[&Vec<String>], col: &str) -> Option<f64> {
 /// The shallowest unit whose stage has units above it (0 for the MLP; 1 in bottleneck ResNets,
 /// whose unit 0 changes width so that x_0 is a stage of its own).
 fn first_in_stage(t: &Table, units: &UnitRows<'_>) -> Option<usize> {
-    units.iter().find(|(&u, rows)| rows.iter().any(|r| t.f(r, "stage_top").is_some_and(|top| top as usize > u))).map(|(&u, _)| u)
+    units
+        .iter()
+        .find(|(&u, rows)| {
+            rows.iter()
+                .any(|r| t.f(r, "stage_top").is_some_and(|top| top as usize > u))
+        })
+        .map(|(&u, _)| u)
 }
 
 /// The per-variant summary table: the shallowest unit's ratios and the batch's worst sample.
@@ -43,19 +49,32 @@ fn summary(t: &Table) -> String {
     for (v, units) in t.by_variant() {
         let first = units.values().next().unwrap();
         let l0 = first_in_stage(t, &units);
-        let at_l0 = |col: &str| l0.and_then(|l| at_unit(t, &units[&l], col)).map_or("-".into(), num);
+        let at_l0 = |col: &str| {
+            l0.and_then(|l| at_unit(t, &units[&l], col))
+                .map_or("-".into(), num)
+        };
         let min_sample = units
             .values()
             .flatten()
             .filter_map(|r| t.f(r, "sample_ratio_min"))
-            .fold(f64::INFINITY, |a, b| if a.is_nan() || b.is_nan() { f64::NAN } else { a.min(b) });
-        let max_act = units.values().flatten().filter_map(|r| t.f(r, "act_norm")).fold(0.0, |a: f64, b| {
-            if a.is_nan() || b.is_nan() {
-                f64::NAN
-            } else {
-                a.max(b)
-            }
-        });
+            .fold(f64::INFINITY, |a, b| {
+                if a.is_nan() || b.is_nan() {
+                    f64::NAN
+                } else {
+                    a.min(b)
+                }
+            });
+        let max_act = units
+            .values()
+            .flatten()
+            .filter_map(|r| t.f(r, "act_norm"))
+            .fold(0.0, |a: f64, b| {
+                if a.is_nan() || b.is_nan() {
+                    f64::NAN
+                } else {
+                    a.max(b)
+                }
+            });
         let _ = writeln!(
             s,
             "| {v} | {} | {} | {} | {} | {} | {} |",
