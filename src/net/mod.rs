@@ -139,7 +139,7 @@ pub enum Keep {
 
 #[derive(Debug, Clone)]
 enum UnitStore {
-    Full(UnitCache),
+    Full(Box<UnitCache>),
     Input(Tensor),
 }
 
@@ -170,7 +170,7 @@ impl NetCache {
     /// Unit `l`'s cache, re-running its forward pass if only its input was kept.
     pub fn unit<'a>(&'a self, net: &Network, l: usize) -> Cow<'a, UnitCache> {
         match &self.units[l] {
-            UnitStore::Full(c) => Cow::Borrowed(c),
+            UnitStore::Full(c) => Cow::Borrowed(&**c),
             UnitStore::Input(x) => Cow::Owned(net.units[l].forward(x, &self.ctx).1),
         }
     }
@@ -243,7 +243,7 @@ impl Network {
         for unit in &self.units {
             let (next, cache) = unit.forward(&x, ctx);
             units.push(match keep {
-                Keep::All => UnitStore::Full(cache),
+                Keep::All => UnitStore::Full(Box::new(cache)),
                 Keep::Inputs => UnitStore::Input(cache.x),
             });
             x = next;
