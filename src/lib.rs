@@ -19,6 +19,7 @@
 
 pub mod analysis;
 pub mod cli;
+pub mod data;
 pub mod experiment;
 pub mod finite_diff;
 pub mod grads;
@@ -29,5 +30,6 @@ pub mod output;
 pub mod plot;
 pub mod rng;
 pub mod tensor;
+pub mod train;
 pub mod unit;
 pub mod util;

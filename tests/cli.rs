@@ -348,3 +348,49 @@ fn npz_holds_the_whole_computation() {
     assert_eq!(meta["units"].as_array().unwrap().len(), 5);
     assert_eq!(meta["units"][0]["shortcut"]["kind"], "dropout");
 }
+
+#[test]
+fn train_on_digits_writes_curves_and_gradients() {
+    let dir = tempfile::tempdir().unwrap();
+    let csv = dir.path().join("run.csv");
+    let o = resprop(&[
+        "train",
+        "--net",
+        "mlp",
+        "--units",
+        "3",
+        "--width",
+        "16",
+        "--epochs",
+        "2",
+        "--record-every",
+        "5",
+        "--csv",
+        csv.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let text = std::fs::read_to_string(&csv).unwrap();
+    assert!(text.starts_with("step,epoch,lr,train_loss,train_error,test_loss,test_error"));
+    // 1,437 training images in batches of 64: 22 steps per epoch.
+    assert_eq!(text.lines().count(), 1 + 44);
+    let grads = std::fs::read_to_string(dir.path().join("run.grads.csv")).unwrap();
+    assert!(grads.starts_with("step,unit,grad_norm,grad_ratio,direct_ratio"));
+    assert_eq!(
+        grads.lines().count(),
+        1 + 9 * 4,
+        "steps 0, 5, ..., 40 x 4 unit inputs"
+    );
+}
+
+#[test]
+fn train_data_errors_are_one_line() {
+    let dir = tempfile::tempdir().unwrap();
+    assert_one_line_error(&["train", "--data", "mnist"], "unknown data 'mnist'");
+    let missing = format!("cifar10:{}", dir.path().join("nope").display());
+    assert_one_line_error(&["train", "--data", &missing], "does not exist");
+    std::fs::write(dir.path().join("data_batch_1.bin"), vec![0u8; 3073 * 2 + 1]).unwrap();
+    std::fs::write(dir.path().join("test_batch.bin"), vec![0u8; 3073]).unwrap();
+    let truncated = format!("cifar10:{}", dir.path().display());
+    assert_one_line_error(&["train", "--data", &truncated], "multiple of 3073");
+    assert_one_line_error(&["train", "--epochs", "0"], "epochs");
+}

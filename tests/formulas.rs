@@ -98,6 +98,7 @@ fn resnet(name: &str, placement: Placement, shortcut: &str) -> resprop::net::Net
         units_per_stage,
         block,
         image_size: 8,
+        input_channels: 3,
         classes: 10,
         placement,
         shortcut: shortcut.parse().unwrap(),

@@ -77,6 +77,7 @@ pub fn workload(id: &str) -> Result<Workload> {
             units_per_stage,
             block,
             image_size: 32,
+            input_channels: 3,
             classes: 10,
             placement: Placement::FullPreact,
             shortcut: ShortcutKind::Identity,

@@ -12,6 +12,7 @@ pub mod bench;
 pub mod check;
 pub mod experiment;
 pub mod profile;
+pub mod train;
 
 use std::ffi::OsString;
 use std::process::ExitCode;
@@ -60,6 +61,9 @@ pub enum Command {
     Bench(bench::BenchArgs),
     /// Run one experiment file: every cell of its grid, in parallel, into a tidy CSV.
     Run(experiment::RunArgs),
+    /// Train a network with SGD on real data (bundled digits, or CIFAR-10 binaries), recording
+    /// losses, errors and per-unit gradient norms over training.
+    Train(train::TrainArgs),
     /// Draw an experiment's charts (PNG and SVG) from its CSV, without recomputing.
     Plot(experiment::PlotArgs),
     /// Run every experiment in experiments/, draw the charts into plots/ and write
@@ -139,6 +143,7 @@ impl NetArgs {
             width: self.width,
             input_dim: self.input_dim,
             image_size: self.image_size,
+            input_channels: 3,
             classes: self.classes,
         }
     }
@@ -237,6 +242,7 @@ pub fn run(args: impl IntoIterator<Item = OsString>) -> ExitCode {
         Command::Check(a) => in_pool(a.net.threads, || check::run(&a)),
         Command::Bench(a) => in_pool(a.threads, || bench::run(&a)),
         Command::Run(a) => in_pool(a.threads, || experiment::run(&a)),
+        Command::Train(a) => in_pool(a.threads, || train::run(&a)),
         Command::Plot(a) => in_pool(None, || experiment::plot(&a)),
         Command::All(a) => in_pool(a.threads, || experiment::all(&a)),
     };

@@ -287,6 +287,7 @@ pub fn parse_spec(text: &str) -> Result<Spec> {
         width: positive("net.width", raw.net.width, 64)?,
         input_dim: positive("net.input_dim", raw.net.input_dim, 64)?,
         image_size: positive("net.image_size", raw.net.image_size, 32)?,
+        input_channels: 3,
         classes: positive("net.classes", raw.net.classes, 10)?,
     };
     if sizes.classes < 2 {

@@ -66,6 +66,8 @@ pub struct NetSizes {
     pub width: usize,
     pub input_dim: usize,
     pub image_size: usize,
+    /// Image channels (3 for CIFAR, 1 for the digits).
+    pub input_channels: usize,
     pub classes: usize,
 }
 
@@ -96,6 +98,7 @@ pub fn build_net(
             units_per_stage: *units_per_stage,
             block: *block,
             image_size: sizes.image_size,
+            input_channels: sizes.input_channels,
             classes: sizes.classes,
             placement,
             shortcut,

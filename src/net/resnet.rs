@@ -36,8 +36,9 @@ pub struct ResnetConfig {
     pub name: String,
     pub units_per_stage: usize,
     pub block: Block,
-    /// Input images are 3 x size x size (32 for CIFAR).
+    /// Input images are channels x size x size (3 x 32 x 32 for CIFAR).
     pub image_size: usize,
+    pub input_channels: usize,
     pub classes: usize,
     #[serde(serialize_with = "crate::util::serialize_display")]
     pub placement: Placement,
@@ -104,6 +105,9 @@ impl ResnetConfig {
         }
         if self.classes < 2 {
             bail!("classes must be at least 2, got {}", self.classes);
+        }
+        if self.input_channels == 0 {
+            bail!("input channels must be at least 1, got 0");
         }
         Ok(())
     }
@@ -262,7 +266,7 @@ pub fn build_resnet(cfg: &ResnetConfig) -> Result<Network> {
     let mut r = rng(derive_seed(cfg.seed, &[purpose::INIT]));
     let mut stem = vec![Op::Conv(Conv2d::he_fan_out(
         "stem",
-        3,
+        cfg.input_channels,
         STAGE_WIDTHS[0],
         3,
         1,
@@ -318,7 +322,7 @@ pub fn build_resnet(cfg: &ResnetConfig) -> Result<Network> {
         units,
         head,
         classes: cfg.classes,
-        input_shape: vec![3, cfg.image_size, cfg.image_size],
+        input_shape: vec![cfg.input_channels, cfg.image_size, cfg.image_size],
     })
 }
 
@@ -332,6 +336,7 @@ mod tests {
             units_per_stage: n,
             block,
             image_size: 32,
+            input_channels: 3,
             classes: 10,
             placement,
             shortcut: ShortcutKind::Identity,

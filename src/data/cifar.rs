@@ -1,0 +1,136 @@
+//! CIFAR-10 in its binary format: `data_batch_1.bin` .. `data_batch_5.bin` and `test_batch.bin`,
+//! each a sequence of 3,073-byte records (one label byte 0..=9, then 1,024 red, 1,024 green and
+//! 1,024 blue pixel bytes, row-major 32x32).
+
+use std::path::Path;
+
+use anyhow::{bail, Context, Result};
+use ndarray::IxDyn;
+
+use super::{normalise_per_channel, Dataset, Split};
+use crate::tensor::Tensor;
+
+pub const RECORD: usize = 3073;
+pub const TRAIN_FILES: [&str; 5] = [
+    "data_batch_1.bin",
+    "data_batch_2.bin",
+    "data_batch_3.bin",
+    "data_batch_4.bin",
+    "data_batch_5.bin",
+];
+pub const TEST_FILE: &str = "test_batch.bin";
+
+/// Reads one file's records, checking its size and every label.
+pub fn read_file(path: &Path) -> Result<(Vec<f64>, Vec<usize>)> {
+    let bytes = std::fs::read(path)
+        .with_context(|| format!("cannot read CIFAR-10 file '{}'", path.display()))?;
+    if bytes.is_empty() || bytes.len() % RECORD != 0 {
+        bail!(
+            "'{}' is truncated or not CIFAR-10: {} bytes is not a multiple of {RECORD}",
+            path.display(),
+            bytes.len()
+        );
+    }
+    let mut pixels = Vec::with_capacity(bytes.len() / RECORD * 3072);
+    let mut labels = Vec::with_capacity(bytes.len() / RECORD);
+    for (i, rec) in bytes.chunks_exact(RECORD).enumerate() {
+        if rec[0] > 9 {
+            bail!(
+                "'{}': record {i} has label {} (CIFAR-10 labels are 0..=9)",
+                path.display(),
+                rec[0]
+            );
+        }
+        labels.push(rec[0] as usize);
+        pixels.extend(rec[1..].iter().map(|&b| b as f64 / 255.0));
+    }
+    Ok((pixels, labels))
+}
+
+fn read_files(dir: &Path, files: &[&str]) -> Result<Dataset> {
+    let mut pixels = Vec::new();
+    let mut labels = Vec::new();
+    for f in files {
+        let (p, l) = read_file(&dir.join(f))?;
+        pixels.extend(p);
+        labels.extend(l);
+    }
+    let n = labels.len();
+    Ok(Dataset {
+        images: Tensor::from_shape_vec(IxDyn(&[n, 3, 32, 32]), pixels).unwrap(),
+        labels,
+    })
+}
+
+/// Loads the directory: training files that exist (at least one), and the test file.
+pub fn load(dir: &Path) -> Result<Split> {
+    if !dir.is_dir() {
+        bail!(
+            "CIFAR-10 directory '{}' does not exist (expected data_batch_1.bin .. test_batch.bin)",
+            dir.display()
+        );
+    }
+    let present: Vec<&str> = TRAIN_FILES
+        .iter()
+        .copied()
+        .filter(|f| dir.join(f).is_file())
+        .collect();
+    if present.is_empty() {
+        bail!("'{}' has no data_batch_*.bin file", dir.display());
+    }
+    let mut train = read_files(dir, &present)?;
+    let mut test = read_files(dir, &[TEST_FILE])?;
+    normalise_per_channel(&mut train.images, &mut test.images);
+    Ok(Split {
+        name: "cifar10".into(),
+        train,
+        test,
+        classes: 10,
+        augment: true,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn write(dir: &Path, name: &str, records: usize, label: u8) {
+        let mut bytes = Vec::new();
+        for i in 0..records {
+            bytes.push(label);
+            bytes.extend((0..3072).map(|j| ((i * 7 + j) % 256) as u8));
+        }
+        std::fs::write(dir.join(name), bytes).unwrap();
+    }
+
+    #[test]
+    fn loads_small_files_in_the_binary_format() {
+        let dir = tempfile::tempdir().unwrap();
+        write(dir.path(), "data_batch_1.bin", 5, 3);
+        write(dir.path(), "data_batch_2.bin", 3, 7);
+        write(dir.path(), TEST_FILE, 4, 1);
+        let s = load(dir.path()).unwrap();
+        assert_eq!((s.train.len(), s.test.len()), (8, 4));
+        assert_eq!(s.train.image_shape(), [3, 32, 32]);
+        assert_eq!(s.train.labels[..6], [3, 3, 3, 3, 3, 7]);
+    }
+
+    #[test]
+    fn bad_inputs_name_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let e = load(&dir.path().join("missing")).unwrap_err().to_string();
+        assert!(e.contains("does not exist"), "{e}");
+        write(dir.path(), "data_batch_1.bin", 2, 3);
+        let e = load(dir.path()).unwrap_err().to_string();
+        assert!(e.contains("test_batch.bin"), "{e}");
+        std::fs::write(dir.path().join(TEST_FILE), vec![0u8; RECORD + 5]).unwrap();
+        let e = format!("{:#}", load(dir.path()).unwrap_err());
+        assert!(
+            e.contains("test_batch.bin") && e.contains("multiple of 3073"),
+            "{e}"
+        );
+        write(dir.path(), TEST_FILE, 2, 11);
+        let e = format!("{:#}", load(dir.path()).unwrap_err());
+        assert!(e.contains("label 11"), "{e}");
+    }
+}
