@@ -394,3 +394,80 @@ fn train_data_errors_are_one_line() {
     assert_one_line_error(&["train", "--data", &truncated], "multiple of 3073");
     assert_one_line_error(&["train", "--epochs", "0"], "epochs");
 }
+
+/// Two epochs straight and one epoch, a stop, then a resume from the checkpoint: identical CSVs.
+#[test]
+fn resumed_training_is_bit_identical() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = |n: &str| dir.path().join(n).to_str().unwrap().to_string();
+    let common = [
+        "train",
+        "--net",
+        "resnet:1:basic",
+        "--epochs",
+        "2",
+        "--record-every",
+        "7",
+        "--seed",
+        "4",
+    ];
+    let run = |extra: &[&str]| {
+        let mut args: Vec<&str> = common.to_vec();
+        args.extend_from_slice(extra);
+        let o = resprop(&args);
+        assert!(o.status.success(), "{}", stderr(&o));
+    };
+    run(&["--csv", &p("straight.csv")]);
+    let ck = p("ck");
+    run(&[
+        "--csv",
+        &p("resumed.csv"),
+        "--checkpoint",
+        &ck,
+        "--stop-after-epochs",
+        "1",
+    ]);
+    assert!(dir.path().join("ck/checkpoint.npz").is_file());
+    run(&["--csv", &p("resumed.csv"), "--checkpoint", &ck, "--resume"]);
+    for f in ["straight.csv", "straight.grads.csv"] {
+        let other = f.replace("straight", "resumed");
+        assert_eq!(
+            std::fs::read(p(f)).unwrap(),
+            std::fs::read(p(&other)).unwrap(),
+            "{f} differs after resume"
+        );
+    }
+    assert_one_line_error(
+        &["train", "--resume", "--checkpoint", &p("nowhere")],
+        "no checkpoint",
+    );
+}
+
+/// A run whose loss goes non-finite stops, names the step and the first unit, keeps its CSV.
+#[test]
+fn diverging_training_stops_with_the_step_and_unit() {
+    let dir = tempfile::tempdir().unwrap();
+    let csv = dir.path().join("d.csv");
+    let o = resprop(&[
+        "train",
+        "--net",
+        "mlp",
+        "--units",
+        "1100",
+        "--width",
+        "4",
+        "--shortcut",
+        "scale:2",
+        "--epochs",
+        "1",
+        "--csv",
+        csv.to_str().unwrap(),
+    ]);
+    let err = stderr(&o);
+    assert!(!o.status.success());
+    assert!(
+        err.contains("diverged at step 0") && err.contains("first non-finite"),
+        "{err}"
+    );
+    assert!(csv.is_file(), "what was recorded is kept");
+}

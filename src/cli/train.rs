@@ -12,7 +12,7 @@ use crate::analysis::record::fmt_f64;
 use crate::data::Split;
 use crate::net::{build_net, NetChoice, NetSizes};
 use crate::output::{check_writable, emit, write_atomic};
-use crate::train::{train, History, TrainConfig};
+use crate::train::{checkpoint, train, History, Resume, TrainConfig};
 use crate::unit::{Placement, ShortcutKind};
 
 #[derive(Debug, Args)]
@@ -55,6 +55,18 @@ pub struct TrainArgs {
     /// Per-unit gradients over training (default: <csv>.grads.csv next to --csv).
     #[arg(long, value_name = "FILE")]
     pub grad_csv: Option<PathBuf>,
+    /// Save the complete training state to DIR/checkpoint.npz at the end of every epoch
+    /// (atomically).
+    #[arg(long, value_name = "DIR")]
+    pub checkpoint: Option<PathBuf>,
+    /// Continue from the checkpoint in --checkpoint DIR; the result is bit-identical to an
+    /// uninterrupted run.
+    #[arg(long, requires = "checkpoint")]
+    pub resume: bool,
+    /// Stop after this many epochs (of --epochs), as if interrupted: the schedule still
+    /// spans --epochs, so --resume can finish the run later.
+    #[arg(long, value_name = "N")]
+    pub stop_after_epochs: Option<usize>,
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
     #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
@@ -174,29 +186,60 @@ pub fn run(args: &TrainArgs) -> Result<ExitCode> {
     );
     let start = Instant::now();
     let mut lines = String::new();
-    let history = train(&mut net, &data, &cfg, |row, total| {
-        bar.set_length(total as u64);
-        bar.set_message(format!(
-            "{}/{}, loss {:.3}",
-            row.epoch + 1,
-            args.epochs,
-            row.train_loss
-        ));
-        bar.inc(1);
-        if let Some((tl, te)) = row.test {
-            let line = format!(
+    let resume = if args.resume {
+        let dir = args.checkpoint.as_ref().unwrap();
+        let r = checkpoint::load(dir, &mut net, args.momentum, args.weight_decay)?;
+        emit(&format!(
+            "resuming after epoch {} from {}\n",
+            r.epoch,
+            dir.join(checkpoint::FILE).display()
+        ))?;
+        r
+    } else {
+        Resume::default()
+    };
+    let stop = args.stop_after_epochs.unwrap_or(args.epochs);
+    let save = |epoch: usize,
+                net: &crate::net::Network,
+                sgd: &crate::train::Sgd,
+                h: &History|
+     -> Result<()> {
+        match &args.checkpoint {
+            Some(dir) => checkpoint::save(dir, epoch, net, sgd, h),
+            None => Ok(()),
+        }
+    };
+    let history = train(
+        &mut net,
+        &data,
+        &cfg,
+        resume,
+        stop,
+        |row: &crate::train::StepRow, total: usize| {
+            bar.set_length(total as u64);
+            bar.set_message(format!(
+                "{}/{}, loss {:.3}",
+                row.epoch + 1,
+                args.epochs,
+                row.train_loss
+            ));
+            bar.inc(1);
+            if let Some((tl, te)) = row.test {
+                let line = format!(
                 "epoch {:>3}: lr {:.0e}, last batch loss {:.4}, test loss {tl:.4}, test error {:.2}%\n",
                 row.epoch + 1,
                 row.lr,
                 row.train_loss,
                 100.0 * te
             );
-            bar.suspend(|| {
-                let _ = emit(&line);
-            });
-            lines.push_str(&line);
-        }
-    })?;
+                bar.suspend(|| {
+                    let _ = emit(&line);
+                });
+                lines.push_str(&line);
+            }
+        },
+        save,
+    )?;
     bar.finish_and_clear();
     let secs = start.elapsed().as_secs_f64();
     let mut out = format!(
@@ -221,5 +264,9 @@ pub fn run(args: &TrainArgs) -> Result<ExitCode> {
         ));
     }
     emit(&out)?;
-    Ok(ExitCode::SUCCESS)
+    match &history.diverged {
+        // What was recorded so far is kept (written above); the run itself failed.
+        Some(msg) => bail!("{msg}"),
+        None => Ok(ExitCode::SUCCESS),
+    }
 }

@@ -4,6 +4,8 @@
 use std::collections::BTreeMap;
 
 use anyhow::{bail, Result};
+
+pub mod checkpoint;
 use ndarray::Axis;
 use rand::seq::SliceRandom;
 
@@ -112,6 +114,16 @@ pub struct GradRow {
 pub struct History {
     pub steps: Vec<StepRow>,
     pub grads: Vec<GradRow>,
+    /// Set when the loss or a gradient went non-finite: the step and the first unit.
+    pub diverged: Option<String>,
+}
+
+/// Where a run starts: from scratch, or from a checkpoint at an epoch boundary.
+#[derive(Debug, Clone, Default)]
+pub struct Resume {
+    pub epoch: usize,
+    pub sgd: Option<Sgd>,
+    pub history: History,
 }
 
 fn error_rate(probs: &ndarray::Array2<f64>, labels: &[usize]) -> f64 {
@@ -147,12 +159,18 @@ pub fn evaluate(net: &Network, data: &Split, flat: bool) -> Result<(f64, f64)> {
     Ok((loss / n as f64, wrong / n as f64))
 }
 
-/// Trains `net` on `data`, calling `progress(step, total, loss)` after each step.
+/// Trains `net` on `data` for epochs `resume.epoch..stop_epoch`, calling `progress` after each
+/// step and `end_of_epoch(epoch, net, sgd, history)` after each epoch (for checkpoints). A
+/// diverged run stops and keeps what it recorded. Every random draw derives from (seed, epoch or
+/// step), so a run resumed at an epoch boundary continues bit for bit.
 pub fn train(
     net: &mut Network,
     data: &Split,
     cfg: &TrainConfig,
+    resume: Resume,
+    stop_epoch: usize,
     mut progress: impl FnMut(&StepRow, usize),
+    mut end_of_epoch: impl FnMut(usize, &Network, &Sgd, &History) -> Result<()>,
 ) -> Result<History> {
     if data.train.len() < cfg.batch {
         bail!(
@@ -167,10 +185,12 @@ pub fn train(
         base_lr: cfg.base_lr,
         total_steps: steps_per_epoch * cfg.epochs,
     };
-    let mut sgd = Sgd::new(cfg.momentum, cfg.weight_decay);
-    let mut history = History::default();
-    let mut step = 0;
-    for epoch in 0..cfg.epochs {
+    let mut sgd = resume
+        .sgd
+        .unwrap_or_else(|| Sgd::new(cfg.momentum, cfg.weight_decay));
+    let mut history = resume.history;
+    let mut step = resume.epoch * steps_per_epoch;
+    for epoch in resume.epoch..stop_epoch.min(cfg.epochs) {
         let mut order: Vec<usize> = (0..data.train.len()).collect();
         order.shuffle(&mut rng(derive_seed(
             cfg.seed,
@@ -192,16 +212,19 @@ pub fn train(
             let mut grads = Grads::new();
             let back = net.backward(&cache, &y, Some(&mut grads));
             if !cache.loss.is_finite() || back.grad_x.iter().any(|g| !all_finite(g)) {
+                // Backward runs from unit L down, so the first unit to go non-finite is the highest.
                 let first = (0..back.grad_x.len())
                     .rev()
                     .find(|&l| !all_finite(&back.grad_x[l]));
-                bail!(
-                    "training diverged at step {step} (epoch {epoch}): loss {}, first non-finite dE/dx_l at unit {}",
+                history.diverged = Some(format!(
+                    "training diverged at step {step} (epoch {}): loss {}, first non-finite dE/dx_l at unit {}",
+                    epoch + 1,
                     cache.loss,
-                    first.map_or("none".into(), |l| l.to_string())
-                );
+                    first.map_or("none (the forward pass overflowed)".into(), |l| l.to_string())
+                ));
+                return Ok(history);
             }
-            if cfg.record_every > 0 && step % cfg.record_every == 0 {
+            if cfg.record_every > 0 && step.is_multiple_of(cfg.record_every) {
                 for r in build_records(net, &cache, &back).records {
                     history.grads.push(GradRow {
                         step,
@@ -233,6 +256,7 @@ pub fn train(
             history.steps.push(row);
             step += 1;
         }
+        end_of_epoch(epoch, net, &sgd, &history)?;
     }
     Ok(history)
 }
@@ -329,7 +353,16 @@ mod tests {
             record_every: 10,
             seed: 1,
         };
-        let h = train(&mut net, &data, &cfg, |_, _| {}).unwrap();
+        let h = train(
+            &mut net,
+            &data,
+            &cfg,
+            Resume::default(),
+            cfg.epochs,
+            |_, _| {},
+            |_, _, _, _| Ok(()),
+        )
+        .unwrap();
         let first = h.steps[0].train_loss;
         let (test_loss, test_error) = h.steps.last().unwrap().test.unwrap();
         assert!(first > 2.0, "starts near ln 10: {first}");

@@ -1,0 +1,216 @@
+//! Training checkpoints: the complete state at an epoch boundary (parameters, momentum buffers,
+//! BN running statistics, the epoch reached and the history so far), one `.npz` written
+//! atomically. Random draws derive from (seed, epoch or step), so no generator state is needed.
+
+use std::fs::File;
+use std::path::Path;
+
+use anyhow::{anyhow, bail, Context, Result};
+use ndarray::{Array1, Array2, ArrayD};
+use ndarray_npy::{NpzReader, NpzWriter};
+
+use super::{GradRow, History, Resume, Sgd, StepRow};
+use crate::net::Network;
+
+pub const FILE: &str = "checkpoint.npz";
+
+fn steps_array(h: &History) -> Array2<f64> {
+    let mut a = Array2::from_elem((h.steps.len(), 7), f64::NAN);
+    for (i, r) in h.steps.iter().enumerate() {
+        let (tl, te) = r.test.unwrap_or((f64::NAN, f64::NAN));
+        for (j, v) in [
+            r.step as f64,
+            r.epoch as f64,
+            r.lr,
+            r.train_loss,
+            r.train_error,
+            tl,
+            te,
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            a[[i, j]] = v;
+        }
+    }
+    a
+}
+
+fn grads_array(h: &History) -> Array2<f64> {
+    let mut a = Array2::zeros((h.grads.len(), 5));
+    for (i, g) in h.grads.iter().enumerate() {
+        for (j, v) in [
+            g.step as f64,
+            g.unit as f64,
+            g.grad_norm,
+            g.grad_ratio,
+            g.direct_ratio,
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            a[[i, j]] = v;
+        }
+    }
+    a
+}
+
+/// Saves the state after `epoch` (0-based) to `<dir>/checkpoint.npz`.
+pub fn save(dir: &Path, epoch: usize, net: &Network, sgd: &Sgd, history: &History) -> Result<()> {
+    std::fs::create_dir_all(dir).with_context(|| format!("cannot create '{}'", dir.display()))?;
+    let path = dir.join(FILE);
+    crate::output::write_atomic_with(&path, |w| {
+        let mut npz = NpzWriter::new(w);
+        let err = |e: ndarray_npy::WriteNpzError| anyhow!("writing '{}': {e}", path.display());
+        npz.add_array("epochs_done", &Array1::from(vec![(epoch + 1) as f64]))
+            .map_err(err)?;
+        npz.add_array("steps", &steps_array(history)).map_err(err)?;
+        npz.add_array("grads", &grads_array(history)).map_err(err)?;
+        let mut result = Ok(());
+        net.visit_params(&mut |name, t| {
+            if result.is_ok() {
+                result = npz.add_array(format!("param/{name}"), t).map_err(err);
+            }
+        });
+        net.visit_buffers(&mut |name, t| {
+            if result.is_ok() {
+                result = npz.add_array(format!("buffer/{name}"), t).map_err(err);
+            }
+        });
+        result?;
+        for (name, v) in &sgd.velocity {
+            npz.add_array(format!("velocity/{name}"), v).map_err(err)?;
+        }
+        npz.finish().map_err(err)?;
+        Ok(())
+    })
+}
+
+/// Loads `<dir>/checkpoint.npz` into `net` and returns where to resume.
+pub fn load(dir: &Path, net: &mut Network, momentum: f64, weight_decay: f64) -> Result<Resume> {
+    let path = dir.join(FILE);
+    let file = File::open(&path)
+        .with_context(|| format!("cannot resume: no checkpoint at '{}'", path.display()))?;
+    let mut npz = NpzReader::new(file)
+        .with_context(|| format!("'{}' is not a checkpoint", path.display()))?;
+    let ctx = |what: &str| format!("checkpoint '{}': {what}", path.display());
+    let epochs_done: Array1<f64> = npz
+        .by_name("epochs_done")
+        .with_context(|| ctx("no epochs_done"))?;
+    let mut missing = None;
+    let mut loaded = Vec::new();
+    for prefix in ["param", "buffer"] {
+        let mut names = Vec::new();
+        if prefix == "param" {
+            net.visit_params(&mut |n, _| names.push(n));
+        } else {
+            net.visit_buffers(&mut |n, _| names.push(n));
+        }
+        for n in names {
+            match npz.by_name::<ndarray::OwnedRepr<f64>, ndarray::IxDyn>(&format!("{prefix}/{n}")) {
+                Ok(a) => loaded.push((n, a)),
+                Err(_) => missing = missing.or(Some(format!("{prefix}/{n}"))),
+            }
+        }
+    }
+    if let Some(m) = missing {
+        bail!(
+            "{}",
+            ctx(&format!(
+                "no array '{m}': it was written for another network"
+            ))
+        );
+    }
+    let lookup = |name: &str| {
+        loaded
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, a)| a.clone())
+    };
+    let mut shape_error = None;
+    net.visit_params_mut(&mut |n, t| match lookup(&n) {
+        Some(a) if a.shape() == t.shape() => *t = a,
+        _ => shape_error = Some(n),
+    });
+    if let Some(n) = shape_error {
+        bail!(
+            "{}",
+            ctx(&format!(
+                "parameter '{n}' has another shape: it was written for another network"
+            ))
+        );
+    }
+    crate::train::checkpoint::set_buffers(net, &loaded);
+    let mut sgd = Sgd::new(momentum, weight_decay);
+    let names: Vec<String> = npz
+        .names()?
+        .into_iter()
+        .filter_map(|n| n.strip_prefix("velocity/").map(String::from))
+        .collect();
+    for n in names {
+        let v: ArrayD<f64> = npz.by_name(&format!("velocity/{n}"))?;
+        sgd.velocity.insert(n, v);
+    }
+    let steps: Array2<f64> = npz.by_name("steps").with_context(|| ctx("no steps"))?;
+    let grads: Array2<f64> = npz.by_name("grads").with_context(|| ctx("no grads"))?;
+    let history = History {
+        steps: steps
+            .rows()
+            .into_iter()
+            .map(|r| StepRow {
+                step: r[0] as usize,
+                epoch: r[1] as usize,
+                lr: r[2],
+                train_loss: r[3],
+                train_error: r[4],
+                test: (!r[5].is_nan()).then_some((r[5], r[6])),
+            })
+            .collect(),
+        grads: grads
+            .rows()
+            .into_iter()
+            .map(|r| GradRow {
+                step: r[0] as usize,
+                unit: r[1] as usize,
+                grad_norm: r[2],
+                grad_ratio: r[3],
+                direct_ratio: r[4],
+            })
+            .collect(),
+        diverged: None,
+    };
+    Ok(Resume {
+        epoch: epochs_done[0] as usize,
+        sgd: Some(sgd),
+        history,
+    })
+}
+
+/// Writes loaded running statistics back into the network's BatchNorm layers.
+fn set_buffers(net: &mut Network, loaded: &[(String, ArrayD<f64>)]) {
+    use crate::unit::Op;
+    let mut set = |op: &mut Op| {
+        if let Op::BatchNorm(bn) = op {
+            for (suffix, target) in [
+                ("running_mean", &mut bn.running_mean),
+                ("running_var", &mut bn.running_var),
+            ] {
+                if let Some((_, a)) = loaded
+                    .iter()
+                    .find(|(n, _)| *n == format!("{}.{suffix}", bn.name))
+                {
+                    *target = a.clone();
+                }
+            }
+        }
+    };
+    net.stem.iter_mut().for_each(&mut set);
+    for u in &mut net.units {
+        u.pre
+            .iter_mut()
+            .chain(u.branch.iter_mut())
+            .chain(u.after_add.iter_mut())
+            .for_each(&mut set);
+    }
+    net.head.iter_mut().for_each(&mut set);
+}
