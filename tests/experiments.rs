@@ -252,3 +252,95 @@ fn all_writes_the_report_from_the_csv() {
     );
     assert!(plots.join("verify_verification.png").is_file());
 }
+
+const TRAIN_SPEC: &str = r#"
+name = "tinytrain"
+claim = "A tiny training grid."
+seed = 5
+task = "train"
+charts = ["train_curves", "grad_heatmap", "grad_ratio_steps"]
+[net]
+units = 3
+width = 16
+[train]
+epochs = 2
+batch = 64
+record_every = 5
+[grid]
+nets = ["mlp"]
+placements = ["original", "full-preact"]
+shortcuts = ["identity"]
+[paper]
+source = "made up for the test"
+values = { "original" = 2.0, "full-preact" = 1.0 }
+"#;
+
+#[test]
+fn training_experiments_write_curves_heatmaps_and_a_ranked_report() {
+    let dir = tempfile::tempdir().unwrap();
+    let exp = dir.path().join("experiments");
+    std::fs::create_dir(&exp).unwrap();
+    write_spec(&exp, "tinytrain.toml", TRAIN_SPEC);
+    let (results, plots) = (dir.path().join("results"), dir.path().join("plots"));
+    ok(&resprop(&[
+        "all",
+        "--experiments",
+        exp.to_str().unwrap(),
+        "--results",
+        results.to_str().unwrap(),
+        "--plots",
+        plots.to_str().unwrap(),
+    ]));
+    let train = std::fs::read_to_string(results.join("tinytrain/train.csv")).unwrap();
+    assert!(train.starts_with(
+        "experiment,cell,net,placement,shortcut,units,replicate,step,epoch,lr,train_loss"
+    ));
+    assert_eq!(
+        train.lines().count(),
+        1 + 2 * 44,
+        "2 cells x 2 epochs x 22 steps"
+    );
+    let grads = std::fs::read_to_string(results.join("tinytrain/grads.csv")).unwrap();
+    assert_eq!(
+        grads.lines().count(),
+        1 + 2 * 9 * 4,
+        "2 cells x 9 recorded steps x 4 unit inputs"
+    );
+    for chart in ["train_curves", "grad_heatmap", "grad_ratio_steps"] {
+        let png = std::fs::read(plots.join(format!("tinytrain_{chart}.png"))).unwrap();
+        assert!(png_size(&png).0 > 0);
+        assert!(
+            std::fs::read_to_string(plots.join(format!("tinytrain_{chart}.svg")))
+                .unwrap()
+                .contains("full-preact")
+        );
+    }
+    let report = std::fs::read_to_string(plots.join("README.md")).unwrap();
+    assert!(
+        report.contains("final test error") && report.contains("made up for the test"),
+        "{report}"
+    );
+    assert!(report.contains("agree on"), "{report}");
+}
+
+#[test]
+fn training_specs_are_validated() {
+    for (text, needle) in [
+        (
+            TRAIN_SPEC.replace("task = \"train\"\n", ""),
+            "needs task = \"train\"",
+        ),
+        (TRAIN_SPEC.replace("epochs = 2", "epochs = 0"), "epochs"),
+        (
+            TRAIN_SPEC.replace("[train]", "[train]\ndata = \"imagenet\""),
+            "train.data: unknown data 'imagenet'",
+        ),
+        (
+            TRAIN_SPEC.replace("\"grad_heatmap\", ", "\"lambda_sweep\", "),
+            "'lambda_sweep' does not fit task 'train'",
+        ),
+    ] {
+        let e = format!("{:#}", resprop::experiment::parse_spec(&text).unwrap_err());
+        assert!(e.contains(needle), "'{needle}' not in: {e}");
+    }
+}

@@ -110,13 +110,23 @@ fn parse_charts(names: &[String]) -> Result<Vec<ChartKind>> {
         .collect()
 }
 
-/// Draws `kinds` for the table into `out`, returning the PNG paths.
-fn draw(table: &Table, kinds: &[ChartKind], out: &Path) -> Result<Vec<PathBuf>> {
+/// Draws `kinds` for the table into `out`, returning the PNG paths. Per-unit charts of a
+/// training run read `grads.csv` next to its `train.csv`.
+fn draw(csv: &Path, table: &Table, kinds: &[ChartKind], out: &Path) -> Result<Vec<PathBuf>> {
     std::fs::create_dir_all(out).with_context(|| format!("cannot create '{}'", out.display()))?;
+    let mut grads: Option<Table> = None;
     let mut pngs = Vec::new();
     for &kind in kinds {
+        let source = if matches!(kind, ChartKind::GradHeatmap | ChartKind::GradRatioSteps) {
+            if grads.is_none() {
+                grads = Some(Table::read(&csv.with_file_name("grads.csv"))?);
+            }
+            grads.as_ref().unwrap()
+        } else {
+            table
+        };
         let stem = out.join(format!("{}_{}", table.experiment(), kind.name()));
-        let (png, _svg) = save_figure(&charts::figure(kind, table), &stem)?;
+        let (png, _svg) = save_figure(&charts::figure(kind, source), &stem)?;
         pngs.push(png);
     }
     Ok(pngs)
@@ -134,7 +144,7 @@ pub fn run(args: &RunArgs) -> Result<ExitCode> {
         csv.display()
     );
     if let Some(dir) = &args.plots {
-        for p in draw(&Table::read(&csv)?, &spec.charts, dir)? {
+        for p in draw(&csv, &Table::read(&csv)?, &spec.charts, dir)? {
             out.push_str(&format!("chart: {}\n", p.display()));
         }
     }
@@ -153,7 +163,7 @@ pub fn plot(args: &PlotArgs) -> Result<ExitCode> {
         bail!("no charts to draw: the spec lists none and --charts was not given");
     }
     let mut out = String::new();
-    for p in draw(&table, &kinds, &args.out)? {
+    for p in draw(&args.csv, &table, &kinds, &args.out)? {
         out.push_str(&format!("chart: {}\n", p.display()));
     }
     emit(&out)?;
@@ -190,7 +200,7 @@ pub fn all(args: &AllArgs) -> Result<ExitCode> {
         let csv = run_experiment(spec, &args.results, true)?;
         let seconds = t.elapsed().as_secs_f64();
         let table = Table::read(&csv)?;
-        let pngs = draw(&table, &spec.charts, &args.plots)?;
+        let pngs = draw(&csv, &table, &spec.charts, &args.plots)?;
         let charts = pngs
             .iter()
             .map(|p| PathBuf::from(p.file_name().unwrap()))
@@ -207,6 +217,8 @@ pub fn all(args: &AllArgs) -> Result<ExitCode> {
             table,
             charts,
             seconds: Some(seconds),
+            training: matches!(spec.task, crate::experiment::Task::Train(_)),
+            paper: spec.paper.clone(),
         });
     }
     let report = report::write(&args.plots, &entries)?;

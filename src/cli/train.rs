@@ -10,7 +10,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 
 use crate::analysis::record::fmt_f64;
 use crate::data::Split;
-use crate::net::{build_net, NetChoice, NetSizes};
+use crate::net::{build_net, NetChoice};
 use crate::output::{check_writable, emit, write_atomic};
 use crate::train::{checkpoint, train, History, Resume, TrainConfig};
 use crate::unit::{Placement, ShortcutKind};
@@ -145,15 +145,7 @@ pub fn run(args: &TrainArgs) -> Result<ExitCode> {
         bail!("learning rate must be a positive number, got {}", args.lr);
     }
     let data = load_data(&args.data)?;
-    let [c, h, _] = data.train.image_shape();
-    let sizes = NetSizes {
-        units: args.units,
-        width: args.width,
-        input_dim: c * h * h,
-        image_size: h,
-        input_channels: c,
-        classes: data.classes,
-    };
+    let sizes = crate::train::sizes_for(&data, args.units, args.width);
     let mut net = build_net(&args.net, &sizes, args.placement, args.shortcut, args.seed)?;
     let cfg = TrainConfig {
         epochs: args.epochs,

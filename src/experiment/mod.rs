@@ -5,4 +5,4 @@ pub mod runner;
 pub mod spec;
 
 pub use runner::run_experiment;
-pub use spec::{load_spec, parse_spec, Cell, ChartKind, Measure, Spec};
+pub use spec::{load_spec, parse_spec, Cell, ChartKind, Measure, Spec, Task};

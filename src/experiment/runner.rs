@@ -12,13 +12,15 @@ use anyhow::{Context, Result};
 use indicatif::{ProgressBar, ProgressStyle};
 use rayon::prelude::*;
 
-use super::spec::{Cell, Measure, Spec};
+use super::spec::{Cell, Measure, Spec, Task, TrainSpec};
 use crate::analysis::checks::verify_units;
 use crate::analysis::gaussian_batch;
 use crate::analysis::record::{build_records, fmt_f64};
+use crate::data::Split;
 use crate::net::{build_net, NetSizes};
 use crate::output::write_atomic;
 use crate::rng::{derive_seed, purpose};
+use crate::train::{sizes_for, train, Resume, TrainConfig};
 use crate::unit::ForwardCtx;
 
 /// Key columns, then the record's columns, then (verification) the per-unit errors.
@@ -55,6 +57,23 @@ const VERIFICATION_COLUMNS: [&str; 3] = [
     "prod_lambda_error",
 ];
 
+pub const TRAIN_COLUMNS: [&str; 7] = [
+    "step",
+    "epoch",
+    "lr",
+    "train_loss",
+    "train_error",
+    "test_loss",
+    "test_error",
+];
+pub const GRAD_COLUMNS: [&str; 5] = ["step", "unit", "grad_norm", "grad_ratio", "direct_ratio"];
+
+fn keyed(extra: &[&'static str]) -> Vec<&'static str> {
+    let mut h: Vec<&str> = KEY_COLUMNS.to_vec();
+    h.extend_from_slice(extra);
+    h
+}
+
 pub fn header(measure: Measure) -> Vec<&'static str> {
     let mut h: Vec<&str> = KEY_COLUMNS.to_vec();
     h.extend(RECORD_COLUMNS);
@@ -67,6 +86,96 @@ pub fn header(measure: Measure) -> Vec<&'static str> {
 /// The seed every cell of a replicate shares.
 pub fn cell_seed(spec: &Spec, replicate: u64) -> u64 {
     derive_seed(spec.seed, &[replicate])
+}
+
+/// The key columns of a cell's rows.
+fn cell_keys(spec: &Spec, cell: &Cell, units: usize) -> Vec<String> {
+    vec![
+        spec.name.clone(),
+        cell.index.to_string(),
+        cell.net.to_string(),
+        cell.placement.to_string(),
+        cell.shortcut.to_string(),
+        units.to_string(),
+        cell.replicate.to_string(),
+    ]
+}
+
+/// What a cell produced: its rows for each output file, and a warning to print.
+pub struct CellResult {
+    pub rows: Vec<Vec<String>>,
+    pub grad_rows: Vec<Vec<String>>,
+    pub warning: Option<String>,
+}
+
+/// Trains one cell's network (training tasks).
+fn run_train_cell(spec: &Spec, cell: &Cell, t: &TrainSpec, data: &Split) -> Result<CellResult> {
+    let seed = cell_seed(spec, cell.replicate);
+    let sizes = sizes_for(data, cell.units, spec.sizes.width);
+    let mut net = build_net(&cell.net, &sizes, cell.placement, cell.shortcut, seed)?;
+    let cfg = TrainConfig {
+        epochs: t.epochs,
+        batch: t.batch,
+        base_lr: t.lr,
+        momentum: 0.9,
+        weight_decay: 1e-4,
+        record_every: t.record_every,
+        seed,
+    };
+    let h = train(
+        &mut net,
+        data,
+        &cfg,
+        Resume::default(),
+        t.epochs,
+        |_, _| {},
+        |_, _, _, _| Ok(()),
+    )?;
+    let keys = cell_keys(spec, cell, net.num_units());
+    let opt = |x: Option<f64>| x.map(fmt_f64).unwrap_or_default();
+    let rows = h
+        .steps
+        .iter()
+        .map(|r| {
+            let mut row = keys.clone();
+            row.extend([
+                r.step.to_string(),
+                r.epoch.to_string(),
+                fmt_f64(r.lr),
+                fmt_f64(r.train_loss),
+                fmt_f64(r.train_error),
+                opt(r.test.map(|t| t.0)),
+                opt(r.test.map(|t| t.1)),
+            ]);
+            row
+        })
+        .collect();
+    let grad_rows = h
+        .grads
+        .iter()
+        .map(|g| {
+            let mut row = keys.clone();
+            row.extend([
+                g.step.to_string(),
+                g.unit.to_string(),
+                fmt_f64(g.grad_norm),
+                fmt_f64(g.grad_ratio),
+                fmt_f64(g.direct_ratio),
+            ]);
+            row
+        })
+        .collect();
+    let warning = h.diverged.map(|d| {
+        format!(
+            "cell {} ({} {} {}): {d}",
+            cell.index, cell.net, cell.placement, cell.shortcut
+        )
+    });
+    Ok(CellResult {
+        rows,
+        grad_rows,
+        warning,
+    })
 }
 
 /// Runs one cell and returns its CSV rows (no header), plus a warning if anything overflowed.
@@ -89,15 +198,7 @@ pub fn run_cell(spec: &Spec, cell: &Cell) -> Result<(Vec<Vec<String>>, Option<St
         Measure::Verification => Some(verify_units(&net, &cache, &grads).0),
         Measure::Profile => None,
     };
-    let keys = [
-        spec.name.clone(),
-        cell.index.to_string(),
-        cell.net.to_string(),
-        cell.placement.to_string(),
-        cell.shortcut.to_string(),
-        net.num_units().to_string(),
-        cell.replicate.to_string(),
-    ];
+    let keys = cell_keys(spec, cell, net.num_units());
     let rows = profile
         .records
         .iter()
@@ -150,14 +251,27 @@ pub fn result_dir(out: &Path, spec: &Spec) -> PathBuf {
     out.join(&spec.name)
 }
 
-/// Runs every missing cell, then writes `profile.csv` and `spec.toml`. Returns the CSV path.
+/// The main CSV's file name: `profile.csv`, or `train.csv` (with `grads.csv`) for training.
+pub fn main_csv(spec: &Spec) -> &'static str {
+    match spec.task {
+        Task::Profile => "profile.csv",
+        Task::Train(_) => "train.csv",
+    }
+}
+
+/// Runs every missing cell, then writes the tidy CSV(s) and `spec.toml`. Returns the main CSV.
 pub fn run_experiment(spec: &Spec, out: &Path, progress: bool) -> Result<PathBuf> {
     let dir = result_dir(out, spec);
     let cells_dir = dir.join("cells");
     std::fs::create_dir_all(&cells_dir)
         .with_context(|| format!("cannot create '{}'", cells_dir.display()))?;
+    let data = match &spec.task {
+        Task::Train(t) => Some(crate::cli::train::load_data(&t.data)?),
+        Task::Profile => None,
+    };
     let cells = spec.cells();
     let cell_path = |c: &Cell| cells_dir.join(format!("{:04}.csv", c.index));
+    let grads_path = |c: &Cell| cells_dir.join(format!("{:04}.grads.csv", c.index));
     let todo: Vec<&Cell> = cells.iter().filter(|c| !cell_path(c).is_file()).collect();
     let bar = if progress {
         ProgressBar::new(todo.len() as u64)
@@ -166,7 +280,7 @@ pub fn run_experiment(spec: &Spec, out: &Path, progress: bool) -> Result<PathBuf
     };
     bar.set_style(
         ProgressStyle::with_template(
-            "{msg:>14} [{bar:30}] {pos}/{len} cells, {elapsed} (eta {eta})",
+            "{msg:>16} [{bar:30}] {pos}/{len} cells, {elapsed} (eta {eta})",
         )
         .unwrap(),
     );
@@ -174,10 +288,24 @@ pub fn run_experiment(spec: &Spec, out: &Path, progress: bool) -> Result<PathBuf
     let warnings: Vec<Option<String>> = todo
         .par_iter()
         .map(|cell| {
-            let (rows, warning) = run_cell(spec, cell)?;
-            write_atomic(&cell_path(cell), &csv_bytes(None, &rows)?)?;
+            let result = match (&spec.task, &data) {
+                (Task::Train(t), Some(d)) => run_train_cell(spec, cell, t, d)?,
+                _ => {
+                    let (rows, warning) = run_cell(spec, cell)?;
+                    CellResult {
+                        rows,
+                        grad_rows: Vec::new(),
+                        warning,
+                    }
+                }
+            };
+            // The gradient file first: the main file's presence marks the cell complete.
+            if matches!(spec.task, Task::Train(_)) {
+                write_atomic(&grads_path(cell), &csv_bytes(None, &result.grad_rows)?)?;
+            }
+            write_atomic(&cell_path(cell), &csv_bytes(None, &result.rows)?)?;
             bar.inc(1);
-            Ok(warning)
+            Ok(result.warning)
         })
         .collect::<Result<_>>()?;
     bar.finish_and_clear();
@@ -185,15 +313,24 @@ pub fn run_experiment(spec: &Spec, out: &Path, progress: bool) -> Result<PathBuf
         eprintln!("warning: {}: {w}", spec.name);
     }
     // Assemble in cell order from the per-cell files (so reruns and fresh runs agree byte for byte).
-    let mut all = csv_bytes(Some(&header(spec.measure)), &[])?;
-    for cell in &cells {
-        all.extend(
-            std::fs::read(cell_path(cell))
-                .with_context(|| format!("reading {}", cell_path(cell).display()))?,
-        );
-    }
-    let csv_path = dir.join("profile.csv");
-    write_atomic(&csv_path, &all)?;
+    let assemble =
+        |header: Vec<&str>, path_of: &dyn Fn(&Cell) -> PathBuf, name: &str| -> Result<PathBuf> {
+            let mut all = csv_bytes(Some(&header), &[])?;
+            for cell in &cells {
+                let p = path_of(cell);
+                all.extend(std::fs::read(&p).with_context(|| format!("reading {}", p.display()))?);
+            }
+            let out = dir.join(name);
+            write_atomic(&out, &all)?;
+            Ok(out)
+        };
+    let main = match spec.task {
+        Task::Profile => assemble(header(spec.measure), &cell_path, "profile.csv")?,
+        Task::Train(_) => {
+            assemble(keyed(&GRAD_COLUMNS), &grads_path, "grads.csv")?;
+            assemble(keyed(&TRAIN_COLUMNS), &cell_path, "train.csv")?
+        }
+    };
     write_atomic(&dir.join("spec.toml"), spec.to_toml()?.as_bytes())?;
-    Ok(csv_path)
+    Ok(main)
 }

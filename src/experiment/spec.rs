@@ -46,6 +46,52 @@ struct RawSpec {
     #[serde(default)]
     net: RawNet,
     grid: RawGrid,
+    #[serde(default = "default_task")]
+    task: String,
+    train: Option<RawTrain>,
+    /// The paper's numbers for the variants, to compare orderings in the report.
+    #[serde(default)]
+    paper: Option<RawPaper>,
+}
+
+fn default_task() -> String {
+    "profile".into()
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTrain {
+    #[serde(default = "default_data")]
+    data: String,
+    epochs: usize,
+    #[serde(default = "default_train_batch")]
+    batch: usize,
+    #[serde(default = "default_lr")]
+    lr: f64,
+    #[serde(default = "default_record_every")]
+    record_every: usize,
+}
+
+fn default_data() -> String {
+    "digits".into()
+}
+fn default_train_batch() -> usize {
+    64
+}
+fn default_lr() -> f64 {
+    0.1
+}
+fn default_record_every() -> usize {
+    10
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawPaper {
+    /// What the numbers are (e.g. "CIFAR-10 test error %, Table 1").
+    source: String,
+    /// Variant label (as the charts name it) -> the paper's number; lower is better.
+    values: std::collections::BTreeMap<String, f64>,
 }
 
 fn default_batch() -> usize {
@@ -98,6 +144,32 @@ pub enum Measure {
     Verification,
 }
 
+/// What each cell does.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(tag = "task", rename_all = "lowercase")]
+pub enum Task {
+    /// One gradient profile at initialisation.
+    Profile,
+    /// Training with SGD; losses, errors and per-unit gradients over the run.
+    Train(TrainSpec),
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct TrainSpec {
+    pub data: String,
+    pub epochs: usize,
+    pub batch: usize,
+    pub lr: f64,
+    pub record_every: usize,
+}
+
+/// The paper's numbers for comparison.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct PaperValues {
+    pub source: String,
+    pub values: Vec<(String, f64)>,
+}
+
 /// Chart kinds an experiment can ask for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
@@ -114,17 +186,34 @@ pub enum ChartKind {
     SampleBands,
     /// Per-unit verification errors with the tolerances.
     Verification,
+    /// Training loss (log) and test error against the step, one line per variant.
+    TrainCurves,
+    /// log10 ||dE/dx_l|| over (step, unit), one panel per variant.
+    GradHeatmap,
+    /// Gradient ratio against the unit at the first, middle and last recorded steps.
+    GradRatioSteps,
 }
 
 impl ChartKind {
-    pub const ALL: [(&'static str, ChartKind); 6] = [
+    pub const ALL: [(&'static str, ChartKind); 9] = [
         ("grad_ratio", ChartKind::GradRatio),
         ("direct_rest", ChartKind::DirectRest),
         ("lambda_sweep", ChartKind::LambdaSweep),
         ("forward", ChartKind::Forward),
         ("sample_bands", ChartKind::SampleBands),
         ("verification", ChartKind::Verification),
+        ("train_curves", ChartKind::TrainCurves),
+        ("grad_heatmap", ChartKind::GradHeatmap),
+        ("grad_ratio_steps", ChartKind::GradRatioSteps),
     ];
+
+    /// Charts drawn from a training run's CSVs rather than a profile's.
+    pub fn needs_training(self) -> bool {
+        matches!(
+            self,
+            ChartKind::TrainCurves | ChartKind::GradHeatmap | ChartKind::GradRatioSteps
+        )
+    }
 
     pub fn name(self) -> &'static str {
         ChartKind::ALL.iter().find(|(_, k)| *k == self).unwrap().0
@@ -152,6 +241,8 @@ pub struct Spec {
     /// MLP depths (one entry, the `net.units` size, unless the grid sweeps them).
     pub units: Vec<usize>,
     pub replicates: Vec<u64>,
+    pub task: Task,
+    pub paper: Option<PaperValues>,
 }
 
 fn serialize_displays<T: std::fmt::Display, S: serde::Serializer>(
@@ -321,7 +412,45 @@ pub fn parse_spec(text: &str) -> Result<Spec> {
             raw.batch
         );
     }
+    let task = match (raw.task.as_str(), raw.train) {
+        ("profile", None) => Task::Profile,
+        ("profile", Some(_)) => bail!("train: a [train] table needs task = \"train\""),
+        ("train", None) => bail!("task: \"train\" needs a [train] table with at least epochs"),
+        ("train", Some(t)) => {
+            if t.epochs == 0 || t.batch < 2 || t.record_every == 0 {
+                bail!("train: epochs and record_every must be at least 1 and batch at least 2 (got {}, {}, {})", t.epochs, t.record_every, t.batch);
+            }
+            if !(t.lr > 0.0 && t.lr.is_finite()) {
+                bail!("train.lr: must be a positive number, got {}", t.lr);
+            }
+            if t.data != "digits" && !t.data.starts_with("cifar10:") {
+                bail!(
+                    "train.data: unknown data '{}' (expected 'digits' or 'cifar10:<directory>')",
+                    t.data
+                );
+            }
+            Task::Train(TrainSpec {
+                data: t.data,
+                epochs: t.epochs,
+                batch: t.batch,
+                lr: t.lr,
+                record_every: t.record_every,
+            })
+        }
+        (other, _) => bail!("task: unknown value '{other}' (expected 'profile' or 'train')"),
+    };
+    for c in &charts {
+        if c.needs_training() != matches!(task, Task::Train(_)) {
+            bail!("charts: '{}' does not fit task '{}'", c.name(), raw.task);
+        }
+    }
+    let paper = raw.paper.map(|p| PaperValues {
+        source: p.source,
+        values: p.values.into_iter().collect(),
+    });
     Ok(Spec {
+        task,
+        paper,
         name: raw.name,
         claim: raw.claim,
         seed: raw.seed,

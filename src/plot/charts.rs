@@ -53,6 +53,7 @@ pub fn figure(kind: ChartKind, t: &Table) -> Figure {
             hlines,
             legend_low: false,
             x_span: None,
+            heat: None,
         }],
         notes: vec![],
         size: WIDE,
@@ -64,6 +65,9 @@ pub fn figure(kind: ChartKind, t: &Table) -> Figure {
         size: PANELS,
     };
     match kind {
+        ChartKind::TrainCurves => train_curves(t),
+        ChartKind::GradHeatmap => grad_heatmap(t),
+        ChartKind::GradRatioSteps => grad_ratio_steps(t),
         ChartKind::GradRatio => one(
             format!("{name}: gradient ratio ‖∂E/∂x_l‖ / ‖∂E/∂x_L‖"),
             "‖∂E/∂x_l‖ / ‖∂E/∂x_L‖",
@@ -152,6 +156,7 @@ pub fn figure(kind: ChartKind, t: &Table) -> Figure {
                     hlines: vec![],
                     legend_low: true,
                     x_span: None,
+                    heat: None,
                 })
                 .collect(),
         ),
@@ -189,6 +194,7 @@ pub fn figure(kind: ChartKind, t: &Table) -> Figure {
                     hlines: vec![],
                     legend_low: false,
                     x_span: None,
+                    heat: None,
                 })
                 .collect(),
         ),
@@ -230,9 +236,163 @@ pub fn figure(kind: ChartKind, t: &Table) -> Figure {
                         ],
                         legend_low: false,
                         x_span: None,
+                        heat: None,
                     }
                 })
                 .collect(),
         ),
+    }
+}
+
+fn mean(v: &[f64]) -> f64 {
+    v.iter().sum::<f64>() / v.len() as f64
+}
+
+/// Training loss (mean over each epoch's steps and the replicates) and test error at epoch ends.
+fn train_curves(t: &Table) -> Figure {
+    let name = t.experiment().to_string();
+    let variants = t.by_variant_on("epoch");
+    let mut loss_lines = Vec::new();
+    let mut err_lines = Vec::new();
+    for (i, (v, epochs)) in variants.iter().enumerate() {
+        let mut loss = Vec::new();
+        let mut err = Vec::new();
+        for rows in epochs.values() {
+            let end = rows
+                .iter()
+                .filter_map(|r| t.f(r, "step"))
+                .fold(0.0, f64::max)
+                + 1.0;
+            let losses: Vec<f64> = rows.iter().filter_map(|r| t.f(r, "train_loss")).collect();
+            loss.push((end, mean(&losses)));
+            let errs: Vec<f64> = rows.iter().filter_map(|r| t.f(r, "test_error")).collect();
+            if !errs.is_empty() {
+                err.push((end, 100.0 * mean(&errs)));
+            }
+        }
+        loss_lines.push(line(v, loss, LineStyle::Solid, i, true));
+        err_lines.push(line(v, err, LineStyle::Solid, i, true));
+    }
+    let panel = |title: &str, y: &str, lines| Panel {
+        title: title.into(),
+        x_desc: "step".into(),
+        y_desc: y.into(),
+        lines,
+        bands: vec![],
+        hlines: vec![],
+        legend_low: false,
+        x_span: None,
+        heat: None,
+    };
+    Figure {
+        title: format!("{name}: training"),
+        panels: vec![
+            panel("training loss (mean over each epoch)", "loss E", loss_lines),
+            panel(
+                "test error at the end of each epoch",
+                "test error (%)",
+                err_lines,
+            ),
+        ],
+        notes: vec![],
+        size: (1400, 600),
+    }
+}
+
+/// log10 ||dE/dx_l|| over (step, unit), geometric mean over replicates.
+fn grad_heatmap(t: &Table) -> Figure {
+    let name = t.experiment().to_string();
+    let panels = t
+        .by_variant_on("step")
+        .into_iter()
+        .take(MAX_PANELS)
+        .map(|(v, steps)| {
+            let xs: Vec<f64> = steps.keys().map(|&s| s as f64).collect();
+            let max_unit = steps
+                .values()
+                .flatten()
+                .filter_map(|r| t.f(r, "unit"))
+                .fold(0.0, f64::max) as usize;
+            let ys: Vec<f64> = (0..=max_unit).map(|u| u as f64).collect();
+            let mut z = vec![vec![f64::NAN; xs.len()]; ys.len()];
+            for (i, rows) in steps.values().enumerate() {
+                for (u, z_row) in z.iter_mut().enumerate() {
+                    let vals: Vec<f64> = rows
+                        .iter()
+                        .filter(|r| t.f(r, "unit") == Some(u as f64))
+                        .filter_map(|r| t.f(r, "grad_norm"))
+                        .collect();
+                    if !vals.is_empty() {
+                        z_row[i] = geo_mean(&vals).log10();
+                    }
+                }
+            }
+            Panel {
+                title: format!("{v}: log10 ‖∂E/∂x_l‖"),
+                x_desc: "step".into(),
+                y_desc: UNIT_AXIS.into(),
+                lines: vec![],
+                bands: vec![],
+                hlines: vec![],
+                legend_low: false,
+                x_span: None,
+                heat: Some(super::Heat { xs, ys, z }),
+            }
+        })
+        .collect();
+    Figure {
+        title: format!("{name}: gradient norm per unit over training"),
+        panels,
+        notes: vec![],
+        size: PANELS,
+    }
+}
+
+/// Gradient ratio against the unit at the first, middle and last recorded steps.
+fn grad_ratio_steps(t: &Table) -> Figure {
+    let name = t.experiment().to_string();
+    let panels = t
+        .by_variant_on("step")
+        .into_iter()
+        .take(MAX_PANELS)
+        .map(|(v, steps)| {
+            let keys: Vec<usize> = steps.keys().copied().collect();
+            let picks = [keys[0], keys[keys.len() / 2], keys[keys.len() - 1]];
+            let lines = picks
+                .iter()
+                .enumerate()
+                .map(|(i, s)| {
+                    let mut by_unit: std::collections::BTreeMap<usize, Vec<f64>> =
+                        Default::default();
+                    for r in &steps[s] {
+                        if let (Some(u), Some(g)) = (t.f(r, "unit"), t.f(r, "grad_ratio")) {
+                            by_unit.entry(u as usize).or_default().push(g);
+                        }
+                    }
+                    let pts = by_unit
+                        .into_iter()
+                        .map(|(u, g)| (u as f64, geo_mean(&g)))
+                        .collect();
+                    line(&format!("step {s}"), pts, LineStyle::Solid, i, true)
+                })
+                .collect();
+            Panel {
+                title: v,
+                x_desc: UNIT_AXIS.into(),
+                y_desc: "‖∂E/∂x_l‖ / ‖∂E/∂x_L‖".into(),
+                lines,
+                bands: vec![],
+                hlines: vec![],
+                legend_low: false,
+                x_span: None,
+                heat: None,
+            }
+        })
+        .collect();
+    Figure {
+        title: format!("{name}: gradient ratio at the first, middle and last recorded step"),
+        panels,
+        notes: vec![],
+        size: PANELS,
     }
 }

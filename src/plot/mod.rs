@@ -84,6 +84,120 @@ pub struct Panel {
     pub legend_low: bool,
     /// x extent of all the data, including points a log axis cannot show (set by `prepare_log`).
     pub x_span: Option<(f64, f64)>,
+    /// A heatmap instead of lines.
+    pub heat: Option<Heat>,
+}
+
+/// Values on a grid: `z[j][i]` at column `xs[i]` and row `ys[j]` (NaN: no value).
+#[derive(Debug, Clone)]
+pub struct Heat {
+    pub xs: Vec<f64>,
+    pub ys: Vec<f64>,
+    pub z: Vec<Vec<f64>>,
+}
+
+/// A perceptually ordered colour map (viridis, five anchors, linear in between).
+pub fn colormap(t: f64) -> RGBColor {
+    const ANCHORS: [(u8, u8, u8); 5] = [
+        (68, 1, 84),
+        (59, 82, 139),
+        (33, 145, 140),
+        (94, 201, 98),
+        (253, 231, 37),
+    ];
+    let t = t.clamp(0.0, 1.0) * 4.0;
+    let i = (t.floor() as usize).min(3);
+    let f = t - i as f64;
+    let (a, b) = (ANCHORS[i], ANCHORS[i + 1]);
+    let mix = |x: u8, y: u8| (x as f64 + (y as f64 - x as f64) * f).round() as u8;
+    RGBColor(mix(a.0, b.0), mix(a.1, b.1), mix(a.2, b.2))
+}
+
+fn draw_heat<DB: DrawingBackend>(
+    area: &DrawingArea<DB, Shift>,
+    panel: &Panel,
+    heat: &Heat,
+    small: bool,
+) -> Result<()>
+where
+    DB::ErrorType: 'static,
+{
+    let err = |e: DrawingAreaErrorKind<DB::ErrorType>| anyhow!("drawing: {e:?}");
+    let finite: Vec<f64> = heat
+        .z
+        .iter()
+        .flatten()
+        .copied()
+        .filter(|v| v.is_finite())
+        .collect();
+    let (lo, hi) = finite
+        .iter()
+        .fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), &v| {
+            (a.min(v), b.max(v))
+        });
+    let step = |v: &[f64], i: usize| {
+        if i + 1 < v.len() {
+            v[i + 1] - v[i]
+        } else if i > 0 {
+            v[i] - v[i - 1]
+        } else {
+            1.0
+        }
+    };
+    let (x0, x1) = (
+        heat.xs[0],
+        heat.xs[heat.xs.len() - 1] + step(&heat.xs, heat.xs.len() - 1),
+    );
+    let (y0, y1) = (
+        heat.ys[0],
+        heat.ys[heat.ys.len() - 1] + step(&heat.ys, heat.ys.len() - 1),
+    );
+    let font = if small { 14 } else { 18 };
+    let title = if finite.is_empty() {
+        format!("{} (no finite values)", panel.title)
+    } else {
+        format!("{}: {lo:.2} (dark) to {hi:.2} (bright)", panel.title)
+    };
+    let mut chart = ChartBuilder::on(area)
+        .caption(title, ("sans-serif", font + 1))
+        .margin(8)
+        .x_label_area_size(if small { 30 } else { 40 })
+        .y_label_area_size(if small { 45 } else { 60 })
+        .build_cartesian_2d(x0..x1, y0..y1)
+        .map_err(err)?;
+    chart
+        .configure_mesh()
+        .disable_mesh()
+        .x_desc(&panel.x_desc)
+        .y_desc(&panel.y_desc)
+        .label_style(("sans-serif", font - 2))
+        .axis_desc_style(("sans-serif", font))
+        .x_label_formatter(&|x| format!("{x:.0}"))
+        .y_label_formatter(&|y| format!("{y:.0}"))
+        .draw()
+        .map_err(err)?;
+    let cells = heat
+        .ys
+        .iter()
+        .enumerate()
+        .flat_map(|(j, &y)| heat.xs.iter().enumerate().map(move |(i, &x)| (i, j, x, y)));
+    chart
+        .draw_series(cells.map(|(i, j, x, y)| {
+            let v = heat.z[j][i];
+            let color = if v.is_finite() && hi > lo {
+                colormap((v - lo) / (hi - lo))
+            } else if v.is_finite() {
+                colormap(0.5)
+            } else {
+                RGBColor(200, 200, 200)
+            };
+            Rectangle::new(
+                [(x, y), (x + step(&heat.xs, i), y + step(&heat.ys, j))],
+                color.filled(),
+            )
+        }))
+        .map_err(err)?;
+    Ok(())
 }
 
 /// A whole chart: one or more panels and the notes shown under them.
@@ -301,6 +415,9 @@ fn draw_panel<DB: DrawingBackend>(
 where
     DB::ErrorType: 'static,
 {
+    if let Some(heat) = &panel.heat {
+        return draw_heat(area, panel, heat, small);
+    }
     let err = |e: DrawingAreaErrorKind<DB::ErrorType>| anyhow!("drawing: {e:?}");
     let lg = |pts: &[(f64, f64)]| -> Vec<(f64, f64)> {
         pts.iter().map(|&(x, y)| (x, y.log10())).collect()

@@ -36,7 +36,7 @@ impl Table {
         let t = Table { header, rows };
         for col in [
             "experiment",
-            "unit",
+            "cell",
             "placement",
             "shortcut",
             "net",
@@ -112,6 +112,13 @@ impl Table {
     /// Variants in first-appearance order, each with its rows grouped by unit (one row per
     /// replicate).
     pub fn by_variant(&self) -> Vec<(String, UnitRows<'_>)> {
+        self.by_variant_on("unit")
+    }
+
+    /// Variants in first-appearance order, each with its rows grouped by an integer column
+    /// (`unit`, `step`, `epoch`; 0 where the column is missing).
+    pub fn by_variant_on(&self, col: &str) -> Vec<(String, UnitRows<'_>)> {
+        let key_col = self.col(col).ok();
         let mut order: Vec<String> = Vec::new();
         let mut groups: BTreeMap<String, UnitRows<'_>> = BTreeMap::new();
         for row in &self.rows {
@@ -119,11 +126,11 @@ impl Table {
             if !groups.contains_key(&v) {
                 order.push(v.clone());
             }
-            let unit: usize = self.get(row, "unit").parse().unwrap_or(0);
+            let key: usize = key_col.and_then(|c| row[c].parse().ok()).unwrap_or(0);
             groups
                 .entry(v)
                 .or_default()
-                .entry(unit)
+                .entry(key)
                 .or_default()
                 .push(row);
         }

@@ -18,6 +18,20 @@ use crate::rng::{derive_seed, purpose, rng};
 use crate::tensor::{all_finite, Tensor};
 use crate::unit::ForwardCtx;
 
+/// Network sizes that fit a dataset: the MLP's input dimension is an image's pixel count, a
+/// ResNet takes the images' channels and size.
+pub fn sizes_for(data: &Split, units: usize, width: usize) -> crate::net::NetSizes {
+    let [c, h, w] = data.train.image_shape();
+    crate::net::NetSizes {
+        units,
+        width,
+        input_dim: c * h * w,
+        image_size: h,
+        input_channels: c,
+        classes: data.classes,
+    }
+}
+
 /// SGD as in the paper (and PyTorch): `v = m v + (g + wd w)`, `w -= lr v`.
 #[derive(Debug, Clone)]
 pub struct Sgd {
@@ -54,8 +68,11 @@ impl Sgd {
     }
 }
 
-/// The paper's schedule, as fractions of the run: a warm-up at a tenth of the rate for the
-/// first 400/64k of the steps, then the base rate divided by 10 at 32k/64k and 48k/64k.
+/// The paper's schedule, as fractions of the run: the base rate divided by 10 at 32k/64k and by
+/// 100 at 48k/64k of the steps, after a warm-up at a tenth of the rate. The paper warms up
+/// "until the training error is below 80% (about 400 iterations)"; so does this, for at least
+/// 400/64k of the run (a fraction alone would round to nothing in a short run, and the
+/// original unit then fails to train at all: measured 74-91% test error against 2-3%).
 #[derive(Debug, Clone, Copy)]
 pub struct Schedule {
     pub base_lr: f64,
@@ -63,19 +80,31 @@ pub struct Schedule {
 }
 
 impl Schedule {
-    pub fn lr(&self, step: usize) -> f64 {
+    /// Warm-up lasts at least this many steps.
+    pub fn min_warmup(&self) -> usize {
+        (self.total_steps as f64 * 400.0 / 64_000.0).ceil() as usize
+    }
+
+    /// The rate at `step`, given whether the warm-up is still on.
+    pub fn lr(&self, step: usize, warming: bool) -> f64 {
         let frac = step as f64 / self.total_steps.max(1) as f64;
-        if frac < 400.0 / 64_000.0 {
-            self.base_lr / 10.0
-        } else if frac < 0.5 {
+        let decayed = if frac < 0.5 {
             self.base_lr
         } else if frac < 0.75 {
             self.base_lr / 10.0
         } else {
             self.base_lr / 100.0
+        };
+        if warming {
+            decayed.min(self.base_lr / 10.0)
+        } else {
+            decayed
         }
     }
 }
+
+/// Training error above which the warm-up continues.
+pub const WARMUP_ERROR: f64 = 0.8;
 
 #[derive(Debug, Clone)]
 pub struct TrainConfig {
@@ -190,6 +219,8 @@ pub fn train(
         .unwrap_or_else(|| Sgd::new(cfg.momentum, cfg.weight_decay));
     let mut history = resume.history;
     let mut step = resume.epoch * steps_per_epoch;
+    // A resumed run knows from its history whether the warm-up had ended.
+    let mut warming = !history.steps.iter().any(|r| r.lr >= cfg.base_lr * 0.99);
     for epoch in resume.epoch..stop_epoch.min(cfg.epochs) {
         let mut order: Vec<usize> = (0..data.train.len()).collect();
         order.shuffle(&mut rng(derive_seed(
@@ -235,7 +266,7 @@ pub fn train(
                     });
                 }
             }
-            let lr = schedule.lr(step);
+            let lr = schedule.lr(step, warming);
             net.update_running_stats(&cache);
             sgd.step(net, &grads, lr);
             let last = b + 1 == steps_per_epoch;
@@ -244,12 +275,16 @@ pub fn train(
             } else {
                 None
             };
+            let train_error = error_rate(&cache.probs, &y);
+            if warming && step + 1 >= schedule.min_warmup() && train_error < WARMUP_ERROR {
+                warming = false;
+            }
             let row = StepRow {
                 step,
                 epoch,
                 lr,
                 train_loss: cache.loss,
-                train_error: error_rate(&cache.probs, &y),
+                train_error,
                 test,
             };
             progress(&row, schedule.total_steps);
@@ -323,12 +358,22 @@ mod tests {
             base_lr: 0.1,
             total_steps: 64_000,
         };
-        assert_eq!(s.lr(0), 0.01);
-        assert_eq!(s.lr(399), 0.01);
-        assert_eq!(s.lr(400), 0.1);
-        assert_eq!(s.lr(31_999), 0.1);
-        assert!((s.lr(32_000) - 0.01).abs() < 1e-15);
-        assert!((s.lr(48_000) - 0.001).abs() < 1e-15);
+        assert_eq!(s.min_warmup(), 400);
+        assert_eq!(s.lr(0, true), 0.01);
+        assert_eq!(s.lr(400, false), 0.1);
+        assert_eq!(s.lr(31_999, false), 0.1);
+        assert!((s.lr(32_000, false) - 0.01).abs() < 1e-15);
+        assert!((s.lr(48_000, false) - 0.001).abs() < 1e-15);
+        // Still warming at a milestone: the lower of the two rates.
+        assert!((s.lr(50_000, true) - 0.001).abs() < 1e-15);
+        assert_eq!(
+            Schedule {
+                base_lr: 0.1,
+                total_steps: 176
+            }
+            .min_warmup(),
+            2
+        );
     }
 
     #[test]
