@@ -135,9 +135,9 @@ fn draw(csv: &Path, table: &Table, kinds: &[ChartKind], out: &Path) -> Result<Ve
 pub fn run(args: &RunArgs) -> Result<ExitCode> {
     let spec = load_spec(&args.spec)?;
     let t = Instant::now();
-    let csv = run_experiment(&spec, &args.out, true)?;
+    let (csv, computed) = run_experiment(&spec, &args.out, true)?;
     let mut out = format!(
-        "{}: {} cells in {:.1} s -> {}\n",
+        "{}: {} cells ({computed} computed now) in {:.1} s -> {}\n",
         spec.name,
         spec.cells().len(),
         t.elapsed().as_secs_f64(),
@@ -197,7 +197,7 @@ pub fn all(args: &AllArgs) -> Result<ExitCode> {
     let start = Instant::now();
     for spec in &specs {
         let t = Instant::now();
-        let csv = run_experiment(spec, &args.results, true)?;
+        let (csv, computed) = run_experiment(spec, &args.results, true)?;
         let seconds = t.elapsed().as_secs_f64();
         let table = Table::read(&csv)?;
         let pngs = draw(&csv, &table, &spec.charts, &args.plots)?;
@@ -206,7 +206,7 @@ pub fn all(args: &AllArgs) -> Result<ExitCode> {
             .map(|p| PathBuf::from(p.file_name().unwrap()))
             .collect();
         emit(&format!(
-            "{}: {} cells in {seconds:.1} s, {} charts\n",
+            "{}: {} cells ({computed} computed now) in {seconds:.1} s, {} charts\n",
             spec.name,
             spec.cells().len(),
             spec.charts.len()
@@ -217,6 +217,7 @@ pub fn all(args: &AllArgs) -> Result<ExitCode> {
             table,
             charts,
             seconds: Some(seconds),
+            computed,
             training: matches!(spec.task, crate::experiment::Task::Train(_)),
             paper: spec.paper.clone(),
         });

@@ -259,8 +259,9 @@ pub fn main_csv(spec: &Spec) -> &'static str {
     }
 }
 
-/// Runs every missing cell, then writes the tidy CSV(s) and `spec.toml`. Returns the main CSV.
-pub fn run_experiment(spec: &Spec, out: &Path, progress: bool) -> Result<PathBuf> {
+/// Runs every missing cell, then writes the tidy CSV(s) and `spec.toml`. Returns the main CSV
+/// and how many cells were computed now (the others were complete from an earlier run).
+pub fn run_experiment(spec: &Spec, out: &Path, progress: bool) -> Result<(PathBuf, usize)> {
     let dir = result_dir(out, spec);
     let cells_dir = dir.join("cells");
     std::fs::create_dir_all(&cells_dir)
@@ -332,5 +333,5 @@ pub fn run_experiment(spec: &Spec, out: &Path, progress: bool) -> Result<PathBuf
         }
     };
     write_atomic(&dir.join("spec.toml"), spec.to_toml()?.as_bytes())?;
-    Ok(main)
+    Ok((main, todo.len()))
 }

@@ -249,15 +249,22 @@ fn mean(v: &[f64]) -> f64 {
 }
 
 /// Training loss (mean over each epoch's steps and the replicates) and test error at epoch ends.
+/// Only completed epochs (those with a test error) are drawn: a run that diverged mid-epoch
+/// would otherwise stretch the axis over astronomically large, meaningless losses.
 fn train_curves(t: &Table) -> Figure {
     let name = t.experiment().to_string();
     let variants = t.by_variant_on("epoch");
     let mut loss_lines = Vec::new();
     let mut err_lines = Vec::new();
+    let mut notes = Vec::new();
     for (i, (v, epochs)) in variants.iter().enumerate() {
         let mut loss = Vec::new();
         let mut err = Vec::new();
         for rows in epochs.values() {
+            let errs: Vec<f64> = rows.iter().filter_map(|r| t.f(r, "test_error")).collect();
+            if errs.is_empty() {
+                continue;
+            }
             let end = rows
                 .iter()
                 .filter_map(|r| t.f(r, "step"))
@@ -265,10 +272,12 @@ fn train_curves(t: &Table) -> Figure {
                 + 1.0;
             let losses: Vec<f64> = rows.iter().filter_map(|r| t.f(r, "train_loss")).collect();
             loss.push((end, mean(&losses)));
-            let errs: Vec<f64> = rows.iter().filter_map(|r| t.f(r, "test_error")).collect();
-            if !errs.is_empty() {
-                err.push((end, 100.0 * mean(&errs)));
-            }
+            err.push((end, 100.0 * mean(&errs)));
+        }
+        if err.is_empty() {
+            notes.push(format!(
+                "{v}: diverged before its first epoch ended, nothing to draw"
+            ));
         }
         loss_lines.push(line(v, loss, LineStyle::Solid, i, true));
         err_lines.push(line(v, err, LineStyle::Solid, i, true));
@@ -287,14 +296,18 @@ fn train_curves(t: &Table) -> Figure {
     Figure {
         title: format!("{name}: training"),
         panels: vec![
-            panel("training loss (mean over each epoch)", "loss E", loss_lines),
+            panel(
+                "training loss (mean over each completed epoch)",
+                "loss E",
+                loss_lines,
+            ),
             panel(
                 "test error at the end of each epoch",
                 "test error (%)",
                 err_lines,
             ),
         ],
-        notes: vec![],
+        notes,
         size: (1400, 600),
     }
 }

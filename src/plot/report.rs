@@ -14,6 +14,8 @@ pub struct Entry {
     /// Chart PNGs, relative to the report's folder.
     pub charts: Vec<PathBuf>,
     pub seconds: Option<f64>,
+    /// Cells computed in this run (the others were complete from an earlier run).
+    pub computed: usize,
     /// A training experiment (its table is train.csv).
     pub training: bool,
     /// The paper's numbers for the variants, when the spec gives them.
@@ -320,16 +322,21 @@ pub fn render(entries: &[Entry]) -> String {
             );
         }
         if let Some(sec) = e.seconds {
-            let _ = writeln!(
-                s,
-                "_Ran in {sec:.1} s ({} cells)._\n",
-                e.table
-                    .rows
-                    .iter()
-                    .map(|r| e.table.get(r, "cell"))
-                    .collect::<std::collections::BTreeSet<_>>()
-                    .len()
-            );
+            let cells = e
+                .table
+                .rows
+                .iter()
+                .map(|r| e.table.get(r, "cell"))
+                .collect::<std::collections::BTreeSet<_>>()
+                .len();
+            let _ = if e.computed == cells {
+                writeln!(
+                    s,
+                    "_{cells} cells, computed in {sec:.1} s on this machine._\n"
+                )
+            } else {
+                writeln!(s, "_{cells} cells: {} computed in this run ({sec:.1} s), the rest reused from an earlier run._\n", e.computed)
+            };
         }
     }
     s
