@@ -83,7 +83,8 @@ pub struct UnitRecord {
     pub sample_ratio_max: f64,
 }
 
-pub const CSV_COLUMNS: [&str; 18] = [
+/// The record's columns, in the order of [`UnitRecord::csv_fields`].
+pub const RECORD_COLUMNS: [&str; 16] = [
     "unit",
     "stage",
     "stage_top",
@@ -100,8 +101,6 @@ pub const CSV_COLUMNS: [&str; 18] = [
     "sample_ratio_min",
     "sample_ratio_median",
     "sample_ratio_max",
-    "placement",
-    "shortcut",
 ];
 
 /// A column that went non-finite, and where it first did (in the direction it is computed:
@@ -282,8 +281,7 @@ fn fmt_opt(v: Option<f64>) -> String {
 }
 
 impl UnitRecord {
-    /// The CSV fields in `CSV_COLUMNS` order (the last two, placement and shortcut, are
-    /// supplied by the caller).
+    /// The CSV fields in `RECORD_COLUMNS` order.
     pub fn csv_fields(&self) -> Vec<String> {
         vec![
             self.unit.to_string(),
@@ -309,7 +307,7 @@ impl UnitRecord {
 /// The whole profile as CSV bytes (header + one row per unit).
 pub fn profile_csv(profile: &Profile, placement: &str, shortcut: &str) -> anyhow::Result<Vec<u8>> {
     let mut w = csv::Writer::from_writer(Vec::new());
-    w.write_record(CSV_COLUMNS)?;
+    w.write_record(RECORD_COLUMNS.iter().chain(&["placement", "shortcut"]))?;
     for r in &profile.records {
         let mut fields = r.csv_fields();
         fields.push(placement.to_string());

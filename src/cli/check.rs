@@ -30,18 +30,7 @@ pub fn run(args: &CheckArgs) -> Result<ExitCode> {
     };
     let report = run_checks(&net, &input, &labels, &ctx, &opts)?;
     let rows = &report.rows;
-    let mut out = String::new();
-    outln!(out, "resprop check: {}", args.net.summary());
-    outln!(out, "unit: {}", net.units.last().unwrap().describe());
-    let projections: Vec<String> = net
-        .units
-        .iter()
-        .filter(|u| u.changes_shape)
-        .map(|u| u.index.to_string())
-        .collect();
-    if !projections.is_empty() {
-        outln!(out, "shape-changing units (1x1 projection shortcut unless plain; the direct part restarts above them): {}", projections.join(", "));
-    }
+    let mut out = args.net.describe("check", &net);
     outln!(
         out,
         "{:<19} {:<6} {:>11} {:>9}  what",

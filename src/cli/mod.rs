@@ -169,6 +169,25 @@ impl NetArgs {
         }
     }
 
+    /// The header `profile` and `check` print: the run, a typical unit, the shape changes.
+    pub fn describe(&self, command: &str, net: &Network) -> String {
+        let mut out = format!("resprop {command}: {}\n", self.summary());
+        out.push_str(&format!("unit: {}\n", net.units.last().unwrap().describe()));
+        let changes: Vec<String> = net
+            .units
+            .iter()
+            .filter(|u| u.changes_shape)
+            .map(|u| u.index.to_string())
+            .collect();
+        if !changes.is_empty() {
+            out.push_str(&format!(
+                "shape-changing units (1x1 projection shortcut unless plain; the direct part restarts above them): {}\n",
+                changes.join(", ")
+            ));
+        }
+        out
+    }
+
     /// One line naming everything that determines the numbers.
     pub fn summary(&self) -> String {
         let size = match &self.net {

@@ -49,18 +49,7 @@ pub fn run(args: &ProfileArgs) -> Result<ExitCode> {
     let grads = net.backward(&cache, &labels, None);
     let profile = build_records(&net, &cache, &grads);
 
-    let mut out = String::new();
-    outln!(out, "resprop profile: {}", args.net.summary());
-    outln!(out, "unit: {}", net.units.last().unwrap().describe());
-    let projections: Vec<String> = net
-        .units
-        .iter()
-        .filter(|u| u.changes_shape)
-        .map(|u| u.index.to_string())
-        .collect();
-    if !projections.is_empty() {
-        outln!(out, "shape-changing units (1x1 projection shortcut unless plain; the direct part restarts above them): {}", projections.join(", "));
-    }
+    let mut out = args.net.describe("profile", &net);
     outln!(out, "loss E = {}", fmt_f64(profile.loss));
     print_table(&mut out, &profile, args.all_rows);
     emit(&out)?;

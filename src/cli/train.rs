@@ -8,11 +8,10 @@ use anyhow::{bail, Result};
 use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
 
-use crate::analysis::record::fmt_f64;
 use crate::data::Split;
 use crate::net::{build_net, NetChoice};
 use crate::output::{check_writable, emit, write_atomic};
-use crate::train::{checkpoint, train, History, Resume, TrainConfig};
+use crate::train::{checkpoint, train, History, Resume, TrainConfig, GRAD_COLUMNS, TRAIN_COLUMNS};
 use crate::unit::{Placement, ShortcutKind};
 
 #[derive(Debug, Args)]
@@ -83,45 +82,11 @@ pub fn load_data(spec: &str) -> Result<Split> {
     bail!("unknown data '{spec}' (expected 'digits' or 'cifar10:<directory>')")
 }
 
-fn steps_csv(h: &History) -> Result<Vec<u8>> {
+fn to_csv(header: &[&str], rows: impl Iterator<Item = Vec<String>>) -> Result<Vec<u8>> {
     let mut w = csv::Writer::from_writer(Vec::new());
-    w.write_record([
-        "step",
-        "epoch",
-        "lr",
-        "train_loss",
-        "train_error",
-        "test_loss",
-        "test_error",
-    ])?;
-    for r in &h.steps {
-        let (tl, te) = r.test.map_or((String::new(), String::new()), |(l, e)| {
-            (fmt_f64(l), fmt_f64(e))
-        });
-        w.write_record([
-            r.step.to_string(),
-            r.epoch.to_string(),
-            fmt_f64(r.lr),
-            fmt_f64(r.train_loss),
-            fmt_f64(r.train_error),
-            tl,
-            te,
-        ])?;
-    }
-    w.into_inner().map_err(|e| anyhow::anyhow!("csv: {e}"))
-}
-
-fn grads_csv(h: &History) -> Result<Vec<u8>> {
-    let mut w = csv::Writer::from_writer(Vec::new());
-    w.write_record(["step", "unit", "grad_norm", "grad_ratio", "direct_ratio"])?;
-    for g in &h.grads {
-        w.write_record([
-            g.step.to_string(),
-            g.unit.to_string(),
-            fmt_f64(g.grad_norm),
-            fmt_f64(g.grad_ratio),
-            fmt_f64(g.direct_ratio),
-        ])?;
+    w.write_record(header)?;
+    for r in rows {
+        w.write_record(r)?;
     }
     w.into_inner().map_err(|e| anyhow::anyhow!("csv: {e}"))
 }
@@ -240,7 +205,10 @@ pub fn run(args: &TrainArgs) -> Result<ExitCode> {
         history.steps.len() as f64 / secs
     );
     if let Some(p) = &args.csv {
-        write_atomic(p, &steps_csv(&history)?)?;
+        write_atomic(
+            p,
+            &to_csv(&TRAIN_COLUMNS, history.steps.iter().map(|r| r.csv_fields()))?,
+        )?;
         out.push_str(&format!(
             "wrote {} steps to {}\n",
             history.steps.len(),
@@ -248,7 +216,10 @@ pub fn run(args: &TrainArgs) -> Result<ExitCode> {
         ));
     }
     if let (Some(p), true) = (&grad_path, !history.grads.is_empty()) {
-        write_atomic(p, &grads_csv(&history)?)?;
+        write_atomic(
+            p,
+            &to_csv(&GRAD_COLUMNS, history.grads.iter().map(|g| g.csv_fields()))?,
+        )?;
         out.push_str(&format!(
             "wrote per-unit gradients at {} steps to {}\n",
             history.grads.len() / (net.num_units() + 1),

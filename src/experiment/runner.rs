@@ -15,7 +15,7 @@ use rayon::prelude::*;
 use super::spec::{Cell, Measure, Spec, Task, TrainSpec};
 use crate::analysis::checks::verify_units;
 use crate::analysis::gaussian_batch;
-use crate::analysis::record::{build_records, fmt_f64};
+use crate::analysis::record::{build_records, fmt_f64, RECORD_COLUMNS};
 use crate::data::Split;
 use crate::net::{build_net, NetSizes};
 use crate::output::write_atomic;
@@ -32,24 +32,6 @@ pub const KEY_COLUMNS: [&str; 7] = [
     "shortcut",
     "units",
     "replicate",
-];
-const RECORD_COLUMNS: [&str; 16] = [
-    "unit",
-    "stage",
-    "stage_top",
-    "shape_change",
-    "act_norm",
-    "branch_norm",
-    "grad_norm",
-    "direct_norm",
-    "rest_norm",
-    "grad_ratio",
-    "direct_ratio",
-    "predicted_direct_ratio",
-    "cos_top",
-    "sample_ratio_min",
-    "sample_ratio_median",
-    "sample_ratio_max",
 ];
 const VERIFICATION_COLUMNS: [&str; 3] = [
     "forward_sum_error",
@@ -132,39 +114,14 @@ fn run_train_cell(spec: &Spec, cell: &Cell, t: &TrainSpec, data: &Split) -> Resu
         |_, _, _, _| Ok(()),
     )?;
     let keys = cell_keys(spec, cell, net.num_units());
-    let opt = |x: Option<f64>| x.map(fmt_f64).unwrap_or_default();
-    let rows = h
-        .steps
-        .iter()
-        .map(|r| {
-            let mut row = keys.clone();
-            row.extend([
-                r.step.to_string(),
-                r.epoch.to_string(),
-                fmt_f64(r.lr),
-                fmt_f64(r.train_loss),
-                fmt_f64(r.train_error),
-                opt(r.test.map(|t| t.0)),
-                opt(r.test.map(|t| t.1)),
-            ]);
-            row
-        })
-        .collect();
-    let grad_rows = h
-        .grads
-        .iter()
-        .map(|g| {
-            let mut row = keys.clone();
-            row.extend([
-                g.step.to_string(),
-                g.unit.to_string(),
-                fmt_f64(g.grad_norm),
-                fmt_f64(g.grad_ratio),
-                fmt_f64(g.direct_ratio),
-            ]);
-            row
-        })
-        .collect();
+    let keyed_rows = |fields: Vec<Vec<String>>| -> Vec<Vec<String>> {
+        fields
+            .into_iter()
+            .map(|f| keys.iter().cloned().chain(f).collect())
+            .collect()
+    };
+    let rows = keyed_rows(h.steps.iter().map(|r| r.csv_fields()).collect());
+    let grad_rows = keyed_rows(h.grads.iter().map(|g| g.csv_fields()).collect());
     let warning = h.diverged.map(|d| {
         format!(
             "cell {} ({} {} {}): {d}",

@@ -9,7 +9,7 @@ pub mod checkpoint;
 use ndarray::Axis;
 use rand::seq::SliceRandom;
 
-use crate::analysis::record::build_records;
+use crate::analysis::record::{build_records, fmt_f64};
 use crate::data::{augment, Split};
 use crate::grads::Grads;
 use crate::layers::Mode;
@@ -127,6 +127,47 @@ pub struct StepRow {
     pub train_loss: f64,
     pub train_error: f64,
     pub test: Option<(f64, f64)>,
+}
+
+/// Columns of [`StepRow::csv_fields`].
+pub const TRAIN_COLUMNS: [&str; 7] = [
+    "step",
+    "epoch",
+    "lr",
+    "train_loss",
+    "train_error",
+    "test_loss",
+    "test_error",
+];
+/// Columns of [`GradRow::csv_fields`].
+pub const GRAD_COLUMNS: [&str; 5] = ["step", "unit", "grad_norm", "grad_ratio", "direct_ratio"];
+
+impl StepRow {
+    /// The row as CSV fields (test numbers empty except at epoch ends).
+    pub fn csv_fields(&self) -> Vec<String> {
+        let opt = |x: Option<f64>| x.map(fmt_f64).unwrap_or_default();
+        vec![
+            self.step.to_string(),
+            self.epoch.to_string(),
+            fmt_f64(self.lr),
+            fmt_f64(self.train_loss),
+            fmt_f64(self.train_error),
+            opt(self.test.map(|t| t.0)),
+            opt(self.test.map(|t| t.1)),
+        ]
+    }
+}
+
+impl GradRow {
+    pub fn csv_fields(&self) -> Vec<String> {
+        vec![
+            self.step.to_string(),
+            self.unit.to_string(),
+            fmt_f64(self.grad_norm),
+            fmt_f64(self.grad_ratio),
+            fmt_f64(self.direct_ratio),
+        ]
+    }
 }
 
 /// The per-unit gradient record at one step.
