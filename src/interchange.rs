@@ -79,6 +79,8 @@ pub fn describe(net: &Network, ctx: &ForwardCtx, loss: f64) -> Value {
         "units": net.units.iter().map(|u| json!({
             "index": u.index,
             "placement": u.placement.name(),
+            "pre": ops_json(&u.pre),
+            "changes_shape": u.changes_shape,
             "branch": ops_json(&u.branch),
             "shortcut": shortcut_json(u),
             "after_add": ops_json(&u.after_add),

@@ -347,6 +347,8 @@ fn npz_holds_the_whole_computation() {
     let meta: serde_json::Value = serde_json::from_slice(meta.as_slice().unwrap()).unwrap();
     assert_eq!(meta["units"].as_array().unwrap().len(), 5);
     assert_eq!(meta["units"][0]["shortcut"]["kind"], "dropout");
+    assert_eq!(meta["units"][0]["pre"], serde_json::json!([]));
+    assert_eq!(meta["units"][0]["changes_shape"], false);
 }
 
 #[test]
