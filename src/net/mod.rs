@@ -320,7 +320,7 @@ impl Network {
     pub fn update_running_stats(&mut self, cache: &NetCache) {
         update_running_stats_seq(&mut self.stem, &cache.stem);
         for l in 0..self.units.len() {
-            let uc = cache.unit(self, l).into_owned();
+            let uc = cache.unit(self, l);
             self.units[l].update_running_stats(&uc);
         }
         update_running_stats_seq(&mut self.head, &cache.head);
