@@ -49,11 +49,8 @@ pub fn figure(kind: ChartKind, t: &Table) -> Figure {
             x_desc: UNIT_AXIS.into(),
             y_desc: y_desc.into(),
             lines,
-            bands: vec![],
             hlines,
-            legend_low: false,
-            x_span: None,
-            heat: None,
+            ..Default::default()
         }],
         notes: vec![],
         size: WIDE,
@@ -152,11 +149,8 @@ pub fn figure(kind: ChartKind, t: &Table) -> Figure {
                             true,
                         ),
                     ],
-                    bands: vec![],
-                    hlines: vec![],
                     legend_low: true,
-                    x_span: None,
-                    heat: None,
+                    ..Default::default()
                 })
                 .collect(),
         ),
@@ -191,10 +185,7 @@ pub fn figure(kind: ChartKind, t: &Table) -> Figure {
                         upper: series(t, units, "sample_ratio_max"),
                         color: i,
                     }],
-                    hlines: vec![],
-                    legend_low: false,
-                    x_span: None,
-                    heat: None,
+                    ..Default::default()
                 })
                 .collect(),
         ),
@@ -229,14 +220,11 @@ pub fn figure(kind: ChartKind, t: &Table) -> Figure {
                         x_desc: UNIT_AXIS.into(),
                         y_desc: "relative error".into(),
                         lines,
-                        bands: vec![],
                         hlines: vec![
                             (FORMULA_TOL, "tolerance 1e-10".into()),
                             (PROD_LAMBDA_TOL, "tolerance 1e-12 (prod λ)".into()),
                         ],
-                        legend_low: false,
-                        x_span: None,
-                        heat: None,
+                        ..Default::default()
                     }
                 })
                 .collect(),
@@ -287,11 +275,7 @@ fn train_curves(t: &Table) -> Figure {
         x_desc: "step".into(),
         y_desc: y.into(),
         lines,
-        bands: vec![],
-        hlines: vec![],
-        legend_low: false,
-        x_span: None,
-        heat: None,
+        ..Default::default()
     };
     Figure {
         title: format!("{name}: training"),
@@ -345,11 +329,8 @@ fn grad_heatmap(t: &Table) -> Figure {
                 x_desc: "step".into(),
                 y_desc: UNIT_AXIS.into(),
                 lines: vec![],
-                bands: vec![],
-                hlines: vec![],
-                legend_low: false,
-                x_span: None,
                 heat: Some(super::Heat { xs, ys, z }),
+                ..Default::default()
             }
         })
         .collect();
@@ -394,11 +375,7 @@ fn grad_ratio_steps(t: &Table) -> Figure {
                 x_desc: UNIT_AXIS.into(),
                 y_desc: "‖∂E/∂x_l‖ / ‖∂E/∂x_L‖".into(),
                 lines,
-                bands: vec![],
-                hlines: vec![],
-                legend_low: false,
-                x_span: None,
-                heat: None,
+                ..Default::default()
             }
         })
         .collect();
