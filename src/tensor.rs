@@ -24,6 +24,45 @@ pub fn sum_sq(a: &ArrayViewD<f64>) -> f64 {
     a.iter().fold(0.0, |acc, &v| acc + v * v)
 }
 
+/// Sum of `f(v)` over `xs` in eight interleaved lanes, then the lanes in order. The order is
+/// fixed (so are the bits), but the adds are independent, so the loop vectorises; a plain
+/// fold is one long dependency chain, four times slower on a plane of a conv activation.
+#[inline]
+pub fn lane_sum(xs: &[f64], f: impl Fn(f64) -> f64) -> f64 {
+    let mut acc = [0.0; 8];
+    let chunks = xs.chunks_exact(8);
+    let tail = chunks.remainder();
+    for c in chunks {
+        for k in 0..8 {
+            acc[k] += f(c[k]);
+        }
+    }
+    for (k, &v) in tail.iter().enumerate() {
+        acc[k] += f(v);
+    }
+    acc.iter().sum()
+}
+
+/// Two lane sums at once, of the pair `f(i)` for `i` in `0..len`.
+#[inline]
+pub fn lane_sum2(len: usize, f: impl Fn(usize) -> (f64, f64)) -> (f64, f64) {
+    let (mut a, mut b) = ([0.0; 8], [0.0; 8]);
+    let whole = len / 8 * 8;
+    for base in (0..whole).step_by(8) {
+        for k in 0..8 {
+            let (da, db) = f(base + k);
+            a[k] += da;
+            b[k] += db;
+        }
+    }
+    for (k, i) in (whole..len).enumerate() {
+        let (da, db) = f(i);
+        a[k] += da;
+        b[k] += db;
+    }
+    (a.iter().sum(), b.iter().sum())
+}
+
 /// Euclidean norm scaled by the largest magnitude (as LAPACK's dnrm2), so that entries up
 /// to f64::MAX do not overflow the sum of squares; NaN in, NaN out.
 pub fn scaled_norm<'a>(values: impl Iterator<Item = &'a f64> + Clone) -> f64 {

@@ -11,14 +11,24 @@
 //! Evaluation mode uses the running statistics, so it is affine: `grad_x = grad_y * gamma /
 //! sqrt(running_var + eps)`. Running statistics are updated (momentum 0.1, unbiased variance,
 //! as PyTorch does) by an explicit call after a training-mode forward, never behind `&self`.
+//!
+//! BN is nearly always followed by a ReLU, so the layer also runs *fused* with it
+//! ([`BatchNorm::forward_relu`], [`BatchNorm::backward_relu`]): one pass writes
+//! `relu(gamma xhat + beta)` and the ReLU's mask, and backward masks the gradient while it
+//! reduces. The cache keeps the input rather than `xhat` (recomputed on the fly from the
+//! per-channel statistics), which saves a full write in the forward pass. Each kernel reads
+//! the activation at most twice; the per-channel sums use fixed lanes and a fixed order, so the
+//! bits never depend on the thread count.
+
+use std::mem::MaybeUninit;
 
 use ndarray::{Array1, Ix1, IxDyn};
 use rayon::prelude::*;
-use std::ops::Range;
 
+use super::relu::{select, ReluCache};
 use super::Mode;
 use crate::grads::Grads;
-use crate::tensor::Tensor;
+use crate::tensor::{lane_sum, Tensor};
 
 pub const EPS: f64 = 1e-5;
 pub const MOMENTUM: f64 = 0.1;
@@ -41,95 +51,208 @@ pub struct BatchNorm {
 #[derive(Debug, Clone)]
 pub struct BatchNormCache {
     pub mode: Mode,
-    /// Normalised input, same shape as x.
-    pub xhat: Tensor,
+    /// The input; `xhat = (x - mean) * inv_std` is recomputed where needed.
+    pub x: Tensor,
+    /// Per channel, the mean actually used (the batch's in training, the running one in eval).
+    pub mean: Vec<f64>,
     /// 1 / sqrt(var + eps) per channel, of the statistics actually used.
-    pub inv_std: Array1<f64>,
-    /// Batch mean and biased variance per channel (training mode), for the running update.
-    pub batch_mean: Array1<f64>,
-    pub batch_var: Array1<f64>,
+    pub inv_std: Vec<f64>,
+    /// Biased batch variance per channel (training mode), for the running update.
+    pub batch_var: Vec<f64>,
     /// Values per channel, M = N * H * W.
     pub count: usize,
 }
 
 /// `(N, C, S)` sizes of an `(N, C, ...)` tensor, S = product of the trailing axes.
-fn ncs(x: &[usize]) -> (usize, usize, usize) {
-    let (n, c) = (x[0], x[1]);
-    (n, c, x.iter().skip(2).product())
-}
-
-/// Channels per reduction task: one cache line of f64 when S = 1.
-const CHANNEL_BLOCK: usize = 8;
-
-/// Per-channel sums over (N, S) of `term(range, channel)`, where `range` is a run of flat
-/// indices of one channel of one sample (the whole (n, c) plane when S > 1, one element when
-/// S = 1). Each channel is summed in the same order (n, then s) whatever the thread count.
-/// Dense activations (S = 1) are summed row by row on one thread (vectorised across channels;
-/// too small to split); conv activations in parallel blocks of channels.
-fn per_channel_sum(
+#[derive(Debug, Clone, Copy)]
+struct Layout {
     n: usize,
     c: usize,
     s: usize,
-    term: impl Fn(Range<usize>, usize) -> f64 + Sync,
-) -> Array1<f64> {
-    if s == 1 {
-        let mut acc = vec![0.0; c];
-        for ni in 0..n {
-            let base = ni * c;
-            for (ch, a) in acc.iter_mut().enumerate() {
-                *a += term(base + ch..base + ch + 1, ch);
-            }
-        }
-        return Array1::from(acc);
-    }
-    let blocks: Vec<Vec<f64>> = (0..c.div_ceil(CHANNEL_BLOCK))
-        .into_par_iter()
-        .map(|b| {
-            let (lo, hi) = (b * CHANNEL_BLOCK, ((b + 1) * CHANNEL_BLOCK).min(c));
-            let mut acc = vec![0.0; hi - lo];
-            for ni in 0..n {
-                for ch in lo..hi {
-                    let base = (ni * c + ch) * s;
-                    acc[ch - lo] += term(base..base + s, ch);
-                }
-            }
-            acc
-        })
-        .collect();
-    Array1::from(blocks.concat())
 }
 
-/// Applies `f(channel, range, output run)` to every (sample, channel) run of elements,
-/// samples in parallel (dense activations in parallel blocks of rows).
-fn per_element(
-    out: &mut [f64],
-    c: usize,
-    s: usize,
-    f: impl Fn(usize, Range<usize>, &mut [f64]) + Sync,
-) {
-    let sample = c * s;
-    if s == 1 {
-        let rows_per_task = (4096 / c.max(1)).max(1);
-        out.par_chunks_mut(rows_per_task * c)
-            .enumerate()
-            .for_each(|(b, block)| {
-                for (r, row) in block.chunks_exact_mut(c).enumerate() {
-                    let base = (b * rows_per_task + r) * c;
-                    for (ch, o) in row.chunks_exact_mut(1).enumerate() {
-                        f(ch, base + ch..base + ch + 1, o);
-                    }
-                }
-            });
-        return;
+/// Elements per parallel task of a dense (S = 1) activation: small enough to split W1's
+/// (128, 256) batch in four, large enough that a task outweighs its scheduling.
+const DENSE_TASK: usize = 8192;
+
+/// Channels per reduction task of a conv activation.
+const CHANNEL_BLOCK: usize = 4;
+
+impl Layout {
+    fn of(shape: &[usize]) -> Self {
+        Layout {
+            n: shape[0],
+            c: shape[1],
+            s: shape.iter().skip(2).product(),
+        }
     }
-    out.par_chunks_mut(sample)
-        .enumerate()
-        .for_each(|(ni, chunk)| {
-            for (ch, seg) in chunk.chunks_exact_mut(s).enumerate() {
-                let base = ni * sample + ch * s;
-                f(ch, base..base + s, seg);
+
+    /// The channel of flat index `flat`.
+    fn channel(&self, flat: usize) -> usize {
+        (flat / self.s) % self.c
+    }
+
+    /// Flat elements per parallel element-wise task: one sample of a conv activation, a
+    /// block of whole rows of a dense one.
+    fn task_len(&self) -> usize {
+        if self.s == 1 {
+            (DENSE_TASK / self.c.max(1)).max(1) * self.c
+        } else {
+            self.c * self.s
+        }
+    }
+
+    /// A run is a stretch of elements whose channels are known without division: one
+    /// channel plane (S > 1) or one row of channels 0..C (S = 1).
+    fn run_len(&self) -> usize {
+        if self.s == 1 {
+            self.c
+        } else {
+            self.s
+        }
+    }
+}
+
+/// How a run looks up its per-channel parameters: a plane has one channel (the parameter
+/// slice is that channel's single value), a dense row has channels `0..C` (the slice is the
+/// whole row of values). Monomorphised, so each loop vectorises with no branch inside.
+trait Run {
+    fn at(p: &[f64], i: usize) -> f64;
+}
+
+struct Plane;
+struct Row;
+
+impl Run for Plane {
+    #[inline(always)]
+    fn at(p: &[f64], _: usize) -> f64 {
+        p[0]
+    }
+}
+
+impl Run for Row {
+    #[inline(always)]
+    fn at(p: &[f64], i: usize) -> f64 {
+        p[i]
+    }
+}
+
+impl Layout {
+    /// The parameters of the run of `len` elements starting at flat index `rs`.
+    fn params<'v>(&self, values: &'v [f64], rs: usize, len: usize) -> &'v [f64] {
+        if self.s == 1 {
+            &values[..len]
+        } else {
+            let ch = self.channel(rs);
+            &values[ch..ch + 1]
+        }
+    }
+}
+
+/// `out = a x + b`, or `relu(a x + b)` with the ReLU's mask when `mask` is non-empty.
+#[inline(always)]
+fn affine_run<R: Run>(
+    out: &mut [MaybeUninit<f64>],
+    x: &[f64],
+    mask: &mut [bool],
+    a: &[f64],
+    b: &[f64],
+) {
+    let n = out.len();
+    let x = &x[..n];
+    if mask.is_empty() {
+        for i in 0..n {
+            out[i].write(R::at(a, i) * x[i] + R::at(b, i));
+        }
+    } else {
+        let mask = &mut mask[..n];
+        for i in 0..n {
+            let z = R::at(a, i) * x[i] + R::at(b, i);
+            mask[i] = z > 0.0;
+            out[i].write(super::relu::relu(z));
+        }
+    }
+}
+
+/// Training-mode input gradient in place: `g <- scale (mask g) - c1 - c2 (x - mean)`.
+#[inline(always)]
+fn train_grad_run<R: Run>(g: &mut [f64], x: &[f64], mask: Option<&[bool]>, p: [&[f64]; 4]) {
+    let n = g.len();
+    let x = &x[..n];
+    let [scale, c1, c2, mean] = p;
+    let term = |i: usize, gi: f64| {
+        R::at(scale, i) * gi - R::at(c1, i) - R::at(c2, i) * (x[i] - R::at(mean, i))
+    };
+    match mask {
+        Some(mask) => {
+            let mask = &mask[..n];
+            for i in 0..n {
+                g[i] = term(i, select(mask[i], g[i]));
             }
-        });
+        }
+        None => {
+            for (i, g) in g.iter_mut().enumerate() {
+                *g = term(i, *g);
+            }
+        }
+    }
+}
+
+/// Evaluation-mode input gradient in place: `g <- scale (mask g)`.
+#[inline(always)]
+fn eval_grad_run<R: Run>(g: &mut [f64], mask: Option<&[bool]>, scale: &[f64]) {
+    let n = g.len();
+    match mask {
+        Some(mask) => {
+            let mask = &mask[..n];
+            for i in 0..n {
+                g[i] = R::at(scale, i) * select(mask[i], g[i]);
+            }
+        }
+        None => {
+            for (i, g) in g.iter_mut().enumerate() {
+                *g *= R::at(scale, i);
+            }
+        }
+    }
+}
+
+/// Per channel `(sum_a, sum_b)`: `plane(start, channel)` sums one plane, `row(start, a, b)` adds
+/// one dense row into the per-channel sums. Conv
+/// activations: parallel blocks of channels, each channel summed plane by plane in sample
+/// order with fixed lanes. Dense: rows in order, vectorised across channels, on one thread.
+#[allow(clippy::type_complexity)]
+fn channel_sums(
+    l: Layout,
+    plane: &(dyn Fn(usize, usize) -> (f64, f64) + Sync),
+    row: &dyn Fn(usize, &mut [f64], &mut [f64]),
+) -> (Vec<f64>, Vec<f64>) {
+    if l.s == 1 {
+        let (mut a, mut b) = (vec![0.0; l.c], vec![0.0; l.c]);
+        for n in 0..l.n {
+            row(n * l.c, &mut a, &mut b);
+        }
+        return (a, b);
+    }
+    let blocks: Vec<Vec<(f64, f64)>> = (0..l.c.div_ceil(CHANNEL_BLOCK))
+        .into_par_iter()
+        .map(|blk| {
+            (blk * CHANNEL_BLOCK..((blk + 1) * CHANNEL_BLOCK).min(l.c))
+                .map(|ch| {
+                    (0..l.n).fold((0.0, 0.0), |(a, b), n| {
+                        let (da, db) = plane((n * l.c + ch) * l.s, ch);
+                        (a + da, b + db)
+                    })
+                })
+                .collect()
+        })
+        .collect();
+    blocks.into_iter().flatten().unzip()
+}
+
+/// `gamma * inv_std` per channel: the factor every affine step multiplies by.
+fn scales(gamma: &[f64], inv_std: &[f64]) -> Vec<f64> {
+    gamma.iter().zip(inv_std).map(|(g, i)| g * i).collect()
 }
 
 impl BatchNorm {
@@ -150,72 +273,144 @@ impl BatchNorm {
         self.gamma.len()
     }
 
-    /// Takes the input by value: its buffer becomes the cached `xhat`.
+    /// `y = gamma xhat + beta`. Takes the input by value: it moves into the cache.
     pub fn forward(&self, x: Tensor, mode: Mode) -> (Tensor, BatchNormCache) {
+        let (y, cache, _) = self.forward_impl(x, mode, false);
+        (y, cache)
+    }
+
+    /// `relu(gamma xhat + beta)` in one pass, with both layers' caches (the same values as
+    /// running the two layers one after the other).
+    pub fn forward_relu(&self, x: Tensor, mode: Mode) -> (Tensor, BatchNormCache, ReluCache) {
+        let (y, cache, relu) = self.forward_impl(x, mode, true);
+        (y, cache, relu.expect("the fused pass makes a mask"))
+    }
+
+    /// Batch mean and biased variance per channel; two passes (mean, then centred squares), so
+    /// large means do not cancel.
+    fn batch_stats(&self, xs: &[f64], l: Layout) -> (Vec<f64>, Vec<f64>) {
+        let count = (l.n * l.s) as f64;
+        assert!(
+            count > 1.0,
+            "{}: training-mode BatchNorm needs more than one value per channel",
+            self.name
+        );
+        let (sum, _) = channel_sums(
+            l,
+            &|start, _| (lane_sum(&xs[start..start + l.s], |v| v), 0.0),
+            &|start, a, _| {
+                a.iter_mut()
+                    .zip(&xs[start..start + l.c])
+                    .for_each(|(a, v)| *a += v)
+            },
+        );
+        let mean: Vec<f64> = sum.iter().map(|v| v / count).collect();
+        let (sq, _) = channel_sums(
+            l,
+            &|start, ch| {
+                let m = mean[ch];
+                (
+                    lane_sum(&xs[start..start + l.s], |v| (v - m) * (v - m)),
+                    0.0,
+                )
+            },
+            &|start, a, _| {
+                a.iter_mut()
+                    .zip(&xs[start..start + l.c])
+                    .zip(&mean)
+                    .for_each(|((a, v), m)| *a += (v - m) * (v - m))
+            },
+        );
+        let var = sq.iter().map(|v| v / count).collect();
+        (mean, var)
+    }
+
+    fn forward_impl(
+        &self,
+        x: Tensor,
+        mode: Mode,
+        relu: bool,
+    ) -> (Tensor, BatchNormCache, Option<ReluCache>) {
         assert_eq!(
             x.shape()[1],
             self.channels(),
             "{}: channel count",
             self.name
         );
-        let mut x = crate::tensor::into_standard_layout(x);
+        let x = crate::tensor::into_standard_layout(x);
         let xs = x.as_slice().unwrap();
-        let (n, c, s) = ncs(x.shape());
-        let count = n * s;
-        let (mean, var) = match mode {
+        let l = Layout::of(x.shape());
+        let (mean, batch_var, var) = match mode {
             Mode::Train => {
-                assert!(
-                    count > 1,
-                    "{}: training-mode BatchNorm needs more than one value per channel",
-                    self.name
-                );
-                let mean = per_channel_sum(n, c, s, |r, _| xs[r].iter().sum()) / count as f64;
-                let m = mean.as_slice().unwrap();
-                // Two passes (mean, then centred squares): no cancellation for large means.
-                let var = per_channel_sum(n, c, s, |r, ch| {
-                    xs[r].iter().map(|&v| (v - m[ch]) * (v - m[ch])).sum()
-                }) / count as f64;
-                (mean, var)
+                let (mean, var) = self.batch_stats(xs, l);
+                (mean, var.clone(), var)
             }
             Mode::Eval => (
-                self.running_mean
-                    .view()
-                    .into_dimensionality::<Ix1>()
-                    .unwrap()
-                    .to_owned(),
-                self.running_var
-                    .view()
-                    .into_dimensionality::<Ix1>()
-                    .unwrap()
-                    .to_owned(),
+                self.running_mean.iter().copied().collect(),
+                Vec::new(),
+                self.running_var.iter().copied().collect(),
             ),
         };
-        let inv_std = var.mapv(|v| 1.0 / (v + self.eps).sqrt());
-        let (m, is) = (mean.as_slice().unwrap(), inv_std.as_slice().unwrap());
-        per_element(x.as_slice_mut().unwrap(), c, s, |ch, _, o| {
-            let (mc, ic) = (m[ch], is[ch]);
-            o.iter_mut().for_each(|v| *v = (*v - mc) * ic);
+        let inv_std: Vec<f64> = var.iter().map(|v| 1.0 / (v + self.eps).sqrt()).collect();
+        // y = a x + b with a = gamma inv_std, b = beta - a mean: one multiply-add per element.
+        let a = scales(self.gamma.as_slice().unwrap(), &inv_std);
+        let b: Vec<f64> = self
+            .beta
+            .iter()
+            .zip(&a)
+            .zip(&mean)
+            .map(|((beta, a), m)| beta - a * m)
+            .collect();
+        let mut y = Tensor::uninit(x.raw_dim());
+        let mut mask = if relu {
+            vec![false; x.len()]
+        } else {
+            Vec::new()
+        };
+        let task = l.task_len();
+        let run = l.run_len();
+        let kernel = |t: usize, out: &mut [MaybeUninit<f64>], mask: &mut [bool]| {
+            let start = t * task;
+            for (j, o) in out.chunks_mut(run).enumerate() {
+                let (rs, len) = (start + j * run, o.len());
+                let (src, pa, pb) = (&xs[rs..], l.params(&a, rs, len), l.params(&b, rs, len));
+                let m = if relu {
+                    &mut mask[j * run..j * run + len]
+                } else {
+                    &mut []
+                };
+                if l.s == 1 {
+                    affine_run::<Row>(o, src, m, pa, pb);
+                } else {
+                    affine_run::<Plane>(o, src, m, pa, pb);
+                }
+            }
+        };
+        let ys = y.as_slice_mut().unwrap();
+        if relu {
+            ys.par_chunks_mut(task)
+                .zip(mask.par_chunks_mut(task))
+                .enumerate()
+                .for_each(|(t, (o, m))| kernel(t, o, m));
+        } else {
+            ys.par_chunks_mut(task)
+                .enumerate()
+                .for_each(|(t, o)| kernel(t, o, &mut []));
+        }
+        // SAFETY: the chunks cover `y` and every kernel writes each element of its chunk.
+        let y = unsafe { y.assume_init() };
+        let relu_cache = relu.then(|| ReluCache {
+            positive: ndarray::ArrayD::from_shape_vec(x.raw_dim(), mask).unwrap(),
         });
-        let xhat = x;
-        let (g, b) = (
-            self.gamma.as_slice().unwrap(),
-            self.beta.as_slice().unwrap(),
-        );
-        let mut y = xhat.clone();
-        per_element(y.as_slice_mut().unwrap(), c, s, |ch, _, o| {
-            let (gc, bc) = (g[ch], b[ch]);
-            o.iter_mut().for_each(|v| *v = gc * *v + bc);
-        });
-        let train = mode == Mode::Train;
         let cache = BatchNormCache {
             mode,
-            xhat,
+            count: l.n * l.s,
+            x,
+            mean,
             inv_std,
-            batch_mean: if train { mean } else { Array1::zeros(0) },
-            batch_var: if train { var } else { Array1::zeros(0) },
-            count,
+            batch_var,
         };
-        (y, cache)
+        (y, cache, relu_cache)
     }
 
     /// Takes the output gradient by value and turns it into the input gradient in place.
@@ -225,36 +420,136 @@ impl BatchNorm {
         grad_y: Tensor,
         grads: Option<&mut Grads>,
     ) -> Tensor {
+        self.backward_impl(cache, None, grad_y, grads)
+    }
+
+    /// Backward through `relu(BN(x))` from the gradient of the ReLU's output, in place.
+    pub fn backward_relu(
+        &self,
+        cache: &BatchNormCache,
+        relu: &ReluCache,
+        grad_y: Tensor,
+        grads: Option<&mut Grads>,
+    ) -> Tensor {
+        self.backward_impl(
+            cache,
+            Some(relu.positive.as_slice().unwrap()),
+            grad_y,
+            grads,
+        )
+    }
+
+    fn backward_impl(
+        &self,
+        cache: &BatchNormCache,
+        mask: Option<&[bool]>,
+        grad_y: Tensor,
+        grads: Option<&mut Grads>,
+    ) -> Tensor {
         let mut grad_y = crate::tensor::into_standard_layout(grad_y);
-        let gy = grad_y.as_slice().unwrap();
-        let xh = cache.xhat.as_slice().unwrap();
-        let (n, c, s) = ncs(grad_y.shape());
-        let grad_beta = per_channel_sum(n, c, s, |r, _| gy[r].iter().sum());
-        let grad_gamma = per_channel_sum(n, c, s, |r, _| {
-            gy[r.clone()].iter().zip(&xh[r]).map(|(g, x)| g * x).sum()
-        });
-        let gamma = self.gamma.as_slice().unwrap();
+        let l = Layout::of(grad_y.shape());
+        let xs = cache.x.as_slice().unwrap();
+        let (mean, inv_std) = (&cache.mean, &cache.inv_std);
+        let need_sums = cache.mode == Mode::Train || grads.is_some();
+        // grad_beta = sum g, sum_gx = sum g (x - mean); grad_gamma = inv_std * sum_gx.
+        let (grad_beta, sum_gx) = if need_sums {
+            let gy = grad_y.as_slice().unwrap();
+            channel_sums(
+                l,
+                &|start, ch| {
+                    let m = mean[ch];
+                    let (g, x) = (&gy[start..start + l.s], &xs[start..start + l.s]);
+                    match mask {
+                        Some(mk) => {
+                            let mk = &mk[start..start + l.s];
+                            crate::tensor::lane_sum2(g.len(), |i| {
+                                let gi = select(mk[i], g[i]);
+                                (gi, gi * (x[i] - m))
+                            })
+                        }
+                        None => crate::tensor::lane_sum2(g.len(), |i| (g[i], g[i] * (x[i] - m))),
+                    }
+                },
+                &|start, sb, sg| {
+                    let (g, x) = (&gy[start..start + l.c], &xs[start..start + l.c]);
+                    let (sb, sg, mean) = (&mut sb[..l.c], &mut sg[..l.c], &mean[..l.c]);
+                    match mask {
+                        Some(mk) => {
+                            let mk = &mk[start..start + l.c];
+                            for ch in 0..l.c {
+                                let gi = select(mk[ch], g[ch]);
+                                sb[ch] += gi;
+                                sg[ch] += gi * (x[ch] - mean[ch]);
+                            }
+                        }
+                        None => {
+                            for ch in 0..l.c {
+                                sb[ch] += g[ch];
+                                sg[ch] += g[ch] * (x[ch] - mean[ch]);
+                            }
+                        }
+                    }
+                },
+            )
+        } else {
+            (Vec::new(), Vec::new())
+        };
+        let grad_gamma: Vec<f64> = sum_gx.iter().zip(inv_std).map(|(s, i)| s * i).collect();
+        let scale = scales(self.gamma.as_slice().unwrap(), inv_std);
+        let task = l.task_len();
+        let run = l.run_len();
+        let gs = grad_y.as_slice_mut().unwrap();
         let m = cache.count as f64;
-        let scale: Vec<f64> = (0..c).map(|ch| gamma[ch] * cache.inv_std[ch]).collect();
-        match cache.mode {
-            Mode::Train => {
-                let mb: Vec<f64> = grad_beta.iter().map(|v| v / m).collect();
-                let mg: Vec<f64> = grad_gamma.iter().map(|v| v / m).collect();
-                per_element(grad_y.as_slice_mut().unwrap(), c, s, |ch, r, o| {
-                    let (sc, b, g) = (scale[ch], mb[ch], mg[ch]);
-                    o.iter_mut()
-                        .zip(&xh[r])
-                        .for_each(|(v, &x)| *v = sc * (*v - b - x * g));
-                });
+        // Training: grad_x = scale (g - grad_beta / M - xhat grad_gamma / M), and
+        // xhat grad_gamma = (x - mean) inv_std^2 sum_gx, so per channel
+        // grad_x = scale g - c1 - c2 (x - mean).
+        let (c1, c2): (Vec<f64>, Vec<f64>) = if cache.mode == Mode::Train {
+            (0..l.c)
+                .map(|ch| {
+                    let sc = scale[ch] / m;
+                    (
+                        sc * grad_beta[ch],
+                        sc * inv_std[ch] * inv_std[ch] * sum_gx[ch],
+                    )
+                })
+                .unzip()
+        } else {
+            (Vec::new(), Vec::new())
+        };
+        gs.par_chunks_mut(task).enumerate().for_each(|(t, out)| {
+            let start = t * task;
+            for (j, g) in out.chunks_mut(run).enumerate() {
+                let (rs, len) = (start + j * run, g.len());
+                let mk = mask.map(|mk| &mk[rs..rs + len]);
+                let ps = l.params(&scale, rs, len);
+                if cache.mode == Mode::Train {
+                    let p = [
+                        ps,
+                        l.params(&c1, rs, len),
+                        l.params(&c2, rs, len),
+                        l.params(mean, rs, len),
+                    ];
+                    if l.s == 1 {
+                        train_grad_run::<Row>(g, &xs[rs..], mk, p);
+                    } else {
+                        train_grad_run::<Plane>(g, &xs[rs..], mk, p);
+                    }
+                } else if l.s == 1 {
+                    eval_grad_run::<Row>(g, mk, ps);
+                } else {
+                    eval_grad_run::<Plane>(g, mk, ps);
+                }
             }
-            Mode::Eval => per_element(grad_y.as_slice_mut().unwrap(), c, s, |ch, _, o| {
-                let sc = scale[ch];
-                o.iter_mut().for_each(|v| *v *= sc);
-            }),
-        }
+        });
         if let Some(grads) = grads {
-            grads.accumulate(&format!("{}.gamma", self.name), grad_gamma.into_dyn());
-            grads.accumulate(&format!("{}.beta", self.name), grad_beta.into_dyn());
+            grads.accumulate(
+                &format!("{}.gamma", self.name),
+                Array1::from(grad_gamma).into_dyn(),
+            );
+            grads.accumulate(
+                &format!("{}.beta", self.name),
+                Array1::from(grad_beta).into_dyn(),
+            );
         }
         grad_y
     }
@@ -278,8 +573,8 @@ impl BatchNorm {
             .unwrap();
         ndarray::Zip::from(rm)
             .and(rv)
-            .and(&cache.batch_mean)
-            .and(&cache.batch_var)
+            .and(&Array1::from(cache.mean.clone()))
+            .and(&Array1::from(cache.batch_var.clone()))
             .for_each(|rm, rv, &bm, &bv| {
                 *rm = (1.0 - m) * *rm + m * bm;
                 *rv = (1.0 - m) * *rv + m * bv * unbias;
@@ -378,6 +673,57 @@ mod tests {
     #[test]
     fn eval_mode_backward_matches_finite_differences() {
         check(&[6, 5], Mode::Eval, 3);
+    }
+
+    /// The fused BN-ReLU pass gives exactly the two layers' values, forward and backward.
+    #[test]
+    fn fused_relu_matches_separate_layers_bit_for_bit() {
+        for (shape, mode) in [
+            (vec![9, 6], Mode::Train),
+            (vec![3, 4, 5, 3], Mode::Train),
+            (vec![3, 4, 5, 3], Mode::Eval),
+        ] {
+            let mut r = rng(7);
+            let bn = layer_with_random_affine(shape[1], 8);
+            let x = gaussian(&shape, 1.5, &mut r);
+            let g = gaussian(&shape, 1.0, &mut r);
+            let (y_fused, c_fused, relu_fused) = bn.forward_relu(x.clone(), mode);
+            let (z, c) = bn.forward(x.clone(), mode);
+            let (y, relu_cache) = super::super::relu::forward(z);
+            assert_eq!(y_fused, y, "{shape:?} {mode}");
+            assert_eq!(relu_fused.positive, relu_cache.positive);
+            let (mut g1, mut g2) = (Grads::new(), Grads::new());
+            let gx_fused = bn.backward_relu(&c_fused, &relu_fused, g.clone(), Some(&mut g1));
+            let gz = super::super::relu::backward(&relu_cache, g);
+            let gx = bn.backward(&c, gz, Some(&mut g2));
+            assert_eq!(gx_fused, gx, "{shape:?} {mode}");
+            assert_eq!(g1.get("bn.gamma"), g2.get("bn.gamma"));
+            assert_eq!(g1.get("bn.beta"), g2.get("bn.beta"));
+        }
+    }
+
+    /// Finite differences of the fused pass itself (inputs of 1.5 sigma sit far from the
+    /// ReLU kink relative to h = 1e-6, so 2-point differences stay accurate).
+    #[test]
+    fn fused_relu_backward_matches_finite_differences() {
+        for shape in [vec![8, 5], vec![3, 4, 3, 2]] {
+            let mut r = rng(21);
+            let bn = layer_with_random_affine(shape[1], 22);
+            let x = gaussian(&shape, 1.5, &mut r);
+            let (a, b) = (gaussian(&shape, 1.0, &mut r), gaussian(&shape, 1.0, &mut r));
+            let (y, c, rc) = bn.forward_relu(x.clone(), Mode::Train);
+            let gx = bn.backward_relu(&c, &rc, quadratic_loss(&y, &a, &b).1, None);
+            let num = numerical_gradient(
+                |x| quadratic_loss(&bn.forward_relu(x.clone(), Mode::Train).0, &a, &b).0,
+                &x,
+                1e-6,
+            );
+            assert!(
+                rel_error(&gx, &num) < TOL,
+                "{shape:?} {}",
+                rel_error(&gx, &num)
+            );
+        }
     }
 
     #[test]

@@ -109,14 +109,25 @@ impl Op {
     }
 }
 
-/// Runs `ops` in order; an empty sequence is the identity.
+/// Runs `ops` in order; an empty sequence is the identity. A BatchNorm followed by a ReLU
+/// runs as one fused pass that yields both ops' caches (the same values, fewer passes).
 pub fn forward_seq(ops: &[Op], x: Tensor, mode: Mode) -> (Tensor, Vec<OpCache>) {
     let mut caches = Vec::with_capacity(ops.len());
     let mut cur = x;
-    for op in ops {
-        let (y, c) = op.forward(cur, mode);
+    let mut i = 0;
+    while i < ops.len() {
+        if let (Op::BatchNorm(bn), Some(Op::Relu)) = (&ops[i], ops.get(i + 1)) {
+            let (y, c, r) = bn.forward_relu(cur, mode);
+            caches.push(OpCache::BatchNorm(c));
+            caches.push(OpCache::Relu(r));
+            cur = y;
+            i += 2;
+            continue;
+        }
+        let (y, c) = ops[i].forward(cur, mode);
         caches.push(c);
         cur = y;
+        i += 1;
     }
     (cur, caches)
 }
@@ -129,8 +140,19 @@ pub fn backward_seq(
     mut grads: Option<&mut Grads>,
 ) -> Tensor {
     let mut g = grad_y;
-    for (op, cache) in ops.iter().zip(caches).rev() {
-        g = op.backward(cache, g, grads.as_deref_mut());
+    let mut i = ops.len();
+    while i > 0 {
+        if i >= 2 {
+            if let (Op::BatchNorm(bn), Op::Relu, OpCache::BatchNorm(c), OpCache::Relu(r)) =
+                (&ops[i - 2], &ops[i - 1], &caches[i - 2], &caches[i - 1])
+            {
+                g = bn.backward_relu(c, r, g, grads.as_deref_mut());
+                i -= 2;
+                continue;
+            }
+        }
+        g = ops[i - 1].backward(&caches[i - 1], g, grads.as_deref_mut());
+        i -= 1;
     }
     g
 }
