@@ -21,7 +21,7 @@ use rayon::prelude::*;
 
 use crate::grads::Grads;
 use crate::rng::gaussian;
-use crate::tensor::{matmul_into_serial, Tensor};
+use crate::tensor::{matmul_into_serial, matmul_uninit_serial, Tensor};
 
 /// Samples per weight-gradient partial sum (fixed, so the summation order is too).
 const GRAD_CHUNK: usize = 4;
@@ -74,11 +74,6 @@ impl Geometry {
         let ih = (oh * self.s + ki) as isize - self.p as isize;
         (0..self.h as isize).contains(&ih).then_some(ih as usize)
     }
-
-    fn in_col(&self, ow: usize, kj: usize) -> Option<usize> {
-        let iw = (ow * self.s + kj) as isize - self.p as isize;
-        (0..self.w as isize).contains(&iw).then_some(iw as usize)
-    }
 }
 
 /// Output columns `ow` whose input column `ow s + kj - p` lies inside the image.
@@ -128,37 +123,38 @@ fn im2col(x: &[f64], g: Geometry, cols: &mut [f64]) {
     }
 }
 
-/// Adds `cols: (C k k, Ho Wo)` back into `x_n: (C, H, W)` (the adjoint of im2col).
+/// Adds `cols: (C k k, Ho Wo)` back into `x_n: (C, H, W)` (the adjoint of im2col), one
+/// contiguous (stride 1) or strided run of valid columns at a time.
 fn col2im(cols: &[f64], g: Geometry, x: &mut [f64]) {
     let (ho, wo) = g.out();
-    let (k, h, w) = (g.k, g.h, g.w);
+    let (k, h, w, s) = (g.k, g.h, g.w, g.s);
     for ci in 0..g.c {
         for ki in 0..k {
             for kj in 0..k {
                 let row = &cols[((ci * k + ki) * k + kj) * ho * wo..][..ho * wo];
+                let valid = valid_cols(&g, wo, kj);
+                if valid.is_empty() {
+                    continue;
+                }
+                // Input column of output column `valid.start`.
+                let first = valid.start * s + kj - g.p;
                 for oh in 0..ho {
                     let Some(ih) = g.in_row(oh, ki) else { continue };
                     let dst = &mut x[(ci * h + ih) * w..][..w];
-                    for (ow, &v) in row[oh * wo..(oh + 1) * wo].iter().enumerate() {
-                        if let Some(iw) = g.in_col(ow, kj) {
-                            dst[iw] += v;
+                    let src = &row[oh * wo + valid.start..oh * wo + valid.end];
+                    if s == 1 {
+                        for (d, &v) in dst[first..first + src.len()].iter_mut().zip(src) {
+                            *d += v;
+                        }
+                    } else {
+                        for (d, &v) in dst[first..].iter_mut().step_by(s).zip(src) {
+                            *d += v;
                         }
                     }
                 }
             }
         }
     }
-}
-
-/// A buffer that every caller overwrites completely (im2col, a non-accumulating GEMM).
-/// Filled with NaN rather than left uninitialised: safe, nearly as cheap as no fill, and a
-/// missed element would show up as NaN in the tests instead of as a plausible number.
-fn uninit_vec(len: usize) -> Vec<f64> {
-    vec![f64::NAN; len]
-}
-
-fn uninit_tensor(shape: &[usize]) -> Tensor {
-    Tensor::from_shape_vec(IxDyn(shape), uninit_vec(shape.iter().product())).unwrap()
 }
 
 impl Conv2d {
@@ -230,30 +226,33 @@ impl Conv2d {
         let (k, s, p) = (self.k(), self.stride, self.pad);
         let ckk = c * k * k;
         let w2 = self.w2();
-        let mut y = uninit_tensor(&out);
+        let mut y = Tensor::uninit(IxDyn(&out));
         y.as_slice_mut()
             .unwrap()
             .par_chunks_mut(co * hw_out)
             .enumerate()
-            .for_each(|(n, y_n)| {
-                let x_n = &xs[n * c * h * w..(n + 1) * c * h * w];
-                let mut y_n = ArrayViewMut2::from_shape((co, hw_out), y_n).unwrap();
-                if self.is_pointwise() {
-                    let cols = ArrayView2::from_shape((c, h * w), x_n).unwrap();
-                    matmul_into_serial(&mut y_n, &w2, &cols, false);
-                } else {
-                    let mut cols = vec![0.0; ckk * hw_out];
-                    im2col(x_n, Geometry { c, h, w, k, s, p }, &mut cols);
-                    let cols = ArrayView2::from_shape((ckk, hw_out), &cols[..]).unwrap();
-                    matmul_into_serial(&mut y_n, &w2, &cols, false);
-                }
-                if let Some(b) = &self.b {
-                    for (mut row, &bv) in y_n.axis_iter_mut(Axis(0)).zip(b.iter()) {
-                        row += bv;
+            // One im2col buffer per worker task, reused for its samples (every element is
+            // overwritten, so its old contents never matter).
+            .for_each_init(
+                || vec![0.0; if self.is_pointwise() { 0 } else { ckk * hw_out }],
+                |cols, (n, y_n)| {
+                    let x_n = &xs[n * c * h * w..(n + 1) * c * h * w];
+                    let cols = if self.is_pointwise() {
+                        ArrayView2::from_shape((c, h * w), x_n).unwrap()
+                    } else {
+                        im2col(x_n, Geometry { c, h, w, k, s, p }, cols);
+                        ArrayView2::from_shape((ckk, hw_out), &cols[..]).unwrap()
+                    };
+                    let y_n = matmul_uninit_serial(y_n, (co, hw_out), &w2, &cols);
+                    if let Some(b) = &self.b {
+                        for (row, &bv) in y_n.chunks_exact_mut(hw_out).zip(b.iter()) {
+                            row.iter_mut().for_each(|v| *v += bv);
+                        }
                     }
-                }
-            });
-        y
+                },
+            );
+        // SAFETY: the per-sample chunks cover `y` and each is written in full by the GEMM.
+        unsafe { y.assume_init() }
     }
 
     /// Takes the input by value: it moves into the cache.
@@ -279,30 +278,32 @@ impl Conv2d {
         let w2 = self.w2();
         let sample_in = c * h * w;
         let sample_out = co * hw_out;
-        let mut gx = Tensor::zeros(cache.x.raw_dim());
+        let mut gx = Tensor::uninit(cache.x.raw_dim());
         gx.as_slice_mut()
             .unwrap()
             .par_chunks_mut(sample_in)
             .enumerate()
-            .for_each(|(n, gx_n)| {
-                let gy_n = ArrayView2::from_shape(
-                    (co, hw_out),
-                    &gys[n * sample_out..(n + 1) * sample_out],
-                )
-                .unwrap();
-                if self.is_pointwise() {
-                    let mut gx_n = ArrayViewMut2::from_shape((c, h * w), gx_n).unwrap();
-                    matmul_into_serial(&mut gx_n, &w2.t(), &gy_n, false);
-                } else {
-                    let mut gcols = Array2::zeros((ckk, hw_out));
-                    matmul_into_serial(&mut gcols.view_mut(), &w2.t(), &gy_n, false);
-                    col2im(
-                        gcols.as_slice().unwrap(),
-                        Geometry { c, h, w, k, s, p },
-                        gx_n,
-                    );
-                }
-            });
+            .for_each_init(
+                || vec![0.0; if self.is_pointwise() { 0 } else { ckk * hw_out }],
+                |gcols, (n, gx_n)| {
+                    let gy_n = ArrayView2::from_shape(
+                        (co, hw_out),
+                        &gys[n * sample_out..(n + 1) * sample_out],
+                    )
+                    .unwrap();
+                    if self.is_pointwise() {
+                        matmul_uninit_serial(gx_n, (c, h * w), &w2.t(), &gy_n);
+                    } else {
+                        let mut gc =
+                            ArrayViewMut2::from_shape((ckk, hw_out), &mut gcols[..]).unwrap();
+                        matmul_into_serial(&mut gc, &w2.t(), &gy_n, false);
+                        let gx_n = crate::tensor::init_fill(gx_n, 0.0);
+                        col2im(gcols, Geometry { c, h, w, k, s, p }, gx_n);
+                    }
+                },
+            );
+        // SAFETY: the per-sample chunks cover `gx` and each is written in full above.
+        let gx = unsafe { gx.assume_init() };
         if let Some(grads) = grads {
             // Fixed chunks of samples, each summed in order on one thread, then the chunks in order.
             let partials: Vec<(Array2<f64>, Vec<f64>)> = (0..n_batch.div_ceil(GRAD_CHUNK))
@@ -310,7 +311,7 @@ impl Conv2d {
                 .map(|chunk| {
                     let mut gw = Array2::<f64>::zeros((co, ckk));
                     let mut gb = vec![0.0; co];
-                    let mut cols = uninit_vec(if self.is_pointwise() { 0 } else { ckk * hw_out });
+                    let mut cols = vec![0.0; if self.is_pointwise() { 0 } else { ckk * hw_out }];
                     for n in chunk * GRAD_CHUNK..((chunk + 1) * GRAD_CHUNK).min(n_batch) {
                         let gy_n = ArrayView2::from_shape(
                             (co, hw_out),
