@@ -34,6 +34,7 @@ fn ctx() -> ForwardCtx {
     ForwardCtx {
         mode: Mode::Train,
         dropout_seed: 9,
+        keep_branch: true,
     }
 }
 
@@ -282,7 +283,8 @@ fn invalid_batches_are_rejected_with_the_value() {
             &y,
             &ForwardCtx {
                 mode: Mode::Eval,
-                dropout_seed: 0
+                dropout_seed: 0,
+                keep_branch: true,
             }
         )
         .is_ok());

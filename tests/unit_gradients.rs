@@ -31,6 +31,7 @@ fn ctx(mode: Mode) -> ForwardCtx {
     ForwardCtx {
         mode,
         dropout_seed: 77,
+        keep_branch: true,
     }
 }
 

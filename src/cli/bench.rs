@@ -133,6 +133,7 @@ pub fn run(args: &BenchArgs) -> Result<ExitCode> {
     let ctx = ForwardCtx {
         mode: Mode::Train,
         dropout_seed: 0,
+        keep_branch: false,
     };
     let step = || -> Result<f64> {
         let t = Instant::now();

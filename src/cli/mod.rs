@@ -166,6 +166,7 @@ impl NetArgs {
         ForwardCtx {
             mode: self.bn_mode,
             dropout_seed: derive_seed(self.seed, &[purpose::DROPOUT]),
+            keep_branch: true,
         }
     }
 

@@ -147,6 +147,7 @@ pub fn run_cell(spec: &Spec, cell: &Cell) -> Result<(Vec<Vec<String>>, Option<St
     let ctx = ForwardCtx {
         mode: spec.bn_mode,
         dropout_seed: derive_seed(seed, &[purpose::DROPOUT]),
+        keep_branch: true,
     };
     let cache = net.forward(&input, &labels, &ctx)?;
     let grads = net.backward(&cache, &labels, None);

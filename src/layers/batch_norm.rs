@@ -21,6 +21,7 @@
 //! bits never depend on the thread count.
 
 use std::mem::MaybeUninit;
+use std::sync::Arc;
 
 use ndarray::{Array1, Ix1, IxDyn};
 use rayon::prelude::*;
@@ -51,8 +52,9 @@ pub struct BatchNorm {
 #[derive(Debug, Clone)]
 pub struct BatchNormCache {
     pub mode: Mode,
-    /// The input; `xhat = (x - mean) * inv_std` is recomputed where needed.
-    pub x: Tensor,
+    /// The input, shared (a residual unit keeps the same `x_l` for its record and shortcut);
+    /// `xhat = (x - mean) * inv_std` is recomputed where needed.
+    pub x: Arc<Tensor>,
     /// Per channel, the mean actually used (the batch's in training, the running one in eval).
     pub mean: Vec<f64>,
     /// 1 / sqrt(var + eps) per channel, of the statistics actually used.
@@ -275,6 +277,11 @@ impl BatchNorm {
 
     /// `y = gamma xhat + beta`. Takes the input by value: it moves into the cache.
     pub fn forward(&self, x: Tensor, mode: Mode) -> (Tensor, BatchNormCache) {
+        self.forward_shared(Arc::new(x), mode)
+    }
+
+    /// As [`BatchNorm::forward`], keeping a shared input in the cache without a copy.
+    pub fn forward_shared(&self, x: Arc<Tensor>, mode: Mode) -> (Tensor, BatchNormCache) {
         let (y, cache, _) = self.forward_impl(x, mode, false);
         (y, cache)
     }
@@ -282,6 +289,15 @@ impl BatchNorm {
     /// `relu(gamma xhat + beta)` in one pass, with both layers' caches (the same values as
     /// running the two layers one after the other).
     pub fn forward_relu(&self, x: Tensor, mode: Mode) -> (Tensor, BatchNormCache, ReluCache) {
+        self.forward_relu_shared(Arc::new(x), mode)
+    }
+
+    /// As [`BatchNorm::forward_relu`] with a shared input.
+    pub fn forward_relu_shared(
+        &self,
+        x: Arc<Tensor>,
+        mode: Mode,
+    ) -> (Tensor, BatchNormCache, ReluCache) {
         let (y, cache, relu) = self.forward_impl(x, mode, true);
         (y, cache, relu.expect("the fused pass makes a mask"))
     }
@@ -327,7 +343,7 @@ impl BatchNorm {
 
     fn forward_impl(
         &self,
-        x: Tensor,
+        x: Arc<Tensor>,
         mode: Mode,
         relu: bool,
     ) -> (Tensor, BatchNormCache, Option<ReluCache>) {
@@ -337,7 +353,11 @@ impl BatchNorm {
             "{}: channel count",
             self.name
         );
-        let x = crate::tensor::into_standard_layout(x);
+        let x = if x.is_standard_layout() {
+            x
+        } else {
+            Arc::new(x.as_standard_layout().into_owned())
+        };
         let xs = x.as_slice().unwrap();
         let l = Layout::of(x.shape());
         let (mean, batch_var, var) = match mode {

@@ -7,6 +7,7 @@ pub mod mlp;
 pub mod resnet;
 
 use std::borrow::Cow;
+use std::sync::Arc;
 
 use anyhow::{bail, Result};
 use ndarray::Array2;
@@ -16,7 +17,8 @@ use crate::grads::Grads;
 use crate::layers::{loss, Mode};
 use crate::tensor::Tensor;
 use crate::unit::ops::{
-    backward_seq, forward_seq, freeze_relus_seq, update_running_stats_seq, Op, OpCache,
+    backward_seq, forward_seq, forward_seq_shared, freeze_relus_seq, update_running_stats_seq, Op,
+    OpCache,
 };
 use crate::unit::{ForwardCtx, ResidualUnit, UnitCache};
 
@@ -143,15 +145,15 @@ pub enum Keep {
 #[derive(Debug, Clone)]
 enum UnitStore {
     Full(Box<UnitCache>),
-    Input(Tensor),
+    Input(Arc<Tensor>),
 }
 
 #[derive(Debug, Clone)]
 pub struct NetCache {
     stem: Vec<OpCache>,
     units: Vec<UnitStore>,
-    /// `x_L`, the head's input.
-    pub x_last: Tensor,
+    /// `x_L`, the head's input (shared with the head's leading BatchNorm, if any).
+    pub x_last: Arc<Tensor>,
     head: Vec<OpCache>,
     /// (N, K)
     pub probs: Array2<f64>,
@@ -174,7 +176,9 @@ impl NetCache {
     pub fn unit<'a>(&'a self, net: &Network, l: usize) -> Cow<'a, UnitCache> {
         match &self.units[l] {
             UnitStore::Full(c) => Cow::Borrowed(&**c),
-            UnitStore::Input(x) => Cow::Owned(net.units[l].forward(x, &self.ctx).1),
+            UnitStore::Input(x) => {
+                Cow::Owned(net.units[l].forward_shared(Arc::clone(x), &self.ctx).1)
+            }
         }
     }
 }
@@ -242,16 +246,18 @@ impl Network {
         self.validate_batch(input, labels, ctx.mode)?;
         let (x0, stem) = forward_seq(&self.stem, input.clone(), ctx.mode);
         let mut units = Vec::with_capacity(self.units.len());
-        let mut x = x0;
+        // Each x_l is one buffer, shared by the record, the shortcut and the branch's first
+        // BatchNorm.
+        let mut x = Arc::new(x0);
         for unit in &self.units {
-            let (next, cache) = unit.forward(&x, ctx);
+            let (next, cache) = unit.forward_shared(x, ctx);
             units.push(match keep {
                 Keep::All => UnitStore::Full(Box::new(cache)),
                 Keep::Inputs => UnitStore::Input(cache.x),
             });
-            x = next;
+            x = Arc::new(next);
         }
-        let (logits, head) = forward_seq(&self.head, x.clone(), ctx.mode);
+        let (logits, head) = forward_seq_shared(&self.head, Arc::clone(&x), ctx.mode);
         let (loss, probs) = loss::forward(&logits, labels);
         Ok(NetCache {
             stem,

@@ -218,6 +218,7 @@ pub fn evaluate(net: &Network, data: &Split, flat: bool) -> Result<(f64, f64)> {
     let ctx = ForwardCtx {
         mode: Mode::Eval,
         dropout_seed: 0,
+        keep_branch: false,
     };
     let (mut loss, mut wrong) = (0.0, 0.0);
     for chunk in idx.chunks(500) {
@@ -276,9 +277,11 @@ pub fn train(
                     &mut rng(derive_seed(cfg.seed, &[purpose::DIRECTIONS, step as u64])),
                 );
             }
+            let record = cfg.record_every > 0 && step.is_multiple_of(cfg.record_every);
             let ctx = ForwardCtx {
                 mode: Mode::Train,
                 dropout_seed: derive_seed(cfg.seed, &[purpose::DROPOUT, step as u64]),
+                keep_branch: record,
             };
             let cache = net.forward(&x, &y, &ctx)?;
             let mut grads = Grads::new();
@@ -296,7 +299,7 @@ pub fn train(
                 ));
                 return Ok(history);
             }
-            if cfg.record_every > 0 && step.is_multiple_of(cfg.record_every) {
+            if record {
                 for r in build_records(net, &cache, &back).records {
                     history.grads.push(GradRow {
                         step,

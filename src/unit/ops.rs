@@ -2,6 +2,8 @@
 //! forward keeping one cache per op and backward in reverse; the residual unit never looks
 //! inside, so conv layers plug in as new `Op` variants.
 
+use std::sync::Arc;
+
 use crate::grads::Grads;
 use crate::layers::conv::pool;
 use crate::layers::{relu, BatchNorm, BatchNormCache, Conv2d, ConvCache, Dense, DenseCache, Mode};
@@ -112,9 +114,28 @@ impl Op {
 /// Runs `ops` in order; an empty sequence is the identity. A BatchNorm followed by a ReLU
 /// runs as one fused pass that yields both ops' caches (the same values, fewer passes).
 pub fn forward_seq(ops: &[Op], x: Tensor, mode: Mode) -> (Tensor, Vec<OpCache>) {
+    forward_seq_shared(ops, Arc::new(x), mode)
+}
+
+/// As [`forward_seq`] from an input the caller keeps too: a leading BatchNorm (every
+/// pre-activation branch) caches the shared input instead of a copy; any other first op gets
+/// the tensor itself, copied only if the caller still holds it.
+pub fn forward_seq_shared(ops: &[Op], x: Arc<Tensor>, mode: Mode) -> (Tensor, Vec<OpCache>) {
     let mut caches = Vec::with_capacity(ops.len());
-    let mut cur = x;
-    let mut i = 0;
+    let (mut cur, mut i) = match (ops.first(), ops.get(1)) {
+        (Some(Op::BatchNorm(bn)), Some(Op::Relu)) => {
+            let (y, c, r) = bn.forward_relu_shared(x, mode);
+            caches.push(OpCache::BatchNorm(c));
+            caches.push(OpCache::Relu(r));
+            (y, 2)
+        }
+        (Some(Op::BatchNorm(bn)), _) => {
+            let (y, c) = bn.forward_shared(x, mode);
+            caches.push(OpCache::BatchNorm(c));
+            (y, 1)
+        }
+        _ => (Arc::unwrap_or_clone(x), 0),
+    };
     while i < ops.len() {
         if let (Op::BatchNorm(bn), Some(Op::Relu)) = (&ops[i], ops.get(i + 1)) {
             let (y, c, r) = bn.forward_relu(cur, mode);
@@ -130,6 +151,27 @@ pub fn forward_seq(ops: &[Op], x: Tensor, mode: Mode) -> (Tensor, Vec<OpCache>) 
         i += 1;
     }
     (cur, caches)
+}
+
+/// As [`backward_seq`] from a gradient the caller keeps: a trailing weight layer reads it in
+/// place; otherwise it is copied once.
+pub fn backward_seq_ref(
+    ops: &[Op],
+    caches: &[OpCache],
+    grad_y: &Tensor,
+    mut grads: Option<&mut Grads>,
+) -> Tensor {
+    let n = ops.len();
+    let first = match (ops.last(), caches.last()) {
+        (Some(Op::Dense(d)), Some(OpCache::Dense(c))) => {
+            d.backward(c, grad_y, grads.as_deref_mut())
+        }
+        (Some(Op::Conv(conv)), Some(OpCache::Conv(c))) => {
+            conv.backward(c, grad_y, grads.as_deref_mut())
+        }
+        _ => return backward_seq(ops, caches, grad_y.clone(), grads),
+    };
+    backward_seq(&ops[..n - 1], &caches[..n - 1], first, grads)
 }
 
 /// Backward through `ops` in reverse order.

@@ -13,8 +13,11 @@
 //! measurable: carrying `dE/dx_L` down through shortcut parts alone gives the direct term of
 //! Eq. 5/8.
 
+use std::sync::Arc;
+
 use super::ops::{
-    backward_seq, forward_seq, freeze_relus_seq, update_running_stats_seq, Op, OpCache,
+    backward_seq, backward_seq_ref, forward_seq, forward_seq_shared, freeze_relus_seq,
+    update_running_stats_seq, Op, OpCache,
 };
 use super::spec::{Placement, ShortcutKind};
 use crate::grads::Grads;
@@ -28,6 +31,9 @@ pub struct ForwardCtx {
     pub mode: Mode,
     /// Dropout masks of unit `l` are drawn from `derive_seed(dropout_seed, [DROPOUT, l])`.
     pub dropout_seed: u64,
+    /// Keep each unit's `F(x)` in its cache, for analyses that read `F'(x_l)`
+    /// ([`ResidualUnit::branch_term`]): one more tensor per unit. Off for training and timing.
+    pub keep_branch: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -50,14 +56,15 @@ pub struct ResidualUnit {
 
 #[derive(Debug, Clone)]
 pub struct UnitCache {
-    /// The unit input `x_l`.
-    pub x: Tensor,
+    /// The unit input `x_l`, shared with the branch's leading BatchNorm (no copy).
+    pub x: Arc<Tensor>,
     pre: Vec<OpCache>,
     /// The input both paths see: `pre(x)` (`x` itself when `pre` is empty).
     split_input: Option<Tensor>,
     branch: Vec<OpCache>,
-    /// `F(x)`, before any gate or branch scale.
-    pub branch_out: Tensor,
+    /// `F(x)`, before any gate: kept only for the exclusive gate, whose backward needs it
+    /// (`d/dg [g F] = F`); every other shortcut adds its term into `F(x)`'s own buffer.
+    branch_out: Option<Tensor>,
     shortcut_op: Option<OpCache>,
     /// `g = sigmoid(W_g x + b_g)` for gated shortcuts.
     pub gate: Option<Tensor>,
@@ -78,17 +85,20 @@ pub struct UnitParts {
 }
 
 impl ResidualUnit {
-    /// Runs the branch and the shortcut's own layers (gate, projection, mask); the cache is
-    /// complete except for the after-addition function.
-    fn forward_inputs(&self, x_in: &Tensor, ctx: &ForwardCtx) -> UnitCache {
+    /// Runs the branch and the shortcut's own layers (gate, projection, mask). Returns the
+    /// cache, complete except for the after-addition function, and `F(x)`.
+    fn forward_inputs(&self, x_in: Arc<Tensor>, ctx: &ForwardCtx) -> (UnitCache, Tensor) {
         let (split_input, pre_caches) = if self.pre.is_empty() {
             (None, Vec::new())
         } else {
-            let (a, c) = forward_seq(&self.pre, x_in.clone(), ctx.mode);
+            let (a, c) = forward_seq(&self.pre, (*x_in).clone(), ctx.mode);
             (Some(a), c)
         };
-        let x = split_input.as_ref().unwrap_or(x_in);
-        let (branch_out, branch_caches) = forward_seq(&self.branch, x.clone(), ctx.mode);
+        let (branch_out, branch_caches) = match &split_input {
+            Some(a) => forward_seq(&self.branch, a.clone(), ctx.mode),
+            None => forward_seq_shared(&self.branch, Arc::clone(&x_in), ctx.mode),
+        };
+        let x: &Tensor = split_input.as_ref().unwrap_or(&x_in);
         let mut shortcut_cache = None;
         let mut gate = None;
         let mut projection = None;
@@ -114,18 +124,19 @@ impl ResidualUnit {
             }
             _ => {}
         }
-        UnitCache {
-            x: x_in.clone(),
+        let cache = UnitCache {
+            x: x_in,
             pre: pre_caches,
             split_input,
             branch: branch_caches,
-            branch_out,
+            branch_out: None,
             shortcut_op: shortcut_cache,
             gate,
             projection,
             mask,
             after_add: Vec::new(),
-        }
+        };
+        (cache, branch_out)
     }
 
     /// `acc += h(x)` from the cached shortcut state.
@@ -151,10 +162,10 @@ impl ResidualUnit {
 
     /// `h(x)` and `F'(x)` separately, before the addition.
     pub fn forward_parts(&self, x: &Tensor, ctx: &ForwardCtx) -> UnitParts {
-        let cache = self.forward_inputs(x, ctx);
-        let mut shortcut = Tensor::zeros(cache.branch_out.raw_dim());
+        let (mut cache, branch_out) = self.forward_inputs(Arc::new(x.clone()), ctx);
+        let mut shortcut = Tensor::zeros(branch_out.raw_dim());
         self.add_shortcut(&cache, &mut shortcut);
-        let branch_term = self.branch_term(&cache);
+        let branch_term = self.add_branch_term(&mut cache, branch_out, false);
         UnitParts {
             shortcut,
             branch_term,
@@ -168,8 +179,14 @@ impl ResidualUnit {
 
     /// `x_next = f(h(x) + F'(x))` with the cache for backward.
     pub fn forward(&self, x: &Tensor, ctx: &ForwardCtx) -> (Tensor, UnitCache) {
-        let mut cache = self.forward_inputs(x, ctx);
-        let mut y = self.branch_term(&cache);
+        self.forward_shared(Arc::new(x.clone()), ctx)
+    }
+
+    /// As [`ResidualUnit::forward`] from an input the caller shares: the cache keeps it
+    /// without a copy.
+    pub fn forward_shared(&self, x: Arc<Tensor>, ctx: &ForwardCtx) -> (Tensor, UnitCache) {
+        let (mut cache, branch_out) = self.forward_inputs(x, ctx);
+        let mut y = self.add_branch_term(&mut cache, branch_out, ctx.keep_branch);
         self.add_shortcut(&cache, &mut y);
         let (x_next, after_caches) = forward_seq(&self.after_add, y, ctx.mode);
         cache.after_add = after_caches;
@@ -182,12 +199,33 @@ impl ResidualUnit {
             .expect("gated and projection shortcuts are built with their layer")
     }
 
-    /// The term the branch adds to the sum: `F`, `B F` (scaled) or `g F` (exclusive gate).
-    pub fn branch_term(&self, cache: &UnitCache) -> Tensor {
+    /// The term the branch adds to the sum, `F`, `B F` (scaled) or `g F` (exclusive gate),
+    /// in `F(x)`'s own buffer. `F(x)` itself stays in the cache when asked for, and always for
+    /// the exclusive gate, whose backward needs it (`d/dg [g F] = F`).
+    fn add_branch_term(&self, cache: &mut UnitCache, mut branch_out: Tensor, keep: bool) -> Tensor {
+        if keep || matches!(self.shortcut, ShortcutKind::Gate { .. }) {
+            cache.branch_out = Some(branch_out.clone());
+        }
         match self.shortcut {
-            ShortcutKind::Scale { branch, .. } => &cache.branch_out * branch,
-            ShortcutKind::Gate { .. } => cache.branch_out.clone() * cache.gate.as_ref().unwrap(),
-            _ => cache.branch_out.clone(),
+            ShortcutKind::Scale { branch, .. } => {
+                branch_out *= branch;
+                branch_out
+            }
+            ShortcutKind::Gate { .. } => branch_out * cache.gate.as_ref().unwrap(),
+            _ => branch_out,
+        }
+    }
+
+    /// `F'(x)` of a cached pass made with `keep_branch` (the analyses' forward).
+    pub fn branch_term(&self, cache: &UnitCache) -> Tensor {
+        let f = cache
+            .branch_out
+            .as_ref()
+            .expect("F(x) is kept only by a forward pass with keep_branch");
+        match self.shortcut {
+            ShortcutKind::Scale { branch, .. } => f * branch,
+            ShortcutKind::Gate { .. } => f * cache.gate.as_ref().unwrap(),
+            _ => f.clone(),
         }
     }
 
@@ -280,7 +318,7 @@ impl ResidualUnit {
         let mut grad_x = backward_seq(&self.branch, &cache.branch, grad_f, grads.as_deref_mut());
         if let ShortcutKind::Gate { .. } = self.shortcut {
             // g * F: the gate's own dependence on x, d/dg [g F] = F.
-            let grad_g = grad_y * &cache.branch_out;
+            let grad_g = grad_y * cache.branch_out.as_ref().expect("the gate keeps F(x)");
             grad_x += &self.gate_backward(cache, &grad_g, grads.as_deref_mut());
         }
         self.through_pre(cache, grad_x, grads)
@@ -291,11 +329,21 @@ impl ResidualUnit {
         &self,
         cache: &UnitCache,
         grad_next: &Tensor,
-        grads: Option<&mut Grads>,
+        mut grads: Option<&mut Grads>,
     ) -> Tensor {
-        let (mut s, b) = self.backward_split_inner(cache, grad_next, grads);
-        s += &b;
-        s
+        let plain = self.pre.is_empty()
+            && self.after_add.is_empty()
+            && matches!(self.shortcut, ShortcutKind::Identity);
+        if !plain {
+            let (mut s, b) = self.backward_split_inner(cache, grad_next, grads);
+            s += &b;
+            return s;
+        }
+        // The paper's unit (identity h and f): dE/dx_l = grad + J_F^T grad, the branch
+        // reading `grad_next` in place and the sum formed in the branch's buffer: no copies.
+        let mut b = backward_seq_ref(&self.branch, &cache.branch, grad_next, grads.as_deref_mut());
+        b += grad_next;
+        b
     }
 
     /// Both parts of the backward, `(shortcut part, branch part)`; their sum is `dE/dx_l`.
