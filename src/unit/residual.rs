@@ -341,7 +341,7 @@ impl ResidualUnit {
         }
         // The paper's unit (identity h and f): dE/dx_l = grad + J_F^T grad, the branch
         // reading `grad_next` in place and the sum formed in the branch's buffer: no copies.
-        let mut b = backward_seq_ref(&self.branch, &cache.branch, grad_next, grads.as_deref_mut());
+        let mut b = backward_seq_ref(&self.branch, &cache.branch, grad_next, grads);
         b += grad_next;
         b
     }
