@@ -329,7 +329,7 @@ impl ResidualUnit {
         &self,
         cache: &UnitCache,
         grad_next: &Tensor,
-        mut grads: Option<&mut Grads>,
+        grads: Option<&mut Grads>,
     ) -> Tensor {
         let plain = self.pre.is_empty()
             && self.after_add.is_empty()
