@@ -252,6 +252,13 @@ fn channel_sums(
     blocks.into_iter().flatten().unzip()
 }
 
+/// The per-channel affine map of a normalisation, `y = a x + b`.
+#[derive(Debug, Clone)]
+pub(crate) struct Affine {
+    pub a: Vec<f64>,
+    pub b: Vec<f64>,
+}
+
 /// `gamma * inv_std` per channel: the factor every affine step multiplies by.
 fn scales(gamma: &[f64], inv_std: &[f64]) -> Vec<f64> {
     gamma.iter().zip(inv_std).map(|(g, i)| g * i).collect()
@@ -341,12 +348,9 @@ impl BatchNorm {
         (mean, var)
     }
 
-    fn forward_impl(
-        &self,
-        x: Arc<Tensor>,
-        mode: Mode,
-        relu: bool,
-    ) -> (Tensor, BatchNormCache, Option<ReluCache>) {
+    /// The statistics of a forward pass (batch ones in training, running ones in eval) in a
+    /// cache that keeps `x`, and the per-channel affine map `y = a x + b` they give.
+    pub(crate) fn normalise(&self, x: Arc<Tensor>, mode: Mode) -> (BatchNormCache, Affine) {
         assert_eq!(
             x.shape()[1],
             self.channels(),
@@ -358,11 +362,10 @@ impl BatchNorm {
         } else {
             Arc::new(x.as_standard_layout().into_owned())
         };
-        let xs = x.as_slice().unwrap();
         let l = Layout::of(x.shape());
         let (mean, batch_var, var) = match mode {
             Mode::Train => {
-                let (mean, var) = self.batch_stats(xs, l);
+                let (mean, var) = self.batch_stats(x.as_slice().unwrap(), l);
                 (mean, var.clone(), var)
             }
             Mode::Eval => (
@@ -372,15 +375,41 @@ impl BatchNorm {
             ),
         };
         let inv_std: Vec<f64> = var.iter().map(|v| 1.0 / (v + self.eps).sqrt()).collect();
-        // y = a x + b with a = gamma inv_std, b = beta - a mean: one multiply-add per element.
-        let a = scales(self.gamma.as_slice().unwrap(), &inv_std);
-        let b: Vec<f64> = self
+        let affine = self.affine(&mean, &inv_std);
+        let cache = BatchNormCache {
+            mode,
+            count: l.n * l.s,
+            x,
+            mean,
+            inv_std,
+            batch_var,
+        };
+        (cache, affine)
+    }
+
+    /// `a = gamma inv_std`, `b = beta - a mean`: one multiply-add per element.
+    pub(crate) fn affine(&self, mean: &[f64], inv_std: &[f64]) -> Affine {
+        let a = scales(self.gamma.as_slice().unwrap(), inv_std);
+        let b = self
             .beta
             .iter()
             .zip(&a)
-            .zip(&mean)
+            .zip(mean)
             .map(|((beta, a), m)| beta - a * m)
             .collect();
+        Affine { a, b }
+    }
+
+    fn forward_impl(
+        &self,
+        x: Arc<Tensor>,
+        mode: Mode,
+        relu: bool,
+    ) -> (Tensor, BatchNormCache, Option<ReluCache>) {
+        let (cache, Affine { a, b }) = self.normalise(x, mode);
+        let x = &cache.x;
+        let xs = x.as_slice().unwrap();
+        let l = Layout::of(x.shape());
         let mut y = Tensor::uninit(x.raw_dim());
         let mut mask = if relu {
             vec![false; x.len()]
@@ -422,14 +451,6 @@ impl BatchNorm {
         let relu_cache = relu.then(|| ReluCache {
             positive: ndarray::ArrayD::from_shape_vec(x.raw_dim(), mask).unwrap(),
         });
-        let cache = BatchNormCache {
-            mode,
-            count: l.n * l.s,
-            x,
-            mean,
-            inv_std,
-            batch_var,
-        };
         (y, cache, relu_cache)
     }
 
@@ -466,10 +487,10 @@ impl BatchNorm {
         grad_y: Tensor,
         grads: Option<&mut Grads>,
     ) -> Tensor {
-        let mut grad_y = crate::tensor::into_standard_layout(grad_y);
+        let grad_y = crate::tensor::into_standard_layout(grad_y);
         let l = Layout::of(grad_y.shape());
         let xs = cache.x.as_slice().unwrap();
-        let (mean, inv_std) = (&cache.mean, &cache.inv_std);
+        let mean = &cache.mean;
         let need_sums = cache.mode == Mode::Train || grads.is_some();
         // grad_beta = sum g, sum_gx = sum g (x - mean); grad_gamma = inv_std * sum_gx.
         let (grad_beta, sum_gx) = if need_sums {
@@ -514,6 +535,24 @@ impl BatchNorm {
         } else {
             (Vec::new(), Vec::new())
         };
+        self.finish_backward(cache, mask, grad_y, grad_beta, sum_gx, grads)
+    }
+
+    /// The input gradient from the per-channel sums `grad_beta = sum g` and
+    /// `sum_gx = sum g (x - mean)` (of the masked gradient), in place; accumulates the
+    /// gamma and beta gradients. A caller that has already masked `grad_y` passes no mask.
+    pub(crate) fn finish_backward(
+        &self,
+        cache: &BatchNormCache,
+        mask: Option<&[bool]>,
+        mut grad_y: Tensor,
+        grad_beta: Vec<f64>,
+        sum_gx: Vec<f64>,
+        grads: Option<&mut Grads>,
+    ) -> Tensor {
+        let l = Layout::of(grad_y.shape());
+        let xs = cache.x.as_slice().unwrap();
+        let (mean, inv_std) = (&cache.mean, &cache.inv_std);
         let grad_gamma: Vec<f64> = sum_gx.iter().zip(inv_std).map(|(s, i)| s * i).collect();
         let scale = scales(self.gamma.as_slice().unwrap(), inv_std);
         let task = l.task_len();
@@ -572,6 +611,23 @@ impl BatchNorm {
             );
         }
         grad_y
+    }
+
+    /// The mask `relu(BN(x)) > 0` of a cached pass, recomputed from its input exactly as the
+    /// forward pass decided it (for a fused op that keeps no mask).
+    pub(crate) fn relu_mask(&self, cache: &BatchNormCache) -> ndarray::ArrayD<bool> {
+        let Affine { a, b } = self.affine(&cache.mean, &cache.inv_std);
+        let l = Layout::of(cache.x.shape());
+        let xs = cache.x.as_slice().unwrap();
+        let mask = xs
+            .iter()
+            .enumerate()
+            .map(|(i, &v)| {
+                let ch = l.channel(i);
+                a[ch] * v + b[ch] > 0.0
+            })
+            .collect();
+        ndarray::ArrayD::from_shape_vec(cache.x.raw_dim(), mask).unwrap()
     }
 
     /// Moves the running statistics toward this batch's (training-mode caches only).

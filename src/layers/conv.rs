@@ -19,6 +19,8 @@ use ndarray::{Array2, ArrayView2, ArrayViewMut2, Axis, Ix4, IxDyn};
 use rand_chacha::ChaCha8Rng;
 use rayon::prelude::*;
 
+use super::batch_norm::Affine;
+use super::relu::relu;
 use crate::grads::Grads;
 use crate::rng::gaussian;
 use crate::tensor::{matmul_into_serial, matmul_uninit_serial, Tensor};
@@ -157,6 +159,45 @@ fn col2im(cols: &[f64], g: Geometry, x: &mut [f64]) {
     }
 }
 
+/// Where a convolution reads sample `n`'s input: a stored tensor, or the pre-activation
+/// `relu(a x + b)` of one (a BatchNorm's affine map then ReLU), made per sample in a scratch
+/// buffer so the activated tensor never exists whole (the fused BN-ReLU-conv).
+#[derive(Clone, Copy)]
+pub(crate) enum SampleInput<'a> {
+    Plain(&'a [f64]),
+    Preact {
+        x: &'a [f64],
+        affine: &'a Affine,
+        /// Values per channel plane, `H W`.
+        plane: usize,
+    },
+}
+
+impl SampleInput<'_> {
+    /// Sample `n` (`len` values), computed into `scratch` when it has to be.
+    fn sample<'s>(&'s self, n: usize, len: usize, scratch: &'s mut Vec<f64>) -> &'s [f64] {
+        match *self {
+            SampleInput::Plain(x) => &x[n * len..(n + 1) * len],
+            SampleInput::Preact { x, affine, plane } => {
+                scratch.resize(len, 0.0);
+                let x_n = &x[n * len..(n + 1) * len];
+                for (ch, (out, src)) in scratch
+                    .chunks_exact_mut(plane)
+                    .zip(x_n.chunks_exact(plane))
+                    .enumerate()
+                {
+                    let (a, b) = (affine.a[ch], affine.b[ch]);
+                    // The same arithmetic as the BN-ReLU pass, so the same bits.
+                    for (o, &v) in out.iter_mut().zip(src) {
+                        *o = relu(a * v + b);
+                    }
+                }
+                scratch
+            }
+        }
+    }
+}
+
 impl Conv2d {
     /// He initialisation on fan-out, `w ~ N(0, 2 / (k k C_out))`, as in the paper's code.
     #[allow(clippy::too_many_arguments)]
@@ -217,30 +258,52 @@ impl Conv2d {
             .view()
             .into_dimensionality::<Ix4>()
             .expect("conv input must be (N, C, H, W)");
-        let (_, c, h, w) = x.dim();
-        assert_eq!(c, self.c_in(), "{}: input channels", self.name);
         let x = x.as_standard_layout();
-        let xs = x.as_slice().unwrap();
-        let out = self.out_shape(x.shape());
+        self.forward_from(SampleInput::Plain(x.as_slice().unwrap()), x.shape())
+    }
+
+    /// The geometry of one sample of an `(N, C, H, W)` input.
+    fn geometry(&self, in_shape: &[usize]) -> Geometry {
+        assert_eq!(in_shape.len(), 4, "conv input must be (N, C, H, W)");
+        assert_eq!(in_shape[1], self.c_in(), "{}: input channels", self.name);
+        Geometry {
+            c: in_shape[1],
+            h: in_shape[2],
+            w: in_shape[3],
+            k: self.k(),
+            s: self.stride,
+            p: self.pad,
+        }
+    }
+
+    /// Forward over a batch of shape `in_shape` whose samples `input` provides.
+    pub(crate) fn forward_from(&self, input: SampleInput, in_shape: &[usize]) -> Tensor {
+        let g = self.geometry(in_shape);
+        let out = self.out_shape(in_shape);
         let (co, hw_out) = (out[1], out[2] * out[3]);
-        let (k, s, p) = (self.k(), self.stride, self.pad);
-        let ckk = c * k * k;
+        let (sample_in, ckk) = (g.c * g.h * g.w, g.c * g.k * g.k);
         let w2 = self.w2();
+        let pointwise = self.is_pointwise();
         let mut y = Tensor::uninit(IxDyn(&out));
         y.as_slice_mut()
             .unwrap()
             .par_chunks_mut(co * hw_out)
             .enumerate()
-            // One im2col buffer per worker task, reused for its samples (every element is
-            // overwritten, so its old contents never matter).
+            // Scratch buffers per worker task, reused for its samples (every element is
+            // overwritten before it is read, so old contents never matter).
             .for_each_init(
-                || vec![0.0; if self.is_pointwise() { 0 } else { ckk * hw_out }],
-                |cols, (n, y_n)| {
-                    let x_n = &xs[n * c * h * w..(n + 1) * c * h * w];
-                    let cols = if self.is_pointwise() {
-                        ArrayView2::from_shape((c, h * w), x_n).unwrap()
+                || {
+                    (
+                        Vec::new(),
+                        vec![0.0; if pointwise { 0 } else { ckk * hw_out }],
+                    )
+                },
+                |(act, cols), (n, y_n)| {
+                    let x_n = input.sample(n, sample_in, act);
+                    let cols = if pointwise {
+                        ArrayView2::from_shape((g.c, g.h * g.w), x_n).unwrap()
                     } else {
-                        im2col(x_n, Geometry { c, h, w, k, s, p }, cols);
+                        im2col(x_n, g, cols);
                         ArrayView2::from_shape((ckk, hw_out), &cols[..]).unwrap()
                     };
                     let y_n = matmul_uninit_serial(y_n, (co, hw_out), &w2, &cols);
@@ -267,91 +330,115 @@ impl Conv2d {
         grad_y: &Tensor,
         grads: Option<&mut Grads>,
     ) -> Tensor {
+        let input = SampleInput::Plain(cache.x.as_slice().unwrap());
+        if let Some(grads) = grads {
+            self.weight_grads(input, cache.x.shape(), grad_y, grads);
+        }
+        self.input_grad(grad_y, cache.x.shape())
+    }
+
+    /// `dE/dx` for an input of shape `in_shape` (the input's values are not needed).
+    pub(crate) fn input_grad(&self, grad_y: &Tensor, in_shape: &[usize]) -> Tensor {
         let gy = grad_y.as_standard_layout();
         let gys = gy.as_slice().unwrap();
-        let xs = cache.x.as_slice().unwrap();
-        let (n_batch, c, h, w) = cache.x.view().into_dimensionality::<Ix4>().unwrap().dim();
-        let out = self.out_shape(cache.x.shape());
+        let g = self.geometry(in_shape);
+        let out = self.out_shape(in_shape);
         let (co, hw_out) = (out[1], out[2] * out[3]);
-        let (k, s, p) = (self.k(), self.stride, self.pad);
-        let ckk = c * k * k;
+        let (sample_in, ckk) = (g.c * g.h * g.w, g.c * g.k * g.k);
         let w2 = self.w2();
-        let sample_in = c * h * w;
         let sample_out = co * hw_out;
-        let mut gx = Tensor::uninit(cache.x.raw_dim());
+        let pointwise = self.is_pointwise();
+        let mut gx = Tensor::uninit(IxDyn(in_shape));
         gx.as_slice_mut()
             .unwrap()
             .par_chunks_mut(sample_in)
             .enumerate()
             .for_each_init(
-                || vec![0.0; if self.is_pointwise() { 0 } else { ckk * hw_out }],
+                || vec![0.0; if pointwise { 0 } else { ckk * hw_out }],
                 |gcols, (n, gx_n)| {
                     let gy_n = ArrayView2::from_shape(
                         (co, hw_out),
                         &gys[n * sample_out..(n + 1) * sample_out],
                     )
                     .unwrap();
-                    if self.is_pointwise() {
-                        matmul_uninit_serial(gx_n, (c, h * w), &w2.t(), &gy_n);
+                    if pointwise {
+                        matmul_uninit_serial(gx_n, (g.c, g.h * g.w), &w2.t(), &gy_n);
                     } else {
                         let mut gc =
                             ArrayViewMut2::from_shape((ckk, hw_out), &mut gcols[..]).unwrap();
                         matmul_into_serial(&mut gc, &w2.t(), &gy_n, false);
                         let gx_n = crate::tensor::init_fill(gx_n, 0.0);
-                        col2im(gcols, Geometry { c, h, w, k, s, p }, gx_n);
+                        col2im(gcols, g, gx_n);
                     }
                 },
             );
         // SAFETY: the per-sample chunks cover `gx` and each is written in full above.
-        let gx = unsafe { gx.assume_init() };
-        if let Some(grads) = grads {
-            // Fixed chunks of samples, each summed in order on one thread, then the chunks in order.
-            let partials: Vec<(Array2<f64>, Vec<f64>)> = (0..n_batch.div_ceil(GRAD_CHUNK))
-                .into_par_iter()
-                .map(|chunk| {
-                    let mut gw = Array2::<f64>::zeros((co, ckk));
-                    let mut gb = vec![0.0; co];
-                    let mut cols = vec![0.0; if self.is_pointwise() { 0 } else { ckk * hw_out }];
-                    for n in chunk * GRAD_CHUNK..((chunk + 1) * GRAD_CHUNK).min(n_batch) {
-                        let gy_n = ArrayView2::from_shape(
-                            (co, hw_out),
-                            &gys[n * sample_out..(n + 1) * sample_out],
-                        )
-                        .unwrap();
-                        let x_n = &xs[n * sample_in..(n + 1) * sample_in];
-                        if self.is_pointwise() {
-                            let cols = ArrayView2::from_shape((c, h * w), x_n).unwrap();
-                            matmul_into_serial(&mut gw.view_mut(), &gy_n, &cols.t(), true);
-                        } else {
-                            im2col(x_n, Geometry { c, h, w, k, s, p }, &mut cols);
-                            let cols = ArrayView2::from_shape((ckk, hw_out), &cols[..]).unwrap();
-                            matmul_into_serial(&mut gw.view_mut(), &gy_n, &cols.t(), true);
-                        }
-                        for (g, row) in gb.iter_mut().zip(gy_n.axis_iter(Axis(0))) {
-                            *g += row.sum();
-                        }
+        unsafe { gx.assume_init() }
+    }
+
+    /// Accumulates the weight (and bias) gradients into `grads`. Fixed chunks of samples are
+    /// each summed in order on one thread, then the chunks in order.
+    pub(crate) fn weight_grads(
+        &self,
+        input: SampleInput,
+        in_shape: &[usize],
+        grad_y: &Tensor,
+        grads: &mut Grads,
+    ) {
+        let gy = grad_y.as_standard_layout();
+        let gys = gy.as_slice().unwrap();
+        let g = self.geometry(in_shape);
+        let n_batch = in_shape[0];
+        let out = self.out_shape(in_shape);
+        let (co, hw_out) = (out[1], out[2] * out[3]);
+        let (sample_in, ckk) = (g.c * g.h * g.w, g.c * g.k * g.k);
+        let sample_out = co * hw_out;
+        let pointwise = self.is_pointwise();
+        let partials: Vec<(Array2<f64>, Vec<f64>)> = (0..n_batch.div_ceil(GRAD_CHUNK))
+            .into_par_iter()
+            .map(|chunk| {
+                let mut gw = Array2::<f64>::zeros((co, ckk));
+                let mut gb = vec![0.0; co];
+                let mut act = Vec::new();
+                let mut cols = vec![0.0; if pointwise { 0 } else { ckk * hw_out }];
+                for n in chunk * GRAD_CHUNK..((chunk + 1) * GRAD_CHUNK).min(n_batch) {
+                    let gy_n = ArrayView2::from_shape(
+                        (co, hw_out),
+                        &gys[n * sample_out..(n + 1) * sample_out],
+                    )
+                    .unwrap();
+                    let x_n = input.sample(n, sample_in, &mut act);
+                    if pointwise {
+                        let cols = ArrayView2::from_shape((g.c, g.h * g.w), x_n).unwrap();
+                        matmul_into_serial(&mut gw.view_mut(), &gy_n, &cols.t(), true);
+                    } else {
+                        im2col(x_n, g, &mut cols);
+                        let cols = ArrayView2::from_shape((ckk, hw_out), &cols[..]).unwrap();
+                        matmul_into_serial(&mut gw.view_mut(), &gy_n, &cols.t(), true);
                     }
-                    (gw, gb)
-                })
-                .collect();
-            let mut gw = Array2::<f64>::zeros((co, ckk));
-            let mut gb = vec![0.0; co];
-            for (pw, pb) in &partials {
-                gw += pw;
-                gb.iter_mut().zip(pb).for_each(|(a, b)| *a += b);
-            }
-            grads.accumulate(
-                &format!("{}.w", self.name),
-                gw.into_shape_with_order(self.w.raw_dim()).unwrap(),
-            );
-            if self.b.is_some() {
-                grads.accumulate(
-                    &format!("{}.b", self.name),
-                    Tensor::from_shape_vec(IxDyn(&[co]), gb).unwrap(),
-                );
-            }
+                    for (g, row) in gb.iter_mut().zip(gy_n.axis_iter(Axis(0))) {
+                        *g += row.sum();
+                    }
+                }
+                (gw, gb)
+            })
+            .collect();
+        let mut gw = Array2::<f64>::zeros((co, ckk));
+        let mut gb = vec![0.0; co];
+        for (pw, pb) in &partials {
+            gw += pw;
+            gb.iter_mut().zip(pb).for_each(|(a, b)| *a += b);
         }
-        gx
+        grads.accumulate(
+            &format!("{}.w", self.name),
+            gw.into_shape_with_order(self.w.raw_dim()).unwrap(),
+        );
+        if self.b.is_some() {
+            grads.accumulate(
+                &format!("{}.b", self.name),
+                Tensor::from_shape_vec(IxDyn(&[co]), gb).unwrap(),
+            );
+        }
     }
 
     pub fn visit_params(&self, f: &mut dyn FnMut(String, &Tensor)) {

@@ -13,6 +13,7 @@ pub mod conv;
 pub mod dense;
 pub mod dropout;
 pub mod loss;
+pub mod preact_conv;
 pub mod relu;
 pub mod sigmoid;
 

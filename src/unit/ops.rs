@@ -2,10 +2,12 @@
 //! forward keeping one cache per op and backward in reverse; the residual unit never looks
 //! inside, so conv layers plug in as new `Op` variants.
 
+use std::borrow::Cow;
 use std::sync::Arc;
 
 use crate::grads::Grads;
 use crate::layers::conv::pool;
+use crate::layers::preact_conv;
 use crate::layers::{relu, BatchNorm, BatchNormCache, Conv2d, ConvCache, Dense, DenseCache, Mode};
 use crate::tensor::Tensor;
 
@@ -33,6 +35,10 @@ pub enum OpCache {
     BatchNorm(BatchNormCache),
     Relu(relu::ReluCache),
     Mask,
+    /// The ReLU and the convolution of a fused BN-ReLU-conv: their state lives in the
+    /// BatchNorm's cache (the ReLU mask and the conv input are recomputed from `x`).
+    FusedRelu,
+    FusedConv,
 }
 
 impl Op {
@@ -111,8 +117,9 @@ impl Op {
     }
 }
 
-/// Runs `ops` in order; an empty sequence is the identity. A BatchNorm followed by a ReLU
-/// runs as one fused pass that yields both ops' caches (the same values, fewer passes).
+/// Runs `ops` in order; an empty sequence is the identity. Fused groups run as one op and
+/// yield every member's cache slot: BN-ReLU-conv (the pre-activation convolution, see
+/// `layers::preact_conv`) and BN-ReLU (one pass, both caches). Same values, fewer passes.
 pub fn forward_seq(ops: &[Op], x: Tensor, mode: Mode) -> (Tensor, Vec<OpCache>) {
     forward_seq_shared(ops, Arc::new(x), mode)
 }
@@ -122,35 +129,101 @@ pub fn forward_seq(ops: &[Op], x: Tensor, mode: Mode) -> (Tensor, Vec<OpCache>) 
 /// the tensor itself, copied only if the caller still holds it.
 pub fn forward_seq_shared(ops: &[Op], x: Arc<Tensor>, mode: Mode) -> (Tensor, Vec<OpCache>) {
     let mut caches = Vec::with_capacity(ops.len());
-    let (mut cur, mut i) = match (ops.first(), ops.get(1)) {
-        (Some(Op::BatchNorm(bn)), Some(Op::Relu)) => {
-            let (y, c, r) = bn.forward_relu_shared(x, mode);
-            caches.push(OpCache::BatchNorm(c));
-            caches.push(OpCache::Relu(r));
+    let mut input = Input::Shared(x);
+    let mut i = 0;
+    while i < ops.len() {
+        let (y, used) = forward_group(&ops[i..], input, mode, &mut caches);
+        input = Input::Owned(y);
+        i += used;
+    }
+    (input.into_owned(), caches)
+}
+
+/// An op's input: owned, or shared with the caller (only a BatchNorm keeps it as it is).
+enum Input {
+    Owned(Tensor),
+    Shared(Arc<Tensor>),
+}
+
+impl Input {
+    fn into_shared(self) -> Arc<Tensor> {
+        match self {
+            Input::Owned(t) => Arc::new(t),
+            Input::Shared(a) => a,
+        }
+    }
+
+    fn into_owned(self) -> Tensor {
+        match self {
+            Input::Owned(t) => t,
+            Input::Shared(a) => Arc::unwrap_or_clone(a),
+        }
+    }
+}
+
+/// Runs the op or fused group at the start of `ops`, pushing one cache per op; returns the
+/// output and how many ops it covered.
+fn forward_group(ops: &[Op], x: Input, mode: Mode, caches: &mut Vec<OpCache>) -> (Tensor, usize) {
+    match ops {
+        [Op::BatchNorm(bn), Op::Relu, Op::Conv(conv), ..] => {
+            let (y, c) = preact_conv::forward(bn, conv, x.into_shared(), mode);
+            caches.extend([
+                OpCache::BatchNorm(c),
+                OpCache::FusedRelu,
+                OpCache::FusedConv,
+            ]);
+            (y, 3)
+        }
+        [Op::BatchNorm(bn), Op::Relu, ..] => {
+            let (y, c, r) = bn.forward_relu_shared(x.into_shared(), mode);
+            caches.extend([OpCache::BatchNorm(c), OpCache::Relu(r)]);
             (y, 2)
         }
-        (Some(Op::BatchNorm(bn)), _) => {
-            let (y, c) = bn.forward_shared(x, mode);
+        [Op::BatchNorm(bn), ..] => {
+            let (y, c) = bn.forward_shared(x.into_shared(), mode);
             caches.push(OpCache::BatchNorm(c));
             (y, 1)
         }
-        _ => (Arc::unwrap_or_clone(x), 0),
-    };
-    while i < ops.len() {
-        if let (Op::BatchNorm(bn), Some(Op::Relu)) = (&ops[i], ops.get(i + 1)) {
-            let (y, c, r) = bn.forward_relu(cur, mode);
-            caches.push(OpCache::BatchNorm(c));
-            caches.push(OpCache::Relu(r));
-            cur = y;
-            i += 2;
-            continue;
+        [op, ..] => {
+            let (y, c) = op.forward(x.into_owned(), mode);
+            caches.push(c);
+            (y, 1)
         }
-        let (y, c) = ops[i].forward(cur, mode);
-        caches.push(c);
-        cur = y;
-        i += 1;
+        [] => unreachable!("forward_group is called with at least one op"),
     }
-    (cur, caches)
+}
+
+/// Backward through the op or fused group that ends `ops`; returns the input gradient and
+/// how many ops it covered. Weight layers read a borrowed gradient in place.
+fn backward_group(
+    ops: &[Op],
+    caches: &[OpCache],
+    grad: Cow<'_, Tensor>,
+    grads: Option<&mut Grads>,
+) -> (Tensor, usize) {
+    match (ops, caches) {
+        (
+            [.., Op::BatchNorm(bn), Op::Relu, Op::Conv(conv)],
+            [.., OpCache::BatchNorm(c), OpCache::FusedRelu, OpCache::FusedConv],
+        ) => (preact_conv::backward(bn, conv, c, &grad, grads), 3),
+        ([.., Op::BatchNorm(bn), Op::Relu], [.., OpCache::BatchNorm(c), OpCache::Relu(r)]) => {
+            (bn.backward_relu(c, r, grad.into_owned(), grads), 2)
+        }
+        ([.., Op::Dense(d)], [.., OpCache::Dense(c)]) => (d.backward(c, &grad, grads), 1),
+        ([.., Op::Conv(conv)], [.., OpCache::Conv(c)]) => (conv.backward(c, &grad, grads), 1),
+        ([.., op], [.., c]) => (op.backward(c, grad.into_owned(), grads), 1),
+        _ => unreachable!("backward_group is called with at least one op"),
+    }
+}
+
+/// Backward through `ops` in reverse order.
+pub fn backward_seq(
+    ops: &[Op],
+    caches: &[OpCache],
+    grad_y: Tensor,
+    grads: Option<&mut Grads>,
+) -> Tensor {
+    backward_seq_cow(ops, caches, Cow::Owned(grad_y), grads)
 }
 
 /// As [`backward_seq`] from a gradient the caller keeps: a trailing weight layer reads it in
@@ -159,52 +232,48 @@ pub fn backward_seq_ref(
     ops: &[Op],
     caches: &[OpCache],
     grad_y: &Tensor,
-    mut grads: Option<&mut Grads>,
+    grads: Option<&mut Grads>,
 ) -> Tensor {
-    let n = ops.len();
-    let first = match (ops.last(), caches.last()) {
-        (Some(Op::Dense(d)), Some(OpCache::Dense(c))) => {
-            d.backward(c, grad_y, grads.as_deref_mut())
-        }
-        (Some(Op::Conv(conv)), Some(OpCache::Conv(c))) => {
-            conv.backward(c, grad_y, grads.as_deref_mut())
-        }
-        _ => return backward_seq(ops, caches, grad_y.clone(), grads),
-    };
-    backward_seq(&ops[..n - 1], &caches[..n - 1], first, grads)
+    backward_seq_cow(ops, caches, Cow::Borrowed(grad_y), grads)
 }
 
-/// Backward through `ops` in reverse order.
-pub fn backward_seq(
+fn backward_seq_cow(
     ops: &[Op],
     caches: &[OpCache],
-    grad_y: Tensor,
+    grad_y: Cow<'_, Tensor>,
     mut grads: Option<&mut Grads>,
 ) -> Tensor {
-    let mut g = grad_y;
-    let mut i = ops.len();
-    while i > 0 {
-        if i >= 2 {
-            if let (Op::BatchNorm(bn), Op::Relu, OpCache::BatchNorm(c), OpCache::Relu(r)) =
-                (&ops[i - 2], &ops[i - 1], &caches[i - 2], &caches[i - 1])
-            {
-                g = bn.backward_relu(c, r, g, grads.as_deref_mut());
-                i -= 2;
-                continue;
-            }
-        }
-        g = ops[i - 1].backward(&caches[i - 1], g, grads.as_deref_mut());
-        i -= 1;
+    let mut end = ops.len();
+    if end == 0 {
+        return grad_y.into_owned();
+    }
+    let (mut g, used) = backward_group(ops, caches, grad_y, grads.as_deref_mut());
+    end -= used;
+    while end > 0 {
+        let (next, used) = backward_group(
+            &ops[..end],
+            &caches[..end],
+            Cow::Owned(g),
+            grads.as_deref_mut(),
+        );
+        g = next;
+        end -= used;
     }
     g
 }
 
-/// Replaces every ReLU of `ops` by the fixed pattern it had in `caches`.
+/// Replaces every ReLU of `ops` by the fixed pattern it had in `caches` (a fused ReLU's
+/// pattern is recomputed from its BatchNorm's cache, exactly as the forward pass decided it).
 pub fn freeze_relus_seq(ops: &mut [Op], caches: &[OpCache]) {
-    for (op, cache) in ops.iter_mut().zip(caches) {
-        if let OpCache::Relu(c) = cache {
-            *op = Op::Mask(c.positive.mapv(|p| if p { 1.0 } else { 0.0 }));
-        }
+    for i in 0..ops.len().min(caches.len()) {
+        let positive = match (&caches[i], i.checked_sub(1).map(|j| (&ops[j], &caches[j]))) {
+            (OpCache::Relu(c), _) => c.positive.clone(),
+            (OpCache::FusedRelu, Some((Op::BatchNorm(bn), OpCache::BatchNorm(c)))) => {
+                bn.relu_mask(c)
+            }
+            _ => continue,
+        };
+        ops[i] = Op::Mask(positive.mapv(|p| if p { 1.0 } else { 0.0 }));
     }
 }
 
