@@ -339,6 +339,17 @@ impl Conv2d {
 
     /// `dE/dx` for an input of shape `in_shape` (the input's values are not needed).
     pub(crate) fn input_grad(&self, grad_y: &Tensor, in_shape: &[usize]) -> Tensor {
+        self.input_grad_then(grad_y, in_shape, |_, _| ()).0
+    }
+
+    /// As [`Conv2d::input_grad`], running `then(n, grad_x_n)` on each sample's gradient while
+    /// it is still in cache; returns the per-sample results in sample order.
+    pub(crate) fn input_grad_then<T: Send>(
+        &self,
+        grad_y: &Tensor,
+        in_shape: &[usize],
+        then: impl Fn(usize, &mut [f64]) -> T + Sync,
+    ) -> (Tensor, Vec<T>) {
         let gy = grad_y.as_standard_layout();
         let gys = gy.as_slice().unwrap();
         let g = self.geometry(in_shape);
@@ -349,11 +360,12 @@ impl Conv2d {
         let sample_out = co * hw_out;
         let pointwise = self.is_pointwise();
         let mut gx = Tensor::uninit(IxDyn(in_shape));
-        gx.as_slice_mut()
+        let results = gx
+            .as_slice_mut()
             .unwrap()
             .par_chunks_mut(sample_in)
             .enumerate()
-            .for_each_init(
+            .map_init(
                 || vec![0.0; if pointwise { 0 } else { ckk * hw_out }],
                 |gcols, (n, gx_n)| {
                     let gy_n = ArrayView2::from_shape(
@@ -361,19 +373,22 @@ impl Conv2d {
                         &gys[n * sample_out..(n + 1) * sample_out],
                     )
                     .unwrap();
-                    if pointwise {
-                        matmul_uninit_serial(gx_n, (g.c, g.h * g.w), &w2.t(), &gy_n);
+                    let gx_n = if pointwise {
+                        matmul_uninit_serial(gx_n, (g.c, g.h * g.w), &w2.t(), &gy_n)
                     } else {
                         let mut gc =
                             ArrayViewMut2::from_shape((ckk, hw_out), &mut gcols[..]).unwrap();
                         matmul_into_serial(&mut gc, &w2.t(), &gy_n, false);
                         let gx_n = crate::tensor::init_fill(gx_n, 0.0);
                         col2im(gcols, g, gx_n);
-                    }
+                        gx_n
+                    };
+                    then(n, gx_n)
                 },
-            );
+            )
+            .collect();
         // SAFETY: the per-sample chunks cover `gx` and each is written in full above.
-        unsafe { gx.assume_init() }
+        (unsafe { gx.assume_init() }, results)
     }
 
     /// Accumulates the weight (and bias) gradients into `grads`. Fixed chunks of samples are

@@ -16,8 +16,6 @@
 
 use std::sync::Arc;
 
-use rayon::prelude::*;
-
 use super::batch_norm::{BatchNorm, BatchNormCache};
 use super::conv::{Conv2d, SampleInput};
 use super::relu::select;
@@ -63,28 +61,23 @@ pub fn backward(
         };
         conv.weight_grads(input, shape, grad_y, g);
     }
-    let mut grad = conv.input_grad(grad_y, shape);
-    // Per sample: zero the gradient where the ReLU was off, and sum (g, g (x - mean)) over
-    // each channel plane with the lanes BatchNorm's own reduction uses.
-    let partials: Vec<Vec<(f64, f64)>> = grad
-        .as_slice_mut()
-        .unwrap()
-        .par_chunks_mut(c * plane)
-        .zip(xs.par_chunks(c * plane))
-        .map(|(g_n, x_n)| {
-            g_n.chunks_exact_mut(plane)
-                .zip(x_n.chunks_exact(plane))
-                .enumerate()
-                .map(|(ch, (g, x))| {
-                    let (a, b, m) = (affine.a[ch], affine.b[ch], cache.mean[ch]);
-                    for (g, &v) in g.iter_mut().zip(x) {
-                        *g = select(a * v + b > 0.0, *g);
-                    }
-                    lane_sum2(g.len(), |i| (g[i], g[i] * (x[i] - m)))
-                })
-                .collect()
-        })
-        .collect();
+    // Per sample, while its input gradient is in cache: zero it where the ReLU was off, and
+    // sum (g, g (x - mean)) over each channel plane with the lanes BatchNorm's own reduction
+    // uses.
+    let (grad, partials) = conv.input_grad_then(grad_y, shape, |n, g_n| {
+        let x_n = &xs[n * c * plane..(n + 1) * c * plane];
+        g_n.chunks_exact_mut(plane)
+            .zip(x_n.chunks_exact(plane))
+            .enumerate()
+            .map(|(ch, (g, x))| {
+                let (a, b, m) = (affine.a[ch], affine.b[ch], cache.mean[ch]);
+                for (g, &v) in g.iter_mut().zip(x) {
+                    *g = select(a * v + b > 0.0, *g);
+                }
+                lane_sum2(g.len(), |i| (g[i], g[i] * (x[i] - m)))
+            })
+            .collect::<Vec<_>>()
+    });
     // Channel sums over samples in sample order, as BatchNorm adds its planes.
     let (grad_beta, sum_gx): (Vec<f64>, Vec<f64>) = (0..c)
         .map(|ch| {
