@@ -45,24 +45,66 @@ pub fn lane_sum(xs: &[f64], f: impl Fn(f64) -> f64) -> f64 {
     acc.iter().sum()
 }
 
-/// Two lane sums at once, of the pair `f(i)` for `i` in `0..len`.
+/// `(sum g, sum g (x - m))` over a run, `g` zeroed where `mask` is false, in eight lanes
+/// (then the lanes in order): BatchNorm's backward reduction, shared by the fused ops so their
+/// bits match the plain layers'.
 #[inline]
-pub fn lane_sum2(len: usize, f: impl Fn(usize) -> (f64, f64)) -> (f64, f64) {
-    let (mut a, mut b) = ([0.0; 8], [0.0; 8]);
-    let whole = len / 8 * 8;
-    for base in (0..whole).step_by(8) {
-        for k in 0..8 {
-            let (da, db) = f(base + k);
-            a[k] += da;
-            b[k] += db;
+pub fn grad_sums(g: &[f64], x: &[f64], mask: Option<&[bool]>, m: f64) -> (f64, f64) {
+    let (mut sb, mut sg) = ([0.0; 8], [0.0; 8]);
+    let n = g.len();
+    let (g, x) = (&g[..n], &x[..n]);
+    let whole = n / 8 * 8;
+    match mask {
+        Some(mask) => {
+            let mask = &mask[..n];
+            for ((g8, x8), m8) in g[..whole]
+                .chunks_exact(8)
+                .zip(x[..whole].chunks_exact(8))
+                .zip(mask[..whole].chunks_exact(8))
+            {
+                for k in 0..8 {
+                    let gi = crate::layers::relu::select(m8[k], g8[k]);
+                    sb[k] += gi;
+                    sg[k] += gi * (x8[k] - m);
+                }
+            }
+            for (k, i) in (whole..n).enumerate() {
+                let gi = crate::layers::relu::select(mask[i], g[i]);
+                sb[k] += gi;
+                sg[k] += gi * (x[i] - m);
+            }
+        }
+        None => {
+            for (g8, x8) in g[..whole].chunks_exact(8).zip(x[..whole].chunks_exact(8)) {
+                for k in 0..8 {
+                    sb[k] += g8[k];
+                    sg[k] += g8[k] * (x8[k] - m);
+                }
+            }
+            for (k, i) in (whole..n).enumerate() {
+                sb[k] += g[i];
+                sg[k] += g[i] * (x[i] - m);
+            }
         }
     }
-    for (k, i) in (whole..len).enumerate() {
-        let (da, db) = f(i);
-        a[k] += da;
-        b[k] += db;
+    (sb.iter().sum(), sg.iter().sum())
+}
+
+/// `a += b` element-wise, in parallel over fixed chunks (any split gives the same bits).
+pub fn add_assign(a: &mut Tensor, b: &Tensor) {
+    use rayon::prelude::*;
+    const CHUNK: usize = 1 << 15;
+    assert_eq!(a.shape(), b.shape(), "add_assign: shape mismatch");
+    match (a.as_slice_mut(), b.as_slice()) {
+        (Some(a), Some(b)) => {
+            a.par_chunks_mut(CHUNK)
+                .zip(b.par_chunks(CHUNK))
+                .for_each(|(a, b)| {
+                    a.iter_mut().zip(b).for_each(|(a, b)| *a += b);
+                })
+        }
+        _ => *a += b,
     }
-    (a.iter().sum(), b.iter().sum())
 }
 
 /// Euclidean norm scaled by the largest magnitude (as LAPACK's dnrm2), so that entries up

@@ -500,16 +500,7 @@ impl BatchNorm {
                 &|start, ch| {
                     let m = mean[ch];
                     let (g, x) = (&gy[start..start + l.s], &xs[start..start + l.s]);
-                    match mask {
-                        Some(mk) => {
-                            let mk = &mk[start..start + l.s];
-                            crate::tensor::lane_sum2(g.len(), |i| {
-                                let gi = select(mk[i], g[i]);
-                                (gi, gi * (x[i] - m))
-                            })
-                        }
-                        None => crate::tensor::lane_sum2(g.len(), |i| (g[i], g[i] * (x[i] - m))),
-                    }
+                    crate::tensor::grad_sums(g, x, mask.map(|mk| &mk[start..start + l.s]), m)
                 },
                 &|start, sb, sg| {
                     let (g, x) = (&gy[start..start + l.c], &xs[start..start + l.c]);

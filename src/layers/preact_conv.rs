@@ -21,7 +21,7 @@ use super::conv::{Conv2d, SampleInput};
 use super::relu::select;
 use super::Mode;
 use crate::grads::Grads;
-use crate::tensor::{lane_sum2, Tensor};
+use crate::tensor::{grad_sums, Tensor};
 
 /// `conv(relu(BN(x)))`; the cache is the BatchNorm's (it keeps `x`, shared, and the stats).
 pub fn forward(
@@ -74,7 +74,7 @@ pub fn backward(
                 for (g, &v) in g.iter_mut().zip(x) {
                     *g = select(a * v + b > 0.0, *g);
                 }
-                lane_sum2(g.len(), |i| (g[i], g[i] * (x[i] - m)))
+                grad_sums(g, x, None, m)
             })
             .collect::<Vec<_>>()
     });

@@ -143,7 +143,7 @@ impl ResidualUnit {
     fn add_shortcut(&self, cache: &UnitCache, acc: &mut Tensor) {
         let x = cache.split_input.as_ref().unwrap_or(&cache.x);
         match self.shortcut {
-            ShortcutKind::Identity => *acc += x,
+            ShortcutKind::Identity => crate::tensor::add_assign(acc, x),
             ShortcutKind::Scale { lambda, .. } => acc.zip_mut_with(x, |a, &v| *a += lambda * v),
             ShortcutKind::Gate { .. } | ShortcutKind::ShortcutGate { .. } => {
                 ndarray::Zip::from(acc)
@@ -342,7 +342,7 @@ impl ResidualUnit {
         // The paper's unit (identity h and f): dE/dx_l = grad + J_F^T grad, the branch
         // reading `grad_next` in place and the sum formed in the branch's buffer: no copies.
         let mut b = backward_seq_ref(&self.branch, &cache.branch, grad_next, grads);
-        b += grad_next;
+        crate::tensor::add_assign(&mut b, grad_next);
         b
     }
 
