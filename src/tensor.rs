@@ -107,6 +107,33 @@ pub fn add_assign(a: &mut Tensor, b: &Tensor) {
     }
 }
 
+thread_local! {
+    static SCRATCH: std::cell::RefCell<[Vec<f64>; 2]> = const { std::cell::RefCell::new([Vec::new(), Vec::new()]) };
+}
+
+/// Runs `f` with two of this thread's scratch buffers, of `len_a` and `len_b` elements. The
+/// buffers persist between calls (grown, never shrunk or cleared), so a per-sample loop
+/// neither allocates nor zero-fills: every user must overwrite what it reads (im2col columns,
+/// a sample's activation, a GEMM output). `f` must not start parallel work, which could run
+/// another scratch user on this thread.
+pub fn with_scratch<R>(
+    len_a: usize,
+    len_b: usize,
+    f: impl FnOnce(&mut [f64], &mut [f64]) -> R,
+) -> R {
+    SCRATCH.with(|cell| {
+        let mut bufs = cell.borrow_mut();
+        let [a, b] = &mut *bufs;
+        if a.len() < len_a {
+            a.resize(len_a, 0.0);
+        }
+        if b.len() < len_b {
+            b.resize(len_b, 0.0);
+        }
+        f(&mut a[..len_a], &mut b[..len_b])
+    })
+}
+
 /// Euclidean norm scaled by the largest magnitude (as LAPACK's dnrm2), so that entries up
 /// to f64::MAX do not overflow the sum of squares; NaN in, NaN out.
 pub fn scaled_norm<'a>(values: impl Iterator<Item = &'a f64> + Clone) -> f64 {

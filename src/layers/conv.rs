@@ -23,7 +23,7 @@ use super::batch_norm::Affine;
 use super::relu::relu;
 use crate::grads::Grads;
 use crate::rng::gaussian;
-use crate::tensor::{matmul_into_serial, matmul_uninit_serial, Tensor};
+use crate::tensor::{matmul_into_serial, matmul_uninit_serial, with_scratch, Tensor};
 
 /// Samples per weight-gradient partial sum (fixed, so the summation order is too).
 const GRAD_CHUNK: usize = 4;
@@ -173,13 +173,22 @@ pub(crate) enum SampleInput<'a> {
     },
 }
 
+/// Scratch a sample needs for its input: none when it is read in place.
+fn act_len(input: &SampleInput, sample_len: usize) -> usize {
+    match input {
+        SampleInput::Plain(_) => 0,
+        SampleInput::Preact { .. } => sample_len,
+    }
+}
+
 impl SampleInput<'_> {
-    /// Sample `n` (`len` values), computed into `scratch` when it has to be.
-    fn sample<'s>(&'s self, n: usize, len: usize, scratch: &'s mut Vec<f64>) -> &'s [f64] {
+    /// Sample `n` (`len` values), computed into `scratch` (at least `len` long) when it has
+    /// to be.
+    fn sample<'s>(&'s self, n: usize, len: usize, scratch: &'s mut [f64]) -> &'s [f64] {
         match *self {
             SampleInput::Plain(x) => &x[n * len..(n + 1) * len],
             SampleInput::Preact { x, affine, plane } => {
-                scratch.resize(len, 0.0);
+                let scratch = &mut scratch[..len];
                 let x_n = &x[n * len..(n + 1) * len];
                 for (ch, (out, src)) in scratch
                     .chunks_exact_mut(plane)
@@ -284,21 +293,14 @@ impl Conv2d {
         let (sample_in, ckk) = (g.c * g.h * g.w, g.c * g.k * g.k);
         let w2 = self.w2();
         let pointwise = self.is_pointwise();
+        let cols_len = if pointwise { 0 } else { ckk * hw_out };
         let mut y = Tensor::uninit(IxDyn(&out));
         y.as_slice_mut()
             .unwrap()
             .par_chunks_mut(co * hw_out)
             .enumerate()
-            // Scratch buffers per worker task, reused for its samples (every element is
-            // overwritten before it is read, so old contents never matter).
-            .for_each_init(
-                || {
-                    (
-                        Vec::new(),
-                        vec![0.0; if pointwise { 0 } else { ckk * hw_out }],
-                    )
-                },
-                |(act, cols), (n, y_n)| {
+            .for_each(|(n, y_n)| {
+                with_scratch(act_len(&input, sample_in), cols_len, |act, cols| {
                     let x_n = input.sample(n, sample_in, act);
                     let cols = if pointwise {
                         ArrayView2::from_shape((g.c, g.h * g.w), x_n).unwrap()
@@ -312,8 +314,8 @@ impl Conv2d {
                             row.iter_mut().for_each(|v| *v += bv);
                         }
                     }
-                },
-            );
+                })
+            });
         // SAFETY: the per-sample chunks cover `y` and each is written in full by the GEMM.
         unsafe { y.assume_init() }
     }
@@ -365,9 +367,8 @@ impl Conv2d {
             .unwrap()
             .par_chunks_mut(sample_in)
             .enumerate()
-            .map_init(
-                || vec![0.0; if pointwise { 0 } else { ckk * hw_out }],
-                |gcols, (n, gx_n)| {
+            .map(|(n, gx_n)| {
+                with_scratch(if pointwise { 0 } else { ckk * hw_out }, 0, |gcols, _| {
                     let gy_n = ArrayView2::from_shape(
                         (co, hw_out),
                         &gys[n * sample_out..(n + 1) * sample_out],
@@ -384,8 +385,8 @@ impl Conv2d {
                         gx_n
                     };
                     then(n, gx_n)
-                },
-            )
+                })
+            })
             .collect();
         // SAFETY: the per-sample chunks cover `gx` and each is written in full above.
         (unsafe { gx.assume_init() }, results)
@@ -414,26 +415,27 @@ impl Conv2d {
             .map(|chunk| {
                 let mut gw = Array2::<f64>::zeros((co, ckk));
                 let mut gb = vec![0.0; co];
-                let mut act = Vec::new();
-                let mut cols = vec![0.0; if pointwise { 0 } else { ckk * hw_out }];
+                let cols_len = if pointwise { 0 } else { ckk * hw_out };
                 for n in chunk * GRAD_CHUNK..((chunk + 1) * GRAD_CHUNK).min(n_batch) {
-                    let gy_n = ArrayView2::from_shape(
-                        (co, hw_out),
-                        &gys[n * sample_out..(n + 1) * sample_out],
-                    )
-                    .unwrap();
-                    let x_n = input.sample(n, sample_in, &mut act);
-                    if pointwise {
-                        let cols = ArrayView2::from_shape((g.c, g.h * g.w), x_n).unwrap();
-                        matmul_into_serial(&mut gw.view_mut(), &gy_n, &cols.t(), true);
-                    } else {
-                        im2col(x_n, g, &mut cols);
-                        let cols = ArrayView2::from_shape((ckk, hw_out), &cols[..]).unwrap();
-                        matmul_into_serial(&mut gw.view_mut(), &gy_n, &cols.t(), true);
-                    }
-                    for (g, row) in gb.iter_mut().zip(gy_n.axis_iter(Axis(0))) {
-                        *g += row.sum();
-                    }
+                    with_scratch(act_len(&input, sample_in), cols_len, |act, cols| {
+                        let gy_n = ArrayView2::from_shape(
+                            (co, hw_out),
+                            &gys[n * sample_out..(n + 1) * sample_out],
+                        )
+                        .unwrap();
+                        let x_n = input.sample(n, sample_in, act);
+                        if pointwise {
+                            let cols = ArrayView2::from_shape((g.c, g.h * g.w), x_n).unwrap();
+                            matmul_into_serial(&mut gw.view_mut(), &gy_n, &cols.t(), true);
+                        } else {
+                            im2col(x_n, g, cols);
+                            let cols = ArrayView2::from_shape((ckk, hw_out), &cols[..]).unwrap();
+                            matmul_into_serial(&mut gw.view_mut(), &gy_n, &cols.t(), true);
+                        }
+                        for (g, row) in gb.iter_mut().zip(gy_n.axis_iter(Axis(0))) {
+                            *g += row.sum();
+                        }
+                    });
                 }
                 (gw, gb)
             })
