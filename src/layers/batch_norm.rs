@@ -526,12 +526,13 @@ impl BatchNorm {
         } else {
             (Vec::new(), Vec::new())
         };
-        self.finish_backward(cache, mask, grad_y, grad_beta, sum_gx, grads)
+        self.finish_backward(cache, mask, grad_y, grad_beta, sum_gx, grads, None)
     }
 
     /// The input gradient from the per-channel sums `grad_beta = sum g` and
     /// `sum_gx = sum g (x - mean)` (of the masked gradient), in place; accumulates the
     /// gamma and beta gradients. A caller that has already masked `grad_y` passes no mask.
+    /// `residual` is added to the result run by run (a residual unit's shortcut term).
     pub(crate) fn finish_backward(
         &self,
         cache: &BatchNormCache,
@@ -540,6 +541,7 @@ impl BatchNorm {
         grad_beta: Vec<f64>,
         sum_gx: Vec<f64>,
         grads: Option<&mut Grads>,
+        residual: Option<&[f64]>,
     ) -> Tensor {
         let l = Layout::of(grad_y.shape());
         let xs = cache.x.as_slice().unwrap();
@@ -588,6 +590,9 @@ impl BatchNorm {
                     eval_grad_run::<Row>(g, mk, ps);
                 } else {
                     eval_grad_run::<Plane>(g, mk, ps);
+                }
+                if let Some(r) = residual {
+                    g.iter_mut().zip(&r[rs..rs + len]).for_each(|(g, r)| *g += r);
                 }
             }
         });

@@ -41,13 +41,15 @@ pub fn forward(
     (y, cache)
 }
 
-/// `dE/dx` from `dE/dy`; parameter gradients of the conv, then of the BN, into `grads`.
+/// `dE/dx` from `dE/dy`, plus `residual` if given (added in the last pass, no pass of its
+/// own); parameter gradients of the conv, then of the BN, into `grads`.
 pub fn backward(
     bn: &BatchNorm,
     conv: &Conv2d,
     cache: &BatchNormCache,
     grad_y: &Tensor,
     mut grads: Option<&mut Grads>,
+    residual: Option<&Tensor>,
 ) -> Tensor {
     let affine = bn.affine(&cache.mean, &cache.inv_std);
     let shape = cache.x.shape();
@@ -86,7 +88,8 @@ pub fn backward(
                 .fold((0.0, 0.0), |(sb, sg), p| (sb + p[ch].0, sg + p[ch].1))
         })
         .unzip();
-    bn.finish_backward(cache, None, grad, grad_beta, sum_gx, grads)
+    let residual = residual.map(|r| r.as_slice().expect("standard layout"));
+    bn.finish_backward(cache, None, grad, grad_beta, sum_gx, grads, residual)
 }
 
 #[cfg(test)]
@@ -133,7 +136,7 @@ mod tests {
             assert_eq!(y, y_ref, "forward k{k} s{stride} {mode}");
             let gy = gaussian(y.shape(), 1.0, &mut r);
             let (mut g1, mut g2) = (Grads::new(), Grads::new());
-            let gx = backward(&bn, &conv, &cache, &gy, Some(&mut g1));
+            let gx = backward(&bn, &conv, &cache, &gy, Some(&mut g1), None);
             let ga = conv.backward(&c_conv, &gy, Some(&mut g2));
             let gz = relu::backward(&c_relu, ga);
             let gx_ref = bn.backward(&c_bn, gz, Some(&mut g2));
@@ -158,7 +161,7 @@ mod tests {
         );
         let f = |x: &Tensor| forward(&bn, &conv, Arc::new(x.clone()), Mode::Train).0;
         let (y, cache) = forward(&bn, &conv, Arc::new(x.clone()), Mode::Train);
-        let gx = backward(&bn, &conv, &cache, &quadratic_loss(&y, &a, &b).1, None);
+        let gx = backward(&bn, &conv, &cache, &quadratic_loss(&y, &a, &b).1, None, None);
         let num = numerical_gradient(|x| quadratic_loss(&f(x), &a, &b).0, &x, 1e-6);
         // Relative error bound for 2-point central differences in f64.
         assert!(rel_error(&gx, &num) < 1e-6, "{}", rel_error(&gx, &num));

@@ -194,18 +194,25 @@ fn forward_group(ops: &[Op], x: Input, mode: Mode, caches: &mut Vec<OpCache>) ->
 }
 
 /// Backward through the op or fused group that ends `ops`; returns the input gradient and
-/// how many ops it covered. Weight layers read a borrowed gradient in place.
+/// how many ops it covered. Weight layers read a borrowed gradient in place. When the group
+/// is the whole of `ops`, `residual` is added to its input gradient (inside the fused
+/// pre-activation conv's last pass; after the op otherwise).
 fn backward_group(
     ops: &[Op],
     caches: &[OpCache],
     grad: Cow<'_, Tensor>,
     grads: Option<&mut Grads>,
+    residual: Option<&Tensor>,
 ) -> (Tensor, usize) {
-    match (ops, caches) {
+    let first = |used: usize| residual.filter(|_| used == ops.len());
+    let (mut g, used) = match (ops, caches) {
         (
             [.., Op::BatchNorm(bn), Op::Relu, Op::Conv(conv)],
             [.., OpCache::BatchNorm(c), OpCache::FusedRelu, OpCache::FusedConv],
-        ) => (preact_conv::backward(bn, conv, c, &grad, grads), 3),
+        ) => {
+            let g = preact_conv::backward(bn, conv, c, &grad, grads, first(3));
+            return (g, 3);
+        }
         ([.., Op::BatchNorm(bn), Op::Relu], [.., OpCache::BatchNorm(c), OpCache::Relu(r)]) => {
             (bn.backward_relu(c, r, grad.into_owned(), grads), 2)
         }
@@ -213,7 +220,11 @@ fn backward_group(
         ([.., Op::Conv(conv)], [.., OpCache::Conv(c)]) => (conv.backward(c, &grad, grads), 1),
         ([.., op], [.., c]) => (op.backward(c, grad.into_owned(), grads), 1),
         _ => unreachable!("backward_group is called with at least one op"),
+    };
+    if let Some(r) = first(used) {
+        crate::tensor::add_assign(&mut g, r);
     }
+    (g, used)
 }
 
 /// Backward through `ops` in reverse order.
@@ -223,18 +234,20 @@ pub fn backward_seq(
     grad_y: Tensor,
     grads: Option<&mut Grads>,
 ) -> Tensor {
-    backward_seq_cow(ops, caches, Cow::Owned(grad_y), grads)
+    backward_seq_cow(ops, caches, Cow::Owned(grad_y), grads, None)
 }
 
-/// As [`backward_seq`] from a gradient the caller keeps: a trailing weight layer reads it in
-/// place; otherwise it is copied once.
+/// As [`backward_seq`] from a gradient the caller keeps (a trailing weight layer reads it in
+/// place; otherwise it is copied once), plus `residual` added to the input gradient: the
+/// identity shortcut's term of `dE/dx_l`, added in the branch's last pass.
 pub fn backward_seq_ref(
     ops: &[Op],
     caches: &[OpCache],
     grad_y: &Tensor,
     grads: Option<&mut Grads>,
+    residual: Option<&Tensor>,
 ) -> Tensor {
-    backward_seq_cow(ops, caches, Cow::Borrowed(grad_y), grads)
+    backward_seq_cow(ops, caches, Cow::Borrowed(grad_y), grads, residual)
 }
 
 fn backward_seq_cow(
@@ -242,24 +255,31 @@ fn backward_seq_cow(
     caches: &[OpCache],
     grad_y: Cow<'_, Tensor>,
     mut grads: Option<&mut Grads>,
+    residual: Option<&Tensor>,
 ) -> Tensor {
     let mut end = ops.len();
     if end == 0 {
-        return grad_y.into_owned();
+        let mut g = grad_y.into_owned();
+        if let Some(r) = residual {
+            crate::tensor::add_assign(&mut g, r);
+        }
+        return g;
     }
-    let (mut g, used) = backward_group(ops, caches, grad_y, grads.as_deref_mut());
-    end -= used;
-    while end > 0 {
+    let mut g = grad_y;
+    loop {
         let (next, used) = backward_group(
             &ops[..end],
             &caches[..end],
-            Cow::Owned(g),
+            g,
             grads.as_deref_mut(),
+            residual,
         );
-        g = next;
         end -= used;
+        if end == 0 {
+            return next;
+        }
+        g = Cow::Owned(next);
     }
-    g
 }
 
 /// Replaces every ReLU of `ops` by the fixed pattern it had in `caches` (a fused ReLU's

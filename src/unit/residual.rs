@@ -339,11 +339,9 @@ impl ResidualUnit {
             s += &b;
             return s;
         }
-        // The paper's unit (identity h and f): dE/dx_l = grad + J_F^T grad, the branch
-        // reading `grad_next` in place and the sum formed in the branch's buffer: no copies.
-        let mut b = backward_seq_ref(&self.branch, &cache.branch, grad_next, grads);
-        crate::tensor::add_assign(&mut b, grad_next);
-        b
+        // The paper's unit (identity h and f): dE/dx_l = J_F^T grad + grad, the branch
+        // reading `grad_next` in place and adding it in its last pass: no copies.
+        backward_seq_ref(&self.branch, &cache.branch, grad_next, grads, Some(grad_next))
     }
 
     /// Both parts of the backward, `(shortcut part, branch part)`; their sum is `dE/dx_l`.
