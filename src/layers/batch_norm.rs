@@ -259,6 +259,36 @@ pub(crate) struct Affine {
     pub b: Vec<f64>,
 }
 
+/// Mean and biased variance per channel of a conv activation in one pass over memory: each
+/// plane's mean and centred squares while it is in cache, then the planes combined in sample
+/// order with the pairwise update of Chan, Golub and LeVeque (as stable as two passes over
+/// the whole channel, which read the tensor twice). Parallel over blocks of channels.
+fn plane_stats(xs: &[f64], l: Layout) -> (Vec<f64>, Vec<f64>) {
+    let s = l.s as f64;
+    let blocks: Vec<Vec<(f64, f64)>> = (0..l.c.div_ceil(CHANNEL_BLOCK))
+        .into_par_iter()
+        .map(|blk| {
+            (blk * CHANNEL_BLOCK..((blk + 1) * CHANNEL_BLOCK).min(l.c))
+                .map(|ch| {
+                    let (mut count, mut mean, mut m2) = (0.0, 0.0, 0.0);
+                    for n in 0..l.n {
+                        let plane = &xs[(n * l.c + ch) * l.s..][..l.s];
+                        let plane_mean = lane_sum(plane, |v| v) / s;
+                        let plane_m2 = lane_sum(plane, |v| (v - plane_mean) * (v - plane_mean));
+                        let total = count + s;
+                        let delta = plane_mean - mean;
+                        mean += delta * s / total;
+                        m2 += plane_m2 + delta * delta * count * s / total;
+                        count = total;
+                    }
+                    (mean, m2 / count)
+                })
+                .collect()
+        })
+        .collect();
+    blocks.into_iter().flatten().unzip()
+}
+
 /// `gamma * inv_std` per channel: the factor every affine step multiplies by.
 fn scales(gamma: &[f64], inv_std: &[f64]) -> Vec<f64> {
     gamma.iter().zip(inv_std).map(|(g, i)| g * i).collect()
@@ -318,6 +348,9 @@ impl BatchNorm {
             "{}: training-mode BatchNorm needs more than one value per channel",
             self.name
         );
+        if l.s > 1 {
+            return plane_stats(xs, l);
+        }
         let (sum, _) = channel_sums(
             l,
             &|start, _| (lane_sum(&xs[start..start + l.s], |v| v), 0.0),
@@ -592,7 +625,9 @@ impl BatchNorm {
                     eval_grad_run::<Plane>(g, mk, ps);
                 }
                 if let Some(r) = residual {
-                    g.iter_mut().zip(&r[rs..rs + len]).for_each(|(g, r)| *g += r);
+                    g.iter_mut()
+                        .zip(&r[rs..rs + len])
+                        .for_each(|(g, r)| *g += r);
                 }
             }
         });

@@ -161,7 +161,14 @@ mod tests {
         );
         let f = |x: &Tensor| forward(&bn, &conv, Arc::new(x.clone()), Mode::Train).0;
         let (y, cache) = forward(&bn, &conv, Arc::new(x.clone()), Mode::Train);
-        let gx = backward(&bn, &conv, &cache, &quadratic_loss(&y, &a, &b).1, None, None);
+        let gx = backward(
+            &bn,
+            &conv,
+            &cache,
+            &quadratic_loss(&y, &a, &b).1,
+            None,
+            None,
+        );
         let num = numerical_gradient(|x| quadratic_loss(&f(x), &a, &b).0, &x, 1e-6);
         // Relative error bound for 2-point central differences in f64.
         assert!(rel_error(&gx, &num) < 1e-6, "{}", rel_error(&gx, &num));

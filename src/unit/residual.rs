@@ -341,7 +341,13 @@ impl ResidualUnit {
         }
         // The paper's unit (identity h and f): dE/dx_l = J_F^T grad + grad, the branch
         // reading `grad_next` in place and adding it in its last pass: no copies.
-        backward_seq_ref(&self.branch, &cache.branch, grad_next, grads, Some(grad_next))
+        backward_seq_ref(
+            &self.branch,
+            &cache.branch,
+            grad_next,
+            grads,
+            Some(grad_next),
+        )
     }
 
     /// Both parts of the backward, `(shortcut part, branch part)`; their sum is `dE/dx_l`.
