@@ -559,11 +559,11 @@ impl BatchNorm {
         } else {
             (Vec::new(), Vec::new())
         };
-        self.finish_backward(cache, mask, grad_y, grad_beta, sum_gx, grads, None)
+        self.finish_backward(cache, mask, grad_y, (grad_beta, sum_gx), grads, None)
     }
 
-    /// The input gradient from the per-channel sums `grad_beta = sum g` and
-    /// `sum_gx = sum g (x - mean)` (of the masked gradient), in place; accumulates the
+    /// The input gradient from the per-channel sums `(grad_beta, sum_gx)`, `grad_beta = sum g`
+    /// and `sum_gx = sum g (x - mean)` (of the masked gradient), in place; accumulates the
     /// gamma and beta gradients. A caller that has already masked `grad_y` passes no mask.
     /// `residual` is added to the result run by run (a residual unit's shortcut term).
     pub(crate) fn finish_backward(
@@ -571,8 +571,7 @@ impl BatchNorm {
         cache: &BatchNormCache,
         mask: Option<&[bool]>,
         mut grad_y: Tensor,
-        grad_beta: Vec<f64>,
-        sum_gx: Vec<f64>,
+        (grad_beta, sum_gx): (Vec<f64>, Vec<f64>),
         grads: Option<&mut Grads>,
         residual: Option<&[f64]>,
     ) -> Tensor {

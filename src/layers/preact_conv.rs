@@ -89,7 +89,7 @@ pub fn backward(
         })
         .unzip();
     let residual = residual.map(|r| r.as_slice().expect("standard layout"));
-    bn.finish_backward(cache, None, grad, grad_beta, sum_gx, grads, residual)
+    bn.finish_backward(cache, None, grad, (grad_beta, sum_gx), grads, residual)
 }
 
 #[cfg(test)]
