@@ -7,7 +7,7 @@ use rand_chacha::ChaCha8Rng;
 
 use crate::grads::Grads;
 use crate::rng::gaussian;
-use crate::tensor::{matmul, matmul_into, Tensor};
+use crate::tensor::{matmul, Tensor};
 
 #[derive(Debug, Clone)]
 pub struct Dense {
@@ -95,8 +95,7 @@ impl Dense {
         let w = self.w.view().into_dimensionality::<Ix2>().unwrap();
         if let Some(grads) = grads {
             let x = cache.x.view().into_dimensionality::<Ix2>().unwrap();
-            let mut gw = ndarray::Array2::zeros(w.raw_dim());
-            matmul_into(&mut gw.view_mut(), &x.t(), &gy, false);
+            let gw = matmul(&x.t(), &gy);
             grads.accumulate(&format!("{}.w", self.name), gw.into_dyn());
             if self.b.is_some() {
                 grads.accumulate(&format!("{}.b", self.name), gy.sum_axis(Axis(0)).into_dyn());
