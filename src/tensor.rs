@@ -212,24 +212,38 @@ pub fn matmul_into(
     if !parallel {
         return gemm_call(c, a, b, accumulate, None);
     }
-    if a.nrows() < 2 * SPLIT_MIN_ROWS {
+    let (m, n) = (a.nrows(), b.ncols());
+    if m.max(n) < 2 * SPLIT_MIN_ROWS {
         return gemm_call(c, a, b, accumulate, Some(threads));
     }
-    // Two row halves, one serial kernel per thread, beat the kernel's own threading on the
+    // Two halves, one serial kernel per thread, beat the kernel's own threading on the
     // engine's shapes: `grad_y W^T` (every dense backward) ran at 66 GFLOP/s threaded against
     // 113 split, and a W1 training step took 0.179 s split against 0.197 threaded. The
-    // halves are fixed (shape only), and each row of `c` is the same serial computation
-    // either way, so the bits do not depend on the thread count.
-    let half = a.nrows() / 2;
-    let (mut c0, mut c1) = c.view_mut().split_at(ndarray::Axis(0), half);
-    let (a0, a1) = a.view().split_at(ndarray::Axis(0), half);
+    // longer side is halved: each thread then packs only its half of the other operand's
+    // partner (a dense layer's weights, when the batch is the shorter side). The halves are
+    // fixed (shape only), and each element of `c` is the same serial computation either way,
+    // so the bits do not depend on the thread count.
+    let axis = if n > m {
+        ndarray::Axis(1)
+    } else {
+        ndarray::Axis(0)
+    };
+    let half = c.len_of(axis) / 2;
+    let (mut c0, mut c1) = c.view_mut().split_at(axis, half);
+    let ((a0, b0), (a1, b1)) = if n > m {
+        let (b0, b1) = b.view().split_at(axis, half);
+        ((a.view(), b0), (a.view(), b1))
+    } else {
+        let (a0, a1) = a.view().split_at(axis, half);
+        ((a0, b.view()), (a1, b.view()))
+    };
     rayon::join(
-        || gemm_call(&mut c0, &a0, b, accumulate, None),
-        || gemm_call(&mut c1, &a1, b, accumulate, None),
+        || gemm_call(&mut c0, &a0, &b0, accumulate, None),
+        || gemm_call(&mut c1, &a1, &b1, accumulate, None),
     );
 }
 
-/// Rows per half below which splitting a GEMM in two is not worth a task.
+/// Rows (or columns) per half below which splitting a GEMM in two is not worth a task.
 const SPLIT_MIN_ROWS: usize = 16;
 
 /// As [`matmul_into`], always on the calling thread: for GEMMs that already run inside a
@@ -414,6 +428,9 @@ mod tests {
             ((i * 13 + j * 29) % 97) as f64 / 11.0 - 4.0
         });
         let bt = b.t().to_owned();
+        // A wide product (more columns than rows) is split by columns, a tall one by rows.
+        let wide = Array2::from_shape_fn((200, 150), |(i, j)| ((i * 7 + j * 3) % 89) as f64 / 9.0);
+        let short = a.slice(ndarray::s![..60, ..]).to_owned();
         let run = |threads: usize| {
             let pool = rayon::ThreadPoolBuilder::new()
                 .num_threads(threads)
@@ -424,7 +441,8 @@ mod tests {
                 let transposed_rhs = matmul(&a.view(), &bt.t());
                 let mut acc = plain.clone();
                 matmul_into(&mut acc.view_mut(), &a.view(), &bt.t(), true);
-                (plain, transposed_rhs, acc)
+                let by_columns = matmul(&short.view(), &wide.view());
+                (plain, transposed_rhs, acc, by_columns)
             })
         };
         assert_eq!(run(1), run(2));
