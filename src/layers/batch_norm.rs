@@ -264,29 +264,49 @@ pub(crate) struct Affine {
 /// order with the pairwise update of Chan, Golub and LeVeque (as stable as two passes over
 /// the whole channel, which read the tensor twice). Parallel over blocks of channels.
 fn plane_stats(xs: &[f64], l: Layout) -> (Vec<f64>, Vec<f64>) {
-    let s = l.s as f64;
     let blocks: Vec<Vec<(f64, f64)>> = (0..l.c.div_ceil(CHANNEL_BLOCK))
         .into_par_iter()
         .map(|blk| {
             (blk * CHANNEL_BLOCK..((blk + 1) * CHANNEL_BLOCK).min(l.c))
-                .map(|ch| {
-                    let (mut count, mut mean, mut m2) = (0.0, 0.0, 0.0);
-                    for n in 0..l.n {
-                        let plane = &xs[(n * l.c + ch) * l.s..][..l.s];
-                        let plane_mean = lane_sum(plane, |v| v) / s;
-                        let plane_m2 = lane_sum(plane, |v| (v - plane_mean) * (v - plane_mean));
-                        let total = count + s;
-                        let delta = plane_mean - mean;
-                        mean += delta * s / total;
-                        m2 += plane_m2 + delta * delta * count * s / total;
-                        count = total;
-                    }
-                    (mean, m2 / count)
-                })
+                .map(|ch| combine_planes(l, |n| plane_moments(&xs[(n * l.c + ch) * l.s..][..l.s])))
                 .collect()
         })
         .collect();
     blocks.into_iter().flatten().unzip()
+}
+
+/// One plane's `(mean, sum of squared deviations)`, two passes over the plane (in cache).
+pub(crate) fn plane_moments(plane: &[f64]) -> (f64, f64) {
+    let mean = lane_sum(plane, |v| v) / plane.len() as f64;
+    (mean, lane_sum(plane, |v| (v - mean) * (v - mean)))
+}
+
+/// A channel's mean and biased variance from its planes' moments, combined in sample order.
+fn combine_planes(l: Layout, moments: impl Fn(usize) -> (f64, f64)) -> (f64, f64) {
+    let s = l.s as f64;
+    let (mut count, mut mean, mut m2) = (0.0, 0.0, 0.0);
+    for n in 0..l.n {
+        let (plane_mean, plane_m2) = moments(n);
+        let total = count + s;
+        let delta = plane_mean - mean;
+        mean += delta * s / total;
+        m2 += plane_m2 + delta * delta * count * s / total;
+        count = total;
+    }
+    (mean, m2 / count)
+}
+
+/// Per-plane moments of a conv activation, `[n * C + c]`, computed by the op that wrote it
+/// while each sample was in cache, so the next BatchNorm need not read the tensor again.
+/// The statistics they give are bit for bit those of [`BatchNorm::forward`]'s own pass.
+#[derive(Debug, Clone)]
+pub struct PlaneMoments(pub(crate) Vec<(f64, f64)>);
+
+impl PlaneMoments {
+    /// Moments of every plane of one sample (`C` planes of `plane` values), in channel order.
+    pub(crate) fn of_sample(y_n: &[f64], plane: usize) -> Vec<(f64, f64)> {
+        y_n.chunks_exact(plane).map(plane_moments).collect()
+    }
 }
 
 /// `gamma * inv_std` per channel: the factor every affine step multiplies by.
@@ -319,7 +339,7 @@ impl BatchNorm {
 
     /// As [`BatchNorm::forward`], keeping a shared input in the cache without a copy.
     pub fn forward_shared(&self, x: Arc<Tensor>, mode: Mode) -> (Tensor, BatchNormCache) {
-        let (y, cache, _) = self.forward_impl(x, mode, false);
+        let (y, cache, _) = self.forward_impl(x, mode, false, None);
         (y, cache)
     }
 
@@ -335,8 +355,19 @@ impl BatchNorm {
         x: Arc<Tensor>,
         mode: Mode,
     ) -> (Tensor, BatchNormCache, ReluCache) {
-        let (y, cache, relu) = self.forward_impl(x, mode, true);
+        let (y, cache, relu) = self.forward_impl(x, mode, true, None);
         (y, cache, relu.expect("the fused pass makes a mask"))
+    }
+
+    /// The plain or BN-ReLU pass with the input's plane moments already known.
+    pub(crate) fn forward_moments(
+        &self,
+        x: Arc<Tensor>,
+        mode: Mode,
+        relu: bool,
+        moments: Option<&PlaneMoments>,
+    ) -> (Tensor, BatchNormCache, Option<ReluCache>) {
+        self.forward_impl(x, mode, relu, moments)
     }
 
     /// Batch mean and biased variance per channel; two passes (mean, then centred squares), so
@@ -383,7 +414,12 @@ impl BatchNorm {
 
     /// The statistics of a forward pass (batch ones in training, running ones in eval) in a
     /// cache that keeps `x`, and the per-channel affine map `y = a x + b` they give.
-    pub(crate) fn normalise(&self, x: Arc<Tensor>, mode: Mode) -> (BatchNormCache, Affine) {
+    pub(crate) fn normalise(
+        &self,
+        x: Arc<Tensor>,
+        mode: Mode,
+        moments: Option<&PlaneMoments>,
+    ) -> (BatchNormCache, Affine) {
         assert_eq!(
             x.shape()[1],
             self.channels(),
@@ -398,7 +434,12 @@ impl BatchNorm {
         let l = Layout::of(x.shape());
         let (mean, batch_var, var) = match mode {
             Mode::Train => {
-                let (mean, var) = self.batch_stats(x.as_slice().unwrap(), l);
+                let (mean, var) = match moments {
+                    Some(PlaneMoments(m)) if l.s > 1 && m.len() == l.n * l.c => (0..l.c)
+                        .map(|ch| combine_planes(l, |n| m[n * l.c + ch]))
+                        .unzip(),
+                    _ => self.batch_stats(x.as_slice().unwrap(), l),
+                };
                 (mean, var.clone(), var)
             }
             Mode::Eval => (
@@ -438,8 +479,9 @@ impl BatchNorm {
         x: Arc<Tensor>,
         mode: Mode,
         relu: bool,
+        moments: Option<&PlaneMoments>,
     ) -> (Tensor, BatchNormCache, Option<ReluCache>) {
-        let (cache, Affine { a, b }) = self.normalise(x, mode);
+        let (cache, Affine { a, b }) = self.normalise(x, mode, moments);
         let x = &cache.x;
         let xs = x.as_slice().unwrap();
         let l = Layout::of(x.shape());

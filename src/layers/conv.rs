@@ -19,7 +19,7 @@ use ndarray::{Array2, ArrayView2, ArrayViewMut2, Axis, Ix4, IxDyn};
 use rand_chacha::ChaCha8Rng;
 use rayon::prelude::*;
 
-use super::batch_norm::Affine;
+use super::batch_norm::{Affine, PlaneMoments};
 use super::relu::relu;
 use crate::grads::Grads;
 use crate::rng::gaussian;
@@ -268,7 +268,13 @@ impl Conv2d {
             .into_dimensionality::<Ix4>()
             .expect("conv input must be (N, C, H, W)");
         let x = x.as_standard_layout();
-        self.forward_from(SampleInput::Plain(x.as_slice().unwrap()), x.shape())
+        self.forward_from(
+            SampleInput::Plain(x.as_slice().unwrap()),
+            x.shape(),
+            None,
+            false,
+        )
+        .0
     }
 
     /// The geometry of one sample of an `(N, C, H, W)` input.
@@ -285,8 +291,17 @@ impl Conv2d {
         }
     }
 
-    /// Forward over a batch of shape `in_shape` whose samples `input` provides.
-    pub(crate) fn forward_from(&self, input: SampleInput, in_shape: &[usize]) -> Tensor {
+    /// Forward over a batch of shape `in_shape` whose samples `input` provides; adds
+    /// `residual` (a residual unit's shortcut term, of the output's shape) to each sample while
+    /// it is in cache, and returns the output's plane moments when asked (for the BatchNorm
+    /// that reads it next).
+    pub(crate) fn forward_from(
+        &self,
+        input: SampleInput,
+        in_shape: &[usize],
+        residual: Option<&[f64]>,
+        moments: bool,
+    ) -> (Tensor, Option<PlaneMoments>) {
         let g = self.geometry(in_shape);
         let out = self.out_shape(in_shape);
         let (co, hw_out) = (out[1], out[2] * out[3]);
@@ -295,11 +310,21 @@ impl Conv2d {
         let pointwise = self.is_pointwise();
         let cols_len = if pointwise { 0 } else { ckk * hw_out };
         let mut y = Tensor::uninit(IxDyn(&out));
-        y.as_slice_mut()
+        let sample_out = co * hw_out;
+        if let Some(r) = residual {
+            assert_eq!(
+                r.len(),
+                y.len(),
+                "{}: residual of the wrong size",
+                self.name
+            );
+        }
+        let per_sample: Vec<Vec<(f64, f64)>> = y
+            .as_slice_mut()
             .unwrap()
-            .par_chunks_mut(co * hw_out)
+            .par_chunks_mut(sample_out)
             .enumerate()
-            .for_each(|(n, y_n)| {
+            .map(|(n, y_n)| {
                 with_scratch(act_len(&input, sample_in), cols_len, |act, cols| {
                     let x_n = input.sample(n, sample_in, act);
                     let cols = if pointwise {
@@ -314,10 +339,21 @@ impl Conv2d {
                             row.iter_mut().for_each(|v| *v += bv);
                         }
                     }
+                    if let Some(r) = residual {
+                        let r_n = &r[n * sample_out..(n + 1) * sample_out];
+                        y_n.iter_mut().zip(r_n).for_each(|(v, r)| *v += r);
+                    }
+                    if moments {
+                        PlaneMoments::of_sample(y_n, hw_out)
+                    } else {
+                        Vec::new()
+                    }
                 })
-            });
+            })
+            .collect();
         // SAFETY: the per-sample chunks cover `y` and each is written in full by the GEMM.
-        unsafe { y.assume_init() }
+        let y = unsafe { y.assume_init() };
+        (y, moments.then(|| PlaneMoments(per_sample.concat())))
     }
 
     /// Takes the input by value: it moves into the cache.

@@ -16,7 +16,7 @@
 
 use std::sync::Arc;
 
-use super::batch_norm::{BatchNorm, BatchNormCache};
+use super::batch_norm::{BatchNorm, BatchNormCache, PlaneMoments};
 use super::conv::{Conv2d, SampleInput};
 use super::relu::select;
 use super::Mode;
@@ -30,15 +30,41 @@ pub fn forward(
     x: Arc<Tensor>,
     mode: Mode,
 ) -> (Tensor, BatchNormCache) {
-    let (cache, affine) = bn.normalise(x, mode);
+    let (y, cache, _) = forward_with(bn, conv, x, mode, &Extras::default());
+    (y, cache)
+}
+
+/// What a fused pass can do besides its own job, each while a sample is in cache.
+#[derive(Default)]
+pub(crate) struct Extras<'a> {
+    /// The input's plane moments, computed by the op that wrote it (skips BN's own pass).
+    pub moments_in: Option<&'a PlaneMoments>,
+    /// Added to the output (a residual unit's identity shortcut).
+    pub residual: Option<&'a Tensor>,
+    /// Return the output's plane moments (for the BatchNorm that reads it next).
+    pub moments_out: bool,
+}
+
+/// [`forward`] with [`Extras`]; returns the output's plane moments when asked.
+pub(crate) fn forward_with(
+    bn: &BatchNorm,
+    conv: &Conv2d,
+    x: Arc<Tensor>,
+    mode: Mode,
+    extras: &Extras,
+) -> (Tensor, BatchNormCache, Option<PlaneMoments>) {
+    let (cache, affine) = bn.normalise(x, mode, extras.moments_in);
     let shape = cache.x.shape();
     let input = SampleInput::Preact {
         x: cache.x.as_slice().unwrap(),
         affine: &affine,
         plane: shape[2] * shape[3],
     };
-    let y = conv.forward_from(input, shape);
-    (y, cache)
+    let residual = extras
+        .residual
+        .map(|r| r.as_slice().expect("standard layout"));
+    let (y, moments) = conv.forward_from(input, shape, residual, extras.moments_out);
+    (y, cache, moments)
 }
 
 /// `dE/dx` from `dE/dy`, plus `residual` if given (added in the last pass, no pass of its

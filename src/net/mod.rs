@@ -17,8 +17,8 @@ use crate::grads::Grads;
 use crate::layers::{loss, Mode};
 use crate::tensor::Tensor;
 use crate::unit::ops::{
-    backward_seq, forward_seq, forward_seq_shared, freeze_relus_seq, update_running_stats_seq, Op,
-    OpCache,
+    backward_seq, forward_seq, forward_seq_with, freeze_relus_seq, update_running_stats_seq, Op,
+    OpCache, SeqExtras,
 };
 use crate::unit::{ForwardCtx, ResidualUnit, UnitCache};
 
@@ -249,15 +249,22 @@ impl Network {
         // Each x_l is one buffer, shared by the record, the shortcut and the branch's first
         // BatchNorm.
         let mut x = Arc::new(x0);
+        // Plane moments of x_l, when unit l-1 could measure them (see `forward_fused`).
+        let mut moments = None;
         for unit in &self.units {
-            let (next, cache) = unit.forward_shared(x, ctx);
+            let (next, cache, next_moments) = unit.forward_fused(x, ctx, moments);
             units.push(match keep {
                 Keep::All => UnitStore::Full(Box::new(cache)),
                 Keep::Inputs => UnitStore::Input(cache.x),
             });
             x = Arc::new(next);
+            moments = next_moments;
         }
-        let (logits, head) = forward_seq_shared(&self.head, Arc::clone(&x), ctx.mode);
+        let extras = SeqExtras {
+            moments_in: moments,
+            ..SeqExtras::default()
+        };
+        let (logits, head, _) = forward_seq_with(&self.head, Arc::clone(&x), ctx.mode, extras);
         let (loss, probs) = loss::forward(&logits, labels);
         Ok(NetCache {
             stem,

@@ -6,6 +6,7 @@ use std::borrow::Cow;
 use std::sync::Arc;
 
 use crate::grads::Grads;
+use crate::layers::batch_norm::PlaneMoments;
 use crate::layers::conv::pool;
 use crate::layers::preact_conv;
 use crate::layers::{relu, BatchNorm, BatchNormCache, Conv2d, ConvCache, Dense, DenseCache, Mode};
@@ -128,15 +129,88 @@ pub fn forward_seq(ops: &[Op], x: Tensor, mode: Mode) -> (Tensor, Vec<OpCache>) 
 /// pre-activation branch) caches the shared input instead of a copy; any other first op gets
 /// the tensor itself, copied only if the caller still holds it.
 pub fn forward_seq_shared(ops: &[Op], x: Arc<Tensor>, mode: Mode) -> (Tensor, Vec<OpCache>) {
+    let (y, caches, _) = forward_seq_with(ops, x, mode, SeqExtras::default());
+    (y, caches)
+}
+
+/// What a sequence's forward pass receives or hands over besides the tensors.
+#[derive(Default)]
+pub struct SeqExtras<'a> {
+    /// The input's plane moments, from the op that wrote it.
+    pub moments_in: Option<PlaneMoments>,
+    /// Added to the output: a residual unit's identity shortcut, added inside the last
+    /// pre-activation conv while each sample is in cache (after the sequence otherwise).
+    pub residual: Option<&'a Tensor>,
+    /// Hand back the output's plane moments, when the last op can make them.
+    pub moments_out: bool,
+}
+
+/// [`forward_seq_shared`] with [`SeqExtras`]. Between fused groups, a pre-activation conv
+/// followed by a BatchNorm hands over its output's plane moments (training mode), so the
+/// BatchNorm skips its statistics pass: the same bits either way.
+pub fn forward_seq_with(
+    ops: &[Op],
+    x: Arc<Tensor>,
+    mode: Mode,
+    extras: SeqExtras,
+) -> (Tensor, Vec<OpCache>, Option<PlaneMoments>) {
     let mut caches = Vec::with_capacity(ops.len());
     let mut input = Input::Shared(x);
+    let mut moments = extras.moments_in;
+    let mut residual = extras.residual;
     let mut i = 0;
     while i < ops.len() {
-        let (y, used) = forward_group(&ops[i..], input, mode, &mut caches);
+        let rest = &ops[i..];
+        let (y, used, next_moments) = match rest {
+            [Op::BatchNorm(bn), Op::Relu, Op::Conv(conv), more @ ..] => {
+                let last = more.is_empty();
+                let wanted = if last {
+                    extras.moments_out
+                } else {
+                    matches!(more.first(), Some(Op::BatchNorm(_)))
+                };
+                let fused = preact_conv::Extras {
+                    moments_in: moments.as_ref(),
+                    residual: if last { residual.take() } else { None },
+                    moments_out: wanted && mode == Mode::Train,
+                };
+                let (y, c, m) =
+                    preact_conv::forward_with(bn, conv, input.into_shared(), mode, &fused);
+                caches.extend([
+                    OpCache::BatchNorm(c),
+                    OpCache::FusedRelu,
+                    OpCache::FusedConv,
+                ]);
+                (y, 3, m)
+            }
+            [Op::BatchNorm(bn), more @ ..] => {
+                let relu = matches!(more.first(), Some(Op::Relu));
+                let (y, c, r) =
+                    bn.forward_moments(input.into_shared(), mode, relu, moments.as_ref());
+                caches.push(OpCache::BatchNorm(c));
+                if let Some(r) = r {
+                    caches.push(OpCache::Relu(r));
+                }
+                (y, 1 + usize::from(relu), None)
+            }
+            [op, ..] => {
+                let (y, c) = op.forward(input.into_owned(), mode);
+                caches.push(c);
+                (y, 1, None)
+            }
+            [] => unreachable!("the loop stops at the end"),
+        };
         input = Input::Owned(y);
+        moments = next_moments;
         i += used;
     }
-    (input.into_owned(), caches)
+    let mut y = input.into_owned();
+    if let Some(r) = residual {
+        // The last op could not take the residual in: add it now (no moments, then).
+        crate::tensor::add_assign(&mut y, r);
+        moments = None;
+    }
+    (y, caches, moments)
 }
 
 /// An op's input: owned, or shared with the caller (only a BatchNorm keeps it as it is).
@@ -158,38 +232,6 @@ impl Input {
             Input::Owned(t) => t,
             Input::Shared(a) => Arc::unwrap_or_clone(a),
         }
-    }
-}
-
-/// Runs the op or fused group at the start of `ops`, pushing one cache per op; returns the
-/// output and how many ops it covered.
-fn forward_group(ops: &[Op], x: Input, mode: Mode, caches: &mut Vec<OpCache>) -> (Tensor, usize) {
-    match ops {
-        [Op::BatchNorm(bn), Op::Relu, Op::Conv(conv), ..] => {
-            let (y, c) = preact_conv::forward(bn, conv, x.into_shared(), mode);
-            caches.extend([
-                OpCache::BatchNorm(c),
-                OpCache::FusedRelu,
-                OpCache::FusedConv,
-            ]);
-            (y, 3)
-        }
-        [Op::BatchNorm(bn), Op::Relu, ..] => {
-            let (y, c, r) = bn.forward_relu_shared(x.into_shared(), mode);
-            caches.extend([OpCache::BatchNorm(c), OpCache::Relu(r)]);
-            (y, 2)
-        }
-        [Op::BatchNorm(bn), ..] => {
-            let (y, c) = bn.forward_shared(x.into_shared(), mode);
-            caches.push(OpCache::BatchNorm(c));
-            (y, 1)
-        }
-        [op, ..] => {
-            let (y, c) = op.forward(x.into_owned(), mode);
-            caches.push(c);
-            (y, 1)
-        }
-        [] => unreachable!("forward_group is called with at least one op"),
     }
 }
 

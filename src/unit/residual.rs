@@ -16,11 +16,12 @@
 use std::sync::Arc;
 
 use super::ops::{
-    backward_seq, backward_seq_ref, forward_seq, forward_seq_shared, freeze_relus_seq,
-    update_running_stats_seq, Op, OpCache,
+    backward_seq, backward_seq_ref, forward_seq, forward_seq_with, freeze_relus_seq,
+    update_running_stats_seq, Op, OpCache, SeqExtras,
 };
 use super::spec::{Placement, ShortcutKind};
 use crate::grads::Grads;
+use crate::layers::batch_norm::PlaneMoments;
 use crate::layers::{dropout, sigmoid, Mode};
 use crate::rng::{derive_seed, purpose, rng};
 use crate::tensor::Tensor;
@@ -87,16 +88,39 @@ pub struct UnitParts {
 impl ResidualUnit {
     /// Runs the branch and the shortcut's own layers (gate, projection, mask). Returns the
     /// cache, complete except for the after-addition function, and `F(x)`.
-    fn forward_inputs(&self, x_in: Arc<Tensor>, ctx: &ForwardCtx) -> (UnitCache, Tensor) {
-        let (split_input, pre_caches) = if self.pre.is_empty() {
-            (None, Vec::new())
+    fn forward_inputs(
+        &self,
+        x_in: Arc<Tensor>,
+        ctx: &ForwardCtx,
+        moments_in: Option<PlaneMoments>,
+    ) -> (UnitCache, Tensor) {
+        // The input's moments go to whichever sequence reads x first.
+        let with_moments = |moments_in| SeqExtras {
+            moments_in,
+            ..SeqExtras::default()
+        };
+        let (split_input, pre_caches, moments_in) = if self.pre.is_empty() {
+            (None, Vec::new(), moments_in)
         } else {
-            let (a, c) = forward_seq(&self.pre, (*x_in).clone(), ctx.mode);
-            (Some(a), c)
+            let (a, c, _) = forward_seq_with(
+                &self.pre,
+                Arc::clone(&x_in),
+                ctx.mode,
+                with_moments(moments_in),
+            );
+            (Some(a), c, None)
         };
         let (branch_out, branch_caches) = match &split_input {
             Some(a) => forward_seq(&self.branch, a.clone(), ctx.mode),
-            None => forward_seq_shared(&self.branch, Arc::clone(&x_in), ctx.mode),
+            None => {
+                let (y, c, _) = forward_seq_with(
+                    &self.branch,
+                    Arc::clone(&x_in),
+                    ctx.mode,
+                    with_moments(moments_in),
+                );
+                (y, c)
+            }
         };
         let x: &Tensor = split_input.as_ref().unwrap_or(&x_in);
         let mut shortcut_cache = None;
@@ -162,7 +186,7 @@ impl ResidualUnit {
 
     /// `h(x)` and `F'(x)` separately, before the addition.
     pub fn forward_parts(&self, x: &Tensor, ctx: &ForwardCtx) -> UnitParts {
-        let (mut cache, branch_out) = self.forward_inputs(Arc::new(x.clone()), ctx);
+        let (mut cache, branch_out) = self.forward_inputs(Arc::new(x.clone()), ctx, None);
         let mut shortcut = Tensor::zeros(branch_out.raw_dim());
         self.add_shortcut(&cache, &mut shortcut);
         let branch_term = self.add_branch_term(&mut cache, branch_out, false);
@@ -185,12 +209,52 @@ impl ResidualUnit {
     /// As [`ResidualUnit::forward`] from an input the caller shares: the cache keeps it
     /// without a copy.
     pub fn forward_shared(&self, x: Arc<Tensor>, ctx: &ForwardCtx) -> (Tensor, UnitCache) {
-        let (mut cache, branch_out) = self.forward_inputs(x, ctx);
+        let (y, cache, _) = self.forward_fused(x, ctx, None);
+        (y, cache)
+    }
+
+    /// As [`ResidualUnit::forward_shared`], taking the input's plane moments (from the unit
+    /// below) and returning the output's when it can make them. The paper's unit (identity
+    /// h and f) adds `x` inside the branch's last convolution, sample by sample, and measures
+    /// the sum there for the next unit's first BatchNorm: two fewer passes over `x_{l+1}`.
+    pub fn forward_fused(
+        &self,
+        x: Arc<Tensor>,
+        ctx: &ForwardCtx,
+        moments_in: Option<PlaneMoments>,
+    ) -> (Tensor, UnitCache, Option<PlaneMoments>) {
+        let plain = self.pre.is_empty()
+            && self.after_add.is_empty()
+            && matches!(self.shortcut, ShortcutKind::Identity)
+            && !ctx.keep_branch;
+        if plain {
+            let extras = SeqExtras {
+                moments_in,
+                residual: Some(&x),
+                moments_out: true,
+            };
+            let (y, branch, moments) =
+                forward_seq_with(&self.branch, Arc::clone(&x), ctx.mode, extras);
+            let cache = UnitCache {
+                x,
+                pre: Vec::new(),
+                split_input: None,
+                branch,
+                branch_out: None,
+                shortcut_op: None,
+                gate: None,
+                projection: None,
+                mask: None,
+                after_add: Vec::new(),
+            };
+            return (y, cache, moments);
+        }
+        let (mut cache, branch_out) = self.forward_inputs(x, ctx, moments_in);
         let mut y = self.add_branch_term(&mut cache, branch_out, ctx.keep_branch);
         self.add_shortcut(&cache, &mut y);
         let (x_next, after_caches) = forward_seq(&self.after_add, y, ctx.mode);
         cache.after_add = after_caches;
-        (x_next, cache)
+        (x_next, cache, None)
     }
 
     fn shortcut_op(&self) -> &Op {

@@ -1,0 +1,141 @@
+//! The engine fuses ops for speed (BN-ReLU, BN-ReLU-conv, the shortcut addition inside the last
+//! convolution, BN statistics handed from the op that wrote a tensor to the BatchNorm that
+//! reads it). None of that may change a number: a whole network's forward and backward pass
+//! must equal, bit for bit, the same network run one op at a time with no fusion.
+
+use resprop::analysis::gaussian_batch;
+use resprop::layers::{loss, Mode};
+use resprop::net::resnet::Block;
+use resprop::net::{build_mlp, build_resnet, Keep, MlpConfig, Network, ResnetConfig};
+use resprop::tensor::Tensor;
+use resprop::unit::ops::{Op, OpCache};
+use resprop::unit::{ForwardCtx, Placement, ShortcutKind};
+
+fn resnet(units_per_stage: usize, block: Block, placement: Placement) -> Network {
+    build_resnet(&ResnetConfig {
+        name: "test".into(),
+        units_per_stage,
+        block,
+        image_size: 8,
+        input_channels: 3,
+        classes: 10,
+        placement,
+        shortcut: ShortcutKind::Identity,
+        seed: 3,
+    })
+    .unwrap()
+}
+
+/// Forward through `ops` one op at a time, keeping every cache.
+fn forward_ops(ops: &[Op], x: Tensor, mode: Mode) -> (Tensor, Vec<OpCache>) {
+    let mut caches = Vec::new();
+    let mut x = x;
+    for op in ops {
+        let (y, c) = op.forward(x, mode);
+        caches.push(c);
+        x = y;
+    }
+    (x, caches)
+}
+
+fn backward_ops(ops: &[Op], caches: &[OpCache], g: Tensor) -> Tensor {
+    ops.iter()
+        .zip(caches)
+        .rev()
+        .fold(g, |g, (op, c)| op.backward(c, g, None))
+}
+
+/// Every x_l and every dE/dx_l of the naive op-by-op pass. Units: identity or projection
+/// shortcut, with an optional shared pre-activation and after-addition function. Sums are
+/// formed in the order the engine forms them (`F + h` forward; the shortcut's part plus the
+/// branch's part backward, each through the pre-activation on its own).
+fn reference(net: &Network, input: &Tensor, labels: &[usize]) -> (Vec<Tensor>, Vec<Tensor>, f64) {
+    let mode = Mode::Train;
+    let (mut x, _) = forward_ops(&net.stem, input.clone(), mode);
+    let mut xs = Vec::new();
+    let mut caches = Vec::new();
+    for u in &net.units {
+        xs.push(x.clone());
+        let (a, pre) = forward_ops(&u.pre, x.clone(), mode);
+        let (f, branch) = forward_ops(&u.branch, a.clone(), mode);
+        let (h, proj) = match (&u.shortcut, &u.shortcut_op) {
+            (ShortcutKind::Identity, None) => (a, None),
+            (ShortcutKind::Conv1x1, Some(op)) => {
+                let (h, c) = op.forward(a, mode);
+                (h, Some(c))
+            }
+            other => {
+                panic!("the reference covers identity and projection shortcuts, not {other:?}")
+            }
+        };
+        let (out, after) = forward_ops(&u.after_add, f + &h, mode);
+        caches.push((pre, branch, proj, after));
+        x = out;
+    }
+    xs.push(x.clone());
+    let (logits, head) = forward_ops(&net.head, x, mode);
+    let (loss, probs) = loss::forward(&logits, labels);
+    let mut g = backward_ops(&net.head, &head, loss::backward(&probs, labels));
+    let mut grads = vec![g.clone()];
+    for (u, (pre, branch, proj, after)) in net.units.iter().zip(&caches).rev() {
+        let g_y = backward_ops(&u.after_add, after, g);
+        let g_f = backward_ops(&u.branch, branch, g_y.clone());
+        let g_h = match (&u.shortcut_op, proj) {
+            (Some(op), Some(c)) => op.backward(c, g_y, None),
+            _ => g_y,
+        };
+        g = backward_ops(&u.pre, pre, g_h) + &backward_ops(&u.pre, pre, g_f);
+        grads.push(g.clone());
+    }
+    grads.reverse();
+    (xs, grads, loss)
+}
+
+fn assert_fused_equals_reference(net: &Network, batch: usize) {
+    let (input, labels) = gaussian_batch(&net.input_shape, batch, net.classes, 11);
+    let (xs, grads, loss) = reference(net, &input, &labels);
+    for keep in [Keep::All, Keep::Inputs] {
+        let ctx = ForwardCtx {
+            mode: Mode::Train,
+            dropout_seed: 0,
+            keep_branch: false,
+        };
+        let cache = net.forward_with(&input, &labels, &ctx, keep).unwrap();
+        assert_eq!(cache.loss.to_bits(), loss.to_bits(), "{keep:?}: loss");
+        for (l, x) in xs.iter().enumerate() {
+            assert_eq!(cache.x(l), x, "{keep:?}: x_{l}");
+        }
+        let back = net.backward(&cache, &labels, None);
+        for (l, g) in grads.iter().enumerate() {
+            assert_eq!(&back.grad_x[l], g, "{keep:?}: dE/dx_{l}");
+        }
+    }
+}
+
+#[test]
+fn fused_resnet_passes_equal_the_op_by_op_pass_bit_for_bit() {
+    // Pre-activation nets fuse every BN-ReLU-conv; the original unit fuses its middle one and
+    // has a ReLU after the addition. Two units per stage: plain units and projections.
+    for block in [Block::Basic, Block::Bottleneck] {
+        for placement in [Placement::FullPreact, Placement::Original] {
+            assert_fused_equals_reference(&resnet(2, block, placement), 3);
+        }
+    }
+}
+
+#[test]
+fn fused_mlp_passes_equal_the_op_by_op_pass_bit_for_bit() {
+    for placement in [Placement::FullPreact, Placement::Original] {
+        let net = build_mlp(&MlpConfig {
+            units: 6,
+            width: 12,
+            input_dim: 7,
+            classes: 10,
+            placement,
+            shortcut: ShortcutKind::Identity,
+            seed: 5,
+        })
+        .unwrap();
+        assert_fused_equals_reference(&net, 9);
+    }
+}
