@@ -334,40 +334,15 @@ impl BatchNorm {
 
     /// `y = gamma xhat + beta`. Takes the input by value: it moves into the cache.
     pub fn forward(&self, x: Tensor, mode: Mode) -> (Tensor, BatchNormCache) {
-        self.forward_shared(Arc::new(x), mode)
-    }
-
-    /// As [`BatchNorm::forward`], keeping a shared input in the cache without a copy.
-    pub fn forward_shared(&self, x: Arc<Tensor>, mode: Mode) -> (Tensor, BatchNormCache) {
-        let (y, cache, _) = self.forward_impl(x, mode, false, None);
+        let (y, cache, _) = self.forward_shared(Arc::new(x), mode, false, None);
         (y, cache)
     }
 
     /// `relu(gamma xhat + beta)` in one pass, with both layers' caches (the same values as
     /// running the two layers one after the other).
     pub fn forward_relu(&self, x: Tensor, mode: Mode) -> (Tensor, BatchNormCache, ReluCache) {
-        self.forward_relu_shared(Arc::new(x), mode)
-    }
-
-    /// As [`BatchNorm::forward_relu`] with a shared input.
-    pub fn forward_relu_shared(
-        &self,
-        x: Arc<Tensor>,
-        mode: Mode,
-    ) -> (Tensor, BatchNormCache, ReluCache) {
-        let (y, cache, relu) = self.forward_impl(x, mode, true, None);
+        let (y, cache, relu) = self.forward_shared(Arc::new(x), mode, true, None);
         (y, cache, relu.expect("the fused pass makes a mask"))
-    }
-
-    /// The plain or BN-ReLU pass with the input's plane moments already known.
-    pub(crate) fn forward_moments(
-        &self,
-        x: Arc<Tensor>,
-        mode: Mode,
-        relu: bool,
-        moments: Option<&PlaneMoments>,
-    ) -> (Tensor, BatchNormCache, Option<ReluCache>) {
-        self.forward_impl(x, mode, relu, moments)
     }
 
     /// Batch mean and biased variance per channel; two passes (mean, then centred squares), so
@@ -474,7 +449,10 @@ impl BatchNorm {
         Affine { a, b }
     }
 
-    fn forward_impl(
+    /// The plain (`relu` false) or BN-ReLU pass from an input the caller shares (kept in the
+    /// cache without a copy), with the input's plane moments when the op that wrote it made
+    /// them.
+    pub(crate) fn forward_shared(
         &self,
         x: Arc<Tensor>,
         mode: Mode,

@@ -122,14 +122,7 @@ impl Op {
 /// yield every member's cache slot: BN-ReLU-conv (the pre-activation convolution, see
 /// `layers::preact_conv`) and BN-ReLU (one pass, both caches). Same values, fewer passes.
 pub fn forward_seq(ops: &[Op], x: Tensor, mode: Mode) -> (Tensor, Vec<OpCache>) {
-    forward_seq_shared(ops, Arc::new(x), mode)
-}
-
-/// As [`forward_seq`] from an input the caller keeps too: a leading BatchNorm (every
-/// pre-activation branch) caches the shared input instead of a copy; any other first op gets
-/// the tensor itself, copied only if the caller still holds it.
-pub fn forward_seq_shared(ops: &[Op], x: Arc<Tensor>, mode: Mode) -> (Tensor, Vec<OpCache>) {
-    let (y, caches, _) = forward_seq_with(ops, x, mode, SeqExtras::default());
+    let (y, caches, _) = forward_seq_with(ops, Arc::new(x), mode, SeqExtras::default());
     (y, caches)
 }
 
@@ -145,7 +138,9 @@ pub struct SeqExtras<'a> {
     pub moments_out: bool,
 }
 
-/// [`forward_seq_shared`] with [`SeqExtras`]. Between fused groups, a pre-activation conv
+/// [`forward_seq`] from an input the caller keeps too (a leading BatchNorm caches the shared
+/// input instead of a copy; any other first op gets the tensor itself, copied only if the
+/// caller still holds it), with [`SeqExtras`]. Between fused groups, a pre-activation conv
 /// followed by a BatchNorm hands over its output's plane moments (training mode), so the
 /// BatchNorm skips its statistics pass: the same bits either way.
 pub fn forward_seq_with(
@@ -186,7 +181,7 @@ pub fn forward_seq_with(
             [Op::BatchNorm(bn), more @ ..] => {
                 let relu = matches!(more.first(), Some(Op::Relu));
                 let (y, c, r) =
-                    bn.forward_moments(input.into_shared(), mode, relu, moments.as_ref());
+                    bn.forward_shared(input.into_shared(), mode, relu, moments.as_ref());
                 caches.push(OpCache::BatchNorm(c));
                 if let Some(r) = r {
                     caches.push(OpCache::Relu(r));

@@ -223,11 +223,7 @@ impl ResidualUnit {
         ctx: &ForwardCtx,
         moments_in: Option<PlaneMoments>,
     ) -> (Tensor, UnitCache, Option<PlaneMoments>) {
-        let plain = self.pre.is_empty()
-            && self.after_add.is_empty()
-            && matches!(self.shortcut, ShortcutKind::Identity)
-            && !ctx.keep_branch;
-        if plain {
+        if self.is_plain() && !ctx.keep_branch {
             let extras = SeqExtras {
                 moments_in,
                 residual: Some(&x),
@@ -255,6 +251,14 @@ impl ResidualUnit {
         let (x_next, after_caches) = forward_seq(&self.after_add, y, ctx.mode);
         cache.after_add = after_caches;
         (x_next, cache, None)
+    }
+
+    /// The paper's unit: identity shortcut and after-addition function, no shared
+    /// pre-activation. Its passes fuse the addition into the branch (see `forward_fused`).
+    fn is_plain(&self) -> bool {
+        self.pre.is_empty()
+            && self.after_add.is_empty()
+            && matches!(self.shortcut, ShortcutKind::Identity)
     }
 
     fn shortcut_op(&self) -> &Op {
@@ -395,10 +399,7 @@ impl ResidualUnit {
         grad_next: &Tensor,
         grads: Option<&mut Grads>,
     ) -> Tensor {
-        let plain = self.pre.is_empty()
-            && self.after_add.is_empty()
-            && matches!(self.shortcut, ShortcutKind::Identity);
-        if !plain {
+        if !self.is_plain() {
             let (mut s, b) = self.backward_split_inner(cache, grad_next, grads);
             s += &b;
             return s;
