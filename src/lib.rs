@@ -29,6 +29,7 @@ pub mod net;
 pub mod output;
 pub mod plot;
 pub mod rng;
+pub mod spin_join;
 pub mod tensor;
 pub mod train;
 pub mod unit;

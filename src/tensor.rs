@@ -237,7 +237,7 @@ pub fn matmul_into(
         let (a0, a1) = a.view().split_at(axis, half);
         ((a0, b.view()), (a1, b.view()))
     };
-    rayon::join(
+    crate::spin_join::join(
         || gemm_call(&mut c0, &a0, &b0, accumulate, None),
         || gemm_call(&mut c1, &a1, &b1, accumulate, None),
     );

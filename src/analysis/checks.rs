@@ -258,7 +258,8 @@ fn finite_difference_rows(
         .enumerate()
         .map(|(j, job)| {
             let seed = derive_seed(opts.seed, &[purpose::DIRECTIONS, j as u64]);
-            match job.unit {
+            // Jobs run side by side on rayon's workers: no extra helper thread inside.
+            crate::spin_join::without_helper(|| match job.unit {
                 Some(l) => {
                     let x = cache.x(l);
                     let v = direction(x.shape(), &grad_x[l], seed);
@@ -294,7 +295,7 @@ fn finite_difference_rows(
                     );
                     fd_error(fd, analytic)
                 }
-            }
+            })
         })
         .collect();
     // One row per group: the worst error and which tensor it came from.

@@ -247,17 +247,20 @@ pub fn run_experiment(spec: &Spec, out: &Path, progress: bool) -> Result<(PathBu
     let warnings: Vec<Option<String>> = todo
         .par_iter()
         .map(|cell| {
-            let result = match (&spec.task, &data) {
-                (Task::Train(t), Some(d)) => run_train_cell(spec, cell, t, d)?,
-                _ => {
-                    let (rows, warning) = run_cell(spec, cell)?;
-                    CellResult {
-                        rows,
-                        grad_rows: Vec::new(),
-                        warning,
+            // Cells run side by side on rayon's workers: no extra helper thread inside.
+            let result = crate::spin_join::without_helper(|| -> Result<CellResult> {
+                Ok(match (&spec.task, &data) {
+                    (Task::Train(t), Some(d)) => run_train_cell(spec, cell, t, d)?,
+                    _ => {
+                        let (rows, warning) = run_cell(spec, cell)?;
+                        CellResult {
+                            rows,
+                            grad_rows: Vec::new(),
+                            warning,
+                        }
                     }
-                }
-            };
+                })
+            })?;
             // The gradient file first: the main file's presence marks the cell complete.
             if matches!(spec.task, Task::Train(_)) {
                 write_atomic(&grads_path(cell), &csv_bytes(None, &result.grad_rows)?)?;

@@ -29,6 +29,7 @@ use rayon::prelude::*;
 use super::relu::{select, ReluCache};
 use super::Mode;
 use crate::grads::Grads;
+use crate::spin_join::{self, split_point};
 use crate::tensor::{lane_sum, Tensor};
 
 pub const EPS: f64 = 1e-5;
@@ -219,21 +220,29 @@ fn eval_grad_run<R: Run>(g: &mut [f64], mask: Option<&[bool]>, scale: &[f64]) {
     }
 }
 
-/// Per channel `(sum_a, sum_b)`: `plane(start, channel)` sums one plane, `row(start, a, b)` adds
-/// one dense row into the per-channel sums. Conv
-/// activations: parallel blocks of channels, each channel summed plane by plane in sample
-/// order with fixed lanes. Dense: rows in order, vectorised across channels, on one thread.
+/// Per channel `(sum_a, sum_b)`: `plane(start, channel)` sums one plane; `row(start, c0, a,
+/// b)` adds the stretch of one dense row that starts at flat index `start` (channel `c0`)
+/// into the sums `a`, `b` of channels `c0..c0 + a.len()`. Conv activations: parallel blocks
+/// of channels, each channel summed plane by plane in sample order with fixed lanes. Dense:
+/// the channels in two halves, each half's rows added in order and vectorised across
+/// channels (a channel's sum is the same serial sum whichever half or thread it is in).
 #[allow(clippy::type_complexity)]
 fn channel_sums(
     l: Layout,
     plane: &(dyn Fn(usize, usize) -> (f64, f64) + Sync),
-    row: &dyn Fn(usize, &mut [f64], &mut [f64]),
+    row: &(dyn Fn(usize, usize, &mut [f64], &mut [f64]) + Sync),
 ) -> (Vec<f64>, Vec<f64>) {
     if l.s == 1 {
         let (mut a, mut b) = (vec![0.0; l.c], vec![0.0; l.c]);
-        for n in 0..l.n {
-            row(n * l.c, &mut a, &mut b);
-        }
+        let half = split_point(l.c, 8);
+        let (a0, a1) = a.split_at_mut(half);
+        let (b0, b1) = b.split_at_mut(half);
+        let rows = |c0: usize, a: &mut [f64], b: &mut [f64]| {
+            if !a.is_empty() {
+                (0..l.n).for_each(|n| row(n * l.c + c0, c0, a, b));
+            }
+        };
+        spin_join::join(|| rows(0, a0, b0), || rows(half, a1, b1));
         return (a, b);
     }
     let blocks: Vec<Vec<(f64, f64)>> = (0..l.c.div_ceil(CHANNEL_BLOCK))
@@ -360,11 +369,7 @@ impl BatchNorm {
         let (sum, _) = channel_sums(
             l,
             &|start, _| (lane_sum(&xs[start..start + l.s], |v| v), 0.0),
-            &|start, a, _| {
-                a.iter_mut()
-                    .zip(&xs[start..start + l.c])
-                    .for_each(|(a, v)| *a += v)
-            },
+            &|start, _, a, _| a.iter_mut().zip(&xs[start..]).for_each(|(a, v)| *a += v),
         );
         let mean: Vec<f64> = sum.iter().map(|v| v / count).collect();
         let (sq, _) = channel_sums(
@@ -376,10 +381,10 @@ impl BatchNorm {
                     0.0,
                 )
             },
-            &|start, a, _| {
+            &|start, c0, a, _| {
                 a.iter_mut()
-                    .zip(&xs[start..start + l.c])
-                    .zip(&mean)
+                    .zip(&xs[start..])
+                    .zip(&mean[c0..])
                     .for_each(|((a, v), m)| *a += (v - m) * (v - m))
             },
         );
@@ -471,8 +476,8 @@ impl BatchNorm {
         };
         let task = l.task_len();
         let run = l.run_len();
-        let kernel = |t: usize, out: &mut [MaybeUninit<f64>], mask: &mut [bool]| {
-            let start = t * task;
+        // `start` is the flat index of `out`'s first element; `out` holds whole runs.
+        let kernel = |start: usize, out: &mut [MaybeUninit<f64>], mask: &mut [bool]| {
             for (j, o) in out.chunks_mut(run).enumerate() {
                 let (rs, len) = (start + j * run, o.len());
                 let (src, pa, pb) = (&xs[rs..], l.params(&a, rs, len), l.params(&b, rs, len));
@@ -489,15 +494,25 @@ impl BatchNorm {
             }
         };
         let ys = y.as_slice_mut().unwrap();
-        if relu {
+        if l.s == 1 {
+            // A dense activation is small (W1: 256 KB): two halves of whole rows.
+            let mid = split_point(ys.len(), task);
+            let (y0, y1) = ys.split_at_mut(mid);
+            let (m0, m1) = if relu {
+                mask.split_at_mut(mid)
+            } else {
+                (&mut [][..], &mut [][..])
+            };
+            spin_join::join(|| kernel(0, y0, m0), || kernel(mid, y1, m1));
+        } else if relu {
             ys.par_chunks_mut(task)
                 .zip(mask.par_chunks_mut(task))
                 .enumerate()
-                .for_each(|(t, (o, m))| kernel(t, o, m));
+                .for_each(|(t, (o, m))| kernel(t * task, o, m));
         } else {
             ys.par_chunks_mut(task)
                 .enumerate()
-                .for_each(|(t, o)| kernel(t, o, &mut []));
+                .for_each(|(t, o)| kernel(t * task, o, &mut []));
         }
         // SAFETY: the chunks cover `y` and every kernel writes each element of its chunk.
         let y = unsafe { y.assume_init() };
@@ -555,20 +570,21 @@ impl BatchNorm {
                     let (g, x) = (&gy[start..start + l.s], &xs[start..start + l.s]);
                     crate::tensor::grad_sums(g, x, mask.map(|mk| &mk[start..start + l.s]), m)
                 },
-                &|start, sb, sg| {
-                    let (g, x) = (&gy[start..start + l.c], &xs[start..start + l.c]);
-                    let (sb, sg, mean) = (&mut sb[..l.c], &mut sg[..l.c], &mean[..l.c]);
+                &|start, c0, sb, sg| {
+                    let w = sb.len();
+                    let (g, x) = (&gy[start..start + w], &xs[start..start + w]);
+                    let (sb, sg, mean) = (&mut sb[..w], &mut sg[..w], &mean[c0..c0 + w]);
                     match mask {
                         Some(mk) => {
-                            let mk = &mk[start..start + l.c];
-                            for ch in 0..l.c {
+                            let mk = &mk[start..start + w];
+                            for ch in 0..w {
                                 let gi = select(mk[ch], g[ch]);
                                 sb[ch] += gi;
                                 sg[ch] += gi * (x[ch] - mean[ch]);
                             }
                         }
                         None => {
-                            for ch in 0..l.c {
+                            for ch in 0..w {
                                 sb[ch] += g[ch];
                                 sg[ch] += g[ch] * (x[ch] - mean[ch]);
                             }
@@ -620,8 +636,8 @@ impl BatchNorm {
         } else {
             (Vec::new(), Vec::new())
         };
-        gs.par_chunks_mut(task).enumerate().for_each(|(t, out)| {
-            let start = t * task;
+        // `start` is the flat index of `out`'s first element; `out` holds whole runs.
+        let kernel = |start: usize, out: &mut [f64]| {
             for (j, g) in out.chunks_mut(run).enumerate() {
                 let (rs, len) = (start + j * run, g.len());
                 let mk = mask.map(|mk| &mk[rs..rs + len]);
@@ -649,7 +665,16 @@ impl BatchNorm {
                         .for_each(|(g, r)| *g += r);
                 }
             }
-        });
+        };
+        if l.s == 1 {
+            let mid = split_point(gs.len(), task);
+            let (g0, g1) = gs.split_at_mut(mid);
+            spin_join::join(|| kernel(0, g0), || kernel(mid, g1));
+        } else {
+            gs.par_chunks_mut(task)
+                .enumerate()
+                .for_each(|(t, out)| kernel(t * task, out));
+        }
         if let Some(grads) = grads {
             grads.accumulate(
                 &format!("{}.gamma", self.name),
