@@ -46,6 +46,8 @@ struct Helper {
     state: AtomicU8,
     /// Written by the claimant before `state` becomes POSTED, read by the helper after.
     job: UnsafeCell<Option<JobRef>>,
+    /// A panicking job's payload, written by the helper before it stores PANICKED.
+    panic: UnsafeCell<Option<Box<dyn std::any::Any + Send>>>,
     parked: AtomicBool,
     thread: Thread,
 }
@@ -87,6 +89,7 @@ fn helper() -> &'static Helper {
                     claimed: AtomicBool::new(false),
                     state: AtomicU8::new(IDLE),
                     job: UnsafeCell::new(None),
+                    panic: UnsafeCell::new(None),
                     parked: AtomicBool::new(false),
                     thread: thread::current(),
                 }));
@@ -123,7 +126,14 @@ fn serve(h: &'static Helper) -> ! {
         // SAFETY: `job.data` points to the `Option<F>` matching `job.run`, alive until the
         // caller sees DONE or PANICKED.
         let outcome = catch_unwind(AssertUnwindSafe(|| unsafe { (job.run)(job.data) }));
-        let done = if outcome.is_ok() { DONE } else { PANICKED };
+        let done = match outcome {
+            Ok(()) => DONE,
+            Err(payload) => {
+                // SAFETY: the caller reads `panic` only after seeing PANICKED (Acquire).
+                unsafe { *h.panic.get() = Some(payload) };
+                PANICKED
+            }
+        };
         h.state.store(done, Ordering::Release);
     }
 }
@@ -164,12 +174,15 @@ pub fn join(a: impl FnOnce() + Send, b: impl FnOnce() + Send) {
     post(h, &mut slot);
     let mine = catch_unwind(AssertUnwindSafe(a));
     let theirs = wait(h);
+    // SAFETY: the helper wrote `panic` before storing PANICKED, which `wait` saw (Acquire),
+    // and will not touch it again until a new job is posted.
+    let their_panic = (theirs == PANICKED).then(|| unsafe { (*h.panic.get()).take() });
     h.claimed.store(false, Ordering::Release);
     if let Err(payload) = mine {
         resume_unwind(payload);
     }
-    if theirs == PANICKED {
-        panic!("a job on the helper thread panicked");
+    if let Some(payload) = their_panic {
+        resume_unwind(payload.unwrap_or_else(|| Box::new("a job on the helper thread panicked")));
     }
 }
 
@@ -275,7 +288,10 @@ mod tests {
     #[test]
     fn a_panic_on_either_side_reaches_the_caller() {
         let r = catch_unwind(|| join(|| {}, || panic!("right")));
-        assert!(r.is_err());
+        let message = r.unwrap_err().downcast::<&str>().map(|m| *m);
+        // Through the helper the payload arrives as it was; through rayon (another test
+        // holds the helper) too.
+        assert_eq!(message.ok(), Some("right"));
         let r = catch_unwind(|| join(|| panic!("left"), || {}));
         assert!(r.is_err());
         // The helper still serves after both.

@@ -340,6 +340,38 @@ pub fn matmul_uninit_serial<'c>(
     unsafe { &mut *(c as *mut [MaybeUninit<f64>] as *mut [f64]) }
 }
 
+/// `c = a · b` into an uninitialised block `c` (any positive strides, e.g. a column block of
+/// a row-major matrix), on the calling thread; returns the block, now initialised.
+pub fn matmul_uninit_view<'c>(
+    mut c: ArrayViewMut2<'c, MaybeUninit<f64>>,
+    a: &ArrayView2<f64>,
+    b: &ArrayView2<f64>,
+) -> ArrayViewMut2<'c, f64> {
+    use ndarray::ShapeBuilder;
+    let (m, n) = c.dim();
+    let (rs, cs) = (c.strides()[0], c.strides()[1]);
+    assert!(rs >= 0 && cs >= 0, "matmul: negative output strides");
+    if a.ncols() == 0 {
+        c.map_inplace(|e| {
+            e.write(0.0);
+        });
+    }
+    // SAFETY: `MaybeUninit<f64>` has the layout of `f64`, and the view has `c`'s shape, strides
+    // and lifetime (`c` is consumed, so nothing else reaches the memory). Every element is
+    // written before it is read: by the fill above when k = 0, otherwise by the
+    // non-accumulating kernel (`gemm_call` checks the shapes).
+    let mut view = unsafe {
+        ArrayViewMut2::from_shape_ptr(
+            (m, n).strides((rs as usize, cs as usize)),
+            c.as_mut_ptr().cast::<f64>(),
+        )
+    };
+    if a.ncols() > 0 {
+        gemm_call(&mut view, a, b, false, None);
+    }
+    view
+}
+
 /// Fills uninitialised memory with `v`; returns it initialised.
 pub fn init_fill(c: &mut [MaybeUninit<f64>], v: f64) -> &mut [f64] {
     c.iter_mut().for_each(|e| {

@@ -35,6 +35,7 @@ fn ctx() -> ForwardCtx {
         mode: Mode::Train,
         dropout_seed: 9,
         keep_branch: true,
+        weight_grads: true,
     }
 }
 
@@ -285,6 +286,7 @@ fn invalid_batches_are_rejected_with_the_value() {
                 mode: Mode::Eval,
                 dropout_seed: 0,
                 keep_branch: true,
+                weight_grads: true,
             }
         )
         .is_ok());

@@ -4,6 +4,7 @@
 //! must equal, bit for bit, the same network run one op at a time with no fusion.
 
 use resprop::analysis::gaussian_batch;
+use resprop::grads::Grads;
 use resprop::layers::{loss, Mode};
 use resprop::net::resnet::Block;
 use resprop::net::{build_mlp, build_resnet, Keep, MlpConfig, Network, ResnetConfig};
@@ -94,11 +95,17 @@ fn reference(net: &Network, input: &Tensor, labels: &[usize]) -> (Vec<Tensor>, V
 fn assert_fused_equals_reference(net: &Network, batch: usize) {
     let (input, labels) = gaussian_batch(&net.input_shape, batch, net.classes, 11);
     let (xs, grads, loss) = reference(net, &input, &labels);
-    for keep in [Keep::All, Keep::Inputs] {
+    for (keep, weight_grads) in [
+        (Keep::All, true),
+        (Keep::Inputs, true),
+        (Keep::All, false),
+        (Keep::Inputs, false),
+    ] {
         let ctx = ForwardCtx {
             mode: Mode::Train,
             dropout_seed: 0,
             keep_branch: false,
+            weight_grads,
         };
         let cache = net.forward_with(&input, &labels, &ctx, keep).unwrap();
         assert_eq!(cache.loss.to_bits(), loss.to_bits(), "{keep:?}: loss");
@@ -138,4 +145,29 @@ fn fused_mlp_passes_equal_the_op_by_op_pass_bit_for_bit() {
         .unwrap();
         assert_fused_equals_reference(&net, 9);
     }
+}
+
+#[test]
+#[should_panic(expected = "did not keep")]
+fn weight_gradients_of_a_pass_that_dropped_the_inputs_are_refused() {
+    let net = build_mlp(&MlpConfig {
+        units: 2,
+        width: 16,
+        input_dim: 8,
+        classes: 10,
+        placement: Placement::FullPreact,
+        shortcut: ShortcutKind::Identity,
+        seed: 1,
+    })
+    .unwrap();
+    let (input, labels) = gaussian_batch(&net.input_shape, 4, net.classes, 2);
+    let ctx = ForwardCtx {
+        mode: Mode::Train,
+        dropout_seed: 0,
+        keep_branch: false,
+        weight_grads: false,
+    };
+    let cache = net.forward(&input, &labels, &ctx).unwrap();
+    let mut grads = Grads::new();
+    net.backward(&cache, &labels, Some(&mut grads));
 }

@@ -32,6 +32,7 @@ fn ctx(mode: Mode) -> ForwardCtx {
         mode,
         dropout_seed: 77,
         keep_branch: true,
+        weight_grads: true,
     }
 }
 

@@ -134,8 +134,10 @@ pub fn run(args: &BenchArgs) -> Result<ExitCode> {
         mode: Mode::Train,
         dropout_seed: 0,
         keep_branch: false,
+        weight_grads: matches!(args.mode, BenchMode::Train),
     };
-    let step = || -> Result<f64> {
+    // Seconds for the whole step and for its forward pass.
+    let step = || -> Result<(f64, f64)> {
         let t = Instant::now();
         let keep = if args.low_memory {
             Keep::Inputs
@@ -143,6 +145,7 @@ pub fn run(args: &BenchArgs) -> Result<ExitCode> {
             Keep::All
         };
         let cache = net.forward_with(&input, &labels, &ctx, keep)?;
+        let forward = t.elapsed().as_secs_f64();
         let grads = match args.mode {
             BenchMode::Profile => net.backward(&cache, &labels, None),
             BenchMode::Train => {
@@ -153,7 +156,7 @@ pub fn run(args: &BenchArgs) -> Result<ExitCode> {
             }
         };
         std::hint::black_box(&grads);
-        Ok(t.elapsed().as_secs_f64())
+        Ok((t.elapsed().as_secs_f64(), forward))
     };
     let threads = rayon::current_num_threads();
     let bar = ProgressBar::new(args.repeat as u64 + 1);
@@ -164,8 +167,11 @@ pub fn run(args: &BenchArgs) -> Result<ExitCode> {
     step()?; // warm-up
     bar.inc(1);
     let mut times = Vec::with_capacity(args.repeat as usize);
+    let mut forward_times = Vec::with_capacity(args.repeat as usize);
     for _ in 0..args.repeat {
-        times.push(step()?);
+        let (total, forward) = step()?;
+        times.push(total);
+        forward_times.push(forward);
         bar.inc(1);
     }
     bar.finish_and_clear();
@@ -188,6 +194,17 @@ pub fn run(args: &BenchArgs) -> Result<ExitCode> {
         w.batch,
         args.repeat,
         rss.map_or("unknown".to_string(), |r| format!("{r:.0} MB"))
+    );
+    let backward_times: Vec<f64> = times
+        .iter()
+        .zip(&forward_times)
+        .map(|(t, f)| t - f)
+        .collect();
+    outln!(
+        out,
+        "  forward median {:.4} s, backward median {:.4} s",
+        crate::tensor::median(&forward_times).unwrap(),
+        crate::tensor::median(&backward_times).unwrap()
     );
     emit(&out)?;
     if let Some(path) = &args.csv {

@@ -167,6 +167,7 @@ impl NetArgs {
             mode: self.bn_mode,
             dropout_seed: derive_seed(self.seed, &[purpose::DROPOUT]),
             keep_branch: true,
+            weight_grads: true,
         }
     }
 

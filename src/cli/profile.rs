@@ -11,6 +11,7 @@ use crate::analysis::gaussian_batch;
 use crate::analysis::record::{build_records, fmt_f64, profile_csv, Profile};
 use crate::net::Keep;
 use crate::output::{check_writable, emit, write_atomic};
+use crate::unit::ForwardCtx;
 
 #[derive(Debug, Args)]
 pub struct ProfileArgs {
@@ -39,7 +40,11 @@ pub fn run(args: &ProfileArgs) -> Result<ExitCode> {
     let net = args.net.build()?;
     let (input, labels) =
         gaussian_batch(&net.input_shape, args.net.batch, net.classes, args.net.seed);
-    let ctx = args.net.ctx();
+    // Input gradients only: weight layers need not keep their inputs.
+    let ctx = ForwardCtx {
+        weight_grads: false,
+        ..args.net.ctx()
+    };
     let keep = if args.low_memory {
         Keep::Inputs
     } else {

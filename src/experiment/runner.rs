@@ -148,6 +148,7 @@ pub fn run_cell(spec: &Spec, cell: &Cell) -> Result<(Vec<Vec<String>>, Option<St
         mode: spec.bn_mode,
         dropout_seed: derive_seed(seed, &[purpose::DROPOUT]),
         keep_branch: true,
+        weight_grads: true,
     };
     let cache = net.forward(&input, &labels, &ctx)?;
     let grads = net.backward(&cache, &labels, None);

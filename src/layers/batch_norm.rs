@@ -23,7 +23,7 @@
 use std::mem::MaybeUninit;
 use std::sync::Arc;
 
-use ndarray::{Array1, Ix1, IxDyn};
+use ndarray::{s, Array1, ArrayView2, Ix1, IxDyn};
 use rayon::prelude::*;
 
 use super::relu::{select, ReluCache};
@@ -177,6 +177,29 @@ fn affine_run<R: Run>(
     }
 }
 
+/// One dense row (or a stretch of it) of the forward map, for ops that fuse a BatchNorm:
+/// `out = a x + b`, or with the ReLU and its mask when `mask` is non-empty.
+pub(crate) fn affine_row(
+    out: &mut [MaybeUninit<f64>],
+    x: &[f64],
+    mask: &mut [bool],
+    a: &[f64],
+    b: &[f64],
+) {
+    affine_run::<Row>(out, x, mask, a, b)
+}
+
+/// One dense row (or a stretch) of the training-mode input gradient, in place; `p` is
+/// `[scale, c1, c2, mean]` of its channels.
+pub(crate) fn train_grad_row(g: &mut [f64], x: &[f64], mask: Option<&[bool]>, p: [&[f64]; 4]) {
+    train_grad_run::<Row>(g, x, mask, p)
+}
+
+/// One dense row (or a stretch) of the evaluation-mode input gradient, in place.
+pub(crate) fn eval_grad_row(g: &mut [f64], mask: Option<&[bool]>, scale: &[f64]) {
+    eval_grad_run::<Row>(g, mask, scale)
+}
+
 /// Training-mode input gradient in place: `g <- scale (mask g) - c1 - c2 (x - mean)`.
 #[inline(always)]
 fn train_grad_run<R: Run>(g: &mut [f64], x: &[f64], mask: Option<&[bool]>, p: [&[f64]; 4]) {
@@ -220,31 +243,13 @@ fn eval_grad_run<R: Run>(g: &mut [f64], mask: Option<&[bool]>, scale: &[f64]) {
     }
 }
 
-/// Per channel `(sum_a, sum_b)`: `plane(start, channel)` sums one plane; `row(start, c0, a,
-/// b)` adds the stretch of one dense row that starts at flat index `start` (channel `c0`)
-/// into the sums `a`, `b` of channels `c0..c0 + a.len()`. Conv activations: parallel blocks
-/// of channels, each channel summed plane by plane in sample order with fixed lanes. Dense:
-/// the channels in two halves, each half's rows added in order and vectorised across
-/// channels (a channel's sum is the same serial sum whichever half or thread it is in).
-#[allow(clippy::type_complexity)]
+/// Per channel `(sum_a, sum_b)` of a conv activation: `plane(start, channel)` sums one
+/// plane; parallel blocks of channels, each channel summed plane by plane in sample order
+/// with fixed lanes.
 fn channel_sums(
     l: Layout,
     plane: &(dyn Fn(usize, usize) -> (f64, f64) + Sync),
-    row: &(dyn Fn(usize, usize, &mut [f64], &mut [f64]) + Sync),
 ) -> (Vec<f64>, Vec<f64>) {
-    if l.s == 1 {
-        let (mut a, mut b) = (vec![0.0; l.c], vec![0.0; l.c]);
-        let half = split_point(l.c, 8);
-        let (a0, a1) = a.split_at_mut(half);
-        let (b0, b1) = b.split_at_mut(half);
-        let rows = |c0: usize, a: &mut [f64], b: &mut [f64]| {
-            if !a.is_empty() {
-                (0..l.n).for_each(|n| row(n * l.c + c0, c0, a, b));
-            }
-        };
-        spin_join::join(|| rows(0, a0, b0), || rows(half, a1, b1));
-        return (a, b);
-    }
     let blocks: Vec<Vec<(f64, f64)>> = (0..l.c.div_ceil(CHANNEL_BLOCK))
         .into_par_iter()
         .map(|blk| {
@@ -305,13 +310,18 @@ fn combine_planes(l: Layout, moments: impl Fn(usize) -> (f64, f64)) -> (f64, f64
     (mean, m2 / count)
 }
 
-/// Per-plane moments of a conv activation, `[n * C + c]`, computed by the op that wrote it
-/// while each sample was in cache, so the next BatchNorm need not read the tensor again.
-/// The statistics they give are bit for bit those of [`BatchNorm::forward`]'s own pass.
+/// Statistics of an activation computed by the op that wrote it, while the data was in
+/// cache, so the next BatchNorm need not read the tensor again. They give bit for bit the
+/// statistics of [`BatchNorm::forward`]'s own pass.
 #[derive(Debug, Clone)]
-pub struct PlaneMoments(pub(crate) Vec<(f64, f64)>);
+pub enum Moments {
+    /// Per-plane `(mean, centred sum of squares)` of a conv activation, `[n * C + c]`.
+    Planes(Vec<(f64, f64)>),
+    /// Per-channel mean and biased variance of a dense activation ([`column_stats`]).
+    Columns { mean: Vec<f64>, var: Vec<f64> },
+}
 
-impl PlaneMoments {
+impl Moments {
     /// Moments of every plane of one sample (`C` planes of `plane` values), in channel order.
     pub(crate) fn of_sample(y_n: &[f64], plane: usize) -> Vec<(f64, f64)> {
         y_n.chunks_exact(plane).map(plane_moments).collect()
@@ -319,8 +329,104 @@ impl PlaneMoments {
 }
 
 /// `gamma * inv_std` per channel: the factor every affine step multiplies by.
-fn scales(gamma: &[f64], inv_std: &[f64]) -> Vec<f64> {
+pub(crate) fn scales(gamma: &[f64], inv_std: &[f64]) -> Vec<f64> {
     gamma.iter().zip(inv_std).map(|(g, i)| g * i).collect()
+}
+
+/// Per-column mean and biased variance of a block of a dense activation `(N, W)` whose rows
+/// are contiguous: two passes in row order (mean, then centred squares, so large means do
+/// not cancel), vectorised across columns. A column's result does not depend on the block
+/// it is in, so any split of the columns (between threads, or into a producing op) gives
+/// the same bits.
+pub(crate) fn column_stats(x: ArrayView2<f64>) -> (Vec<f64>, Vec<f64>) {
+    let (n, w) = x.dim();
+    let count = n as f64;
+    let mut sum = vec![0.0; w];
+    for row in x.rows() {
+        let row = row.to_slice().expect("rows are contiguous");
+        sum.iter_mut().zip(row).for_each(|(a, v)| *a += v);
+    }
+    let mean: Vec<f64> = sum.iter().map(|v| v / count).collect();
+    let mut sq = vec![0.0; w];
+    for row in x.rows() {
+        let row = row.to_slice().expect("rows are contiguous");
+        sq.iter_mut()
+            .zip(row)
+            .zip(&mean)
+            .for_each(|((a, v), m)| *a += (v - m) * (v - m));
+    }
+    let var = sq.iter().map(|v| v / count).collect();
+    (mean, var)
+}
+
+/// Per-column `(sum g, sum g (x - mean))` of a block of a dense gradient, `g` masked by the
+/// ReLU's `mask` when given; rows in order, vectorised across columns.
+pub(crate) fn column_grad_sums(
+    g: ArrayView2<f64>,
+    x: ArrayView2<f64>,
+    mask: Option<ArrayView2<bool>>,
+    mean: &[f64],
+) -> (Vec<f64>, Vec<f64>) {
+    let w = g.ncols();
+    let (mut sb, mut sg) = (vec![0.0; w], vec![0.0; w]);
+    let mean = &mean[..w];
+    for (r, (g, x)) in g.rows().into_iter().zip(x.rows()).enumerate() {
+        let g = &g.to_slice().expect("rows are contiguous")[..w];
+        let x = &x.to_slice().expect("rows are contiguous")[..w];
+        match &mask {
+            Some(mask) => {
+                let mk = mask.row(r);
+                let mk = &mk.to_slice().expect("rows are contiguous")[..w];
+                for ch in 0..w {
+                    let gi = select(mk[ch], g[ch]);
+                    sb[ch] += gi;
+                    sg[ch] += gi * (x[ch] - mean[ch]);
+                }
+            }
+            None => {
+                for ch in 0..w {
+                    sb[ch] += g[ch];
+                    sg[ch] += g[ch] * (x[ch] - mean[ch]);
+                }
+            }
+        }
+    }
+    (sb, sg)
+}
+
+/// Runs `f` on the two halves of `0..c` (split at a multiple of 8 columns) on two threads and
+/// joins the per-column results in order.
+fn column_halves(
+    c: usize,
+    f: impl Fn(std::ops::Range<usize>) -> (Vec<f64>, Vec<f64>) + Sync,
+) -> (Vec<f64>, Vec<f64>) {
+    let mid = split_point(c, 8);
+    let (mut left, mut right) = (None, None);
+    spin_join::join(|| left = Some(f(0..mid)), || right = Some(f(mid..c)));
+    let ((mut a, mut b), (a1, b1)) = (left.unwrap(), right.unwrap());
+    a.extend(a1);
+    b.extend(b1);
+    (a, b)
+}
+
+/// The training-mode input-gradient coefficients per channel: `grad_x = scale g - c1 - c2
+/// (x - mean)` with `c1 = scale grad_beta / M`, `c2 = scale inv_std^2 sum_gx / M`.
+pub(crate) fn train_grad_coefficients(
+    scale: &[f64],
+    inv_std: &[f64],
+    grad_beta: &[f64],
+    sum_gx: &[f64],
+    m: f64,
+) -> (Vec<f64>, Vec<f64>) {
+    (0..scale.len())
+        .map(|ch| {
+            let sc = scale[ch] / m;
+            (
+                sc * grad_beta[ch],
+                sc * inv_std[ch] * inv_std[ch] * sum_gx[ch],
+            )
+        })
+        .unzip()
 }
 
 impl BatchNorm {
@@ -366,30 +472,8 @@ impl BatchNorm {
         if l.s > 1 {
             return plane_stats(xs, l);
         }
-        let (sum, _) = channel_sums(
-            l,
-            &|start, _| (lane_sum(&xs[start..start + l.s], |v| v), 0.0),
-            &|start, _, a, _| a.iter_mut().zip(&xs[start..]).for_each(|(a, v)| *a += v),
-        );
-        let mean: Vec<f64> = sum.iter().map(|v| v / count).collect();
-        let (sq, _) = channel_sums(
-            l,
-            &|start, ch| {
-                let m = mean[ch];
-                (
-                    lane_sum(&xs[start..start + l.s], |v| (v - m) * (v - m)),
-                    0.0,
-                )
-            },
-            &|start, c0, a, _| {
-                a.iter_mut()
-                    .zip(&xs[start..])
-                    .zip(&mean[c0..])
-                    .for_each(|((a, v), m)| *a += (v - m) * (v - m))
-            },
-        );
-        let var = sq.iter().map(|v| v / count).collect();
-        (mean, var)
+        let x = ArrayView2::from_shape((l.n, l.c), xs).expect("a dense activation is (N, C)");
+        column_halves(l.c, |cols| column_stats(x.slice(s![.., cols])))
     }
 
     /// The statistics of a forward pass (batch ones in training, running ones in eval) in a
@@ -398,7 +482,7 @@ impl BatchNorm {
         &self,
         x: Arc<Tensor>,
         mode: Mode,
-        moments: Option<&PlaneMoments>,
+        moments: Option<&Moments>,
     ) -> (BatchNormCache, Affine) {
         assert_eq!(
             x.shape()[1],
@@ -415,9 +499,12 @@ impl BatchNorm {
         let (mean, batch_var, var) = match mode {
             Mode::Train => {
                 let (mean, var) = match moments {
-                    Some(PlaneMoments(m)) if l.s > 1 && m.len() == l.n * l.c => (0..l.c)
+                    Some(Moments::Planes(m)) if l.s > 1 && m.len() == l.n * l.c => (0..l.c)
                         .map(|ch| combine_planes(l, |n| m[n * l.c + ch]))
                         .unzip(),
+                    Some(Moments::Columns { mean, var }) if l.s == 1 && mean.len() == l.c => {
+                        (mean.clone(), var.clone())
+                    }
                     _ => self.batch_stats(x.as_slice().unwrap(), l),
                 };
                 (mean, var.clone(), var)
@@ -428,7 +515,7 @@ impl BatchNorm {
                 self.running_var.iter().copied().collect(),
             ),
         };
-        let inv_std: Vec<f64> = var.iter().map(|v| 1.0 / (v + self.eps).sqrt()).collect();
+        let inv_std = self.inv_std(&var);
         let affine = self.affine(&mean, &inv_std);
         let cache = BatchNormCache {
             mode,
@@ -443,15 +530,25 @@ impl BatchNorm {
 
     /// `a = gamma inv_std`, `b = beta - a mean`: one multiply-add per element.
     pub(crate) fn affine(&self, mean: &[f64], inv_std: &[f64]) -> Affine {
-        let a = scales(self.gamma.as_slice().unwrap(), inv_std);
-        let b = self
-            .beta
+        self.affine_from(0, mean, inv_std)
+    }
+
+    /// [`BatchNorm::affine`] of the channels `c0..c0 + mean.len()`.
+    pub(crate) fn affine_from(&self, c0: usize, mean: &[f64], inv_std: &[f64]) -> Affine {
+        let c1 = c0 + mean.len();
+        let a = scales(&self.gamma.as_slice().unwrap()[c0..c1], inv_std);
+        let b = self.beta.as_slice().unwrap()[c0..c1]
             .iter()
             .zip(&a)
             .zip(mean)
             .map(|((beta, a), m)| beta - a * m)
             .collect();
         Affine { a, b }
+    }
+
+    /// `1 / sqrt(var + eps)` per channel.
+    pub(crate) fn inv_std(&self, var: &[f64]) -> Vec<f64> {
+        var.iter().map(|v| 1.0 / (v + self.eps).sqrt()).collect()
     }
 
     /// The plain (`relu` false) or BN-ReLU pass from an input the caller shares (kept in the
@@ -462,7 +559,7 @@ impl BatchNorm {
         x: Arc<Tensor>,
         mode: Mode,
         relu: bool,
-        moments: Option<&PlaneMoments>,
+        moments: Option<&Moments>,
     ) -> (Tensor, BatchNormCache, Option<ReluCache>) {
         let (cache, Affine { a, b }) = self.normalise(x, mode, moments);
         let x = &cache.x;
@@ -561,39 +658,28 @@ impl BatchNorm {
         let mean = &cache.mean;
         let need_sums = cache.mode == Mode::Train || grads.is_some();
         // grad_beta = sum g, sum_gx = sum g (x - mean); grad_gamma = inv_std * sum_gx.
-        let (grad_beta, sum_gx) = if need_sums {
-            let gy = grad_y.as_slice().unwrap();
-            channel_sums(
-                l,
-                &|start, ch| {
-                    let m = mean[ch];
-                    let (g, x) = (&gy[start..start + l.s], &xs[start..start + l.s]);
-                    crate::tensor::grad_sums(g, x, mask.map(|mk| &mk[start..start + l.s]), m)
-                },
-                &|start, c0, sb, sg| {
-                    let w = sb.len();
-                    let (g, x) = (&gy[start..start + w], &xs[start..start + w]);
-                    let (sb, sg, mean) = (&mut sb[..w], &mut sg[..w], &mean[c0..c0 + w]);
-                    match mask {
-                        Some(mk) => {
-                            let mk = &mk[start..start + w];
-                            for ch in 0..w {
-                                let gi = select(mk[ch], g[ch]);
-                                sb[ch] += gi;
-                                sg[ch] += gi * (x[ch] - mean[ch]);
-                            }
-                        }
-                        None => {
-                            for ch in 0..w {
-                                sb[ch] += g[ch];
-                                sg[ch] += g[ch] * (x[ch] - mean[ch]);
-                            }
-                        }
-                    }
-                },
-            )
-        } else {
+        let (grad_beta, sum_gx) = if !need_sums {
             (Vec::new(), Vec::new())
+        } else if l.s == 1 {
+            let shape = (l.n, l.c);
+            let g = ArrayView2::from_shape(shape, grad_y.as_slice().unwrap()).unwrap();
+            let x = ArrayView2::from_shape(shape, xs).unwrap();
+            let mask = mask.map(|mk| ArrayView2::from_shape(shape, mk).unwrap());
+            column_halves(l.c, |cols| {
+                column_grad_sums(
+                    g.slice(s![.., cols.clone()]),
+                    x.slice(s![.., cols.clone()]),
+                    mask.as_ref().map(|mk| mk.slice(s![.., cols.clone()])),
+                    &mean[cols],
+                )
+            })
+        } else {
+            let gy = grad_y.as_slice().unwrap();
+            channel_sums(l, &|start, ch| {
+                let m = mean[ch];
+                let (g, x) = (&gy[start..start + l.s], &xs[start..start + l.s]);
+                crate::tensor::grad_sums(g, x, mask.map(|mk| &mk[start..start + l.s]), m)
+            })
         };
         self.finish_backward(cache, mask, grad_y, (grad_beta, sum_gx), grads, None)
     }
@@ -623,16 +709,8 @@ impl BatchNorm {
         // Training: grad_x = scale (g - grad_beta / M - xhat grad_gamma / M), and
         // xhat grad_gamma = (x - mean) inv_std^2 sum_gx, so per channel
         // grad_x = scale g - c1 - c2 (x - mean).
-        let (c1, c2): (Vec<f64>, Vec<f64>) = if cache.mode == Mode::Train {
-            (0..l.c)
-                .map(|ch| {
-                    let sc = scale[ch] / m;
-                    (
-                        sc * grad_beta[ch],
-                        sc * inv_std[ch] * inv_std[ch] * sum_gx[ch],
-                    )
-                })
-                .unzip()
+        let (c1, c2) = if cache.mode == Mode::Train {
+            train_grad_coefficients(&scale, inv_std, &grad_beta, &sum_gx, m)
         } else {
             (Vec::new(), Vec::new())
         };

@@ -19,7 +19,7 @@ use ndarray::{Array2, ArrayView2, ArrayViewMut2, Axis, Ix4, IxDyn};
 use rand_chacha::ChaCha8Rng;
 use rayon::prelude::*;
 
-use super::batch_norm::{Affine, PlaneMoments};
+use super::batch_norm::{Affine, Moments};
 use super::relu::relu;
 use crate::grads::Grads;
 use crate::rng::gaussian;
@@ -301,7 +301,7 @@ impl Conv2d {
         in_shape: &[usize],
         residual: Option<&[f64]>,
         moments: bool,
-    ) -> (Tensor, Option<PlaneMoments>) {
+    ) -> (Tensor, Option<Moments>) {
         let g = self.geometry(in_shape);
         let out = self.out_shape(in_shape);
         let (co, hw_out) = (out[1], out[2] * out[3]);
@@ -344,7 +344,7 @@ impl Conv2d {
                         y_n.iter_mut().zip(r_n).for_each(|(v, r)| *v += r);
                     }
                     if moments {
-                        PlaneMoments::of_sample(y_n, hw_out)
+                        Moments::of_sample(y_n, hw_out)
                     } else {
                         Vec::new()
                     }
@@ -353,7 +353,7 @@ impl Conv2d {
             .collect();
         // SAFETY: the per-sample chunks cover `y` and each is written in full by the GEMM.
         let y = unsafe { y.assume_init() };
-        (y, moments.then(|| PlaneMoments(per_sample.concat())))
+        (y, moments.then(|| Moments::Planes(per_sample.concat())))
     }
 
     /// Takes the input by value: it moves into the cache.

@@ -9,6 +9,10 @@ use crate::grads::Grads;
 use crate::rng::gaussian;
 use crate::tensor::{matmul, Tensor};
 
+/// The message of a weight gradient asked of a pass that did not keep the input.
+pub(crate) const NO_INPUT: &str =
+    "weight gradients need the layer input, which this forward pass did not keep (ForwardCtx::weight_grads)";
+
 #[derive(Debug, Clone)]
 pub struct Dense {
     pub name: String,
@@ -18,11 +22,12 @@ pub struct Dense {
     pub b: Option<Tensor>,
 }
 
-/// What backward needs: the input.
+/// What backward needs: the input, for the weight gradient only.
 #[derive(Debug, Clone)]
 pub struct DenseCache {
-    /// (N, D_in)
-    pub x: Tensor,
+    /// (N, D_in); `None` when the forward pass was told no weight gradients would be asked
+    /// for (a gradient profile), so the input's memory is reused at once.
+    pub x: Option<Tensor>,
 }
 
 impl Dense {
@@ -64,7 +69,7 @@ impl Dense {
 
     /// Takes the input by value: it moves into the cache, no copy.
     pub fn forward(&self, x: Tensor) -> (Tensor, DenseCache) {
-        (self.apply(&x), DenseCache { x })
+        (self.apply(&x), DenseCache { x: Some(x) })
     }
 
     /// The forward map alone (no cache).
@@ -94,7 +99,11 @@ impl Dense {
             .expect("dense grad must be (N, D)");
         let w = self.w.view().into_dimensionality::<Ix2>().unwrap();
         if let Some(grads) = grads {
-            let x = cache.x.view().into_dimensionality::<Ix2>().unwrap();
+            let x = cache
+                .x
+                .as_ref()
+                .unwrap_or_else(|| panic!("{}: {NO_INPUT}", self.name));
+            let x = x.view().into_dimensionality::<Ix2>().unwrap();
             let gw = matmul(&x.t(), &gy);
             grads.accumulate(&format!("{}.w", self.name), gw.into_dyn());
             if self.b.is_some() {

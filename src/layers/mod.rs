@@ -11,6 +11,7 @@
 pub mod batch_norm;
 pub mod conv;
 pub mod dense;
+pub mod dense_fused;
 pub mod dropout;
 pub mod loss;
 pub mod preact_conv;

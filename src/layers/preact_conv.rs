@@ -16,7 +16,7 @@
 
 use std::sync::Arc;
 
-use super::batch_norm::{BatchNorm, BatchNormCache, PlaneMoments};
+use super::batch_norm::{BatchNorm, BatchNormCache, Moments};
 use super::conv::{Conv2d, SampleInput};
 use super::relu::select;
 use super::Mode;
@@ -38,7 +38,7 @@ pub fn forward(
 #[derive(Default)]
 pub(crate) struct Extras<'a> {
     /// The input's plane moments, computed by the op that wrote it (skips BN's own pass).
-    pub moments_in: Option<&'a PlaneMoments>,
+    pub moments_in: Option<&'a Moments>,
     /// Added to the output (a residual unit's identity shortcut).
     pub residual: Option<&'a Tensor>,
     /// Return the output's plane moments (for the BatchNorm that reads it next).
@@ -52,7 +52,7 @@ pub(crate) fn forward_with(
     x: Arc<Tensor>,
     mode: Mode,
     extras: &Extras,
-) -> (Tensor, BatchNormCache, Option<PlaneMoments>) {
+) -> (Tensor, BatchNormCache, Option<Moments>) {
     let (cache, affine) = bn.normalise(x, mode, extras.moments_in);
     let shape = cache.x.shape();
     let input = SampleInput::Preact {

@@ -262,6 +262,7 @@ impl Network {
         }
         let extras = SeqExtras {
             moments_in: moments,
+            drop_weight_inputs: !ctx.weight_grads,
             ..SeqExtras::default()
         };
         let (logits, head, _) = forward_seq_with(&self.head, Arc::clone(&x), ctx.mode, extras);

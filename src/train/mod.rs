@@ -219,6 +219,7 @@ pub fn evaluate(net: &Network, data: &Split, flat: bool) -> Result<(f64, f64)> {
         mode: Mode::Eval,
         dropout_seed: 0,
         keep_branch: false,
+        weight_grads: true,
     };
     let (mut loss, mut wrong) = (0.0, 0.0);
     for chunk in idx.chunks(500) {
@@ -282,6 +283,7 @@ pub fn train(
                 mode: Mode::Train,
                 dropout_seed: derive_seed(cfg.seed, &[purpose::DROPOUT, step as u64]),
                 keep_branch: record,
+                weight_grads: true,
             };
             let cache = net.forward(&x, &y, &ctx)?;
             let mut grads = Grads::new();

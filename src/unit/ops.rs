@@ -6,10 +6,12 @@ use std::borrow::Cow;
 use std::sync::Arc;
 
 use crate::grads::Grads;
-use crate::layers::batch_norm::PlaneMoments;
+use crate::layers::batch_norm::Moments;
 use crate::layers::conv::pool;
 use crate::layers::preact_conv;
-use crate::layers::{relu, BatchNorm, BatchNormCache, Conv2d, ConvCache, Dense, DenseCache, Mode};
+use crate::layers::{
+    dense_fused, relu, BatchNorm, BatchNormCache, Conv2d, ConvCache, Dense, DenseCache, Mode,
+};
 use crate::tensor::Tensor;
 
 // Ops are built once per network (a few hundred at most), so their size does not matter.
@@ -130,12 +132,15 @@ pub fn forward_seq(ops: &[Op], x: Tensor, mode: Mode) -> (Tensor, Vec<OpCache>) 
 #[derive(Default)]
 pub struct SeqExtras<'a> {
     /// The input's plane moments, from the op that wrote it.
-    pub moments_in: Option<PlaneMoments>,
+    pub moments_in: Option<Moments>,
     /// Added to the output: a residual unit's identity shortcut, added inside the last
     /// pre-activation conv while each sample is in cache (after the sequence otherwise).
     pub residual: Option<&'a Tensor>,
     /// Hand back the output's plane moments, when the last op can make them.
     pub moments_out: bool,
+    /// No weight gradient will be asked of this pass: weight layers need not keep their
+    /// inputs (see [`ForwardCtx::weight_grads`](crate::unit::ForwardCtx::weight_grads)).
+    pub drop_weight_inputs: bool,
 }
 
 /// [`forward_seq`] from an input the caller keeps too (a leading BatchNorm caches the shared
@@ -148,7 +153,7 @@ pub fn forward_seq_with(
     x: Arc<Tensor>,
     mode: Mode,
     extras: SeqExtras,
-) -> (Tensor, Vec<OpCache>, Option<PlaneMoments>) {
+) -> (Tensor, Vec<OpCache>, Option<Moments>) {
     let mut caches = Vec::with_capacity(ops.len());
     let mut input = Input::Shared(x);
     let mut moments = extras.moments_in;
@@ -178,6 +183,32 @@ pub fn forward_seq_with(
                 ]);
                 (y, 3, m)
             }
+            [Op::Dense(d), Op::BatchNorm(bn), more @ ..]
+                if dense_fused::applies(d, input.tensor(), Some((bn, mode))) =>
+            {
+                let relu = matches!(more.first(), Some(Op::Relu));
+                let keep = !extras.drop_weight_inputs;
+                let (y, dc, bc, rc) =
+                    dense_fused::forward_bn(d, bn, input.into_owned(), mode, relu, keep);
+                caches.extend([OpCache::Dense(dc), OpCache::BatchNorm(bc)]);
+                if let Some(r) = rc {
+                    caches.push(OpCache::Relu(r));
+                }
+                (y, 2 + usize::from(relu), None)
+            }
+            [Op::Dense(d)]
+                if residual
+                    .is_some_and(|r| r.shape() == [input.tensor().shape()[0], d.d_out()])
+                    && dense_fused::applies(d, input.tensor(), None) =>
+            {
+                let stats = extras.moments_out && mode == Mode::Train;
+                let r = residual.take().expect("checked above");
+                let keep = !extras.drop_weight_inputs;
+                let (y, dc, m) =
+                    dense_fused::forward_residual(d, input.into_owned(), r, stats, keep);
+                caches.push(OpCache::Dense(dc));
+                (y, 1, m)
+            }
             [Op::BatchNorm(bn), more @ ..] => {
                 let relu = matches!(more.first(), Some(Op::Relu));
                 let (y, c, r) =
@@ -189,7 +220,10 @@ pub fn forward_seq_with(
                 (y, 1 + usize::from(relu), None)
             }
             [op, ..] => {
-                let (y, c) = op.forward(input.into_owned(), mode);
+                let (y, mut c) = op.forward(input.into_owned(), mode);
+                if let (OpCache::Dense(dc), true) = (&mut c, extras.drop_weight_inputs) {
+                    dc.x = None;
+                }
                 caches.push(c);
                 (y, 1, None)
             }
@@ -215,6 +249,13 @@ enum Input {
 }
 
 impl Input {
+    fn tensor(&self) -> &Tensor {
+        match self {
+            Input::Owned(t) => t,
+            Input::Shared(a) => a,
+        }
+    }
+
     fn into_shared(self) -> Arc<Tensor> {
         match self {
             Input::Owned(t) => Arc::new(t),
@@ -249,6 +290,20 @@ fn backward_group(
         ) => {
             let g = preact_conv::backward(bn, conv, c, &grad, grads, first(3));
             return (g, 3);
+        }
+        (
+            [.., Op::BatchNorm(bn), Op::Relu, Op::Dense(d)],
+            [.., OpCache::BatchNorm(c), OpCache::Relu(r), OpCache::Dense(dc)],
+        ) if dense_fused::backward_applies(d, dc, c, &grad) => {
+            let g = dense_fused::backward_bn(bn, c, Some(r), d, dc, &grad, grads, first(3));
+            return (g, 3);
+        }
+        (
+            [.., Op::BatchNorm(bn), Op::Dense(d)],
+            [.., OpCache::BatchNorm(c), OpCache::Dense(dc)],
+        ) if dense_fused::backward_applies(d, dc, c, &grad) => {
+            let g = dense_fused::backward_bn(bn, c, None, d, dc, &grad, grads, first(2));
+            return (g, 2);
         }
         ([.., Op::BatchNorm(bn), Op::Relu], [.., OpCache::BatchNorm(c), OpCache::Relu(r)]) => {
             (bn.backward_relu(c, r, grad.into_owned(), grads), 2)

@@ -21,7 +21,7 @@ use super::ops::{
 };
 use super::spec::{Placement, ShortcutKind};
 use crate::grads::Grads;
-use crate::layers::batch_norm::PlaneMoments;
+use crate::layers::batch_norm::Moments;
 use crate::layers::{dropout, sigmoid, Mode};
 use crate::rng::{derive_seed, purpose, rng};
 use crate::tensor::Tensor;
@@ -35,6 +35,10 @@ pub struct ForwardCtx {
     /// Keep each unit's `F(x)` in its cache, for analyses that read `F'(x_l)`
     /// ([`ResidualUnit::branch_term`]): one more tensor per unit. Off for training and timing.
     pub keep_branch: bool,
+    /// The backward pass may be asked for parameter gradients, so weight layers keep their
+    /// inputs. Off for a gradient profile (input gradients only): the inputs' memory is then
+    /// reused straight away (W1: peak RSS 352 -> 274 MB).
+    pub weight_grads: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -92,11 +96,12 @@ impl ResidualUnit {
         &self,
         x_in: Arc<Tensor>,
         ctx: &ForwardCtx,
-        moments_in: Option<PlaneMoments>,
+        moments_in: Option<Moments>,
     ) -> (UnitCache, Tensor) {
         // The input's moments go to whichever sequence reads x first.
         let with_moments = |moments_in| SeqExtras {
             moments_in,
+            drop_weight_inputs: !ctx.weight_grads,
             ..SeqExtras::default()
         };
         let (split_input, pre_caches, moments_in) = if self.pre.is_empty() {
@@ -221,13 +226,14 @@ impl ResidualUnit {
         &self,
         x: Arc<Tensor>,
         ctx: &ForwardCtx,
-        moments_in: Option<PlaneMoments>,
-    ) -> (Tensor, UnitCache, Option<PlaneMoments>) {
+        moments_in: Option<Moments>,
+    ) -> (Tensor, UnitCache, Option<Moments>) {
         if self.is_plain() && !ctx.keep_branch {
             let extras = SeqExtras {
                 moments_in,
                 residual: Some(&x),
                 moments_out: true,
+                drop_weight_inputs: !ctx.weight_grads,
             };
             let (y, branch, moments) =
                 forward_seq_with(&self.branch, Arc::clone(&x), ctx.mode, extras);

@@ -1,0 +1,460 @@
+//! Dense layers fused with the BatchNorms around them, by column blocks.
+//!
+//! In a residual MLP each dense layer sits between BatchNorms. Output column `j` of `x W`
+//! needs all of `x` but only column `j` of `W`, and a BatchNorm works column by column: its
+//! statistics, its affine map and its backward are per channel. So one thread computes a
+//! block of the GEMM's output columns and goes straight on to the BatchNorm of those columns
+//! while they are in its cache; the other thread does the same with the other block. Each
+//! fused op is one fork-join instead of two or three, and the BatchNorm passes read data the
+//! same thread has just written instead of memory written by both.
+//!
+//! - [`forward_bn`]: `h = x W`, then `relu(BN(h))` (or `BN(h)`), statistics included;
+//! - [`forward_residual`]: `x W + r` (a unit's last layer adding its identity shortcut), with
+//!   the per-column statistics the next unit's BatchNorm uses ([`Moments::Columns`]);
+//! - [`backward_bn`]: backward through `BN(-ReLU)` then `W`: `grad_a = g W^T` and the
+//!   BatchNorm's backward for the same columns (plus the shortcut's gradient when given).
+//!
+//! The results are the bits of the separate layers: each column block of a GEMM is the same
+//! serial computation, and the BatchNorm helpers ([`column_stats`], [`column_grad_sums`],
+//! the row kernels) are the ones the separate layer runs. `tests/fusion.rs` checks whole
+//! networks; the tests below check each op against the layers it replaces.
+
+use std::mem::MaybeUninit;
+use std::ops::Range;
+use std::sync::Arc;
+
+use ndarray::{s, Array1, Array2, ArrayView2, ArrayViewMut2, Axis, Ix2};
+
+use super::batch_norm::{
+    affine_row, column_grad_sums, column_stats, eval_grad_row, scales, train_grad_coefficients,
+    train_grad_row, Affine, BatchNorm, BatchNormCache, Moments,
+};
+use super::dense::{Dense, DenseCache};
+use super::relu::ReluCache;
+use super::Mode;
+use crate::grads::Grads;
+use crate::spin_join::{self, split_point};
+use crate::tensor::{matmul_uninit_view, Tensor};
+
+/// Whether the fused ops handle a dense layer on input `x`: no bias, a 2-D standard-layout
+/// input, and (for the BatchNorm fusions) a BatchNorm of the layer's width that can normalise
+/// the batch. Anything else runs the layers one by one.
+pub fn applies(d: &Dense, x: &Tensor, bn: Option<(&BatchNorm, Mode)>) -> bool {
+    let shape_ok = d.b.is_none()
+        && x.ndim() == 2
+        && x.is_standard_layout()
+        && x.shape()[1] == d.d_in()
+        && d.w.is_standard_layout();
+    match bn {
+        None => shape_ok,
+        Some((bn, mode)) => {
+            shape_ok && bn.channels() == d.d_out() && (mode == Mode::Eval || x.shape()[0] > 1)
+        }
+    }
+}
+
+/// Whether [`backward_bn`] handles these caches and output gradient (2-D, standard layout,
+/// the shapes of a dense layer after a BatchNorm of its input width).
+pub fn backward_applies(
+    d: &Dense,
+    d_cache: &DenseCache,
+    bn_cache: &BatchNormCache,
+    g: &Tensor,
+) -> bool {
+    let two_d = |t: &Tensor| t.ndim() == 2 && t.is_standard_layout();
+    d.b.is_none()
+        && d.w.is_standard_layout()
+        && two_d(g)
+        && d_cache
+            .x
+            .as_ref()
+            .is_none_or(|x| two_d(x) && x.shape() == bn_cache.x.shape())
+        && two_d(&bn_cache.x)
+        && g.shape()[1] == d.d_out()
+        && bn_cache.x.shape()[1] == d.d_in()
+        && bn_cache.mean.len() == d.d_in()
+}
+
+/// The two column blocks of a width-`n` output (split at a multiple of 8 columns).
+fn halves(n: usize) -> (Range<usize>, Range<usize>) {
+    let mid = split_point(n, 8);
+    (0..mid, mid..n)
+}
+
+fn as_2d(t: &Tensor) -> ArrayView2<'_, f64> {
+    t.view().into_dimensionality::<Ix2>().expect("a 2-D tensor")
+}
+
+/// `y = relu(BN(x W))` (or `BN(x W)` when `relu` is false), as [`Dense::forward`] then
+/// [`BatchNorm::forward_relu`] give it, with their caches.
+pub fn forward_bn(
+    d: &Dense,
+    bn: &BatchNorm,
+    x: Tensor,
+    mode: Mode,
+    relu: bool,
+    keep_input: bool,
+) -> (Tensor, DenseCache, BatchNormCache, Option<ReluCache>) {
+    let (rows, n) = (x.shape()[0], d.d_out());
+    let x2 = as_2d(&x);
+    let w = as_2d(&d.w);
+    let mut h = Array2::<f64>::uninit((rows, n));
+    let mut y = Array2::<f64>::uninit((rows, n));
+    let mut mask = Array2::from_elem(if relu { (rows, n) } else { (0, 0) }, false);
+    let (left, right) = halves(n);
+    // One column block: its GEMM, its statistics, its normalisation. Returns the block's
+    // (mean, variance used, inverse standard deviation).
+    let block = |cols: Range<usize>,
+                 h: ArrayViewMut2<MaybeUninit<f64>>,
+                 mut y: ArrayViewMut2<MaybeUninit<f64>>,
+                 mut mask: ArrayViewMut2<bool>| {
+        let h = matmul_uninit_view(h, &x2, &w.slice(s![.., cols.clone()]));
+        let (mean, var) = match mode {
+            Mode::Train => column_stats(h.view()),
+            Mode::Eval => (
+                bn.running_mean.as_slice().unwrap()[cols.clone()].to_vec(),
+                bn.running_var.as_slice().unwrap()[cols.clone()].to_vec(),
+            ),
+        };
+        let inv_std = bn.inv_std(&var);
+        let Affine { a, b } = bn.affine_from(cols.start, &mean, &inv_std);
+        for (r, h_row) in h.rows().into_iter().enumerate() {
+            let mut y_row = y.row_mut(r);
+            let out = y_row.as_slice_mut().expect("rows are contiguous");
+            let src = h_row.to_slice().expect("rows are contiguous");
+            if relu {
+                let mut m_row = mask.row_mut(r);
+                affine_row(out, src, m_row.as_slice_mut().unwrap(), &a, &b);
+            } else {
+                affine_row(out, src, &mut [], &a, &b);
+            }
+        }
+        (mean, var, inv_std)
+    };
+    let (h0, h1) = h.view_mut().split_at(Axis(1), left.end);
+    let (y0, y1) = y.view_mut().split_at(Axis(1), left.end);
+    let (m0, m1) = if relu {
+        mask.view_mut().split_at(Axis(1), left.end)
+    } else {
+        (
+            mask.view_mut(),
+            ArrayViewMut2::from_shape((0, 0), &mut []).unwrap(),
+        )
+    };
+    let (mut out0, mut out1) = (None, None);
+    spin_join::join(
+        || out0 = Some(block(left, h0, y0, m0)),
+        || out1 = Some(block(right, h1, y1, m1)),
+    );
+    let ((mut mean, mut var, mut inv_std), (mean1, var1, inv_std1)) =
+        (out0.unwrap(), out1.unwrap());
+    mean.extend(mean1);
+    var.extend(var1);
+    inv_std.extend(inv_std1);
+    // SAFETY: the two blocks cover every column; each block's GEMM wrote all of its part of
+    // `h` and each row kernel all of its part of `y`.
+    let (h, y) = unsafe { (h.assume_init(), y.assume_init()) };
+    let cache = BatchNormCache {
+        mode,
+        x: Arc::new(h.into_dyn()),
+        mean,
+        inv_std,
+        batch_var: if mode == Mode::Train { var } else { Vec::new() },
+        count: rows,
+    };
+    let relu_cache = relu.then(|| ReluCache {
+        positive: mask.into_dyn(),
+    });
+    let x = keep_input.then_some(x);
+    (y.into_dyn(), DenseCache { x }, cache, relu_cache)
+}
+
+/// `y = x W + r`, as [`Dense::forward`] then the addition give it, with the per-column
+/// statistics of `y` when `stats` (a training-mode BatchNorm reads `y` next).
+pub fn forward_residual(
+    d: &Dense,
+    x: Tensor,
+    residual: &Tensor,
+    stats: bool,
+    keep_input: bool,
+) -> (Tensor, DenseCache, Option<Moments>) {
+    let (rows, n) = (x.shape()[0], d.d_out());
+    assert_eq!(residual.shape(), [rows, n], "residual: shape");
+    let x2 = as_2d(&x);
+    let w = as_2d(&d.w);
+    let r = as_2d(residual);
+    let mut y = Array2::<f64>::uninit((rows, n));
+    let (left, right) = halves(n);
+    let block = |cols: Range<usize>, y: ArrayViewMut2<MaybeUninit<f64>>| {
+        let mut y = matmul_uninit_view(y, &x2, &w.slice(s![.., cols.clone()]));
+        y += &r.slice(s![.., cols]);
+        stats.then(|| column_stats(y.view()))
+    };
+    let (y0, y1) = y.view_mut().split_at(Axis(1), left.end);
+    let (mut out0, mut out1) = (None, None);
+    spin_join::join(
+        || out0 = Some(block(left, y0)),
+        || out1 = Some(block(right, y1)),
+    );
+    // SAFETY: the two blocks' GEMMs wrote every element.
+    let y = unsafe { y.assume_init() };
+    let moments = match (out0.unwrap(), out1.unwrap()) {
+        (Some((mut mean, mut var)), Some((mean1, var1))) => {
+            mean.extend(mean1);
+            var.extend(var1);
+            Some(Moments::Columns { mean, var })
+        }
+        _ => None,
+    };
+    let x = keep_input.then_some(x);
+    (y.into_dyn(), DenseCache { x }, moments)
+}
+
+/// Backward through `BN(-ReLU)` then `W` (the forward order `x -> BN -> ReLU -> W`), from
+/// the gradient `g` of the dense output: as [`Dense::backward`] then
+/// [`BatchNorm::backward_relu`] give it, plus `residual` added to the result. Accumulates the
+/// weight, gamma and beta gradients when `grads` is given.
+#[allow(clippy::too_many_arguments)]
+pub fn backward_bn(
+    bn: &BatchNorm,
+    bn_cache: &BatchNormCache,
+    relu: Option<&ReluCache>,
+    d: &Dense,
+    d_cache: &DenseCache,
+    g: &Tensor,
+    grads: Option<&mut Grads>,
+    residual: Option<&Tensor>,
+) -> Tensor {
+    let (rows, c) = (g.shape()[0], d.d_in());
+    let g2 = as_2d(g);
+    let w = as_2d(&d.w);
+    let x = as_2d(&bn_cache.x);
+    let a = match (&grads, &d_cache.x) {
+        (Some(_), None) => panic!("{}: {}", d.name, super::dense::NO_INPUT),
+        (_, x) => x.as_ref().map(as_2d),
+    };
+    let mask = relu.map(|r| {
+        r.positive
+            .view()
+            .into_dimensionality::<Ix2>()
+            .expect("a 2-D mask")
+    });
+    let r = residual.map(as_2d);
+    let weight_grads = grads.is_some();
+    let need_sums = bn_cache.mode == Mode::Train || weight_grads;
+    let m = bn_cache.count as f64;
+    let gamma = bn.gamma.as_slice().unwrap();
+    let (mean, inv_std) = (&bn_cache.mean, &bn_cache.inv_std);
+    let mut gx = Array2::<f64>::uninit((rows, c));
+    let mut gw = Array2::<f64>::uninit(if weight_grads { (c, d.d_out()) } else { (0, 0) });
+    let (left, right) = halves(c);
+    // One block of the BatchNorm's channels (rows of W): its part of `g W^T` and of the weight
+    // gradient, then the BatchNorm backward of those channels. Returns (grad_beta, sum_gx).
+    let block = |cols: Range<usize>,
+                 gx: ArrayViewMut2<MaybeUninit<f64>>,
+                 gw: Option<ArrayViewMut2<MaybeUninit<f64>>>| {
+        let mut gx = matmul_uninit_view(gx, &g2, &w.slice(s![cols.clone(), ..]).t());
+        if let (Some(gw), Some(a)) = (gw, &a) {
+            matmul_uninit_view(gw, &a.slice(s![.., cols.clone()]).t(), &g2);
+        }
+        let x = x.slice(s![.., cols.clone()]);
+        let mask = mask.as_ref().map(|mk| mk.slice(s![.., cols.clone()]));
+        let mean = &mean[cols.clone()];
+        let sums = if need_sums {
+            column_grad_sums(gx.view(), x, mask, mean)
+        } else {
+            (Vec::new(), Vec::new())
+        };
+        let inv_std = &inv_std[cols.clone()];
+        let scale = scales(&gamma[cols.clone()], inv_std);
+        let coefficients = (bn_cache.mode == Mode::Train)
+            .then(|| train_grad_coefficients(&scale, inv_std, &sums.0, &sums.1, m));
+        for (row, mut g_row) in gx.rows_mut().into_iter().enumerate() {
+            let g_row = g_row.as_slice_mut().expect("rows are contiguous");
+            let x_row = x.row(row);
+            let x_row = x_row.to_slice().expect("rows are contiguous");
+            let m_row = mask.as_ref().map(|mk| mk.row(row));
+            let m_row = m_row.as_ref().map(|mk| mk.to_slice().unwrap());
+            match &coefficients {
+                Some((c1, c2)) => train_grad_row(g_row, x_row, m_row, [&scale, c1, c2, mean]),
+                None => eval_grad_row(g_row, m_row, &scale),
+            }
+            if let Some(r) = &r {
+                let r_row = r.slice(s![row, cols.clone()]);
+                g_row
+                    .iter_mut()
+                    .zip(r_row.to_slice().unwrap())
+                    .for_each(|(g, r)| *g += r);
+            }
+        }
+        sums
+    };
+    let (gx0, gx1) = gx.view_mut().split_at(Axis(1), left.end);
+    let (gw0, gw1) = if weight_grads {
+        let (w0, w1) = gw.view_mut().split_at(Axis(0), left.end);
+        (Some(w0), Some(w1))
+    } else {
+        (None, None)
+    };
+    let (mut out0, mut out1) = (None, None);
+    spin_join::join(
+        || out0 = Some(block(left, gx0, gw0)),
+        || out1 = Some(block(right, gx1, gw1)),
+    );
+    let ((mut grad_beta, mut sum_gx), (beta1, sum1)) = (out0.unwrap(), out1.unwrap());
+    grad_beta.extend(beta1);
+    sum_gx.extend(sum1);
+    if let Some(grads) = grads {
+        // SAFETY: the two row blocks of the weight gradient were written by their GEMMs.
+        let gw = unsafe { gw.assume_init() };
+        grads.accumulate(&format!("{}.w", d.name), gw.into_dyn());
+        let grad_gamma: Vec<f64> = sum_gx.iter().zip(inv_std).map(|(s, i)| s * i).collect();
+        grads.accumulate(
+            &format!("{}.gamma", bn.name),
+            Array1::from(grad_gamma).into_dyn(),
+        );
+        grads.accumulate(
+            &format!("{}.beta", bn.name),
+            Array1::from(grad_beta).into_dyn(),
+        );
+    }
+    // SAFETY: the two column blocks' GEMMs wrote every element of `gx`.
+    unsafe { gx.assume_init() }.into_dyn()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::rng::{gaussian, rng};
+    use crate::tensor::add_assign;
+
+    fn bn_with_random_affine(c: usize, seed: u64) -> BatchNorm {
+        let mut r = rng(seed);
+        let mut bn = BatchNorm::new("bn", c);
+        bn.gamma = gaussian(&[c], 1.0, &mut r) + 1.0;
+        bn.beta = gaussian(&[c], 1.0, &mut r);
+        bn.running_mean = gaussian(&[c], 1.0, &mut r);
+        bn.running_var = gaussian(&[c], 0.3, &mut r).mapv(|v| 1.0 + v.abs());
+        bn
+    }
+
+    fn same_bits(a: &[f64], b: &[f64]) -> bool {
+        a.len() == b.len() && a.iter().zip(b).all(|(x, y)| x.to_bits() == y.to_bits())
+    }
+
+    fn t_bits(a: &Tensor, b: &Tensor) -> bool {
+        a.shape() == b.shape() && same_bits(a.as_slice().unwrap(), b.as_slice().unwrap())
+    }
+
+    /// Widths that split unevenly (40 -> 16 + 24) and a width below one block (5 -> 0 + 5).
+    const WIDTHS: [(usize, usize); 2] = [(24, 40), (7, 5)];
+
+    #[test]
+    fn forward_bn_equals_dense_then_batch_norm_bit_for_bit() {
+        for (d_in, d_out) in WIDTHS {
+            for mode in [Mode::Train, Mode::Eval] {
+                for relu in [true, false] {
+                    let mut r = rng(3);
+                    let d = Dense::with_std("d", d_in, d_out, 0.4, None, &mut r);
+                    let bn = bn_with_random_affine(d_out, 4);
+                    let x = gaussian(&[9, d_in], 1.0, &mut r);
+                    assert!(applies(&d, &x, Some((&bn, mode))));
+                    let (y, dc, bc, rc) = forward_bn(&d, &bn, x.clone(), mode, relu, true);
+                    let (h, dc_ref) = d.forward(x);
+                    let (y_ref, bc_ref, rc_ref) = if relu {
+                        let (y, c, r) = bn.forward_relu(h, mode);
+                        (y, c, Some(r))
+                    } else {
+                        let (y, c) = bn.forward(h, mode);
+                        (y, c, None)
+                    };
+                    assert!(t_bits(&y, &y_ref), "output, {mode:?} relu {relu}");
+                    assert!(t_bits(dc.x.as_ref().unwrap(), dc_ref.x.as_ref().unwrap()));
+                    assert!(t_bits(&bc.x, &bc_ref.x), "BN input");
+                    assert!(same_bits(&bc.mean, &bc_ref.mean));
+                    assert!(same_bits(&bc.inv_std, &bc_ref.inv_std));
+                    assert!(same_bits(&bc.batch_var, &bc_ref.batch_var));
+                    assert_eq!(bc.count, bc_ref.count);
+                    assert_eq!(rc.map(|r| r.positive), rc_ref.map(|r| r.positive), "mask");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn forward_residual_equals_dense_then_addition_and_its_statistics_match() {
+        for (d_in, d_out) in WIDTHS {
+            let mut r = rng(5);
+            let d = Dense::with_std("d", d_in, d_out, 0.4, None, &mut r);
+            let x = gaussian(&[9, d_in], 1.0, &mut r);
+            let res = gaussian(&[9, d_out], 1.0, &mut r);
+            let (y, _, moments) = forward_residual(&d, x.clone(), &res, true, true);
+            let (mut y_ref, _) = d.forward(x);
+            add_assign(&mut y_ref, &res);
+            assert!(t_bits(&y, &y_ref));
+            // The next BatchNorm gives the same bits with the handed-over statistics as with
+            // its own pass.
+            let bn = bn_with_random_affine(d_out, 6);
+            let shared = Arc::new(y);
+            let (a, ca, _) = bn.forward_shared(Arc::clone(&shared), Mode::Train, true, None);
+            let (b, cb, _) = bn.forward_shared(shared, Mode::Train, true, moments.as_ref());
+            assert!(t_bits(&a, &b));
+            assert!(same_bits(&ca.batch_var, &cb.batch_var));
+        }
+    }
+
+    #[test]
+    fn backward_bn_equals_dense_then_batch_norm_backward_bit_for_bit() {
+        for (d_in, d_out) in WIDTHS {
+            for mode in [Mode::Train, Mode::Eval] {
+                for relu in [true, false] {
+                    for with_grads in [true, false] {
+                        let mut r = rng(7);
+                        // Forward order: x -> BN -> (ReLU) -> W.
+                        let bn = bn_with_random_affine(d_in, 8);
+                        let d = Dense::with_std("d", d_in, d_out, 0.4, None, &mut r);
+                        let x = gaussian(&[9, d_in], 1.0, &mut r);
+                        let (a, bc, rc) = if relu {
+                            let (a, c, r) = bn.forward_relu(x, mode);
+                            (a, c, Some(r))
+                        } else {
+                            let (a, c) = bn.forward(x, mode);
+                            (a, c, None)
+                        };
+                        let (_, dc) = d.forward(a);
+                        let g = gaussian(&[9, d_out], 1.0, &mut r);
+                        let res = gaussian(&[9, d_in], 1.0, &mut r);
+
+                        let mut grads = Grads::new();
+                        let gx = backward_bn(
+                            &bn,
+                            &bc,
+                            rc.as_ref(),
+                            &d,
+                            &dc,
+                            &g,
+                            with_grads.then_some(&mut grads),
+                            Some(&res),
+                        );
+                        let mut grads_ref = Grads::new();
+                        let ga = d.backward(&dc, &g, with_grads.then_some(&mut grads_ref));
+                        let mut gx_ref = match &rc {
+                            Some(rc) => {
+                                bn.backward_relu(&bc, rc, ga, with_grads.then_some(&mut grads_ref))
+                            }
+                            None => bn.backward(&bc, ga, with_grads.then_some(&mut grads_ref)),
+                        };
+                        add_assign(&mut gx_ref, &res);
+                        assert!(t_bits(&gx, &gx_ref), "{mode:?} relu {relu}");
+                        let names: Vec<_> = grads.iter().map(|(n, _)| n.clone()).collect();
+                        let names_ref: Vec<_> = grads_ref.iter().map(|(n, _)| n.clone()).collect();
+                        assert_eq!(names, names_ref);
+                        for (name, g) in grads.iter() {
+                            assert!(t_bits(g, grads_ref.get(name).unwrap()), "{name}");
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
