@@ -56,6 +56,8 @@ struct Helper {
 // POSTED, and read only by the helper after an Acquire load of POSTED; the caller does not
 // touch it again until the helper has stored DONE/PANICKED (Release) and it has seen that
 // (Acquire). The pointer inside is used only while the posting caller waits in `join`.
+// `panic` is written only by the helper, before its Release store of PANICKED, and taken only
+// by the caller after its Acquire load of PANICKED, before it releases `claimed`.
 unsafe impl Sync for Helper {}
 unsafe impl Send for Helper {}
 
