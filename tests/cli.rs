@@ -473,3 +473,51 @@ fn diverging_training_stops_with_the_step_and_unit() {
     );
     assert!(csv.is_file(), "what was recorded is kept");
 }
+
+#[test]
+fn bench_reports_a_step_and_the_gemm_rates() {
+    let dir = tempfile::tempdir().unwrap();
+    let csv = dir.path().join("bench.csv");
+    let o = resprop(&[
+        "bench",
+        "--workload",
+        "W1",
+        "--mode",
+        "train",
+        "--repeat",
+        "1",
+        "--csv",
+        csv.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(out.contains("W1 (residual MLP, 100 units"), "{out}");
+    assert!(
+        out.contains("mode train, ") && out.contains("peak RSS"),
+        "{out}"
+    );
+    assert!(
+        out.contains("forward median") && out.contains("backward median"),
+        "{out}"
+    );
+    let table = std::fs::read_to_string(&csv).unwrap();
+    let lines: Vec<&str> = table.lines().collect();
+    assert_eq!(
+        lines[0],
+        "workload,mode,threads,repeat,median_s,min_s,max_s,peak_rss_mb"
+    );
+    assert!(lines[1].starts_with("W1,train,"), "{table}");
+
+    let o = resprop(&["bench", "--workload", "gemm", "--repeat", "1"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert_eq!(
+        out.lines().filter(|l| l.contains("GFLOP/s")).count(),
+        4,
+        "{out}"
+    );
+    assert!(
+        out.contains("128x256x256 g W^T, weights from memory"),
+        "{out}"
+    );
+}

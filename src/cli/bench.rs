@@ -32,7 +32,9 @@ pub enum BenchMode {
 #[derive(Debug, Args)]
 pub struct BenchArgs {
     /// Workload id from WORKLOADS.md: W1 (MLP, 100 units, width 256, batch 128), W1b (1000
-    /// units), W2 (ResNet-110, batch 32), W3 (ResNet-164, batch 16), W4 (ResNet-1001, batch 16).
+    /// units), W2 (ResNet-110, batch 32), W3 (ResNet-164, batch 16), W4 (ResNet-1001, batch 16);
+    /// or `gemm`: the engine's GEMM on W1's layer shapes, with weights from memory and from
+    /// cache (GFLOP/s; --mode is ignored).
     #[arg(long, default_value = "W1")]
     pub workload: String,
     #[arg(long, value_enum, default_value_t = BenchMode::Profile)]
@@ -115,6 +117,73 @@ pub fn workload(id: &str) -> Result<Workload> {
     })
 }
 
+/// W1's layer products, `x W` (forward) and `g W^T` (backward input gradient), 128x256x256,
+/// through the engine's GEMM entry point: over 100 distinct weight matrices in turn (104 MB,
+/// so each comes from memory, as in a W1 step) and over one (in cache). Each timed repeat runs
+/// the 100 products; the median per product is reported.
+fn run_gemm(args: &BenchArgs) -> Result<ExitCode> {
+    use ndarray::Array2;
+    const MATRICES: usize = 100;
+    let (m, k, n) = (128, 256, 256);
+    let mut r = crate::rng::rng(0);
+    let weights: Vec<Array2<f64>> = (0..MATRICES)
+        .map(|_| {
+            crate::rng::gaussian(&[k, n], 0.1, &mut r)
+                .into_dimensionality()
+                .expect("2-D")
+        })
+        .collect();
+    let x: Array2<f64> = crate::rng::gaussian(&[m, k], 1.0, &mut r)
+        .into_dimensionality()
+        .expect("2-D");
+    let flop = 2.0 * (m * k * n) as f64;
+    let threads = rayon::current_num_threads();
+    let mut out = String::new();
+    let mut csv = String::from("case,threads,repeat,median_us,gflops\n");
+    for (case, cold, backward) in [
+        ("x W, weights from memory", true, false),
+        ("g W^T, weights from memory", true, true),
+        ("x W, weights in cache", false, false),
+        ("g W^T, weights in cache", false, true),
+    ] {
+        let mut times = Vec::with_capacity(args.repeat as usize);
+        for rep in 0..=args.repeat {
+            let t = Instant::now();
+            for w in &weights {
+                let w = if cold { w } else { &weights[0] };
+                let y = if backward {
+                    crate::tensor::matmul(&x.view(), &w.t())
+                } else {
+                    crate::tensor::matmul(&x.view(), &w.view())
+                };
+                std::hint::black_box(y);
+            }
+            if rep > 0 {
+                // The first pass is a warm-up.
+                times.push(t.elapsed().as_secs_f64() / MATRICES as f64);
+            }
+        }
+        let median = crate::tensor::median(&times).unwrap();
+        outln!(
+            out,
+            "gemm {m}x{k}x{n} {case}, {threads} threads: median {:.1} us, {:.1} GFLOP/s",
+            median * 1e6,
+            flop / median / 1e9
+        );
+        csv.push_str(&format!(
+            "{case},{threads},{},{},{}\n",
+            args.repeat,
+            median * 1e6,
+            flop / median / 1e9
+        ));
+    }
+    emit(&out)?;
+    if let Some(path) = &args.csv {
+        write_atomic(path, csv.as_bytes())?;
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
 /// Peak resident set size of this process in MB (Linux), from /proc/self/status VmHWM.
 pub fn peak_rss_mb() -> Option<f64> {
     let status = std::fs::read_to_string("/proc/self/status").ok()?;
@@ -126,6 +195,9 @@ pub fn peak_rss_mb() -> Option<f64> {
 pub fn run(args: &BenchArgs) -> Result<ExitCode> {
     if let Some(p) = &args.csv {
         check_writable(p)?;
+    }
+    if args.workload.eq_ignore_ascii_case("gemm") {
+        return run_gemm(args);
     }
     let w = workload(&args.workload)?;
     let net = &w.net;
