@@ -754,16 +754,26 @@ impl BatchNorm {
                 .for_each(|(t, out)| kernel(t * task, out));
         }
         if let Some(grads) = grads {
-            grads.accumulate(
-                &format!("{}.gamma", self.name),
-                Array1::from(grad_gamma).into_dyn(),
-            );
-            grads.accumulate(
-                &format!("{}.beta", self.name),
-                Array1::from(grad_beta).into_dyn(),
-            );
+            self.accumulate_affine_grads(grads, grad_gamma, grad_beta);
         }
         grad_y
+    }
+
+    /// Adds `grad_gamma` and `grad_beta` into `grads` under this layer's names.
+    pub(crate) fn accumulate_affine_grads(
+        &self,
+        grads: &mut Grads,
+        grad_gamma: Vec<f64>,
+        grad_beta: Vec<f64>,
+    ) {
+        grads.accumulate(
+            &format!("{}.gamma", self.name),
+            Array1::from(grad_gamma).into_dyn(),
+        );
+        grads.accumulate(
+            &format!("{}.beta", self.name),
+            Array1::from(grad_beta).into_dyn(),
+        );
     }
 
     /// The mask `relu(BN(x)) > 0` of a cached pass, recomputed from its input exactly as the

@@ -27,7 +27,7 @@ use std::mem::MaybeUninit;
 use std::ops::Range;
 use std::sync::Arc;
 
-use ndarray::{s, Array1, Array2, ArrayView2, ArrayViewMut2, Axis, Ix2};
+use ndarray::{s, Array2, ArrayView2, ArrayViewMut2, Axis, Ix2};
 
 use super::batch_norm::{
     affine_row, column_grad_sums, column_stats, eval_grad_row, scales, train_grad_coefficients,
@@ -313,14 +313,7 @@ pub fn backward_bn(
         let gw = unsafe { gw.assume_init() };
         grads.accumulate(&format!("{}.w", d.name), gw.into_dyn());
         let grad_gamma: Vec<f64> = sum_gx.iter().zip(inv_std).map(|(s, i)| s * i).collect();
-        grads.accumulate(
-            &format!("{}.gamma", bn.name),
-            Array1::from(grad_gamma).into_dyn(),
-        );
-        grads.accumulate(
-            &format!("{}.beta", bn.name),
-            Array1::from(grad_beta).into_dyn(),
-        );
+        bn.accumulate_affine_grads(grads, grad_gamma, grad_beta);
     }
     // SAFETY: the two column blocks' GEMMs wrote every element of `gx`.
     unsafe { gx.assume_init() }.into_dyn()
