@@ -11,11 +11,13 @@
 //! Modules:
 //! - [`layers`]: dense, BatchNorm, ReLU, sigmoid, dropout, softmax cross-entropy, each with
 //!   forward, hand-written backward and a finite-difference test side by side;
-//! - [`unit`]: the residual unit, its placements and shortcut variants, and the two
+//! - [`unit`](mod@unit): the residual unit, its placements and shortcut variants, and the two
 //!   vector-Jacobian products (shortcut only, branch only) whose sum is the backward;
-//! - [`net`]: the residual MLP;
+//! - [`net`]: the residual MLP and the CIFAR ResNets;
 //! - [`analysis`]: per-unit records (direct/rest split) and the formula checks;
-//! - [`interchange`]: the `.npz` state file; [`output`]: atomic writes; [`cli`]: the binary.
+//! - [`interchange`]: the `.npz` state file; [`output`]: atomic writes; [`cli`]: the binary;
+//! - [`tensor`]: the one GEMM entry point and the fixed-order reductions; [`spin_join`]: the
+//!   two-thread fork-join the engine's short parallel sections use.
 
 pub mod analysis;
 pub mod cli;

@@ -192,54 +192,55 @@ pub fn axpy(a: &mut Tensor, alpha: f64, b: &Tensor) {
 }
 
 /// Below this many multiply-adds a GEMM runs on the calling thread: splitting
-/// small products costs more than it saves. The choice depends on shape only,
-/// never on the thread count, so results stay bit-identical.
+/// small products costs more than it saves.
 const PARALLEL_GEMM_MIN_FLOPS: usize = 64 * 64 * 64;
+
+/// How a product `(m,k) · (k,n)` is split between the two threads: the axis of `c` it is cut
+/// along (the longer side: each thread then packs only its half of the other operand, a
+/// dense layer's weights when the batch is the shorter side) and where (a multiple of 8), or
+/// `None` for one piece. Shape only, never the thread count (one thread runs the two pieces
+/// in turn): a piece can round differently from the whole product, because the kernel
+/// switches to dot-product ("horizontal") kernels for blocks of at most 256 elements, so the
+/// same shape must always be cut the same way. The fused dense ops cut where this says.
+pub fn gemm_split(m: usize, k: usize, n: usize) -> Option<(Axis, usize)> {
+    if m * k * n < PARALLEL_GEMM_MIN_FLOPS || m.max(n) < 2 * SPLIT_MIN_ROWS {
+        return None;
+    }
+    Some(if n > m {
+        (Axis(1), crate::spin_join::split_point(n, 8))
+    } else {
+        (Axis(0), crate::spin_join::split_point(m, 8))
+    })
+}
 
 /// `c = a · b` (or `c += a · b` when `accumulate`), shapes `(m,k) · (k,n) -> (m,n)`.
 ///
 /// The only place the crate calls the `gemm` crate's unsafe kernel. Any strides are
-/// accepted (transposed views run without copies); the gemm kernels give the same bits
-/// for any thread count.
+/// accepted (transposed views run without copies). Products that [`gemm_split`] cuts run as
+/// two serial kernels, one per thread: on the engine's shapes that beat the kernel's own
+/// threading (`grad_y W^T`, every dense backward, ran at 66 GFLOP/s threaded against 113
+/// split, and a W1 training step took 0.179 s split against 0.197 threaded). The bits do not
+/// depend on the thread count.
 pub fn matmul_into(
     c: &mut ArrayViewMut2<f64>,
     a: &ArrayView2<f64>,
     b: &ArrayView2<f64>,
     accumulate: bool,
 ) {
-    let threads = rayon::current_num_threads();
-    let parallel = threads > 1 && a.nrows() * a.ncols() * b.ncols() >= PARALLEL_GEMM_MIN_FLOPS;
-    if !parallel {
-        return gemm_call(c, a, b, accumulate, None);
-    }
-    let (m, n) = (a.nrows(), b.ncols());
-    if m.max(n) < 2 * SPLIT_MIN_ROWS {
-        return gemm_call(c, a, b, accumulate, Some(threads));
-    }
-    // Two halves, one serial kernel per thread, beat the kernel's own threading on the
-    // engine's shapes: `grad_y W^T` (every dense backward) ran at 66 GFLOP/s threaded against
-    // 113 split, and a W1 training step took 0.179 s split against 0.197 threaded. The
-    // longer side is halved: each thread then packs only its half of the other operand's
-    // partner (a dense layer's weights, when the batch is the shorter side). The halves are
-    // fixed (shape only), and each element of `c` is the same serial computation either way,
-    // so the bits do not depend on the thread count.
-    let axis = if n > m {
-        ndarray::Axis(1)
-    } else {
-        ndarray::Axis(0)
+    let Some((axis, mid)) = gemm_split(a.nrows(), a.ncols(), b.ncols()) else {
+        return gemm_call(c, a, b, accumulate);
     };
-    let half = c.len_of(axis) / 2;
-    let (mut c0, mut c1) = c.view_mut().split_at(axis, half);
-    let ((a0, b0), (a1, b1)) = if n > m {
-        let (b0, b1) = b.view().split_at(axis, half);
+    let (mut c0, mut c1) = c.view_mut().split_at(axis, mid);
+    let ((a0, b0), (a1, b1)) = if axis == Axis(1) {
+        let (b0, b1) = b.view().split_at(axis, mid);
         ((a.view(), b0), (a.view(), b1))
     } else {
-        let (a0, a1) = a.view().split_at(axis, half);
+        let (a0, a1) = a.view().split_at(axis, mid);
         ((a0, b.view()), (a1, b.view()))
     };
     crate::spin_join::join(
-        || gemm_call(&mut c0, &a0, &b0, accumulate, None),
-        || gemm_call(&mut c1, &a1, &b1, accumulate, None),
+        || gemm_call(&mut c0, &a0, &b0, accumulate),
+        || gemm_call(&mut c1, &a1, &b1, accumulate),
     );
 }
 
@@ -254,16 +255,15 @@ pub fn matmul_into_serial(
     b: &ArrayView2<f64>,
     accumulate: bool,
 ) {
-    gemm_call(c, a, b, accumulate, None);
+    gemm_call(c, a, b, accumulate);
 }
 
-/// The one place that calls the `gemm` crate; `threads: None` runs on the calling thread.
+/// The one place that calls the `gemm` crate, always on the calling thread.
 fn gemm_call(
     c: &mut ArrayViewMut2<f64>,
     a: &ArrayView2<f64>,
     b: &ArrayView2<f64>,
     accumulate: bool,
-    threads: Option<usize>,
 ) {
     let (m, k) = a.dim();
     let (k2, n) = b.dim();
@@ -283,10 +283,6 @@ fn gemm_call(
         }
         return;
     }
-    let parallelism = match threads {
-        Some(t) => gemm::Parallelism::Rayon(t),
-        None => gemm::Parallelism::None,
-    };
     let (c_rs, c_cs) = (c.strides()[0], c.strides()[1]);
     let (a_rs, a_cs) = (a.strides()[0], a.strides()[1]);
     let (b_rs, b_cs) = (b.strides()[0], b.strides()[1]);
@@ -313,7 +309,7 @@ fn gemm_call(
             false,
             false,
             false,
-            parallelism,
+            gemm::Parallelism::None,
         );
     }
 }
@@ -335,7 +331,7 @@ pub fn matmul_uninit_serial<'c>(
     // `m * n` elements of `c`, which the non-accumulating kernel only writes (k > 0, so every
     // element is written; `gemm_call` checks the shapes).
     let mut view = unsafe { ArrayViewMut2::from_shape_ptr(shape, c.as_mut_ptr().cast::<f64>()) };
-    gemm_call(&mut view, a, b, false, None);
+    gemm_call(&mut view, a, b, false);
     // SAFETY: every element was written by the kernel.
     unsafe { &mut *(c as *mut [MaybeUninit<f64>] as *mut [f64]) }
 }
@@ -367,7 +363,7 @@ pub fn matmul_uninit_view<'c>(
         )
     };
     if a.ncols() > 0 {
-        gemm_call(&mut view, a, b, false, None);
+        gemm_call(&mut view, a, b, false);
     }
     view
 }

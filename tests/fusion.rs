@@ -132,18 +132,22 @@ fn fused_resnet_passes_equal_the_op_by_op_pass_bit_for_bit() {
 
 #[test]
 fn fused_mlp_passes_equal_the_op_by_op_pass_bit_for_bit() {
-    for placement in [Placement::FullPreact, Placement::Original] {
-        let net = build_mlp(&MlpConfig {
-            units: 6,
-            width: 12,
-            input_dim: 7,
-            classes: 10,
-            placement,
-            shortcut: ShortcutKind::Identity,
-            seed: 5,
-        })
-        .unwrap();
-        assert_fused_equals_reference(&net, 9);
+    // Width 12: BN-ReLU passes fused; width 160 with batch 96: the dense layers run fused with
+    // their BatchNorms too (products large enough to split in columns).
+    for (units, width, batch) in [(6, 12, 9), (3, 160, 96)] {
+        for placement in [Placement::FullPreact, Placement::Original] {
+            let net = build_mlp(&MlpConfig {
+                units,
+                width,
+                input_dim: 7,
+                classes: 10,
+                placement,
+                shortcut: ShortcutKind::Identity,
+                seed: 5,
+            })
+            .unwrap();
+            assert_fused_equals_reference(&net, batch);
+        }
     }
 }
 

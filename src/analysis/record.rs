@@ -77,7 +77,7 @@ pub struct UnitRecord {
     pub predicted_direct_ratio: Option<f64>,
     /// cos(dE/dx_l, dE/dx_top).
     pub cos_top: Option<f64>,
-    /// Per-sample ||dE/dx_l[n]|| / ||dE/dx_L[n]||: min, median, max over the batch.
+    /// Per-sample `||dE/dx_l[n]|| / ||dE/dx_L[n]||`: min, median, max over the batch.
     pub sample_ratio_min: f64,
     pub sample_ratio_median: f64,
     pub sample_ratio_max: f64,

@@ -18,7 +18,7 @@ use crate::plot::{charts, save_figure};
 pub struct RunArgs {
     /// Experiment file (TOML; see experiments/ and docs/experiments.md).
     pub spec: PathBuf,
-    /// Results go to <OUT>/<name>/profile.csv, with the resolved spec.toml beside it.
+    /// Results go to `<OUT>/<name>/profile.csv`, with the resolved spec.toml beside it.
     #[arg(long, default_value = "results")]
     pub out: PathBuf,
     /// Also draw the experiment's charts into this folder.
@@ -31,7 +31,7 @@ pub struct RunArgs {
 
 #[derive(Debug, Args)]
 pub struct PlotArgs {
-    /// An experiment's CSV (results/<name>/profile.csv).
+    /// An experiment's CSV (`results/<name>/profile.csv`).
     pub csv: PathBuf,
     /// Folder for the PNG and SVG charts.
     #[arg(long, default_value = "plots")]

@@ -51,7 +51,7 @@ pub struct TrainArgs {
     /// Per-step CSV: step, epoch, lr, train loss and error, test loss and error (at epoch ends).
     #[arg(long, value_name = "FILE")]
     pub csv: Option<PathBuf>,
-    /// Per-unit gradients over training (default: <csv>.grads.csv next to --csv).
+    /// Per-unit gradients over training (default: `<csv>.grads.csv` next to --csv).
     #[arg(long, value_name = "FILE")]
     pub grad_csv: Option<PathBuf>,
     /// Save the complete training state to DIR/checkpoint.npz at the end of every epoch

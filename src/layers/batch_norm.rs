@@ -317,7 +317,7 @@ fn combine_planes(l: Layout, moments: impl Fn(usize) -> (f64, f64)) -> (f64, f64
 pub enum Moments {
     /// Per-plane `(mean, centred sum of squares)` of a conv activation, `[n * C + c]`.
     Planes(Vec<(f64, f64)>),
-    /// Per-channel mean and biased variance of a dense activation ([`column_stats`]).
+    /// Per-channel mean and biased variance of a dense activation (as `column_stats` gives).
     Columns { mean: Vec<f64>, var: Vec<f64> },
 }
 

@@ -14,14 +14,16 @@
 //! - [`backward_bn`]: backward through `BN(-ReLU)` then `W`: `grad_a = g W^T` and the
 //!   BatchNorm's backward for the same columns (plus the shortcut's gradient when given).
 //!
-//! The results are the bits of the separate layers: the blocks are the halves the separate
-//! dense layer's parallel GEMM uses on these shapes (each output element is then the same
-//! serial sum), and the BatchNorm helpers ([`column_stats`], [`column_grad_sums`], the row
-//! kernels) are the ones the separate layer runs. The tests below check each op against the
-//! layers it replaces on several shapes (W1's among them, and inner dimensions longer than
-//! the kernel's depth block); `tests/fusion.rs` checks whole networks. Smaller blocks handed
-//! out dynamically were tried: slower on W1 (0.084 s against 0.079 s a step), and a 64-column
-//! GEMM block can sum in a different order from the whole product.
+//! The results are the bits of the separate layers. The ops apply only where the separate
+//! layer's GEMM is itself cut into two column blocks ([`gemm_split`]), and they cut at the
+//! same column, so each block is the very same kernel call; the BatchNorm helpers
+//! (`column_stats`, `column_grad_sums`, the row kernels) are the ones the separate layer
+//! runs. Cutting anywhere else is not safe: the kernel rounds a block of at most 256
+//! elements differently (dot-product kernels), which a 16x32x32 product cut in two showed.
+//! The tests below check each op against the layers it replaces on several shapes (W1's
+//! among them, and inner dimensions longer than the kernel's depth block);
+//! `tests/fusion.rs` checks whole networks. Smaller blocks handed out dynamically were
+//! tried: slower on W1 (0.084 s against 0.079 s a step).
 
 use std::mem::MaybeUninit;
 use std::ops::Range;
@@ -37,18 +39,30 @@ use super::dense::{Dense, DenseCache};
 use super::relu::ReluCache;
 use super::Mode;
 use crate::grads::Grads;
-use crate::spin_join::{self, split_point};
-use crate::tensor::{matmul_uninit_view, Tensor};
+use crate::spin_join;
+use crate::tensor::{gemm_split, matmul_uninit_view, Tensor};
+
+/// Where the fused ops cut a product `(rows, k) · (k, n)`: the column at which the separate
+/// layer's GEMM cuts it too ([`gemm_split`]), so each block is the very same kernel call;
+/// `None` when that GEMM is not cut into column blocks (the fused ops then do not apply).
+fn column_split(rows: usize, k: usize, n: usize) -> Option<usize> {
+    match gemm_split(rows, k, n) {
+        Some((Axis(1), mid)) => Some(mid),
+        _ => None,
+    }
+}
 
 /// Whether the fused ops handle a dense layer on input `x`: no bias, a 2-D standard-layout
-/// input, and (for the BatchNorm fusions) a BatchNorm of the layer's width that can normalise
-/// the batch. Anything else runs the layers one by one.
+/// input, a product the separate layer would cut into column blocks (wider than the batch and
+/// large enough to split), and (for the BatchNorm fusions) a BatchNorm of the layer's width
+/// that can normalise the batch. Anything else runs the layers one by one.
 pub fn applies(d: &Dense, x: &Tensor, bn: Option<(&BatchNorm, Mode)>) -> bool {
     let shape_ok = d.b.is_none()
         && x.ndim() == 2
         && x.is_standard_layout()
         && x.shape()[1] == d.d_in()
-        && d.w.is_standard_layout();
+        && d.w.is_standard_layout()
+        && column_split(x.shape()[0], d.d_in(), d.d_out()).is_some();
     match bn {
         None => shape_ok,
         Some((bn, mode)) => {
@@ -58,15 +72,24 @@ pub fn applies(d: &Dense, x: &Tensor, bn: Option<(&BatchNorm, Mode)>) -> bool {
 }
 
 /// Whether [`backward_bn`] handles these caches and output gradient (2-D, standard layout,
-/// the shapes of a dense layer after a BatchNorm of its input width).
+/// the shapes of a dense layer after a BatchNorm of its input width), with the products cut
+/// as the separate layers cut them: `g W^T` into column blocks and, for `weight_grads`,
+/// `x^T g` into row blocks at the same channel.
 pub fn backward_applies(
     d: &Dense,
     d_cache: &DenseCache,
     bn_cache: &BatchNormCache,
     g: &Tensor,
+    weight_grads: bool,
 ) -> bool {
     let two_d = |t: &Tensor| t.ndim() == 2 && t.is_standard_layout();
-    d.b.is_none()
+    let rows = g.shape()[0];
+    let mid = column_split(rows, d.d_out(), d.d_in());
+    let weight_split_ok = !weight_grads
+        || (mid.is_some() && gemm_split(d.d_in(), rows, d.d_out()) == mid.map(|m| (Axis(0), m)));
+    mid.is_some()
+        && weight_split_ok
+        && d.b.is_none()
         && d.w.is_standard_layout()
         && two_d(g)
         && d_cache
@@ -79,9 +102,10 @@ pub fn backward_applies(
         && bn_cache.mean.len() == d.d_in()
 }
 
-/// The two column blocks of a width-`n` output (split at a multiple of 8 columns).
-fn halves(n: usize) -> (Range<usize>, Range<usize>) {
-    let mid = split_point(n, 8);
+/// The two column blocks of a product that [`column_split`] cuts.
+fn halves(rows: usize, k: usize, n: usize) -> (Range<usize>, Range<usize>) {
+    let mid =
+        column_split(rows, k, n).expect("the fused ops apply only to products cut in columns");
     (0..mid, mid..n)
 }
 
@@ -105,7 +129,7 @@ pub fn forward_bn(
     let mut h = Array2::<f64>::uninit((rows, n));
     let mut y = Array2::<f64>::uninit((rows, n));
     let mut mask = Array2::from_elem(if relu { (rows, n) } else { (0, 0) }, false);
-    let (left, right) = halves(n);
+    let (left, right) = halves(rows, d.d_in(), n);
     // One column block: its GEMM, its statistics, its normalisation. Returns the block's
     // (mean, variance used, inverse standard deviation).
     let block = |cols: Range<usize>,
@@ -188,7 +212,7 @@ pub fn forward_residual(
     let w = as_2d(&d.w);
     let r = as_2d(residual);
     let mut y = Array2::<f64>::uninit((rows, n));
-    let (left, right) = halves(n);
+    let (left, right) = halves(rows, d.d_in(), n);
     let block = |cols: Range<usize>, y: ArrayViewMut2<MaybeUninit<f64>>| {
         let mut y = matmul_uninit_view(y, &x2, &w.slice(s![.., cols.clone()]));
         y += &r.slice(s![.., cols]);
@@ -251,7 +275,7 @@ pub fn backward_bn(
     let (mean, inv_std) = (&bn_cache.mean, &bn_cache.inv_std);
     let mut gx = Array2::<f64>::uninit((rows, c));
     let mut gw = Array2::<f64>::uninit(if weight_grads { (c, d.d_out()) } else { (0, 0) });
-    let (left, right) = halves(c);
+    let (left, right) = halves(rows, d.d_out(), c);
     // One block of the BatchNorm's channels (rows of W): its part of `g W^T` and of the weight
     // gradient, then the BatchNorm backward of those channels. Returns (grad_beta, sum_gx).
     let block = |cols: Range<usize>,
@@ -343,16 +367,31 @@ mod tests {
         a.shape() == b.shape() && same_bits(a.as_slice().unwrap(), b.as_slice().unwrap())
     }
 
-    /// `(rows, d_in, d_out)`: widths that split unevenly (40 -> 16 + 24), one below a block
-    /// (5 -> 0 + 5), inner dimensions longer than the GEMM kernel's depth block (300, 512),
-    /// and W1's layer.
+    /// `(rows, d_in, d_out)` where the fused ops apply: uneven halves (152 -> 72 + 80, 200 ->
+    /// 96 + 104), inner dimensions longer than the kernel's depth block (520, 264), and W1's
+    /// layer.
     const CASES: [(usize, usize, usize); 5] = [
-        (9, 24, 40),
-        (9, 7, 5),
-        (9, 70, 150),
-        (16, 300, 512),
+        (64, 128, 128),
+        (48, 96, 72),
+        (100, 200, 152),
+        (24, 520, 264),
         (128, 256, 256),
     ];
+
+    #[test]
+    fn small_products_run_unfused() {
+        // Below the size at which the separate layer splits its GEMM, a split could round
+        // differently (the kernel switches to dot-product kernels for small blocks).
+        let mut r = rng(2);
+        let d = Dense::with_std("d", 32, 32, 0.4, None, &mut r);
+        let bn = bn_with_random_affine(32, 3);
+        let x = gaussian(&[16, 32], 1.0, &mut r);
+        assert!(!applies(&d, &x, Some((&bn, Mode::Train))));
+        // Batch wider than the layer: the separate GEMM splits rows, not columns.
+        let d = Dense::with_std("d", 64, 64, 0.4, None, &mut r);
+        let x = gaussian(&[256, 64], 1.0, &mut r);
+        assert!(!applies(&d, &x, None));
+    }
 
     #[test]
     fn forward_bn_equals_dense_then_batch_norm_bit_for_bit() {
@@ -430,6 +469,7 @@ mod tests {
                         let g = gaussian(&[rows, d_out], 1.0, &mut r);
                         let res = gaussian(&[rows, d_in], 1.0, &mut r);
 
+                        assert!(backward_applies(&d, &dc, &bc, &g, with_grads));
                         let mut grads = Grads::new();
                         let gx = backward_bn(
                             &bn,

@@ -294,14 +294,14 @@ fn backward_group(
         (
             [.., Op::BatchNorm(bn), Op::Relu, Op::Dense(d)],
             [.., OpCache::BatchNorm(c), OpCache::Relu(r), OpCache::Dense(dc)],
-        ) if dense_fused::backward_applies(d, dc, c, &grad) => {
+        ) if dense_fused::backward_applies(d, dc, c, &grad, grads.is_some()) => {
             let g = dense_fused::backward_bn(bn, c, Some(r), d, dc, &grad, grads, first(3));
             return (g, 3);
         }
         (
             [.., Op::BatchNorm(bn), Op::Dense(d)],
             [.., OpCache::BatchNorm(c), OpCache::Dense(dc)],
-        ) if dense_fused::backward_applies(d, dc, c, &grad) => {
+        ) if dense_fused::backward_applies(d, dc, c, &grad, grads.is_some()) => {
             let g = dense_fused::backward_bn(bn, c, None, d, dc, &grad, grads, first(2));
             return (g, 2);
         }
