@@ -20,7 +20,7 @@ use crate::data::Split;
 use crate::net::{build_net, NetSizes};
 use crate::output::write_atomic;
 use crate::rng::{derive_seed, purpose};
-use crate::train::{sizes_for, train, Resume, TrainConfig};
+use crate::train::{sizes_for, train, Resume, TrainConfig, GRAD_COLUMNS, TRAIN_COLUMNS};
 use crate::unit::ForwardCtx;
 
 /// Key columns, then the record's columns, then (verification) the per-unit errors.
@@ -38,17 +38,6 @@ const VERIFICATION_COLUMNS: [&str; 3] = [
     "additive_backward_error",
     "prod_lambda_error",
 ];
-
-pub const TRAIN_COLUMNS: [&str; 7] = [
-    "step",
-    "epoch",
-    "lr",
-    "train_loss",
-    "train_error",
-    "test_loss",
-    "test_error",
-];
-pub const GRAD_COLUMNS: [&str; 5] = ["step", "unit", "grad_norm", "grad_ratio", "direct_ratio"];
 
 fn keyed(extra: &[&'static str]) -> Vec<&'static str> {
     let mut h: Vec<&str> = KEY_COLUMNS.to_vec();
