@@ -838,7 +838,7 @@ impl BatchNorm {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::finite_diff::{numerical_gradient, quadratic_loss, rel_error};
     use crate::rng::{gaussian, rng};
@@ -847,7 +847,8 @@ mod tests {
     /// Relative error bound for 2-point central differences, h = 1e-6, f64.
     const TOL: f64 = 1e-6;
 
-    fn layer_with_random_affine(c: usize, seed: u64) -> BatchNorm {
+    /// A BatchNorm with random gamma, beta and running statistics (shared by the fused ops' tests).
+    pub(crate) fn layer_with_random_affine(c: usize, seed: u64) -> BatchNorm {
         let mut r = rng(seed);
         let mut bn = BatchNorm::new("bn", c);
         bn.gamma = gaussian(&[c], 1.0, &mut r) + 1.0;

@@ -346,18 +346,12 @@ pub fn backward_bn(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::finite_diff::{
+        directional_derivative, numerical_gradient, quadratic_loss, rel_error, rel_error_scalar,
+    };
+    use crate::layers::batch_norm::tests::layer_with_random_affine;
     use crate::rng::{gaussian, rng};
-    use crate::tensor::add_assign;
-
-    fn bn_with_random_affine(c: usize, seed: u64) -> BatchNorm {
-        let mut r = rng(seed);
-        let mut bn = BatchNorm::new("bn", c);
-        bn.gamma = gaussian(&[c], 1.0, &mut r) + 1.0;
-        bn.beta = gaussian(&[c], 1.0, &mut r);
-        bn.running_mean = gaussian(&[c], 1.0, &mut r);
-        bn.running_var = gaussian(&[c], 0.3, &mut r).mapv(|v| 1.0 + v.abs());
-        bn
-    }
+    use crate::tensor::{add_assign, dot};
 
     fn same_bits(a: &[f64], b: &[f64]) -> bool {
         a.len() == b.len() && a.iter().zip(b).all(|(x, y)| x.to_bits() == y.to_bits())
@@ -384,7 +378,7 @@ mod tests {
         // differently (the kernel switches to dot-product kernels for small blocks).
         let mut r = rng(2);
         let d = Dense::with_std("d", 32, 32, 0.4, None, &mut r);
-        let bn = bn_with_random_affine(32, 3);
+        let bn = layer_with_random_affine(32, 3);
         let x = gaussian(&[16, 32], 1.0, &mut r);
         assert!(!applies(&d, &x, Some((&bn, Mode::Train))));
         // Batch wider than the layer: the separate GEMM splits rows, not columns.
@@ -400,7 +394,7 @@ mod tests {
                 for relu in [true, false] {
                     let mut r = rng(3);
                     let d = Dense::with_std("d", d_in, d_out, 0.4, None, &mut r);
-                    let bn = bn_with_random_affine(d_out, 4);
+                    let bn = layer_with_random_affine(d_out, 4);
                     let x = gaussian(&[rows, d_in], 1.0, &mut r);
                     assert!(applies(&d, &x, Some((&bn, mode))));
                     let (y, dc, bc, rc) = forward_bn(&d, &bn, x.clone(), mode, relu, true);
@@ -438,7 +432,7 @@ mod tests {
             assert!(t_bits(&y, &y_ref));
             // The next BatchNorm gives the same bits with the handed-over statistics as with
             // its own pass.
-            let bn = bn_with_random_affine(d_out, 6);
+            let bn = layer_with_random_affine(d_out, 6);
             let shared = Arc::new(y);
             let (a, ca, _) = bn.forward_shared(Arc::clone(&shared), Mode::Train, true, None);
             let (b, cb, _) = bn.forward_shared(shared, Mode::Train, true, moments.as_ref());
@@ -455,7 +449,7 @@ mod tests {
                     for with_grads in [true, false] {
                         let mut r = rng(7);
                         // Forward order: x -> BN -> (ReLU) -> W.
-                        let bn = bn_with_random_affine(d_in, 8);
+                        let bn = layer_with_random_affine(d_in, 8);
                         let d = Dense::with_std("d", d_in, d_out, 0.4, None, &mut r);
                         let x = gaussian(&[rows, d_in], 1.0, &mut r);
                         let (a, bc, rc) = if relu {
@@ -501,5 +495,78 @@ mod tests {
                 }
             }
         }
+    }
+
+    /// The fused forward and backward against central differences, in training mode with the
+    /// ReLU: the input gradient element by element, the weight, gamma and beta gradients
+    /// along random directions. The smallest kind of shape the fused ops apply to (8 rows,
+    /// 256 -> 128). Bound for 2-point differences with h = 1e-6 in f64: 1e-6 relative.
+    #[test]
+    fn fused_backward_matches_finite_differences() {
+        const TOL: f64 = 1e-6;
+        let (rows, d_in, d_out) = (8, 256, 128);
+        let mut r = rng(21);
+        // x -> BN -> ReLU -> W -> BN2 -> ReLU: both fused ops in the chain.
+        let bn = layer_with_random_affine(d_in, 22);
+        let d = Dense::with_std("d", d_in, d_out, 0.1, None, &mut r);
+        let mut bn2 = layer_with_random_affine(d_out, 23);
+        bn2.name = "bn2".into();
+        let x = gaussian(&[rows, d_in], 1.0, &mut r);
+        let (a, b) = (
+            gaussian(&[rows, d_out], 1.0, &mut r),
+            gaussian(&[rows, d_out], 1.0, &mut r),
+        );
+        let run = |x: &Tensor, d: &Dense, bn: &BatchNorm, bn2: &BatchNorm| {
+            let (act, bc, rc) = bn.forward_relu(x.clone(), Mode::Train);
+            assert!(applies(d, &act, Some((bn2, Mode::Train))));
+            let (y, dc, bc2, rc2) = forward_bn(d, bn2, act, Mode::Train, true, true);
+            (y, bc, rc, dc, bc2, rc2.unwrap())
+        };
+        let loss = |x: &Tensor, d: &Dense, bn: &BatchNorm| {
+            quadratic_loss(&run(x, d, bn, &bn2).0, &a, &b).0
+        };
+        let (y, bc, rc, dc, bc2, rc2) = run(&x, &d, &bn, &bn2);
+        let gy = quadratic_loss(&y, &a, &b).1;
+        let mut grads = Grads::new();
+        let g_h = bn2.backward_relu(&bc2, &rc2, gy, Some(&mut grads));
+        assert!(backward_applies(&d, &dc, &bc, &g_h, true));
+        let gx = backward_bn(&bn, &bc, Some(&rc), &d, &dc, &g_h, Some(&mut grads), None);
+
+        let num = numerical_gradient(|x| loss(x, &d, &bn), &x, 1e-6);
+        assert!(
+            rel_error(&gx, &num) < TOL,
+            "dE/dx: {}",
+            rel_error(&gx, &num)
+        );
+
+        let along = |name: &str, value: &Tensor, perturbed: &dyn Fn(&Tensor) -> f64| {
+            let v = gaussian(value.shape(), 1.0, &mut rng(24));
+            let analytic = dot(grads.get(name).unwrap(), &v);
+            let fd = directional_derivative(
+                |t| {
+                    let mut p = value.clone();
+                    p.scaled_add(t, &v);
+                    perturbed(&p)
+                },
+                1e-6,
+            );
+            let err = rel_error_scalar(analytic, fd);
+            assert!(err < TOL, "{name}: {err}");
+        };
+        along("d.w", &d.w, &|w| {
+            let mut d = d.clone();
+            d.w = w.clone();
+            loss(&x, &d, &bn)
+        });
+        along("bn.gamma", &bn.gamma, &|g| {
+            let mut bn = bn.clone();
+            bn.gamma = g.clone();
+            loss(&x, &d, &bn)
+        });
+        along("bn.beta", &bn.beta, &|b| {
+            let mut bn = bn.clone();
+            bn.beta = b.clone();
+            loss(&x, &d, &bn)
+        });
     }
 }
