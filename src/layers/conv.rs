@@ -23,6 +23,8 @@ use super::batch_norm::{Affine, Moments};
 use super::relu::relu;
 use crate::grads::Grads;
 use crate::rng::gaussian;
+use std::ops::Range;
+
 use crate::tensor::{matmul_into_serial, matmul_uninit_serial, with_scratch, Tensor};
 
 /// Samples per weight-gradient partial sum (fixed, so the summation order is too).
@@ -91,6 +93,119 @@ fn valid_cols(g: &Geometry, wo: usize, kj: usize) -> std::ops::Range<usize> {
 
 /// `x_n: (C, H, W)` -> `cols: (C k k, Ho Wo)`; every element of `cols` is written.
 fn im2col(x: &[f64], g: Geometry, cols: &mut [f64]) {
+    if let Some(shift) = PlaneShift::applies(&g) {
+        return shift.im2col(x, g, cols);
+    }
+    im2col_rows(x, g, cols)
+}
+
+/// [`col2im_rows`]: adds `cols: (C k k, Ho Wo)` back into `x_n: (C, H, W)`, which must not
+/// hold `-0.0` (see [`PlaneShift::col2im`]); `cols` is scratch and may be changed.
+fn col2im(cols: &mut [f64], g: Geometry, x: &mut [f64]) {
+    if let Some(shift) = PlaneShift::applies(&g) {
+        return shift.col2im(cols, g, x);
+    }
+    col2im_rows(cols, g, x)
+}
+
+/// im2col and col2im for a stride-1 convolution that keeps the image size (`2p = k - 1`,
+/// the 3x3 convolutions with padding 1 of every ResNet stage): row `(ci, ki, kj)` of `cols`
+/// is channel `ci`'s plane shifted by `d = (ki - p) W + (kj - p)` positions, with the
+/// rows and columns that fall outside the image zero. One contiguous copy (or addition) per
+/// kernel position and channel, plus a few scalar fix-ups per row, instead of one short
+/// copy per output row: the 8- and 16-wide rows of the later stages cost more in loop and
+/// call overhead than in data. Every element gets the same value (im2col) or the same
+/// additions in the same order (col2im) as the row-by-row versions, which the tests check
+/// bit for bit.
+#[derive(Clone, Copy)]
+struct PlaneShift;
+
+impl PlaneShift {
+    fn applies(g: &Geometry) -> Option<Self> {
+        let same = g.s == 1 && 2 * g.p + 1 == g.k && g.p < g.w && g.p < g.h;
+        same.then_some(PlaneShift)
+    }
+
+    /// For kernel position `(ki, kj)`: the row shift, the column shift, the flat shift `d`,
+    /// the output rows whose input row is inside the image, and the range of flat output
+    /// positions of those rows whose source `i + d` lies inside the plane.
+    fn offsets(g: &Geometry, ki: usize, kj: usize) -> (isize, isize, Range<usize>, Range<usize>) {
+        let (h, w) = (g.h as isize, g.w as isize);
+        let dr = ki as isize - g.p as isize;
+        let dc = kj as isize - g.p as isize;
+        let d = dr * w + dc;
+        let rows = (-dr).max(0) as usize..(h - dr).min(h) as usize;
+        let lo = (rows.start as isize * g.w as isize).max(-d);
+        let hi = (rows.end as isize * g.w as isize).min(h * w - d);
+        (dc, d, rows, lo.max(0) as usize..hi.max(lo).max(0) as usize)
+    }
+
+    fn im2col(self, x: &[f64], g: Geometry, cols: &mut [f64]) {
+        let (k, w, plane) = (g.k, g.w, g.h * g.w);
+        for ci in 0..g.c {
+            let src = &x[ci * plane..(ci + 1) * plane];
+            for ki in 0..k {
+                for kj in 0..k {
+                    let out = &mut cols[((ci * k + ki) * k + kj) * plane..][..plane];
+                    let (dc, d, rows, flat) = Self::offsets(&g, ki, kj);
+                    out[..flat.start].fill(0.0);
+                    out[flat.end..].fill(0.0);
+                    let from = (flat.start as isize + d) as usize;
+                    out[flat.clone()].copy_from_slice(&src[from..from + flat.len()]);
+                    // Columns whose source wrapped into the neighbouring row.
+                    let bad = bad_columns(dc, w);
+                    for oh in rows {
+                        out[oh * w..][bad.clone()].fill(0.0);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Adds `cols` into `x` and leaves `cols` with its wrapped positions zeroed. Each
+    /// kernel position is one contiguous addition: the positions whose source column wrapped
+    /// into the neighbouring row are set to zero first, so they add `+0.0` to an element
+    /// that gets no contribution at this kernel position. That changes no bit: `v + 0.0 = v`
+    /// for every `v` but `-0.0`, and a sum that starts at `+0.0` (the backward pass zeroes
+    /// `x` first) never becomes `-0.0` in round-to-nearest.
+    fn col2im(self, cols: &mut [f64], g: Geometry, x: &mut [f64]) {
+        let (k, w, plane) = (g.k, g.w, g.h * g.w);
+        let shifts: Vec<_> = (0..k * k)
+            .map(|kk| Self::offsets(&g, kk / k, kk % k))
+            .collect();
+        for ci in 0..g.c {
+            let dst = &mut x[ci * plane..(ci + 1) * plane];
+            for (kk, (dc, d, rows, flat)) in shifts.iter().enumerate() {
+                let row = &mut cols[(ci * k * k + kk) * plane..][..plane];
+                let bad = bad_columns(*dc, w);
+                if !bad.is_empty() {
+                    for oh in rows.clone() {
+                        row[oh * w..][bad.clone()].fill(0.0);
+                    }
+                }
+                let from = (flat.start as isize + d) as usize;
+                for (o, &v) in dst[from..from + flat.len()]
+                    .iter_mut()
+                    .zip(&row[flat.clone()])
+                {
+                    *o += v;
+                }
+            }
+        }
+    }
+}
+
+/// Output columns whose input column `ow + dc` is outside a row of `w`.
+fn bad_columns(dc: isize, w: usize) -> Range<usize> {
+    if dc < 0 {
+        0..(-dc) as usize
+    } else {
+        w - dc as usize..w
+    }
+}
+
+/// [`im2col`] one output row at a time (any stride and padding).
+fn im2col_rows(x: &[f64], g: Geometry, cols: &mut [f64]) {
     let (ho, wo) = g.out();
     let (k, h, w, s) = (g.k, g.h, g.w, g.s);
     for ci in 0..g.c {
@@ -127,7 +242,7 @@ fn im2col(x: &[f64], g: Geometry, cols: &mut [f64]) {
 
 /// Adds `cols: (C k k, Ho Wo)` back into `x_n: (C, H, W)` (the adjoint of im2col), one
 /// contiguous (stride 1) or strided run of valid columns at a time.
-fn col2im(cols: &[f64], g: Geometry, x: &mut [f64]) {
+fn col2im_rows(cols: &[f64], g: Geometry, x: &mut [f64]) {
     let (ho, wo) = g.out();
     let (k, h, w, s) = (g.k, g.h, g.w, g.s);
     for ci in 0..g.c {
@@ -541,6 +656,78 @@ pub mod pool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The plane-shift im2col and col2im give the row-by-row versions' bits, on square and
+    /// non-square images, 3x3 and 5x5 kernels, single-pixel rows and a random starting `x`
+    /// (Gaussian, so never `-0.0`).
+    #[test]
+    fn plane_shift_matches_rows_bit_for_bit() {
+        let mut r = rng(5);
+        for (c, h, w, k) in [
+            (2, 8, 8, 3),
+            (3, 32, 32, 3),
+            (2, 16, 16, 3),
+            (2, 4, 7, 3),
+            (1, 2, 2, 3),
+            (2, 6, 5, 5),
+            (2, 3, 3, 1),
+        ] {
+            let g = Geometry {
+                c,
+                h,
+                w,
+                k,
+                s: 1,
+                p: k / 2,
+            };
+            assert!(PlaneShift::applies(&g).is_some(), "{g:?}");
+            let x = gaussian(&[c * h * w], 1.0, &mut r)
+                .into_raw_vec_and_offset()
+                .0;
+            let len = c * k * k * h * w;
+            let (mut fast, mut rows) = (vec![f64::NAN; len], vec![f64::NAN; len]);
+            im2col(&x, g, &mut fast);
+            im2col_rows(&x, g, &mut rows);
+            assert!(
+                fast.iter()
+                    .zip(&rows)
+                    .all(|(a, b)| a.to_bits() == b.to_bits()),
+                "{g:?}"
+            );
+            let cols = gaussian(&[len], 1.0, &mut r).into_raw_vec_and_offset().0;
+            let start = gaussian(&[c * h * w], 1.0, &mut r)
+                .into_raw_vec_and_offset()
+                .0;
+            let (mut fast, mut rows) = (start.clone(), start);
+            col2im(&mut cols.clone(), g, &mut fast);
+            col2im_rows(&cols, g, &mut rows);
+            assert!(
+                fast.iter()
+                    .zip(&rows)
+                    .all(|(a, b)| a.to_bits() == b.to_bits()),
+                "{g:?}"
+            );
+        }
+        // Strided or shrinking convolutions keep the row-by-row path.
+        let strided = Geometry {
+            c: 1,
+            h: 8,
+            w: 8,
+            k: 3,
+            s: 2,
+            p: 1,
+        };
+        assert!(PlaneShift::applies(&strided).is_none());
+        assert!(PlaneShift::applies(&Geometry {
+            c: 1,
+            h: 8,
+            w: 8,
+            k: 3,
+            s: 1,
+            p: 0
+        })
+        .is_none());
+    }
     use crate::finite_diff::{numerical_gradient, quadratic_loss, rel_error};
     use crate::rng::{gaussian, rng};
 
