@@ -23,6 +23,7 @@ use super::batch_norm::{Affine, Moments};
 use super::relu::relu;
 use crate::grads::Grads;
 use crate::rng::gaussian;
+use std::mem::MaybeUninit;
 use std::ops::Range;
 
 use crate::tensor::{matmul_into_serial, matmul_uninit_serial, with_scratch, Tensor};
@@ -99,13 +100,15 @@ fn im2col(x: &[f64], g: Geometry, cols: &mut [f64]) {
     im2col_rows(x, g, cols)
 }
 
-/// [`col2im_rows`]: adds `cols: (C k k, Ho Wo)` back into `x_n: (C, H, W)`, which must not
-/// hold `-0.0` (see [`PlaneShift::col2im`]); `cols` is scratch and may be changed.
-fn col2im(cols: &mut [f64], g: Geometry, x: &mut [f64]) {
+/// `x_n = col2im(cols)`: the adjoint of im2col, `cols: (C k k, Ho Wo)` summed back into a
+/// fresh `x_n: (C, H, W)` (every element is written); `cols` is scratch and may be changed.
+fn col2im_into<'x>(cols: &mut [f64], g: Geometry, x: &'x mut [MaybeUninit<f64>]) -> &'x mut [f64] {
     if let Some(shift) = PlaneShift::applies(&g) {
         return shift.col2im(cols, g, x);
     }
-    col2im_rows(cols, g, x)
+    let x = crate::tensor::init_fill(x, 0.0);
+    col2im_rows(cols, g, x);
+    x
 }
 
 /// im2col and col2im for a stride-1 convolution that keeps the image size (`2p = k - 1`,
@@ -162,19 +165,25 @@ impl PlaneShift {
         }
     }
 
-    /// Adds `cols` into `x` and leaves `cols` with its wrapped positions zeroed. Each
-    /// kernel position is one contiguous addition: the positions whose source column wrapped
-    /// into the neighbouring row are set to zero first, so they add `+0.0` to an element
-    /// that gets no contribution at this kernel position. That changes no bit: `v + 0.0 = v`
-    /// for every `v` but `-0.0`, and a sum that starts at `+0.0` (the backward pass zeroes
-    /// `x` first) never becomes `-0.0` in round-to-nearest.
-    fn col2im(self, cols: &mut [f64], g: Geometry, x: &mut [f64]) {
+    /// Sums `cols` into `x` (which it initialises) and leaves `cols` with its wrapped
+    /// positions zeroed. Each kernel position is one contiguous pass: the first writes
+    /// `0.0 + v` and zeroes the rest of the plane (what adding into a zeroed plane gives,
+    /// without the zeroing pass), the others add. The positions whose source column wrapped
+    /// into the neighbouring row are set to zero first, so they add `+0.0` to an element that
+    /// gets no contribution at this kernel position. That changes no bit: `v + 0.0 = v` for
+    /// every `v` but `-0.0`, and a sum that starts at `+0.0` never becomes `-0.0` in
+    /// round-to-nearest.
+    fn col2im<'x>(
+        self,
+        cols: &mut [f64],
+        g: Geometry,
+        x: &'x mut [MaybeUninit<f64>],
+    ) -> &'x mut [f64] {
         let (k, w, plane) = (g.k, g.w, g.h * g.w);
         let shifts: Vec<_> = (0..k * k)
             .map(|kk| Self::offsets(&g, kk / k, kk % k))
             .collect();
-        for ci in 0..g.c {
-            let dst = &mut x[ci * plane..(ci + 1) * plane];
+        for (ci, dst) in x.chunks_exact_mut(plane).take(g.c).enumerate() {
             for (kk, (dc, d, rows, flat)) in shifts.iter().enumerate() {
                 let row = &mut cols[(ci * k * k + kk) * plane..][..plane];
                 let bad = bad_columns(*dc, w);
@@ -184,14 +193,30 @@ impl PlaneShift {
                     }
                 }
                 let from = (flat.start as isize + d) as usize;
-                for (o, &v) in dst[from..from + flat.len()]
-                    .iter_mut()
-                    .zip(&row[flat.clone()])
-                {
-                    *o += v;
+                let to = from + flat.len();
+                let src = &row[flat.clone()];
+                if kk == 0 {
+                    let (head, rest) = dst.split_at_mut(from);
+                    let (body, tail) = rest.split_at_mut(to - from);
+                    for e in head.iter_mut().chain(tail) {
+                        e.write(0.0);
+                    }
+                    for (o, &v) in body.iter_mut().zip(src) {
+                        o.write(0.0 + v);
+                    }
+                } else {
+                    let body = &mut dst[from..to];
+                    // SAFETY: the first kernel position wrote every element of the plane.
+                    let body = unsafe { &mut *(body as *mut [MaybeUninit<f64>] as *mut [f64]) };
+                    for (o, &v) in body.iter_mut().zip(src) {
+                        *o += v;
+                    }
                 }
             }
         }
+        // SAFETY: every plane was written in full at its first kernel position, and the
+        // planes cover `x` (`x` holds `c` planes).
+        unsafe { &mut *(x as *mut [MaybeUninit<f64>] as *mut [f64]) }
     }
 }
 
@@ -531,9 +556,7 @@ impl Conv2d {
                         let mut gc =
                             ArrayViewMut2::from_shape((ckk, hw_out), &mut gcols[..]).unwrap();
                         matmul_into_serial(&mut gc, &w2.t(), &gy_n, false);
-                        let gx_n = crate::tensor::init_fill(gx_n, 0.0);
-                        col2im(gcols, g, gx_n);
-                        gx_n
+                        col2im_into(gcols, g, gx_n)
                     };
                     then(n, gx_n)
                 })
@@ -694,13 +717,14 @@ mod tests {
                     .all(|(a, b)| a.to_bits() == b.to_bits()),
                 "{g:?}"
             );
-            let cols = gaussian(&[len], 1.0, &mut r).into_raw_vec_and_offset().0;
-            let start = gaussian(&[c * h * w], 1.0, &mut r)
-                .into_raw_vec_and_offset()
-                .0;
-            let (mut fast, mut rows) = (start.clone(), start);
-            col2im(&mut cols.clone(), g, &mut fast);
+            let mut cols = gaussian(&[len], 1.0, &mut r).into_raw_vec_and_offset().0;
+            // A `-0.0` the first kernel position adds (the last output pixel of channel 0's
+            // first row of `cols`): `0.0 + (-0.0)` must still give `+0.0`.
+            cols[h * w - 1] = -0.0;
+            let mut rows = vec![0.0; c * h * w];
             col2im_rows(&cols, g, &mut rows);
+            let mut fresh = vec![MaybeUninit::new(f64::NAN); c * h * w];
+            let fast = col2im_into(&mut cols, g, &mut fresh);
             assert!(
                 fast.iter()
                     .zip(&rows)
