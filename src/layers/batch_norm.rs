@@ -157,7 +157,7 @@ impl Layout {
 fn affine_run<R: Run>(
     out: &mut [MaybeUninit<f64>],
     x: &[f64],
-    mask: &mut [bool],
+    mask: &mut [MaybeUninit<bool>],
     a: &[f64],
     b: &[f64],
 ) {
@@ -171,7 +171,7 @@ fn affine_run<R: Run>(
         let mask = &mut mask[..n];
         for i in 0..n {
             let z = R::at(a, i) * x[i] + R::at(b, i);
-            mask[i] = z > 0.0;
+            mask[i].write(z > 0.0);
             out[i].write(super::relu::relu(z));
         }
     }
@@ -182,7 +182,7 @@ fn affine_run<R: Run>(
 pub(crate) fn affine_row(
     out: &mut [MaybeUninit<f64>],
     x: &[f64],
-    mask: &mut [bool],
+    mask: &mut [MaybeUninit<bool>],
     a: &[f64],
     b: &[f64],
 ) {
@@ -566,30 +566,29 @@ impl BatchNorm {
         let xs = x.as_slice().unwrap();
         let l = Layout::of(x.shape());
         let mut y = Tensor::uninit(x.raw_dim());
-        let mut mask = if relu {
-            vec![false; x.len()]
-        } else {
-            Vec::new()
-        };
+        // Written in full by the kernels below: not zero-filled first (a pass over memory
+        // the kernels would then fetch back, half of it from the other core).
+        let mut mask = Box::<[bool]>::new_uninit_slice(if relu { x.len() } else { 0 });
         let task = l.task_len();
         let run = l.run_len();
         // `start` is the flat index of `out`'s first element; `out` holds whole runs.
-        let kernel = |start: usize, out: &mut [MaybeUninit<f64>], mask: &mut [bool]| {
-            for (j, o) in out.chunks_mut(run).enumerate() {
-                let (rs, len) = (start + j * run, o.len());
-                let (src, pa, pb) = (&xs[rs..], l.params(&a, rs, len), l.params(&b, rs, len));
-                let m = if relu {
-                    &mut mask[j * run..j * run + len]
-                } else {
-                    &mut []
-                };
-                if l.s == 1 {
-                    affine_run::<Row>(o, src, m, pa, pb);
-                } else {
-                    affine_run::<Plane>(o, src, m, pa, pb);
+        let kernel =
+            |start: usize, out: &mut [MaybeUninit<f64>], mask: &mut [MaybeUninit<bool>]| {
+                for (j, o) in out.chunks_mut(run).enumerate() {
+                    let (rs, len) = (start + j * run, o.len());
+                    let (src, pa, pb) = (&xs[rs..], l.params(&a, rs, len), l.params(&b, rs, len));
+                    let m = if relu {
+                        &mut mask[j * run..j * run + len]
+                    } else {
+                        &mut []
+                    };
+                    if l.s == 1 {
+                        affine_run::<Row>(o, src, m, pa, pb);
+                    } else {
+                        affine_run::<Plane>(o, src, m, pa, pb);
+                    }
                 }
-            }
-        };
+            };
         let ys = y.as_slice_mut().unwrap();
         if l.s == 1 {
             // A dense activation is small (W1: 256 KB): two halves of whole rows.
@@ -613,6 +612,9 @@ impl BatchNorm {
         }
         // SAFETY: the chunks cover `y` and every kernel writes each element of its chunk.
         let y = unsafe { y.assume_init() };
+        // SAFETY: with `relu`, every kernel wrote each mask element of its chunk, and the
+        // chunks cover the mask; without it the mask is empty.
+        let mask = unsafe { mask.assume_init() }.into_vec();
         let relu_cache = relu.then(|| ReluCache {
             positive: ndarray::ArrayD::from_shape_vec(x.raw_dim(), mask).unwrap(),
         });

@@ -128,14 +128,15 @@ pub fn forward_bn(
     let w = as_2d(&d.w);
     let mut h = Array2::<f64>::uninit((rows, n));
     let mut y = Array2::<f64>::uninit((rows, n));
-    let mut mask = Array2::from_elem(if relu { (rows, n) } else { (0, 0) }, false);
+    // Written in full by the row kernels (not zero-filled first).
+    let mut mask = Array2::<bool>::uninit(if relu { (rows, n) } else { (0, 0) });
     let (left, right) = halves(rows, d.d_in(), n);
     // One column block: its GEMM, its statistics, its normalisation. Returns the block's
     // (mean, variance used, inverse standard deviation).
     let block = |cols: Range<usize>,
                  h: ArrayViewMut2<MaybeUninit<f64>>,
                  mut y: ArrayViewMut2<MaybeUninit<f64>>,
-                 mut mask: ArrayViewMut2<bool>| {
+                 mut mask: ArrayViewMut2<MaybeUninit<bool>>| {
         let h = matmul_uninit_view(h, &x2, &w.slice(s![.., cols.clone()]));
         let (mean, var) = match mode {
             Mode::Train => column_stats(h.view()),
@@ -180,8 +181,9 @@ pub fn forward_bn(
     var.extend(var1);
     inv_std.extend(inv_std1);
     // SAFETY: the two blocks cover every column; each block's GEMM wrote all of its part of
-    // `h` and each row kernel all of its part of `y`.
-    let (h, y) = unsafe { (h.assume_init(), y.assume_init()) };
+    // `h` and each row kernel all of its part of `y` (and of the mask, with `relu`; without
+    // it the mask is empty).
+    let (h, y, mask) = unsafe { (h.assume_init(), y.assume_init(), mask.assume_init()) };
     let cache = BatchNormCache {
         mode,
         x: Arc::new(h.into_dyn()),
