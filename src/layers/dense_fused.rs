@@ -359,6 +359,22 @@ mod tests {
         a.len() == b.len() && a.iter().zip(b).all(|(x, y)| x.to_bits() == y.to_bits())
     }
 
+    /// The separate layers' forward pass: BatchNorm, then ReLU when `relu`.
+    fn bn_then_relu(
+        bn: &BatchNorm,
+        x: Tensor,
+        mode: Mode,
+        relu: bool,
+    ) -> (Tensor, BatchNormCache, Option<ReluCache>) {
+        if relu {
+            let (y, c, r) = bn.forward_relu(x, mode);
+            (y, c, Some(r))
+        } else {
+            let (y, c) = bn.forward(x, mode);
+            (y, c, None)
+        }
+    }
+
     fn t_bits(a: &Tensor, b: &Tensor) -> bool {
         a.shape() == b.shape() && same_bits(a.as_slice().unwrap(), b.as_slice().unwrap())
     }
@@ -401,13 +417,7 @@ mod tests {
                     assert!(applies(&d, &x, Some((&bn, mode))));
                     let (y, dc, bc, rc) = forward_bn(&d, &bn, x.clone(), mode, relu, true);
                     let (h, dc_ref) = d.forward(x);
-                    let (y_ref, bc_ref, rc_ref) = if relu {
-                        let (y, c, r) = bn.forward_relu(h, mode);
-                        (y, c, Some(r))
-                    } else {
-                        let (y, c) = bn.forward(h, mode);
-                        (y, c, None)
-                    };
+                    let (y_ref, bc_ref, rc_ref) = bn_then_relu(&bn, h, mode, relu);
                     assert!(t_bits(&y, &y_ref), "output, {mode:?} relu {relu}");
                     assert!(t_bits(dc.x.as_ref().unwrap(), dc_ref.x.as_ref().unwrap()));
                     assert!(t_bits(&bc.x, &bc_ref.x), "BN input");
@@ -454,13 +464,7 @@ mod tests {
                         let bn = layer_with_random_affine(d_in, 8);
                         let d = Dense::with_std("d", d_in, d_out, 0.4, None, &mut r);
                         let x = gaussian(&[rows, d_in], 1.0, &mut r);
-                        let (a, bc, rc) = if relu {
-                            let (a, c, r) = bn.forward_relu(x, mode);
-                            (a, c, Some(r))
-                        } else {
-                            let (a, c) = bn.forward(x, mode);
-                            (a, c, None)
-                        };
+                        let (a, bc, rc) = bn_then_relu(&bn, x, mode, relu);
                         let (_, dc) = d.forward(a);
                         let g = gaussian(&[rows, d_out], 1.0, &mut r);
                         let res = gaussian(&[rows, d_in], 1.0, &mut r);
