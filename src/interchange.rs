@@ -12,7 +12,7 @@ use serde_json::{json, Value};
 use crate::net::{NetCache, NetGrads, Network};
 use crate::unit::{ForwardCtx, Op, ResidualUnit, ShortcutKind};
 
-pub const FORMAT_VERSION: u32 = 1;
+pub const FORMAT_VERSION: u32 = 2;
 
 fn op_json(op: &Op) -> Value {
     match op {
@@ -38,6 +38,7 @@ fn op_json(op: &Op) -> Value {
             "pad": c.pad,
         }),
         Op::Pool => json!({ "op": "global_avg_pool" }),
+        Op::PadShortcut(p) => json!({ "op": "pad_shortcut", "stride": p.stride, "c_out": p.c_out }),
         Op::Relu => json!({ "op": "relu" }),
         Op::Mask(_) => json!({ "op": "frozen-relu" }),
     }
@@ -47,18 +48,21 @@ fn ops_json(ops: &[Op]) -> Value {
     Value::Array(ops.iter().map(op_json).collect())
 }
 
+/// The shortcut: its kind, its constants and `ops`, the layers it runs on its input (the
+/// gate's pre-activation, the projection with its BN if any, the option-A pad).
 fn shortcut_json(unit: &ResidualUnit) -> Value {
-    let op = unit.shortcut_op.as_ref().map(op_json);
+    let ops = ops_json(&unit.shortcut_ops);
     match unit.shortcut {
         ShortcutKind::Identity => json!({ "kind": "identity" }),
         ShortcutKind::Scale { lambda, branch } => {
             json!({ "kind": "scale", "lambda": lambda, "branch_scale": branch })
         }
-        ShortcutKind::Gate { bias } => json!({ "kind": "gate", "bias_init": bias, "gate": op }),
+        ShortcutKind::Gate { bias } => json!({ "kind": "gate", "bias_init": bias, "ops": ops }),
         ShortcutKind::ShortcutGate { bias } => {
-            json!({ "kind": "shortcut-gate", "bias_init": bias, "gate": op })
+            json!({ "kind": "shortcut-gate", "bias_init": bias, "ops": ops })
         }
-        ShortcutKind::Conv1x1 => json!({ "kind": "conv1x1", "projection": op }),
+        ShortcutKind::Conv1x1 => json!({ "kind": "conv1x1", "ops": ops }),
+        ShortcutKind::Pad => json!({ "kind": "pad", "ops": ops }),
         ShortcutKind::Dropout { p, rescale } => {
             json!({ "kind": "dropout", "p": p, "rescale": rescale, "mask": format!("mask/{}", unit.index) })
         }

@@ -66,7 +66,8 @@ fn run_writes_tidy_csv_spec_and_charts() {
     let mut lines = csv.lines();
     let header = lines.next().unwrap();
     assert!(
-        header.starts_with("experiment,cell,net,placement,shortcut,units,replicate,unit,"),
+        header
+            .starts_with("experiment,cell,net,placement,shortcut,projection,units,replicate,unit,"),
         "{header}"
     );
     // 2 placements x 2 shortcuts x 2 replicates = 8 cells, 7 unit inputs each.
@@ -146,31 +147,93 @@ fn same_csv_for_one_and_two_threads() {
     assert_eq!(csvs[0], csvs[1], "CSV differs between 1 and 2 threads");
 }
 
+/// The stored cells of a results folder: `(fingerprint.toml text, profile file)` pairs.
+fn stored_cells(out: &Path) -> Vec<(String, std::path::PathBuf)> {
+    let mut cells: Vec<(String, std::path::PathBuf)> = std::fs::read_dir(out.join("cells"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.to_string_lossy().ends_with(".toml"))
+        .map(|p| {
+            let csv = p.with_extension("profile.csv");
+            (std::fs::read_to_string(&p).unwrap(), csv)
+        })
+        .collect();
+    cells.sort();
+    cells
+}
+
 #[test]
 fn rerun_skips_complete_cells() {
     let dir = tempfile::tempdir().unwrap();
     let spec = write_spec(dir.path(), "tiny.toml", SPEC);
     let out = dir.path().join("results");
     ok(&resprop(&["run", &spec, "--out", out.to_str().unwrap()]));
-    let cells = out.join("tiny/cells");
+    let cells = stored_cells(&out);
+    assert_eq!(cells.len(), 8, "one stored result per cell");
+    for (inputs, _) in &cells {
+        assert!(
+            inputs.contains("engine = ") && inputs.contains("seed = "),
+            "{inputs}"
+        );
+    }
     // Mark one finished cell and delete another: a rerun keeps the first and recomputes the second.
-    let marked = cells.join("0000.csv");
-    let original = std::fs::read_to_string(&marked).unwrap();
-    std::fs::write(&marked, original.replace("original", "ORIGINAL-KEPT")).unwrap();
-    let deleted = cells.join("0005.csv");
-    let before = std::fs::read(&deleted).unwrap();
-    std::fs::remove_file(&deleted).unwrap();
-    ok(&resprop(&["run", &spec, "--out", out.to_str().unwrap()]));
-    let csv = std::fs::read_to_string(out.join("tiny/profile.csv")).unwrap();
+    let marked = &cells[0].1;
+    let original = std::fs::read_to_string(marked).unwrap();
+    std::fs::write(marked, original.replacen('0', "0000", 1)).unwrap();
+    let deleted = &cells[5].1;
+    let before = std::fs::read(deleted).unwrap();
+    std::fs::remove_file(deleted).unwrap();
+    let o = resprop(&["run", &spec, "--out", out.to_str().unwrap()]);
+    ok(&o);
     assert!(
-        csv.contains("ORIGINAL-KEPT"),
-        "a complete cell was recomputed"
+        String::from_utf8_lossy(&o.stdout).contains("(1 computed now)"),
+        "{}",
+        String::from_utf8_lossy(&o.stdout)
     );
+    let csv = std::fs::read_to_string(out.join("tiny/profile.csv")).unwrap();
+    let marked_row = original.lines().next().unwrap().replacen('0', "0000", 1);
+    assert!(csv.contains(&marked_row), "a complete cell was recomputed");
     assert_eq!(
-        std::fs::read(&deleted).unwrap(),
+        std::fs::read(deleted).unwrap(),
         before,
         "the missing cell came back identical"
     );
+}
+
+/// An edited spec never reuses a cell of the old one: the changed cells are recomputed and the
+/// assembled CSV holds only the new spec's cells.
+#[test]
+fn an_edited_spec_recomputes_what_changed() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("results");
+    let spec = write_spec(dir.path(), "tiny.toml", SPEC);
+    ok(&resprop(&["run", &spec, "--out", out.to_str().unwrap()]));
+    let edited = write_spec(
+        dir.path(),
+        "tiny.toml",
+        &SPEC.replace("\"scale:0.5\"", "\"scale:0.9\""),
+    );
+    let o = resprop(&["run", &edited, "--out", out.to_str().unwrap()]);
+    ok(&o);
+    let stdout = String::from_utf8_lossy(&o.stdout);
+    // 2 placements x 2 replicates have the new shortcut; the identity cells are reused.
+    assert!(stdout.contains("8 cells (4 computed now)"), "{stdout}");
+    let csv = std::fs::read_to_string(out.join("tiny/profile.csv")).unwrap();
+    assert!(csv.contains("scale:0.9") && !csv.contains("scale:0.5"));
+    // Full pre-activation, 6 units: the direct ratio at unit 0 is 0.9^6, not 0.5^6.
+    let header: Vec<&str> = csv.lines().next().unwrap().split(',').collect();
+    let col = |name: &str| header.iter().position(|h| *h == name).unwrap();
+    let row: Vec<&str> = csv
+        .lines()
+        .map(|l| l.split(',').collect::<Vec<_>>())
+        .find(|r| {
+            r[col("placement")] == "full-preact"
+                && r[col("shortcut")] == "scale:0.9"
+                && r[col("unit")] == "0"
+        })
+        .unwrap();
+    let ratio: f64 = row[col("direct_ratio")].parse().unwrap();
+    assert!((ratio - 0.9f64.powi(6)).abs() < 1e-12, "{ratio}");
 }
 
 #[test]
@@ -293,7 +356,7 @@ fn training_experiments_write_curves_heatmaps_and_a_ranked_report() {
     ]));
     let train = std::fs::read_to_string(results.join("tinytrain/train.csv")).unwrap();
     assert!(train.starts_with(
-        "experiment,cell,net,placement,shortcut,units,replicate,step,epoch,lr,train_loss"
+        "experiment,cell,net,placement,shortcut,projection,units,replicate,step,epoch,lr,train_loss"
     ));
     assert_eq!(
         train.lines().count(),

@@ -104,6 +104,7 @@ fn resnet(name: &str, placement: Placement, shortcut: &str) -> resprop::net::Net
         classes: 10,
         placement,
         shortcut: shortcut.parse().unwrap(),
+        projection: resprop::unit::Projection::default_for(placement),
         seed: 2,
     })
     .unwrap()
@@ -165,7 +166,7 @@ fn resnet_direct_part_restarts_per_stage() {
     let profile = build_records(&net, &cache, &net.backward(&cache, &y, None));
     let stages: Vec<usize> = profile.records.iter().map(|r| r.stage).collect();
     assert_eq!(stages, vec![0, 0, 0, 0, 1, 1, 1, 2, 2, 2]);
-    let tops: Vec<usize> = profile.records.iter().map(|r| r.stage_top).collect();
+    let tops: Vec<usize> = profile.records.iter().map(|r| r.direct_top).collect();
     assert_eq!(tops, vec![3, 3, 3, 3, 6, 6, 6, 9, 9, 9]);
     let changes: Vec<usize> = profile
         .records

@@ -10,9 +10,14 @@ use resprop::net::resnet::Block;
 use resprop::net::{build_mlp, build_resnet, Keep, MlpConfig, Network, ResnetConfig};
 use resprop::tensor::Tensor;
 use resprop::unit::ops::{Op, OpCache};
-use resprop::unit::{ForwardCtx, Placement, ShortcutKind};
+use resprop::unit::{ForwardCtx, Placement, Projection, ShortcutKind};
 
-fn resnet(units_per_stage: usize, block: Block, placement: Placement) -> Network {
+fn resnet(
+    units_per_stage: usize,
+    block: Block,
+    placement: Placement,
+    projection: Projection,
+) -> Network {
     build_resnet(&ResnetConfig {
         name: "test".into(),
         units_per_stage,
@@ -22,6 +27,7 @@ fn resnet(units_per_stage: usize, block: Block, placement: Placement) -> Network
         classes: 10,
         placement,
         shortcut: ShortcutKind::Identity,
+        projection,
         seed: 3,
     })
     .unwrap()
@@ -59,14 +65,14 @@ fn reference(net: &Network, input: &Tensor, labels: &[usize]) -> (Vec<Tensor>, V
         xs.push(x.clone());
         let (a, pre) = forward_ops(&u.pre, x.clone(), mode);
         let (f, branch) = forward_ops(&u.branch, a.clone(), mode);
-        let (h, proj) = match (&u.shortcut, &u.shortcut_op) {
-            (ShortcutKind::Identity, None) => (a, None),
-            (ShortcutKind::Conv1x1, Some(op)) => {
-                let (h, c) = op.forward(a, mode);
-                (h, Some(c))
-            }
+        let (h, proj) = match u.shortcut {
+            ShortcutKind::Identity => (a, Vec::new()),
+            // A projection (with its BN, if any) or the option-A pad: the shortcut's ops.
+            ShortcutKind::Conv1x1 | ShortcutKind::Pad => forward_ops(&u.shortcut_ops, a, mode),
             other => {
-                panic!("the reference covers identity and projection shortcuts, not {other:?}")
+                panic!(
+                    "the reference covers identity, projection and padded shortcuts, not {other:?}"
+                )
             }
         };
         let (out, after) = forward_ops(&u.after_add, f + &h, mode);
@@ -81,10 +87,7 @@ fn reference(net: &Network, input: &Tensor, labels: &[usize]) -> (Vec<Tensor>, V
     for (u, (pre, branch, proj, after)) in net.units.iter().zip(&caches).rev() {
         let g_y = backward_ops(&u.after_add, after, g);
         let g_f = backward_ops(&u.branch, branch, g_y.clone());
-        let g_h = match (&u.shortcut_op, proj) {
-            (Some(op), Some(c)) => op.backward(c, g_y, None),
-            _ => g_y,
-        };
+        let g_h = backward_ops(&u.shortcut_ops, proj, g_y);
         g = backward_ops(&u.pre, pre, g_h) + &backward_ops(&u.pre, pre, g_f);
         grads.push(g.clone());
     }
@@ -125,7 +128,9 @@ fn fused_resnet_passes_equal_the_op_by_op_pass_bit_for_bit() {
     // has a ReLU after the addition. Two units per stage: plain units and projections.
     for block in [Block::Basic, Block::Bottleneck] {
         for placement in [Placement::FullPreact, Placement::Original] {
-            assert_fused_equals_reference(&resnet(2, block, placement), 3);
+            for projection in Projection::ALL {
+                assert_fused_equals_reference(&resnet(2, block, placement, projection), 3);
+            }
         }
     }
 }

@@ -152,7 +152,7 @@ pub fn run_checks(
     let cache = net.forward(input, labels, ctx)?;
     let mut grads = Grads::new();
     let back = net.backward(&cache, labels, Some(&mut grads));
-    let stages = Stages::of(&cache, net.num_units());
+    let stages = Stages::of(net, &cache);
     let mut rows = finite_difference_rows(
         net,
         input,
@@ -232,7 +232,7 @@ fn finite_difference_rows(
         ("head".to_string(), "head.".to_string()),
         ("classifier".to_string(), "classifier.".to_string()),
     ];
-    if let Some(l) = (1..l_top).find(|&l| !stages.internal(l)) {
+    if let Some(l) = (1..l_top).find(|&l| !stages.keeps_shape(l)) {
         owners.insert(2, (format!("unit {l} (shape change)"), format!("unit{l}.")));
     }
     let names = net.param_names();
@@ -341,7 +341,7 @@ fn finite_difference_rows(
 /// Why Eq. 3-4 (and 7) do not describe this network's stages, if they do not: every unit
 /// inside a stage needs an identity `f` and a constant-scaling shortcut.
 fn unrolling_inapplicable(net: &Network, stages: &Stages) -> Option<String> {
-    if !(0..net.num_units()).any(|l| stages.internal(l)) {
+    if !(0..net.num_units()).any(|l| stages.keeps_shape(l)) {
         return Some(
             "every unit changes the shape, so no stage has a unit the derivation covers"
                 .to_string(),
@@ -351,7 +351,7 @@ fn unrolling_inapplicable(net: &Network, stages: &Stages) -> Option<String> {
         .units
         .iter()
         .enumerate()
-        .filter(|(l, _)| stages.internal(*l))
+        .filter(|(l, _)| stages.keeps_shape(*l))
     {
         if !u.placement.after_add_is_identity() {
             return Some(format!(
@@ -387,7 +387,7 @@ fn eq_name(net: &Network, identity: &str, scaled: &str) -> String {
 /// largest term, for every `x_l` below its stage's top (`None` at the tops).
 fn forward_unrolling_errors(net: &Network, cache: &NetCache, stages: &Stages) -> Vec<Option<f64>> {
     let mut errors = vec![None; net.num_units() + 1];
-    let mut tops: Vec<usize> = stages.top.clone();
+    let mut tops: Vec<usize> = stages.shape_top.clone();
     tops.dedup();
     for top in tops {
         let x_top = cache.x(top);
@@ -395,7 +395,7 @@ fn forward_unrolling_errors(net: &Network, cache: &NetCache, stages: &Stages) ->
         let mut above = 1.0; // prod_{j=i+1}^{top-1} lambda_j
         let mut max_fhat = 0.0f64;
         // Units i = top-1, top-2, ... down to the stage's bottom.
-        for i in (0..top).rev().take_while(|&i| stages.internal(i)) {
+        for i in (0..top).rev().take_while(|&i| stages.keeps_shape(i)) {
             let unit = &net.units[i];
             let fhat = unit.branch_term(&cache.unit(net, i)) * above;
             max_fhat = max_fhat.max(norm(&fhat));
@@ -440,11 +440,11 @@ fn additive_backward_errors(
     // the largest term's norm.
     let mut acc: Vec<Tensor> = direct.clone();
     let mut max_term: Vec<f64> = direct.iter().map(norm).collect();
-    for i in (0..l_top).rev().filter(|&i| stages.internal(i)) {
+    for i in (0..l_top).rev().filter(|&i| stages.carries_direct(i)) {
         let mut carried = net.units[i].vjp_branch(&cache.unit(net, i), &grad_x[i + 1]);
         acc[i] += &carried;
         max_term[i] = max_term[i].max(norm(&carried));
-        for l in (0..i).rev().take_while(|&l| stages.internal(l)) {
+        for l in (0..i).rev().take_while(|&l| stages.carries_direct(l)) {
             carried = net.units[l].vjp_shortcut(&cache.unit(net, l), &carried);
             acc[l] += &carried;
             max_term[l] = max_term[l].max(norm(&carried));
@@ -482,7 +482,7 @@ fn prod_lambda_errors(net: &Network, records: &[super::record::UnitRecord]) -> V
     records
         .iter()
         .map(|r| {
-            predicted_direct_ratio(net, r.unit, r.stage_top).map(|predicted| {
+            predicted_direct_ratio(net, r.unit, r.direct_top).map(|predicted| {
                 if predicted == 0.0 {
                     r.direct_ratio.abs()
                 } else {
@@ -521,7 +521,7 @@ pub fn verify_units(
     cache: &NetCache,
     back: &crate::net::NetGrads,
 ) -> (Vec<UnitVerification>, Vec<CheckRow>) {
-    let stages = Stages::of(cache, net.num_units());
+    let stages = Stages::of(net, cache);
     let applies = unrolling_inapplicable(net, &stages).is_none();
     // Eq. 4/7 needs a constant lambda at every unit inside a stage: only computed where it applies.
     let forward = if applies {

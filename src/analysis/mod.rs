@@ -3,6 +3,7 @@
 
 pub mod checks;
 pub mod record;
+pub mod signal;
 
 use rand::Rng;
 

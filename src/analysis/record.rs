@@ -7,45 +7,71 @@
 //!
 //! and the rest `dE/dx_l - D_l` (everything that passed through at least one branch).
 //!
-//! The derivation holds within one feature-map shape: a *stage* is a maximal run of unit
-//! inputs with the same shape (the whole MLP; three stages of a CIFAR ResNet). The direct part
-//! restarts at each stage's top, `D_top = dE/dx_top`, rather than pretending the formulas hold
-//! across a projection.
+//! The derivation holds along an unbroken shortcut path. Within one feature-map shape (the
+//! whole MLP; a stage of a CIFAR ResNet) every unit's shortcut is such a path. Where a unit
+//! changes shape through a learned 1x1 projection the path breaks: the direct part restarts
+//! at that unit's input, `D_top = dE/dx_top`, rather than pretending the formulas hold across a
+//! projection. The option-A shortcut (`--projection pad`) is a fixed linear map that keeps the
+//! old channels' values at the sampled pixels, so the direct part carries on through it,
+//! `D_l = P^T D_{l+1}`: its norm is the part of `D_{l+1}` that sits on the old channels at
+//! the sampled pixels, and `direct_ratio` is measured against `dE/dx_L` throughout.
 
 use serde::Serialize;
 
 use crate::net::{NetCache, NetGrads, Network};
 use crate::tensor::{cosine, norm, per_sample_norms, Tensor};
+use crate::unit::ShortcutKind;
 
-/// Which unit inputs share a shape.
+/// Which unit inputs share a shape, and where each one's direct part starts.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Stages {
-    /// Stage index of each `x_l`, `l = 0..=L`, counting from the input.
+    /// Stage (feature-map shape) of each `x_l`, `l = 0..=L`, counting from the input.
     pub stage: Vec<usize>,
     /// The top (largest `l`) of the stage of each `x_l`.
+    pub shape_top: Vec<usize>,
+    /// Where the direct part of each `x_l` starts: the top of its unbroken shortcut path
+    /// (`shape_top`, or beyond it across padded shortcuts).
     pub top: Vec<usize>,
+    /// Per unit: whether the direct part passes through it.
+    carries: Vec<bool>,
 }
 
 impl Stages {
-    pub fn of(cache: &NetCache, units: usize) -> Stages {
+    pub fn of(net: &Network, cache: &NetCache) -> Stages {
+        let units = net.num_units();
         let mut stage = vec![0; units + 1];
         for l in 1..=units {
             stage[l] = stage[l - 1] + usize::from(cache.x(l).shape() != cache.x(l - 1).shape());
         }
-        let mut top = vec![units; units + 1];
+        let carries: Vec<bool> = (0..units)
+            .map(|l| stage[l] == stage[l + 1] || net.units[l].shortcut == ShortcutKind::Pad)
+            .collect();
+        let (mut shape_top, mut top) = (vec![units; units + 1], vec![units; units + 1]);
         for l in (0..units).rev() {
-            top[l] = if stage[l] == stage[l + 1] {
-                top[l + 1]
+            shape_top[l] = if stage[l] == stage[l + 1] {
+                shape_top[l + 1]
             } else {
                 l
             };
+            top[l] = if carries[l] { top[l + 1] } else { l };
         }
-        Stages { stage, top }
+        Stages {
+            stage,
+            shape_top,
+            top,
+            carries,
+        }
     }
 
     /// True when unit `l` keeps the shape (an internal unit of a stage).
-    pub fn internal(&self, l: usize) -> bool {
+    pub fn keeps_shape(&self, l: usize) -> bool {
         self.stage[l] == self.stage[l + 1]
+    }
+
+    /// True when the direct part passes through unit `l` (it keeps the shape, or changes it
+    /// through the padded identity).
+    pub fn carries_direct(&self, l: usize) -> bool {
+        self.carries[l]
     }
 }
 
@@ -55,8 +81,9 @@ pub struct UnitRecord {
     pub unit: usize,
     /// Stage of `x_l` (0 for the MLP).
     pub stage: usize,
-    /// The top of that stage, where the direct part starts.
-    pub stage_top: usize,
+    /// Where the direct part starts: the stage's top, or across padded shape changes the
+    /// top of the run of units they connect (`L` when every shape change is padded).
+    pub direct_top: usize,
     /// True for a unit whose output has another shape than its input (projection units).
     pub shape_change: bool,
     /// ||x_l||
@@ -71,11 +98,11 @@ pub struct UnitRecord {
     pub rest_norm: f64,
     /// ||dE/dx_l|| / ||dE/dx_L||
     pub grad_ratio: f64,
-    /// ||D_l|| / ||dE/dx_top|| (top = the stage's top; L for the MLP)
+    /// ||D_l|| / ||dE/dx_top|| (top = `direct_top`; L for the MLP)
     pub direct_ratio: f64,
     /// The paper's prediction for `direct_ratio` where it has one.
     pub predicted_direct_ratio: Option<f64>,
-    /// cos(dE/dx_l, dE/dx_top).
+    /// cos(dE/dx_l, dE/dx_top), when the two have the same shape.
     pub cos_top: Option<f64>,
     /// Per-sample `||dE/dx_l[n]|| / ||dE/dx_L[n]||`: min, median, max over the batch.
     pub sample_ratio_min: f64,
@@ -87,7 +114,7 @@ pub struct UnitRecord {
 pub const RECORD_COLUMNS: [&str; 16] = [
     "unit",
     "stage",
-    "stage_top",
+    "direct_top",
     "shape_change",
     "act_norm",
     "branch_norm",
@@ -119,7 +146,7 @@ pub struct Profile {
     pub nonfinite: Vec<NonFinite>,
 }
 
-/// The direct parts `D_0 ..= D_L`, restarting at each stage's top.
+/// The direct parts `D_0 ..= D_L`, restarting where the shortcut path breaks.
 pub fn direct_parts(
     net: &Network,
     cache: &NetCache,
@@ -143,7 +170,7 @@ fn direct_parts_and_branch_norms(
     for l in (0..l_top).rev() {
         let uc = cache.unit(net, l);
         branch_norms[l] = norm(&net.units[l].branch_term(&uc));
-        parts[l] = if stages.internal(l) {
+        parts[l] = if stages.carries_direct(l) {
             net.units[l].vjp_shortcut(&uc, &parts[l + 1])
         } else {
             grad_x[l].clone()
@@ -169,7 +196,7 @@ pub fn build_records(net: &Network, cache: &NetCache, grads: &NetGrads) -> Profi
     let g_top = &grads.grad_x[l_top];
     let top_norm = norm(g_top);
     let top_samples = per_sample_norms(g_top);
-    let stages = Stages::of(cache, l_top);
+    let stages = Stages::of(net, cache);
     let (direct, branch_norms) = direct_parts_and_branch_norms(net, cache, &grads.grad_x, &stages);
     let records: Vec<UnitRecord> = (0..=l_top)
         .map(|l| {
@@ -197,8 +224,8 @@ pub fn build_records(net: &Network, cache: &NetCache, grads: &NetGrads) -> Profi
             UnitRecord {
                 unit: l,
                 stage: stages.stage[l],
-                stage_top: top,
-                shape_change: l < l_top && !stages.internal(l),
+                direct_top: top,
+                shape_change: l < l_top && !stages.keeps_shape(l),
                 act_norm: norm(cache.x(l)),
                 branch_norm: (l < l_top).then(|| branch_norms[l]),
                 grad_norm,
@@ -207,7 +234,7 @@ pub fn build_records(net: &Network, cache: &NetCache, grads: &NetGrads) -> Profi
                 grad_ratio: grad_norm / top_norm,
                 direct_ratio: direct_norm / stage_top_norm,
                 predicted_direct_ratio: predicted_direct_ratio(net, l, top),
-                cos_top: Some(cosine(g, g_stage_top)),
+                cos_top: (g.shape() == g_stage_top.shape()).then(|| cosine(g, g_stage_top)),
                 sample_ratio_min: min,
                 sample_ratio_median: crate::tensor::median(&sample_ratios).unwrap_or(f64::NAN),
                 sample_ratio_max: max,
@@ -286,7 +313,7 @@ impl UnitRecord {
         vec![
             self.unit.to_string(),
             self.stage.to_string(),
-            self.stage_top.to_string(),
+            self.direct_top.to_string(),
             u8::from(self.shape_change).to_string(),
             fmt_f64(self.act_norm),
             fmt_opt(self.branch_norm),

@@ -19,7 +19,7 @@ use crate::net::resnet::parse_resnet_name;
 use crate::net::Keep;
 use crate::net::{build_mlp, build_resnet, MlpConfig, Network, ResnetConfig};
 use crate::output::{check_writable, emit, write_atomic};
-use crate::unit::{ForwardCtx, Placement, ShortcutKind};
+use crate::unit::{ForwardCtx, Placement, Projection, ShortcutKind};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum BenchMode {
@@ -83,6 +83,7 @@ pub fn workload(id: &str) -> Result<Workload> {
             classes: 10,
             placement: Placement::FullPreact,
             shortcut: ShortcutKind::Identity,
+            projection: Projection::Plain,
             seed: 0,
         })
     };

@@ -23,7 +23,7 @@ use clap::{Args, Parser, Subcommand};
 use crate::layers::Mode;
 use crate::net::{build_net, NetChoice, NetSizes, Network};
 use crate::rng::{derive_seed, purpose};
-use crate::unit::{ForwardCtx, Placement, ShortcutKind};
+use crate::unit::{ForwardCtx, Placement, Projection, ShortcutKind};
 
 const ABOUT: &str = "How gradients travel through deep residual networks (He et al. 2016, \"Identity Mappings in Deep Residual Networks\").";
 
@@ -109,6 +109,14 @@ pub struct NetArgs {
     /// on the shortcut, not rescaled; dropout:P:rescale divides by 1-P); none (plain net, h = 0).
     #[arg(long, default_value = "identity", value_parser = parse_shortcut)]
     pub shortcut: ShortcutKind,
+    /// ResNets: the shortcut of the units that change width or resolution. bn (1x1 projection
+    /// followed by BatchNorm: the default for original, bn-after-add and relu-before-add, as in
+    /// fb.resnet.torch and torchvision), plain (bare 1x1 projection: the default for the
+    /// pre-activation placements, as in the paper's code), pad (option A of He et al. 2015:
+    /// subsample with the stride, zero-pad the new channels; no parameters, so the direct part
+    /// carries on across the stage change instead of restarting).
+    #[arg(long, value_parser = parse_projection)]
+    pub projection: Option<Projection>,
     /// BatchNorm mode: train (batch statistics) or eval (running statistics).
     #[arg(long, default_value = "train", value_parser = parse_mode)]
     pub bn_mode: Mode,
@@ -129,6 +137,10 @@ fn parse_placement(s: &str) -> Result<Placement, String> {
 }
 
 fn parse_shortcut(s: &str) -> Result<ShortcutKind, String> {
+    s.parse()
+}
+
+pub(crate) fn parse_projection(s: &str) -> Result<Projection, String> {
     s.parse()
 }
 
@@ -158,6 +170,7 @@ impl NetArgs {
             &self.sizes(),
             self.placement,
             self.shortcut,
+            self.projection,
             self.seed,
         )
     }
@@ -181,9 +194,19 @@ impl NetArgs {
             .filter(|u| u.changes_shape)
             .map(|u| u.index.to_string())
             .collect();
-        if !changes.is_empty() {
+        if let Some(u) = net.units.iter().find(|u| u.changes_shape) {
+            let how = match u.shortcut {
+                ShortcutKind::Pad => {
+                    "option-A subsample-and-pad shortcut; the direct part carries on across them"
+                }
+                ShortcutKind::None => "no shortcut (plain net)",
+                _ if u.shortcut_ops.len() > 1 => {
+                    "1x1 projection + BN shortcut; the direct part restarts above them"
+                }
+                _ => "bare 1x1 projection shortcut; the direct part restarts above them",
+            };
             out.push_str(&format!(
-                "shape-changing units (1x1 projection shortcut unless plain; the direct part restarts above them): {}\n",
+                "shape-changing units ({how}): {}\n",
                 changes.join(", ")
             ));
         }
@@ -205,8 +228,15 @@ impl NetArgs {
                 )
             }
         };
+        let projection = match (&self.net, self.projection) {
+            (NetChoice::Mlp, _) => String::new(),
+            (_, p) => format!(
+                ", projection {}",
+                p.unwrap_or_else(|| Projection::default_for(self.placement))
+            ),
+        };
         format!(
-            "{} with {size}, batch {}, placement {}, shortcut {}, BN {}, seed {}",
+            "{} with {size}, batch {}, placement {}, shortcut {}{projection}, BN {}, seed {}",
             self.net, self.batch, self.placement, self.shortcut, self.bn_mode, self.seed
         )
     }

@@ -8,11 +8,10 @@ use anyhow::{bail, Result};
 use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
 
-use crate::data::Split;
 use crate::net::{build_net, NetChoice};
 use crate::output::{check_writable, emit, write_atomic};
 use crate::train::{checkpoint, train, History, Resume, TrainConfig, GRAD_COLUMNS, TRAIN_COLUMNS};
-use crate::unit::{Placement, ShortcutKind};
+use crate::unit::{Placement, Projection, ShortcutKind};
 
 #[derive(Debug, Args)]
 pub struct TrainArgs {
@@ -27,6 +26,11 @@ pub struct TrainArgs {
     pub placement: Placement,
     #[arg(long, default_value = "identity", value_parser = |s: &str| s.parse::<ShortcutKind>())]
     pub shortcut: ShortcutKind,
+    /// ResNets: shortcut of the shape-changing units: bn (1x1 projection + BatchNorm, the
+    /// default for post-activation placements), plain (bare 1x1 projection, the default for
+    /// pre-activation placements) or pad (subsample and zero-pad, no parameters).
+    #[arg(long, value_parser = super::parse_projection)]
+    pub projection: Option<Projection>,
     /// MLP units.
     #[arg(long, default_value_t = 8)]
     pub units: usize,
@@ -72,16 +76,6 @@ pub struct TrainArgs {
     pub threads: Option<u32>,
 }
 
-pub fn load_data(spec: &str) -> Result<Split> {
-    if spec == "digits" {
-        return crate::data::digits::load();
-    }
-    if let Some(dir) = spec.strip_prefix("cifar10:") {
-        return crate::data::cifar::load(std::path::Path::new(dir));
-    }
-    bail!("unknown data '{spec}' (expected 'digits' or 'cifar10:<directory>')")
-}
-
 fn to_csv(header: &[&str], rows: impl Iterator<Item = Vec<String>>) -> Result<Vec<u8>> {
     let mut w = csv::Writer::from_writer(Vec::new());
     w.write_record(header)?;
@@ -109,9 +103,16 @@ pub fn run(args: &TrainArgs) -> Result<ExitCode> {
     if !(args.lr > 0.0 && args.lr.is_finite()) {
         bail!("learning rate must be a positive number, got {}", args.lr);
     }
-    let data = load_data(&args.data)?;
+    let data = crate::data::load(&args.data)?;
     let sizes = crate::train::sizes_for(&data, args.units, args.width);
-    let mut net = build_net(&args.net, &sizes, args.placement, args.shortcut, args.seed)?;
+    let mut net = build_net(
+        &args.net,
+        &sizes,
+        args.placement,
+        args.shortcut,
+        args.projection,
+        args.seed,
+    )?;
     let cfg = TrainConfig {
         epochs: args.epochs,
         batch: args.batch,
@@ -119,6 +120,7 @@ pub fn run(args: &TrainArgs) -> Result<ExitCode> {
         momentum: args.momentum,
         weight_decay: args.weight_decay,
         record_every: args.record_every,
+        signal: false,
         seed: args.seed,
     };
     emit(&format!(

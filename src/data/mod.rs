@@ -10,7 +10,20 @@ use ndarray::{Axis, IxDyn};
 use rand::Rng;
 use rand_chacha::ChaCha8Rng;
 
+use anyhow::{bail, Result};
+
 use crate::tensor::Tensor;
+
+/// Loads `digits` (the bundled UCI digits) or `cifar10:<directory>` (the binary version).
+pub fn load(spec: &str) -> Result<Split> {
+    if spec == "digits" {
+        return digits::load();
+    }
+    if let Some(dir) = spec.strip_prefix("cifar10:") {
+        return cifar::load(std::path::Path::new(dir));
+    }
+    bail!("unknown data '{spec}' (expected 'digits' or 'cifar10:<directory>')")
+}
 
 #[derive(Debug, Clone)]
 pub struct Dataset {
@@ -28,6 +41,27 @@ pub struct Split {
     pub classes: usize,
     /// Random crop (pad 4) and horizontal flip on training batches (CIFAR's augmentation).
     pub augment: bool,
+}
+
+impl Split {
+    /// A digest of every image and label of both parts (hex SHA-256): what a result computed
+    /// from this data depends on, whatever file it was read from.
+    pub fn fingerprint(&self) -> String {
+        use sha2::{Digest, Sha256};
+        let mut h = Sha256::new();
+        h.update(self.name.as_bytes());
+        h.update([u8::from(self.augment)]);
+        for set in [&self.train, &self.test] {
+            h.update(format!("{:?}", set.images.shape()).as_bytes());
+            for v in set.images.iter() {
+                h.update(v.to_le_bytes());
+            }
+            for &l in &set.labels {
+                h.update((l as u64).to_le_bytes());
+            }
+        }
+        h.finalize().iter().map(|b| format!("{b:02x}")).collect()
+    }
 }
 
 impl Dataset {

@@ -1,16 +1,25 @@
-//! Running an experiment: every cell of the grid, in parallel, each result written atomically
-//! to `cells/<index>.csv`; then the tidy `profile.csv` (one row per cell x unit, cell keys as
-//! columns) assembled in cell order, with the resolved spec beside it.
+//! Running an experiment: every cell of the grid, in parallel; then the tidy CSVs (one row per
+//! cell x unit or step, cell keys as columns) assembled in cell order, with the resolved spec
+//! beside them.
 //!
 //! A cell's seed is derived from (spec seed, replicate) only, so every variant of one replicate
 //! starts from the same weights, batch and labels, and no number depends on which thread ran
-//! the cell or in what order. A rerun skips cells whose result file exists.
+//! the cell or in what order.
+//!
+//! Results never describe other inputs than their own. Each cell's result is stored under its
+//! *fingerprint*, a digest of everything that determines it (the resolved cell, the spec's
+//! settings that reach it, the data's content and the engine's source digest), as
+//! `<out>/cells/<fingerprint>.*.csv` beside a `<fingerprint>.toml` that spells the inputs out.
+//! A rerun reuses exactly the cells whose fingerprint it finds and computes the others; an
+//! edited spec therefore recomputes what the edit changed, and two experiments that contain
+//! the same cell (the same net, variant, seed and recipe) share it.
 
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
 use indicatif::{ProgressBar, ProgressStyle};
 use rayon::prelude::*;
+use serde::Serialize;
 
 use super::spec::{Cell, Measure, Spec, Task, TrainSpec};
 use crate::analysis::checks::verify_units;
@@ -20,16 +29,19 @@ use crate::data::Split;
 use crate::net::{build_net, NetSizes};
 use crate::output::write_atomic;
 use crate::rng::{derive_seed, purpose};
-use crate::train::{sizes_for, train, Resume, TrainConfig, GRAD_COLUMNS, TRAIN_COLUMNS};
+use crate::train::{
+    sizes_for, train, Resume, TrainConfig, GRAD_COLUMNS, SIGNAL_COLUMNS, TRAIN_COLUMNS,
+};
 use crate::unit::ForwardCtx;
 
-/// Key columns, then the record's columns, then (verification) the per-unit errors.
-pub const KEY_COLUMNS: [&str; 7] = [
+/// Key columns, then a table's own columns.
+pub const KEY_COLUMNS: [&str; 8] = [
     "experiment",
     "cell",
     "net",
     "placement",
     "shortcut",
+    "projection",
     "units",
     "replicate",
 ];
@@ -39,18 +51,63 @@ const VERIFICATION_COLUMNS: [&str; 3] = [
     "prod_lambda_error",
 ];
 
-fn keyed(extra: &[&'static str]) -> Vec<&'static str> {
-    let mut h: Vec<&str> = KEY_COLUMNS.to_vec();
-    h.extend_from_slice(extra);
+/// The engine that computes results: the crate version and a digest of its sources (made by
+/// `build.rs`; the charts and the command line are left out, they only present numbers).
+pub const ENGINE: &str = concat!(env!("CARGO_PKG_VERSION"), "+", env!("RESPROP_ENGINE_HASH"));
+
+/// One of the tables a task writes.
+#[derive(Debug, Clone, Copy)]
+pub struct TableKind {
+    /// File name stem: `<out>/<experiment>/<name>.csv`, `<out>/cells/<fp>.<name>.csv`.
+    pub name: &'static str,
+    columns: fn(&Spec) -> Vec<&'static str>,
+}
+
+impl TableKind {
+    pub fn columns(&self, spec: &Spec) -> Vec<&'static str> {
+        (self.columns)(spec)
+    }
+}
+
+fn profile_columns(spec: &Spec) -> Vec<&'static str> {
+    let mut h = RECORD_COLUMNS.to_vec();
+    if spec.measure == Measure::Verification {
+        h.extend(VERIFICATION_COLUMNS);
+    }
     h
 }
 
-pub fn header(measure: Measure) -> Vec<&'static str> {
-    let mut h: Vec<&str> = KEY_COLUMNS.to_vec();
-    h.extend(RECORD_COLUMNS);
-    if measure == Measure::Verification {
-        h.extend(VERIFICATION_COLUMNS);
+pub const PROFILE_TABLE: TableKind = TableKind {
+    name: "profile",
+    columns: profile_columns,
+};
+pub const TRAIN_TABLE: TableKind = TableKind {
+    name: "train",
+    columns: |_| TRAIN_COLUMNS.to_vec(),
+};
+pub const GRADS_TABLE: TableKind = TableKind {
+    name: "grads",
+    columns: |_| GRAD_COLUMNS.to_vec(),
+};
+pub const SIGNAL_TABLE: TableKind = TableKind {
+    name: "signal",
+    columns: |_| SIGNAL_COLUMNS.to_vec(),
+};
+
+/// The tables a spec's cells produce; the first is the main one, written last (its presence
+/// marks a cell complete).
+pub fn tables(spec: &Spec) -> Vec<TableKind> {
+    match &spec.task {
+        Task::Profile => vec![PROFILE_TABLE],
+        Task::Train(t) if t.signal => vec![TRAIN_TABLE, GRADS_TABLE, SIGNAL_TABLE],
+        Task::Train(_) => vec![TRAIN_TABLE, GRADS_TABLE],
     }
+}
+
+/// The header of a table of this spec: the keys, then its columns.
+pub fn header(spec: &Spec, table: TableKind) -> Vec<&'static str> {
+    let mut h = KEY_COLUMNS.to_vec();
+    h.extend(table.columns(spec));
     h
 }
 
@@ -67,15 +124,86 @@ fn cell_keys(spec: &Spec, cell: &Cell, units: usize) -> Vec<String> {
         cell.net.to_string(),
         cell.placement.to_string(),
         cell.shortcut.to_string(),
+        cell.projection.map(|p| p.to_string()).unwrap_or_default(),
         units.to_string(),
         cell.replicate.to_string(),
     ]
 }
 
-/// What a cell produced: its rows for each output file, and a warning to print.
+/// Everything a cell's numbers depend on, spelled out; its digest is the cell's fingerprint.
+#[derive(Debug, Serialize)]
+pub struct CellInputs {
+    pub engine: &'static str,
+    pub net: String,
+    pub placement: String,
+    pub shortcut: String,
+    pub projection: Option<String>,
+    /// The sizes the network is built with (for training: fitted to the data).
+    pub sizes: NetSizes,
+    pub replicate: u64,
+    /// The cell's seed (weights, batch, labels, dropout, data order).
+    pub seed: u64,
+    /// Profiles: the Gaussian batch's size, what is measured and the BN mode.
+    pub batch: Option<usize>,
+    pub measure: Option<Measure>,
+    pub bn_mode: Option<String>,
+    /// Training: the recipe and a digest of the data's content.
+    pub train: Option<TrainSpec>,
+    pub data_sha256: Option<String>,
+}
+
+impl CellInputs {
+    pub fn of(spec: &Spec, cell: &Cell, data: Option<&(Split, String)>) -> CellInputs {
+        let (train, sizes, data_sha256) = match (&spec.task, data) {
+            (Task::Train(t), Some((d, digest))) => (
+                Some(t.clone()),
+                sizes_for(d, cell.units, spec.sizes.width),
+                Some(digest.clone()),
+            ),
+            _ => (
+                None,
+                NetSizes {
+                    units: cell.units,
+                    ..spec.sizes
+                },
+                None,
+            ),
+        };
+        let profile = train.is_none();
+        CellInputs {
+            engine: ENGINE,
+            net: cell.net.to_string(),
+            placement: cell.placement.to_string(),
+            shortcut: cell.shortcut.to_string(),
+            projection: cell.projection.map(|p| p.to_string()),
+            sizes,
+            replicate: cell.replicate,
+            seed: cell_seed(spec, cell.replicate),
+            batch: profile.then_some(spec.batch),
+            measure: profile.then_some(spec.measure),
+            bn_mode: profile.then(|| spec.bn_mode.to_string()),
+            train,
+            data_sha256,
+        }
+    }
+
+    /// The inputs as TOML (saved beside the cell's files, for a person to read).
+    pub fn to_toml(&self) -> Result<String> {
+        toml::to_string(self).context("serialising a cell's inputs")
+    }
+
+    /// The first 16 bytes of the SHA-256 of [`CellInputs::to_toml`], in hex.
+    pub fn fingerprint(&self) -> Result<String> {
+        use sha2::{Digest, Sha256};
+        let digest = Sha256::digest(self.to_toml()?.as_bytes());
+        Ok(digest[..16].iter().map(|b| format!("{b:02x}")).collect())
+    }
+}
+
+/// What a cell produced: rows (without keys) for each of the spec's tables, in [`tables`]
+/// order, and a warning to print.
 pub struct CellResult {
-    pub rows: Vec<Vec<String>>,
-    pub grad_rows: Vec<Vec<String>>,
+    pub tables: Vec<Vec<Vec<String>>>,
     pub warning: Option<String>,
 }
 
@@ -83,7 +211,14 @@ pub struct CellResult {
 fn run_train_cell(spec: &Spec, cell: &Cell, t: &TrainSpec, data: &Split) -> Result<CellResult> {
     let seed = cell_seed(spec, cell.replicate);
     let sizes = sizes_for(data, cell.units, spec.sizes.width);
-    let mut net = build_net(&cell.net, &sizes, cell.placement, cell.shortcut, seed)?;
+    let mut net = build_net(
+        &cell.net,
+        &sizes,
+        cell.placement,
+        cell.shortcut,
+        cell.projection,
+        seed,
+    )?;
     let cfg = TrainConfig {
         epochs: t.epochs,
         batch: t.batch,
@@ -91,6 +226,7 @@ fn run_train_cell(spec: &Spec, cell: &Cell, t: &TrainSpec, data: &Split) -> Resu
         momentum: 0.9,
         weight_decay: 1e-4,
         record_every: t.record_every,
+        signal: t.signal,
         seed,
     };
     let h = train(
@@ -102,36 +238,37 @@ fn run_train_cell(spec: &Spec, cell: &Cell, t: &TrainSpec, data: &Split) -> Resu
         |_, _| {},
         |_, _, _, _| Ok(()),
     )?;
-    let keys = cell_keys(spec, cell, net.num_units());
-    let keyed_rows = |fields: Vec<Vec<String>>| -> Vec<Vec<String>> {
-        fields
-            .into_iter()
-            .map(|f| keys.iter().cloned().chain(f).collect())
-            .collect()
-    };
-    let rows = keyed_rows(h.steps.iter().map(|r| r.csv_fields()).collect());
-    let grad_rows = keyed_rows(h.grads.iter().map(|g| g.csv_fields()).collect());
+    let mut tables = vec![
+        h.steps.iter().map(|r| r.csv_fields()).collect(),
+        h.grads.iter().map(|g| g.csv_fields()).collect(),
+    ];
+    if t.signal {
+        tables.push(h.signal.iter().map(|s| s.csv_fields()).collect());
+    }
     let warning = h.diverged.map(|d| {
         format!(
             "cell {} ({} {} {}): {d}",
             cell.index, cell.net, cell.placement, cell.shortcut
         )
     });
-    Ok(CellResult {
-        rows,
-        grad_rows,
-        warning,
-    })
+    Ok(CellResult { tables, warning })
 }
 
-/// Runs one cell and returns its CSV rows (no header), plus a warning if anything overflowed.
+/// Runs one profile cell and returns its rows (no keys), plus a warning if anything overflowed.
 pub fn run_cell(spec: &Spec, cell: &Cell) -> Result<(Vec<Vec<String>>, Option<String>)> {
     let seed = cell_seed(spec, cell.replicate);
     let sizes = NetSizes {
         units: cell.units,
         ..spec.sizes
     };
-    let net = build_net(&cell.net, &sizes, cell.placement, cell.shortcut, seed)?;
+    let net = build_net(
+        &cell.net,
+        &sizes,
+        cell.placement,
+        cell.shortcut,
+        cell.projection,
+        seed,
+    )?;
     let (input, labels) = gaussian_batch(&net.input_shape, spec.batch, net.classes, seed);
     let ctx = ForwardCtx {
         mode: spec.bn_mode,
@@ -146,14 +283,12 @@ pub fn run_cell(spec: &Spec, cell: &Cell) -> Result<(Vec<Vec<String>>, Option<St
         Measure::Verification => Some(verify_units(&net, &cache, &grads).0),
         Measure::Profile => None,
     };
-    let keys = cell_keys(spec, cell, net.num_units());
     let rows = profile
         .records
         .iter()
         .enumerate()
         .map(|(l, r)| {
-            let mut row: Vec<String> = keys.to_vec();
-            row.extend(r.csv_fields());
+            let mut row = r.csv_fields();
             if let Some(v) = &verification {
                 let opt = |x: Option<f64>| x.map(fmt_f64).unwrap_or_default();
                 row.extend([
@@ -199,29 +334,63 @@ pub fn result_dir(out: &Path, spec: &Spec) -> PathBuf {
     out.join(&spec.name)
 }
 
+/// The store of cell results shared by every experiment written to `out`.
+pub fn cell_store(out: &Path) -> PathBuf {
+    out.join("cells")
+}
+
 /// The main CSV's file name: `profile.csv`, or `train.csv` (with `grads.csv`) for training.
-pub fn main_csv(spec: &Spec) -> &'static str {
-    match spec.task {
-        Task::Profile => "profile.csv",
-        Task::Train(_) => "train.csv",
+pub fn main_csv(spec: &Spec) -> String {
+    format!("{}.csv", tables(spec)[0].name)
+}
+
+/// A cell's fingerprint and where its tables are stored.
+struct StoredCell<'a> {
+    cell: &'a Cell,
+    inputs: CellInputs,
+    fingerprint: String,
+}
+
+impl StoredCell<'_> {
+    fn path(&self, store: &Path, table: TableKind) -> PathBuf {
+        store.join(format!("{}.{}.csv", self.fingerprint, table.name))
     }
 }
 
-/// Runs every missing cell, then writes the tidy CSV(s) and `spec.toml`. Returns the main CSV
-/// and how many cells were computed now (the others were complete from an earlier run).
+/// Runs every cell whose result is not stored yet, then writes the tidy CSV(s) and
+/// `spec.toml`. Returns the main CSV and how many cells were computed now (the others were
+/// found, with the same fingerprint, from an earlier run).
 pub fn run_experiment(spec: &Spec, out: &Path, progress: bool) -> Result<(PathBuf, usize)> {
     let dir = result_dir(out, spec);
-    let cells_dir = dir.join("cells");
-    std::fs::create_dir_all(&cells_dir)
-        .with_context(|| format!("cannot create '{}'", cells_dir.display()))?;
+    let store = cell_store(out);
+    for d in [&dir, &store] {
+        std::fs::create_dir_all(d).with_context(|| format!("cannot create '{}'", d.display()))?;
+    }
     let data = match &spec.task {
-        Task::Train(t) => Some(crate::cli::train::load_data(&t.data)?),
+        Task::Train(t) => {
+            let d = crate::data::load(&t.data)?;
+            let digest = d.fingerprint();
+            Some((d, digest))
+        }
         Task::Profile => None,
     };
+    let kinds = tables(spec);
     let cells = spec.cells();
-    let cell_path = |c: &Cell| cells_dir.join(format!("{:04}.csv", c.index));
-    let grads_path = |c: &Cell| cells_dir.join(format!("{:04}.grads.csv", c.index));
-    let todo: Vec<&Cell> = cells.iter().filter(|c| !cell_path(c).is_file()).collect();
+    let stored: Vec<StoredCell> = cells
+        .iter()
+        .map(|cell| {
+            let inputs = CellInputs::of(spec, cell, data.as_ref());
+            Ok(StoredCell {
+                cell,
+                fingerprint: inputs.fingerprint()?,
+                inputs,
+            })
+        })
+        .collect::<Result<_>>()?;
+    let todo: Vec<&StoredCell> = stored
+        .iter()
+        .filter(|c| !c.path(&store, kinds[0]).is_file())
+        .collect();
     let bar = if progress {
         ProgressBar::new(todo.len() as u64)
     } else {
@@ -236,26 +405,29 @@ pub fn run_experiment(spec: &Spec, out: &Path, progress: bool) -> Result<(PathBu
     bar.set_message(spec.name.clone());
     let warnings: Vec<Option<String>> = todo
         .par_iter()
-        .map(|cell| {
+        .map(|sc| {
+            let cell = sc.cell;
             // Cells run side by side on rayon's workers: no extra helper thread inside.
             let result = crate::spin_join::without_helper(|| -> Result<CellResult> {
                 Ok(match (&spec.task, &data) {
-                    (Task::Train(t), Some(d)) => run_train_cell(spec, cell, t, d)?,
+                    (Task::Train(t), Some((d, _))) => run_train_cell(spec, cell, t, d)?,
                     _ => {
                         let (rows, warning) = run_cell(spec, cell)?;
                         CellResult {
-                            rows,
-                            grad_rows: Vec::new(),
+                            tables: vec![rows],
                             warning,
                         }
                     }
                 })
             })?;
-            // The gradient file first: the main file's presence marks the cell complete.
-            if matches!(spec.task, Task::Train(_)) {
-                write_atomic(&grads_path(cell), &csv_bytes(None, &result.grad_rows)?)?;
+            write_atomic(
+                &store.join(format!("{}.toml", sc.fingerprint)),
+                sc.inputs.to_toml()?.as_bytes(),
+            )?;
+            // The main table last: its presence marks the cell complete.
+            for (kind, rows) in kinds.iter().zip(&result.tables).rev() {
+                write_atomic(&sc.path(&store, *kind), &csv_bytes(None, rows)?)?;
             }
-            write_atomic(&cell_path(cell), &csv_bytes(None, &result.rows)?)?;
             bar.inc(1);
             Ok(result.warning)
         })
@@ -264,25 +436,95 @@ pub fn run_experiment(spec: &Spec, out: &Path, progress: bool) -> Result<(PathBu
     for w in warnings.into_iter().flatten() {
         eprintln!("warning: {}: {w}", spec.name);
     }
-    // Assemble in cell order from the per-cell files (so reruns and fresh runs agree byte for byte).
-    let assemble =
-        |header: Vec<&str>, path_of: &dyn Fn(&Cell) -> PathBuf, name: &str| -> Result<PathBuf> {
-            let mut all = csv_bytes(Some(&header), &[])?;
-            for cell in &cells {
-                let p = path_of(cell);
-                all.extend(std::fs::read(&p).with_context(|| format!("reading {}", p.display()))?);
+    // Assemble in cell order from the stored files (so reruns and fresh runs agree byte for
+    // byte), each row prefixed with the cell's keys.
+    let mut main = None;
+    for kind in &kinds {
+        let mut rows = Vec::new();
+        for sc in &stored {
+            let p = sc.path(&store, *kind);
+            let units = sc.inputs.sizes_units(sc.cell);
+            let keys = cell_keys(spec, sc.cell, units);
+            let mut r = csv::ReaderBuilder::new()
+                .has_headers(false)
+                .from_path(&p)
+                .with_context(|| format!("reading {}", p.display()))?;
+            for rec in r.records() {
+                let rec = rec.with_context(|| format!("malformed cell file {}", p.display()))?;
+                rows.push(
+                    keys.iter()
+                        .cloned()
+                        .chain(rec.iter().map(String::from))
+                        .collect(),
+                );
             }
-            let out = dir.join(name);
-            write_atomic(&out, &all)?;
-            Ok(out)
-        };
-    let main = match spec.task {
-        Task::Profile => assemble(header(spec.measure), &cell_path, "profile.csv")?,
-        Task::Train(_) => {
-            assemble(keyed(&GRAD_COLUMNS), &grads_path, "grads.csv")?;
-            assemble(keyed(&TRAIN_COLUMNS), &cell_path, "train.csv")?
         }
-    };
+        let path = dir.join(format!("{}.csv", kind.name));
+        write_atomic(&path, &csv_bytes(Some(&header(spec, *kind)), &rows)?)?;
+        main.get_or_insert(path);
+    }
     write_atomic(&dir.join("spec.toml"), spec.to_toml()?.as_bytes())?;
-    Ok((main, todo.len()))
+    Ok((main.expect("every task has a table"), todo.len()))
+}
+
+impl CellInputs {
+    /// The number of units of the cell's network (the MLP's depth, a ResNet's 3 x per stage).
+    fn sizes_units(&self, cell: &Cell) -> usize {
+        match &cell.net {
+            crate::net::NetChoice::Mlp => self.sizes.units,
+            crate::net::NetChoice::Resnet {
+                units_per_stage, ..
+            } => 3 * units_per_stage,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::experiment::parse_spec;
+
+    const SPEC: &str = r#"
+name = "t"
+claim = "c"
+[net]
+units = 3
+width = 4
+[grid]
+placements = ["original"]
+shortcuts = ["identity", "scale:0.5"]
+"#;
+
+    #[test]
+    fn fingerprints_follow_every_input_and_nothing_else() {
+        let spec = parse_spec(SPEC).unwrap();
+        let cells = spec.cells();
+        let fp = |s: &Spec, c: &Cell| CellInputs::of(s, c, None).fingerprint().unwrap();
+        let base = fp(&spec, &cells[0]);
+        assert_eq!(base.len(), 32);
+        assert_ne!(base, fp(&spec, &cells[1]), "the shortcut is an input");
+        // The experiment's name and the cell's index are not inputs: renaming the experiment
+        // or reordering the grid reuses the cell.
+        let renamed = parse_spec(&SPEC.replace("name = \"t\"", "name = \"u\"")).unwrap();
+        assert_eq!(base, fp(&renamed, &renamed.cells()[0]));
+        let reordered =
+            parse_spec(&SPEC.replace("\"identity\", \"scale:0.5\"", "\"scale:0.5\", \"identity\""))
+                .unwrap();
+        assert_eq!(base, fp(&reordered, &reordered.cells()[1]));
+        for (from, to) in [
+            ("seed = 0\n", "seed = 1\n"),
+            ("width = 4", "width = 5"),
+            ("units = 3", "units = 4"),
+        ] {
+            let text = if from.starts_with("seed") {
+                format!("seed = 1\n{SPEC}")
+            } else {
+                SPEC.replace(from, to)
+            };
+            let other = parse_spec(&text).unwrap();
+            assert_ne!(base, fp(&other, &other.cells()[0]), "{from} -> {to}");
+        }
+        let batch = parse_spec(&format!("batch = 8\n{SPEC}")).unwrap();
+        assert_ne!(base, fp(&batch, &batch.cells()[0]), "batch");
+    }
 }

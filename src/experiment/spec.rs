@@ -28,7 +28,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::layers::Mode;
 use crate::net::{NetChoice, NetSizes};
-use crate::unit::{Placement, ShortcutKind};
+use crate::unit::{Placement, Projection, ShortcutKind};
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -70,6 +70,9 @@ struct RawTrain {
     lr: f64,
     #[serde(default = "default_record_every")]
     record_every: usize,
+    /// Record every weight layer's input statistics at the start and the end.
+    #[serde(default)]
+    signal: bool,
 }
 
 fn default_data() -> String {
@@ -120,6 +123,9 @@ struct RawGrid {
     nets: Vec<String>,
     placements: Vec<String>,
     shortcuts: Vec<String>,
+    /// ResNets: shortcuts of the shape-changing units (default: each placement's convention).
+    #[serde(default)]
+    projections: Vec<String>,
     #[serde(default)]
     units: Vec<usize>,
     #[serde(default = "default_replicates")]
@@ -161,6 +167,7 @@ pub struct TrainSpec {
     pub batch: usize,
     pub lr: f64,
     pub record_every: usize,
+    pub signal: bool,
 }
 
 /// The paper's numbers for comparison.
@@ -238,6 +245,10 @@ pub struct Spec {
     pub placements: Vec<Placement>,
     #[serde(serialize_with = "serialize_displays")]
     pub shortcuts: Vec<ShortcutKind>,
+    /// Shortcuts of the ResNets' shape-changing units; empty: each placement's convention
+    /// ([`Projection::default_for`]).
+    #[serde(serialize_with = "serialize_displays")]
+    pub projections: Vec<Projection>,
     /// MLP depths (one entry, the `net.units` size, unless the grid sweeps them).
     pub units: Vec<usize>,
     pub replicates: Vec<u64>,
@@ -259,33 +270,49 @@ pub struct Cell {
     pub net: NetChoice,
     pub placement: Placement,
     pub shortcut: ShortcutKind,
+    /// The shape-changing units' shortcut, resolved (ResNets); `None` for the MLP.
+    pub projection: Option<Projection>,
     pub units: usize,
     pub replicate: u64,
 }
 
 impl Spec {
-    /// Every combination, in a fixed order (nets, placements, shortcuts, units, replicates).
+    /// Every combination, in a fixed order (nets, placements, shortcuts, projections, units,
+    /// replicates).
     pub fn cells(&self) -> Vec<Cell> {
         let mut cells = Vec::new();
         for net in &self.nets {
             for &placement in &self.placements {
                 for &shortcut in &self.shortcuts {
-                    // Depth sweeps apply to the MLP; a ResNet's depth is in its name.
-                    let depths: &[usize] = if *net == NetChoice::Mlp {
-                        &self.units
-                    } else {
-                        &self.units[..1]
-                    };
-                    for &units in depths {
-                        for &replicate in &self.replicates {
-                            cells.push(Cell {
-                                index: cells.len(),
-                                net: net.clone(),
-                                placement,
-                                shortcut,
-                                units,
-                                replicate,
-                            });
+                    // Projections apply to the ResNets' shape-changing units, MLP depth sweeps
+                    // to the MLP (a ResNet's depth is in its name).
+                    let (projections, depths): (Vec<Option<Projection>>, &[usize]) =
+                        if *net == NetChoice::Mlp {
+                            (vec![None], &self.units)
+                        } else if self.projections.is_empty() {
+                            (
+                                vec![Some(Projection::default_for(placement))],
+                                &self.units[..1],
+                            )
+                        } else {
+                            (
+                                self.projections.iter().map(|&p| Some(p)).collect(),
+                                &self.units[..1],
+                            )
+                        };
+                    for projection in projections {
+                        for &units in depths {
+                            for &replicate in &self.replicates {
+                                cells.push(Cell {
+                                    index: cells.len(),
+                                    net: net.clone(),
+                                    placement,
+                                    shortcut,
+                                    projection,
+                                    units,
+                                    replicate,
+                                });
+                            }
                         }
                     }
                 }
@@ -395,6 +422,16 @@ pub fn parse_spec(text: &str) -> Result<Spec> {
     let shortcuts = parse_each(&raw.grid.shortcuts, "grid.shortcuts", |s| {
         s.parse::<ShortcutKind>()
     })?;
+    let projections = if raw.grid.projections.is_empty() {
+        Vec::new()
+    } else {
+        parse_each(&raw.grid.projections, "grid.projections", |s| {
+            s.parse::<Projection>()
+        })?
+    };
+    if !projections.is_empty() && nets.iter().all(|n| *n == NetChoice::Mlp) {
+        bail!("grid.projections: applies to the ResNets' shape-changing units, and this grid has only the MLP");
+    }
     let units = if raw.grid.units.is_empty() {
         vec![units]
     } else {
@@ -435,6 +472,7 @@ pub fn parse_spec(text: &str) -> Result<Spec> {
                 batch: t.batch,
                 lr: t.lr,
                 record_every: t.record_every,
+                signal: t.signal,
             })
         }
         (other, _) => bail!("task: unknown value '{other}' (expected 'profile' or 'train')"),
@@ -462,6 +500,7 @@ pub fn parse_spec(text: &str) -> Result<Spec> {
         nets,
         placements,
         shortcuts,
+        projections,
         units,
         replicates: raw.grid.replicates,
     })

@@ -837,6 +837,14 @@ impl BatchNorm {
         f(format!("{}.running_mean", self.name), &self.running_mean);
         f(format!("{}.running_var", self.name), &self.running_var);
     }
+
+    pub fn visit_buffers_mut(&mut self, f: &mut dyn FnMut(String, &mut Tensor)) {
+        f(
+            format!("{}.running_mean", self.name),
+            &mut self.running_mean,
+        );
+        f(format!("{}.running_var", self.name), &mut self.running_var);
+    }
 }
 
 #[cfg(test)]

@@ -14,6 +14,7 @@ pub mod dense;
 pub mod dense_fused;
 pub mod dropout;
 pub mod loss;
+pub mod pad_shortcut;
 pub mod preact_conv;
 pub mod relu;
 pub mod sigmoid;

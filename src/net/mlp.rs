@@ -87,18 +87,18 @@ pub fn dense_unit(
         width,
         r,
     );
-    let shortcut_op = match shortcut {
-        ShortcutKind::Gate { bias } | ShortcutKind::ShortcutGate { bias } => Some(Op::Dense(
+    let shortcut_ops = match shortcut {
+        ShortcutKind::Gate { bias } | ShortcutKind::ShortcutGate { bias } => vec![Op::Dense(
             Dense::he_fan_out(&format!("{name}.gate"), width, width, Some(bias), r),
-        )),
-        ShortcutKind::Conv1x1 => Some(Op::Dense(Dense::he_fan_out(
+        )],
+        ShortcutKind::Conv1x1 => vec![Op::Dense(Dense::he_fan_out(
             &format!("{name}.proj"),
             width,
             width,
             None,
             r,
-        ))),
-        _ => None,
+        ))],
+        _ => Vec::new(),
     };
     ResidualUnit {
         index,
@@ -106,7 +106,7 @@ pub fn dense_unit(
         shortcut,
         branch,
         after_add,
-        shortcut_op,
+        shortcut_ops,
         pre: Vec::new(),
         changes_shape: false,
     }

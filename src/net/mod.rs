@@ -20,7 +20,7 @@ use crate::unit::ops::{
     backward_seq, forward_seq, forward_seq_with, freeze_relus_seq, update_running_stats_seq, Op,
     OpCache, SeqExtras,
 };
-use crate::unit::{ForwardCtx, ResidualUnit, UnitCache};
+use crate::unit::{ForwardCtx, Projection, ResidualUnit, UnitCache};
 
 pub use mlp::{build_mlp, MlpConfig};
 pub use resnet::{build_resnet, ResnetConfig};
@@ -73,14 +73,20 @@ pub struct NetSizes {
     pub classes: usize,
 }
 
-/// Builds the named network, validating every size.
+/// Builds the named network, validating every size. `projection` is the shortcut of the
+/// ResNets' shape-changing units (`None`: the placement's convention,
+/// [`Projection::default_for`]); an MLP has no such unit and refuses one.
 pub fn build_net(
     choice: &NetChoice,
     sizes: &NetSizes,
     placement: crate::unit::Placement,
     shortcut: crate::unit::ShortcutKind,
+    projection: Option<Projection>,
     seed: u64,
 ) -> Result<Network> {
+    if let (NetChoice::Mlp, Some(p)) = (choice, projection) {
+        bail!("projection '{p}' applies to the ResNets' shape-changing units; an MLP's units all keep their width");
+    }
     match choice {
         NetChoice::Mlp => build_mlp(&MlpConfig {
             units: sizes.units,
@@ -104,6 +110,7 @@ pub fn build_net(
             classes: sizes.classes,
             placement,
             shortcut,
+            projection: projection.unwrap_or_else(|| Projection::default_for(placement)),
             seed,
         }),
     }
@@ -356,6 +363,12 @@ impl Network {
         self.stem.iter().for_each(|op| op.visit_buffers(f));
         self.units.iter().for_each(|u| u.visit_buffers(f));
         self.head.iter().for_each(|op| op.visit_buffers(f));
+    }
+
+    pub fn visit_buffers_mut(&mut self, f: &mut dyn FnMut(String, &mut Tensor)) {
+        self.stem.iter_mut().for_each(|op| op.visit_buffers_mut(f));
+        self.units.iter_mut().for_each(|u| u.visit_buffers_mut(f));
+        self.head.iter_mut().for_each(|op| op.visit_buffers_mut(f));
     }
 
     /// Names of every parameter, in visiting order.

@@ -6,20 +6,25 @@
 //! - bottleneck units: 1x1 c, 3x3 c, 1x1 4c (ResNet-164: n = 18; ResNet-1001: n = 111), with
 //!   the stride on the first 1x1 as in the paper's code.
 //!
-//! A unit that changes the shape (width or resolution) gets a 1x1 projection shortcut (the
-//! requested shortcut applies to every other unit; a plain net keeps h = 0 everywhere). In
-//! pre-activation nets such a unit applies its leading BN-ReLU once, before the split, so the
-//! projection sees the pre-activated input; the stem has no BN-ReLU of its own and the head
-//! adds one after the last addition.
+//! A unit that changes the shape (width or resolution) gets the shortcut `--projection` names
+//! (the requested shortcut applies to every other unit; a plain net keeps h = 0 everywhere):
+//! a 1x1 projection followed by BN (`bn`, the default for post-activation placements, as in
+//! fb.resnet.torch and torchvision), a bare 1x1 projection (`plain`, the default for
+//! pre-activation placements, as in the paper's code), or option A of He et al. 2015 (`pad`:
+//! subsample with the stride, zero-pad the new channels). In pre-activation nets a projection
+//! unit applies its leading BN-ReLU once, before the split, so the projection sees the
+//! pre-activated input (a padded shortcut reads the raw `x_l`, like an identity); the stem has
+//! no BN-ReLU of its own and the head adds one after the last addition.
 
 use anyhow::{bail, Result};
 use rand_chacha::ChaCha8Rng;
 use serde::Serialize;
 
 use super::{NetSpec, Network};
+use crate::layers::pad_shortcut::PadShortcut;
 use crate::layers::{BatchNorm, Conv2d, Dense};
 use crate::rng::{derive_seed, purpose, rng};
-use crate::unit::{Op, Placement, ResidualUnit, ShortcutKind, Step};
+use crate::unit::{Op, Placement, Projection, ResidualUnit, ShortcutKind, Step};
 
 pub const STAGE_WIDTHS: [usize; 3] = [16, 32, 64];
 
@@ -44,6 +49,9 @@ pub struct ResnetConfig {
     pub placement: Placement,
     #[serde(serialize_with = "crate::util::serialize_display")]
     pub shortcut: ShortcutKind,
+    /// The shortcut of the units that change shape.
+    #[serde(serialize_with = "crate::util::serialize_display")]
+    pub projection: Projection,
     pub seed: u64,
 }
 
@@ -154,12 +162,13 @@ fn conv_ops(
         .collect()
 }
 
-/// One residual unit of the CIFAR nets.
+/// One residual unit of the CIFAR nets; `projection` decides the shortcut if it changes shape.
 #[allow(clippy::too_many_arguments)]
 pub fn conv_unit(
     index: usize,
     placement: Placement,
     shortcut: ShortcutKind,
+    projection: Projection,
     block: Block,
     c_in: usize,
     width: usize,
@@ -210,10 +219,10 @@ pub fn conv_unit(
         ),
     };
     let changes_shape = c_in != c_out || stride != 1;
-    let shortcut = if changes_shape && shortcut != ShortcutKind::None {
-        ShortcutKind::Conv1x1
-    } else {
-        shortcut
+    let shortcut = match (changes_shape && shortcut != ShortcutKind::None, projection) {
+        (false, _) => shortcut,
+        (true, Projection::Pad) => ShortcutKind::Pad,
+        (true, Projection::Bn | Projection::Plain) => ShortcutKind::Conv1x1,
     };
     let mut recipe = placement.branch_recipe(specs.len());
     let mut pre_recipe = Vec::new();
@@ -233,21 +242,42 @@ pub fn conv_unit(
         c_out,
         r,
     );
-    let shortcut_op = match shortcut {
-        ShortcutKind::Gate { bias } | ShortcutKind::ShortcutGate { bias } => Some(Op::Conv(
-            Conv2d::he_fan_out(&format!("{name}.gate"), c_in, c_in, 1, 1, 0, Some(bias), r),
-        )),
-        ShortcutKind::Conv1x1 => Some(Op::Conv(Conv2d::he_fan_out(
-            &format!("{name}.proj"),
-            c_in,
-            c_out,
-            1,
-            stride,
-            0,
-            None,
-            r,
-        ))),
-        _ => None,
+    let shortcut_ops = match shortcut {
+        ShortcutKind::Gate { bias } | ShortcutKind::ShortcutGate { bias } => {
+            vec![Op::Conv(Conv2d::he_fan_out(
+                &format!("{name}.gate"),
+                c_in,
+                c_in,
+                1,
+                1,
+                0,
+                Some(bias),
+                r,
+            ))]
+        }
+        ShortcutKind::Conv1x1 => {
+            let mut ops = vec![Op::Conv(Conv2d::he_fan_out(
+                &format!("{name}.proj"),
+                c_in,
+                c_out,
+                1,
+                stride,
+                0,
+                None,
+                r,
+            ))];
+            // `--projection bn` puts a BN after the projections where the shape changes; a
+            // conv1x1 shortcut inside a stage (Table 1's variant) stays bare.
+            if changes_shape && projection == Projection::Bn {
+                ops.push(Op::BatchNorm(BatchNorm::new(
+                    &format!("{name}.proj_bn"),
+                    c_out,
+                )));
+            }
+            ops
+        }
+        ShortcutKind::Pad => vec![Op::PadShortcut(PadShortcut { stride, c_out })],
+        _ => Vec::new(),
     };
     ResidualUnit {
         index,
@@ -255,7 +285,7 @@ pub fn conv_unit(
         shortcut,
         branch,
         after_add,
-        shortcut_op,
+        shortcut_ops,
         pre,
         changes_shape,
     }
@@ -289,6 +319,7 @@ pub fn build_resnet(cfg: &ResnetConfig) -> Result<Network> {
                 units.len(),
                 cfg.placement,
                 cfg.shortcut,
+                cfg.projection,
                 cfg.block,
                 channels,
                 width,
@@ -340,6 +371,7 @@ mod tests {
             classes: 10,
             placement,
             shortcut: ShortcutKind::Identity,
+            projection: Projection::default_for(placement),
             seed: 0,
         }
     }

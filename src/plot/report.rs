@@ -206,7 +206,7 @@ fn first_in_stage(t: &Table, units: &UnitRows<'_>) -> Option<usize> {
         .iter()
         .find(|(&u, rows)| {
             rows.iter()
-                .any(|r| t.f(r, "stage_top").is_some_and(|top| top as usize > u))
+                .any(|r| t.f(r, "direct_top").is_some_and(|top| top as usize > u))
         })
         .map(|(&u, _)| u)
 }

@@ -9,15 +9,16 @@ use anyhow::{anyhow, bail, Context, Result};
 use ndarray::{Array1, Array2, ArrayD};
 use ndarray_npy::{NpzReader, NpzWriter};
 
-use super::{GradRow, History, Resume, Sgd, StepRow};
+use super::{GradRow, History, Resume, Sgd, SignalRow, StepRow};
 use crate::net::Network;
 
 pub const FILE: &str = "checkpoint.npz";
 
 fn steps_array(h: &History) -> Array2<f64> {
-    let mut a = Array2::from_elem((h.steps.len(), 7), f64::NAN);
+    let mut a = Array2::from_elem((h.steps.len(), 9), f64::NAN);
     for (i, r) in h.steps.iter().enumerate() {
         let (tl, te) = r.test.unwrap_or((f64::NAN, f64::NAN));
+        let (el, ee) = r.train_eval.unwrap_or((f64::NAN, f64::NAN));
         for (j, v) in [
             r.step as f64,
             r.epoch as f64,
@@ -26,6 +27,8 @@ fn steps_array(h: &History) -> Array2<f64> {
             r.train_error,
             tl,
             te,
+            el,
+            ee,
         ]
         .into_iter()
         .enumerate()
@@ -55,6 +58,46 @@ fn grads_array(h: &History) -> Array2<f64> {
     a
 }
 
+/// The weight-input records as JSON rows `[when, unit, layer, mean, var]` (floats round-trip).
+fn signal_json(h: &History) -> Result<Vec<u8>> {
+    let rows: Vec<serde_json::Value> = h
+        .signal
+        .iter()
+        .map(|r| {
+            serde_json::json!([
+                r.when,
+                r.input.unit,
+                r.input.layer,
+                r.input.mean,
+                r.input.var
+            ])
+        })
+        .collect();
+    Ok(serde_json::to_vec(&rows)?)
+}
+
+fn signal_from_json(bytes: &[u8]) -> Result<Vec<SignalRow>> {
+    let rows: Vec<(String, usize, String, f64, f64)> = serde_json::from_slice(bytes)?;
+    rows.into_iter()
+        .map(|(when, unit, layer, mean, var)| {
+            let when = match when.as_str() {
+                "init" => "init",
+                "trained" => "trained",
+                other => bail!("unknown snapshot '{other}'"),
+            };
+            Ok(SignalRow {
+                when,
+                input: crate::analysis::signal::WeightInput {
+                    unit,
+                    layer,
+                    mean,
+                    var,
+                },
+            })
+        })
+        .collect()
+}
+
 /// Saves the state after `epoch` (0-based) to `<dir>/checkpoint.npz`.
 pub fn save(dir: &Path, epoch: usize, net: &Network, sgd: &Sgd, history: &History) -> Result<()> {
     std::fs::create_dir_all(dir).with_context(|| format!("cannot create '{}'", dir.display()))?;
@@ -66,6 +109,8 @@ pub fn save(dir: &Path, epoch: usize, net: &Network, sgd: &Sgd, history: &Histor
             .map_err(err)?;
         npz.add_array("steps", &steps_array(history)).map_err(err)?;
         npz.add_array("grads", &grads_array(history)).map_err(err)?;
+        npz.add_array("signal_json", &Array1::from(signal_json(history)?))
+            .map_err(err)?;
         let mut result = Ok(());
         net.visit_params(&mut |name, t| {
             if result.is_ok() {
@@ -164,6 +209,7 @@ pub fn load(dir: &Path, net: &mut Network, momentum: f64, weight_decay: f64) -> 
                 train_loss: r[3],
                 train_error: r[4],
                 test: (!r[5].is_nan()).then_some((r[5], r[6])),
+                train_eval: (!r[7].is_nan()).then_some((r[7], r[8])),
             })
             .collect(),
         grads: grads
@@ -177,6 +223,11 @@ pub fn load(dir: &Path, net: &mut Network, momentum: f64, weight_decay: f64) -> 
                 direct_ratio: r[4],
             })
             .collect(),
+        signal: match npz.by_name::<ndarray::OwnedRepr<u8>, ndarray::Ix1>("signal_json") {
+            Ok(bytes) => signal_from_json(bytes.as_slice().unwrap_or(&[]))
+                .with_context(|| ctx("malformed signal_json"))?,
+            Err(_) => Vec::new(),
+        },
         diverged: None,
     };
     Ok(Resume {
@@ -188,29 +239,9 @@ pub fn load(dir: &Path, net: &mut Network, momentum: f64, weight_decay: f64) -> 
 
 /// Writes loaded running statistics back into the network's BatchNorm layers.
 fn set_buffers(net: &mut Network, loaded: &[(String, ArrayD<f64>)]) {
-    use crate::unit::Op;
-    let mut set = |op: &mut Op| {
-        if let Op::BatchNorm(bn) = op {
-            for (suffix, target) in [
-                ("running_mean", &mut bn.running_mean),
-                ("running_var", &mut bn.running_var),
-            ] {
-                if let Some((_, a)) = loaded
-                    .iter()
-                    .find(|(n, _)| *n == format!("{}.{suffix}", bn.name))
-                {
-                    *target = a.clone();
-                }
-            }
+    net.visit_buffers_mut(&mut |name, t| {
+        if let Some((_, a)) = loaded.iter().find(|(n, _)| *n == name) {
+            *t = a.clone();
         }
-    };
-    net.stem.iter_mut().for_each(&mut set);
-    for u in &mut net.units {
-        u.pre
-            .iter_mut()
-            .chain(u.branch.iter_mut())
-            .chain(u.after_add.iter_mut())
-            .for_each(&mut set);
-    }
-    net.head.iter_mut().for_each(&mut set);
+    });
 }

@@ -115,8 +115,16 @@ pub struct TrainConfig {
     pub weight_decay: f64,
     /// Take the per-unit gradient record every this many steps (0: never).
     pub record_every: usize,
+    /// Record every weight layer's input statistics before the first step and after the
+    /// last (see [`crate::analysis::signal`]).
+    pub signal: bool,
     pub seed: u64,
 }
+
+/// Training images the generalisation gap is measured on, at every epoch's end: the first
+/// this many of the (shuffled, fixed) training split, BN in evaluation mode as for the test
+/// split. As many as the digits' test split, so the two numbers are equally noisy.
+pub const TRAIN_EVAL_IMAGES: usize = 360;
 
 /// One training step's numbers (test numbers only at the end of an epoch).
 #[derive(Debug, Clone, PartialEq)]
@@ -126,11 +134,15 @@ pub struct StepRow {
     pub lr: f64,
     pub train_loss: f64,
     pub train_error: f64,
+    /// Test loss and error at an epoch's end.
     pub test: Option<(f64, f64)>,
+    /// Loss and error on [`TRAIN_EVAL_IMAGES`] training images, BN in evaluation mode, at an
+    /// epoch's end (the generalisation gap is `test - train_eval`).
+    pub train_eval: Option<(f64, f64)>,
 }
 
 /// Columns of [`StepRow::csv_fields`].
-pub const TRAIN_COLUMNS: [&str; 7] = [
+pub const TRAIN_COLUMNS: [&str; 9] = [
     "step",
     "epoch",
     "lr",
@@ -138,6 +150,8 @@ pub const TRAIN_COLUMNS: [&str; 7] = [
     "train_error",
     "test_loss",
     "test_error",
+    "train_eval_loss",
+    "train_eval_error",
 ];
 /// Columns of [`GradRow::csv_fields`].
 pub const GRAD_COLUMNS: [&str; 5] = ["step", "unit", "grad_norm", "grad_ratio", "direct_ratio"];
@@ -154,6 +168,30 @@ impl StepRow {
             fmt_f64(self.train_error),
             opt(self.test.map(|t| t.0)),
             opt(self.test.map(|t| t.1)),
+            opt(self.train_eval.map(|t| t.0)),
+            opt(self.train_eval.map(|t| t.1)),
+        ]
+    }
+}
+
+/// Columns of [`SignalRow::csv_fields`].
+pub const SIGNAL_COLUMNS: [&str; 5] = ["when", "unit", "layer", "mean", "var"];
+
+/// One weight layer's input statistics at the start (`init`) or end (`trained`) of a run.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SignalRow {
+    pub when: &'static str,
+    pub input: crate::analysis::signal::WeightInput,
+}
+
+impl SignalRow {
+    pub fn csv_fields(&self) -> Vec<String> {
+        vec![
+            self.when.to_string(),
+            self.input.unit.to_string(),
+            self.input.layer.clone(),
+            fmt_f64(self.input.mean),
+            fmt_f64(self.input.var),
         ]
     }
 }
@@ -184,6 +222,8 @@ pub struct GradRow {
 pub struct History {
     pub steps: Vec<StepRow>,
     pub grads: Vec<GradRow>,
+    /// Weight-layer input statistics (with [`TrainConfig::signal`]).
+    pub signal: Vec<SignalRow>,
     /// Set when the loss or a gradient went non-finite: the step and the first unit.
     pub diverged: Option<String>,
 }
@@ -213,7 +253,17 @@ fn error_rate(probs: &ndarray::Array2<f64>, labels: &[usize]) -> f64 {
 
 /// Loss and error on the test split, BN in evaluation mode, in batches of 500.
 pub fn evaluate(net: &Network, data: &Split, flat: bool) -> Result<(f64, f64)> {
-    let n = data.test.len();
+    evaluate_on(net, &data.test, data.test.len(), flat)
+}
+
+/// Loss and error on the first `n` images of `set`, BN in evaluation mode, in batches of 500.
+pub fn evaluate_on(
+    net: &Network,
+    set: &crate::data::Dataset,
+    n: usize,
+    flat: bool,
+) -> Result<(f64, f64)> {
+    let n = n.min(set.len());
     let idx: Vec<usize> = (0..n).collect();
     let ctx = ForwardCtx {
         mode: Mode::Eval,
@@ -223,7 +273,7 @@ pub fn evaluate(net: &Network, data: &Split, flat: bool) -> Result<(f64, f64)> {
     };
     let (mut loss, mut wrong) = (0.0, 0.0);
     for chunk in idx.chunks(500) {
-        let (x, y) = data.test.batch(chunk, flat);
+        let (x, y) = set.batch(chunk, flat);
         let cache = net.forward(&x, &y, &ctx)?;
         loss += cache.loss * chunk.len() as f64;
         wrong += error_rate(&cache.probs, &y) * chunk.len() as f64;
@@ -262,6 +312,22 @@ pub fn train(
         .unwrap_or_else(|| Sgd::new(cfg.momentum, cfg.weight_decay));
     let mut history = resume.history;
     let mut step = resume.epoch * steps_per_epoch;
+    // The weight layers' inputs are measured on a fixed batch of training images, BN in
+    // training mode (the statistics the weights see while they learn).
+    let signal_batch = || {
+        let idx: Vec<usize> = (0..TRAIN_EVAL_IMAGES.min(data.train.len())).collect();
+        data.train.batch(&idx, flat)
+    };
+    let record_signal = |net: &Network, when: &'static str, history: &mut History| -> Result<()> {
+        let (x, y) = signal_batch();
+        for input in crate::analysis::signal::weight_inputs(net, &x, &y, Mode::Train)? {
+            history.signal.push(SignalRow { when, input });
+        }
+        Ok(())
+    };
+    if cfg.signal && resume.epoch == 0 {
+        record_signal(net, "init", &mut history)?;
+    }
     // A resumed run knows from its history whether the warm-up had ended.
     let mut warming = !history.steps.iter().any(|r| r.lr >= cfg.base_lr * 0.99);
     for epoch in resume.epoch..stop_epoch.min(cfg.epochs) {
@@ -316,10 +382,13 @@ pub fn train(
             net.update_running_stats(&cache);
             sgd.step(net, &grads, lr);
             let last = b + 1 == steps_per_epoch;
-            let test = if last {
-                Some(evaluate(net, data, flat)?)
+            let (test, train_eval) = if last {
+                (
+                    Some(evaluate(net, data, flat)?),
+                    Some(evaluate_on(net, &data.train, TRAIN_EVAL_IMAGES, flat)?),
+                )
             } else {
-                None
+                (None, None)
             };
             let train_error = error_rate(&cache.probs, &y);
             if warming && step + 1 >= schedule.min_warmup() && train_error < WARMUP_ERROR {
@@ -332,10 +401,14 @@ pub fn train(
                 train_loss: cache.loss,
                 train_error,
                 test,
+                train_eval,
             };
             progress(&row, schedule.total_steps);
             history.steps.push(row);
             step += 1;
+        }
+        if cfg.signal && epoch + 1 == cfg.epochs {
+            record_signal(net, "trained", &mut history)?;
         }
         end_of_epoch(epoch, net, &sgd, &history)?;
     }
@@ -442,6 +515,7 @@ mod tests {
             momentum: 0.9,
             weight_decay: 1e-4,
             record_every: 10,
+            signal: false,
             seed: 1,
         };
         let h = train(

@@ -6,4 +6,4 @@ pub mod spec;
 
 pub use ops::{Op, OpCache};
 pub use residual::{ForwardCtx, ResidualUnit, UnitCache, UnitParts};
-pub use spec::{Placement, ShortcutKind, Step};
+pub use spec::{Placement, Projection, ShortcutKind, Step};

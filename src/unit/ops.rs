@@ -8,6 +8,7 @@ use std::sync::Arc;
 use crate::grads::Grads;
 use crate::layers::batch_norm::Moments;
 use crate::layers::conv::pool;
+use crate::layers::pad_shortcut::PadShortcut;
 use crate::layers::preact_conv;
 use crate::layers::{
     dense_fused, relu, BatchNorm, BatchNormCache, Conv2d, ConvCache, Dense, DenseCache, Mode,
@@ -22,6 +23,8 @@ pub enum Op {
     Conv(Conv2d),
     /// Global average pooling `(N, C, H, W) -> (N, C)`.
     Pool,
+    /// The option-A shortcut of a shape-changing unit (subsample, zero-pad the new channels).
+    PadShortcut(PadShortcut),
     BatchNorm(BatchNorm),
     Relu,
     /// A ReLU frozen at one point: multiply by that point's fixed 0/1 pattern. Finite
@@ -35,6 +38,8 @@ pub enum OpCache {
     Conv(ConvCache),
     /// The pooled input's shape.
     Pool(Vec<usize>),
+    /// The padded shortcut's input shape.
+    PadShortcut(Vec<usize>),
     BatchNorm(BatchNormCache),
     Relu(relu::ReluCache),
     Mask,
@@ -57,6 +62,7 @@ impl Op {
                 (y, OpCache::Conv(c))
             }
             Op::Pool => (pool::forward(&x), OpCache::Pool(x.shape().to_vec())),
+            Op::PadShortcut(p) => (p.forward(&x), OpCache::PadShortcut(x.shape().to_vec())),
             Op::BatchNorm(bn) => {
                 let (y, c) = bn.forward(x, mode);
                 (y, OpCache::BatchNorm(c))
@@ -75,6 +81,7 @@ impl Op {
             (Op::Dense(d), OpCache::Dense(c)) => d.backward(c, &grad_y, grads),
             (Op::Conv(conv), OpCache::Conv(c)) => conv.backward(c, &grad_y, grads),
             (Op::Pool, OpCache::Pool(shape)) => pool::backward(shape, &grad_y),
+            (Op::PadShortcut(p), OpCache::PadShortcut(shape)) => p.backward(shape, &grad_y),
             (Op::BatchNorm(bn), OpCache::BatchNorm(c)) => bn.backward(c, grad_y, grads),
             (Op::Relu, OpCache::Relu(c)) => relu::backward(c, grad_y),
             (Op::Mask(m), OpCache::Mask) => grad_y * m,
@@ -87,7 +94,7 @@ impl Op {
             Op::Dense(d) => d.visit_params(f),
             Op::Conv(c) => c.visit_params(f),
             Op::BatchNorm(bn) => bn.visit_params(f),
-            Op::Relu | Op::Mask(_) | Op::Pool => {}
+            Op::Relu | Op::Mask(_) | Op::Pool | Op::PadShortcut(_) => {}
         }
     }
 
@@ -96,13 +103,19 @@ impl Op {
             Op::Dense(d) => d.visit_params_mut(f),
             Op::Conv(c) => c.visit_params_mut(f),
             Op::BatchNorm(bn) => bn.visit_params_mut(f),
-            Op::Relu | Op::Mask(_) | Op::Pool => {}
+            Op::Relu | Op::Mask(_) | Op::Pool | Op::PadShortcut(_) => {}
         }
     }
 
     pub fn visit_buffers(&self, f: &mut dyn FnMut(String, &Tensor)) {
         if let Op::BatchNorm(bn) = self {
             bn.visit_buffers(f)
+        }
+    }
+
+    pub fn visit_buffers_mut(&mut self, f: &mut dyn FnMut(String, &mut Tensor)) {
+        if let Op::BatchNorm(bn) = self {
+            bn.visit_buffers_mut(f)
         }
     }
 
@@ -113,6 +126,7 @@ impl Op {
             Op::Conv(c) if c.k() == 1 => "W1x1",
             Op::Conv(_) => "W3x3",
             Op::Pool => "pool",
+            Op::PadShortcut(_) => "pad",
             Op::BatchNorm(_) => "BN",
             Op::Relu => "ReLU",
             Op::Mask(_) => "ReLU(frozen)",

@@ -50,8 +50,10 @@ pub struct ResidualUnit {
     pub branch: Vec<Op>,
     /// The after-addition function f (empty = identity).
     pub after_add: Vec<Op>,
-    /// Gate pre-activation `W_g x + b_g` (gates) or projection `W_s x` (conv1x1).
-    pub shortcut_op: Option<Op>,
+    /// The shortcut's own layers: the gate's pre-activation `W_g x + b_g` (gates), the
+    /// projection `W_s x` (conv1x1, followed by a BatchNorm under `--projection bn`) or the
+    /// option-A subsample-and-pad (pad); empty for the other kinds.
+    pub shortcut_ops: Vec<Op>,
     /// Activation applied once before the split (pre-activation units that change shape: the
     /// projection then sees the pre-activated input, as in the paper's code); usually empty.
     pub pre: Vec<Op>,
@@ -70,10 +72,10 @@ pub struct UnitCache {
     /// `F(x)`, before any gate: kept only for the exclusive gate, whose backward needs it
     /// (`d/dg [g F] = F`); every other shortcut adds its term into `F(x)`'s own buffer.
     branch_out: Option<Tensor>,
-    shortcut_op: Option<OpCache>,
+    shortcut_ops: Vec<OpCache>,
     /// `g = sigmoid(W_g x + b_g)` for gated shortcuts.
     pub gate: Option<Tensor>,
-    /// `W_s x` for the projection shortcut.
+    /// `h(x)` of a projection or padded shortcut (the output of its layers).
     projection: Option<Tensor>,
     /// Dropout mask on the shortcut.
     pub mask: Option<Tensor>,
@@ -128,16 +130,17 @@ impl ResidualUnit {
             }
         };
         let x: &Tensor = split_input.as_ref().unwrap_or(&x_in);
-        let mut shortcut_cache = None;
+        let mut shortcut_caches = Vec::new();
         let mut gate = None;
         let mut projection = None;
         let mut mask = None;
         match self.shortcut {
             ShortcutKind::Gate { .. }
             | ShortcutKind::ShortcutGate { .. }
-            | ShortcutKind::Conv1x1 => {
-                let (z, c) = self.shortcut_op().forward(x.clone(), ctx.mode);
-                shortcut_cache = Some(c);
+            | ShortcutKind::Conv1x1
+            | ShortcutKind::Pad => {
+                let (z, c) = forward_seq(&self.shortcut_ops, x.clone(), ctx.mode);
+                shortcut_caches = c;
                 if self.shortcut.has_gate() {
                     gate = Some(sigmoid::forward(&z));
                 } else {
@@ -159,7 +162,7 @@ impl ResidualUnit {
             split_input,
             branch: branch_caches,
             branch_out: None,
-            shortcut_op: shortcut_cache,
+            shortcut_ops: shortcut_caches,
             gate,
             projection,
             mask,
@@ -180,7 +183,7 @@ impl ResidualUnit {
                     .and(cache.gate.as_ref().unwrap())
                     .for_each(|a, &v, &g| *a += (1.0 - g) * v)
             }
-            ShortcutKind::Conv1x1 => *acc += cache.projection.as_ref().unwrap(),
+            ShortcutKind::Conv1x1 | ShortcutKind::Pad => *acc += cache.projection.as_ref().unwrap(),
             ShortcutKind::Dropout { .. } => ndarray::Zip::from(acc)
                 .and(x)
                 .and(cache.mask.as_ref().unwrap())
@@ -243,7 +246,7 @@ impl ResidualUnit {
                 split_input: None,
                 branch,
                 branch_out: None,
-                shortcut_op: None,
+                shortcut_ops: Vec::new(),
                 gate: None,
                 projection: None,
                 mask: None,
@@ -265,12 +268,6 @@ impl ResidualUnit {
         self.pre.is_empty()
             && self.after_add.is_empty()
             && matches!(self.shortcut, ShortcutKind::Identity)
-    }
-
-    fn shortcut_op(&self) -> &Op {
-        self.shortcut_op
-            .as_ref()
-            .expect("gated and projection shortcuts are built with their layer")
     }
 
     /// The term the branch adds to the sum, `F`, `B F` (scaled) or `g F` (exclusive gate),
@@ -316,8 +313,7 @@ impl ResidualUnit {
         grads: Option<&mut Grads>,
     ) -> Tensor {
         let grad_z = sigmoid::backward(cache.gate.as_ref().unwrap(), grad_g);
-        self.shortcut_op()
-            .backward(cache.shortcut_op.as_ref().unwrap(), grad_z, grads)
+        backward_seq(&self.shortcut_ops, &cache.shortcut_ops, grad_z, grads)
     }
 
     /// `J_h(x)^T grad_y`; takes `grad_y` by value so identity-like shortcuts reuse it.
@@ -361,9 +357,8 @@ impl ResidualUnit {
                 grad_y += &self.gate_backward(cache, &grad_g, grads);
                 grad_y
             }
-            ShortcutKind::Conv1x1 => {
-                self.shortcut_op()
-                    .backward(cache.shortcut_op.as_ref().unwrap(), grad_y, grads)
+            ShortcutKind::Conv1x1 | ShortcutKind::Pad => {
+                backward_seq(&self.shortcut_ops, &cache.shortcut_ops, grad_y, grads)
             }
             ShortcutKind::Dropout { .. } => {
                 grad_y *= cache.mask.as_ref().unwrap();
@@ -455,38 +450,47 @@ impl ResidualUnit {
         freeze_relus_seq(&mut self.pre, &cache.pre);
         freeze_relus_seq(&mut self.branch, &cache.branch);
         freeze_relus_seq(&mut self.after_add, &cache.after_add);
+        freeze_relus_seq(&mut self.shortcut_ops, &cache.shortcut_ops);
     }
 
     pub fn update_running_stats(&mut self, cache: &UnitCache) {
         update_running_stats_seq(&mut self.pre, &cache.pre);
         update_running_stats_seq(&mut self.branch, &cache.branch);
         update_running_stats_seq(&mut self.after_add, &cache.after_add);
+        update_running_stats_seq(&mut self.shortcut_ops, &cache.shortcut_ops);
+    }
+
+    /// Every op of the unit, in visiting order (pre, branch, after-addition, shortcut).
+    pub fn ops(&self) -> impl Iterator<Item = &Op> {
+        self.pre
+            .iter()
+            .chain(&self.branch)
+            .chain(&self.after_add)
+            .chain(&self.shortcut_ops)
+    }
+
+    fn ops_mut(&mut self) -> impl Iterator<Item = &mut Op> {
+        self.pre
+            .iter_mut()
+            .chain(&mut self.branch)
+            .chain(&mut self.after_add)
+            .chain(&mut self.shortcut_ops)
     }
 
     pub fn visit_params(&self, f: &mut dyn FnMut(String, &Tensor)) {
-        self.pre.iter().for_each(|op| op.visit_params(f));
-        self.branch.iter().for_each(|op| op.visit_params(f));
-        self.after_add.iter().for_each(|op| op.visit_params(f));
-        if let Some(op) = &self.shortcut_op {
-            op.visit_params(f);
-        }
+        self.ops().for_each(|op| op.visit_params(f));
     }
 
     pub fn visit_params_mut(&mut self, f: &mut dyn FnMut(String, &mut Tensor)) {
-        self.pre.iter_mut().for_each(|op| op.visit_params_mut(f));
-        self.branch.iter_mut().for_each(|op| op.visit_params_mut(f));
-        self.after_add
-            .iter_mut()
-            .for_each(|op| op.visit_params_mut(f));
-        if let Some(op) = &mut self.shortcut_op {
-            op.visit_params_mut(f);
-        }
+        self.ops_mut().for_each(|op| op.visit_params_mut(f));
     }
 
     pub fn visit_buffers(&self, f: &mut dyn FnMut(String, &Tensor)) {
-        self.pre.iter().for_each(|op| op.visit_buffers(f));
-        self.branch.iter().for_each(|op| op.visit_buffers(f));
-        self.after_add.iter().for_each(|op| op.visit_buffers(f));
+        self.ops().for_each(|op| op.visit_buffers(f));
+    }
+
+    pub fn visit_buffers_mut(&mut self, f: &mut dyn FnMut(String, &mut Tensor)) {
+        self.ops_mut().for_each(|op| op.visit_buffers_mut(f));
     }
 
     /// e.g. "W BN ReLU W BN | add | ReLU".

@@ -146,6 +146,64 @@ pub enum ShortcutKind {
     Dropout { p: f64, rescale: bool },
     /// A plain network: `h = 0`.
     None,
+    /// He et al. 2015's option A where a unit changes shape: keep every `stride`-th pixel,
+    /// zero-pad the new channels (a linear map with no parameters). Chosen by
+    /// [`Projection::Pad`], never by `--shortcut`.
+    Pad,
+}
+
+/// How a unit that changes width or resolution carries `x` to the sum: the paper's nets need
+/// a non-identity `h` there (He et al. 2015, Sec. 3.3, options A and B).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Projection {
+    /// A 1x1 projection followed by BatchNorm: option B as fb.resnet.torch and torchvision
+    /// build it for post-activation nets.
+    Bn,
+    /// A bare 1x1 projection, as the paper's pre-activation code has it (its input is already
+    /// normalised by the BN-ReLU the unit shares between its two paths).
+    Plain,
+    /// Option A: subsample with the stride and zero-pad the new channels; no parameters, and
+    /// an identity on the old channels, so the direct part carries on across the stage change.
+    Pad,
+}
+
+impl Projection {
+    pub const ALL: [Projection; 3] = [Projection::Bn, Projection::Plain, Projection::Pad];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Projection::Bn => "bn",
+            Projection::Plain => "plain",
+            Projection::Pad => "pad",
+        }
+    }
+
+    /// The convention each placement's reference code uses: BN after the projection for the
+    /// post-activation placements, a bare projection for the pre-activation ones.
+    pub fn default_for(placement: Placement) -> Projection {
+        if placement.is_preact() {
+            Projection::Plain
+        } else {
+            Projection::Bn
+        }
+    }
+}
+
+impl fmt::Display for Projection {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl FromStr for Projection {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        Projection::ALL
+            .iter()
+            .copied()
+            .find(|p| p.name() == s)
+            .ok_or_else(|| format!("unknown projection '{s}' (expected bn, plain or pad)"))
+    }
 }
 
 pub const SHORTCUT_SYNTAX: &str =
@@ -249,6 +307,7 @@ impl fmt::Display for ShortcutKind {
             ShortcutKind::Dropout { p, rescale: false } => write!(f, "dropout:{p}"),
             ShortcutKind::Dropout { p, rescale: true } => write!(f, "dropout:{p}:rescale"),
             ShortcutKind::None => write!(f, "none"),
+            ShortcutKind::Pad => write!(f, "pad"),
         }
     }
 }
