@@ -32,6 +32,7 @@ pub mod output;
 pub mod plot;
 pub mod rng;
 pub mod spin_join;
+pub mod stats;
 pub mod tensor;
 pub mod train;
 pub mod unit;

@@ -321,7 +321,7 @@ name = "tinytrain"
 claim = "A tiny training grid."
 seed = 5
 task = "train"
-charts = ["train_curves", "grad_heatmap", "grad_ratio_steps"]
+charts = ["train_curves", "grad_heatmap", "grad_ratio_steps", "generalisation", "weight_inputs"]
 [net]
 units = 3
 width = 16
@@ -329,6 +329,7 @@ width = 16
 epochs = 2
 batch = 64
 record_every = 5
+signal = true
 [grid]
 nets = ["mlp"]
 placements = ["original", "full-preact"]
@@ -369,7 +370,22 @@ fn training_experiments_write_curves_heatmaps_and_a_ranked_report() {
         1 + 2 * 9 * 4,
         "2 cells x 9 recorded steps x 4 unit inputs"
     );
-    for chart in ["train_curves", "grad_heatmap", "grad_ratio_steps"] {
+    let signal = std::fs::read_to_string(results.join("tinytrain/signal.csv")).unwrap();
+    assert!(signal.starts_with(
+        "experiment,cell,net,placement,shortcut,projection,units,replicate,when,unit,layer,mean,var"
+    ));
+    assert_eq!(
+        signal.lines().count(),
+        1 + 2 * 2 * 3 * 2,
+        "2 cells x 2 snapshots x 3 units x 2 weight layers"
+    );
+    for chart in [
+        "train_curves",
+        "grad_heatmap",
+        "grad_ratio_steps",
+        "generalisation",
+        "weight_inputs",
+    ] {
         let png = std::fs::read(plots.join(format!("tinytrain_{chart}.png"))).unwrap();
         assert!(png_size(&png).0 > 0);
         assert!(
@@ -379,11 +395,18 @@ fn training_experiments_write_curves_heatmaps_and_a_ranked_report() {
         );
     }
     let report = std::fs::read_to_string(plots.join("README.md")).unwrap();
-    assert!(
-        report.contains("final test error") && report.contains("made up for the test"),
-        "{report}"
-    );
-    assert!(report.contains("agree on"), "{report}");
+    for needle in [
+        "median final test error",
+        "failed to train",
+        "made up for the test",
+        "agree with the paper",
+        "Mann-Whitney",
+        "Generalisation gap",
+        "What the weight layers see",
+        "Fig. 6",
+    ] {
+        assert!(report.contains(needle), "'{needle}' missing: {report}");
+    }
 }
 
 #[test]

@@ -110,22 +110,19 @@ fn parse_charts(names: &[String]) -> Result<Vec<ChartKind>> {
         .collect()
 }
 
-/// Draws `kinds` for the table into `out`, returning the PNG paths. Per-unit charts of a
-/// training run read `grads.csv` next to its `train.csv`.
-fn draw(csv: &Path, table: &Table, kinds: &[ChartKind], out: &Path) -> Result<Vec<PathBuf>> {
+/// Draws `kinds` into `out`, returning the PNG paths. Each chart reads the table it is drawn
+/// from (`ChartKind::table`) next to the experiment's main CSV.
+fn draw(csv: &Path, kinds: &[ChartKind], out: &Path) -> Result<Vec<PathBuf>> {
     std::fs::create_dir_all(out).with_context(|| format!("cannot create '{}'", out.display()))?;
-    let mut grads: Option<Table> = None;
+    let mut tables: std::collections::BTreeMap<&str, Table> = Default::default();
     let mut pngs = Vec::new();
     for &kind in kinds {
-        let source = if matches!(kind, ChartKind::GradHeatmap | ChartKind::GradRatioSteps) {
-            if grads.is_none() {
-                grads = Some(Table::read(&csv.with_file_name("grads.csv"))?);
-            }
-            grads.as_ref().unwrap()
-        } else {
-            table
-        };
-        let stem = out.join(format!("{}_{}", table.experiment(), kind.name()));
+        if !tables.contains_key(kind.table()) {
+            let path = csv.with_file_name(format!("{}.csv", kind.table()));
+            tables.insert(kind.table(), Table::read(&path)?);
+        }
+        let source = &tables[kind.table()];
+        let stem = out.join(format!("{}_{}", source.experiment(), kind.name()));
         let (png, _svg) = save_figure(&charts::figure(kind, source), &stem)?;
         pngs.push(png);
     }
@@ -144,7 +141,7 @@ pub fn run(args: &RunArgs) -> Result<ExitCode> {
         csv.display()
     );
     if let Some(dir) = &args.plots {
-        for p in draw(&csv, &Table::read(&csv)?, &spec.charts, dir)? {
+        for p in draw(&csv, &spec.charts, dir)? {
             out.push_str(&format!("chart: {}\n", p.display()));
         }
     }
@@ -153,7 +150,7 @@ pub fn run(args: &RunArgs) -> Result<ExitCode> {
 }
 
 pub fn plot(args: &PlotArgs) -> Result<ExitCode> {
-    let table = Table::read(&args.csv)?;
+    Table::read(&args.csv)?;
     let kinds = if args.charts.is_empty() {
         charts_of(&args.csv)?.0
     } else {
@@ -163,7 +160,7 @@ pub fn plot(args: &PlotArgs) -> Result<ExitCode> {
         bail!("no charts to draw: the spec lists none and --charts was not given");
     }
     let mut out = String::new();
-    for p in draw(&args.csv, &table, &kinds, &args.out)? {
+    for p in draw(&args.csv, &kinds, &args.out)? {
         out.push_str(&format!("chart: {}\n", p.display()));
     }
     emit(&out)?;
@@ -200,7 +197,7 @@ pub fn all(args: &AllArgs) -> Result<ExitCode> {
         let (csv, computed) = run_experiment(spec, &args.results, true)?;
         let seconds = t.elapsed().as_secs_f64();
         let table = Table::read(&csv)?;
-        let pngs = draw(&csv, &table, &spec.charts, &args.plots)?;
+        let pngs = draw(&csv, &spec.charts, &args.plots)?;
         let charts = pngs
             .iter()
             .map(|p| PathBuf::from(p.file_name().unwrap()))
@@ -220,6 +217,12 @@ pub fn all(args: &AllArgs) -> Result<ExitCode> {
             computed,
             training: matches!(spec.task, crate::experiment::Task::Train(_)),
             paper: spec.paper.clone(),
+            signal: match &spec.task {
+                crate::experiment::Task::Train(t) if t.signal => {
+                    Some(Table::read(&csv.with_file_name("signal.csv"))?)
+                }
+                _ => None,
+            },
         });
     }
     let report = report::write(&args.plots, &entries)?;

@@ -199,10 +199,14 @@ pub enum ChartKind {
     GradHeatmap,
     /// Gradient ratio against the unit at the first, middle and last recorded steps.
     GradRatioSteps,
+    /// Test minus training loss and error over training, per variant.
+    Generalisation,
+    /// Variance of every weight layer's input against the unit, at the start and the end.
+    WeightInputs,
 }
 
 impl ChartKind {
-    pub const ALL: [(&'static str, ChartKind); 9] = [
+    pub const ALL: [(&'static str, ChartKind); 11] = [
         ("grad_ratio", ChartKind::GradRatio),
         ("direct_rest", ChartKind::DirectRest),
         ("lambda_sweep", ChartKind::LambdaSweep),
@@ -212,14 +216,23 @@ impl ChartKind {
         ("train_curves", ChartKind::TrainCurves),
         ("grad_heatmap", ChartKind::GradHeatmap),
         ("grad_ratio_steps", ChartKind::GradRatioSteps),
+        ("generalisation", ChartKind::Generalisation),
+        ("weight_inputs", ChartKind::WeightInputs),
     ];
 
     /// Charts drawn from a training run's CSVs rather than a profile's.
     pub fn needs_training(self) -> bool {
-        matches!(
-            self,
-            ChartKind::TrainCurves | ChartKind::GradHeatmap | ChartKind::GradRatioSteps
-        )
+        self.table() != "profile"
+    }
+
+    /// The table (`<name>.csv` of the experiment's results) the chart is drawn from.
+    pub fn table(self) -> &'static str {
+        match self {
+            ChartKind::TrainCurves | ChartKind::Generalisation => "train",
+            ChartKind::GradHeatmap | ChartKind::GradRatioSteps => "grads",
+            ChartKind::WeightInputs => "signal",
+            _ => "profile",
+        }
     }
 
     pub fn name(self) -> &'static str {
@@ -480,6 +493,9 @@ pub fn parse_spec(text: &str) -> Result<Spec> {
     for c in &charts {
         if c.needs_training() != matches!(task, Task::Train(_)) {
             bail!("charts: '{}' does not fit task '{}'", c.name(), raw.task);
+        }
+        if *c == ChartKind::WeightInputs && !matches!(&task, Task::Train(t) if t.signal) {
+            bail!("charts: 'weight_inputs' needs signal = true in [train]");
         }
     }
     let paper = raw.paper.map(|p| PaperValues {

@@ -1,6 +1,8 @@
 //! One function per chart kind: the tidy table in, a [`Figure`] out. Replicates are combined
 //! by the geometric mean (ratios live on a log scale).
 
+use std::collections::BTreeMap;
+
 use super::table::{geo_mean, Table, UnitRows};
 use super::{Band, Figure, Line, LineStyle, Panel};
 use crate::analysis::checks::{FORMULA_TOL, PROD_LAMBDA_TOL};
@@ -65,6 +67,8 @@ pub fn figure(kind: ChartKind, t: &Table) -> Figure {
         ChartKind::TrainCurves => train_curves(t),
         ChartKind::GradHeatmap => grad_heatmap(t),
         ChartKind::GradRatioSteps => grad_ratio_steps(t),
+        ChartKind::Generalisation => generalisation(t),
+        ChartKind::WeightInputs => weight_inputs(t),
         ChartKind::GradRatio => one(
             format!("{name}: gradient ratio ‖∂E/∂x_l‖ / ‖∂E/∂x_L‖"),
             "‖∂E/∂x_l‖ / ‖∂E/∂x_L‖",
@@ -236,63 +240,239 @@ fn mean(v: &[f64]) -> f64 {
     v.iter().sum::<f64>() / v.len() as f64
 }
 
-/// Training loss (mean over each epoch's steps and the replicates) and test error at epoch ends.
-/// Only completed epochs (those with a test error) are drawn: a run that diverged mid-epoch
-/// would otherwise stretch the axis over astronomically large, meaningless losses.
-fn train_curves(t: &Table) -> Figure {
-    let name = t.experiment().to_string();
-    let variants = t.by_variant_on("epoch");
-    let mut loss_lines = Vec::new();
-    let mut err_lines = Vec::new();
-    let mut notes = Vec::new();
-    for (i, (v, epochs)) in variants.iter().enumerate() {
-        let mut loss = Vec::new();
-        let mut err = Vec::new();
-        for rows in epochs.values() {
-            let errs: Vec<f64> = rows.iter().filter_map(|r| t.f(r, "test_error")).collect();
-            if errs.is_empty() {
-                continue;
-            }
+/// Per variant (first-appearance order) and replicate: the rows of each completed epoch
+/// (one with a test error), keyed by epoch.
+type EpochRows<'a> = BTreeMap<usize, Vec<&'a Vec<String>>>;
+
+fn by_variant_replicate(t: &Table) -> Vec<(String, Vec<EpochRows<'_>>)> {
+    t.by_variant_on("replicate")
+        .into_iter()
+        .map(|(v, reps)| {
+            let per_rep = reps
+                .into_values()
+                .map(|rows| {
+                    let mut epochs: EpochRows = BTreeMap::new();
+                    for r in rows {
+                        if let Some(e) = t.f(r, "epoch") {
+                            epochs.entry(e as usize).or_default().push(r);
+                        }
+                    }
+                    // Only completed epochs: a run that diverged mid-epoch would stretch the
+                    // axis over astronomically large, meaningless losses.
+                    epochs.retain(|_, rows| rows.iter().any(|r| t.f(r, "test_error").is_some()));
+                    epochs
+                })
+                .collect();
+            (v, per_rep)
+        })
+        .collect()
+}
+
+/// One replicate's curve: `value(epoch rows)` at each completed epoch's last step.
+fn epoch_curve(
+    t: &Table,
+    epochs: &EpochRows<'_>,
+    value: &dyn Fn(&[&Vec<String>]) -> Option<f64>,
+) -> Vec<(f64, f64)> {
+    epochs
+        .values()
+        .filter_map(|rows| {
             let end = rows
                 .iter()
                 .filter_map(|r| t.f(r, "step"))
                 .fold(0.0, f64::max)
                 + 1.0;
-            let losses: Vec<f64> = rows.iter().filter_map(|r| t.f(r, "train_loss")).collect();
-            loss.push((end, mean(&losses)));
-            err.push((end, 100.0 * mean(&errs)));
+            value(rows).map(|v| (end, v))
+        })
+        .collect()
+}
+
+/// The median over replicates at each x every replicate's curve shares.
+fn median_curve(curves: &[Vec<(f64, f64)>]) -> Vec<(f64, f64)> {
+    let mut at: BTreeMap<u64, Vec<f64>> = BTreeMap::new();
+    for c in curves {
+        for &(x, y) in c {
+            at.entry(x.to_bits()).or_default().push(y);
         }
-        if err.is_empty() {
+    }
+    let mut pts: Vec<(f64, f64)> = at
+        .into_iter()
+        .filter_map(|(x, ys)| crate::stats::median(&ys).map(|m| (f64::from_bits(x), m)))
+        .collect();
+    pts.sort_by(|a, b| a.0.total_cmp(&b.0));
+    pts
+}
+
+/// A panel per quantity: every replicate thin behind the median of its variant.
+fn replicate_panels(
+    t: &Table,
+    quantities: &[(&str, &str, bool, &dyn Fn(&[&Vec<String>]) -> Option<f64>)],
+) -> (Vec<Panel>, Vec<String>) {
+    let groups = by_variant_replicate(t);
+    let mut notes = Vec::new();
+    for (v, reps) in &groups {
+        if reps.iter().all(|e| e.is_empty()) {
             notes.push(format!(
                 "{v}: diverged before its first epoch ended, nothing to draw"
             ));
         }
-        loss_lines.push(line(v, loss, LineStyle::Solid, i, true));
-        err_lines.push(line(v, err, LineStyle::Solid, i, true));
     }
-    let panel = |title: &str, y: &str, lines| Panel {
-        title: title.into(),
-        x_desc: "step".into(),
-        y_desc: y.into(),
-        lines,
-        ..Default::default()
-    };
-    Figure {
-        title: format!("{name}: training"),
-        panels: vec![
-            panel(
+    let panels = quantities
+        .iter()
+        .map(|(title, y, linear, value)| {
+            let mut lines = Vec::new();
+            for (i, (v, reps)) in groups.iter().enumerate() {
+                let curves: Vec<Vec<(f64, f64)>> =
+                    reps.iter().map(|e| epoch_curve(t, e, *value)).collect();
+                for c in &curves {
+                    lines.push(line(v, c.clone(), LineStyle::Thin, i, false));
+                }
+                lines.push(line(
+                    &format!("{v} (median of {})", reps.len()),
+                    median_curve(&curves),
+                    LineStyle::Solid,
+                    i,
+                    true,
+                ));
+            }
+            Panel {
+                title: title.to_string(),
+                x_desc: "step".into(),
+                y_desc: y.to_string(),
+                lines,
+                linear: *linear,
+                ..Default::default()
+            }
+        })
+        .collect();
+    (panels, notes)
+}
+
+fn epoch_mean(t: &Table, rows: &[&Vec<String>], col: &str) -> Option<f64> {
+    let v: Vec<f64> = rows.iter().filter_map(|r| t.f(r, col)).collect();
+    (!v.is_empty()).then(|| mean(&v))
+}
+
+/// Training loss (mean over each epoch's steps) and test error at epoch ends: every replicate
+/// thin, the median over replicates thick.
+fn train_curves(t: &Table) -> Figure {
+    let loss = |rows: &[&Vec<String>]| epoch_mean(t, rows, "train_loss");
+    let err = |rows: &[&Vec<String>]| epoch_mean(t, rows, "test_error").map(|e| 100.0 * e);
+    let (panels, notes) = replicate_panels(
+        t,
+        &[
+            (
                 "training loss (mean over each completed epoch)",
                 "loss E",
-                loss_lines,
+                false,
+                &loss,
             ),
-            panel(
+            (
                 "test error at the end of each epoch",
                 "test error (%)",
-                err_lines,
+                false,
+                &err,
             ),
         ],
+    );
+    Figure {
+        title: format!(
+            "{}: training (thin: each replicate; thick: their median)",
+            t.experiment()
+        ),
+        panels,
         notes,
         size: (1400, 600),
+    }
+}
+
+/// Test minus training loss and error at each epoch's end (training numbers on the fixed
+/// training images, evaluation mode): every replicate thin, the median thick.
+fn generalisation(t: &Table) -> Figure {
+    let gap = |rows: &[&Vec<String>], test: &str, train: &str, scale: f64| {
+        Some(scale * (epoch_mean(t, rows, test)? - epoch_mean(t, rows, train)?))
+    };
+    let loss = |rows: &[&Vec<String>]| gap(rows, "test_loss", "train_eval_loss", 1.0);
+    let err = |rows: &[&Vec<String>]| gap(rows, "test_error", "train_eval_error", 100.0);
+    let (panels, mut notes) = replicate_panels(
+        t,
+        &[
+            ("test loss − training loss", "loss gap", true, &loss),
+            (
+                "test error − training error",
+                "error gap (points of %)",
+                true,
+                &err,
+            ),
+        ],
+    );
+    notes.push(format!(
+        "training numbers on {} fixed training images with BN in evaluation mode, as the test numbers",
+        crate::train::TRAIN_EVAL_IMAGES
+    ));
+    Figure {
+        title: format!(
+            "{}: generalisation gap (thin: each replicate; thick: their median)",
+            t.experiment()
+        ),
+        panels,
+        notes,
+        size: (1400, 600),
+    }
+}
+
+/// The variance of every weight layer's input against the unit, one panel per snapshot and
+/// branch layer, one line per variant (median over replicates).
+fn weight_inputs(t: &Table) -> Figure {
+    let mut keys: Vec<(String, String)> = Vec::new();
+    for r in &t.rows {
+        let k = (t.get(r, "when").to_string(), t.get(r, "layer").to_string());
+        // Branch layers only: projections and gates exist at a few units.
+        if k.1.starts_with('w') && !keys.contains(&k) {
+            keys.push(k);
+        }
+    }
+    keys.sort_by(|a, b| (a.0 != "init", &a.1).cmp(&(b.0 != "init", &b.1)));
+    let variants = t.by_variant();
+    let panels = keys
+        .iter()
+        .map(|(when, layer)| {
+            let lines = variants
+                .iter()
+                .enumerate()
+                .map(|(i, (v, units))| {
+                    let pts = units
+                        .iter()
+                        .filter_map(|(&u, rows)| {
+                            let vals: Vec<f64> = rows
+                                .iter()
+                                .filter(|r| t.get(r, "when") == when && t.get(r, "layer") == layer)
+                                .filter_map(|r| t.f(r, "var"))
+                                .collect();
+                            crate::stats::median(&vals).map(|m| (u as f64, m))
+                        })
+                        .collect();
+                    line(v, pts, LineStyle::Solid, i, true)
+                })
+                .collect();
+            Panel {
+                title: format!("{layer} input, {when}"),
+                x_desc: UNIT_AXIS.into(),
+                y_desc: "variance of the input".into(),
+                lines,
+                hlines: vec![(0.341, "BN-ReLU output (0.34)".into())],
+                ..Default::default()
+            }
+        })
+        .collect();
+    Figure {
+        title: format!(
+            "{}: variance of each weight layer's input (median over replicates)",
+            t.experiment()
+        ),
+        panels,
+        notes: vec!["on the fixed training images, BN in training mode; init: before the first step, trained: after the last".into()],
+        size: PANELS,
     }
 }
 

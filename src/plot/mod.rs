@@ -9,6 +9,7 @@
 pub mod charts;
 pub mod report;
 pub mod table;
+pub mod training;
 
 use std::path::{Path, PathBuf};
 use std::sync::Once;
@@ -50,6 +51,9 @@ pub enum LineStyle {
     Dashed,
     /// Markers only.
     Points,
+    /// A thin, faint line behind the others (one replicate behind the median); never in
+    /// the legend.
+    Thin,
 }
 
 #[derive(Debug, Clone)]
@@ -86,6 +90,8 @@ pub struct Panel {
     pub x_span: Option<(f64, f64)>,
     /// A heatmap instead of lines.
     pub heat: Option<Heat>,
+    /// A linear y axis (for values that can be negative or zero); logarithmic otherwise.
+    pub linear: bool,
 }
 
 /// Values on a grid: `z[j][i]` at column `xs[i]` and row `ys[j]` (NaN: no value).
@@ -292,7 +298,7 @@ pub fn ranges(xs: &[f64]) -> String {
 pub fn prepare_log(fig: &mut Figure) {
     let mut by_reason: std::collections::BTreeMap<Dropped, Vec<String>> = Default::default();
     let several = fig.panels.len() > 1;
-    for panel in &mut fig.panels {
+    for panel in fig.panels.iter_mut().filter(|p| !p.linear) {
         let xs = panel
             .lines
             .iter()
@@ -343,6 +349,27 @@ pub fn prepare_log(fig: &mut Figure) {
         fig.notes
             .push(format!("{}: {}", reason.describe(), items.join("; ")));
     }
+}
+
+/// The y extent of a linear panel's data, padded by 5% (or 1 around a flat line).
+fn y_range_linear(panel: &Panel) -> (f64, f64) {
+    let (lo, hi) = panel
+        .lines
+        .iter()
+        .flat_map(|l| l.points.iter().map(|p| p.1))
+        .chain(panel.hlines.iter().map(|h| h.0))
+        .filter(|y| y.is_finite())
+        .fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), y| {
+            (a.min(y), b.max(y))
+        });
+    if !lo.is_finite() {
+        return (0.0, 1.0);
+    }
+    if hi - lo < 1e-12 {
+        return (lo - 1.0, hi + 1.0);
+    }
+    let pad = 0.05 * (hi - lo);
+    (lo - pad, hi + pad)
 }
 
 fn y_range(panel: &Panel) -> (f64, f64) {
@@ -419,12 +446,20 @@ where
         return draw_heat(area, panel, heat, small);
     }
     let err = |e: DrawingAreaErrorKind<DB::ErrorType>| anyhow!("drawing: {e:?}");
+    let linear = panel.linear;
     let lg = |pts: &[(f64, f64)]| -> Vec<(f64, f64)> {
-        pts.iter().map(|&(x, y)| (x, y.log10())).collect()
+        pts.iter()
+            .filter(|p| p.1.is_finite())
+            .map(|&(x, y)| (x, if linear { y } else { y.log10() }))
+            .collect()
     };
     let (x0, x1) = x_range(panel);
-    let (y0, y1) = y_range(panel);
-    let (y0, y1) = (y0.log10(), y1.log10());
+    let (y0, y1) = if linear {
+        y_range_linear(panel)
+    } else {
+        let (y0, y1) = y_range(panel);
+        (y0.log10(), y1.log10())
+    };
     let font = if small { 14 } else { 18 };
     let mut chart = ChartBuilder::on(area)
         .caption(&panel.title, ("sans-serif", font + 2))
@@ -439,10 +474,24 @@ where
         .y_desc(&panel.y_desc)
         .label_style(("sans-serif", font - 2))
         .axis_desc_style(("sans-serif", font))
-        .y_label_formatter(&decade_label)
+        .y_label_formatter(&|v| {
+            if linear {
+                format!("{v:.3}")
+            } else {
+                decade_label(v)
+            }
+        })
         .x_label_formatter(&|x| format!("{x:.0}"))
         .draw()
         .map_err(err)?;
+    if linear && y0 < 0.0 && y1 > 0.0 {
+        chart
+            .draw_series(std::iter::once(PathElement::new(
+                vec![(x0, 0.0), (x1, 0.0)],
+                BLACK.mix(0.4).stroke_width(1),
+            )))
+            .map_err(err)?;
+    }
     for band in &panel.bands {
         if band.lower.is_empty() {
             continue;
@@ -456,7 +505,7 @@ where
     }
     for (y, label) in &panel.hlines {
         let style = BLACK.mix(0.6).stroke_width(1);
-        let y = y.log10();
+        let y = if linear { *y } else { y.log10() };
         chart
             .draw_series(DashedLineSeries::new(vec![(x0, y), (x1, y)], 4, 4, style))
             .map_err(err)?
@@ -466,9 +515,10 @@ where
     // Markers first, lines over them, dashed lines last: a prediction drawn over exactly
     // matching measurements must stay visible.
     let order = |s: LineStyle| match s {
-        LineStyle::Points => 0,
-        LineStyle::Solid => 1,
-        LineStyle::Dashed => 2,
+        LineStyle::Thin => 0,
+        LineStyle::Points => 1,
+        LineStyle::Solid => 2,
+        LineStyle::Dashed => 3,
     };
     let mut lines: Vec<&Line> = panel.lines.iter().collect();
     lines.sort_by_key(|l| order(l.style));
@@ -476,6 +526,12 @@ where
         let color = PALETTE[line.color % PALETTE.len()];
         let pts = lg(&line.points);
         let anno = match line.style {
+            LineStyle::Thin => {
+                chart
+                    .draw_series(LineSeries::new(pts, color.mix(0.3).stroke_width(1)))
+                    .map_err(err)?;
+                continue;
+            }
             LineStyle::Solid => chart
                 .draw_series(LineSeries::new(pts, color.stroke_width(2)))
                 .map_err(err)?,
@@ -508,7 +564,7 @@ where
                     LineStyle::Points => {
                         Circle::new((x + 9, y), 4, color.stroke_width(2)).into_dyn()
                     }
-                    LineStyle::Solid => {
+                    LineStyle::Solid | LineStyle::Thin => {
                         PathElement::new(vec![(x, y), (x + 18, y)], color.stroke_width(2))
                             .into_dyn()
                     }

@@ -20,167 +20,39 @@ pub struct Entry {
     pub training: bool,
     /// The paper's numbers for the variants, when the spec gives them.
     pub paper: Option<crate::experiment::spec::PaperValues>,
+    /// A training experiment's weight-input statistics (`signal.csv`), when recorded.
+    pub signal: Option<Table>,
 }
 
-/// Per variant: final test error (mean over replicates, last epoch), last-epoch mean training
-/// loss, and how many replicates stopped early (diverged), with the last step they reached.
-fn training_results(t: &Table) -> Vec<(String, f64, f64, Option<String>)> {
-    let planned = t
-        .rows
+fn training_section(e: &Entry) -> String {
+    let stats = super::training::variant_stats(&e.table);
+    let counts: std::collections::BTreeSet<usize> =
+        stats.iter().map(|v| v.outcomes.len()).collect();
+    let reps = counts
         .iter()
-        .filter_map(|r| t.f(r, "epoch"))
-        .fold(0.0, f64::max);
-    let mut order = Vec::new();
-    let mut rows_of: std::collections::BTreeMap<String, Vec<&Vec<String>>> = Default::default();
-    for r in &t.rows {
-        let v = t.variant(r);
-        if !rows_of.contains_key(&v) {
-            order.push(v.clone());
-        }
-        rows_of.entry(v).or_default().push(r);
-    }
-    let mean = |v: &[f64]| {
-        if v.is_empty() {
-            f64::NAN
-        } else {
-            v.iter().sum::<f64>() / v.len() as f64
-        }
-    };
-    order
-        .into_iter()
-        .map(|v| {
-            let rows = &rows_of[&v];
-            // Replicates that finished: those with a test error at the planned last epoch.
-            let mut by_rep: std::collections::BTreeMap<String, Vec<&&Vec<String>>> =
-                Default::default();
-            for r in rows {
-                by_rep
-                    .entry(t.get(r, "replicate").to_string())
-                    .or_default()
-                    .push(r);
-            }
-            let (mut errs, mut losses, mut stopped) = (Vec::new(), Vec::new(), Vec::new());
-            for rep_rows in by_rep.values() {
-                let last_epoch = rep_rows
-                    .iter()
-                    .filter_map(|r| t.f(r, "epoch"))
-                    .fold(0.0, f64::max);
-                let last: Vec<_> = rep_rows
-                    .iter()
-                    .filter(|r| t.f(r, "epoch") == Some(last_epoch))
-                    .collect();
-                match last
-                    .iter()
-                    .find_map(|r| t.f(r, "test_error"))
-                    .filter(|_| last_epoch == planned)
-                {
-                    Some(e) => {
-                        errs.push(e);
-                        losses.push(mean(
-                            &last
-                                .iter()
-                                .filter_map(|r| t.f(r, "train_loss"))
-                                .collect::<Vec<_>>(),
-                        ));
-                    }
-                    None => stopped.push(
-                        rep_rows
-                            .iter()
-                            .filter_map(|r| t.f(r, "step"))
-                            .fold(0.0, f64::max) as usize
-                            + 1,
-                    ),
-                }
-            }
-            let note = (!stopped.is_empty()).then(|| {
-                let steps: Vec<String> = stopped.iter().map(|s| s.to_string()).collect();
-                format!(
-                    "{} of {} diverged (stopped at step {})",
-                    stopped.len(),
-                    by_rep.len(),
-                    steps.join(", ")
-                )
-            });
-            (v, mean(&errs), mean(&losses), note)
-        })
-        .collect()
-}
-
-fn training_section(t: &Table, paper: &Option<crate::experiment::spec::PaperValues>) -> String {
-    let results = training_results(t);
-    let mut s = String::from("| variant | final test error | last-epoch training loss |");
-    if let Some(p) = paper {
-        let _ = write!(s, " paper ({}) |", p.source);
-    }
-    s.push_str("\n|---|---|---|");
-    if paper.is_some() {
-        s.push_str("---|");
-    }
-    s.push('\n');
-    let paper_of = |v: &str| {
-        paper
-            .as_ref()
-            .and_then(|p| p.values.iter().find(|(k, _)| k == v).map(|(_, x)| *x))
-    };
-    for (v, err, loss, note) in &results {
-        let err = if err.is_nan() {
-            "-".to_string()
-        } else {
-            format!("{:.2}%", 100.0 * err)
-        };
-        let err = match note {
-            Some(n) => format!("{err} ({n})"),
-            None => err,
-        };
-        let loss = if loss.is_nan() {
-            "-".to_string()
-        } else {
-            num(*loss)
-        };
-        let _ = write!(s, "| {v} | {err} | {loss} |");
-        if paper.is_some() {
-            let _ = write!(
-                s,
-                " {} |",
-                paper_of(v).map_or("-".into(), |x| format!("{x}"))
-            );
-        }
+        .map(|c| c.to_string())
+        .collect::<Vec<_>>()
+        .join(" or ");
+    let mut s = format!(
+        "{reps} replicates per variant, the same seeds for every variant.\n\n{}",
+        super::training::stats_table(&stats, e.paper.as_ref())
+    );
+    if let Some(p) = &e.paper {
         s.push('\n');
+        s.push_str(&super::training::ordering_section(&stats, p));
     }
-    if let Some(p) = paper {
-        // A diverged variant ranks last (its error is undefined).
-        let both: Vec<(&str, f64, f64)> = results
-            .iter()
-            .filter_map(|(v, e, _, _)| {
-                paper_of(v).map(|x| (v.as_str(), if e.is_nan() { f64::INFINITY } else { *e }, x))
-            })
-            .collect();
-        let mut measured = both.clone();
-        measured.sort_by(|a, b| a.1.total_cmp(&b.1));
-        let mut theirs = both.clone();
-        theirs.sort_by(|a, b| a.2.total_cmp(&b.2));
-        let (mut agree, mut pairs) = (0, 0);
-        for i in 0..both.len() {
-            for j in i + 1..both.len() {
-                pairs += 1;
-                if (both[i].1 - both[j].1).signum() == (both[i].2 - both[j].2).signum() {
-                    agree += 1;
-                }
-            }
-        }
-        let names = |v: &[(&str, f64, f64)]| v.iter().map(|x| x.0).collect::<Vec<_>>().join(" < ");
+    if let Some(f) = super::training::fig6_section(&stats) {
+        s.push('\n');
+        s.push_str(&f);
+    }
+    if let Some(g) = super::training::gap_table(&stats) {
+        let _ = write!(s, "\nGeneralisation gap at the end of training:\n\n{g}");
+    }
+    if let Some(signal) = &e.signal {
         let _ = write!(
             s,
-            "\nOrdering by final test error, best first. Measured here: {}. Paper ({}): {}. \
-             The two orderings agree on {agree} of {pairs} pairs{}.\n",
-            names(&measured),
-            p.source,
-            names(&theirs),
-            if agree == pairs {
-                ""
-            } else {
-                "; where they differ, this small CPU-scale run does not reproduce the paper's ranking"
-            }
+            "\nWhat the weight layers see (the paper's Sec. 4.2 argument: in the original unit the next weight layer gets the unnormalised sum):\n\n{}",
+            super::training::signal_table(signal)
         );
     }
     s
@@ -311,7 +183,7 @@ pub fn render(entries: &[Entry]) -> String {
             let _ = writeln!(s, "![{}]({})\n", c.display(), c.display());
         }
         if e.training {
-            let _ = writeln!(s, "Measured:\n\n{}", training_section(&e.table, &e.paper));
+            let _ = writeln!(s, "Measured:\n\n{}", training_section(e));
         } else {
             let _ = writeln!(s, "Measured:\n\n{}", summary(&e.table));
         }

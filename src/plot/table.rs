@@ -77,16 +77,39 @@ impl Table {
     }
 
     /// Variant label of a row: the key columns that differ across the table (net, placement,
-    /// shortcut, units), in that order.
+    /// shortcut, projection, units), in that order. The projection counts only where it
+    /// varies on its own: a grid of placements that each get their own convention is
+    /// labelled by the placement alone.
     pub fn variant(&self, row: &[String]) -> String {
-        let varying: Vec<&str> = ["net", "placement", "shortcut", "units"]
+        let varies = |c: &str| {
+            self.has(c)
+                && self
+                    .rows
+                    .iter()
+                    .any(|r| self.get(r, c) != self.get(&self.rows[0], c))
+        };
+        let others = |r: &[String]| -> Vec<String> {
+            ["net", "placement", "shortcut", "units"]
+                .iter()
+                .filter(|c| self.has(c))
+                .map(|c| self.get(r, c).to_string())
+                .collect()
+        };
+        let projection_on_its_own = varies("projection") && {
+            let mut seen: BTreeMap<Vec<String>, &str> = BTreeMap::new();
+            self.rows.iter().any(|r| {
+                let p = self.get(r, "projection");
+                *seen.entry(others(r)).or_insert(p) != p
+            })
+        };
+        let varying: Vec<&str> = ["net", "placement", "shortcut", "projection", "units"]
             .into_iter()
             .filter(|c| {
-                self.has(c)
-                    && self
-                        .rows
-                        .iter()
-                        .any(|r| self.get(r, c) != self.get(&self.rows[0], c))
+                if *c == "projection" {
+                    projection_on_its_own
+                } else {
+                    varies(c)
+                }
             })
             .collect();
         if varying.is_empty() {
@@ -101,6 +124,8 @@ impl Table {
             .map(|c| {
                 if *c == "units" {
                     format!("L={}", self.get(row, c))
+                } else if *c == "projection" {
+                    format!("projection {}", self.get(row, c))
                 } else {
                     self.get(row, c).to_string()
                 }
