@@ -269,11 +269,7 @@ fn by_variant_replicate(t: &Table) -> Vec<(String, Vec<EpochRows<'_>>)> {
 }
 
 /// One replicate's curve: `value(epoch rows)` at each completed epoch's last step.
-fn epoch_curve(
-    t: &Table,
-    epochs: &EpochRows<'_>,
-    value: &dyn Fn(&[&Vec<String>]) -> Option<f64>,
-) -> Vec<(f64, f64)> {
+fn epoch_curve(t: &Table, epochs: &EpochRows<'_>, value: EpochValue) -> Vec<(f64, f64)> {
     epochs
         .values()
         .filter_map(|rows| {
@@ -303,10 +299,14 @@ fn median_curve(curves: &[Vec<(f64, f64)>]) -> Vec<(f64, f64)> {
     pts
 }
 
-/// A panel per quantity: every replicate thin behind the median of its variant.
+/// A quantity of a completed epoch's rows (`None`: not measured).
+type EpochValue<'f> = &'f dyn Fn(&[&Vec<String>]) -> Option<f64>;
+
+/// A panel per quantity `(title, y label, linear axis, value)`: every replicate thin behind
+/// the median of its variant.
 fn replicate_panels(
     t: &Table,
-    quantities: &[(&str, &str, bool, &dyn Fn(&[&Vec<String>]) -> Option<f64>)],
+    quantities: &[(&str, &str, bool, EpochValue)],
 ) -> (Vec<Panel>, Vec<String>) {
     let groups = by_variant_replicate(t);
     let mut notes = Vec::new();

@@ -38,8 +38,9 @@ pub struct Outcome {
 impl Outcome {
     pub fn failed(&self) -> bool {
         self.diverged_at.is_some()
-            || self.train_loss.is_none_or(|l| !(l <= FAILED_TRAIN_LOSS))
-            || self.test_error.is_none_or(|e| !(e <= FAILED_TEST_ERROR))
+            // NaN fails too: only a number at or below the bound passes.
+            || !self.train_loss.is_some_and(|l| l <= FAILED_TRAIN_LOSS)
+            || !self.test_error.is_some_and(|e| e <= FAILED_TEST_ERROR)
     }
 
     /// The error a rank test sees: a run that never reached its last epoch ranks last.
@@ -444,8 +445,9 @@ pub fn gap_table(stats: &[VariantStats]) -> Option<String> {
 /// variance of each weight layer, from `signal.csv`.
 pub fn signal_table(t: &Table) -> String {
     // (variant, when, layer) -> (means, vars)
-    let mut order: Vec<(String, String, String)> = Vec::new();
-    let mut vals: BTreeMap<(String, String, String), (Vec<f64>, Vec<f64>)> = BTreeMap::new();
+    type Key = (String, String, String);
+    let mut order: Vec<Key> = Vec::new();
+    let mut vals: BTreeMap<Key, (Vec<f64>, Vec<f64>)> = BTreeMap::new();
     for r in &t.rows {
         let key = (
             t.variant(r),
