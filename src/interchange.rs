@@ -1,6 +1,8 @@
 //! `.npz` interchange: everything needed to rebuild a profiled computation in NumPy or
 //! PyTorch (network description, parameters, BN state, dropout masks, input batch, labels,
-//! and every `x_l` and `dE/dx_l`). The layout is documented in `docs/formats.md`.
+//! and every `x_l` and `dE/dx_l`), every parameter gradient, and the state after a few SGD
+//! steps on the same batch, so another implementation can check a training step too. The
+//! layout is documented in `docs/formats.md`.
 
 use std::path::Path;
 
@@ -9,10 +11,55 @@ use ndarray::{Array0, Array1};
 use ndarray_npy::NpzWriter;
 use serde_json::{json, Value};
 
+use crate::grads::Grads;
 use crate::net::{NetCache, NetGrads, Network};
+use crate::tensor::Tensor;
+use crate::train::Sgd;
 use crate::unit::{ForwardCtx, Op, ResidualUnit, ShortcutKind};
 
 pub const FORMAT_VERSION: u32 = 2;
+
+/// The SGD steps the state file records: on the stored batch, with the stored masks, BN in the
+/// stored mode (running statistics updated after each training-mode pass), the recipe of
+/// `resprop train` at its base rate. Two steps, so that the momentum term enters.
+pub const SGD_STEPS: usize = 2;
+pub const SGD_LR: f64 = 0.1;
+pub const SGD_MOMENTUM: f64 = 0.9;
+pub const SGD_WEIGHT_DECAY: f64 = 1e-4;
+
+/// What the recorded SGD steps produced.
+pub struct SgdRecord {
+    /// The loss before each step.
+    pub losses: Vec<f64>,
+    /// The network after the last step (parameters and BN buffers).
+    pub net: Network,
+    pub sgd: Sgd,
+}
+
+/// Runs [`SGD_STEPS`] steps of SGD on a copy of `net`.
+pub fn sgd_steps(
+    net: &Network,
+    input: &Tensor,
+    labels: &[usize],
+    ctx: &ForwardCtx,
+) -> Result<SgdRecord> {
+    let mut net = net.clone();
+    let mut sgd = Sgd::new(SGD_MOMENTUM, SGD_WEIGHT_DECAY);
+    let ctx = ForwardCtx {
+        weight_grads: true,
+        ..*ctx
+    };
+    let mut losses = Vec::new();
+    for _ in 0..SGD_STEPS {
+        let cache = net.forward(input, labels, &ctx)?;
+        let mut grads = Grads::new();
+        net.backward(&cache, labels, Some(&mut grads));
+        losses.push(cache.loss);
+        net.update_running_stats(&cache);
+        sgd.step(&mut net, &grads, SGD_LR);
+    }
+    Ok(SgdRecord { losses, net, sgd })
+}
 
 fn op_json(op: &Op) -> Value {
     match op {
@@ -91,20 +138,36 @@ pub fn describe(net: &Network, ctx: &ForwardCtx, loss: f64) -> Value {
         })).collect::<Vec<_>>(),
         "head": ops_json(&net.head),
         "loss_fn": "softmax cross-entropy, mean over the batch",
+        "sgd": {
+            "steps": SGD_STEPS,
+            "lr": SGD_LR,
+            "momentum": SGD_MOMENTUM,
+            "weight_decay": SGD_WEIGHT_DECAY,
+            "rule": "v = momentum v + (g + weight_decay w); w -= lr v (every parameter, v = 0 at first); BN running statistics updated after each training-mode forward pass, before the update",
+        },
     })
 }
 
-/// Writes the `.npz` atomically.
+/// Writes the `.npz` atomically: the profiled pass (`cache`, `grads`), every parameter
+/// gradient at the same point, and the state after [`SGD_STEPS`] SGD steps.
 pub fn write_npz(
     path: &Path,
     net: &Network,
     ctx: &ForwardCtx,
-    input: &crate::tensor::Tensor,
+    input: &Tensor,
     labels: &[usize],
     cache: &NetCache,
     grads: &NetGrads,
 ) -> Result<()> {
     let meta = serde_json::to_vec_pretty(&describe(net, ctx, cache.loss))?;
+    let mut param_grads = Grads::new();
+    let weight_ctx = ForwardCtx {
+        weight_grads: true,
+        ..*ctx
+    };
+    let again = net.forward(input, labels, &weight_ctx)?;
+    net.backward(&again, labels, Some(&mut param_grads));
+    let steps = sgd_steps(net, input, labels, ctx)?;
     crate::output::write_atomic_with(path, |w| {
         let mut npz = NpzWriter::new_compressed(w);
         let err = |e: ndarray_npy::WriteNpzError| anyhow!("writing '{}': {e}", path.display());
@@ -138,6 +201,28 @@ pub fn write_npz(
         for l in 0..=net.num_units() {
             npz.add_array(format!("x/{l}"), cache.x(l)).map_err(err)?;
             npz.add_array(format!("grad_x/{l}"), &grads.grad_x[l])
+                .map_err(err)?;
+        }
+        for (name, g) in param_grads.iter() {
+            npz.add_array(format!("grad_param/{name}"), g)
+                .map_err(err)?;
+        }
+        npz.add_array("sgd/loss", &Array1::from(steps.losses.clone()))
+            .map_err(err)?;
+        let mut result = Ok(());
+        steps.net.visit_params(&mut |name, t| {
+            if result.is_ok() {
+                result = npz.add_array(format!("sgd/param/{name}"), t).map_err(err);
+            }
+        });
+        steps.net.visit_buffers(&mut |name, t| {
+            if result.is_ok() {
+                result = npz.add_array(format!("sgd/buffer/{name}"), t).map_err(err);
+            }
+        });
+        result?;
+        for (name, v) in &steps.sgd.velocity {
+            npz.add_array(format!("sgd/velocity/{name}"), v)
                 .map_err(err)?;
         }
         npz.finish().map_err(err)?;

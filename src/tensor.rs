@@ -108,7 +108,7 @@ pub fn add_assign(a: &mut Tensor, b: &Tensor) {
 }
 
 thread_local! {
-    static SCRATCH: std::cell::RefCell<[Vec<f64>; 2]> = const { std::cell::RefCell::new([Vec::new(), Vec::new()]) };
+    static SCRATCH: std::cell::RefCell<[Vec<f64>; 3]> = const { std::cell::RefCell::new([Vec::new(), Vec::new(), Vec::new()]) };
 }
 
 /// Runs `f` with two of this thread's scratch buffers, of `len_a` and `len_b` elements. The
@@ -121,16 +121,25 @@ pub fn with_scratch<R>(
     len_b: usize,
     f: impl FnOnce(&mut [f64], &mut [f64]) -> R,
 ) -> R {
+    with_scratch3(len_a, len_b, 0, |a, b, _| f(a, b))
+}
+
+/// As [`with_scratch`], with three buffers.
+pub fn with_scratch3<R>(
+    len_a: usize,
+    len_b: usize,
+    len_c: usize,
+    f: impl FnOnce(&mut [f64], &mut [f64], &mut [f64]) -> R,
+) -> R {
     SCRATCH.with(|cell| {
         let mut bufs = cell.borrow_mut();
-        let [a, b] = &mut *bufs;
-        if a.len() < len_a {
-            a.resize(len_a, 0.0);
+        let [a, b, c] = &mut *bufs;
+        for (buf, len) in [(&mut *a, len_a), (&mut *b, len_b), (&mut *c, len_c)] {
+            if buf.len() < len {
+                buf.resize(len, 0.0);
+            }
         }
-        if b.len() < len_b {
-            b.resize(len_b, 0.0);
-        }
-        f(&mut a[..len_a], &mut b[..len_b])
+        f(&mut a[..len_a], &mut b[..len_b], &mut c[..len_c])
     })
 }
 

@@ -349,6 +349,42 @@ fn npz_holds_the_whole_computation() {
     assert_eq!(meta["units"][0]["shortcut"]["kind"], "dropout");
     assert_eq!(meta["units"][0]["pre"], serde_json::json!([]));
     assert_eq!(meta["units"][0]["changes_shape"], false);
+    // Parameter gradients and two SGD steps: every parameter's are there, and they follow the
+    // update the file's meta describes. With v0 = 0: v1 = g0 + wd w0, w1 = w0 - lr v1,
+    // w2 = w1 - lr v2, so w2 = w0 - lr (g0 + wd w0) - lr v2 from stored arrays alone.
+    assert_eq!(meta["sgd"]["steps"], 2);
+    let (lr, wd) = (
+        meta["sgd"]["lr"].as_f64().unwrap(),
+        meta["sgd"]["weight_decay"].as_f64().unwrap(),
+    );
+    let params: Vec<String> = names
+        .iter()
+        .filter_map(|n| n.strip_prefix("param/").map(String::from))
+        .collect();
+    assert!(params.len() > 10);
+    for p in &params {
+        let get = |r: &mut NpzReader<std::fs::File>, k: String| -> ndarray::ArrayD<f64> {
+            r.by_name(&k).unwrap_or_else(|_| panic!("{k} missing"))
+        };
+        let w0 = get(&mut r, format!("param/{p}"));
+        let g0 = get(&mut r, format!("grad_param/{p}"));
+        let w2 = get(&mut r, format!("sgd/param/{p}"));
+        let v2 = get(&mut r, format!("sgd/velocity/{p}"));
+        let want = &w0 - &((&g0 + &(&w0 * wd)) * lr) - &(&v2 * lr);
+        let err = (&w2 - &want).iter().fold(0.0f64, |m, v| m.max(v.abs()));
+        let scale = w0.iter().fold(1e-300f64, |m, v| m.max(v.abs()));
+        assert!(err / scale < 1e-13, "{p}: SGD steps off by {err:e}");
+        // The step moved it: the gradient is not zero everywhere.
+        assert!(g0.iter().any(|v| *v != 0.0), "{p}: zero gradient");
+    }
+    let losses: ndarray::ArrayD<f64> = r.by_name("sgd/loss").unwrap();
+    let loss: ndarray::ArrayD<f64> = r.by_name("loss").unwrap();
+    assert_eq!(losses.len(), 2);
+    assert_eq!(
+        losses[[0]],
+        loss[[]],
+        "the first step starts from the stored point"
+    );
 }
 
 #[test]

@@ -329,7 +329,6 @@ width = 16
 epochs = 2
 batch = 64
 record_every = 5
-signal = true
 [grid]
 nets = ["mlp"]
 placements = ["original", "full-preact"]

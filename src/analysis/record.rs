@@ -153,30 +153,51 @@ pub fn direct_parts(
     grad_x: &[Tensor],
     stages: &Stages,
 ) -> Vec<Tensor> {
-    direct_parts_and_branch_norms(net, cache, grad_x, stages).0
+    direct_parts_and_branch_norms(net, cache, grad_x, stages, false).0
 }
 
-/// The direct parts and `||F'(x_l)||` per unit, in one pass over the units (a cache that kept
-/// only the inputs re-runs each unit once).
+/// The direct parts and, when asked, `||F'(x_l)||` per unit (which needs a forward pass made
+/// with `keep_branch`), in one pass over the units (a cache that kept only the inputs re-runs
+/// each unit once).
 fn direct_parts_and_branch_norms(
     net: &Network,
     cache: &NetCache,
     grad_x: &[Tensor],
     stages: &Stages,
+    branch_norms: bool,
 ) -> (Vec<Tensor>, Vec<f64>) {
     let l_top = net.num_units();
     let mut parts = vec![grad_x[l_top].clone(); l_top + 1];
-    let mut branch_norms = vec![0.0; l_top];
+    let mut norms = vec![0.0; l_top];
     for l in (0..l_top).rev() {
         let uc = cache.unit(net, l);
-        branch_norms[l] = norm(&net.units[l].branch_term(&uc));
+        if branch_norms {
+            norms[l] = norm(&net.units[l].branch_term(&uc));
+        }
         parts[l] = if stages.carries_direct(l) {
             net.units[l].vjp_shortcut(&uc, &parts[l + 1])
         } else {
             grad_x[l].clone()
         };
     }
-    (parts, branch_norms)
+    (parts, norms)
+}
+
+/// Per unit input: `(||dE/dx_l||, ||dE/dx_l|| / ||dE/dx_L||, ||D_l|| / ||dE/dx_top||)`, what
+/// training records as it goes; unlike [`build_records`] it needs no `keep_branch` pass, so a
+/// recorded training step runs the engine's fused path like any other.
+pub fn gradient_ratios(net: &Network, cache: &NetCache, grads: &NetGrads) -> Vec<(f64, f64, f64)> {
+    let l_top = net.num_units();
+    let stages = Stages::of(net, cache);
+    let direct = direct_parts(net, cache, &grads.grad_x, &stages);
+    let top_norm = norm(&grads.grad_x[l_top]);
+    (0..=l_top)
+        .map(|l| {
+            let g = norm(&grads.grad_x[l]);
+            let d = norm(&direct[l]) / norm(&grads.grad_x[stages.top[l]]);
+            (g, g / top_norm, d)
+        })
+        .collect()
 }
 
 /// `prod_{i=l}^{top-1} lambda_i` when the paper predicts the direct part exactly: constant
@@ -197,7 +218,8 @@ pub fn build_records(net: &Network, cache: &NetCache, grads: &NetGrads) -> Profi
     let top_norm = norm(g_top);
     let top_samples = per_sample_norms(g_top);
     let stages = Stages::of(net, cache);
-    let (direct, branch_norms) = direct_parts_and_branch_norms(net, cache, &grads.grad_x, &stages);
+    let (direct, branch_norms) =
+        direct_parts_and_branch_norms(net, cache, &grads.grad_x, &stages, true);
     let records: Vec<UnitRecord> = (0..=l_top)
         .map(|l| {
             let top = stages.top[l];

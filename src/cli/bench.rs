@@ -33,7 +33,8 @@ pub enum BenchMode {
 pub struct BenchArgs {
     /// Workload id from WORKLOADS.md: W1 (MLP, 100 units, width 256, batch 128), W1b (1000
     /// units), W2 (ResNet-110, batch 32), W3 (ResNet-164, batch 16), W4 (ResNet-1001, batch 16);
-    /// or `gemm`: the engine's GEMM on W1's layer shapes, with weights from memory and from
+    /// D1 and D2 (ResNet-110 and ResNet-164 on 1x8x8 images, batch 64: a training step on the
+    /// bundled digits); or `gemm`: the engine's GEMM on W1's layer shapes, with weights from memory and from
     /// cache (GFLOP/s; --mode is ignored).
     #[arg(long, default_value = "W1")]
     pub workload: String,
@@ -72,14 +73,14 @@ pub fn workload(id: &str) -> Result<Workload> {
         shortcut: ShortcutKind::Identity,
         seed: 0,
     };
-    let resnet = |name: &str| -> Result<Network> {
+    let resnet_on = |name: &str, image_size: usize, input_channels: usize| -> Result<Network> {
         let (units_per_stage, block) = parse_resnet_name(name).map_err(anyhow::Error::msg)?;
         build_resnet(&ResnetConfig {
             name: name.to_string(),
             units_per_stage,
             block,
-            image_size: 32,
-            input_channels: 3,
+            image_size,
+            input_channels,
             classes: 10,
             placement: Placement::FullPreact,
             shortcut: ShortcutKind::Identity,
@@ -87,6 +88,7 @@ pub fn workload(id: &str) -> Result<Workload> {
             seed: 0,
         })
     };
+    let resnet = |name: &str| resnet_on(name, 32, 3);
     let (id, description, net, batch) = match id.to_ascii_uppercase().as_str() {
         "W1" => (
             "W1",
@@ -108,7 +110,19 @@ pub fn workload(id: &str) -> Result<Workload> {
             resnet("resnet1001")?,
             16,
         ),
-        _ => bail!("unknown workload '{id}' (available: W1, W1b, W2, W3, W4)"),
+        "D1" => (
+            "D1",
+            "ResNet-110 on the digits' 1x8x8 images (the training experiments' step)",
+            resnet_on("resnet110", 8, 1)?,
+            64,
+        ),
+        "D2" => (
+            "D2",
+            "ResNet-164 on the digits' 1x8x8 images (the Fig. 1 experiment's step)",
+            resnet_on("resnet164", 8, 1)?,
+            64,
+        ),
+        _ => bail!("unknown workload '{id}' (available: W1, W1b, W2, W3, W4, D1, D2)"),
     };
     Ok(Workload {
         id,

@@ -217,9 +217,14 @@ pub fn all(args: &AllArgs) -> Result<ExitCode> {
             computed,
             training: matches!(spec.task, crate::experiment::Task::Train(_)),
             paper: spec.paper.clone(),
-            signal: match &spec.task {
-                crate::experiment::Task::Train(t) if t.signal => {
-                    Some(Table::read(&csv.with_file_name("signal.csv"))?)
+            signal: if spec.charts.contains(&ChartKind::WeightInputs) {
+                Some(Table::read(&csv.with_file_name("signal.csv"))?)
+            } else {
+                None
+            },
+            grads: match &spec.task {
+                crate::experiment::Task::Train(_) => {
+                    Some(Table::read(&csv.with_file_name("grads.csv"))?)
                 }
                 _ => None,
             },

@@ -10,6 +10,7 @@ macro_rules! outln {
 
 pub mod bench;
 pub mod check;
+pub mod data;
 pub mod experiment;
 pub mod profile;
 pub mod train;
@@ -66,6 +67,9 @@ pub enum Command {
     Train(train::TrainArgs),
     /// Draw an experiment's charts (PNG and SVG) from its CSV, without recomputing.
     Plot(experiment::PlotArgs),
+    /// Write a dataset's training and test split, as `train` sees it, to .npz (for NumPy or
+    /// PyTorch).
+    Data(data::DataArgs),
     /// Run every experiment in experiments/, draw the charts into plots/ and write
     /// plots/README.md (what `resprop` does with no command).
     All(experiment::AllArgs),
@@ -295,6 +299,7 @@ pub fn run(args: impl IntoIterator<Item = OsString>) -> ExitCode {
         Command::Run(a) => in_pool(a.threads, || experiment::run(&a)),
         Command::Train(a) => in_pool(a.threads, || train::run(&a)),
         Command::Plot(a) => in_pool(None, || experiment::plot(&a)),
+        Command::Data(a) => in_pool(None, || data::run(&a)),
         Command::All(a) => in_pool(a.threads, || experiment::all(&a)),
     };
     match result {

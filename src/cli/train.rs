@@ -47,6 +47,11 @@ pub struct TrainArgs {
     pub lr: f64,
     #[arg(long, default_value_t = 0.9)]
     pub momentum: f64,
+    /// Run the first N steps at a tenth of the rate (0: no warm-up). Default: the paper's
+    /// rule, a tenth of the rate until a batch's training error is below 80% (and at least
+    /// 400/64k of the run).
+    #[arg(long, value_name = "N")]
+    pub warmup_steps: Option<usize>,
     #[arg(long, default_value_t = 1e-4)]
     pub weight_decay: f64,
     /// Take the per-unit gradient record every K steps (0: never).
@@ -119,6 +124,10 @@ pub fn run(args: &TrainArgs) -> Result<ExitCode> {
         base_lr: args.lr,
         momentum: args.momentum,
         weight_decay: args.weight_decay,
+        warmup: args.warmup_steps.map_or(
+            crate::train::Warmup::UntilError,
+            crate::train::Warmup::Steps,
+        ),
         record_every: args.record_every,
         signal: false,
         seed: args.seed,

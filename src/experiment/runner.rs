@@ -99,8 +99,8 @@ pub const SIGNAL_TABLE: TableKind = TableKind {
 pub fn tables(spec: &Spec) -> Vec<TableKind> {
     match &spec.task {
         Task::Profile => vec![PROFILE_TABLE],
-        Task::Train(t) if t.signal => vec![TRAIN_TABLE, GRADS_TABLE, SIGNAL_TABLE],
-        Task::Train(_) => vec![TRAIN_TABLE, GRADS_TABLE],
+        // The weight-input statistics cost two forward passes of a run: always recorded.
+        Task::Train(_) => vec![TRAIN_TABLE, GRADS_TABLE, SIGNAL_TABLE],
     }
 }
 
@@ -225,8 +225,9 @@ fn run_train_cell(spec: &Spec, cell: &Cell, t: &TrainSpec, data: &Split) -> Resu
         base_lr: t.lr,
         momentum: 0.9,
         weight_decay: 1e-4,
+        warmup: crate::train::Warmup::UntilError,
         record_every: t.record_every,
-        signal: t.signal,
+        signal: true,
         seed,
     };
     let h = train(
@@ -238,13 +239,11 @@ fn run_train_cell(spec: &Spec, cell: &Cell, t: &TrainSpec, data: &Split) -> Resu
         |_, _| {},
         |_, _, _, _| Ok(()),
     )?;
-    let mut tables = vec![
+    let tables = vec![
         h.steps.iter().map(|r| r.csv_fields()).collect(),
         h.grads.iter().map(|g| g.csv_fields()).collect(),
+        h.signal.iter().map(|s| s.csv_fields()).collect(),
     ];
-    if t.signal {
-        tables.push(h.signal.iter().map(|s| s.csv_fields()).collect());
-    }
     let warning = h.diverged.map(|d| {
         format!(
             "cell {} ({} {} {}): {d}",

@@ -70,9 +70,6 @@ struct RawTrain {
     lr: f64,
     #[serde(default = "default_record_every")]
     record_every: usize,
-    /// Record every weight layer's input statistics at the start and the end.
-    #[serde(default)]
-    signal: bool,
 }
 
 fn default_data() -> String {
@@ -167,7 +164,6 @@ pub struct TrainSpec {
     pub batch: usize,
     pub lr: f64,
     pub record_every: usize,
-    pub signal: bool,
 }
 
 /// The paper's numbers for comparison.
@@ -485,7 +481,6 @@ pub fn parse_spec(text: &str) -> Result<Spec> {
                 batch: t.batch,
                 lr: t.lr,
                 record_every: t.record_every,
-                signal: t.signal,
             })
         }
         (other, _) => bail!("task: unknown value '{other}' (expected 'profile' or 'train')"),
@@ -493,9 +488,6 @@ pub fn parse_spec(text: &str) -> Result<Spec> {
     for c in &charts {
         if c.needs_training() != matches!(task, Task::Train(_)) {
             bail!("charts: '{}' does not fit task '{}'", c.name(), raw.task);
-        }
-        if *c == ChartKind::WeightInputs && !matches!(&task, Task::Train(t) if t.signal) {
-            bail!("charts: 'weight_inputs' needs signal = true in [train]");
         }
     }
     let paper = raw.paper.map(|p| PaperValues {

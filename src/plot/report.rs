@@ -20,12 +20,18 @@ pub struct Entry {
     pub training: bool,
     /// The paper's numbers for the variants, when the spec gives them.
     pub paper: Option<crate::experiment::spec::PaperValues>,
-    /// A training experiment's weight-input statistics (`signal.csv`), when recorded.
+    /// A training experiment's weight-input statistics (`signal.csv`), when the spec draws
+    /// them.
     pub signal: Option<Table>,
+    /// A training experiment's per-unit gradients over training (`grads.csv`).
+    pub grads: Option<Table>,
 }
 
 fn training_section(e: &Entry) -> String {
-    let stats = super::training::variant_stats(&e.table);
+    let mut stats = super::training::variant_stats(&e.table);
+    if let Some(g) = &e.grads {
+        super::training::attach_initial_gradients(&mut stats, g);
+    }
     let counts: std::collections::BTreeSet<usize> =
         stats.iter().map(|v| v.outcomes.len()).collect();
     let reps = counts

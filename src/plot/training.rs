@@ -54,6 +54,9 @@ impl Outcome {
 pub struct VariantStats {
     pub variant: String,
     pub outcomes: Vec<Outcome>,
+    /// Median over replicates of `||dE/dx_0|| / ||dE/dx_L||` at the first recorded step (from
+    /// `grads.csv`, when attached).
+    pub initial_grad_ratio: Option<f64>,
 }
 
 impl VariantStats {
@@ -168,9 +171,32 @@ pub fn variant_stats(t: &Table) -> Vec<VariantStats> {
             VariantStats {
                 variant: v,
                 outcomes,
+                initial_grad_ratio: None,
             }
         })
         .collect()
+}
+
+/// Adds each variant's gradient ratio at unit 0 at the first recorded step, from `grads.csv`.
+pub fn attach_initial_gradients(stats: &mut [VariantStats], grads: &Table) {
+    let first = grads
+        .rows
+        .iter()
+        .filter_map(|r| grads.f(r, "step"))
+        .fold(f64::INFINITY, f64::min);
+    for v in stats.iter_mut() {
+        let ratios: Vec<f64> = grads
+            .rows
+            .iter()
+            .filter(|r| {
+                grads.variant(r) == v.variant
+                    && grads.f(r, "step") == Some(first)
+                    && grads.f(r, "unit") == Some(0.0)
+            })
+            .filter_map(|r| grads.f(r, "grad_ratio"))
+            .collect();
+        v.initial_grad_ratio = median(&ratios);
+    }
 }
 
 /// What a comparison of two variants found.
@@ -226,6 +252,14 @@ fn num(v: f64) -> String {
         format!("{v:.3}")
     } else {
         format!("{v}")
+    }
+}
+
+fn sci(v: f64) -> String {
+    if v.is_finite() && (0.01..1000.0).contains(&v.abs()) {
+        format!("{v:.3}")
+    } else {
+        format!("{v:.2e}")
     }
 }
 
@@ -314,6 +348,18 @@ fn explain(better_here: &VariantStats, worse_here: &VariantStats) -> String {
                 num(lb)
             ));
         }
+    }
+    if let (Some(rb), Some(rw)) = (
+        better_here.initial_grad_ratio,
+        worse_here.initial_grad_ratio,
+    ) {
+        parts.push(format!(
+            "at the first step ||dE/dx_0|| / ||dE/dx_L|| is {} for {} against {} for {} (median over replicates)",
+            sci(rw),
+            worse_here.variant,
+            sci(rb),
+            better_here.variant
+        ));
     }
     if let (Some((_, gb)), Some((_, gw))) = (better_here.median_gaps(), worse_here.median_gaps()) {
         parts.push(format!(

@@ -9,7 +9,7 @@ pub mod checkpoint;
 use ndarray::Axis;
 use rand::seq::SliceRandom;
 
-use crate::analysis::record::{build_records, fmt_f64};
+use crate::analysis::record::{fmt_f64, gradient_ratios};
 use crate::data::{augment, Split};
 use crate::grads::Grads;
 use crate::layers::Mode;
@@ -106,6 +106,26 @@ impl Schedule {
 /// Training error above which the warm-up continues.
 pub const WARMUP_ERROR: f64 = 0.8;
 
+/// How long the first, reduced learning rate (a tenth of the base rate) lasts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Warmup {
+    /// The paper's rule: until a batch's training error is below 80%, and at least 400/64k of
+    /// the run.
+    UntilError,
+    /// Exactly this many steps (0: no warm-up).
+    Steps(usize),
+}
+
+impl std::fmt::Display for Warmup {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Warmup::UntilError => write!(f, "until a batch's training error is below 80%"),
+            Warmup::Steps(n) => write!(f, "{n} steps"),
+        }
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct TrainConfig {
     pub epochs: usize,
@@ -113,6 +133,7 @@ pub struct TrainConfig {
     pub base_lr: f64,
     pub momentum: f64,
     pub weight_decay: f64,
+    pub warmup: Warmup,
     /// Take the per-unit gradient record every this many steps (0: never).
     pub record_every: usize,
     /// Record every weight layer's input statistics before the first step and after the
@@ -329,7 +350,10 @@ pub fn train(
         record_signal(net, "init", &mut history)?;
     }
     // A resumed run knows from its history whether the warm-up had ended.
-    let mut warming = !history.steps.iter().any(|r| r.lr >= cfg.base_lr * 0.99);
+    let mut warming = match cfg.warmup {
+        Warmup::UntilError => !history.steps.iter().any(|r| r.lr >= cfg.base_lr * 0.99),
+        Warmup::Steps(n) => step < n,
+    };
     for epoch in resume.epoch..stop_epoch.min(cfg.epochs) {
         let mut order: Vec<usize> = (0..data.train.len()).collect();
         order.shuffle(&mut rng(derive_seed(
@@ -348,7 +372,7 @@ pub fn train(
             let ctx = ForwardCtx {
                 mode: Mode::Train,
                 dropout_seed: derive_seed(cfg.seed, &[purpose::DROPOUT, step as u64]),
-                keep_branch: record,
+                keep_branch: false,
                 weight_grads: true,
             };
             let cache = net.forward(&x, &y, &ctx)?;
@@ -368,13 +392,15 @@ pub fn train(
                 return Ok(history);
             }
             if record {
-                for r in build_records(net, &cache, &back).records {
+                for (unit, (grad_norm, grad_ratio, direct_ratio)) in
+                    gradient_ratios(net, &cache, &back).into_iter().enumerate()
+                {
                     history.grads.push(GradRow {
                         step,
-                        unit: r.unit,
-                        grad_norm: r.grad_norm,
-                        grad_ratio: r.grad_ratio,
-                        direct_ratio: r.direct_ratio,
+                        unit,
+                        grad_norm,
+                        grad_ratio,
+                        direct_ratio,
                     });
                 }
             }
@@ -391,9 +417,13 @@ pub fn train(
                 (None, None)
             };
             let train_error = error_rate(&cache.probs, &y);
-            if warming && step + 1 >= schedule.min_warmup() && train_error < WARMUP_ERROR {
-                warming = false;
-            }
+            warming = warming
+                && match cfg.warmup {
+                    Warmup::UntilError => {
+                        step + 1 < schedule.min_warmup() || train_error >= WARMUP_ERROR
+                    }
+                    Warmup::Steps(n) => step + 1 < n,
+                };
             let row = StepRow {
                 step,
                 epoch,
@@ -514,6 +544,7 @@ mod tests {
             base_lr: 0.1,
             momentum: 0.9,
             weight_decay: 1e-4,
+            warmup: Warmup::UntilError,
             record_every: 10,
             signal: false,
             seed: 1,

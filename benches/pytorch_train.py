@@ -1,0 +1,227 @@
+"""Train resprop's CIFAR-style ResNets in PyTorch with resprop's recipe, on resprop's split.
+
+A reference for `resprop train` (torch in a virtualenv, not a dependency of resprop): the same
+architecture (3x3 stem to 16 channels, three stages of basic or bottleneck units at widths
+16/32/64, the activation placements of the paper's Fig. 4, the three conventions for the
+shape-changing shortcuts, global average pooling, a dense classifier), the same initialisation
+(He normal on fan-out for every conv, classifier N(0, 1/fan_in), BN gamma 1 beta 0, eps 1e-5,
+momentum 0.1), the same recipe (SGD momentum 0.9, weight decay 1e-4 on every parameter, batch
+64, a tenth of the rate until a batch's training error is below 80% and at least 400/64k of the
+run, then the base rate divided by 10 at 50% and by 100 at 75% of the steps), float64, and the
+same data (exported by `resprop data`). Only the random draws differ (weights, batch order).
+
+    cargo build --release
+    target/release/resprop data --data digits --npz digits.npz
+    python benches/pytorch_train.py --data digits.npz --net resnet110 --placement original --seeds 0-7
+
+Prints one line per seed (final test error and last-epoch training loss) and a summary line.
+"""
+import argparse
+import math
+import statistics
+import sys
+import time
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+NETS = {"resnet110": (18, False), "resnet164": (18, True), "resnet1001": (111, True)}
+
+# Branch recipe per placement: "W" weight, "B" BN, "R" ReLU; after-addition recipe.
+PLACEMENTS = {
+    "original": (lambda i, last: ["W", "B"] + ([] if last else ["R"]), ["R"]),
+    "bn-after-add": (lambda i, last: ["W"] + ([] if last else ["B", "R"]), ["B", "R"]),
+    "relu-before-add": (lambda i, last: ["W", "B", "R"], []),
+    "relu-preact": (lambda i, last: (["R"] if i == 0 else []) + ["W", "B"] + ([] if last else ["R"]), []),
+    "full-preact": (lambda i, last: ["B", "R", "W"], []),
+}
+PREACT = {"relu-preact", "full-preact"}
+
+
+def conv(c_in, c_out, k, stride):
+    m = nn.Conv2d(c_in, c_out, k, stride, k // 2, bias=False)
+    nn.init.normal_(m.weight, 0.0, math.sqrt(2.0 / (k * k * c_out)))
+    return m
+
+
+class Seq(nn.Module):
+    """A recipe of ops on a tensor with a channel count that the weights change."""
+
+    def __init__(self, steps, specs, c):
+        super().__init__()
+        self.ops = nn.ModuleList()
+        self.kinds = []
+        for s in steps:
+            if s == "W":
+                c_in, c_out, k, stride = specs.pop(0)
+                self.ops.append(conv(c_in, c_out, k, stride))
+                c = c_out
+            elif s == "B":
+                self.ops.append(nn.BatchNorm2d(c))
+            else:
+                self.ops.append(nn.ReLU())
+            self.kinds.append(s)
+
+    def forward(self, x):
+        for op in self.ops:
+            x = op(x)
+        return x
+
+
+class Unit(nn.Module):
+    def __init__(self, placement, projection, c_in, width, stride, bottleneck):
+        super().__init__()
+        c_out = 4 * width if bottleneck else width
+        specs = ([(c_in, width, 1, stride), (width, width, 3, 1), (width, c_out, 1, 1)] if bottleneck
+                 else [(c_in, width, 3, stride), (width, width, 3, 1)])
+        branch_of, after = PLACEMENTS[placement]
+        recipe = [s for i in range(len(specs)) for s in branch_of(i, i == len(specs) - 1)]
+        changes = c_in != c_out or stride != 1
+        self.pad = changes and projection == "pad"
+        pre = []
+        if changes and not self.pad and placement in PREACT:
+            first_w = recipe.index("W")
+            pre, recipe = recipe[:first_w], recipe[first_w:]
+        self.pre = Seq(pre, [], c_in)
+        self.branch = Seq(recipe, list(specs), c_in)
+        self.after = Seq(after, [], c_out)
+        self.proj = None
+        if changes and not self.pad:
+            ops = [conv(c_in, c_out, 1, stride)]
+            if projection == "bn":
+                ops.append(nn.BatchNorm2d(c_out))
+            self.proj = nn.Sequential(*ops)
+        self.stride, self.c_in, self.c_out = stride, c_in, c_out
+
+    def forward(self, x):
+        a = self.pre(x)
+        f = self.branch(a)
+        if self.proj is not None:
+            h = self.proj(a)
+        elif self.pad:
+            h = x[:, :, ::self.stride, ::self.stride]
+            h = F.pad(h, (0, 0, 0, 0, 0, self.c_out - self.c_in))
+        else:
+            h = a
+        return self.after(f + h)
+
+
+class Net(nn.Module):
+    def __init__(self, net, placement, projection, c_in, classes):
+        super().__init__()
+        n, bottleneck = NETS[net] if net in NETS else (int(net.split(":")[1]), net.split(":")[2] == "bottleneck")
+        self.stem = nn.Sequential(conv(c_in, 16, 3, 1), *([] if placement in PREACT else [nn.BatchNorm2d(16), nn.ReLU()]))
+        units, c = [], 16
+        for stage, width in enumerate([16, 32, 64]):
+            for j in range(n):
+                units.append(Unit(placement, projection, c, width, 2 if stage > 0 and j == 0 else 1, bottleneck))
+                c = 4 * width if bottleneck else width
+        self.units = nn.Sequential(*units)
+        self.head = nn.Sequential(*([nn.BatchNorm2d(c), nn.ReLU()] if placement in PREACT else []))
+        self.fc = nn.Linear(c, classes)
+        nn.init.normal_(self.fc.weight, 0.0, math.sqrt(1.0 / c))
+        nn.init.zeros_(self.fc.bias)
+
+    def forward(self, x):
+        x = self.head(self.units(self.stem(x)))
+        return self.fc(x.mean(dim=(2, 3)))
+
+
+def lr_at(step, total, base, warming):
+    frac = step / max(total, 1)
+    lr = base if frac < 0.5 else base / 10 if frac < 0.75 else base / 100
+    return min(lr, base / 10) if warming else lr
+
+
+def evaluate(model, x, y):
+    model.eval()
+    with torch.no_grad():
+        loss, wrong = 0.0, 0
+        for i in range(0, len(y), 500):
+            logits = model(x[i:i + 500])
+            loss += F.cross_entropy(logits, y[i:i + 500], reduction="sum").item()
+            wrong += (logits.argmax(1) != y[i:i + 500]).sum().item()
+    model.train()
+    return loss / len(y), wrong / len(y)
+
+
+def train_one(args, data, seed):
+    torch.manual_seed(seed)
+    gen = np.random.default_rng(seed)
+    tx, ty, vx, vy = data
+    model = Net(args.net, args.placement, args.projection, tx.shape[1], 10).train()
+    opt = torch.optim.SGD(model.parameters(), lr=args.lr, momentum=0.9, weight_decay=1e-4)
+    per_epoch = len(ty) // args.batch
+    total = per_epoch * args.epochs
+    min_warmup = math.ceil(total * 400 / 64000)
+    warming, step = True, 0
+    last_losses = []
+    for epoch in range(args.epochs):
+        order = gen.permutation(len(ty))
+        last_losses = []
+        for b in range(per_epoch):
+            idx = torch.from_numpy(order[b * args.batch:(b + 1) * args.batch])
+            logits = model(tx[idx])
+            loss = F.cross_entropy(logits, ty[idx])
+            train_error = (logits.argmax(1) != ty[idx]).double().mean().item()
+            for g in opt.param_groups:
+                g["lr"] = lr_at(step, total, args.lr, warming)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            if not math.isfinite(loss.item()):
+                return float("nan"), float("nan"), f"diverged at step {step}"
+            last_losses.append(loss.item())
+            if warming and step + 1 >= min_warmup and train_error < 0.8:
+                warming = False
+            step += 1
+    test_loss, test_error = evaluate(model, vx, vy)
+    return test_error, statistics.mean(last_losses), None
+
+
+def parse_seeds(s):
+    if "-" in s:
+        a, b = s.split("-")
+        return list(range(int(a), int(b) + 1))
+    return [int(v) for v in s.split(",")]
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--data", required=True, help="the .npz that `resprop data` writes")
+    p.add_argument("--net", default="resnet110", help="resnet110, resnet164 or resnet:N:basic|bottleneck")
+    p.add_argument("--placement", default="original", choices=list(PLACEMENTS))
+    p.add_argument("--projection", default=None, choices=["bn", "plain", "pad"],
+                   help="shape-changing shortcuts (default: bn for post-activation, plain for pre-activation)")
+    p.add_argument("--epochs", type=int, default=8)
+    p.add_argument("--batch", type=int, default=64)
+    p.add_argument("--lr", type=float, default=0.1)
+    p.add_argument("--seeds", default="0-6")
+    p.add_argument("--threads", type=int, default=1)
+    args = p.parse_args()
+    if args.projection is None:
+        args.projection = "plain" if args.placement in PREACT else "bn"
+    torch.set_num_threads(args.threads)
+    torch.set_default_dtype(torch.float64)
+    z = np.load(args.data)
+    data = (torch.from_numpy(z["train_x"]), torch.from_numpy(z["train_y"]),
+            torch.from_numpy(z["test_x"]), torch.from_numpy(z["test_y"]))
+    errors, losses = [], []
+    for seed in parse_seeds(args.seeds):
+        t = time.perf_counter()
+        err, loss, note = train_one(args, data, seed)
+        errors.append(err if note is None else float("inf"))
+        losses.append(loss)
+        print(f"{args.net} {args.placement} projection {args.projection} seed {seed}: test error {100 * err:.2f}%, "
+              f"last-epoch training loss {loss:.4f}{'' if note is None else ' (' + note + ')'} "
+              f"[{time.perf_counter() - t:.0f} s]", flush=True)
+    failed = sum(1 for e, l in zip(errors, losses) if not (e <= 0.5 and l <= 1.0))
+    print(f"SUMMARY {args.net} {args.placement} projection {args.projection}: {len(errors)} seeds, median test error "
+          f"{100 * statistics.median(errors):.2f}%, IQR {100 * np.percentile(errors, 25):.2f}-{100 * np.percentile(errors, 75):.2f}%, "
+          f"median last-epoch training loss {statistics.median(losses):.4f}, failed to train {failed} of {len(errors)}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
