@@ -33,6 +33,117 @@ pub fn directional_derivative(f: impl Fn(f64) -> f64, h: f64) -> f64 {
     (-f(2.0 * h) + 8.0 * f(h) - 8.0 * f(-h) + f(-2.0 * h)) / (12.0 * h)
 }
 
+/// A derivative estimated from differences, with the estimate's own uncertainty.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Derivative {
+    pub value: f64,
+    /// How far the estimate can be trusted: the larger of the disagreement between the
+    /// chosen estimate and its neighbours in the extrapolation table and the rounding noise
+    /// of the differences it was built from (NaN or inf when it cannot be trusted at all).
+    pub error: f64,
+    /// Function evaluations spent.
+    pub evaluations: usize,
+}
+
+/// One symmetric difference `f(h) - f(-h)`, with the size of the values it subtracts (their
+/// rounding, about `2^-52` of that size each, is what the difference cannot resolve).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Difference {
+    pub value: f64,
+    pub magnitude: f64,
+}
+
+impl Difference {
+    /// The difference of two scalars.
+    pub fn of(plus: f64, minus: f64) -> Difference {
+        Difference {
+            value: plus - minus,
+            magnitude: plus.abs().max(minus.abs()),
+        }
+    }
+}
+
+/// Ridders' method (Numerical Recipes, 3rd ed., Sec. 5.7): central differences at steps
+/// `h, h/1.4, h/1.4^2, ...`, extrapolated to step 0 in a Neville table (each column removes
+/// the next even power of `h` from the truncation error), returning the table entry whose
+/// disagreement with its neighbours is smallest. `diff(h)` gives `f(h) - f(-h)`: a caller
+/// that can subtract before reducing (two vectors, then one inner product) loses less to
+/// rounding than two scalars would. The error is at least the rounding noise of the
+/// smallest step used so far (8 ulps of the values subtracted, over `2h`). It stops when the
+/// error is below `target` (after at least five steps), when going on makes the error grow
+/// (rounding has taken over), or after 16 steps.
+pub fn ridders(diff: impl Fn(f64) -> Difference, h: f64, target: f64) -> Derivative {
+    const SHRINK: f64 = 1.4;
+    const SHRINK2: f64 = SHRINK * SHRINK;
+    const STEPS: usize = 16;
+    const SAFE: f64 = 2.0;
+    const MIN_STEPS: usize = 4;
+    let central = |h: f64| {
+        let d = diff(h);
+        (
+            d.value / (2.0 * h),
+            8.0 * f64::EPSILON * d.magnitude / (2.0 * h),
+        )
+    };
+    let mut table = [[0.0f64; STEPS]; STEPS];
+    let mut hh = h;
+    let (first, mut noise) = central(hh);
+    table[0][0] = first;
+    let mut best = Derivative {
+        value: first,
+        error: f64::INFINITY,
+        evaluations: 2,
+    };
+    for i in 1..STEPS {
+        hh /= SHRINK;
+        let (d, n) = central(hh);
+        table[0][i] = d;
+        noise = noise.max(n);
+        best.evaluations += 2;
+        let mut fac = SHRINK2;
+        for j in 1..=i {
+            table[j][i] = (table[j - 1][i] * fac - table[j - 1][i - 1]) / (fac - 1.0);
+            fac *= SHRINK2;
+            let e = (table[j][i] - table[j - 1][i])
+                .abs()
+                .max((table[j][i] - table[j - 1][i - 1]).abs())
+                .max(noise);
+            if e <= best.error {
+                best.error = e;
+                best.value = table[j][i];
+            }
+        }
+        // The target ends it only after five steps: over the first few the table's columns
+        // can agree by chance while the step is still too large.
+        if (table[i][i] - table[i - 1][i - 1]).abs() >= SAFE * best.error
+            || (best.error <= target && i >= MIN_STEPS)
+        {
+            break;
+        }
+    }
+    best
+}
+
+/// [`ridders`] from two first steps, `h` and `h / 3.7` (not a power of the shrink factor, so
+/// the two tables share no step): the better estimate, with the two estimates' disagreement
+/// folded into its error. One table's columns can agree by chance while its steps are still
+/// too large; two tables agreeing by the same chance on the same wrong value is unlikely.
+pub fn ridders_twice(diff: impl Fn(f64) -> Difference, h: f64, target: f64) -> Derivative {
+    let a = ridders(&diff, h, target);
+    let b = ridders(&diff, h / 3.7, target);
+    let best = if a.error <= b.error { a } else { b };
+    Derivative {
+        value: best.value,
+        error: best.error.max((a.value - b.value).abs()),
+        evaluations: a.evaluations + b.evaluations,
+    }
+}
+
+/// [`ridders_twice`] of a scalar function.
+pub fn ridders_scalar(f: impl Fn(f64) -> f64, h: f64, target: f64) -> Derivative {
+    ridders_twice(|h| Difference::of(f(h), f(-h)), h, target)
+}
+
 /// Element-wise gradient of `f` at `x` with the 2-point central stencil.
 pub fn numerical_gradient(f: impl Fn(&Tensor) -> f64, x: &Tensor, h: f64) -> Tensor {
     let mut grad = Tensor::zeros(x.raw_dim());
@@ -70,6 +181,36 @@ mod tests {
         // d/dt exp(3t) at 0 = 3.
         let d = directional_derivative(|t| (3.0 * t).exp(), 1e-3);
         assert!((d - 3.0).abs() < 1e-10, "{d}");
+    }
+
+    #[test]
+    fn ridders_is_accurate_and_knows_it() {
+        // d/dt exp(3t) at 0 = 3, from a step far too large for a plain difference.
+        let d = ridders_scalar(|t| (3.0 * t).exp(), 0.5, 0.0);
+        assert!((d.value - 3.0).abs() < 1e-12, "{d:?}");
+        assert!(
+            d.error < 1e-10 && d.error >= (d.value - 3.0).abs() / 10.0,
+            "{d:?}"
+        );
+        // A target ends it early.
+        let quick = ridders_scalar(|t| (3.0 * t).exp(), 0.5, 1e-3);
+        assert!(quick.evaluations < d.evaluations, "{quick:?} {d:?}");
+        // Noise the size of 1e-6 cannot be differenced to 1e-9: the error says so.
+        let noisy = ridders_scalar(
+            |t| t + 1e-6 * ((t * 1e9).sin() + (t * 3.7e8).cos()),
+            1e-3,
+            0.0,
+        );
+        // A value of 1e8 with a slope of 1: rounding alone (ulp 1.5e-8) bounds the estimate.
+        let big = ridders_scalar(|t| 1e8 + t, 1e-3, 0.0);
+        assert!(
+            big.error >= 8.0 * f64::EPSILON * 1e8 / 2e-3 * 0.9,
+            "{big:?}"
+        );
+        assert!(
+            noisy.error >= (noisy.value - 1.0).abs() / 10.0,
+            "the error covers the miss: {noisy:?}"
+        );
     }
 
     #[test]

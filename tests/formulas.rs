@@ -181,6 +181,144 @@ fn resnet_direct_part_restarts_per_stage() {
         .all(|r| r.direct_ratio == 1.0 && r.predicted_direct_ratio == Some(1.0)));
 }
 
+/// With `--projection pad` the shortcut is an identity on the old channels, so the direct
+/// part carries on across the stage changes: `D_l = P^T D_{l+1}` at a padded unit, the
+/// transpose of "keep every second pixel, zero-pad the new channels". Its norm, measured
+/// against `dE/dx_L`, is the part of `dE/dx_L` that sits on the first stage's channels at
+/// the pixels both subsamplings keep: computed here by indexing `dE/dx_L` directly.
+#[test]
+fn padded_stage_changes_carry_the_direct_part() {
+    let (units_per_stage, block) =
+        resprop::net::resnet::parse_resnet_name("resnet:2:basic").unwrap();
+    let net = resprop::net::build_resnet(&resprop::net::ResnetConfig {
+        name: "resnet:2:basic".into(),
+        units_per_stage,
+        block,
+        image_size: 8,
+        input_channels: 3,
+        classes: 10,
+        placement: Placement::FullPreact,
+        shortcut: ShortcutKind::Identity,
+        projection: resprop::unit::Projection::Pad,
+        seed: 4,
+    })
+    .unwrap();
+    let (x, y) = gaussian_batch(&net.input_shape, 4, 10, 3);
+    let cache = net.forward(&x, &y, &ctx()).unwrap();
+    let grads = net.backward(&cache, &y, None);
+    let profile = build_records(&net, &cache, &grads);
+    assert!(
+        profile.records.iter().all(|r| r.direct_top == 6),
+        "one path to L"
+    );
+    let g_top = &grads.grad_x[6]; // (4, 64, 2, 2)
+                                  // The transposes place values, never mix them: D_l in stage 2 (32 channels of 4x4) holds
+                                  // g_top's channels 0..32 at every second pixel and zeros elsewhere, and in stage 1 (16
+                                  // channels of 8x8) its channels 0..16 at every fourth: only which channels survive
+                                  // changes the norm.
+    let kept = |channels: usize| {
+        let part = g_top.slice(ndarray::s![.., ..channels, .., ..]);
+        part.iter().map(|v| v * v).sum::<f64>().sqrt() / resprop::tensor::norm(g_top)
+    };
+    let (stage2, stage1) = (kept(32), kept(16));
+    for r in &profile.records {
+        let want = match r.stage {
+            2 => 1.0,
+            1 => stage2,
+            _ => stage1,
+        };
+        assert!(
+            (r.direct_ratio - want).abs() < 1e-12,
+            "unit {}: direct ratio {} against {want}",
+            r.unit,
+            r.direct_ratio
+        );
+    }
+    assert!(stage1 < stage2 && stage2 < 1.0);
+    // And the independent check (forward passes through the padded shortcuts) agrees.
+    let report = run_checks(
+        &net,
+        &x,
+        &y,
+        &ctx(),
+        &CheckOptions {
+            directions: 2,
+            seed: 1,
+        },
+    )
+    .unwrap();
+    let row = report
+        .rows
+        .iter()
+        .find(|r| r.check == "shortcut path")
+        .unwrap();
+    assert_eq!(row.status, Status::Pass, "{row:?}");
+}
+
+/// The verifier's false-alarm rate: `check` on 80 random small networks (MLP and conv, every
+/// placement, shortcut, projection and BN mode, batches of 2 to 8) finds nothing wrong with a
+/// correct engine. `resprop bench --workload check-sweep` runs the same sweep at any size
+/// (2,000 configurations: 0 FAIL).
+#[test]
+fn the_verifier_raises_no_false_alarm_on_random_networks() {
+    let mut inconclusive = 0;
+    for i in 0..80 {
+        let r = resprop::analysis::sweep::run_one(0, i).unwrap();
+        assert!(
+            r.failed.is_empty(),
+            "{}: {:?}",
+            r.config.command(),
+            r.failed
+        );
+        inconclusive += usize::from(!r.inconclusive.is_empty());
+    }
+    assert!(inconclusive <= 4, "{inconclusive} of 80 inconclusive");
+}
+
+/// The configuration that used to fail on finite differences (batch 4, BN after the addition,
+/// exclusive gates) passes: its gradient is right (NumPy and PyTorch agree to 1e-12).
+#[test]
+fn the_former_false_alarm_passes() {
+    let net = resprop::net::build_net(
+        &resprop::net::NetChoice::Mlp,
+        &resprop::net::NetSizes {
+            units: 6,
+            width: 16,
+            input_dim: 64,
+            image_size: 32,
+            input_channels: 3,
+            classes: 10,
+        },
+        Placement::BnAfterAdd,
+        "gate:-6".parse().unwrap(),
+        None,
+        7,
+    )
+    .unwrap();
+    let (x, y) = gaussian_batch(&net.input_shape, 4, 10, 7);
+    let ctx = ForwardCtx {
+        dropout_seed: resprop::rng::derive_seed(7, &[resprop::rng::purpose::DROPOUT]),
+        ..ctx()
+    };
+    let report = run_checks(
+        &net,
+        &x,
+        &y,
+        &ctx,
+        &CheckOptions {
+            directions: 3,
+            seed: 7,
+        },
+    )
+    .unwrap();
+    for row in &report.rows {
+        assert!(
+            matches!(row.status, Status::Pass | Status::NotApplicable(_)),
+            "{row:?}"
+        );
+    }
+}
+
 /// Eq. 8: with h = lambda x and f = identity the direct part is exactly prod lambda.
 #[test]
 fn scaled_shortcut_direct_ratio_is_prod_lambda() {

@@ -1,23 +1,39 @@
-//! Numerical verification of the paper's formulas on a built network.
+//! Numerical verification of the paper's formulas on a built network. What each row proves is
+//! written out in `docs/checks.md`.
+//!
+//! Verification (each number reached by a route that shares no code with the backward pass):
 //!
 //! 1. Finite differences: directional derivatives of E along random directions at several
-//!    `x_l` and parameters, 5-point central stencil, against backprop. The differences are
-//!    taken with every ReLU frozen at its pattern at the base point (the loss on that point's
-//!    linear piece, whose derivative there is the loss's own), so kinks cannot fake a failure.
-//! 2. Forward unrolling (Eq. 4 / 7): `x_L = Lambda_l x_l + sum_i Fhat_i` when f is the
-//!    identity and h a constant scaling, `Fhat_i = (prod_{j>i} lambda_j) F'_i`.
-//! 3. Additive backward (Eq. 5 / 8): `dE/dx_l = D_l + sum_{i>=l} T_{l,i}(c_i)`, where
-//!    `c_i = (branch VJP of unit i)(dE/dx_{i+1})` is carried down to `l` by the shortcut VJPs
-//!    alone. This is a telescoping identity of linear maps, so it holds for every variant; with
-//!    identity shortcuts and f = identity it is exactly `dE/dx_L + sum_i c_i`.
-//! 4. Constant scaling: `||D_l|| / ||dE/dx_L|| = prod lambda` (Eq. 8's first term).
+//!    `x_l` and parameters, against backprop. Each is estimated by Ridders' extrapolation of
+//!    central differences, which also estimates its own error; the differences are taken with
+//!    every ReLU frozen at its pattern at the base point (the loss on that point's linear
+//!    piece, whose derivative there is the loss's own), so kinks cannot fake a failure.
+//! 2. Eq. 5 / 8 term by term, from forward passes only: the direct term along `v` is the
+//!    derivative of `<dE/dx_top, S(x_l + t v)>`, `S` the composition of the units' maps with
+//!    each branch term held at its value (the shortcut-only path); the branch term is the
+//!    derivative of `<dE/dx_top, x_top(x_l + t v) - S(x_l + t v)>`, which for identity units is
+//!    the unrolled sum `sum_i F(x_i)` of Eq. 4. Compared with `<D_l, v>` and
+//!    `<dE/dx_l - D_l, v>` from backprop.
+//!
+//! Each comparison is PASS (agrees within the tolerance), FAIL (disagrees by more than the
+//! tolerance and by more than four times the difference estimate's own uncertainty), or
+//! INCONCLUSIVE (the estimate is too uncertain to tell), with the measured reason.
+//!
+//! Consistency of the implementation (labelled so; they compare the engine with itself):
+//!
+//! 3. Forward composition (Eq. 4 / 7): `x_top = Lambda_l x_l + sum_i Fhat_i` from the cached
+//!    unit inputs and branch terms.
+//! 4. The split adds up: each unit's branch VJP carried down by the shortcut VJPs, plus the
+//!    direct part, equals the recursive `dE/dx_l` (for identity units the recursion runs the
+//!    engine's fused path, so this compares two different implementations).
+//! 5. Constant scaling: `||D_l|| / ||dE/dx_L|| = prod lambda`.
 //!
 //! A check that does not apply is reported "n/a" with the reason.
 
 use rayon::prelude::*;
 
 use super::record::{build_records, direct_parts, predicted_direct_ratio, Stages};
-use crate::finite_diff::{directional_derivative, rel_error_scalar};
+use crate::finite_diff::{rel_error_scalar, ridders_twice, Derivative, Difference};
 use crate::grads::Grads;
 use crate::net::{NetCache, Network};
 use crate::rng::{derive_seed, gaussian, purpose, rng};
@@ -27,39 +43,44 @@ use crate::unit::{ForwardCtx, ShortcutKind};
 pub const FD_TOL: f64 = 1e-6;
 pub const FORMULA_TOL: f64 = 1e-10;
 pub const PROD_LAMBDA_TOL: f64 = 1e-12;
-/// The 5-point stencil's step `h` along a unit-norm direction is chosen so the loss changes by
-/// about this much: rounding in E (amplified to ~1e-13 at the shallow end of deep nets) then
-/// costs ~1e-9 of the derivative. Differences are taken on the frozen-ReLU copy of the net,
-/// so no kink limits the step.
+/// Ridders' first step along a unit-norm direction is chosen so the loss changes by about
+/// this much; the extrapolation then shrinks it by 1.4 per step.
 pub const FD_LOSS_CHANGE: f64 = 1e-4;
-/// Largest step. Measured over 5 placements x 10 shortcuts x 3 seeds (20 units): with caps of
-/// 1e-4, 1e-3 and 1e-2 the worst error was 9.7e-7, 4.8e-8 and 6.3e-8; small slopes (a BN
-/// gamma whose effect the next BN nearly removes) need the larger step to beat rounding.
+/// Largest first step (the frozen network is smooth, but BatchNorm and the softmax curve it).
 pub const FD_MAX_STEP: f64 = 1e-3;
 /// Directional derivatives below this are compared in absolute terms: a parameter whose
 /// effect a following training-mode BN removes (a `beta` right before the head's BN) has a
 /// true derivative of exactly 0, and the relative error of two rounding noises means nothing.
 pub const FD_DERIVATIVE_FLOOR: f64 = 1e-5;
+/// A disagreement counts as a failure only when it exceeds this many times the estimate's own
+/// uncertainty (and the tolerance).
+pub const UNCERTAINTY_FACTOR: f64 = 4.0;
 
-/// The step for a directional derivative of size about `slope`.
+/// Ridders' first step for a directional derivative of size about `slope`.
 fn fd_step(slope: f64) -> f64 {
     if slope.is_finite() && slope.abs() >= FD_DERIVATIVE_FLOOR {
-        (FD_LOSS_CHANGE / slope.abs()).clamp(1e-9, FD_MAX_STEP)
+        (FD_LOSS_CHANGE / slope.abs()).clamp(1e-7, FD_MAX_STEP)
     } else {
         FD_MAX_STEP
     }
-}
-
-/// `|fd - analytic| / max(|fd|, |analytic|, FD_DERIVATIVE_FLOOR)`.
-fn fd_error(fd: f64, analytic: f64) -> f64 {
-    (fd - analytic).abs() / fd.abs().max(analytic.abs()).max(FD_DERIVATIVE_FLOOR)
 }
 
 #[derive(Debug, Clone, PartialEq)]
 pub enum Status {
     Pass,
     Fail,
+    /// The estimate could not resolve the tolerance; the measured reason.
+    Inconclusive(String),
     NotApplicable(String),
+}
+
+/// What a row establishes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Proof {
+    /// An independent route to the number (finite differences of forward passes).
+    Verification,
+    /// The engine compared with itself: it catches an inconsistency, not a shared mistake.
+    Consistency,
 }
 
 #[derive(Debug, Clone)]
@@ -68,9 +89,13 @@ pub struct CheckRow {
     pub check: String,
     /// What exactly was compared.
     pub what: String,
+    /// The worst relative disagreement.
     pub worst: Option<f64>,
+    /// The finite-difference estimate's own relative uncertainty at the worst comparison.
+    pub uncertainty: Option<f64>,
     pub tolerance: f64,
     pub status: Status,
+    pub proof: Proof,
 }
 
 impl CheckRow {
@@ -85,8 +110,10 @@ impl CheckRow {
             check: check.into(),
             what,
             worst: Some(worst),
+            uncertainty: None,
             tolerance,
             status,
+            proof: Proof::Consistency,
         }
     }
 
@@ -95,8 +122,10 @@ impl CheckRow {
             check: check.into(),
             what,
             worst: None,
+            uncertainty: None,
             tolerance,
             status: Status::NotApplicable(reason),
+            proof: Proof::Consistency,
         }
     }
 }
@@ -107,6 +136,104 @@ pub struct CheckOptions {
     pub directions: usize,
     /// Seed of the directions.
     pub seed: u64,
+}
+
+/// One comparison of a backprop number with a difference estimate.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Comparison {
+    pub analytic: f64,
+    pub estimate: Derivative,
+    /// `|estimate - analytic| / scale`.
+    pub error: f64,
+    /// `estimate.error / scale`.
+    pub uncertainty: f64,
+}
+
+/// The verdict of one comparison, before a reason is attached.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    Pass,
+    Fail,
+    /// The estimate is too uncertain (or not finite) to tell.
+    Unresolved,
+}
+
+impl Comparison {
+    /// `scale` is what the disagreement is measured against.
+    pub fn new(analytic: f64, estimate: Derivative, scale: f64) -> Comparison {
+        let miss = (estimate.value - analytic).abs();
+        let relative = |x: f64| {
+            if scale > 0.0 {
+                x / scale
+            } else if x == 0.0 {
+                0.0
+            } else {
+                f64::INFINITY
+            }
+        };
+        Comparison {
+            analytic,
+            estimate,
+            error: relative(miss),
+            uncertainty: relative(estimate.error),
+        }
+    }
+
+    /// A comparison of one directional derivative of the loss, measured against its own size
+    /// (at least [`FD_DERIVATIVE_FLOOR`]).
+    pub fn of_derivative(analytic: f64, estimate: Derivative) -> Comparison {
+        let scale = estimate
+            .value
+            .abs()
+            .max(analytic.abs())
+            .max(FD_DERIVATIVE_FLOOR);
+        Comparison::new(analytic, estimate, scale)
+    }
+
+    pub fn verdict(&self, tolerance: f64) -> Verdict {
+        if !self.analytic.is_finite() {
+            return Verdict::Fail;
+        }
+        if !self.estimate.value.is_finite() || self.estimate.error.is_nan() {
+            return Verdict::Unresolved;
+        }
+        if self.error <= tolerance {
+            Verdict::Pass
+        } else if self.error > UNCERTAINTY_FACTOR * self.uncertainty {
+            Verdict::Fail
+        } else {
+            Verdict::Unresolved
+        }
+    }
+}
+
+/// Compares a backprop number with Ridders' estimate from first step `h`; when that
+/// comparison would fail, estimates once more from a 30 times smaller first step and folds
+/// the two estimates' disagreement into the uncertainty: a failure must survive a second,
+/// finer look (a first step too large for a strongly curved loss can make one table agree
+/// with itself on a wrong value).
+fn judged(
+    diff: impl Fn(f64) -> Difference,
+    h: f64,
+    target: f64,
+    judge: impl Fn(Derivative) -> Comparison,
+) -> Comparison {
+    let first = ridders_twice(&diff, h, target);
+    let c = judge(first);
+    if c.verdict(FD_TOL) != Verdict::Fail {
+        return c;
+    }
+    let second = ridders_twice(&diff, h / 30.0, target);
+    let best = if second.error <= first.error {
+        second
+    } else {
+        first
+    };
+    judge(Derivative {
+        value: best.value,
+        error: best.error.max((first.value - second.value).abs()),
+        evaluations: first.evaluations + second.evaluations,
+    })
 }
 
 /// A unit-norm direction mixing a random vector with the analytic gradient, so the
@@ -153,8 +280,11 @@ pub fn run_checks(
     let mut grads = Grads::new();
     let back = net.backward(&cache, labels, Some(&mut grads));
     let stages = Stages::of(net, &cache);
+    let frozen = net.with_frozen_relus(&cache);
+    let why = Unresolved::of(net, &cache, &back.grad_x);
     let mut rows = finite_difference_rows(
         net,
+        &frozen,
         input,
         labels,
         ctx,
@@ -163,12 +293,64 @@ pub fn run_checks(
         &back.grad_x,
         &grads,
         &stages,
+        &why,
     );
+    rows.extend(split_rows(
+        net,
+        &frozen,
+        ctx,
+        opts,
+        &cache,
+        &back.grad_x,
+        &stages,
+        &why,
+    ));
     rows.extend(verify_units(net, &cache, &back).1);
     Ok(CheckReport {
         rows,
         notes: conditioning_notes(net, &cache, &back.grad_x),
     })
+}
+
+/// What limits finite differences on this network at this point, measured once.
+struct Unresolved {
+    /// The smallest BatchNorm batch variance, its layer and channel.
+    smallest_var: Option<(f64, String, usize)>,
+    /// max_l ||dE/dx_l|| / ||dE/dx_L||.
+    amplification: f64,
+}
+
+impl Unresolved {
+    fn of(net: &Network, cache: &NetCache, grad_x: &[Tensor]) -> Unresolved {
+        let top = norm(&grad_x[net.num_units()]);
+        Unresolved {
+            smallest_var: cache.smallest_bn_variance(net),
+            amplification: grad_x.iter().map(|g| norm(g) / top).fold(0.0, worse),
+        }
+    }
+
+    /// The reason a group's worst comparison could not be resolved.
+    fn reason(&self, c: &Comparison, tolerance: f64) -> String {
+        if !c.estimate.value.is_finite() {
+            return "the loss is not finite at the perturbed points".to_string();
+        }
+        let mut s = format!(
+            "the difference estimate's own uncertainty is {:.1e} (relative), its disagreement {:.1e}, against a tolerance of {tolerance:.0e}: the loss is too curved here for finite differences to resolve it",
+            c.uncertainty, c.error
+        );
+        if let Some((v, name, ch)) = &self.smallest_var {
+            s.push_str(&format!(
+                "; the smallest BatchNorm batch variance is {v:.1e} ({name}, channel {ch})"
+            ));
+        }
+        if self.amplification > AMPLIFICATION_NOTE {
+            s.push_str(&format!(
+                "; the gradient grows {:.1e}x toward the input",
+                self.amplification
+            ));
+        }
+        s
+    }
 }
 
 fn conditioning_notes(net: &Network, cache: &NetCache, grad_x: &[Tensor]) -> Vec<String> {
@@ -198,9 +380,50 @@ fn conditioning_notes(net: &Network, cache: &NetCache, grad_x: &[Tensor]) -> Vec
     notes
 }
 
+/// One row from a group of comparisons: FAIL if any failed, else INCONCLUSIVE (with the
+/// reason of the worst unresolved one) if any could not be resolved, else PASS. The reported
+/// error and uncertainty are those of the comparison that decided the row.
+fn group_row(
+    check: &str,
+    what: String,
+    results: &[Comparison],
+    tolerance: f64,
+    why: &Unresolved,
+) -> CheckRow {
+    let verdicts: Vec<Verdict> = results.iter().map(|c| c.verdict(tolerance)).collect();
+    let pick = |v: Verdict| {
+        results
+            .iter()
+            .zip(&verdicts)
+            .filter(|(_, &x)| x == v)
+            .map(|(c, _)| c)
+            .max_by(|a, b| a.error.total_cmp(&b.error))
+    };
+    let (status, decided) = if let Some(c) = pick(Verdict::Fail) {
+        (Status::Fail, c)
+    } else if let Some(c) = pick(Verdict::Unresolved) {
+        (Status::Inconclusive(why.reason(c, tolerance)), c)
+    } else {
+        (
+            Status::Pass,
+            pick(Verdict::Pass).expect("a group has comparisons"),
+        )
+    };
+    CheckRow {
+        check: check.into(),
+        what,
+        worst: Some(decided.error),
+        uncertainty: Some(decided.uncertainty),
+        tolerance,
+        status,
+        proof: Proof::Verification,
+    }
+}
+
 #[allow(clippy::too_many_arguments)]
 fn finite_difference_rows(
     net: &Network,
+    frozen: &Network,
     input: &Tensor,
     labels: &[usize],
     ctx: &ForwardCtx,
@@ -209,6 +432,7 @@ fn finite_difference_rows(
     grad_x: &[Tensor],
     grads: &Grads,
     stages: &Stages,
+    why: &Unresolved,
 ) -> Vec<CheckRow> {
     let l_top = net.num_units();
     let mut units = vec![0, l_top / 2, l_top.saturating_sub(1), l_top];
@@ -252,8 +476,7 @@ fn finite_difference_rows(
             }
         }
     }
-    let frozen = net.with_frozen_relus(cache);
-    let results: Vec<f64> = jobs
+    let results: Vec<Comparison> = jobs
         .par_iter()
         .enumerate()
         .map(|(j, job)| {
@@ -264,15 +487,17 @@ fn finite_difference_rows(
                     let x = cache.x(l);
                     let v = direction(x.shape(), &grad_x[l], seed);
                     let analytic = dot(&grad_x[l], &v);
-                    let fd = directional_derivative(
-                        |t| {
-                            let mut xp = x.clone();
-                            axpy(&mut xp, t, &v);
-                            frozen.loss_from(l, &xp, labels, ctx)
-                        },
+                    let loss = |t: f64| {
+                        let mut xp = x.clone();
+                        axpy(&mut xp, t, &v);
+                        frozen.loss_from(l, &xp, labels, ctx)
+                    };
+                    judged(
+                        |t| Difference::of(loss(t), loss(-t)),
                         fd_step(analytic),
-                    );
-                    fd_error(fd, analytic)
+                        FD_TOL * analytic.abs() / 10.0,
+                        |e| Comparison::of_derivative(analytic, e),
+                    )
                 }
                 None => {
                     let value = net.param(&job.target).expect("parameter exists");
@@ -281,61 +506,219 @@ fn finite_difference_rows(
                         .expect("every parameter has a gradient");
                     let v = direction(value.shape(), g, seed);
                     let analytic = dot(g, &v);
-                    let fd = directional_derivative(
-                        |t| {
-                            let mut p = value.clone();
-                            axpy(&mut p, t, &v);
-                            let perturbed = frozen.with_param(&job.target, &p);
-                            perturbed
-                                .forward(input, labels, ctx)
-                                .map(|c| c.loss)
-                                .unwrap_or(f64::NAN)
-                        },
+                    let loss = |t: f64| {
+                        let mut p = value.clone();
+                        axpy(&mut p, t, &v);
+                        let perturbed = frozen.with_param(&job.target, &p);
+                        perturbed
+                            .forward(input, labels, ctx)
+                            .map(|c| c.loss)
+                            .unwrap_or(f64::NAN)
+                    };
+                    judged(
+                        |t| Difference::of(loss(t), loss(-t)),
                         fd_step(analytic),
-                    );
-                    fd_error(fd, analytic)
+                        FD_TOL * analytic.abs() / 10.0,
+                        |e| Comparison::of_derivative(analytic, e),
+                    )
                 }
             })
         })
         .collect();
-    // One row per group: the worst error and which tensor it came from.
+    // One row per group, worst target named.
     let mut rows: Vec<CheckRow> = Vec::new();
     let mut i = 0;
     while i < jobs.len() {
-        let group = &jobs[i].group;
-        let mut worst = 0.0f64;
-        let mut worst_target = jobs[i].target.clone();
-        let mut tensors = Vec::new();
-        let mut count = 0;
-        while i < jobs.len() && &jobs[i].group == group {
-            let e = results[i];
-            if !worst.is_nan() && (e.is_nan() || e > worst) {
-                worst_target = jobs[i].target.clone();
-            }
-            worst = worse(worst, e);
-            if !tensors.contains(&jobs[i].target) {
-                tensors.push(jobs[i].target.clone());
-            }
-            count += 1;
+        let group = jobs[i].group.clone();
+        let start = i;
+        while i < jobs.len() && jobs[i].group == group {
             i += 1;
         }
-        let what = if jobs[i - 1].unit.is_some() {
-            format!("{group}: {count} directions")
+        let members = &results[start..i];
+        let worst = (start..i)
+            .max_by(|&a, &b| results[a].error.total_cmp(&results[b].error))
+            .unwrap();
+        let tensors: std::collections::BTreeSet<&str> =
+            jobs[start..i].iter().map(|j| j.target.as_str()).collect();
+        let what = if jobs[start].unit.is_some() {
+            format!("{group}: {} directions", i - start)
         } else {
             format!(
-                "{group}: {} tensors x {} directions, worst {worst_target}",
+                "{group}: {} tensors x {} directions, worst {}",
                 tensors.len(),
-                opts.directions
+                opts.directions,
+                jobs[worst].target
             )
         };
-        rows.push(CheckRow::measured(
-            "finite differences",
-            what,
-            worst,
-            FD_TOL,
-        ));
+        rows.push(group_row("finite differences", what, members, FD_TOL, why));
     }
     rows
+}
+
+/// The paper's equation for this net, judged by its last unit (never a projection unit
+/// unless every unit is one).
+fn eq_name(net: &Network, identity: &str, scaled: &str) -> String {
+    match net.units.last().unwrap().shortcut {
+        ShortcutKind::Identity => identity.to_string(),
+        _ => scaled.to_string(),
+    }
+}
+
+/// Check 2: the direct term and the branch term of Eq. 5 / 8 along random directions, from
+/// forward passes of the frozen network only, at the shallowest, middle and last unit input
+/// that has units above it on its unbroken shortcut path.
+#[allow(clippy::too_many_arguments)]
+fn split_rows(
+    net: &Network,
+    frozen: &Network,
+    ctx: &ForwardCtx,
+    opts: &CheckOptions,
+    cache: &NetCache,
+    grad_x: &[Tensor],
+    stages: &Stages,
+    why: &Unresolved,
+) -> Vec<CheckRow> {
+    let l_top = net.num_units();
+    let covered: Vec<usize> = (0..l_top).filter(|&l| stages.top[l] > l).collect();
+    let name = match (
+        net.units.last().unwrap().shortcut,
+        net.units.last().unwrap().placement.after_add_is_identity(),
+    ) {
+        (ShortcutKind::Identity, true) => "Eq. 5",
+        (ShortcutKind::Scale { .. } | ShortcutKind::None, true) => "Eq. 8",
+        _ => "Eq. 8 generalised",
+    };
+    let what_direct = format!("{name} direct term: <D_l, v> against differences of <dE/dx_top, S(x_l + t v)>, S = the units with their branch terms held (shortcut path only)");
+    let what_branch = format!("{name} branch term: <dE/dx_l - D_l, v> against differences of <dE/dx_top, x_top - S> (the unrolled sum of branch terms)");
+    if covered.is_empty() {
+        let reason = "no unit input has units above it on an unbroken shortcut path".to_string();
+        return vec![
+            CheckRow::not_applicable("shortcut path", what_direct, FD_TOL, reason.clone()),
+            CheckRow::not_applicable("branch paths", what_branch, FD_TOL, reason),
+        ];
+    }
+    let mut picks = vec![
+        covered[0],
+        covered[covered.len() / 2],
+        covered[covered.len() - 1],
+    ];
+    picks.dedup();
+    let direct = direct_parts(net, cache, grad_x, stages);
+    // Each unit's branch term at the cached point, held fixed on the shortcut-only path.
+    let held: Vec<Tensor> = (0..l_top)
+        .map(|l| {
+            let uc = cache.unit(net, l);
+            frozen.units[l].forward_parts(&uc.x, ctx).branch_term
+        })
+        .collect();
+    let jobs: Vec<(usize, u64)> = picks
+        .iter()
+        .flat_map(|&l| (0..opts.directions as u64).map(move |d| (l, d)))
+        .collect();
+    let results: Vec<(Comparison, Comparison)> = jobs
+        .par_iter()
+        .map(|&(l, d)| {
+            crate::spin_join::without_helper(|| {
+                let top = stages.top[l];
+                let x = cache.x(l);
+                let g_top = &grad_x[top];
+                let seed = derive_seed(opts.seed, &[purpose::DIRECTIONS, 1 << 20, l as u64, d]);
+                let v = direction(x.shape(), &grad_x[l], seed);
+                let direct_bp = dot(&direct[l], &v);
+                let rest_bp = dot(&grad_x[l], &v) - direct_bp;
+                let at = |t: f64| {
+                    let mut xp = x.clone();
+                    axpy(&mut xp, t, &v);
+                    xp
+                };
+                // S: each unit's after-addition function of its shortcut term plus the held
+                // branch term.
+                let shortcut_path = |mut s: Tensor| {
+                    for (i, unit) in frozen.units[l..top].iter().enumerate() {
+                        let h = unit.forward_parts(&s, ctx).shortcut;
+                        s = unit.apply_after_add(&(&h + &held[l + i]), ctx.mode);
+                    }
+                    s
+                };
+                let full_path = |mut s: Tensor| {
+                    for unit in &frozen.units[l..top] {
+                        s = unit.forward(&s, ctx).0;
+                    }
+                    s
+                };
+                let scale_hint = direct_bp.abs().max(rest_bp.abs());
+                let step = fd_step(scale_hint);
+                let target = FD_TOL * scale_hint / 10.0;
+                // Differences of the vectors first, then one inner product with dE/dx_top: the
+                // terms are small beside the values they are read from.
+                let contract = |plus: Tensor, minus: Tensor| Difference {
+                    value: dot(g_top, &(&plus - &minus)),
+                    magnitude: g_top
+                        .iter()
+                        .zip(plus.iter().zip(minus.iter()))
+                        .map(|(g, (p, m))| g.abs() * p.abs().max(m.abs()))
+                        .sum(),
+                };
+                // Both terms are judged against the larger of the split's two terms (a direct
+                // part that is 0, a plain net's, or tiny is compared in those terms, not its
+                // own), and like every directional derivative of the loss, against at least
+                // the floor: a gradient a saturated BatchNorm has cut to 1e-23 is 0 here.
+                let scale = |e: &Derivative| {
+                    direct_bp
+                        .abs()
+                        .max(rest_bp.abs())
+                        .max(e.value.abs())
+                        .max(FD_DERIVATIVE_FLOOR)
+                };
+                let direct = judged(
+                    |t| contract(shortcut_path(at(t)), shortcut_path(at(-t))),
+                    step,
+                    target,
+                    |e| Comparison::new(direct_bp, e, scale(&e)),
+                );
+                let branch_sum = |t: f64| {
+                    let xt = at(t);
+                    &full_path(xt.clone()) - &shortcut_path(xt)
+                };
+                let rest = judged(
+                    |t| contract(branch_sum(t), branch_sum(-t)),
+                    step,
+                    target,
+                    |e| Comparison::new(rest_bp, e, scale(&e)),
+                );
+                (direct, rest)
+            })
+        })
+        .collect();
+    let units = picks
+        .iter()
+        .map(|l| l.to_string())
+        .collect::<Vec<_>>()
+        .join(", ");
+    let directs: Vec<Comparison> = results.iter().map(|r| r.0).collect();
+    let rests: Vec<Comparison> = results.iter().map(|r| r.1).collect();
+    vec![
+        group_row(
+            "shortcut path",
+            format!(
+                "{what_direct}; l = {units}, {} directions each",
+                opts.directions
+            ),
+            &directs,
+            FD_TOL,
+            why,
+        ),
+        group_row(
+            "branch paths",
+            format!(
+                "{what_branch}; l = {units}, {} directions each",
+                opts.directions
+            ),
+            &rests,
+            FD_TOL,
+            why,
+        ),
+    ]
 }
 
 /// Why Eq. 3-4 (and 7) do not describe this network's stages, if they do not: every unit
@@ -374,16 +757,7 @@ fn unrolling_inapplicable(net: &Network, stages: &Stages) -> Option<String> {
     None
 }
 
-/// The paper's equation for this net, judged by its last unit (never a projection unit
-/// unless every unit is one).
-fn eq_name(net: &Network, identity: &str, scaled: &str) -> String {
-    match net.units.last().unwrap().shortcut {
-        ShortcutKind::Identity => identity.to_string(),
-        _ => scaled.to_string(),
-    }
-}
-
-/// Check 2, per unit: `||x_top - Lambda_l x_l - sum_{i=l}^{top-1} Fhat_i||` relative to the
+/// Check 3, per unit: `||x_top - Lambda_l x_l - sum_{i=l}^{top-1} Fhat_i||` relative to the
 /// largest term, for every `x_l` below its stage's top (`None` at the tops).
 fn forward_unrolling_errors(net: &Network, cache: &NetCache, stages: &Stages) -> Vec<Option<f64>> {
     let mut errors = vec![None; net.num_units() + 1];
@@ -417,7 +791,7 @@ fn forward_unrolling_errors(net: &Network, cache: &NetCache, stages: &Stages) ->
 
 fn forward_unrolling(net: &Network, errors: &[Option<f64>], stages: &Stages) -> CheckRow {
     let name = eq_name(net, "Eq. 4", "Eq. 7");
-    let what = format!("{name} forward unrolling: x_top = (prod lambda) x_l + sum_i Fhat(x_i), every l, within each stage");
+    let what = format!("{name} forward composition (consistency): x_top = (prod lambda) x_l + sum_i Fhat(x_i) from the cached x_l and branch terms, every l, within each stage");
     if let Some(reason) = unrolling_inapplicable(net, stages) {
         return CheckRow::not_applicable("forward sum", what, FORMULA_TOL, reason);
     }
@@ -425,7 +799,7 @@ fn forward_unrolling(net: &Network, errors: &[Option<f64>], stages: &Stages) -> 
     CheckRow::measured("forward sum", what, worst, FORMULA_TOL)
 }
 
-/// Check 3, per unit: every branch contribution carried down separately through the stage's
+/// Check 4, per unit: every branch contribution carried down separately through the
 /// shortcut VJPs, plus the direct part, against the recursive `dE/dx_l`; relative to the
 /// largest term.
 fn additive_backward_errors(
@@ -436,8 +810,8 @@ fn additive_backward_errors(
 ) -> Vec<f64> {
     let l_top = net.num_units();
     let direct = direct_parts(net, cache, grad_x, stages);
-    // acc[l] accumulates D_l + sum_i T_{l,i}(c_i) over the stage's units i >= l; max_term[l]
-    // the largest term's norm.
+    // acc[l] accumulates D_l + sum_i T_{l,i}(c_i) over the units i >= l on l's shortcut
+    // path; max_term[l] the largest term's norm.
     let mut acc: Vec<Tensor> = direct.clone();
     let mut max_term: Vec<f64> = direct.iter().map(norm).collect();
     for i in (0..l_top).rev().filter(|&i| stages.carries_direct(i)) {
@@ -463,25 +837,24 @@ fn additive_backward_errors(
 }
 
 fn additive_backward(net: &Network, errors: &[f64]) -> CheckRow {
-    let last = net.units.last().unwrap();
-    let name = match (last.shortcut, last.placement.after_add_is_identity()) {
-        (ShortcutKind::Identity, true) => {
-            "Eq. 5 additive backward: dE/dx_l = dE/dx_L + sum_{i>=l} (branch VJP of unit i)".to_string()
-        }
-        (ShortcutKind::Scale { .. } | ShortcutKind::None, true) => {
-            "Eq. 8 additive backward: dE/dx_l = (prod lambda) dE/dx_L + sum_i carried branch terms".to_string()
-        }
-        _ => "Eq. 8 generalised (direct term = prod of shortcut VJPs, f included) + carried branch terms".to_string(),
-    };
+    let what = format!(
+        "{} split (consistency): the direct part plus every branch VJP carried down by the shortcut VJPs equals the recursive dE/dx_l (identity units: the fused backward against the two VJPs)",
+        eq_name(net, "Eq. 5", "Eq. 8")
+    );
     let worst = errors.iter().copied().fold(0.0, worse);
-    CheckRow::measured("additive backward", name, worst, FORMULA_TOL)
+    CheckRow::measured("split adds up", what, worst, FORMULA_TOL)
 }
 
-/// Check 4, per unit: `|direct_ratio - prod lambda|`, relative (absolute when the prediction is 0).
+/// Check 5, per unit: `|direct_ratio - prod lambda|`, relative (absolute when the prediction is 0).
 fn prod_lambda_errors(net: &Network, records: &[super::record::UnitRecord]) -> Vec<Option<f64>> {
     records
         .iter()
         .map(|r| {
+            // No gradient at the top of the path (a dead ReLU before the classifier): the
+            // ratio is 0/0 and says nothing.
+            if records[r.direct_top].grad_norm == 0.0 {
+                return None;
+            }
             predicted_direct_ratio(net, r.unit, r.direct_top).map(|predicted| {
                 if predicted == 0.0 {
                     r.direct_ratio.abs()
@@ -494,10 +867,18 @@ fn prod_lambda_errors(net: &Network, records: &[super::record::UnitRecord]) -> V
 }
 
 fn prod_lambda(net: &Network, errors: &[Option<f64>], stages: &Stages) -> CheckRow {
-    let what = "Eq. 8 direct term: ||D_l|| / ||dE/dx_top|| = prod_{i=l}^{top-1} lambda_i, every l"
+    let what = "Eq. 8 direct ratio (consistency): ||D_l|| / ||dE/dx_top|| = prod_{i=l}^{top-1} lambda_i, every l"
         .to_string();
     if let Some(reason) = unrolling_inapplicable(net, stages) {
         return CheckRow::not_applicable("prod lambda", what, PROD_LAMBDA_TOL, reason);
+    }
+    if errors.iter().all(|e| e.is_none()) {
+        return CheckRow::not_applicable(
+            "prod lambda",
+            what,
+            PROD_LAMBDA_TOL,
+            "dE/dx_top is exactly 0 (no gradient reaches the top of the shortcut path)".into(),
+        );
     }
     let worst = errors.iter().flatten().copied().fold(0.0, worse);
     CheckRow::measured("prod lambda", what, worst, PROD_LAMBDA_TOL)
@@ -515,7 +896,7 @@ pub struct UnitVerification {
     pub prod_lambda: Option<f64>,
 }
 
-/// Per-unit errors of checks 2-4 at the cached point, and the check rows built from them.
+/// Per-unit errors of checks 3-5 at the cached point, and the check rows built from them.
 pub fn verify_units(
     net: &Network,
     cache: &NetCache,
@@ -557,7 +938,56 @@ fn worse(w: f64, e: f64) -> f64 {
     }
 }
 
-/// True when no measured check failed.
+/// True when no check failed (inconclusive and inapplicable rows do not fail).
 pub fn all_passed(rows: &[CheckRow]) -> bool {
     rows.iter().all(|r| r.status != Status::Fail)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn est(value: f64, error: f64) -> Derivative {
+        Derivative {
+            value,
+            error,
+            evaluations: 4,
+        }
+    }
+
+    #[test]
+    fn verdicts_weigh_the_disagreement_against_the_estimates_uncertainty() {
+        // Agreement within the tolerance passes, however uncertain the estimate says it is.
+        assert_eq!(
+            Comparison::new(1.0, est(1.0 + 5e-7, 1e-3), 1.0).verdict(1e-6),
+            Verdict::Pass
+        );
+        // A disagreement above the tolerance and well above the uncertainty fails.
+        assert_eq!(
+            Comparison::new(1.0, est(1.0 + 1e-4, 1e-8), 1.0).verdict(1e-6),
+            Verdict::Fail
+        );
+        // Above the tolerance but within four uncertainties: cannot tell.
+        assert_eq!(
+            Comparison::new(1.0, est(1.0 + 1e-4, 1e-4), 1.0).verdict(1e-6),
+            Verdict::Unresolved
+        );
+        // A non-finite backprop number is a failure; a non-finite estimate is not evidence.
+        assert_eq!(
+            Comparison::new(f64::NAN, est(1.0, 0.0), 1.0).verdict(1e-6),
+            Verdict::Fail
+        );
+        assert_eq!(
+            Comparison::new(1.0, est(f64::NAN, f64::NAN), 1.0).verdict(1e-6),
+            Verdict::Unresolved
+        );
+        // Tiny derivatives are compared against the floor, not their own size.
+        let c = Comparison::of_derivative(1e-12, est(3e-12, 1e-13));
+        assert_eq!(c.verdict(1e-6), Verdict::Pass, "{c:?}");
+        // Two exact zeros agree.
+        assert_eq!(
+            Comparison::new(0.0, est(0.0, 0.0), 0.0).verdict(1e-6),
+            Verdict::Pass
+        );
+    }
 }

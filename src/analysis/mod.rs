@@ -4,6 +4,7 @@
 pub mod checks;
 pub mod record;
 pub mod signal;
+pub mod sweep;
 
 use rand::Rng;
 

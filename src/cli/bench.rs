@@ -34,7 +34,8 @@ pub struct BenchArgs {
     /// Workload id from WORKLOADS.md: W1 (MLP, 100 units, width 256, batch 128), W1b (1000
     /// units), W2 (ResNet-110, batch 32), W3 (ResNet-164, batch 16), W4 (ResNet-1001, batch 16);
     /// D1 and D2 (ResNet-110 and ResNet-164 on 1x8x8 images, batch 64: a training step on the
-    /// bundled digits); or `gemm`: the engine's GEMM on W1's layer shapes, with weights from memory and from
+    /// bundled digits); `check-sweep` (`resprop check` on --configs random small networks:
+    /// how many false FAILs and inconclusive rows a correct engine gets); or `gemm`: the engine's GEMM on W1's layer shapes, with weights from memory and from
     /// cache (GFLOP/s; --mode is ignored).
     #[arg(long, default_value = "W1")]
     pub workload: String,
@@ -52,6 +53,9 @@ pub struct BenchArgs {
     /// Keep only unit inputs in the forward pass and recompute each unit during backward.
     #[arg(long)]
     pub low_memory: bool,
+    /// `--workload check-sweep`: how many random configurations to check.
+    #[arg(long, default_value_t = 1000)]
+    pub configs: u64,
 }
 
 pub struct Workload {
@@ -199,6 +203,75 @@ fn run_gemm(args: &BenchArgs) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// `check` on `--configs` random small networks (see `analysis::sweep`), in parallel.
+fn run_check_sweep(args: &BenchArgs) -> Result<ExitCode> {
+    use rayon::prelude::*;
+    let bar = ProgressBar::new(args.configs);
+    bar.set_style(
+        ProgressStyle::with_template(
+            "check-sweep [{bar:30}] {pos}/{len} configurations ({elapsed}, eta {eta})",
+        )
+        .unwrap(),
+    );
+    let t = Instant::now();
+    let results: Vec<crate::analysis::sweep::SweepResult> = (0..args.configs)
+        .into_par_iter()
+        .map(|i| {
+            let r = crate::analysis::sweep::run_one(0, i);
+            bar.inc(1);
+            r
+        })
+        .collect::<Result<_>>()?;
+    bar.finish_and_clear();
+    let secs = t.elapsed().as_secs_f64();
+    let failed: Vec<_> = results.iter().filter(|r| !r.failed.is_empty()).collect();
+    let inconclusive: Vec<_> = results
+        .iter()
+        .filter(|r| !r.inconclusive.is_empty())
+        .collect();
+    let rows: usize = results.iter().map(|r| r.inconclusive.len()).sum();
+    let mut out = String::new();
+    outln!(
+        out,
+        "check-sweep: {} configurations in {secs:.1} s ({} MLP, {} conv): {} with a FAIL, {} with an inconclusive row ({rows} rows)",
+        results.len(),
+        results.iter().filter(|r| r.config.net == crate::net::NetChoice::Mlp).count(),
+        results.iter().filter(|r| r.config.net != crate::net::NetChoice::Mlp).count(),
+        failed.len(),
+        inconclusive.len(),
+    );
+    for r in &failed {
+        outln!(out, "FAIL: {}", r.config.command());
+        for f in &r.failed {
+            outln!(out, "    {f}");
+        }
+    }
+    for r in &inconclusive {
+        outln!(out, "inconclusive: {}", r.config.command());
+        for f in &r.inconclusive {
+            outln!(out, "    {f}");
+        }
+    }
+    emit(&out)?;
+    if let Some(path) = &args.csv {
+        let mut csv = String::from(
+            "configurations,seconds,failed,inconclusive_configurations,inconclusive_rows\n",
+        );
+        csv.push_str(&format!(
+            "{},{secs},{},{},{rows}\n",
+            results.len(),
+            failed.len(),
+            inconclusive.len()
+        ));
+        write_atomic(path, csv.as_bytes())?;
+    }
+    Ok(if failed.is_empty() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
+}
+
 /// Peak resident set size of this process in MB (Linux), from /proc/self/status VmHWM.
 pub fn peak_rss_mb() -> Option<f64> {
     let status = std::fs::read_to_string("/proc/self/status").ok()?;
@@ -213,6 +286,9 @@ pub fn run(args: &BenchArgs) -> Result<ExitCode> {
     }
     if args.workload.eq_ignore_ascii_case("gemm") {
         return run_gemm(args);
+    }
+    if args.workload.eq_ignore_ascii_case("check-sweep") {
+        return run_check_sweep(args);
     }
     let w = workload(&args.workload)?;
     let net = &w.net;

@@ -1,4 +1,4 @@
-//! `resprop check`: every numerical verification, one row each, non-zero exit on failure.
+//! `resprop check`: every numerical verification, one row each; exit status 1 if any fails.
 
 use std::process::ExitCode;
 
@@ -6,7 +6,7 @@ use anyhow::Result;
 use clap::Args;
 
 use super::NetArgs;
-use crate::analysis::checks::{all_passed, run_checks, CheckOptions, Status};
+use crate::analysis::checks::{all_passed, run_checks, CheckOptions, Proof, Status};
 use crate::analysis::gaussian_batch;
 use crate::output::emit;
 
@@ -17,6 +17,10 @@ pub struct CheckArgs {
     /// Random directions per finite-difference target.
     #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..))]
     pub directions: u32,
+}
+
+fn short(v: Option<f64>) -> String {
+    v.map_or("-".to_string(), |v| format!("{v:.2e}"))
 }
 
 pub fn run(args: &CheckArgs) -> Result<ExitCode> {
@@ -33,36 +37,63 @@ pub fn run(args: &CheckArgs) -> Result<ExitCode> {
     let mut out = args.net.describe("check", &net);
     outln!(
         out,
-        "{:<19} {:<6} {:>11} {:>9}  what",
+        "{:<19} {:<12} {:>11} {:>11} {:>9}  what",
         "check",
         "result",
         "worst error",
+        "uncertainty",
         "tolerance"
     );
-    for r in rows {
-        let (result, worst) = match &r.status {
-            Status::Pass => ("PASS", format!("{:.2e}", r.worst.unwrap())),
-            Status::Fail => ("FAIL", format!("{:.2e}", r.worst.unwrap())),
-            Status::NotApplicable(_) => ("n/a", "-".to_string()),
-        };
-        let what = match &r.status {
-            Status::NotApplicable(reason) => format!("{} [n/a: {reason}]", r.what),
-            _ => r.what.clone(),
-        };
-        outln!(
-            out,
-            "{:<19} {:<6} {:>11} {:>9.0e}  {}",
-            r.check,
-            result,
-            worst,
-            r.tolerance,
-            what
-        );
+    let mut reasons = Vec::new();
+    for (proof, heading) in [
+        (
+            Proof::Verification,
+            "verification (independent of the backward pass):",
+        ),
+        (
+            Proof::Consistency,
+            "consistency of the implementation (the engine against itself):",
+        ),
+    ] {
+        outln!(out, "{heading}");
+        for r in rows.iter().filter(|r| r.proof == proof) {
+            let result = match &r.status {
+                Status::Pass => "PASS",
+                Status::Fail => "FAIL",
+                Status::Inconclusive(reason) => {
+                    reasons.push(format!("{}: {reason}", r.what));
+                    "INCONCLUSIVE"
+                }
+                Status::NotApplicable(_) => "n/a",
+            };
+            let what = match &r.status {
+                Status::NotApplicable(reason) => format!("{} [n/a: {reason}]", r.what),
+                _ => r.what.clone(),
+            };
+            outln!(
+                out,
+                "  {:<17} {:<12} {:>11} {:>11} {:>9.0e}  {}",
+                r.check,
+                result,
+                short(r.worst),
+                short(r.uncertainty),
+                r.tolerance,
+                what
+            );
+        }
     }
-    let failed = rows.iter().filter(|r| r.status == Status::Fail).count();
-    let passed = rows.iter().filter(|r| r.status == Status::Pass).count();
-    let na = rows.len() - failed - passed;
-    outln!(out, "{passed} passed, {failed} failed, {na} not applicable");
+    let count = |f: &dyn Fn(&Status) -> bool| rows.iter().filter(|r| f(&r.status)).count();
+    outln!(
+        out,
+        "{} passed, {} failed, {} inconclusive, {} not applicable",
+        count(&|s| *s == Status::Pass),
+        count(&|s| *s == Status::Fail),
+        count(&|s| matches!(s, Status::Inconclusive(_))),
+        count(&|s| matches!(s, Status::NotApplicable(_)))
+    );
+    for reason in &reasons {
+        outln!(out, "inconclusive: {reason}");
+    }
     for note in &report.notes {
         outln!(out, "note: {note}");
     }

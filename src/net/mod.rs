@@ -190,6 +190,33 @@ impl NetCache {
     }
 }
 
+impl NetCache {
+    /// The smallest batch variance of any BatchNorm channel in a training-mode pass:
+    /// `(variance, layer name, channel)`. A channel whose values nearly coincide makes the
+    /// loss strongly curved there (`1 / sqrt(var + eps)` changes fast), which limits what
+    /// finite differences can resolve.
+    pub fn smallest_bn_variance(&self, net: &Network) -> Option<(f64, String, usize)> {
+        let mut best: Option<(f64, String, usize)> = None;
+        let mut visit = |bn: &crate::layers::BatchNorm, c: &crate::layers::BatchNormCache| {
+            if c.mode != Mode::Train {
+                return;
+            }
+            for (ch, &v) in c.batch_var.iter().enumerate() {
+                if best.as_ref().is_none_or(|b| v < b.0) {
+                    best = Some((v, bn.name.clone(), ch));
+                }
+            }
+        };
+        crate::unit::ops::visit_bn_caches(&net.stem, &self.stem, &mut visit);
+        for l in 0..net.num_units() {
+            let uc = self.unit(net, l);
+            net.units[l].visit_bn_caches(&uc, &mut visit);
+        }
+        crate::unit::ops::visit_bn_caches(&net.head, &self.head, &mut visit);
+        best
+    }
+}
+
 /// The result of a backward pass.
 #[derive(Debug, Clone)]
 pub struct NetGrads {
@@ -216,9 +243,18 @@ impl Network {
         if n == 0 {
             bail!("batch is empty");
         }
-        // Conv nets normalise over (N, H, W), so one image is enough; an MLP's BN needs two.
-        if mode == Mode::Train && n < 2 && self.input_shape.len() == 1 {
-            bail!("a batch of {n}: BatchNorm in training mode needs at least 2 samples (use a larger batch or BN mode 'eval')");
+        // BN normalises over (N) in an MLP and over (N, H, W) in a conv net: in training mode
+        // every channel needs two values, at the smallest feature map too (the last stage's,
+        // after two stride-2 units).
+        let smallest_map = match self.input_shape[..] {
+            [_, h, w] => {
+                let half = |s: usize| (s.max(1) - 1) / 2 + 1;
+                half(half(h)) * half(half(w))
+            }
+            _ => 1,
+        };
+        if mode == Mode::Train && n * smallest_map < 2 {
+            bail!("a batch of {n}: BatchNorm in training mode needs at least 2 values per channel, and the smallest feature map has {smallest_map} pixel(s) (use a larger batch or BN mode 'eval')");
         }
         if labels.len() != n {
             bail!("{} labels for a batch of {n}", labels.len());

@@ -403,6 +403,19 @@ pub fn freeze_relus_seq(ops: &mut [Op], caches: &[OpCache]) {
     }
 }
 
+/// Every BatchNorm of `ops` with its cache.
+pub fn visit_bn_caches<'a>(
+    ops: &'a [Op],
+    caches: &'a [OpCache],
+    f: &mut dyn FnMut(&'a BatchNorm, &'a BatchNormCache),
+) {
+    for (op, cache) in ops.iter().zip(caches) {
+        if let (Op::BatchNorm(bn), OpCache::BatchNorm(c)) = (op, cache) {
+            f(bn, c);
+        }
+    }
+}
+
 /// Updates the running statistics of every BatchNorm in `ops` from a training-mode pass.
 pub fn update_running_stats_seq(ops: &mut [Op], caches: &[OpCache]) {
     for (op, cache) in ops.iter_mut().zip(caches) {

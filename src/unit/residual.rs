@@ -460,6 +460,23 @@ impl ResidualUnit {
         update_running_stats_seq(&mut self.shortcut_ops, &cache.shortcut_ops);
     }
 
+    /// Every BatchNorm of the unit with its cache from `cache` (pre, branch, after-addition,
+    /// shortcut), for diagnostics that read the batch statistics.
+    pub fn visit_bn_caches<'a>(
+        &'a self,
+        cache: &'a UnitCache,
+        f: &mut dyn FnMut(&'a crate::layers::BatchNorm, &'a crate::layers::BatchNormCache),
+    ) {
+        for (ops, caches) in [
+            (&self.pre, &cache.pre),
+            (&self.branch, &cache.branch),
+            (&self.after_add, &cache.after_add),
+            (&self.shortcut_ops, &cache.shortcut_ops),
+        ] {
+            crate::unit::ops::visit_bn_caches(ops, caches, f);
+        }
+    }
+
     /// Every op of the unit, in visiting order (pre, branch, after-addition, shortcut).
     pub fn ops(&self) -> impl Iterator<Item = &Op> {
         self.pre
