@@ -23,6 +23,7 @@ pub mod analysis;
 pub mod cli;
 pub mod data;
 pub mod experiment;
+pub mod fault;
 pub mod finite_diff;
 pub mod grads;
 pub mod interchange;

@@ -28,6 +28,7 @@ use rayon::prelude::*;
 
 use super::relu::{select, ReluCache};
 use super::Mode;
+use crate::fault::{self, Fault};
 use crate::grads::Grads;
 use crate::spin_join::{self, split_point};
 use crate::tensor::{lane_sum, Tensor};
@@ -422,8 +423,11 @@ pub(crate) fn train_grad_coefficients(
         .map(|ch| {
             let sc = scale[ch] / m;
             (
-                sc * grad_beta[ch],
-                sc * inv_std[ch] * inv_std[ch] * sum_gx[ch],
+                fault::factor(Fault::BnMeanTerm, sc * grad_beta[ch]),
+                fault::factor(
+                    Fault::BnVarianceTerm,
+                    sc * inv_std[ch] * inv_std[ch] * sum_gx[ch],
+                ),
             )
         })
         .unzip()
@@ -703,7 +707,10 @@ impl BatchNorm {
         let xs = cache.x.as_slice().unwrap();
         let (mean, inv_std) = (&cache.mean, &cache.inv_std);
         let grad_gamma: Vec<f64> = sum_gx.iter().zip(inv_std).map(|(s, i)| s * i).collect();
-        let scale = scales(self.gamma.as_slice().unwrap(), inv_std);
+        let mut scale = scales(self.gamma.as_slice().unwrap(), inv_std);
+        if cache.mode == Mode::Eval {
+            fault::perturb_slice(Fault::BnEvalScale, &mut scale);
+        }
         let task = l.task_len();
         let run = l.run_len();
         let gs = grad_y.as_slice_mut().unwrap();
@@ -765,9 +772,11 @@ impl BatchNorm {
     pub(crate) fn accumulate_affine_grads(
         &self,
         grads: &mut Grads,
-        grad_gamma: Vec<f64>,
-        grad_beta: Vec<f64>,
+        mut grad_gamma: Vec<f64>,
+        mut grad_beta: Vec<f64>,
     ) {
+        fault::perturb_slice(Fault::BnGammaGrad, &mut grad_gamma);
+        fault::perturb_slice(Fault::BnBetaGrad, &mut grad_beta);
         grads.accumulate(
             &format!("{}.gamma", self.name),
             Array1::from(grad_gamma).into_dyn(),

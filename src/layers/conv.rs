@@ -21,6 +21,7 @@ use rayon::prelude::*;
 
 use super::batch_norm::{Affine, Moments};
 use super::relu::relu;
+use crate::fault::{self, Fault};
 use crate::grads::Grads;
 use crate::rng::gaussian;
 use std::mem::MaybeUninit;
@@ -683,6 +684,7 @@ impl Conv2d {
                             matmul_into_serial(&mut gc, &w2.t(), &gy_n, false);
                             col2im_into(gcols, g, gx_g, hw_out)
                         };
+                        fault::perturb_slice(Fault::ConvInputGrad, gx_n);
                         return vec![then(n0, gx_n)];
                     }
                     // A group: the samples' output gradients side by side, one GEMM, then each
@@ -710,6 +712,7 @@ impl Conv2d {
                             } else {
                                 col2im_into(&mut gcols[s * hw_out..], g, gx_n, pitch)
                             };
+                            fault::perturb_slice(Fault::ConvInputGrad, gx_n);
                             then(n0 + s, gx_n)
                         })
                         .collect()
@@ -814,6 +817,8 @@ impl Conv2d {
             gw += pw;
             gb.iter_mut().zip(pb).for_each(|(a, b)| *a += b);
         }
+        fault::perturb(Fault::ConvWeightGrad, &mut gw);
+        fault::perturb_slice(Fault::ConvBiasGrad, &mut gb);
         grads.accumulate(
             &format!("{}.w", self.name),
             gw.into_shape_with_order(self.w.raw_dim()).unwrap(),
@@ -863,6 +868,7 @@ pub mod pool {
         let scale = 1.0 / (h * w) as f64;
         let g = grad_y.view().into_dimensionality::<ndarray::Ix2>().unwrap();
         let mut gx = vec![0.0; n * c * h * w];
+        let scale = crate::fault::factor(crate::fault::Fault::PoolGrad, scale);
         for (i, plane) in gx.chunks_exact_mut(h * w).enumerate() {
             plane.fill(g[[i / c, i % c]] * scale);
         }

@@ -5,6 +5,7 @@
 use ndarray::{Axis, Ix1, Ix2, IxDyn};
 use rand_chacha::ChaCha8Rng;
 
+use crate::fault::{self, Fault};
 use crate::grads::Grads;
 use crate::rng::gaussian;
 use crate::tensor::{matmul, Tensor};
@@ -104,13 +105,18 @@ impl Dense {
                 .as_ref()
                 .unwrap_or_else(|| panic!("{}: {NO_INPUT}", self.name));
             let x = x.view().into_dimensionality::<Ix2>().unwrap();
-            let gw = matmul(&x.t(), &gy);
+            let mut gw = matmul(&x.t(), &gy);
+            fault::perturb(Fault::DenseWeightGrad, &mut gw);
             grads.accumulate(&format!("{}.w", self.name), gw.into_dyn());
             if self.b.is_some() {
-                grads.accumulate(&format!("{}.b", self.name), gy.sum_axis(Axis(0)).into_dyn());
+                let mut gb = gy.sum_axis(Axis(0));
+                fault::perturb(Fault::DenseBiasGrad, &mut gb);
+                grads.accumulate(&format!("{}.b", self.name), gb.into_dyn());
             }
         }
-        matmul(&gy, &w.t()).into_dyn()
+        let mut gx = matmul(&gy, &w.t());
+        fault::perturb(Fault::DenseInputGrad, &mut gx);
+        gx.into_dyn()
     }
 
     pub fn visit_params(&self, f: &mut dyn FnMut(String, &Tensor)) {

@@ -38,6 +38,7 @@ use super::batch_norm::{
 use super::dense::{Dense, DenseCache};
 use super::relu::ReluCache;
 use super::Mode;
+use crate::fault::{self, Fault};
 use crate::grads::Grads;
 use crate::spin_join;
 use crate::tensor::{gemm_split, matmul_uninit_view, Tensor};
@@ -284,8 +285,14 @@ pub fn backward_bn(
                  gx: ArrayViewMut2<MaybeUninit<f64>>,
                  gw: Option<ArrayViewMut2<MaybeUninit<f64>>>| {
         let mut gx = matmul_uninit_view(gx, &g2, &w.slice(s![cols.clone(), ..]).t());
+        if fault::active(Fault::DenseInputGrad) {
+            gx.mapv_inplace(|v| v * fault::FACTOR);
+        }
         if let (Some(gw), Some(a)) = (gw, &a) {
-            matmul_uninit_view(gw, &a.slice(s![.., cols.clone()]).t(), &g2);
+            let mut gw = matmul_uninit_view(gw, &a.slice(s![.., cols.clone()]).t(), &g2);
+            if fault::active(Fault::DenseWeightGrad) {
+                gw.mapv_inplace(|v| v * fault::FACTOR);
+            }
         }
         let x = x.slice(s![.., cols.clone()]);
         let mask = mask.as_ref().map(|mk| mk.slice(s![.., cols.clone()]));
@@ -296,7 +303,10 @@ pub fn backward_bn(
             (Vec::new(), Vec::new())
         };
         let inv_std = &inv_std[cols.clone()];
-        let scale = scales(&gamma[cols.clone()], inv_std);
+        let mut scale = scales(&gamma[cols.clone()], inv_std);
+        if bn_cache.mode == Mode::Eval {
+            fault::perturb_slice(Fault::BnEvalScale, &mut scale);
+        }
         let coefficients = (bn_cache.mode == Mode::Train)
             .then(|| train_grad_coefficients(&scale, inv_std, &sums.0, &sums.1, m));
         for (row, mut g_row) in gx.rows_mut().into_iter().enumerate() {

@@ -36,7 +36,9 @@ pub fn backward(probs: &Array2<f64>, labels: &[usize]) -> Tensor {
     for (mut row, &t) in g.axis_iter_mut(Axis(0)).zip(labels) {
         row[t] -= 1.0;
     }
-    (g / n).into_dyn()
+    let mut g = g / n;
+    crate::fault::perturb(crate::fault::Fault::LossGrad, &mut g);
+    g.into_dyn()
 }
 
 #[cfg(test)]

@@ -59,6 +59,7 @@ impl PadShortcut {
         let mut gx = Tensor::zeros(IxDyn(in_shape));
         gx.slice_mut(s![.., .., ..;st, ..;st])
             .assign(&gy.slice(s![.., ..c_in, .., ..]));
+        crate::fault::perturb(crate::fault::Fault::PadShortcutGrad, &mut gx);
         gx
     }
 }

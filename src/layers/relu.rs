@@ -57,7 +57,7 @@ pub fn backward(cache: &ReluCache, grad_y: Tensor) -> Tensor {
         .zip(mask.par_chunks(CHUNK))
         .for_each(|(g, m)| {
             for (g, &p) in g.iter_mut().zip(m) {
-                *g = select(p, *g);
+                *g = crate::fault::factor(crate::fault::Fault::ReluGrad, select(p, *g));
             }
         });
     grad_y

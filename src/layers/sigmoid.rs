@@ -20,6 +20,7 @@ pub fn forward(z: &Tensor) -> Tensor {
 pub fn backward(g: &Tensor, grad_g: &Tensor) -> Tensor {
     let mut out = grad_g.clone();
     out.zip_mut_with(g, |d, &g| *d *= g * (1.0 - g));
+    crate::fault::perturb(crate::fault::Fault::SigmoidGrad, &mut out);
     out
 }
 

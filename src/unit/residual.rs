@@ -20,6 +20,7 @@ use super::ops::{
     update_running_stats_seq, Op, OpCache, SeqExtras,
 };
 use super::spec::{Placement, ShortcutKind};
+use crate::fault::{self, Fault};
 use crate::grads::Grads;
 use crate::layers::batch_norm::Moments;
 use crate::layers::{dropout, sigmoid, Mode};
@@ -344,24 +345,33 @@ impl ResidualUnit {
         grads: Option<&mut Grads>,
     ) -> Tensor {
         match self.shortcut {
-            ShortcutKind::Identity => grad_y,
+            ShortcutKind::Identity => {
+                fault::perturb(Fault::IdentityShortcutVjp, &mut grad_y);
+                grad_y
+            }
             ShortcutKind::Scale { lambda, .. } => {
-                grad_y *= lambda;
+                grad_y *= fault::factor(Fault::ScaleShortcutVjp, lambda);
                 grad_y
             }
             ShortcutKind::Gate { .. } | ShortcutKind::ShortcutGate { .. } => {
                 // h = (1 - g) * x: the direct factor (1 - g) plus the path through the gate,
                 // d/dg [(1 - g) x] = -x.
-                let grad_g = -(&grad_y * cache.split_input.as_ref().unwrap_or(&cache.x));
-                grad_y.zip_mut_with(cache.gate.as_ref().unwrap(), |d, &g| *d *= 1.0 - g);
+                let mut grad_g = -(&grad_y * cache.split_input.as_ref().unwrap_or(&cache.x));
+                fault::perturb(Fault::GatePathTerm, &mut grad_g);
+                grad_y.zip_mut_with(cache.gate.as_ref().unwrap(), |d, &g| {
+                    *d *= fault::factor(Fault::GateDirectFactor, 1.0 - g)
+                });
                 grad_y += &self.gate_backward(cache, &grad_g, grads);
                 grad_y
             }
             ShortcutKind::Conv1x1 | ShortcutKind::Pad => {
-                backward_seq(&self.shortcut_ops, &cache.shortcut_ops, grad_y, grads)
+                let mut g = backward_seq(&self.shortcut_ops, &cache.shortcut_ops, grad_y, grads);
+                fault::perturb(Fault::ProjectionShortcutVjp, &mut g);
+                g
             }
             ShortcutKind::Dropout { .. } => {
                 grad_y *= cache.mask.as_ref().unwrap();
+                fault::perturb(Fault::DropoutShortcutVjp, &mut grad_y);
                 grad_y
             }
             // h = 0: no gradient, in the shape of the input the shortcut would have read
@@ -380,14 +390,21 @@ impl ResidualUnit {
         mut grads: Option<&mut Grads>,
     ) -> Tensor {
         let grad_f = match self.shortcut {
-            ShortcutKind::Scale { branch, .. } => grad_y * branch,
-            ShortcutKind::Gate { .. } => grad_y * cache.gate.as_ref().unwrap(),
+            ShortcutKind::Scale { branch, .. } => {
+                grad_y * fault::factor(Fault::ScaleBranchVjp, branch)
+            }
+            ShortcutKind::Gate { .. } => {
+                let mut g = grad_y * cache.gate.as_ref().unwrap();
+                fault::perturb(Fault::ExclusiveGateBranchFactor, &mut g);
+                g
+            }
             _ => grad_y.clone(),
         };
         let mut grad_x = backward_seq(&self.branch, &cache.branch, grad_f, grads.as_deref_mut());
         if let ShortcutKind::Gate { .. } = self.shortcut {
             // g * F: the gate's own dependence on x, d/dg [g F] = F.
-            let grad_g = grad_y * cache.branch_out.as_ref().expect("the gate keeps F(x)");
+            let mut grad_g = grad_y * cache.branch_out.as_ref().expect("the gate keeps F(x)");
+            fault::perturb(Fault::ExclusiveGateBranchTerm, &mut grad_g);
             grad_x += &self.gate_backward(cache, &grad_g, grads.as_deref_mut());
         }
         self.through_pre(cache, grad_x, grads)
@@ -407,6 +424,10 @@ impl ResidualUnit {
         }
         // The paper's unit (identity h and f): dE/dx_l = J_F^T grad + grad, the branch
         // reading `grad_next` in place and adding it in its last pass: no copies.
+        if fault::active(Fault::FusedIdentityResidual) {
+            let wrong = grad_next * fault::FACTOR;
+            return backward_seq_ref(&self.branch, &cache.branch, grad_next, grads, Some(&wrong));
+        }
         backward_seq_ref(
             &self.branch,
             &cache.branch,
