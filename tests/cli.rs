@@ -433,6 +433,72 @@ fn train_data_errors_are_one_line() {
     assert_one_line_error(&["train", "--epochs", "0"], "epochs");
 }
 
+/// A resume that would not continue the checkpoint's run is refused in one line naming the
+/// setting and both values; nothing is trained or written.
+#[test]
+fn a_resume_that_changes_the_run_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let ck = dir.path().join("ck");
+    let base = [
+        "train",
+        "--net",
+        "mlp",
+        "--units",
+        "2",
+        "--width",
+        "8",
+        "--epochs",
+        "4",
+        "--checkpoint",
+        ck.to_str().unwrap(),
+    ];
+    let mut first = base.to_vec();
+    first.extend(["--stop-after-epochs", "1"]);
+    let o = resprop(&first);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let csv = dir.path().join("resumed.csv");
+    for (flag, value, needle) in [
+        ("--lr", "0.05", "lr: checkpoint 0.1, now 0.05"),
+        ("--epochs", "6", "epochs: checkpoint 4, now 6"),
+        ("--seed", "3", "seed: checkpoint 0, now 3"),
+        ("--batch", "32", "batch: checkpoint 64, now 32"),
+        ("--momentum", "0.5", "momentum: checkpoint 0.9, now 0.5"),
+        (
+            "--weight-decay",
+            "0",
+            "weight-decay: checkpoint 0.0001, now 0",
+        ),
+        ("--width", "16", "width: checkpoint 8, now 16"),
+        (
+            "--placement",
+            "original",
+            "placement: checkpoint full-preact, now original",
+        ),
+    ] {
+        // The base command with one setting changed (or added).
+        let mut args: Vec<&str> = base.to_vec();
+        match args.iter().position(|a| *a == flag) {
+            Some(i) => args[i + 1] = value,
+            None => args.extend([flag, value]),
+        }
+        args.extend(["--resume", "--csv", csv.to_str().unwrap()]);
+        let o = resprop(&args);
+        let err = stderr(&o);
+        assert!(!o.status.success(), "{flag} {value} resumed");
+        assert_eq!(err.trim_end().lines().count(), 1, "one line: {err}");
+        assert!(
+            err.contains("cannot resume") && err.contains(needle),
+            "{needle}: {err}"
+        );
+        assert!(!csv.exists(), "nothing written");
+    }
+    // The same settings resume.
+    let mut same = base.to_vec();
+    same.push("--resume");
+    let o = resprop(&same);
+    assert!(o.status.success(), "{}", stderr(&o));
+}
+
 /// Two epochs straight and one epoch, a stop, then a resume from the checkpoint: identical CSVs.
 #[test]
 fn resumed_training_is_bit_identical() {

@@ -154,9 +154,35 @@ pub fn run(args: &TrainArgs) -> Result<ExitCode> {
     );
     let start = Instant::now();
     let mut lines = String::new();
+    let run_config = checkpoint::RunConfig {
+        net: args.net.to_string(),
+        units: net.num_units(),
+        // The MLP's width; a ResNet's widths are fixed by its name.
+        width: if args.net == NetChoice::Mlp {
+            args.width
+        } else {
+            0
+        },
+        placement: args.placement.to_string(),
+        shortcut: args.shortcut.to_string(),
+        projection: match &net.spec {
+            crate::net::NetSpec::Resnet(c) => c.projection.to_string(),
+            crate::net::NetSpec::Mlp(_) => String::new(),
+        },
+        epochs: args.epochs,
+        batch: args.batch,
+        lr: args.lr,
+        momentum: args.momentum,
+        weight_decay: args.weight_decay,
+        warmup: cfg.warmup.to_string(),
+        record_every: args.record_every,
+        seed: args.seed,
+        data: args.data.clone(),
+        data_sha256: data.fingerprint(),
+    };
     let resume = if args.resume {
         let dir = args.checkpoint.as_ref().unwrap();
-        let r = checkpoint::load(dir, &mut net, args.momentum, args.weight_decay)?;
+        let r = checkpoint::load(dir, &mut net, &run_config)?;
         emit(&format!(
             "resuming after epoch {} from {}\n",
             r.epoch,
@@ -173,7 +199,7 @@ pub fn run(args: &TrainArgs) -> Result<ExitCode> {
                 h: &History|
      -> Result<()> {
         match &args.checkpoint {
-            Some(dir) => checkpoint::save(dir, epoch, net, sgd, h),
+            Some(dir) => checkpoint::save(dir, epoch, net, sgd, h, &run_config),
             None => Ok(()),
         }
     };

@@ -1,6 +1,10 @@
 //! Training checkpoints: the complete state at an epoch boundary (parameters, momentum buffers,
 //! BN running statistics, the epoch reached and the history so far), one `.npz` written
 //! atomically. Random draws derive from (seed, epoch or step), so no generator state is needed.
+//!
+//! A checkpoint also records the run's configuration (network, recipe, seed, data digest): a
+//! resume with any setting that would change the computation is refused, naming the setting
+//! and both values, because the promise is a result bit-identical to an uninterrupted run.
 
 use std::fs::File;
 use std::path::Path;
@@ -98,14 +102,76 @@ fn signal_from_json(bytes: &[u8]) -> Result<Vec<SignalRow>> {
         .collect()
 }
 
+/// Everything that determines a training run's numbers, as a resume must find it again.
+/// (`--stop-after-epochs`, the output paths and the thread count do not change a number.)
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct RunConfig {
+    pub net: String,
+    pub units: usize,
+    pub width: usize,
+    pub placement: String,
+    pub shortcut: String,
+    /// The projection convention of a ResNet's shape-changing units, resolved; empty for the MLP.
+    pub projection: String,
+    pub epochs: usize,
+    pub batch: usize,
+    pub lr: f64,
+    pub momentum: f64,
+    pub weight_decay: f64,
+    pub warmup: String,
+    pub record_every: usize,
+    pub seed: u64,
+    pub data: String,
+    pub data_sha256: String,
+}
+
+impl RunConfig {
+    /// The settings in which `self` (the checkpoint's) and `now` differ, as
+    /// `name: checkpoint A, now B`.
+    pub fn differences(&self, now: &RunConfig) -> Vec<String> {
+        let (a, b) = (
+            serde_json::to_value(self).expect("plain fields"),
+            serde_json::to_value(now).expect("plain fields"),
+        );
+        let (a, b) = (a.as_object().unwrap(), b.as_object().unwrap());
+        a.iter()
+            .filter(|(k, v)| b.get(*k) != Some(v))
+            .map(|(k, v)| {
+                let show = |v: Option<&serde_json::Value>| {
+                    v.map_or("none".to_string(), |v| match v {
+                        serde_json::Value::String(s) if s.is_empty() => "none".to_string(),
+                        serde_json::Value::String(s) => s.clone(),
+                        other => other.to_string(),
+                    })
+                };
+                format!(
+                    "{}: checkpoint {}, now {}",
+                    k.replace('_', "-"),
+                    show(Some(v)),
+                    show(b.get(k))
+                )
+            })
+            .collect()
+    }
+}
+
 /// Saves the state after `epoch` (0-based) to `<dir>/checkpoint.npz`.
-pub fn save(dir: &Path, epoch: usize, net: &Network, sgd: &Sgd, history: &History) -> Result<()> {
+pub fn save(
+    dir: &Path,
+    epoch: usize,
+    net: &Network,
+    sgd: &Sgd,
+    history: &History,
+    config: &RunConfig,
+) -> Result<()> {
     std::fs::create_dir_all(dir).with_context(|| format!("cannot create '{}'", dir.display()))?;
     let path = dir.join(FILE);
     crate::output::write_atomic_with(&path, |w| {
         let mut npz = NpzWriter::new(w);
         let err = |e: ndarray_npy::WriteNpzError| anyhow!("writing '{}': {e}", path.display());
         npz.add_array("epochs_done", &Array1::from(vec![(epoch + 1) as f64]))
+            .map_err(err)?;
+        npz.add_array("config_json", &Array1::from(serde_json::to_vec(config)?))
             .map_err(err)?;
         npz.add_array("steps", &steps_array(history)).map_err(err)?;
         npz.add_array("grads", &grads_array(history)).map_err(err)?;
@@ -131,8 +197,10 @@ pub fn save(dir: &Path, epoch: usize, net: &Network, sgd: &Sgd, history: &Histor
     })
 }
 
-/// Loads `<dir>/checkpoint.npz` into `net` and returns where to resume.
-pub fn load(dir: &Path, net: &mut Network, momentum: f64, weight_decay: f64) -> Result<Resume> {
+/// Loads `<dir>/checkpoint.npz` into `net` and returns where to resume; refuses a checkpoint
+/// whose run configuration differs from `config`.
+pub fn load(dir: &Path, net: &mut Network, config: &RunConfig) -> Result<Resume> {
+    let (momentum, weight_decay) = (config.momentum, config.weight_decay);
     let path = dir.join(FILE);
     let file = File::open(&path)
         .with_context(|| format!("cannot resume: no checkpoint at '{}'", path.display()))?;
@@ -142,6 +210,22 @@ pub fn load(dir: &Path, net: &mut Network, momentum: f64, weight_decay: f64) -> 
     let epochs_done: Array1<f64> = npz
         .by_name("epochs_done")
         .with_context(|| ctx("no epochs_done"))?;
+    let saved: Array1<u8> = npz.by_name("config_json").map_err(|_| {
+        anyhow!(
+            "{}",
+            ctx("no run configuration (written by an older resprop): cannot tell whether this run continues it")
+        )
+    })?;
+    let saved: RunConfig = serde_json::from_slice(saved.as_slice().unwrap_or(&[]))
+        .with_context(|| ctx("malformed config_json"))?;
+    let changed = saved.differences(config);
+    if !changed.is_empty() {
+        bail!(
+            "cannot resume from '{}': the run would not continue the checkpoint's ({}); use the checkpoint's settings or a new --checkpoint directory",
+            path.display(),
+            changed.join("; ")
+        );
+    }
     let mut missing = None;
     let mut loaded = Vec::new();
     for prefix in ["param", "buffer"] {
