@@ -623,3 +623,71 @@ fn bench_reports_a_step_and_the_gemm_rates() {
         "{out}"
     );
 }
+
+/// An impossible size fails at once in one line (it used to reach 17 GB and be killed).
+#[test]
+fn an_impossible_size_is_refused_before_allocating() {
+    assert_one_line_error(
+        &[
+            "profile",
+            "--net",
+            "mlp",
+            "--units",
+            "2",
+            "--width",
+            "4000000000",
+            "--batch",
+            "4",
+        ],
+        "would need about",
+    );
+    assert_one_line_error(
+        &["check", "--net", "mlp", "--batch", "1000000000000"],
+        "would need about",
+    );
+}
+
+/// The memory estimate against the peak resident memory `profile` reports, on an MLP and on
+/// ResNet-110: within 25%.
+#[test]
+fn the_memory_estimate_matches_the_measured_peak() {
+    for args in [
+        vec![
+            "--net", "mlp", "--units", "60", "--width", "256", "--batch", "256",
+        ],
+        vec![
+            "--net",
+            "resnet110",
+            "--batch",
+            "16",
+            "--placement",
+            "original",
+        ],
+    ] {
+        let mut all = vec!["profile"];
+        all.extend(args.iter().copied());
+        let o = resprop(&all);
+        assert!(o.status.success(), "{}", stderr(&o));
+        let out = String::from_utf8_lossy(&o.stdout);
+        let line = out
+            .lines()
+            .find(|l| l.starts_with("memory:"))
+            .expect("a memory line");
+        let mb = |word: &str| -> f64 {
+            let rest = &line[line.find(word).unwrap() + word.len()..];
+            let mut it = rest.split_whitespace();
+            let v: f64 = it.next().unwrap().trim_end_matches(',').parse().unwrap();
+            match it.next().unwrap().trim_end_matches(',') {
+                "GB" => v * 1000.0,
+                "MB" => v,
+                other => panic!("unit {other}"),
+            }
+        };
+        let (estimated, measured) = (mb("estimated "), mb("peak resident "));
+        let off = (estimated - measured).abs() / measured;
+        assert!(
+            off < 0.25,
+            "{args:?}: estimated {estimated} MB, measured {measured} MB"
+        );
+    }
+}

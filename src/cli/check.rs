@@ -24,7 +24,7 @@ fn short(v: Option<f64>) -> String {
 }
 
 pub fn run(args: &CheckArgs) -> Result<ExitCode> {
-    let net = args.net.build()?;
+    let net = args.net.build_for(crate::net::memory::Purpose::Check)?;
     let (input, labels) =
         gaussian_batch(&net.input_shape, args.net.batch, net.classes, args.net.seed);
     let ctx = args.net.ctx();

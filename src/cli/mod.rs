@@ -164,6 +164,28 @@ impl NetArgs {
         }
     }
 
+    /// The memory estimate of this network and batch for `purpose`.
+    pub fn memory(&self, purpose: crate::net::memory::Purpose) -> crate::net::memory::Estimate {
+        crate::net::memory::estimate(
+            &self.net,
+            &self.sizes(),
+            self.placement,
+            self.shortcut,
+            self.batch,
+            purpose,
+        )
+    }
+
+    /// Builds the network, validating every size, after checking that `purpose` fits in the
+    /// memory available.
+    pub fn build_for(&self, purpose: crate::net::memory::Purpose) -> Result<Network> {
+        if self.batch == 0 {
+            anyhow::bail!("batch must be at least 1, got 0");
+        }
+        crate::net::memory::ensure_fits(&self.memory(purpose), &format!("{}", self.net))?;
+        self.build()
+    }
+
     /// Builds the network, validating every size.
     pub fn build(&self) -> Result<Network> {
         if self.batch == 0 {

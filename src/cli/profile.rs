@@ -37,7 +37,10 @@ pub fn run(args: &ProfileArgs) -> Result<ExitCode> {
     for path in [&args.csv, &args.npz].into_iter().flatten() {
         check_writable(path)?;
     }
-    let net = args.net.build()?;
+    let purpose = crate::net::memory::Purpose::Profile {
+        low_memory: args.low_memory,
+    };
+    let net = args.net.build_for(purpose)?;
     let (input, labels) =
         gaussian_batch(&net.input_shape, args.net.batch, net.classes, args.net.seed);
     // Input gradients only: weight layers need not keep their inputs.
@@ -79,6 +82,13 @@ pub fn run(args: &ProfileArgs) -> Result<ExitCode> {
         crate::interchange::write_npz(path, &net, &ctx, &input, &labels, &cache, &grads)?;
         outln!(out, "wrote state to {}", path.display());
     }
+    outln!(
+        out,
+        "memory: estimated {}, peak resident {}",
+        crate::net::memory::human(args.net.memory(purpose).total),
+        crate::cli::bench::peak_rss_mb()
+            .map_or("unknown".into(), |mb| crate::net::memory::human(mb * 1e6))
+    );
     emit(&out)?;
     Ok(ExitCode::SUCCESS)
 }

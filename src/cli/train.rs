@@ -110,6 +110,17 @@ pub fn run(args: &TrainArgs) -> Result<ExitCode> {
     }
     let data = crate::data::load(&args.data)?;
     let sizes = crate::train::sizes_for(&data, args.units, args.width);
+    crate::net::memory::ensure_fits(
+        &crate::net::memory::estimate(
+            &args.net,
+            &sizes,
+            args.placement,
+            args.shortcut,
+            args.batch.max(500),
+            crate::net::memory::Purpose::Train,
+        ),
+        &args.net.to_string(),
+    )?;
     let mut net = build_net(
         &args.net,
         &sizes,

@@ -390,6 +390,41 @@ pub fn run_experiment(spec: &Spec, out: &Path, progress: bool) -> Result<(PathBu
         .iter()
         .filter(|c| !c.path(&store, kinds[0]).is_file())
         .collect();
+    // Before anything runs: every cell that will run must fit, with the others running beside
+    // it (as many as there are threads).
+    let side_by_side = rayon::current_num_threads().min(todo.len()).max(1) as f64;
+    for sc in &todo {
+        let batch = match &spec.task {
+            // Evaluation runs in batches of 500.
+            Task::Train(t) => t.batch.max(500),
+            Task::Profile => spec.batch,
+        };
+        let purpose = match spec.task {
+            Task::Train(_) => crate::net::memory::Purpose::Train,
+            Task::Profile => crate::net::memory::Purpose::Check,
+        };
+        let mut e = crate::net::memory::estimate(
+            &sc.cell.net,
+            &sc.inputs.sizes,
+            sc.cell.placement,
+            sc.cell.shortcut,
+            batch,
+            purpose,
+        );
+        e.total *= side_by_side;
+        crate::net::memory::ensure_fits(
+            &e,
+            &format!(
+                "{}: cell {} ({} {} {}, {} side by side)",
+                spec.name,
+                sc.cell.index,
+                sc.cell.net,
+                sc.cell.placement,
+                sc.cell.shortcut,
+                side_by_side
+            ),
+        )?;
+    }
     let bar = if progress {
         ProgressBar::new(todo.len() as u64)
     } else {

@@ -3,6 +3,7 @@
 //! The network records every unit input `x_0 .. x_L` (`x_L` is the head's input) in its
 //! cache and returns every `dE/dx_l` from backward, so the analysis never needs hooks.
 
+pub mod memory;
 pub mod mlp;
 pub mod resnet;
 
