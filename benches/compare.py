@@ -1,4 +1,4 @@
-"""Side-by-side timing of resprop and PyTorch on the workloads of WORKLOADS.md.
+"""Side-by-side timing of resprop and PyTorch on the benchmark workloads of README.md.
 
 Runs `resprop bench` and the PyTorch reference script alternately, ROUNDS times each, so both
 see the same machine state; prints a Markdown table of the medians (over rounds) of each

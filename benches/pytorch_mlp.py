@@ -1,4 +1,4 @@
-"""PyTorch reference for the MLP workloads W1/W1b of WORKLOADS.md (not a dependency of resprop).
+"""PyTorch reference for the MLP workloads W1/W1b (README.md, Performance) (not a dependency of resprop).
 
 Same step as `resprop bench`: forward through a full pre-activation residual MLP (identity
 shortcuts, He fan-out init, BN in training mode, f64) keeping every unit input x_l, softmax

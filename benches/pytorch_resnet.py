@@ -1,4 +1,4 @@
-"""PyTorch reference for the conv workloads W2-W4 of WORKLOADS.md (not a dependency of resprop).
+"""PyTorch reference for the conv workloads W2-W4 (README.md, Performance) (not a dependency of resprop).
 
 Same step as `resprop bench`: full pre-activation CIFAR ResNet (identity shortcuts, 1x1
 projections where the shape changes with BN-ReLU applied once before the split, He fan-out

@@ -1,4 +1,4 @@
-//! `resprop bench`: time the workloads of WORKLOADS.md.
+//! `resprop bench`: time the benchmark workloads (listed in README.md's Performance section).
 //!
 //! One step = forward through the whole network recording every unit input, softmax
 //! cross-entropy, and backward giving every `dE/dx_l`; in `train` mode every parameter
@@ -31,7 +31,7 @@ pub enum BenchMode {
 
 #[derive(Debug, Args)]
 pub struct BenchArgs {
-    /// Workload id from WORKLOADS.md: W1 (MLP, 100 units, width 256, batch 128), W1b (1000
+    /// Workload: W1 (MLP, 100 units, width 256, batch 128), W1b (1000
     /// units), W2 (ResNet-110, batch 32), W3 (ResNet-164, batch 16), W4 (ResNet-1001, batch 16);
     /// D1 and D2 (ResNet-110 and ResNet-164 on 1x8x8 images, batch 64: a training step on the
     /// bundled digits); `check-sweep` (`resprop check` on --configs random small networks:
@@ -65,7 +65,7 @@ pub struct Workload {
     pub batch: usize,
 }
 
-/// The workloads of WORKLOADS.md: full pre-activation units, identity shortcuts, He init,
+/// The benchmark workloads: full pre-activation units, identity shortcuts, He init,
 /// BN in training mode, Gaussian inputs, 10 classes, f64.
 pub fn workload(id: &str) -> Result<Workload> {
     let mlp = |units| MlpConfig {

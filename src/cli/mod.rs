@@ -57,7 +57,7 @@ pub enum Command {
     ///
     /// Prints one row per check and exits with status 1 if any check fails.
     Check(check::CheckArgs),
-    /// Time the benchmark workloads (W1, W1b, W2, W3, W4) of WORKLOADS.md: median/min/max
+    /// Time the benchmark workloads (W1, W1b: residual MLPs; W2-W4: ResNet-110/164/1001; D1, D2: training steps on the digits; see README.md): median/min/max
     /// seconds per step and peak RSS; `--workload gemm` times the GEMM on W1's shapes.
     Bench(bench::BenchArgs),
     /// Run one experiment file: every cell of its grid, in parallel, into a tidy CSV.

@@ -2,7 +2,7 @@
 //! placements), L units of two dense layers each, a head (BN-ReLU after the last addition for
 //! pre-activation placements, as in the paper) and a dense classifier.
 //!
-//! Initialisation follows the conventions in PAPER.md: hidden, gate and projection weights
+//! Initialisation follows the paper's code and PyTorch's reference nets: hidden, gate and projection weights
 //! He normal on fan-out (`std = sqrt(2 / D_out)`), classifier `N(0, 1 / D_in)`, biases 0
 //! except the gate bias, BN gamma 1 and beta 0.
 

@@ -12,6 +12,8 @@ pub type UnitRows<'a> = BTreeMap<usize, Vec<&'a Vec<String>>>;
 pub struct Table {
     pub header: Vec<String>,
     pub rows: Vec<Vec<String>>,
+    /// The key columns that label a variant (see [`Table::variant`]), found once.
+    varying: Vec<&'static str>,
 }
 
 /// A float field; empty is `None`, `inf`/`NaN` parse as such.
@@ -33,7 +35,7 @@ impl Table {
             .map(|rec| rec.map(|r| r.iter().map(String::from).collect()))
             .collect::<Result<Vec<Vec<String>>, _>>()
             .with_context(|| format!("malformed CSV '{}'", path.display()))?;
-        let t = Table { header, rows };
+        let t = Table::new(header, rows);
         for col in [
             "experiment",
             "cell",
@@ -50,6 +52,17 @@ impl Table {
             bail!("'{}' has no rows", path.display());
         }
         Ok(t)
+    }
+
+    /// A table from its header and rows.
+    pub fn new(header: Vec<String>, rows: Vec<Vec<String>>) -> Table {
+        let mut t = Table {
+            header,
+            rows,
+            varying: Vec::new(),
+        };
+        t.varying = t.varying_columns();
+        t
     }
 
     pub fn col(&self, name: &str) -> Result<usize> {
@@ -76,11 +89,13 @@ impl Table {
         self.get(&self.rows[0], "experiment")
     }
 
-    /// Variant label of a row: the key columns that differ across the table (net, placement,
-    /// shortcut, projection, units), in that order. The projection counts only where it
-    /// varies on its own: a grid of placements that each get their own convention is
-    /// labelled by the placement alone.
-    pub fn variant(&self, row: &[String]) -> String {
+    /// The key columns that differ across the table (net, placement, shortcut, projection,
+    /// units), in that order. The projection counts only where it varies on its own: a grid of
+    /// placements that each get their own convention is labelled by the placement alone.
+    fn varying_columns(&self) -> Vec<&'static str> {
+        if self.rows.is_empty() {
+            return Vec::new();
+        }
         let varies = |c: &str| {
             self.has(c)
                 && self
@@ -102,7 +117,7 @@ impl Table {
                 *seen.entry(others(r)).or_insert(p) != p
             })
         };
-        let varying: Vec<&str> = ["net", "placement", "shortcut", "projection", "units"]
+        ["net", "placement", "shortcut", "projection", "units"]
             .into_iter()
             .filter(|c| {
                 if *c == "projection" {
@@ -111,15 +126,19 @@ impl Table {
                     varies(c)
                 }
             })
-            .collect();
-        if varying.is_empty() {
+            .collect()
+    }
+
+    /// Variant label of a row: its values in the key columns that differ across the table.
+    pub fn variant(&self, row: &[String]) -> String {
+        if self.varying.is_empty() {
             return format!(
                 "{} {}",
                 self.get(row, "placement"),
                 self.get(row, "shortcut")
             );
         }
-        varying
+        self.varying
             .iter()
             .map(|c| {
                 if *c == "units" {
