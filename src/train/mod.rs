@@ -142,6 +142,10 @@ pub struct TrainConfig {
     pub seed: u64,
 }
 
+/// Training images the weight layers' input statistics are measured on: the first of the
+/// training split (a mean and a variance over 128 x C x H x W values each).
+pub const SIGNAL_IMAGES: usize = 128;
+
 /// Training images the generalisation gap is measured on, at every epoch's end: the first
 /// this many of the (shuffled, fixed) training split, BN in evaluation mode as for the test
 /// split. As many as the digits' test split, so the two numbers are equally noisy.
@@ -157,8 +161,9 @@ pub struct StepRow {
     pub train_error: f64,
     /// Test loss and error at an epoch's end.
     pub test: Option<(f64, f64)>,
-    /// Loss and error on [`TRAIN_EVAL_IMAGES`] training images, BN in evaluation mode, at an
-    /// epoch's end (the generalisation gap is `test - train_eval`).
+    /// Loss and error on [`TRAIN_EVAL_IMAGES`] training images, BN in evaluation mode, at the
+    /// end of the first, third, fifth, ... and the last epoch (the generalisation gap is
+    /// `test - train_eval`).
     pub train_eval: Option<(f64, f64)>,
 }
 
@@ -286,16 +291,17 @@ pub fn evaluate_on(
 ) -> Result<(f64, f64)> {
     let n = n.min(set.len());
     let idx: Vec<usize> = (0..n).collect();
+    // No backward follows: weight layers keep no inputs and only the unit inputs are kept.
     let ctx = ForwardCtx {
         mode: Mode::Eval,
         dropout_seed: 0,
         keep_branch: false,
-        weight_grads: true,
+        weight_grads: false,
     };
     let (mut loss, mut wrong) = (0.0, 0.0);
     for chunk in idx.chunks(500) {
         let (x, y) = set.batch(chunk, flat);
-        let cache = net.forward(&x, &y, &ctx)?;
+        let cache = net.forward_with(&x, &y, &ctx, crate::net::Keep::Inputs)?;
         loss += cache.loss * chunk.len() as f64;
         wrong += error_rate(&cache.probs, &y) * chunk.len() as f64;
     }
@@ -336,7 +342,7 @@ pub fn train(
     // The weight layers' inputs are measured on a fixed batch of training images, BN in
     // training mode (the statistics the weights see while they learn).
     let signal_batch = || {
-        let idx: Vec<usize> = (0..TRAIN_EVAL_IMAGES.min(data.train.len())).collect();
+        let idx: Vec<usize> = (0..SIGNAL_IMAGES.min(data.train.len())).collect();
         data.train.batch(&idx, flat)
     };
     let record_signal = |net: &Network, when: &'static str, history: &mut History| -> Result<()> {
@@ -408,10 +414,14 @@ pub fn train(
             net.update_running_stats(&cache);
             sgd.step(net, &grads, lr);
             let last = b + 1 == steps_per_epoch;
+            // The training-side numbers of the gap at every other epoch's end and at the last.
+            let eval_train = epoch % 2 == 0 || epoch + 1 == cfg.epochs;
             let (test, train_eval) = if last {
                 (
                     Some(evaluate(net, data, flat)?),
-                    Some(evaluate_on(net, &data.train, TRAIN_EVAL_IMAGES, flat)?),
+                    eval_train
+                        .then(|| evaluate_on(net, &data.train, TRAIN_EVAL_IMAGES, flat))
+                        .transpose()?,
                 )
             } else {
                 (None, None)
