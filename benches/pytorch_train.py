@@ -15,6 +15,13 @@ same data (exported by `resprop data`). Only the random draws differ (weights, b
     python benches/pytorch_train.py --data digits.npz --net resnet110 --placement original --seeds 0-7
 
 Prints one line per seed (final test error and last-epoch training loss) and a summary line.
+
+    python benches/pytorch_train.py --init-ratio --net resnet110 --placement original --seeds 0-2
+
+prints instead, per seed, ||dE/dx_0|| / ||dE/dx_L|| at initialisation (x_0 the stem's output,
+x_L the last unit's output; training-mode BN, a batch of 32 standard-normal 3x32x32 images with
+uniform random labels), the figure `resprop profile --net resnet110 --batch 32` reports as the
+first unit's grad_ratio.
 """
 import argparse
 import math
@@ -181,6 +188,21 @@ def train_one(args, data, seed):
     return test_error, statistics.mean(last_losses), None
 
 
+def init_ratio(args, seed, batch=32):
+    """||dE/dx_0|| / ||dE/dx_L|| of a freshly initialised net on Gaussian inputs."""
+    torch.manual_seed(seed)
+    model = Net(args.net, args.placement, args.projection, 3, 10).train()
+    x = torch.randn(batch, 3, 32, 32)
+    y = torch.randint(0, 10, (batch,))
+    x0 = model.stem(x)
+    x0.retain_grad()
+    xl = model.units(x0)
+    xl.retain_grad()
+    logits = model.fc(model.head(xl).mean(dim=(2, 3)))
+    F.cross_entropy(logits, y).backward()
+    return (x0.grad.norm() / xl.grad.norm()).item()
+
+
 def parse_seeds(s):
     if "-" in s:
         a, b = s.split("-")
@@ -190,7 +212,9 @@ def parse_seeds(s):
 
 def main():
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--data", required=True, help="the .npz that `resprop data` writes")
+    p.add_argument("--data", help="the .npz that `resprop data` writes (needed unless --init-ratio)")
+    p.add_argument("--init-ratio", action="store_true",
+                   help="print ||dE/dx_0|| / ||dE/dx_L|| at initialisation per seed instead of training")
     p.add_argument("--net", default="resnet110", help="resnet110, resnet164 or resnet:N:basic|bottleneck")
     p.add_argument("--placement", default="original", choices=list(PLACEMENTS))
     p.add_argument("--projection", default=None, choices=["bn", "plain", "pad"],
@@ -205,6 +229,17 @@ def main():
         args.projection = "plain" if args.placement in PREACT else "bn"
     torch.set_num_threads(args.threads)
     torch.set_default_dtype(torch.float64)
+    if args.init_ratio:
+        ratios = []
+        for seed in parse_seeds(args.seeds):
+            ratios.append(init_ratio(args, seed))
+            print(f"{args.net} {args.placement} projection {args.projection} seed {seed}: "
+                  f"||dE/dx_0|| / ||dE/dx_L|| = {ratios[-1]:.1f}", flush=True)
+        print(f"SUMMARY init ratio {args.net} {args.placement} projection {args.projection}: median "
+              f"{statistics.median(ratios):.1f}, range {min(ratios):.1f}-{max(ratios):.1f}")
+        return 0
+    if args.data is None:
+        p.error("--data is required (export it with `resprop data --data digits --npz digits.npz`)")
     z = np.load(args.data)
     data = (torch.from_numpy(z["train_x"]), torch.from_numpy(z["train_y"]),
             torch.from_numpy(z["test_x"]), torch.from_numpy(z["test_y"]))

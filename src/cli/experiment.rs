@@ -203,10 +203,11 @@ pub fn all(args: &AllArgs) -> Result<ExitCode> {
             .map(|p| PathBuf::from(p.file_name().unwrap()))
             .collect();
         emit(&format!(
-            "{}: {} cells ({computed} computed now) in {seconds:.1} s, {} charts\n",
+            "{}: {} cells ({computed} computed now) in {seconds:.1} s, {} chart{}\n",
             spec.name,
             spec.cells().len(),
-            spec.charts.len()
+            spec.charts.len(),
+            if spec.charts.len() == 1 { "" } else { "s" }
         ))?;
         entries.push(Entry {
             name: spec.name.clone(),

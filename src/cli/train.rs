@@ -144,16 +144,21 @@ pub fn run(args: &TrainArgs) -> Result<ExitCode> {
         seed: args.seed,
     };
     emit(&format!(
-        "resprop train: {} ({} units, {} parameters), {} placement, shortcut {}, on {} ({} train / {} test), {} epochs of batch {}\n",
+        "resprop train: {} ({} units, {} parameters), {} placement, shortcut {}{}, on {} ({} train / {} test), {} epoch{} of batch {}\n",
         args.net,
         net.num_units(),
         net.param_count(),
         args.placement,
         args.shortcut,
+        match &net.spec {
+            crate::net::NetSpec::Resnet(c) => format!(", projection {}", c.projection),
+            _ => String::new(),
+        },
         data.name,
         data.train.len(),
         data.test.len(),
         args.epochs,
+        if args.epochs == 1 { "" } else { "s" },
         args.batch
     ))?;
     let bar = ProgressBar::new(0);

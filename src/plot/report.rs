@@ -54,7 +54,7 @@ fn training_section(e: &Entry) -> String {
     if let Some(g) = super::training::gap_table(&stats) {
         let _ = write!(s, "\nGeneralisation gap at the end of training:\n\n{g}");
     }
-    s.push_str("\nThe same nets and recipe in PyTorch, and a training step cross-checked against NumPy and PyTorch to 1e-10: [docs/training.md](../docs/training.md).\n");
+    s.push_str("\nMeasured outside this run, in [docs/training.md](../docs/training.md): the same nets trained by PyTorch with this recipe and at a lower learning rate, and one training step cross-checked against NumPy and PyTorch to 1e-10.\n");
     if let Some(signal) = &e.signal {
         let _ = write!(
             s,
@@ -214,8 +214,13 @@ pub fn render(entries: &[Entry]) -> String {
                     s,
                     "_{cells} cells, computed in {sec:.1} s on this machine._\n"
                 )
+            } else if e.computed == 0 {
+                writeln!(
+                    s,
+                    "_{cells} cells, all reused from `results/cells/` (delete `results/` to recompute and time them)._\n"
+                )
             } else {
-                writeln!(s, "_{cells} cells: {} computed in this run ({sec:.1} s), the rest reused from an earlier run._\n", e.computed)
+                writeln!(s, "_{cells} cells: {} computed in this run ({sec:.1} s), the other {} already in `results/cells/` (shared with another experiment or from an earlier run)._\n", e.computed, cells - e.computed)
             };
         }
     }

@@ -432,8 +432,11 @@ pub fn ordering_section(stats: &[VariantStats], paper: &PaperValues) -> String {
     }
     let _ = writeln!(
         s,
-        "\nOf {} pairs: {agree} agree with the paper, {reversed} are reversed and {open} are not distinguishable at this scale.",
-        agree + reversed + open
+        "\nOf {} pairs: {agree} {} with the paper, {reversed} {} reversed and {open} {} not distinguishable at this scale.",
+        agree + reversed + open,
+        if agree == 1 { "agrees" } else { "agree" },
+        if reversed == 1 { "is" } else { "are" },
+        if open == 1 { "is" } else { "are" },
     );
     s
 }
@@ -623,7 +626,7 @@ mod tests {
         let s = ordering_section(&stats, &paper);
         assert!(s.contains("not distinguishable at this scale"), "{s}");
         assert!(
-            s.contains("0 agree with the paper, 0 are reversed and 1 are not distinguishable"),
+            s.contains("0 agree with the paper, 0 are reversed and 1 is not distinguishable"),
             "{s}"
         );
         let table = stats_table(&stats, Some(&paper));
