@@ -194,7 +194,7 @@ pub fn write_npz(
         });
         result?;
         for l in 0..net.num_units() {
-            if let Some(mask) = &cache.unit(net, l).mask {
+            if let Some(mask) = &cache.unit(net, l).shortcut.mask {
                 npz.add_array(format!("mask/{l}"), mask).map_err(err)?;
             }
         }

@@ -2,6 +2,7 @@
 
 pub mod ops;
 pub mod residual;
+pub mod shortcut;
 pub mod spec;
 
 pub use ops::{Op, OpCache};

@@ -11,7 +11,11 @@
 //!
 //! The full backward is their sum, which is what makes the direct/rest split of `dE/dx_l`
 //! measurable: carrying `dE/dx_L` down through shortcut parts alone gives the direct term of
-//! Eq. 5/8.
+//! Eq. 5/8. What each shortcut kind adds and its two VJPs live in [`super::shortcut`].
+//!
+//! The paper's unit (identity `h` and `f`) also has a fused path that adds `x` inside the
+//! branch's last layer; it sits in the last section of this file, after the readable path it
+//! must equal (tested in `tests/fusion.rs` and by `check`'s consistency row).
 
 use std::sync::Arc;
 
@@ -19,12 +23,12 @@ use super::ops::{
     backward_seq, backward_seq_ref, forward_seq, forward_seq_with, freeze_relus_seq,
     update_running_stats_seq, Op, OpCache, SeqExtras,
 };
+use super::shortcut::{self, ShortcutCache};
 use super::spec::{Placement, ShortcutKind};
 use crate::fault::{self, Fault};
 use crate::grads::Grads;
 use crate::layers::batch_norm::Moments;
-use crate::layers::{dropout, sigmoid, Mode};
-use crate::rng::{derive_seed, purpose, rng};
+use crate::layers::Mode;
 use crate::tensor::Tensor;
 
 /// What a forward pass needs besides the input: BN mode and the seed of dropout masks.
@@ -73,13 +77,8 @@ pub struct UnitCache {
     /// `F(x)`, before any gate: kept only for the exclusive gate, whose backward needs it
     /// (`d/dg [g F] = F`); every other shortcut adds its term into `F(x)`'s own buffer.
     branch_out: Option<Tensor>,
-    shortcut_ops: Vec<OpCache>,
-    /// `g = sigmoid(W_g x + b_g)` for gated shortcuts.
-    pub gate: Option<Tensor>,
-    /// `h(x)` of a projection or padded shortcut (the output of its layers).
-    projection: Option<Tensor>,
-    /// Dropout mask on the shortcut.
-    pub mask: Option<Tensor>,
+    /// The shortcut's state: its layers' caches, gate, projection output, dropout mask.
+    pub shortcut: ShortcutCache,
     after_add: Vec<OpCache>,
 }
 
@@ -131,66 +130,27 @@ impl ResidualUnit {
             }
         };
         let x: &Tensor = split_input.as_ref().unwrap_or(&x_in);
-        let mut shortcut_caches = Vec::new();
-        let mut gate = None;
-        let mut projection = None;
-        let mut mask = None;
-        match self.shortcut {
-            ShortcutKind::Gate { .. }
-            | ShortcutKind::ShortcutGate { .. }
-            | ShortcutKind::Conv1x1
-            | ShortcutKind::Pad => {
-                let (z, c) = forward_seq(&self.shortcut_ops, x.clone(), ctx.mode);
-                shortcut_caches = c;
-                if self.shortcut.has_gate() {
-                    gate = Some(sigmoid::forward(&z));
-                } else {
-                    projection = Some(z);
-                }
-            }
-            ShortcutKind::Dropout { p, rescale } => {
-                let mut r = rng(derive_seed(
-                    ctx.dropout_seed,
-                    &[purpose::DROPOUT, self.index as u64],
-                ));
-                mask = Some(dropout::mask(x.shape(), p, rescale, &mut r));
-            }
-            _ => {}
-        }
+        let shortcut = shortcut::forward(self.shortcut, &self.shortcut_ops, x, ctx, self.index);
         let cache = UnitCache {
             x: x_in,
             pre: pre_caches,
             split_input,
             branch: branch_caches,
             branch_out: None,
-            shortcut_ops: shortcut_caches,
-            gate,
-            projection,
-            mask,
+            shortcut,
             after_add: Vec::new(),
         };
         (cache, branch_out)
     }
 
+    /// The input both paths read: `pre(x)`, or `x` itself.
+    fn split_input<'a>(&self, cache: &'a UnitCache) -> &'a Tensor {
+        cache.split_input.as_ref().unwrap_or(&cache.x)
+    }
+
     /// `acc += h(x)` from the cached shortcut state.
     fn add_shortcut(&self, cache: &UnitCache, acc: &mut Tensor) {
-        let x = cache.split_input.as_ref().unwrap_or(&cache.x);
-        match self.shortcut {
-            ShortcutKind::Identity => crate::tensor::add_assign(acc, x),
-            ShortcutKind::Scale { lambda, .. } => acc.zip_mut_with(x, |a, &v| *a += lambda * v),
-            ShortcutKind::Gate { .. } | ShortcutKind::ShortcutGate { .. } => {
-                ndarray::Zip::from(acc)
-                    .and(x)
-                    .and(cache.gate.as_ref().unwrap())
-                    .for_each(|a, &v, &g| *a += (1.0 - g) * v)
-            }
-            ShortcutKind::Conv1x1 | ShortcutKind::Pad => *acc += cache.projection.as_ref().unwrap(),
-            ShortcutKind::Dropout { .. } => ndarray::Zip::from(acc)
-                .and(x)
-                .and(cache.mask.as_ref().unwrap())
-                .for_each(|a, &v, &m| *a += m * v),
-            ShortcutKind::None => {}
-        }
+        shortcut::add_h(self.shortcut, &cache.shortcut, self.split_input(cache), acc);
     }
 
     /// `h(x)` and `F'(x)` separately, before the addition.
@@ -232,28 +192,8 @@ impl ResidualUnit {
         ctx: &ForwardCtx,
         moments_in: Option<Moments>,
     ) -> (Tensor, UnitCache, Option<Moments>) {
-        if self.is_plain() && !ctx.keep_branch {
-            let extras = SeqExtras {
-                moments_in,
-                residual: Some(&x),
-                moments_out: true,
-                drop_weight_inputs: !ctx.weight_grads,
-            };
-            let (y, branch, moments) =
-                forward_seq_with(&self.branch, Arc::clone(&x), ctx.mode, extras);
-            let cache = UnitCache {
-                x,
-                pre: Vec::new(),
-                split_input: None,
-                branch,
-                branch_out: None,
-                shortcut_ops: Vec::new(),
-                gate: None,
-                projection: None,
-                mask: None,
-                after_add: Vec::new(),
-            };
-            return (y, cache, moments);
+        if self.is_identity_unit() && !ctx.keep_branch {
+            return self.forward_identity_fused(x, ctx, moments_in);
         }
         let (mut cache, branch_out) = self.forward_inputs(x, ctx, moments_in);
         let mut y = self.add_branch_term(&mut cache, branch_out, ctx.keep_branch);
@@ -263,29 +203,14 @@ impl ResidualUnit {
         (x_next, cache, None)
     }
 
-    /// The paper's unit: identity shortcut and after-addition function, no shared
-    /// pre-activation. Its passes fuse the addition into the branch (see `forward_fused`).
-    fn is_plain(&self) -> bool {
-        self.pre.is_empty()
-            && self.after_add.is_empty()
-            && matches!(self.shortcut, ShortcutKind::Identity)
-    }
-
     /// The term the branch adds to the sum, `F`, `B F` (scaled) or `g F` (exclusive gate),
     /// in `F(x)`'s own buffer. `F(x)` itself stays in the cache when asked for, and always for
     /// the exclusive gate, whose backward needs it (`d/dg [g F] = F`).
-    fn add_branch_term(&self, cache: &mut UnitCache, mut branch_out: Tensor, keep: bool) -> Tensor {
-        if keep || matches!(self.shortcut, ShortcutKind::Gate { .. }) {
+    fn add_branch_term(&self, cache: &mut UnitCache, branch_out: Tensor, keep: bool) -> Tensor {
+        if keep || shortcut::needs_branch_output(self.shortcut) {
             cache.branch_out = Some(branch_out.clone());
         }
-        match self.shortcut {
-            ShortcutKind::Scale { branch, .. } => {
-                branch_out *= branch;
-                branch_out
-            }
-            ShortcutKind::Gate { .. } => branch_out * cache.gate.as_ref().unwrap(),
-            _ => branch_out,
-        }
+        shortcut::weight_branch(self.shortcut, &cache.shortcut, branch_out)
     }
 
     /// `F'(x)` of a cached pass made with `keep_branch` (the analyses' forward).
@@ -294,27 +219,12 @@ impl ResidualUnit {
             .branch_out
             .as_ref()
             .expect("F(x) is kept only by a forward pass with keep_branch");
-        match self.shortcut {
-            ShortcutKind::Scale { branch, .. } => f * branch,
-            ShortcutKind::Gate { .. } => f * cache.gate.as_ref().unwrap(),
-            _ => f.clone(),
-        }
+        shortcut::branch_term(self.shortcut, &cache.shortcut, f)
     }
 
     /// `grad_y = J_f^T grad_next`: through the after-addition function.
     fn grad_sum(&self, cache: &UnitCache, grad_next: Tensor, grads: Option<&mut Grads>) -> Tensor {
         backward_seq(&self.after_add, &cache.after_add, grad_next, grads)
-    }
-
-    /// Backward through the gate's pre-activation: `grad_g` -> input gradient, weights into `grads`.
-    fn gate_backward(
-        &self,
-        cache: &UnitCache,
-        grad_g: &Tensor,
-        grads: Option<&mut Grads>,
-    ) -> Tensor {
-        let grad_z = sigmoid::backward(cache.gate.as_ref().unwrap(), grad_g);
-        backward_seq(&self.shortcut_ops, &cache.shortcut_ops, grad_z, grads)
     }
 
     /// `J_h(x)^T grad_y`; takes `grad_y` by value so identity-like shortcuts reuse it.
@@ -324,7 +234,14 @@ impl ResidualUnit {
         grad_y: Tensor,
         mut grads: Option<&mut Grads>,
     ) -> Tensor {
-        let g = self.shortcut_part_inner(cache, grad_y, grads.as_deref_mut());
+        let g = shortcut::shortcut_vjp(
+            self.shortcut,
+            &self.shortcut_ops,
+            &cache.shortcut,
+            self.split_input(cache),
+            grad_y,
+            grads.as_deref_mut(),
+        );
         self.through_pre(cache, g, grads)
     }
 
@@ -338,50 +255,6 @@ impl ResidualUnit {
         }
     }
 
-    fn shortcut_part_inner(
-        &self,
-        cache: &UnitCache,
-        mut grad_y: Tensor,
-        grads: Option<&mut Grads>,
-    ) -> Tensor {
-        match self.shortcut {
-            ShortcutKind::Identity => {
-                fault::perturb(Fault::IdentityShortcutVjp, &mut grad_y);
-                grad_y
-            }
-            ShortcutKind::Scale { lambda, .. } => {
-                grad_y *= fault::factor(Fault::ScaleShortcutVjp, lambda);
-                grad_y
-            }
-            ShortcutKind::Gate { .. } | ShortcutKind::ShortcutGate { .. } => {
-                // h = (1 - g) * x: the direct factor (1 - g) plus the path through the gate,
-                // d/dg [(1 - g) x] = -x.
-                let mut grad_g = -(&grad_y * cache.split_input.as_ref().unwrap_or(&cache.x));
-                fault::perturb(Fault::GatePathTerm, &mut grad_g);
-                grad_y.zip_mut_with(cache.gate.as_ref().unwrap(), |d, &g| {
-                    *d *= fault::factor(Fault::GateDirectFactor, 1.0 - g)
-                });
-                grad_y += &self.gate_backward(cache, &grad_g, grads);
-                grad_y
-            }
-            ShortcutKind::Conv1x1 | ShortcutKind::Pad => {
-                let mut g = backward_seq(&self.shortcut_ops, &cache.shortcut_ops, grad_y, grads);
-                fault::perturb(Fault::ProjectionShortcutVjp, &mut g);
-                g
-            }
-            ShortcutKind::Dropout { .. } => {
-                grad_y *= cache.mask.as_ref().unwrap();
-                fault::perturb(Fault::DropoutShortcutVjp, &mut grad_y);
-                grad_y
-            }
-            // h = 0: no gradient, in the shape of the input the shortcut would have read
-            // (which differs from grad_y's when the unit changes shape).
-            ShortcutKind::None => {
-                Tensor::zeros(cache.split_input.as_ref().unwrap_or(&cache.x).raw_dim())
-            }
-        }
-    }
-
     /// `J_{F'}(x)^T grad_y`.
     fn branch_part(
         &self,
@@ -389,23 +262,17 @@ impl ResidualUnit {
         grad_y: &Tensor,
         mut grads: Option<&mut Grads>,
     ) -> Tensor {
-        let grad_f = match self.shortcut {
-            ShortcutKind::Scale { branch, .. } => {
-                grad_y * fault::factor(Fault::ScaleBranchVjp, branch)
-            }
-            ShortcutKind::Gate { .. } => {
-                let mut g = grad_y * cache.gate.as_ref().unwrap();
-                fault::perturb(Fault::ExclusiveGateBranchFactor, &mut g);
-                g
-            }
-            _ => grad_y.clone(),
-        };
+        let grad_f = shortcut::branch_weight_vjp(self.shortcut, &cache.shortcut, grad_y);
         let mut grad_x = backward_seq(&self.branch, &cache.branch, grad_f, grads.as_deref_mut());
-        if let ShortcutKind::Gate { .. } = self.shortcut {
-            // g * F: the gate's own dependence on x, d/dg [g F] = F.
-            let mut grad_g = grad_y * cache.branch_out.as_ref().expect("the gate keeps F(x)");
-            fault::perturb(Fault::ExclusiveGateBranchTerm, &mut grad_g);
-            grad_x += &self.gate_backward(cache, &grad_g, grads.as_deref_mut());
+        if let Some(g) = shortcut::branch_weight_input_vjp(
+            self.shortcut,
+            &self.shortcut_ops,
+            &cache.shortcut,
+            cache.branch_out.as_ref(),
+            grad_y,
+            grads.as_deref_mut(),
+        ) {
+            grad_x += &g;
         }
         self.through_pre(cache, grad_x, grads)
     }
@@ -417,24 +284,12 @@ impl ResidualUnit {
         grad_next: &Tensor,
         grads: Option<&mut Grads>,
     ) -> Tensor {
-        if !self.is_plain() {
-            let (mut s, b) = self.backward_split_inner(cache, grad_next, grads);
-            s += &b;
-            return s;
+        if self.is_identity_unit() {
+            return self.backward_identity_fused(cache, grad_next, grads);
         }
-        // The paper's unit (identity h and f): dE/dx_l = J_F^T grad + grad, the branch
-        // reading `grad_next` in place and adding it in its last pass: no copies.
-        if fault::active(Fault::FusedIdentityResidual) {
-            let wrong = grad_next * fault::FACTOR;
-            return backward_seq_ref(&self.branch, &cache.branch, grad_next, grads, Some(&wrong));
-        }
-        backward_seq_ref(
-            &self.branch,
-            &cache.branch,
-            grad_next,
-            grads,
-            Some(grad_next),
-        )
+        let (mut s, b) = self.backward_split_inner(cache, grad_next, grads);
+        s += &b;
+        s
     }
 
     /// Both parts of the backward, `(shortcut part, branch part)`; their sum is `dE/dx_l`.
@@ -471,14 +326,14 @@ impl ResidualUnit {
         freeze_relus_seq(&mut self.pre, &cache.pre);
         freeze_relus_seq(&mut self.branch, &cache.branch);
         freeze_relus_seq(&mut self.after_add, &cache.after_add);
-        freeze_relus_seq(&mut self.shortcut_ops, &cache.shortcut_ops);
+        freeze_relus_seq(&mut self.shortcut_ops, &cache.shortcut.ops);
     }
 
     pub fn update_running_stats(&mut self, cache: &UnitCache) {
         update_running_stats_seq(&mut self.pre, &cache.pre);
         update_running_stats_seq(&mut self.branch, &cache.branch);
         update_running_stats_seq(&mut self.after_add, &cache.after_add);
-        update_running_stats_seq(&mut self.shortcut_ops, &cache.shortcut_ops);
+        update_running_stats_seq(&mut self.shortcut_ops, &cache.shortcut.ops);
     }
 
     /// Every BatchNorm of the unit with its cache from `cache` (pre, branch, after-addition,
@@ -492,7 +347,7 @@ impl ResidualUnit {
             (&self.pre, &cache.pre),
             (&self.branch, &cache.branch),
             (&self.after_add, &cache.after_add),
-            (&self.shortcut_ops, &cache.shortcut_ops),
+            (&self.shortcut_ops, &cache.shortcut.ops),
         ] {
             crate::unit::ops::visit_bn_caches(ops, caches, f);
         }
@@ -544,6 +399,67 @@ impl ResidualUnit {
             seq(&self.branch),
             self.shortcut,
             after
+        )
+    }
+
+    // ---- Fast path: the paper's identity unit, fused ----------------------------------------
+    //
+    // With identity h and f and no shared pre-activation, `x_{l+1} = x_l + F(x_l)`: the branch
+    // adds `x` inside its last layer (sample by sample, while the output is in cache) and
+    // measures the sum's plane moments there for the next unit's first BatchNorm; backward
+    // reads `dE/dx_{l+1}` in place and adds it in the branch's last pass. Same numbers as the
+    // readable path above, two fewer passes over `x_{l+1}` each way.
+
+    /// The paper's unit: identity shortcut and after-addition function, no shared
+    /// pre-activation.
+    fn is_identity_unit(&self) -> bool {
+        self.pre.is_empty()
+            && self.after_add.is_empty()
+            && matches!(self.shortcut, ShortcutKind::Identity)
+    }
+
+    fn forward_identity_fused(
+        &self,
+        x: Arc<Tensor>,
+        ctx: &ForwardCtx,
+        moments_in: Option<Moments>,
+    ) -> (Tensor, UnitCache, Option<Moments>) {
+        let extras = SeqExtras {
+            moments_in,
+            residual: Some(&x),
+            moments_out: true,
+            drop_weight_inputs: !ctx.weight_grads,
+        };
+        let (y, branch, moments) = forward_seq_with(&self.branch, Arc::clone(&x), ctx.mode, extras);
+        let cache = UnitCache {
+            x,
+            pre: Vec::new(),
+            split_input: None,
+            branch,
+            branch_out: None,
+            shortcut: ShortcutCache::default(),
+            after_add: Vec::new(),
+        };
+        (y, cache, moments)
+    }
+
+    /// `dE/dx_l = J_F^T grad + grad`, with no copies of `grad`.
+    fn backward_identity_fused(
+        &self,
+        cache: &UnitCache,
+        grad_next: &Tensor,
+        grads: Option<&mut Grads>,
+    ) -> Tensor {
+        if fault::active(Fault::FusedIdentityResidual) {
+            let wrong = grad_next * fault::FACTOR;
+            return backward_seq_ref(&self.branch, &cache.branch, grad_next, grads, Some(&wrong));
+        }
+        backward_seq_ref(
+            &self.branch,
+            &cache.branch,
+            grad_next,
+            grads,
+            Some(grad_next),
         )
     }
 }

@@ -1,0 +1,210 @@
+//! Every shortcut kind's math, side by side: what Eq. 1 adds (`h(x)` and the weight on the
+//! branch term) and the two vector-Jacobian products the paper's split needs.
+//!
+//! | kind | `h(x)` | branch term `F'` | `J_h^T g` | `J_{F'}^T g` (into `F`, plus `x` via the gate) |
+//! |---|---|---|---|---|
+//! | identity | `x` | `F` | `g` | `g` |
+//! | scale:L:B | `L x` | `B F` | `L g` | `B g` |
+//! | gate:B (exclusive) | `(1 - s) x` | `s F` | `(1 - s) g + J_s^T(-g x)` | `s g`, plus `J_s^T(g F)` |
+//! | shortcut-gate:B | `(1 - s) x` | `F` | `(1 - s) g + J_s^T(-g x)` | `g` |
+//! | conv1x1, pad | `P(x)` (its layers) | `F` | `J_P^T g` | `g` |
+//! | dropout:P | `m x` | `F` | `m g` | `g` |
+//! | none | `0` | `F` | `0` | `g` |
+//!
+//! with `s = sigmoid(W_g x + b_g)` (the gate's layers) and `m` the unit's dropout mask. A new
+//! kind is one more arm in each function below plus its parse/display in `spec.rs`.
+
+use super::ops::{backward_seq, forward_seq, Op, OpCache};
+use super::residual::ForwardCtx;
+use super::spec::ShortcutKind;
+use crate::fault::{self, Fault};
+use crate::grads::Grads;
+use crate::layers::{dropout, sigmoid};
+use crate::rng::{derive_seed, purpose, rng};
+use crate::tensor::Tensor;
+
+/// What a shortcut's forward leaves for its backward.
+#[derive(Debug, Clone, Default)]
+pub struct ShortcutCache {
+    /// Caches of the shortcut's own layers (gate pre-activation, projection, pad).
+    pub(super) ops: Vec<OpCache>,
+    /// `s = sigmoid(W_g x + b_g)` for gated shortcuts.
+    pub gate: Option<Tensor>,
+    /// `h(x)` of a projection or padded shortcut (the output of its layers).
+    pub(super) projection: Option<Tensor>,
+    /// Dropout mask on the shortcut.
+    pub mask: Option<Tensor>,
+}
+
+/// Runs the shortcut's own layers on `x` (the input the shortcut reads) and draws the dropout
+/// mask of unit `index`.
+pub(super) fn forward(
+    kind: ShortcutKind,
+    ops: &[Op],
+    x: &Tensor,
+    ctx: &ForwardCtx,
+    index: usize,
+) -> ShortcutCache {
+    let mut cache = ShortcutCache::default();
+    match kind {
+        ShortcutKind::Gate { .. }
+        | ShortcutKind::ShortcutGate { .. }
+        | ShortcutKind::Conv1x1
+        | ShortcutKind::Pad => {
+            let (z, c) = forward_seq(ops, x.clone(), ctx.mode);
+            cache.ops = c;
+            if kind.has_gate() {
+                cache.gate = Some(sigmoid::forward(&z));
+            } else {
+                cache.projection = Some(z);
+            }
+        }
+        ShortcutKind::Dropout { p, rescale } => {
+            let mut r = rng(derive_seed(
+                ctx.dropout_seed,
+                &[purpose::DROPOUT, index as u64],
+            ));
+            cache.mask = Some(dropout::mask(x.shape(), p, rescale, &mut r));
+        }
+        ShortcutKind::Identity | ShortcutKind::Scale { .. } | ShortcutKind::None => {}
+    }
+    cache
+}
+
+/// `acc += h(x)`.
+pub(super) fn add_h(kind: ShortcutKind, cache: &ShortcutCache, x: &Tensor, acc: &mut Tensor) {
+    match kind {
+        ShortcutKind::Identity => crate::tensor::add_assign(acc, x),
+        ShortcutKind::Scale { lambda, .. } => acc.zip_mut_with(x, |a, &v| *a += lambda * v),
+        ShortcutKind::Gate { .. } | ShortcutKind::ShortcutGate { .. } => ndarray::Zip::from(acc)
+            .and(x)
+            .and(cache.gate.as_ref().unwrap())
+            .for_each(|a, &v, &g| *a += (1.0 - g) * v),
+        ShortcutKind::Conv1x1 | ShortcutKind::Pad => *acc += cache.projection.as_ref().unwrap(),
+        ShortcutKind::Dropout { .. } => ndarray::Zip::from(acc)
+            .and(x)
+            .and(cache.mask.as_ref().unwrap())
+            .for_each(|a, &v, &m| *a += m * v),
+        ShortcutKind::None => {}
+    }
+}
+
+/// Whether the branch weight's VJP needs `F(x)` itself (`d/ds [s F] = F`).
+pub(super) fn needs_branch_output(kind: ShortcutKind) -> bool {
+    matches!(kind, ShortcutKind::Gate { .. })
+}
+
+/// The branch term `F'` from `F(x)`, in `F(x)`'s own buffer.
+pub(super) fn weight_branch(kind: ShortcutKind, cache: &ShortcutCache, mut f: Tensor) -> Tensor {
+    match kind {
+        ShortcutKind::Scale { branch, .. } => {
+            f *= branch;
+            f
+        }
+        ShortcutKind::Gate { .. } => f * cache.gate.as_ref().unwrap(),
+        _ => f,
+    }
+}
+
+/// The branch term `F'` from a kept `F(x)` (the analyses' forward).
+pub(super) fn branch_term(kind: ShortcutKind, cache: &ShortcutCache, f: &Tensor) -> Tensor {
+    match kind {
+        ShortcutKind::Scale { branch, .. } => f * branch,
+        ShortcutKind::Gate { .. } => f * cache.gate.as_ref().unwrap(),
+        _ => f.clone(),
+    }
+}
+
+/// Backward through the gate's pre-activation: `grad_s` -> input gradient, weights into `grads`.
+fn gate_backward(
+    ops: &[Op],
+    cache: &ShortcutCache,
+    grad_s: &Tensor,
+    grads: Option<&mut Grads>,
+) -> Tensor {
+    let grad_z = sigmoid::backward(cache.gate.as_ref().unwrap(), grad_s);
+    backward_seq(ops, &cache.ops, grad_z, grads)
+}
+
+/// `J_h(x)^T grad_y`, the shortcut-only VJP; takes `grad_y` by value so identity-like
+/// shortcuts reuse it. `x` is the input the shortcut read.
+pub(super) fn shortcut_vjp(
+    kind: ShortcutKind,
+    ops: &[Op],
+    cache: &ShortcutCache,
+    x: &Tensor,
+    mut grad_y: Tensor,
+    grads: Option<&mut Grads>,
+) -> Tensor {
+    match kind {
+        ShortcutKind::Identity => {
+            fault::perturb(Fault::IdentityShortcutVjp, &mut grad_y);
+            grad_y
+        }
+        ShortcutKind::Scale { lambda, .. } => {
+            grad_y *= fault::factor(Fault::ScaleShortcutVjp, lambda);
+            grad_y
+        }
+        ShortcutKind::Gate { .. } | ShortcutKind::ShortcutGate { .. } => {
+            // h = (1 - s) * x: the direct factor (1 - s) plus the path through the gate,
+            // d/ds [(1 - s) x] = -x.
+            let mut grad_s = -(&grad_y * x);
+            fault::perturb(Fault::GatePathTerm, &mut grad_s);
+            grad_y.zip_mut_with(cache.gate.as_ref().unwrap(), |d, &s| {
+                *d *= fault::factor(Fault::GateDirectFactor, 1.0 - s)
+            });
+            grad_y += &gate_backward(ops, cache, &grad_s, grads);
+            grad_y
+        }
+        ShortcutKind::Conv1x1 | ShortcutKind::Pad => {
+            let mut g = backward_seq(ops, &cache.ops, grad_y, grads);
+            fault::perturb(Fault::ProjectionShortcutVjp, &mut g);
+            g
+        }
+        ShortcutKind::Dropout { .. } => {
+            grad_y *= cache.mask.as_ref().unwrap();
+            fault::perturb(Fault::DropoutShortcutVjp, &mut grad_y);
+            grad_y
+        }
+        // h = 0: no gradient, in the shape of the input the shortcut would have read
+        // (which differs from grad_y's when the unit changes shape).
+        ShortcutKind::None => Tensor::zeros(x.raw_dim()),
+    }
+}
+
+/// The branch weight's VJP into `F`: `dE/dF` from `grad_y = dE/d(h + F')`.
+pub(super) fn branch_weight_vjp(
+    kind: ShortcutKind,
+    cache: &ShortcutCache,
+    grad_y: &Tensor,
+) -> Tensor {
+    match kind {
+        ShortcutKind::Scale { branch, .. } => grad_y * fault::factor(Fault::ScaleBranchVjp, branch),
+        ShortcutKind::Gate { .. } => {
+            let mut g = grad_y * cache.gate.as_ref().unwrap();
+            fault::perturb(Fault::ExclusiveGateBranchFactor, &mut g);
+            g
+        }
+        _ => grad_y.clone(),
+    }
+}
+
+/// The branch weight's own dependence on `x` (the exclusive gate's `d/ds [s F] = F`, carried
+/// through the gate's layers); `None` for the kinds whose weight is a constant.
+pub(super) fn branch_weight_input_vjp(
+    kind: ShortcutKind,
+    ops: &[Op],
+    cache: &ShortcutCache,
+    branch_out: Option<&Tensor>,
+    grad_y: &Tensor,
+    grads: Option<&mut Grads>,
+) -> Option<Tensor> {
+    match kind {
+        ShortcutKind::Gate { .. } => {
+            let mut grad_s = grad_y * branch_out.expect("the gate keeps F(x)");
+            fault::perturb(Fault::ExclusiveGateBranchTerm, &mut grad_s);
+            Some(gate_backward(ops, cache, &grad_s, grads))
+        }
+        _ => None,
+    }
+}
