@@ -18,6 +18,18 @@ pub fn rel_error(a: &Tensor, b: &Tensor) -> f64 {
     }
 }
 
+/// Panics, naming `what` and the error, unless `rel_error(got, want) < tol`: the one
+/// comparison every gradient test makes.
+#[track_caller]
+pub fn assert_close(what: &str, got: &Tensor, want: &Tensor, tol: f64) {
+    assert_eq!(got.shape(), want.shape(), "{what}: shapes differ");
+    let e = rel_error(got, want);
+    assert!(
+        e < tol,
+        "{what}: relative error {e:.3e} is not below {tol:.0e}"
+    );
+}
+
 /// Relative error of two scalars.
 pub fn rel_error_scalar(a: f64, b: f64) -> f64 {
     let scale = a.abs().max(b.abs());
@@ -219,5 +231,14 @@ mod tests {
         let b = Tensor::from_elem(ndarray::IxDyn(&[3]), 1.1);
         assert!(rel_error(&a, &b) > 0.05);
         assert_eq!(rel_error(&a, &a), 0.0);
+    }
+
+    #[test]
+    #[should_panic(expected = "grad: relative error")]
+    fn assert_close_fails_on_a_difference() {
+        let a = Tensor::from_elem(ndarray::IxDyn(&[3]), 1.0);
+        let b = Tensor::from_elem(ndarray::IxDyn(&[3]), 1.0 + 1e-5);
+        assert_close("grad", &a, &a, 1e-12);
+        assert_close("grad", &a, &b, 1e-6);
     }
 }

@@ -45,6 +45,13 @@ pub fn lane_sum(xs: &[f64], f: impl Fn(f64) -> f64) -> f64 {
     acc.iter().sum()
 }
 
+/// `v` where `keep`, else +0.0, as a bit mask rather than a branch: ReLU signs are random, so
+/// a branch mispredicts half the time (measured 4 ns per element against 0.3 ns).
+#[inline(always)]
+pub fn select(keep: bool, v: f64) -> f64 {
+    f64::from_bits(v.to_bits() & (keep as u64).wrapping_neg())
+}
+
 /// `(sum g, sum g (x - m))` over a run, `g` zeroed where `mask` is false, in eight lanes
 /// (then the lanes in order): BatchNorm's backward reduction, shared by the fused ops so their
 /// bits match the plain layers'.
@@ -63,13 +70,13 @@ pub fn grad_sums(g: &[f64], x: &[f64], mask: Option<&[bool]>, m: f64) -> (f64, f
                 .zip(mask[..whole].chunks_exact(8))
             {
                 for k in 0..8 {
-                    let gi = crate::layers::relu::select(m8[k], g8[k]);
+                    let gi = select(m8[k], g8[k]);
                     sb[k] += gi;
                     sg[k] += gi * (x8[k] - m);
                 }
             }
             for (k, i) in (whole..n).enumerate() {
-                let gi = crate::layers::relu::select(mask[i], g[i]);
+                let gi = select(mask[i], g[i]);
                 sb[k] += gi;
                 sg[k] += gi * (x[i] - m);
             }

@@ -859,7 +859,7 @@ impl BatchNorm {
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
-    use crate::finite_diff::{numerical_gradient, quadratic_loss, rel_error};
+    use crate::finite_diff::{assert_close, numerical_gradient, quadratic_loss, rel_error};
     use crate::rng::{gaussian, rng};
     use ndarray::Axis;
 
@@ -890,11 +890,7 @@ pub(crate) mod tests {
             &x,
             1e-6,
         );
-        assert!(
-            rel_error(&gx, &num_x) < TOL,
-            "{mode} {shape:?} grad_x {}",
-            rel_error(&gx, &num_x)
-        );
+        assert_close(&format!("{mode} {shape:?} grad_x"), &gx, &num_x, TOL);
         let num_gamma = numerical_gradient(
             |g| {
                 let mut l = bn.clone();
@@ -977,11 +973,7 @@ pub(crate) mod tests {
                 &x,
                 1e-6,
             );
-            assert!(
-                rel_error(&gx, &num) < TOL,
-                "{shape:?} {}",
-                rel_error(&gx, &num)
-            );
+            assert_close(&format!("{shape:?}"), &gx, &num, TOL);
         }
     }
 

@@ -948,7 +948,7 @@ mod tests {
             ..strided
         }));
     }
-    use crate::finite_diff::{numerical_gradient, quadratic_loss, rel_error};
+    use crate::finite_diff::{assert_close, numerical_gradient, quadratic_loss, rel_error};
     use crate::rng::{gaussian, rng};
 
     /// Relative error bound for 2-point central differences, h = 1e-6, f64.
@@ -987,11 +987,7 @@ mod tests {
         let gx = layer.backward(&cache, &quadratic_loss(&y, &a, &b).1, Some(&mut grads));
         let tag = format!("k{k} s{stride} p{pad} bias {bias}");
         let num = numerical_gradient(|x| quadratic_loss(&layer.apply(x), &a, &b).0, &x, 1e-6);
-        assert!(
-            rel_error(&gx, &num) < TOL,
-            "{tag} grad_x {}",
-            rel_error(&gx, &num)
-        );
+        assert_close(&format!("{tag} grad_x"), &gx, &num, TOL);
         let num_w = numerical_gradient(
             |w| {
                 let mut l = layer.clone();
@@ -1145,6 +1141,6 @@ mod tests {
         let y = pool::forward(&x);
         let gx = pool::backward(x.shape(), &quadratic_loss(&y, &a, &b).1);
         let num = numerical_gradient(|x| quadratic_loss(&pool::forward(x), &a, &b).0, &x, 1e-6);
-        assert!(rel_error(&gx, &num) < TOL, "{}", rel_error(&gx, &num));
+        assert_close("input gradient", &gx, &num, TOL);
     }
 }

@@ -137,7 +137,7 @@ impl Dense {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::finite_diff::{numerical_gradient, quadratic_loss, rel_error};
+    use crate::finite_diff::{assert_close, numerical_gradient, quadratic_loss};
     use crate::rng::{gaussian, rng};
 
     /// Relative error bound for 2-point central differences with h = 1e-6 in f64.
@@ -160,11 +160,7 @@ mod tests {
         let gx = layer.backward(&cache, &gy, Some(&mut grads));
 
         let num_x = numerical_gradient(|x| quadratic_loss(&layer.apply(x), &a, &b).0, &x, 1e-6);
-        assert!(
-            rel_error(&gx, &num_x) < TOL,
-            "grad_x {}",
-            rel_error(&gx, &num_x)
-        );
+        assert_close("grad_x", &gx, &num_x, TOL);
 
         let num_w = numerical_gradient(
             |w| {
@@ -176,11 +172,7 @@ mod tests {
             1e-6,
         );
         let gw = grads.get("d.w").unwrap();
-        assert!(
-            rel_error(gw, &num_w) < TOL,
-            "grad_w {}",
-            rel_error(gw, &num_w)
-        );
+        assert_close("grad_w", gw, &num_w, TOL);
 
         let num_b = numerical_gradient(
             |bias| {
@@ -192,11 +184,7 @@ mod tests {
             1e-6,
         );
         let gb = grads.get("d.b").unwrap();
-        assert!(
-            rel_error(gb, &num_b) < TOL,
-            "grad_b {}",
-            rel_error(gb, &num_b)
-        );
+        assert_close("grad_b", gb, &num_b, TOL);
     }
 
     #[test]

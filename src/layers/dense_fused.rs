@@ -359,7 +359,7 @@ pub fn backward_bn(
 mod tests {
     use super::*;
     use crate::finite_diff::{
-        directional_derivative, numerical_gradient, quadratic_loss, rel_error, rel_error_scalar,
+        assert_close, directional_derivative, numerical_gradient, quadratic_loss, rel_error_scalar,
     };
     use crate::layers::batch_norm::tests::layer_with_random_affine;
     use crate::rng::{gaussian, rng};
@@ -549,11 +549,7 @@ mod tests {
         let gx = backward_bn(&bn, &bc, Some(&rc), &d, &dc, &g_h, Some(&mut grads), None);
 
         let num = numerical_gradient(|x| loss(x, &d, &bn), &x, 1e-6);
-        assert!(
-            rel_error(&gx, &num) < TOL,
-            "dE/dx: {}",
-            rel_error(&gx, &num)
-        );
+        assert_close("dE/dx", &gx, &num, TOL);
 
         let along = |name: &str, value: &Tensor, perturbed: &dyn Fn(&Tensor) -> f64| {
             let v = gaussian(value.shape(), 1.0, &mut rng(24));

@@ -6,6 +6,7 @@
 pub mod memory;
 pub mod mlp;
 pub mod resnet;
+pub mod workloads;
 
 use std::borrow::Cow;
 use std::sync::Arc;
