@@ -1,18 +1,19 @@
 //! `resprop run`, `resprop plot` and `resprop all` (the default: every experiment, its charts
 //! and the report).
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
 use clap::Args;
 
+use crate::experiment::spec::{charts_of_results, parse_charts};
 use crate::experiment::{load_spec, run_experiment, ChartKind};
 use crate::output::emit;
+use crate::plot::draw_charts as draw;
 use crate::plot::report::{self, Entry};
 use crate::plot::table::Table;
-use crate::plot::{charts, save_figure};
 
 #[derive(Debug, Args)]
 pub struct RunArgs {
@@ -66,69 +67,6 @@ impl Default for AllArgs {
     }
 }
 
-/// The charts a results folder's resolved spec asks for.
-fn charts_of(csv: &Path) -> Result<(Vec<ChartKind>, String)> {
-    let spec_path = csv.with_file_name("spec.toml");
-    let text = std::fs::read_to_string(&spec_path).with_context(|| {
-        format!(
-            "cannot read '{}' (written next to the CSV by 'resprop run')",
-            spec_path.display()
-        )
-    })?;
-    let value: toml::Value =
-        toml::from_str(&text).with_context(|| format!("malformed '{}'", spec_path.display()))?;
-    let names: Vec<String> = value
-        .get("charts")
-        .and_then(|c| c.as_array())
-        .map(|a| {
-            a.iter()
-                .filter_map(|v| v.as_str().map(String::from))
-                .collect()
-        })
-        .unwrap_or_default();
-    let claim = value
-        .get("claim")
-        .and_then(|c| c.as_str())
-        .unwrap_or("")
-        .to_string();
-    Ok((parse_charts(&names)?, claim))
-}
-
-fn parse_charts(names: &[String]) -> Result<Vec<ChartKind>> {
-    names
-        .iter()
-        .map(|n| {
-            ChartKind::ALL
-                .iter()
-                .find(|(k, _)| k == n)
-                .map(|(_, c)| *c)
-                .ok_or_else(|| {
-                    let all: Vec<&str> = ChartKind::ALL.iter().map(|(k, _)| *k).collect();
-                    anyhow::anyhow!("unknown chart '{n}' (expected one of: {})", all.join(", "))
-                })
-        })
-        .collect()
-}
-
-/// Draws `kinds` into `out`, returning the PNG paths. Each chart reads the table it is drawn
-/// from (`ChartKind::table`) next to the experiment's main CSV.
-fn draw(csv: &Path, kinds: &[ChartKind], out: &Path) -> Result<Vec<PathBuf>> {
-    std::fs::create_dir_all(out).with_context(|| format!("cannot create '{}'", out.display()))?;
-    let mut tables: std::collections::BTreeMap<&str, Table> = Default::default();
-    let mut pngs = Vec::new();
-    for &kind in kinds {
-        if !tables.contains_key(kind.table()) {
-            let path = csv.with_file_name(format!("{}.csv", kind.table()));
-            tables.insert(kind.table(), Table::read(&path)?);
-        }
-        let source = &tables[kind.table()];
-        let stem = out.join(format!("{}_{}", source.experiment(), kind.name()));
-        let (png, _svg) = save_figure(&charts::figure(kind, source), &stem)?;
-        pngs.push(png);
-    }
-    Ok(pngs)
-}
-
 pub fn run(args: &RunArgs) -> Result<ExitCode> {
     let spec = load_spec(&args.spec)?;
     let t = Instant::now();
@@ -152,7 +90,7 @@ pub fn run(args: &RunArgs) -> Result<ExitCode> {
 pub fn plot(args: &PlotArgs) -> Result<ExitCode> {
     Table::read(&args.csv)?;
     let kinds = if args.charts.is_empty() {
-        charts_of(&args.csv)?.0
+        charts_of_results(&args.csv)?.0
     } else {
         parse_charts(&args.charts)?
     };

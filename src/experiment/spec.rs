@@ -521,6 +521,51 @@ pub fn load_spec(path: &Path) -> Result<Spec> {
     parse_spec(&text).map_err(|e| anyhow!("{}: {e:#}", path.display()))
 }
 
+/// The charts a results folder's resolved spec (`spec.toml` beside `csv`) asks for, and its
+/// claim.
+pub fn charts_of_results(csv: &Path) -> Result<(Vec<ChartKind>, String)> {
+    let spec_path = csv.with_file_name("spec.toml");
+    let text = std::fs::read_to_string(&spec_path).with_context(|| {
+        format!(
+            "cannot read '{}' (written next to the CSV by 'resprop run')",
+            spec_path.display()
+        )
+    })?;
+    let value: toml::Value =
+        toml::from_str(&text).with_context(|| format!("malformed '{}'", spec_path.display()))?;
+    let names: Vec<String> = value
+        .get("charts")
+        .and_then(|c| c.as_array())
+        .map(|a| {
+            a.iter()
+                .filter_map(|v| v.as_str().map(String::from))
+                .collect()
+        })
+        .unwrap_or_default();
+    let claim = value
+        .get("claim")
+        .and_then(|c| c.as_str())
+        .unwrap_or("")
+        .to_string();
+    Ok((parse_charts(&names)?, claim))
+}
+
+pub fn parse_charts(names: &[String]) -> Result<Vec<ChartKind>> {
+    names
+        .iter()
+        .map(|n| {
+            ChartKind::ALL
+                .iter()
+                .find(|(k, _)| k == n)
+                .map(|(_, c)| *c)
+                .ok_or_else(|| {
+                    let all: Vec<&str> = ChartKind::ALL.iter().map(|(k, _)| *k).collect();
+                    anyhow::anyhow!("unknown chart '{n}' (expected one of: {})", all.join(", "))
+                })
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -663,6 +663,30 @@ pub fn save_figure(fig: &Figure, stem: &Path) -> Result<(PathBuf, PathBuf)> {
     Ok((png, svg))
 }
 
+/// Draws `kinds` into `out`, returning the PNG paths. Each chart reads the table it is drawn
+/// from (`ChartKind::table`) next to the experiment's main CSV.
+pub fn draw_charts(
+    csv: &Path,
+    kinds: &[crate::experiment::ChartKind],
+    out: &Path,
+) -> Result<Vec<PathBuf>> {
+    use anyhow::Context as _;
+    std::fs::create_dir_all(out).with_context(|| format!("cannot create '{}'", out.display()))?;
+    let mut tables: std::collections::BTreeMap<&str, table::Table> = Default::default();
+    let mut pngs = Vec::new();
+    for &kind in kinds {
+        if !tables.contains_key(kind.table()) {
+            let path = csv.with_file_name(format!("{}.csv", kind.table()));
+            tables.insert(kind.table(), table::Table::read(&path)?);
+        }
+        let source = &tables[kind.table()];
+        let stem = out.join(format!("{}_{}", source.experiment(), kind.name()));
+        let (png, _svg) = save_figure(&charts::figure(kind, source), &stem)?;
+        pngs.push(png);
+    }
+    Ok(pngs)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
