@@ -2,7 +2,7 @@
 //! vector-Jacobian products (shortcut only, branch only) and every parameter gradient, each
 //! against 2-point central differences in f64 with a non-linear loss.
 
-use resprop::finite_diff::{numerical_gradient, quadratic_loss, rel_error};
+use resprop::finite_diff::{assert_close, numerical_gradient, quadratic_loss, rel_error};
 use resprop::grads::Grads;
 use resprop::layers::Mode;
 use resprop::net::mlp::dense_unit;
@@ -115,7 +115,23 @@ fn check_unit(u: &ResidualUnit, in_shape: &[usize], tag: &str, mode: Mode) {
         "{tag}: split does not sum to backward"
     );
 
-    // Every parameter gradient.
+    // The production path: without keep_branch the identity unit (identity h and f) runs
+    // fused, adding x inside the branch's last layer and reading dE/dx_{l+1} in place. It
+    // must meet the same differences.
+    let fused_ctx = ForwardCtx {
+        keep_branch: false,
+        ..c
+    };
+    let (y_fused, cache_fused) = u.forward(&x, &fused_ctx);
+    let mut grads_fused = Grads::new();
+    let grad_x_fused = u.backward(
+        &cache_fused,
+        &quadratic_loss(&y_fused, &a, &b).1,
+        Some(&mut grads_fused),
+    );
+    assert_close(&format!("{tag}: fused backward"), &grad_x_fused, &num, TOL);
+
+    // Every parameter gradient, from both paths.
     let mut names = Vec::new();
     u.visit_params(&mut |n, _| names.push(n));
     assert_eq!(
@@ -145,7 +161,13 @@ fn check_unit(u: &ResidualUnit, in_shape: &[usize], tag: &str, mode: Mode) {
             H,
         );
         let analytic = grads.get(&name).unwrap();
+        let fused = grads_fused.get(&name).unwrap();
         if norm(analytic) < 1e-12 {
+            assert!(
+                norm(fused) < 1e-12,
+                "{tag}: parameter {name}: fused path {:e} where the readable one gives 0",
+                norm(fused)
+            );
             // A parameter whose effect a following training-mode BN removes (the projection
             // BN's beta under bn-after-add: a per-channel constant the after-addition BN
             // subtracts) has a gradient of exactly 0; its differences are then rounding noise,
@@ -159,6 +181,12 @@ fn check_unit(u: &ResidualUnit, in_shape: &[usize], tag: &str, mode: Mode) {
         }
         let e = rel_error(analytic, &num);
         assert!(e < TOL, "{tag}: parameter {name} rel error {e:e}");
+        assert_close(
+            &format!("{tag}: fused path, parameter {name}"),
+            fused,
+            &num,
+            TOL,
+        );
     }
 }
 
