@@ -449,24 +449,24 @@ fn finite_difference_rows(
     }
     // Parameters of the stem, the first and last unit, the first unit that changes shape
     // (projection, shared pre-activation), and the head.
+    use crate::net::Part;
     let mut owners = vec![
-        ("stem".to_string(), "stem.".to_string()),
-        ("unit 0".to_string(), "unit0.".to_string()),
-        (format!("unit {}", l_top - 1), format!("unit{}.", l_top - 1)),
-        ("head".to_string(), "head.".to_string()),
-        ("classifier".to_string(), "classifier.".to_string()),
+        ("stem".to_string(), Part::Stem),
+        ("unit 0".to_string(), Part::Unit(0)),
+        (format!("unit {}", l_top - 1), Part::Unit(l_top - 1)),
+        ("head".to_string(), Part::Head),
+        ("classifier".to_string(), Part::Classifier),
     ];
     if let Some(l) = (1..l_top).find(|&l| !stages.keeps_shape(l)) {
-        owners.insert(2, (format!("unit {l} (shape change)"), format!("unit{l}.")));
+        owners.insert(2, (format!("unit {l} (shape change)"), Part::Unit(l)));
     }
-    let names = net.param_names();
-    let mut seen_groups = Vec::new();
-    for (group, prefix) in owners {
-        if seen_groups.contains(&prefix) {
+    let mut seen = Vec::new();
+    for (group, part) in owners {
+        if seen.contains(&part) {
             continue;
         }
-        seen_groups.push(prefix.clone());
-        for name in names.iter().filter(|n| n.starts_with(&prefix)) {
+        seen.push(part);
+        for name in net.param_names_of(part) {
             for _ in 0..opts.directions {
                 jobs.push(FdJob {
                     group: format!("dE/dθ, {group}"),

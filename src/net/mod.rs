@@ -139,6 +139,17 @@ pub struct Network {
     pub input_shape: Vec<usize>,
 }
 
+/// A part of the network that owns parameters.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Part {
+    Stem,
+    Unit(usize),
+    /// The head's normalisation (pre-activation nets), before the classifier.
+    Head,
+    /// The dense classifier, the head's last op.
+    Classifier,
+}
+
 /// What a forward pass keeps of each unit for the backward pass.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Keep {
@@ -410,6 +421,20 @@ impl Network {
     }
 
     /// Names of every parameter, in visiting order.
+    /// The names of one part's parameters, in visiting order.
+    pub fn param_names_of(&self, part: Part) -> Vec<String> {
+        let mut names = Vec::new();
+        let mut push = |n: String, _: &Tensor| names.push(n);
+        let (body, classifier) = self.head.split_at(self.head.len().saturating_sub(1));
+        match part {
+            Part::Stem => self.stem.iter().for_each(|op| op.visit_params(&mut push)),
+            Part::Unit(l) => self.units[l].visit_params(&mut push),
+            Part::Head => body.iter().for_each(|op| op.visit_params(&mut push)),
+            Part::Classifier => classifier.iter().for_each(|op| op.visit_params(&mut push)),
+        }
+        names
+    }
+
     pub fn param_names(&self) -> Vec<String> {
         let mut names = Vec::new();
         self.visit_params(&mut |n, _| names.push(n));
