@@ -13,8 +13,8 @@ use crate::output::{check_writable, emit, write_atomic_with};
 #[derive(Debug, Args)]
 pub struct DataArgs {
     /// `digits` (bundled UCI handwritten digits) or `cifar10:<dir>` (the binary version).
-    #[arg(long, default_value = "digits")]
-    pub data: String,
+    #[arg(long, default_value = "digits", value_parser = |s: &str| s.parse::<crate::data::DataSpec>())]
+    pub data: crate::data::DataSpec,
     /// Write `train_x`, `train_y`, `test_x`, `test_y` (images `(N, C, H, W)` float64 after
     /// resprop's normalisation, labels int64) and `sha256` (the digest results record).
     #[arg(long, value_name = "FILE")]

@@ -20,8 +20,8 @@ pub struct TrainArgs {
     #[arg(long, default_value = "resnet:2:basic", value_parser = |s: &str| s.parse::<NetChoice>())]
     pub net: NetChoice,
     /// `digits` (bundled UCI handwritten digits) or `cifar10:<dir>` (the binary version).
-    #[arg(long, default_value = "digits")]
-    pub data: String,
+    #[arg(long, default_value = "digits", value_parser = |s: &str| s.parse::<crate::data::DataSpec>())]
+    pub data: crate::data::DataSpec,
     #[arg(long, default_value = "full-preact", value_parser = |s: &str| s.parse::<Placement>())]
     pub placement: Placement,
     #[arg(long, default_value = "identity", value_parser = |s: &str| s.parse::<ShortcutKind>())]
@@ -193,7 +193,7 @@ pub fn run(args: &TrainArgs) -> Result<ExitCode> {
         warmup: cfg.warmup.to_string(),
         record_every: args.record_every,
         seed: args.seed,
-        data: args.data.clone(),
+        data: args.data.to_string(),
         data_sha256: data.fingerprint(),
     };
     let resume = if args.resume {

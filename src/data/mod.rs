@@ -10,19 +10,52 @@ use ndarray::{Axis, IxDyn};
 use rand::Rng;
 use rand_chacha::ChaCha8Rng;
 
-use anyhow::{bail, Result};
+use std::fmt;
+use std::path::PathBuf;
+use std::str::FromStr;
+
+use anyhow::Result;
 
 use crate::tensor::Tensor;
 
-/// Loads `digits` (the bundled UCI digits) or `cifar10:<directory>` (the binary version).
-pub fn load(spec: &str) -> Result<Split> {
-    if spec == "digits" {
-        return digits::load();
+/// Where the data comes from: `digits` (the bundled UCI digits) or `cifar10:<directory>`
+/// (the binary version). The one parser of that syntax, for the CLI and experiment files.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DataSpec {
+    Digits,
+    Cifar10(PathBuf),
+}
+
+impl FromStr for DataSpec {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        if s == "digits" {
+            return Ok(DataSpec::Digits);
+        }
+        match s.strip_prefix("cifar10:") {
+            Some(dir) if !dir.is_empty() => Ok(DataSpec::Cifar10(PathBuf::from(dir))),
+            _ => Err(format!(
+                "unknown data '{s}' (expected 'digits' or 'cifar10:<directory>')"
+            )),
+        }
     }
-    if let Some(dir) = spec.strip_prefix("cifar10:") {
-        return cifar::load(std::path::Path::new(dir));
+}
+
+impl fmt::Display for DataSpec {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            DataSpec::Digits => write!(f, "digits"),
+            DataSpec::Cifar10(dir) => write!(f, "cifar10:{}", dir.display()),
+        }
     }
-    bail!("unknown data '{spec}' (expected 'digits' or 'cifar10:<directory>')")
+}
+
+/// Loads the training and test split `spec` names.
+pub fn load(spec: &DataSpec) -> anyhow::Result<Split> {
+    match spec {
+        DataSpec::Digits => digits::load(),
+        DataSpec::Cifar10(dir) => cifar::load(dir),
+    }
 }
 
 #[derive(Debug, Clone)]

@@ -367,7 +367,7 @@ pub fn run_experiment(spec: &Spec, out: &Path, progress: bool) -> Result<(PathBu
     }
     let data = match &spec.task {
         Task::Train(t) => {
-            let d = crate::data::load(&t.data)?;
+            let d = crate::data::load(&t.data.parse().map_err(anyhow::Error::msg)?)?;
             let digest = d.fingerprint();
             Some((d, digest))
         }

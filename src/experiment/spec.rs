@@ -469,11 +469,8 @@ pub fn parse_spec(text: &str) -> Result<Spec> {
             if !(t.lr > 0.0 && t.lr.is_finite()) {
                 bail!("train.lr: must be a positive number, got {}", t.lr);
             }
-            if t.data != "digits" && !t.data.starts_with("cifar10:") {
-                bail!(
-                    "train.data: unknown data '{}' (expected 'digits' or 'cifar10:<directory>')",
-                    t.data
-                );
+            if let Err(e) = t.data.parse::<crate::data::DataSpec>() {
+                bail!("train.data: {e}");
             }
             Task::Train(TrainSpec {
                 data: t.data,
