@@ -30,6 +30,18 @@ fn config(units: usize, width: usize, placement: Placement, shortcut: &str) -> M
     }
 }
 
+/// `run_checks` with `directions` random directions per target, drawn from `seed`.
+fn checks(
+    net: &resprop::net::Network,
+    x: &resprop::tensor::Tensor,
+    y: &[usize],
+    ctx: &ForwardCtx,
+    directions: usize,
+    seed: u64,
+) -> resprop::analysis::checks::CheckReport {
+    run_checks(net, x, y, ctx, &CheckOptions { directions, seed }).unwrap()
+}
+
 fn ctx() -> ForwardCtx {
     ForwardCtx {
         mode: Mode::Train,
@@ -49,17 +61,7 @@ fn every_check_passes_on_every_variant() {
             let cfg = config(8, 12, placement, shortcut);
             let net = build_mlp(&cfg).unwrap();
             let (x, y) = gaussian_batch(&net.input_shape, 6, 10, 1);
-            let report = run_checks(
-                &net,
-                &x,
-                &y,
-                &ctx(),
-                &CheckOptions {
-                    directions: 2,
-                    seed: 5,
-                },
-            )
-            .unwrap();
+            let report = checks(&net, &x, &y, &ctx(), 2, 5);
             for row in &report.rows {
                 assert_ne!(
                     row.status,
@@ -118,17 +120,7 @@ fn resnets_pass_every_check_for_every_placement() {
         for placement in Placement::ALL {
             let net = resnet(name, placement, "identity");
             let (x, y) = gaussian_batch(&net.input_shape, 3, 10, 1);
-            let report = run_checks(
-                &net,
-                &x,
-                &y,
-                &ctx(),
-                &CheckOptions {
-                    directions: 1,
-                    seed: 5,
-                },
-            )
-            .unwrap();
+            let report = checks(&net, &x, &y, &ctx(), 1, 5);
             for row in &report.rows {
                 assert_ne!(
                     row.status,
@@ -236,17 +228,7 @@ fn padded_stage_changes_carry_the_direct_part() {
     }
     assert!(stage1 < stage2 && stage2 < 1.0);
     // And the independent check (forward passes through the padded shortcuts) agrees.
-    let report = run_checks(
-        &net,
-        &x,
-        &y,
-        &ctx(),
-        &CheckOptions {
-            directions: 2,
-            seed: 1,
-        },
-    )
-    .unwrap();
+    let report = checks(&net, &x, &y, &ctx(), 2, 1);
     let row = report
         .rows
         .iter()
@@ -300,17 +282,7 @@ fn the_former_false_alarm_passes() {
         dropout_seed: resprop::rng::derive_seed(7, &[resprop::rng::purpose::DROPOUT]),
         ..ctx()
     };
-    let report = run_checks(
-        &net,
-        &x,
-        &y,
-        &ctx,
-        &CheckOptions {
-            directions: 3,
-            seed: 7,
-        },
-    )
-    .unwrap();
+    let report = checks(&net, &x, &y, &ctx, 3, 7);
     for row in &report.rows {
         assert!(
             matches!(row.status, Status::Pass | Status::NotApplicable(_)),

@@ -384,23 +384,7 @@ pub fn parse_spec(text: &str) -> Result<Spec> {
         "verification" => Measure::Verification,
         other => bail!("measure: unknown value '{other}' (expected 'profile' or 'verification')"),
     };
-    let charts = raw
-        .charts
-        .iter()
-        .map(|c| {
-            ChartKind::ALL
-                .iter()
-                .find(|(n, _)| n == c)
-                .map(|(_, k)| *k)
-                .ok_or_else(|| {
-                    let names: Vec<&str> = ChartKind::ALL.iter().map(|(n, _)| *n).collect();
-                    anyhow!(
-                        "charts: unknown chart '{c}' (expected one of: {})",
-                        names.join(", ")
-                    )
-                })
-        })
-        .collect::<Result<Vec<_>>>()?;
+    let charts = parse_charts(&raw.charts).map_err(|e| anyhow!("charts: {e}"))?;
     let positive = |key: &str, v: Option<usize>, default: usize| -> Result<usize> {
         match v {
             Some(0) => bail!("{key}: must be at least 1, got 0"),
@@ -547,6 +531,7 @@ pub fn charts_of_results(csv: &Path) -> Result<(Vec<ChartKind>, String)> {
     Ok((parse_charts(&names)?, claim))
 }
 
+/// Chart kinds by name, in order; an unknown name is an error listing the known ones.
 pub fn parse_charts(names: &[String]) -> Result<Vec<ChartKind>> {
     names
         .iter()

@@ -108,11 +108,7 @@ pub(super) fn weight_branch(kind: ShortcutKind, cache: &ShortcutCache, mut f: Te
 
 /// The branch term `F'` from a kept `F(x)` (the analyses' forward).
 pub(super) fn branch_term(kind: ShortcutKind, cache: &ShortcutCache, f: &Tensor) -> Tensor {
-    match kind {
-        ShortcutKind::Scale { branch, .. } => f * branch,
-        ShortcutKind::Gate { .. } => f * cache.gate.as_ref().unwrap(),
-        _ => f.clone(),
-    }
+    weight_branch(kind, cache, f.clone())
 }
 
 /// Backward through the gate's pre-activation: `grad_s` -> input gradient, weights into `grads`.
