@@ -55,6 +55,9 @@ pub struct BenchArgs {
     /// `--workload check-sweep`: how many random configurations to check.
     #[arg(long, default_value_t = 1000)]
     pub configs: u64,
+    /// Time the plain layer-by-layer interpreter instead of the fused engine.
+    #[arg(long)]
+    pub unfused: bool,
 }
 
 /// W1's layer products, `x W` (forward) and `g W^T` (backward input gradient), 128x256x256,
@@ -211,7 +214,9 @@ pub fn run(args: &BenchArgs) -> Result<ExitCode> {
     if args.workload.eq_ignore_ascii_case("check-sweep") {
         return run_check_sweep(args);
     }
-    let w = workload(&args.workload)?;
+    let mut w = workload(&args.workload)?;
+    w.net
+        .set_fusion(crate::unit::Fusion::from_unfused(args.unfused));
     let net = &w.net;
     let (input, labels) = gaussian_batch(&net.input_shape, w.batch, net.classes, 0);
     let ctx = ForwardCtx {
@@ -264,9 +269,10 @@ pub fn run(args: &BenchArgs) -> Result<ExitCode> {
     let max = times.iter().cloned().fold(0.0, f64::max);
     let rss = peak_rss_mb();
     let mode = format!(
-        "{:?}{}",
+        "{:?}{}{}",
         args.mode,
-        if args.low_memory { ", low memory" } else { "" }
+        if args.low_memory { ", low memory" } else { "" },
+        if args.unfused { ", unfused" } else { "" }
     )
     .to_lowercase();
     let mut out = String::new();

@@ -130,6 +130,11 @@ pub struct NetArgs {
     /// Worker threads (default: all cores). Results do not depend on it.
     #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
     pub threads: Option<u32>,
+    /// Run the plain layer-by-layer interpreter instead of the fused engine: each layer's
+    /// own forward and backward, the shortcut added after the branch. Same numbers, slower;
+    /// the reference the fusions are tested against.
+    #[arg(long)]
+    pub unfused: bool,
 }
 
 fn parse_net(s: &str) -> Result<NetChoice, String> {
@@ -191,14 +196,16 @@ impl NetArgs {
         if self.batch == 0 {
             anyhow::bail!("batch must be at least 1, got 0");
         }
-        build_net(
+        let mut net = build_net(
             &self.net,
             &self.sizes(),
             self.placement,
             self.shortcut,
             self.projection,
             self.seed,
-        )
+        )?;
+        net.set_fusion(crate::unit::Fusion::from_unfused(self.unfused));
+        Ok(net)
     }
 
     pub fn ctx(&self) -> ForwardCtx {

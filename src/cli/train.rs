@@ -79,6 +79,10 @@ pub struct TrainArgs {
     pub seed: u64,
     #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
     pub threads: Option<u32>,
+    /// Train with the plain layer-by-layer interpreter instead of the fused engine (same
+    /// numbers, slower).
+    #[arg(long)]
+    pub unfused: bool,
 }
 
 fn to_csv(header: &[&str], rows: impl Iterator<Item = Vec<String>>) -> Result<Vec<u8>> {
@@ -129,6 +133,7 @@ pub fn run(args: &TrainArgs) -> Result<ExitCode> {
         args.projection,
         args.seed,
     )?;
+    net.set_fusion(crate::unit::Fusion::from_unfused(args.unfused));
     let cfg = TrainConfig {
         epochs: args.epochs,
         batch: args.batch,

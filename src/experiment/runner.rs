@@ -150,6 +150,9 @@ pub struct CellInputs {
     /// Training: the recipe and a digest of the data's content.
     pub train: Option<TrainSpec>,
     pub data_sha256: Option<String>,
+    /// `Some(true)` when the spec asks for the plain interpreter (absent otherwise, so the
+    /// fused engine's fingerprints are what they were).
+    pub unfused: Option<bool>,
 }
 
 impl CellInputs {
@@ -184,6 +187,7 @@ impl CellInputs {
             bn_mode: profile.then(|| spec.bn_mode.to_string()),
             train,
             data_sha256,
+            unfused: spec.unfused.then_some(true),
         }
     }
 
@@ -219,6 +223,7 @@ fn run_train_cell(spec: &Spec, cell: &Cell, t: &TrainSpec, data: &Split) -> Resu
         cell.projection,
         seed,
     )?;
+    net.set_fusion(spec.fusion());
     let cfg = TrainConfig {
         epochs: t.epochs,
         batch: t.batch,
@@ -260,7 +265,7 @@ pub fn run_cell(spec: &Spec, cell: &Cell) -> Result<(Vec<Vec<String>>, Option<St
         units: cell.units,
         ..spec.sizes
     };
-    let net = build_net(
+    let mut net = build_net(
         &cell.net,
         &sizes,
         cell.placement,
@@ -268,6 +273,7 @@ pub fn run_cell(spec: &Spec, cell: &Cell) -> Result<(Vec<Vec<String>>, Option<St
         cell.projection,
         seed,
     )?;
+    net.set_fusion(spec.fusion());
     let (input, labels) = gaussian_batch(&net.input_shape, spec.batch, net.classes, seed);
     let ctx = ForwardCtx {
         mode: spec.bn_mode,

@@ -52,6 +52,9 @@ struct RawSpec {
     /// The paper's numbers for the variants, to compare orderings in the report.
     #[serde(default)]
     paper: Option<RawPaper>,
+    /// Run every cell with the plain layer-by-layer interpreter instead of the fused engine.
+    #[serde(default)]
+    unfused: bool,
 }
 
 fn default_task() -> String {
@@ -263,6 +266,14 @@ pub struct Spec {
     pub replicates: Vec<u64>,
     pub task: Task,
     pub paper: Option<PaperValues>,
+    /// Every cell runs the plain interpreter (`unfused = true`); left out of the resolved
+    /// spec when false, so existing specs read as before.
+    #[serde(skip_serializing_if = "is_false")]
+    pub unfused: bool,
+}
+
+fn is_false(b: &bool) -> bool {
+    !b
 }
 
 fn serialize_displays<T: std::fmt::Display, S: serde::Serializer>(
@@ -286,6 +297,11 @@ pub struct Cell {
 }
 
 impl Spec {
+    /// How the cells run their networks.
+    pub fn fusion(&self) -> crate::unit::Fusion {
+        crate::unit::Fusion::from_unfused(self.unfused)
+    }
+
     /// Every combination, in a fixed order (nets, placements, shortcuts, projections, units,
     /// replicates).
     pub fn cells(&self) -> Vec<Cell> {
@@ -492,6 +508,7 @@ pub fn parse_spec(text: &str) -> Result<Spec> {
         projections,
         units,
         replicates: raw.grid.replicates,
+        unfused: raw.unfused,
     })
 }
 

@@ -22,7 +22,7 @@
 //! elements differently (dot-product kernels), which a 16x32x32 product cut in two showed.
 //! The tests below check each op against the layers it replaces on several shapes (W1's
 //! among them, and inner dimensions longer than the kernel's depth block);
-//! `tests/fusion.rs` checks whole networks. Smaller blocks handed out dynamically were
+//! `tests/it/fusion.rs` checks whole networks. Smaller blocks handed out dynamically were
 //! tried: slower on W1 (0.084 s against 0.079 s a step).
 
 use std::mem::MaybeUninit;

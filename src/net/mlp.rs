@@ -13,7 +13,7 @@ use serde::Serialize;
 use super::{NetSpec, Network};
 use crate::layers::{BatchNorm, Dense};
 use crate::rng::{derive_seed, purpose, rng};
-use crate::unit::{Op, Placement, ResidualUnit, ShortcutKind, Step};
+use crate::unit::{Fusion, Op, Placement, ResidualUnit, ShortcutKind, Step};
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct MlpConfig {
@@ -109,6 +109,7 @@ pub fn dense_unit(
         shortcut_ops,
         pre: Vec::new(),
         changes_shape: false,
+        fusion: Fusion::Fused,
     }
 }
 
@@ -154,5 +155,6 @@ pub fn build_mlp(cfg: &MlpConfig) -> Result<Network> {
         head,
         classes: cfg.classes,
         input_shape: vec![cfg.input_dim],
+        fusion: Fusion::Fused,
     })
 }

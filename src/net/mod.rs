@@ -19,8 +19,8 @@ use crate::grads::Grads;
 use crate::layers::{loss, Mode};
 use crate::tensor::Tensor;
 use crate::unit::ops::{
-    backward_seq, forward_seq, forward_seq_with, freeze_relus_seq, update_running_stats_seq, Op,
-    OpCache, SeqExtras,
+    backward_seq, forward_seq, forward_seq_with, freeze_relus_seq, update_running_stats_seq,
+    Fusion, Op, OpCache, SeqExtras,
 };
 use crate::unit::{ForwardCtx, Projection, ResidualUnit, UnitCache};
 
@@ -137,6 +137,8 @@ pub struct Network {
     pub classes: usize,
     /// Shape of one input sample (e.g. `[64]`).
     pub input_shape: Vec<usize>,
+    /// The fused engine (default) or the plain layer-by-layer interpreter (`--unfused`).
+    pub fusion: Fusion,
 }
 
 /// A part of the network that owns parameters.
@@ -242,6 +244,12 @@ impl Network {
         self.units.len()
     }
 
+    /// Runs every sequence of the network with the fused engine or the plain interpreter.
+    pub fn set_fusion(&mut self, fusion: Fusion) {
+        self.fusion = fusion;
+        self.units.iter_mut().for_each(|u| u.fusion = fusion);
+    }
+
     /// Rejects inputs the engine cannot give a meaningful answer for, naming the bad value.
     pub fn validate_batch(&self, input: &Tensor, labels: &[usize], mode: Mode) -> Result<()> {
         let shape = input.shape();
@@ -300,7 +308,7 @@ impl Network {
         keep: Keep,
     ) -> Result<NetCache> {
         self.validate_batch(input, labels, ctx.mode)?;
-        let (x0, stem) = forward_seq(&self.stem, input.clone(), ctx.mode);
+        let (x0, stem) = forward_seq(&self.stem, input.clone(), ctx.mode, self.fusion);
         let mut units = Vec::with_capacity(self.units.len());
         // Each x_l is one buffer, shared by the record, the shortcut and the branch's first
         // BatchNorm.
@@ -319,6 +327,7 @@ impl Network {
         let extras = SeqExtras {
             moments_in: moments,
             drop_weight_inputs: !ctx.weight_grads,
+            fusion: self.fusion,
             ..SeqExtras::default()
         };
         let (logits, head, _) = forward_seq_with(&self.head, Arc::clone(&x), ctx.mode, extras);
@@ -340,7 +349,7 @@ impl Network {
         for unit in &self.units[l..] {
             x = unit.forward(&x, ctx).0;
         }
-        let (logits, _) = forward_seq(&self.head, x, ctx.mode);
+        let (logits, _) = forward_seq(&self.head, x, ctx.mode, self.fusion);
         loss::forward(&logits, labels).0
     }
 
@@ -372,7 +381,14 @@ impl Network {
         mut grads: Option<&mut Grads>,
     ) -> NetGrads {
         let grad_logits = loss::backward(&cache.probs, labels);
-        let mut g = backward_seq(&self.head, &cache.head, grad_logits, grads.as_deref_mut());
+        let fusion = self.fusion;
+        let mut g = backward_seq(
+            &self.head,
+            &cache.head,
+            grad_logits,
+            grads.as_deref_mut(),
+            fusion,
+        );
         let mut grad_x = vec![Tensor::zeros(ndarray::IxDyn(&[0])); self.units.len() + 1];
         for (l, unit) in self.units.iter().enumerate().rev() {
             let uc = cache.unit(self, l);
@@ -381,7 +397,13 @@ impl Network {
         }
         grad_x[0] = g;
         if let Some(grads) = grads {
-            backward_seq(&self.stem, &cache.stem, grad_x[0].clone(), Some(grads));
+            backward_seq(
+                &self.stem,
+                &cache.stem,
+                grad_x[0].clone(),
+                Some(grads),
+                fusion,
+            );
         }
         NetGrads { grad_x }
     }

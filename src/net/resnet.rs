@@ -24,7 +24,7 @@ use super::{NetSpec, Network};
 use crate::layers::pad_shortcut::PadShortcut;
 use crate::layers::{BatchNorm, Conv2d, Dense};
 use crate::rng::{derive_seed, purpose, rng};
-use crate::unit::{Op, Placement, Projection, ResidualUnit, ShortcutKind, Step};
+use crate::unit::{Fusion, Op, Placement, Projection, ResidualUnit, ShortcutKind, Step};
 
 pub const STAGE_WIDTHS: [usize; 3] = [16, 32, 64];
 
@@ -288,6 +288,7 @@ pub fn conv_unit(
         shortcut_ops,
         pre,
         changes_shape,
+        fusion: Fusion::Fused,
     }
 }
 
@@ -354,6 +355,7 @@ pub fn build_resnet(cfg: &ResnetConfig) -> Result<Network> {
         head,
         classes: cfg.classes,
         input_shape: vec![cfg.input_channels, cfg.image_size, cfg.image_size],
+        fusion: Fusion::Fused,
     })
 }
 

@@ -5,6 +5,6 @@ pub mod residual;
 pub mod shortcut;
 pub mod spec;
 
-pub use ops::{Op, OpCache};
+pub use ops::{Fusion, Op, OpCache};
 pub use residual::{ForwardCtx, ResidualUnit, UnitCache, UnitParts};
 pub use spec::{Placement, Projection, ShortcutKind, Step};

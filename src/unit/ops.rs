@@ -134,13 +134,87 @@ impl Op {
     }
 }
 
+/// How a pass runs its op sequences: the fused engine, or the plain interpreter beside it
+/// (`--unfused`: one layer at a time, each layer's own forward and backward, sums formed
+/// after the sequence). The two give the same numbers (tested for every placement, shortcut
+/// and projection, input and parameter gradients); the plain one is the reference the
+/// fusions are held to, and slower.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub enum Fusion {
+    #[default]
+    Fused,
+    Plain,
+}
+
+impl Fusion {
+    /// The engine a `--unfused` flag (or an experiment's `unfused` key) asks for.
+    pub fn from_unfused(unfused: bool) -> Fusion {
+        if unfused {
+            Fusion::Plain
+        } else {
+            Fusion::Fused
+        }
+    }
+}
+
 /// Runs `ops` in order; an empty sequence is the identity. Fused groups run as one op and
 /// yield every member's cache slot: BN-ReLU-conv (the pre-activation convolution, see
 /// `layers::preact_conv`) and BN-ReLU (one pass, both caches). Same values, fewer passes.
-pub fn forward_seq(ops: &[Op], x: Tensor, mode: Mode) -> (Tensor, Vec<OpCache>) {
-    let (y, caches, _) = forward_seq_with(ops, Arc::new(x), mode, SeqExtras::default());
+pub fn forward_seq(ops: &[Op], x: Tensor, mode: Mode, fusion: Fusion) -> (Tensor, Vec<OpCache>) {
+    let extras = SeqExtras {
+        fusion,
+        ..SeqExtras::default()
+    };
+    let (y, caches, _) = forward_seq_with(ops, Arc::new(x), mode, extras);
     (y, caches)
 }
+
+// ---- The plain interpreter ------------------------------------------------------------------
+
+/// One op at a time, each op's own forward; a residual is added after the last op and no
+/// moments are handed on. The reference every fused stage must equal.
+fn forward_plain(
+    ops: &[Op],
+    x: Arc<Tensor>,
+    mode: Mode,
+    extras: SeqExtras,
+) -> (Tensor, Vec<OpCache>, Option<Moments>) {
+    let mut caches = Vec::with_capacity(ops.len());
+    let mut y = Arc::unwrap_or_clone(x);
+    for op in ops {
+        let (next, mut c) = op.forward(y, mode);
+        if let (OpCache::Dense(dc), true) = (&mut c, extras.drop_weight_inputs) {
+            dc.x = None;
+        }
+        caches.push(c);
+        y = next;
+    }
+    if let Some(r) = extras.residual {
+        crate::tensor::add_assign(&mut y, r);
+    }
+    (y, caches, None)
+}
+
+/// Each op's own backward, in reverse; `residual` is added to the input gradient at the end.
+fn backward_plain(
+    ops: &[Op],
+    caches: &[OpCache],
+    grad_y: Tensor,
+    mut grads: Option<&mut Grads>,
+    residual: Option<&Tensor>,
+) -> Tensor {
+    let mut g = ops
+        .iter()
+        .zip(caches)
+        .rev()
+        .fold(grad_y, |g, (op, c)| op.backward(c, g, grads.as_deref_mut()));
+    if let Some(r) = residual {
+        crate::tensor::add_assign(&mut g, r);
+    }
+    g
+}
+
+// ---- The fused engine -----------------------------------------------------------------------
 
 /// What a sequence's forward pass receives or hands over besides the tensors.
 #[derive(Default)]
@@ -155,6 +229,8 @@ pub struct SeqExtras<'a> {
     /// No weight gradient will be asked of this pass: weight layers need not keep their
     /// inputs (see [`ForwardCtx::weight_grads`](crate::unit::ForwardCtx::weight_grads)).
     pub drop_weight_inputs: bool,
+    /// Fused stages, or the plain interpreter.
+    pub fusion: Fusion,
 }
 
 /// [`forward_seq`] from an input the caller keeps too (a leading BatchNorm caches the shared
@@ -168,6 +244,9 @@ pub fn forward_seq_with(
     mode: Mode,
     extras: SeqExtras,
 ) -> (Tensor, Vec<OpCache>, Option<Moments>) {
+    if extras.fusion == Fusion::Plain {
+        return forward_plain(ops, x, mode, extras);
+    }
     let mut caches = Vec::with_capacity(ops.len());
     let mut input = Input::Shared(x);
     let mut moments = extras.moments_in;
@@ -339,8 +418,12 @@ pub fn backward_seq(
     caches: &[OpCache],
     grad_y: Tensor,
     grads: Option<&mut Grads>,
+    fusion: Fusion,
 ) -> Tensor {
-    backward_seq_cow(ops, caches, Cow::Owned(grad_y), grads, None)
+    match fusion {
+        Fusion::Fused => backward_seq_cow(ops, caches, Cow::Owned(grad_y), grads, None),
+        Fusion::Plain => backward_plain(ops, caches, grad_y, grads, None),
+    }
 }
 
 /// As [`backward_seq`] from a gradient the caller keeps (a trailing weight layer reads it in

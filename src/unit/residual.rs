@@ -15,13 +15,13 @@
 //!
 //! The paper's unit (identity `h` and `f`) also has a fused path that adds `x` inside the
 //! branch's last layer; it sits in the last section of this file, after the readable path it
-//! must equal (tested in `tests/fusion.rs` and by `check`'s consistency row).
+//! must equal (tested in `tests/it/fusion.rs` and by `check`'s consistency row).
 
 use std::sync::Arc;
 
 use super::ops::{
     backward_seq, backward_seq_ref, forward_seq, forward_seq_with, freeze_relus_seq,
-    update_running_stats_seq, Op, OpCache, SeqExtras,
+    update_running_stats_seq, Fusion, Op, OpCache, SeqExtras,
 };
 use super::shortcut::{self, ShortcutCache};
 use super::spec::{Placement, ShortcutKind};
@@ -64,6 +64,8 @@ pub struct ResidualUnit {
     pub pre: Vec<Op>,
     /// True when the output's shape differs from the input's (width or resolution changes).
     pub changes_shape: bool,
+    /// The fused engine or the plain layer-by-layer interpreter (`--unfused`).
+    pub fusion: Fusion,
 }
 
 #[derive(Debug, Clone)]
@@ -104,6 +106,7 @@ impl ResidualUnit {
         let with_moments = |moments_in| SeqExtras {
             moments_in,
             drop_weight_inputs: !ctx.weight_grads,
+            fusion: self.fusion,
             ..SeqExtras::default()
         };
         let (split_input, pre_caches, moments_in) = if self.pre.is_empty() {
@@ -118,7 +121,7 @@ impl ResidualUnit {
             (Some(a), c, None)
         };
         let (branch_out, branch_caches) = match &split_input {
-            Some(a) => forward_seq(&self.branch, a.clone(), ctx.mode),
+            Some(a) => forward_seq(&self.branch, a.clone(), ctx.mode, self.fusion),
             None => {
                 let (y, c, _) = forward_seq_with(
                     &self.branch,
@@ -130,7 +133,14 @@ impl ResidualUnit {
             }
         };
         let x: &Tensor = split_input.as_ref().unwrap_or(&x_in);
-        let shortcut = shortcut::forward(self.shortcut, &self.shortcut_ops, x, ctx, self.index);
+        let shortcut = shortcut::forward(
+            self.shortcut,
+            &self.shortcut_ops,
+            x,
+            ctx,
+            self.index,
+            self.fusion,
+        );
         let cache = UnitCache {
             x: x_in,
             pre: pre_caches,
@@ -167,7 +177,7 @@ impl ResidualUnit {
 
     /// The after-addition function `f` alone.
     pub fn apply_after_add(&self, y: &Tensor, mode: Mode) -> Tensor {
-        forward_seq(&self.after_add, y.clone(), mode).0
+        forward_seq(&self.after_add, y.clone(), mode, Fusion::Fused).0
     }
 
     /// `x_next = f(h(x) + F'(x))` with the cache for backward.
@@ -192,13 +202,13 @@ impl ResidualUnit {
         ctx: &ForwardCtx,
         moments_in: Option<Moments>,
     ) -> (Tensor, UnitCache, Option<Moments>) {
-        if self.is_identity_unit() && !ctx.keep_branch {
+        if self.is_identity_unit() && !ctx.keep_branch && self.fusion == Fusion::Fused {
             return self.forward_identity_fused(x, ctx, moments_in);
         }
         let (mut cache, branch_out) = self.forward_inputs(x, ctx, moments_in);
         let mut y = self.add_branch_term(&mut cache, branch_out, ctx.keep_branch);
         self.add_shortcut(&cache, &mut y);
-        let (x_next, after_caches) = forward_seq(&self.after_add, y, ctx.mode);
+        let (x_next, after_caches) = forward_seq(&self.after_add, y, ctx.mode, self.fusion);
         cache.after_add = after_caches;
         (x_next, cache, None)
     }
@@ -224,7 +234,13 @@ impl ResidualUnit {
 
     /// `grad_y = J_f^T grad_next`: through the after-addition function.
     fn grad_sum(&self, cache: &UnitCache, grad_next: Tensor, grads: Option<&mut Grads>) -> Tensor {
-        backward_seq(&self.after_add, &cache.after_add, grad_next, grads)
+        backward_seq(
+            &self.after_add,
+            &cache.after_add,
+            grad_next,
+            grads,
+            self.fusion,
+        )
     }
 
     /// `J_h(x)^T grad_y`; takes `grad_y` by value so identity-like shortcuts reuse it.
@@ -251,7 +267,7 @@ impl ResidualUnit {
         if self.pre.is_empty() {
             g
         } else {
-            backward_seq(&self.pre, &cache.pre, g, grads)
+            backward_seq(&self.pre, &cache.pre, g, grads, self.fusion)
         }
     }
 
@@ -263,7 +279,13 @@ impl ResidualUnit {
         mut grads: Option<&mut Grads>,
     ) -> Tensor {
         let grad_f = shortcut::branch_weight_vjp(self.shortcut, &cache.shortcut, grad_y);
-        let mut grad_x = backward_seq(&self.branch, &cache.branch, grad_f, grads.as_deref_mut());
+        let mut grad_x = backward_seq(
+            &self.branch,
+            &cache.branch,
+            grad_f,
+            grads.as_deref_mut(),
+            self.fusion,
+        );
         if let Some(g) = shortcut::branch_weight_input_vjp(
             self.shortcut,
             &self.shortcut_ops,
@@ -284,7 +306,7 @@ impl ResidualUnit {
         grad_next: &Tensor,
         grads: Option<&mut Grads>,
     ) -> Tensor {
-        if self.is_identity_unit() {
+        if self.is_identity_unit() && self.fusion == Fusion::Fused {
             return self.backward_identity_fused(cache, grad_next, grads);
         }
         let (mut s, b) = self.backward_split_inner(cache, grad_next, grads);
@@ -429,6 +451,7 @@ impl ResidualUnit {
             residual: Some(&x),
             moments_out: true,
             drop_weight_inputs: !ctx.weight_grads,
+            fusion: Fusion::Fused,
         };
         let (y, branch, moments) = forward_seq_with(&self.branch, Arc::clone(&x), ctx.mode, extras);
         let cache = UnitCache {

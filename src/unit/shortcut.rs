@@ -14,7 +14,7 @@
 //! with `s = sigmoid(W_g x + b_g)` (the gate's layers) and `m` the unit's dropout mask. A new
 //! kind is one more arm in each function below plus its parse/display in `spec.rs`.
 
-use super::ops::{backward_seq, forward_seq, Op, OpCache};
+use super::ops::{backward_seq, forward_seq, Fusion, Op, OpCache};
 use super::residual::ForwardCtx;
 use super::spec::ShortcutKind;
 use crate::fault::{self, Fault};
@@ -34,6 +34,8 @@ pub struct ShortcutCache {
     pub(super) projection: Option<Tensor>,
     /// Dropout mask on the shortcut.
     pub mask: Option<Tensor>,
+    /// How the shortcut's layers ran (their backward runs the same way).
+    pub(super) fusion: Fusion,
 }
 
 /// Runs the shortcut's own layers on `x` (the input the shortcut reads) and draws the dropout
@@ -44,14 +46,18 @@ pub(super) fn forward(
     x: &Tensor,
     ctx: &ForwardCtx,
     index: usize,
+    fusion: Fusion,
 ) -> ShortcutCache {
-    let mut cache = ShortcutCache::default();
+    let mut cache = ShortcutCache {
+        fusion,
+        ..ShortcutCache::default()
+    };
     match kind {
         ShortcutKind::Gate { .. }
         | ShortcutKind::ShortcutGate { .. }
         | ShortcutKind::Conv1x1
         | ShortcutKind::Pad => {
-            let (z, c) = forward_seq(ops, x.clone(), ctx.mode);
+            let (z, c) = forward_seq(ops, x.clone(), ctx.mode, fusion);
             cache.ops = c;
             if kind.has_gate() {
                 cache.gate = Some(sigmoid::forward(&z));
@@ -119,7 +125,7 @@ fn gate_backward(
     grads: Option<&mut Grads>,
 ) -> Tensor {
     let grad_z = sigmoid::backward(cache.gate.as_ref().unwrap(), grad_s);
-    backward_seq(ops, &cache.ops, grad_z, grads)
+    backward_seq(ops, &cache.ops, grad_z, grads, cache.fusion)
 }
 
 /// `J_h(x)^T grad_y`, the shortcut-only VJP; takes `grad_y` by value so identity-like
@@ -153,7 +159,7 @@ pub(super) fn shortcut_vjp(
             grad_y
         }
         ShortcutKind::Conv1x1 | ShortcutKind::Pad => {
-            let mut g = backward_seq(ops, &cache.ops, grad_y, grads);
+            let mut g = backward_seq(ops, &cache.ops, grad_y, grads, cache.fusion);
             fault::perturb(Fault::ProjectionShortcutVjp, &mut g);
             g
         }

@@ -1,18 +1,8 @@
 //! The binary as a user runs it: output files, one-line errors, exit codes, determinism.
 
 use std::path::Path;
-use std::process::{Command, Output};
 
-fn resprop(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_resprop"))
-        .args(args)
-        .output()
-        .expect("binary runs")
-}
-
-fn stderr(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stderr).into_owned()
-}
+use crate::common::*;
 
 /// A bad input: non-zero exit, exactly one line on stderr naming `needle`, no panic.
 fn assert_one_line_error(args: &[&str], needle: &str) {
@@ -690,4 +680,65 @@ fn the_memory_estimate_matches_the_measured_peak() {
             "{args:?}: estimated {estimated} MB, measured {measured} MB"
         );
     }
+}
+
+/// `--unfused` runs the plain interpreter: the same bytes from profile and train, and
+/// `check` passes with it.
+#[test]
+fn unfused_gives_the_same_csv() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = |name: &str| dir.path().join(name).to_str().unwrap().to_string();
+    let profile = [
+        "profile",
+        "--net",
+        "resnet:1:bottleneck",
+        "--image-size",
+        "8",
+        "--batch",
+        "4",
+        "--placement",
+        "full-preact",
+    ];
+    for (name, extra) in [("fused", None), ("plain", Some("--unfused"))] {
+        let mut args = profile.to_vec();
+        let csv = d(&format!("{name}.csv"));
+        args.extend(["--csv", csv.as_str()]);
+        args.extend(extra);
+        ok(&resprop(&args));
+        let train_csv = d(&format!("{name}_train.csv"));
+        let mut args = vec![
+            "train",
+            "--net",
+            "resnet:1:basic",
+            "--epochs",
+            "1",
+            "--record-every",
+            "5",
+            "--placement",
+            "original",
+            "--csv",
+            train_csv.as_str(),
+        ];
+        args.extend(extra);
+        ok(&resprop(&args));
+    }
+    for file in ["", "_train", "_train.grads"] {
+        let a = std::fs::read(d(&format!("fused{file}.csv"))).unwrap();
+        let b = std::fs::read(d(&format!("plain{file}.csv"))).unwrap();
+        assert!(!a.is_empty());
+        assert_eq!(a, b, "fused{file}.csv and plain{file}.csv differ");
+    }
+    let o = resprop(&[
+        "check",
+        "--net",
+        "mlp",
+        "--units",
+        "3",
+        "--width",
+        "8",
+        "--batch",
+        "6",
+        "--unfused",
+    ]);
+    ok(&o);
 }

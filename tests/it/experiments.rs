@@ -1,23 +1,8 @@
 //! Experiments end to end, as a user runs them: spec files, the runner, charts, the report.
 
 use std::path::Path;
-use std::process::{Command, Output};
 
-fn resprop(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_resprop"))
-        .args(args)
-        .output()
-        .expect("binary runs")
-}
-
-fn ok(o: &Output) {
-    assert!(
-        o.status.success(),
-        "stdout: {}\nstderr: {}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    );
-}
+use crate::common::*;
 
 const SPEC: &str = r#"
 name = "tiny"
