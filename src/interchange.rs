@@ -12,6 +12,7 @@ use ndarray_npy::NpzWriter;
 use serde_json::{json, Value};
 
 use crate::grads::Grads;
+use crate::layers::Norm;
 use crate::net::{NetCache, NetGrads, Network};
 use crate::tensor::Tensor;
 use crate::train::Sgd;
@@ -68,7 +69,7 @@ fn op_json(op: &Op) -> Value {
             "w": format!("{}.w", d.name),
             "b": d.b.as_ref().map(|_| format!("{}.b", d.name)),
         }),
-        Op::BatchNorm(bn) => json!({
+        Op::Norm(Norm::Batch(bn)) => json!({
             "op": "batchnorm",
             "gamma": format!("{}.gamma", bn.name),
             "beta": format!("{}.beta", bn.name),

@@ -26,6 +26,7 @@ use std::sync::Arc;
 use ndarray::{s, Array1, ArrayView2, Ix1, IxDyn};
 use rayon::prelude::*;
 
+use super::norm::NormLayer;
 use super::relu::{select, ReluCache};
 use super::Mode;
 use crate::fault::{self, Fault};
@@ -853,6 +854,47 @@ impl BatchNorm {
             &mut self.running_mean,
         );
         f(format!("{}.running_var", self.name), &mut self.running_var);
+    }
+}
+
+impl NormLayer for BatchNorm {
+    type Cache = BatchNormCache;
+
+    fn forward(&self, x: Tensor, mode: Mode) -> (Tensor, BatchNormCache) {
+        BatchNorm::forward(self, x, mode)
+    }
+
+    fn backward(
+        &self,
+        cache: &BatchNormCache,
+        grad_y: Tensor,
+        grads: Option<&mut Grads>,
+    ) -> Tensor {
+        BatchNorm::backward(self, cache, grad_y, grads)
+    }
+
+    fn update_running_stats(&mut self, cache: &BatchNormCache) {
+        BatchNorm::update_running_stats(self, cache)
+    }
+
+    fn visit_params(&self, f: &mut dyn FnMut(String, &Tensor)) {
+        BatchNorm::visit_params(self, f)
+    }
+
+    fn visit_params_mut(&mut self, f: &mut dyn FnMut(String, &mut Tensor)) {
+        BatchNorm::visit_params_mut(self, f)
+    }
+
+    fn visit_buffers(&self, f: &mut dyn FnMut(String, &Tensor)) {
+        BatchNorm::visit_buffers(self, f)
+    }
+
+    fn visit_buffers_mut(&mut self, f: &mut dyn FnMut(String, &mut Tensor)) {
+        BatchNorm::visit_buffers_mut(self, f)
+    }
+
+    fn label(&self) -> &'static str {
+        "BN"
     }
 }
 

@@ -14,6 +14,7 @@ pub mod dense;
 pub mod dense_fused;
 pub mod dropout;
 pub mod loss;
+pub mod norm;
 pub mod pad_shortcut;
 pub mod preact_conv;
 pub mod relu;
@@ -22,6 +23,7 @@ pub mod sigmoid;
 pub use batch_norm::{BatchNorm, BatchNormCache};
 pub use conv::{Conv2d, ConvCache};
 pub use dense::{Dense, DenseCache};
+pub use norm::{Norm, NormCache, NormKind, NormLayer};
 
 /// Whether BatchNorm normalises with batch statistics (training) or running ones (evaluation).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]

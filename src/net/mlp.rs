@@ -11,7 +11,7 @@ use rand_chacha::ChaCha8Rng;
 use serde::Serialize;
 
 use super::{NetSpec, Network};
-use crate::layers::{BatchNorm, Dense};
+use crate::layers::{Dense, NormKind};
 use crate::rng::{derive_seed, purpose, rng};
 use crate::unit::{Fusion, Op, Placement, ResidualUnit, ShortcutKind, Step};
 
@@ -60,7 +60,7 @@ fn dense_ops(recipe: &[Step], prefix: &str, width: usize, r: &mut ChaCha8Rng) ->
                 None,
                 r,
             )),
-            Step::Bn(i) => Op::BatchNorm(BatchNorm::new(&format!("{prefix}.bn{i}"), width)),
+            Step::Norm(i) => Op::Norm(NormKind::Batch.build(&format!("{prefix}.bn{i}"), width)),
             Step::Relu => Op::Relu,
         })
         .collect()
@@ -125,7 +125,7 @@ pub fn build_mlp(cfg: &MlpConfig) -> Result<Network> {
     ))];
     if !cfg.placement.is_preact() {
         stem.extend([
-            Op::BatchNorm(BatchNorm::new("stem.bn", cfg.width)),
+            Op::Norm(NormKind::Batch.build("stem.bn", cfg.width)),
             Op::Relu,
         ]);
     }
@@ -135,7 +135,7 @@ pub fn build_mlp(cfg: &MlpConfig) -> Result<Network> {
     let mut head = Vec::new();
     if cfg.placement.is_preact() {
         head.extend([
-            Op::BatchNorm(BatchNorm::new("head.bn", cfg.width)),
+            Op::Norm(NormKind::Batch.build("head.bn", cfg.width)),
             Op::Relu,
         ]);
     }

@@ -22,7 +22,7 @@ use serde::Serialize;
 
 use super::{NetSpec, Network};
 use crate::layers::pad_shortcut::PadShortcut;
-use crate::layers::{BatchNorm, Conv2d, Dense};
+use crate::layers::{Conv2d, Dense, NormKind};
 use crate::rng::{derive_seed, purpose, rng};
 use crate::unit::{Fusion, Op, Placement, Projection, ResidualUnit, ShortcutKind, Step};
 
@@ -156,7 +156,7 @@ fn conv_ops(
                     r,
                 ))
             }
-            Step::Bn(i) => Op::BatchNorm(BatchNorm::new(&format!("{prefix}.bn{i}"), channels)),
+            Step::Norm(i) => Op::Norm(NormKind::Batch.build(&format!("{prefix}.bn{i}"), channels)),
             Step::Relu => Op::Relu,
         })
         .collect()
@@ -269,10 +269,9 @@ pub fn conv_unit(
             // `--projection bn` puts a BN after the projections where the shape changes; a
             // conv1x1 shortcut inside a stage (Table 1's variant) stays bare.
             if changes_shape && projection == Projection::Bn {
-                ops.push(Op::BatchNorm(BatchNorm::new(
-                    &format!("{name}.proj_bn"),
-                    c_out,
-                )));
+                ops.push(Op::Norm(
+                    NormKind::Batch.build(&format!("{name}.proj_bn"), c_out),
+                ));
             }
             ops
         }
@@ -307,7 +306,7 @@ pub fn build_resnet(cfg: &ResnetConfig) -> Result<Network> {
     ))];
     if !cfg.placement.is_preact() {
         stem.extend([
-            Op::BatchNorm(BatchNorm::new("stem.bn", STAGE_WIDTHS[0])),
+            Op::Norm(NormKind::Batch.build("stem.bn", STAGE_WIDTHS[0])),
             Op::Relu,
         ]);
     }
@@ -336,7 +335,10 @@ pub fn build_resnet(cfg: &ResnetConfig) -> Result<Network> {
     }
     let mut head = Vec::new();
     if cfg.placement.is_preact() {
-        head.extend([Op::BatchNorm(BatchNorm::new("head.bn", channels)), Op::Relu]);
+        head.extend([
+            Op::Norm(NormKind::Batch.build("head.bn", channels)),
+            Op::Relu,
+        ]);
     }
     head.push(Op::Pool);
     let std = (1.0 / channels as f64).sqrt();

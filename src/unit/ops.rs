@@ -11,7 +11,8 @@ use crate::layers::conv::pool;
 use crate::layers::pad_shortcut::PadShortcut;
 use crate::layers::preact_conv;
 use crate::layers::{
-    dense_fused, relu, BatchNorm, BatchNormCache, Conv2d, ConvCache, Dense, DenseCache, Mode,
+    dense_fused, relu, BatchNorm, BatchNormCache, Conv2d, ConvCache, Dense, DenseCache, Mode, Norm,
+    NormCache,
 };
 use crate::tensor::Tensor;
 
@@ -25,7 +26,8 @@ pub enum Op {
     Pool,
     /// The option-A shortcut of a shape-changing unit (subsample, zero-pad the new channels).
     PadShortcut(PadShortcut),
-    BatchNorm(BatchNorm),
+    /// A normalisation slot, filled by the network's [`NormKind`](crate::layers::NormKind).
+    Norm(Norm),
     Relu,
     /// A ReLU frozen at one point: multiply by that point's fixed 0/1 pattern. Finite
     /// differences use it to stay on the base point's linear piece (see `Network::with_frozen_relus`).
@@ -40,7 +42,7 @@ pub enum OpCache {
     Pool(Vec<usize>),
     /// The padded shortcut's input shape.
     PadShortcut(Vec<usize>),
-    BatchNorm(BatchNormCache),
+    Norm(NormCache),
     Relu(relu::ReluCache),
     Mask,
     /// The ReLU and the convolution of a fused BN-ReLU-conv: their state lives in the
@@ -63,9 +65,9 @@ impl Op {
             }
             Op::Pool => (pool::forward(&x), OpCache::Pool(x.shape().to_vec())),
             Op::PadShortcut(p) => (p.forward(&x), OpCache::PadShortcut(x.shape().to_vec())),
-            Op::BatchNorm(bn) => {
-                let (y, c) = bn.forward(x, mode);
-                (y, OpCache::BatchNorm(c))
+            Op::Norm(n) => {
+                let (y, c) = n.forward(x, mode);
+                (y, OpCache::Norm(c))
             }
             Op::Relu => {
                 let (y, c) = relu::forward(x);
@@ -82,7 +84,7 @@ impl Op {
             (Op::Conv(conv), OpCache::Conv(c)) => conv.backward(c, &grad_y, grads),
             (Op::Pool, OpCache::Pool(shape)) => pool::backward(shape, &grad_y),
             (Op::PadShortcut(p), OpCache::PadShortcut(shape)) => p.backward(shape, &grad_y),
-            (Op::BatchNorm(bn), OpCache::BatchNorm(c)) => bn.backward(c, grad_y, grads),
+            (Op::Norm(n), OpCache::Norm(c)) => n.backward(c, grad_y, grads),
             (Op::Relu, OpCache::Relu(c)) => relu::backward(c, grad_y),
             (Op::Mask(m), OpCache::Mask) => grad_y * m,
             _ => unreachable!("op and cache kinds always match: caches are made by forward"),
@@ -93,7 +95,7 @@ impl Op {
         match self {
             Op::Dense(d) => d.visit_params(f),
             Op::Conv(c) => c.visit_params(f),
-            Op::BatchNorm(bn) => bn.visit_params(f),
+            Op::Norm(n) => n.visit_params(f),
             Op::Relu | Op::Mask(_) | Op::Pool | Op::PadShortcut(_) => {}
         }
     }
@@ -102,20 +104,20 @@ impl Op {
         match self {
             Op::Dense(d) => d.visit_params_mut(f),
             Op::Conv(c) => c.visit_params_mut(f),
-            Op::BatchNorm(bn) => bn.visit_params_mut(f),
+            Op::Norm(n) => n.visit_params_mut(f),
             Op::Relu | Op::Mask(_) | Op::Pool | Op::PadShortcut(_) => {}
         }
     }
 
     pub fn visit_buffers(&self, f: &mut dyn FnMut(String, &Tensor)) {
-        if let Op::BatchNorm(bn) = self {
-            bn.visit_buffers(f)
+        if let Op::Norm(n) = self {
+            n.visit_buffers(f)
         }
     }
 
     pub fn visit_buffers_mut(&mut self, f: &mut dyn FnMut(String, &mut Tensor)) {
-        if let Op::BatchNorm(bn) = self {
-            bn.visit_buffers_mut(f)
+        if let Op::Norm(n) = self {
+            n.visit_buffers_mut(f)
         }
     }
 
@@ -127,7 +129,7 @@ impl Op {
             Op::Conv(_) => "W3x3",
             Op::Pool => "pool",
             Op::PadShortcut(_) => "pad",
-            Op::BatchNorm(_) => "BN",
+            Op::Norm(n) => n.label(),
             Op::Relu => "ReLU",
             Op::Mask(_) => "ReLU(frozen)",
         }
@@ -255,12 +257,12 @@ pub fn forward_seq_with(
     while i < ops.len() {
         let rest = &ops[i..];
         let (y, used, next_moments) = match rest {
-            [Op::BatchNorm(bn), Op::Relu, Op::Conv(conv), more @ ..] => {
+            [Op::Norm(Norm::Batch(bn)), Op::Relu, Op::Conv(conv), more @ ..] => {
                 let last = more.is_empty();
                 let wanted = if last {
                     extras.moments_out
                 } else {
-                    matches!(more.first(), Some(Op::BatchNorm(_)))
+                    matches!(more.first(), Some(Op::Norm(Norm::Batch(_))))
                 };
                 let fused = preact_conv::Extras {
                     moments_in: moments.as_ref(),
@@ -270,20 +272,20 @@ pub fn forward_seq_with(
                 let (y, c, m) =
                     preact_conv::forward_with(bn, conv, input.into_shared(), mode, &fused);
                 caches.extend([
-                    OpCache::BatchNorm(c),
+                    OpCache::Norm(NormCache::Batch(c)),
                     OpCache::FusedRelu,
                     OpCache::FusedConv,
                 ]);
                 (y, 3, m)
             }
-            [Op::Dense(d), Op::BatchNorm(bn), more @ ..]
+            [Op::Dense(d), Op::Norm(Norm::Batch(bn)), more @ ..]
                 if dense_fused::applies(d, input.tensor(), Some((bn, mode))) =>
             {
                 let relu = matches!(more.first(), Some(Op::Relu));
                 let keep = !extras.drop_weight_inputs;
                 let (y, dc, bc, rc) =
                     dense_fused::forward_bn(d, bn, input.into_owned(), mode, relu, keep);
-                caches.extend([OpCache::Dense(dc), OpCache::BatchNorm(bc)]);
+                caches.extend([OpCache::Dense(dc), OpCache::Norm(NormCache::Batch(bc))]);
                 if let Some(r) = rc {
                     caches.push(OpCache::Relu(r));
                 }
@@ -302,11 +304,11 @@ pub fn forward_seq_with(
                 caches.push(OpCache::Dense(dc));
                 (y, 1, m)
             }
-            [Op::BatchNorm(bn), more @ ..] => {
+            [Op::Norm(Norm::Batch(bn)), more @ ..] => {
                 let relu = matches!(more.first(), Some(Op::Relu));
                 let (y, c, r) =
                     bn.forward_shared(input.into_shared(), mode, relu, moments.as_ref());
-                caches.push(OpCache::BatchNorm(c));
+                caches.push(OpCache::Norm(NormCache::Batch(c)));
                 if let Some(r) = r {
                     caches.push(OpCache::Relu(r));
                 }
@@ -378,29 +380,30 @@ fn backward_group(
     let first = |used: usize| residual.filter(|_| used == ops.len());
     let (mut g, used) = match (ops, caches) {
         (
-            [.., Op::BatchNorm(bn), Op::Relu, Op::Conv(conv)],
-            [.., OpCache::BatchNorm(c), OpCache::FusedRelu, OpCache::FusedConv],
+            [.., Op::Norm(Norm::Batch(bn)), Op::Relu, Op::Conv(conv)],
+            [.., OpCache::Norm(NormCache::Batch(c)), OpCache::FusedRelu, OpCache::FusedConv],
         ) => {
             let g = preact_conv::backward(bn, conv, c, &grad, grads, first(3));
             return (g, 3);
         }
         (
-            [.., Op::BatchNorm(bn), Op::Relu, Op::Dense(d)],
-            [.., OpCache::BatchNorm(c), OpCache::Relu(r), OpCache::Dense(dc)],
+            [.., Op::Norm(Norm::Batch(bn)), Op::Relu, Op::Dense(d)],
+            [.., OpCache::Norm(NormCache::Batch(c)), OpCache::Relu(r), OpCache::Dense(dc)],
         ) if dense_fused::backward_applies(d, dc, c, &grad, grads.is_some()) => {
             let g = dense_fused::backward_bn(bn, c, Some(r), d, dc, &grad, grads, first(3));
             return (g, 3);
         }
         (
-            [.., Op::BatchNorm(bn), Op::Dense(d)],
-            [.., OpCache::BatchNorm(c), OpCache::Dense(dc)],
+            [.., Op::Norm(Norm::Batch(bn)), Op::Dense(d)],
+            [.., OpCache::Norm(NormCache::Batch(c)), OpCache::Dense(dc)],
         ) if dense_fused::backward_applies(d, dc, c, &grad, grads.is_some()) => {
             let g = dense_fused::backward_bn(bn, c, None, d, dc, &grad, grads, first(2));
             return (g, 2);
         }
-        ([.., Op::BatchNorm(bn), Op::Relu], [.., OpCache::BatchNorm(c), OpCache::Relu(r)]) => {
-            (bn.backward_relu(c, r, grad.into_owned(), grads), 2)
-        }
+        (
+            [.., Op::Norm(Norm::Batch(bn)), Op::Relu],
+            [.., OpCache::Norm(NormCache::Batch(c)), OpCache::Relu(r)],
+        ) => (bn.backward_relu(c, r, grad.into_owned(), grads), 2),
         ([.., Op::Dense(d)], [.., OpCache::Dense(c)]) => (d.backward(c, &grad, grads), 1),
         ([.., Op::Conv(conv)], [.., OpCache::Conv(c)]) => (conv.backward(c, &grad, grads), 1),
         ([.., op], [.., c]) => (op.backward(c, grad.into_owned(), grads), 1),
@@ -477,9 +480,10 @@ pub fn freeze_relus_seq(ops: &mut [Op], caches: &[OpCache]) {
     for i in 0..ops.len().min(caches.len()) {
         let positive = match (&caches[i], i.checked_sub(1).map(|j| (&ops[j], &caches[j]))) {
             (OpCache::Relu(c), _) => c.positive.clone(),
-            (OpCache::FusedRelu, Some((Op::BatchNorm(bn), OpCache::BatchNorm(c)))) => {
-                bn.relu_mask(c)
-            }
+            (
+                OpCache::FusedRelu,
+                Some((Op::Norm(Norm::Batch(bn)), OpCache::Norm(NormCache::Batch(c)))),
+            ) => bn.relu_mask(c),
             _ => continue,
         };
         ops[i] = Op::Mask(positive.mapv(|p| if p { 1.0 } else { 0.0 }));
@@ -493,7 +497,7 @@ pub fn visit_bn_caches<'a>(
     f: &mut dyn FnMut(&'a BatchNorm, &'a BatchNormCache),
 ) {
     for (op, cache) in ops.iter().zip(caches) {
-        if let (Op::BatchNorm(bn), OpCache::BatchNorm(c)) = (op, cache) {
+        if let (Op::Norm(Norm::Batch(bn)), OpCache::Norm(NormCache::Batch(c))) = (op, cache) {
             f(bn, c);
         }
     }
@@ -502,8 +506,8 @@ pub fn visit_bn_caches<'a>(
 /// Updates the running statistics of every BatchNorm in `ops` from a training-mode pass.
 pub fn update_running_stats_seq(ops: &mut [Op], caches: &[OpCache]) {
     for (op, cache) in ops.iter_mut().zip(caches) {
-        if let (Op::BatchNorm(bn), OpCache::BatchNorm(c)) = (op, cache) {
-            bn.update_running_stats(c);
+        if let (Op::Norm(n), OpCache::Norm(c)) = (op, cache) {
+            n.update_running_stats(c);
         }
     }
 }

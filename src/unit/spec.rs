@@ -19,11 +19,13 @@ pub enum Placement {
     FullPreact,
 }
 
-/// One step of a branch or after-addition recipe; `Weight(i)` / `Bn(i)` count from 1.
+/// One step of a branch or after-addition recipe; `Weight(i)` / `Norm(i)` count from 1.
+/// A recipe names where a normalisation sits, not which one: the network's
+/// [`NormKind`](crate::layers::NormKind) fills every `Norm` slot.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Step {
     Weight(usize),
-    Bn(usize),
+    Norm(usize),
     Relu,
 }
 
@@ -64,7 +66,7 @@ impl Placement {
             let last = i == weights;
             match self {
                 Placement::Original => {
-                    steps.extend([Step::Weight(i), Step::Bn(i)]);
+                    steps.extend([Step::Weight(i), Step::Norm(i)]);
                     if !last {
                         steps.push(Step::Relu);
                     }
@@ -72,22 +74,22 @@ impl Placement {
                 Placement::BnAfterAdd => {
                     steps.push(Step::Weight(i));
                     if !last {
-                        steps.extend([Step::Bn(i), Step::Relu]);
+                        steps.extend([Step::Norm(i), Step::Relu]);
                     }
                 }
                 Placement::ReluBeforeAdd => {
-                    steps.extend([Step::Weight(i), Step::Bn(i), Step::Relu])
+                    steps.extend([Step::Weight(i), Step::Norm(i), Step::Relu])
                 }
                 Placement::ReluPreact => {
                     if i == 1 {
                         steps.push(Step::Relu);
                     }
-                    steps.extend([Step::Weight(i), Step::Bn(i)]);
+                    steps.extend([Step::Weight(i), Step::Norm(i)]);
                     if !last {
                         steps.push(Step::Relu);
                     }
                 }
-                Placement::FullPreact => steps.extend([Step::Bn(i), Step::Relu, Step::Weight(i)]),
+                Placement::FullPreact => steps.extend([Step::Norm(i), Step::Relu, Step::Weight(i)]),
             }
         }
         steps
@@ -97,7 +99,7 @@ impl Placement {
     pub fn after_add_recipe(self) -> Vec<Step> {
         match self {
             Placement::Original => vec![Step::Relu],
-            Placement::BnAfterAdd => vec![Step::Bn(0), Step::Relu],
+            Placement::BnAfterAdd => vec![Step::Norm(0), Step::Relu],
             _ => vec![],
         }
     }
@@ -360,31 +362,34 @@ mod tests {
             .contains("unknown placement 'preact'"));
         assert_eq!(
             Placement::Original.branch_recipe(2),
-            vec![Weight(1), Bn(1), Relu, Weight(2), Bn(2)]
+            vec![Weight(1), Norm(1), Relu, Weight(2), Norm(2)]
         );
         assert_eq!(
             Placement::BnAfterAdd.branch_recipe(2),
-            vec![Weight(1), Bn(1), Relu, Weight(2)]
+            vec![Weight(1), Norm(1), Relu, Weight(2)]
         );
-        assert_eq!(Placement::BnAfterAdd.after_add_recipe(), vec![Bn(0), Relu]);
+        assert_eq!(
+            Placement::BnAfterAdd.after_add_recipe(),
+            vec![Norm(0), Relu]
+        );
         assert_eq!(
             Placement::ReluBeforeAdd.branch_recipe(2),
-            vec![Weight(1), Bn(1), Relu, Weight(2), Bn(2), Relu]
+            vec![Weight(1), Norm(1), Relu, Weight(2), Norm(2), Relu]
         );
         assert_eq!(
             Placement::ReluPreact.branch_recipe(2),
-            vec![Relu, Weight(1), Bn(1), Relu, Weight(2), Bn(2)]
+            vec![Relu, Weight(1), Norm(1), Relu, Weight(2), Norm(2)]
         );
         assert_eq!(
             Placement::FullPreact.branch_recipe(3),
             vec![
-                Bn(1),
+                Norm(1),
                 Relu,
                 Weight(1),
-                Bn(2),
+                Norm(2),
                 Relu,
                 Weight(2),
-                Bn(3),
+                Norm(3),
                 Relu,
                 Weight(3)
             ]
