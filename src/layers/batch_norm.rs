@@ -27,12 +27,13 @@ use ndarray::{s, Array1, ArrayView2, Ix1, IxDyn};
 use rayon::prelude::*;
 
 use super::norm::NormLayer;
-use super::relu::{select, ReluCache};
+use super::relu::ReluCache;
 use super::Mode;
 use crate::fault::{self, Fault};
 use crate::grads::Grads;
+use crate::kernels::norm::*;
 use crate::spin_join::{self, split_point};
-use crate::tensor::{lane_sum, Tensor};
+use crate::tensor::Tensor;
 
 pub const EPS: f64 = 1e-5;
 pub const MOMENTUM: f64 = 0.1;
@@ -66,372 +67,6 @@ pub struct BatchNormCache {
     pub batch_var: Vec<f64>,
     /// Values per channel, M = N * H * W.
     pub count: usize,
-}
-
-/// `(N, C, S)` sizes of an `(N, C, ...)` tensor, S = product of the trailing axes.
-#[derive(Debug, Clone, Copy)]
-struct Layout {
-    n: usize,
-    c: usize,
-    s: usize,
-}
-
-/// Elements per parallel task of a dense (S = 1) activation: small enough to split W1's
-/// (128, 256) batch in four, large enough that a task outweighs its scheduling.
-const DENSE_TASK: usize = 8192;
-
-/// Channels per reduction task of a conv activation.
-const CHANNEL_BLOCK: usize = 4;
-
-impl Layout {
-    fn of(shape: &[usize]) -> Self {
-        Layout {
-            n: shape[0],
-            c: shape[1],
-            s: shape.iter().skip(2).product(),
-        }
-    }
-
-    /// The channel of flat index `flat`.
-    fn channel(&self, flat: usize) -> usize {
-        (flat / self.s) % self.c
-    }
-
-    /// Flat elements per parallel element-wise task: one sample of a conv activation, a
-    /// block of whole rows of a dense one.
-    fn task_len(&self) -> usize {
-        if self.s == 1 {
-            (DENSE_TASK / self.c.max(1)).max(1) * self.c
-        } else {
-            self.c * self.s
-        }
-    }
-
-    /// A run is a stretch of elements whose channels are known without division: one
-    /// channel plane (S > 1) or one row of channels 0..C (S = 1).
-    fn run_len(&self) -> usize {
-        if self.s == 1 {
-            self.c
-        } else {
-            self.s
-        }
-    }
-}
-
-/// How a run looks up its per-channel parameters: a plane has one channel (the parameter
-/// slice is that channel's single value), a dense row has channels `0..C` (the slice is the
-/// whole row of values). Monomorphised, so each loop vectorises with no branch inside.
-trait Run {
-    fn at(p: &[f64], i: usize) -> f64;
-}
-
-struct Plane;
-struct Row;
-
-impl Run for Plane {
-    #[inline(always)]
-    fn at(p: &[f64], _: usize) -> f64 {
-        p[0]
-    }
-}
-
-impl Run for Row {
-    #[inline(always)]
-    fn at(p: &[f64], i: usize) -> f64 {
-        p[i]
-    }
-}
-
-impl Layout {
-    /// The parameters of the run of `len` elements starting at flat index `rs`.
-    fn params<'v>(&self, values: &'v [f64], rs: usize, len: usize) -> &'v [f64] {
-        if self.s == 1 {
-            &values[..len]
-        } else {
-            let ch = self.channel(rs);
-            &values[ch..ch + 1]
-        }
-    }
-}
-
-/// `out = a x + b`, or `relu(a x + b)` with the ReLU's mask when `mask` is non-empty.
-#[inline(always)]
-fn affine_run<R: Run>(
-    out: &mut [MaybeUninit<f64>],
-    x: &[f64],
-    mask: &mut [MaybeUninit<bool>],
-    a: &[f64],
-    b: &[f64],
-) {
-    let n = out.len();
-    let x = &x[..n];
-    if mask.is_empty() {
-        for i in 0..n {
-            out[i].write(R::at(a, i) * x[i] + R::at(b, i));
-        }
-    } else {
-        let mask = &mut mask[..n];
-        for i in 0..n {
-            let z = R::at(a, i) * x[i] + R::at(b, i);
-            mask[i].write(z > 0.0);
-            out[i].write(super::relu::relu(z));
-        }
-    }
-}
-
-/// One dense row (or a stretch of it) of the forward map, for ops that fuse a BatchNorm:
-/// `out = a x + b`, or with the ReLU and its mask when `mask` is non-empty.
-pub(crate) fn affine_row(
-    out: &mut [MaybeUninit<f64>],
-    x: &[f64],
-    mask: &mut [MaybeUninit<bool>],
-    a: &[f64],
-    b: &[f64],
-) {
-    affine_run::<Row>(out, x, mask, a, b)
-}
-
-/// One dense row (or a stretch) of the training-mode input gradient, in place; `p` is
-/// `[scale, c1, c2, mean]` of its channels.
-pub(crate) fn train_grad_row(g: &mut [f64], x: &[f64], mask: Option<&[bool]>, p: [&[f64]; 4]) {
-    train_grad_run::<Row>(g, x, mask, p)
-}
-
-/// One dense row (or a stretch) of the evaluation-mode input gradient, in place.
-pub(crate) fn eval_grad_row(g: &mut [f64], mask: Option<&[bool]>, scale: &[f64]) {
-    eval_grad_run::<Row>(g, mask, scale)
-}
-
-/// Training-mode input gradient in place: `g <- scale (mask g) - c1 - c2 (x - mean)`.
-#[inline(always)]
-fn train_grad_run<R: Run>(g: &mut [f64], x: &[f64], mask: Option<&[bool]>, p: [&[f64]; 4]) {
-    let n = g.len();
-    let x = &x[..n];
-    let [scale, c1, c2, mean] = p;
-    let term = |i: usize, gi: f64| {
-        R::at(scale, i) * gi - R::at(c1, i) - R::at(c2, i) * (x[i] - R::at(mean, i))
-    };
-    match mask {
-        Some(mask) => {
-            let mask = &mask[..n];
-            for i in 0..n {
-                g[i] = term(i, select(mask[i], g[i]));
-            }
-        }
-        None => {
-            for (i, g) in g.iter_mut().enumerate() {
-                *g = term(i, *g);
-            }
-        }
-    }
-}
-
-/// Evaluation-mode input gradient in place: `g <- scale (mask g)`.
-#[inline(always)]
-fn eval_grad_run<R: Run>(g: &mut [f64], mask: Option<&[bool]>, scale: &[f64]) {
-    let n = g.len();
-    match mask {
-        Some(mask) => {
-            let mask = &mask[..n];
-            for i in 0..n {
-                g[i] = R::at(scale, i) * select(mask[i], g[i]);
-            }
-        }
-        None => {
-            for (i, g) in g.iter_mut().enumerate() {
-                *g *= R::at(scale, i);
-            }
-        }
-    }
-}
-
-/// Per channel `(sum_a, sum_b)` of a conv activation: `plane(start, channel)` sums one
-/// plane; parallel blocks of channels, each channel summed plane by plane in sample order
-/// with fixed lanes.
-fn channel_sums(
-    l: Layout,
-    plane: &(dyn Fn(usize, usize) -> (f64, f64) + Sync),
-) -> (Vec<f64>, Vec<f64>) {
-    let blocks: Vec<Vec<(f64, f64)>> = (0..l.c.div_ceil(CHANNEL_BLOCK))
-        .into_par_iter()
-        .map(|blk| {
-            (blk * CHANNEL_BLOCK..((blk + 1) * CHANNEL_BLOCK).min(l.c))
-                .map(|ch| {
-                    (0..l.n).fold((0.0, 0.0), |(a, b), n| {
-                        let (da, db) = plane((n * l.c + ch) * l.s, ch);
-                        (a + da, b + db)
-                    })
-                })
-                .collect()
-        })
-        .collect();
-    blocks.into_iter().flatten().unzip()
-}
-
-/// The per-channel affine map of a normalisation, `y = a x + b`.
-#[derive(Debug, Clone)]
-pub(crate) struct Affine {
-    pub a: Vec<f64>,
-    pub b: Vec<f64>,
-}
-
-/// Mean and biased variance per channel of a conv activation in one pass over memory: each
-/// plane's mean and centred squares while it is in cache, then the planes combined in sample
-/// order with the pairwise update of Chan, Golub and LeVeque (as stable as two passes over
-/// the whole channel, which read the tensor twice). Parallel over blocks of channels.
-fn plane_stats(xs: &[f64], l: Layout) -> (Vec<f64>, Vec<f64>) {
-    let blocks: Vec<Vec<(f64, f64)>> = (0..l.c.div_ceil(CHANNEL_BLOCK))
-        .into_par_iter()
-        .map(|blk| {
-            (blk * CHANNEL_BLOCK..((blk + 1) * CHANNEL_BLOCK).min(l.c))
-                .map(|ch| combine_planes(l, |n| plane_moments(&xs[(n * l.c + ch) * l.s..][..l.s])))
-                .collect()
-        })
-        .collect();
-    blocks.into_iter().flatten().unzip()
-}
-
-/// One plane's `(mean, sum of squared deviations)`, two passes over the plane (in cache).
-pub(crate) fn plane_moments(plane: &[f64]) -> (f64, f64) {
-    let mean = lane_sum(plane, |v| v) / plane.len() as f64;
-    (mean, lane_sum(plane, |v| (v - mean) * (v - mean)))
-}
-
-/// A channel's mean and biased variance from its planes' moments, combined in sample order.
-fn combine_planes(l: Layout, moments: impl Fn(usize) -> (f64, f64)) -> (f64, f64) {
-    let s = l.s as f64;
-    let (mut count, mut mean, mut m2) = (0.0, 0.0, 0.0);
-    for n in 0..l.n {
-        let (plane_mean, plane_m2) = moments(n);
-        let total = count + s;
-        let delta = plane_mean - mean;
-        mean += delta * s / total;
-        m2 += plane_m2 + delta * delta * count * s / total;
-        count = total;
-    }
-    (mean, m2 / count)
-}
-
-/// Statistics of an activation computed by the op that wrote it, while the data was in
-/// cache, so the next BatchNorm need not read the tensor again. They give bit for bit the
-/// statistics of [`BatchNorm::forward`]'s own pass.
-#[derive(Debug, Clone)]
-pub enum Moments {
-    /// Per-plane `(mean, centred sum of squares)` of a conv activation, `[n * C + c]`.
-    Planes(Vec<(f64, f64)>),
-    /// Per-channel mean and biased variance of a dense activation (as `column_stats` gives).
-    Columns { mean: Vec<f64>, var: Vec<f64> },
-}
-
-impl Moments {
-    /// Moments of every plane of one sample (`C` planes of `plane` values), in channel order.
-    pub(crate) fn of_sample(y_n: &[f64], plane: usize) -> Vec<(f64, f64)> {
-        y_n.chunks_exact(plane).map(plane_moments).collect()
-    }
-}
-
-/// `gamma * inv_std` per channel: the factor every affine step multiplies by.
-pub(crate) fn scales(gamma: &[f64], inv_std: &[f64]) -> Vec<f64> {
-    gamma.iter().zip(inv_std).map(|(g, i)| g * i).collect()
-}
-
-/// Per-column mean and biased variance of a block of a dense activation `(N, W)` whose rows
-/// are contiguous: two passes in row order (mean, then centred squares, so large means do
-/// not cancel), vectorised across columns. A column's result does not depend on the block
-/// it is in, so any split of the columns (between threads, or into a producing op) gives
-/// the same bits.
-pub(crate) fn column_stats(x: ArrayView2<f64>) -> (Vec<f64>, Vec<f64>) {
-    let (n, w) = x.dim();
-    let count = n as f64;
-    let mut sum = vec![0.0; w];
-    for row in x.rows() {
-        let row = row.to_slice().expect("rows are contiguous");
-        sum.iter_mut().zip(row).for_each(|(a, v)| *a += v);
-    }
-    let mean: Vec<f64> = sum.iter().map(|v| v / count).collect();
-    let mut sq = vec![0.0; w];
-    for row in x.rows() {
-        let row = row.to_slice().expect("rows are contiguous");
-        sq.iter_mut()
-            .zip(row)
-            .zip(&mean)
-            .for_each(|((a, v), m)| *a += (v - m) * (v - m));
-    }
-    let var = sq.iter().map(|v| v / count).collect();
-    (mean, var)
-}
-
-/// Per-column `(sum g, sum g (x - mean))` of a block of a dense gradient, `g` masked by the
-/// ReLU's `mask` when given; rows in order, vectorised across columns.
-pub(crate) fn column_grad_sums(
-    g: ArrayView2<f64>,
-    x: ArrayView2<f64>,
-    mask: Option<ArrayView2<bool>>,
-    mean: &[f64],
-) -> (Vec<f64>, Vec<f64>) {
-    let w = g.ncols();
-    let (mut sb, mut sg) = (vec![0.0; w], vec![0.0; w]);
-    let mean = &mean[..w];
-    for (r, (g, x)) in g.rows().into_iter().zip(x.rows()).enumerate() {
-        let g = &g.to_slice().expect("rows are contiguous")[..w];
-        let x = &x.to_slice().expect("rows are contiguous")[..w];
-        match &mask {
-            Some(mask) => {
-                let mk = mask.row(r);
-                let mk = &mk.to_slice().expect("rows are contiguous")[..w];
-                for ch in 0..w {
-                    let gi = select(mk[ch], g[ch]);
-                    sb[ch] += gi;
-                    sg[ch] += gi * (x[ch] - mean[ch]);
-                }
-            }
-            None => {
-                for ch in 0..w {
-                    sb[ch] += g[ch];
-                    sg[ch] += g[ch] * (x[ch] - mean[ch]);
-                }
-            }
-        }
-    }
-    (sb, sg)
-}
-
-/// Runs `f` on the two halves of `0..c` (split at a multiple of 8 columns) on two threads and
-/// joins the per-column results in order.
-fn column_halves(
-    c: usize,
-    f: impl Fn(std::ops::Range<usize>) -> (Vec<f64>, Vec<f64>) + Sync,
-) -> (Vec<f64>, Vec<f64>) {
-    let mid = split_point(c, 8);
-    let (mut left, mut right) = (None, None);
-    spin_join::join(|| left = Some(f(0..mid)), || right = Some(f(mid..c)));
-    let ((mut a, mut b), (a1, b1)) = (left.unwrap(), right.unwrap());
-    a.extend(a1);
-    b.extend(b1);
-    (a, b)
-}
-
-/// The training-mode input-gradient coefficients per channel: `grad_x = scale g - c1 - c2
-/// (x - mean)` with `c1 = scale grad_beta / M`, `c2 = scale inv_std^2 sum_gx / M`.
-pub(crate) fn train_grad_coefficients(
-    scale: &[f64],
-    inv_std: &[f64],
-    grad_beta: &[f64],
-    sum_gx: &[f64],
-    m: f64,
-) -> (Vec<f64>, Vec<f64>) {
-    (0..scale.len())
-        .map(|ch| {
-            let sc = scale[ch] / m;
-            (
-                fault::factor(Fault::BnMeanTerm, sc * grad_beta[ch]),
-                fault::factor(
-                    Fault::BnVarianceTerm,
-                    sc * inv_std[ch] * inv_std[ch] * sum_gx[ch],
-                ),
-            )
-        })
-        .unzip()
 }
 
 impl BatchNorm {
@@ -694,7 +329,7 @@ impl BatchNorm {
     /// The input gradient from the per-channel sums `(grad_beta, sum_gx)`, `grad_beta = sum g`
     /// and `sum_gx = sum g (x - mean)` (of the masked gradient), in place; accumulates the
     /// gamma and beta gradients. A caller that has already masked `grad_y` passes no mask.
-    /// `residual` is added to the result run by run (a residual unit's shortcut term).
+    /// `add` is added to the result run by run (the caller's epilogue).
     pub(crate) fn finish_backward(
         &self,
         cache: &BatchNormCache,
@@ -702,7 +337,7 @@ impl BatchNorm {
         mut grad_y: Tensor,
         (grad_beta, sum_gx): (Vec<f64>, Vec<f64>),
         grads: Option<&mut Grads>,
-        residual: Option<&[f64]>,
+        add: Option<&[f64]>,
     ) -> Tensor {
         let l = Layout::of(grad_y.shape());
         let xs = cache.x.as_slice().unwrap();
@@ -747,7 +382,7 @@ impl BatchNorm {
                 } else {
                     eval_grad_run::<Plane>(g, mk, ps);
                 }
-                if let Some(r) = residual {
+                if let Some(r) = add {
                     g.iter_mut()
                         .zip(&r[rs..rs + len])
                         .for_each(|(g, r)| *g += r);
@@ -1043,5 +678,79 @@ pub(crate) mod tests {
         // mean 3, biased var 3.5, unbiased 14/3.
         assert!((bn.running_mean[[0]] - 0.3).abs() < 1e-15);
         assert!((bn.running_var[[0]] - (0.9 + 0.1 * 14.0 / 3.0)).abs() < 1e-15);
+    }
+
+    /// The layer equals the plain-ndarray BatchNorm of `kernels::reference` (the textbook
+    /// formulas, whole-array arithmetic): forward and backward, both modes, dense and conv
+    /// shapes, with and without the fused ReLU. Relative error bound 1e-12: the two sum in
+    /// different orders (fixed lanes against one running sum), nothing else differs.
+    #[test]
+    fn layer_equals_the_plain_reference() {
+        use crate::kernels::reference;
+        const REF_TOL: f64 = 1e-12;
+        for (shape, big) in [
+            (vec![9, 6], false),
+            (vec![3, 4, 5, 3], false),
+            (vec![64, 300], true),
+            (vec![4, 8, 16, 16], true),
+        ] {
+            let mut r = rng(17);
+            let bn = layer_with_random_affine(shape[1], 5);
+            let x = gaussian(&shape, 1.5, &mut r) + 0.3;
+            let g = gaussian(&shape, 1.0, &mut r);
+            let gamma = bn.gamma.as_slice().unwrap();
+            let beta = bn.beta.as_slice().unwrap();
+            let what = format!("{shape:?} (threads split: {big})");
+
+            let (y, c) = bn.forward(x.clone(), Mode::Train);
+            let want = reference::batch_norm_train(&x, gamma, beta, bn.eps);
+            assert_close(&format!("{what} train forward"), &y, &want, REF_TOL);
+            let mut grads = Grads::new();
+            let gx = bn.backward(&c, g.clone(), Some(&mut grads));
+            let (want_gx, want_gamma, want_beta) =
+                reference::batch_norm_train_backward(&x, gamma, bn.eps, &g);
+            assert_close(&format!("{what} train grad_x"), &gx, &want_gx, REF_TOL);
+            let vec1 = |v: Vec<f64>| Tensor::from_shape_vec(IxDyn(&[v.len()]), v).unwrap();
+            assert_close(
+                &format!("{what} grad_gamma"),
+                grads.get("bn.gamma").unwrap(),
+                &vec1(want_gamma),
+                REF_TOL,
+            );
+            assert_close(
+                &format!("{what} grad_beta"),
+                grads.get("bn.beta").unwrap(),
+                &vec1(want_beta),
+                REF_TOL,
+            );
+
+            // The fused ReLU: relu of the reference output, the reference backward of the
+            // masked gradient.
+            let (yr, cr, rc) = bn.forward_relu(x.clone(), Mode::Train);
+            let (want_r, mask) =
+                reference::affine(&want, &vec![1.0; shape[1]], &vec![0.0; shape[1]], true);
+            assert_close(&format!("{what} BN-ReLU forward"), &yr, &want_r, REF_TOL);
+            let gxr = bn.backward_relu(&cr, &rc, g.clone(), None);
+            let masked = ndarray::Zip::from(&g)
+                .and(&mask)
+                .map_collect(|&g, &m| if m { g } else { 0.0 });
+            let (want_gxr, _, _) = reference::batch_norm_train_backward(&x, gamma, bn.eps, &masked);
+            assert_close(&format!("{what} BN-ReLU grad_x"), &gxr, &want_gxr, REF_TOL);
+
+            let (ye, ce) = bn.forward(x.clone(), Mode::Eval);
+            let (rm, rv) = (
+                bn.running_mean.as_slice().unwrap(),
+                bn.running_var.as_slice().unwrap(),
+            );
+            let want_e = reference::batch_norm_eval(&x, gamma, beta, rm, rv, bn.eps);
+            assert_close(&format!("{what} eval forward"), &ye, &want_e, REF_TOL);
+            // Evaluation mode is affine: grad_x = gamma / sqrt(running_var + eps) g.
+            let scale: Vec<f64> = (0..shape[1])
+                .map(|ch| gamma[ch] / (rv[ch] + bn.eps).sqrt())
+                .collect();
+            let want_ge = reference::affine(&g, &scale, &vec![0.0; shape[1]], false).0;
+            let ge = bn.backward(&ce, g.clone(), None);
+            assert_close(&format!("{what} eval grad_x"), &ge, &want_ge, REF_TOL);
+        }
     }
 }

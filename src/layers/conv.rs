@@ -15,17 +15,17 @@
 //! over fixed chunks of samples and the chunks added in order, so the bits do not depend on
 //! the thread count.
 
-use ndarray::{Array2, ArrayView2, ArrayViewMut2, Axis, Ix4, IxDyn};
+use ndarray::{Array2, ArrayView2, ArrayViewMut2, Ix4, IxDyn};
 use rand_chacha::ChaCha8Rng;
 use rayon::prelude::*;
 
-use super::batch_norm::{Affine, Moments};
-use super::relu::relu;
 use crate::fault::{self, Fault};
 use crate::grads::Grads;
+use crate::kernels::im2col::{col2im_into, im2col, Geometry};
+use crate::kernels::norm::Moments;
+use crate::kernels::{Epilogue, Prologue};
 use crate::rng::gaussian;
 use std::mem::MaybeUninit;
-use std::ops::Range;
 
 use crate::tensor::{
     matmul_into_serial, matmul_uninit_serial, with_scratch, with_scratch3, Tensor,
@@ -78,341 +78,7 @@ pub struct ConvCache {
     pub x: Tensor,
 }
 
-/// Output spatial size.
-pub fn out_size(size: usize, k: usize, stride: usize, pad: usize) -> usize {
-    (size + 2 * pad - k) / stride + 1
-}
-
-/// The shape of one sample's convolution: input `(c, h, w)`, kernel `k`, stride `s`, pad `p`.
-#[derive(Debug, Clone, Copy)]
-struct Geometry {
-    c: usize,
-    h: usize,
-    w: usize,
-    k: usize,
-    s: usize,
-    p: usize,
-}
-
-impl Geometry {
-    fn out(&self) -> (usize, usize) {
-        (
-            out_size(self.h, self.k, self.s, self.p),
-            out_size(self.w, self.k, self.s, self.p),
-        )
-    }
-
-    /// Row `ih` of the input for output row `oh` and kernel row `ki`, if inside the image.
-    fn in_row(&self, oh: usize, ki: usize) -> Option<usize> {
-        let ih = (oh * self.s + ki) as isize - self.p as isize;
-        (0..self.h as isize).contains(&ih).then_some(ih as usize)
-    }
-}
-
-/// Output columns `ow` whose input column `ow s + kj - p` lies inside the image.
-fn valid_cols(g: &Geometry, wo: usize, kj: usize) -> std::ops::Range<usize> {
-    let lo = g.p.saturating_sub(kj).div_ceil(g.s);
-    let hi = if g.w + g.p > kj {
-        ((g.w + g.p - kj - 1) / g.s + 1).min(wo)
-    } else {
-        0
-    };
-    lo.min(hi)..hi
-}
-
-/// `x_n: (C, H, W)` -> `cols: (C k k, Ho Wo)`, row `r` at `cols[r * pitch..][..Ho Wo]`
-/// (`pitch = Ho Wo` for one sample alone; a group of samples side by side has a longer
-/// pitch); every element of those rows is written.
-fn im2col(x: &[f64], g: Geometry, cols: &mut [f64], pitch: usize) {
-    if keeps_size(&g) {
-        im2col_shifted(x, g, cols, pitch)
-    } else {
-        im2col_rows(x, g, cols, pitch)
-    }
-}
-
-/// `x_n = col2im(cols)`: the adjoint of im2col, `cols: (C k k, Ho Wo)` (rows `pitch` apart)
-/// summed back into a fresh `x_n: (C, H, W)` (every element is written); `cols` is scratch
-/// and may be changed.
-fn col2im_into<'x>(
-    cols: &mut [f64],
-    g: Geometry,
-    x: &'x mut [MaybeUninit<f64>],
-    pitch: usize,
-) -> &'x mut [f64] {
-    if keeps_size(&g) {
-        return col2im_shifted(cols, g, x, pitch);
-    }
-    let x = crate::tensor::init_fill(x, 0.0);
-    col2im_rows(cols, g, x, pitch);
-    x
-}
-
-/// Whether the shifted-plane im2col and col2im apply: a stride-1 convolution that keeps the
-/// image size (`2p = k - 1`, the 3x3 convolutions with padding 1 of every ResNet stage).
-/// There, row `(ci, ki, kj)` of `cols` is channel `ci`'s plane shifted by
-/// `d = (ki - p) W + (kj - p)` positions, with the rows and columns that fall outside the
-/// image zero: one contiguous copy (or addition) per kernel position and channel, plus a few
-/// scalar fix-ups per row, instead of one short copy per output row (the 8- and 16-wide rows
-/// of the later stages cost more in loop and call overhead than in data). Every element
-/// gets the same value (im2col) or the same additions in the same order (col2im) as the
-/// row-by-row versions, which the tests check bit for bit.
-fn keeps_size(g: &Geometry) -> bool {
-    g.s == 1 && 2 * g.p + 1 == g.k && g.p < g.w && g.p < g.h
-}
-
-/// Where kernel position `(ki, kj)` of a size-keeping convolution reads its plane.
-struct Shift {
-    /// Column shift `kj - p`.
-    dc: isize,
-    /// Flat shift `(ki - p) W + (kj - p)`: output position `i` reads input position `i + d`.
-    d: isize,
-    /// Output rows whose input row is inside the image.
-    rows: Range<usize>,
-    /// Flat output positions of those rows whose source `i + d` lies inside the plane.
-    flat: Range<usize>,
-}
-
-impl Shift {
-    fn of(g: &Geometry, ki: usize, kj: usize) -> Shift {
-        let (h, w) = (g.h as isize, g.w as isize);
-        let dr = ki as isize - g.p as isize;
-        let dc = kj as isize - g.p as isize;
-        let d = dr * w + dc;
-        let rows = (-dr).max(0) as usize..(h - dr).min(h) as usize;
-        let lo = (rows.start as isize * w).max(-d);
-        let hi = (rows.end as isize * w).min(h * w - d);
-        let flat = lo.max(0) as usize..hi.max(lo).max(0) as usize;
-        Shift { dc, d, rows, flat }
-    }
-
-    /// Every kernel position's shift, in `(ki, kj)` order. Made once per sample: working
-    /// each out inside the channel loop measured 15% slower in W2's backward pass (0.213 ->
-    /// 0.249 s).
-    fn all(g: &Geometry) -> Vec<Shift> {
-        (0..g.k * g.k)
-            .map(|kk| Shift::of(g, kk / g.k, kk % g.k))
-            .collect()
-    }
-
-    /// First input position read: that of `flat.start`.
-    fn from(&self) -> usize {
-        (self.flat.start as isize + self.d) as usize
-    }
-
-    /// Output columns whose source column wrapped into the neighbouring row.
-    fn bad_columns(&self, w: usize) -> Range<usize> {
-        if self.dc < 0 {
-            0..(-self.dc) as usize
-        } else {
-            w - self.dc as usize..w
-        }
-    }
-}
-
-/// Zeroes a slice that is usually a few elements long (the wrapped columns of a shifted plane,
-/// one per row for a 3x3 kernel): stores for short ones, since a `memset` call per element
-/// was 10% of a training step on 8x8 images.
-#[inline(always)]
-fn zero(xs: &mut [f64]) {
-    match xs.len() {
-        0 => {}
-        1 => xs[0] = 0.0,
-        2 => {
-            xs[0] = 0.0;
-            xs[1] = 0.0;
-        }
-        _ => xs.fill(0.0),
-    }
-}
-
-/// [`im2col`] of a size-keeping convolution, one shifted plane at a time.
-fn im2col_shifted(x: &[f64], g: Geometry, cols: &mut [f64], pitch: usize) {
-    let (k, w, plane) = (g.k, g.w, g.h * g.w);
-    let shifts = Shift::all(&g);
-    for ci in 0..g.c {
-        let src = &x[ci * plane..(ci + 1) * plane];
-        for (kk, sh) in shifts.iter().enumerate() {
-            let out = &mut cols[(ci * k * k + kk) * pitch..][..plane];
-            zero(&mut out[..sh.flat.start]);
-            zero(&mut out[sh.flat.end..]);
-            out[sh.flat.clone()].copy_from_slice(&src[sh.from()..][..sh.flat.len()]);
-            let bad = sh.bad_columns(w);
-            for oh in sh.rows.clone() {
-                zero(&mut out[oh * w..][bad.clone()]);
-            }
-        }
-    }
-}
-
-/// [`col2im_into`] of a size-keeping convolution. Sums `cols` into `x` (which it initialises)
-/// and leaves `cols` with its wrapped positions zeroed. Each kernel position is one
-/// contiguous pass: the first writes `0.0 + v` and zeroes the rest of the plane (what adding
-/// into a zeroed plane gives, without the zeroing pass), the others add. The positions whose
-/// source column wrapped into the neighbouring row are set to zero first, so they add `+0.0`
-/// to an element that gets no contribution at this kernel position. That changes no bit:
-/// `v + 0.0 = v` for every `v` but `-0.0`, and a sum that starts at `+0.0` never becomes
-/// `-0.0` in round-to-nearest.
-fn col2im_shifted<'x>(
-    cols: &mut [f64],
-    g: Geometry,
-    x: &'x mut [MaybeUninit<f64>],
-    pitch: usize,
-) -> &'x mut [f64] {
-    let (k, w, plane) = (g.k, g.w, g.h * g.w);
-    let shifts = Shift::all(&g);
-    for (ci, dst) in x.chunks_exact_mut(plane).take(g.c).enumerate() {
-        for (kk, sh) in shifts.iter().enumerate() {
-            let row = &mut cols[(ci * k * k + kk) * pitch..][..plane];
-            let bad = sh.bad_columns(w);
-            if !bad.is_empty() {
-                for oh in sh.rows.clone() {
-                    zero(&mut row[oh * w..][bad.clone()]);
-                }
-            }
-            let (from, to) = (sh.from(), sh.from() + sh.flat.len());
-            let src = &row[sh.flat.clone()];
-            if kk == 0 {
-                let (head, rest) = dst.split_at_mut(from);
-                let (body, tail) = rest.split_at_mut(to - from);
-                for e in head.iter_mut().chain(tail) {
-                    e.write(0.0);
-                }
-                for (o, &v) in body.iter_mut().zip(src) {
-                    o.write(0.0 + v);
-                }
-            } else {
-                let body = &mut dst[from..to];
-                // SAFETY: the first kernel position wrote every element of the plane.
-                let body = unsafe { &mut *(body as *mut [MaybeUninit<f64>] as *mut [f64]) };
-                for (o, &v) in body.iter_mut().zip(src) {
-                    *o += v;
-                }
-            }
-        }
-    }
-    // SAFETY: every plane was written in full at its first kernel position, and the planes
-    // cover `x` (`x` holds `c` planes).
-    unsafe { &mut *(x as *mut [MaybeUninit<f64>] as *mut [f64]) }
-}
-
-/// [`im2col`] one output row at a time (any stride and padding).
-fn im2col_rows(x: &[f64], g: Geometry, cols: &mut [f64], pitch: usize) {
-    let (ho, wo) = g.out();
-    let (k, h, w, s) = (g.k, g.h, g.w, g.s);
-    for ci in 0..g.c {
-        for ki in 0..k {
-            for kj in 0..k {
-                let row = &mut cols[((ci * k + ki) * k + kj) * pitch..][..ho * wo];
-                let valid = valid_cols(&g, wo, kj);
-                for oh in 0..ho {
-                    let out = &mut row[oh * wo..(oh + 1) * wo];
-                    let Some(ih) = g.in_row(oh, ki) else {
-                        out.fill(0.0);
-                        continue;
-                    };
-                    let src = &x[(ci * h + ih) * w..][..w];
-                    out[..valid.start].fill(0.0);
-                    out[valid.end..].fill(0.0);
-                    // Input column of output column `valid.start`.
-                    let first = valid.start * s + kj - g.p;
-                    if s == 1 {
-                        out[valid.clone()].copy_from_slice(&src[first..first + valid.len()]);
-                    } else {
-                        for (o, &v) in out[valid.clone()]
-                            .iter_mut()
-                            .zip(src[first..].iter().step_by(s))
-                        {
-                            *o = v;
-                        }
-                    }
-                }
-            }
-        }
-    }
-}
-
-/// Adds `cols: (C k k, Ho Wo)` back into `x_n: (C, H, W)` (the adjoint of im2col), one
-/// contiguous (stride 1) or strided run of valid columns at a time.
-fn col2im_rows(cols: &[f64], g: Geometry, x: &mut [f64], pitch: usize) {
-    let (ho, wo) = g.out();
-    let (k, h, w, s) = (g.k, g.h, g.w, g.s);
-    for ci in 0..g.c {
-        for ki in 0..k {
-            for kj in 0..k {
-                let row = &cols[((ci * k + ki) * k + kj) * pitch..][..ho * wo];
-                let valid = valid_cols(&g, wo, kj);
-                if valid.is_empty() {
-                    continue;
-                }
-                // Input column of output column `valid.start`.
-                let first = valid.start * s + kj - g.p;
-                for oh in 0..ho {
-                    let Some(ih) = g.in_row(oh, ki) else { continue };
-                    let dst = &mut x[(ci * h + ih) * w..][..w];
-                    let src = &row[oh * wo + valid.start..oh * wo + valid.end];
-                    if s == 1 {
-                        for (d, &v) in dst[first..first + src.len()].iter_mut().zip(src) {
-                            *d += v;
-                        }
-                    } else {
-                        for (d, &v) in dst[first..].iter_mut().step_by(s).zip(src) {
-                            *d += v;
-                        }
-                    }
-                }
-            }
-        }
-    }
-}
-
-/// Where a convolution reads sample `n`'s input: a stored tensor, or the pre-activation
-/// `relu(a x + b)` of one (a BatchNorm's affine map then ReLU), made per sample in a scratch
-/// buffer so the activated tensor never exists whole (the fused BN-ReLU-conv).
-#[derive(Clone, Copy)]
-pub(crate) enum SampleInput<'a> {
-    Plain(&'a [f64]),
-    Preact {
-        x: &'a [f64],
-        affine: &'a Affine,
-        /// Values per channel plane, `H W`.
-        plane: usize,
-    },
-}
-
-/// Scratch a sample needs for its input: none when it is read in place.
-fn act_len(input: &SampleInput, sample_len: usize) -> usize {
-    match input {
-        SampleInput::Plain(_) => 0,
-        SampleInput::Preact { .. } => sample_len,
-    }
-}
-
-impl SampleInput<'_> {
-    /// Sample `n` (`len` values), computed into `scratch` (at least `len` long) when it has
-    /// to be.
-    fn sample<'s>(&'s self, n: usize, len: usize, scratch: &'s mut [f64]) -> &'s [f64] {
-        match *self {
-            SampleInput::Plain(x) => &x[n * len..(n + 1) * len],
-            SampleInput::Preact { x, affine, plane } => {
-                let scratch = &mut scratch[..len];
-                let x_n = &x[n * len..(n + 1) * len];
-                for (ch, (out, src)) in scratch
-                    .chunks_exact_mut(plane)
-                    .zip(x_n.chunks_exact(plane))
-                    .enumerate()
-                {
-                    let (a, b) = (affine.a[ch], affine.b[ch]);
-                    // The same arithmetic as the BN-ReLU pass, so the same bits.
-                    for (o, &v) in out.iter_mut().zip(src) {
-                        *o = relu(a * v + b);
-                    }
-                }
-                scratch
-            }
-        }
-    }
-}
+pub use crate::kernels::im2col::out_size;
 
 impl Conv2d {
     /// He initialisation on fan-out, `w ~ N(0, 2 / (k k C_out))`, as in the paper's code.
@@ -476,10 +142,9 @@ impl Conv2d {
             .expect("conv input must be (N, C, H, W)");
         let x = x.as_standard_layout();
         self.forward_from(
-            SampleInput::Plain(x.as_slice().unwrap()),
+            Prologue::Plain(x.as_slice().unwrap()),
             x.shape(),
-            None,
-            false,
+            Epilogue::NONE,
         )
         .0
     }
@@ -498,16 +163,14 @@ impl Conv2d {
         }
     }
 
-    /// Forward over a batch of shape `in_shape` whose samples `input` provides; adds
-    /// `residual` (a residual unit's shortcut term, of the output's shape) to each sample while
-    /// it is in cache, and returns the output's plane moments when asked (for the BatchNorm
-    /// that reads it next).
+    /// Forward over a batch of shape `in_shape` whose samples `input` provides, then the
+    /// `epilogue` on each sample while it is in cache; returns the output's plane moments when
+    /// the epilogue asks for them.
     pub(crate) fn forward_from(
         &self,
-        input: SampleInput,
+        input: Prologue,
         in_shape: &[usize],
-        residual: Option<&[f64]>,
-        moments: bool,
+        epilogue: Epilogue,
     ) -> (Tensor, Option<Moments>) {
         let g = self.geometry(in_shape);
         let out = self.out_shape(in_shape);
@@ -518,30 +181,15 @@ impl Conv2d {
         let group = group_size(hw_out);
         let mut y = Tensor::uninit(IxDyn(&out));
         let sample_out = co * hw_out;
-        if let Some(r) = residual {
-            assert_eq!(
-                r.len(),
-                y.len(),
-                "{}: residual of the wrong size",
-                self.name
-            );
-        }
-        // After the GEMM, per sample while it is in cache: bias, residual, moments.
+        let add = epilogue.add_slice(y.len(), &self.name);
+        // After the GEMM, per sample while it is in cache: the bias, then the epilogue.
         let finish = |n: usize, y_n: &mut [f64]| {
             if let Some(b) = &self.b {
                 for (row, &bv) in y_n.chunks_exact_mut(hw_out).zip(b.iter()) {
                     row.iter_mut().for_each(|v| *v += bv);
                 }
             }
-            if let Some(r) = residual {
-                let r_n = &r[n * sample_out..(n + 1) * sample_out];
-                y_n.iter_mut().zip(r_n).for_each(|(v, r)| *v += r);
-            }
-            if moments {
-                Moments::of_sample(y_n, hw_out)
-            } else {
-                Vec::new()
-            }
+            epilogue.finish_sample(add, n, y_n, hw_out)
         };
         let per_sample: Vec<Vec<(f64, f64)>> = y
             .as_slice_mut()
@@ -557,7 +205,7 @@ impl Conv2d {
                     _ => (cols_rows * size * hw_out, co * size * hw_out),
                 };
                 with_scratch3(
-                    act_len(&input, sample_in),
+                    input.scratch_len(sample_in),
                     cols_len,
                     out_len,
                     |act, cols, buf| {
@@ -613,7 +261,12 @@ impl Conv2d {
             .collect();
         // SAFETY: the groups cover `y` and each sample is written in full above.
         let y = unsafe { y.assume_init() };
-        (y, moments.then(|| Moments::Planes(per_sample.concat())))
+        (
+            y,
+            epilogue
+                .moments
+                .then(|| Moments::Planes(per_sample.concat())),
+        )
     }
 
     /// Takes the input by value: it moves into the cache.
@@ -628,7 +281,7 @@ impl Conv2d {
         grad_y: &Tensor,
         grads: Option<&mut Grads>,
     ) -> Tensor {
-        let input = SampleInput::Plain(cache.x.as_slice().unwrap());
+        let input = Prologue::Plain(cache.x.as_slice().unwrap());
         if let Some(grads) = grads {
             self.weight_grads(input, cache.x.shape(), grad_y, grads);
         }
@@ -728,7 +381,7 @@ impl Conv2d {
     /// GEMM each for large maps, one group's single GEMM for small ones.
     pub(crate) fn weight_grads(
         &self,
-        input: SampleInput,
+        input: Prologue,
         in_shape: &[usize],
         grad_y: &Tensor,
         grads: &mut Grads,
@@ -760,7 +413,7 @@ impl Conv2d {
                 if group == 1 {
                     let cols_len = if pointwise { 0 } else { ckk * hw_out };
                     for n in samples {
-                        with_scratch(act_len(&input, sample_in), cols_len, |act, cols| {
+                        with_scratch(input.scratch_len(sample_in), cols_len, |act, cols| {
                             let gy_n = ArrayView2::from_shape(
                                 (co, hw_out),
                                 &gys[n * sample_out..(n + 1) * sample_out],
@@ -786,7 +439,7 @@ impl Conv2d {
                 let pitch = size * hw_out;
                 let cols_rows = if pointwise { g.c } else { ckk };
                 with_scratch3(
-                    act_len(&input, sample_in),
+                    input.scratch_len(sample_in),
                     cols_rows * pitch,
                     co * pitch,
                     |act, cols, gy_buf| {
@@ -846,108 +499,10 @@ impl Conv2d {
     }
 }
 
-/// Global average pooling `(N, C, H, W) -> (N, C)`; backward spreads `grad / (H W)`.
-pub mod pool {
-    use super::*;
-
-    pub fn forward(x: &Tensor) -> Tensor {
-        let x4 = x
-            .view()
-            .into_dimensionality::<Ix4>()
-            .expect("pool input must be (N, C, H, W)");
-        let (n, c, h, w) = x4.dim();
-        let flat = x4.as_standard_layout();
-        let flat = flat.into_shape_with_order((n, c, h * w)).unwrap();
-        flat.map_axis(Axis(2), |v| v.sum() / (h * w) as f64)
-            .into_dyn()
-    }
-
-    /// `in_shape` is the input's `(N, C, H, W)`.
-    pub fn backward(in_shape: &[usize], grad_y: &Tensor) -> Tensor {
-        let (n, c, h, w) = (in_shape[0], in_shape[1], in_shape[2], in_shape[3]);
-        let scale = 1.0 / (h * w) as f64;
-        let g = grad_y.view().into_dimensionality::<ndarray::Ix2>().unwrap();
-        let mut gx = vec![0.0; n * c * h * w];
-        let scale = crate::fault::factor(crate::fault::Fault::PoolGrad, scale);
-        for (i, plane) in gx.chunks_exact_mut(h * w).enumerate() {
-            plane.fill(g[[i / c, i % c]] * scale);
-        }
-        Tensor::from_shape_vec(IxDyn(in_shape), gx).unwrap()
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    /// The plane-shift im2col and col2im give the row-by-row versions' bits, on square and
-    /// non-square images, 3x3 and 5x5 kernels, single-pixel rows and a random starting `x`
-    /// (Gaussian, so never `-0.0`).
-    #[test]
-    fn plane_shift_matches_rows_bit_for_bit() {
-        let mut r = rng(5);
-        for (c, h, w, k) in [
-            (2, 8, 8, 3),
-            (3, 32, 32, 3),
-            (2, 16, 16, 3),
-            (2, 4, 7, 3),
-            (1, 2, 2, 3),
-            (2, 6, 5, 5),
-            (2, 3, 3, 1),
-        ] {
-            let g = Geometry {
-                c,
-                h,
-                w,
-                k,
-                s: 1,
-                p: k / 2,
-            };
-            assert!(keeps_size(&g), "{g:?}");
-            let x = gaussian(&[c * h * w], 1.0, &mut r)
-                .into_raw_vec_and_offset()
-                .0;
-            let len = c * k * k * h * w;
-            let (mut fast, mut rows) = (vec![f64::NAN; len], vec![f64::NAN; len]);
-            im2col(&x, g, &mut fast, h * w);
-            im2col_rows(&x, g, &mut rows, h * w);
-            assert!(
-                fast.iter()
-                    .zip(&rows)
-                    .all(|(a, b)| a.to_bits() == b.to_bits()),
-                "{g:?}"
-            );
-            let mut cols = gaussian(&[len], 1.0, &mut r).into_raw_vec_and_offset().0;
-            // A `-0.0` the first kernel position adds (the last output pixel of channel 0's
-            // first row of `cols`): `0.0 + (-0.0)` must still give `+0.0`.
-            cols[h * w - 1] = -0.0;
-            let mut rows = vec![0.0; c * h * w];
-            col2im_rows(&cols, g, &mut rows, h * w);
-            let mut fresh = vec![MaybeUninit::new(f64::NAN); c * h * w];
-            let fast = col2im_into(&mut cols, g, &mut fresh, h * w);
-            assert!(
-                fast.iter()
-                    .zip(&rows)
-                    .all(|(a, b)| a.to_bits() == b.to_bits()),
-                "{g:?}"
-            );
-        }
-        // Strided or shrinking convolutions keep the row-by-row path.
-        let strided = Geometry {
-            c: 1,
-            h: 8,
-            w: 8,
-            k: 3,
-            s: 2,
-            p: 1,
-        };
-        assert!(!keeps_size(&strided));
-        assert!(!keeps_size(&Geometry {
-            p: 0,
-            s: 1,
-            ..strided
-        }));
-    }
     use crate::finite_diff::{assert_close, numerical_gradient, quadratic_loss, rel_error};
     use crate::rng::{gaussian, rng};
 
@@ -1128,19 +683,5 @@ mod tests {
                 "{tag}: weight gradient"
             );
         }
-    }
-
-    #[test]
-    fn pool_backward_matches_finite_differences() {
-        let mut r = rng(4);
-        let x = gaussian(&[2, 3, 4, 5], 1.0, &mut r);
-        let (a, b) = (
-            gaussian(&[2, 3], 1.0, &mut r),
-            gaussian(&[2, 3], 1.0, &mut r),
-        );
-        let y = pool::forward(&x);
-        let gx = pool::backward(x.shape(), &quadratic_loss(&y, &a, &b).1);
-        let num = numerical_gradient(|x| quadratic_loss(&pool::forward(x), &a, &b).0, &x, 1e-6);
-        assert_close("input gradient", &gx, &num, TOL);
     }
 }

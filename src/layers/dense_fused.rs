@@ -9,10 +9,11 @@
 //! same thread has just written instead of memory written by both.
 //!
 //! - [`forward_bn`]: `h = x W`, then `relu(BN(h))` (or `BN(h)`), statistics included;
-//! - [`forward_residual`]: `x W + r` (a unit's last layer adding its identity shortcut), with
-//!   the per-column statistics the next unit's BatchNorm uses ([`Moments::Columns`]);
+//! - [`forward_then`]: `x W` and an [`Epilogue`] on each column block: a tensor added (a
+//!   unit's last layer adding its identity shortcut) and the per-column statistics the next
+//!   BatchNorm uses ([`Moments::Columns`]);
 //! - [`backward_bn`]: backward through `BN(-ReLU)` then `W`: `grad_a = g W^T` and the
-//!   BatchNorm's backward for the same columns (plus the shortcut's gradient when given).
+//!   BatchNorm's backward for the same columns (plus a tensor added, when given).
 //!
 //! The results are the bits of the separate layers. The ops apply only where the separate
 //! layer's GEMM is itself cut into two column blocks ([`gemm_split`]), and they cut at the
@@ -31,15 +32,17 @@ use std::sync::Arc;
 
 use ndarray::{s, Array2, ArrayView2, ArrayViewMut2, Axis, Ix2};
 
-use super::batch_norm::{
-    affine_row, column_grad_sums, column_stats, eval_grad_row, scales, train_grad_coefficients,
-    train_grad_row, Affine, BatchNorm, BatchNormCache, Moments,
-};
+use super::batch_norm::{BatchNorm, BatchNormCache};
 use super::dense::{Dense, DenseCache};
 use super::relu::ReluCache;
 use super::Mode;
 use crate::fault::{self, Fault};
 use crate::grads::Grads;
+use crate::kernels::norm::{
+    affine_row, column_grad_sums, column_stats, eval_grad_row, scales, train_grad_coefficients,
+    train_grad_row, Affine, Moments,
+};
+use crate::kernels::Epilogue;
 use crate::spin_join;
 use crate::tensor::{gemm_split, matmul_uninit_view, Tensor};
 
@@ -200,26 +203,30 @@ pub fn forward_bn(
     (y.into_dyn(), DenseCache { x }, cache, relu_cache)
 }
 
-/// `y = x W + r`, as [`Dense::forward`] then the addition give it, with the per-column
-/// statistics of `y` when `stats` (a training-mode BatchNorm reads `y` next).
-pub fn forward_residual(
+/// `y = x W`, then the epilogue: `y += add` and the per-column statistics of `y` when asked
+/// (a training-mode BatchNorm reads `y` next); the bits of [`Dense::forward`] then the
+/// addition and the BatchNorm's own statistics pass.
+pub fn forward_then(
     d: &Dense,
     x: Tensor,
-    residual: &Tensor,
-    stats: bool,
+    epilogue: Epilogue,
     keep_input: bool,
 ) -> (Tensor, DenseCache, Option<Moments>) {
     let (rows, n) = (x.shape()[0], d.d_out());
-    assert_eq!(residual.shape(), [rows, n], "residual: shape");
+    if let Some(r) = epilogue.add {
+        assert_eq!(r.shape(), [rows, n], "{}: epilogue tensor's shape", d.name);
+    }
     let x2 = as_2d(&x);
     let w = as_2d(&d.w);
-    let r = as_2d(residual);
+    let r = epilogue.add.map(as_2d);
     let mut y = Array2::<f64>::uninit((rows, n));
     let (left, right) = halves(rows, d.d_in(), n);
     let block = |cols: Range<usize>, y: ArrayViewMut2<MaybeUninit<f64>>| {
         let mut y = matmul_uninit_view(y, &x2, &w.slice(s![.., cols.clone()]));
-        y += &r.slice(s![.., cols]);
-        stats.then(|| column_stats(y.view()))
+        if let Some(r) = &r {
+            y += &r.slice(s![.., cols]);
+        }
+        epilogue.moments.then(|| column_stats(y.view()))
     };
     let (y0, y1) = y.view_mut().split_at(Axis(1), left.end);
     let (mut out0, mut out1) = (None, None);
@@ -243,7 +250,7 @@ pub fn forward_residual(
 
 /// Backward through `BN(-ReLU)` then `W` (the forward order `x -> BN -> ReLU -> W`), from
 /// the gradient `g` of the dense output: as [`Dense::backward`] then
-/// [`BatchNorm::backward_relu`] give it, plus `residual` added to the result. Accumulates the
+/// [`BatchNorm::backward_relu`] give it, plus `add` added to the result. Accumulates the
 /// weight, gamma and beta gradients when `grads` is given.
 #[allow(clippy::too_many_arguments)]
 pub fn backward_bn(
@@ -254,7 +261,7 @@ pub fn backward_bn(
     d_cache: &DenseCache,
     g: &Tensor,
     grads: Option<&mut Grads>,
-    residual: Option<&Tensor>,
+    add: Option<&Tensor>,
 ) -> Tensor {
     let (rows, c) = (g.shape()[0], d.d_in());
     let g2 = as_2d(g);
@@ -270,7 +277,7 @@ pub fn backward_bn(
             .into_dimensionality::<Ix2>()
             .expect("a 2-D mask")
     });
-    let r = residual.map(as_2d);
+    let r = add.map(as_2d);
     let weight_grads = grads.is_some();
     let need_sums = bn_cache.mode == Mode::Train || weight_grads;
     let m = bn_cache.count as f64;
@@ -442,13 +449,17 @@ mod tests {
     }
 
     #[test]
-    fn forward_residual_equals_dense_then_addition_and_its_statistics_match() {
+    fn forward_then_equals_dense_then_addition_and_its_statistics_match() {
         for (rows, d_in, d_out) in CASES {
             let mut r = rng(5);
             let d = Dense::with_std("d", d_in, d_out, 0.4, None, &mut r);
             let x = gaussian(&[rows, d_in], 1.0, &mut r);
             let res = gaussian(&[rows, d_out], 1.0, &mut r);
-            let (y, _, moments) = forward_residual(&d, x.clone(), &res, true, true);
+            let epilogue = Epilogue {
+                add: Some(&res),
+                moments: true,
+            };
+            let (y, _, moments) = forward_then(&d, x.clone(), epilogue, true);
             let (mut y_ref, _) = d.forward(x);
             add_assign(&mut y_ref, &res);
             assert!(t_bits(&y, &y_ref));

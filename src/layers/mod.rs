@@ -16,6 +16,7 @@ pub mod dropout;
 pub mod loss;
 pub mod norm;
 pub mod pad_shortcut;
+pub mod pool;
 pub mod preact_conv;
 pub mod relu;
 pub mod sigmoid;

@@ -16,11 +16,13 @@
 
 use std::sync::Arc;
 
-use super::batch_norm::{BatchNorm, BatchNormCache, Moments};
-use super::conv::{Conv2d, SampleInput};
+use super::batch_norm::{BatchNorm, BatchNormCache};
+use super::conv::Conv2d;
 use super::relu::select;
 use super::Mode;
 use crate::grads::Grads;
+use crate::kernels::norm::Moments;
+use crate::kernels::{Epilogue, Prologue};
 use crate::tensor::{grad_sums, Tensor};
 
 /// `conv(relu(BN(x)))`; the cache is the BatchNorm's (it keeps `x`, shared, and the stats).
@@ -39,13 +41,11 @@ pub fn forward(
 pub(crate) struct Extras<'a> {
     /// The input's plane moments, computed by the op that wrote it (skips BN's own pass).
     pub moments_in: Option<&'a Moments>,
-    /// Added to the output (a residual unit's identity shortcut).
-    pub residual: Option<&'a Tensor>,
-    /// Return the output's plane moments (for the BatchNorm that reads it next).
-    pub moments_out: bool,
+    /// What the convolution does to each output sample after its product.
+    pub epilogue: Epilogue<'a>,
 }
 
-/// [`forward`] with [`Extras`]; returns the output's plane moments when asked.
+/// [`forward`] with [`Extras`]; returns the output's plane moments when the epilogue asks.
 pub(crate) fn forward_with(
     bn: &BatchNorm,
     conv: &Conv2d,
@@ -55,34 +55,31 @@ pub(crate) fn forward_with(
 ) -> (Tensor, BatchNormCache, Option<Moments>) {
     let (cache, affine) = bn.normalise(x, mode, extras.moments_in);
     let shape = cache.x.shape();
-    let input = SampleInput::Preact {
+    let input = Prologue::Preact {
         x: cache.x.as_slice().unwrap(),
         affine: &affine,
         plane: shape[2] * shape[3],
     };
-    let residual = extras
-        .residual
-        .map(|r| r.as_slice().expect("standard layout"));
-    let (y, moments) = conv.forward_from(input, shape, residual, extras.moments_out);
+    let (y, moments) = conv.forward_from(input, shape, extras.epilogue);
     (y, cache, moments)
 }
 
-/// `dE/dx` from `dE/dy`, plus `residual` if given (added in the last pass, no pass of its
-/// own); parameter gradients of the conv, then of the BN, into `grads`.
+/// `dE/dx` from `dE/dy`, plus `add` if given (added in the last pass, no pass of its own);
+/// parameter gradients of the conv, then of the BN, into `grads`.
 pub fn backward(
     bn: &BatchNorm,
     conv: &Conv2d,
     cache: &BatchNormCache,
     grad_y: &Tensor,
     mut grads: Option<&mut Grads>,
-    residual: Option<&Tensor>,
+    add: Option<&Tensor>,
 ) -> Tensor {
     let affine = bn.affine(&cache.mean, &cache.inv_std);
     let shape = cache.x.shape();
     let (c, plane) = (shape[1], shape[2] * shape[3]);
     let xs = cache.x.as_slice().unwrap();
     if let Some(g) = grads.as_deref_mut() {
-        let input = SampleInput::Preact {
+        let input = Prologue::Preact {
             x: xs,
             affine: &affine,
             plane,
@@ -114,8 +111,8 @@ pub fn backward(
                 .fold((0.0, 0.0), |(sb, sg), p| (sb + p[ch].0, sg + p[ch].1))
         })
         .unzip();
-    let residual = residual.map(|r| r.as_slice().expect("standard layout"));
-    bn.finish_backward(cache, None, grad, (grad_beta, sum_gx), grads, residual)
+    let add = add.map(|r| r.as_slice().expect("standard layout"));
+    bn.finish_backward(cache, None, grad, (grad_beta, sum_gx), grads, add)
 }
 
 #[cfg(test)]

@@ -6,9 +6,10 @@ use std::borrow::Cow;
 use std::sync::Arc;
 
 use crate::grads::Grads;
-use crate::layers::batch_norm::Moments;
-use crate::layers::conv::pool;
+use crate::kernels::norm::Moments;
+use crate::kernels::Epilogue;
 use crate::layers::pad_shortcut::PadShortcut;
+use crate::layers::pool;
 use crate::layers::preact_conv;
 use crate::layers::{
     dense_fused, relu, BatchNorm, BatchNormCache, Conv2d, ConvCache, Dense, DenseCache, Mode, Norm,
@@ -173,8 +174,8 @@ pub fn forward_seq(ops: &[Op], x: Tensor, mode: Mode, fusion: Fusion) -> (Tensor
 
 // ---- The plain interpreter ------------------------------------------------------------------
 
-/// One op at a time, each op's own forward; a residual is added after the last op and no
-/// moments are handed on. The reference every fused stage must equal.
+/// One op at a time, each op's own forward; the epilogue's tensor is added after the last op
+/// and no moments are handed on. The reference every fused stage must equal.
 fn forward_plain(
     ops: &[Op],
     x: Arc<Tensor>,
@@ -191,7 +192,7 @@ fn forward_plain(
         caches.push(c);
         y = next;
     }
-    if let Some(r) = extras.residual {
+    if let Some(r) = extras.epilogue.add {
         crate::tensor::add_assign(&mut y, r);
     }
     (y, caches, None)
@@ -223,11 +224,10 @@ fn backward_plain(
 pub struct SeqExtras<'a> {
     /// The input's plane moments, from the op that wrote it.
     pub moments_in: Option<Moments>,
-    /// Added to the output: a residual unit's identity shortcut, added inside the last
-    /// pre-activation conv while each sample is in cache (after the sequence otherwise).
-    pub residual: Option<&'a Tensor>,
-    /// Hand back the output's plane moments, when the last op can make them.
-    pub moments_out: bool,
+    /// What the sequence's last op does to its output: add a tensor (a residual unit's
+    /// identity shortcut, inside the last layer while each sample is in cache; after the
+    /// sequence otherwise) and hand back the output's moments (when the last op can).
+    pub epilogue: Epilogue<'a>,
     /// No weight gradient will be asked of this pass: weight layers need not keep their
     /// inputs (see [`ForwardCtx::weight_grads`](crate::unit::ForwardCtx::weight_grads)).
     pub drop_weight_inputs: bool,
@@ -252,7 +252,9 @@ pub fn forward_seq_with(
     let mut caches = Vec::with_capacity(ops.len());
     let mut input = Input::Shared(x);
     let mut moments = extras.moments_in;
-    let mut residual = extras.residual;
+    let epilogue = extras.epilogue;
+    // The tensor to add, until a stage takes it in.
+    let mut add = epilogue.add;
     let mut i = 0;
     while i < ops.len() {
         let rest = &ops[i..];
@@ -260,14 +262,16 @@ pub fn forward_seq_with(
             [Op::Norm(Norm::Batch(bn)), Op::Relu, Op::Conv(conv), more @ ..] => {
                 let last = more.is_empty();
                 let wanted = if last {
-                    extras.moments_out
+                    epilogue.moments
                 } else {
                     matches!(more.first(), Some(Op::Norm(Norm::Batch(_))))
                 };
                 let fused = preact_conv::Extras {
                     moments_in: moments.as_ref(),
-                    residual: if last { residual.take() } else { None },
-                    moments_out: wanted && mode == Mode::Train,
+                    epilogue: Epilogue {
+                        add: if last { add.take() } else { None },
+                        moments: wanted && mode == Mode::Train,
+                    },
                 };
                 let (y, c, m) =
                     preact_conv::forward_with(bn, conv, input.into_shared(), mode, &fused);
@@ -292,15 +296,15 @@ pub fn forward_seq_with(
                 (y, 2 + usize::from(relu), None)
             }
             [Op::Dense(d)]
-                if residual
-                    .is_some_and(|r| r.shape() == [input.tensor().shape()[0], d.d_out()])
+                if add.is_some_and(|r| r.shape() == [input.tensor().shape()[0], d.d_out()])
                     && dense_fused::applies(d, input.tensor(), None) =>
             {
-                let stats = extras.moments_out && mode == Mode::Train;
-                let r = residual.take().expect("checked above");
+                let last = Epilogue {
+                    add: add.take(),
+                    moments: epilogue.moments && mode == Mode::Train,
+                };
                 let keep = !extras.drop_weight_inputs;
-                let (y, dc, m) =
-                    dense_fused::forward_residual(d, input.into_owned(), r, stats, keep);
+                let (y, dc, m) = dense_fused::forward_then(d, input.into_owned(), last, keep);
                 caches.push(OpCache::Dense(dc));
                 (y, 1, m)
             }
@@ -329,8 +333,8 @@ pub fn forward_seq_with(
         i += used;
     }
     let mut y = input.into_owned();
-    if let Some(r) = residual {
-        // The last op could not take the residual in: add it now (no moments, then).
+    if let Some(r) = add {
+        // The last op could not take the tensor in: add it now (no moments, then).
         crate::tensor::add_assign(&mut y, r);
         moments = None;
     }

@@ -27,7 +27,8 @@ use super::shortcut::{self, ShortcutCache};
 use super::spec::{Placement, ShortcutKind};
 use crate::fault::{self, Fault};
 use crate::grads::Grads;
-use crate::layers::batch_norm::Moments;
+use crate::kernels::norm::Moments;
+use crate::kernels::Epilogue;
 use crate::layers::Mode;
 use crate::tensor::Tensor;
 
@@ -448,8 +449,10 @@ impl ResidualUnit {
     ) -> (Tensor, UnitCache, Option<Moments>) {
         let extras = SeqExtras {
             moments_in,
-            residual: Some(&x),
-            moments_out: true,
+            epilogue: Epilogue {
+                add: Some(&x),
+                moments: true,
+            },
             drop_weight_inputs: !ctx.weight_grads,
             fusion: Fusion::Fused,
         };

@@ -1,0 +1,175 @@
+//! Plain-ndarray references: each fast kernel's definition, and BatchNorm's, written for
+//! clarity alone (index loops and whole-array arithmetic; no vectorisation, no fusion, no
+//! threads). Nothing in the engine calls them; the kernels' tests and the BatchNorm layer's
+//! test compare against them.
+
+use ndarray::Axis;
+
+use super::im2col::Geometry;
+use crate::tensor::Tensor;
+
+/// Per-channel mean and biased variance of an `(N, C, ...)` tensor: two passes over the
+/// channel's `N H W` values.
+pub fn channel_moments(x: &Tensor) -> (Vec<f64>, Vec<f64>) {
+    (0..x.shape()[1])
+        .map(|ch| {
+            let v = x.index_axis(Axis(1), ch);
+            let m = v.len() as f64;
+            let mean = v.iter().sum::<f64>() / m;
+            let var = v.iter().map(|a| (a - mean) * (a - mean)).sum::<f64>() / m;
+            (mean, var)
+        })
+        .unzip()
+}
+
+/// `a_c x + b_c` on channel `c`, then `max(., 0)` when `relu`; the mask is where the
+/// pre-activation was positive.
+pub fn affine(x: &Tensor, a: &[f64], b: &[f64], relu: bool) -> (Tensor, ndarray::ArrayD<bool>) {
+    let mut y = x.clone();
+    let mut mask = x.mapv(|_| true);
+    for ch in 0..x.shape()[1] {
+        let mut y_c = y.index_axis_mut(Axis(1), ch);
+        let mut m_c = mask.index_axis_mut(Axis(1), ch);
+        for (v, m) in y_c.iter_mut().zip(m_c.iter_mut()) {
+            let z = a[ch] * *v + b[ch];
+            *m = z > 0.0;
+            *v = if relu && z <= 0.0 { 0.0 } else { z };
+        }
+    }
+    (y, mask)
+}
+
+/// `(x - mean_c) / sqrt(var_c + eps)` per channel.
+fn normalised(x: &Tensor, mean: &[f64], var: &[f64], eps: f64) -> Tensor {
+    let mut xhat = x.clone();
+    for ch in 0..x.shape()[1] {
+        let inv = 1.0 / (var[ch] + eps).sqrt();
+        xhat.index_axis_mut(Axis(1), ch)
+            .mapv_inplace(|v| (v - mean[ch]) * inv);
+    }
+    xhat
+}
+
+/// BatchNorm in training mode: `y = gamma xhat + beta`, `xhat` from the batch's statistics.
+pub fn batch_norm_train(x: &Tensor, gamma: &[f64], beta: &[f64], eps: f64) -> Tensor {
+    let (mean, var) = channel_moments(x);
+    let xhat = normalised(x, &mean, &var, eps);
+    affine(&xhat, gamma, beta, false).0
+}
+
+/// BatchNorm in evaluation mode: the running statistics, an affine map.
+pub fn batch_norm_eval(
+    x: &Tensor,
+    gamma: &[f64],
+    beta: &[f64],
+    running_mean: &[f64],
+    running_var: &[f64],
+    eps: f64,
+) -> Tensor {
+    let xhat = normalised(x, running_mean, running_var, eps);
+    affine(&xhat, gamma, beta, false).0
+}
+
+/// The training-mode backward by the textbook formula, per channel over its `M` values:
+/// `grad_beta = sum g`, `grad_gamma = sum g xhat`,
+/// `grad_x = gamma / sqrt(var + eps) (g - grad_beta / M - xhat grad_gamma / M)`.
+/// Returns `(grad_x, grad_gamma, grad_beta)`.
+pub fn batch_norm_train_backward(
+    x: &Tensor,
+    gamma: &[f64],
+    eps: f64,
+    grad_y: &Tensor,
+) -> (Tensor, Vec<f64>, Vec<f64>) {
+    let (mean, var) = channel_moments(x);
+    let xhat = normalised(x, &mean, &var, eps);
+    let mut grad_x = grad_y.clone();
+    let (mut grad_gamma, mut grad_beta) = (Vec::new(), Vec::new());
+    for ch in 0..x.shape()[1] {
+        let g = grad_y.index_axis(Axis(1), ch);
+        let xh = xhat.index_axis(Axis(1), ch);
+        let m = g.len() as f64;
+        let gb: f64 = g.iter().sum();
+        let gg: f64 = g.iter().zip(xh.iter()).map(|(g, x)| g * x).sum();
+        let scale = gamma[ch] / (var[ch] + eps).sqrt();
+        let mut out = grad_x.index_axis_mut(Axis(1), ch);
+        for ((o, &g), &xh) in out.iter_mut().zip(g.iter()).zip(xh.iter()) {
+            *o = scale * (g - gb / m - xh * gg / m);
+        }
+        grad_gamma.push(gg);
+        grad_beta.push(gb);
+    }
+    (grad_x, grad_gamma, grad_beta)
+}
+
+/// im2col by its definition: `cols[(ci k + ki) k + kj][oh Wo + ow] = x[ci][ih][iw]` with
+/// `ih = oh s + ki - p`, `iw = ow s + kj - p`, and 0 where that falls outside the image.
+pub fn im2col(x: &[f64], g: Geometry) -> Vec<f64> {
+    let (ho, wo) = g.out();
+    let mut cols = vec![0.0; g.c * g.k * g.k * ho * wo];
+    for ci in 0..g.c {
+        for ki in 0..g.k {
+            for kj in 0..g.k {
+                let row = (ci * g.k + ki) * g.k + kj;
+                for oh in 0..ho {
+                    for ow in 0..wo {
+                        if let Some((ih, iw)) = source(&g, oh, ow, ki, kj) {
+                            cols[row * ho * wo + oh * wo + ow] = x[(ci * g.h + ih) * g.w + iw];
+                        }
+                    }
+                }
+            }
+        }
+    }
+    cols
+}
+
+/// col2im, the adjoint of [`im2col`]: each input element is the sum of the entries of
+/// `cols` copied from it, added in `(ci, ki, kj, oh, ow)` order onto `0.0`.
+pub fn col2im(cols: &[f64], g: Geometry) -> Vec<f64> {
+    let (ho, wo) = g.out();
+    let mut x = vec![0.0; g.c * g.h * g.w];
+    for ci in 0..g.c {
+        for ki in 0..g.k {
+            for kj in 0..g.k {
+                let row = (ci * g.k + ki) * g.k + kj;
+                for oh in 0..ho {
+                    for ow in 0..wo {
+                        if let Some((ih, iw)) = source(&g, oh, ow, ki, kj) {
+                            x[(ci * g.h + ih) * g.w + iw] += cols[row * ho * wo + oh * wo + ow];
+                        }
+                    }
+                }
+            }
+        }
+    }
+    x
+}
+
+/// The input pixel output `(oh, ow)` reads at kernel position `(ki, kj)`, if inside.
+fn source(g: &Geometry, oh: usize, ow: usize, ki: usize, kj: usize) -> Option<(usize, usize)> {
+    let ih = (oh * g.s + ki) as isize - g.p as isize;
+    let iw = (ow * g.s + kj) as isize - g.p as isize;
+    let inside = (0..g.h as isize).contains(&ih) && (0..g.w as isize).contains(&iw);
+    inside.then_some((ih as usize, iw as usize))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::finite_diff::{assert_close, numerical_gradient};
+    use crate::rng::{gaussian, rng};
+
+    /// The reference backward is itself right: central differences of the reference forward
+    /// (relative error bound 1e-6 for 2-point differences with h = 1e-6, f64).
+    #[test]
+    fn reference_batch_norm_backward_matches_finite_differences() {
+        let mut r = rng(3);
+        let x = gaussian(&[5, 3, 2, 2], 1.0, &mut r);
+        let gy = gaussian(&[5, 3, 2, 2], 1.0, &mut r);
+        let gamma = [0.7, -1.3, 2.0];
+        let beta = [0.1, 0.2, -0.3];
+        let loss = |x: &Tensor| (batch_norm_train(x, &gamma, &beta, 1e-5) * &gy).sum();
+        let (gx, _, _) = batch_norm_train_backward(&x, &gamma, 1e-5, &gy);
+        assert_close("grad_x", &gx, &numerical_gradient(loss, &x, 1e-6), 1e-6);
+    }
+}
