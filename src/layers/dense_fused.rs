@@ -56,38 +56,38 @@ fn column_split(rows: usize, k: usize, n: usize) -> Option<usize> {
     }
 }
 
-/// Whether the fused ops handle a dense layer on input `x`: no bias, a 2-D standard-layout
-/// input, a product the separate layer would cut into column blocks (wider than the batch and
-/// large enough to split), and (for the BatchNorm fusions) a BatchNorm of the layer's width
-/// that can normalise the batch. Anything else runs the layers one by one.
-pub fn applies(d: &Dense, x: &Tensor, bn: Option<(&BatchNorm, Mode)>) -> bool {
+/// Whether the fused ops handle a dense layer on an input of shape `in_shape`: no bias, a
+/// 2-D input of the layer's width, a product the separate layer would cut into column blocks
+/// (wider than the batch and large enough to split), and (for the BatchNorm fusions) a
+/// BatchNorm of the layer's width that can normalise the batch. A function of the shapes
+/// alone, so a plan can be made before any data is seen; anything else runs the layers one
+/// by one.
+pub fn applies(d: &Dense, in_shape: &[usize], bn: Option<(&BatchNorm, Mode)>) -> bool {
     let shape_ok = d.b.is_none()
-        && x.ndim() == 2
-        && x.is_standard_layout()
-        && x.shape()[1] == d.d_in()
+        && in_shape.len() == 2
+        && in_shape[1] == d.d_in()
         && d.w.is_standard_layout()
-        && column_split(x.shape()[0], d.d_in(), d.d_out()).is_some();
+        && column_split(in_shape[0], d.d_in(), d.d_out()).is_some();
     match bn {
         None => shape_ok,
         Some((bn, mode)) => {
-            shape_ok && bn.channels() == d.d_out() && (mode == Mode::Eval || x.shape()[0] > 1)
+            shape_ok && bn.channels() == d.d_out() && (mode == Mode::Eval || in_shape[0] > 1)
         }
     }
 }
 
-/// Whether [`backward_bn`] handles these caches and output gradient (2-D, standard layout,
-/// the shapes of a dense layer after a BatchNorm of its input width), with the products cut
-/// as the separate layers cut them: `g W^T` into column blocks and, for `weight_grads`,
-/// `x^T g` into row blocks at the same channel.
+/// Whether [`backward_bn`] handles these caches (2-D, standard layout, the shapes of a
+/// dense layer after a BatchNorm of its input width), with the products cut as the separate
+/// layers cut them: `g W^T` into column blocks and, for `weight_grads`, `x^T g` into row
+/// blocks at the same channel. The output gradient is `(rows, d_out)`, rows from the cache.
 pub fn backward_applies(
     d: &Dense,
     d_cache: &DenseCache,
     bn_cache: &BatchNormCache,
-    g: &Tensor,
     weight_grads: bool,
 ) -> bool {
     let two_d = |t: &Tensor| t.ndim() == 2 && t.is_standard_layout();
-    let rows = g.shape()[0];
+    let rows = bn_cache.x.shape()[0];
     let mid = column_split(rows, d.d_out(), d.d_in());
     let weight_split_ok = !weight_grads
         || (mid.is_some() && gemm_split(d.d_in(), rows, d.d_out()) == mid.map(|m| (Axis(0), m)));
@@ -95,13 +95,11 @@ pub fn backward_applies(
         && weight_split_ok
         && d.b.is_none()
         && d.w.is_standard_layout()
-        && two_d(g)
         && d_cache
             .x
             .as_ref()
             .is_none_or(|x| two_d(x) && x.shape() == bn_cache.x.shape())
         && two_d(&bn_cache.x)
-        && g.shape()[1] == d.d_out()
         && bn_cache.x.shape()[1] == d.d_in()
         && bn_cache.mean.len() == d.d_in()
 }
@@ -127,6 +125,8 @@ pub fn forward_bn(
     relu: bool,
     keep_input: bool,
 ) -> (Tensor, DenseCache, BatchNormCache, Option<ReluCache>) {
+    // The kernels walk contiguous rows (a no-op for every tensor the engine makes).
+    let x = crate::tensor::into_standard_layout(x);
     let (rows, n) = (x.shape()[0], d.d_out());
     let x2 = as_2d(&x);
     let w = as_2d(&d.w);
@@ -212,6 +212,7 @@ pub fn forward_then(
     epilogue: Epilogue,
     keep_input: bool,
 ) -> (Tensor, DenseCache, Option<Moments>) {
+    let x = crate::tensor::into_standard_layout(x);
     let (rows, n) = (x.shape()[0], d.d_out());
     if let Some(r) = epilogue.add {
         assert_eq!(r.shape(), [rows, n], "{}: epilogue tensor's shape", d.name);
@@ -264,7 +265,14 @@ pub fn backward_bn(
     add: Option<&Tensor>,
 ) -> Tensor {
     let (rows, c) = (g.shape()[0], d.d_in());
-    let g2 = as_2d(g);
+    assert_eq!(
+        g.shape(),
+        [bn_cache.x.shape()[0], d.d_out()],
+        "{}: output gradient",
+        d.name
+    );
+    let g = g.as_standard_layout();
+    let g2 = g.view().into_dimensionality::<Ix2>().expect("a 2-D tensor");
     let w = as_2d(&d.w);
     let x = as_2d(&bn_cache.x);
     let a = match (&grads, &d_cache.x) {
@@ -415,11 +423,11 @@ mod tests {
         let d = Dense::with_std("d", 32, 32, 0.4, None, &mut r);
         let bn = layer_with_random_affine(32, 3);
         let x = gaussian(&[16, 32], 1.0, &mut r);
-        assert!(!applies(&d, &x, Some((&bn, Mode::Train))));
+        assert!(!applies(&d, x.shape(), Some((&bn, Mode::Train))));
         // Batch wider than the layer: the separate GEMM splits rows, not columns.
         let d = Dense::with_std("d", 64, 64, 0.4, None, &mut r);
         let x = gaussian(&[256, 64], 1.0, &mut r);
-        assert!(!applies(&d, &x, None));
+        assert!(!applies(&d, x.shape(), None));
     }
 
     #[test]
@@ -431,7 +439,7 @@ mod tests {
                     let d = Dense::with_std("d", d_in, d_out, 0.4, None, &mut r);
                     let bn = layer_with_random_affine(d_out, 4);
                     let x = gaussian(&[rows, d_in], 1.0, &mut r);
-                    assert!(applies(&d, &x, Some((&bn, mode))));
+                    assert!(applies(&d, x.shape(), Some((&bn, mode))));
                     let (y, dc, bc, rc) = forward_bn(&d, &bn, x.clone(), mode, relu, true);
                     let (h, dc_ref) = d.forward(x);
                     let (y_ref, bc_ref, rc_ref) = bn_then_relu(&bn, h, mode, relu);
@@ -490,7 +498,7 @@ mod tests {
                         let g = gaussian(&[rows, d_out], 1.0, &mut r);
                         let res = gaussian(&[rows, d_in], 1.0, &mut r);
 
-                        assert!(backward_applies(&d, &dc, &bc, &g, with_grads));
+                        assert!(backward_applies(&d, &dc, &bc, with_grads));
                         let mut grads = Grads::new();
                         let gx = backward_bn(
                             &bn,
@@ -545,7 +553,7 @@ mod tests {
         );
         let run = |x: &Tensor, d: &Dense, bn: &BatchNorm, bn2: &BatchNorm| {
             let (act, bc, rc) = bn.forward_relu(x.clone(), Mode::Train);
-            assert!(applies(d, &act, Some((bn2, Mode::Train))));
+            assert!(applies(d, act.shape(), Some((bn2, Mode::Train))));
             let (y, dc, bc2, rc2) = forward_bn(d, bn2, act, Mode::Train, true, true);
             (y, bc, rc, dc, bc2, rc2.unwrap())
         };
@@ -556,7 +564,7 @@ mod tests {
         let gy = quadratic_loss(&y, &a, &b).1;
         let mut grads = Grads::new();
         let g_h = bn2.backward_relu(&bc2, &rc2, gy, Some(&mut grads));
-        assert!(backward_applies(&d, &dc, &bc, &g_h, true));
+        assert!(backward_applies(&d, &dc, &bc, true));
         let gx = backward_bn(&bn, &bc, Some(&rc), &d, &dc, &g_h, Some(&mut grads), None);
 
         let num = numerical_gradient(|x| loss(x, &d, &bn), &x, 1e-6);

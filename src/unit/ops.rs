@@ -1,6 +1,18 @@
 //! A branch or an after-addition function is a short sequence of ops. The sequence runs
 //! forward keeping one cache per op and backward in reverse; the residual unit never looks
 //! inside, so conv layers plug in as new `Op` variants.
+//!
+//! Two engines run a sequence ([`Fusion`]):
+//!
+//! - the plain interpreter (`--unfused`): each op's own forward and backward, one at a time;
+//! - the fused engine: [`forward_plan`] and [`backward_plan`] cut the sequence into
+//!   [`Stage`]s by op pattern and shape (BN-ReLU-conv, dense+BN(-ReLU), BN-ReLU, the last
+//!   dense layer taking the epilogue, one op alone), each run by one kernel that gives the
+//!   bits of its ops run alone. The plan is a pure function of the ops and the shapes (the
+//!   backward's of the forward pass's caches), made at the start of each pass: a few
+//!   comparisons per op, and never stale when ops are replaced (frozen ReLUs).
+//!
+//! `tests/it/fusion.rs` holds the two engines equal bit for bit on whole networks.
 
 use std::borrow::Cow;
 use std::sync::Arc;
@@ -122,6 +134,17 @@ impl Op {
         }
     }
 
+    /// The output's shape for an input of shape `in_shape`.
+    pub fn out_shape(&self, in_shape: &[usize]) -> Vec<usize> {
+        match self {
+            Op::Dense(d) => vec![in_shape[0], d.d_out()],
+            Op::Conv(c) => c.out_shape(in_shape).to_vec(),
+            Op::Pool => in_shape[..2].to_vec(),
+            Op::PadShortcut(p) => p.out_shape(in_shape).to_vec(),
+            Op::Norm(_) | Op::Relu | Op::Mask(_) => in_shape.to_vec(),
+        }
+    }
+
     /// Short human-readable name ("W", "BN", "ReLU"), for descriptions.
     pub fn label(&self) -> &'static str {
         match self {
@@ -160,9 +183,9 @@ impl Fusion {
     }
 }
 
-/// Runs `ops` in order; an empty sequence is the identity. Fused groups run as one op and
-/// yield every member's cache slot: BN-ReLU-conv (the pre-activation convolution, see
-/// `layers::preact_conv`) and BN-ReLU (one pass, both caches). Same values, fewer passes.
+/// Runs `ops` in order; an empty sequence is the identity. The fused engine runs the ops in
+/// the stages of [`forward_plan`]; each stage yields every member's cache slot. Same values
+/// as one op at a time, fewer passes.
 pub fn forward_seq(ops: &[Op], x: Tensor, mode: Mode, fusion: Fusion) -> (Tensor, Vec<OpCache>) {
     let extras = SeqExtras {
         fusion,
@@ -170,6 +193,64 @@ pub fn forward_seq(ops: &[Op], x: Tensor, mode: Mode, fusion: Fusion) -> (Tensor
     };
     let (y, caches, _) = forward_seq_with(ops, Arc::new(x), mode, extras);
     (y, caches)
+}
+
+/// What a sequence's forward pass receives or hands over besides the tensors.
+#[derive(Default)]
+pub struct SeqExtras<'a> {
+    /// The input's plane moments, from the op that wrote it.
+    pub moments_in: Option<Moments>,
+    /// What the sequence's last op does to its output: add a tensor (a residual unit's
+    /// identity shortcut, inside the last layer while each sample is in cache; after the
+    /// sequence otherwise) and hand back the output's moments (when the last op can).
+    pub epilogue: Epilogue<'a>,
+    /// No weight gradient will be asked of this pass: weight layers need not keep their
+    /// inputs (see [`ForwardCtx::weight_grads`](crate::unit::ForwardCtx::weight_grads)).
+    pub drop_weight_inputs: bool,
+    /// Fused stages, or the plain interpreter.
+    pub fusion: Fusion,
+}
+
+/// [`forward_seq`] from an input the caller keeps too (a leading BatchNorm caches the shared
+/// input instead of a copy; any other first op gets the tensor itself, copied only if the
+/// caller still holds it), with [`SeqExtras`].
+pub fn forward_seq_with(
+    ops: &[Op],
+    x: Arc<Tensor>,
+    mode: Mode,
+    extras: SeqExtras,
+) -> (Tensor, Vec<OpCache>, Option<Moments>) {
+    match extras.fusion {
+        Fusion::Fused => forward_fused(ops, x, mode, extras),
+        Fusion::Plain => forward_plain(ops, x, mode, extras),
+    }
+}
+
+/// Backward through `ops` in reverse order.
+pub fn backward_seq(
+    ops: &[Op],
+    caches: &[OpCache],
+    grad_y: Tensor,
+    grads: Option<&mut Grads>,
+    fusion: Fusion,
+) -> Tensor {
+    match fusion {
+        Fusion::Fused => backward_fused(ops, caches, Cow::Owned(grad_y), grads, None),
+        Fusion::Plain => backward_plain(ops, caches, grad_y, grads, None),
+    }
+}
+
+/// As [`backward_seq`] (fused) from a gradient the caller keeps (a trailing weight layer
+/// reads it in place; otherwise it is copied once), plus `add` added to the input gradient
+/// (the identity shortcut's term of `dE/dx_l`) in the pass that reaches the first op.
+pub fn backward_seq_ref(
+    ops: &[Op],
+    caches: &[OpCache],
+    grad_y: &Tensor,
+    grads: Option<&mut Grads>,
+    add: Option<&Tensor>,
+) -> Tensor {
+    backward_fused(ops, caches, Cow::Borrowed(grad_y), grads, add)
 }
 
 // ---- The plain interpreter ------------------------------------------------------------------
@@ -198,73 +279,168 @@ fn forward_plain(
     (y, caches, None)
 }
 
-/// Each op's own backward, in reverse; `residual` is added to the input gradient at the end.
+/// Each op's own backward, in reverse; `add` is added to the input gradient at the end.
 fn backward_plain(
     ops: &[Op],
     caches: &[OpCache],
     grad_y: Tensor,
     mut grads: Option<&mut Grads>,
-    residual: Option<&Tensor>,
+    add: Option<&Tensor>,
 ) -> Tensor {
     let mut g = ops
         .iter()
         .zip(caches)
         .rev()
         .fold(grad_y, |g, (op, c)| op.backward(c, g, grads.as_deref_mut()));
-    if let Some(r) = residual {
+    if let Some(r) = add {
         crate::tensor::add_assign(&mut g, r);
     }
     g
 }
 
-// ---- The fused engine -----------------------------------------------------------------------
+// ---- The fused engine: a plan of stages, then its execution ---------------------------------
 
-/// What a sequence's forward pass receives or hands over besides the tensors.
-#[derive(Default)]
-pub struct SeqExtras<'a> {
-    /// The input's plane moments, from the op that wrote it.
-    pub moments_in: Option<Moments>,
-    /// What the sequence's last op does to its output: add a tensor (a residual unit's
-    /// identity shortcut, inside the last layer while each sample is in cache; after the
-    /// sequence otherwise) and hand back the output's moments (when the last op can).
-    pub epilogue: Epilogue<'a>,
-    /// No weight gradient will be asked of this pass: weight layers need not keep their
-    /// inputs (see [`ForwardCtx::weight_grads`](crate::unit::ForwardCtx::weight_grads)).
-    pub drop_weight_inputs: bool,
-    /// Fused stages, or the plain interpreter.
-    pub fusion: Fusion,
+/// Ops of a sequence that the fused engine runs as one. A plan is the list of stages that
+/// covers a sequence; each stage gives the bits of its ops run one at a time (held to the
+/// plain interpreter in `tests/it/fusion.rs`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stage {
+    /// BatchNorm, ReLU, convolution: the convolution reads `relu(a x + b)` made per sample
+    /// (`layers::preact_conv`); forward and backward.
+    PreactConv,
+    /// Forward: dense, BatchNorm (and ReLU), by column blocks (`layers::dense_fused`).
+    DenseNorm { relu: bool },
+    /// Forward: the sequence's last dense layer, the epilogue's tensor added in its column
+    /// blocks.
+    DenseEpilogue,
+    /// Backward: BatchNorm (and ReLU), then dense, by channel blocks.
+    NormDense { relu: bool },
+    /// A BatchNorm (with the ReLU that follows it) in one pass: forward and backward.
+    NormRelu { relu: bool },
+    /// One op on its own.
+    Single,
 }
 
-/// [`forward_seq`] from an input the caller keeps too (a leading BatchNorm caches the shared
-/// input instead of a copy; any other first op gets the tensor itself, copied only if the
-/// caller still holds it), with [`SeqExtras`]. Between fused groups, a pre-activation conv
-/// followed by a BatchNorm hands over its output's plane moments (training mode), so the
-/// BatchNorm skips its statistics pass: the same bits either way.
-pub fn forward_seq_with(
+impl Stage {
+    /// How many ops the stage covers.
+    pub fn ops(self) -> usize {
+        match self {
+            Stage::PreactConv => 3,
+            Stage::DenseNorm { relu } | Stage::NormDense { relu } => 2 + usize::from(relu),
+            Stage::NormRelu { relu } => 1 + usize::from(relu),
+            Stage::DenseEpilogue | Stage::Single => 1,
+        }
+    }
+}
+
+/// The forward plan of `ops` for an input of shape `in_shape`: at each position, the first
+/// stage whose pattern matches and whose shapes its kernel takes (`add`: the shape of the
+/// epilogue's tensor, if any). A function of the ops and the shapes alone.
+pub fn forward_plan(
+    ops: &[Op],
+    in_shape: &[usize],
+    mode: Mode,
+    add: Option<&[usize]>,
+) -> Vec<Stage> {
+    let mut plan = Vec::new();
+    let mut shape = in_shape.to_vec();
+    let mut i = 0;
+    while i < ops.len() {
+        let rest = &ops[i..];
+        let stage = match rest {
+            [Op::Norm(Norm::Batch(_)), Op::Relu, Op::Conv(_), ..] => Stage::PreactConv,
+            [Op::Dense(d), Op::Norm(Norm::Batch(bn)), more @ ..]
+                if dense_fused::applies(d, &shape, Some((bn, mode))) =>
+            {
+                Stage::DenseNorm {
+                    relu: matches!(more.first(), Some(Op::Relu)),
+                }
+            }
+            [Op::Dense(d)]
+                if add == Some(&[shape[0], d.d_out()][..])
+                    && dense_fused::applies(d, &shape, None) =>
+            {
+                Stage::DenseEpilogue
+            }
+            [Op::Norm(Norm::Batch(_)), more @ ..] => Stage::NormRelu {
+                relu: matches!(more.first(), Some(Op::Relu)),
+            },
+            _ => Stage::Single,
+        };
+        for op in &rest[..stage.ops()] {
+            shape = op.out_shape(&shape);
+        }
+        plan.push(stage);
+        i += stage.ops();
+    }
+    plan
+}
+
+/// The backward plan of `ops` from the caches of a fused forward pass, the last stage
+/// first: at each end position, the first stage whose pattern matches the ops and their
+/// caches and whose shapes its kernel takes (`weight_grads`: parameter gradients wanted).
+pub fn backward_plan(ops: &[Op], caches: &[OpCache], weight_grads: bool) -> Vec<Stage> {
+    let mut plan = Vec::new();
+    let mut end = ops.len().min(caches.len());
+    while end > 0 {
+        let stage = match (&ops[..end], &caches[..end]) {
+            (
+                [.., Op::Norm(Norm::Batch(_)), Op::Relu, Op::Conv(_)],
+                [.., OpCache::Norm(NormCache::Batch(_)), OpCache::FusedRelu, OpCache::FusedConv],
+            ) => Stage::PreactConv,
+            (
+                [.., Op::Norm(Norm::Batch(_)), Op::Relu, Op::Dense(d)],
+                [.., OpCache::Norm(NormCache::Batch(c)), OpCache::Relu(_), OpCache::Dense(dc)],
+            ) if dense_fused::backward_applies(d, dc, c, weight_grads) => {
+                Stage::NormDense { relu: true }
+            }
+            (
+                [.., Op::Norm(Norm::Batch(_)), Op::Dense(d)],
+                [.., OpCache::Norm(NormCache::Batch(c)), OpCache::Dense(dc)],
+            ) if dense_fused::backward_applies(d, dc, c, weight_grads) => {
+                Stage::NormDense { relu: false }
+            }
+            (
+                [.., Op::Norm(Norm::Batch(_)), Op::Relu],
+                [.., OpCache::Norm(NormCache::Batch(_)), OpCache::Relu(_)],
+            ) => Stage::NormRelu { relu: true },
+            _ => Stage::Single,
+        };
+        plan.push(stage);
+        end -= stage.ops();
+    }
+    plan
+}
+
+/// Runs the stages of [`forward_plan`]. Between stages, a pre-activation conv followed by a
+/// BatchNorm hands over its output's plane moments (training mode), so the BatchNorm skips
+/// its statistics pass: the same bits either way.
+fn forward_fused(
     ops: &[Op],
     x: Arc<Tensor>,
     mode: Mode,
     extras: SeqExtras,
 ) -> (Tensor, Vec<OpCache>, Option<Moments>) {
-    if extras.fusion == Fusion::Plain {
-        return forward_plain(ops, x, mode, extras);
-    }
+    let epilogue = extras.epilogue;
+    let add_shape = epilogue.add.map(|t| t.shape().to_vec());
+    let plan = forward_plan(ops, x.shape(), mode, add_shape.as_deref());
     let mut caches = Vec::with_capacity(ops.len());
     let mut input = Input::Shared(x);
     let mut moments = extras.moments_in;
-    let epilogue = extras.epilogue;
     // The tensor to add, until a stage takes it in.
     let mut add = epilogue.add;
+    let keep = !extras.drop_weight_inputs;
     let mut i = 0;
-    while i < ops.len() {
-        let rest = &ops[i..];
-        let (y, used, next_moments) = match rest {
-            [Op::Norm(Norm::Batch(bn)), Op::Relu, Op::Conv(conv), more @ ..] => {
-                let last = more.is_empty();
+    for (s, &stage) in plan.iter().enumerate() {
+        let last = s + 1 == plan.len();
+        let after = ops.get(i + stage.ops());
+        let group = &ops[i..i + stage.ops()];
+        let (y, next_moments) = match (stage, group) {
+            (Stage::PreactConv, [Op::Norm(Norm::Batch(bn)), Op::Relu, Op::Conv(conv)]) => {
                 let wanted = if last {
                     epilogue.moments
                 } else {
-                    matches!(more.first(), Some(Op::Norm(Norm::Batch(_))))
+                    matches!(after, Some(Op::Norm(Norm::Batch(_))))
                 };
                 let fused = preact_conv::Extras {
                     moments_in: moments.as_ref(),
@@ -280,61 +456,48 @@ pub fn forward_seq_with(
                     OpCache::FusedRelu,
                     OpCache::FusedConv,
                 ]);
-                (y, 3, m)
+                (y, m)
             }
-            [Op::Dense(d), Op::Norm(Norm::Batch(bn)), more @ ..]
-                if dense_fused::applies(d, input.tensor(), Some((bn, mode))) =>
-            {
-                let relu = matches!(more.first(), Some(Op::Relu));
-                let keep = !extras.drop_weight_inputs;
+            (Stage::DenseNorm { relu }, [Op::Dense(d), Op::Norm(Norm::Batch(bn)), ..]) => {
                 let (y, dc, bc, rc) =
                     dense_fused::forward_bn(d, bn, input.into_owned(), mode, relu, keep);
                 caches.extend([OpCache::Dense(dc), OpCache::Norm(NormCache::Batch(bc))]);
-                if let Some(r) = rc {
-                    caches.push(OpCache::Relu(r));
-                }
-                (y, 2 + usize::from(relu), None)
+                caches.extend(rc.map(OpCache::Relu));
+                (y, None)
             }
-            [Op::Dense(d)]
-                if add.is_some_and(|r| r.shape() == [input.tensor().shape()[0], d.d_out()])
-                    && dense_fused::applies(d, input.tensor(), None) =>
-            {
+            (Stage::DenseEpilogue, [Op::Dense(d)]) => {
                 let last = Epilogue {
                     add: add.take(),
                     moments: epilogue.moments && mode == Mode::Train,
                 };
-                let keep = !extras.drop_weight_inputs;
                 let (y, dc, m) = dense_fused::forward_then(d, input.into_owned(), last, keep);
                 caches.push(OpCache::Dense(dc));
-                (y, 1, m)
+                (y, m)
             }
-            [Op::Norm(Norm::Batch(bn)), more @ ..] => {
-                let relu = matches!(more.first(), Some(Op::Relu));
+            (Stage::NormRelu { relu }, [Op::Norm(Norm::Batch(bn)), ..]) => {
                 let (y, c, r) =
                     bn.forward_shared(input.into_shared(), mode, relu, moments.as_ref());
                 caches.push(OpCache::Norm(NormCache::Batch(c)));
-                if let Some(r) = r {
-                    caches.push(OpCache::Relu(r));
-                }
-                (y, 1 + usize::from(relu), None)
+                caches.extend(r.map(OpCache::Relu));
+                (y, None)
             }
-            [op, ..] => {
+            (Stage::Single, [op]) => {
                 let (y, mut c) = op.forward(input.into_owned(), mode);
-                if let (OpCache::Dense(dc), true) = (&mut c, extras.drop_weight_inputs) {
+                if let (OpCache::Dense(dc), false) = (&mut c, keep) {
                     dc.x = None;
                 }
                 caches.push(c);
-                (y, 1, None)
+                (y, None)
             }
-            [] => unreachable!("the loop stops at the end"),
+            _ => unreachable!("forward_plan gives each stage the ops of its pattern"),
         };
         input = Input::Owned(y);
         moments = next_moments;
-        i += used;
+        i += stage.ops();
     }
     let mut y = input.into_owned();
     if let Some(r) = add {
-        // The last op could not take the tensor in: add it now (no moments, then).
+        // No stage took the tensor in: add it now (no moments, then).
         crate::tensor::add_assign(&mut y, r);
         moments = None;
     }
@@ -348,13 +511,6 @@ enum Input {
 }
 
 impl Input {
-    fn tensor(&self) -> &Tensor {
-        match self {
-            Input::Owned(t) => t,
-            Input::Shared(a) => a,
-        }
-    }
-
     fn into_shared(self) -> Arc<Tensor> {
         match self {
             Input::Owned(t) => Arc::new(t),
@@ -370,112 +526,73 @@ impl Input {
     }
 }
 
-/// Backward through the op or fused group that ends `ops`; returns the input gradient and
-/// how many ops it covered. Weight layers read a borrowed gradient in place. When the group
-/// is the whole of `ops`, `residual` is added to its input gradient (inside the fused
-/// pre-activation conv's last pass; after the op otherwise).
-fn backward_group(
-    ops: &[Op],
-    caches: &[OpCache],
-    grad: Cow<'_, Tensor>,
-    grads: Option<&mut Grads>,
-    residual: Option<&Tensor>,
-) -> (Tensor, usize) {
-    let first = |used: usize| residual.filter(|_| used == ops.len());
-    let (mut g, used) = match (ops, caches) {
-        (
-            [.., Op::Norm(Norm::Batch(bn)), Op::Relu, Op::Conv(conv)],
-            [.., OpCache::Norm(NormCache::Batch(c)), OpCache::FusedRelu, OpCache::FusedConv],
-        ) => {
-            let g = preact_conv::backward(bn, conv, c, &grad, grads, first(3));
-            return (g, 3);
-        }
-        (
-            [.., Op::Norm(Norm::Batch(bn)), Op::Relu, Op::Dense(d)],
-            [.., OpCache::Norm(NormCache::Batch(c)), OpCache::Relu(r), OpCache::Dense(dc)],
-        ) if dense_fused::backward_applies(d, dc, c, &grad, grads.is_some()) => {
-            let g = dense_fused::backward_bn(bn, c, Some(r), d, dc, &grad, grads, first(3));
-            return (g, 3);
-        }
-        (
-            [.., Op::Norm(Norm::Batch(bn)), Op::Dense(d)],
-            [.., OpCache::Norm(NormCache::Batch(c)), OpCache::Dense(dc)],
-        ) if dense_fused::backward_applies(d, dc, c, &grad, grads.is_some()) => {
-            let g = dense_fused::backward_bn(bn, c, None, d, dc, &grad, grads, first(2));
-            return (g, 2);
-        }
-        (
-            [.., Op::Norm(Norm::Batch(bn)), Op::Relu],
-            [.., OpCache::Norm(NormCache::Batch(c)), OpCache::Relu(r)],
-        ) => (bn.backward_relu(c, r, grad.into_owned(), grads), 2),
-        ([.., Op::Dense(d)], [.., OpCache::Dense(c)]) => (d.backward(c, &grad, grads), 1),
-        ([.., Op::Conv(conv)], [.., OpCache::Conv(c)]) => (conv.backward(c, &grad, grads), 1),
-        ([.., op], [.., c]) => (op.backward(c, grad.into_owned(), grads), 1),
-        _ => unreachable!("backward_group is called with at least one op"),
-    };
-    if let Some(r) = first(used) {
-        crate::tensor::add_assign(&mut g, r);
-    }
-    (g, used)
-}
-
-/// Backward through `ops` in reverse order.
-pub fn backward_seq(
-    ops: &[Op],
-    caches: &[OpCache],
-    grad_y: Tensor,
-    grads: Option<&mut Grads>,
-    fusion: Fusion,
-) -> Tensor {
-    match fusion {
-        Fusion::Fused => backward_seq_cow(ops, caches, Cow::Owned(grad_y), grads, None),
-        Fusion::Plain => backward_plain(ops, caches, grad_y, grads, None),
-    }
-}
-
-/// As [`backward_seq`] from a gradient the caller keeps (a trailing weight layer reads it in
-/// place; otherwise it is copied once), plus `residual` added to the input gradient: the
-/// identity shortcut's term of `dE/dx_l`, added in the branch's last pass.
-pub fn backward_seq_ref(
-    ops: &[Op],
-    caches: &[OpCache],
-    grad_y: &Tensor,
-    grads: Option<&mut Grads>,
-    residual: Option<&Tensor>,
-) -> Tensor {
-    backward_seq_cow(ops, caches, Cow::Borrowed(grad_y), grads, residual)
-}
-
-fn backward_seq_cow(
+/// Runs the stages of [`backward_plan`], last first. Weight layers read a borrowed gradient
+/// in place; `add` is added to the input gradient by the stage that reaches the first op
+/// (inside its last pass where the kernel can, after it otherwise).
+fn backward_fused(
     ops: &[Op],
     caches: &[OpCache],
     grad_y: Cow<'_, Tensor>,
     mut grads: Option<&mut Grads>,
-    residual: Option<&Tensor>,
+    add: Option<&Tensor>,
 ) -> Tensor {
-    let mut end = ops.len();
-    if end == 0 {
-        let mut g = grad_y.into_owned();
-        if let Some(r) = residual {
-            crate::tensor::add_assign(&mut g, r);
-        }
-        return g;
-    }
+    let plan = backward_plan(ops, caches, grads.is_some());
     let mut g = grad_y;
-    loop {
-        let (next, used) = backward_group(
-            &ops[..end],
-            &caches[..end],
-            g,
-            grads.as_deref_mut(),
-            residual,
-        );
-        end -= used;
-        if end == 0 {
-            return next;
+    let mut end = ops.len();
+    for stage in plan {
+        let start = end - stage.ops();
+        let add_here = add.filter(|_| start == 0);
+        let (o, c) = (&ops[start..end], &caches[start..end]);
+        let grads = grads.as_deref_mut();
+        let (next, added) = match (stage, o, c) {
+            (
+                Stage::PreactConv,
+                [Op::Norm(Norm::Batch(bn)), Op::Relu, Op::Conv(conv)],
+                [OpCache::Norm(NormCache::Batch(bc)), ..],
+            ) => (
+                preact_conv::backward(bn, conv, bc, &g, grads, add_here),
+                true,
+            ),
+            (
+                Stage::NormDense { relu },
+                [Op::Norm(Norm::Batch(bn)), .., Op::Dense(d)],
+                [OpCache::Norm(NormCache::Batch(bc)), .., OpCache::Dense(dc)],
+            ) => {
+                let r = match c {
+                    [_, OpCache::Relu(r), _] if relu => Some(r),
+                    _ => None,
+                };
+                let gx = dense_fused::backward_bn(bn, bc, r, d, dc, &g, grads, add_here);
+                (gx, true)
+            }
+            (
+                Stage::NormRelu { relu: true },
+                [Op::Norm(Norm::Batch(bn)), Op::Relu],
+                [OpCache::Norm(NormCache::Batch(bc)), OpCache::Relu(r)],
+            ) => (bn.backward_relu(bc, r, g.into_owned(), grads), false),
+            (Stage::Single, [Op::Dense(d)], [OpCache::Dense(dc)]) => {
+                (d.backward(dc, &g, grads), false)
+            }
+            (Stage::Single, [Op::Conv(conv)], [OpCache::Conv(cc)]) => {
+                (conv.backward(cc, &g, grads), false)
+            }
+            (Stage::Single, [op], [cache]) => (op.backward(cache, g.into_owned(), grads), false),
+            _ => unreachable!("backward_plan gives each stage the ops and caches of its pattern"),
+        };
+        let mut next = next;
+        if let (Some(r), false) = (add_here, added) {
+            crate::tensor::add_assign(&mut next, r);
         }
         g = Cow::Owned(next);
+        end = start;
     }
+    let mut g = g.into_owned();
+    if ops.is_empty() {
+        if let Some(r) = add {
+            crate::tensor::add_assign(&mut g, r);
+        }
+    }
+    g
 }
 
 /// Replaces every ReLU of `ops` by the fixed pattern it had in `caches` (a fused ReLU's
@@ -513,5 +630,103 @@ pub fn update_running_stats_seq(ops: &mut [Op], caches: &[OpCache]) {
         if let (Op::Norm(n), OpCache::Norm(c)) = (op, cache) {
             n.update_running_stats(c);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::analysis::gaussian_batch;
+    use crate::net::{build_net, NetChoice, NetSizes};
+    use crate::unit::{Placement, ShortcutKind};
+    use Stage::*;
+
+    fn branch(net: &str, width: usize, placement: Placement) -> (Vec<Op>, Vec<usize>) {
+        let sizes = NetSizes {
+            units: 1,
+            width,
+            input_dim: 8,
+            image_size: 8,
+            input_channels: 3,
+            classes: 10,
+        };
+        let choice: NetChoice = net.parse().unwrap();
+        let net = build_net(&choice, &sizes, placement, ShortcutKind::Identity, None, 1).unwrap();
+        let shape = match choice {
+            NetChoice::Mlp => vec![96, width],
+            _ => vec![4, 16, 8, 8],
+        };
+        (net.units[0].branch.clone(), shape)
+    }
+
+    /// The plans the engine makes for the paper's units: what is fused, and where the
+    /// identity shortcut is added.
+    #[test]
+    fn plans_of_the_papers_units() {
+        let (ops, shape) = branch("resnet:1:basic", 0, Placement::FullPreact);
+        assert_eq!(
+            forward_plan(&ops, &shape, Mode::Train, Some(&shape)),
+            [PreactConv, PreactConv]
+        );
+        let (ops, shape) = branch("resnet:1:basic", 0, Placement::Original);
+        assert_eq!(
+            forward_plan(&ops, &shape, Mode::Train, None),
+            [Single, PreactConv, NormRelu { relu: false }]
+        );
+        // A small MLP: BN-ReLU passes only; a wide one (the products split in columns): the
+        // dense layers with their BatchNorms, the last one taking the shortcut.
+        let (ops, shape) = branch("mlp", 12, Placement::FullPreact);
+        assert_eq!(
+            forward_plan(&ops, &shape, Mode::Train, Some(&shape)),
+            [
+                NormRelu { relu: true },
+                Single,
+                NormRelu { relu: true },
+                Single
+            ]
+        );
+        let (ops, shape) = branch("mlp", 160, Placement::FullPreact);
+        assert_eq!(
+            forward_plan(&ops, &shape, Mode::Train, Some(&shape)),
+            [
+                NormRelu { relu: true },
+                DenseNorm { relu: true },
+                DenseEpilogue
+            ]
+        );
+        assert_eq!(
+            forward_plan(&ops, &shape, Mode::Train, None),
+            [NormRelu { relu: true }, DenseNorm { relu: true }, Single]
+        );
+        let (ops, shape) = branch("mlp", 160, Placement::Original);
+        assert_eq!(
+            forward_plan(&ops, &shape, Mode::Train, None),
+            [DenseNorm { relu: true }, DenseNorm { relu: false }]
+        );
+    }
+
+    /// Backward plans read the forward pass's caches: the wide full-preact MLP unit runs
+    /// backward as two BN-ReLU-dense stages; a pass without weight inputs still fuses when no
+    /// weight gradient is asked.
+    #[test]
+    fn backward_plans_follow_the_caches() {
+        let (ops, shape) = branch("mlp", 160, Placement::FullPreact);
+        let (x, _) = gaussian_batch(&shape[1..], shape[0], 10, 3);
+        let (_, caches) = forward_seq(&ops, x, Mode::Train, Fusion::Fused);
+        let both = [NormDense { relu: true }, NormDense { relu: true }];
+        assert_eq!(backward_plan(&ops, &caches, true), both);
+        assert_eq!(backward_plan(&ops, &caches, false), both);
+        let (ops, shape) = branch("resnet:1:basic", 0, Placement::FullPreact);
+        let (x, _) = gaussian_batch(&shape[1..], shape[0], 10, 3);
+        let (_, caches) = forward_seq(&ops, x, Mode::Train, Fusion::Fused);
+        assert_eq!(backward_plan(&ops, &caches, true), [PreactConv, PreactConv]);
+        // The plain interpreter's caches never pair a ReLU with a conv: no conv stage.
+        let (_, plain) = forward_seq(
+            &ops,
+            gaussian_batch(&shape[1..], 4, 10, 3).0,
+            Mode::Train,
+            Fusion::Plain,
+        );
+        assert!(!backward_plan(&ops, &plain, true).contains(&PreactConv));
     }
 }
