@@ -184,6 +184,65 @@ pub fn quadratic_loss(y: &Tensor, a: &Tensor, b: &Tensor) -> (f64, Tensor) {
     (e, g)
 }
 
+/// The finite-difference harness every layer test shares: the input gradient and every
+/// parameter gradient of the non-linear test loss [`quadratic_loss`] (random `a`, `b` from
+/// `seed`) against 2-point central differences with step `h`, each to relative error `tol`
+/// (`assert_close`). `forward(layer, x)` is the layer's output; `backward(layer, x, grad_y,
+/// grads)` returns the input gradient and accumulates the parameter gradients under the names
+/// `visit(layer, f)` gives the parameters. The names it checks are returned.
+#[allow(clippy::too_many_arguments)]
+pub fn check_layer<L: Clone>(
+    what: &str,
+    layer: &L,
+    x: &Tensor,
+    h: f64,
+    tol: f64,
+    seed: u64,
+    forward: impl Fn(&L, &Tensor) -> Tensor,
+    backward: impl Fn(&L, &Tensor, &Tensor, &mut crate::grads::Grads) -> Tensor,
+    visit: impl Fn(&mut L, &mut dyn FnMut(String, &mut Tensor)),
+) -> Vec<String> {
+    let y = forward(layer, x);
+    let mut r = crate::rng::rng(seed);
+    let a = crate::rng::gaussian(y.shape(), 1.0, &mut r);
+    let b = crate::rng::gaussian(y.shape(), 1.0, &mut r);
+    let loss = |l: &L, x: &Tensor| quadratic_loss(&forward(l, x), &a, &b).0;
+    let mut grads = crate::grads::Grads::new();
+    let gx = backward(layer, x, &quadratic_loss(&y, &a, &b).1, &mut grads);
+    assert_close(
+        &format!("{what}: grad_x"),
+        &gx,
+        &numerical_gradient(|x| loss(layer, x), x, h),
+        tol,
+    );
+    let mut names = Vec::new();
+    visit(&mut layer.clone(), &mut |name, p| {
+        names.push((name, p.clone()))
+    });
+    for (name, value) in &names {
+        // The loss as a function of this parameter alone.
+        let of_param = |t: &Tensor| {
+            let mut l = layer.clone();
+            visit(&mut l, &mut |n, p| {
+                if &n == name {
+                    *p = t.clone();
+                }
+            });
+            loss(&l, x)
+        };
+        let got = grads
+            .get(name)
+            .unwrap_or_else(|| panic!("{what}: no gradient for {name}"));
+        assert_close(
+            &format!("{what}: grad {name}"),
+            got,
+            &numerical_gradient(of_param, value, h),
+            tol,
+        );
+    }
+    names.into_iter().map(|(n, _)| n).collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -240,5 +299,43 @@ mod tests {
         let b = Tensor::from_elem(ndarray::IxDyn(&[3]), 1.0 + 1e-5);
         assert_close("grad", &a, &a, 1e-12);
         assert_close("grad", &a, &b, 1e-6);
+    }
+
+    /// `y = w x` elementwise: the harness passes its right gradients and catches a wrong one.
+    #[derive(Clone)]
+    struct Scale {
+        w: Tensor,
+    }
+
+    fn check_scale(wrong: f64) {
+        let x = crate::rng::gaussian(&[4, 3], 1.0, &mut crate::rng::rng(1));
+        let layer = Scale {
+            w: crate::rng::gaussian(&[4, 3], 1.0, &mut crate::rng::rng(2)),
+        };
+        check_layer(
+            "scale",
+            &layer,
+            &x,
+            1e-6,
+            1e-6,
+            3,
+            |l, x| &l.w * x,
+            |l, x, gy, g| {
+                g.accumulate("s.w", gy * x * wrong);
+                gy * &l.w
+            },
+            |l, f| f("s.w".into(), &mut l.w),
+        );
+    }
+
+    #[test]
+    fn check_layer_passes_right_gradients() {
+        check_scale(1.0);
+    }
+
+    #[test]
+    #[should_panic(expected = "scale: grad s.w")]
+    fn check_layer_fails_on_a_wrong_parameter_gradient() {
+        check_scale(1.001);
     }
 }

@@ -33,6 +33,7 @@ pub mod net;
 pub mod output;
 pub mod plot;
 pub mod rng;
+pub mod schema;
 pub mod spin_join;
 pub mod stats;
 pub mod tensor;

@@ -19,6 +19,7 @@
 use serde::Serialize;
 
 use crate::net::{NetCache, NetGrads, Network};
+use crate::schema::{self, col, Column, Row, Schema};
 use crate::tensor::{cosine, norm, per_sample_norms, Tensor};
 use crate::unit::ShortcutKind;
 
@@ -110,31 +111,11 @@ pub struct UnitRecord {
     pub sample_ratio_max: f64,
 }
 
-/// The record's columns, in the order of [`UnitRecord::csv_fields`].
-pub const RECORD_COLUMNS: [&str; 16] = [
-    "unit",
-    "stage",
-    "direct_top",
-    "shape_change",
-    "act_norm",
-    "branch_norm",
-    "grad_norm",
-    "direct_norm",
-    "rest_norm",
-    "grad_ratio",
-    "direct_ratio",
-    "predicted_direct_ratio",
-    "cos_top",
-    "sample_ratio_min",
-    "sample_ratio_median",
-    "sample_ratio_max",
-];
-
 /// A column that went non-finite, and where it first did (in the direction it is computed:
 /// upward for forward quantities, downward from `L` for gradients).
 #[derive(Debug, Clone, PartialEq)]
 pub struct NonFinite {
-    pub column: &'static str,
+    pub column: Column,
     pub first_unit: usize,
     pub count: usize,
 }
@@ -273,15 +254,15 @@ pub fn build_records(net: &Network, cache: &NetCache, grads: &NetGrads) -> Profi
 
 fn find_nonfinite(records: &[UnitRecord]) -> Vec<NonFinite> {
     type Getter = fn(&UnitRecord) -> Option<f64>;
-    let forward: [(&'static str, Getter); 2] = [
-        ("act_norm", |r| Some(r.act_norm)),
-        ("branch_norm", |r| r.branch_norm),
+    let forward: [(Column, Getter); 2] = [
+        (col::ACT_NORM, |r| Some(r.act_norm)),
+        (col::BRANCH_NORM, |r| r.branch_norm),
     ];
-    let backward: [(&'static str, Getter); 4] = [
-        ("grad_norm", |r| Some(r.grad_norm)),
-        ("direct_norm", |r| Some(r.direct_norm)),
-        ("rest_norm", |r| Some(r.rest_norm)),
-        ("grad_ratio", |r| Some(r.grad_ratio)),
+    let backward: [(Column, Getter); 4] = [
+        (col::GRAD_NORM, |r| Some(r.grad_norm)),
+        (col::DIRECT_NORM, |r| Some(r.direct_norm)),
+        (col::REST_NORM, |r| Some(r.rest_norm)),
+        (col::GRAD_RATIO, |r| Some(r.grad_ratio)),
     ];
     let bad = |get: Getter| -> Vec<usize> {
         records
@@ -329,9 +310,10 @@ fn fmt_opt(v: Option<f64>) -> String {
     v.map(fmt_f64).unwrap_or_default()
 }
 
-impl UnitRecord {
-    /// The CSV fields in `RECORD_COLUMNS` order.
-    pub fn csv_fields(&self) -> Vec<String> {
+impl Row for UnitRecord {
+    const SCHEMA: &'static Schema = &schema::PROFILE;
+
+    fn fields(&self) -> Vec<String> {
         vec![
             self.unit.to_string(),
             self.stage.to_string(),
@@ -353,15 +335,14 @@ impl UnitRecord {
     }
 }
 
-/// The whole profile as CSV bytes (header + one row per unit).
+/// The whole profile as CSV bytes (header + one row per unit, each ending in the placement
+/// and the shortcut).
 pub fn profile_csv(profile: &Profile, placement: &str, shortcut: &str) -> anyhow::Result<Vec<u8>> {
-    let mut w = csv::Writer::from_writer(Vec::new());
-    w.write_record(RECORD_COLUMNS.iter().chain(&["placement", "shortcut"]))?;
-    for r in &profile.records {
-        let mut fields = r.csv_fields();
-        fields.push(placement.to_string());
-        fields.push(shortcut.to_string());
-        w.write_record(&fields)?;
-    }
-    w.into_inner().map_err(|e| anyhow::anyhow!("csv: {e}"))
+    schema::to_csv(
+        &profile.records,
+        &[
+            (col::PLACEMENT, placement.to_string()),
+            (col::SHORTCUT, shortcut.to_string()),
+        ],
+    )
 }

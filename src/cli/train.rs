@@ -10,7 +10,8 @@ use indicatif::{ProgressBar, ProgressStyle};
 
 use crate::net::{build_net, NetChoice};
 use crate::output::{check_writable, emit, write_atomic};
-use crate::train::{checkpoint, train, History, Resume, TrainConfig, GRAD_COLUMNS, TRAIN_COLUMNS};
+use crate::schema::to_csv;
+use crate::train::{checkpoint, train, History, Resume, TrainConfig};
 use crate::unit::{Placement, Projection, ShortcutKind};
 
 #[derive(Debug, Args)]
@@ -83,15 +84,6 @@ pub struct TrainArgs {
     /// numbers, slower).
     #[arg(long)]
     pub unfused: bool,
-}
-
-fn to_csv(header: &[&str], rows: impl Iterator<Item = Vec<String>>) -> Result<Vec<u8>> {
-    let mut w = csv::Writer::from_writer(Vec::new());
-    w.write_record(header)?;
-    for r in rows {
-        w.write_record(r)?;
-    }
-    w.into_inner().map_err(|e| anyhow::anyhow!("csv: {e}"))
 }
 
 pub fn run(args: &TrainArgs) -> Result<ExitCode> {
@@ -263,10 +255,7 @@ pub fn run(args: &TrainArgs) -> Result<ExitCode> {
         history.steps.len() as f64 / secs
     );
     if let Some(p) = &args.csv {
-        write_atomic(
-            p,
-            &to_csv(&TRAIN_COLUMNS, history.steps.iter().map(|r| r.csv_fields()))?,
-        )?;
+        write_atomic(p, &to_csv(&history.steps, &[])?)?;
         out.push_str(&format!(
             "wrote {} steps to {}\n",
             history.steps.len(),
@@ -274,10 +263,7 @@ pub fn run(args: &TrainArgs) -> Result<ExitCode> {
         ));
     }
     if let (Some(p), true) = (&grad_path, !history.grads.is_empty()) {
-        write_atomic(
-            p,
-            &to_csv(&GRAD_COLUMNS, history.grads.iter().map(|g| g.csv_fields()))?,
-        )?;
+        write_atomic(p, &to_csv(&history.grads, &[])?)?;
         out.push_str(&format!(
             "wrote per-unit gradients at {} steps to {}\n",
             history.grads.len() / (net.num_units() + 1),

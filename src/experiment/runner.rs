@@ -24,32 +24,14 @@ use serde::Serialize;
 use super::spec::{Cell, Measure, Spec, Task, TrainSpec};
 use crate::analysis::checks::verify_units;
 use crate::analysis::gaussian_batch;
-use crate::analysis::record::{build_records, fmt_f64, RECORD_COLUMNS};
+use crate::analysis::record::{build_records, fmt_f64};
 use crate::data::Split;
 use crate::net::{build_net, NetSizes};
 use crate::output::write_atomic;
 use crate::rng::{derive_seed, purpose};
-use crate::train::{
-    sizes_for, train, Resume, TrainConfig, GRAD_COLUMNS, SIGNAL_COLUMNS, TRAIN_COLUMNS,
-};
+use crate::schema::{self, Column, Row};
+use crate::train::{sizes_for, train, Resume, TrainConfig};
 use crate::unit::ForwardCtx;
-
-/// Key columns, then a table's own columns.
-pub const KEY_COLUMNS: [&str; 8] = [
-    "experiment",
-    "cell",
-    "net",
-    "placement",
-    "shortcut",
-    "projection",
-    "units",
-    "replicate",
-];
-const VERIFICATION_COLUMNS: [&str; 3] = [
-    "forward_sum_error",
-    "additive_backward_error",
-    "prod_lambda_error",
-];
 
 /// The engine that computes results: the crate version and a digest of its sources (made by
 /// `build.rs`; the charts and the command line are left out, they only present numbers).
@@ -60,19 +42,19 @@ pub const ENGINE: &str = concat!(env!("CARGO_PKG_VERSION"), "+", env!("RESPROP_E
 pub struct TableKind {
     /// File name stem: `<out>/<experiment>/<name>.csv`, `<out>/cells/<fp>.<name>.csv`.
     pub name: &'static str,
-    columns: fn(&Spec) -> Vec<&'static str>,
+    columns: fn(&Spec) -> Vec<Column>,
 }
 
 impl TableKind {
-    pub fn columns(&self, spec: &Spec) -> Vec<&'static str> {
+    pub fn columns(&self, spec: &Spec) -> Vec<Column> {
         (self.columns)(spec)
     }
 }
 
-fn profile_columns(spec: &Spec) -> Vec<&'static str> {
-    let mut h = RECORD_COLUMNS.to_vec();
+fn profile_columns(spec: &Spec) -> Vec<Column> {
+    let mut h = schema::PROFILE.columns.to_vec();
     if spec.measure == Measure::Verification {
-        h.extend(VERIFICATION_COLUMNS);
+        h.extend(schema::VERIFICATION.columns);
     }
     h
 }
@@ -83,15 +65,15 @@ pub const PROFILE_TABLE: TableKind = TableKind {
 };
 pub const TRAIN_TABLE: TableKind = TableKind {
     name: "train",
-    columns: |_| TRAIN_COLUMNS.to_vec(),
+    columns: |_| schema::STEPS.columns.to_vec(),
 };
 pub const GRADS_TABLE: TableKind = TableKind {
     name: "grads",
-    columns: |_| GRAD_COLUMNS.to_vec(),
+    columns: |_| schema::GRADS.columns.to_vec(),
 };
 pub const SIGNAL_TABLE: TableKind = TableKind {
     name: "signal",
-    columns: |_| SIGNAL_COLUMNS.to_vec(),
+    columns: |_| schema::SIGNAL.columns.to_vec(),
 };
 
 /// The tables a spec's cells produce; the first is the main one, written last (its presence
@@ -106,8 +88,8 @@ pub fn tables(spec: &Spec) -> Vec<TableKind> {
 
 /// The header of a table of this spec: the keys, then its columns.
 pub fn header(spec: &Spec, table: TableKind) -> Vec<&'static str> {
-    let mut h = KEY_COLUMNS.to_vec();
-    h.extend(table.columns(spec));
+    let mut h = schema::KEYS.names();
+    h.extend(table.columns(spec).iter().map(|c| c.name()));
     h
 }
 
@@ -245,9 +227,9 @@ fn run_train_cell(spec: &Spec, cell: &Cell, t: &TrainSpec, data: &Split) -> Resu
         |_, _, _, _| Ok(()),
     )?;
     let tables = vec![
-        h.steps.iter().map(|r| r.csv_fields()).collect(),
-        h.grads.iter().map(|g| g.csv_fields()).collect(),
-        h.signal.iter().map(|s| s.csv_fields()).collect(),
+        h.steps.iter().map(|r| r.fields()).collect(),
+        h.grads.iter().map(|g| g.fields()).collect(),
+        h.signal.iter().map(|s| s.fields()).collect(),
     ];
     let warning = h.diverged.map(|d| {
         format!(
@@ -293,7 +275,7 @@ pub fn run_cell(spec: &Spec, cell: &Cell) -> Result<(Vec<Vec<String>>, Option<St
         .iter()
         .enumerate()
         .map(|(l, r)| {
-            let mut row = r.csv_fields();
+            let mut row = r.fields();
             if let Some(v) = &verification {
                 let opt = |x: Option<f64>| x.map(fmt_f64).unwrap_or_default();
                 row.extend([

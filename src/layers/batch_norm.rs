@@ -536,7 +536,7 @@ impl NormLayer for BatchNorm {
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
-    use crate::finite_diff::{assert_close, numerical_gradient, quadratic_loss, rel_error};
+    use crate::finite_diff::{assert_close, check_layer, numerical_gradient, quadratic_loss};
     use crate::rng::{gaussian, rng};
     use ndarray::Axis;
 
@@ -558,38 +558,21 @@ pub(crate) mod tests {
         let mut r = rng(seed + 100);
         let bn = layer_with_random_affine(shape[1], seed);
         let x = gaussian(shape, 2.0, &mut r) + 0.5;
-        let (a, b) = (gaussian(shape, 1.0, &mut r), gaussian(shape, 1.0, &mut r));
-        let (y, cache) = bn.forward(x.clone(), mode);
-        let mut grads = Grads::new();
-        let gx = bn.backward(&cache, quadratic_loss(&y, &a, &b).1, Some(&mut grads));
-        let num_x = numerical_gradient(
-            |x| quadratic_loss(&bn.forward(x.clone(), mode).0, &a, &b).0,
+        let checked = check_layer(
+            &format!("{mode} {shape:?}"),
+            &bn,
             &x,
             1e-6,
-        );
-        assert_close(&format!("{mode} {shape:?} grad_x"), &gx, &num_x, TOL);
-        let num_gamma = numerical_gradient(
-            |g| {
-                let mut l = bn.clone();
-                l.gamma = g.clone();
-                quadratic_loss(&l.forward(x.clone(), mode).0, &a, &b).0
+            TOL,
+            seed + 200,
+            |l, x| l.forward(x.clone(), mode).0,
+            |l, x, gy, g| {
+                let (_, c) = l.forward(x.clone(), mode);
+                l.backward(&c, gy.clone(), Some(g))
             },
-            &bn.gamma,
-            1e-6,
+            |l, f| l.visit_params_mut(f),
         );
-        let e = rel_error(grads.get("bn.gamma").unwrap(), &num_gamma);
-        assert!(e < TOL, "{mode} grad_gamma {e}");
-        let num_beta = numerical_gradient(
-            |bt| {
-                let mut l = bn.clone();
-                l.beta = bt.clone();
-                quadratic_loss(&l.forward(x.clone(), mode).0, &a, &b).0
-            },
-            &bn.beta,
-            1e-6,
-        );
-        let e = rel_error(grads.get("bn.beta").unwrap(), &num_beta);
-        assert!(e < TOL, "{mode} grad_beta {e}");
+        assert_eq!(checked, ["bn.gamma", "bn.beta"]);
     }
 
     #[test]

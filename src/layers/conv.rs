@@ -503,7 +503,7 @@ impl Conv2d {
 mod tests {
     use super::*;
 
-    use crate::finite_diff::{assert_close, numerical_gradient, quadratic_loss, rel_error};
+    use crate::finite_diff::{check_layer, rel_error};
     use crate::rng::{gaussian, rng};
 
     /// Relative error bound for 2-point central differences, h = 1e-6, f64.
@@ -533,40 +533,19 @@ mod tests {
             layer.b = Some(gaussian(&[c_out], 0.5, &mut r));
         }
         let x = gaussian(&[3, c_in, hw, hw], 1.0, &mut r);
-        let (y, cache) = layer.forward(x.clone());
-        let (a, b) = (
-            gaussian(y.shape(), 1.0, &mut r),
-            gaussian(y.shape(), 1.0, &mut r),
-        );
-        let mut grads = Grads::new();
-        let gx = layer.backward(&cache, &quadratic_loss(&y, &a, &b).1, Some(&mut grads));
         let tag = format!("k{k} s{stride} p{pad} bias {bias}");
-        let num = numerical_gradient(|x| quadratic_loss(&layer.apply(x), &a, &b).0, &x, 1e-6);
-        assert_close(&format!("{tag} grad_x"), &gx, &num, TOL);
-        let num_w = numerical_gradient(
-            |w| {
-                let mut l = layer.clone();
-                l.w = w.clone();
-                quadratic_loss(&l.apply(&x), &a, &b).0
-            },
-            &layer.w,
+        let checked = check_layer(
+            &tag,
+            &layer,
+            &x,
             1e-6,
+            TOL,
+            22,
+            |l, x| l.apply(x),
+            |l, x, gy, g| l.backward(&l.forward(x.clone()).1, gy, Some(g)),
+            |l, f| l.visit_params_mut(f),
         );
-        let e = rel_error(grads.get("c.w").unwrap(), &num_w);
-        assert!(e < TOL, "{tag} grad_w {e}");
-        if bias {
-            let num_b = numerical_gradient(
-                |bv| {
-                    let mut l = layer.clone();
-                    l.b = Some(bv.clone());
-                    quadratic_loss(&l.apply(&x), &a, &b).0
-                },
-                layer.b.as_ref().unwrap(),
-                1e-6,
-            );
-            let e = rel_error(grads.get("c.b").unwrap(), &num_b);
-            assert!(e < TOL, "{tag} grad_b {e}");
-        }
+        assert_eq!(checked.len(), 1 + usize::from(bias), "{tag}: {checked:?}");
     }
 
     #[test]

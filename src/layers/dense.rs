@@ -137,7 +137,7 @@ impl Dense {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::finite_diff::{assert_close, numerical_gradient, quadratic_loss};
+    use crate::finite_diff::check_layer;
     use crate::rng::{gaussian, rng};
 
     /// Relative error bound for 2-point central differences with h = 1e-6 in f64.
@@ -146,45 +146,21 @@ mod tests {
     #[test]
     fn dense_backward_matches_finite_differences() {
         let mut r = rng(11);
-        let layer = Dense::with_std("d", 5, 4, 0.7, Some(0.0), &mut r);
-        let mut layer = layer;
+        let mut layer = Dense::with_std("d", 5, 4, 0.7, Some(0.0), &mut r);
         layer.b = Some(gaussian(&[4], 0.5, &mut r));
         let x = gaussian(&[6, 5], 1.0, &mut r);
-        let (a, b) = (
-            gaussian(&[6, 4], 1.0, &mut r),
-            gaussian(&[6, 4], 1.0, &mut r),
-        );
-        let (y, cache) = layer.forward(x.clone());
-        let (_, gy) = quadratic_loss(&y, &a, &b);
-        let mut grads = Grads::new();
-        let gx = layer.backward(&cache, &gy, Some(&mut grads));
-
-        let num_x = numerical_gradient(|x| quadratic_loss(&layer.apply(x), &a, &b).0, &x, 1e-6);
-        assert_close("grad_x", &gx, &num_x, TOL);
-
-        let num_w = numerical_gradient(
-            |w| {
-                let mut l = layer.clone();
-                l.w = w.clone();
-                quadratic_loss(&l.apply(&x), &a, &b).0
-            },
-            &layer.w,
+        let checked = check_layer(
+            "dense",
+            &layer,
+            &x,
             1e-6,
+            TOL,
+            12,
+            |l, x| l.apply(x),
+            |l, x, gy, g| l.backward(&l.forward(x.clone()).1, gy, Some(g)),
+            |l, f| l.visit_params_mut(f),
         );
-        let gw = grads.get("d.w").unwrap();
-        assert_close("grad_w", gw, &num_w, TOL);
-
-        let num_b = numerical_gradient(
-            |bias| {
-                let mut l = layer.clone();
-                l.b = Some(bias.clone());
-                quadratic_loss(&l.apply(&x), &a, &b).0
-            },
-            layer.b.as_ref().unwrap(),
-            1e-6,
-        );
-        let gb = grads.get("d.b").unwrap();
-        assert_close("grad_b", gb, &num_b, TOL);
+        assert_eq!(checked, ["d.w", "d.b"]);
     }
 
     #[test]

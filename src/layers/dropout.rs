@@ -33,7 +33,7 @@ pub fn backward(mask: &Tensor, grad_y: &Tensor) -> Tensor {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::finite_diff::{numerical_gradient, quadratic_loss, rel_error};
+    use crate::finite_diff::{assert_close, numerical_gradient, quadratic_loss};
     use crate::rng::{gaussian, rng};
 
     #[test]
@@ -47,7 +47,7 @@ mod tests {
         );
         let gx = backward(&m, &quadratic_loss(&forward(&x, &m), &a, &b).1);
         let num = numerical_gradient(|x| quadratic_loss(&forward(x, &m), &a, &b).0, &x, 1e-6);
-        assert!(rel_error(&gx, &num) < 1e-6, "{}", rel_error(&gx, &num));
+        assert_close("input gradient", &gx, &num, 1e-6);
     }
 
     #[test]

@@ -44,7 +44,7 @@ pub fn backward(probs: &Array2<f64>, labels: &[usize]) -> Tensor {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::finite_diff::{numerical_gradient, rel_error};
+    use crate::finite_diff::{assert_close, numerical_gradient};
     use crate::rng::{gaussian, rng};
 
     #[test]
@@ -54,7 +54,7 @@ mod tests {
         let (_, probs) = forward(&z, &labels);
         let g = backward(&probs, &labels);
         let num = numerical_gradient(|z| forward(z, &labels).0, &z, 1e-6);
-        assert!(rel_error(&g, &num) < 1e-6, "{}", rel_error(&g, &num));
+        assert_close("input gradient", &g, &num, 1e-6);
     }
 
     #[test]

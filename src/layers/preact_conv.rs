@@ -118,7 +118,7 @@ pub fn backward(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::finite_diff::{numerical_gradient, quadratic_loss, rel_error};
+    use crate::finite_diff::{assert_close, numerical_gradient, quadratic_loss};
     use crate::layers::relu;
     use crate::rng::{gaussian, rng};
 
@@ -194,6 +194,6 @@ mod tests {
         );
         let num = numerical_gradient(|x| quadratic_loss(&f(x), &a, &b).0, &x, 1e-6);
         // Relative error bound for 2-point central differences in f64.
-        assert!(rel_error(&gx, &num) < 1e-6, "{}", rel_error(&gx, &num));
+        assert_close("input gradient", &gx, &num, 1e-6);
     }
 }

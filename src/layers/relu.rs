@@ -61,7 +61,7 @@ pub fn backward(cache: &ReluCache, grad_y: Tensor) -> Tensor {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::finite_diff::{numerical_gradient, quadratic_loss, rel_error};
+    use crate::finite_diff::{assert_close, numerical_gradient, quadratic_loss};
     use crate::rng::{gaussian, rng};
 
     #[test]
@@ -80,7 +80,7 @@ mod tests {
             1e-6,
         );
         // Gaussian inputs sit far (>> h) from the kink, so 2-point differences are accurate to ~1e-9.
-        assert!(rel_error(&gx, &num) < 1e-6, "{}", rel_error(&gx, &num));
+        assert_close("input gradient", &gx, &num, 1e-6);
     }
 
     #[test]

@@ -27,7 +27,7 @@ pub fn backward(g: &Tensor, grad_g: &Tensor) -> Tensor {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::finite_diff::{numerical_gradient, quadratic_loss, rel_error};
+    use crate::finite_diff::{assert_close, numerical_gradient, quadratic_loss};
     use crate::rng::{gaussian, rng};
 
     #[test]
@@ -41,7 +41,7 @@ mod tests {
         let g = forward(&z);
         let gz = backward(&g, &quadratic_loss(&g, &a, &b).1);
         let num = numerical_gradient(|z| quadratic_loss(&forward(z), &a, &b).0, &z, 1e-6);
-        assert!(rel_error(&gz, &num) < 1e-6, "{}", rel_error(&gz, &num));
+        assert_close("input gradient", &gz, &num, 1e-6);
     }
 
     #[test]

@@ -1,6 +1,7 @@
 //! One function per chart kind: the tidy table in, a [`Figure`] out. Replicates are combined
 //! by the geometric mean (ratios live on a log scale).
 
+use crate::schema::{col, Column};
 use std::collections::BTreeMap;
 
 use super::table::{geo_mean, Table, UnitRows};
@@ -15,7 +16,7 @@ const PANELS: (u32, u32) = (1400, 900);
 const MAX_PANELS: usize = 12;
 
 /// `column` per unit for one variant, combined over replicates.
-fn series(t: &Table, units: &UnitRows<'_>, column: &str) -> Vec<(f64, f64)> {
+fn series(t: &Table, units: &UnitRows<'_>, column: Column) -> Vec<(f64, f64)> {
     units
         .iter()
         .filter_map(|(&u, rows)| {
@@ -76,7 +77,13 @@ pub fn figure(kind: ChartKind, t: &Table) -> Figure {
                 .iter()
                 .enumerate()
                 .map(|(i, (v, units))| {
-                    line(v, series(t, units, "grad_ratio"), LineStyle::Solid, i, true)
+                    line(
+                        v,
+                        series(t, units, col::GRAD_RATIO),
+                        LineStyle::Solid,
+                        i,
+                        true,
+                    )
                 })
                 .collect(),
             vec![],
@@ -88,7 +95,13 @@ pub fn figure(kind: ChartKind, t: &Table) -> Figure {
                 .iter()
                 .enumerate()
                 .map(|(i, (v, units))| {
-                    line(v, series(t, units, "act_norm"), LineStyle::Solid, i, true)
+                    line(
+                        v,
+                        series(t, units, col::ACT_NORM),
+                        LineStyle::Solid,
+                        i,
+                        true,
+                    )
                 })
                 .collect(),
             vec![],
@@ -98,14 +111,14 @@ pub fn figure(kind: ChartKind, t: &Table) -> Figure {
             for (i, (v, units)) in variants.iter().enumerate() {
                 lines.push(line(
                     &format!("{v} measured"),
-                    series(t, units, "direct_ratio"),
+                    series(t, units, col::DIRECT_RATIO),
                     LineStyle::Points,
                     i,
                     true,
                 ));
                 lines.push(line(
                     "prod λ (Eq. 8)",
-                    series(t, units, "predicted_direct_ratio"),
+                    series(t, units, col::PREDICTED_DIRECT_RATIO),
                     LineStyle::Dashed,
                     i,
                     i == 0,
@@ -133,21 +146,21 @@ pub fn figure(kind: ChartKind, t: &Table) -> Figure {
                     lines: vec![
                         line(
                             "‖D_l‖ (direct)",
-                            series(t, units, "direct_norm"),
+                            series(t, units, col::DIRECT_NORM),
                             LineStyle::Solid,
                             0,
                             true,
                         ),
                         line(
                             "‖∂E/∂x_l − D_l‖ (rest)",
-                            series(t, units, "rest_norm"),
+                            series(t, units, col::REST_NORM),
                             LineStyle::Solid,
                             1,
                             true,
                         ),
                         line(
                             "‖∂E/∂x_l‖",
-                            series(t, units, "grad_norm"),
+                            series(t, units, col::GRAD_NORM),
                             LineStyle::Dashed,
                             7,
                             true,
@@ -171,22 +184,22 @@ pub fn figure(kind: ChartKind, t: &Table) -> Figure {
                     lines: vec![
                         line(
                             "median",
-                            series(t, units, "sample_ratio_median"),
+                            series(t, units, col::SAMPLE_RATIO_MEDIAN),
                             LineStyle::Solid,
                             i,
                             true,
                         ),
                         line(
                             "min",
-                            series(t, units, "sample_ratio_min"),
+                            series(t, units, col::SAMPLE_RATIO_MIN),
                             LineStyle::Dashed,
                             i,
                             true,
                         ),
                     ],
                     bands: vec![Band {
-                        lower: series(t, units, "sample_ratio_min"),
-                        upper: series(t, units, "sample_ratio_max"),
+                        lower: series(t, units, col::SAMPLE_RATIO_MIN),
+                        upper: series(t, units, col::SAMPLE_RATIO_MAX),
                         color: i,
                     }],
                     ..Default::default()
@@ -201,18 +214,18 @@ pub fn figure(kind: ChartKind, t: &Table) -> Figure {
                 .map(|(v, units)| {
                     let mut lines = vec![line(
                         "Eq. 5/8 additive backward",
-                        series(t, units, "additive_backward_error"),
+                        series(t, units, col::ADDITIVE_BACKWARD_ERROR),
                         LineStyle::Solid,
                         0,
                         true,
                     )];
-                    if t.has("forward_sum_error") {
-                        let fwd = series(t, units, "forward_sum_error");
+                    if t.has(col::FORWARD_SUM_ERROR) {
+                        let fwd = series(t, units, col::FORWARD_SUM_ERROR);
                         if !fwd.is_empty() {
                             lines.push(line("Eq. 4/7 forward sum", fwd, LineStyle::Solid, 1, true));
                             lines.push(line(
                                 "direct ratio vs prod λ",
-                                series(t, units, "prod_lambda_error"),
+                                series(t, units, col::PROD_LAMBDA_ERROR),
                                 LineStyle::Points,
                                 2,
                                 true,
@@ -245,7 +258,7 @@ fn mean(v: &[f64]) -> f64 {
 type EpochRows<'a> = BTreeMap<usize, Vec<&'a Vec<String>>>;
 
 fn by_variant_replicate(t: &Table) -> Vec<(String, Vec<EpochRows<'_>>)> {
-    t.by_variant_on("replicate")
+    t.by_variant_on(col::REPLICATE)
         .into_iter()
         .map(|(v, reps)| {
             let per_rep = reps
@@ -253,13 +266,13 @@ fn by_variant_replicate(t: &Table) -> Vec<(String, Vec<EpochRows<'_>>)> {
                 .map(|rows| {
                     let mut epochs: EpochRows = BTreeMap::new();
                     for r in rows {
-                        if let Some(e) = t.f(r, "epoch") {
+                        if let Some(e) = t.f(r, col::EPOCH) {
                             epochs.entry(e as usize).or_default().push(r);
                         }
                     }
                     // Only completed epochs: a run that diverged mid-epoch would stretch the
                     // axis over astronomically large, meaningless losses.
-                    epochs.retain(|_, rows| rows.iter().any(|r| t.f(r, "test_error").is_some()));
+                    epochs.retain(|_, rows| rows.iter().any(|r| t.f(r, col::TEST_ERROR).is_some()));
                     epochs
                 })
                 .collect();
@@ -275,7 +288,7 @@ fn epoch_curve(t: &Table, epochs: &EpochRows<'_>, value: EpochValue) -> Vec<(f64
         .filter_map(|rows| {
             let end = rows
                 .iter()
-                .filter_map(|r| t.f(r, "step"))
+                .filter_map(|r| t.f(r, col::STEP))
                 .fold(0.0, f64::max)
                 + 1.0;
             value(rows).map(|v| (end, v))
@@ -348,16 +361,16 @@ fn replicate_panels(
     (panels, notes)
 }
 
-fn epoch_mean(t: &Table, rows: &[&Vec<String>], col: &str) -> Option<f64> {
-    let v: Vec<f64> = rows.iter().filter_map(|r| t.f(r, col)).collect();
+fn epoch_mean(t: &Table, rows: &[&Vec<String>], column: Column) -> Option<f64> {
+    let v: Vec<f64> = rows.iter().filter_map(|r| t.f(r, column)).collect();
     (!v.is_empty()).then(|| mean(&v))
 }
 
 /// Training loss (mean over each epoch's steps) and test error at epoch ends: every replicate
 /// thin, the median over replicates thick.
 fn train_curves(t: &Table) -> Figure {
-    let loss = |rows: &[&Vec<String>]| epoch_mean(t, rows, "train_loss");
-    let err = |rows: &[&Vec<String>]| epoch_mean(t, rows, "test_error").map(|e| 100.0 * e);
+    let loss = |rows: &[&Vec<String>]| epoch_mean(t, rows, col::TRAIN_LOSS);
+    let err = |rows: &[&Vec<String>]| epoch_mean(t, rows, col::TEST_ERROR).map(|e| 100.0 * e);
     let (panels, notes) = replicate_panels(
         t,
         &[
@@ -389,11 +402,11 @@ fn train_curves(t: &Table) -> Figure {
 /// Test minus training loss and error at each epoch's end (training numbers on the fixed
 /// training images, evaluation mode): every replicate thin, the median thick.
 fn generalisation(t: &Table) -> Figure {
-    let gap = |rows: &[&Vec<String>], test: &str, train: &str, scale: f64| {
+    let gap = |rows: &[&Vec<String>], test: Column, train: Column, scale: f64| {
         Some(scale * (epoch_mean(t, rows, test)? - epoch_mean(t, rows, train)?))
     };
-    let loss = |rows: &[&Vec<String>]| gap(rows, "test_loss", "train_eval_loss", 1.0);
-    let err = |rows: &[&Vec<String>]| gap(rows, "test_error", "train_eval_error", 100.0);
+    let loss = |rows: &[&Vec<String>]| gap(rows, col::TEST_LOSS, col::TRAIN_EVAL_LOSS, 1.0);
+    let err = |rows: &[&Vec<String>]| gap(rows, col::TEST_ERROR, col::TRAIN_EVAL_ERROR, 100.0);
     let (panels, mut notes) = replicate_panels(
         t,
         &[
@@ -426,7 +439,10 @@ fn generalisation(t: &Table) -> Figure {
 fn weight_inputs(t: &Table) -> Figure {
     let mut keys: Vec<(String, String)> = Vec::new();
     for r in &t.rows {
-        let k = (t.get(r, "when").to_string(), t.get(r, "layer").to_string());
+        let k = (
+            t.get(r, col::WHEN).to_string(),
+            t.get(r, col::LAYER).to_string(),
+        );
         // Branch layers only: projections and gates exist at a few units.
         if k.1.starts_with('w') && !keys.contains(&k) {
             keys.push(k);
@@ -446,8 +462,10 @@ fn weight_inputs(t: &Table) -> Figure {
                         .filter_map(|(&u, rows)| {
                             let vals: Vec<f64> = rows
                                 .iter()
-                                .filter(|r| t.get(r, "when") == when && t.get(r, "layer") == layer)
-                                .filter_map(|r| t.f(r, "var"))
+                                .filter(|r| {
+                                    t.get(r, col::WHEN) == when && t.get(r, col::LAYER) == layer
+                                })
+                                .filter_map(|r| t.f(r, col::VAR))
                                 .collect();
                             crate::stats::median(&vals).map(|m| (u as f64, m))
                         })
@@ -480,7 +498,7 @@ fn weight_inputs(t: &Table) -> Figure {
 fn grad_heatmap(t: &Table) -> Figure {
     let name = t.experiment().to_string();
     let panels = t
-        .by_variant_on("step")
+        .by_variant_on(col::STEP)
         .into_iter()
         .take(MAX_PANELS)
         .map(|(v, steps)| {
@@ -488,7 +506,7 @@ fn grad_heatmap(t: &Table) -> Figure {
             let max_unit = steps
                 .values()
                 .flatten()
-                .filter_map(|r| t.f(r, "unit"))
+                .filter_map(|r| t.f(r, col::UNIT))
                 .fold(0.0, f64::max) as usize;
             let ys: Vec<f64> = (0..=max_unit).map(|u| u as f64).collect();
             let mut z = vec![vec![f64::NAN; xs.len()]; ys.len()];
@@ -496,8 +514,8 @@ fn grad_heatmap(t: &Table) -> Figure {
                 for (u, z_row) in z.iter_mut().enumerate() {
                     let vals: Vec<f64> = rows
                         .iter()
-                        .filter(|r| t.f(r, "unit") == Some(u as f64))
-                        .filter_map(|r| t.f(r, "grad_norm"))
+                        .filter(|r| t.f(r, col::UNIT) == Some(u as f64))
+                        .filter_map(|r| t.f(r, col::GRAD_NORM))
                         .collect();
                     if !vals.is_empty() {
                         z_row[i] = geo_mean(&vals).log10();
@@ -526,7 +544,7 @@ fn grad_heatmap(t: &Table) -> Figure {
 fn grad_ratio_steps(t: &Table) -> Figure {
     let name = t.experiment().to_string();
     let panels = t
-        .by_variant_on("step")
+        .by_variant_on(col::STEP)
         .into_iter()
         .take(MAX_PANELS)
         .map(|(v, steps)| {
@@ -539,7 +557,7 @@ fn grad_ratio_steps(t: &Table) -> Figure {
                     let mut by_unit: std::collections::BTreeMap<usize, Vec<f64>> =
                         Default::default();
                     for r in &steps[s] {
-                        if let (Some(u), Some(g)) = (t.f(r, "unit"), t.f(r, "grad_ratio")) {
+                        if let (Some(u), Some(g)) = (t.f(r, col::UNIT), t.f(r, col::GRAD_RATIO)) {
                             by_unit.entry(u as usize).or_default().push(g);
                         }
                     }

@@ -1,6 +1,7 @@
 //! `plots/README.md`, generated from the experiments' CSV: for each experiment the claim, its
 //! charts, and numbers measured in this run. Never edited by hand, so it stays true.
 
+use crate::schema::{col, Column};
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 
@@ -73,8 +74,8 @@ fn num(v: f64) -> String {
     }
 }
 
-fn at_unit(t: &Table, rows: &[&Vec<String>], col: &str) -> Option<f64> {
-    let vals: Vec<f64> = rows.iter().filter_map(|r| t.f(r, col)).collect();
+fn at_unit(t: &Table, rows: &[&Vec<String>], column: Column) -> Option<f64> {
+    let vals: Vec<f64> = rows.iter().filter_map(|r| t.f(r, column)).collect();
     (!vals.is_empty()).then(|| geo_mean(&vals))
 }
 
@@ -85,7 +86,7 @@ fn first_in_stage(t: &Table, units: &UnitRows<'_>) -> Option<usize> {
         .iter()
         .find(|(&u, rows)| {
             rows.iter()
-                .any(|r| t.f(r, "direct_top").is_some_and(|top| top as usize > u))
+                .any(|r| t.f(r, col::DIRECT_TOP).is_some_and(|top| top as usize > u))
         })
         .map(|(&u, _)| u)
 }
@@ -98,14 +99,14 @@ fn summary(t: &Table) -> String {
     for (v, units) in t.by_variant() {
         let first = units.values().next().unwrap();
         let l0 = first_in_stage(t, &units);
-        let at_l0 = |col: &str| {
-            l0.and_then(|l| at_unit(t, &units[&l], col))
+        let at_l0 = |column: Column| {
+            l0.and_then(|l| at_unit(t, &units[&l], column))
                 .map_or("-".into(), num)
         };
         let min_sample = units
             .values()
             .flatten()
-            .filter_map(|r| t.f(r, "sample_ratio_min"))
+            .filter_map(|r| t.f(r, col::SAMPLE_RATIO_MIN))
             .fold(f64::INFINITY, |a, b| {
                 if a.is_nan() || b.is_nan() {
                     f64::NAN
@@ -116,7 +117,7 @@ fn summary(t: &Table) -> String {
         let max_act = units
             .values()
             .flatten()
-            .filter_map(|r| t.f(r, "act_norm"))
+            .filter_map(|r| t.f(r, col::ACT_NORM))
             .fold(0.0, |a: f64, b| {
                 if a.is_nan() || b.is_nan() {
                     f64::NAN
@@ -127,10 +128,10 @@ fn summary(t: &Table) -> String {
         let _ = writeln!(
             s,
             "| {v} | {} | {} | {} | {} | {} | {} |",
-            at_unit(t, first, "grad_ratio").map_or("-".into(), num),
+            at_unit(t, first, col::GRAD_RATIO).map_or("-".into(), num),
             l0.map_or("-".into(), |l| l.to_string()),
-            at_l0("direct_ratio"),
-            at_l0("predicted_direct_ratio"),
+            at_l0(col::DIRECT_RATIO),
+            at_l0(col::PREDICTED_DIRECT_RATIO),
             num(min_sample),
             num(max_act),
         );
@@ -141,16 +142,16 @@ fn summary(t: &Table) -> String {
 
 /// Largest verification errors per variant, when the table has them.
 fn verification(t: &Table) -> Option<String> {
-    if !t.has("additive_backward_error") {
+    if !t.has(col::ADDITIVE_BACKWARD_ERROR) {
         return None;
     }
     let mut s = String::from("| variant | largest Eq. 5/8 error | largest Eq. 4/7 error | largest prod λ error |\n|---|---|---|---|\n");
     for (v, units) in t.by_variant() {
-        let worst = |col: &str| {
+        let worst = |column: Column| {
             let vals: Vec<f64> = units
                 .values()
                 .flatten()
-                .filter_map(|r| t.f(r, col))
+                .filter_map(|r| t.f(r, column))
                 .collect();
             if vals.is_empty() {
                 "n/a".to_string()
@@ -167,9 +168,9 @@ fn verification(t: &Table) -> Option<String> {
         let _ = writeln!(
             s,
             "| {v} | {} | {} | {} |",
-            worst("additive_backward_error"),
-            worst("forward_sum_error"),
-            worst("prod_lambda_error")
+            worst(col::ADDITIVE_BACKWARD_ERROR),
+            worst(col::FORWARD_SUM_ERROR),
+            worst(col::PROD_LAMBDA_ERROR)
         );
     }
     Some(s)
@@ -206,7 +207,7 @@ pub fn render(entries: &[Entry]) -> String {
                 .table
                 .rows
                 .iter()
-                .map(|r| e.table.get(r, "cell"))
+                .map(|r| e.table.get(r, col::CELL))
                 .collect::<std::collections::BTreeSet<_>>()
                 .len();
             let _ = if e.computed == cells {

@@ -5,6 +5,9 @@ use std::path::Path;
 
 use anyhow::{anyhow, bail, Context, Result};
 
+use crate::schema::col::*;
+use crate::schema::Column;
+
 /// One variant's rows, grouped by unit (one row per replicate).
 pub type UnitRows<'a> = BTreeMap<usize, Vec<&'a Vec<String>>>;
 
@@ -13,7 +16,7 @@ pub struct Table {
     pub header: Vec<String>,
     pub rows: Vec<Vec<String>>,
     /// The key columns that label a variant (see [`Table::variant`]), found once.
-    varying: Vec<&'static str>,
+    varying: Vec<Column>,
 }
 
 /// A float field; empty is `None`, `inf`/`NaN` parse as such.
@@ -36,15 +39,8 @@ impl Table {
             .collect::<Result<Vec<Vec<String>>, _>>()
             .with_context(|| format!("malformed CSV '{}'", path.display()))?;
         let t = Table::new(header, rows);
-        for col in [
-            "experiment",
-            "cell",
-            "placement",
-            "shortcut",
-            "net",
-            "replicate",
-        ] {
-            t.col(col).map_err(|e| {
+        for column in [EXPERIMENT, CELL, PLACEMENT, SHORTCUT, NET, REPLICATE] {
+            t.col(column).map_err(|e| {
                 anyhow!("'{}' is not a resprop experiment CSV: {e}", path.display())
             })?;
         }
@@ -65,38 +61,38 @@ impl Table {
         t
     }
 
-    pub fn col(&self, name: &str) -> Result<usize> {
+    pub fn col(&self, name: Column) -> Result<usize> {
         self.header
             .iter()
-            .position(|h| h == name)
+            .position(|h| h == name.name())
             .ok_or_else(|| anyhow!("column '{name}' missing"))
     }
 
-    pub fn has(&self, name: &str) -> bool {
-        self.header.iter().any(|h| h == name)
+    pub fn has(&self, name: Column) -> bool {
+        self.header.iter().any(|h| h == name.name())
     }
 
-    pub fn get<'a>(&self, row: &'a [String], name: &str) -> &'a str {
+    pub fn get<'a>(&self, row: &'a [String], name: Column) -> &'a str {
         &row[self.col(name).expect("column checked by caller")]
     }
 
-    pub fn f(&self, row: &[String], name: &str) -> Option<f64> {
+    pub fn f(&self, row: &[String], name: Column) -> Option<f64> {
         parse_f64(self.get(row, name))
     }
 
     /// The experiment's name (first row).
     pub fn experiment(&self) -> &str {
-        self.get(&self.rows[0], "experiment")
+        self.get(&self.rows[0], EXPERIMENT)
     }
 
     /// The key columns that differ across the table (net, placement, shortcut, projection,
     /// units), in that order. The projection counts only where it varies on its own: a grid of
     /// placements that each get their own convention is labelled by the placement alone.
-    fn varying_columns(&self) -> Vec<&'static str> {
+    fn varying_columns(&self) -> Vec<Column> {
         if self.rows.is_empty() {
             return Vec::new();
         }
-        let varies = |c: &str| {
+        let varies = |c: Column| {
             self.has(c)
                 && self
                     .rows
@@ -104,23 +100,23 @@ impl Table {
                     .any(|r| self.get(r, c) != self.get(&self.rows[0], c))
         };
         let others = |r: &[String]| -> Vec<String> {
-            ["net", "placement", "shortcut", "units"]
-                .iter()
-                .filter(|c| self.has(c))
+            [NET, PLACEMENT, SHORTCUT, UNITS]
+                .into_iter()
+                .filter(|&c| self.has(c))
                 .map(|c| self.get(r, c).to_string())
                 .collect()
         };
-        let projection_on_its_own = varies("projection") && {
+        let projection_on_its_own = varies(PROJECTION) && {
             let mut seen: BTreeMap<Vec<String>, &str> = BTreeMap::new();
             self.rows.iter().any(|r| {
-                let p = self.get(r, "projection");
+                let p = self.get(r, PROJECTION);
                 *seen.entry(others(r)).or_insert(p) != p
             })
         };
-        ["net", "placement", "shortcut", "projection", "units"]
+        [NET, PLACEMENT, SHORTCUT, PROJECTION, UNITS]
             .into_iter()
-            .filter(|c| {
-                if *c == "projection" {
+            .filter(|&c| {
+                if c == PROJECTION {
                     projection_on_its_own
                 } else {
                     varies(c)
@@ -132,18 +128,14 @@ impl Table {
     /// Variant label of a row: its values in the key columns that differ across the table.
     pub fn variant(&self, row: &[String]) -> String {
         if self.varying.is_empty() {
-            return format!(
-                "{} {}",
-                self.get(row, "placement"),
-                self.get(row, "shortcut")
-            );
+            return format!("{} {}", self.get(row, PLACEMENT), self.get(row, SHORTCUT));
         }
         self.varying
             .iter()
-            .map(|c| {
-                if *c == "units" {
+            .map(|&c| {
+                if c == UNITS {
                     format!("L={}", self.get(row, c))
-                } else if *c == "projection" {
+                } else if c == PROJECTION {
                     format!("projection {}", self.get(row, c))
                 } else {
                     self.get(row, c).to_string()
@@ -156,13 +148,13 @@ impl Table {
     /// Variants in first-appearance order, each with its rows grouped by unit (one row per
     /// replicate).
     pub fn by_variant(&self) -> Vec<(String, UnitRows<'_>)> {
-        self.by_variant_on("unit")
+        self.by_variant_on(UNIT)
     }
 
     /// Variants in first-appearance order, each with its rows grouped by an integer column
     /// (`unit`, `step`, `epoch`; 0 where the column is missing).
-    pub fn by_variant_on(&self, col: &str) -> Vec<(String, UnitRows<'_>)> {
-        let key_col = self.col(col).ok();
+    pub fn by_variant_on(&self, column: Column) -> Vec<(String, UnitRows<'_>)> {
+        let key_col = self.col(column).ok();
         let mut order: Vec<String> = Vec::new();
         let mut groups: BTreeMap<String, UnitRows<'_>> = BTreeMap::new();
         for row in &self.rows {

@@ -3,6 +3,7 @@
 //! with the paper's ordering by a rank test. The report's training sections are rendered
 //! from these, so every sentence follows from the numbers it prints.
 
+use crate::schema::{col, Column};
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 
@@ -106,7 +107,7 @@ pub fn variant_stats(t: &Table) -> Vec<VariantStats> {
     let planned = t
         .rows
         .iter()
-        .filter_map(|r| t.f(r, "epoch"))
+        .filter_map(|r| t.f(r, col::EPOCH))
         .fold(0.0, f64::max);
     let mut order: Vec<String> = Vec::new();
     let mut groups: BTreeMap<String, BTreeMap<u64, Vec<&Vec<String>>>> = BTreeMap::new();
@@ -115,7 +116,7 @@ pub fn variant_stats(t: &Table) -> Vec<VariantStats> {
         if !groups.contains_key(&v) {
             order.push(v.clone());
         }
-        let rep = t.get(r, "replicate").parse().unwrap_or(0);
+        let rep = t.get(r, col::REPLICATE).parse().unwrap_or(0);
         groups.entry(v).or_default().entry(rep).or_default().push(r);
     }
     let mean = |v: &[f64]| (!v.is_empty()).then(|| v.iter().sum::<f64>() / v.len() as f64);
@@ -127,41 +128,42 @@ pub fn variant_stats(t: &Table) -> Vec<VariantStats> {
                 .map(|(rep, rows)| {
                     let last_epoch = rows
                         .iter()
-                        .filter_map(|r| t.f(r, "epoch"))
+                        .filter_map(|r| t.f(r, col::EPOCH))
                         .fold(0.0, f64::max);
                     let ended: Vec<&&Vec<String>> = rows
                         .iter()
-                        .filter(|r| t.f(r, "test_error").is_some())
+                        .filter(|r| t.f(r, col::TEST_ERROR).is_some())
                         .collect();
                     let end = ended
                         .iter()
-                        .rfind(|r| t.f(r, "epoch") == Some(planned))
+                        .rfind(|r| t.f(r, col::EPOCH) == Some(planned))
                         .filter(|_| last_epoch == planned);
                     // The last completed epoch's batch losses.
-                    let done_epoch = ended.last().and_then(|r| t.f(r, "epoch"));
+                    let done_epoch = ended.last().and_then(|r| t.f(r, col::EPOCH));
                     let losses: Vec<f64> = rows
                         .iter()
-                        .filter(|r| done_epoch.is_some() && t.f(r, "epoch") == done_epoch)
-                        .filter_map(|r| t.f(r, "train_loss"))
+                        .filter(|r| done_epoch.is_some() && t.f(r, col::EPOCH) == done_epoch)
+                        .filter_map(|r| t.f(r, col::TRAIN_LOSS))
                         .collect();
-                    let opt_col = |col: &str| {
-                        if t.has(col) {
-                            end.and_then(|r| t.f(r, col))
+                    let opt_col = |column: Column| {
+                        if t.has(column) {
+                            end.and_then(|r| t.f(r, column))
                         } else {
                             None
                         }
                     };
-                    let train_eval = opt_col("train_eval_loss").zip(opt_col("train_eval_error"));
+                    let train_eval =
+                        opt_col(col::TRAIN_EVAL_LOSS).zip(opt_col(col::TRAIN_EVAL_ERROR));
                     let diverged_at = end.is_none().then(|| {
                         rows.iter()
-                            .filter_map(|r| t.f(r, "step"))
+                            .filter_map(|r| t.f(r, col::STEP))
                             .fold(0.0, f64::max) as usize
                             + 1
                     });
                     Outcome {
                         replicate: rep.to_string(),
-                        test_error: end.and_then(|r| t.f(r, "test_error")),
-                        test_loss: end.and_then(|r| t.f(r, "test_loss")),
+                        test_error: end.and_then(|r| t.f(r, col::TEST_ERROR)),
+                        test_loss: end.and_then(|r| t.f(r, col::TEST_LOSS)),
                         train_loss: end.and(mean(&losses)),
                         train_eval,
                         diverged_at,
@@ -182,7 +184,7 @@ pub fn attach_initial_gradients(stats: &mut [VariantStats], grads: &Table) {
     let first = grads
         .rows
         .iter()
-        .filter_map(|r| grads.f(r, "step"))
+        .filter_map(|r| grads.f(r, col::STEP))
         .fold(f64::INFINITY, f64::min);
     for v in stats.iter_mut() {
         let ratios: Vec<f64> = grads
@@ -190,10 +192,10 @@ pub fn attach_initial_gradients(stats: &mut [VariantStats], grads: &Table) {
             .iter()
             .filter(|r| {
                 grads.variant(r) == v.variant
-                    && grads.f(r, "step") == Some(first)
-                    && grads.f(r, "unit") == Some(0.0)
+                    && grads.f(r, col::STEP) == Some(first)
+                    && grads.f(r, col::UNIT) == Some(0.0)
             })
-            .filter_map(|r| grads.f(r, "grad_ratio"))
+            .filter_map(|r| grads.f(r, col::GRAD_RATIO))
             .collect();
         v.initial_grad_ratio = median(&ratios);
     }
@@ -513,14 +515,14 @@ pub fn signal_table(t: &Table) -> String {
     for r in &t.rows {
         let key = (
             t.variant(r),
-            t.get(r, "when").to_string(),
-            t.get(r, "layer").to_string(),
+            t.get(r, col::WHEN).to_string(),
+            t.get(r, col::LAYER).to_string(),
         );
         if !vals.contains_key(&key) {
             order.push(key.clone());
         }
         let e = vals.entry(key).or_default();
-        if let (Some(m), Some(v)) = (t.f(r, "mean"), t.f(r, "var")) {
+        if let (Some(m), Some(v)) = (t.f(r, col::MEAN), t.f(r, col::VAR)) {
             e.0.push(m);
             e.1.push(v);
         }

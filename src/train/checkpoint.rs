@@ -13,53 +13,39 @@ use anyhow::{anyhow, bail, Context, Result};
 use ndarray::{Array1, Array2, ArrayD};
 use ndarray_npy::{NpzReader, NpzWriter};
 
-use super::{GradRow, History, Resume, Sgd, SignalRow, StepRow};
+use super::{History, Resume, Sgd, SignalRow};
 use crate::net::Network;
+use crate::schema::NumericRow;
 
 pub const FILE: &str = "checkpoint.npz";
 
-fn steps_array(h: &History) -> Array2<f64> {
-    let mut a = Array2::from_elem((h.steps.len(), 9), f64::NAN);
-    for (i, r) in h.steps.iter().enumerate() {
-        let (tl, te) = r.test.unwrap_or((f64::NAN, f64::NAN));
-        let (el, ee) = r.train_eval.unwrap_or((f64::NAN, f64::NAN));
-        for (j, v) in [
-            r.step as f64,
-            r.epoch as f64,
-            r.lr,
-            r.train_loss,
-            r.train_error,
-            tl,
-            te,
-            el,
-            ee,
-        ]
-        .into_iter()
-        .enumerate()
-        {
+/// Numeric rows as an array, one row each, in their schema's column order.
+fn rows_array<R: NumericRow>(rows: &[R]) -> Array2<f64> {
+    let mut a = Array2::from_elem((rows.len(), R::SCHEMA.len()), f64::NAN);
+    for (i, r) in rows.iter().enumerate() {
+        for (j, v) in r.numbers().into_iter().enumerate() {
             a[[i, j]] = v;
         }
     }
     a
 }
 
-fn grads_array(h: &History) -> Array2<f64> {
-    let mut a = Array2::zeros((h.grads.len(), 5));
-    for (i, g) in h.grads.iter().enumerate() {
-        for (j, v) in [
-            g.step as f64,
-            g.unit as f64,
-            g.grad_norm,
-            g.grad_ratio,
-            g.direct_ratio,
-        ]
-        .into_iter()
-        .enumerate()
-        {
-            a[[i, j]] = v;
-        }
+/// The rows an array of [`rows_array`] holds; an array of another width is refused.
+fn rows_from_array<R: NumericRow>(a: &Array2<f64>, path: &Path) -> Result<Vec<R>> {
+    if a.ncols() != R::SCHEMA.len() {
+        bail!(
+            "checkpoint '{}': its {} table has {} columns, this build's has {} ({})",
+            path.display(),
+            R::SCHEMA.name,
+            a.ncols(),
+            R::SCHEMA.len(),
+            R::SCHEMA.names().join(", ")
+        );
     }
-    a
+    Ok(a.rows()
+        .into_iter()
+        .map(|r| R::from_numbers(&r.to_vec()))
+        .collect())
 }
 
 /// The weight-input records as JSON rows `[when, unit, layer, mean, var]` (floats round-trip).
@@ -173,8 +159,10 @@ pub fn save(
             .map_err(err)?;
         npz.add_array("config_json", &Array1::from(serde_json::to_vec(config)?))
             .map_err(err)?;
-        npz.add_array("steps", &steps_array(history)).map_err(err)?;
-        npz.add_array("grads", &grads_array(history)).map_err(err)?;
+        npz.add_array("steps", &rows_array(&history.steps))
+            .map_err(err)?;
+        npz.add_array("grads", &rows_array(&history.grads))
+            .map_err(err)?;
         npz.add_array("signal_json", &Array1::from(signal_json(history)?))
             .map_err(err)?;
         let mut result = Ok(());
@@ -283,30 +271,8 @@ pub fn load(dir: &Path, net: &mut Network, config: &RunConfig) -> Result<Resume>
     let steps: Array2<f64> = npz.by_name("steps").with_context(|| ctx("no steps"))?;
     let grads: Array2<f64> = npz.by_name("grads").with_context(|| ctx("no grads"))?;
     let history = History {
-        steps: steps
-            .rows()
-            .into_iter()
-            .map(|r| StepRow {
-                step: r[0] as usize,
-                epoch: r[1] as usize,
-                lr: r[2],
-                train_loss: r[3],
-                train_error: r[4],
-                test: (!r[5].is_nan()).then_some((r[5], r[6])),
-                train_eval: (!r[7].is_nan()).then_some((r[7], r[8])),
-            })
-            .collect(),
-        grads: grads
-            .rows()
-            .into_iter()
-            .map(|r| GradRow {
-                step: r[0] as usize,
-                unit: r[1] as usize,
-                grad_norm: r[2],
-                grad_ratio: r[3],
-                direct_ratio: r[4],
-            })
-            .collect(),
+        steps: rows_from_array(&steps, &path)?,
+        grads: rows_from_array(&grads, &path)?,
         signal: match npz.by_name::<ndarray::OwnedRepr<u8>, ndarray::Ix1>("signal_json") {
             Ok(bytes) => signal_from_json(bytes.as_slice().unwrap_or(&[]))
                 .with_context(|| ctx("malformed signal_json"))?,

@@ -15,6 +15,7 @@ use crate::grads::Grads;
 use crate::layers::Mode;
 use crate::net::Network;
 use crate::rng::{derive_seed, purpose, rng};
+use crate::schema::{self, NumericRow, Row, Schema};
 use crate::tensor::{all_finite, Tensor};
 use crate::unit::ForwardCtx;
 
@@ -167,24 +168,11 @@ pub struct StepRow {
     pub train_eval: Option<(f64, f64)>,
 }
 
-/// Columns of [`StepRow::csv_fields`].
-pub const TRAIN_COLUMNS: [&str; 9] = [
-    "step",
-    "epoch",
-    "lr",
-    "train_loss",
-    "train_error",
-    "test_loss",
-    "test_error",
-    "train_eval_loss",
-    "train_eval_error",
-];
-/// Columns of [`GradRow::csv_fields`].
-pub const GRAD_COLUMNS: [&str; 5] = ["step", "unit", "grad_norm", "grad_ratio", "direct_ratio"];
+impl Row for StepRow {
+    const SCHEMA: &'static Schema = &schema::STEPS;
 
-impl StepRow {
-    /// The row as CSV fields (test numbers empty except at epoch ends).
-    pub fn csv_fields(&self) -> Vec<String> {
+    /// Test numbers are empty except at epoch ends.
+    fn fields(&self) -> Vec<String> {
         let opt = |x: Option<f64>| x.map(fmt_f64).unwrap_or_default();
         vec![
             self.step.to_string(),
@@ -200,9 +188,6 @@ impl StepRow {
     }
 }
 
-/// Columns of [`SignalRow::csv_fields`].
-pub const SIGNAL_COLUMNS: [&str; 5] = ["when", "unit", "layer", "mean", "var"];
-
 /// One weight layer's input statistics at the start (`init`) or end (`trained`) of a run.
 #[derive(Debug, Clone, PartialEq)]
 pub struct SignalRow {
@@ -210,8 +195,10 @@ pub struct SignalRow {
     pub input: crate::analysis::signal::WeightInput,
 }
 
-impl SignalRow {
-    pub fn csv_fields(&self) -> Vec<String> {
+impl Row for SignalRow {
+    const SCHEMA: &'static Schema = &schema::SIGNAL;
+
+    fn fields(&self) -> Vec<String> {
         vec![
             self.when.to_string(),
             self.input.unit.to_string(),
@@ -222,8 +209,63 @@ impl SignalRow {
     }
 }
 
-impl GradRow {
-    pub fn csv_fields(&self) -> Vec<String> {
+/// `NaN` stands for an empty field (a step without test numbers).
+impl NumericRow for StepRow {
+    fn numbers(&self) -> Vec<f64> {
+        let (tl, te) = self.test.unwrap_or((f64::NAN, f64::NAN));
+        let (el, ee) = self.train_eval.unwrap_or((f64::NAN, f64::NAN));
+        vec![
+            self.step as f64,
+            self.epoch as f64,
+            self.lr,
+            self.train_loss,
+            self.train_error,
+            tl,
+            te,
+            el,
+            ee,
+        ]
+    }
+
+    fn from_numbers(r: &[f64]) -> StepRow {
+        StepRow {
+            step: r[0] as usize,
+            epoch: r[1] as usize,
+            lr: r[2],
+            train_loss: r[3],
+            train_error: r[4],
+            test: (!r[5].is_nan()).then_some((r[5], r[6])),
+            train_eval: (!r[7].is_nan()).then_some((r[7], r[8])),
+        }
+    }
+}
+
+impl NumericRow for GradRow {
+    fn numbers(&self) -> Vec<f64> {
+        vec![
+            self.step as f64,
+            self.unit as f64,
+            self.grad_norm,
+            self.grad_ratio,
+            self.direct_ratio,
+        ]
+    }
+
+    fn from_numbers(r: &[f64]) -> GradRow {
+        GradRow {
+            step: r[0] as usize,
+            unit: r[1] as usize,
+            grad_norm: r[2],
+            grad_ratio: r[3],
+            direct_ratio: r[4],
+        }
+    }
+}
+
+impl Row for GradRow {
+    const SCHEMA: &'static Schema = &schema::GRADS;
+
+    fn fields(&self) -> Vec<String> {
         vec![
             self.step.to_string(),
             self.unit.to_string(),

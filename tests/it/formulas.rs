@@ -359,7 +359,7 @@ fn overflow_is_reported_with_first_unit() {
     let act = profile
         .nonfinite
         .iter()
-        .find(|n| n.column == "act_norm")
+        .find(|n| n.column == resprop::schema::col::ACT_NORM)
         .expect("act_norm overflow reported");
     // ||x_l|| ~ 2^l: f64 overflows past 2^1024.
     assert!(

@@ -1,0 +1,245 @@
+//! Every table resprop writes, its columns, in one place. The CSV writers, the experiment
+//! runner, the checkpoints' history arrays and the charts name a column through the
+//! constants of [`col`], and a row type says which [`Schema`] it fills ([`Row`]); a column
+//! renamed here is renamed everywhere, and one spelled wrong does not compile. What each
+//! column means, with units and formulas, is in `docs/formats.md`.
+
+use anyhow::Result;
+
+/// A column of a table, by name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Column(&'static str);
+
+impl Column {
+    pub const fn name(self) -> &'static str {
+        self.0
+    }
+}
+
+impl std::fmt::Display for Column {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.0)
+    }
+}
+
+/// The columns, one constant each. A name shared by two tables means the same quantity in
+/// both (`grad_norm` is `||dE/dx_l||` in a profile and in training's gradient record).
+pub mod col {
+    use super::Column;
+
+    macro_rules! columns {
+        ($($(#[$doc:meta])* $id:ident = $name:literal;)*) => {
+            $($(#[$doc])* pub const $id: Column = Column($name);)*
+        };
+    }
+
+    columns! {
+        // Keys: which cell of which experiment a row belongs to.
+        EXPERIMENT = "experiment";
+        CELL = "cell";
+        NET = "net";
+        PLACEMENT = "placement";
+        SHORTCUT = "shortcut";
+        PROJECTION = "projection";
+        /// Residual units of the network (MLP depth; a ResNet's count).
+        UNITS = "units";
+        REPLICATE = "replicate";
+
+        // The per-unit record of a gradient profile.
+        /// `l`, the unit whose input `x_l` the row describes (row `L`: the head's input).
+        UNIT = "unit";
+        STAGE = "stage";
+        /// The unit where the row's direct part starts (L for the MLP).
+        DIRECT_TOP = "direct_top";
+        SHAPE_CHANGE = "shape_change";
+        ACT_NORM = "act_norm";
+        BRANCH_NORM = "branch_norm";
+        GRAD_NORM = "grad_norm";
+        DIRECT_NORM = "direct_norm";
+        REST_NORM = "rest_norm";
+        GRAD_RATIO = "grad_ratio";
+        DIRECT_RATIO = "direct_ratio";
+        PREDICTED_DIRECT_RATIO = "predicted_direct_ratio";
+        COS_TOP = "cos_top";
+        SAMPLE_RATIO_MIN = "sample_ratio_min";
+        SAMPLE_RATIO_MEDIAN = "sample_ratio_median";
+        SAMPLE_RATIO_MAX = "sample_ratio_max";
+
+        // A verification experiment's checks, per unit.
+        FORWARD_SUM_ERROR = "forward_sum_error";
+        ADDITIVE_BACKWARD_ERROR = "additive_backward_error";
+        PROD_LAMBDA_ERROR = "prod_lambda_error";
+
+        // Training, per step.
+        STEP = "step";
+        EPOCH = "epoch";
+        LR = "lr";
+        TRAIN_LOSS = "train_loss";
+        TRAIN_ERROR = "train_error";
+        TEST_LOSS = "test_loss";
+        TEST_ERROR = "test_error";
+        TRAIN_EVAL_LOSS = "train_eval_loss";
+        TRAIN_EVAL_ERROR = "train_eval_error";
+
+        // The weight layers' input statistics of a training run.
+        /// `init` or `trained`.
+        WHEN = "when";
+        LAYER = "layer";
+        MEAN = "mean";
+        VAR = "var";
+    }
+}
+
+/// A table's name and its columns, in order.
+#[derive(Debug)]
+pub struct Schema {
+    pub name: &'static str,
+    pub columns: &'static [Column],
+}
+
+impl Schema {
+    pub fn names(&self) -> Vec<&'static str> {
+        self.columns.iter().map(|c| c.name()).collect()
+    }
+
+    pub fn len(&self) -> usize {
+        self.columns.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.columns.is_empty()
+    }
+
+    /// Where `column` sits in a row of this table.
+    pub fn index(&self, column: Column) -> Option<usize> {
+        self.columns.iter().position(|&c| c == column)
+    }
+}
+
+use col::*;
+
+/// The key columns an experiment's tables start with.
+pub const KEYS: Schema = Schema {
+    name: "keys",
+    columns: &[
+        EXPERIMENT, CELL, NET, PLACEMENT, SHORTCUT, PROJECTION, UNITS, REPLICATE,
+    ],
+};
+
+/// One row per unit input `x_l` of a gradient profile.
+pub const PROFILE: Schema = Schema {
+    name: "profile",
+    columns: &[
+        UNIT,
+        STAGE,
+        DIRECT_TOP,
+        SHAPE_CHANGE,
+        ACT_NORM,
+        BRANCH_NORM,
+        GRAD_NORM,
+        DIRECT_NORM,
+        REST_NORM,
+        GRAD_RATIO,
+        DIRECT_RATIO,
+        PREDICTED_DIRECT_RATIO,
+        COS_TOP,
+        SAMPLE_RATIO_MIN,
+        SAMPLE_RATIO_MEDIAN,
+        SAMPLE_RATIO_MAX,
+    ],
+};
+
+/// The checks a verification experiment adds to each profile row.
+pub const VERIFICATION: Schema = Schema {
+    name: "verification",
+    columns: &[
+        FORWARD_SUM_ERROR,
+        ADDITIVE_BACKWARD_ERROR,
+        PROD_LAMBDA_ERROR,
+    ],
+};
+
+/// One row per training step.
+pub const STEPS: Schema = Schema {
+    name: "train",
+    columns: &[
+        STEP,
+        EPOCH,
+        LR,
+        TRAIN_LOSS,
+        TRAIN_ERROR,
+        TEST_LOSS,
+        TEST_ERROR,
+        TRAIN_EVAL_LOSS,
+        TRAIN_EVAL_ERROR,
+    ],
+};
+
+/// One row per (recorded step, unit) of a training run.
+pub const GRADS: Schema = Schema {
+    name: "grads",
+    columns: &[STEP, UNIT, GRAD_NORM, GRAD_RATIO, DIRECT_RATIO],
+};
+
+/// One row per weight layer, at initialisation and after training.
+pub const SIGNAL: Schema = Schema {
+    name: "signal",
+    columns: &[WHEN, UNIT, LAYER, MEAN, VAR],
+};
+
+/// A row of a table: which schema it fills, and its fields in that schema's order.
+pub trait Row {
+    const SCHEMA: &'static Schema;
+    fn fields(&self) -> Vec<String>;
+}
+
+/// A row whose every field is a number, stored as such in checkpoints (`NaN` for an empty
+/// field); `from_numbers` reads back what `numbers` wrote.
+pub trait NumericRow: Row + Sized {
+    fn numbers(&self) -> Vec<f64>;
+    fn from_numbers(v: &[f64]) -> Self;
+}
+
+/// `rows` as CSV bytes: the schema's header, then one line per row, each followed by the
+/// `extra` fields (named in the header after the schema's columns).
+pub fn to_csv<R: Row>(rows: &[R], extra: &[(Column, String)]) -> Result<Vec<u8>> {
+    let mut w = csv::Writer::from_writer(Vec::new());
+    w.write_record(
+        R::SCHEMA
+            .names()
+            .into_iter()
+            .chain(extra.iter().map(|(c, _)| c.name())),
+    )?;
+    for r in rows {
+        let fields = r.fields();
+        debug_assert_eq!(fields.len(), R::SCHEMA.len(), "{}", R::SCHEMA.name);
+        w.write_record(
+            fields
+                .iter()
+                .map(String::as_str)
+                .chain(extra.iter().map(|(_, v)| v.as_str())),
+        )?;
+    }
+    w.into_inner().map_err(|e| anyhow::anyhow!("csv: {e}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// No table names a column twice; the keys and a table's own columns never collide
+    /// (an experiment's tables are the keys followed by the table).
+    #[test]
+    fn columns_are_unique_within_each_table() {
+        for s in [&PROFILE, &VERIFICATION, &STEPS, &GRADS, &SIGNAL] {
+            let mut names = KEYS.names();
+            names.extend(s.names());
+            let mut sorted = names.clone();
+            sorted.sort();
+            sorted.dedup();
+            assert_eq!(sorted.len(), names.len(), "{}: {names:?}", s.name);
+        }
+        assert_eq!(STEPS.index(TEST_ERROR), Some(6));
+        assert_eq!(GRADS.index(TEST_ERROR), None);
+    }
+}
