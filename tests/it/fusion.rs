@@ -160,7 +160,7 @@ fn plain_interpreter_equals_the_fused_resnet_for_every_placement_shortcut_and_pr
     for block in ["basic", "bottleneck"] {
         let net_choice: NetChoice = format!("resnet:1:{block}").parse().unwrap();
         for placement in Placement::ALL {
-            for sc in ["identity", "gate:-2", "scale:0.5:0.5", "dropout:0.3"] {
+            for sc in SHORTCUTS {
                 for projection in Projection::ALL {
                     let shortcut: ShortcutKind = sc.parse().unwrap();
                     let net = build_net(
