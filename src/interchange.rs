@@ -78,6 +78,12 @@ fn op_json(op: &Op) -> Value {
             "eps": bn.eps,
             "momentum": bn.momentum,
         }),
+        Op::Norm(Norm::Layer(ln)) => json!({
+            "op": "layernorm",
+            "gamma": format!("{}.gamma", ln.name),
+            "beta": format!("{}.beta", ln.name),
+            "eps": ln.eps,
+        }),
         Op::Conv(c) => json!({
             "op": "conv2d",
             "w": format!("{}.w", c.name),

@@ -107,6 +107,7 @@ mod tests {
             classes: 4,
             placement,
             shortcut: ShortcutKind::Identity,
+            norm: crate::layers::NormKind::Batch,
             seed: 3,
         })
         .unwrap();

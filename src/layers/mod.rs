@@ -13,6 +13,7 @@ pub mod conv;
 pub mod dense;
 pub mod dense_fused;
 pub mod dropout;
+pub mod layer_norm;
 pub mod loss;
 pub mod norm;
 pub mod pad_shortcut;
@@ -24,6 +25,7 @@ pub mod sigmoid;
 pub use batch_norm::{BatchNorm, BatchNormCache};
 pub use conv::{Conv2d, ConvCache};
 pub use dense::{Dense, DenseCache};
+pub use layer_norm::{LayerNorm, LayerNormCache};
 pub use norm::{Norm, NormCache, NormKind, NormLayer};
 
 /// Whether BatchNorm normalises with batch statistics (training) or running ones (evaluation).

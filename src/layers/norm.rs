@@ -12,6 +12,7 @@ use std::fmt;
 use std::str::FromStr;
 
 use super::batch_norm::{BatchNorm, BatchNormCache};
+use super::layer_norm::{LayerNorm, LayerNormCache};
 use super::Mode;
 use crate::grads::Grads;
 use crate::tensor::Tensor;
@@ -49,21 +50,44 @@ pub enum NormKind {
     /// BatchNorm: statistics over the batch (and the spatial axes), per channel.
     #[default]
     Batch,
+    /// LayerNorm: statistics over each sample's features (C x H x W), per sample.
+    Layer,
+    /// No normalisation: every slot is left out.
+    None,
 }
 
 impl NormKind {
-    pub const ALL: [NormKind; 1] = [NormKind::Batch];
+    /// BatchNorm, the paper's (and the default).
+    pub fn is_batch(&self) -> bool {
+        *self == NormKind::Batch
+    }
+
+    pub const ALL: [NormKind; 3] = [NormKind::Batch, NormKind::Layer, NormKind::None];
 
     pub fn name(self) -> &'static str {
         match self {
             NormKind::Batch => "batch",
+            NormKind::Layer => "layer",
+            NormKind::None => "none",
         }
     }
 
-    /// A fresh layer of this kind over `channels` channels, named `name`.
-    pub fn build(self, name: &str, channels: usize) -> Norm {
+    /// The short name its layers carry in parameter names (`unit3.branch.bn1.gamma`).
+    pub fn short(self) -> &'static str {
         match self {
-            NormKind::Batch => Norm::Batch(BatchNorm::new(name, channels)),
+            NormKind::Batch => "bn",
+            NormKind::Layer => "ln",
+            NormKind::None => "",
+        }
+    }
+
+    /// A fresh layer of this kind over `channels` channels, named `name`; `None` for
+    /// `NormKind::None` (the slot stays empty).
+    pub fn build(self, name: &str, channels: usize) -> Option<Norm> {
+        match self {
+            NormKind::Batch => Some(Norm::Batch(BatchNorm::new(name, channels))),
+            NormKind::Layer => Some(Norm::Layer(LayerNorm::new(name, channels))),
+            NormKind::None => None,
         }
     }
 }
@@ -92,12 +116,14 @@ impl FromStr for NormKind {
 #[derive(Debug, Clone)]
 pub enum Norm {
     Batch(BatchNorm),
+    Layer(LayerNorm),
 }
 
 /// The cache of a [`Norm`]'s forward pass.
 #[derive(Debug, Clone)]
 pub enum NormCache {
     Batch(BatchNormCache),
+    Layer(LayerNormCache),
 }
 
 /// Runs `$e` with `$n` bound to the layer inside a [`Norm`], whatever its kind: the one
@@ -106,6 +132,7 @@ macro_rules! with_layer {
     ($norm:expr, $n:ident => $e:expr) => {
         match $norm {
             Norm::Batch($n) => $e,
+            Norm::Layer($n) => $e,
         }
     };
 }
@@ -114,6 +141,7 @@ impl Norm {
     pub fn kind(&self) -> NormKind {
         match self {
             Norm::Batch(_) => NormKind::Batch,
+            Norm::Layer(_) => NormKind::Layer,
         }
     }
 
@@ -128,18 +156,26 @@ impl Norm {
                 let (y, c) = NormLayer::forward(n, x, mode);
                 (y, NormCache::Batch(c))
             }
+            Norm::Layer(n) => {
+                let (y, c) = NormLayer::forward(n, x, mode);
+                (y, NormCache::Layer(c))
+            }
         }
     }
 
     pub fn backward(&self, cache: &NormCache, grad_y: Tensor, grads: Option<&mut Grads>) -> Tensor {
         match (self, cache) {
             (Norm::Batch(n), NormCache::Batch(c)) => NormLayer::backward(n, c, grad_y, grads),
+            (Norm::Layer(n), NormCache::Layer(c)) => NormLayer::backward(n, c, grad_y, grads),
+            _ => unreachable!("a norm's cache is made by its own forward"),
         }
     }
 
     pub fn update_running_stats(&mut self, cache: &NormCache) {
         match (self, cache) {
             (Norm::Batch(n), NormCache::Batch(c)) => NormLayer::update_running_stats(n, c),
+            (Norm::Layer(n), NormCache::Layer(c)) => NormLayer::update_running_stats(n, c),
+            _ => unreachable!("a norm's cache is made by its own forward"),
         }
     }
 
@@ -182,7 +218,7 @@ mod tests {
 
     #[test]
     fn a_slot_filled_with_batchnorm_is_the_batchnorm_layer() {
-        let norm = NormKind::Batch.build("n", 3);
+        let norm = NormKind::Batch.build("n", 3).unwrap();
         assert_eq!(norm.kind(), NormKind::Batch);
         assert_eq!(norm.label(), "BN");
         let mut names = Vec::new();

@@ -26,6 +26,13 @@ pub struct MlpConfig {
     pub placement: Placement,
     #[serde(serialize_with = "crate::util::serialize_display")]
     pub shortcut: ShortcutKind,
+    /// What fills the placement's normalisation slots (left out of descriptions when it is
+    /// BatchNorm, the paper's).
+    #[serde(
+        serialize_with = "crate::util::serialize_display",
+        skip_serializing_if = "NormKind::is_batch"
+    )]
+    pub norm: NormKind,
     /// Seed of the weight initialisation.
     pub seed: u64,
 }
@@ -48,20 +55,29 @@ impl MlpConfig {
     }
 }
 
-/// Turns a placement recipe into dense-layer ops named `{prefix}.w{i}` / `{prefix}.bn{i}`.
-fn dense_ops(recipe: &[Step], prefix: &str, width: usize, r: &mut ChaCha8Rng) -> Vec<Op> {
+/// Turns a placement recipe into dense-layer ops named `{prefix}.w{i}` / `{prefix}.bn{i}`
+/// (`ln{i}` for LayerNorm); `NormKind::None` leaves the normalisation slots out.
+fn dense_ops(
+    recipe: &[Step],
+    prefix: &str,
+    width: usize,
+    norm: NormKind,
+    r: &mut ChaCha8Rng,
+) -> Vec<Op> {
     recipe
         .iter()
-        .map(|step| match *step {
-            Step::Weight(i) => Op::Dense(Dense::he_fan_out(
+        .filter_map(|step| match *step {
+            Step::Weight(i) => Some(Op::Dense(Dense::he_fan_out(
                 &format!("{prefix}.w{i}"),
                 width,
                 width,
                 None,
                 r,
-            )),
-            Step::Norm(i) => Op::Norm(NormKind::Batch.build(&format!("{prefix}.bn{i}"), width)),
-            Step::Relu => Op::Relu,
+            ))),
+            Step::Norm(i) => norm
+                .build(&format!("{prefix}.{}{i}", norm.short()), width)
+                .map(Op::Norm),
+            Step::Relu => Some(Op::Relu),
         })
         .collect()
 }
@@ -72,6 +88,7 @@ pub fn dense_unit(
     placement: Placement,
     shortcut: ShortcutKind,
     width: usize,
+    norm: NormKind,
     r: &mut ChaCha8Rng,
 ) -> ResidualUnit {
     let name = format!("unit{index}");
@@ -79,12 +96,14 @@ pub fn dense_unit(
         &placement.branch_recipe(2),
         &format!("{name}.branch"),
         width,
+        norm,
         r,
     );
     let after_add = dense_ops(
         &placement.after_add_recipe(),
         &format!("{name}.after"),
         width,
+        norm,
         r,
     );
     let shortcut_ops = match shortcut {
@@ -123,21 +142,22 @@ pub fn build_mlp(cfg: &MlpConfig) -> Result<Network> {
         None,
         &mut r,
     ))];
+    let norm = |name: &str| {
+        cfg.norm
+            .build(&format!("{name}.{}", cfg.norm.short()), cfg.width)
+            .map(Op::Norm)
+    };
     if !cfg.placement.is_preact() {
-        stem.extend([
-            Op::Norm(NormKind::Batch.build("stem.bn", cfg.width)),
-            Op::Relu,
-        ]);
+        stem.extend(norm("stem"));
+        stem.push(Op::Relu);
     }
     let units = (0..cfg.units)
-        .map(|l| dense_unit(l, cfg.placement, cfg.shortcut, cfg.width, &mut r))
+        .map(|l| dense_unit(l, cfg.placement, cfg.shortcut, cfg.width, cfg.norm, &mut r))
         .collect();
     let mut head = Vec::new();
     if cfg.placement.is_preact() {
-        head.extend([
-            Op::Norm(NormKind::Batch.build("head.bn", cfg.width)),
-            Op::Relu,
-        ]);
+        head.extend(norm("head"));
+        head.push(Op::Relu);
     }
     let classifier_std = (1.0 / cfg.width as f64).sqrt();
     head.push(Op::Dense(Dense::with_std(

@@ -8,6 +8,7 @@ pub mod mlp;
 pub mod resnet;
 pub mod workloads;
 
+use crate::layers::NormKind;
 use std::borrow::Cow;
 use std::sync::Arc;
 
@@ -86,6 +87,29 @@ pub fn build_net(
     projection: Option<Projection>,
     seed: u64,
 ) -> Result<Network> {
+    build_net_with(
+        choice,
+        sizes,
+        placement,
+        shortcut,
+        projection,
+        NormKind::Batch,
+        seed,
+    )
+}
+
+/// As [`build_net`], with `norm` filling every normalisation slot of the placement (stem,
+/// branch, after the addition, head; `NormKind::None` leaves them out). The projection
+/// shortcut's BatchNorm (`--projection bn`) is part of that convention and stays.
+pub fn build_net_with(
+    choice: &NetChoice,
+    sizes: &NetSizes,
+    placement: crate::unit::Placement,
+    shortcut: crate::unit::ShortcutKind,
+    projection: Option<Projection>,
+    norm: NormKind,
+    seed: u64,
+) -> Result<Network> {
     if let (NetChoice::Mlp, Some(p)) = (choice, projection) {
         bail!("projection '{p}' applies to the ResNets' shape-changing units; an MLP's units all keep their width");
     }
@@ -97,6 +121,7 @@ pub fn build_net(
             classes: sizes.classes,
             placement,
             shortcut,
+            norm,
             seed,
         }),
         NetChoice::Resnet {
@@ -113,6 +138,7 @@ pub fn build_net(
             placement,
             shortcut,
             projection: projection.unwrap_or_else(|| Projection::default_for(placement)),
+            norm,
             seed,
         }),
     }

@@ -52,6 +52,12 @@ pub struct ResnetConfig {
     /// The shortcut of the units that change shape.
     #[serde(serialize_with = "crate::util::serialize_display")]
     pub projection: Projection,
+    /// What fills the placement's normalisation slots (left out when it is BatchNorm).
+    #[serde(
+        serialize_with = "crate::util::serialize_display",
+        skip_serializing_if = "NormKind::is_batch"
+    )]
+    pub norm: NormKind,
     pub seed: u64,
 }
 
@@ -136,16 +142,17 @@ fn conv_ops(
     prefix: &str,
     specs: &[ConvSpec],
     c_start: usize,
+    norm: NormKind,
     r: &mut ChaCha8Rng,
 ) -> Vec<Op> {
     let mut channels = c_start;
     recipe
         .iter()
-        .map(|step| match *step {
+        .filter_map(|step| match *step {
             Step::Weight(i) => {
                 let s = specs[i - 1];
                 channels = s.c_out;
-                Op::Conv(Conv2d::he_fan_out(
+                Some(Op::Conv(Conv2d::he_fan_out(
                     &format!("{prefix}.w{i}"),
                     s.c_in,
                     s.c_out,
@@ -154,10 +161,12 @@ fn conv_ops(
                     s.k / 2,
                     None,
                     r,
-                ))
+                )))
             }
-            Step::Norm(i) => Op::Norm(NormKind::Batch.build(&format!("{prefix}.bn{i}"), channels)),
-            Step::Relu => Op::Relu,
+            Step::Norm(i) => norm
+                .build(&format!("{prefix}.{}{i}", norm.short()), channels)
+                .map(Op::Norm),
+            Step::Relu => Some(Op::Relu),
         })
         .collect()
 }
@@ -173,6 +182,7 @@ pub fn conv_unit(
     c_in: usize,
     width: usize,
     stride: usize,
+    norm: NormKind,
     r: &mut ChaCha8Rng,
 ) -> ResidualUnit {
     let name = format!("unit{index}");
@@ -233,13 +243,14 @@ pub fn conv_unit(
             .unwrap();
         pre_recipe = recipe.drain(..first_weight).collect();
     }
-    let pre = conv_ops(&pre_recipe, &format!("{name}.pre"), &specs, c_in, r);
-    let branch = conv_ops(&recipe, &format!("{name}.branch"), &specs, c_in, r);
+    let pre = conv_ops(&pre_recipe, &format!("{name}.pre"), &specs, c_in, norm, r);
+    let branch = conv_ops(&recipe, &format!("{name}.branch"), &specs, c_in, norm, r);
     let after_add = conv_ops(
         &placement.after_add_recipe(),
         &format!("{name}.after"),
         &specs,
         c_out,
+        norm,
         r,
     );
     let shortcut_ops = match shortcut {
@@ -270,7 +281,9 @@ pub fn conv_unit(
             // conv1x1 shortcut inside a stage (Table 1's variant) stays bare.
             if changes_shape && projection == Projection::Bn {
                 ops.push(Op::Norm(
-                    NormKind::Batch.build(&format!("{name}.proj_bn"), c_out),
+                    NormKind::Batch
+                        .build(&format!("{name}.proj_bn"), c_out)
+                        .expect("BatchNorm fills a slot"),
                 ));
             }
             ops
@@ -304,11 +317,14 @@ pub fn build_resnet(cfg: &ResnetConfig) -> Result<Network> {
         None,
         &mut r,
     ))];
+    let norm = |name: &str, channels: usize| {
+        cfg.norm
+            .build(&format!("{name}.{}", cfg.norm.short()), channels)
+            .map(Op::Norm)
+    };
     if !cfg.placement.is_preact() {
-        stem.extend([
-            Op::Norm(NormKind::Batch.build("stem.bn", STAGE_WIDTHS[0])),
-            Op::Relu,
-        ]);
+        stem.extend(norm("stem", STAGE_WIDTHS[0]));
+        stem.push(Op::Relu);
     }
     let mut units = Vec::new();
     let mut channels = STAGE_WIDTHS[0];
@@ -324,6 +340,7 @@ pub fn build_resnet(cfg: &ResnetConfig) -> Result<Network> {
                 channels,
                 width,
                 stride,
+                cfg.norm,
                 &mut r,
             );
             channels = match cfg.block {
@@ -335,10 +352,8 @@ pub fn build_resnet(cfg: &ResnetConfig) -> Result<Network> {
     }
     let mut head = Vec::new();
     if cfg.placement.is_preact() {
-        head.extend([
-            Op::Norm(NormKind::Batch.build("head.bn", channels)),
-            Op::Relu,
-        ]);
+        head.extend(norm("head", channels));
+        head.push(Op::Relu);
     }
     head.push(Op::Pool);
     let std = (1.0 / channels as f64).sqrt();
@@ -376,6 +391,7 @@ mod tests {
             placement,
             shortcut: ShortcutKind::Identity,
             projection: Projection::default_for(placement),
+            norm: crate::layers::NormKind::Batch,
             seed: 0,
         }
     }

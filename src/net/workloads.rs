@@ -25,6 +25,7 @@ pub fn workload(id: &str) -> Result<Workload> {
         classes: 10,
         placement: Placement::FullPreact,
         shortcut: ShortcutKind::Identity,
+        norm: crate::layers::NormKind::Batch,
         seed: 0,
     };
     let resnet_on = |name: &str, image_size: usize, input_channels: usize| -> Result<Network> {
@@ -39,6 +40,7 @@ pub fn workload(id: &str) -> Result<Workload> {
             placement: Placement::FullPreact,
             shortcut: ShortcutKind::Identity,
             projection: Projection::Plain,
+            norm: crate::layers::NormKind::Batch,
             seed: 0,
         })
     };

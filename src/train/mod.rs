@@ -512,6 +512,7 @@ mod tests {
             classes: 2,
             placement: Placement::FullPreact,
             shortcut: ShortcutKind::Identity,
+            norm: crate::layers::NormKind::Batch,
             seed: 0,
         })
         .unwrap();
@@ -545,6 +546,7 @@ mod tests {
                 classes: 2,
                 placement: Placement::FullPreact,
                 shortcut: ShortcutKind::Identity,
+                norm: crate::layers::NormKind::Batch,
                 seed: 0,
             })
             .unwrap()
@@ -587,6 +589,7 @@ mod tests {
             classes: 10,
             placement: Placement::FullPreact,
             shortcut: ShortcutKind::Identity,
+            norm: crate::layers::NormKind::Batch,
             seed: 1,
         })
         .unwrap();

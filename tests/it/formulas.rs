@@ -26,6 +26,7 @@ fn config(units: usize, width: usize, placement: Placement, shortcut: &str) -> M
         classes: 10,
         placement,
         shortcut: shortcut.parse().unwrap(),
+        norm: resprop::layers::NormKind::Batch,
         seed: 3,
     }
 }
@@ -107,6 +108,7 @@ fn resnet(name: &str, placement: Placement, shortcut: &str) -> resprop::net::Net
         placement,
         shortcut: shortcut.parse().unwrap(),
         projection: resprop::unit::Projection::default_for(placement),
+        norm: resprop::layers::NormKind::Batch,
         seed: 2,
     })
     .unwrap()
@@ -192,6 +194,7 @@ fn padded_stage_changes_carry_the_direct_part() {
         placement: Placement::FullPreact,
         shortcut: ShortcutKind::Identity,
         projection: resprop::unit::Projection::Pad,
+        norm: resprop::layers::NormKind::Batch,
         seed: 4,
     })
     .unwrap();

@@ -1,10 +1,10 @@
-//! Every placement x shortcut combination (5 x 8): the unit's hand-written backward, its two
-//! vector-Jacobian products (shortcut only, branch only) and every parameter gradient, each
-//! against 2-point central differences in f64 with a non-linear loss.
+//! Every placement x shortcut x norm combination (5 x 8 x 3): the unit's hand-written
+//! backward, its two vector-Jacobian products (shortcut only, branch only) and every parameter
+//! gradient, each against 2-point central differences in f64 with a non-linear loss.
 
 use resprop::finite_diff::{assert_close, numerical_gradient, quadratic_loss, rel_error};
 use resprop::grads::Grads;
-use resprop::layers::Mode;
+use resprop::layers::{Mode, NormKind};
 use resprop::net::mlp::dense_unit;
 use resprop::net::resnet::{conv_unit, Block};
 use resprop::rng::{gaussian, rng};
@@ -37,9 +37,9 @@ fn ctx(mode: Mode) -> ForwardCtx {
 }
 
 /// A unit whose BN affine parameters are random, so no gradient hides behind gamma = 1, beta = 0.
-fn unit(placement: Placement, shortcut: &str, seed: u64) -> ResidualUnit {
+fn unit(placement: Placement, shortcut: &str, norm: NormKind, seed: u64) -> ResidualUnit {
     let kind: ShortcutKind = shortcut.parse().unwrap();
-    randomise_affine(dense_unit(3, placement, kind, 5, &mut rng(seed)), seed)
+    randomise_affine(dense_unit(3, placement, kind, 5, norm, &mut rng(seed)), seed)
 }
 
 fn randomise_affine(mut u: ResidualUnit, seed: u64) -> ResidualUnit {
@@ -52,9 +52,9 @@ fn randomise_affine(mut u: ResidualUnit, seed: u64) -> ResidualUnit {
     u
 }
 
-fn check_combo(placement: Placement, shortcut: &str, mode: Mode) {
-    let tag = format!("{placement} / {shortcut} / {mode}");
-    check_unit(&unit(placement, shortcut, 42), &[6, 5], &tag, mode);
+fn check_combo(placement: Placement, shortcut: &str, norm: NormKind, mode: Mode) {
+    let tag = format!("{placement} / {shortcut} / {norm} / {mode}");
+    check_unit(&unit(placement, shortcut, norm, 42), &[6, 5], &tag, mode);
 }
 
 fn check_unit(u: &ResidualUnit, in_shape: &[usize], tag: &str, mode: Mode) {
@@ -191,10 +191,12 @@ fn check_unit(u: &ResidualUnit, in_shape: &[usize], tag: &str, mode: Mode) {
 }
 
 #[test]
-fn every_placement_and_shortcut_in_training_mode() {
-    for p in Placement::ALL {
-        for s in SHORTCUTS {
-            check_combo(p, s, Mode::Train);
+fn every_placement_shortcut_and_norm_in_training_mode() {
+    for norm in NormKind::ALL {
+        for p in Placement::ALL {
+            for s in SHORTCUTS {
+                check_combo(p, s, norm, Mode::Train);
+            }
         }
     }
 }
@@ -203,7 +205,7 @@ fn every_placement_and_shortcut_in_training_mode() {
 fn every_placement_and_shortcut_in_eval_mode() {
     for p in Placement::ALL {
         for s in SHORTCUTS {
-            check_combo(p, s, Mode::Eval);
+            check_combo(p, s, NormKind::Batch, Mode::Eval);
         }
     }
 }
@@ -214,24 +216,27 @@ fn every_placement_and_shortcut_in_eval_mode() {
 fn conv_units_for_every_placement_and_shortcut() {
     for p in Placement::ALL {
         for s in SHORTCUTS {
-            let kind: ShortcutKind = s.parse().unwrap();
-            let basic = conv_unit(
-                1,
-                p,
-                kind,
-                Projection::default_for(p),
-                Block::Basic,
-                3,
-                3,
-                1,
-                &mut rng(5),
-            );
-            check_unit(
-                &randomise_affine(basic, 5),
-                &[2, 3, 4, 4],
-                &format!("basic {p} / {s}"),
-                Mode::Train,
-            );
+            for norm in NormKind::ALL {
+                let kind: ShortcutKind = s.parse().unwrap();
+                let basic = conv_unit(
+                    1,
+                    p,
+                    kind,
+                    Projection::default_for(p),
+                    Block::Basic,
+                    3,
+                    3,
+                    1,
+                    norm,
+                    &mut rng(5),
+                );
+                check_unit(
+                    &randomise_affine(basic, 5),
+                    &[2, 3, 4, 4],
+                    &format!("basic {p} / {s} / {norm}"),
+                    Mode::Train,
+                );
+            }
         }
         // Every convention for the shape-changing shortcut: 1x1 projection + BN, bare 1x1
         // projection, option-A subsample-and-pad.
@@ -250,6 +255,7 @@ fn conv_units_for_every_placement_and_shortcut() {
                     c_in,
                     width,
                     stride,
+                    NormKind::Batch,
                     &mut rng(6),
                 );
                 let (kind, ops, pre) = match projection {
@@ -283,7 +289,7 @@ fn conv_units_for_every_placement_and_shortcut() {
 #[test]
 fn gate_bias_sets_the_shortcut_factor() {
     // With W_g = 0 the shortcut-only gate is h(x) = (1 - sigmoid(b)) x exactly.
-    let mut u = unit(Placement::FullPreact, "shortcut-gate:-6", 1);
+    let mut u = unit(Placement::FullPreact, "shortcut-gate:-6", NormKind::Batch, 1);
     u.visit_params_mut(&mut |n, t| {
         if n.ends_with("gate.w") {
             t.fill(0.0)
