@@ -74,6 +74,14 @@ class Net:
             y = self.p(op["gamma"]).reshape(shape) * xhat + self.p(op["beta"]).reshape(shape)
             count = x.size // x.shape[1]
             return y, ("bn", op, xhat, inv_std, axes, shape, mean, var, count)
+        if kind == "layernorm":
+            axes = tuple(range(1, x.ndim))  # per sample, over every feature
+            shape = (1, -1) if x.ndim == 2 else (1, -1, 1, 1)
+            mean, var = x.mean(axis=axes, keepdims=True), x.var(axis=axes, keepdims=True)
+            inv_std = 1.0 / np.sqrt(var + op["eps"])
+            xhat = (x - mean) * inv_std
+            y = self.p(op["gamma"]).reshape(shape) * xhat + self.p(op["beta"]).reshape(shape)
+            return y, ("ln", op, xhat, inv_std, axes, shape)
         if kind == "relu":
             return np.maximum(x, 0.0), ("relu", x > 0)
         if kind == "global_avg_pool":
@@ -121,6 +129,13 @@ class Net:
             gm = g.mean(axis=axes).reshape(shape)
             gxm = (g * xhat).mean(axis=axes).reshape(shape)
             return scale * (g - gm - xhat * gxm)
+        if kind == "ln":
+            _, op, xhat, inv_std, axes, shape = cache
+            channel_axes = (0,) if g.ndim == 2 else (0, 2, 3)
+            self.add_grad(grads, op["gamma"], (g * xhat).sum(axis=channel_axes))
+            self.add_grad(grads, op["beta"], g.sum(axis=channel_axes))
+            h = g * self.p(op["gamma"]).reshape(shape)
+            return inv_std * (h - h.mean(axis=axes, keepdims=True) - xhat * (h * xhat).mean(axis=axes, keepdims=True))
         if kind == "relu":
             return g * cache[1]
         if kind == "pool":
@@ -295,6 +310,13 @@ def torch_check(z, meta):
             else:
                 mean, var = buffers[o["running_mean"]], buffers[o["running_var"]]
             xhat = (x - mean.reshape(shape)) / torch.sqrt(var.reshape(shape) + o["eps"])
+            return params[o["gamma"]].reshape(shape) * xhat + params[o["beta"]].reshape(shape)
+        if kind == "layernorm":
+            axes = tuple(range(1, x.dim()))
+            shape = (1, -1) if x.dim() == 2 else (1, -1, 1, 1)
+            mean = x.mean(axes, keepdim=True)
+            var = x.var(axes, unbiased=False, keepdim=True)
+            xhat = (x - mean) / torch.sqrt(var + o["eps"])
             return params[o["gamma"]].reshape(shape) * xhat + params[o["beta"]].reshape(shape)
         if kind == "relu":
             return torch.relu(x)

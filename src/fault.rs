@@ -61,10 +61,16 @@ pub enum Fault {
     ProjectionShortcutVjp,
     /// Dropout shortcut's VJP: the mask.
     DropoutShortcutVjp,
+    /// LayerNorm: the mean term `mean_n(gamma g)`.
+    LnMeanTerm,
+    /// LayerNorm: the variance term `xhat mean_n(gamma g xhat)`.
+    LnVarianceTerm,
+    /// LayerNorm: `dE/dgamma`.
+    LnGammaGrad,
 }
 
 impl Fault {
-    pub const ALL: [Fault; 26] = [
+    pub const ALL: [Fault; 29] = [
         Fault::DenseInputGrad,
         Fault::DenseWeightGrad,
         Fault::DenseBiasGrad,
@@ -91,6 +97,9 @@ impl Fault {
         Fault::ExclusiveGateBranchTerm,
         Fault::ProjectionShortcutVjp,
         Fault::DropoutShortcutVjp,
+        Fault::LnMeanTerm,
+        Fault::LnVarianceTerm,
+        Fault::LnGammaGrad,
     ];
 }
 

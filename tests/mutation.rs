@@ -10,7 +10,8 @@ use resprop::analysis::checks::{run_checks, CheckOptions, Status};
 use resprop::analysis::gaussian_batch;
 use resprop::fault::{self, Fault};
 use resprop::layers::Mode;
-use resprop::net::{build_net, NetChoice, NetSizes};
+use resprop::layers::NormKind;
+use resprop::net::{build_net_with, NetChoice, NetSizes};
 use resprop::rng::{derive_seed, purpose};
 use resprop::unit::{ForwardCtx, Placement, Projection};
 
@@ -23,6 +24,7 @@ struct Target {
     shortcut: &'static str,
     projection: Option<Projection>,
     mode: Mode,
+    norm: NormKind,
 }
 
 fn mlp(placement: Placement, shortcut: &'static str) -> Target {
@@ -34,6 +36,7 @@ fn mlp(placement: Placement, shortcut: &'static str) -> Target {
         shortcut,
         projection: None,
         mode: Mode::Train,
+        norm: NormKind::Batch,
     }
 }
 
@@ -46,6 +49,7 @@ fn conv(placement: Placement, shortcut: &'static str, projection: Projection) ->
         shortcut,
         projection: Some(projection),
         mode: Mode::Train,
+        norm: NormKind::Batch,
     }
 }
 
@@ -96,6 +100,16 @@ fn targets(f: Fault) -> Vec<Target> {
             conv(Original, "identity", Projection::Bn),
         ],
         Fault::DropoutShortcutVjp => vec![mlp(FullPreact, "dropout:0.3")],
+        Fault::LnMeanTerm | Fault::LnVarianceTerm | Fault::LnGammaGrad => vec![
+            Target {
+                norm: NormKind::Layer,
+                ..mlp(Original, "identity")
+            },
+            Target {
+                norm: NormKind::Layer,
+                ..conv(FullPreact, "identity", Projection::Plain)
+            },
+        ],
     }
 }
 
@@ -110,12 +124,13 @@ fn failures(t: &Target) -> Vec<String> {
         input_channels: 3,
         classes: 5,
     };
-    let net = build_net(
+    let net = build_net_with(
         &choice,
         &sizes,
         t.placement,
         t.shortcut.parse().unwrap(),
         t.projection,
+        t.norm,
         11,
     )
     .unwrap();

@@ -21,8 +21,8 @@ use std::process::ExitCode;
 use anyhow::{Context, Result};
 use clap::{Args, Parser, Subcommand};
 
-use crate::layers::Mode;
-use crate::net::{build_net, NetChoice, NetSizes, Network};
+use crate::layers::{Mode, NormKind};
+use crate::net::{build_net_with, NetChoice, NetSizes, Network};
 use crate::rng::{derive_seed, purpose};
 use crate::unit::{ForwardCtx, Placement, Projection, ShortcutKind};
 
@@ -121,6 +121,12 @@ pub struct NetArgs {
     /// carries on across the stage change instead of restarting).
     #[arg(long, value_parser = parse_projection)]
     pub projection: Option<Projection>,
+    /// What fills every normalisation slot of the placement (stem, branch, after the
+    /// addition, head): batch (BatchNorm, the paper's), layer (LayerNorm: per sample, over
+    /// the features or C x H x W, per-channel gamma and beta) or none (the slots are left
+    /// out). The projection shortcut's BatchNorm (--projection bn) stays.
+    #[arg(long, default_value = "batch", value_parser = parse_norm)]
+    pub norm: NormKind,
     /// BatchNorm mode: train (batch statistics) or eval (running statistics).
     #[arg(long, default_value = "train", value_parser = parse_mode)]
     pub bn_mode: Mode,
@@ -150,6 +156,10 @@ fn parse_shortcut(s: &str) -> Result<ShortcutKind, String> {
 }
 
 pub(crate) fn parse_projection(s: &str) -> Result<Projection, String> {
+    s.parse()
+}
+
+pub(crate) fn parse_norm(s: &str) -> Result<NormKind, String> {
     s.parse()
 }
 
@@ -196,12 +206,13 @@ impl NetArgs {
         if self.batch == 0 {
             anyhow::bail!("batch must be at least 1, got 0");
         }
-        let mut net = build_net(
+        let mut net = build_net_with(
             &self.net,
             &self.sizes(),
             self.placement,
             self.shortcut,
             self.projection,
+            self.norm,
             self.seed,
         )?;
         net.set_fusion(crate::unit::Fusion::from_unfused(self.unfused));
@@ -268,9 +279,13 @@ impl NetArgs {
                 p.unwrap_or_else(|| Projection::default_for(self.placement))
             ),
         };
+        let norm = match self.norm {
+            NormKind::Batch => format!("BN {}", self.bn_mode),
+            other => format!("norm {other}"),
+        };
         format!(
-            "{} with {size}, batch {}, placement {}, shortcut {}{projection}, BN {}, seed {}",
-            self.net, self.batch, self.placement, self.shortcut, self.bn_mode, self.seed
+            "{} with {size}, batch {}, placement {}, shortcut {}{projection}, {norm}, seed {}",
+            self.net, self.batch, self.placement, self.shortcut, self.seed
         )
     }
 }

@@ -8,7 +8,7 @@ use anyhow::{bail, Result};
 use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
 
-use crate::net::{build_net, NetChoice};
+use crate::net::{build_net_with, NetChoice};
 use crate::output::{check_writable, emit, write_atomic};
 use crate::schema::to_csv;
 use crate::train::{checkpoint, train, History, Resume, TrainConfig};
@@ -32,6 +32,9 @@ pub struct TrainArgs {
     /// pre-activation placements) or pad (subsample and zero-pad, no parameters).
     #[arg(long, value_parser = super::parse_projection)]
     pub projection: Option<Projection>,
+    /// What fills the placement's normalisation slots: batch, layer (LayerNorm) or none.
+    #[arg(long, default_value = "batch", value_parser = super::parse_norm)]
+    pub norm: crate::layers::NormKind,
     /// MLP units.
     #[arg(long, default_value_t = 8)]
     pub units: usize,
@@ -117,12 +120,13 @@ pub fn run(args: &TrainArgs) -> Result<ExitCode> {
         ),
         &args.net.to_string(),
     )?;
-    let mut net = build_net(
+    let mut net = build_net_with(
         &args.net,
         &sizes,
         args.placement,
         args.shortcut,
         args.projection,
+        args.norm,
         args.seed,
     )?;
     net.set_fusion(crate::unit::Fusion::from_unfused(args.unfused));

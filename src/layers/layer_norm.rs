@@ -17,6 +17,7 @@ use ndarray::IxDyn;
 
 use super::norm::NormLayer;
 use super::Mode;
+use crate::fault::{self, Fault};
 use crate::grads::Grads;
 use crate::tensor::Tensor;
 
@@ -80,7 +81,11 @@ impl NormLayer for LayerNorm {
             let mean = x_n.iter().sum::<f64>() / m;
             let var = x_n.iter().map(|v| (v - mean) * (v - mean)).sum::<f64>() / m;
             let inv = 1.0 / (var + self.eps).sqrt();
-            for (ch, (xp, yp)) in x_n.chunks_exact_mut(s).zip(y_n.chunks_exact_mut(s)).enumerate() {
+            for (ch, (xp, yp)) in x_n
+                .chunks_exact_mut(s)
+                .zip(y_n.chunks_exact_mut(s))
+                .enumerate()
+            {
                 for (xv, yv) in xp.iter_mut().zip(yp) {
                     *xv = (*xv - mean) * inv;
                     *yv = gamma[ch] * *xv + beta[ch];
@@ -114,8 +119,8 @@ impl NormLayer for LayerNorm {
                     sum_hx += h * xh;
                 }
             }
-            let mean_h = sum_h / m;
-            let mean_hx = sum_hx / m;
+            let mean_h = fault::factor(Fault::LnMeanTerm, sum_h / m);
+            let mean_hx = fault::factor(Fault::LnVarianceTerm, sum_hx / m);
             let inv = cache.inv_std[i];
             let out = &mut grad_x[i * c * s..][..c * s];
             for (ch, ((o, gp), xp)) in out
@@ -137,6 +142,7 @@ impl NormLayer for LayerNorm {
                 gg[ch] += g * xh;
                 gb[ch] += g;
             }
+            fault::perturb_slice(Fault::LnGammaGrad, &mut gg);
             let v = |v: Vec<f64>| Tensor::from_shape_vec(IxDyn(&[c]), v).unwrap();
             grads.accumulate(&format!("{}.gamma", self.name), v(gg));
             grads.accumulate(&format!("{}.beta", self.name), v(gb));
@@ -211,7 +217,8 @@ mod tests {
     fn each_sample_is_normalised_on_its_own() {
         let ln = LayerNorm::new("ln", 3);
         let mut x = gaussian(&[4, 3, 2, 2], 3.0, &mut rng(4)) + 5.0;
-        x.slice_mut(ndarray::s![0, .., .., ..]).mapv_inplace(|v| 100.0 * v);
+        x.slice_mut(ndarray::s![0, .., .., ..])
+            .mapv_inplace(|v| 100.0 * v);
         let (y, _) = ln.forward(x.clone(), Mode::Train);
         let (ye, _) = ln.forward(x, Mode::Eval);
         assert_eq!(y, ye);
@@ -219,7 +226,10 @@ mod tests {
             let m = sample.len() as f64;
             let mean = sample.sum() / m;
             let var = sample.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / m;
-            assert!(mean.abs() < 1e-12 && (var - 1.0).abs() < 1e-4, "{mean} {var}");
+            assert!(
+                mean.abs() < 1e-12 && (var - 1.0).abs() < 1e-4,
+                "{mean} {var}"
+            );
         }
     }
 }

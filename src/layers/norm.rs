@@ -113,6 +113,8 @@ impl FromStr for NormKind {
 }
 
 /// A filled normalisation slot.
+// A network holds a few hundred at most, so the variants' sizes do not matter.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone)]
 pub enum Norm {
     Batch(BatchNorm),

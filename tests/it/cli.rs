@@ -742,3 +742,53 @@ fn unfused_gives_the_same_csv() {
     ]);
     ok(&o);
 }
+
+/// `--norm` fills every normalisation slot: LayerNorm or nothing, and `check` passes on both;
+/// an unknown norm is a one-line error.
+#[test]
+fn norm_fills_every_slot_and_check_passes() {
+    for norm in ["layer", "none"] {
+        let o = resprop(&[
+            "profile",
+            "--net",
+            "mlp",
+            "--units",
+            "3",
+            "--width",
+            "8",
+            "--placement",
+            "full-preact",
+            "--norm",
+            norm,
+        ]);
+        ok(&o);
+        let out = String::from_utf8_lossy(&o.stdout);
+        let branch = if norm == "layer" {
+            "F = LN ReLU W LN ReLU W"
+        } else {
+            "F = ReLU W ReLU W"
+        };
+        assert!(out.contains(branch), "{norm}: {out}");
+        for args in [
+            &[
+                "check", "--net", "mlp", "--units", "3", "--width", "8", "--batch", "6",
+            ][..],
+            &[
+                "check",
+                "--net",
+                "resnet:1:basic",
+                "--image-size",
+                "8",
+                "--batch",
+                "3",
+                "--placement",
+                "full-preact",
+            ][..],
+        ] {
+            let mut a = args.to_vec();
+            a.extend(["--norm", norm]);
+            ok(&resprop(&a));
+        }
+    }
+    assert_one_line_error(&["profile", "--norm", "group"], "unknown norm 'group'");
+}

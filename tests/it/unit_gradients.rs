@@ -39,7 +39,10 @@ fn ctx(mode: Mode) -> ForwardCtx {
 /// A unit whose BN affine parameters are random, so no gradient hides behind gamma = 1, beta = 0.
 fn unit(placement: Placement, shortcut: &str, norm: NormKind, seed: u64) -> ResidualUnit {
     let kind: ShortcutKind = shortcut.parse().unwrap();
-    randomise_affine(dense_unit(3, placement, kind, 5, norm, &mut rng(seed)), seed)
+    randomise_affine(
+        dense_unit(3, placement, kind, 5, norm, &mut rng(seed)),
+        seed,
+    )
 }
 
 fn randomise_affine(mut u: ResidualUnit, seed: u64) -> ResidualUnit {
@@ -289,7 +292,12 @@ fn conv_units_for_every_placement_and_shortcut() {
 #[test]
 fn gate_bias_sets_the_shortcut_factor() {
     // With W_g = 0 the shortcut-only gate is h(x) = (1 - sigmoid(b)) x exactly.
-    let mut u = unit(Placement::FullPreact, "shortcut-gate:-6", NormKind::Batch, 1);
+    let mut u = unit(
+        Placement::FullPreact,
+        "shortcut-gate:-6",
+        NormKind::Batch,
+        1,
+    );
     u.visit_params_mut(&mut |n, t| {
         if n.ends_with("gate.w") {
             t.fill(0.0)
