@@ -104,7 +104,9 @@ pub struct NetArgs {
     pub batch: usize,
     /// Activation placement (Fig. 4): original (W BN ReLU W BN, add, ReLU), bn-after-add
     /// (W BN ReLU W, add, BN ReLU), relu-before-add (W BN ReLU W BN ReLU, add), relu-preact
-    /// (ReLU W BN ReLU W BN, add), full-preact (BN ReLU W BN ReLU W, add).
+    /// (ReLU W BN ReLU W BN, add), full-preact (BN ReLU W BN ReLU W, add); and the
+    /// Transformer's one-norm units: post-norm (W ReLU W, add, N) and pre-norm (N W ReLU W,
+    /// add; a final N before the head), Post-LN and Pre-LN with --norm layer.
     #[arg(long, default_value = "original", value_parser = parse_placement)]
     pub placement: Placement,
     /// Shortcut h (Fig. 2): identity; scale:L (h = L x); scale:L:B (branch scaled by B too);

@@ -23,6 +23,8 @@ pub struct TrainArgs {
     /// `digits` (bundled UCI handwritten digits) or `cifar10:<dir>` (the binary version).
     #[arg(long, default_value = "digits", value_parser = |s: &str| s.parse::<crate::data::DataSpec>())]
     pub data: crate::data::DataSpec,
+    /// Activation placement: original, bn-after-add, relu-before-add, relu-preact,
+    /// full-preact (the paper's Fig. 4), post-norm or pre-norm (one norm per unit).
     #[arg(long, default_value = "full-preact", value_parser = |s: &str| s.parse::<Placement>())]
     pub placement: Placement,
     #[arg(long, default_value = "identity", value_parser = |s: &str| s.parse::<ShortcutKind>())]

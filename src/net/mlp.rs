@@ -82,6 +82,21 @@ fn dense_ops(
         .collect()
 }
 
+/// The stem's or the head's normalisation and ReLU steps, the norm named `{name}.bn` (or
+/// `ln`). Their recipes hold no weight layer: the stem's and the classifier are built apart.
+pub(crate) fn edge_ops(recipe: &[Step], name: &str, channels: usize, norm: NormKind) -> Vec<Op> {
+    recipe
+        .iter()
+        .filter_map(|step| match step {
+            Step::Norm(_) => norm
+                .build(&format!("{name}.{}", norm.short()), channels)
+                .map(Op::Norm),
+            Step::Relu => Some(Op::Relu),
+            Step::Weight(_) => unreachable!("stem and head recipes hold no weight layer"),
+        })
+        .collect()
+}
+
 /// One residual unit of two dense layers at `width`.
 pub fn dense_unit(
     index: usize,
@@ -142,23 +157,13 @@ pub fn build_mlp(cfg: &MlpConfig) -> Result<Network> {
         None,
         &mut r,
     ))];
-    let norm = |name: &str| {
-        cfg.norm
-            .build(&format!("{name}.{}", cfg.norm.short()), cfg.width)
-            .map(Op::Norm)
-    };
-    if !cfg.placement.is_preact() {
-        stem.extend(norm("stem"));
-        stem.push(Op::Relu);
-    }
+    let stem_head =
+        |recipe: Vec<Step>, name: &str| -> Vec<Op> { edge_ops(&recipe, name, cfg.width, cfg.norm) };
+    stem.extend(stem_head(cfg.placement.stem_recipe(), "stem"));
     let units = (0..cfg.units)
         .map(|l| dense_unit(l, cfg.placement, cfg.shortcut, cfg.width, cfg.norm, &mut r))
         .collect();
-    let mut head = Vec::new();
-    if cfg.placement.is_preact() {
-        head.extend(norm("head"));
-        head.push(Op::Relu);
-    }
+    let mut head = stem_head(cfg.placement.head_recipe(), "head");
     let classifier_std = (1.0 / cfg.width as f64).sqrt();
     head.push(Op::Dense(Dense::with_std(
         "classifier",

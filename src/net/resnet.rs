@@ -20,6 +20,7 @@ use anyhow::{bail, Result};
 use rand_chacha::ChaCha8Rng;
 use serde::Serialize;
 
+use super::mlp::edge_ops;
 use super::{NetSpec, Network};
 use crate::layers::pad_shortcut::PadShortcut;
 use crate::layers::{Conv2d, Dense, NormKind};
@@ -317,15 +318,12 @@ pub fn build_resnet(cfg: &ResnetConfig) -> Result<Network> {
         None,
         &mut r,
     ))];
-    let norm = |name: &str, channels: usize| {
-        cfg.norm
-            .build(&format!("{name}.{}", cfg.norm.short()), channels)
-            .map(Op::Norm)
-    };
-    if !cfg.placement.is_preact() {
-        stem.extend(norm("stem", STAGE_WIDTHS[0]));
-        stem.push(Op::Relu);
-    }
+    stem.extend(edge_ops(
+        &cfg.placement.stem_recipe(),
+        "stem",
+        STAGE_WIDTHS[0],
+        cfg.norm,
+    ));
     let mut units = Vec::new();
     let mut channels = STAGE_WIDTHS[0];
     for (stage, &width) in STAGE_WIDTHS.iter().enumerate() {
@@ -350,11 +348,7 @@ pub fn build_resnet(cfg: &ResnetConfig) -> Result<Network> {
             units.push(unit);
         }
     }
-    let mut head = Vec::new();
-    if cfg.placement.is_preact() {
-        head.extend(norm("head", channels));
-        head.push(Op::Relu);
-    }
+    let mut head = edge_ops(&cfg.placement.head_recipe(), "head", channels, cfg.norm);
     head.push(Op::Pool);
     let std = (1.0 / channels as f64).sqrt();
     head.push(Op::Dense(Dense::with_std(

@@ -17,6 +17,12 @@ pub enum Placement {
     ReluPreact,
     /// (e) BN ReLU W BN ReLU W, add.
     FullPreact,
+    /// The Transformer's Post-LN shape with one normalisation: W ReLU W, add, N
+    /// (`x_{l+1} = N(x_l + F(x_l))`; Fig. 4(b) without the ReLU after the addition).
+    PostNorm,
+    /// The Transformer's Pre-LN shape: N W ReLU W, add (`x_{l+1} = x_l + F(N(x_l))`), and a
+    /// final N before the head; f is the identity, as in Fig. 4(e).
+    PreNorm,
 }
 
 /// One step of a branch or after-addition recipe; `Weight(i)` / `Norm(i)` count from 1.
@@ -30,12 +36,24 @@ pub enum Step {
 }
 
 impl Placement {
-    pub const ALL: [Placement; 5] = [
+    /// The paper's five (Fig. 4).
+    pub const PAPER: [Placement; 5] = [
         Placement::Original,
         Placement::BnAfterAdd,
         Placement::ReluBeforeAdd,
         Placement::ReluPreact,
         Placement::FullPreact,
+    ];
+
+    /// The paper's five and the two one-normalisation units of its descendants.
+    pub const ALL: [Placement; 7] = [
+        Placement::Original,
+        Placement::BnAfterAdd,
+        Placement::ReluBeforeAdd,
+        Placement::ReluPreact,
+        Placement::FullPreact,
+        Placement::PostNorm,
+        Placement::PreNorm,
     ];
 
     pub fn name(self) -> &'static str {
@@ -45,13 +63,41 @@ impl Placement {
             Placement::ReluBeforeAdd => "relu-before-add",
             Placement::ReluPreact => "relu-preact",
             Placement::FullPreact => "full-preact",
+            Placement::PostNorm => "post-norm",
+            Placement::PreNorm => "pre-norm",
         }
     }
 
-    /// Pre-activation placements put the activation inside the branch, before the weights:
-    /// the stem then has no BN-ReLU of its own and the head adds one after the last addition.
+    /// Pre-activation placements put the activation (or, for pre-norm, the normalisation)
+    /// inside the branch, before the weights: a unit that changes shape applies it once,
+    /// before the split, so its projection reads the same normalised input.
     pub fn is_preact(self) -> bool {
-        matches!(self, Placement::ReluPreact | Placement::FullPreact)
+        matches!(
+            self,
+            Placement::ReluPreact | Placement::FullPreact | Placement::PreNorm
+        )
+    }
+
+    /// What the stem applies after its weight layer: N ReLU for the post-activation
+    /// placements, nothing where the units start with their own (pre-activation) or where the
+    /// Transformer's embedding feeds the first unit directly (post-norm, pre-norm).
+    pub fn stem_recipe(self) -> Vec<Step> {
+        match self {
+            Placement::Original | Placement::BnAfterAdd | Placement::ReluBeforeAdd => {
+                vec![Step::Norm(0), Step::Relu]
+            }
+            _ => vec![],
+        }
+    }
+
+    /// What the head applies before pooling and the classifier: N ReLU after the last
+    /// addition of the pre-activation placements, the final N of pre-norm, nothing otherwise.
+    pub fn head_recipe(self) -> Vec<Step> {
+        match self {
+            Placement::ReluPreact | Placement::FullPreact => vec![Step::Norm(0), Step::Relu],
+            Placement::PreNorm => vec![Step::Norm(0)],
+            _ => vec![],
+        }
     }
 
     /// True when the after-addition function `f` is the identity (Eq. 3 holds).
@@ -90,6 +136,15 @@ impl Placement {
                     }
                 }
                 Placement::FullPreact => steps.extend([Step::Norm(i), Step::Relu, Step::Weight(i)]),
+                Placement::PostNorm | Placement::PreNorm => {
+                    if i == 1 && self == Placement::PreNorm {
+                        steps.push(Step::Norm(1));
+                    }
+                    steps.push(Step::Weight(i));
+                    if !last {
+                        steps.push(Step::Relu);
+                    }
+                }
             }
         }
         steps
@@ -100,6 +155,7 @@ impl Placement {
         match self {
             Placement::Original => vec![Step::Relu],
             Placement::BnAfterAdd => vec![Step::Norm(0), Step::Relu],
+            Placement::PostNorm => vec![Step::Norm(0)],
             _ => vec![],
         }
     }
@@ -182,8 +238,10 @@ impl Projection {
 
     /// The convention each placement's reference code uses: BN after the projection for the
     /// post-activation placements, a bare projection for the pre-activation ones.
+    /// The one-normalisation units (post-norm, pre-norm) take a bare projection too: their
+    /// normalisation is the one the `--norm` choice fills, not a BatchNorm of the shortcut's.
     pub fn default_for(placement: Placement) -> Projection {
-        if placement.is_preact() {
+        if placement.is_preact() || placement == Placement::PostNorm {
             Projection::Plain
         } else {
             Projection::Bn
