@@ -82,6 +82,10 @@ class Net:
             xhat = (x - mean) * inv_std
             y = self.p(op["gamma"]).reshape(shape) * xhat + self.p(op["beta"]).reshape(shape)
             return y, ("ln", op, xhat, inv_std, axes, shape)
+        if kind == "branch_scale":
+            a = self.p(op["a"])
+            shape = (1,) if a.size == 1 else ((1, -1) if x.ndim == 2 else (1, -1, 1, 1))
+            return a.reshape(shape) * x, ("scale", op, x, shape)
         if kind == "relu":
             return np.maximum(x, 0.0), ("relu", x > 0)
         if kind == "global_avg_pool":
@@ -136,6 +140,13 @@ class Net:
             self.add_grad(grads, op["beta"], g.sum(axis=channel_axes))
             h = g * self.p(op["gamma"]).reshape(shape)
             return inv_std * (h - h.mean(axis=axes, keepdims=True) - xhat * (h * xhat).mean(axis=axes, keepdims=True))
+        if kind == "scale":
+            _, op, x, shape = cache
+            a = self.p(op["a"])
+            gx = g * x
+            ga = np.array([gx.sum()]) if a.size == 1 else gx.sum(axis=(0,) if x.ndim == 2 else (0, 2, 3))
+            self.add_grad(grads, op["a"], ga)
+            return g * a.reshape(shape)
         if kind == "relu":
             return g * cache[1]
         if kind == "pool":
@@ -318,6 +329,10 @@ def torch_check(z, meta):
             var = x.var(axes, unbiased=False, keepdim=True)
             xhat = (x - mean) / torch.sqrt(var + o["eps"])
             return params[o["gamma"]].reshape(shape) * xhat + params[o["beta"]].reshape(shape)
+        if kind == "branch_scale":
+            a = params[o["a"]]
+            shape = (1,) if a.numel() == 1 else ((1, -1) if x.dim() == 2 else (1, -1, 1, 1))
+            return a.reshape(shape) * x
         if kind == "relu":
             return torch.relu(x)
         if kind == "global_avg_pool":

@@ -67,10 +67,14 @@ pub enum Fault {
     LnVarianceTerm,
     /// LayerNorm: `dE/dgamma`.
     LnGammaGrad,
+    /// A learned branch scale (`alpha`, `layerscale`): `dE/da = sum g F`.
+    BranchScaleGrad,
+    /// A learned branch scale: `dE/dF = a g`.
+    BranchScaleInputGrad,
 }
 
 impl Fault {
-    pub const ALL: [Fault; 29] = [
+    pub const ALL: [Fault; 31] = [
         Fault::DenseInputGrad,
         Fault::DenseWeightGrad,
         Fault::DenseBiasGrad,
@@ -100,6 +104,8 @@ impl Fault {
         Fault::LnMeanTerm,
         Fault::LnVarianceTerm,
         Fault::LnGammaGrad,
+        Fault::BranchScaleGrad,
+        Fault::BranchScaleInputGrad,
     ];
 }
 

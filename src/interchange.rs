@@ -91,6 +91,7 @@ fn op_json(op: &Op) -> Value {
             "stride": c.stride,
             "pad": c.pad,
         }),
+        Op::BranchScale(b) => json!({ "op": "branch_scale", "a": format!("{}.a", b.name) }),
         Op::Pool => json!({ "op": "global_avg_pool" }),
         Op::PadShortcut(p) => json!({ "op": "pad_shortcut", "stride": p.stride, "c_out": p.c_out }),
         Op::Relu => json!({ "op": "relu" }),
@@ -107,7 +108,10 @@ fn ops_json(ops: &[Op]) -> Value {
 fn shortcut_json(unit: &ResidualUnit) -> Value {
     let ops = ops_json(&unit.shortcut_ops);
     match unit.shortcut {
-        ShortcutKind::Identity => json!({ "kind": "identity" }),
+        // The learned scale is the branch's last op ("branch_scale"): h is the identity.
+        ShortcutKind::Identity | ShortcutKind::Alpha { .. } | ShortcutKind::LayerScale { .. } => {
+            json!({ "kind": "identity" })
+        }
         ShortcutKind::Scale { lambda, branch } => {
             json!({ "kind": "scale", "lambda": lambda, "branch_scale": branch })
         }

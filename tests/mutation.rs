@@ -100,6 +100,10 @@ fn targets(f: Fault) -> Vec<Target> {
             conv(Original, "identity", Projection::Bn),
         ],
         Fault::DropoutShortcutVjp => vec![mlp(FullPreact, "dropout:0.3")],
+        Fault::BranchScaleGrad | Fault::BranchScaleInputGrad => vec![
+            mlp(FullPreact, "alpha:0.3"),
+            conv(FullPreact, "layerscale:0.2", Projection::Plain),
+        ],
         Fault::LnMeanTerm | Fault::LnVarianceTerm | Fault::LnGammaGrad => vec![
             Target {
                 norm: NormKind::Layer,

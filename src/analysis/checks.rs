@@ -247,6 +247,11 @@ fn direction(shape: &[usize], grad: &Tensor, seed: u64) -> Tensor {
         axpy(&mut v, 1.0 / gn, grad);
     }
     let vn = norm(&v);
+    if vn < 1e-6 {
+        // The random part and the gradient's cancel: a one-element tensor (a learned scalar)
+        // whose random sign opposed its gradient's. Its one direction is the random one.
+        return &r / norm(&r);
+    }
     v / vn
 }
 

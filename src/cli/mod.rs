@@ -112,7 +112,10 @@ pub struct NetArgs {
     /// Shortcut h (Fig. 2): identity; scale:L (h = L x); scale:L:B (branch scaled by B too);
     /// gate:B (exclusive gating (1-g) x + g F, g = sigmoid(W_g x + b), b initialised to B);
     /// shortcut-gate:B ((1-g) x + F); conv1x1 (learned projection); dropout:P (Bernoulli mask
-    /// on the shortcut, not rescaled; dropout:P:rescale divides by 1-P); none (plain net, h = 0).
+    /// on the shortcut, not rescaled; dropout:P:rescale divides by 1-P); none (plain net, h = 0);
+    /// and learned branch scalings with h = x: alpha:A (x + a F, a learned scalar per unit
+    /// initialised at A: SkipInit), rezero (alpha:0), layerscale:E (x + diag(lambda) F, one
+    /// learned value per channel initialised at E).
     #[arg(long, default_value = "identity", value_parser = parse_shortcut)]
     pub shortcut: ShortcutKind,
     /// ResNets: the shortcut of the units that change width or resolution. bn (1x1 projection

@@ -9,6 +9,7 @@
 //! [`Grads`]: crate::grads::Grads
 
 pub mod batch_norm;
+pub mod branch_scale;
 pub mod conv;
 pub mod dense;
 pub mod dense_fused;

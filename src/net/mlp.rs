@@ -107,13 +107,14 @@ pub fn dense_unit(
     r: &mut ChaCha8Rng,
 ) -> ResidualUnit {
     let name = format!("unit{index}");
-    let branch = dense_ops(
+    let mut branch = dense_ops(
         &placement.branch_recipe(2),
         &format!("{name}.branch"),
         width,
         norm,
         r,
     );
+    branch.extend(crate::unit::shortcut::branch_scale(shortcut, &name, width));
     let after_add = dense_ops(
         &placement.after_add_recipe(),
         &format!("{name}.after"),

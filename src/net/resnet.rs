@@ -230,6 +230,7 @@ pub fn conv_unit(
         ),
     };
     let changes_shape = c_in != c_out || stride != 1;
+    let scale = crate::unit::shortcut::branch_scale(shortcut, &name, c_out);
     let shortcut = match (changes_shape && shortcut != ShortcutKind::None, projection) {
         (false, _) => shortcut,
         (true, Projection::Pad) => ShortcutKind::Pad,
@@ -245,7 +246,8 @@ pub fn conv_unit(
         pre_recipe = recipe.drain(..first_weight).collect();
     }
     let pre = conv_ops(&pre_recipe, &format!("{name}.pre"), &specs, c_in, norm, r);
-    let branch = conv_ops(&recipe, &format!("{name}.branch"), &specs, c_in, norm, r);
+    let mut branch = conv_ops(&recipe, &format!("{name}.branch"), &specs, c_in, norm, r);
+    branch.extend(scale);
     let after_add = conv_ops(
         &placement.after_add_recipe(),
         &format!("{name}.after"),

@@ -20,6 +20,7 @@ use std::sync::Arc;
 use crate::grads::Grads;
 use crate::kernels::norm::Moments;
 use crate::kernels::Epilogue;
+use crate::layers::branch_scale::{BranchScale, BranchScaleCache};
 use crate::layers::pad_shortcut::PadShortcut;
 use crate::layers::pool;
 use crate::layers::preact_conv;
@@ -42,6 +43,8 @@ pub enum Op {
     /// A normalisation slot, filled by the network's [`NormKind`](crate::layers::NormKind).
     Norm(Norm),
     Relu,
+    /// A learned scale on the branch's output (`alpha:A`, `layerscale:E`), its last op.
+    BranchScale(BranchScale),
     /// A ReLU frozen at one point: multiply by that point's fixed 0/1 pattern. Finite
     /// differences use it to stay on the base point's linear piece (see `Network::with_frozen_relus`).
     Mask(Tensor),
@@ -57,6 +60,7 @@ pub enum OpCache {
     PadShortcut(Vec<usize>),
     Norm(NormCache),
     Relu(relu::ReluCache),
+    BranchScale(BranchScaleCache),
     Mask,
     /// The ReLU and the convolution of a fused BN-ReLU-conv: their state lives in the
     /// BatchNorm's cache (the ReLU mask and the conv input are recomputed from `x`).
@@ -86,6 +90,10 @@ impl Op {
                 let (y, c) = relu::forward(x);
                 (y, OpCache::Relu(c))
             }
+            Op::BranchScale(b) => {
+                let (y, c) = b.forward(x);
+                (y, OpCache::BranchScale(c))
+            }
             Op::Mask(m) => (x * m, OpCache::Mask),
         }
     }
@@ -99,6 +107,7 @@ impl Op {
             (Op::PadShortcut(p), OpCache::PadShortcut(shape)) => p.backward(shape, &grad_y),
             (Op::Norm(n), OpCache::Norm(c)) => n.backward(c, grad_y, grads),
             (Op::Relu, OpCache::Relu(c)) => relu::backward(c, grad_y),
+            (Op::BranchScale(b), OpCache::BranchScale(c)) => b.backward(c, grad_y, grads),
             (Op::Mask(m), OpCache::Mask) => grad_y * m,
             _ => unreachable!("op and cache kinds always match: caches are made by forward"),
         }
@@ -109,6 +118,7 @@ impl Op {
             Op::Dense(d) => d.visit_params(f),
             Op::Conv(c) => c.visit_params(f),
             Op::Norm(n) => n.visit_params(f),
+            Op::BranchScale(b) => b.visit_params(f),
             Op::Relu | Op::Mask(_) | Op::Pool | Op::PadShortcut(_) => {}
         }
     }
@@ -118,6 +128,7 @@ impl Op {
             Op::Dense(d) => d.visit_params_mut(f),
             Op::Conv(c) => c.visit_params_mut(f),
             Op::Norm(n) => n.visit_params_mut(f),
+            Op::BranchScale(b) => b.visit_params_mut(f),
             Op::Relu | Op::Mask(_) | Op::Pool | Op::PadShortcut(_) => {}
         }
     }
@@ -141,7 +152,7 @@ impl Op {
             Op::Conv(c) => c.out_shape(in_shape).to_vec(),
             Op::Pool => in_shape[..2].to_vec(),
             Op::PadShortcut(p) => p.out_shape(in_shape).to_vec(),
-            Op::Norm(_) | Op::Relu | Op::Mask(_) => in_shape.to_vec(),
+            Op::Norm(_) | Op::Relu | Op::Mask(_) | Op::BranchScale(_) => in_shape.to_vec(),
         }
     }
 
@@ -154,6 +165,8 @@ impl Op {
             Op::Pool => "pool",
             Op::PadShortcut(_) => "pad",
             Op::Norm(n) => n.label(),
+            Op::BranchScale(b) if b.a.len() == 1 => "alpha",
+            Op::BranchScale(_) => "diag",
             Op::Relu => "ReLU",
             Op::Mask(_) => "ReLU(frozen)",
         }

@@ -436,9 +436,7 @@ impl ResidualUnit {
     /// The paper's unit: identity shortcut and after-addition function, no shared
     /// pre-activation.
     fn is_identity_unit(&self) -> bool {
-        self.pre.is_empty()
-            && self.after_add.is_empty()
-            && matches!(self.shortcut, ShortcutKind::Identity)
+        self.pre.is_empty() && self.after_add.is_empty() && self.shortcut.is_identity_h()
     }
 
     fn forward_identity_fused(

@@ -10,6 +10,8 @@
 //! | conv1x1, pad | `P(x)` (its layers) | `F` | `J_P^T g` | `g` |
 //! | dropout:P | `m x` | `F` | `m g` | `g` |
 //! | none | `0` | `F` | `0` | `g` |
+//! | alpha:A, rezero | `x` | `a F` (the branch's last op) | `g` | `g` (into `a F`) |
+//! | layerscale:E | `x` | `diag(lambda) F` (the branch's last op) | `g` | `g` (into it) |
 //!
 //! with `s = sigmoid(W_g x + b_g)` (the gate's layers) and `m` the unit's dropout mask. A new
 //! kind is one more arm in each function below plus its parse/display in `spec.rs`.
@@ -19,9 +21,24 @@ use super::residual::ForwardCtx;
 use super::spec::ShortcutKind;
 use crate::fault::{self, Fault};
 use crate::grads::Grads;
+use crate::layers::branch_scale::BranchScale;
 use crate::layers::{dropout, sigmoid};
 use crate::rng::{derive_seed, purpose, rng};
 use crate::tensor::Tensor;
+
+/// The layer a kind adds at the end of the branch, if any: the learned scale of `alpha:A`
+/// (one scalar) and `layerscale:E` (one value per channel), named `{unit}.scale`. Every unit
+/// gets it, the shape-changing ones too (their shortcut is the projection).
+pub fn branch_scale(kind: ShortcutKind, unit: &str, channels: usize) -> Option<Op> {
+    let name = format!("{unit}.scale");
+    match kind {
+        ShortcutKind::Alpha { init } => Some(Op::BranchScale(BranchScale::scalar(&name, init))),
+        ShortcutKind::LayerScale { init } => Some(Op::BranchScale(BranchScale::per_channel(
+            &name, channels, init,
+        ))),
+        _ => None,
+    }
+}
 
 /// What a shortcut's forward leaves for its backward.
 #[derive(Debug, Clone, Default)]
@@ -72,7 +89,11 @@ pub(super) fn forward(
             ));
             cache.mask = Some(dropout::mask(x.shape(), p, rescale, &mut r));
         }
-        ShortcutKind::Identity | ShortcutKind::Scale { .. } | ShortcutKind::None => {}
+        ShortcutKind::Identity
+        | ShortcutKind::Alpha { .. }
+        | ShortcutKind::LayerScale { .. }
+        | ShortcutKind::Scale { .. }
+        | ShortcutKind::None => {}
     }
     cache
 }
@@ -80,7 +101,9 @@ pub(super) fn forward(
 /// `acc += h(x)`.
 pub(super) fn add_h(kind: ShortcutKind, cache: &ShortcutCache, x: &Tensor, acc: &mut Tensor) {
     match kind {
-        ShortcutKind::Identity => crate::tensor::add_assign(acc, x),
+        ShortcutKind::Identity | ShortcutKind::Alpha { .. } | ShortcutKind::LayerScale { .. } => {
+            crate::tensor::add_assign(acc, x)
+        }
         ShortcutKind::Scale { lambda, .. } => acc.zip_mut_with(x, |a, &v| *a += lambda * v),
         ShortcutKind::Gate { .. } | ShortcutKind::ShortcutGate { .. } => ndarray::Zip::from(acc)
             .and(x)
@@ -139,7 +162,7 @@ pub(super) fn shortcut_vjp(
     grads: Option<&mut Grads>,
 ) -> Tensor {
     match kind {
-        ShortcutKind::Identity => {
+        ShortcutKind::Identity | ShortcutKind::Alpha { .. } | ShortcutKind::LayerScale { .. } => {
             fault::perturb(Fault::IdentityShortcutVjp, &mut grad_y);
             grad_y
         }

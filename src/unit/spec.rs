@@ -204,6 +204,12 @@ pub enum ShortcutKind {
     Dropout { p: f64, rescale: bool },
     /// A plain network: `h = 0`.
     None,
+    /// `h(x) = x` and `x + a F` with a learned scalar `a` per unit, initialised at `init`
+    /// (SkipInit; `rezero` is `alpha:0`). The scale is the branch's last op.
+    Alpha { init: f64 },
+    /// `h(x) = x` and `x + diag(lambda) F`, a learned value per channel initialised at `init`
+    /// (CaiT's LayerScale). The scale is the branch's last op.
+    LayerScale { init: f64 },
     /// He et al. 2015's option A where a unit changes shape: keep every `stride`-th pixel,
     /// zero-pad the new channels (a linear map with no parameters). Chosen by
     /// [`Projection::Pad`], never by `--shortcut`.
@@ -267,17 +273,28 @@ impl FromStr for Projection {
 }
 
 pub const SHORTCUT_SYNTAX: &str =
-    "identity, scale:L, scale:L:B, gate:B, shortcut-gate:B, conv1x1, dropout:P, dropout:P:rescale or none";
+    "identity, scale:L, scale:L:B, gate:B, shortcut-gate:B, conv1x1, dropout:P, dropout:P:rescale, alpha:A, rezero, layerscale:E or none";
 
 impl ShortcutKind {
     /// The constant `lambda` when `h` is a constant scaling (identity 1, plain net 0).
     pub fn constant_lambda(self) -> Option<f64> {
         match self {
-            ShortcutKind::Identity => Some(1.0),
+            ShortcutKind::Identity
+            | ShortcutKind::Alpha { .. }
+            | ShortcutKind::LayerScale { .. } => Some(1.0),
             ShortcutKind::Scale { lambda, .. } => Some(lambda),
             ShortcutKind::None => Some(0.0),
             _ => None,
         }
+    }
+
+    /// `h(x) = x`: the identity, and the learned branch scalings, whose scale sits in the
+    /// branch.
+    pub fn is_identity_h(self) -> bool {
+        matches!(
+            self,
+            ShortcutKind::Identity | ShortcutKind::Alpha { .. } | ShortcutKind::LayerScale { .. }
+        )
     }
 
     pub fn has_gate(self) -> bool {
@@ -309,6 +326,13 @@ impl FromStr for ShortcutKind {
             || format!("shortcut '{s}': wrong number of ':' fields (expected {SHORTCUT_SYNTAX})");
         match parts[0] {
             "identity" if parts.len() == 1 => Ok(ShortcutKind::Identity),
+            "rezero" if parts.len() == 1 => Ok(ShortcutKind::Alpha { init: 0.0 }),
+            "alpha" if parts.len() == 2 => Ok(ShortcutKind::Alpha {
+                init: parse_number(s, parts[1], "initial alpha")?,
+            }),
+            "layerscale" if parts.len() == 2 => Ok(ShortcutKind::LayerScale {
+                init: parse_number(s, parts[1], "initial scale")?,
+            }),
             "none" | "plain" if parts.len() == 1 => Ok(ShortcutKind::None),
             "conv1x1" | "projection" if parts.len() == 1 => Ok(ShortcutKind::Conv1x1),
             "scale" if parts.len() == 2 || parts.len() == 3 => {
@@ -344,7 +368,7 @@ impl FromStr for ShortcutKind {
                 Ok(ShortcutKind::Dropout { p, rescale })
             }
             "identity" | "none" | "plain" | "conv1x1" | "projection" | "scale" | "gate"
-            | "shortcut-gate" | "dropout" => Err(bad_arity()),
+            | "shortcut-gate" | "dropout" | "rezero" | "alpha" | "layerscale" => Err(bad_arity()),
             other => Err(format!(
                 "unknown shortcut '{other}' (expected {SHORTCUT_SYNTAX})"
             )),
@@ -367,6 +391,8 @@ impl fmt::Display for ShortcutKind {
             ShortcutKind::Dropout { p, rescale: false } => write!(f, "dropout:{p}"),
             ShortcutKind::Dropout { p, rescale: true } => write!(f, "dropout:{p}:rescale"),
             ShortcutKind::None => write!(f, "none"),
+            ShortcutKind::Alpha { init } => write!(f, "alpha:{init}"),
+            ShortcutKind::LayerScale { init } => write!(f, "layerscale:{init}"),
             ShortcutKind::Pad => write!(f, "pad"),
         }
     }
@@ -388,6 +414,8 @@ mod tests {
             "dropout:0.5",
             "dropout:0.25:rescale",
             "none",
+            "alpha:0.25",
+            "layerscale:0.1",
         ] {
             let k: ShortcutKind = s.parse().unwrap();
             assert_eq!(k.to_string(), s);
@@ -405,6 +433,14 @@ mod tests {
         let e = "gate".parse::<ShortcutKind>().unwrap_err();
         assert!(e.contains("wrong number"), "{e}");
         assert!("scale:inf".parse::<ShortcutKind>().is_err());
+        assert_eq!(
+            "rezero".parse::<ShortcutKind>().unwrap(),
+            ShortcutKind::Alpha { init: 0.0 }
+        );
+        assert!("alpha"
+            .parse::<ShortcutKind>()
+            .unwrap_err()
+            .contains("wrong number"));
     }
 
     #[test]

@@ -422,3 +422,62 @@ fn running_statistics_update_after_a_training_pass() {
         "every BN's running statistics moved"
     );
 }
+
+/// ReZero and SkipInit at zero (`alpha:0`): the branch adds nothing at initialisation, so
+/// every `x_l` is `x_0` and `dE/dx_l` is its direct part exactly (the rest is 0, not small),
+/// with or without normalisation, across the ResNets' stage changes too; the scale's own
+/// gradient does not vanish.
+#[test]
+fn rezero_gradient_is_its_direct_part_exactly() {
+    use resprop::grads::Grads;
+    use resprop::layers::NormKind;
+    use resprop::net::{build_net_with, NetChoice, NetSizes};
+    let sizes = NetSizes {
+        units: 6,
+        width: 16,
+        input_dim: 12,
+        image_size: 8,
+        input_channels: 3,
+        classes: 10,
+    };
+    for (net, norm, placement) in [
+        ("mlp", NormKind::None, Placement::FullPreact),
+        ("mlp", NormKind::Batch, Placement::Original),
+        ("mlp", NormKind::Layer, Placement::PreNorm),
+        ("resnet:2:basic", NormKind::None, Placement::FullPreact),
+    ] {
+        let choice: NetChoice = net.parse().unwrap();
+        let net = build_net_with(
+            &choice,
+            &sizes,
+            placement,
+            "rezero".parse().unwrap(),
+            None,
+            norm,
+            3,
+        )
+        .unwrap();
+        let (x, y) = gaussian_batch(&net.input_shape, 8, 10, 3);
+        let cache = net.forward(&x, &y, &ctx()).unwrap();
+        let mut grads = Grads::new();
+        let back = net.backward(&cache, &y, Some(&mut grads));
+        let profile = build_records(&net, &cache, &back);
+        let tag = format!("{net:?} {norm} {placement}", net = choice);
+        for r in &profile.records {
+            assert_eq!(r.rest_norm, 0.0, "{tag}: unit {}", r.unit);
+            assert_eq!(
+                r.direct_norm.to_bits(),
+                r.grad_norm.to_bits(),
+                "{tag}: unit {}",
+                r.unit
+            );
+            if let Some(b) = r.branch_norm {
+                assert_eq!(b, 0.0, "{tag}: unit {}: the branch term", r.unit);
+            }
+        }
+        let a = grads
+            .get("unit0.scale.a")
+            .expect("the scale has a gradient");
+        assert!(a[[0]] != 0.0, "{tag}: dE/da = {}", a[[0]]);
+    }
+}

@@ -13,7 +13,7 @@ use resprop::net::{build_net, Keep, NetChoice, NetSizes, Network};
 use resprop::tensor::Tensor;
 use resprop::unit::{ForwardCtx, Fusion, Placement, Projection, ShortcutKind};
 
-const SHORTCUTS: [&str; 8] = [
+const SHORTCUTS: [&str; 10] = [
     "identity",
     "scale:0.5:0.5",
     "gate:-2",
@@ -22,6 +22,8 @@ const SHORTCUTS: [&str; 8] = [
     "dropout:0.3",
     "none",
     "scale:0.5",
+    "alpha:0.3",
+    "layerscale:0.2",
 ];
 
 /// The largest relative difference of two tensors (0 when bit-identical), by elements:

@@ -1,4 +1,4 @@
-//! Every placement x shortcut x norm combination (5 x 8 x 3): the unit's hand-written
+//! Every placement x shortcut x norm combination (7 x 11 x 3): the unit's hand-written
 //! backward, its two vector-Jacobian products (shortcut only, branch only) and every parameter
 //! gradient, each against 2-point central differences in f64 with a non-linear loss.
 
@@ -16,7 +16,7 @@ use resprop::unit::{ForwardCtx, Placement, Projection, ResidualUnit, ShortcutKin
 const TOL: f64 = 1e-6;
 const H: f64 = 1e-6;
 
-const SHORTCUTS: [&str; 8] = [
+const SHORTCUTS: [&str; 11] = [
     "identity",
     "scale:0.7",
     "scale:0.5:0.5",
@@ -25,6 +25,9 @@ const SHORTCUTS: [&str; 8] = [
     "conv1x1",
     "dropout:0.3",
     "none",
+    "alpha:0.3",
+    "rezero",
+    "layerscale:0.2",
 ];
 
 fn ctx(mode: Mode) -> ForwardCtx {
