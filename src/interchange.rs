@@ -115,6 +115,10 @@ fn shortcut_json(unit: &ResidualUnit) -> Value {
         ShortcutKind::Scale { lambda, branch } => {
             json!({ "kind": "scale", "lambda": lambda, "branch_scale": branch })
         }
+        // The branch's weights were started scaled; the forward map is `a x + F`.
+        ShortcutKind::DeepNorm { alpha } => {
+            json!({ "kind": "scale", "lambda": alpha, "branch_scale": 1.0 })
+        }
         ShortcutKind::Gate { bias } => json!({ "kind": "gate", "bias_init": bias, "ops": ops }),
         ShortcutKind::ShortcutGate { bias } => {
             json!({ "kind": "shortcut-gate", "bias_init": bias, "ops": ops })

@@ -51,6 +51,9 @@ impl MlpConfig {
         if self.classes < 2 {
             bail!("classes must be at least 2, got {}", self.classes);
         }
+        self.shortcut
+            .check_placement(self.placement)
+            .map_err(anyhow::Error::msg)?;
         Ok(())
     }
 }
@@ -161,8 +164,13 @@ pub fn build_mlp(cfg: &MlpConfig) -> Result<Network> {
     let stem_head =
         |recipe: Vec<Step>, name: &str| -> Vec<Op> { edge_ops(&recipe, name, cfg.width, cfg.norm) };
     stem.extend(stem_head(cfg.placement.stem_recipe(), "stem"));
+    let (shortcut, gain) = crate::unit::shortcut::resolve_for_depth(cfg.shortcut, cfg.units);
     let units = (0..cfg.units)
-        .map(|l| dense_unit(l, cfg.placement, cfg.shortcut, cfg.width, cfg.norm, &mut r))
+        .map(|l| {
+            let mut u = dense_unit(l, cfg.placement, shortcut, cfg.width, cfg.norm, &mut r);
+            u.scale_branch_weights(gain);
+            u
+        })
         .collect();
     let mut head = stem_head(cfg.placement.head_recipe(), "head");
     let classifier_std = (1.0 / cfg.width as f64).sqrt();

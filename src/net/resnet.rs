@@ -124,6 +124,9 @@ impl ResnetConfig {
         if self.input_channels == 0 {
             bail!("input channels must be at least 1, got 0");
         }
+        self.shortcut
+            .check_placement(self.placement)
+            .map_err(anyhow::Error::msg)?;
         Ok(())
     }
 }
@@ -326,15 +329,17 @@ pub fn build_resnet(cfg: &ResnetConfig) -> Result<Network> {
         STAGE_WIDTHS[0],
         cfg.norm,
     ));
+    let (shortcut, gain) =
+        crate::unit::shortcut::resolve_for_depth(cfg.shortcut, 3 * cfg.units_per_stage);
     let mut units = Vec::new();
     let mut channels = STAGE_WIDTHS[0];
     for (stage, &width) in STAGE_WIDTHS.iter().enumerate() {
         for j in 0..cfg.units_per_stage {
             let stride = if stage > 0 && j == 0 { 2 } else { 1 };
-            let unit = conv_unit(
+            let mut unit = conv_unit(
                 units.len(),
                 cfg.placement,
-                cfg.shortcut,
+                shortcut,
                 cfg.projection,
                 cfg.block,
                 channels,
@@ -343,6 +348,7 @@ pub fn build_resnet(cfg: &ResnetConfig) -> Result<Network> {
                 cfg.norm,
                 &mut r,
             );
+            unit.scale_branch_weights(gain);
             channels = match cfg.block {
                 Block::Basic => width,
                 Block::Bottleneck => 4 * width,

@@ -344,6 +344,17 @@ impl ResidualUnit {
         self.branch_part(cache, &grad_y, None)
     }
 
+    /// Multiplies the initial weights of the branch's weight layers by `gain` (DeepNorm's `b`).
+    pub fn scale_branch_weights(&mut self, gain: f64) {
+        for op in &mut self.branch {
+            match op {
+                Op::Dense(d) => d.w *= gain,
+                Op::Conv(c) => c.w *= gain,
+                _ => {}
+            }
+        }
+    }
+
     /// Replaces every ReLU by the pattern it had in `cache` (see `Network::with_frozen_relus`).
     pub fn freeze_relus(&mut self, cache: &UnitCache) {
         freeze_relus_seq(&mut self.pre, &cache.pre);

@@ -12,6 +12,7 @@
 //! | none | `0` | `F` | `0` | `g` |
 //! | alpha:A, rezero | `x` | `a F` (the branch's last op) | `g` | `g` (into `a F`) |
 //! | layerscale:E | `x` | `diag(lambda) F` (the branch's last op) | `g` | `g` (into it) |
+//! | deepnorm | `a x`, `a = (2L)^(1/4)` | `F` (weights started at `b = (8L)^(-1/4)`) | `a g` | `g` |
 //!
 //! with `s = sigmoid(W_g x + b_g)` (the gate's layers) and `m` the unit's dropout mask. A new
 //! kind is one more arm in each function below plus its parse/display in `spec.rs`.
@@ -25,6 +26,26 @@ use crate::layers::branch_scale::BranchScale;
 use crate::layers::{dropout, sigmoid};
 use crate::rng::{derive_seed, purpose, rng};
 use crate::tensor::Tensor;
+
+/// DeepNorm's `(a, b)` for `units` residual units: the shortcut's up-weighting
+/// `a = (2L)^(1/4)` and the branch weights' initial scale `b = (8L)^(-1/4)` (the encoder-only
+/// constants of Wang et al. 2022).
+pub fn deepnorm_constants(units: usize) -> (f64, f64) {
+    let l = units as f64;
+    ((2.0 * l).powf(0.25), (8.0 * l).powf(-0.25))
+}
+
+/// What a unit's shortcut is once the network's depth is known: `deepnorm` gets its `a`, with
+/// `b` the factor on the branch's initial weights; every other kind is itself, with factor 1.
+pub fn resolve_for_depth(kind: ShortcutKind, units: usize) -> (ShortcutKind, f64) {
+    match kind {
+        ShortcutKind::DeepNorm { .. } => {
+            let (a, b) = deepnorm_constants(units);
+            (ShortcutKind::DeepNorm { alpha: a }, b)
+        }
+        k => (k, 1.0),
+    }
+}
 
 /// The layer a kind adds at the end of the branch, if any: the learned scale of `alpha:A`
 /// (one scalar) and `layerscale:E` (one value per channel), named `{unit}.scale`. Every unit
@@ -93,6 +114,7 @@ pub(super) fn forward(
         | ShortcutKind::Alpha { .. }
         | ShortcutKind::LayerScale { .. }
         | ShortcutKind::Scale { .. }
+        | ShortcutKind::DeepNorm { .. }
         | ShortcutKind::None => {}
     }
     cache
@@ -104,7 +126,9 @@ pub(super) fn add_h(kind: ShortcutKind, cache: &ShortcutCache, x: &Tensor, acc: 
         ShortcutKind::Identity | ShortcutKind::Alpha { .. } | ShortcutKind::LayerScale { .. } => {
             crate::tensor::add_assign(acc, x)
         }
-        ShortcutKind::Scale { lambda, .. } => acc.zip_mut_with(x, |a, &v| *a += lambda * v),
+        ShortcutKind::Scale { lambda, .. } | ShortcutKind::DeepNorm { alpha: lambda } => {
+            acc.zip_mut_with(x, |a, &v| *a += lambda * v)
+        }
         ShortcutKind::Gate { .. } | ShortcutKind::ShortcutGate { .. } => ndarray::Zip::from(acc)
             .and(x)
             .and(cache.gate.as_ref().unwrap())
@@ -166,7 +190,7 @@ pub(super) fn shortcut_vjp(
             fault::perturb(Fault::IdentityShortcutVjp, &mut grad_y);
             grad_y
         }
-        ShortcutKind::Scale { lambda, .. } => {
+        ShortcutKind::Scale { lambda, .. } | ShortcutKind::DeepNorm { alpha: lambda } => {
             grad_y *= fault::factor(Fault::ScaleShortcutVjp, lambda);
             grad_y
         }

@@ -210,6 +210,11 @@ pub enum ShortcutKind {
     /// `h(x) = x` and `x + diag(lambda) F`, a learned value per channel initialised at `init`
     /// (CaiT's LayerScale). The scale is the branch's last op.
     LayerScale { init: f64 },
+    /// DeepNorm (Wang et al. 2022): `x_{l+1} = N(a x_l + F(x_l))` with `a = (2L)^(1/4)` and the
+    /// branch's weight layers initialised scaled by `b = (8L)^(-1/4)`, for L units; post-norm
+    /// only. `alpha` is `a`, set by the builders once the depth is known
+    /// ([`resolve_for_depth`](crate::unit::shortcut::resolve_for_depth)); parsed as 0.
+    DeepNorm { alpha: f64 },
     /// He et al. 2015's option A where a unit changes shape: keep every `stride`-th pixel,
     /// zero-pad the new channels (a linear map with no parameters). Chosen by
     /// [`Projection::Pad`], never by `--shortcut`.
@@ -273,7 +278,7 @@ impl FromStr for Projection {
 }
 
 pub const SHORTCUT_SYNTAX: &str =
-    "identity, scale:L, scale:L:B, gate:B, shortcut-gate:B, conv1x1, dropout:P, dropout:P:rescale, alpha:A, rezero, layerscale:E or none";
+    "identity, scale:L, scale:L:B, gate:B, shortcut-gate:B, conv1x1, dropout:P, dropout:P:rescale, alpha:A, rezero, layerscale:E, deepnorm or none";
 
 impl ShortcutKind {
     /// The constant `lambda` when `h` is a constant scaling (identity 1, plain net 0).
@@ -283,6 +288,7 @@ impl ShortcutKind {
             | ShortcutKind::Alpha { .. }
             | ShortcutKind::LayerScale { .. } => Some(1.0),
             ShortcutKind::Scale { lambda, .. } => Some(lambda),
+            ShortcutKind::DeepNorm { alpha } => Some(alpha),
             ShortcutKind::None => Some(0.0),
             _ => None,
         }
@@ -295,6 +301,16 @@ impl ShortcutKind {
             self,
             ShortcutKind::Identity | ShortcutKind::Alpha { .. } | ShortcutKind::LayerScale { .. }
         )
+    }
+
+    /// A shortcut that only makes sense with one placement: one line saying so, or `Ok`.
+    pub fn check_placement(self, placement: Placement) -> Result<(), String> {
+        match self {
+            ShortcutKind::DeepNorm { .. } if placement != Placement::PostNorm => Err(format!(
+                "shortcut 'deepnorm' needs --placement post-norm (it is x_{{l+1}} = N(a x_l + F(x_l))), got '{placement}'"
+            )),
+            _ => Ok(()),
+        }
     }
 
     pub fn has_gate(self) -> bool {
@@ -327,6 +343,7 @@ impl FromStr for ShortcutKind {
         match parts[0] {
             "identity" if parts.len() == 1 => Ok(ShortcutKind::Identity),
             "rezero" if parts.len() == 1 => Ok(ShortcutKind::Alpha { init: 0.0 }),
+            "deepnorm" if parts.len() == 1 => Ok(ShortcutKind::DeepNorm { alpha: 0.0 }),
             "alpha" if parts.len() == 2 => Ok(ShortcutKind::Alpha {
                 init: parse_number(s, parts[1], "initial alpha")?,
             }),
@@ -368,7 +385,9 @@ impl FromStr for ShortcutKind {
                 Ok(ShortcutKind::Dropout { p, rescale })
             }
             "identity" | "none" | "plain" | "conv1x1" | "projection" | "scale" | "gate"
-            | "shortcut-gate" | "dropout" | "rezero" | "alpha" | "layerscale" => Err(bad_arity()),
+            | "shortcut-gate" | "dropout" | "rezero" | "alpha" | "layerscale" | "deepnorm" => {
+                Err(bad_arity())
+            }
             other => Err(format!(
                 "unknown shortcut '{other}' (expected {SHORTCUT_SYNTAX})"
             )),
@@ -393,6 +412,7 @@ impl fmt::Display for ShortcutKind {
             ShortcutKind::None => write!(f, "none"),
             ShortcutKind::Alpha { init } => write!(f, "alpha:{init}"),
             ShortcutKind::LayerScale { init } => write!(f, "layerscale:{init}"),
+            ShortcutKind::DeepNorm { .. } => write!(f, "deepnorm"),
             ShortcutKind::Pad => write!(f, "pad"),
         }
     }
@@ -416,6 +436,7 @@ mod tests {
             "none",
             "alpha:0.25",
             "layerscale:0.1",
+            "deepnorm",
         ] {
             let k: ShortcutKind = s.parse().unwrap();
             assert_eq!(k.to_string(), s);

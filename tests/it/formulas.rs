@@ -481,3 +481,51 @@ fn rezero_gradient_is_its_direct_part_exactly() {
         assert!(a[[0]] != 0.0, "{tag}: dE/da = {}", a[[0]]);
     }
 }
+
+/// DeepNorm resolves with the depth: `a = (2L)^(1/4)` on the shortcut, the branch weights
+/// started at `b = (8L)^(-1/4)` times the identity net's (same seed), and `check` passes.
+#[test]
+fn deepnorm_constants_follow_the_depth() {
+    use resprop::layers::NormKind;
+    use resprop::net::{build_net_with, NetChoice, NetSizes};
+    let sizes = NetSizes {
+        units: 24,
+        width: 8,
+        input_dim: 12,
+        image_size: 8,
+        input_channels: 3,
+        classes: 10,
+    };
+    let build = |shortcut: &str| {
+        build_net_with(
+            &NetChoice::Mlp,
+            &sizes,
+            Placement::PostNorm,
+            shortcut.parse().unwrap(),
+            None,
+            NormKind::Layer,
+            5,
+        )
+        .unwrap()
+    };
+    let (deep, plain) = (build("deepnorm"), build("identity"));
+    let (a, b) = (48f64.powf(0.25), 192f64.powf(-0.25));
+    // Python: 48 ** 0.25, 192 ** -0.25.
+    assert!((a - 2.6321480259049848).abs() < 1e-15 && (b - 0.2686424829558855).abs() < 1e-15);
+    for (ud, up) in deep.units.iter().zip(&plain.units) {
+        assert_eq!(ud.shortcut, ShortcutKind::DeepNorm { alpha: a });
+        for (od, op) in ud.branch.iter().zip(&up.branch) {
+            if let (resprop::unit::Op::Dense(dd), resprop::unit::Op::Dense(dp)) = (od, op) {
+                assert_eq!(dd.w, &dp.w * b, "{}", dd.name);
+            }
+        }
+    }
+    let (x, y) = gaussian_batch(&deep.input_shape, 8, 10, 5);
+    let report = checks(&deep, &x, &y, &ctx(), 2, 5);
+    for row in &report.rows {
+        assert!(
+            matches!(row.status, Status::Pass | Status::NotApplicable(_)),
+            "{row:?}"
+        );
+    }
+}

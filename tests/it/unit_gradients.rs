@@ -314,3 +314,18 @@ fn gate_bias_sets_the_shortcut_factor() {
     let factor = 1.0 - 1.0 / (1.0 + 6f64.exp());
     assert!(rel_error(&h, &(&x * factor)) < 1e-15);
 }
+
+/// DeepNorm's unit (post-norm, `N(a x + F)`) with a resolved `a`, every norm.
+#[test]
+fn deepnorm_unit_matches_finite_differences() {
+    for norm in NormKind::ALL {
+        let kind = ShortcutKind::DeepNorm { alpha: 1.7 };
+        let u = dense_unit(3, Placement::PostNorm, kind, 5, norm, &mut rng(8));
+        check_unit(
+            &randomise_affine(u, 8),
+            &[6, 5],
+            &format!("deepnorm / {norm}"),
+            Mode::Train,
+        );
+    }
+}
