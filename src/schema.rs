@@ -64,6 +64,12 @@ pub mod col {
         SAMPLE_RATIO_MIN = "sample_ratio_min";
         SAMPLE_RATIO_MEDIAN = "sample_ratio_median";
         SAMPLE_RATIO_MAX = "sample_ratio_max";
+        /// Signal propagation: the average over channels of the squared channel mean of x_l.
+        ACT_MEAN_SQ = "act_mean_sq";
+        /// The average channel variance of x_l.
+        ACT_VAR = "act_var";
+        /// The average channel variance of the branch term F'(x_l).
+        BRANCH_VAR = "branch_var";
 
         // A verification experiment's checks, per unit.
         FORWARD_SUM_ERROR = "forward_sum_error";
@@ -146,6 +152,9 @@ pub const PROFILE: Schema = Schema {
         SAMPLE_RATIO_MIN,
         SAMPLE_RATIO_MEDIAN,
         SAMPLE_RATIO_MAX,
+        ACT_MEAN_SQ,
+        ACT_VAR,
+        BRANCH_VAR,
     ],
 };
 

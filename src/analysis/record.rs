@@ -18,6 +18,7 @@
 
 use serde::Serialize;
 
+use super::signal::channel_stats;
 use crate::net::{NetCache, NetGrads, Network};
 use crate::schema::{self, col, Column, Row, Schema};
 use crate::tensor::{cosine, norm, per_sample_norms, Tensor};
@@ -109,6 +110,12 @@ pub struct UnitRecord {
     pub sample_ratio_min: f64,
     pub sample_ratio_median: f64,
     pub sample_ratio_max: f64,
+    /// Signal propagation (Brock et al. 2021): the average over channels of `x_l`'s squared
+    /// channel mean, and of its channel variance.
+    pub act_mean_sq: f64,
+    pub act_var: f64,
+    /// The average channel variance of the branch term `F'(x_l)` (none for row L).
+    pub branch_var: Option<f64>,
 }
 
 /// A column that went non-finite, and where it first did (in the direction it is computed:
@@ -134,26 +141,27 @@ pub fn direct_parts(
     grad_x: &[Tensor],
     stages: &Stages,
 ) -> Vec<Tensor> {
-    direct_parts_and_branch_norms(net, cache, grad_x, stages, false).0
+    direct_parts_and_branch_terms(net, cache, grad_x, stages, false).0
 }
 
-/// The direct parts and, when asked, `||F'(x_l)||` per unit (which needs a forward pass made
-/// with `keep_branch`), in one pass over the units (a cache that kept only the inputs re-runs
-/// each unit once).
-fn direct_parts_and_branch_norms(
+/// The direct parts and, when asked, `(||F'(x_l)||, its average channel variance)` per unit
+/// (which needs a forward pass made with `keep_branch`), in one pass over the units (a cache
+/// that kept only the inputs re-runs each unit once).
+fn direct_parts_and_branch_terms(
     net: &Network,
     cache: &NetCache,
     grad_x: &[Tensor],
     stages: &Stages,
-    branch_norms: bool,
-) -> (Vec<Tensor>, Vec<f64>) {
+    branch_terms: bool,
+) -> (Vec<Tensor>, Vec<(f64, f64)>) {
     let l_top = net.num_units();
     let mut parts = vec![grad_x[l_top].clone(); l_top + 1];
-    let mut norms = vec![0.0; l_top];
+    let mut norms = vec![(0.0, 0.0); l_top];
     for l in (0..l_top).rev() {
         let uc = cache.unit(net, l);
-        if branch_norms {
-            norms[l] = norm(&net.units[l].branch_term(&uc));
+        if branch_terms {
+            let term = net.units[l].branch_term(&uc);
+            norms[l] = (norm(&term), channel_stats(&term).var);
         }
         parts[l] = if stages.carries_direct(l) {
             net.units[l].vjp_shortcut(&uc, &parts[l + 1])
@@ -199,8 +207,8 @@ pub fn build_records(net: &Network, cache: &NetCache, grads: &NetGrads) -> Profi
     let top_norm = norm(g_top);
     let top_samples = per_sample_norms(g_top);
     let stages = Stages::of(net, cache);
-    let (direct, branch_norms) =
-        direct_parts_and_branch_norms(net, cache, &grads.grad_x, &stages, true);
+    let (direct, branch_terms) =
+        direct_parts_and_branch_terms(net, cache, &grads.grad_x, &stages, true);
     let records: Vec<UnitRecord> = (0..=l_top)
         .map(|l| {
             let top = stages.top[l];
@@ -208,6 +216,7 @@ pub fn build_records(net: &Network, cache: &NetCache, grads: &NetGrads) -> Profi
             let stage_top_norm = norm(g_stage_top);
             let g = &grads.grad_x[l];
             let grad_norm = norm(g);
+            let act = channel_stats(cache.x(l));
             let direct_norm = norm(&direct[l]);
             let sample_ratios: Vec<f64> = per_sample_norms(g)
                 .iter()
@@ -230,7 +239,7 @@ pub fn build_records(net: &Network, cache: &NetCache, grads: &NetGrads) -> Profi
                 direct_top: top,
                 shape_change: l < l_top && !stages.keeps_shape(l),
                 act_norm: norm(cache.x(l)),
-                branch_norm: (l < l_top).then(|| branch_norms[l]),
+                branch_norm: (l < l_top).then(|| branch_terms[l].0),
                 grad_norm,
                 direct_norm,
                 rest_norm: norm(&(g - &direct[l])),
@@ -241,6 +250,9 @@ pub fn build_records(net: &Network, cache: &NetCache, grads: &NetGrads) -> Profi
                 sample_ratio_min: min,
                 sample_ratio_median: crate::tensor::median(&sample_ratios).unwrap_or(f64::NAN),
                 sample_ratio_max: max,
+                act_mean_sq: act.mean_sq,
+                act_var: act.var,
+                branch_var: (l < l_top).then(|| branch_terms[l].1),
             }
         })
         .collect();
@@ -331,6 +343,9 @@ impl Row for UnitRecord {
             fmt_f64(self.sample_ratio_min),
             fmt_f64(self.sample_ratio_median),
             fmt_f64(self.sample_ratio_max),
+            fmt_f64(self.act_mean_sq),
+            fmt_f64(self.act_var),
+            fmt_opt(self.branch_var),
         ]
     }
 }

@@ -33,6 +33,29 @@ fn mean_var(x: &Tensor) -> (f64, f64) {
     (mean, var)
 }
 
+/// Brock, De and Smith's signal-propagation statistics of an `(N, C, ...)` activation:
+/// the average over channels of the squared channel mean, and of the channel variance (each
+/// channel over its `N H W` values, biased, two passes).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct ChannelStats {
+    pub mean_sq: f64,
+    pub var: f64,
+}
+
+pub fn channel_stats(x: &Tensor) -> ChannelStats {
+    let c = x.shape()[1];
+    let (mut mean_sq, mut var) = (0.0, 0.0);
+    for ch in 0..c {
+        let (m, v) = mean_var(&x.index_axis(ndarray::Axis(1), ch).to_owned());
+        mean_sq += m * m;
+        var += v;
+    }
+    ChannelStats {
+        mean_sq: mean_sq / c as f64,
+        var: var / c as f64,
+    }
+}
+
 /// The short name of a weight op inside a unit, from its parameter name (`unit3.branch.w2` ->
 /// `w2`, `unit18.proj` -> `proj`).
 fn layer_name(op: &Op) -> Option<String> {
@@ -95,6 +118,21 @@ pub fn weight_inputs(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Two channels, values chosen by hand: (mean 1, variance 1) and (mean -3, variance 4).
+    #[test]
+    fn channel_stats_average_over_channels() {
+        let x =
+            Tensor::from_shape_vec(ndarray::IxDyn(&[2, 2]), vec![0.0, -5.0, 2.0, -1.0]).unwrap();
+        let s = channel_stats(&x);
+        assert_eq!(
+            s,
+            ChannelStats {
+                mean_sq: 5.0,
+                var: 2.5
+            }
+        );
+    }
     use crate::analysis::gaussian_batch;
     use crate::net::{build_mlp, MlpConfig};
     use crate::unit::{Placement, ShortcutKind};
