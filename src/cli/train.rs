@@ -51,15 +51,25 @@ pub struct TrainArgs {
     /// steps, the paper's 32k/48k of 64k).
     #[arg(long, default_value_t = 0.1)]
     pub lr: f64,
+    /// SGD momentum.
     #[arg(long, default_value_t = 0.9)]
     pub momentum: f64,
-    /// Run the first N steps at a tenth of the rate (0: no warm-up). Default: the paper's
-    /// rule, a tenth of the rate until a batch's training error is below 80% (and at least
-    /// 400/64k of the run).
+    /// sgd (with --momentum, L2 weight decay: the paper's) or adam (bias-corrected, betas
+    /// 0.9 and 0.999, eps 1e-8, as PyTorch; weight decay per --weight-decay-mode).
+    #[arg(long, default_value = "sgd", value_parser = |s: &str| s.parse::<crate::train::OptimizerKind>())]
+    pub optimizer: crate::train::OptimizerKind,
+    /// Warm-up steps (0: none). SGD runs them at a tenth of the rate (the paper's); Adam ramps
+    /// the rate up linearly, (step + 1) / N of it (the Transformer's). Default: SGD, the
+    /// paper's rule (a tenth until a batch's training error is below 80%, and at least 400/64k
+    /// of the run); Adam, no warm-up.
     #[arg(long, value_name = "N")]
     pub warmup_steps: Option<usize>,
     #[arg(long, default_value_t = 1e-4)]
     pub weight_decay: f64,
+    /// Adam's weight decay: decoupled (the weights shrink by lr x decay each step, AdamW) or
+    /// l2 (decay x w added to the gradient, PyTorch's Adam). SGD always adds it to the gradient.
+    #[arg(long, default_value = "decoupled", value_parser = |s: &str| s.parse::<crate::train::WeightDecayMode>())]
+    pub weight_decay_mode: crate::train::WeightDecayMode,
     /// Take the per-unit gradient record every K steps (0: never).
     #[arg(long, default_value_t = 10)]
     pub record_every: usize,
@@ -138,10 +148,13 @@ pub fn run(args: &TrainArgs) -> Result<ExitCode> {
         base_lr: args.lr,
         momentum: args.momentum,
         weight_decay: args.weight_decay,
-        warmup: args.warmup_steps.map_or(
-            crate::train::Warmup::UntilError,
-            crate::train::Warmup::Steps,
-        ),
+        optimizer: args.optimizer,
+        weight_decay_mode: args.weight_decay_mode,
+        warmup: match (args.optimizer, args.warmup_steps) {
+            (crate::train::OptimizerKind::Sgd, None) => crate::train::Warmup::UntilError,
+            (crate::train::OptimizerKind::Sgd, Some(n)) => crate::train::Warmup::Steps(n),
+            (crate::train::OptimizerKind::Adam, n) => crate::train::Warmup::Linear(n.unwrap_or(0)),
+        },
         record_every: args.record_every,
         signal: false,
         seed: args.seed,
@@ -193,6 +206,12 @@ pub fn run(args: &TrainArgs) -> Result<ExitCode> {
         lr: args.lr,
         momentum: args.momentum,
         weight_decay: args.weight_decay,
+        optimizer: args.optimizer.to_string(),
+        weight_decay_mode: match args.optimizer {
+            crate::train::OptimizerKind::Sgd => String::new(),
+            crate::train::OptimizerKind::Adam => args.weight_decay_mode.to_string(),
+        },
+        norm: args.norm.to_string(),
         warmup: cfg.warmup.to_string(),
         record_every: args.record_every,
         seed: args.seed,
@@ -201,7 +220,7 @@ pub fn run(args: &TrainArgs) -> Result<ExitCode> {
     };
     let resume = if args.resume {
         let dir = args.checkpoint.as_ref().unwrap();
-        let r = checkpoint::load(dir, &mut net, &run_config)?;
+        let r = checkpoint::load(dir, &mut net, &run_config, cfg.new_optimizer())?;
         emit(&format!(
             "resuming after epoch {} from {}\n",
             r.epoch,
@@ -214,11 +233,11 @@ pub fn run(args: &TrainArgs) -> Result<ExitCode> {
     let stop = args.stop_after_epochs.unwrap_or(args.epochs);
     let save = |epoch: usize,
                 net: &crate::net::Network,
-                sgd: &crate::train::Sgd,
+                optimizer: &crate::train::Optimizer,
                 h: &History|
      -> Result<()> {
         match &args.checkpoint {
-            Some(dir) => checkpoint::save(dir, epoch, net, sgd, h, &run_config),
+            Some(dir) => checkpoint::save(dir, epoch, net, optimizer, h, &run_config),
             None => Ok(()),
         }
     };

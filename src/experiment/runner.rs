@@ -212,6 +212,8 @@ fn run_train_cell(spec: &Spec, cell: &Cell, t: &TrainSpec, data: &Split) -> Resu
         base_lr: t.lr,
         momentum: 0.9,
         weight_decay: 1e-4,
+        optimizer: crate::train::OptimizerKind::Sgd,
+        weight_decay_mode: crate::train::WeightDecayMode::Decoupled,
         warmup: crate::train::Warmup::UntilError,
         record_every: t.record_every,
         signal: true,

@@ -13,7 +13,7 @@ use anyhow::{anyhow, bail, Context, Result};
 use ndarray::{Array1, Array2, ArrayD};
 use ndarray_npy::{NpzReader, NpzWriter};
 
-use super::{History, Resume, Sgd, SignalRow};
+use super::{History, Optimizer, Resume, SignalRow};
 use crate::net::Network;
 use crate::schema::NumericRow;
 
@@ -104,11 +104,28 @@ pub struct RunConfig {
     pub lr: f64,
     pub momentum: f64,
     pub weight_decay: f64,
+    /// `sgd` or `adam` (absent from checkpoints written before Adam: SGD).
+    #[serde(default = "default_optimizer")]
+    pub optimizer: String,
+    /// Adam's weight decay: `decoupled` or `l2`; empty for SGD.
+    #[serde(default)]
+    pub weight_decay_mode: String,
+    /// What filled the normalisation slots (absent before `--norm`: batch).
+    #[serde(default = "default_norm")]
+    pub norm: String,
     pub warmup: String,
     pub record_every: usize,
     pub seed: u64,
     pub data: String,
     pub data_sha256: String,
+}
+
+fn default_optimizer() -> String {
+    "sgd".into()
+}
+
+fn default_norm() -> String {
+    "batch".into()
 }
 
 impl RunConfig {
@@ -146,7 +163,7 @@ pub fn save(
     dir: &Path,
     epoch: usize,
     net: &Network,
-    sgd: &Sgd,
+    optimizer: &Optimizer,
     history: &History,
     config: &RunConfig,
 ) -> Result<()> {
@@ -177,18 +194,23 @@ pub fn save(
             }
         });
         result?;
-        for (name, v) in &sgd.velocity {
-            npz.add_array(format!("velocity/{name}"), v).map_err(err)?;
+        for (name, v) in optimizer.state() {
+            npz.add_array(name, &v).map_err(err)?;
         }
         npz.finish().map_err(err)?;
         Ok(())
     })
 }
 
-/// Loads `<dir>/checkpoint.npz` into `net` and returns where to resume; refuses a checkpoint
-/// whose run configuration differs from `config`.
-pub fn load(dir: &Path, net: &mut Network, config: &RunConfig) -> Result<Resume> {
-    let (momentum, weight_decay) = (config.momentum, config.weight_decay);
+/// Loads `<dir>/checkpoint.npz` into `net` and returns where to resume, the optimizer's state
+/// restored into `optimizer` (a fresh one of the run's kind); refuses a checkpoint whose run
+/// configuration differs from `config`.
+pub fn load(
+    dir: &Path,
+    net: &mut Network,
+    config: &RunConfig,
+    mut optimizer: Optimizer,
+) -> Result<Resume> {
     let path = dir.join(FILE);
     let file = File::open(&path)
         .with_context(|| format!("cannot resume: no checkpoint at '{}'", path.display()))?;
@@ -258,16 +280,11 @@ pub fn load(dir: &Path, net: &mut Network, config: &RunConfig) -> Result<Resume>
         );
     }
     crate::train::checkpoint::set_buffers(net, &loaded);
-    let mut sgd = Sgd::new(momentum, weight_decay);
-    let names: Vec<String> = npz
-        .names()?
-        .into_iter()
-        .filter_map(|n| n.strip_prefix("velocity/").map(String::from))
-        .collect();
-    for n in names {
-        let v: ArrayD<f64> = npz.by_name(&format!("velocity/{n}"))?;
-        sgd.velocity.insert(n, v);
-    }
+    let names = npz.names()?;
+    optimizer.restore(&names, |n| {
+        npz.by_name::<ndarray::OwnedRepr<f64>, ndarray::IxDyn>(n)
+            .ok()
+    });
     let steps: Array2<f64> = npz.by_name("steps").with_context(|| ctx("no steps"))?;
     let grads: Array2<f64> = npz.by_name("grads").with_context(|| ctx("no grads"))?;
     let history = History {
@@ -282,7 +299,7 @@ pub fn load(dir: &Path, net: &mut Network, config: &RunConfig) -> Result<Resume>
     };
     Ok(Resume {
         epoch: epochs_done[0] as usize,
-        sgd: Some(sgd),
+        optimizer: Some(optimizer),
         history,
     })
 }

@@ -1,8 +1,6 @@
 //! Training: SGD with momentum and weight decay, the paper's learning-rate schedule, and a loop
 //! that records losses, errors and the per-unit gradient record as training goes.
 
-use std::collections::BTreeMap;
-
 use anyhow::{bail, Result};
 
 pub mod checkpoint;
@@ -16,8 +14,11 @@ use crate::layers::Mode;
 use crate::net::Network;
 use crate::rng::{derive_seed, purpose, rng};
 use crate::schema::{self, NumericRow, Row, Schema};
-use crate::tensor::{all_finite, Tensor};
+use crate::tensor::all_finite;
 use crate::unit::ForwardCtx;
+
+pub mod optim;
+pub use optim::{Adam, Optimizer, OptimizerKind, Sgd, WeightDecayMode};
 
 /// Network sizes that fit a dataset: the MLP's input dimension is an image's pixel count, a
 /// ResNet takes the images' channels and size.
@@ -30,42 +31,6 @@ pub fn sizes_for(data: &Split, units: usize, width: usize) -> crate::net::NetSiz
         image_size: h,
         input_channels: c,
         classes: data.classes,
-    }
-}
-
-/// SGD as in the paper (and PyTorch): `v = m v + (g + wd w)`, `w -= lr v`.
-#[derive(Debug, Clone)]
-pub struct Sgd {
-    pub momentum: f64,
-    pub weight_decay: f64,
-    /// Momentum buffers by parameter name.
-    pub velocity: BTreeMap<String, Tensor>,
-}
-
-impl Sgd {
-    pub fn new(momentum: f64, weight_decay: f64) -> Self {
-        Sgd {
-            momentum,
-            weight_decay,
-            velocity: BTreeMap::new(),
-        }
-    }
-
-    /// One update of every parameter that has a gradient.
-    pub fn step(&mut self, net: &mut Network, grads: &Grads, lr: f64) {
-        let (m, wd) = (self.momentum, self.weight_decay);
-        let velocity = &mut self.velocity;
-        net.visit_params_mut(&mut |name, w| {
-            let Some(g) = grads.get(&name) else { return };
-            let v = velocity
-                .entry(name)
-                .or_insert_with(|| Tensor::zeros(w.raw_dim()));
-            ndarray::Zip::from(&mut *v)
-                .and(g)
-                .and(&*w)
-                .for_each(|v, &g, &w| *v = m * *v + g + wd * w);
-            w.zip_mut_with(v, |w, &v| *w -= lr * v);
-        });
     }
 }
 
@@ -86,7 +51,19 @@ impl Schedule {
         (self.total_steps as f64 * 400.0 / 64_000.0).ceil() as usize
     }
 
-    /// The rate at `step`, given whether the warm-up is still on.
+    /// The rate at `step` under `warmup`, given whether it is still on: the paper's tenth of
+    /// the rate, or a linear ramp `(step + 1) / n` of it (Adam's, the Transformer's).
+    pub fn lr_with(&self, step: usize, warmup: Warmup, warming: bool) -> f64 {
+        match warmup {
+            Warmup::Linear(n) if warming => {
+                self.lr(step, false) * ((step + 1) as f64 / n.max(1) as f64).min(1.0)
+            }
+            Warmup::Linear(_) => self.lr(step, false),
+            _ => self.lr(step, warming),
+        }
+    }
+
+    /// The rate at `step`, given whether the paper's warm-up (a tenth) is still on.
     pub fn lr(&self, step: usize, warming: bool) -> f64 {
         let frac = step as f64 / self.total_steps.max(1) as f64;
         let decayed = if frac < 0.5 {
@@ -114,8 +91,22 @@ pub enum Warmup {
     /// The paper's rule: until a batch's training error is below 80%, and at least 400/64k of
     /// the run.
     UntilError,
-    /// Exactly this many steps (0: no warm-up).
+    /// Exactly this many steps at a tenth of the rate (0: no warm-up).
     Steps(usize),
+    /// This many steps rising linearly to the rate, `(step + 1) / n` of it (Adam's warm-up).
+    Linear(usize),
+}
+
+impl TrainConfig {
+    /// A fresh optimizer for this run.
+    pub fn new_optimizer(&self) -> Optimizer {
+        match self.optimizer {
+            OptimizerKind::Sgd => Optimizer::Sgd(Sgd::new(self.momentum, self.weight_decay)),
+            OptimizerKind::Adam => {
+                Optimizer::Adam(Adam::new(self.weight_decay, self.weight_decay_mode))
+            }
+        }
+    }
 }
 
 impl std::fmt::Display for Warmup {
@@ -123,6 +114,7 @@ impl std::fmt::Display for Warmup {
         match self {
             Warmup::UntilError => write!(f, "until a batch's training error is below 80%"),
             Warmup::Steps(n) => write!(f, "{n} steps"),
+            Warmup::Linear(n) => write!(f, "{n} steps, linear"),
         }
     }
 }
@@ -134,6 +126,9 @@ pub struct TrainConfig {
     pub base_lr: f64,
     pub momentum: f64,
     pub weight_decay: f64,
+    /// SGD (with `momentum`) or Adam (with `weight_decay_mode`).
+    pub optimizer: OptimizerKind,
+    pub weight_decay_mode: WeightDecayMode,
     pub warmup: Warmup,
     /// Take the per-unit gradient record every this many steps (0: never).
     pub record_every: usize,
@@ -300,7 +295,7 @@ pub struct History {
 #[derive(Debug, Clone, Default)]
 pub struct Resume {
     pub epoch: usize,
-    pub sgd: Option<Sgd>,
+    pub optimizer: Option<Optimizer>,
     pub history: History,
 }
 
@@ -351,7 +346,7 @@ pub fn evaluate_on(
 }
 
 /// Trains `net` on `data` for epochs `resume.epoch..stop_epoch`, calling `progress` after each
-/// step and `end_of_epoch(epoch, net, sgd, history)` after each epoch (for checkpoints). A
+/// step and `end_of_epoch(epoch, net, optimizer, history)` after each epoch (for checkpoints). A
 /// diverged run stops and keeps what it recorded. Every random draw derives from (seed, epoch or
 /// step), so a run resumed at an epoch boundary continues bit for bit.
 pub fn train(
@@ -361,7 +356,7 @@ pub fn train(
     resume: Resume,
     stop_epoch: usize,
     mut progress: impl FnMut(&StepRow, usize),
-    mut end_of_epoch: impl FnMut(usize, &Network, &Sgd, &History) -> Result<()>,
+    mut end_of_epoch: impl FnMut(usize, &Network, &Optimizer, &History) -> Result<()>,
 ) -> Result<History> {
     if data.train.len() < cfg.batch {
         bail!(
@@ -376,9 +371,7 @@ pub fn train(
         base_lr: cfg.base_lr,
         total_steps: steps_per_epoch * cfg.epochs,
     };
-    let mut sgd = resume
-        .sgd
-        .unwrap_or_else(|| Sgd::new(cfg.momentum, cfg.weight_decay));
+    let mut optimizer = resume.optimizer.unwrap_or_else(|| cfg.new_optimizer());
     let mut history = resume.history;
     let mut step = resume.epoch * steps_per_epoch;
     // The weight layers' inputs are measured on a fixed batch of training images, BN in
@@ -400,7 +393,7 @@ pub fn train(
     // A resumed run knows from its history whether the warm-up had ended.
     let mut warming = match cfg.warmup {
         Warmup::UntilError => !history.steps.iter().any(|r| r.lr >= cfg.base_lr * 0.99),
-        Warmup::Steps(n) => step < n,
+        Warmup::Steps(n) | Warmup::Linear(n) => step < n,
     };
     for epoch in resume.epoch..stop_epoch.min(cfg.epochs) {
         let mut order: Vec<usize> = (0..data.train.len()).collect();
@@ -452,9 +445,9 @@ pub fn train(
                     });
                 }
             }
-            let lr = schedule.lr(step, warming);
+            let lr = schedule.lr_with(step, cfg.warmup, warming);
             net.update_running_stats(&cache);
-            sgd.step(net, &grads, lr);
+            optimizer.step(net, &grads, lr);
             let last = b + 1 == steps_per_epoch;
             // The training-side numbers of the gap at every other epoch's end and at the last.
             let eval_train = epoch % 2 == 0 || epoch + 1 == cfg.epochs;
@@ -474,7 +467,7 @@ pub fn train(
                     Warmup::UntilError => {
                         step + 1 < schedule.min_warmup() || train_error >= WARMUP_ERROR
                     }
-                    Warmup::Steps(n) => step + 1 < n,
+                    Warmup::Steps(n) | Warmup::Linear(n) => step + 1 < n,
                 };
             let row = StepRow {
                 step,
@@ -492,7 +485,7 @@ pub fn train(
         if cfg.signal && epoch + 1 == cfg.epochs {
             record_signal(net, "trained", &mut history)?;
         }
-        end_of_epoch(epoch, net, &sgd, &history)?;
+        end_of_epoch(epoch, net, &optimizer, &history)?;
     }
     Ok(history)
 }
@@ -518,7 +511,8 @@ mod tests {
         .unwrap();
         let w0 = net.param("classifier.b").unwrap(); // zeros
         let mut grads = Grads::new();
-        let g = Tensor::from_shape_vec(ndarray::IxDyn(&[2]), vec![1.0, -2.0]).unwrap();
+        let g =
+            crate::tensor::Tensor::from_shape_vec(ndarray::IxDyn(&[2]), vec![1.0, -2.0]).unwrap();
         grads.accumulate("classifier.b", g.clone());
         let mut sgd = Sgd::new(0.9, 1e-4);
         sgd.step(&mut net, &grads, 0.1);
@@ -599,6 +593,8 @@ mod tests {
             base_lr: 0.1,
             momentum: 0.9,
             weight_decay: 1e-4,
+            optimizer: OptimizerKind::Sgd,
+            weight_decay_mode: WeightDecayMode::Decoupled,
             warmup: Warmup::UntilError,
             record_every: 10,
             signal: false,
@@ -626,5 +622,39 @@ mod tests {
             h.grads.iter().filter(|g| g.unit == 0).count(),
             h.steps.len().div_ceil(10)
         );
+        // Adam with a linear warm-up trains a Pre-LN net too, the rate rising (step + 1) / 20
+        // (lr 1e-2: measured 6.9% test error after these 66 steps; 1e-3 is too slow here, 47%).
+        let mut net = build_mlp(&MlpConfig {
+            units: 4,
+            width: 32,
+            input_dim: 64,
+            classes: 10,
+            placement: Placement::PreNorm,
+            shortcut: ShortcutKind::Identity,
+            norm: crate::layers::NormKind::Layer,
+            seed: 1,
+        })
+        .unwrap();
+        let adam = TrainConfig {
+            base_lr: 1e-2,
+            optimizer: OptimizerKind::Adam,
+            warmup: Warmup::Linear(20),
+            ..cfg
+        };
+        let h = train(
+            &mut net,
+            &data,
+            &adam,
+            Resume::default(),
+            adam.epochs,
+            |_, _| {},
+            |_, _, _, _| Ok(()),
+        )
+        .unwrap();
+        assert_eq!(h.steps[0].lr, 1e-2 / 20.0);
+        assert_eq!(h.steps[9].lr, 1e-2 * (10.0 / 20.0));
+        assert_eq!(h.steps[19].lr, 1e-2);
+        let (_, test_error) = h.steps.last().unwrap().test.unwrap();
+        assert!(test_error < 0.2, "Adam: test error {test_error}");
     }
 }

@@ -492,47 +492,71 @@ fn a_resume_that_changes_the_run_is_refused() {
 /// Two epochs straight and one epoch, a stop, then a resume from the checkpoint: identical CSVs.
 #[test]
 fn resumed_training_is_bit_identical() {
-    let dir = tempfile::tempdir().unwrap();
-    let p = |n: &str| dir.path().join(n).to_str().unwrap().to_string();
-    let common = [
-        "train",
-        "--net",
-        "resnet:1:basic",
-        "--epochs",
-        "2",
-        "--record-every",
-        "7",
-        "--seed",
-        "4",
-    ];
-    let run = |extra: &[&str]| {
-        let mut args: Vec<&str> = common.to_vec();
-        args.extend_from_slice(extra);
-        let o = resprop(&args);
-        assert!(o.status.success(), "{}", stderr(&o));
-    };
-    run(&["--csv", &p("straight.csv")]);
-    let ck = p("ck");
-    run(&[
-        "--csv",
-        &p("resumed.csv"),
-        "--checkpoint",
-        &ck,
-        "--stop-after-epochs",
-        "1",
-    ]);
-    assert!(dir.path().join("ck/checkpoint.npz").is_file());
-    run(&["--csv", &p("resumed.csv"), "--checkpoint", &ck, "--resume"]);
-    for f in ["straight.csv", "straight.grads.csv"] {
-        let other = f.replace("straight", "resumed");
-        assert_eq!(
-            std::fs::read(p(f)).unwrap(),
-            std::fs::read(p(&other)).unwrap(),
-            "{f} differs after resume"
-        );
+    for optimizer in [
+        &[][..],
+        &[
+            "--optimizer",
+            "adam",
+            "--lr",
+            "3e-3",
+            "--warmup-steps",
+            "5",
+            "--norm",
+            "layer",
+            "--shortcut",
+            "alpha:0.5",
+        ][..],
+    ] {
+        let dir = tempfile::tempdir().unwrap();
+        let p = |n: &str| dir.path().join(n).to_str().unwrap().to_string();
+        let common = [
+            "train",
+            "--net",
+            "resnet:1:basic",
+            "--epochs",
+            "2",
+            "--record-every",
+            "7",
+            "--seed",
+            "4",
+        ];
+        let run = |extra: &[&str]| {
+            let mut args: Vec<&str> = common.to_vec();
+            args.extend_from_slice(optimizer);
+            args.extend_from_slice(extra);
+            let o = resprop(&args);
+            assert!(o.status.success(), "{}", stderr(&o));
+        };
+        run(&["--csv", &p("straight.csv")]);
+        let ck = p("ck");
+        run(&[
+            "--csv",
+            &p("resumed.csv"),
+            "--checkpoint",
+            &ck,
+            "--stop-after-epochs",
+            "1",
+        ]);
+        assert!(dir.path().join("ck/checkpoint.npz").is_file());
+        run(&["--csv", &p("resumed.csv"), "--checkpoint", &ck, "--resume"]);
+        for f in ["straight.csv", "straight.grads.csv"] {
+            let other = f.replace("straight", "resumed");
+            assert_eq!(
+                std::fs::read(p(f)).unwrap(),
+                std::fs::read(p(&other)).unwrap(),
+                "{optimizer:?}: {f} differs after resume"
+            );
+        }
+        if !optimizer.is_empty() {
+            // Resuming an Adam checkpoint with SGD changes the run: refused, naming it.
+            let mut args: Vec<&str> = common.to_vec();
+            args.extend_from_slice(&optimizer[2..]);
+            args.extend(["--checkpoint", ck.as_str(), "--resume"]);
+            assert_one_line_error(&args, "optimizer: checkpoint adam, now sgd");
+        }
     }
     assert_one_line_error(
-        &["train", "--resume", "--checkpoint", &p("nowhere")],
+        &["train", "--resume", "--checkpoint", "/nonexistent/nowhere"],
         "no checkpoint",
     );
 }
