@@ -71,10 +71,12 @@ pub enum Fault {
     BranchScaleGrad,
     /// A learned branch scale: `dE/dF = a g`.
     BranchScaleInputGrad,
+    /// Fixup's scalar bias: `dE/db = sum g`.
+    ScalarBiasGrad,
 }
 
 impl Fault {
-    pub const ALL: [Fault; 31] = [
+    pub const ALL: [Fault; 32] = [
         Fault::DenseInputGrad,
         Fault::DenseWeightGrad,
         Fault::DenseBiasGrad,
@@ -106,6 +108,7 @@ impl Fault {
         Fault::LnGammaGrad,
         Fault::BranchScaleGrad,
         Fault::BranchScaleInputGrad,
+        Fault::ScalarBiasGrad,
     ];
 }
 

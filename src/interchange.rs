@@ -92,6 +92,7 @@ fn op_json(op: &Op) -> Value {
             "pad": c.pad,
         }),
         Op::BranchScale(b) => json!({ "op": "branch_scale", "a": format!("{}.a", b.name) }),
+        Op::ScalarBias(b) => json!({ "op": "scalar_bias", "b": format!("{}.b", b.name) }),
         Op::Pool => json!({ "op": "global_avg_pool" }),
         Op::PadShortcut(p) => json!({ "op": "pad_shortcut", "stride": p.stride, "c_out": p.c_out }),
         Op::Relu => json!({ "op": "relu" }),

@@ -25,6 +25,9 @@ struct Target {
     projection: Option<Projection>,
     mode: Mode,
     norm: NormKind,
+    /// Fixup, its zero-started layers then moved off zero (at Fixup's start every gradient
+    /// but the classifier's is 0, and no factor on it could show).
+    fixup: bool,
 }
 
 fn mlp(placement: Placement, shortcut: &'static str) -> Target {
@@ -37,6 +40,7 @@ fn mlp(placement: Placement, shortcut: &'static str) -> Target {
         projection: None,
         mode: Mode::Train,
         norm: NormKind::Batch,
+        fixup: false,
     }
 }
 
@@ -50,6 +54,7 @@ fn conv(placement: Placement, shortcut: &'static str, projection: Projection) ->
         projection: Some(projection),
         mode: Mode::Train,
         norm: NormKind::Batch,
+        fixup: false,
     }
 }
 
@@ -100,6 +105,18 @@ fn targets(f: Fault) -> Vec<Target> {
             conv(Original, "identity", Projection::Bn),
         ],
         Fault::DropoutShortcutVjp => vec![mlp(FullPreact, "dropout:0.3")],
+        Fault::ScalarBiasGrad => vec![
+            Target {
+                norm: NormKind::None,
+                fixup: true,
+                ..mlp(Original, "identity")
+            },
+            Target {
+                norm: NormKind::None,
+                fixup: true,
+                ..conv(FullPreact, "identity", Projection::Plain)
+            },
+        ],
         Fault::BranchScaleGrad | Fault::BranchScaleInputGrad => vec![
             mlp(FullPreact, "alpha:0.3"),
             conv(FullPreact, "layerscale:0.2", Projection::Plain),
@@ -135,9 +152,21 @@ fn failures(t: &Target) -> Vec<String> {
         t.shortcut.parse().unwrap(),
         t.projection,
         t.norm,
+        if t.fixup {
+            resprop::net::Init::Fixup
+        } else {
+            resprop::net::Init::He
+        },
         11,
     )
     .unwrap();
+    let mut net = net;
+    if t.fixup {
+        let mut r = resprop::rng::rng(12);
+        net.visit_params_mut(&mut |_, p| {
+            *p = &*p + &resprop::rng::gaussian(p.shape(), 0.2, &mut r);
+        });
+    }
     let (x, y) = gaussian_batch(&net.input_shape, t.batch, net.classes, 11);
     let ctx = ForwardCtx {
         mode: t.mode,

@@ -365,7 +365,11 @@ fn conditioning_notes(net: &Network, cache: &NetCache, grad_x: &[Tensor]) -> Vec
     let amplification = grad_x.iter().map(|g| norm(g) / top).fold(0.0, worse);
     let x_top = norm(cache.x(l_top));
     let x_0 = norm(cache.x(0));
-    if !cache.loss.is_finite() || !amplification.is_finite() || !x_top.is_finite() {
+    if top == 0.0 && cache.loss.is_finite() {
+        notes.push(
+            "dE/dx_L is exactly 0 (a classifier that starts at 0, as under Fixup): every dE/dx_l is 0, and the ratios to it are 0/0".to_string(),
+        );
+    } else if !cache.loss.is_finite() || !amplification.is_finite() || !x_top.is_finite() {
         notes.push(format!(
             "the network overflowed (E = {:e}, ||x_L|| = {x_top:e}, max ||dE/dx_l|| / ||dE/dx_L|| = {amplification:e}); finite differences are meaningless here",
             cache.loss

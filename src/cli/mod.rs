@@ -133,6 +133,11 @@ pub struct NetArgs {
     /// out). The projection shortcut's BatchNorm (--projection bn) stays.
     #[arg(long, default_value = "batch", value_parser = parse_norm)]
     pub norm: NormKind,
+    /// How the weights start: he (He et al., the paper's) or fixup (Fixup: with --norm none,
+    /// each branch's last weight layer and the classifier at 0, the others scaled by
+    /// L^(-1/(2m-2)), a scalar multiplier per branch and scalar biases).
+    #[arg(long, default_value = "he", value_parser = |s: &str| s.parse::<crate::net::Init>())]
+    pub init: crate::net::Init,
     /// BatchNorm mode: train (batch statistics) or eval (running statistics).
     #[arg(long, default_value = "train", value_parser = parse_mode)]
     pub bn_mode: Mode,
@@ -219,6 +224,7 @@ impl NetArgs {
             self.shortcut,
             self.projection,
             self.norm,
+            self.init,
             self.seed,
         )?;
         net.set_fusion(crate::unit::Fusion::from_unfused(self.unfused));
@@ -282,13 +288,16 @@ impl NetArgs {
             (NetChoice::Mlp, _) => String::new(),
             (_, p) => format!(
                 ", projection {}",
-                p.unwrap_or_else(|| Projection::default_for(self.placement))
+                p.unwrap_or_else(|| crate::net::default_projection(self.placement, self.norm))
             ),
         };
-        let norm = match self.norm {
+        let mut norm = match self.norm {
             NormKind::Batch => format!("BN {}", self.bn_mode),
             other => format!("norm {other}"),
         };
+        if !self.init.is_he() {
+            norm.push_str(&format!(", init {}", self.init));
+        }
         format!(
             "{} with {size}, batch {}, placement {}, shortcut {}{projection}, {norm}, seed {}",
             self.net, self.batch, self.placement, self.shortcut, self.seed

@@ -156,6 +156,12 @@ fn print_table(out: &mut String, profile: &Profile, all: bool) {
 
 /// Overflow is a result, not an error: say where it happened, on stderr.
 pub fn report_nonfinite(profile: &Profile) {
+    let top = profile.records.last().map_or(1.0, |r| r.grad_norm);
+    if top == 0.0 && profile.loss.is_finite() {
+        // Not an overflow: nothing flows back (a zero-started classifier, as under Fixup).
+        eprintln!("note: dE/dx_L is exactly 0 (the classifier starts at 0, as under Fixup): every dE/dx_l is 0, and the ratios to it (grad_ratio, direct_ratio, the sample ratios) are 0/0, written NaN");
+        return;
+    }
     for nf in &profile.nonfinite {
         eprintln!(
             "warning: {} is non-finite (inf/NaN) at {} of {} units, first at unit {} (in the order it is computed)",

@@ -37,6 +37,9 @@ pub struct TrainArgs {
     /// What fills the placement's normalisation slots: batch, layer (LayerNorm) or none.
     #[arg(long, default_value = "batch", value_parser = super::parse_norm)]
     pub norm: crate::layers::NormKind,
+    /// How the weights start: he or fixup (with --norm none).
+    #[arg(long, default_value = "he", value_parser = |s: &str| s.parse::<crate::net::Init>())]
+    pub init: crate::net::Init,
     /// MLP units.
     #[arg(long, default_value_t = 8)]
     pub units: usize,
@@ -139,6 +142,7 @@ pub fn run(args: &TrainArgs) -> Result<ExitCode> {
         args.shortcut,
         args.projection,
         args.norm,
+        args.init,
         args.seed,
     )?;
     net.set_fusion(crate::unit::Fusion::from_unfused(args.unfused));
@@ -212,6 +216,7 @@ pub fn run(args: &TrainArgs) -> Result<ExitCode> {
             crate::train::OptimizerKind::Adam => args.weight_decay_mode.to_string(),
         },
         norm: args.norm.to_string(),
+        init: args.init.to_string(),
         warmup: cfg.warmup.to_string(),
         record_every: args.record_every,
         seed: args.seed,

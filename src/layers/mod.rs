@@ -21,6 +21,7 @@ pub mod pad_shortcut;
 pub mod pool;
 pub mod preact_conv;
 pub mod relu;
+pub mod scalar_bias;
 pub mod sigmoid;
 
 pub use batch_norm::{BatchNorm, BatchNormCache};

@@ -3,12 +3,14 @@
 //! The network records every unit input `x_0 .. x_L` (`x_L` is the head's input) in its
 //! cache and returns every `dE/dx_l` from backward, so the analysis never needs hooks.
 
+pub mod fixup;
 pub mod memory;
 pub mod mlp;
 pub mod resnet;
 pub mod workloads;
 
 use crate::layers::NormKind;
+pub use fixup::Init;
 use std::borrow::Cow;
 use std::sync::Arc;
 
@@ -94,14 +96,47 @@ pub fn build_net(
         shortcut,
         projection,
         NormKind::Batch,
+        Init::He,
         seed,
     )
 }
 
 /// As [`build_net`], with `norm` filling every normalisation slot of the placement (stem,
-/// branch, after the addition, head; `NormKind::None` leaves them out). The projection
-/// shortcut's BatchNorm (`--projection bn`) is part of that convention and stays.
+/// branch, after the addition, head; `NormKind::None` leaves them out, and then a ResNet's
+/// shape-changing units default to a bare projection) and the weights started by `init`.
+/// A projection shortcut's BatchNorm asked for explicitly (`--projection bn`) stays.
+#[allow(clippy::too_many_arguments)]
 pub fn build_net_with(
+    choice: &NetChoice,
+    sizes: &NetSizes,
+    placement: crate::unit::Placement,
+    shortcut: crate::unit::ShortcutKind,
+    projection: Option<Projection>,
+    norm: NormKind,
+    init: Init,
+    seed: u64,
+) -> Result<Network> {
+    let projection = match choice {
+        NetChoice::Resnet { .. } => Some(projection.unwrap_or(default_projection(placement, norm))),
+        NetChoice::Mlp => projection,
+    };
+    let mut net = build_he(choice, sizes, placement, shortcut, projection, norm, seed)?;
+    if init == Init::Fixup {
+        fixup::apply(&mut net)?;
+    }
+    Ok(net)
+}
+
+/// The shape-changing units' shortcut when none is asked for: each placement's convention
+/// ([`Projection::default_for`]), and a bare projection in a network without normalisation.
+pub fn default_projection(placement: crate::unit::Placement, norm: NormKind) -> Projection {
+    match norm {
+        NormKind::None => Projection::Plain,
+        _ => Projection::default_for(placement),
+    }
+}
+
+fn build_he(
     choice: &NetChoice,
     sizes: &NetSizes,
     placement: crate::unit::Placement,

@@ -113,6 +113,9 @@ pub struct RunConfig {
     /// What filled the normalisation slots (absent before `--norm`: batch).
     #[serde(default = "default_norm")]
     pub norm: String,
+    /// How the weights started (absent before `--init`: he).
+    #[serde(default = "default_init")]
+    pub init: String,
     pub warmup: String,
     pub record_every: usize,
     pub seed: u64,
@@ -126,6 +129,10 @@ fn default_optimizer() -> String {
 
 fn default_norm() -> String {
     "batch".into()
+}
+
+fn default_init() -> String {
+    "he".into()
 }
 
 impl RunConfig {

@@ -24,6 +24,7 @@ use crate::layers::branch_scale::{BranchScale, BranchScaleCache};
 use crate::layers::pad_shortcut::PadShortcut;
 use crate::layers::pool;
 use crate::layers::preact_conv;
+use crate::layers::scalar_bias::ScalarBias;
 use crate::layers::{
     dense_fused, relu, BatchNorm, BatchNormCache, Conv2d, ConvCache, Dense, DenseCache, Mode, Norm,
     NormCache,
@@ -43,8 +44,10 @@ pub enum Op {
     /// A normalisation slot, filled by the network's [`NormKind`](crate::layers::NormKind).
     Norm(Norm),
     Relu,
-    /// A learned scale on the branch's output (`alpha:A`, `layerscale:E`), its last op.
+    /// A learned scale on the branch's output (`alpha:A`, `layerscale:E`, Fixup's multiplier).
     BranchScale(BranchScale),
+    /// A learned scalar added to every element (Fixup's biases).
+    ScalarBias(ScalarBias),
     /// A ReLU frozen at one point: multiply by that point's fixed 0/1 pattern. Finite
     /// differences use it to stay on the base point's linear piece (see `Network::with_frozen_relus`).
     Mask(Tensor),
@@ -61,6 +64,7 @@ pub enum OpCache {
     Norm(NormCache),
     Relu(relu::ReluCache),
     BranchScale(BranchScaleCache),
+    ScalarBias,
     Mask,
     /// The ReLU and the convolution of a fused BN-ReLU-conv: their state lives in the
     /// BatchNorm's cache (the ReLU mask and the conv input are recomputed from `x`).
@@ -94,6 +98,7 @@ impl Op {
                 let (y, c) = b.forward(x);
                 (y, OpCache::BranchScale(c))
             }
+            Op::ScalarBias(b) => (b.forward(x), OpCache::ScalarBias),
             Op::Mask(m) => (x * m, OpCache::Mask),
         }
     }
@@ -108,6 +113,7 @@ impl Op {
             (Op::Norm(n), OpCache::Norm(c)) => n.backward(c, grad_y, grads),
             (Op::Relu, OpCache::Relu(c)) => relu::backward(c, grad_y),
             (Op::BranchScale(b), OpCache::BranchScale(c)) => b.backward(c, grad_y, grads),
+            (Op::ScalarBias(b), OpCache::ScalarBias) => b.backward(grad_y, grads),
             (Op::Mask(m), OpCache::Mask) => grad_y * m,
             _ => unreachable!("op and cache kinds always match: caches are made by forward"),
         }
@@ -119,6 +125,7 @@ impl Op {
             Op::Conv(c) => c.visit_params(f),
             Op::Norm(n) => n.visit_params(f),
             Op::BranchScale(b) => b.visit_params(f),
+            Op::ScalarBias(b) => b.visit_params(f),
             Op::Relu | Op::Mask(_) | Op::Pool | Op::PadShortcut(_) => {}
         }
     }
@@ -129,6 +136,7 @@ impl Op {
             Op::Conv(c) => c.visit_params_mut(f),
             Op::Norm(n) => n.visit_params_mut(f),
             Op::BranchScale(b) => b.visit_params_mut(f),
+            Op::ScalarBias(b) => b.visit_params_mut(f),
             Op::Relu | Op::Mask(_) | Op::Pool | Op::PadShortcut(_) => {}
         }
     }
@@ -152,7 +160,9 @@ impl Op {
             Op::Conv(c) => c.out_shape(in_shape).to_vec(),
             Op::Pool => in_shape[..2].to_vec(),
             Op::PadShortcut(p) => p.out_shape(in_shape).to_vec(),
-            Op::Norm(_) | Op::Relu | Op::Mask(_) | Op::BranchScale(_) => in_shape.to_vec(),
+            Op::Norm(_) | Op::Relu | Op::Mask(_) | Op::BranchScale(_) | Op::ScalarBias(_) => {
+                in_shape.to_vec()
+            }
         }
     }
 
@@ -167,6 +177,7 @@ impl Op {
             Op::Norm(n) => n.label(),
             Op::BranchScale(b) if b.a.len() == 1 => "alpha",
             Op::BranchScale(_) => "diag",
+            Op::ScalarBias(_) => "+b",
             Op::Relu => "ReLU",
             Op::Mask(_) => "ReLU(frozen)",
         }

@@ -454,6 +454,7 @@ fn rezero_gradient_is_its_direct_part_exactly() {
             "rezero".parse().unwrap(),
             None,
             norm,
+            resprop::net::Init::He,
             3,
         )
         .unwrap();
@@ -504,6 +505,7 @@ fn deepnorm_constants_follow_the_depth() {
             shortcut.parse().unwrap(),
             None,
             NormKind::Layer,
+            resprop::net::Init::He,
             5,
         )
         .unwrap()
@@ -527,5 +529,77 @@ fn deepnorm_constants_follow_the_depth() {
             matches!(row.status, Status::Pass | Status::NotApplicable(_)),
             "{row:?}"
         );
+    }
+}
+
+/// Fixup's start: the branches' first weight layers are He's times L^(-1/2), their last and
+/// the classifier are 0, so every dE/dx_l is exactly 0; moved off that start, every check
+/// passes on its scalar biases and multipliers too.
+#[test]
+fn fixup_starts_as_its_paper_says_and_checks_pass() {
+    use resprop::layers::NormKind;
+    use resprop::net::{build_net_with, Init, NetChoice, NetSizes};
+    use resprop::unit::Op;
+    let sizes = NetSizes {
+        units: 6,
+        width: 8,
+        input_dim: 12,
+        image_size: 8,
+        input_channels: 3,
+        classes: 10,
+    };
+    for (net, placement) in [
+        ("mlp", Placement::Original),
+        ("resnet:1:basic", Placement::FullPreact),
+    ] {
+        let choice: NetChoice = net.parse().unwrap();
+        let build = |init| {
+            build_net_with(
+                &choice,
+                &sizes,
+                placement,
+                ShortcutKind::Identity,
+                None,
+                NormKind::None,
+                init,
+                9,
+            )
+            .unwrap()
+        };
+        let (fixup, he) = (build(Init::Fixup), build(Init::He));
+        let l = fixup.num_units() as f64;
+        for (uf, uh) in fixup.units.iter().zip(&he.units) {
+            let weights = |ops: &[Op]| -> Vec<resprop::tensor::Tensor> {
+                ops.iter()
+                    .filter_map(|o| match o {
+                        Op::Dense(d) => Some(d.w.clone()),
+                        Op::Conv(c) => Some(c.w.clone()),
+                        _ => None,
+                    })
+                    .collect()
+            };
+            let (wf, wh) = (weights(&uf.branch), weights(&uh.branch));
+            assert_eq!(wf[0], &wh[0] * l.powf(-0.5), "{net}: first layer");
+            assert!(wf[1].iter().all(|&v| v == 0.0), "{net}: last layer");
+        }
+        let (x, y) = gaussian_batch(&fixup.input_shape, 6, 10, 9);
+        let cache = fixup.forward(&x, &y, &ctx()).unwrap();
+        let back = fixup.backward(&cache, &y, None);
+        assert!(
+            back.grad_x.iter().all(|g| g.iter().all(|&v| v == 0.0)),
+            "{net}"
+        );
+        let mut moved = fixup.clone();
+        let mut r = resprop::rng::rng(4);
+        moved.visit_params_mut(&mut |_, p| {
+            *p = &*p + &resprop::rng::gaussian(p.shape(), 0.2, &mut r);
+        });
+        let report = checks(&moved, &x, &y, &ctx(), 2, 9);
+        for row in &report.rows {
+            assert!(
+                matches!(row.status, Status::Pass | Status::NotApplicable(_)),
+                "{net}: {row:?}"
+            );
+        }
     }
 }
