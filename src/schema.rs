@@ -71,6 +71,10 @@ pub mod col {
         /// The average channel variance of the branch term F'(x_l).
         BRANCH_VAR = "branch_var";
 
+        // Weight gradients, per weight layer.
+        /// `||dE/dW||_F` of one weight layer at the profiled batch.
+        WEIGHT_GRAD_NORM = "weight_grad_norm";
+
         // A verification experiment's checks, per unit.
         FORWARD_SUM_ERROR = "forward_sum_error";
         ADDITIVE_BACKWARD_ERROR = "additive_backward_error";
@@ -158,6 +162,12 @@ pub const PROFILE: Schema = Schema {
     ],
 };
 
+/// One row per weight layer of every unit (`layer`: `w1`, `w2`, `w3`, `proj`, `gate`).
+pub const WEIGHT_GRADS: Schema = Schema {
+    name: "weight_grads",
+    columns: &[UNIT, LAYER, WEIGHT_GRAD_NORM],
+};
+
 /// The checks a verification experiment adds to each profile row.
 pub const VERIFICATION: Schema = Schema {
     name: "verification",
@@ -240,7 +250,14 @@ mod tests {
     /// (an experiment's tables are the keys followed by the table).
     #[test]
     fn columns_are_unique_within_each_table() {
-        for s in [&PROFILE, &VERIFICATION, &STEPS, &GRADS, &SIGNAL] {
+        for s in [
+            &PROFILE,
+            &VERIFICATION,
+            &STEPS,
+            &GRADS,
+            &SIGNAL,
+            &WEIGHT_GRADS,
+        ] {
             let mut names = KEYS.names();
             names.extend(s.names());
             let mut sorted = names.clone();

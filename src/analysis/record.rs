@@ -361,3 +361,45 @@ pub fn profile_csv(profile: &Profile, placement: &str, shortcut: &str) -> anyhow
         ],
     )
 }
+
+/// The weight-gradient view of Xiong et al. 2020 (and most of the Transformer literature):
+/// `||dE/dW||_F` of every weight layer of every unit.
+#[derive(Debug, Clone, PartialEq)]
+pub struct WeightGradRow {
+    pub unit: usize,
+    /// The layer's short name: `w1`, `w2`, `w3` (branch), `proj`, `gate` (shortcut).
+    pub layer: String,
+    pub weight_grad_norm: f64,
+}
+
+impl Row for WeightGradRow {
+    const SCHEMA: &'static Schema = &schema::WEIGHT_GRADS;
+
+    fn fields(&self) -> Vec<String> {
+        vec![
+            self.unit.to_string(),
+            self.layer.clone(),
+            fmt_f64(self.weight_grad_norm),
+        ]
+    }
+}
+
+/// One row per weight (a parameter named `...<layer>.w`) of every unit, from the parameter
+/// gradients of a backward pass.
+pub fn weight_grad_rows(net: &Network, grads: &crate::grads::Grads) -> Vec<WeightGradRow> {
+    let mut rows = Vec::new();
+    for l in 0..net.num_units() {
+        for name in net.param_names_of(crate::net::Part::Unit(l)) {
+            let Some(layer) = name.strip_suffix(".w") else {
+                continue;
+            };
+            let Some(g) = grads.get(&name) else { continue };
+            rows.push(WeightGradRow {
+                unit: l,
+                layer: layer.rsplit('.').next().unwrap_or(layer).to_string(),
+                weight_grad_norm: norm(g),
+            });
+        }
+    }
+    rows
+}

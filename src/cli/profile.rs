@@ -24,6 +24,10 @@ pub struct ProfileArgs {
     /// (layout in docs/formats.md).
     #[arg(long, value_name = "FILE")]
     pub npz: Option<PathBuf>,
+    /// Also write `||dE/dW||_F` of every weight layer of every unit as CSV (unit, layer,
+    /// weight_grad_norm): the weight-gradient view of Xiong et al. 2020.
+    #[arg(long, value_name = "FILE")]
+    pub weight_grad_csv: Option<PathBuf>,
     /// Print every unit's row (default: about 20 evenly spaced rows).
     #[arg(long)]
     pub all_rows: bool,
@@ -34,7 +38,10 @@ pub struct ProfileArgs {
 }
 
 pub fn run(args: &ProfileArgs) -> Result<ExitCode> {
-    for path in [&args.csv, &args.npz].into_iter().flatten() {
+    for path in [&args.csv, &args.npz, &args.weight_grad_csv]
+        .into_iter()
+        .flatten()
+    {
         check_writable(path)?;
     }
     let purpose = crate::net::memory::Purpose::Profile {
@@ -43,9 +50,11 @@ pub fn run(args: &ProfileArgs) -> Result<ExitCode> {
     let net = args.net.build_for(purpose)?;
     let (input, labels) =
         gaussian_batch(&net.input_shape, args.net.batch, net.classes, args.net.seed);
-    // Input gradients only: weight layers need not keep their inputs.
+    // Input gradients only, unless the weight gradients are asked for: weight layers then
+    // need not keep their inputs.
+    let weight_grads = args.weight_grad_csv.is_some();
     let ctx = ForwardCtx {
-        weight_grads: false,
+        weight_grads,
         ..args.net.ctx()
     };
     let keep = if args.low_memory {
@@ -54,7 +63,8 @@ pub fn run(args: &ProfileArgs) -> Result<ExitCode> {
         Keep::All
     };
     let cache = net.forward_with(&input, &labels, &ctx, keep)?;
-    let grads = net.backward(&cache, &labels, None);
+    let mut param_grads = crate::grads::Grads::new();
+    let grads = net.backward(&cache, &labels, weight_grads.then_some(&mut param_grads));
     let profile = build_records(&net, &cache, &grads);
 
     let mut out = args.net.describe("profile", &net);
@@ -75,6 +85,16 @@ pub fn run(args: &ProfileArgs) -> Result<ExitCode> {
             out,
             "wrote {} rows to {}",
             profile.records.len(),
+            path.display()
+        );
+    }
+    if let Some(path) = &args.weight_grad_csv {
+        let rows = crate::analysis::record::weight_grad_rows(&net, &param_grads);
+        write_atomic(path, &crate::schema::to_csv(&rows, &[])?)?;
+        outln!(
+            out,
+            "wrote {} weight-gradient rows to {}",
+            rows.len(),
             path.display()
         );
     }

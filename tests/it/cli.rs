@@ -816,3 +816,44 @@ fn norm_fills_every_slot_and_check_passes() {
     }
     assert_one_line_error(&["profile", "--norm", "group"], "unknown norm 'group'");
 }
+
+/// `--weight-grad-csv` writes `||dE/dW||_F` for each weight layer of each unit; the profile
+/// CSV it comes with is the same as without it.
+#[test]
+fn weight_grad_csv_has_one_row_per_weight_layer() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = |n: &str| dir.path().join(n).to_str().unwrap().to_string();
+    let base = [
+        "profile",
+        "--net",
+        "mlp",
+        "--units",
+        "5",
+        "--width",
+        "16",
+        "--placement",
+        "pre-norm",
+        "--norm",
+        "layer",
+    ];
+    let (a, b, w) = (d("a.csv"), d("b.csv"), d("w.csv"));
+    let mut with = base.to_vec();
+    with.extend(["--csv", a.as_str(), "--weight-grad-csv", w.as_str()]);
+    ok(&resprop(&with));
+    let mut without = base.to_vec();
+    without.extend(["--csv", b.as_str()]);
+    ok(&resprop(&without));
+    assert_eq!(std::fs::read(&a).unwrap(), std::fs::read(&b).unwrap());
+    let text = std::fs::read_to_string(&w).unwrap();
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines[0], "unit,layer,weight_grad_norm");
+    assert_eq!(lines.len(), 1 + 5 * 2, "{text}");
+    for line in &lines[1..] {
+        let v: f64 = line.rsplit(',').next().unwrap().parse().unwrap();
+        assert!(v.is_finite() && v > 0.0, "{line}");
+    }
+    assert!(
+        lines[1].starts_with("0,w1,") && lines[2].starts_with("0,w2,"),
+        "{text}"
+    );
+}
