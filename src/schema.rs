@@ -40,6 +40,10 @@ pub mod col {
         NET = "net";
         PLACEMENT = "placement";
         SHORTCUT = "shortcut";
+        /// What filled the normalisation slots (batch, layer, none).
+        NORM = "norm";
+        /// How the weights started (he, fixup).
+        INIT = "init";
         PROJECTION = "projection";
         /// Residual units of the network (MLP depth; a ResNet's count).
         UNITS = "units";
@@ -132,7 +136,7 @@ use col::*;
 pub const KEYS: Schema = Schema {
     name: "keys",
     columns: &[
-        EXPERIMENT, CELL, NET, PLACEMENT, SHORTCUT, PROJECTION, UNITS, REPLICATE,
+        EXPERIMENT, CELL, NET, PLACEMENT, SHORTCUT, NORM, INIT, PROJECTION, UNITS, REPLICATE,
     ],
 };
 

@@ -26,7 +26,7 @@ use crate::analysis::checks::verify_units;
 use crate::analysis::gaussian_batch;
 use crate::analysis::record::{build_records, fmt_f64};
 use crate::data::Split;
-use crate::net::{build_net, NetSizes};
+use crate::net::{build_net_with, NetSizes};
 use crate::output::write_atomic;
 use crate::rng::{derive_seed, purpose};
 use crate::schema::{self, Column, Row};
@@ -106,6 +106,8 @@ fn cell_keys(spec: &Spec, cell: &Cell, units: usize) -> Vec<String> {
         cell.net.to_string(),
         cell.placement.to_string(),
         cell.shortcut.to_string(),
+        cell.norm.to_string(),
+        cell.init.to_string(),
         cell.projection.map(|p| p.to_string()).unwrap_or_default(),
         units.to_string(),
         cell.replicate.to_string(),
@@ -135,6 +137,9 @@ pub struct CellInputs {
     /// `Some(true)` when the spec asks for the plain interpreter (absent otherwise, so the
     /// fused engine's fingerprints are what they were).
     pub unfused: Option<bool>,
+    /// The norm and the init, when not the paper's (BatchNorm, He).
+    pub norm: Option<String>,
+    pub init: Option<String>,
 }
 
 impl CellInputs {
@@ -170,6 +175,8 @@ impl CellInputs {
             train,
             data_sha256,
             unfused: spec.unfused.then_some(true),
+            norm: (!cell.norm.is_batch()).then(|| cell.norm.to_string()),
+            init: (!cell.init.is_he()).then(|| cell.init.to_string()),
         }
     }
 
@@ -197,12 +204,14 @@ pub struct CellResult {
 fn run_train_cell(spec: &Spec, cell: &Cell, t: &TrainSpec, data: &Split) -> Result<CellResult> {
     let seed = cell_seed(spec, cell.replicate);
     let sizes = sizes_for(data, cell.units, spec.sizes.width);
-    let mut net = build_net(
+    let mut net = build_net_with(
         &cell.net,
         &sizes,
         cell.placement,
         cell.shortcut,
         cell.projection,
+        cell.norm,
+        cell.init,
         seed,
     )?;
     net.set_fusion(spec.fusion());
@@ -249,12 +258,14 @@ pub fn run_cell(spec: &Spec, cell: &Cell) -> Result<(Vec<Vec<String>>, Option<St
         units: cell.units,
         ..spec.sizes
     };
-    let mut net = build_net(
+    let mut net = build_net_with(
         &cell.net,
         &sizes,
         cell.placement,
         cell.shortcut,
         cell.projection,
+        cell.norm,
+        cell.init,
         seed,
     )?;
     net.set_fusion(spec.fusion());

@@ -21,6 +21,8 @@
 //! replicates = [0, 1, 2]
 //! ```
 
+use crate::layers::NormKind;
+use crate::net::Init;
 use std::path::Path;
 
 use anyhow::{anyhow, bail, Context, Result};
@@ -126,6 +128,12 @@ struct RawGrid {
     /// ResNets: shortcuts of the shape-changing units (default: each placement's convention).
     #[serde(default)]
     projections: Vec<String>,
+    /// What fills the normalisation slots (default: batch).
+    #[serde(default)]
+    norms: Vec<String>,
+    /// How the weights start (default: he).
+    #[serde(default)]
+    inits: Vec<String>,
     #[serde(default)]
     units: Vec<usize>,
     #[serde(default = "default_replicates")]
@@ -261,6 +269,15 @@ pub struct Spec {
     /// ([`Projection::default_for`]).
     #[serde(serialize_with = "serialize_displays")]
     pub projections: Vec<Projection>,
+    /// What fills the normalisation slots, and how the weights start (one entry each,
+    /// batch and he, unless the grid sweeps them).
+    #[serde(
+        serialize_with = "serialize_displays",
+        skip_serializing_if = "only_batch"
+    )]
+    pub norms: Vec<NormKind>,
+    #[serde(serialize_with = "serialize_displays", skip_serializing_if = "only_he")]
+    pub inits: Vec<Init>,
     /// MLP depths (one entry, the `net.units` size, unless the grid sweeps them).
     pub units: Vec<usize>,
     pub replicates: Vec<u64>,
@@ -274,6 +291,14 @@ pub struct Spec {
 
 fn is_false(b: &bool) -> bool {
     !b
+}
+
+fn only_batch(v: &[NormKind]) -> bool {
+    v == [NormKind::Batch]
+}
+
+fn only_he(v: &[Init]) -> bool {
+    v == [Init::He]
 }
 
 fn serialize_displays<T: std::fmt::Display, S: serde::Serializer>(
@@ -292,6 +317,8 @@ pub struct Cell {
     pub shortcut: ShortcutKind,
     /// The shape-changing units' shortcut, resolved (ResNets); `None` for the MLP.
     pub projection: Option<Projection>,
+    pub norm: NormKind,
+    pub init: Init,
     pub units: usize,
     pub replicate: u64,
 }
@@ -302,48 +329,66 @@ impl Spec {
         crate::unit::Fusion::from_unfused(self.unfused)
     }
 
-    /// Every combination, in a fixed order (nets, placements, shortcuts, projections, units,
-    /// replicates).
+    /// Every combination, in a fixed order (nets, placements, shortcuts, norms, inits,
+    /// projections, units, replicates).
     pub fn cells(&self) -> Vec<Cell> {
         let mut cells = Vec::new();
         for net in &self.nets {
             for &placement in &self.placements {
                 for &shortcut in &self.shortcuts {
-                    // Projections apply to the ResNets' shape-changing units, MLP depth sweeps
-                    // to the MLP (a ResNet's depth is in its name).
-                    let (projections, depths): (Vec<Option<Projection>>, &[usize]) =
-                        if *net == NetChoice::Mlp {
-                            (vec![None], &self.units)
-                        } else if self.projections.is_empty() {
-                            (
-                                vec![Some(Projection::default_for(placement))],
-                                &self.units[..1],
-                            )
-                        } else {
-                            (
-                                self.projections.iter().map(|&p| Some(p)).collect(),
-                                &self.units[..1],
-                            )
-                        };
-                    for projection in projections {
-                        for &units in depths {
-                            for &replicate in &self.replicates {
-                                cells.push(Cell {
-                                    index: cells.len(),
-                                    net: net.clone(),
-                                    placement,
-                                    shortcut,
-                                    projection,
-                                    units,
-                                    replicate,
-                                });
-                            }
+                    for &norm in &self.norms {
+                        for &init in &self.inits {
+                            self.push_cells(&mut cells, net, placement, shortcut, norm, init);
                         }
                     }
                 }
             }
         }
         cells
+    }
+
+    /// The cells of one (net, placement, shortcut, norm, init): projections apply to the
+    /// ResNets' shape-changing units, MLP depth sweeps to the MLP (a ResNet's depth is in its
+    /// name).
+    fn push_cells(
+        &self,
+        cells: &mut Vec<Cell>,
+        net: &NetChoice,
+        placement: Placement,
+        shortcut: ShortcutKind,
+        norm: NormKind,
+        init: Init,
+    ) {
+        let (projections, depths): (Vec<Option<Projection>>, &[usize]) = if *net == NetChoice::Mlp {
+            (vec![None], &self.units)
+        } else if self.projections.is_empty() {
+            (
+                vec![Some(crate::net::default_projection(placement, norm))],
+                &self.units[..1],
+            )
+        } else {
+            (
+                self.projections.iter().map(|&p| Some(p)).collect(),
+                &self.units[..1],
+            )
+        };
+        for projection in projections {
+            for &units in depths {
+                for &replicate in &self.replicates {
+                    cells.push(Cell {
+                        index: cells.len(),
+                        net: net.clone(),
+                        placement,
+                        shortcut,
+                        projection,
+                        norm,
+                        init,
+                        units,
+                        replicate,
+                    });
+                }
+            }
+        }
     }
 
     /// The resolved spec as TOML, saved next to the results.
@@ -438,6 +483,27 @@ pub fn parse_spec(text: &str) -> Result<Spec> {
             s.parse::<Projection>()
         })?
     };
+    let norms = if raw.grid.norms.is_empty() {
+        vec![NormKind::Batch]
+    } else {
+        parse_each(&raw.grid.norms, "grid.norms", |s| s.parse::<NormKind>())?
+    };
+    let inits = if raw.grid.inits.is_empty() {
+        vec![Init::He]
+    } else {
+        parse_each(&raw.grid.inits, "grid.inits", |s| s.parse::<Init>())?
+    };
+    // Combinations that cannot be built are refused before anything runs.
+    for &shortcut in &shortcuts {
+        for &placement in &placements {
+            shortcut
+                .check_placement(placement)
+                .map_err(|e| anyhow!("grid.shortcuts: {e}"))?;
+        }
+    }
+    if inits.contains(&Init::Fixup) && norms.iter().any(|&n| n != NormKind::None) {
+        bail!("grid.inits: 'fixup' replaces normalisation, so grid.norms must be [\"none\"]");
+    }
     if !projections.is_empty() && nets.iter().all(|n| *n == NetChoice::Mlp) {
         bail!("grid.projections: applies to the ResNets' shape-changing units, and this grid has only the MLP");
     }
@@ -506,6 +572,8 @@ pub fn parse_spec(text: &str) -> Result<Spec> {
         placements,
         shortcuts,
         projections,
+        norms,
+        inits,
         units,
         replicates: raw.grid.replicates,
         unfused: raw.unfused,

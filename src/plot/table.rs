@@ -100,7 +100,7 @@ impl Table {
                     .any(|r| self.get(r, c) != self.get(&self.rows[0], c))
         };
         let others = |r: &[String]| -> Vec<String> {
-            [NET, PLACEMENT, SHORTCUT, UNITS]
+            [NET, PLACEMENT, SHORTCUT, NORM, INIT, UNITS]
                 .into_iter()
                 .filter(|&c| self.has(c))
                 .map(|c| self.get(r, c).to_string())
@@ -113,7 +113,7 @@ impl Table {
                 *seen.entry(others(r)).or_insert(p) != p
             })
         };
-        [NET, PLACEMENT, SHORTCUT, PROJECTION, UNITS]
+        [NET, PLACEMENT, SHORTCUT, NORM, INIT, PROJECTION, UNITS]
             .into_iter()
             .filter(|&c| {
                 if c == PROJECTION {
@@ -135,6 +135,10 @@ impl Table {
             .map(|&c| {
                 if c == UNITS {
                     format!("L={}", self.get(row, c))
+                } else if c == NORM {
+                    format!("norm {}", self.get(row, c))
+                } else if c == INIT {
+                    format!("init {}", self.get(row, c))
                 } else if c == PROJECTION {
                     format!("projection {}", self.get(row, c))
                 } else {

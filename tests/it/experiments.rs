@@ -51,8 +51,9 @@ fn run_writes_tidy_csv_spec_and_charts() {
     let mut lines = csv.lines();
     let header = lines.next().unwrap();
     assert!(
-        header
-            .starts_with("experiment,cell,net,placement,shortcut,projection,units,replicate,unit,"),
+        header.starts_with(
+            "experiment,cell,net,placement,shortcut,norm,init,projection,units,replicate,unit,"
+        ),
         "{header}"
     );
     // 2 placements x 2 shortcuts x 2 replicates = 8 cells, 7 unit inputs each.
@@ -341,7 +342,7 @@ fn training_experiments_write_curves_heatmaps_and_a_ranked_report() {
     ]));
     let train = std::fs::read_to_string(results.join("tinytrain/train.csv")).unwrap();
     assert!(train.starts_with(
-        "experiment,cell,net,placement,shortcut,projection,units,replicate,step,epoch,lr,train_loss"
+        "experiment,cell,net,placement,shortcut,norm,init,projection,units,replicate,step,epoch,lr,train_loss"
     ));
     assert_eq!(
         train.lines().count(),
@@ -356,7 +357,7 @@ fn training_experiments_write_curves_heatmaps_and_a_ranked_report() {
     );
     let signal = std::fs::read_to_string(results.join("tinytrain/signal.csv")).unwrap();
     assert!(signal.starts_with(
-        "experiment,cell,net,placement,shortcut,projection,units,replicate,when,unit,layer,mean,var"
+        "experiment,cell,net,placement,shortcut,norm,init,projection,units,replicate,when,unit,layer,mean,var"
     ));
     assert_eq!(
         signal.lines().count(),
@@ -412,5 +413,67 @@ fn training_specs_are_validated() {
     ] {
         let e = format!("{:#}", resprop::experiment::parse_spec(&text).unwrap_err());
         assert!(e.contains(needle), "'{needle}' not in: {e}");
+    }
+}
+
+/// A grid over norms and inits: one cell per combination, labelled by what varies, and the
+/// combinations that cannot be built refused before anything runs.
+#[test]
+fn grids_sweep_norms_and_inits() {
+    let dir = tempfile::tempdir().unwrap();
+    let spec = write_spec(
+        dir.path(),
+        "norms.toml",
+        r#"
+name = "norms"
+claim = "Norms side by side."
+batch = 8
+charts = ["grad_ratio"]
+[net]
+units = 4
+width = 8
+[grid]
+placements = ["pre-norm"]
+shortcuts = ["identity", "rezero"]
+norms = ["batch", "layer", "none"]
+"#,
+    );
+    let out = dir.path().join("results");
+    ok(&resprop(&[
+        "run",
+        &spec,
+        "--out",
+        out.to_str().unwrap(),
+        "--plots",
+        dir.path().join("plots").to_str().unwrap(),
+    ]));
+    let csv = std::fs::read_to_string(out.join("norms/profile.csv")).unwrap();
+    // 2 shortcuts x 3 norms = 6 cells, 5 unit inputs each.
+    assert_eq!(csv.lines().count(), 1 + 6 * 5);
+    for norm in ["batch", "layer", "none"] {
+        assert!(csv.contains(&format!(",identity,{norm},he,")), "{norm}");
+    }
+    for (grid, needle) in [
+        (
+            "placements = [\"original\"]\nshortcuts = [\"identity\"]\ninits = [\"fixup\"]",
+            "grid.inits: 'fixup' replaces normalisation",
+        ),
+        (
+            "placements = [\"original\"]\nshortcuts = [\"deepnorm\"]",
+            "needs --placement post-norm",
+        ),
+    ] {
+        let bad = write_spec(
+            dir.path(),
+            "bad.toml",
+            &format!("name = \"bad\"\nclaim = \"x\"\n[grid]\n{grid}\n"),
+        );
+        let o = resprop(&["run", &bad, "--out", out.to_str().unwrap()]);
+        assert!(!o.status.success());
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(
+            err.contains(needle) && err.trim_end().lines().count() == 1,
+            "{err}"
+        );
     }
 }
