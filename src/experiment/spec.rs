@@ -210,10 +210,13 @@ pub enum ChartKind {
     Generalisation,
     /// Variance of every weight layer's input against the unit, at the start and the end.
     WeightInputs,
+    /// Forward signal propagation: the channel variance of x_l and of the branch term against
+    /// the unit, with the predictions that apply dashed over them.
+    Signal,
 }
 
 impl ChartKind {
-    pub const ALL: [(&'static str, ChartKind); 11] = [
+    pub const ALL: [(&'static str, ChartKind); 12] = [
         ("grad_ratio", ChartKind::GradRatio),
         ("direct_rest", ChartKind::DirectRest),
         ("lambda_sweep", ChartKind::LambdaSweep),
@@ -225,6 +228,7 @@ impl ChartKind {
         ("grad_ratio_steps", ChartKind::GradRatioSteps),
         ("generalisation", ChartKind::Generalisation),
         ("weight_inputs", ChartKind::WeightInputs),
+        ("signal", ChartKind::Signal),
     ];
 
     /// Charts drawn from a training run's CSVs rather than a profile's.

@@ -70,6 +70,7 @@ pub fn figure(kind: ChartKind, t: &Table) -> Figure {
         ChartKind::GradRatioSteps => grad_ratio_steps(t),
         ChartKind::Generalisation => generalisation(t),
         ChartKind::WeightInputs => weight_inputs(t),
+        ChartKind::Signal => signal(t),
         ChartKind::GradRatio => one(
             format!("{name}: gradient ratio ‖∂E/∂x_l‖ / ‖∂E/∂x_L‖"),
             "‖∂E/∂x_l‖ / ‖∂E/∂x_L‖",
@@ -581,6 +582,126 @@ fn grad_ratio_steps(t: &Table) -> Figure {
         title: format!("{name}: gradient ratio at the first, middle and last recorded step"),
         panels,
         notes: vec![],
+        size: PANELS,
+    }
+}
+
+/// The forward-signal prediction that applies to a variant (its first row's keys), with the
+/// source it is labelled with, as `Var(x_l)` from the measured `Var(x_0)` of the stage:
+/// `alpha = 0` (ReZero, SkipInit at zero): flat; no normalisation, He, identity shortcut and
+/// after-addition function: doubling per unit, `2^l` (each branch adds what it receives);
+/// BatchNorm pre-activation, identity shortcut: `+1` per unit within a stage (the branch's
+/// BN resets its input's scale; De and Smith 2020). Others: none is drawn.
+fn signal_prediction(t: &Table, row: &[String]) -> Option<(&'static str, fn(f64, f64) -> f64)> {
+    let placement: crate::unit::Placement = t.get(row, col::PLACEMENT).parse().ok()?;
+    let shortcut: crate::unit::ShortcutKind = t.get(row, col::SHORTCUT).parse().ok()?;
+    let norm = if t.has(col::NORM) {
+        t.get(row, col::NORM).to_string()
+    } else {
+        "batch".to_string()
+    };
+    let init = if t.has(col::INIT) {
+        t.get(row, col::INIT).to_string()
+    } else {
+        "he".to_string()
+    };
+    let identity_f = placement.after_add_is_identity();
+    match shortcut {
+        crate::unit::ShortcutKind::Alpha { init: a } if a == 0.0 => {
+            Some(("α = 0 (ReZero, SkipInit): flat", |v0, _| v0))
+        }
+        crate::unit::ShortcutKind::Identity if identity_f && norm == "none" && init == "he" => {
+            Some(("unnormalised He: Var(x_0) 2^l", |v0, l| v0 * 2f64.powf(l)))
+        }
+        crate::unit::ShortcutKind::Identity if placement.is_preact() && norm == "batch" => Some((
+            "BN pre-activation: Var(x_0) + l (De & Smith 2020)",
+            |v0, l| v0 + l,
+        )),
+        _ => None,
+    }
+}
+
+/// Signal propagation (Brock, De and Smith 2021): the channel variance of `x_l` and of the
+/// branch term against the unit, replicates combined; dashed, the prediction each variant
+/// has (restarting at every stage), labelled with its source.
+fn signal(t: &Table) -> Figure {
+    let name = t.experiment().to_string();
+    let variants = t.by_variant();
+    let mut act = Vec::new();
+    let mut branch = Vec::new();
+    for (i, (v, units)) in variants.iter().enumerate() {
+        act.push(line(
+            v,
+            series(t, units, col::ACT_VAR),
+            LineStyle::Solid,
+            i,
+            true,
+        ));
+        branch.push(line(
+            v,
+            series(t, units, col::BRANCH_VAR),
+            LineStyle::Solid,
+            i,
+            true,
+        ));
+        let Some(first) = units.values().next().and_then(|rows| rows.first()) else {
+            continue;
+        };
+        let Some((source, predict)) = signal_prediction(t, first) else {
+            continue;
+        };
+        // Within each stage, from the measured variance at the stage's first unit.
+        let measured: Vec<(usize, usize, f64)> = units
+            .iter()
+            .filter_map(|(&u, rows)| {
+                let vals: Vec<f64> = rows.iter().filter_map(|r| t.f(r, col::ACT_VAR)).collect();
+                let stage = rows
+                    .first()
+                    .and_then(|r| t.get(r, col::STAGE).parse().ok())?;
+                (!vals.is_empty()).then(|| (u, stage, geo_mean(&vals)))
+            })
+            .collect();
+        let mut pts = Vec::new();
+        let mut start: Option<(usize, usize, f64)> = None;
+        for &(u, stage, v) in &measured {
+            if start.is_none_or(|(_, s, _)| s != stage) {
+                start = Some((u, stage, v));
+            }
+            let (u0, _, v0) = start.unwrap();
+            pts.push((u as f64, predict(v0, (u - u0) as f64)));
+        }
+        act.push(line(
+            &format!("{v}: {source}"),
+            pts,
+            LineStyle::Dashed,
+            i,
+            true,
+        ));
+    }
+    let panel = |title: &str, y: &str, lines: Vec<Line>| Panel {
+        title: title.into(),
+        x_desc: UNIT_AXIS.into(),
+        y_desc: y.into(),
+        lines,
+        ..Default::default()
+    };
+    Figure {
+        title: format!("{name}: forward signal propagation"),
+        panels: vec![
+            panel(
+                "average channel variance of x_l (dashed: predictions)",
+                "mean_c Var(x_l)",
+                act,
+            ),
+            panel(
+                "average channel variance of the branch term F'(x_l)",
+                "mean_c Var(F'(x_l))",
+                branch,
+            ),
+        ],
+        notes: vec![
+            "dashed lines: the prediction that applies to the variant, restarting at each stage from the measured variance of its first unit; labelled with its source".into(),
+        ],
         size: PANELS,
     }
 }

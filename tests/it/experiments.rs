@@ -428,7 +428,7 @@ fn grids_sweep_norms_and_inits() {
 name = "norms"
 claim = "Norms side by side."
 batch = 8
-charts = ["grad_ratio"]
+charts = ["grad_ratio", "signal"]
 [net]
 units = 4
 width = 8
@@ -453,6 +453,11 @@ norms = ["batch", "layer", "none"]
     for norm in ["batch", "layer", "none"] {
         assert!(csv.contains(&format!(",identity,{norm},he,")), "{norm}");
     }
+    let svg = std::fs::read_to_string(dir.path().join("plots/norms_signal.svg")).unwrap();
+    assert!(
+        svg.contains("forward signal propagation") && svg.contains("flat"),
+        "signal chart"
+    );
     for (grid, needle) in [
         (
             "placements = [\"original\"]\nshortcuts = [\"identity\"]\ninits = [\"fixup\"]",
