@@ -592,7 +592,10 @@ fn grad_ratio_steps(t: &Table) -> Figure {
 /// after-addition function: doubling per unit, `2^l` (each branch adds what it receives);
 /// BatchNorm pre-activation, identity shortcut: `+1` per unit within a stage (the branch's
 /// BN resets its input's scale; De and Smith 2020). Others: none is drawn.
-fn signal_prediction(t: &Table, row: &[String]) -> Option<(&'static str, fn(f64, f64) -> f64)> {
+/// A prediction's label and `Var(x_l)` as a function of the stage's `Var(x_0)` and `l`.
+type Prediction = (&'static str, fn(f64, f64) -> f64);
+
+fn signal_prediction(t: &Table, row: &[String]) -> Option<Prediction> {
     let placement: crate::unit::Placement = t.get(row, col::PLACEMENT).parse().ok()?;
     let shortcut: crate::unit::ShortcutKind = t.get(row, col::SHORTCUT).parse().ok()?;
     let norm = if t.has(col::NORM) {
@@ -607,7 +610,7 @@ fn signal_prediction(t: &Table, row: &[String]) -> Option<(&'static str, fn(f64,
     };
     let identity_f = placement.after_add_is_identity();
     match shortcut {
-        crate::unit::ShortcutKind::Alpha { init: a } if a == 0.0 => {
+        crate::unit::ShortcutKind::Alpha { init: 0.0 } => {
             Some(("α = 0 (ReZero, SkipInit): flat", |v0, _| v0))
         }
         crate::unit::ShortcutKind::Identity if identity_f && norm == "none" && init == "he" => {
