@@ -43,16 +43,11 @@ pub struct ChannelStats {
 }
 
 pub fn channel_stats(x: &Tensor) -> ChannelStats {
-    let c = x.shape()[1];
-    let (mut mean_sq, mut var) = (0.0, 0.0);
-    for ch in 0..c {
-        let (m, v) = mean_var(&x.index_axis(ndarray::Axis(1), ch).to_owned());
-        mean_sq += m * m;
-        var += v;
-    }
+    let (means, vars) = crate::kernels::reference::channel_moments(x);
+    let c = means.len() as f64;
     ChannelStats {
-        mean_sq: mean_sq / c as f64,
-        var: var / c as f64,
+        mean_sq: means.iter().map(|m| m * m).sum::<f64>() / c,
+        var: vars.iter().sum::<f64>() / c,
     }
 }
 

@@ -1,7 +1,8 @@
 //! Plain-ndarray references: each fast kernel's definition, and BatchNorm's, written for
 //! clarity alone (index loops and whole-array arithmetic; no vectorisation, no fusion, no
-//! threads). Nothing in the engine calls them; the kernels' tests and the BatchNorm layer's
-//! test compare against them.
+//! threads). Nothing in the engine calls them: the kernels' tests and the BatchNorm layer's
+//! test compare against them, and the signal-propagation record, which wants exactly the
+//! definition, reads its channel statistics from [`channel_moments`].
 
 use ndarray::Axis;
 
@@ -101,47 +102,41 @@ pub fn batch_norm_train_backward(
     (grad_x, grad_gamma, grad_beta)
 }
 
-/// im2col by its definition: `cols[(ci k + ki) k + kj][oh Wo + ow] = x[ci][ih][iw]` with
-/// `ih = oh s + ki - p`, `iw = ow s + kj - p`, and 0 where that falls outside the image.
-pub fn im2col(x: &[f64], g: Geometry) -> Vec<f64> {
+/// Every tap of a convolution's columns, in `(ci, ki, kj, oh, ow)` order: `f(column index,
+/// input index)` for each entry of `cols` that reads an input pixel, where output `(oh, ow)`
+/// at kernel position `(ki, kj)` reads `x[ci][oh s + ki - p][ow s + kj - p]`.
+fn for_each_tap(g: &Geometry, mut f: impl FnMut(usize, usize)) {
     let (ho, wo) = g.out();
-    let mut cols = vec![0.0; g.c * g.k * g.k * ho * wo];
     for ci in 0..g.c {
         for ki in 0..g.k {
             for kj in 0..g.k {
                 let row = (ci * g.k + ki) * g.k + kj;
                 for oh in 0..ho {
                     for ow in 0..wo {
-                        if let Some((ih, iw)) = source(&g, oh, ow, ki, kj) {
-                            cols[row * ho * wo + oh * wo + ow] = x[(ci * g.h + ih) * g.w + iw];
+                        if let Some((ih, iw)) = source(g, oh, ow, ki, kj) {
+                            f(row * ho * wo + oh * wo + ow, (ci * g.h + ih) * g.w + iw);
                         }
                     }
                 }
             }
         }
     }
+}
+
+/// im2col by its definition: each column entry is the input pixel its tap reads, 0 where the
+/// tap falls outside the image.
+pub fn im2col(x: &[f64], g: Geometry) -> Vec<f64> {
+    let (ho, wo) = g.out();
+    let mut cols = vec![0.0; g.c * g.k * g.k * ho * wo];
+    for_each_tap(&g, |col, input| cols[col] = x[input]);
     cols
 }
 
 /// col2im, the adjoint of [`im2col`]: each input element is the sum of the entries of
 /// `cols` copied from it, added in `(ci, ki, kj, oh, ow)` order onto `0.0`.
 pub fn col2im(cols: &[f64], g: Geometry) -> Vec<f64> {
-    let (ho, wo) = g.out();
     let mut x = vec![0.0; g.c * g.h * g.w];
-    for ci in 0..g.c {
-        for ki in 0..g.k {
-            for kj in 0..g.k {
-                let row = (ci * g.k + ki) * g.k + kj;
-                for oh in 0..ho {
-                    for ow in 0..wo {
-                        if let Some((ih, iw)) = source(&g, oh, ow, ki, kj) {
-                            x[(ci * g.h + ih) * g.w + iw] += cols[row * ho * wo + oh * wo + ow];
-                        }
-                    }
-                }
-            }
-        }
-    }
+    for_each_tap(&g, |col, input| x[input] += cols[col]);
     x
 }
 

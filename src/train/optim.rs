@@ -253,31 +253,22 @@ impl Optimizer {
     /// Restores what [`Optimizer::state`] wrote (`get` looks an entry up by its name among
     /// `names`).
     pub fn restore(&mut self, names: &[String], mut get: impl FnMut(&str) -> Option<Tensor>) {
-        let with_prefix = |p: &str| -> Vec<String> {
-            names
-                .iter()
-                .filter_map(|n| n.strip_prefix(p).map(String::from))
-                .collect()
-        };
-        match self {
-            Optimizer::Sgd(o) => {
-                for n in with_prefix("velocity/") {
-                    if let Some(t) = get(&format!("velocity/{n}")) {
-                        o.velocity.insert(n, t);
-                    }
+        // Every entry `<prefix><param>` into `map` under `<param>`.
+        let mut load = |prefix: &str, map: &mut BTreeMap<String, Tensor>| {
+            for name in names {
+                let Some(param) = name.strip_prefix(prefix) else {
+                    continue;
+                };
+                if let Some(t) = get(name) {
+                    map.insert(param.to_string(), t);
                 }
             }
+        };
+        match self {
+            Optimizer::Sgd(o) => load("velocity/", &mut o.velocity),
             Optimizer::Adam(o) => {
-                for n in with_prefix("adam_m/") {
-                    if let Some(t) = get(&format!("adam_m/{n}")) {
-                        o.m.insert(n, t);
-                    }
-                }
-                for n in with_prefix("adam_v/") {
-                    if let Some(t) = get(&format!("adam_v/{n}")) {
-                        o.v.insert(n, t);
-                    }
-                }
+                load("adam_m/", &mut o.m);
+                load("adam_v/", &mut o.v);
                 if let Some(t) = get("adam_t") {
                     o.t = t[[0]] as u64;
                 }
