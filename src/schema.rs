@@ -44,6 +44,8 @@ pub mod col {
         NORM = "norm";
         /// How the weights started (he, fixup).
         INIT = "init";
+        /// Training cells: the warm-up's length in steps, when the spec sets it.
+        WARMUP = "warmup";
         PROJECTION = "projection";
         /// Residual units of the network (MLP depth; a ResNet's count).
         UNITS = "units";
@@ -136,7 +138,8 @@ use col::*;
 pub const KEYS: Schema = Schema {
     name: "keys",
     columns: &[
-        EXPERIMENT, CELL, NET, PLACEMENT, SHORTCUT, NORM, INIT, PROJECTION, UNITS, REPLICATE,
+        EXPERIMENT, CELL, NET, PLACEMENT, SHORTCUT, NORM, INIT, WARMUP, PROJECTION, UNITS,
+        REPLICATE,
     ],
 };
 

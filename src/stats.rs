@@ -20,6 +20,23 @@ pub fn quantile(values: &[f64], q: f64) -> Option<f64> {
     Some(v[lo] + (pos - lo as f64) * (v[hi] - v[lo]))
 }
 
+/// The least-squares slope of `ln y` against `ln x` (the exponent of a power law fitted to
+/// the points), or `None` with fewer than two distinct positive x or a non-positive y.
+pub fn log_log_slope(points: &[(f64, f64)]) -> Option<f64> {
+    if points
+        .iter()
+        .any(|&(x, y)| !(x > 0.0 && y > 0.0 && x.is_finite() && y.is_finite()))
+    {
+        return None;
+    }
+    let n = points.len() as f64;
+    let (lx, ly): (Vec<f64>, Vec<f64>) = points.iter().map(|&(x, y)| (x.ln(), y.ln())).unzip();
+    let (mx, my) = (lx.iter().sum::<f64>() / n, ly.iter().sum::<f64>() / n);
+    let sxx: f64 = lx.iter().map(|x| (x - mx).powi(2)).sum();
+    let sxy: f64 = lx.iter().zip(&ly).map(|(x, y)| (x - mx) * (y - my)).sum();
+    (sxx > 0.0).then(|| sxy / sxx)
+}
+
 pub fn median(values: &[f64]) -> Option<f64> {
     quantile(values, 0.5)
 }
@@ -150,6 +167,17 @@ fn normal_sf(z: f64) -> f64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn log_log_slope_recovers_a_power_law() {
+        let pts: Vec<(f64, f64)> = [6.0, 12.0, 24.0, 96.0]
+            .iter()
+            .map(|&l: &f64| (l, 3.0 * l.powf(-0.5)))
+            .collect();
+        assert!((log_log_slope(&pts).unwrap() + 0.5).abs() < 1e-12);
+        assert_eq!(log_log_slope(&[(2.0, 1.0), (2.0, 3.0)]), None);
+        assert_eq!(log_log_slope(&[(2.0, 1.0), (4.0, 0.0)]), None);
+    }
 
     #[test]
     fn quantiles_interpolate_like_numpy() {

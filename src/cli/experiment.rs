@@ -161,6 +161,12 @@ pub fn all(args: &AllArgs) -> Result<ExitCode> {
             } else {
                 None
             },
+            weight_grads: if spec.weight_grads {
+                Some(Table::read(&csv.with_file_name("weight_grads.csv"))?)
+            } else {
+                None
+            },
+            kinds: spec.charts.clone(),
             grads: match &spec.task {
                 crate::experiment::Task::Train(_) => {
                     Some(Table::read(&csv.with_file_name("grads.csv"))?)

@@ -62,7 +62,7 @@ pub enum Command {
     Bench(bench::BenchArgs),
     /// Run one experiment file: every cell of its grid, in parallel, into a tidy CSV.
     Run(experiment::RunArgs),
-    /// Train a network with SGD on real data (bundled digits, or CIFAR-10 binaries), recording
+    /// Train a network with SGD or Adam on real data (bundled digits, or CIFAR-10 binaries), recording
     /// losses, errors and per-unit gradient norms over training.
     Train(train::TrainArgs),
     /// Draw an experiment's charts (PNG and SVG) from its CSV, without recomputing.
@@ -133,7 +133,9 @@ pub struct NetArgs {
     /// out). The projection shortcut's BatchNorm (--projection bn) stays.
     #[arg(long, default_value = "batch", value_parser = parse_norm)]
     pub norm: NormKind,
-    /// How the weights start: he (He et al., the paper's) or fixup (Fixup: with --norm none,
+    /// How the weights start: he (He et al., the paper's), xavier (Glorot and Bengio's
+    /// 2/(fan_in + fan_out) on every weight layer, as Xiong et al.'s LayerNorm analysis
+    /// assumes) or fixup (Fixup: with --norm none,
     /// each branch's last weight layer and the classifier at 0, the others scaled by
     /// L^(-1/(2m-2)), a scalar multiplier per branch and scalar biases).
     #[arg(long, default_value = "he", value_parser = |s: &str| s.parse::<crate::net::Init>())]

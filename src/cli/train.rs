@@ -37,7 +37,7 @@ pub struct TrainArgs {
     /// What fills the placement's normalisation slots: batch, layer (LayerNorm) or none.
     #[arg(long, default_value = "batch", value_parser = super::parse_norm)]
     pub norm: crate::layers::NormKind,
-    /// How the weights start: he or fixup (with --norm none).
+    /// How the weights start: he, xavier or fixup (with --norm none).
     #[arg(long, default_value = "he", value_parser = |s: &str| s.parse::<crate::net::Init>())]
     pub init: crate::net::Init,
     /// MLP units.
@@ -154,11 +154,7 @@ pub fn run(args: &TrainArgs) -> Result<ExitCode> {
         weight_decay: args.weight_decay,
         optimizer: args.optimizer,
         weight_decay_mode: args.weight_decay_mode,
-        warmup: match (args.optimizer, args.warmup_steps) {
-            (crate::train::OptimizerKind::Sgd, None) => crate::train::Warmup::UntilError,
-            (crate::train::OptimizerKind::Sgd, Some(n)) => crate::train::Warmup::Steps(n),
-            (crate::train::OptimizerKind::Adam, n) => crate::train::Warmup::Linear(n.unwrap_or(0)),
-        },
+        warmup: crate::train::Warmup::for_optimizer(args.optimizer, args.warmup_steps),
         record_every: args.record_every,
         signal: false,
         seed: args.seed,

@@ -71,6 +71,10 @@ pub const GRADS_TABLE: TableKind = TableKind {
     name: "grads",
     columns: |_| schema::GRADS.columns.to_vec(),
 };
+pub const WEIGHT_GRADS_TABLE: TableKind = TableKind {
+    name: "weight_grads",
+    columns: |_| schema::WEIGHT_GRADS.columns.to_vec(),
+};
 pub const SIGNAL_TABLE: TableKind = TableKind {
     name: "signal",
     columns: |_| schema::SIGNAL.columns.to_vec(),
@@ -80,6 +84,7 @@ pub const SIGNAL_TABLE: TableKind = TableKind {
 /// marks a cell complete).
 pub fn tables(spec: &Spec) -> Vec<TableKind> {
     match &spec.task {
+        Task::Profile if spec.weight_grads => vec![PROFILE_TABLE, WEIGHT_GRADS_TABLE],
         Task::Profile => vec![PROFILE_TABLE],
         // The weight-input statistics cost two forward passes of a run: always recorded.
         Task::Train(_) => vec![TRAIN_TABLE, GRADS_TABLE, SIGNAL_TABLE],
@@ -108,6 +113,7 @@ fn cell_keys(spec: &Spec, cell: &Cell, units: usize) -> Vec<String> {
         cell.shortcut.to_string(),
         cell.norm.to_string(),
         cell.init.to_string(),
+        cell.warmup.map(|w| w.to_string()).unwrap_or_default(),
         cell.projection.map(|p| p.to_string()).unwrap_or_default(),
         units.to_string(),
         cell.replicate.to_string(),
@@ -137,9 +143,13 @@ pub struct CellInputs {
     /// `Some(true)` when the spec asks for the plain interpreter (absent otherwise, so the
     /// fused engine's fingerprints are what they were).
     pub unfused: Option<bool>,
+    /// `Some(true)` when the profile also records the weight gradients (a table more).
+    pub weight_grads: Option<bool>,
     /// The norm and the init, when not the paper's (BatchNorm, He).
     pub norm: Option<String>,
     pub init: Option<String>,
+    /// Training: the warm-up's length, when the spec sets it.
+    pub warmup: Option<usize>,
 }
 
 impl CellInputs {
@@ -175,8 +185,10 @@ impl CellInputs {
             train,
             data_sha256,
             unfused: spec.unfused.then_some(true),
+            weight_grads: (profile && spec.weight_grads).then_some(true),
             norm: (!cell.norm.is_batch()).then(|| cell.norm.to_string()),
             init: (!cell.init.is_he()).then(|| cell.init.to_string()),
+            warmup: cell.warmup,
         }
     }
 
@@ -220,10 +232,10 @@ fn run_train_cell(spec: &Spec, cell: &Cell, t: &TrainSpec, data: &Split) -> Resu
         batch: t.batch,
         base_lr: t.lr,
         momentum: 0.9,
-        weight_decay: 1e-4,
-        optimizer: crate::train::OptimizerKind::Sgd,
-        weight_decay_mode: crate::train::WeightDecayMode::Decoupled,
-        warmup: crate::train::Warmup::UntilError,
+        weight_decay: t.weight_decay,
+        optimizer: t.optimizer,
+        weight_decay_mode: t.weight_decay_mode,
+        warmup: crate::train::Warmup::for_optimizer(t.optimizer, cell.warmup),
         record_every: t.record_every,
         signal: true,
         seed,
@@ -251,8 +263,9 @@ fn run_train_cell(spec: &Spec, cell: &Cell, t: &TrainSpec, data: &Split) -> Resu
     Ok(CellResult { tables, warning })
 }
 
-/// Runs one profile cell and returns its rows (no keys), plus a warning if anything overflowed.
-pub fn run_cell(spec: &Spec, cell: &Cell) -> Result<(Vec<Vec<String>>, Option<String>)> {
+/// Runs one profile cell and returns its rows (no keys; with the weight gradients' when the
+/// spec asks), plus a warning if anything overflowed.
+pub fn run_cell(spec: &Spec, cell: &Cell) -> Result<CellResult> {
     let seed = cell_seed(spec, cell.replicate);
     let sizes = NetSizes {
         units: cell.units,
@@ -277,7 +290,12 @@ pub fn run_cell(spec: &Spec, cell: &Cell) -> Result<(Vec<Vec<String>>, Option<St
         weight_grads: true,
     };
     let cache = net.forward(&input, &labels, &ctx)?;
-    let grads = net.backward(&cache, &labels, None);
+    let mut param_grads = crate::grads::Grads::new();
+    let grads = net.backward(
+        &cache,
+        &labels,
+        spec.weight_grads.then_some(&mut param_grads),
+    );
     let profile = build_records(&net, &cache, &grads);
     let verification = match spec.measure {
         Measure::Verification => Some(verify_units(&net, &cache, &grads).0),
@@ -315,7 +333,16 @@ pub fn run_cell(spec: &Spec, cell: &Cell) -> Result<(Vec<Vec<String>>, Option<St
             cols.join(", ")
         )
     });
-    Ok((rows, warning))
+    let mut tables = vec![rows];
+    if spec.weight_grads {
+        tables.push(
+            crate::analysis::record::weight_grad_rows(&net, &param_grads)
+                .iter()
+                .map(|r| r.fields())
+                .collect(),
+        );
+    }
+    Ok(CellResult { tables, warning })
 }
 
 fn csv_bytes(header: Option<&[&str]>, rows: &[Vec<String>]) -> Result<Vec<u8>> {
@@ -446,13 +473,7 @@ pub fn run_experiment(spec: &Spec, out: &Path, progress: bool) -> Result<(PathBu
             let result = crate::spin_join::without_helper(|| -> Result<CellResult> {
                 Ok(match (&spec.task, &data) {
                     (Task::Train(t), Some((d, _))) => run_train_cell(spec, cell, t, d)?,
-                    _ => {
-                        let (rows, warning) = run_cell(spec, cell)?;
-                        CellResult {
-                            tables: vec![rows],
-                            warning,
-                        }
-                    }
+                    _ => run_cell(spec, cell)?,
                 })
             })?;
             write_atomic(

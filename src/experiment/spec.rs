@@ -47,7 +47,8 @@ struct RawSpec {
     charts: Vec<String>,
     #[serde(default)]
     net: RawNet,
-    grid: RawGrid,
+    /// One grid (`[grid]`) or several (`[[grid]]`): the cells are their union, in order.
+    grid: toml::Value,
     #[serde(default = "default_task")]
     task: String,
     train: Option<RawTrain>,
@@ -57,6 +58,9 @@ struct RawSpec {
     /// Run every cell with the plain layer-by-layer interpreter instead of the fused engine.
     #[serde(default)]
     unfused: bool,
+    /// Profiles: also record ||dE/dW||_F of every weight layer (`weight_grads.csv`).
+    #[serde(default)]
+    weight_grads: bool,
 }
 
 fn default_task() -> String {
@@ -75,6 +79,20 @@ struct RawTrain {
     lr: f64,
     #[serde(default = "default_record_every")]
     record_every: usize,
+    #[serde(default)]
+    optimizer: Option<String>,
+    #[serde(default = "default_weight_decay")]
+    weight_decay: f64,
+    #[serde(default)]
+    weight_decay_mode: Option<String>,
+    /// Every cell's warm-up (unless the grid sweeps `warmups`); absent: SGD's until-error
+    /// rule, no warm-up for Adam.
+    #[serde(default)]
+    warmup_steps: Option<usize>,
+}
+
+fn default_weight_decay() -> f64 {
+    1e-4
 }
 
 fn default_data() -> String {
@@ -138,6 +156,9 @@ struct RawGrid {
     units: Vec<usize>,
     #[serde(default = "default_replicates")]
     replicates: Vec<u64>,
+    /// Training: warm-up lengths in steps (default: `train.warmup_steps`).
+    #[serde(default)]
+    warmups: Vec<usize>,
 }
 
 fn default_nets() -> Vec<String> {
@@ -175,6 +196,26 @@ pub struct TrainSpec {
     pub batch: usize,
     pub lr: f64,
     pub record_every: usize,
+    /// SGD with momentum 0.9 (the paper's), or Adam; left out of fingerprints when SGD so
+    /// that the paper's cells keep theirs (likewise the two below at their defaults).
+    #[serde(skip_serializing_if = "is_sgd")]
+    pub optimizer: crate::train::OptimizerKind,
+    #[serde(skip_serializing_if = "is_default_decay")]
+    pub weight_decay: f64,
+    #[serde(skip_serializing_if = "is_decoupled")]
+    pub weight_decay_mode: crate::train::WeightDecayMode,
+}
+
+fn is_sgd(o: &crate::train::OptimizerKind) -> bool {
+    *o == crate::train::OptimizerKind::Sgd
+}
+
+fn is_default_decay(w: &f64) -> bool {
+    *w == default_weight_decay()
+}
+
+fn is_decoupled(m: &crate::train::WeightDecayMode) -> bool {
+    *m == crate::train::WeightDecayMode::Decoupled
 }
 
 /// The paper's numbers for comparison.
@@ -213,10 +254,18 @@ pub enum ChartKind {
     /// Forward signal propagation: the channel variance of x_l and of the branch term against
     /// the unit, with the predictions that apply dashed over them.
     Signal,
+    /// ||dE/dW||_F of each weight layer against the unit, one panel per variant (Xiong et al.
+    /// 2020, Fig. 3).
+    WeightGrads,
+    /// The last unit's last branch weight's gradient norm against the depth L, log-log, with
+    /// the fitted slope per variant and Xiong et al.'s Theorem 1 dashed.
+    LastWeightGrad,
+    /// E||x_l||^2 / d against the unit, with Xiong et al.'s Lemma 2 bounds for Pre-LN.
+    SquaredNorm,
 }
 
 impl ChartKind {
-    pub const ALL: [(&'static str, ChartKind); 12] = [
+    pub const ALL: [(&'static str, ChartKind); 15] = [
         ("grad_ratio", ChartKind::GradRatio),
         ("direct_rest", ChartKind::DirectRest),
         ("lambda_sweep", ChartKind::LambdaSweep),
@@ -229,11 +278,14 @@ impl ChartKind {
         ("generalisation", ChartKind::Generalisation),
         ("weight_inputs", ChartKind::WeightInputs),
         ("signal", ChartKind::Signal),
+        ("weight_grads", ChartKind::WeightGrads),
+        ("last_weight_grad", ChartKind::LastWeightGrad),
+        ("squared_norm", ChartKind::SquaredNorm),
     ];
 
     /// Charts drawn from a training run's CSVs rather than a profile's.
     pub fn needs_training(self) -> bool {
-        self.table() != "profile"
+        matches!(self.table(), "train" | "grads" | "signal")
     }
 
     /// The table (`<name>.csv` of the experiment's results) the chart is drawn from.
@@ -242,6 +294,7 @@ impl ChartKind {
             ChartKind::TrainCurves | ChartKind::Generalisation => "train",
             ChartKind::GradHeatmap | ChartKind::GradRatioSteps => "grads",
             ChartKind::WeightInputs => "signal",
+            ChartKind::WeightGrads | ChartKind::LastWeightGrad => "weight_grads",
             _ => "profile",
         }
     }
@@ -263,6 +316,23 @@ pub struct Spec {
     pub sizes: NetSizes,
     #[serde(serialize_with = "crate::util::serialize_display")]
     pub bn_mode: Mode,
+    /// The grids whose union the cells are (one for most experiments).
+    #[serde(rename = "grid")]
+    pub grids: Vec<Grid>,
+    pub task: Task,
+    pub paper: Option<PaperValues>,
+    /// Every cell runs the plain interpreter (`unfused = true`); left out of the resolved
+    /// spec when false, so existing specs read as before.
+    #[serde(skip_serializing_if = "is_false")]
+    pub unfused: bool,
+    /// Profile cells also write every weight layer's gradient norm (`weight_grads = true`).
+    #[serde(skip_serializing_if = "is_false")]
+    pub weight_grads: bool,
+}
+
+/// One grid: every combination of its lists.
+#[derive(Debug, Clone, Serialize)]
+pub struct Grid {
     #[serde(serialize_with = "serialize_displays")]
     pub nets: Vec<NetChoice>,
     #[serde(serialize_with = "serialize_displays")]
@@ -285,12 +355,13 @@ pub struct Spec {
     /// MLP depths (one entry, the `net.units` size, unless the grid sweeps them).
     pub units: Vec<usize>,
     pub replicates: Vec<u64>,
-    pub task: Task,
-    pub paper: Option<PaperValues>,
-    /// Every cell runs the plain interpreter (`unfused = true`); left out of the resolved
-    /// spec when false, so existing specs read as before.
-    #[serde(skip_serializing_if = "is_false")]
-    pub unfused: bool,
+    /// Training cells' warm-up lengths (`[None]`: the optimizer's default; profiles).
+    #[serde(skip_serializing_if = "only_none")]
+    pub warmups: Vec<Option<usize>>,
+}
+
+fn only_none(v: &[Option<usize>]) -> bool {
+    v == [None]
 }
 
 fn is_false(b: &bool) -> bool {
@@ -323,6 +394,8 @@ pub struct Cell {
     pub projection: Option<Projection>,
     pub norm: NormKind,
     pub init: Init,
+    /// Training: the warm-up's length in steps, when set (else the optimizer's default).
+    pub warmup: Option<usize>,
     pub units: usize,
     pub replicate: u64,
 }
@@ -333,28 +406,36 @@ impl Spec {
         crate::unit::Fusion::from_unfused(self.unfused)
     }
 
-    /// Every combination, in a fixed order (nets, placements, shortcuts, norms, inits,
-    /// projections, units, replicates).
+    /// Every combination of each grid, the grids in order (within one: nets, placements,
+    /// shortcuts, norms, inits, projections, units, warm-ups, replicates).
     pub fn cells(&self) -> Vec<Cell> {
         let mut cells = Vec::new();
+        for grid in &self.grids {
+            grid.push_cells(&mut cells);
+        }
+        cells
+    }
+}
+
+impl Grid {
+    fn push_cells(&self, cells: &mut Vec<Cell>) {
         for net in &self.nets {
             for &placement in &self.placements {
                 for &shortcut in &self.shortcuts {
                     for &norm in &self.norms {
                         for &init in &self.inits {
-                            self.push_cells(&mut cells, net, placement, shortcut, norm, init);
+                            self.push_variant(cells, net, placement, shortcut, norm, init);
                         }
                     }
                 }
             }
         }
-        cells
     }
 
     /// The cells of one (net, placement, shortcut, norm, init): projections apply to the
     /// ResNets' shape-changing units, MLP depth sweeps to the MLP (a ResNet's depth is in its
     /// name).
-    fn push_cells(
+    fn push_variant(
         &self,
         cells: &mut Vec<Cell>,
         net: &NetChoice,
@@ -378,23 +459,28 @@ impl Spec {
         };
         for projection in projections {
             for &units in depths {
-                for &replicate in &self.replicates {
-                    cells.push(Cell {
-                        index: cells.len(),
-                        net: net.clone(),
-                        placement,
-                        shortcut,
-                        projection,
-                        norm,
-                        init,
-                        units,
-                        replicate,
-                    });
+                for &warmup in &self.warmups {
+                    for &replicate in &self.replicates {
+                        cells.push(Cell {
+                            index: cells.len(),
+                            net: net.clone(),
+                            placement,
+                            shortcut,
+                            projection,
+                            norm,
+                            init,
+                            warmup,
+                            units,
+                            replicate,
+                        });
+                    }
                 }
             }
         }
     }
+}
 
+impl Spec {
     /// The resolved spec as TOML, saved next to the results.
     pub fn to_toml(&self) -> Result<String> {
         toml::to_string(self).context("serialising the resolved spec")
@@ -473,61 +559,7 @@ pub fn parse_spec(text: &str) -> Result<Spec> {
         None => Mode::Train,
         Some(m) => m.parse().map_err(|e| anyhow!("net.bn_mode: {e}"))?,
     };
-    let nets = parse_each(&raw.grid.nets, "grid.nets", |s| s.parse::<NetChoice>())?;
-    let placements = parse_each(&raw.grid.placements, "grid.placements", |s| {
-        s.parse::<Placement>()
-    })?;
-    let shortcuts = parse_each(&raw.grid.shortcuts, "grid.shortcuts", |s| {
-        s.parse::<ShortcutKind>()
-    })?;
-    let projections = if raw.grid.projections.is_empty() {
-        Vec::new()
-    } else {
-        parse_each(&raw.grid.projections, "grid.projections", |s| {
-            s.parse::<Projection>()
-        })?
-    };
-    let norms = if raw.grid.norms.is_empty() {
-        vec![NormKind::Batch]
-    } else {
-        parse_each(&raw.grid.norms, "grid.norms", |s| s.parse::<NormKind>())?
-    };
-    let inits = if raw.grid.inits.is_empty() {
-        vec![Init::He]
-    } else {
-        parse_each(&raw.grid.inits, "grid.inits", |s| s.parse::<Init>())?
-    };
-    // Combinations that cannot be built are refused before anything runs.
-    for &shortcut in &shortcuts {
-        for &placement in &placements {
-            shortcut
-                .check_placement(placement)
-                .map_err(|e| anyhow!("grid.shortcuts: {e}"))?;
-        }
-    }
-    if inits.contains(&Init::Fixup) && norms.iter().any(|&n| n != NormKind::None) {
-        bail!("grid.inits: 'fixup' replaces normalisation, so grid.norms must be [\"none\"]");
-    }
-    if !projections.is_empty() && nets.iter().all(|n| *n == NetChoice::Mlp) {
-        bail!("grid.projections: applies to the ResNets' shape-changing units, and this grid has only the MLP");
-    }
-    let units = if raw.grid.units.is_empty() {
-        vec![units]
-    } else {
-        raw.grid.units.clone()
-    };
-    if let Some(&0) = units.iter().find(|&&u| u == 0) {
-        bail!("grid.units: depths must be at least 1, got 0");
-    }
-    if raw.grid.replicates.is_empty() {
-        bail!("grid.replicates: the list is empty");
-    }
-    if raw.batch < 2 && bn_mode == Mode::Train && nets.contains(&NetChoice::Mlp) {
-        bail!(
-            "batch: {} is too small for an MLP with BatchNorm in training mode (needs 2)",
-            raw.batch
-        );
-    }
+    let mut warmup_default = None;
     let task = match (raw.task.as_str(), raw.train) {
         ("profile", None) => Task::Profile,
         ("profile", Some(_)) => bail!("train: a [train] table needs task = \"train\""),
@@ -539,22 +571,81 @@ pub fn parse_spec(text: &str) -> Result<Spec> {
             if !(t.lr > 0.0 && t.lr.is_finite()) {
                 bail!("train.lr: must be a positive number, got {}", t.lr);
             }
+            if !(t.weight_decay >= 0.0 && t.weight_decay.is_finite()) {
+                bail!(
+                    "train.weight_decay: must be a non-negative number, got {}",
+                    t.weight_decay
+                );
+            }
             if let Err(e) = t.data.parse::<crate::data::DataSpec>() {
                 bail!("train.data: {e}");
             }
+            let optimizer = match &t.optimizer {
+                None => crate::train::OptimizerKind::Sgd,
+                Some(o) => o.parse().map_err(|e| anyhow!("train.optimizer: {e}"))?,
+            };
+            let weight_decay_mode = match &t.weight_decay_mode {
+                None => crate::train::WeightDecayMode::Decoupled,
+                Some(_) if optimizer == crate::train::OptimizerKind::Sgd => bail!(
+                    "train.weight_decay_mode: applies to Adam (SGD adds the decay to the gradient); set optimizer = \"adam\""
+                ),
+                Some(m) => m.parse().map_err(|e| anyhow!("train.weight_decay_mode: {e}"))?,
+            };
+            warmup_default = t.warmup_steps;
             Task::Train(TrainSpec {
                 data: t.data,
                 epochs: t.epochs,
                 batch: t.batch,
                 lr: t.lr,
                 record_every: t.record_every,
+                optimizer,
+                weight_decay: t.weight_decay,
+                weight_decay_mode,
             })
         }
         (other, _) => bail!("task: unknown value '{other}' (expected 'profile' or 'train')"),
     };
+    let training = matches!(task, Task::Train(_));
+    if training && raw.weight_grads {
+        bail!(
+            "weight_grads: applies to profiles (a training run records its gradients in grads.csv)"
+        );
+    }
+    let raw_grids: Vec<(String, toml::Value)> = match raw.grid {
+        toml::Value::Array(a) if a.is_empty() => bail!("grid: the list of grids is empty"),
+        toml::Value::Array(a) => a
+            .into_iter()
+            .enumerate()
+            .map(|(i, g)| (format!("grid[{i}]"), g))
+            .collect(),
+        g => vec![("grid".to_string(), g)],
+    };
+    let mut grids = Vec::new();
+    for (key, value) in raw_grids {
+        let raw_grid = RawGrid::deserialize(value)
+            .map_err(|e| anyhow!("{key}: {}", e.message().trim().replace('\n', " ")))?;
+        grids.push(parse_grid(raw_grid, &key, units, warmup_default, training)?);
+    }
+    if raw.batch < 2
+        && bn_mode == Mode::Train
+        && grids
+            .iter()
+            .any(|g| g.nets.contains(&NetChoice::Mlp) && g.norms.contains(&NormKind::Batch))
+    {
+        bail!(
+            "batch: {} is too small for an MLP with BatchNorm in training mode (needs 2)",
+            raw.batch
+        );
+    }
     for c in &charts {
         if c.needs_training() != matches!(task, Task::Train(_)) {
             bail!("charts: '{}' does not fit task '{}'", c.name(), raw.task);
+        }
+        if c.table() == "weight_grads" && !raw.weight_grads {
+            bail!(
+                "charts: '{}' draws the weight gradients: set weight_grads = true",
+                c.name()
+            );
         }
     }
     let paper = raw.paper.map(|p| PaperValues {
@@ -572,6 +663,116 @@ pub fn parse_spec(text: &str) -> Result<Spec> {
         charts,
         sizes,
         bn_mode,
+        grids,
+        unfused: raw.unfused,
+        weight_grads: raw.weight_grads,
+    })
+    .and_then(|spec| {
+        refuse_repeated_cells(&spec)?;
+        Ok(spec)
+    })
+}
+
+/// Two grids that share a cell would run it twice and count it twice in the statistics.
+fn refuse_repeated_cells(spec: &Spec) -> Result<()> {
+    let mut seen = std::collections::BTreeMap::new();
+    for c in spec.cells() {
+        let key = format!(
+            "{} {} {} {:?} {} {} {:?} {} {}",
+            c.net,
+            c.placement,
+            c.shortcut,
+            c.projection,
+            c.norm,
+            c.init,
+            c.warmup,
+            c.units,
+            c.replicate
+        );
+        if let Some(first) = seen.insert(key, c.index) {
+            bail!(
+                "grid: cells {first} and {} are the same ({} {} {}, replicate {}): a cell may appear in one grid only",
+                c.index, c.net, c.placement, c.shortcut, c.replicate
+            );
+        }
+    }
+    Ok(())
+}
+
+/// Validates one grid; `key` (`grid` or `grid[i]`) prefixes its errors.
+fn parse_grid(
+    raw: RawGrid,
+    key: &str,
+    default_units: usize,
+    warmup_default: Option<usize>,
+    training: bool,
+) -> Result<Grid> {
+    let k = |name: &str| format!("{key}.{name}");
+    let nets = parse_each(&raw.nets, &k("nets"), |s| s.parse::<NetChoice>())?;
+    let placements = parse_each(&raw.placements, &k("placements"), |s| {
+        s.parse::<Placement>()
+    })?;
+    let shortcuts = parse_each(&raw.shortcuts, &k("shortcuts"), |s| {
+        s.parse::<ShortcutKind>()
+    })?;
+    let projections = if raw.projections.is_empty() {
+        Vec::new()
+    } else {
+        parse_each(&raw.projections, &k("projections"), |s| {
+            s.parse::<Projection>()
+        })?
+    };
+    let norms = if raw.norms.is_empty() {
+        vec![NormKind::Batch]
+    } else {
+        parse_each(&raw.norms, &k("norms"), |s| s.parse::<NormKind>())?
+    };
+    let inits = if raw.inits.is_empty() {
+        vec![Init::He]
+    } else {
+        parse_each(&raw.inits, &k("inits"), |s| s.parse::<Init>())?
+    };
+    // Combinations that cannot be built are refused before anything runs.
+    for &shortcut in &shortcuts {
+        for &placement in &placements {
+            shortcut
+                .check_placement(placement)
+                .map_err(|e| anyhow!("{}: {e}", k("shortcuts")))?;
+        }
+    }
+    if inits.contains(&Init::Fixup) && norms.iter().any(|&n| n != NormKind::None) {
+        bail!(
+            "{}: 'fixup' replaces normalisation, so {} must be [\"none\"]",
+            k("inits"),
+            k("norms")
+        );
+    }
+    if !projections.is_empty() && nets.iter().all(|n| *n == NetChoice::Mlp) {
+        bail!(
+            "{}: applies to the ResNets' shape-changing units, and this grid has only the MLP",
+            k("projections")
+        );
+    }
+    let units = if raw.units.is_empty() {
+        vec![default_units]
+    } else {
+        raw.units.clone()
+    };
+    if units.contains(&0) {
+        bail!("{}: depths must be at least 1, got 0", k("units"));
+    }
+    if raw.replicates.is_empty() {
+        bail!("{}: the list is empty", k("replicates"));
+    }
+    let warmups = match (training, raw.warmups.is_empty()) {
+        (_, true) => vec![warmup_default],
+        (true, false) => raw.warmups.iter().map(|&w| Some(w)).collect(),
+        (false, false) => bail!(
+            "{}: warm-ups apply to training (task = \"train\")",
+            k("warmups")
+        ),
+    };
+    Ok(Grid {
         nets,
         placements,
         shortcuts,
@@ -579,8 +780,8 @@ pub fn parse_spec(text: &str) -> Result<Spec> {
         norms,
         inits,
         units,
-        replicates: raw.grid.replicates,
-        unfused: raw.unfused,
+        replicates: raw.replicates,
+        warmups,
     })
 }
 

@@ -121,8 +121,10 @@ pub fn build_net_with(
         NetChoice::Mlp => projection,
     };
     let mut net = build_he(choice, sizes, placement, shortcut, projection, norm, seed)?;
-    if init == Init::Fixup {
-        fixup::apply(&mut net)?;
+    match init {
+        Init::He => {}
+        Init::Xavier => fixup::apply_xavier(&mut net),
+        Init::Fixup => fixup::apply(&mut net)?,
     }
     Ok(net)
 }

@@ -71,6 +71,9 @@ pub fn figure(kind: ChartKind, t: &Table) -> Figure {
         ChartKind::Generalisation => generalisation(t),
         ChartKind::WeightInputs => weight_inputs(t),
         ChartKind::Signal => signal(t),
+        ChartKind::WeightGrads => super::descendants::weight_grads(t),
+        ChartKind::LastWeightGrad => super::descendants::last_weight_grad(t),
+        ChartKind::SquaredNorm => super::descendants::squared_norm(t),
         ChartKind::GradRatio => one(
             format!("{name}: gradient ratio ‖∂E/∂x_l‖ / ‖∂E/∂x_L‖"),
             "‖∂E/∂x_l‖ / ‖∂E/∂x_L‖",
@@ -593,9 +596,9 @@ fn grad_ratio_steps(t: &Table) -> Figure {
 /// BatchNorm pre-activation, identity shortcut: `+1` per unit within a stage (the branch's
 /// BN resets its input's scale; De and Smith 2020). Others: none is drawn.
 /// A prediction's label and `Var(x_l)` as a function of the stage's `Var(x_0)` and `l`.
-type Prediction = (&'static str, fn(f64, f64) -> f64);
+pub(super) type Prediction = (&'static str, fn(f64, f64) -> f64);
 
-fn signal_prediction(t: &Table, row: &[String]) -> Option<Prediction> {
+pub(super) fn signal_prediction(t: &Table, row: &[String]) -> Option<Prediction> {
     let placement: crate::unit::Placement = t.get(row, col::PLACEMENT).parse().ok()?;
     let shortcut: crate::unit::ShortcutKind = t.get(row, col::SHORTCUT).parse().ok()?;
     let norm = if t.has(col::NORM) {

@@ -7,6 +7,7 @@
 //! the edge.
 
 pub mod charts;
+pub mod descendants;
 pub mod report;
 pub mod table;
 pub mod training;
@@ -92,6 +93,8 @@ pub struct Panel {
     pub heat: Option<Heat>,
     /// A linear y axis (for values that can be negative or zero); logarithmic otherwise.
     pub linear: bool,
+    /// A logarithmic x axis (positive x only; for power laws against the depth).
+    pub log_x: bool,
 }
 
 /// Values on a grid: `z[j][i]` at column `xs[i]` and row `ys[j]` (NaN: no value).
@@ -447,13 +450,24 @@ where
     }
     let err = |e: DrawingAreaErrorKind<DB::ErrorType>| anyhow!("drawing: {e:?}");
     let linear = panel.linear;
+    let log_x = panel.log_x;
+    let lx = |x: f64| if log_x { x.log10() } else { x };
     let lg = |pts: &[(f64, f64)]| -> Vec<(f64, f64)> {
         pts.iter()
-            .filter(|p| p.1.is_finite())
-            .map(|&(x, y)| (x, if linear { y } else { y.log10() }))
+            .filter(|p| p.1.is_finite() && (!log_x || p.0 > 0.0))
+            .map(|&(x, y)| (lx(x), if linear { y } else { y.log10() }))
             .collect()
     };
     let (x0, x1) = x_range(panel);
+    let (x0, x1) = if log_x {
+        // A tenth of a decade either side, so the end points are not on the frame.
+        (
+            lx(x0.max(f64::MIN_POSITIVE)) - 0.1,
+            lx(x1.max(f64::MIN_POSITIVE)) + 0.1,
+        )
+    } else {
+        (x0, x1)
+    };
     let (y0, y1) = if linear {
         y_range_linear(panel)
     } else {
@@ -481,7 +495,13 @@ where
                 decade_label(v)
             }
         })
-        .x_label_formatter(&|x| format!("{x:.0}"))
+        .x_label_formatter(&|x| {
+            if log_x {
+                format!("{:.0}", 10f64.powf(*x))
+            } else {
+                format!("{x:.0}")
+            }
+        })
         .draw()
         .map_err(err)?;
     if linear && y0 < 0.0 && y1 > 0.0 {

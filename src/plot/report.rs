@@ -26,6 +26,38 @@ pub struct Entry {
     pub signal: Option<Table>,
     /// A training experiment's per-unit gradients over training (`grads.csv`).
     pub grads: Option<Table>,
+    /// A profile's weight gradients (`weight_grads.csv`), when the spec records them.
+    pub weight_grads: Option<Table>,
+    /// The charts the spec asks for (some bring their own measured numbers).
+    pub kinds: Vec<crate::experiment::ChartKind>,
+}
+
+/// The numbers that go with the descendants' charts, for the charts this entry draws.
+fn descendant_sections(e: &Entry) -> Vec<String> {
+    use super::descendants as d;
+    use crate::experiment::ChartKind;
+    let mut out = Vec::new();
+    if e.training {
+        return out;
+    }
+    if e.kinds.contains(&ChartKind::LastWeightGrad) {
+        if let Some(s) = e.weight_grads.as_ref().and_then(d::depth_fit_section) {
+            out.push(s);
+        }
+    }
+    if e.kinds.contains(&ChartKind::WeightGrads) {
+        if let Some(s) = e.weight_grads.as_ref().and_then(d::weight_grads_section) {
+            out.push(s);
+        }
+    }
+    if e.kinds.contains(&ChartKind::SquaredNorm) {
+        out.extend(d::squared_norm_section(&e.table));
+    }
+    out.extend(d::post_norm_direct_section(&e.table));
+    if e.kinds.contains(&ChartKind::Signal) {
+        out.extend(d::signal_section(&e.table));
+    }
+    out
 }
 
 fn training_section(e: &Entry) -> String {
@@ -195,6 +227,9 @@ pub fn render(entries: &[Entry]) -> String {
             let _ = writeln!(s, "Measured:\n\n{}", training_section(e));
         } else {
             let _ = writeln!(s, "Measured:\n\n{}", summary(&e.table));
+        }
+        for section in descendant_sections(e) {
+            let _ = writeln!(s, "{section}");
         }
         if let Some(v) = verification(&e.table) {
             let _ = writeln!(

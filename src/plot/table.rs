@@ -100,7 +100,7 @@ impl Table {
                     .any(|r| self.get(r, c) != self.get(&self.rows[0], c))
         };
         let others = |r: &[String]| -> Vec<String> {
-            [NET, PLACEMENT, SHORTCUT, NORM, INIT, UNITS]
+            [NET, PLACEMENT, SHORTCUT, NORM, INIT, WARMUP, UNITS]
                 .into_iter()
                 .filter(|&c| self.has(c))
                 .map(|c| self.get(r, c).to_string())
@@ -113,24 +113,38 @@ impl Table {
                 *seen.entry(others(r)).or_insert(p) != p
             })
         };
-        [NET, PLACEMENT, SHORTCUT, NORM, INIT, PROJECTION, UNITS]
-            .into_iter()
-            .filter(|&c| {
-                if c == PROJECTION {
-                    projection_on_its_own
-                } else {
-                    varies(c)
-                }
-            })
-            .collect()
+        [
+            NET, PLACEMENT, SHORTCUT, NORM, INIT, WARMUP, PROJECTION, UNITS,
+        ]
+        .into_iter()
+        .filter(|&c| {
+            if c == PROJECTION {
+                projection_on_its_own
+            } else {
+                varies(c)
+            }
+        })
+        .collect()
     }
 
     /// Variant label of a row: its values in the key columns that differ across the table.
     pub fn variant(&self, row: &[String]) -> String {
-        if self.varying.is_empty() {
+        self.variant_except(row, None)
+    }
+
+    /// As [`Table::variant`], leaving one key column out of the label (e.g. the depth, for a
+    /// chart whose x axis is the depth).
+    pub fn variant_except(&self, row: &[String], skip: Option<Column>) -> String {
+        let varying: Vec<Column> = self
+            .varying
+            .iter()
+            .copied()
+            .filter(|&c| Some(c) != skip)
+            .collect();
+        if varying.is_empty() {
             return format!("{} {}", self.get(row, PLACEMENT), self.get(row, SHORTCUT));
         }
-        self.varying
+        varying
             .iter()
             .map(|&c| {
                 if c == UNITS {
@@ -139,6 +153,11 @@ impl Table {
                     format!("norm {}", self.get(row, c))
                 } else if c == INIT {
                     format!("init {}", self.get(row, c))
+                } else if c == WARMUP {
+                    match self.get(row, c) {
+                        "" => "no warm-up set".to_string(),
+                        w => format!("warm-up {w}"),
+                    }
                 } else if c == PROJECTION {
                     format!("projection {}", self.get(row, c))
                 } else {

@@ -97,6 +97,19 @@ pub enum Warmup {
     Linear(usize),
 }
 
+impl Warmup {
+    /// The warm-up a run asks for: SGD's `Some(n)` is `n` steps at a tenth of the rate and
+    /// `None` the paper's until-error rule; Adam's is a linear ramp over `n` steps (`None`:
+    /// none).
+    pub fn for_optimizer(optimizer: OptimizerKind, steps: Option<usize>) -> Warmup {
+        match (optimizer, steps) {
+            (OptimizerKind::Sgd, None) => Warmup::UntilError,
+            (OptimizerKind::Sgd, Some(n)) => Warmup::Steps(n),
+            (OptimizerKind::Adam, n) => Warmup::Linear(n.unwrap_or(0)),
+        }
+    }
+}
+
 impl TrainConfig {
     /// A fresh optimizer for this run.
     pub fn new_optimizer(&self) -> Optimizer {

@@ -396,7 +396,8 @@ impl ResidualUnit {
             .chain(&self.shortcut_ops)
     }
 
-    fn ops_mut(&mut self) -> impl Iterator<Item = &mut Op> {
+    /// As [`ResidualUnit::ops`], to change them (initialisations).
+    pub fn ops_mut(&mut self) -> impl Iterator<Item = &mut Op> {
         self.pre
             .iter_mut()
             .chain(&mut self.branch)

@@ -52,7 +52,7 @@ fn run_writes_tidy_csv_spec_and_charts() {
     let header = lines.next().unwrap();
     assert!(
         header.starts_with(
-            "experiment,cell,net,placement,shortcut,norm,init,projection,units,replicate,unit,"
+            "experiment,cell,net,placement,shortcut,norm,init,warmup,projection,units,replicate,unit,"
         ),
         "{header}"
     );
@@ -342,7 +342,7 @@ fn training_experiments_write_curves_heatmaps_and_a_ranked_report() {
     ]));
     let train = std::fs::read_to_string(results.join("tinytrain/train.csv")).unwrap();
     assert!(train.starts_with(
-        "experiment,cell,net,placement,shortcut,norm,init,projection,units,replicate,step,epoch,lr,train_loss"
+        "experiment,cell,net,placement,shortcut,norm,init,warmup,projection,units,replicate,step,epoch,lr,train_loss"
     ));
     assert_eq!(
         train.lines().count(),
@@ -357,7 +357,7 @@ fn training_experiments_write_curves_heatmaps_and_a_ranked_report() {
     );
     let signal = std::fs::read_to_string(results.join("tinytrain/signal.csv")).unwrap();
     assert!(signal.starts_with(
-        "experiment,cell,net,placement,shortcut,norm,init,projection,units,replicate,when,unit,layer,mean,var"
+        "experiment,cell,net,placement,shortcut,norm,init,warmup,projection,units,replicate,when,unit,layer,mean,var"
     ));
     assert_eq!(
         signal.lines().count(),
@@ -409,6 +409,18 @@ fn training_specs_are_validated() {
         (
             TRAIN_SPEC.replace("\"grad_heatmap\", ", "\"lambda_sweep\", "),
             "'lambda_sweep' does not fit task 'train'",
+        ),
+        (
+            TRAIN_SPEC.replace("[train]", "[train]\noptimizer = \"rmsprop\""),
+            "train.optimizer: unknown optimizer 'rmsprop'",
+        ),
+        (
+            TRAIN_SPEC.replace("[train]", "[train]\nweight_decay_mode = \"l2\""),
+            "train.weight_decay_mode: applies to Adam",
+        ),
+        (
+            TRAIN_SPEC.replace("task = \"train\"", "weight_grads = true\ntask = \"train\""),
+            "weight_grads: applies to profiles",
         ),
     ] {
         let e = format!("{:#}", resprop::experiment::parse_spec(&text).unwrap_err());
@@ -480,5 +492,154 @@ norms = ["batch", "layer", "none"]
             err.contains(needle) && err.trim_end().lines().count() == 1,
             "{err}"
         );
+    }
+}
+
+/// Training grids sweep the warm-up and train with Adam; every cell's keys carry its warm-up,
+/// and the variants are labelled by it.
+#[test]
+fn training_grids_sweep_warmups_with_adam() {
+    let dir = tempfile::tempdir().unwrap();
+    let text = TRAIN_SPEC
+        .replace("[train]", "[train]\noptimizer = \"adam\"\nlr = 1e-3")
+        .replace(
+            "shortcuts = [\"identity\"]",
+            "shortcuts = [\"identity\"]\nwarmups = [0, 7]",
+        )
+        .replace(
+            "placements = [\"original\", \"full-preact\"]",
+            "placements = [\"pre-norm\"]\nnorms = [\"layer\"]",
+        )
+        .replace(", \"weight_inputs\"", "");
+    let text = text[..text.find("[paper]").unwrap()].to_string();
+    let spec = write_spec(dir.path(), "warm.toml", &text);
+    let out = dir.path().join("results");
+    let plots = dir.path().join("plots");
+    ok(&resprop(&[
+        "run",
+        &spec,
+        "--out",
+        out.to_str().unwrap(),
+        "--plots",
+        plots.to_str().unwrap(),
+    ]));
+    let csv = std::fs::read_to_string(out.join("tinytrain/train.csv")).unwrap();
+    // Two cells: keys ... init, warmup, ...; the warm-up ramps the first 7 steps' lr.
+    let rows: Vec<&str> = csv.lines().skip(1).collect();
+    let lr_at = |warmup: &str, step: &str| -> f64 {
+        let r = rows
+            .iter()
+            .find(|r| {
+                let f: Vec<&str> = r.split(',').collect();
+                f[7] == warmup && f[11] == step
+            })
+            .unwrap_or_else(|| panic!("no row for warm-up {warmup} step {step}"));
+        r.split(',').nth(13).unwrap().parse().unwrap()
+    };
+    assert!(csv.starts_with("experiment,cell,net,placement,shortcut,norm,init,warmup,projection,units,replicate,step,epoch,lr,"), "{}", &csv[..120]);
+    assert_eq!(lr_at("0", "0"), 1e-3);
+    assert!((lr_at("7", "0") - 1e-3 / 7.0).abs() < 1e-18);
+    assert_eq!(lr_at("7", "6"), 1e-3);
+    let svg = std::fs::read_to_string(plots.join("tinytrain_train_curves.svg")).unwrap();
+    assert!(
+        svg.contains("warm-up 0") && svg.contains("warm-up 7"),
+        "labels"
+    );
+    // Warm-ups are a training setting.
+    let bad = write_spec(
+        dir.path(),
+        "bad.toml",
+        &SPEC.replace("replicates = [0, 1]", "replicates = [0, 1]\nwarmups = [10]"),
+    );
+    let o = resprop(&["run", &bad, "--out", out.to_str().unwrap()]);
+    assert!(String::from_utf8_lossy(&o.stderr).contains("grid.warmups: warm-ups apply to training"));
+}
+
+/// Several grids: the cells are their union, in order; a cell in two grids is refused; a
+/// profile records the weight gradients when asked, without changing a byte of its profile.
+#[test]
+fn several_grids_and_weight_gradients() {
+    let dir = tempfile::tempdir().unwrap();
+    let grids = r#"
+name = "union"
+claim = "Two grids."
+seed = 4
+batch = 8
+weight_grads = true
+charts = ["grad_ratio", "weight_grads", "last_weight_grad", "squared_norm"]
+[net]
+width = 8
+[[grid]]
+placements = ["pre-norm", "post-norm"]
+shortcuts = ["identity"]
+norms = ["layer"]
+inits = ["xavier"]
+units = [2, 4, 8]
+[[grid]]
+placements = ["full-preact"]
+shortcuts = ["rezero"]
+norms = ["none"]
+units = [4]
+"#;
+    write_spec(dir.path(), "union.toml", grids);
+    let out = dir.path().join("results");
+    let plots = dir.path().join("plots");
+    ok(&resprop(&[
+        "all",
+        "--experiments",
+        dir.path().to_str().unwrap(),
+        "--results",
+        out.to_str().unwrap(),
+        "--plots",
+        plots.to_str().unwrap(),
+    ]));
+    let profile = std::fs::read_to_string(out.join("union/profile.csv")).unwrap();
+    // 2 x 3 cells of the first grid, 1 of the second; L + 1 rows each.
+    assert_eq!(profile.lines().count(), 1 + 2 * (3 + 5 + 9) + 5);
+    assert!(profile.contains(",full-preact,alpha:0,none,he,"));
+    let wg = std::fs::read_to_string(out.join("union/weight_grads.csv")).unwrap();
+    // Two weight layers per unit.
+    assert_eq!(wg.lines().count(), 1 + 2 * 2 * (2 + 4 + 8) + 2 * 4);
+    assert!(wg
+        .lines()
+        .next()
+        .unwrap()
+        .ends_with(",unit,layer,weight_grad_norm"));
+    let report = std::fs::read_to_string(plots.join("README.md")).unwrap();
+    assert!(
+        report.contains("fitted slope") && report.contains("Lemma 2"),
+        "report"
+    );
+    for chart in ["weight_grads", "last_weight_grad", "squared_norm"] {
+        assert!(
+            plots.join(format!("union_{chart}.png")).is_file(),
+            "{chart}"
+        );
+    }
+    // The same profile without the weight gradients: byte-identical.
+    let plain = write_spec(
+        dir.path(),
+        "plain.toml",
+        &grids
+            .replace("weight_grads = true\n", "")
+            .replace(", \"weight_grads\", \"last_weight_grad\"", ""),
+    );
+    let out2 = dir.path().join("results2");
+    ok(&resprop(&["run", &plain, "--out", out2.to_str().unwrap()]));
+    assert_eq!(
+        profile,
+        std::fs::read_to_string(out2.join("union/profile.csv")).unwrap()
+    );
+    // A cell in two grids; a chart of the weight gradients without them.
+    for (text, needle) in [
+        (
+            grids.replace("units = [4]", "units = [4]\n[[grid]]\nplacements = [\"full-preact\"]\nshortcuts = [\"rezero\"]\nnorms = [\"none\"]\nunits = [4]"),
+            "grid: cells 6 and 7 are the same",
+        ),
+        (grids.replace("weight_grads = true\n", ""), "set weight_grads = true"),
+        (grids.replace("shortcuts = [\"rezero\"]", "shortcut = [\"rezero\"]"), "grid[1]: unknown field `shortcut`"),
+    ] {
+        let e = format!("{:#}", resprop::experiment::parse_spec(&text).unwrap_err());
+        assert!(e.contains(needle) && !e.contains('\n'), "'{needle}' not in: {e}");
     }
 }
