@@ -16,6 +16,8 @@ pub mod purpose {
     pub const LABELS: u64 = 3;
     pub const DROPOUT: u64 = 4;
     pub const DIRECTIONS: u64 = 5;
+    pub const PATHS: u64 = 6;
+    pub const SHATTER: u64 = 7;
 }
 
 /// SplitMix64 finaliser: a bijective mix with good avalanche.

@@ -81,6 +81,20 @@ pub mod col {
         /// `||dE/dW||_F` of one weight layer at the profiled batch.
         WEIGHT_GRAD_NORM = "weight_grad_norm";
 
+        // The gradient by path length (`resprop paths`), per (unit input, path length).
+        /// Path length: how many branches a path takes above the unit.
+        K = "k";
+        /// `C(n, k)`: how many paths of that length (n = the units above).
+        PATHS = "paths";
+        /// `||G_k(l)||`, the gradient all paths of length k carry to x_l.
+        EXACT_NORM = "exact_norm";
+        /// `||G_k(l)|| / sum_j ||G_j(l)||`.
+        EXACT_SHARE = "exact_share";
+        /// Veit et al.'s estimate at the input: mean norm over sampled single paths.
+        SAMPLED_PATH_NORM = "sampled_path_norm";
+        /// `C(n, k)` times it.
+        SAMPLED_TOTAL = "sampled_total";
+
         // A verification experiment's checks, per unit.
         FORWARD_SUM_ERROR = "forward_sum_error";
         ADDITIVE_BACKWARD_ERROR = "additive_backward_error";
@@ -182,6 +196,20 @@ pub const VERIFICATION: Schema = Schema {
         FORWARD_SUM_ERROR,
         ADDITIVE_BACKWARD_ERROR,
         PROD_LAMBDA_ERROR,
+    ],
+};
+
+/// One row per (unit input, path length) of the path decomposition.
+pub const PATHS_TABLE: Schema = Schema {
+    name: "paths",
+    columns: &[
+        UNIT,
+        K,
+        PATHS,
+        EXACT_NORM,
+        EXACT_SHARE,
+        SAMPLED_PATH_NORM,
+        SAMPLED_TOTAL,
     ],
 };
 

@@ -2,7 +2,9 @@
 //! the numerical verification of the paper's formulas.
 
 pub mod checks;
+pub mod paths;
 pub mod record;
+pub mod shatter;
 pub mod signal;
 pub mod sweep;
 

@@ -12,7 +12,9 @@ pub mod bench;
 pub mod check;
 pub mod data;
 pub mod experiment;
+pub mod paths;
 pub mod profile;
+pub mod shatter;
 pub mod train;
 
 use std::ffi::OsString;
@@ -57,6 +59,14 @@ pub enum Command {
     ///
     /// Prints one row per check and exits with status 1 if any check fails.
     Check(check::CheckArgs),
+    /// The gradient by path length, exactly: G_k(l), what all paths through exactly k
+    /// branches above unit l carry (Veit et al. 2016's ensemble view), with the check that
+    /// they sum to dE/dx_l; --sample S adds Veit's sampled estimate at the input.
+    Paths(paths::PathsArgs),
+    /// Shattered gradients (Balduzzi et al. 2017): the derivative of a fixed output with
+    /// respect to a scalar input swept over [-2, 2), plain vs residual, with and without
+    /// BatchNorm, and its autocorrelation over the sweep against white and brown noise.
+    Shatter(shatter::ShatterArgs),
     /// Time the benchmark workloads (W1, W1b: residual MLPs; W2-W4: ResNet-110/164/1001; D1, D2: training steps on the digits; see README.md): median/min/max
     /// seconds per step and peak RSS; `--workload gemm` times the GEMM on W1's shapes.
     Bench(bench::BenchArgs),
@@ -356,6 +366,8 @@ pub fn run(args: impl IntoIterator<Item = OsString>) -> ExitCode {
     {
         Command::Profile(a) => in_pool(a.net.threads, || profile::run(&a)),
         Command::Check(a) => in_pool(a.net.threads, || check::run(&a)),
+        Command::Paths(a) => in_pool(a.net.threads, || paths::run(&a)),
+        Command::Shatter(a) => in_pool(None, || shatter::run(&a)),
         Command::Bench(a) => in_pool(a.threads, || bench::run(&a)),
         Command::Run(a) => in_pool(a.threads, || experiment::run(&a)),
         Command::Train(a) => in_pool(a.threads, || train::run(&a)),

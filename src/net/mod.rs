@@ -441,9 +441,31 @@ impl Network {
         &self,
         cache: &NetCache,
         labels: &[usize],
-        mut grads: Option<&mut Grads>,
+        grads: Option<&mut Grads>,
     ) -> NetGrads {
         let grad_logits = loss::backward(&cache.probs, labels);
+        self.backward_from_logits(cache, grad_logits, grads, false)
+            .0
+    }
+
+    /// The gradient of `sum(grad_logits * logits)` with respect to the network's input (the
+    /// batch itself, through the stem): for a one-hot `grad_logits` column, the derivative of
+    /// that output, summed over the batch, with respect to each input (shattered gradients).
+    pub fn input_gradient(&self, cache: &NetCache, grad_logits: Tensor) -> Tensor {
+        self.backward_from_logits(cache, grad_logits, None, true)
+            .1
+            .expect("asked for the input gradient")
+    }
+
+    /// The backward pass from a gradient at the logits: every `dE/dx_l`, parameter gradients
+    /// into `grads` when given, and the input's gradient when `to_input`.
+    fn backward_from_logits(
+        &self,
+        cache: &NetCache,
+        grad_logits: Tensor,
+        mut grads: Option<&mut Grads>,
+        to_input: bool,
+    ) -> (NetGrads, Option<Tensor>) {
         let fusion = self.fusion;
         let mut g = backward_seq(
             &self.head,
@@ -459,16 +481,18 @@ impl Network {
             grad_x[l + 1] = std::mem::replace(&mut g, below);
         }
         grad_x[0] = g;
-        if let Some(grads) = grads {
-            backward_seq(
+        let input = if grads.is_some() || to_input {
+            Some(backward_seq(
                 &self.stem,
                 &cache.stem,
                 grad_x[0].clone(),
-                Some(grads),
+                grads,
                 fusion,
-            );
-        }
-        NetGrads { grad_x }
+            ))
+        } else {
+            None
+        };
+        (NetGrads { grad_x }, input.filter(|_| to_input))
     }
 
     /// After a training-mode forward: move every BN's running statistics toward the batch's.

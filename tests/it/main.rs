@@ -6,6 +6,7 @@
 //! - `formulas`: the paper's formulas on whole networks
 //! - `unit_gradients`: every placement x shortcut x projection against central differences
 //! - `fusion`: the fused engine against the plain interpreter
+//! - `paths`: the exact gradient-by-path-length decomposition
 //!
 //! The mutation tests (`tests/mutation.rs`) stay a binary of their own: they switch a fault
 //! on for the whole process, which no other test may share.
@@ -15,4 +16,5 @@ mod common;
 mod experiments;
 mod formulas;
 mod fusion;
+mod paths;
 mod unit_gradients;

@@ -1,0 +1,258 @@
+//! Shattered gradients (Balduzzi et al., ICML 2017): sweep a scalar input over 256 points in
+//! [-2, 2), take the derivative of one fixed output of a fully connected network at each, and
+//! see how quickly the derivatives decorrelate from one point to the next. In deep plain nets
+//! they look like white noise; skip connections keep them correlated (brown-noise-like).
+//!
+//! The nets are resprop's residual MLPs with a one-dimensional input: `depth` units of two
+//! dense layers each (so `2 depth` weight layers), width `width`, He initialisation, the
+//! original unit (`W N ReLU W N`, add, ReLU), with the identity shortcut (residual) or none
+//! (plain), with BatchNorm over the 256-point batch in training mode (as in the paper) or
+//! without normalisation. The output is the first logit; the derivative at point i is that
+//! of the batch's summed output with respect to input i (with BatchNorm every output depends
+//! on every input, as in an autograd of the summed output).
+
+use anyhow::{bail, Result};
+
+use crate::layers::{Mode, NormKind};
+use crate::net::{build_net_with, Init, NetChoice, NetSizes};
+use crate::rng::{derive_seed, gaussian, rng};
+use crate::tensor::Tensor;
+use crate::unit::{ForwardCtx, Placement, ShortcutKind};
+
+/// Points of the sweep, as in the paper.
+pub const POINTS: usize = 256;
+
+/// One network family of the comparison.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Family {
+    pub residual: bool,
+    pub batch_norm: bool,
+}
+
+impl Family {
+    pub const ALL: [Family; 4] = [
+        Family {
+            residual: false,
+            batch_norm: false,
+        },
+        Family {
+            residual: false,
+            batch_norm: true,
+        },
+        Family {
+            residual: true,
+            batch_norm: false,
+        },
+        Family {
+            residual: true,
+            batch_norm: true,
+        },
+    ];
+
+    pub fn name(self) -> &'static str {
+        match (self.residual, self.batch_norm) {
+            (false, false) => "plain",
+            (false, true) => "plain+bn",
+            (true, false) => "resnet",
+            (true, true) => "resnet+bn",
+        }
+    }
+}
+
+/// The sweep's inputs: `-2 + 4 i / 256`, i = 0..256.
+pub fn sweep() -> Vec<f64> {
+    (0..POINTS)
+        .map(|i| -2.0 + 4.0 * i as f64 / POINTS as f64)
+        .collect()
+}
+
+/// The derivative of the first output at every point of the sweep, for one net.
+pub fn gradients(
+    family: Family,
+    depth: usize,
+    width: usize,
+    placement: Placement,
+    seed: u64,
+) -> Result<Vec<f64>> {
+    if depth == 0 || width == 0 {
+        bail!("depth and width must be at least 1 (got {depth}, {width})");
+    }
+    let sizes = NetSizes {
+        units: depth,
+        width,
+        input_dim: 1,
+        image_size: 1,
+        input_channels: 1,
+        classes: 2,
+    };
+    let net = build_net_with(
+        &NetChoice::Mlp,
+        &sizes,
+        placement,
+        if family.residual {
+            ShortcutKind::Identity
+        } else {
+            ShortcutKind::None
+        },
+        None,
+        if family.batch_norm {
+            NormKind::Batch
+        } else {
+            NormKind::None
+        },
+        Init::He,
+        seed,
+    )?;
+    let xs = sweep();
+    let input = Tensor::from_shape_vec(ndarray::IxDyn(&[POINTS, 1]), xs)?;
+    let labels = vec![0; POINTS];
+    let ctx = ForwardCtx {
+        mode: Mode::Train,
+        dropout_seed: 0,
+        keep_branch: false,
+        weight_grads: false,
+    };
+    let cache = net.forward(&input, &labels, &ctx)?;
+    let mut grad_logits = Tensor::zeros(ndarray::IxDyn(&[POINTS, 2]));
+    grad_logits.index_axis_mut(ndarray::Axis(1), 0).fill(1.0);
+    let g = net.input_gradient(&cache, grad_logits);
+    Ok(g.iter().copied().collect())
+}
+
+/// The normalised autocorrelation of a series at lags 0..n-1: `r(0) = 1`; NaN for a constant
+/// series (no variation to correlate).
+pub fn autocorrelation(g: &[f64]) -> Vec<f64> {
+    let n = g.len();
+    let mean = g.iter().sum::<f64>() / n as f64;
+    let c: Vec<f64> = g.iter().map(|v| v - mean).collect();
+    let c0: f64 = c.iter().map(|v| v * v).sum();
+    (0..n)
+        .map(|lag| {
+            let s: f64 = (0..n - lag).map(|i| c[i] * c[i + lag]).sum();
+            s / c0
+        })
+        .collect()
+}
+
+/// The first lag at which the autocorrelation falls below 1/2 (`None`: it never does).
+pub fn half_lag(r: &[f64]) -> Option<usize> {
+    r.iter().position(|&v| v < 0.5)
+}
+
+/// The references: white noise (independent N(0, 1) draws) and brown noise (their running
+/// sum, a random walk), 256 points each.
+pub fn noise(seed: u64) -> (Vec<f64>, Vec<f64>) {
+    let white: Vec<f64> = gaussian(
+        &[POINTS],
+        1.0,
+        &mut rng(derive_seed(seed, &[crate::rng::purpose::SHATTER])),
+    )
+    .iter()
+    .copied()
+    .collect();
+    let brown = white
+        .iter()
+        .scan(0.0, |acc, &w| {
+            *acc += w;
+            Some(*acc)
+        })
+        .collect();
+    (white, brown)
+}
+
+/// Mean over series of their autocorrelations, lag by lag.
+pub fn mean_autocorrelation(series: &[Vec<f64>]) -> Vec<f64> {
+    let rs: Vec<Vec<f64>> = series.iter().map(|g| autocorrelation(g)).collect();
+    (0..POINTS)
+        .map(|lag| rs.iter().map(|r| r[lag]).sum::<f64>() / rs.len() as f64)
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn autocorrelation_of_known_series() {
+        // A line is strongly correlated at short lags; alternating signs anti-correlate at 1.
+        let line: Vec<f64> = (0..POINTS).map(|i| i as f64).collect();
+        let r = autocorrelation(&line);
+        assert!((r[0] - 1.0).abs() < 1e-15 && r[1] > 0.98);
+        let alt: Vec<f64> = (0..POINTS)
+            .map(|i| if i % 2 == 0 { 1.0 } else { -1.0 })
+            .collect();
+        let r = autocorrelation(&alt);
+        assert!((r[1] + 1.0).abs() < 0.01, "{}", r[1]);
+        assert_eq!(half_lag(&r), Some(1));
+        let (white, brown) = noise(1);
+        assert!(half_lag(&autocorrelation(&white)).unwrap() <= 2);
+        assert!(half_lag(&autocorrelation(&brown)).unwrap() > 5);
+    }
+
+    /// A net's input derivative against central differences of its summed first output.
+    #[test]
+    fn the_input_gradient_is_the_derivative() {
+        for family in Family::ALL {
+            let g = gradients(family, 3, 16, Placement::Original, 2).unwrap();
+            // Numerical: perturb input i of the batch, re-run the summed first logit.
+            let sizes = NetSizes {
+                units: 3,
+                width: 16,
+                input_dim: 1,
+                image_size: 1,
+                input_channels: 1,
+                classes: 2,
+            };
+            let net = build_net_with(
+                &NetChoice::Mlp,
+                &sizes,
+                Placement::Original,
+                if family.residual {
+                    ShortcutKind::Identity
+                } else {
+                    ShortcutKind::None
+                },
+                None,
+                if family.batch_norm {
+                    NormKind::Batch
+                } else {
+                    NormKind::None
+                },
+                Init::He,
+                2,
+            )
+            .unwrap();
+            let ctx = ForwardCtx {
+                mode: Mode::Train,
+                dropout_seed: 0,
+                keep_branch: false,
+                weight_grads: false,
+            };
+            let out = |xs: &[f64]| -> f64 {
+                let input =
+                    Tensor::from_shape_vec(ndarray::IxDyn(&[POINTS, 1]), xs.to_vec()).unwrap();
+                let net = net.clone();
+                let x0 = crate::unit::ops::forward_seq(&net.stem, input, Mode::Train, net.fusion).0;
+                let mut x = x0;
+                for u in &net.units {
+                    x = u.forward(&x, &ctx).0;
+                }
+                let logits = crate::unit::ops::forward_seq(&net.head, x, Mode::Train, net.fusion).0;
+                logits.index_axis(ndarray::Axis(1), 0).sum()
+            };
+            let xs = sweep();
+            // Relative error bound 1e-6: central differences with h = 1e-5 on a piecewise
+            // linear function of the input (ReLU kinks are far at these points).
+            for i in [3, 100, 200] {
+                let h = 1e-5;
+                let mut plus = xs.clone();
+                plus[i] += h;
+                let mut minus = xs.clone();
+                minus[i] -= h;
+                let numeric = (out(&plus) - out(&minus)) / (2.0 * h);
+                let err = (numeric - g[i]).abs() / g[i].abs().max(1e-12);
+                assert!(err < 1e-6, "{} i={i}: {numeric} vs {}", family.name(), g[i]);
+            }
+        }
+    }
+}
