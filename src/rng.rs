@@ -18,6 +18,7 @@ pub mod purpose {
     pub const DIRECTIONS: u64 = 5;
     pub const PATHS: u64 = 6;
     pub const SHATTER: u64 = 7;
+    pub const LESION: u64 = 8;
 }
 
 /// SplitMix64 finaliser: a bijective mix with good avalanche.

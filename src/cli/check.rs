@@ -7,7 +7,6 @@ use clap::Args;
 
 use super::NetArgs;
 use crate::analysis::checks::{all_passed, run_checks, CheckOptions, Proof, Status};
-use crate::analysis::gaussian_batch;
 use crate::output::emit;
 
 #[derive(Debug, Args)]
@@ -24,17 +23,21 @@ fn short(v: Option<f64>) -> String {
 }
 
 pub fn run(args: &CheckArgs) -> Result<ExitCode> {
-    let net = args.net.build_for(crate::net::memory::Purpose::Check)?;
-    let (input, labels) =
-        gaussian_batch(&net.input_shape, args.net.batch, net.classes, args.net.seed);
-    let ctx = args.net.ctx();
+    let super::Analysis {
+        args: net_args,
+        net,
+        input,
+        labels,
+        ..
+    } = args.net.prepare(crate::net::memory::Purpose::Check)?;
+    let ctx = net_args.ctx();
     let opts = CheckOptions {
         directions: args.directions as usize,
-        seed: args.net.seed,
+        seed: net_args.seed,
     };
     let report = run_checks(&net, &input, &labels, &ctx, &opts)?;
     let rows = &report.rows;
-    let mut out = args.net.describe("check", &net);
+    let mut out = net_args.describe("check", &net);
     outln!(
         out,
         "{:<19} {:<12} {:>11} {:>11} {:>9}  what",

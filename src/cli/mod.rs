@@ -12,6 +12,7 @@ pub mod bench;
 pub mod check;
 pub mod data;
 pub mod experiment;
+pub mod lesion;
 pub mod paths;
 pub mod profile;
 pub mod shatter;
@@ -67,6 +68,10 @@ pub enum Command {
     /// respect to a scalar input swept over [-2, 2), plain vs residual, with and without
     /// BatchNorm, and its autocorrelation over the sweep against white and brown noise.
     Shatter(shatter::ShatterArgs),
+    /// Lesions of a trained network (Veit et al. 2016): the test error with each single unit
+    /// deleted (its branch removed; in a plain net, the unit replaced by the identity) and
+    /// with k random units deleted, k = 1..n/2.
+    Lesion(lesion::LesionArgs),
     /// Time the benchmark workloads (W1, W1b: residual MLPs; W2-W4: ResNet-110/164/1001; D1, D2: training steps on the digits; see README.md): median/min/max
     /// seconds per step and peak RSS; `--workload gemm` times the GEMM on W1's shapes.
     Bench(bench::BenchArgs),
@@ -164,6 +169,29 @@ pub struct NetArgs {
     /// the reference the fusions are tested against.
     #[arg(long)]
     pub unfused: bool,
+    /// Analyse trained weights: a checkpoint written by `resprop train --checkpoint DIR`
+    /// (DIR/checkpoint.npz), parameters and BN running statistics. The network is the
+    /// checkpoint's: flags left at their defaults take its values, and one that names another
+    /// value is refused (a flag given at its default value counts as left out).
+    #[arg(long, value_name = "CHECKPOINT")]
+    pub weights: Option<std::path::PathBuf>,
+    /// Take the analysis batch from real data instead of Gaussian inputs: `digits` or
+    /// `cifar10:<dir>`; --batch images of the training split, drawn with --seed. The network
+    /// is sized for the data (with --weights and no --data: for the checkpoint's data).
+    #[arg(long, value_parser = |s: &str| s.parse::<crate::data::DataSpec>())]
+    pub data: Option<crate::data::DataSpec>,
+}
+
+/// A network ready to analyse, with its batch.
+pub struct Analysis {
+    /// The settings it was built with: the command line's, with a checkpoint's architecture
+    /// filled in where the command line left the default.
+    pub args: NetArgs,
+    pub net: Network,
+    pub input: crate::tensor::Tensor,
+    pub labels: Vec<usize>,
+    /// The data the network was sized for (`--data`, or the checkpoint's).
+    pub data: Option<crate::data::Split>,
 }
 
 fn parse_net(s: &str) -> Result<NetChoice, String> {
@@ -214,6 +242,193 @@ impl NetArgs {
         )
     }
 
+    /// The network to analyse (trained weights loaded with `--weights`) and its batch
+    /// (`--data`'s images, or Gaussian inputs), after checking that `purpose` fits in memory.
+    pub fn prepare(&self, purpose: crate::net::memory::Purpose) -> Result<Analysis> {
+        if self.batch == 0 {
+            anyhow::bail!("batch must be at least 1, got 0");
+        }
+        let resolved = self.with_checkpoint_architecture()?;
+        resolved.prepare_resolved(purpose)
+    }
+
+    /// With `--weights`: every architecture setting left at its default takes the
+    /// checkpoint's value; one set to a third value is refused in one line.
+    fn with_checkpoint_architecture(&self) -> Result<NetArgs> {
+        let Some(w) = &self.weights else {
+            return Ok(self.clone());
+        };
+        let config = crate::train::checkpoint::read_run_config(w)?;
+        #[derive(clap::Parser)]
+        struct Defaults {
+            #[command(flatten)]
+            net: NetArgs,
+        }
+        let defaults = <Defaults as clap::Parser>::try_parse_from(["resprop"])
+            .expect("the defaults parse")
+            .net;
+        let mut out = self.clone();
+        let mut conflicts = Vec::new();
+        fn adopt<T: PartialEq + Clone + std::fmt::Display>(
+            name: &str,
+            now: &mut T,
+            default: &T,
+            saved: Result<T, String>,
+            conflicts: &mut Vec<String>,
+        ) -> Result<()> {
+            let saved =
+                saved.map_err(|e| anyhow::anyhow!("--weights: the checkpoint's {name}: {e}"))?;
+            if *now == *default {
+                *now = saved;
+            } else if *now != saved {
+                conflicts.push(format!("--{name}: checkpoint {saved}, asked {now}"));
+            }
+            Ok(())
+        }
+        adopt(
+            "net",
+            &mut out.net,
+            &defaults.net,
+            config.net.parse(),
+            &mut conflicts,
+        )?;
+        adopt(
+            "placement",
+            &mut out.placement,
+            &defaults.placement,
+            config.placement.parse(),
+            &mut conflicts,
+        )?;
+        adopt(
+            "shortcut",
+            &mut out.shortcut,
+            &defaults.shortcut,
+            config.shortcut.parse(),
+            &mut conflicts,
+        )?;
+        adopt(
+            "norm",
+            &mut out.norm,
+            &defaults.norm,
+            config.norm.parse(),
+            &mut conflicts,
+        )?;
+        adopt(
+            "init",
+            &mut out.init,
+            &defaults.init,
+            config.init.parse(),
+            &mut conflicts,
+        )?;
+        if out.net == NetChoice::Mlp {
+            adopt(
+                "units",
+                &mut out.units,
+                &defaults.units,
+                Ok(config.units),
+                &mut conflicts,
+            )?;
+            adopt(
+                "width",
+                &mut out.width,
+                &defaults.width,
+                Ok(config.width),
+                &mut conflicts,
+            )?;
+        } else if out.projection.is_none() && !config.projection.is_empty() {
+            out.projection = Some(
+                config
+                    .projection
+                    .parse()
+                    .map_err(|e| anyhow::anyhow!("--weights: the checkpoint's projection: {e}"))?,
+            );
+        }
+        if !conflicts.is_empty() {
+            anyhow::bail!(
+                "--weights '{}' holds another network ({}): leave these flags out or give the checkpoint's values",
+                w.display(),
+                conflicts.join("; ")
+            );
+        }
+        Ok(out)
+    }
+
+    fn prepare_resolved(&self, purpose: crate::net::memory::Purpose) -> Result<Analysis> {
+        let spec = match (&self.data, &self.weights) {
+            (Some(d), _) => Some(d.clone()),
+            (None, Some(w)) => Some(
+                crate::train::checkpoint::read_run_config(w)?
+                    .data
+                    .parse::<crate::data::DataSpec>()
+                    .map_err(|e| anyhow::anyhow!("--weights: the checkpoint's data: {e}"))?,
+            ),
+            (None, None) => None,
+        };
+        let data = spec.map(|d| crate::data::load(&d)).transpose()?;
+        let sizes = match &data {
+            Some(d) => crate::train::sizes_for(d, self.units, self.width),
+            None => self.sizes(),
+        };
+        let estimate = crate::net::memory::estimate(
+            &self.net,
+            &sizes,
+            self.placement,
+            self.shortcut,
+            self.batch,
+            purpose,
+        );
+        crate::net::memory::ensure_fits(&estimate, &format!("{}", self.net))?;
+        let mut net = self.build_sized(&sizes)?;
+        if let Some(w) = &self.weights {
+            let now = crate::train::checkpoint::Architecture {
+                net: self.net.to_string(),
+                units: net.num_units(),
+                width: if self.net == NetChoice::Mlp {
+                    self.width
+                } else {
+                    0
+                },
+                placement: self.placement.to_string(),
+                shortcut: self.shortcut.to_string(),
+                projection: match &net.spec {
+                    crate::net::NetSpec::Resnet(c) => c.projection.to_string(),
+                    crate::net::NetSpec::Mlp(_) => String::new(),
+                },
+                norm: self.norm.to_string(),
+                init: self.init.to_string(),
+            };
+            crate::train::checkpoint::load_weights(w, &mut net, &now)?;
+        }
+        let (input, labels) = match (&self.data, &data) {
+            (Some(_), Some(d)) => {
+                let n = d.train.len();
+                if self.batch > n {
+                    anyhow::bail!(
+                        "--batch {} is larger than the training split of {} ({n} images)",
+                        self.batch,
+                        d.name
+                    );
+                }
+                let mut r = crate::rng::rng(derive_seed(self.seed, &[purpose::INPUT]));
+                let idx = rand::seq::index::sample(&mut r, n, self.batch).into_vec();
+                d.train.batch(&idx, self.net == NetChoice::Mlp)
+            }
+            _ => crate::analysis::gaussian_batch(
+                &net.input_shape,
+                self.batch,
+                net.classes,
+                self.seed,
+            ),
+        };
+        Ok(Analysis {
+            args: self.clone(),
+            net,
+            input,
+            labels,
+            data,
+        })
+    }
+
     /// Builds the network, validating every size, after checking that `purpose` fits in the
     /// memory available.
     pub fn build_for(&self, purpose: crate::net::memory::Purpose) -> Result<Network> {
@@ -229,9 +444,13 @@ impl NetArgs {
         if self.batch == 0 {
             anyhow::bail!("batch must be at least 1, got 0");
         }
+        self.build_sized(&self.sizes())
+    }
+
+    fn build_sized(&self, sizes: &NetSizes) -> Result<Network> {
         let mut net = build_net_with(
             &self.net,
-            &self.sizes(),
+            sizes,
             self.placement,
             self.shortcut,
             self.projection,
@@ -310,8 +529,25 @@ impl NetArgs {
         if !self.init.is_he() {
             norm.push_str(&format!(", init {}", self.init));
         }
+        let mut source = String::new();
+        if let Some(w) = &self.weights {
+            source.push_str(&format!(", weights {}", w.display()));
+        }
+        if let Some(d) = &self.data {
+            source.push_str(&format!(", batch from {d}"));
+        }
+        let size = if self.data.is_some() || self.weights.is_some() {
+            match &self.net {
+                NetChoice::Mlp => format!("{} units, width {}", self.units, self.width),
+                NetChoice::Resnet {
+                    units_per_stage, ..
+                } => format!("{} units, sized for the data", 3 * units_per_stage),
+            }
+        } else {
+            size
+        };
         format!(
-            "{} with {size}, batch {}, placement {}, shortcut {}{projection}, {norm}, seed {}",
+            "{} with {size}, batch {}, placement {}, shortcut {}{projection}, {norm}, seed {}{source}",
             self.net, self.batch, self.placement, self.shortcut, self.seed
         )
     }
@@ -368,6 +604,7 @@ pub fn run(args: impl IntoIterator<Item = OsString>) -> ExitCode {
         Command::Check(a) => in_pool(a.net.threads, || check::run(&a)),
         Command::Paths(a) => in_pool(a.net.threads, || paths::run(&a)),
         Command::Shatter(a) => in_pool(None, || shatter::run(&a)),
+        Command::Lesion(a) => in_pool(a.net.threads, || lesion::run(&a)),
         Command::Bench(a) => in_pool(a.threads, || bench::run(&a)),
         Command::Run(a) => in_pool(a.threads, || experiment::run(&a)),
         Command::Train(a) => in_pool(a.threads, || train::run(&a)),

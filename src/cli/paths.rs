@@ -9,7 +9,6 @@ use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
 
 use super::NetArgs;
-use crate::analysis::gaussian_batch;
 use crate::analysis::paths::{check_samples, decompose, effective_window, path_rows, sample_paths};
 use crate::analysis::record::fmt_f64;
 use crate::net::Keep;
@@ -41,12 +40,16 @@ pub fn run(args: &PathsArgs) -> Result<ExitCode> {
     if !(args.window > 0.0 && args.window <= 1.0) {
         bail!("--window: a share in (0, 1], got {}", args.window);
     }
-    let net = args
+    let super::Analysis {
+        args: net_args,
+        net,
+        input,
+        labels,
+        ..
+    } = args
         .net
-        .build_for(crate::net::memory::Purpose::Profile { low_memory: false })?;
-    let (input, labels) =
-        gaussian_batch(&net.input_shape, args.net.batch, net.classes, args.net.seed);
-    let cache = net.forward_with(&input, &labels, &args.net.ctx(), Keep::All)?;
+        .prepare(crate::net::memory::Purpose::Profile { low_memory: false })?;
+    let cache = net.forward_with(&input, &labels, &net_args.ctx(), Keep::All)?;
     let t = Instant::now();
     let grads = net.backward(&cache, &labels, None);
     let backward_s = t.elapsed().as_secs_f64();
@@ -66,7 +69,7 @@ pub fn run(args: &PathsArgs) -> Result<ExitCode> {
             &cache,
             &grads,
             s,
-            derive_seed(args.net.seed, &[crate::rng::purpose::PATHS]),
+            derive_seed(net_args.seed, &[crate::rng::purpose::PATHS]),
             &|| bar.inc(1),
         );
         bar.finish_and_clear();
@@ -74,7 +77,7 @@ pub fn run(args: &PathsArgs) -> Result<ExitCode> {
     });
     let rows = path_rows(&net, &d, sampled.as_deref());
 
-    let mut out = args.net.describe("paths", &net);
+    let mut out = net_args.describe("paths", &net);
     let worst = d.max_sum_error();
     outln!(
         out,

@@ -7,7 +7,6 @@ use anyhow::Result;
 use clap::Args;
 
 use super::NetArgs;
-use crate::analysis::gaussian_batch;
 use crate::analysis::record::{build_records, fmt_f64, profile_csv, Profile};
 use crate::net::Keep;
 use crate::output::{check_writable, emit, write_atomic};
@@ -47,15 +46,19 @@ pub fn run(args: &ProfileArgs) -> Result<ExitCode> {
     let purpose = crate::net::memory::Purpose::Profile {
         low_memory: args.low_memory,
     };
-    let net = args.net.build_for(purpose)?;
-    let (input, labels) =
-        gaussian_batch(&net.input_shape, args.net.batch, net.classes, args.net.seed);
+    let super::Analysis {
+        args: net_args,
+        net,
+        input,
+        labels,
+        ..
+    } = args.net.prepare(purpose)?;
     // Input gradients only, unless the weight gradients are asked for: weight layers then
     // need not keep their inputs.
     let weight_grads = args.weight_grad_csv.is_some();
     let ctx = ForwardCtx {
         weight_grads,
-        ..args.net.ctx()
+        ..net_args.ctx()
     };
     let keep = if args.low_memory {
         Keep::Inputs
@@ -67,7 +70,7 @@ pub fn run(args: &ProfileArgs) -> Result<ExitCode> {
     let grads = net.backward(&cache, &labels, weight_grads.then_some(&mut param_grads));
     let profile = build_records(&net, &cache, &grads);
 
-    let mut out = args.net.describe("profile", &net);
+    let mut out = net_args.describe("profile", &net);
     outln!(out, "loss E = {}", fmt_f64(profile.loss));
     print_table(&mut out, &profile, args.all_rows);
     emit(&out)?;
@@ -77,8 +80,8 @@ pub fn run(args: &ProfileArgs) -> Result<ExitCode> {
     if let Some(path) = &args.csv {
         let bytes = profile_csv(
             &profile,
-            args.net.placement.name(),
-            &args.net.shortcut.to_string(),
+            net_args.placement.name(),
+            &net_args.shortcut.to_string(),
         )?;
         write_atomic(path, &bytes)?;
         outln!(
@@ -105,7 +108,7 @@ pub fn run(args: &ProfileArgs) -> Result<ExitCode> {
     outln!(
         out,
         "memory: estimated {}, peak resident {}",
-        crate::net::memory::human(args.net.memory(purpose).total),
+        crate::net::memory::human(net_args.memory(purpose).total),
         crate::cli::bench::peak_rss_mb()
             .map_or("unknown".into(), |mb| crate::net::memory::human(mb * 1e6))
     );

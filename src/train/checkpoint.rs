@@ -227,14 +227,7 @@ pub fn load(
     let epochs_done: Array1<f64> = npz
         .by_name("epochs_done")
         .with_context(|| ctx("no epochs_done"))?;
-    let saved: Array1<u8> = npz.by_name("config_json").map_err(|_| {
-        anyhow!(
-            "{}",
-            ctx("no run configuration (written by an older resprop): cannot tell whether this run continues it")
-        )
-    })?;
-    let saved: RunConfig = serde_json::from_slice(saved.as_slice().unwrap_or(&[]))
-        .with_context(|| ctx("malformed config_json"))?;
+    let saved = read_config(&mut npz, &ctx)?;
     let changed = saved.differences(config);
     if !changed.is_empty() {
         bail!(
@@ -243,6 +236,38 @@ pub fn load(
             changed.join("; ")
         );
     }
+    read_network_state(&mut npz, net, &ctx)?;
+    let names = npz.names()?;
+    optimizer.restore(&names, |n| {
+        npz.by_name::<ndarray::OwnedRepr<f64>, ndarray::IxDyn>(n)
+            .ok()
+    });
+    let steps: Array2<f64> = npz.by_name("steps").with_context(|| ctx("no steps"))?;
+    let grads: Array2<f64> = npz.by_name("grads").with_context(|| ctx("no grads"))?;
+    let history = History {
+        steps: rows_from_array(&steps, &path)?,
+        grads: rows_from_array(&grads, &path)?,
+        signal: match npz.by_name::<ndarray::OwnedRepr<u8>, ndarray::Ix1>("signal_json") {
+            Ok(bytes) => signal_from_json(bytes.as_slice().unwrap_or(&[]))
+                .with_context(|| ctx("malformed signal_json"))?,
+            Err(_) => Vec::new(),
+        },
+        diverged: None,
+    };
+    Ok(Resume {
+        epoch: epochs_done[0] as usize,
+        optimizer: Some(optimizer),
+        history,
+    })
+}
+
+/// Reads every parameter and buffer of `net` from the checkpoint; refuses one written for
+/// another network (a missing array or another shape), naming the array.
+fn read_network_state(
+    npz: &mut NpzReader<File>,
+    net: &mut Network,
+    ctx: &dyn Fn(&str) -> String,
+) -> Result<()> {
     let mut missing = None;
     let mut loaded = Vec::new();
     for prefix in ["param", "buffer"] {
@@ -286,29 +311,107 @@ pub fn load(
             ))
         );
     }
-    crate::train::checkpoint::set_buffers(net, &loaded);
-    let names = npz.names()?;
-    optimizer.restore(&names, |n| {
-        npz.by_name::<ndarray::OwnedRepr<f64>, ndarray::IxDyn>(n)
-            .ok()
-    });
-    let steps: Array2<f64> = npz.by_name("steps").with_context(|| ctx("no steps"))?;
-    let grads: Array2<f64> = npz.by_name("grads").with_context(|| ctx("no grads"))?;
-    let history = History {
-        steps: rows_from_array(&steps, &path)?,
-        grads: rows_from_array(&grads, &path)?,
-        signal: match npz.by_name::<ndarray::OwnedRepr<u8>, ndarray::Ix1>("signal_json") {
-            Ok(bytes) => signal_from_json(bytes.as_slice().unwrap_or(&[]))
-                .with_context(|| ctx("malformed signal_json"))?,
-            Err(_) => Vec::new(),
-        },
-        diverged: None,
-    };
-    Ok(Resume {
-        epoch: epochs_done[0] as usize,
-        optimizer: Some(optimizer),
-        history,
-    })
+    set_buffers(net, &loaded);
+    Ok(())
+}
+
+/// The run configuration a checkpoint was written with.
+fn read_config(npz: &mut NpzReader<File>, ctx: &dyn Fn(&str) -> String) -> Result<RunConfig> {
+    let saved: Array1<u8> = npz.by_name("config_json").map_err(|_| {
+        anyhow!(
+            "{}",
+            ctx("no run configuration (written by an older resprop): cannot tell what it holds")
+        )
+    })?;
+    serde_json::from_slice(saved.as_slice().unwrap_or(&[]))
+        .with_context(|| ctx("malformed config_json"))
+}
+
+/// What a checkpoint's network is: the settings a network built to receive its weights must
+/// share with it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Architecture {
+    pub net: String,
+    /// MLP depth (0 for a ResNet, whose depth is in its name).
+    pub units: usize,
+    pub width: usize,
+    pub placement: String,
+    pub shortcut: String,
+    pub projection: String,
+    pub norm: String,
+    pub init: String,
+}
+
+impl RunConfig {
+    pub fn architecture(&self) -> Architecture {
+        Architecture {
+            net: self.net.clone(),
+            units: self.units,
+            width: self.width,
+            placement: self.placement.clone(),
+            shortcut: self.shortcut.clone(),
+            projection: self.projection.clone(),
+            norm: self.norm.clone(),
+            init: self.init.clone(),
+        }
+    }
+}
+
+impl Architecture {
+    /// The settings in which `now` differs from `self`, as `--flag checkpoint A, now B`.
+    pub fn differences(&self, now: &Architecture) -> Vec<String> {
+        let pairs = [
+            ("net", self.net.clone(), now.net.clone()),
+            ("units", self.units.to_string(), now.units.to_string()),
+            ("width", self.width.to_string(), now.width.to_string()),
+            ("placement", self.placement.clone(), now.placement.clone()),
+            ("shortcut", self.shortcut.clone(), now.shortcut.clone()),
+            (
+                "projection",
+                self.projection.clone(),
+                now.projection.clone(),
+            ),
+            ("norm", self.norm.clone(), now.norm.clone()),
+            ("init", self.init.clone(), now.init.clone()),
+        ];
+        pairs
+            .into_iter()
+            .filter(|(_, a, b)| a != b)
+            .map(|(k, a, b)| format!("--{k}: checkpoint {a}, now {b}"))
+            .collect()
+    }
+}
+
+/// The run configuration of a checkpoint file, without loading its arrays.
+pub fn read_run_config(path: &Path) -> Result<RunConfig> {
+    let file =
+        File::open(path).with_context(|| format!("--weights: cannot open '{}'", path.display()))?;
+    let mut npz = NpzReader::new(file)
+        .with_context(|| format!("--weights: '{}' is not a checkpoint", path.display()))?;
+    let ctx = |what: &str| format!("checkpoint '{}': {what}", path.display());
+    read_config(&mut npz, &ctx)
+}
+
+/// Loads a checkpoint's trained weights (parameters and BN running statistics) into `net`,
+/// which must have been built with the checkpoint's architecture: a network of other settings
+/// is refused in one line naming each setting and both values.
+pub fn load_weights(path: &Path, net: &mut Network, now: &Architecture) -> Result<RunConfig> {
+    let file =
+        File::open(path).with_context(|| format!("--weights: cannot open '{}'", path.display()))?;
+    let mut npz = NpzReader::new(file)
+        .with_context(|| format!("--weights: '{}' is not a checkpoint", path.display()))?;
+    let ctx = |what: &str| format!("checkpoint '{}': {what}", path.display());
+    let config = read_config(&mut npz, &ctx)?;
+    let changed = config.architecture().differences(now);
+    if !changed.is_empty() {
+        bail!(
+            "--weights '{}' holds another network ({}): build it with the checkpoint's settings",
+            path.display(),
+            changed.join("; ")
+        );
+    }
+    read_network_state(&mut npz, net, &ctx)?;
+    Ok(config)
 }
 
 /// Writes loaded running statistics back into the network's BatchNorm layers.

@@ -260,3 +260,119 @@ fn shatter_command_writes_the_autocorrelations() {
         stderr(&o)
     );
 }
+
+/// Trained weights and real data for the analyses: a checkpoint's network is rebuilt from its
+/// settings, loaded, and analysed on digits; a conflicting flag is refused in one line; the
+/// lesions of a trained net run end to end.
+#[test]
+fn analyses_take_trained_weights_and_real_data() {
+    let dir = tempfile::tempdir().unwrap();
+    let ck = dir.path().join("ck");
+    ok(&resprop(&[
+        "train",
+        "--net",
+        "resnet:1:basic",
+        "--placement",
+        "full-preact",
+        "--epochs",
+        "1",
+        "--checkpoint",
+        ck.to_str().unwrap(),
+    ]));
+    let weights = ck.join("checkpoint.npz");
+    let w = weights.to_str().unwrap();
+    let csv = dir.path().join("p.csv");
+    let o = resprop(&[
+        "profile",
+        "--net",
+        "resnet:1:basic",
+        "--weights",
+        w,
+        "--data",
+        "digits",
+        "--batch",
+        "16",
+        "--csv",
+        csv.to_str().unwrap(),
+    ]);
+    ok(&o);
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        out.contains("placement full-preact") && out.contains("batch from digits"),
+        "{out}"
+    );
+    // The trained weights change the profile: the same command on a fresh net differs.
+    let fresh = dir.path().join("fresh.csv");
+    ok(&resprop(&[
+        "profile",
+        "--net",
+        "resnet:1:basic",
+        "--placement",
+        "full-preact",
+        "--data",
+        "digits",
+        "--batch",
+        "16",
+        "--csv",
+        fresh.to_str().unwrap(),
+    ]));
+    assert_ne!(std::fs::read(&csv).unwrap(), std::fs::read(&fresh).unwrap());
+    // Same seed, same batch: deterministic.
+    let again = dir.path().join("again.csv");
+    ok(&resprop(&[
+        "profile",
+        "--weights",
+        w,
+        "--data",
+        "digits",
+        "--batch",
+        "16",
+        "--csv",
+        again.to_str().unwrap(),
+    ]));
+    assert_eq!(std::fs::read(&csv).unwrap(), std::fs::read(&again).unwrap());
+    let o = resprop(&[
+        "check",
+        "--weights",
+        w,
+        "--placement",
+        "relu-preact",
+        "--batch",
+        "4",
+    ]);
+    assert!(!o.status.success());
+    let e = stderr(&o);
+    assert!(
+        e.contains("--placement: checkpoint full-preact, asked relu-preact")
+            && e.trim_end().lines().count() == 1,
+        "{e}"
+    );
+    let o = resprop(&["paths", "--weights", w, "--data", "digits", "--batch", "8"]);
+    ok(&o);
+    let lesions = dir.path().join("l.csv");
+    let o = resprop(&[
+        "lesion",
+        "--weights",
+        w,
+        "--draws",
+        "2",
+        "--csv",
+        lesions.to_str().unwrap(),
+    ]);
+    ok(&o);
+    let text = std::fs::read_to_string(&lesions).unwrap();
+    // Baseline, 3 single deletions, k = 1 with 2 draws.
+    assert!(
+        text.starts_with("kind,k,draw,units,test_error\nnone,0,0,,"),
+        "{text}"
+    );
+    assert_eq!(text.lines().count(), 1 + 1 + 3 + 2);
+    let o = resprop(&["lesion", "--net", "mlp"]);
+    assert!(!o.status.success() && stderr(&o).contains("--weights"));
+    let o = resprop(&["profile", "--data", "digits", "--batch", "5000"]);
+    assert!(
+        stderr(&o).contains("larger than the training split"),
+        "{}",
+        stderr(&o)
+    );
+}

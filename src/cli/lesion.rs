@@ -1,0 +1,177 @@
+//! `resprop lesion`: test error of a trained network with units deleted (see
+//! `resprop::analysis::lesion`).
+
+use std::fmt::Write as _;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::{bail, Result};
+use clap::Args;
+use indicatif::{ProgressBar, ProgressStyle};
+use rayon::prelude::*;
+
+use super::NetArgs;
+use crate::analysis::lesion::{deletable, draws, test_error};
+use crate::analysis::record::fmt_f64;
+use crate::output::{check_writable, emit, write_atomic};
+
+#[derive(Debug, Args)]
+pub struct LesionArgs {
+    #[command(flatten)]
+    pub net: NetArgs,
+    /// Write one row per lesion: kind (none, single, random), k (units deleted), draw,
+    /// units (the deleted units, space-separated), test_error.
+    #[arg(long, value_name = "FILE")]
+    pub csv: Option<PathBuf>,
+    /// Random draws of k units for each k = 1..n/2.
+    #[arg(long, default_value_t = 5)]
+    pub draws: usize,
+}
+
+struct Lesion {
+    kind: &'static str,
+    k: usize,
+    draw: usize,
+    units: Vec<usize>,
+}
+
+pub fn run(args: &LesionArgs) -> Result<ExitCode> {
+    if let Some(p) = &args.csv {
+        check_writable(p)?;
+    }
+    if args.net.weights.is_none() {
+        bail!("lesion needs a trained network: --weights CHECKPOINT (from `resprop train --checkpoint DIR`)");
+    }
+    if args.draws == 0 {
+        bail!("--draws: at least 1");
+    }
+    let super::Analysis {
+        args: net_args,
+        net,
+        data,
+        ..
+    } = args.net.prepare(crate::net::memory::Purpose::Check)?;
+    let Some(data) = &data else {
+        bail!("lesion measures the test error: it needs the checkpoint's data");
+    };
+    let net = &net;
+    let pool = deletable(net);
+    let mut lesions = vec![Lesion {
+        kind: "none",
+        k: 0,
+        draw: 0,
+        units: vec![],
+    }];
+    for &l in &pool {
+        lesions.push(Lesion {
+            kind: "single",
+            k: 1,
+            draw: 0,
+            units: vec![l],
+        });
+    }
+    for k in 1..=pool.len() / 2 {
+        for (d, units) in draws(net, k, args.draws, net_args.seed)
+            .into_iter()
+            .enumerate()
+        {
+            lesions.push(Lesion {
+                kind: "random",
+                k,
+                draw: d,
+                units,
+            });
+        }
+    }
+    let bar = ProgressBar::new(lesions.len() as u64);
+    bar.set_style(
+        ProgressStyle::with_template("lesions [{bar:30}] {pos}/{len}, {elapsed} (eta {eta})")
+            .unwrap(),
+    );
+    let errors: Vec<f64> = lesions
+        .par_iter()
+        .map(|l| {
+            let e = crate::spin_join::without_helper(|| test_error(net, data, &l.units));
+            bar.inc(1);
+            e
+        })
+        .collect::<Result<_>>()?;
+    bar.finish_and_clear();
+
+    let mut out = net_args.describe("lesion", net);
+    let base = errors[0];
+    let _ = writeln!(out, "test error, nothing deleted: {:.2}%", 100.0 * base);
+    let singles: Vec<(usize, f64)> = lesions
+        .iter()
+        .zip(&errors)
+        .filter(|(l, _)| l.kind == "single")
+        .map(|(l, &e)| (l.units[0], e))
+        .collect();
+    let mut sorted: Vec<f64> = singles.iter().map(|s| s.1).collect();
+    sorted.sort_by(f64::total_cmp);
+    if let (Some(med), Some(&(worst_u, worst))) = (
+        crate::stats::median(&sorted),
+        singles.iter().max_by(|a, b| a.1.total_cmp(&b.1)),
+    ) {
+        let _ = writeln!(
+            out,
+            "one unit deleted ({} units): median {:.2}%, worst {:.2}% (unit {worst_u})",
+            singles.len(),
+            100.0 * med,
+            100.0 * worst
+        );
+    }
+    let shape: Vec<String> = singles
+        .iter()
+        .filter(|(u, _)| net.units[*u].changes_shape)
+        .map(|(u, e)| format!("unit {u}: {:.2}%", 100.0 * e))
+        .collect();
+    if !shape.is_empty() {
+        let _ = writeln!(out, "  the shape-changing units: {}", shape.join(", "));
+    }
+    let kmax = pool.len() / 2;
+    let mut ks = vec![1, kmax / 4, kmax / 2, kmax];
+    ks.retain(|&k| k > 0);
+    ks.dedup();
+    for k in ks {
+        let es: Vec<f64> = lesions
+            .iter()
+            .zip(&errors)
+            .filter(|(l, _)| l.kind == "random" && l.k == k)
+            .map(|(_, &e)| e)
+            .collect();
+        let mean = es.iter().sum::<f64>() / es.len() as f64;
+        let (lo, hi) = es
+            .iter()
+            .fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), &e| {
+                (a.min(e), b.max(e))
+            });
+        let _ = writeln!(
+            out,
+            "{k:>3} random units deleted: mean {:.2}% (range {:.2}%-{:.2}%, {} draws)",
+            100.0 * mean,
+            100.0 * lo,
+            100.0 * hi,
+            es.len()
+        );
+    }
+    if let Some(p) = &args.csv {
+        let mut csv = String::from("kind,k,draw,units,test_error\n");
+        for (l, e) in lesions.iter().zip(&errors) {
+            let units: Vec<String> = l.units.iter().map(|u| u.to_string()).collect();
+            let _ = writeln!(
+                csv,
+                "{},{},{},{},{}",
+                l.kind,
+                l.k,
+                l.draw,
+                units.join(" "),
+                fmt_f64(*e)
+            );
+        }
+        write_atomic(p, csv.as_bytes())?;
+        let _ = writeln!(out, "wrote {} lesions to {}", lesions.len(), p.display());
+    }
+    emit(&out)?;
+    Ok(ExitCode::SUCCESS)
+}
