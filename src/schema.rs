@@ -95,6 +95,16 @@ pub mod col {
         /// `C(n, k)` times it.
         SAMPLED_TOTAL = "sampled_total";
 
+        // Lesions and shattered gradients.
+        /// What a lesion deletes: none, single (one unit), random (k drawn units).
+        KIND = "kind";
+        DRAW = "draw";
+        /// The deleted units, space-separated.
+        DELETED = "deleted";
+        /// Lag (in sweep points) of an autocorrelation.
+        LAG = "lag";
+        AUTOCORRELATION = "autocorrelation";
+
         // A verification experiment's checks, per unit.
         FORWARD_SUM_ERROR = "forward_sum_error";
         ADDITIVE_BACKWARD_ERROR = "additive_backward_error";
@@ -211,6 +221,33 @@ pub const PATHS_TABLE: Schema = Schema {
         SAMPLED_PATH_NORM,
         SAMPLED_TOTAL,
     ],
+};
+
+/// The path decomposition in an experiment: at initialisation and after training.
+pub const PATH_RECORDS: Schema = Schema {
+    name: "paths",
+    columns: &[
+        WHEN,
+        UNIT,
+        K,
+        PATHS,
+        EXACT_NORM,
+        EXACT_SHARE,
+        SAMPLED_PATH_NORM,
+        SAMPLED_TOTAL,
+    ],
+};
+
+/// One row per lesion of a trained network.
+pub const LESIONS: Schema = Schema {
+    name: "lesion",
+    columns: &[KIND, K, DRAW, DELETED, TEST_ERROR],
+};
+
+/// One row per lag of a gradient series' autocorrelation.
+pub const SHATTER: Schema = Schema {
+    name: "shatter",
+    columns: &[LAG, AUTOCORRELATION],
 };
 
 /// One row per training step.

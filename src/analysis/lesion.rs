@@ -79,6 +79,77 @@ pub fn draws(net: &Network, k: usize, draws: usize, seed: u64) -> Vec<Vec<usize>
         .collect()
 }
 
+/// One lesion: what it deletes.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Lesion {
+    /// `none` (the intact net), `single` (one unit) or `random` (k drawn units).
+    pub kind: &'static str,
+    pub k: usize,
+    pub draw: usize,
+    pub units: Vec<usize>,
+}
+
+impl Lesion {
+    /// The row of the lesion table (schema `LESIONS`) with its measured test error.
+    pub fn fields(&self, test_error: f64) -> Vec<String> {
+        let units: Vec<String> = self.units.iter().map(|u| u.to_string()).collect();
+        vec![
+            self.kind.to_string(),
+            self.k.to_string(),
+            self.draw.to_string(),
+            units.join(" "),
+            crate::analysis::record::fmt_f64(test_error),
+        ]
+    }
+}
+
+/// Every lesion of a study: the intact net, each deletable unit alone, and `draws` sets of k
+/// random units for k = 1..n/2.
+pub fn plan(net: &Network, n_draws: usize, seed: u64) -> Vec<Lesion> {
+    let pool = deletable(net);
+    let mut out = vec![Lesion {
+        kind: "none",
+        k: 0,
+        draw: 0,
+        units: vec![],
+    }];
+    out.extend(pool.iter().map(|&l| Lesion {
+        kind: "single",
+        k: 1,
+        draw: 0,
+        units: vec![l],
+    }));
+    for k in 1..=pool.len() / 2 {
+        for (d, units) in draws(net, k, n_draws, seed).into_iter().enumerate() {
+            out.push(Lesion {
+                kind: "random",
+                k,
+                draw: d,
+                units,
+            });
+        }
+    }
+    out
+}
+
+/// The test error of every lesion, in parallel (each its own network: no order dependence).
+pub fn run(
+    net: &Network,
+    data: &Split,
+    lesions: &[Lesion],
+    progress: &(dyn Fn() + Sync),
+) -> Result<Vec<f64>> {
+    use rayon::prelude::*;
+    lesions
+        .par_iter()
+        .map(|l| {
+            let e = crate::spin_join::without_helper(|| test_error(net, data, &l.units));
+            progress();
+            e
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -155,6 +155,7 @@ pub fn all(args: &AllArgs) -> Result<ExitCode> {
             seconds: Some(seconds),
             computed,
             training: matches!(spec.task, crate::experiment::Task::Train(_)),
+            task: spec.task.name().to_string(),
             paper: spec.paper.clone(),
             signal: if spec.charts.contains(&ChartKind::WeightInputs) {
                 Some(Table::read(&csv.with_file_name("signal.csv"))?)

@@ -8,11 +8,9 @@ use std::process::ExitCode;
 use anyhow::{bail, Result};
 use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
-use rayon::prelude::*;
 
 use super::NetArgs;
-use crate::analysis::lesion::{deletable, draws, test_error};
-use crate::analysis::record::fmt_f64;
+use crate::analysis::lesion::{deletable, plan, run as run_lesions};
 use crate::output::{check_writable, emit, write_atomic};
 
 #[derive(Debug, Args)]
@@ -20,19 +18,12 @@ pub struct LesionArgs {
     #[command(flatten)]
     pub net: NetArgs,
     /// Write one row per lesion: kind (none, single, random), k (units deleted), draw,
-    /// units (the deleted units, space-separated), test_error.
+    /// deleted (the deleted units, space-separated), test_error.
     #[arg(long, value_name = "FILE")]
     pub csv: Option<PathBuf>,
     /// Random draws of k units for each k = 1..n/2.
     #[arg(long, default_value_t = 5)]
     pub draws: usize,
-}
-
-struct Lesion {
-    kind: &'static str,
-    k: usize,
-    draw: usize,
-    units: Vec<usize>,
 }
 
 pub fn run(args: &LesionArgs) -> Result<ExitCode> {
@@ -56,46 +47,13 @@ pub fn run(args: &LesionArgs) -> Result<ExitCode> {
     };
     let net = &net;
     let pool = deletable(net);
-    let mut lesions = vec![Lesion {
-        kind: "none",
-        k: 0,
-        draw: 0,
-        units: vec![],
-    }];
-    for &l in &pool {
-        lesions.push(Lesion {
-            kind: "single",
-            k: 1,
-            draw: 0,
-            units: vec![l],
-        });
-    }
-    for k in 1..=pool.len() / 2 {
-        for (d, units) in draws(net, k, args.draws, net_args.seed)
-            .into_iter()
-            .enumerate()
-        {
-            lesions.push(Lesion {
-                kind: "random",
-                k,
-                draw: d,
-                units,
-            });
-        }
-    }
+    let lesions = plan(net, args.draws, net_args.seed);
     let bar = ProgressBar::new(lesions.len() as u64);
     bar.set_style(
         ProgressStyle::with_template("lesions [{bar:30}] {pos}/{len}, {elapsed} (eta {eta})")
             .unwrap(),
     );
-    let errors: Vec<f64> = lesions
-        .par_iter()
-        .map(|l| {
-            let e = crate::spin_join::without_helper(|| test_error(net, data, &l.units));
-            bar.inc(1);
-            e
-        })
-        .collect::<Result<_>>()?;
+    let errors = run_lesions(net, data, &lesions, &|| bar.inc(1))?;
     bar.finish_and_clear();
 
     let mut out = net_args.describe("lesion", net);
@@ -156,18 +114,10 @@ pub fn run(args: &LesionArgs) -> Result<ExitCode> {
         );
     }
     if let Some(p) = &args.csv {
-        let mut csv = String::from("kind,k,draw,units,test_error\n");
+        let mut csv = crate::schema::LESIONS.names().join(",") + "\n";
         for (l, e) in lesions.iter().zip(&errors) {
-            let units: Vec<String> = l.units.iter().map(|u| u.to_string()).collect();
-            let _ = writeln!(
-                csv,
-                "{},{},{},{},{}",
-                l.kind,
-                l.k,
-                l.draw,
-                units.join(" "),
-                fmt_f64(*e)
-            );
+            csv.push_str(&l.fields(*e).join(","));
+            csv.push('\n');
         }
         write_atomic(p, csv.as_bytes())?;
         let _ = writeln!(out, "wrote {} lesions to {}", lesions.len(), p.display());

@@ -1,6 +1,7 @@
 //! Declarative experiments: TOML specs under `experiments/`, run cell by cell in parallel,
 //! written as tidy CSV next to the resolved spec.
 
+pub mod analyses;
 pub mod runner;
 pub mod spec;
 

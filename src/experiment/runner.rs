@@ -75,20 +75,46 @@ pub const WEIGHT_GRADS_TABLE: TableKind = TableKind {
     name: "weight_grads",
     columns: |_| schema::WEIGHT_GRADS.columns.to_vec(),
 };
+pub const PATHS_TABLE: TableKind = TableKind {
+    name: "paths",
+    columns: |_| schema::PATH_RECORDS.columns.to_vec(),
+};
+pub const LESION_TABLE: TableKind = TableKind {
+    name: "lesion",
+    columns: |_| schema::LESIONS.columns.to_vec(),
+};
+pub const SHATTER_TABLE: TableKind = TableKind {
+    name: "shatter",
+    columns: |_| schema::SHATTER.columns.to_vec(),
+};
 pub const SIGNAL_TABLE: TableKind = TableKind {
     name: "signal",
     columns: |_| schema::SIGNAL.columns.to_vec(),
 };
 
 /// The tables a spec's cells produce; the first is the main one, written last (its presence
-/// marks a cell complete).
+/// marks a cell complete). The weight-input statistics of a training run cost two forward
+/// passes: always recorded.
 pub fn tables(spec: &Spec) -> Vec<TableKind> {
-    match &spec.task {
-        Task::Profile if spec.weight_grads => vec![PROFILE_TABLE, WEIGHT_GRADS_TABLE],
-        Task::Profile => vec![PROFILE_TABLE],
-        // The weight-input statistics cost two forward passes of a run: always recorded.
-        Task::Train(_) => vec![TRAIN_TABLE, GRADS_TABLE, SIGNAL_TABLE],
-    }
+    const ALL: [TableKind; 8] = [
+        PROFILE_TABLE,
+        WEIGHT_GRADS_TABLE,
+        TRAIN_TABLE,
+        GRADS_TABLE,
+        SIGNAL_TABLE,
+        PATHS_TABLE,
+        LESION_TABLE,
+        SHATTER_TABLE,
+    ];
+    spec.task
+        .tables(spec.weight_grads)
+        .into_iter()
+        .map(|name| {
+            *ALL.iter()
+                .find(|t| t.name == name)
+                .expect("every task's table has a kind")
+        })
+        .collect()
 }
 
 /// The header of a table of this spec: the keys, then its columns.
@@ -150,12 +176,14 @@ pub struct CellInputs {
     pub init: Option<String>,
     /// Training: the warm-up's length, when the spec sets it.
     pub warmup: Option<usize>,
+    /// The analysis a paths, lesion or shatter cell runs (absent for profiles and training).
+    pub analysis: Option<String>,
 }
 
 impl CellInputs {
     pub fn of(spec: &Spec, cell: &Cell, data: Option<&(Split, String)>) -> CellInputs {
-        let (train, sizes, data_sha256) = match (&spec.task, data) {
-            (Task::Train(t), Some((d, digest))) => (
+        let (train, sizes, data_sha256) = match (spec.task.train_spec(), data) {
+            (Some(t), Some((d, digest))) => (
                 Some(t.clone()),
                 sizes_for(d, cell.units, spec.sizes.width),
                 Some(digest.clone()),
@@ -168,6 +196,17 @@ impl CellInputs {
                 },
                 None,
             ),
+        };
+        // A shatter cell's net takes the scalar input of the sweep and has two outputs.
+        let sizes = match spec.task {
+            Task::Shatter => NetSizes {
+                input_dim: 1,
+                image_size: 1,
+                input_channels: 1,
+                classes: 2,
+                ..sizes
+            },
+            _ => sizes,
         };
         let profile = train.is_none();
         CellInputs {
@@ -189,6 +228,18 @@ impl CellInputs {
             norm: (!cell.norm.is_batch()).then(|| cell.norm.to_string()),
             init: (!cell.init.is_he()).then(|| cell.init.to_string()),
             warmup: cell.warmup,
+            analysis: match &spec.task {
+                Task::Profile | Task::Train(_) => None,
+                Task::Paths { sample, .. } => Some(format!(
+                    "paths, {sample} sampled paths per length, batch {}, BN {}",
+                    spec.batch, spec.bn_mode
+                )),
+                Task::Lesion { draws, .. } => Some(format!("lesion, {draws} draws per k")),
+                Task::Shatter => Some(format!(
+                    "shatter, {} points",
+                    crate::analysis::shatter::POINTS
+                )),
+            },
         }
     }
 
@@ -212,9 +263,12 @@ pub struct CellResult {
     pub warning: Option<String>,
 }
 
-/// Trains one cell's network (training tasks).
-fn run_train_cell(spec: &Spec, cell: &Cell, t: &TrainSpec, data: &Split) -> Result<CellResult> {
-    let seed = cell_seed(spec, cell.replicate);
+/// One cell's network, built for the data (the cell's seed).
+pub(super) fn build_cell_net(
+    spec: &Spec,
+    cell: &Cell,
+    data: &Split,
+) -> Result<crate::net::Network> {
     let sizes = sizes_for(data, cell.units, spec.sizes.width);
     let mut net = build_net_with(
         &cell.net,
@@ -224,9 +278,21 @@ fn run_train_cell(spec: &Spec, cell: &Cell, t: &TrainSpec, data: &Split) -> Resu
         cell.projection,
         cell.norm,
         cell.init,
-        seed,
+        cell_seed(spec, cell.replicate),
     )?;
     net.set_fusion(spec.fusion());
+    Ok(net)
+}
+
+/// Trains `net` by the spec's recipe; the history, and a warning if it diverged.
+pub(super) fn train_cell_net(
+    spec: &Spec,
+    cell: &Cell,
+    t: &TrainSpec,
+    data: &Split,
+    net: &mut crate::net::Network,
+) -> Result<(crate::train::History, Option<String>)> {
+    let seed = cell_seed(spec, cell.replicate);
     let cfg = TrainConfig {
         epochs: t.epochs,
         batch: t.batch,
@@ -241,7 +307,7 @@ fn run_train_cell(spec: &Spec, cell: &Cell, t: &TrainSpec, data: &Split) -> Resu
         seed,
     };
     let h = train(
-        &mut net,
+        net,
         data,
         &cfg,
         Resume::default(),
@@ -249,17 +315,24 @@ fn run_train_cell(spec: &Spec, cell: &Cell, t: &TrainSpec, data: &Split) -> Resu
         |_, _| {},
         |_, _, _, _| Ok(()),
     )?;
-    let tables = vec![
-        h.steps.iter().map(|r| r.fields()).collect(),
-        h.grads.iter().map(|g| g.fields()).collect(),
-        h.signal.iter().map(|s| s.fields()).collect(),
-    ];
-    let warning = h.diverged.map(|d| {
+    let warning = h.diverged.as_ref().map(|d| {
         format!(
             "cell {} ({} {} {}): {d}",
             cell.index, cell.net, cell.placement, cell.shortcut
         )
     });
+    Ok((h, warning))
+}
+
+/// Trains one cell's network (training tasks).
+fn run_train_cell(spec: &Spec, cell: &Cell, t: &TrainSpec, data: &Split) -> Result<CellResult> {
+    let mut net = build_cell_net(spec, cell, data)?;
+    let (h, warning) = train_cell_net(spec, cell, t, data, &mut net)?;
+    let tables = vec![
+        h.steps.iter().map(|r| r.fields()).collect(),
+        h.grads.iter().map(|g| g.fields()).collect(),
+        h.signal.iter().map(|s| s.fields()).collect(),
+    ];
     Ok(CellResult { tables, warning })
 }
 
@@ -393,13 +466,13 @@ pub fn run_experiment(spec: &Spec, out: &Path, progress: bool) -> Result<(PathBu
     for d in [&dir, &store] {
         std::fs::create_dir_all(d).with_context(|| format!("cannot create '{}'", d.display()))?;
     }
-    let data = match &spec.task {
-        Task::Train(t) => {
+    let data = match spec.task.train_spec() {
+        Some(t) => {
             let d = crate::data::load(&t.data.parse().map_err(anyhow::Error::msg)?)?;
             let digest = d.fingerprint();
             Some((d, digest))
         }
-        Task::Profile => None,
+        None => None,
     };
     let kinds = tables(spec);
     let cells = spec.cells();
@@ -422,14 +495,15 @@ pub fn run_experiment(spec: &Spec, out: &Path, progress: bool) -> Result<(PathBu
     // it (as many as there are threads).
     let side_by_side = rayon::current_num_threads().min(todo.len()).max(1) as f64;
     for sc in &todo {
-        let batch = match &spec.task {
+        let batch = match (&spec.task, spec.task.train_spec()) {
             // Evaluation runs in batches of 500.
-            Task::Train(t) => t.batch.max(500),
-            Task::Profile => spec.batch,
+            (_, Some(t)) => t.batch.max(500).max(spec.batch),
+            (Task::Shatter, None) => crate::analysis::shatter::POINTS,
+            _ => spec.batch,
         };
-        let purpose = match spec.task {
-            Task::Train(_) => crate::net::memory::Purpose::Train,
-            Task::Profile => crate::net::memory::Purpose::Check,
+        let purpose = match spec.task.train_spec() {
+            Some(_) => crate::net::memory::Purpose::Train,
+            None => crate::net::memory::Purpose::Check,
         };
         let mut e = crate::net::memory::estimate(
             &sc.cell.net,
@@ -471,8 +545,16 @@ pub fn run_experiment(spec: &Spec, out: &Path, progress: bool) -> Result<(PathBu
             let cell = sc.cell;
             // Cells run side by side on rayon's workers: no extra helper thread inside.
             let result = crate::spin_join::without_helper(|| -> Result<CellResult> {
-                Ok(match (&spec.task, &data) {
-                    (Task::Train(t), Some((d, _))) => run_train_cell(spec, cell, t, d)?,
+                let data = data.as_ref().map(|(d, _)| d);
+                Ok(match (&spec.task, data) {
+                    (Task::Train(t), Some(d)) => run_train_cell(spec, cell, t, d)?,
+                    (Task::Paths { train, sample }, d) => {
+                        super::analyses::run_paths_cell(spec, cell, train.as_ref(), *sample, d)?
+                    }
+                    (Task::Lesion { train, draws }, Some(d)) => {
+                        super::analyses::run_lesion_cell(spec, cell, train, *draws, d)?
+                    }
+                    (Task::Shatter, _) => super::analyses::run_shatter_cell(spec, cell)?,
                     _ => run_cell(spec, cell)?,
                 })
             })?;

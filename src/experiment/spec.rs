@@ -61,6 +61,31 @@ struct RawSpec {
     /// Profiles: also record ||dE/dW||_F of every weight layer (`weight_grads.csv`).
     #[serde(default)]
     weight_grads: bool,
+    /// `task = "paths"`: Veit's sampled estimate alongside the exact decomposition.
+    #[serde(default)]
+    paths: Option<RawPaths>,
+    /// `task = "lesion"`: draws of k random units.
+    #[serde(default)]
+    lesion: Option<RawLesion>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawPaths {
+    /// Single paths sampled per path length (0: the exact decomposition only).
+    #[serde(default)]
+    sample: usize,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawLesion {
+    #[serde(default = "default_draws")]
+    draws: usize,
+}
+
+fn default_draws() -> usize {
+    5
 }
 
 fn default_task() -> String {
@@ -187,6 +212,52 @@ pub enum Task {
     Profile,
     /// Training with SGD; losses, errors and per-unit gradients over the run.
     Train(TrainSpec),
+    /// The gradient by path length (`resprop paths`) at initialisation and, with `[train]`,
+    /// after training (on a seeded batch of the training split, the same before and after).
+    Paths {
+        train: Option<TrainSpec>,
+        /// Single paths sampled per length for Veit's estimate (0: none).
+        sample: usize,
+    },
+    /// Lesions of the trained network (`resprop lesion`).
+    Lesion { train: TrainSpec, draws: usize },
+    /// Shattered gradients (`resprop shatter`): each cell one MLP of a scalar input, its
+    /// depth the grid's `units`, its family the shortcut (identity or none) and the norm.
+    Shatter,
+}
+
+impl Task {
+    /// The training recipe the cells follow, if they train.
+    pub fn train_spec(&self) -> Option<&TrainSpec> {
+        match self {
+            Task::Train(t) | Task::Lesion { train: t, .. } => Some(t),
+            Task::Paths { train, .. } => train.as_ref(),
+            Task::Profile | Task::Shatter => None,
+        }
+    }
+
+    /// The name in the spec file.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Task::Profile => "profile",
+            Task::Train(_) => "train",
+            Task::Paths { .. } => "paths",
+            Task::Lesion { .. } => "lesion",
+            Task::Shatter => "shatter",
+        }
+    }
+
+    /// The tables its cells write, the main one first.
+    pub fn tables(&self, weight_grads: bool) -> Vec<&'static str> {
+        match self {
+            Task::Profile if weight_grads => vec!["profile", "weight_grads"],
+            Task::Profile => vec!["profile"],
+            Task::Train(_) => vec!["train", "grads", "signal"],
+            Task::Paths { .. } => vec!["paths"],
+            Task::Lesion { .. } => vec!["lesion"],
+            Task::Shatter => vec!["shatter"],
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -262,10 +333,20 @@ pub enum ChartKind {
     LastWeightGrad,
     /// E||x_l||^2 / d against the unit, with Xiong et al.'s Lemma 2 bounds for Pre-LN.
     SquaredNorm,
+    /// The input's gradient by path length: exact ||G_k(0)|| and Veit's sampled estimate
+    /// against k, and the cumulative share.
+    PathLengths,
+    /// Test error with each single unit deleted, against the unit.
+    LesionUnits,
+    /// Test error with k random units deleted, against k (mean and range over the draws).
+    LesionCount,
+    /// Autocorrelation of the input gradient over the sweep, per family and depth, with white
+    /// and brown noise.
+    Shatter,
 }
 
 impl ChartKind {
-    pub const ALL: [(&'static str, ChartKind); 15] = [
+    pub const ALL: [(&'static str, ChartKind); 19] = [
         ("grad_ratio", ChartKind::GradRatio),
         ("direct_rest", ChartKind::DirectRest),
         ("lambda_sweep", ChartKind::LambdaSweep),
@@ -281,12 +362,11 @@ impl ChartKind {
         ("weight_grads", ChartKind::WeightGrads),
         ("last_weight_grad", ChartKind::LastWeightGrad),
         ("squared_norm", ChartKind::SquaredNorm),
+        ("path_lengths", ChartKind::PathLengths),
+        ("lesion_units", ChartKind::LesionUnits),
+        ("lesion_count", ChartKind::LesionCount),
+        ("shatter", ChartKind::Shatter),
     ];
-
-    /// Charts drawn from a training run's CSVs rather than a profile's.
-    pub fn needs_training(self) -> bool {
-        matches!(self.table(), "train" | "grads" | "signal")
-    }
 
     /// The table (`<name>.csv` of the experiment's results) the chart is drawn from.
     pub fn table(self) -> &'static str {
@@ -295,6 +375,9 @@ impl ChartKind {
             ChartKind::GradHeatmap | ChartKind::GradRatioSteps => "grads",
             ChartKind::WeightInputs => "signal",
             ChartKind::WeightGrads | ChartKind::LastWeightGrad => "weight_grads",
+            ChartKind::PathLengths => "paths",
+            ChartKind::LesionUnits | ChartKind::LesionCount => "lesion",
+            ChartKind::Shatter => "shatter",
             _ => "profile",
         }
     }
@@ -560,53 +643,43 @@ pub fn parse_spec(text: &str) -> Result<Spec> {
         Some(m) => m.parse().map_err(|e| anyhow!("net.bn_mode: {e}"))?,
     };
     let mut warmup_default = None;
-    let task = match (raw.task.as_str(), raw.train) {
-        ("profile", None) => Task::Profile,
-        ("profile", Some(_)) => bail!("train: a [train] table needs task = \"train\""),
-        ("train", None) => bail!("task: \"train\" needs a [train] table with at least epochs"),
-        ("train", Some(t)) => {
-            if t.epochs == 0 || t.batch < 2 || t.record_every == 0 {
-                bail!("train: epochs and record_every must be at least 1 and batch at least 2 (got {}, {}, {})", t.epochs, t.record_every, t.batch);
-            }
-            if !(t.lr > 0.0 && t.lr.is_finite()) {
-                bail!("train.lr: must be a positive number, got {}", t.lr);
-            }
-            if !(t.weight_decay >= 0.0 && t.weight_decay.is_finite()) {
-                bail!(
-                    "train.weight_decay: must be a non-negative number, got {}",
-                    t.weight_decay
-                );
-            }
-            if let Err(e) = t.data.parse::<crate::data::DataSpec>() {
-                bail!("train.data: {e}");
-            }
-            let optimizer = match &t.optimizer {
-                None => crate::train::OptimizerKind::Sgd,
-                Some(o) => o.parse().map_err(|e| anyhow!("train.optimizer: {e}"))?,
-            };
-            let weight_decay_mode = match &t.weight_decay_mode {
-                None => crate::train::WeightDecayMode::Decoupled,
-                Some(_) if optimizer == crate::train::OptimizerKind::Sgd => bail!(
-                    "train.weight_decay_mode: applies to Adam (SGD adds the decay to the gradient); set optimizer = \"adam\""
-                ),
-                Some(m) => m.parse().map_err(|e| anyhow!("train.weight_decay_mode: {e}"))?,
-            };
+    let train = match raw.train {
+        None => None,
+        Some(t) => {
             warmup_default = t.warmup_steps;
-            Task::Train(TrainSpec {
-                data: t.data,
-                epochs: t.epochs,
-                batch: t.batch,
-                lr: t.lr,
-                record_every: t.record_every,
-                optimizer,
-                weight_decay: t.weight_decay,
-                weight_decay_mode,
-            })
+            Some(parse_train(t)?)
         }
-        (other, _) => bail!("task: unknown value '{other}' (expected 'profile' or 'train')"),
     };
-    let training = matches!(task, Task::Train(_));
-    if training && raw.weight_grads {
+    let task = match (raw.task.as_str(), train) {
+        ("profile", None) => Task::Profile,
+        ("profile" | "shatter", Some(_)) => bail!(
+            "train: a [train] table needs task = \"train\", \"paths\" or \"lesion\""
+        ),
+        ("train", None) => bail!("task: \"train\" needs a [train] table with at least epochs"),
+        ("train", Some(t)) => Task::Train(t),
+        ("paths", train) => Task::Paths {
+            train,
+            sample: raw.paths.as_ref().map_or(0, |p| p.sample),
+        },
+        ("lesion", None) => bail!("task: \"lesion\" deletes units of a trained net: it needs a [train] table"),
+        ("lesion", Some(t)) => {
+            let draws = raw.lesion.as_ref().map_or(default_draws(), |l| l.draws);
+            if draws == 0 {
+                bail!("lesion.draws: at least 1");
+            }
+            Task::Lesion { train: t, draws }
+        }
+        ("shatter", None) => Task::Shatter,
+        (other, _) => bail!("task: unknown value '{other}' (expected 'profile', 'train', 'paths', 'lesion' or 'shatter')"),
+    };
+    if raw.paths.is_some() && !matches!(task, Task::Paths { .. }) {
+        bail!("paths: a [paths] table needs task = \"paths\"");
+    }
+    if raw.lesion.is_some() && !matches!(task, Task::Lesion { .. }) {
+        bail!("lesion: a [lesion] table needs task = \"lesion\"");
+    }
+    let training = task.train_spec().is_some();
+    if task != Task::Profile && raw.weight_grads {
         bail!(
             "weight_grads: applies to profiles (a training run records its gradients in grads.csv)"
         );
@@ -638,14 +711,25 @@ pub fn parse_spec(text: &str) -> Result<Spec> {
         );
     }
     for c in &charts {
-        if c.needs_training() != matches!(task, Task::Train(_)) {
-            bail!("charts: '{}' does not fit task '{}'", c.name(), raw.task);
-        }
-        if c.table() == "weight_grads" && !raw.weight_grads {
+        if c.table() == "weight_grads" && task == Task::Profile && !raw.weight_grads {
             bail!(
                 "charts: '{}' draws the weight gradients: set weight_grads = true",
                 c.name()
             );
+        }
+        if !task.tables(raw.weight_grads).contains(&c.table()) {
+            bail!("charts: '{}' does not fit task '{}'", c.name(), raw.task);
+        }
+    }
+    if task == Task::Shatter {
+        for g in &grids {
+            if g.nets.iter().any(|n| *n != NetChoice::Mlp)
+                || g.shortcuts
+                    .iter()
+                    .any(|s| !matches!(s, ShortcutKind::Identity | ShortcutKind::None))
+            {
+                bail!("grid: shatter compares MLPs (nets = [\"mlp\"]) with the identity shortcut or none");
+            }
         }
     }
     let paper = raw.paper.map(|p| PaperValues {
@@ -670,6 +754,46 @@ pub fn parse_spec(text: &str) -> Result<Spec> {
     .and_then(|spec| {
         refuse_repeated_cells(&spec)?;
         Ok(spec)
+    })
+}
+
+/// Validates a `[train]` table.
+fn parse_train(t: RawTrain) -> Result<TrainSpec> {
+    if t.epochs == 0 || t.batch < 2 || t.record_every == 0 {
+        bail!("train: epochs and record_every must be at least 1 and batch at least 2 (got {}, {}, {})", t.epochs, t.record_every, t.batch);
+    }
+    if !(t.lr > 0.0 && t.lr.is_finite()) {
+        bail!("train.lr: must be a positive number, got {}", t.lr);
+    }
+    if !(t.weight_decay >= 0.0 && t.weight_decay.is_finite()) {
+        bail!(
+            "train.weight_decay: must be a non-negative number, got {}",
+            t.weight_decay
+        );
+    }
+    if let Err(e) = t.data.parse::<crate::data::DataSpec>() {
+        bail!("train.data: {e}");
+    }
+    let optimizer = match &t.optimizer {
+        None => crate::train::OptimizerKind::Sgd,
+        Some(o) => o.parse().map_err(|e| anyhow!("train.optimizer: {e}"))?,
+    };
+    let weight_decay_mode = match &t.weight_decay_mode {
+        None => crate::train::WeightDecayMode::Decoupled,
+        Some(_) if optimizer == crate::train::OptimizerKind::Sgd => bail!(
+            "train.weight_decay_mode: applies to Adam (SGD adds the decay to the gradient); set optimizer = \"adam\""
+        ),
+        Some(m) => m.parse().map_err(|e| anyhow!("train.weight_decay_mode: {e}"))?,
+    };
+    Ok(TrainSpec {
+        data: t.data,
+        epochs: t.epochs,
+        batch: t.batch,
+        lr: t.lr,
+        record_every: t.record_every,
+        optimizer,
+        weight_decay: t.weight_decay,
+        weight_decay_mode,
     })
 }
 

@@ -74,6 +74,10 @@ pub fn figure(kind: ChartKind, t: &Table) -> Figure {
         ChartKind::WeightGrads => super::descendants::weight_grads(t),
         ChartKind::LastWeightGrad => super::descendants::last_weight_grad(t),
         ChartKind::SquaredNorm => super::descendants::squared_norm(t),
+        ChartKind::PathLengths => super::analyses::path_lengths(t),
+        ChartKind::LesionUnits => super::analyses::lesion_units(t),
+        ChartKind::LesionCount => super::analyses::lesion_count(t),
+        ChartKind::Shatter => super::analyses::shatter(t),
         ChartKind::GradRatio => one(
             format!("{name}: gradient ratio ‖∂E/∂x_l‖ / ‖∂E/∂x_L‖"),
             "‖∂E/∂x_l‖ / ‖∂E/∂x_L‖",

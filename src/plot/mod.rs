@@ -6,6 +6,7 @@
 //! non-finite values are left out and listed in a note drawn on the chart, never clamped to
 //! the edge.
 
+pub mod analyses;
 pub mod charts;
 pub mod descendants;
 pub mod report;

@@ -19,6 +19,8 @@ pub struct Entry {
     pub computed: usize,
     /// A training experiment (its table is train.csv).
     pub training: bool,
+    /// The task's name (profile, train, paths, lesion, shatter): which numbers follow.
+    pub task: String,
     /// The paper's numbers for the variants, when the spec gives them.
     pub paper: Option<crate::experiment::spec::PaperValues>,
     /// A training experiment's weight-input statistics (`signal.csv`), when the spec draws
@@ -37,7 +39,7 @@ fn descendant_sections(e: &Entry) -> Vec<String> {
     use super::descendants as d;
     use crate::experiment::ChartKind;
     let mut out = Vec::new();
-    if e.training {
+    if e.task != "profile" {
         return out;
     }
     if e.kinds.contains(&ChartKind::LastWeightGrad) {
@@ -223,7 +225,19 @@ pub fn render(entries: &[Entry]) -> String {
         for c in &e.charts {
             let _ = writeln!(s, "![{}]({})\n", c.display(), c.display());
         }
-        if e.training {
+        let analysis = match e.task.as_str() {
+            "paths" => Some(super::analyses::paths_section(&e.table)),
+            "lesion" => Some(super::analyses::lesion_section(&e.table)),
+            "shatter" => Some(super::analyses::shatter_section(&e.table)),
+            _ => None,
+        };
+        if let Some(section) = analysis {
+            let _ = writeln!(
+                s,
+                "Measured:\n\n{}",
+                section.unwrap_or_else(|| "no rows (every cell diverged)\n".into())
+            );
+        } else if e.training {
             let _ = writeln!(s, "Measured:\n\n{}", training_section(e));
         } else {
             let _ = writeln!(s, "Measured:\n\n{}", summary(&e.table));

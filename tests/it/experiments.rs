@@ -643,3 +643,91 @@ units = [4]
         assert!(e.contains(needle) && !e.contains('\n'), "'{needle}' not in: {e}");
     }
 }
+
+/// The analysis tasks run as experiments: paths (init and trained, exact and sampled), lesion
+/// (a trained net's deletions) and shatter; their charts and report sections; and the specs
+/// they refuse.
+#[test]
+fn analysis_tasks_run_as_experiments() {
+    let dir = tempfile::tempdir().unwrap();
+    let exp = dir.path().join("experiments");
+    std::fs::create_dir_all(&exp).unwrap();
+    let train = "[train]\ndata = \"digits\"\nepochs = 1\nbatch = 64\n";
+    let grid =
+        "[grid]\nnets = [\"mlp\"]\nplacements = [\"full-preact\"]\nshortcuts = [\"identity\"]\n";
+    write_spec(
+        &exp,
+        "p.toml",
+        &format!("name = \"p\"\nclaim = \"c\"\nbatch = 8\ntask = \"paths\"\ncharts = [\"path_lengths\"]\n[net]\nunits = 3\nwidth = 8\n[paths]\nsample = 2\n{train}{grid}"),
+    );
+    write_spec(
+        &exp,
+        "l.toml",
+        &format!("name = \"l\"\nclaim = \"c\"\ntask = \"lesion\"\ncharts = [\"lesion_units\", \"lesion_count\"]\n[net]\nunits = 4\nwidth = 8\n[lesion]\ndraws = 2\n{train}{}", grid.replace("[\"identity\"]", "[\"identity\", \"none\"]")),
+    );
+    write_spec(
+        &exp,
+        "s.toml",
+        "name = \"s\"\nclaim = \"c\"\ntask = \"shatter\"\ncharts = [\"shatter\"]\n[net]\nwidth = 8\n[grid]\nplacements = [\"original\"]\nshortcuts = [\"identity\", \"none\"]\nnorms = [\"batch\"]\nunits = [1, 3]\n",
+    );
+    let results = dir.path().join("results");
+    let plots = dir.path().join("plots");
+    ok(&resprop(&[
+        "all",
+        "--experiments",
+        exp.to_str().unwrap(),
+        "--results",
+        results.to_str().unwrap(),
+        "--plots",
+        plots.to_str().unwrap(),
+    ]));
+    let paths = std::fs::read_to_string(results.join("p/paths.csv")).unwrap();
+    assert!(paths.lines().next().unwrap().ends_with(
+        ",replicate,when,unit,k,paths,exact_norm,exact_share,sampled_path_norm,sampled_total"
+    ));
+    // (L + 1)(L + 2) / 2 = 10 rows at init and 10 trained.
+    assert_eq!(paths.lines().count(), 1 + 20);
+    assert!(paths.contains(",init,0,0,") && paths.contains(",trained,0,0,"));
+    let lesion = std::fs::read_to_string(results.join("l/lesion.csv")).unwrap();
+    // Per net: intact, 4 single deletions, k = 1, 2 with 2 draws each.
+    assert_eq!(lesion.lines().count(), 1 + 2 * (1 + 4 + 4));
+    let shatter = std::fs::read_to_string(results.join("s/shatter.csv")).unwrap();
+    assert_eq!(shatter.lines().count(), 1 + 4 * 256);
+    let report = std::fs::read_to_string(plots.join("README.md")).unwrap();
+    for needle in [
+        "exact 90% window",
+        "one unit: median",
+        "first lag below 1/2",
+    ] {
+        assert!(report.contains(needle), "{needle}");
+    }
+    for chart in [
+        "p_path_lengths",
+        "l_lesion_units",
+        "l_lesion_count",
+        "s_shatter",
+    ] {
+        assert!(plots.join(format!("{chart}.png")).is_file(), "{chart}");
+    }
+    for (text, needle) in [
+        (
+            format!("name = \"x\"\nclaim = \"c\"\ntask = \"lesion\"\n{grid}"),
+            "it needs a [train] table",
+        ),
+        (
+            format!("name = \"x\"\nclaim = \"c\"\n[paths]\nsample = 3\n{grid}"),
+            "a [paths] table needs task = \"paths\"",
+        ),
+        (
+            format!("name = \"x\"\nclaim = \"c\"\ntask = \"shatter\"\n{}", grid.replace("[\"mlp\"]", "[\"resnet110\"]")),
+            "shatter compares MLPs",
+        ),
+        (
+            format!("name = \"x\"\nclaim = \"c\"\ntask = \"shatter\"\ncharts = [\"grad_ratio\"]\n{grid}"),
+            "'grad_ratio' does not fit task 'shatter'",
+        ),
+    ] {
+        let e = format!("{:#}", resprop::experiment::parse_spec(&text).unwrap_err());
+        assert!(e.contains(needle) && !e.contains('\n'), "'{needle}' not in: {e}");
+    }
+}

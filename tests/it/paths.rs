@@ -363,7 +363,7 @@ fn analyses_take_trained_weights_and_real_data() {
     let text = std::fs::read_to_string(&lesions).unwrap();
     // Baseline, 3 single deletions, k = 1 with 2 draws.
     assert!(
-        text.starts_with("kind,k,draw,units,test_error\nnone,0,0,,"),
+        text.starts_with("kind,k,draw,deleted,test_error\nnone,0,0,,"),
         "{text}"
     );
     assert_eq!(text.lines().count(), 1 + 1 + 3 + 2);
