@@ -28,6 +28,23 @@ pub struct RunArgs {
     /// Worker threads (default: all cores). Results do not depend on it.
     #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
     pub threads: Option<u32>,
+    /// Compute only the cells with index % N == I (0-based: a Slurm array's
+    /// SLURM_ARRAY_TASK_ID, a Kubernetes Indexed Job's JOB_COMPLETION_INDEX) into
+    /// `<OUT>/cells/`; `resprop merge` assembles the experiment once every shard is done.
+    #[arg(long, value_name = "I/N", value_parser = |s: &str| s.parse::<crate::experiment::runner::Shard>())]
+    pub shard: Option<crate::experiment::runner::Shard>,
+}
+
+#[derive(Debug, Args)]
+pub struct MergeArgs {
+    /// Experiment file whose shards ran (`resprop run SPEC --shard I/N`).
+    pub spec: PathBuf,
+    /// The folder the shards wrote to: `<OUT>/cells/`; the CSVs go to `<OUT>/<name>/`.
+    #[arg(long, default_value = "results")]
+    pub out: PathBuf,
+    /// Also draw the experiment's charts into this folder.
+    #[arg(long, value_name = "DIR")]
+    pub plots: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]
@@ -70,12 +87,48 @@ impl Default for AllArgs {
 pub fn run(args: &RunArgs) -> Result<ExitCode> {
     let spec = load_spec(&args.spec)?;
     let t = Instant::now();
+    if let Some(shard) = args.shard {
+        let computed =
+            crate::experiment::runner::compute_cells(&spec, &args.out, true, Some(shard))?;
+        let owned = spec.cells().iter().filter(|c| shard.owns(c.index)).count();
+        emit(&format!(
+            "{}: shard {}/{}: {owned} of {} cells ({computed} computed now) in {:.1} s -> {}; when every shard is done: resprop merge {} --out {}\n",
+            spec.name,
+            shard.index,
+            shard.count,
+            spec.cells().len(),
+            t.elapsed().as_secs_f64(),
+            crate::experiment::runner::cell_store(&args.out).display(),
+            args.spec.display(),
+            args.out.display()
+        ))?;
+        return Ok(ExitCode::SUCCESS);
+    }
     let (csv, computed) = run_experiment(&spec, &args.out, true)?;
     let mut out = format!(
         "{}: {} cells ({computed} computed now) in {:.1} s -> {}\n",
         spec.name,
         spec.cells().len(),
         t.elapsed().as_secs_f64(),
+        csv.display()
+    );
+    if let Some(dir) = &args.plots {
+        for p in draw(&csv, &spec.charts, dir)? {
+            out.push_str(&format!("chart: {}\n", p.display()));
+        }
+    }
+    emit(&out)?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `resprop merge`: the experiment's tables from its shards' cells, once all are there.
+pub fn merge(args: &MergeArgs) -> Result<ExitCode> {
+    let spec = load_spec(&args.spec)?;
+    let csv = crate::experiment::runner::assemble(&spec, &args.out)?;
+    let mut out = format!(
+        "{}: {} cells merged -> {}\n",
+        spec.name,
+        spec.cells().len(),
         csv.display()
     );
     if let Some(dir) = &args.plots {

@@ -75,8 +75,12 @@ pub enum Command {
     /// Time the benchmark workloads (W1, W1b: residual MLPs; W2-W4: ResNet-110/164/1001; D1, D2: training steps on the digits; see README.md): median/min/max
     /// seconds per step and peak RSS; `--workload gemm` times the GEMM on W1's shapes.
     Bench(bench::BenchArgs),
-    /// Run one experiment file: every cell of its grid, in parallel, into a tidy CSV.
+    /// Run one experiment file: every cell of its grid, in parallel, into a tidy CSV
+    /// (--shard I/N: one shard of the cells, for a cluster array job).
     Run(experiment::RunArgs),
+    /// Assemble a sharded experiment's CSVs (and charts) once every shard's cells are
+    /// stored; lists the missing cells otherwise.
+    Merge(experiment::MergeArgs),
     /// Train a network with SGD or Adam on real data (bundled digits, or CIFAR-10 binaries), recording
     /// losses, errors and per-unit gradient norms over training.
     Train(train::TrainArgs),
@@ -609,6 +613,7 @@ pub fn run(args: impl IntoIterator<Item = OsString>) -> ExitCode {
         Command::Run(a) => in_pool(a.threads, || experiment::run(&a)),
         Command::Train(a) => in_pool(a.threads, || train::run(&a)),
         Command::Plot(a) => in_pool(None, || experiment::plot(&a)),
+        Command::Merge(a) => in_pool(None, || experiment::merge(&a)),
         Command::Data(a) => in_pool(None, || data::run(&a)),
         Command::All(a) => in_pool(a.threads, || experiment::all(&a)),
     };

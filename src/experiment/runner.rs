@@ -461,34 +461,148 @@ impl StoredCell<'_> {
 /// `spec.toml`. Returns the main CSV and how many cells were computed now (the others were
 /// found, with the same fingerprint, from an earlier run).
 pub fn run_experiment(spec: &Spec, out: &Path, progress: bool) -> Result<(PathBuf, usize)> {
-    let dir = result_dir(out, spec);
-    let store = cell_store(out);
-    for d in [&dir, &store] {
-        std::fs::create_dir_all(d).with_context(|| format!("cannot create '{}'", d.display()))?;
-    }
-    let data = match spec.task.train_spec() {
-        Some(t) => {
-            let d = crate::data::load(&t.data.parse().map_err(anyhow::Error::msg)?)?;
-            let digest = d.fingerprint();
-            Some((d, digest))
+    let computed = compute_cells(spec, out, progress, None)?;
+    Ok((assemble(spec, out)?, computed))
+}
+
+/// One shard of an experiment's cells: those with `index % count == index_of_shard`
+/// (0-based, as `SLURM_ARRAY_TASK_ID` and Kubernetes' `JOB_COMPLETION_INDEX` count).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Shard {
+    pub index: usize,
+    pub count: usize,
+}
+
+impl std::str::FromStr for Shard {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let bad = || format!("shard '{s}': expected I/N with 0 <= I < N, e.g. 3/16");
+        let (i, n) = s.split_once('/').ok_or_else(bad)?;
+        let (index, count) = (
+            i.trim().parse::<usize>().map_err(|_| bad())?,
+            n.trim().parse::<usize>().map_err(|_| bad())?,
+        );
+        if count == 0 || index >= count {
+            return Err(bad());
         }
-        None => None,
-    };
-    let kinds = tables(spec);
-    let cells = spec.cells();
-    let stored: Vec<StoredCell> = cells
+        Ok(Shard { index, count })
+    }
+}
+
+impl Shard {
+    pub fn owns(&self, cell_index: usize) -> bool {
+        cell_index % self.count == self.index
+    }
+}
+
+/// The stored cells of `spec` in `out` and their fingerprints.
+fn stored_cells<'a>(
+    spec: &Spec,
+    cells: &'a [Cell],
+    data: Option<&(Split, String)>,
+) -> Result<Vec<StoredCell<'a>>> {
+    cells
         .iter()
         .map(|cell| {
-            let inputs = CellInputs::of(spec, cell, data.as_ref());
+            let inputs = CellInputs::of(spec, cell, data);
             Ok(StoredCell {
                 cell,
                 fingerprint: inputs.fingerprint()?,
                 inputs,
             })
         })
-        .collect::<Result<_>>()?;
+        .collect()
+}
+
+/// The data a spec's cells train on, with its digest.
+fn load_data(spec: &Spec) -> Result<Option<(Split, String)>> {
+    match spec.task.train_spec() {
+        Some(t) => {
+            let d = crate::data::load(&t.data.parse().map_err(anyhow::Error::msg)?)?;
+            let digest = d.fingerprint();
+            Ok(Some((d, digest)))
+        }
+        None => Ok(None),
+    }
+}
+
+/// Assembles the experiment's tidy CSVs and `spec.toml` from the stored cells, in cell order
+/// (so sharded, rerun and fresh runs agree byte for byte), each row prefixed with the cell's
+/// keys; refuses, listing them, when cells are missing. Returns the main CSV.
+pub fn assemble(spec: &Spec, out: &Path) -> Result<PathBuf> {
+    let dir = result_dir(out, spec);
+    let store = cell_store(out);
+    let data = load_data(spec)?;
+    let kinds = tables(spec);
+    let cells = spec.cells();
+    let stored = stored_cells(spec, &cells, data.as_ref())?;
+    let missing: Vec<String> = stored
+        .iter()
+        .filter(|c| !c.path(&store, kinds[0]).is_file())
+        .map(|c| c.cell.index.to_string())
+        .collect();
+    if !missing.is_empty() {
+        let shown = if missing.len() > 20 {
+            format!("{}, ...", missing[..20].join(", "))
+        } else {
+            missing.join(", ")
+        };
+        anyhow::bail!(
+            "{}: {} of {} cells are not in '{}' yet: {shown} (run their shards, or resprop run without --shard)",
+            spec.name,
+            missing.len(),
+            cells.len(),
+            store.display()
+        );
+    }
+    std::fs::create_dir_all(&dir).with_context(|| format!("cannot create '{}'", dir.display()))?;
+    let mut main = None;
+    for kind in &kinds {
+        let mut rows = Vec::new();
+        for sc in &stored {
+            let p = sc.path(&store, *kind);
+            let units = sc.inputs.sizes_units(sc.cell);
+            let keys = cell_keys(spec, sc.cell, units);
+            let mut r = csv::ReaderBuilder::new()
+                .has_headers(false)
+                .from_path(&p)
+                .with_context(|| format!("reading {}", p.display()))?;
+            for rec in r.records() {
+                let rec = rec.with_context(|| format!("malformed cell file {}", p.display()))?;
+                rows.push(
+                    keys.iter()
+                        .cloned()
+                        .chain(rec.iter().map(String::from))
+                        .collect(),
+                );
+            }
+        }
+        let path = dir.join(format!("{}.csv", kind.name));
+        write_atomic(&path, &csv_bytes(Some(&header(spec, *kind)), &rows)?)?;
+        main.get_or_insert(path);
+    }
+    write_atomic(&dir.join("spec.toml"), spec.to_toml()?.as_bytes())?;
+    Ok(main.expect("every task has a table"))
+}
+
+/// Computes every cell (of `shard`, when given) whose result is not stored yet; returns how
+/// many it computed.
+pub fn compute_cells(
+    spec: &Spec,
+    out: &Path,
+    progress: bool,
+    shard: Option<Shard>,
+) -> Result<usize> {
+    let store = cell_store(out);
+    std::fs::create_dir_all(&store)
+        .with_context(|| format!("cannot create '{}'", store.display()))?;
+    let data = load_data(spec)?;
+    let kinds = tables(spec);
+    let cells = spec.cells();
+    let stored = stored_cells(spec, &cells, data.as_ref())?;
     let todo: Vec<&StoredCell> = stored
         .iter()
+        .filter(|c| shard.is_none_or(|s| s.owns(c.cell.index)))
         .filter(|c| !c.path(&store, kinds[0]).is_file())
         .collect();
     // Before anything runs: every cell that will run must fit, with the others running beside
@@ -574,35 +688,7 @@ pub fn run_experiment(spec: &Spec, out: &Path, progress: bool) -> Result<(PathBu
     for w in warnings.into_iter().flatten() {
         eprintln!("warning: {}: {w}", spec.name);
     }
-    // Assemble in cell order from the stored files (so reruns and fresh runs agree byte for
-    // byte), each row prefixed with the cell's keys.
-    let mut main = None;
-    for kind in &kinds {
-        let mut rows = Vec::new();
-        for sc in &stored {
-            let p = sc.path(&store, *kind);
-            let units = sc.inputs.sizes_units(sc.cell);
-            let keys = cell_keys(spec, sc.cell, units);
-            let mut r = csv::ReaderBuilder::new()
-                .has_headers(false)
-                .from_path(&p)
-                .with_context(|| format!("reading {}", p.display()))?;
-            for rec in r.records() {
-                let rec = rec.with_context(|| format!("malformed cell file {}", p.display()))?;
-                rows.push(
-                    keys.iter()
-                        .cloned()
-                        .chain(rec.iter().map(String::from))
-                        .collect(),
-                );
-            }
-        }
-        let path = dir.join(format!("{}.csv", kind.name));
-        write_atomic(&path, &csv_bytes(Some(&header(spec, *kind)), &rows)?)?;
-        main.get_or_insert(path);
-    }
-    write_atomic(&dir.join("spec.toml"), spec.to_toml()?.as_bytes())?;
-    Ok((main.expect("every task has a table"), todo.len()))
+    Ok(todo.len())
 }
 
 impl CellInputs {

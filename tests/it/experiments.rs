@@ -731,3 +731,52 @@ fn analysis_tasks_run_as_experiments() {
         assert!(e.contains(needle) && !e.contains('\n'), "'{needle}' not in: {e}");
     }
 }
+
+/// Sharded runs (`run --shard I/N`, cells with index % N == I) merged (`merge`) give the
+/// unsharded run's CSVs byte for byte; a merge with a shard missing names the missing cells
+/// and writes nothing; a malformed shard is refused.
+#[test]
+fn shards_merge_to_the_unsharded_run() {
+    let dir = tempfile::tempdir().unwrap();
+    let spec = write_spec(dir.path(), "tiny.toml", SPEC);
+    let whole = dir.path().join("whole");
+    ok(&resprop(&["run", &spec, "--out", whole.to_str().unwrap()]));
+    let sharded = dir.path().join("sharded");
+    let out = sharded.to_str().unwrap();
+    for i in [0, 2] {
+        ok(&resprop(&[
+            "run",
+            &spec,
+            "--out",
+            out,
+            "--shard",
+            &format!("{i}/3"),
+        ]));
+    }
+    assert!(!sharded.join("tiny").exists(), "a shard writes cells only");
+    let o = resprop(&["merge", &spec, "--out", out]);
+    assert!(!o.status.success());
+    // 8 cells: shard 1/3 holds cells 1, 4, 7.
+    let e = stderr(&o);
+    assert!(
+        e.contains("3 of 8 cells are not in") && e.contains(": 1, 4, 7 "),
+        "{e}"
+    );
+    assert!(!sharded.join("tiny/profile.csv").exists());
+    ok(&resprop(&["run", &spec, "--out", out, "--shard", "1/3"]));
+    ok(&resprop(&["merge", &spec, "--out", out]));
+    for f in ["profile.csv", "spec.toml"] {
+        assert_eq!(
+            std::fs::read(whole.join("tiny").join(f)).unwrap(),
+            std::fs::read(sharded.join("tiny").join(f)).unwrap(),
+            "{f}"
+        );
+    }
+    for bad in ["3/3", "1/0", "x/2", "2"] {
+        let o = resprop(&["run", &spec, "--out", out, "--shard", bad]);
+        assert!(
+            !o.status.success() && stderr(&o).contains("expected I/N"),
+            "{bad}"
+        );
+    }
+}
