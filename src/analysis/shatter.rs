@@ -77,6 +77,32 @@ pub fn gradients(
     if depth == 0 || width == 0 {
         bail!("depth and width must be at least 1 (got {depth}, {width})");
     }
+    let net = build(family, depth, width, placement, seed)?;
+    let xs = sweep();
+    let input = Tensor::from_shape_vec(ndarray::IxDyn(&[POINTS, 1]), xs)?;
+    let labels = vec![0; POINTS];
+    let ctx = ForwardCtx {
+        mode: Mode::Train,
+        dropout_seed: 0,
+        keep_branch: false,
+        weight_grads: false,
+    };
+    let cache = net.forward(&input, &labels, &ctx)?;
+    let mut grad_logits = Tensor::zeros(ndarray::IxDyn(&[POINTS, 2]));
+    grad_logits.index_axis_mut(ndarray::Axis(1), 0).fill(1.0);
+    let g = net.input_gradient(&cache, grad_logits);
+    Ok(g.iter().copied().collect())
+}
+
+/// One net of the comparison: `depth` original-style units of width `width`, a scalar input
+/// and two outputs, He initialisation.
+pub fn build(
+    family: Family,
+    depth: usize,
+    width: usize,
+    placement: Placement,
+    seed: u64,
+) -> Result<crate::net::Network> {
     let sizes = NetSizes {
         units: depth,
         width,
@@ -85,7 +111,7 @@ pub fn gradients(
         input_channels: 1,
         classes: 2,
     };
-    let net = build_net_with(
+    build_net_with(
         &NetChoice::Mlp,
         &sizes,
         placement,
@@ -102,21 +128,7 @@ pub fn gradients(
         },
         Init::He,
         seed,
-    )?;
-    let xs = sweep();
-    let input = Tensor::from_shape_vec(ndarray::IxDyn(&[POINTS, 1]), xs)?;
-    let labels = vec![0; POINTS];
-    let ctx = ForwardCtx {
-        mode: Mode::Train,
-        dropout_seed: 0,
-        keep_branch: false,
-        weight_grads: false,
-    };
-    let cache = net.forward(&input, &labels, &ctx)?;
-    let mut grad_logits = Tensor::zeros(ndarray::IxDyn(&[POINTS, 2]));
-    grad_logits.index_axis_mut(ndarray::Axis(1), 0).fill(1.0);
-    let g = net.input_gradient(&cache, grad_logits);
-    Ok(g.iter().copied().collect())
+    )
 }
 
 /// The normalised autocorrelation of a series at lags 0..n-1: `r(0) = 1`; NaN for a constant
@@ -195,33 +207,7 @@ mod tests {
         for family in Family::ALL {
             let g = gradients(family, 3, 16, Placement::Original, 2).unwrap();
             // Numerical: perturb input i of the batch, re-run the summed first logit.
-            let sizes = NetSizes {
-                units: 3,
-                width: 16,
-                input_dim: 1,
-                image_size: 1,
-                input_channels: 1,
-                classes: 2,
-            };
-            let net = build_net_with(
-                &NetChoice::Mlp,
-                &sizes,
-                Placement::Original,
-                if family.residual {
-                    ShortcutKind::Identity
-                } else {
-                    ShortcutKind::None
-                },
-                None,
-                if family.batch_norm {
-                    NormKind::Batch
-                } else {
-                    NormKind::None
-                },
-                Init::He,
-                2,
-            )
-            .unwrap();
+            let net = build(family, 3, 16, Placement::Original, 2).unwrap();
             let ctx = ForwardCtx {
                 mode: Mode::Train,
                 dropout_seed: 0,

@@ -9,7 +9,7 @@ use super::spec::{Cell, Spec, TrainSpec};
 use crate::analysis::paths::{decompose, path_rows, sample_paths};
 use crate::data::Split;
 use crate::layers::NormKind;
-use crate::net::{build_net_with, NetChoice, NetSizes, Network};
+use crate::net::{NetChoice, Network};
 use crate::rng::{derive_seed, purpose, rng};
 use crate::schema::Row;
 use crate::tensor::Tensor;
@@ -72,23 +72,7 @@ pub fn run_paths_cell(
 ) -> Result<CellResult> {
     let seed = cell_seed(spec, cell.replicate);
     let (Some(t), Some(data)) = (train, data) else {
-        let sizes = NetSizes {
-            units: cell.units,
-            ..spec.sizes
-        };
-        let mut net = build_net_with(
-            &cell.net,
-            &sizes,
-            cell.placement,
-            cell.shortcut,
-            cell.projection,
-            cell.norm,
-            cell.init,
-            seed,
-        )?;
-        net.set_fusion(spec.fusion());
-        let (x, y) =
-            crate::analysis::gaussian_batch(&net.input_shape, spec.batch, net.classes, seed);
+        let (net, x, y) = super::runner::build_profile_net(spec, cell)?;
         let rows = path_table(spec, &net, &x, &y, sample, seed, "init")?;
         return Ok(CellResult {
             tables: vec![rows],

@@ -336,9 +336,12 @@ fn run_train_cell(spec: &Spec, cell: &Cell, t: &TrainSpec, data: &Split) -> Resu
     Ok(CellResult { tables, warning })
 }
 
-/// Runs one profile cell and returns its rows (no keys; with the weight gradients' when the
-/// spec asks), plus a warning if anything overflowed.
-pub fn run_cell(spec: &Spec, cell: &Cell) -> Result<CellResult> {
+/// A profile cell's network (the spec's sizes, the cell's depth and seed) and its Gaussian
+/// batch.
+pub(super) fn build_profile_net(
+    spec: &Spec,
+    cell: &Cell,
+) -> Result<(crate::net::Network, crate::tensor::Tensor, Vec<usize>)> {
     let seed = cell_seed(spec, cell.replicate);
     let sizes = NetSizes {
         units: cell.units,
@@ -356,6 +359,14 @@ pub fn run_cell(spec: &Spec, cell: &Cell) -> Result<CellResult> {
     )?;
     net.set_fusion(spec.fusion());
     let (input, labels) = gaussian_batch(&net.input_shape, spec.batch, net.classes, seed);
+    Ok((net, input, labels))
+}
+
+/// Runs one profile cell and returns its rows (no keys; with the weight gradients' when the
+/// spec asks), plus a warning if anything overflowed.
+pub fn run_cell(spec: &Spec, cell: &Cell) -> Result<CellResult> {
+    let seed = cell_seed(spec, cell.replicate);
+    let (net, input, labels) = build_profile_net(spec, cell)?;
     let ctx = ForwardCtx {
         mode: spec.bn_mode,
         dropout_seed: derive_seed(seed, &[purpose::DROPOUT]),

@@ -382,24 +382,25 @@ impl Architecture {
     }
 }
 
-/// The run configuration of a checkpoint file, without loading its arrays.
-pub fn read_run_config(path: &Path) -> Result<RunConfig> {
+/// A checkpoint file given to `--weights`, opened.
+fn open_weights(path: &Path) -> Result<NpzReader<File>> {
     let file =
         File::open(path).with_context(|| format!("--weights: cannot open '{}'", path.display()))?;
-    let mut npz = NpzReader::new(file)
-        .with_context(|| format!("--weights: '{}' is not a checkpoint", path.display()))?;
+    NpzReader::new(file)
+        .with_context(|| format!("--weights: '{}' is not a checkpoint", path.display()))
+}
+
+/// The run configuration of a checkpoint file, without loading its arrays.
+pub fn read_run_config(path: &Path) -> Result<RunConfig> {
     let ctx = |what: &str| format!("checkpoint '{}': {what}", path.display());
-    read_config(&mut npz, &ctx)
+    read_config(&mut open_weights(path)?, &ctx)
 }
 
 /// Loads a checkpoint's trained weights (parameters and BN running statistics) into `net`,
 /// which must have been built with the checkpoint's architecture: a network of other settings
 /// is refused in one line naming each setting and both values.
 pub fn load_weights(path: &Path, net: &mut Network, now: &Architecture) -> Result<RunConfig> {
-    let file =
-        File::open(path).with_context(|| format!("--weights: cannot open '{}'", path.display()))?;
-    let mut npz = NpzReader::new(file)
-        .with_context(|| format!("--weights: '{}' is not a checkpoint", path.display()))?;
+    let mut npz = open_weights(path)?;
     let ctx = |what: &str| format!("checkpoint '{}': {what}", path.display());
     let config = read_config(&mut npz, &ctx)?;
     let changed = config.architecture().differences(now);
