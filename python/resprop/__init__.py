@@ -11,7 +11,7 @@ import pandas as pd
 
 from . import _resprop
 
-__all__ = ["profile", "run"]
+__all__ = ["profile", "check", "run"]
 
 
 def profile(net="mlp", units=54, width=64, input_dim=64, image_size=32, classes=10, batch=32,
@@ -33,3 +33,17 @@ def run(spec, out="results"):
     """Runs an experiment file (as `resprop run SPEC --out OUT`) and returns its main table
     (profile.csv, train.csv, ...) as a DataFrame. Cells already under OUT/cells/ are reused."""
     return pd.read_csv(_resprop.run(spec, out))
+
+
+def check(net="mlp", units=54, width=64, input_dim=64, image_size=32, classes=10, batch=32,
+          placement="original", shortcut="identity", projection=None, norm="batch",
+          init="he", bn_mode="train", seed=0, directions=3):
+    """The paper's formulas verified numerically, as `resprop check` prints them: one row
+    per check (finite differences, Eq. 4/7, Eq. 5/8, prod lambda) with its result (PASS,
+    FAIL, INCONCLUSIVE, n/a), worst error, uncertainty, tolerance, what was compared, the
+    reason where it did not apply, and whether it is a verification or a consistency check."""
+    return pd.DataFrame(_resprop.check(net=net, units=units, width=width, input_dim=input_dim,
+                                       image_size=image_size, classes=classes, batch=batch,
+                                       placement=placement, shortcut=shortcut,
+                                       projection=projection, norm=norm, init=init,
+                                       bn_mode=bn_mode, seed=seed, directions=directions))

@@ -37,6 +37,92 @@ fn to_py<'py>(py: Python<'py>, v: &serde_json::Value) -> PyResult<Bound<'py, PyA
     })
 }
 
+/// The network and batch the keyword arguments describe, as the command line's `NetArgs`.
+struct Setup {
+    choice: NetChoice,
+    sizes: NetSizes,
+    batch: usize,
+    placement: Placement,
+    shortcut: ShortcutKind,
+    projection: Option<Projection>,
+    norm: NormKind,
+    init: Init,
+    mode: Mode,
+    seed: u64,
+}
+
+impl Setup {
+    #[allow(clippy::too_many_arguments)]
+    fn parse(
+        net: &str,
+        units: usize,
+        width: usize,
+        input_dim: usize,
+        image_size: usize,
+        classes: usize,
+        batch: usize,
+        placement: &str,
+        shortcut: &str,
+        projection: Option<&str>,
+        norm: &str,
+        init: &str,
+        bn_mode: &str,
+        seed: u64,
+    ) -> PyResult<Setup> {
+        if batch == 0 {
+            return Err(value_error("batch must be at least 1, got 0"));
+        }
+        Ok(Setup {
+            choice: parse("net", net)?,
+            sizes: NetSizes {
+                units,
+                width,
+                input_dim,
+                image_size,
+                input_channels: 3,
+                classes,
+            },
+            batch,
+            placement: parse("placement", placement)?,
+            shortcut: parse("shortcut", shortcut)?,
+            projection: projection.map(|p| parse("projection", p)).transpose()?,
+            norm: parse("norm", norm)?,
+            init: parse("init", init)?,
+            mode: parse("bn_mode", bn_mode)?,
+            seed,
+        })
+    }
+
+    /// The network, its Gaussian batch and the forward context (the CLI's, seed for seed).
+    fn build(
+        &self,
+    ) -> anyhow::Result<(
+        resprop::net::Network,
+        resprop::tensor::Tensor,
+        Vec<usize>,
+        ForwardCtx,
+    )> {
+        let net = build_net_with(
+            &self.choice,
+            &self.sizes,
+            self.placement,
+            self.shortcut,
+            self.projection,
+            self.norm,
+            self.init,
+            self.seed,
+        )?;
+        let (input, labels) = gaussian_batch(&net.input_shape, self.batch, net.classes, self.seed);
+        let ctx = ForwardCtx {
+            mode: self.mode,
+            dropout_seed: resprop::rng::derive_seed(self.seed, &[resprop::rng::purpose::DROPOUT]),
+            keep_branch: true,
+            weight_grads: true,
+        };
+        Ok((net, input, labels, ctx))
+    }
+}
+
 /// The per-unit record of one network at one Gaussian batch, as `resprop profile --csv`
 /// writes it: a dict of columns (the CSV's names and order) for pandas.
 #[pyfunction]
@@ -59,35 +145,17 @@ fn profile<'py>(
     bn_mode: &str,
     seed: u64,
 ) -> PyResult<Bound<'py, PyDict>> {
-    let choice: NetChoice = parse("net", net)?;
-    let placement: Placement = parse("placement", placement)?;
-    let shortcut: ShortcutKind = parse("shortcut", shortcut)?;
-    let projection: Option<Projection> = projection.map(|p| parse("projection", p)).transpose()?;
-    let norm: NormKind = parse("norm", norm)?;
-    let init: Init = parse("init", init)?;
-    let mode: Mode = parse("bn_mode", bn_mode)?;
-    if batch == 0 {
-        return Err(value_error("batch must be at least 1, got 0"));
-    }
-    let sizes = NetSizes {
-        units,
-        width,
-        input_dim,
-        image_size,
-        input_channels: 3,
-        classes,
-    };
+    let setup = Setup::parse(
+        net, units, width, input_dim, image_size, classes, batch, placement, shortcut, projection,
+        norm, init, bn_mode, seed,
+    )?;
     // The engine runs without the GIL: other Python threads go on meanwhile.
     let records = py.detach(|| -> anyhow::Result<_> {
-        let net = build_net_with(
-            &choice, &sizes, placement, shortcut, projection, norm, init, seed,
-        )?;
-        let (input, labels) = gaussian_batch(&net.input_shape, batch, net.classes, seed);
+        let (net, input, labels, ctx) = setup.build()?;
+        // Input gradients only, as `resprop profile` without --weight-grad-csv.
         let ctx = ForwardCtx {
-            mode,
-            dropout_seed: resprop::rng::derive_seed(seed, &[resprop::rng::purpose::DROPOUT]),
-            keep_branch: true,
             weight_grads: false,
+            ..ctx
         };
         let cache = net.forward(&input, &labels, &ctx)?;
         let grads = net.backward(&cache, &labels, None);
@@ -105,8 +173,102 @@ fn profile<'py>(
         columns.set_item(*name, values)?;
     }
     let n = records.len();
-    columns.set_item("placement", vec![placement.to_string(); n])?;
-    columns.set_item("shortcut", vec![shortcut.to_string(); n])?;
+    columns.set_item("placement", vec![setup.placement.to_string(); n])?;
+    columns.set_item("shortcut", vec![setup.shortcut.to_string(); n])?;
+    Ok(columns)
+}
+
+/// `resprop check`: every check's row (check, result, worst, uncertainty, tolerance, what,
+/// proof), as a dict of columns.
+#[pyfunction]
+#[pyo3(signature = (net="mlp", units=54, width=64, input_dim=64, image_size=32, classes=10, batch=32, placement="original", shortcut="identity", projection=None, norm="batch", init="he", bn_mode="train", seed=0, directions=3))]
+#[allow(clippy::too_many_arguments)]
+fn check<'py>(
+    py: Python<'py>,
+    net: &str,
+    units: usize,
+    width: usize,
+    input_dim: usize,
+    image_size: usize,
+    classes: usize,
+    batch: usize,
+    placement: &str,
+    shortcut: &str,
+    projection: Option<&str>,
+    norm: &str,
+    init: &str,
+    bn_mode: &str,
+    seed: u64,
+    directions: usize,
+) -> PyResult<Bound<'py, PyDict>> {
+    use resprop::analysis::checks::{run_checks, CheckOptions, Proof, Status};
+    if directions == 0 {
+        return Err(value_error("directions must be at least 1"));
+    }
+    let setup = Setup::parse(
+        net, units, width, input_dim, image_size, classes, batch, placement, shortcut, projection,
+        norm, init, bn_mode, seed,
+    )?;
+    let report = py
+        .detach(|| -> anyhow::Result<_> {
+            let (net, input, labels, ctx) = setup.build()?;
+            run_checks(
+                &net,
+                &input,
+                &labels,
+                &ctx,
+                &CheckOptions { directions, seed },
+            )
+        })
+        .map_err(|e| value_error(format!("{e:#}")))?;
+    let rows = &report.rows;
+    let columns = PyDict::new(py);
+    columns.set_item(
+        "check",
+        rows.iter().map(|r| r.check.clone()).collect::<Vec<_>>(),
+    )?;
+    columns.set_item(
+        "result",
+        rows.iter()
+            .map(|r| match &r.status {
+                Status::Pass => "PASS".to_string(),
+                Status::Fail => "FAIL".to_string(),
+                Status::Inconclusive(_) => "INCONCLUSIVE".to_string(),
+                Status::NotApplicable(_) => "n/a".to_string(),
+            })
+            .collect::<Vec<_>>(),
+    )?;
+    columns.set_item("worst", rows.iter().map(|r| r.worst).collect::<Vec<_>>())?;
+    columns.set_item(
+        "uncertainty",
+        rows.iter().map(|r| r.uncertainty).collect::<Vec<_>>(),
+    )?;
+    columns.set_item(
+        "tolerance",
+        rows.iter().map(|r| r.tolerance).collect::<Vec<_>>(),
+    )?;
+    columns.set_item(
+        "what",
+        rows.iter().map(|r| r.what.clone()).collect::<Vec<_>>(),
+    )?;
+    columns.set_item(
+        "reason",
+        rows.iter()
+            .map(|r| match &r.status {
+                Status::Inconclusive(s) | Status::NotApplicable(s) => Some(s.clone()),
+                _ => None,
+            })
+            .collect::<Vec<_>>(),
+    )?;
+    columns.set_item(
+        "proof",
+        rows.iter()
+            .map(|r| match r.proof {
+                Proof::Verification => "verification",
+                Proof::Consistency => "consistency",
+            })
+            .collect::<Vec<_>>(),
+    )?;
     Ok(columns)
 }
 
@@ -129,5 +291,6 @@ fn run(py: Python<'_>, spec: &str, out: &str) -> PyResult<String> {
 fn _resprop(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(profile, m)?)?;
     m.add_function(wrap_pyfunction!(run, m)?)?;
+    m.add_function(wrap_pyfunction!(check, m)?)?;
     Ok(())
 }

@@ -54,3 +54,13 @@ def test_run_returns_the_experiment_table(tmp_path):
     assert len(df) == 2 * 4 and set(df["shortcut"]) == {"identity", "none"}
     with pytest.raises(ValueError, match="cannot read"):
         resprop.run(str(tmp_path / "missing.toml"))
+
+
+def test_check_passes_and_agrees_with_the_cli():
+    df = resprop.check(net="mlp", units=20, placement="full-preact", shortcut="gate:-6")
+    assert set(df["result"]) <= {"PASS", "n/a"} and (df["result"] == "PASS").sum() >= 5
+    out = subprocess.run([RESPROP, "check", "--net", "mlp", "--units", "20", "--placement",
+                          "full-preact", "--shortcut", "gate:-6"], check=True,
+                         capture_output=True, text=True).stdout
+    passed = int(out.strip().splitlines()[-1].split()[0])
+    assert passed == (df["result"] == "PASS").sum()
