@@ -223,21 +223,6 @@ pub const PATHS_TABLE: Schema = Schema {
     ],
 };
 
-/// The path decomposition in an experiment: at initialisation and after training.
-pub const PATH_RECORDS: Schema = Schema {
-    name: "paths",
-    columns: &[
-        WHEN,
-        UNIT,
-        K,
-        PATHS,
-        EXACT_NORM,
-        EXACT_SHARE,
-        SAMPLED_PATH_NORM,
-        SAMPLED_TOTAL,
-    ],
-};
-
 /// One row per lesion of a trained network.
 pub const LESIONS: Schema = Schema {
     name: "lesion",

@@ -163,14 +163,17 @@ fn profile<'py>(
     });
     let records = records.map_err(|e| value_error(format!("{e:#}")))?;
     let columns = PyDict::new(py);
-    let names = resprop::schema::PROFILE.names();
-    for name in &names {
-        let values = PyList::empty(py);
-        for r in &records {
-            let v = serde_json::to_value(r).map_err(value_error)?;
-            values.append(to_py(py, &v[*name])?)?;
+    let values: Vec<serde_json::Value> = records
+        .iter()
+        .map(serde_json::to_value)
+        .collect::<Result<_, _>>()
+        .map_err(value_error)?;
+    for name in resprop::schema::PROFILE.names() {
+        let column = PyList::empty(py);
+        for v in &values {
+            column.append(to_py(py, &v[name])?)?;
         }
-        columns.set_item(*name, values)?;
+        columns.set_item(name, column)?;
     }
     let n = records.len();
     columns.set_item("placement", vec![setup.placement.to_string(); n])?;
@@ -229,14 +232,7 @@ fn check<'py>(
     )?;
     columns.set_item(
         "result",
-        rows.iter()
-            .map(|r| match &r.status {
-                Status::Pass => "PASS".to_string(),
-                Status::Fail => "FAIL".to_string(),
-                Status::Inconclusive(_) => "INCONCLUSIVE".to_string(),
-                Status::NotApplicable(_) => "n/a".to_string(),
-            })
-            .collect::<Vec<_>>(),
+        rows.iter().map(|r| r.status.label()).collect::<Vec<_>>(),
     )?;
     columns.set_item("worst", rows.iter().map(|r| r.worst).collect::<Vec<_>>())?;
     columns.set_item(

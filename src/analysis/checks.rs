@@ -74,6 +74,18 @@ pub enum Status {
     NotApplicable(String),
 }
 
+impl Status {
+    /// How `check` prints it: PASS, FAIL, INCONCLUSIVE, n/a.
+    pub fn label(&self) -> &'static str {
+        match self {
+            Status::Pass => "PASS",
+            Status::Fail => "FAIL",
+            Status::Inconclusive(_) => "INCONCLUSIVE",
+            Status::NotApplicable(_) => "n/a",
+        }
+    }
+}
+
 /// What a row establishes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Proof {

@@ -60,15 +60,10 @@ pub fn run(args: &CheckArgs) -> Result<ExitCode> {
     ] {
         outln!(out, "{heading}");
         for r in rows.iter().filter(|r| r.proof == proof) {
-            let result = match &r.status {
-                Status::Pass => "PASS",
-                Status::Fail => "FAIL",
-                Status::Inconclusive(reason) => {
-                    reasons.push(format!("{}: {reason}", r.what));
-                    "INCONCLUSIVE"
-                }
-                Status::NotApplicable(_) => "n/a",
-            };
+            let result = r.status.label();
+            if let Status::Inconclusive(reason) = &r.status {
+                reasons.push(format!("{}: {reason}", r.what));
+            }
             let what = match &r.status {
                 Status::NotApplicable(reason) => format!("{} [n/a: {reason}]", r.what),
                 _ => r.what.clone(),

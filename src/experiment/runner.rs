@@ -77,7 +77,12 @@ pub const WEIGHT_GRADS_TABLE: TableKind = TableKind {
 };
 pub const PATHS_TABLE: TableKind = TableKind {
     name: "paths",
-    columns: |_| schema::PATH_RECORDS.columns.to_vec(),
+    // `when` (init, trained), then the columns of `resprop paths --csv`.
+    columns: |_| {
+        let mut c = vec![schema::col::WHEN];
+        c.extend(schema::PATHS_TABLE.columns);
+        c
+    },
 };
 pub const LESION_TABLE: TableKind = TableKind {
     name: "lesion",

@@ -11,15 +11,7 @@ use super::{Band, Figure, Line, LineStyle, Panel};
 use crate::analysis::paths::effective_window;
 use crate::schema::col;
 
-fn line(label: String, points: Vec<(f64, f64)>, style: LineStyle, color: usize) -> Line {
-    Line {
-        label,
-        points,
-        style,
-        color,
-        in_legend: true,
-    }
-}
+use super::charts::labelled as line;
 
 /// One (variant, when) of a paths table at the input: per k, the exact norms and the sampled
 /// totals over the replicates.

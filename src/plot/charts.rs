@@ -17,13 +17,44 @@ const MAX_PANELS: usize = 12;
 
 /// `column` per unit for one variant, combined over replicates.
 fn series(t: &Table, units: &UnitRows<'_>, column: Column) -> Vec<(f64, f64)> {
+    series_where(t, units, column, |_| true)
+}
+
+/// As [`series`], over the rows `keep` accepts (e.g. one weight layer's).
+pub(super) fn series_where(
+    t: &Table,
+    units: &UnitRows<'_>,
+    column: Column,
+    keep: impl Fn(&[String]) -> bool,
+) -> Vec<(f64, f64)> {
     units
         .iter()
         .filter_map(|(&u, rows)| {
-            let vals: Vec<f64> = rows.iter().filter_map(|r| t.f(r, column)).collect();
+            let vals: Vec<f64> = rows
+                .iter()
+                .filter(|r| keep(r))
+                .filter_map(|r| t.f(r, column))
+                .collect();
             (!vals.is_empty()).then(|| (u as f64, geo_mean(&vals)))
         })
         .collect()
+}
+
+/// A line with a legend entry, labelled by an owned string (the descendants' and analyses'
+/// charts).
+pub(super) fn labelled(
+    label: String,
+    points: Vec<(f64, f64)>,
+    style: LineStyle,
+    color: usize,
+) -> Line {
+    Line {
+        label,
+        points,
+        style,
+        color,
+        in_legend: true,
+    }
 }
 
 fn line(

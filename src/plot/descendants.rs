@@ -8,22 +8,14 @@ use std::collections::BTreeMap;
 use std::fmt::Write as _;
 
 use super::table::{geo_mean, Table};
-use super::{Figure, Line, LineStyle, Panel};
+use super::{Figure, LineStyle, Panel};
 use crate::schema::col;
 use crate::stats::log_log_slope;
 use crate::unit::Placement;
 
 const UNIT_AXIS: &str = "unit l";
 
-fn line(label: String, points: Vec<(f64, f64)>, style: LineStyle, color: usize) -> Line {
-    Line {
-        label,
-        points,
-        style,
-        color,
-        in_legend: true,
-    }
-}
+use super::charts::labelled as line;
 
 fn placement_of(t: &Table, row: &[String]) -> Option<Placement> {
     t.get(row, col::PLACEMENT).parse().ok()
@@ -86,17 +78,9 @@ pub fn weight_grads(t: &Table) -> Figure {
                 .iter()
                 .enumerate()
                 .map(|(i, (v, units))| {
-                    let pts = units
-                        .iter()
-                        .filter_map(|(&u, rows)| {
-                            let vals: Vec<f64> = rows
-                                .iter()
-                                .filter(|r| t.get(r, col::LAYER) == layer)
-                                .filter_map(|r| t.f(r, col::WEIGHT_GRAD_NORM))
-                                .collect();
-                            (!vals.is_empty()).then(|| (u as f64, geo_mean(&vals)))
-                        })
-                        .collect();
+                    let pts = super::charts::series_where(t, units, col::WEIGHT_GRAD_NORM, |r| {
+                        t.get(r, col::LAYER) == layer
+                    });
                     line(v.clone(), pts, LineStyle::Solid, i)
                 })
                 .collect();
