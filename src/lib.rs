@@ -27,6 +27,7 @@ pub mod fault;
 pub mod finite_diff;
 pub mod grads;
 pub mod interchange;
+pub mod interrupt;
 pub mod kernels;
 pub mod layers;
 pub mod net;

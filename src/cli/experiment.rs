@@ -88,8 +88,13 @@ pub fn run(args: &RunArgs) -> Result<ExitCode> {
     let spec = load_spec(&args.spec)?;
     let t = Instant::now();
     if let Some(shard) = args.shard {
-        let computed =
-            crate::experiment::runner::compute_cells(&spec, &args.out, true, Some(shard))?;
+        let computed = crate::experiment::runner::compute_cells(
+            &spec,
+            &args.out,
+            true,
+            Some(shard),
+            &crate::interrupt::Interrupt::new(),
+        )?;
         let owned = spec.cells().iter().filter(|c| shard.owns(c.index)).count();
         emit(&format!(
             "{}: shard {}/{}: {owned} of {} cells ({computed} computed now) in {:.1} s -> {}; when every shard is done: resprop merge {} --out {}\n",

@@ -104,6 +104,149 @@ pub struct TrainArgs {
     pub unfused: bool,
 }
 
+/// A training run set up from the flags: its data, network and recipe, and where it starts.
+pub struct Training {
+    pub data: crate::data::Split,
+    pub net: crate::net::Network,
+    pub cfg: TrainConfig,
+    /// What a checkpoint records of the run (and a resume must match).
+    pub run_config: checkpoint::RunConfig,
+    pub resume: Resume,
+}
+
+impl TrainArgs {
+    /// Checks the flags, loads the data, builds the network and, with `--resume`, restores the
+    /// checkpoint: everything `resprop train` does before its first step (also the Python
+    /// package's `train`).
+    pub fn prepare(&self) -> Result<Training> {
+        let args = self;
+        if args.epochs == 0 || args.batch == 0 {
+            bail!(
+                "epochs and batch must be at least 1 (got {} and {})",
+                args.epochs,
+                args.batch
+            );
+        }
+        if !(args.lr > 0.0 && args.lr.is_finite()) {
+            bail!("learning rate must be a positive number, got {}", args.lr);
+        }
+        let data = crate::data::load(&args.data)?;
+        let sizes = crate::train::sizes_for(&data, args.units, args.width);
+        crate::net::memory::ensure_fits(
+            &crate::net::memory::estimate(
+                &args.net,
+                &sizes,
+                args.placement,
+                args.shortcut,
+                args.batch.max(500),
+                crate::net::memory::Purpose::Train,
+            ),
+            &args.net.to_string(),
+        )?;
+        let mut net = build_net_with(
+            &args.net,
+            &sizes,
+            args.placement,
+            args.shortcut,
+            args.projection,
+            args.norm,
+            args.init,
+            args.seed,
+        )?;
+        net.set_fusion(crate::unit::Fusion::from_unfused(args.unfused));
+        let cfg = TrainConfig {
+            epochs: args.epochs,
+            batch: args.batch,
+            base_lr: args.lr,
+            momentum: args.momentum,
+            weight_decay: args.weight_decay,
+            optimizer: args.optimizer,
+            weight_decay_mode: args.weight_decay_mode,
+            warmup: crate::train::Warmup::for_optimizer(args.optimizer, args.warmup_steps),
+            record_every: args.record_every,
+            signal: false,
+            seed: args.seed,
+        };
+        let run_config = checkpoint::RunConfig {
+            net: args.net.to_string(),
+            units: net.num_units(),
+            // The MLP's width; a ResNet's widths are fixed by its name.
+            width: if args.net == NetChoice::Mlp {
+                args.width
+            } else {
+                0
+            },
+            placement: args.placement.to_string(),
+            shortcut: args.shortcut.to_string(),
+            projection: match &net.spec {
+                crate::net::NetSpec::Resnet(c) => c.projection.to_string(),
+                crate::net::NetSpec::Mlp(_) => String::new(),
+            },
+            epochs: args.epochs,
+            batch: args.batch,
+            lr: args.lr,
+            momentum: args.momentum,
+            weight_decay: args.weight_decay,
+            optimizer: args.optimizer.to_string(),
+            weight_decay_mode: match args.optimizer {
+                crate::train::OptimizerKind::Sgd => String::new(),
+                crate::train::OptimizerKind::Adam => args.weight_decay_mode.to_string(),
+            },
+            norm: args.norm.to_string(),
+            init: args.init.to_string(),
+            warmup: cfg.warmup.to_string(),
+            record_every: args.record_every,
+            seed: args.seed,
+            data: args.data.to_string(),
+            data_sha256: data.fingerprint(),
+        };
+        let resume = if args.resume {
+            let dir = args.checkpoint.as_ref().unwrap();
+            checkpoint::load(dir, &mut net, &run_config, cfg.new_optimizer())?
+        } else {
+            Resume::default()
+        };
+        Ok(Training {
+            data,
+            net,
+            cfg,
+            run_config,
+            resume,
+        })
+    }
+
+    /// Trains the prepared run up to `--stop-after-epochs`, saving a checkpoint after every
+    /// epoch with `--checkpoint`; `progress` follows each step, and an error from it stops the
+    /// run.
+    pub fn train_prepared(
+        &self,
+        t: &mut Training,
+        progress: impl FnMut(&crate::train::StepRow, usize) -> Result<()>,
+    ) -> Result<History> {
+        let stop = self.stop_after_epochs.unwrap_or(self.epochs);
+        let run_config = &t.run_config;
+        let save = |epoch: usize,
+                    net: &crate::net::Network,
+                    optimizer: &crate::train::Optimizer,
+                    h: &History|
+         -> Result<()> {
+            match &self.checkpoint {
+                Some(dir) => checkpoint::save(dir, epoch, net, optimizer, h, run_config),
+                None => Ok(()),
+            }
+        };
+        train(
+            &mut t.net,
+            &t.data,
+            &t.cfg,
+            std::mem::take(&mut t.resume),
+            stop,
+            progress,
+            save,
+        )
+    }
+}
+
 pub fn run(args: &TrainArgs) -> Result<ExitCode> {
     let grad_path = args
         .grad_csv
@@ -112,53 +255,8 @@ pub fn run(args: &TrainArgs) -> Result<ExitCode> {
     for p in [&args.csv, &grad_path].into_iter().flatten() {
         check_writable(p)?;
     }
-    if args.epochs == 0 || args.batch == 0 {
-        bail!(
-            "epochs and batch must be at least 1 (got {} and {})",
-            args.epochs,
-            args.batch
-        );
-    }
-    if !(args.lr > 0.0 && args.lr.is_finite()) {
-        bail!("learning rate must be a positive number, got {}", args.lr);
-    }
-    let data = crate::data::load(&args.data)?;
-    let sizes = crate::train::sizes_for(&data, args.units, args.width);
-    crate::net::memory::ensure_fits(
-        &crate::net::memory::estimate(
-            &args.net,
-            &sizes,
-            args.placement,
-            args.shortcut,
-            args.batch.max(500),
-            crate::net::memory::Purpose::Train,
-        ),
-        &args.net.to_string(),
-    )?;
-    let mut net = build_net_with(
-        &args.net,
-        &sizes,
-        args.placement,
-        args.shortcut,
-        args.projection,
-        args.norm,
-        args.init,
-        args.seed,
-    )?;
-    net.set_fusion(crate::unit::Fusion::from_unfused(args.unfused));
-    let cfg = TrainConfig {
-        epochs: args.epochs,
-        batch: args.batch,
-        base_lr: args.lr,
-        momentum: args.momentum,
-        weight_decay: args.weight_decay,
-        optimizer: args.optimizer,
-        weight_decay_mode: args.weight_decay_mode,
-        warmup: crate::train::Warmup::for_optimizer(args.optimizer, args.warmup_steps),
-        record_every: args.record_every,
-        signal: false,
-        seed: args.seed,
-    };
+    let mut t = args.prepare()?;
+    let (net, data) = (&t.net, &t.data);
     emit(&format!(
         "resprop train: {} ({} units, {} parameters), {} placement, shortcut {}{}, on {} ({} train / {} test), {} epoch{} of batch {}\n",
         args.net,
@@ -177,6 +275,13 @@ pub fn run(args: &TrainArgs) -> Result<ExitCode> {
         if args.epochs == 1 { "" } else { "s" },
         args.batch
     ))?;
+    if let (true, Some(dir)) = (args.resume, &args.checkpoint) {
+        emit(&format!(
+            "resuming after epoch {} from {}\n",
+            t.resume.epoch,
+            dir.join(checkpoint::FILE).display()
+        ))?;
+    }
     let bar = ProgressBar::new(0);
     bar.set_style(
         ProgressStyle::with_template(
@@ -186,68 +291,8 @@ pub fn run(args: &TrainArgs) -> Result<ExitCode> {
     );
     let start = Instant::now();
     let mut lines = String::new();
-    let run_config = checkpoint::RunConfig {
-        net: args.net.to_string(),
-        units: net.num_units(),
-        // The MLP's width; a ResNet's widths are fixed by its name.
-        width: if args.net == NetChoice::Mlp {
-            args.width
-        } else {
-            0
-        },
-        placement: args.placement.to_string(),
-        shortcut: args.shortcut.to_string(),
-        projection: match &net.spec {
-            crate::net::NetSpec::Resnet(c) => c.projection.to_string(),
-            crate::net::NetSpec::Mlp(_) => String::new(),
-        },
-        epochs: args.epochs,
-        batch: args.batch,
-        lr: args.lr,
-        momentum: args.momentum,
-        weight_decay: args.weight_decay,
-        optimizer: args.optimizer.to_string(),
-        weight_decay_mode: match args.optimizer {
-            crate::train::OptimizerKind::Sgd => String::new(),
-            crate::train::OptimizerKind::Adam => args.weight_decay_mode.to_string(),
-        },
-        norm: args.norm.to_string(),
-        init: args.init.to_string(),
-        warmup: cfg.warmup.to_string(),
-        record_every: args.record_every,
-        seed: args.seed,
-        data: args.data.to_string(),
-        data_sha256: data.fingerprint(),
-    };
-    let resume = if args.resume {
-        let dir = args.checkpoint.as_ref().unwrap();
-        let r = checkpoint::load(dir, &mut net, &run_config, cfg.new_optimizer())?;
-        emit(&format!(
-            "resuming after epoch {} from {}\n",
-            r.epoch,
-            dir.join(checkpoint::FILE).display()
-        ))?;
-        r
-    } else {
-        Resume::default()
-    };
-    let stop = args.stop_after_epochs.unwrap_or(args.epochs);
-    let save = |epoch: usize,
-                net: &crate::net::Network,
-                optimizer: &crate::train::Optimizer,
-                h: &History|
-     -> Result<()> {
-        match &args.checkpoint {
-            Some(dir) => checkpoint::save(dir, epoch, net, optimizer, h, &run_config),
-            None => Ok(()),
-        }
-    };
-    let history = train(
-        &mut net,
-        &data,
-        &cfg,
-        resume,
-        stop,
+    let history = args.train_prepared(
+        &mut t,
         |row: &crate::train::StepRow, total: usize| {
             bar.set_length(total as u64);
             bar.set_message(format!(
@@ -270,9 +315,10 @@ pub fn run(args: &TrainArgs) -> Result<ExitCode> {
                 });
                 lines.push_str(&line);
             }
+            Ok(())
         },
-        save,
     )?;
+    let net = &t.net;
     bar.finish_and_clear();
     let secs = start.elapsed().as_secs_f64();
     let mut out = format!(

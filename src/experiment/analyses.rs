@@ -8,6 +8,7 @@ use super::runner::{build_cell_net, cell_seed, train_cell_net, CellResult};
 use super::spec::{Cell, Spec, TrainSpec};
 use crate::analysis::paths::{decompose, path_rows, sample_paths};
 use crate::data::Split;
+use crate::interrupt::Interrupt;
 use crate::layers::NormKind;
 use crate::net::{NetChoice, Network};
 use crate::rng::{derive_seed, purpose, rng};
@@ -69,6 +70,7 @@ pub fn run_paths_cell(
     train: Option<&TrainSpec>,
     sample: usize,
     data: Option<&Split>,
+    stop: &Interrupt,
 ) -> Result<CellResult> {
     let seed = cell_seed(spec, cell.replicate);
     let (Some(t), Some(data)) = (train, data) else {
@@ -91,7 +93,7 @@ pub fn run_paths_cell(
     let idx = rand::seq::index::sample(&mut r, n, spec.batch).into_vec();
     let (x, y) = data.train.batch(&idx, cell.net == NetChoice::Mlp);
     let mut rows = path_table(spec, &net, &x, &y, sample, seed, "init")?;
-    let (h, warning) = train_cell_net(spec, cell, t, data, &mut net)?;
+    let (h, warning) = train_cell_net(spec, cell, t, data, &mut net, stop)?;
     if h.diverged.is_none() {
         rows.extend(path_table(spec, &net, &x, &y, sample, seed, "trained")?);
     }
@@ -109,9 +111,10 @@ pub fn run_lesion_cell(
     t: &TrainSpec,
     draws: usize,
     data: &Split,
+    stop: &Interrupt,
 ) -> Result<CellResult> {
     let mut net = build_cell_net(spec, cell, data)?;
-    let (h, warning) = train_cell_net(spec, cell, t, data, &mut net)?;
+    let (h, warning) = train_cell_net(spec, cell, t, data, &mut net, stop)?;
     if h.diverged.is_some() {
         return Ok(CellResult {
             tables: vec![vec![]],

@@ -26,6 +26,7 @@ use crate::analysis::checks::verify_units;
 use crate::analysis::gaussian_batch;
 use crate::analysis::record::{build_records, fmt_f64};
 use crate::data::Split;
+use crate::interrupt::Interrupt;
 use crate::net::{build_net_with, NetSizes};
 use crate::output::write_atomic;
 use crate::rng::{derive_seed, purpose};
@@ -296,6 +297,7 @@ pub(super) fn train_cell_net(
     t: &TrainSpec,
     data: &Split,
     net: &mut crate::net::Network,
+    stop: &Interrupt,
 ) -> Result<(crate::train::History, Option<String>)> {
     let seed = cell_seed(spec, cell.replicate);
     let cfg = TrainConfig {
@@ -317,7 +319,17 @@ pub(super) fn train_cell_net(
         &cfg,
         Resume::default(),
         t.epochs,
-        |_, _| {},
+        |row, total| {
+            stop.check(|| {
+                format!(
+                    "in cell {} after step {} of {}",
+                    cell.index,
+                    row.step + 1,
+                    total
+                )
+            })?;
+            Ok(())
+        },
         |_, _, _, _| Ok(()),
     )?;
     let warning = h.diverged.as_ref().map(|d| {
@@ -330,9 +342,15 @@ pub(super) fn train_cell_net(
 }
 
 /// Trains one cell's network (training tasks).
-fn run_train_cell(spec: &Spec, cell: &Cell, t: &TrainSpec, data: &Split) -> Result<CellResult> {
+fn run_train_cell(
+    spec: &Spec,
+    cell: &Cell,
+    t: &TrainSpec,
+    data: &Split,
+    stop: &Interrupt,
+) -> Result<CellResult> {
     let mut net = build_cell_net(spec, cell, data)?;
-    let (h, warning) = train_cell_net(spec, cell, t, data, &mut net)?;
+    let (h, warning) = train_cell_net(spec, cell, t, data, &mut net, stop)?;
     let tables = vec![
         h.steps.iter().map(|r| r.fields()).collect(),
         h.grads.iter().map(|g| g.fields()).collect(),
@@ -477,7 +495,7 @@ impl StoredCell<'_> {
 /// `spec.toml`. Returns the main CSV and how many cells were computed now (the others were
 /// found, with the same fingerprint, from an earlier run).
 pub fn run_experiment(spec: &Spec, out: &Path, progress: bool) -> Result<(PathBuf, usize)> {
-    let computed = compute_cells(spec, out, progress, None)?;
+    let computed = compute_cells(spec, out, progress, None, &Interrupt::new())?;
     Ok((assemble(spec, out)?, computed))
 }
 
@@ -602,12 +620,14 @@ pub fn assemble(spec: &Spec, out: &Path) -> Result<PathBuf> {
 }
 
 /// Computes every cell (of `shard`, when given) whose result is not stored yet; returns how
-/// many it computed.
+/// many it computed. A request on `stop` fails the call with [`crate::interrupt::Interrupted`] before the next
+/// cell starts (and between a training cell's steps); the cells finished by then are stored.
 pub fn compute_cells(
     spec: &Spec,
     out: &Path,
     progress: bool,
     shard: Option<Shard>,
+    stop: &Interrupt,
 ) -> Result<usize> {
     let store = cell_store(out);
     std::fs::create_dir_all(&store)
@@ -673,16 +693,29 @@ pub fn compute_cells(
         .par_iter()
         .map(|sc| {
             let cell = sc.cell;
+            stop.check(|| {
+                format!(
+                    "before cell {} ({} of {} done)",
+                    cell.index,
+                    bar.position(),
+                    todo.len()
+                )
+            })?;
             // Cells run side by side on rayon's workers: no extra helper thread inside.
             let result = crate::spin_join::without_helper(|| -> Result<CellResult> {
                 let data = data.as_ref().map(|(d, _)| d);
                 Ok(match (&spec.task, data) {
-                    (Task::Train(t), Some(d)) => run_train_cell(spec, cell, t, d)?,
-                    (Task::Paths { train, sample }, d) => {
-                        super::analyses::run_paths_cell(spec, cell, train.as_ref(), *sample, d)?
-                    }
+                    (Task::Train(t), Some(d)) => run_train_cell(spec, cell, t, d, stop)?,
+                    (Task::Paths { train, sample }, d) => super::analyses::run_paths_cell(
+                        spec,
+                        cell,
+                        train.as_ref(),
+                        *sample,
+                        d,
+                        stop,
+                    )?,
                     (Task::Lesion { train, draws }, Some(d)) => {
-                        super::analyses::run_lesion_cell(spec, cell, train, *draws, d)?
+                        super::analyses::run_lesion_cell(spec, cell, train, *draws, d, stop)?
                     }
                     (Task::Shatter, _) => super::analyses::run_shatter_cell(spec, cell)?,
                     _ => run_cell(spec, cell)?,

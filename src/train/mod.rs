@@ -359,7 +359,7 @@ pub fn evaluate_on(
 }
 
 /// Trains `net` on `data` for epochs `resume.epoch..stop_epoch`, calling `progress` after each
-/// step and `end_of_epoch(epoch, net, optimizer, history)` after each epoch (for checkpoints). A
+/// step (an error from it stops the run, e.g. [`crate::interrupt::Interrupted`]) and `end_of_epoch(epoch, net, optimizer, history)` after each epoch (for checkpoints). A
 /// diverged run stops and keeps what it recorded. Every random draw derives from (seed, epoch or
 /// step), so a run resumed at an epoch boundary continues bit for bit.
 pub fn train(
@@ -368,7 +368,7 @@ pub fn train(
     cfg: &TrainConfig,
     resume: Resume,
     stop_epoch: usize,
-    mut progress: impl FnMut(&StepRow, usize),
+    mut progress: impl FnMut(&StepRow, usize) -> Result<()>,
     mut end_of_epoch: impl FnMut(usize, &Network, &Optimizer, &History) -> Result<()>,
 ) -> Result<History> {
     if data.train.len() < cfg.batch {
@@ -491,7 +491,7 @@ pub fn train(
                 test,
                 train_eval,
             };
-            progress(&row, schedule.total_steps);
+            progress(&row, schedule.total_steps)?;
             history.steps.push(row);
             step += 1;
         }
@@ -587,6 +587,62 @@ mod tests {
     }
 
     #[test]
+    fn an_error_from_progress_stops_training_after_that_step() {
+        let data = crate::data::digits::load().unwrap();
+        let mut net = build_mlp(&MlpConfig {
+            units: 2,
+            width: 8,
+            input_dim: 64,
+            classes: 10,
+            placement: Placement::FullPreact,
+            shortcut: ShortcutKind::Identity,
+            norm: crate::layers::NormKind::Batch,
+            seed: 1,
+        })
+        .unwrap();
+        let cfg = TrainConfig {
+            epochs: 2,
+            batch: 64,
+            base_lr: 0.1,
+            momentum: 0.9,
+            weight_decay: 1e-4,
+            optimizer: OptimizerKind::Sgd,
+            weight_decay_mode: WeightDecayMode::Decoupled,
+            warmup: Warmup::UntilError,
+            record_every: 0,
+            signal: false,
+            seed: 1,
+        };
+        let stop = crate::interrupt::Interrupt::new();
+        let (mut seen, mut epochs_ended) = (Vec::new(), 0);
+        let e = train(
+            &mut net,
+            &data,
+            &cfg,
+            Resume::default(),
+            cfg.epochs,
+            |row, total| {
+                seen.push(row.step);
+                if row.step == 3 {
+                    stop.request();
+                }
+                stop.check(|| format!("after step {} of {total}", row.step + 1))?;
+                Ok(())
+            },
+            |_, _, _, _| {
+                epochs_ended += 1;
+                Ok(())
+            },
+        )
+        .unwrap_err();
+        assert_eq!(seen, vec![0, 1, 2, 3], "no step after the stop");
+        assert_eq!(epochs_ended, 0, "the epoch did not end");
+        let stopped = e.downcast_ref::<crate::interrupt::Interrupted>().unwrap();
+        // 2 epochs of 22 full batches of 64 (the digits have 1437 training images).
+        assert_eq!(stopped.to_string(), "interrupted after step 4 of 44");
+    }
+
+    #[test]
     fn short_training_on_digits_lowers_the_loss() {
         let data = crate::data::digits::load().unwrap();
         let mut net = build_mlp(&MlpConfig {
@@ -619,7 +675,7 @@ mod tests {
             &cfg,
             Resume::default(),
             cfg.epochs,
-            |_, _| {},
+            |_, _| Ok(()),
             |_, _, _, _| Ok(()),
         )
         .unwrap();
@@ -660,7 +716,7 @@ mod tests {
             &adam,
             Resume::default(),
             adam.epochs,
-            |_, _| {},
+            |_, _| Ok(()),
             |_, _, _, _| Ok(()),
         )
         .unwrap();

@@ -325,6 +325,38 @@ values = { "original" = 2.0, "full-preact" = 1.0 }
 "#;
 
 #[test]
+fn a_requested_stop_ends_a_run_before_its_first_cell() {
+    use resprop::experiment::runner::compute_cells;
+    use resprop::interrupt::{Interrupt, Interrupted};
+    let dir = tempfile::tempdir().unwrap();
+    let spec = resprop::experiment::load_spec(Path::new(&write_spec(
+        dir.path(),
+        "tinytrain.toml",
+        TRAIN_SPEC,
+    )))
+    .unwrap();
+    let out = dir.path().join("results");
+    let stop = Interrupt::new();
+    stop.request();
+    let e = compute_cells(&spec, &out, false, None, &stop).unwrap_err();
+    assert!(
+        e.downcast_ref::<Interrupted>().is_some(),
+        "the error says it was a stop: {e:#}"
+    );
+    assert!(e.to_string().starts_with("interrupted before cell "), "{e}");
+    assert_eq!(
+        std::fs::read_dir(out.join("cells")).unwrap().count(),
+        0,
+        "no cell file written"
+    );
+    // Without a stop the same call computes both cells.
+    assert_eq!(
+        compute_cells(&spec, &out, false, None, &Interrupt::new()).unwrap(),
+        2
+    );
+}
+
+#[test]
 fn training_experiments_write_curves_heatmaps_and_a_ranked_report() {
     let dir = tempfile::tempdir().unwrap();
     let exp = dir.path().join("experiments");
