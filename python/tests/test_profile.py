@@ -64,3 +64,31 @@ def test_check_passes_and_agrees_with_the_cli():
                          capture_output=True, text=True).stdout
     passed = int(out.strip().splitlines()[-1].split()[0])
     assert passed == (df["result"] == "PASS").sum()
+
+
+@pytest.mark.parametrize("kwargs", [
+    dict(net="mlp", units=6, width=8, batch=4, placement="full-preact", shortcut="scale:0.5"),
+    dict(net="resnet:1:basic", placement="full-preact", batch=2, image_size=8),
+])
+def test_arrays_are_the_tensors_the_record_measured(kwargs):
+    import numpy as np
+
+    df, arrays = resprop.profile(**kwargs, arrays=True)
+    assert df.equals(resprop.profile(**kwargs)), "asking for arrays changes no number"
+    n = len(df)
+    assert {k: len(v) for k, v in arrays.items()} == {"x": n, "grad": n, "direct": n}
+    norm = lambda a: float(np.sqrt((a * a).sum()))
+    for l in range(n):
+        x, g, d = arrays["x"][l], arrays["grad"][l], arrays["direct"][l]
+        assert x.dtype == np.float64 and x.shape[0] == kwargs["batch"]
+        # The engine sums in its own fixed order, NumPy in another: equal to 1e-12.
+        assert norm(x) == pytest.approx(df.act_norm[l], rel=1e-12)
+        assert norm(g) == pytest.approx(df.grad_norm[l], rel=1e-12)
+        assert norm(d) == pytest.approx(df.direct_norm[l], rel=1e-12)
+        assert norm(g - d) == pytest.approx(df.rest_norm[l], rel=1e-12)
+    if kwargs["net"] == "mlp":
+        # Scaled shortcuts and no function after the addition: the direct part is the top
+        # gradient times 0.5 per unit above (Eq. 7's prod lambda), here to the last bit.
+        top = arrays["grad"][-1]
+        for l in range(n):
+            assert np.array_equal(arrays["direct"][l], top * 0.5 ** (n - 1 - l))
