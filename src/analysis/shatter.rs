@@ -59,6 +59,98 @@ impl Family {
     }
 }
 
+/// A series' mean autocorrelation per lag: a family at a depth, or a noise reference
+/// (`white`, `brown`, no depth).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Autocorrelation {
+    pub net: &'static str,
+    pub depth: Option<usize>,
+    /// `r[lag]` for lag = 0..POINTS, averaged over the replicates.
+    pub r: Vec<f64>,
+}
+
+/// One network's gradients over the sweep.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SweepGradients {
+    pub family: Family,
+    pub depth: usize,
+    pub replicate: usize,
+    /// d(summed output)/dx_i at each point of [`sweep`].
+    pub gradients: Vec<f64>,
+}
+
+/// The whole comparison (`resprop shatter`): every family at every depth, `replicates` nets
+/// each (seeds derived from `seed` and the replicate), then white and brown noise. Errors
+/// name the argument first ("width: ..."), for the command line to prefix with `--`.
+pub struct Study {
+    pub autocorrelations: Vec<Autocorrelation>,
+    pub gradients: Vec<SweepGradients>,
+}
+
+pub fn study(
+    depths: &[usize],
+    width: usize,
+    replicates: usize,
+    placement: Placement,
+    seed: u64,
+) -> Result<Study> {
+    if depths.is_empty() || depths.contains(&0) {
+        bail!("depths: every depth must be at least 1");
+    }
+    if width == 0 {
+        bail!("width: must be at least 1");
+    }
+    if replicates == 0 {
+        bail!("replicates: must be at least 1");
+    }
+    let mut out = Study {
+        autocorrelations: Vec::new(),
+        gradients: Vec::new(),
+    };
+    for family in Family::ALL {
+        for &depth in depths {
+            let series = (0..replicates)
+                .map(|rep| {
+                    gradients(
+                        family,
+                        depth,
+                        width,
+                        placement,
+                        derive_seed(seed, &[rep as u64]),
+                    )
+                })
+                .collect::<Result<Vec<_>>>()?;
+            out.autocorrelations.push(Autocorrelation {
+                net: family.name(),
+                depth: Some(depth),
+                r: mean_autocorrelation(&series),
+            });
+            out.gradients.extend(
+                series
+                    .into_iter()
+                    .enumerate()
+                    .map(|(replicate, gradients)| SweepGradients {
+                        family,
+                        depth,
+                        replicate,
+                        gradients,
+                    }),
+            );
+        }
+    }
+    let (white, brown): (Vec<_>, Vec<_>) = (0..replicates)
+        .map(|rep| noise(derive_seed(seed, &[rep as u64])))
+        .unzip();
+    for (net, series) in [("white", white), ("brown", brown)] {
+        out.autocorrelations.push(Autocorrelation {
+            net,
+            depth: None,
+            r: mean_autocorrelation(&series),
+        });
+    }
+    Ok(out)
+}
+
 /// The sweep's inputs: `-2 + 4 i / 256`, i = 0..256.
 pub fn sweep() -> Vec<f64> {
     (0..POINTS)

@@ -26,36 +26,59 @@ pub struct LesionArgs {
     pub draws: usize,
 }
 
+/// What `resprop lesion` measures: every lesion of the plan and its test error (the first is
+/// the intact net).
+pub struct Lesions {
+    pub analysis: super::Analysis,
+    pub lesions: Vec<crate::analysis::lesion::Lesion>,
+    pub errors: Vec<f64>,
+}
+
+impl LesionArgs {
+    /// Plans and measures the lesions, calling `progress(n)` after each of the n; also the
+    /// Python package's `lesion`.
+    pub fn compute(&self, progress: &(dyn Fn(usize) + Sync)) -> Result<Lesions> {
+        if self.net.weights.is_none() {
+            bail!("lesion needs a trained network: --weights CHECKPOINT (from `resprop train --checkpoint DIR`)");
+        }
+        if self.draws == 0 {
+            bail!("--draws: at least 1");
+        }
+        let analysis = self.net.prepare(crate::net::memory::Purpose::Check)?;
+        let Some(data) = &analysis.data else {
+            bail!("lesion measures the test error: it needs the checkpoint's data");
+        };
+        let lesions = plan(&analysis.net, self.draws, analysis.args.seed);
+        let n = lesions.len();
+        let errors = run_lesions(&analysis.net, data, &lesions, &|| progress(n))?;
+        Ok(Lesions {
+            analysis,
+            lesions,
+            errors,
+        })
+    }
+}
+
 pub fn run(args: &LesionArgs) -> Result<ExitCode> {
     if let Some(p) = &args.csv {
         check_writable(p)?;
     }
-    if args.net.weights.is_none() {
-        bail!("lesion needs a trained network: --weights CHECKPOINT (from `resprop train --checkpoint DIR`)");
-    }
-    if args.draws == 0 {
-        bail!("--draws: at least 1");
-    }
-    let super::Analysis {
-        args: net_args,
-        net,
-        data,
-        ..
-    } = args.net.prepare(crate::net::memory::Purpose::Check)?;
-    let Some(data) = &data else {
-        bail!("lesion measures the test error: it needs the checkpoint's data");
-    };
-    let net = &net;
-    let pool = deletable(net);
-    let lesions = plan(net, args.draws, net_args.seed);
-    let bar = ProgressBar::new(lesions.len() as u64);
+    let bar = ProgressBar::new(0);
     bar.set_style(
         ProgressStyle::with_template("lesions [{bar:30}] {pos}/{len}, {elapsed} (eta {eta})")
             .unwrap(),
     );
-    let errors = run_lesions(net, data, &lesions, &|| bar.inc(1))?;
+    let Lesions {
+        analysis,
+        lesions,
+        errors,
+    } = args.compute(&|n| {
+        bar.set_length(n as u64);
+        bar.inc(1);
+    })?;
     bar.finish_and_clear();
-
+    let (net, net_args) = (&analysis.net, &analysis.args);
+    let pool = deletable(net);
     let mut out = net_args.describe("lesion", net);
     let base = errors[0];
     let _ = writeln!(out, "test error, nothing deleted: {:.2}%", 100.0 * base);

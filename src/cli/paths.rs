@@ -32,52 +32,93 @@ pub struct PathsArgs {
     pub window: f64,
 }
 
+/// What `resprop paths` computes: the rows of its CSV and the network they describe.
+pub struct Paths {
+    pub analysis: super::Analysis,
+    pub decomposition: crate::analysis::paths::Decomposition,
+    /// Veit's estimate at the input: the mean sampled single-path norm per length.
+    pub sampled: Option<Vec<f64>>,
+    pub rows: Vec<crate::analysis::paths::PathRow>,
+    /// Seconds of one backward pass and of the decomposition.
+    pub backward_s: f64,
+    pub decompose_s: f64,
+}
+
+impl PathsArgs {
+    /// The decomposition (and the sampled estimate with `--sample`, calling `on_length(n)`
+    /// after each of the n path lengths); also the Python package's `paths`.
+    pub fn compute(&self, on_length: &(dyn Fn(usize) + Sync)) -> Result<Paths> {
+        check_samples(self.sample)?;
+        if !(self.window > 0.0 && self.window <= 1.0) {
+            bail!("--window: a share in (0, 1], got {}", self.window);
+        }
+        let analysis = self
+            .net
+            .prepare(crate::net::memory::Purpose::Profile { low_memory: false })?;
+        let (net, net_args) = (&analysis.net, &analysis.args);
+        let cache = net.forward_with(
+            &analysis.input,
+            &analysis.labels,
+            &net_args.ctx(),
+            Keep::All,
+        )?;
+        let t = Instant::now();
+        let grads = net.backward(&cache, &analysis.labels, None);
+        let backward_s = t.elapsed().as_secs_f64();
+        let t = Instant::now();
+        let decomposition = decompose(net, &cache, &grads);
+        let decompose_s = t.elapsed().as_secs_f64();
+        let lengths = net.num_units() + 1;
+        let sampled = self.sample.map(|s| {
+            sample_paths(
+                net,
+                &cache,
+                &grads,
+                s,
+                derive_seed(net_args.seed, &[crate::rng::purpose::PATHS]),
+                &|| on_length(lengths),
+            )
+        });
+        let rows = path_rows(net, &decomposition, sampled.as_deref());
+        Ok(Paths {
+            analysis,
+            decomposition,
+            sampled,
+            rows,
+            backward_s,
+            decompose_s,
+        })
+    }
+}
+
 pub fn run(args: &PathsArgs) -> Result<ExitCode> {
     if let Some(path) = &args.csv {
         check_writable(path)?;
     }
-    check_samples(args.sample)?;
-    if !(args.window > 0.0 && args.window <= 1.0) {
-        bail!("--window: a share in (0, 1], got {}", args.window);
+    let bar = ProgressBar::hidden();
+    bar.set_style(
+        ProgressStyle::with_template(
+            "sampling [{bar:30}] {pos}/{len} path lengths, {elapsed} (eta {eta})",
+        )
+        .unwrap(),
+    );
+    if args.sample.is_some() {
+        bar.set_draw_target(indicatif::ProgressDrawTarget::stderr());
     }
-    let super::Analysis {
-        args: net_args,
-        net,
-        input,
-        labels,
-        ..
-    } = args
-        .net
-        .prepare(crate::net::memory::Purpose::Profile { low_memory: false })?;
-    let cache = net.forward_with(&input, &labels, &net_args.ctx(), Keep::All)?;
-    let t = Instant::now();
-    let grads = net.backward(&cache, &labels, None);
-    let backward_s = t.elapsed().as_secs_f64();
-    let t = Instant::now();
-    let d = decompose(&net, &cache, &grads);
-    let decompose_s = t.elapsed().as_secs_f64();
-    let sampled = args.sample.map(|s| {
-        let bar = ProgressBar::new(net.num_units() as u64 + 1);
-        bar.set_style(
-            ProgressStyle::with_template(
-                "sampling [{bar:30}] {pos}/{len} path lengths, {elapsed} (eta {eta})",
-            )
-            .unwrap(),
-        );
-        let out = sample_paths(
-            &net,
-            &cache,
-            &grads,
-            s,
-            derive_seed(net_args.seed, &[crate::rng::purpose::PATHS]),
-            &|| bar.inc(1),
-        );
-        bar.finish_and_clear();
-        out
-    });
-    let rows = path_rows(&net, &d, sampled.as_deref());
-
-    let mut out = net_args.describe("paths", &net);
+    let Paths {
+        analysis,
+        decomposition: d,
+        sampled,
+        rows,
+        backward_s,
+        decompose_s,
+    } = args.compute(&|lengths| {
+        bar.set_length(lengths as u64);
+        bar.inc(1);
+    })?;
+    bar.finish_and_clear();
+    let (net, net_args) = (&analysis.net, &analysis.args);
+    let mut out = net_args.describe("paths", net);
     let worst = d.max_sum_error();
     outln!(
         out,

@@ -5,15 +5,12 @@ use std::fmt::Write as _;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use anyhow::{bail, Result};
+use anyhow::Result;
 use clap::Args;
 
 use crate::analysis::record::fmt_f64;
-use crate::analysis::shatter::{
-    gradients, half_lag, mean_autocorrelation, noise, sweep, Family, POINTS,
-};
+use crate::analysis::shatter::{half_lag, study, sweep, POINTS};
 use crate::output::{check_writable, emit, write_atomic};
-use crate::rng::derive_seed;
 
 #[derive(Debug, Args)]
 pub struct ShatterArgs {
@@ -44,15 +41,14 @@ pub fn run(args: &ShatterArgs) -> Result<ExitCode> {
     for p in [&args.csv, &args.gradients_csv].into_iter().flatten() {
         check_writable(p)?;
     }
-    if args.depths.is_empty() || args.depths.contains(&0) {
-        bail!("--depths: every depth must be at least 1");
-    }
-    if args.width == 0 || args.replicates == 0 {
-        bail!("--width and --replicates must be at least 1");
-    }
-    let xs = sweep();
-    let mut auto = String::from("net,depth,lag,autocorrelation\n");
-    let mut grads_csv = String::from("net,depth,replicate,x,gradient\n");
+    let study = study(
+        &args.depths,
+        args.width,
+        args.replicates,
+        args.placement,
+        args.seed,
+    )
+    .map_err(|e| anyhow::anyhow!("--{e}"))?;
     let mut out = format!(
         "resprop shatter: d(first output)/d(input) over {POINTS} inputs in [-2, 2), width {}, {} nets per point, He initialisation, {} unit (BN over the {POINTS}-point batch where used)\n",
         args.width, args.replicates, args.placement
@@ -62,71 +58,42 @@ pub fn run(args: &ShatterArgs) -> Result<ExitCode> {
         "{:>10} {:>6}  {:>8}  {:>8}  {:>26}",
         "net", "depth", "r(lag 1)", "r(lag 4)", "first lag with r < 1/2"
     );
-    let mut summary = |name: &str, depth: String, r: &[f64], auto: &mut String| {
-        for (lag, v) in r.iter().enumerate() {
-            let _ = writeln!(auto, "{name},{depth},{lag},{}", fmt_f64(*v));
+    let mut auto = String::from("net,depth,lag,autocorrelation\n");
+    for a in &study.autocorrelations {
+        let depth = a.depth.map_or(String::new(), |d| d.to_string());
+        for (lag, v) in a.r.iter().enumerate() {
+            let _ = writeln!(auto, "{},{depth},{lag},{}", a.net, fmt_f64(*v));
         }
         let _ = writeln!(
             out,
-            "{name:>10} {depth:>6}  {:>8.3}  {:>8.3}  {:>26}",
-            r[1],
-            r[4],
-            half_lag(r).map_or("never".to_string(), |l| l.to_string())
+            "{:>10} {depth:>6}  {:>8.3}  {:>8.3}  {:>26}",
+            a.net,
+            a.r[1],
+            a.r[4],
+            half_lag(&a.r).map_or("never".to_string(), |l| l.to_string())
         );
-    };
-    for family in Family::ALL {
-        for &depth in &args.depths {
-            let series = (0..args.replicates)
-                .map(|rep| {
-                    gradients(
-                        family,
-                        depth,
-                        args.width,
-                        args.placement,
-                        derive_seed(args.seed, &[rep as u64]),
-                    )
-                })
-                .collect::<Result<Vec<_>>>()?;
-            for (rep, g) in series.iter().enumerate() {
-                for (x, v) in xs.iter().zip(g) {
-                    let _ = writeln!(
-                        grads_csv,
-                        "{},{depth},{rep},{},{}",
-                        family.name(),
-                        fmt_f64(*x),
-                        fmt_f64(*v)
-                    );
-                }
-            }
-            summary(
-                family.name(),
-                depth.to_string(),
-                &mean_autocorrelation(&series),
-                &mut auto,
-            );
-        }
     }
-    let (white, brown): (Vec<_>, Vec<_>) = (0..args.replicates)
-        .map(|rep| noise(derive_seed(args.seed, &[rep as u64])))
-        .unzip();
-    summary(
-        "white",
-        String::new(),
-        &mean_autocorrelation(&white),
-        &mut auto,
-    );
-    summary(
-        "brown",
-        String::new(),
-        &mean_autocorrelation(&brown),
-        &mut auto,
-    );
     if let Some(p) = &args.csv {
         write_atomic(p, auto.as_bytes())?;
         let _ = writeln!(out, "wrote the autocorrelations to {}", p.display());
     }
     if let Some(p) = &args.gradients_csv {
-        write_atomic(p, grads_csv.as_bytes())?;
+        let xs = sweep();
+        let mut csv = String::from("net,depth,replicate,x,gradient\n");
+        for g in &study.gradients {
+            for (x, v) in xs.iter().zip(&g.gradients) {
+                let _ = writeln!(
+                    csv,
+                    "{},{},{},{},{}",
+                    g.family.name(),
+                    g.depth,
+                    g.replicate,
+                    fmt_f64(*x),
+                    fmt_f64(*v)
+                );
+            }
+        }
+        write_atomic(p, csv.as_bytes())?;
         let _ = writeln!(out, "wrote the gradients to {}", p.display());
     }
     emit(&out)?;
