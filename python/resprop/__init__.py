@@ -3,41 +3,72 @@
 >>> import resprop
 >>> df = resprop.profile(net="mlp", units=50, shortcut="scale:0.5")
 
-The columns and values are those of `resprop profile --csv` (the same floats); bad
-arguments raise ValueError with the command line's one-line message. `train` and `run` stop
-at the next step or cell on Ctrl-C and raise KeyboardInterrupt saying where they stopped.
+Every function takes the command line's flags as keyword arguments (`--bn-mode` is
+`bn_mode`), with its defaults, and returns the table of the matching CSV: the same columns and
+the same floats. Bad arguments raise ValueError with the command line's one-line message.
+`train` and `run` stop at the next step or cell on Ctrl-C and raise KeyboardInterrupt saying
+where they stopped.
+
+The network arguments of profile, check, paths and lesion:
+    net         mlp (sized by units and width) or a ResNet: resnet110, resnet:N:basic, ...
+    units, width, input_dim     the MLP's residual units, width and input size
+    image_size, classes, batch  a ResNet's input size; the classes; the batch
+    placement   original, bn-after-add, relu-before-add, relu-preact, full-preact,
+                post-norm, pre-norm
+    shortcut    identity, scale:L, gate:B, shortcut-gate:B, conv1x1, dropout:P, none,
+                alpha:A, rezero, layerscale:E, deepnorm
+    projection  a ResNet's shape-changing shortcut: bn, plain or pad (default by placement)
+    norm        batch, layer or none;  init: he, xavier or fixup
+    bn_mode     train (batch statistics) or eval (running statistics)
+    seed        the weights', the batch's and the dropout masks' seed
+    weights     a checkpoint from train(checkpoint=DIR): DIR/checkpoint.npz
+    data        digits or cifar10:<dir>: a batch of its training images instead of Gaussian
+                inputs (with weights, the checkpoint's data by default)
 """
 
+import os
 import warnings
 
 import pandas as pd
 
 from . import _resprop
 
-__all__ = ["profile", "check", "train", "run"]
+__all__ = ["profile", "check", "train", "paths", "lesion", "shatter", "run"]
+
+
+def _kwargs(local_vars):
+    """The arguments of the calling function, paths as strings, for the extension."""
+    return {k: (os.fspath(v) if isinstance(v, os.PathLike) else v)
+            for k, v in local_vars.items()}
 
 
 def profile(net="mlp", units=54, width=64, input_dim=64, image_size=32, classes=10, batch=32,
             placement="original", shortcut="identity", projection=None, norm="batch",
-            init="he", bn_mode="train", seed=0, arrays=False):
-    """The per-unit gradient record (one row per unit input x_l, l = 0..L), as
-    `resprop profile --csv` writes it: ||dE/dx_l||, its direct (shortcut-only) part and the
-    rest, the ratios to the top, per-sample ratios and the forward-signal statistics.
-
-    Keyword arguments are the command line's flags, with its defaults.
+            init="he", bn_mode="train", seed=0, weights=None, data=None, arrays=False):
+    """The per-unit gradient record (one row per unit input x_l, l = 0..L; row L is the
+    head's input), as `resprop profile --csv` writes it: ||dE/dx_l||, its direct
+    (shortcut-only) part and the rest, the ratios to the top, per-sample ratios and the
+    forward-signal statistics. The network arguments are described in help(resprop).
 
     With arrays=True, returns (DataFrame, arrays): arrays["x"][l] is x_l,
     arrays["grad"][l] is dE/dx_l and arrays["direct"][l] its direct part (the top gradient
     carried by the shortcuts alone), NumPy float64 arrays shaped like the batch at unit l
     (batch x width for an MLP, batch x channels x height x width for a ResNet). They hold
     3 x (L + 1) activations: about 1.3 GB for resnet110 at batch 32."""
-    cols, tensors = _resprop.profile(net=net, units=units, width=width, input_dim=input_dim,
-                                     image_size=image_size, classes=classes, batch=batch,
-                                     placement=placement, shortcut=shortcut,
-                                     projection=projection, norm=norm, init=init,
-                                     bn_mode=bn_mode, seed=seed, arrays=arrays)
+    cols, tensors = _resprop.profile(**_kwargs(locals()))
     df = pd.DataFrame(cols)
     return (df, tensors) if arrays else df
+
+
+def check(net="mlp", units=54, width=64, input_dim=64, image_size=32, classes=10, batch=32,
+          placement="original", shortcut="identity", projection=None, norm="batch",
+          init="he", bn_mode="train", seed=0, weights=None, data=None, directions=3):
+    """The paper's formulas verified numerically, as `resprop check` prints them: one row
+    per check (finite differences, Eq. 4/7, Eq. 5/8, prod lambda) with its result (PASS,
+    FAIL, INCONCLUSIVE, n/a), worst error, uncertainty, tolerance, what was compared, the
+    reason where it did not apply, and whether it is a verification or a consistency check.
+    directions: random directions per finite-difference target."""
+    return pd.DataFrame(_resprop.check(**_kwargs(locals())))
 
 
 def train(net="resnet:2:basic", data="digits", placement="full-preact", shortcut="identity",
@@ -51,25 +82,65 @@ def train(net="resnet:2:basic", data="digits", placement="full-preact", shortcut
     per-unit gradients every `record_every` steps of its --grad-csv (step, unit,
     ||dE/dx_l||, its ratio to the top, the direct part's ratio).
 
-    Keyword arguments are the command line's flags, with its defaults. data is "digits" (the
-    bundled handwritten digits) or "cifar10:<dir>". checkpoint (a folder) saves the training
-    state after every epoch; resume=True continues from it, bit-identical to an uninterrupted
-    run.
+    data is "digits" (the bundled handwritten digits) or "cifar10:<dir>". SGD runs the
+    paper's schedule (a tenth of lr until a batch's error is below 80%, or warmup_steps;
+    divided by 10 at 50% and 75% of the steps); optimizer="adam" runs Adam (weight decay
+    decoupled or l2). checkpoint (a folder) saves the training state after every epoch;
+    resume=True continues from it, bit-identical to an uninterrupted run; stop_after_epochs
+    stops early as if interrupted.
 
     Ctrl-C stops after the current step with KeyboardInterrupt. A run that diverges returns
     what it recorded, warns (RuntimeWarning) and says where in steps.attrs["diverged"]."""
-    steps, grads, diverged = _resprop.train(
-        net=net, data=data, placement=placement, shortcut=shortcut, projection=projection,
-        norm=norm, init=init, units=units, width=width, epochs=epochs, batch=batch, lr=lr,
-        momentum=momentum, optimizer=optimizer, warmup_steps=warmup_steps,
-        weight_decay=weight_decay, weight_decay_mode=weight_decay_mode,
-        record_every=record_every, checkpoint=None if checkpoint is None else str(checkpoint),
-        resume=resume, stop_after_epochs=stop_after_epochs, seed=seed, unfused=unfused)
+    steps, grads, diverged = _resprop.train(**_kwargs(locals()))
     steps, grads = pd.DataFrame(steps), pd.DataFrame(grads)
     steps.attrs["diverged"] = diverged
     if diverged is not None:
         warnings.warn(diverged, RuntimeWarning, stacklevel=2)
     return steps, grads
+
+
+def paths(net="mlp", units=54, width=64, input_dim=64, image_size=32, classes=10, batch=32,
+          placement="original", shortcut="identity", projection=None, norm="batch",
+          init="he", bn_mode="train", seed=0, weights=None, data=None, sample=None,
+          window=0.9):
+    """The gradient by path length, exactly, as `resprop paths --csv` writes it: one row per
+    (unit input l, path length k) with paths (C(n, k), n the units above l), exact_norm
+    (||G_k(l)||, the part of dE/dx_l that went through exactly k branches), exact_share, and
+    with sample=S Veit et al.'s estimate at the input (the mean norm of S sampled single
+    paths of each length, and C(n, k) times it).
+
+    df.attrs["sum_error"] is the worst relative error of sum_k G_k(l) against dE/dx_l; above
+    1e-10 (where the command line fails) it also warns. window is the command line's --window
+    (the effective window is printed there, not returned)."""
+    cols, sum_error = _resprop.paths(**_kwargs(locals()))
+    df = pd.DataFrame(cols)
+    df.attrs["sum_error"] = sum_error
+    if not sum_error <= 1e-10:
+        warnings.warn(f"the path decomposition does not sum to the gradient: {sum_error:.3e}",
+                      RuntimeWarning, stacklevel=2)
+    return df
+
+
+def lesion(weights, net="mlp", units=54, width=64, input_dim=64, image_size=32, classes=10,
+           batch=32, placement="original", shortcut="identity", projection=None,
+           norm="batch", init="he", bn_mode="train", seed=0, data=None, draws=5):
+    """The test error of a trained network (weights: a checkpoint from
+    train(checkpoint=DIR)) with residual units deleted, as `resprop lesion --csv` writes it:
+    one row per lesion, kind (none: the intact net, single: one unit, random: k drawn
+    units), k, draw, deleted (the units, space-separated) and test_error. The network is
+    the checkpoint's; draws random sets are drawn for each k = 1..n/2."""
+    return pd.DataFrame(_resprop.lesion(**_kwargs(locals())))
+
+
+def shatter(depths=(1, 10, 24, 50), width=200, replicates=8, seed=0, placement="original"):
+    """Shattered gradients (Balduzzi et al. 2017), as `resprop shatter` computes them:
+    d(output)/d(input) of plain and residual MLPs, with and without BatchNorm, over 256
+    inputs in [-2, 2). Returns (autocorrelations, gradients): the mean autocorrelation per
+    (net, depth, lag), white and brown noise included (depth NaN), as its --csv; and every
+    network's gradient per (net, depth, replicate, x), as its --gradients-csv."""
+    auto, grads = _resprop.shatter(depths=list(depths), width=width, replicates=replicates,
+                                   seed=seed, placement=placement)
+    return pd.DataFrame(auto), pd.DataFrame(grads)
 
 
 def run(spec, out="results"):
@@ -78,18 +149,4 @@ def run(spec, out="results"):
 
     Ctrl-C stops before the next cell (or a training cell's next step) with
     KeyboardInterrupt; the cells finished by then stay stored, so running again resumes."""
-    return pd.read_csv(_resprop.run(str(spec), str(out)))
-
-
-def check(net="mlp", units=54, width=64, input_dim=64, image_size=32, classes=10, batch=32,
-          placement="original", shortcut="identity", projection=None, norm="batch",
-          init="he", bn_mode="train", seed=0, directions=3):
-    """The paper's formulas verified numerically, as `resprop check` prints them: one row
-    per check (finite differences, Eq. 4/7, Eq. 5/8, prod lambda) with its result (PASS,
-    FAIL, INCONCLUSIVE, n/a), worst error, uncertainty, tolerance, what was compared, the
-    reason where it did not apply, and whether it is a verification or a consistency check."""
-    return pd.DataFrame(_resprop.check(net=net, units=units, width=width, input_dim=input_dim,
-                                       image_size=image_size, classes=classes, batch=batch,
-                                       placement=placement, shortcut=shortcut,
-                                       projection=projection, norm=norm, init=init,
-                                       bn_mode=bn_mode, seed=seed, directions=directions))
+    return pd.read_csv(_resprop.run(os.fspath(spec), os.fspath(out)))

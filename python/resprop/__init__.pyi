@@ -1,5 +1,5 @@
 from os import PathLike
-from typing import Dict, List, Literal, Optional, Tuple, Union, overload
+from typing import Dict, List, Literal, Optional, Sequence, Tuple, Union, overload
 
 import numpy as np
 import pandas as pd
@@ -22,6 +22,8 @@ def profile(
     init: str = "he",
     bn_mode: str = "train",
     seed: int = 0,
+    weights: Optional[Union[str, PathLike[str]]] = None,
+    data: Optional[str] = None,
     arrays: Literal[False] = False,
 ) -> pd.DataFrame: ...
 @overload
@@ -40,6 +42,8 @@ def profile(
     init: str = "he",
     bn_mode: str = "train",
     seed: int = 0,
+    weights: Optional[Union[str, PathLike[str]]] = None,
+    data: Optional[str] = None,
     *,
     arrays: Literal[True],
 ) -> Tuple[pd.DataFrame, Arrays]: ...
@@ -58,6 +62,8 @@ def check(
     init: str = "he",
     bn_mode: str = "train",
     seed: int = 0,
+    weights: Optional[Union[str, PathLike[str]]] = None,
+    data: Optional[str] = None,
     directions: int = 3,
 ) -> pd.DataFrame: ...
 def train(
@@ -84,5 +90,51 @@ def train(
     stop_after_epochs: Optional[int] = None,
     seed: int = 0,
     unfused: bool = False,
+) -> Tuple[pd.DataFrame, pd.DataFrame]: ...
+def paths(
+    net: str = "mlp",
+    units: int = 54,
+    width: int = 64,
+    input_dim: int = 64,
+    image_size: int = 32,
+    classes: int = 10,
+    batch: int = 32,
+    placement: str = "original",
+    shortcut: str = "identity",
+    projection: Optional[str] = None,
+    norm: str = "batch",
+    init: str = "he",
+    bn_mode: str = "train",
+    seed: int = 0,
+    weights: Optional[Union[str, PathLike[str]]] = None,
+    data: Optional[str] = None,
+    sample: Optional[int] = None,
+    window: float = 0.9,
+) -> pd.DataFrame: ...
+def lesion(
+    weights: Union[str, PathLike[str]],
+    net: str = "mlp",
+    units: int = 54,
+    width: int = 64,
+    input_dim: int = 64,
+    image_size: int = 32,
+    classes: int = 10,
+    batch: int = 32,
+    placement: str = "original",
+    shortcut: str = "identity",
+    projection: Optional[str] = None,
+    norm: str = "batch",
+    init: str = "he",
+    bn_mode: str = "train",
+    seed: int = 0,
+    data: Optional[str] = None,
+    draws: int = 5,
+) -> pd.DataFrame: ...
+def shatter(
+    depths: Sequence[int] = (1, 10, 24, 50),
+    width: int = 200,
+    replicates: int = 8,
+    seed: int = 0,
+    placement: str = "original",
 ) -> Tuple[pd.DataFrame, pd.DataFrame]: ...
 def run(spec: Union[str, PathLike[str]], out: Union[str, PathLike[str]] = "results") -> pd.DataFrame: ...

@@ -16,11 +16,10 @@ use pyo3::types::{PyDict, PyList};
 use resprop::interrupt::{Interrupt, Interrupted};
 use resprop::schema::NumericRow;
 
-use resprop::analysis::gaussian_batch;
 use resprop::analysis::record::build_records;
-use resprop::layers::{Mode, NormKind};
-use resprop::net::{build_net_with, Init, NetChoice, NetSizes};
-use resprop::unit::{ForwardCtx, Placement, Projection, ShortcutKind};
+use resprop::cli::NetArgs;
+use resprop::net::memory::Purpose;
+use resprop::unit::ForwardCtx;
 
 fn value_error(e: impl std::fmt::Display) -> PyErr {
     PyValueError::new_err(e.to_string())
@@ -116,100 +115,58 @@ fn to_py<'py>(py: Python<'py>, v: &serde_json::Value) -> PyResult<Bound<'py, PyA
     })
 }
 
-/// The network and batch the keyword arguments describe, as the command line's `NetArgs`.
-struct Setup {
-    choice: NetChoice,
-    sizes: NetSizes,
+/// The command line's network flags from the keyword arguments (the same names, parsers and
+/// messages), for `NetArgs::prepare`: the network (with `weights`, a trained one) and its
+/// batch (`data`'s images, or Gaussian inputs), seed for seed the command line's.
+#[allow(clippy::too_many_arguments)]
+fn net_args(
+    net: &str,
+    units: usize,
+    width: usize,
+    input_dim: usize,
+    image_size: usize,
+    classes: usize,
     batch: usize,
-    placement: Placement,
-    shortcut: ShortcutKind,
-    projection: Option<Projection>,
-    norm: NormKind,
-    init: Init,
-    mode: Mode,
+    placement: &str,
+    shortcut: &str,
+    projection: Option<&str>,
+    norm: &str,
+    init: &str,
+    bn_mode: &str,
     seed: u64,
+    weights: Option<std::path::PathBuf>,
+    data: Option<&str>,
+) -> PyResult<NetArgs> {
+    Ok(NetArgs {
+        net: parse("net", net)?,
+        units,
+        width,
+        input_dim,
+        image_size,
+        classes,
+        batch,
+        placement: parse("placement", placement)?,
+        shortcut: parse("shortcut", shortcut)?,
+        projection: projection.map(|p| parse("projection", p)).transpose()?,
+        norm: parse("norm", norm)?,
+        init: parse("init", init)?,
+        bn_mode: parse("bn_mode", bn_mode)?,
+        seed,
+        threads: None,
+        unfused: false,
+        weights,
+        data: data.map(|d| parse("data", d)).transpose()?,
+    })
 }
 
-impl Setup {
-    #[allow(clippy::too_many_arguments)]
-    fn parse(
-        net: &str,
-        units: usize,
-        width: usize,
-        input_dim: usize,
-        image_size: usize,
-        classes: usize,
-        batch: usize,
-        placement: &str,
-        shortcut: &str,
-        projection: Option<&str>,
-        norm: &str,
-        init: &str,
-        bn_mode: &str,
-        seed: u64,
-    ) -> PyResult<Setup> {
-        if batch == 0 {
-            return Err(value_error("batch must be at least 1, got 0"));
-        }
-        Ok(Setup {
-            choice: parse("net", net)?,
-            sizes: NetSizes {
-                units,
-                width,
-                input_dim,
-                image_size,
-                input_channels: 3,
-                classes,
-            },
-            batch,
-            placement: parse("placement", placement)?,
-            shortcut: parse("shortcut", shortcut)?,
-            projection: projection.map(|p| parse("projection", p)).transpose()?,
-            norm: parse("norm", norm)?,
-            init: parse("init", init)?,
-            mode: parse("bn_mode", bn_mode)?,
-            seed,
-        })
-    }
-
-    /// The network, its Gaussian batch and the forward context (the CLI's, seed for seed).
-    fn build(
-        &self,
-    ) -> anyhow::Result<(
-        resprop::net::Network,
-        resprop::tensor::Tensor,
-        Vec<usize>,
-        ForwardCtx,
-    )> {
-        let net = build_net_with(
-            &self.choice,
-            &self.sizes,
-            self.placement,
-            self.shortcut,
-            self.projection,
-            self.norm,
-            self.init,
-            self.seed,
-        )?;
-        let (input, labels) = gaussian_batch(&net.input_shape, self.batch, net.classes, self.seed);
-        let ctx = ForwardCtx {
-            mode: self.mode,
-            dropout_seed: resprop::rng::derive_seed(self.seed, &[resprop::rng::purpose::DROPOUT]),
-            keep_branch: true,
-            weight_grads: true,
-        };
-        Ok((net, input, labels, ctx))
-    }
-}
-
-/// The per-unit record of one network at one Gaussian batch, as `resprop profile --csv`
-/// writes it: a dict of columns (the CSV's names and order) for pandas.
+/// The per-unit record of one network at one batch, as `resprop profile --csv` writes it: a
+/// dict of columns (the CSV's names and order) for pandas.
 ///
 /// With `arrays`, also a dict of three lists of NumPy arrays, one per unit input `l = 0..L`
 /// (each shaped like the batch at that unit): `x` (`x_l`), `grad` (`dE/dx_l`) and `direct`
 /// (its direct part, the top gradient carried by the shortcuts alone).
 #[pyfunction]
-#[pyo3(signature = (net="mlp", units=54, width=64, input_dim=64, image_size=32, classes=10, batch=32, placement="original", shortcut="identity", projection=None, norm="batch", init="he", bn_mode="train", seed=0, arrays=false))]
+#[pyo3(signature = (net="mlp", units=54, width=64, input_dim=64, image_size=32, classes=10, batch=32, placement="original", shortcut="identity", projection=None, norm="batch", init="he", bn_mode="train", seed=0, weights=None, data=None, arrays=false))]
 #[allow(clippy::too_many_arguments)]
 fn profile<'py>(
     py: Python<'py>,
@@ -227,33 +184,37 @@ fn profile<'py>(
     init: &str,
     bn_mode: &str,
     seed: u64,
+    weights: Option<std::path::PathBuf>,
+    data: Option<&str>,
     arrays: bool,
 ) -> PyResult<(Bound<'py, PyDict>, Option<Bound<'py, PyDict>>)> {
-    let setup = Setup::parse(
+    let args = net_args(
         net, units, width, input_dim, image_size, classes, batch, placement, shortcut, projection,
-        norm, init, bn_mode, seed,
+        norm, init, bn_mode, seed, weights, data,
     )?;
     // The engine runs without the GIL: other Python threads go on meanwhile.
     let computed = py.detach(|| -> anyhow::Result<_> {
-        let (net, input, labels, ctx) = setup.build()?;
+        let a = args.prepare(Purpose::Profile { low_memory: false })?;
         // Input gradients only, as `resprop profile` without --weight-grad-csv.
         let ctx = ForwardCtx {
             weight_grads: false,
-            ..ctx
+            ..a.args.ctx()
         };
-        let cache = net.forward(&input, &labels, &ctx)?;
-        let grads = net.backward(&cache, &labels, None);
-        let records = build_records(&net, &cache, &grads).records;
+        let cache = a.net.forward(&a.input, &a.labels, &ctx)?;
+        let grads = a.net.backward(&cache, &a.labels, None);
+        let records = build_records(&a.net, &cache, &grads).records;
         let tensors = arrays.then(|| {
-            let stages = resprop::analysis::record::Stages::of(&net, &cache);
+            let stages = resprop::analysis::record::Stages::of(&a.net, &cache);
             let direct =
-                resprop::analysis::record::direct_parts(&net, &cache, &grads.grad_x, &stages);
-            let x: Vec<_> = (0..=net.num_units()).map(|l| cache.x(l).clone()).collect();
+                resprop::analysis::record::direct_parts(&a.net, &cache, &grads.grad_x, &stages);
+            let x: Vec<_> = (0..=a.net.num_units())
+                .map(|l| cache.x(l).clone())
+                .collect();
             (x, grads.grad_x, direct)
         });
-        Ok((records, tensors))
+        Ok((a.args, records, tensors))
     });
-    let (records, tensors) = computed.map_err(|e| value_error(format!("{e:#}")))?;
+    let (args, records, tensors) = computed.map_err(|e| value_error(format!("{e:#}")))?;
     let columns = PyDict::new(py);
     let values: Vec<serde_json::Value> = records
         .iter()
@@ -267,9 +228,10 @@ fn profile<'py>(
         }
         columns.set_item(name, column)?;
     }
+    // The CSV's two trailing columns: the network's (with `weights`, the checkpoint's).
     let n = records.len();
-    columns.set_item("placement", vec![setup.placement.to_string(); n])?;
-    columns.set_item("shortcut", vec![setup.shortcut.to_string(); n])?;
+    columns.set_item("placement", vec![args.placement.to_string(); n])?;
+    columns.set_item("shortcut", vec![args.shortcut.to_string(); n])?;
     let arrays = match tensors {
         None => None,
         Some((x, grad, direct)) => {
@@ -285,9 +247,9 @@ fn profile<'py>(
 }
 
 /// `resprop check`: every check's row (check, result, worst, uncertainty, tolerance, what,
-/// proof), as a dict of columns.
+/// reason, proof), as a dict of columns.
 #[pyfunction]
-#[pyo3(signature = (net="mlp", units=54, width=64, input_dim=64, image_size=32, classes=10, batch=32, placement="original", shortcut="identity", projection=None, norm="batch", init="he", bn_mode="train", seed=0, directions=3))]
+#[pyo3(signature = (net="mlp", units=54, width=64, input_dim=64, image_size=32, classes=10, batch=32, placement="original", shortcut="identity", projection=None, norm="batch", init="he", bn_mode="train", seed=0, weights=None, data=None, directions=3))]
 #[allow(clippy::too_many_arguments)]
 fn check<'py>(
     py: Python<'py>,
@@ -305,51 +267,45 @@ fn check<'py>(
     init: &str,
     bn_mode: &str,
     seed: u64,
+    weights: Option<std::path::PathBuf>,
+    data: Option<&str>,
     directions: usize,
 ) -> PyResult<Bound<'py, PyDict>> {
     use resprop::analysis::checks::{run_checks, CheckOptions, Proof, Status};
     if directions == 0 {
         return Err(value_error("directions must be at least 1"));
     }
-    let setup = Setup::parse(
+    let args = net_args(
         net, units, width, input_dim, image_size, classes, batch, placement, shortcut, projection,
-        norm, init, bn_mode, seed,
+        norm, init, bn_mode, seed, weights, data,
     )?;
     let report = py
         .detach(|| -> anyhow::Result<_> {
-            let (net, input, labels, ctx) = setup.build()?;
-            run_checks(
-                &net,
-                &input,
-                &labels,
-                &ctx,
-                &CheckOptions { directions, seed },
-            )
+            let a = args.prepare(Purpose::Check)?;
+            let opts = CheckOptions {
+                directions,
+                seed: a.args.seed,
+            };
+            run_checks(&a.net, &a.input, &a.labels, &a.args.ctx(), &opts)
         })
         .map_err(|e| value_error(format!("{e:#}")))?;
     let rows = &report.rows;
+    let text = |f: &dyn Fn(&resprop::analysis::checks::CheckRow) -> String| {
+        rows.iter().map(f).collect::<Vec<_>>()
+    };
+    let floats = |f: &dyn Fn(&resprop::analysis::checks::CheckRow) -> Option<f64>| {
+        rows.iter().map(f).collect::<Vec<_>>()
+    };
     let columns = PyDict::new(py);
-    columns.set_item(
-        "check",
-        rows.iter().map(|r| r.check.clone()).collect::<Vec<_>>(),
-    )?;
-    columns.set_item(
-        "result",
-        rows.iter().map(|r| r.status.label()).collect::<Vec<_>>(),
-    )?;
-    columns.set_item("worst", rows.iter().map(|r| r.worst).collect::<Vec<_>>())?;
-    columns.set_item(
-        "uncertainty",
-        rows.iter().map(|r| r.uncertainty).collect::<Vec<_>>(),
-    )?;
+    columns.set_item("check", text(&|r| r.check.clone()))?;
+    columns.set_item("result", text(&|r| r.status.label().to_string()))?;
+    columns.set_item("worst", floats(&|r| r.worst))?;
+    columns.set_item("uncertainty", floats(&|r| r.uncertainty))?;
     columns.set_item(
         "tolerance",
         rows.iter().map(|r| r.tolerance).collect::<Vec<_>>(),
     )?;
-    columns.set_item(
-        "what",
-        rows.iter().map(|r| r.what.clone()).collect::<Vec<_>>(),
-    )?;
+    columns.set_item("what", text(&|r| r.what.clone()))?;
     columns.set_item(
         "reason",
         rows.iter()
@@ -361,14 +317,167 @@ fn check<'py>(
     )?;
     columns.set_item(
         "proof",
-        rows.iter()
-            .map(|r| match r.proof {
+        text(&|r| {
+            match r.proof {
                 Proof::Verification => "verification",
                 Proof::Consistency => "consistency",
-            })
-            .collect::<Vec<_>>(),
+            }
+            .to_string()
+        }),
     )?;
     Ok(columns)
+}
+
+/// `resprop paths --csv`: the gradient by path length, one row per (unit input l, path
+/// length k), and the worst relative error of sum_k G_k(l) against dE/dx_l.
+#[pyfunction]
+#[pyo3(signature = (net="mlp", units=54, width=64, input_dim=64, image_size=32, classes=10, batch=32, placement="original", shortcut="identity", projection=None, norm="batch", init="he", bn_mode="train", seed=0, weights=None, data=None, sample=None, window=0.9))]
+#[allow(clippy::too_many_arguments)]
+fn paths<'py>(
+    py: Python<'py>,
+    net: &str,
+    units: usize,
+    width: usize,
+    input_dim: usize,
+    image_size: usize,
+    classes: usize,
+    batch: usize,
+    placement: &str,
+    shortcut: &str,
+    projection: Option<&str>,
+    norm: &str,
+    init: &str,
+    bn_mode: &str,
+    seed: u64,
+    weights: Option<std::path::PathBuf>,
+    data: Option<&str>,
+    sample: Option<usize>,
+    window: f64,
+) -> PyResult<(Bound<'py, PyDict>, f64)> {
+    let args = resprop::cli::paths::PathsArgs {
+        net: net_args(
+            net, units, width, input_dim, image_size, classes, batch, placement, shortcut,
+            projection, norm, init, bn_mode, seed, weights, data,
+        )?,
+        csv: None,
+        sample,
+        window,
+    };
+    let computed = interruptible(py, |_| args.compute(&|_| {}))?;
+    Ok((
+        numeric_columns(py, &computed.rows, &["unit", "k"])?,
+        computed.decomposition.max_sum_error(),
+    ))
+}
+
+/// `resprop lesion --csv`: the test error of the trained network (`weights`) with units
+/// deleted, one row per lesion (kind, k, draw, deleted, test_error).
+#[pyfunction]
+#[pyo3(signature = (weights, net="mlp", units=54, width=64, input_dim=64, image_size=32, classes=10, batch=32, placement="original", shortcut="identity", projection=None, norm="batch", init="he", bn_mode="train", seed=0, data=None, draws=5))]
+#[allow(clippy::too_many_arguments)]
+fn lesion<'py>(
+    py: Python<'py>,
+    weights: std::path::PathBuf,
+    net: &str,
+    units: usize,
+    width: usize,
+    input_dim: usize,
+    image_size: usize,
+    classes: usize,
+    batch: usize,
+    placement: &str,
+    shortcut: &str,
+    projection: Option<&str>,
+    norm: &str,
+    init: &str,
+    bn_mode: &str,
+    seed: u64,
+    data: Option<&str>,
+    draws: usize,
+) -> PyResult<Bound<'py, PyDict>> {
+    let weights = Some(weights);
+    let args = resprop::cli::lesion::LesionArgs {
+        net: net_args(
+            net, units, width, input_dim, image_size, classes, batch, placement, shortcut,
+            projection, norm, init, bn_mode, seed, weights, data,
+        )?,
+        csv: None,
+        draws,
+    };
+    let l = interruptible(py, |_| args.compute(&|_| {}))?;
+    // The CSV's fields (the deleted units space-separated, as there), with the counts as ints
+    // and the test error as its float.
+    let fields: Vec<Vec<String>> = l
+        .lesions
+        .iter()
+        .zip(&l.errors)
+        .map(|(x, &e)| x.fields(e))
+        .collect();
+    let columns = PyDict::new(py);
+    for (i, name) in resprop::schema::LESIONS.names().into_iter().enumerate() {
+        match name {
+            "k" => columns.set_item(name, l.lesions.iter().map(|x| x.k).collect::<Vec<_>>())?,
+            "draw" => {
+                columns.set_item(name, l.lesions.iter().map(|x| x.draw).collect::<Vec<_>>())?
+            }
+            "test_error" => columns.set_item(name, &l.errors)?,
+            _ => columns.set_item(
+                name,
+                fields.iter().map(|f| f[i].clone()).collect::<Vec<_>>(),
+            )?,
+        }
+    }
+    Ok(columns)
+}
+
+/// `resprop shatter`: the mean autocorrelation per (net, depth, lag), white and brown noise
+/// included (depth None), and every network's gradient over the sweep.
+#[pyfunction]
+#[pyo3(signature = (depths=vec![1, 10, 24, 50], width=200, replicates=8, seed=0, placement="original"))]
+fn shatter<'py>(
+    py: Python<'py>,
+    depths: Vec<usize>,
+    width: usize,
+    replicates: usize,
+    seed: u64,
+    placement: &str,
+) -> PyResult<(Bound<'py, PyDict>, Bound<'py, PyDict>)> {
+    let placement = parse("placement", placement)?;
+    let study = interruptible(py, |_| {
+        resprop::analysis::shatter::study(&depths, width, replicates, placement, seed)
+    })?;
+    let (mut net, mut depth, mut lags, mut values) = (vec![], vec![], vec![], vec![]);
+    for a in &study.autocorrelations {
+        for (lag, &r) in a.r.iter().enumerate() {
+            net.push(a.net);
+            depth.push(a.depth);
+            lags.push(lag);
+            values.push(r);
+        }
+    }
+    let auto = PyDict::new(py);
+    auto.set_item("net", net)?;
+    auto.set_item("depth", depth)?;
+    auto.set_item("lag", lags)?;
+    auto.set_item("autocorrelation", values)?;
+    let xs = resprop::analysis::shatter::sweep();
+    let (mut net, mut depth, mut rep, mut x, mut g) = (vec![], vec![], vec![], vec![], vec![]);
+    for s in &study.gradients {
+        for (xi, gi) in xs.iter().zip(&s.gradients) {
+            net.push(s.family.name());
+            depth.push(s.depth);
+            rep.push(s.replicate);
+            x.push(*xi);
+            g.push(*gi);
+        }
+    }
+    let grads = PyDict::new(py);
+    grads.set_item("net", net)?;
+    grads.set_item("depth", depth)?;
+    grads.set_item("replicate", rep)?;
+    grads.set_item("x", x)?;
+    grads.set_item("gradient", g)?;
+    Ok((auto, grads))
 }
 
 /// `resprop train`: the per-step table and the per-unit gradients over training, as dicts of
@@ -470,5 +579,8 @@ fn _resprop(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(run, m)?)?;
     m.add_function(wrap_pyfunction!(check, m)?)?;
     m.add_function(wrap_pyfunction!(train, m)?)?;
+    m.add_function(wrap_pyfunction!(paths, m)?)?;
+    m.add_function(wrap_pyfunction!(lesion, m)?)?;
+    m.add_function(wrap_pyfunction!(shatter, m)?)?;
     Ok(())
 }

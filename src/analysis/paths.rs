@@ -54,6 +54,33 @@ pub struct PathRow {
     pub sampled_total: Option<f64>,
 }
 
+/// `NaN` stands for the empty sampled fields (every unit but the input, or no `--sample`).
+impl crate::schema::NumericRow for PathRow {
+    fn numbers(&self) -> Vec<f64> {
+        vec![
+            self.unit as f64,
+            self.k as f64,
+            self.paths,
+            self.exact_norm,
+            self.exact_share,
+            self.sampled_path_norm.unwrap_or(f64::NAN),
+            self.sampled_total.unwrap_or(f64::NAN),
+        ]
+    }
+
+    fn from_numbers(r: &[f64]) -> PathRow {
+        PathRow {
+            unit: r[0] as usize,
+            k: r[1] as usize,
+            paths: r[2],
+            exact_norm: r[3],
+            exact_share: r[4],
+            sampled_path_norm: (!r[5].is_nan()).then_some(r[5]),
+            sampled_total: (!r[6].is_nan()).then_some(r[6]),
+        }
+    }
+}
+
 impl Row for PathRow {
     const SCHEMA: &'static Schema = &schema::PATHS_TABLE;
 
