@@ -143,10 +143,16 @@ def shatter(depths=(1, 10, 24, 50), width=200, replicates=8, seed=0, placement="
     return pd.DataFrame(auto), pd.DataFrame(grads)
 
 
-def run(spec, out="results"):
+def run(spec, out="results", plots=None):
     """Runs an experiment file (as `resprop run SPEC --out OUT`) and returns its main table
     (profile.csv, train.csv, ...) as a DataFrame. Cells already under OUT/cells/ are reused.
+    With plots (a folder), also draws the experiment's charts there (PNG and SVG), as
+    --plots; their paths are in df.attrs["charts"].
 
     Ctrl-C stops before the next cell (or a training cell's next step) with
     KeyboardInterrupt; the cells finished by then stay stored, so running again resumes."""
-    return pd.read_csv(_resprop.run(os.fspath(spec), os.fspath(out)))
+    csv, charts = _resprop.run(os.fspath(spec), os.fspath(out),
+                               None if plots is None else os.fspath(plots))
+    df = pd.read_csv(csv)
+    df.attrs["charts"] = charts
+    return df

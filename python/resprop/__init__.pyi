@@ -137,4 +137,8 @@ def shatter(
     seed: int = 0,
     placement: str = "original",
 ) -> Tuple[pd.DataFrame, pd.DataFrame]: ...
-def run(spec: Union[str, PathLike[str]], out: Union[str, PathLike[str]] = "results") -> pd.DataFrame: ...
+def run(
+    spec: Union[str, PathLike[str]],
+    out: Union[str, PathLike[str]] = "results",
+    plots: Optional[Union[str, PathLike[str]]] = None,
+) -> pd.DataFrame: ...

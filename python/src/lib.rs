@@ -558,19 +558,33 @@ fn train<'py>(
     ))
 }
 
-/// Runs an experiment file (`resprop run SPEC --out OUT`) and returns the path of its main
-/// CSV; cells already stored under `OUT/cells/` are reused.
+/// Runs an experiment file (`resprop run SPEC --out OUT [--plots DIR]`): the path of its
+/// main CSV and, with `plots`, of the charts drawn; cells already stored under `OUT/cells/`
+/// are reused.
 #[pyfunction]
-#[pyo3(signature = (spec, out="results"))]
-fn run(py: Python<'_>, spec: &str, out: &str) -> PyResult<String> {
+#[pyo3(signature = (spec, out="results", plots=None))]
+fn run(
+    py: Python<'_>,
+    spec: &str,
+    out: &str,
+    plots: Option<std::path::PathBuf>,
+) -> PyResult<(String, Vec<String>)> {
     let spec = resprop::experiment::load_spec(std::path::Path::new(spec))
         .map_err(|e| value_error(format!("{e:#}")))?;
     let out = std::path::PathBuf::from(out);
-    let csv = interruptible(py, |stop| {
+    let (csv, charts) = interruptible(py, |stop| {
         resprop::experiment::runner::compute_cells(&spec, &out, false, None, stop)?;
-        resprop::experiment::runner::assemble(&spec, &out)
+        let csv = resprop::experiment::runner::assemble(&spec, &out)?;
+        let charts = match &plots {
+            Some(dir) => resprop::plot::draw_charts(&csv, &spec.charts, dir)?,
+            None => Vec::new(),
+        };
+        Ok((csv, charts))
     })?;
-    Ok(csv.display().to_string())
+    Ok((
+        csv.display().to_string(),
+        charts.iter().map(|p| p.display().to_string()).collect(),
+    ))
 }
 
 #[pymodule]

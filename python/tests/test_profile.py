@@ -1,6 +1,7 @@
 """The Python package against the command line: the same columns and the same floats."""
 
 import os
+import pathlib
 import subprocess
 
 import pandas as pd
@@ -48,10 +49,18 @@ def test_errors_are_value_errors_with_the_cli_message():
 
 def test_run_returns_the_experiment_table(tmp_path):
     spec = tmp_path / "t.toml"
-    spec.write_text('name = "t"\nclaim = "c"\nbatch = 4\n[net]\nunits = 3\nwidth = 8\n'
+    spec.write_text('name = "t"\nclaim = "c"\nbatch = 4\ncharts = ["grad_ratio"]\n[net]\nunits = 3\nwidth = 8\n'
                     '[grid]\nplacements = ["original"]\nshortcuts = ["identity", "none"]\n')
     df = resprop.run(str(spec), out=str(tmp_path / "results"))
     assert len(df) == 2 * 4 and set(df["shortcut"]) == {"identity", "none"}
+    assert df.attrs["charts"] == []
+    # The same table as the command line's, and with plots= its charts.
+    subprocess.run([RESPROP, "run", str(spec), "--out", str(tmp_path / "cli")], check=True,
+                   capture_output=True)
+    assert (tmp_path / "results/t/profile.csv").read_bytes() == \
+        (tmp_path / "cli/t/profile.csv").read_bytes()
+    df = resprop.run(spec, out=tmp_path / "results", plots=tmp_path / "plots")
+    assert df.attrs["charts"] and all(pathlib.Path(p).is_file() for p in df.attrs["charts"])
     with pytest.raises(ValueError, match="cannot read"):
         resprop.run(str(tmp_path / "missing.toml"))
 
