@@ -183,6 +183,7 @@ fn failures(t: &Target) -> Vec<String> {
             directions: 2,
             seed: 3,
         },
+        &resprop::interrupt::Interrupt::new(),
     )
     .unwrap();
     report

@@ -6,8 +6,8 @@
 Every function takes the command line's flags as keyword arguments (`--bn-mode` is
 `bn_mode`), with its defaults, and returns the table of the matching CSV: the same columns and
 the same floats. Bad arguments raise ValueError with the command line's one-line message.
-`train` and `run` stop at the next step or cell on Ctrl-C and raise KeyboardInterrupt saying
-where they stopped.
+Ctrl-C stops train, run, check, paths and lesion at their next step, cell, job, path or
+lesion and raises KeyboardInterrupt saying where they stopped.
 
 The network arguments of profile, check, paths and lesion:
     net         mlp (sized by units and width) or a ResNet: resnet110, resnet:N:basic, ...
@@ -67,7 +67,8 @@ def check(net="mlp", units=54, width=64, input_dim=64, image_size=32, classes=10
     per check (finite differences, Eq. 4/7, Eq. 5/8, prod lambda) with its result (PASS,
     FAIL, INCONCLUSIVE, n/a), worst error, uncertainty, tolerance, what was compared, the
     reason where it did not apply, and whether it is a verification or a consistency check.
-    directions: random directions per finite-difference target."""
+    directions: random directions per finite-difference target. Ctrl-C stops before the
+    next finite-difference job with KeyboardInterrupt (ResNet-110's run for minutes)."""
     return pd.DataFrame(_resprop.check(**_kwargs(locals())))
 
 
@@ -111,7 +112,8 @@ def paths(net="mlp", units=54, width=64, input_dim=64, image_size=32, classes=10
 
     df.attrs["sum_error"] is the worst relative error of sum_k G_k(l) against dE/dx_l; above
     1e-10 (where the command line fails) it also warns. window is the command line's --window
-    (the effective window is printed there, not returned)."""
+    (the effective window is printed there, not returned). Ctrl-C stops the sampling with
+    KeyboardInterrupt."""
     cols, sum_error = _resprop.paths(**_kwargs(locals()))
     df = pd.DataFrame(cols)
     df.attrs["sum_error"] = sum_error

@@ -279,16 +279,14 @@ fn check<'py>(
         net, units, width, input_dim, image_size, classes, batch, placement, shortcut, projection,
         norm, init, bn_mode, seed, weights, data,
     )?;
-    let report = py
-        .detach(|| -> anyhow::Result<_> {
-            let a = args.prepare(Purpose::Check)?;
-            let opts = CheckOptions {
-                directions,
-                seed: a.args.seed,
-            };
-            run_checks(&a.net, &a.input, &a.labels, &a.args.ctx(), &opts)
-        })
-        .map_err(|e| value_error(format!("{e:#}")))?;
+    let report = interruptible(py, |stop| {
+        let a = args.prepare(Purpose::Check)?;
+        let opts = CheckOptions {
+            directions,
+            seed: a.args.seed,
+        };
+        run_checks(&a.net, &a.input, &a.labels, &a.args.ctx(), &opts, stop)
+    })?;
     let rows = &report.rows;
     let text = |f: &dyn Fn(&resprop::analysis::checks::CheckRow) -> String| {
         rows.iter().map(f).collect::<Vec<_>>()
@@ -363,7 +361,7 @@ fn paths<'py>(
         sample,
         window,
     };
-    let computed = interruptible(py, |_| args.compute(&|_| {}))?;
+    let computed = interruptible(py, |stop| args.compute(&|_| {}, stop))?;
     Ok((
         numeric_columns(py, &computed.rows, &["unit", "k"])?,
         computed.decomposition.max_sum_error(),
@@ -404,7 +402,7 @@ fn lesion<'py>(
         csv: None,
         draws,
     };
-    let l = interruptible(py, |_| args.compute(&|_| {}))?;
+    let l = interruptible(py, |stop| args.compute(&|_| {}, stop))?;
     // The CSV's fields (the deleted units space-separated, as there), with the counts as ints
     // and the test error as its float.
     let fields: Vec<Vec<String>> = l

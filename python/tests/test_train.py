@@ -163,3 +163,19 @@ def test_a_rerun_after_ctrl_c_finishes_the_same_table(tmp_path):
     assert (out / "stopme" / "train.csv").read_bytes() == \
         (tmp_path / "fresh" / "stopme" / "train.csv").read_bytes()
     assert_frames_equal(again, fresh)
+
+
+def test_ctrl_c_stops_the_checks_before_their_next_job():
+    # resprop check on ResNet-110 runs for minutes (measured: 6 min on two cores).
+    interrupt_soon()
+    with pytest.raises(KeyboardInterrupt,
+                       match=r"^interrupted during the finite differences \(\d+ of \d+ done\)$"):
+        resprop.check(net="resnet110")
+
+
+def test_ctrl_c_stops_the_path_sampling():
+    # 10^6 sampled paths per length would run for hours.
+    interrupt_soon()
+    with pytest.raises(KeyboardInterrupt,
+                       match=r"^interrupted while sampling paths of length \d+ of 0..=27$"):
+        resprop.paths(net="resnet:9:basic", image_size=8, batch=8, sample=10**6)

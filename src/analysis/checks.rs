@@ -31,10 +31,12 @@
 //! A check that does not apply is reported "n/a" with the reason.
 
 use rayon::prelude::*;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use super::record::{build_records, direct_parts, predicted_direct_ratio, Stages};
 use crate::finite_diff::{rel_error_scalar, ridders_twice, Derivative, Difference};
 use crate::grads::Grads;
+use crate::interrupt::{Interrupt, Interrupted};
 use crate::net::{NetCache, Network};
 use crate::rng::{derive_seed, gaussian, purpose, rng};
 use crate::tensor::{axpy, dot, norm, Tensor};
@@ -286,12 +288,16 @@ pub struct CheckReport {
 /// by about the same factor, and finite differences lose that many digits.
 pub const AMPLIFICATION_NOTE: f64 = 1e4;
 
+/// Every check on `net` at this batch. A request on `stop` ends the call with
+/// [`Interrupted`] before the next finite-difference job starts (the jobs of a ResNet-110 take
+/// minutes in all, each a few seconds).
 pub fn run_checks(
     net: &Network,
     input: &Tensor,
     labels: &[usize],
     ctx: &ForwardCtx,
     opts: &CheckOptions,
+    stop: &Interrupt,
 ) -> anyhow::Result<CheckReport> {
     let cache = net.forward(input, labels, ctx)?;
     let mut grads = Grads::new();
@@ -311,7 +317,8 @@ pub fn run_checks(
         &grads,
         &stages,
         &why,
-    );
+        stop,
+    )?;
     rows.extend(split_rows(
         net,
         &frozen,
@@ -321,7 +328,8 @@ pub fn run_checks(
         &back.grad_x,
         &stages,
         &why,
-    ));
+        stop,
+    )?);
     rows.extend(verify_units(net, &cache, &back).1);
     Ok(CheckReport {
         rows,
@@ -454,7 +462,8 @@ fn finite_difference_rows(
     grads: &Grads,
     stages: &Stages,
     why: &Unresolved,
-) -> Vec<CheckRow> {
+    stop: &Interrupt,
+) -> Result<Vec<CheckRow>, Interrupted> {
     let l_top = net.num_units();
     let mut units = vec![0, l_top / 2, l_top.saturating_sub(1), l_top];
     units.dedup();
@@ -497,13 +506,21 @@ fn finite_difference_rows(
             }
         }
     }
+    let done = AtomicUsize::new(0);
     let results: Vec<Comparison> = jobs
         .par_iter()
         .enumerate()
         .map(|(j, job)| {
+            stop.check(|| {
+                format!(
+                    "during the finite differences ({} of {} done)",
+                    done.load(Ordering::Relaxed),
+                    jobs.len()
+                )
+            })?;
             let seed = derive_seed(opts.seed, &[purpose::DIRECTIONS, j as u64]);
             // Jobs run side by side on rayon's workers: no extra helper thread inside.
-            crate::spin_join::without_helper(|| match job.unit {
+            let c = crate::spin_join::without_helper(|| match job.unit {
                 Some(l) => {
                     let x = cache.x(l);
                     let v = direction(x.shape(), &grad_x[l], seed);
@@ -543,9 +560,11 @@ fn finite_difference_rows(
                         |e| Comparison::of_derivative(analytic, e),
                     )
                 }
-            })
+            });
+            done.fetch_add(1, Ordering::Relaxed);
+            Ok(c)
         })
-        .collect();
+        .collect::<Result<_, Interrupted>>()?;
     // One row per group, worst target named.
     let mut rows: Vec<CheckRow> = Vec::new();
     let mut i = 0;
@@ -573,7 +592,7 @@ fn finite_difference_rows(
         };
         rows.push(group_row("finite differences", what, members, FD_TOL, why));
     }
-    rows
+    Ok(rows)
 }
 
 /// The paper's equation for this net, judged by its last unit (never a projection unit
@@ -598,7 +617,8 @@ fn split_rows(
     grad_x: &[Tensor],
     stages: &Stages,
     why: &Unresolved,
-) -> Vec<CheckRow> {
+    stop: &Interrupt,
+) -> Result<Vec<CheckRow>, Interrupted> {
     let l_top = net.num_units();
     let covered: Vec<usize> = (0..l_top).filter(|&l| stages.top[l] > l).collect();
     let name = match (
@@ -613,10 +633,10 @@ fn split_rows(
     let what_branch = format!("{name} branch term: <dE/dx_l - D_l, v> against differences of <dE/dx_top, x_top - S> (the unrolled sum of branch terms)");
     if covered.is_empty() {
         let reason = "no unit input has units above it on an unbroken shortcut path".to_string();
-        return vec![
+        return Ok(vec![
             CheckRow::not_applicable("shortcut path", what_direct, FD_TOL, reason.clone()),
             CheckRow::not_applicable("branch paths", what_branch, FD_TOL, reason),
-        ];
+        ]);
     }
     let mut picks = vec![
         covered[0],
@@ -639,7 +659,8 @@ fn split_rows(
     let results: Vec<(Comparison, Comparison)> = jobs
         .par_iter()
         .map(|&(l, d)| {
-            crate::spin_join::without_helper(|| {
+            stop.check(|| "during the shortcut-path and branch-path checks".to_string())?;
+            Ok(crate::spin_join::without_helper(|| {
                 let top = stages.top[l];
                 let x = cache.x(l);
                 let g_top = &grad_x[top];
@@ -708,9 +729,9 @@ fn split_rows(
                     |e| Comparison::new(rest_bp, e, scale(&e)),
                 );
                 (direct, rest)
-            })
+            }))
         })
-        .collect();
+        .collect::<Result<_, Interrupted>>()?;
     let units = picks
         .iter()
         .map(|l| l.to_string())
@@ -718,7 +739,7 @@ fn split_rows(
         .join(", ");
     let directs: Vec<Comparison> = results.iter().map(|r| r.0).collect();
     let rests: Vec<Comparison> = results.iter().map(|r| r.1).collect();
-    vec![
+    Ok(vec![
         group_row(
             "shortcut path",
             format!(
@@ -739,7 +760,7 @@ fn split_rows(
             FD_TOL,
             why,
         ),
-    ]
+    ])
 }
 
 /// Why Eq. 3-4 (and 7) do not describe this network's stages, if they do not: every unit
@@ -974,6 +995,42 @@ mod tests {
             error,
             evaluations: 4,
         }
+    }
+
+    #[test]
+    fn a_requested_stop_ends_the_checks_before_their_first_job() {
+        use crate::net::{build_mlp, MlpConfig};
+        let net = build_mlp(&MlpConfig {
+            units: 2,
+            width: 4,
+            input_dim: 3,
+            classes: 2,
+            placement: crate::unit::Placement::FullPreact,
+            shortcut: ShortcutKind::Identity,
+            norm: crate::layers::NormKind::Batch,
+            seed: 1,
+        })
+        .unwrap();
+        let (x, y) = crate::analysis::gaussian_batch(&net.input_shape, 4, 2, 1);
+        let ctx = ForwardCtx {
+            mode: crate::layers::Mode::Train,
+            dropout_seed: 0,
+            keep_branch: true,
+            weight_grads: true,
+        };
+        let opts = CheckOptions {
+            directions: 1,
+            seed: 1,
+        };
+        let stop = Interrupt::new();
+        assert!(run_checks(&net, &x, &y, &ctx, &opts, &stop).is_ok());
+        stop.request();
+        let e = run_checks(&net, &x, &y, &ctx, &opts, &stop).unwrap_err();
+        assert!(
+            e.to_string()
+                .starts_with("interrupted during the finite differences (0 of "),
+            "{e}"
+        );
     }
 
     #[test]

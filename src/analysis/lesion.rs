@@ -138,11 +138,13 @@ pub fn run(
     data: &Split,
     lesions: &[Lesion],
     progress: &(dyn Fn() + Sync),
+    stop: &crate::interrupt::Interrupt,
 ) -> Result<Vec<f64>> {
     use rayon::prelude::*;
     lesions
         .par_iter()
         .map(|l| {
+            stop.check(|| format!("before all {} lesions were measured", lesions.len()))?;
             let e = crate::spin_join::without_helper(|| test_error(net, data, &l.units));
             progress();
             e

@@ -200,14 +200,16 @@ pub fn sample_paths(
     samples: usize,
     seed: u64,
     progress: &(dyn Fn() + Sync),
-) -> Vec<f64> {
+    stop: &crate::interrupt::Interrupt,
+) -> Result<Vec<f64>, crate::interrupt::Interrupted> {
     let n = net.num_units();
     (0..=n)
         .map(|k| {
             let norms: Vec<f64> = (0..samples)
                 .into_par_iter()
                 .map(|s| {
-                    crate::spin_join::without_helper(|| {
+                    stop.check(|| format!("while sampling paths of length {k} of 0..={n}"))?;
+                    Ok(crate::spin_join::without_helper(|| {
                         let mut r = rng(derive_seed(
                             seed,
                             &[crate::rng::purpose::PATHS, k as u64, s as u64],
@@ -217,11 +219,11 @@ pub fn sample_paths(
                             take[i] = true;
                         }
                         norm(&single_path(net, cache, grads, &take))
-                    })
+                    }))
                 })
-                .collect();
+                .collect::<Result<_, _>>()?;
             progress();
-            norms.iter().sum::<f64>() / samples as f64
+            Ok(norms.iter().sum::<f64>() / samples as f64)
         })
         .collect()
 }

@@ -164,6 +164,7 @@ pub fn run_one(seed: u64, i: u64) -> Result<SweepResult> {
             directions: 1,
             seed: config.seed,
         },
+        &crate::interrupt::Interrupt::new(),
     )?;
     let rows = |f: &dyn Fn(&Status) -> bool| {
         report

@@ -35,7 +35,14 @@ pub fn run(args: &CheckArgs) -> Result<ExitCode> {
         directions: args.directions as usize,
         seed: net_args.seed,
     };
-    let report = run_checks(&net, &input, &labels, &ctx, &opts)?;
+    let report = run_checks(
+        &net,
+        &input,
+        &labels,
+        &ctx,
+        &opts,
+        &crate::interrupt::Interrupt::new(),
+    )?;
     let rows = &report.rows;
     let mut out = net_args.describe("check", &net);
     outln!(

@@ -35,9 +35,13 @@ pub struct Lesions {
 }
 
 impl LesionArgs {
-    /// Plans and measures the lesions, calling `progress(n)` after each of the n; also the
-    /// Python package's `lesion`.
-    pub fn compute(&self, progress: &(dyn Fn(usize) + Sync)) -> Result<Lesions> {
+    /// Plans and measures the lesions, calling `progress(n)` after each of the n (a request
+    /// on `stop` ends the call before the next); also the Python package's `lesion`.
+    pub fn compute(
+        &self,
+        progress: &(dyn Fn(usize) + Sync),
+        stop: &crate::interrupt::Interrupt,
+    ) -> Result<Lesions> {
         if self.net.weights.is_none() {
             bail!("lesion needs a trained network: --weights CHECKPOINT (from `resprop train --checkpoint DIR`)");
         }
@@ -50,7 +54,7 @@ impl LesionArgs {
         };
         let lesions = plan(&analysis.net, self.draws, analysis.args.seed);
         let n = lesions.len();
-        let errors = run_lesions(&analysis.net, data, &lesions, &|| progress(n))?;
+        let errors = run_lesions(&analysis.net, data, &lesions, &|| progress(n), stop)?;
         Ok(Lesions {
             analysis,
             lesions,
@@ -72,10 +76,13 @@ pub fn run(args: &LesionArgs) -> Result<ExitCode> {
         analysis,
         lesions,
         errors,
-    } = args.compute(&|n| {
-        bar.set_length(n as u64);
-        bar.inc(1);
-    })?;
+    } = args.compute(
+        &|n| {
+            bar.set_length(n as u64);
+            bar.inc(1);
+        },
+        &crate::interrupt::Interrupt::new(),
+    )?;
     bar.finish_and_clear();
     let (net, net_args) = (&analysis.net, &analysis.args);
     let pool = deletable(net);

@@ -46,8 +46,13 @@ pub struct Paths {
 
 impl PathsArgs {
     /// The decomposition (and the sampled estimate with `--sample`, calling `on_length(n)`
-    /// after each of the n path lengths); also the Python package's `paths`.
-    pub fn compute(&self, on_length: &(dyn Fn(usize) + Sync)) -> Result<Paths> {
+    /// after each of the n path lengths; a request on `stop` ends the sampling); also the
+    /// Python package's `paths`.
+    pub fn compute(
+        &self,
+        on_length: &(dyn Fn(usize) + Sync),
+        stop: &crate::interrupt::Interrupt,
+    ) -> Result<Paths> {
         check_samples(self.sample)?;
         if !(self.window > 0.0 && self.window <= 1.0) {
             bail!("--window: a share in (0, 1], got {}", self.window);
@@ -69,16 +74,20 @@ impl PathsArgs {
         let decomposition = decompose(net, &cache, &grads);
         let decompose_s = t.elapsed().as_secs_f64();
         let lengths = net.num_units() + 1;
-        let sampled = self.sample.map(|s| {
-            sample_paths(
-                net,
-                &cache,
-                &grads,
-                s,
-                derive_seed(net_args.seed, &[crate::rng::purpose::PATHS]),
-                &|| on_length(lengths),
-            )
-        });
+        let sampled = self
+            .sample
+            .map(|s| {
+                sample_paths(
+                    net,
+                    &cache,
+                    &grads,
+                    s,
+                    derive_seed(net_args.seed, &[crate::rng::purpose::PATHS]),
+                    &|| on_length(lengths),
+                    stop,
+                )
+            })
+            .transpose()?;
         let rows = path_rows(net, &decomposition, sampled.as_deref());
         Ok(Paths {
             analysis,
@@ -112,10 +121,13 @@ pub fn run(args: &PathsArgs) -> Result<ExitCode> {
         rows,
         backward_s,
         decompose_s,
-    } = args.compute(&|lengths| {
-        bar.set_length(lengths as u64);
-        bar.inc(1);
-    })?;
+    } = args.compute(
+        &|lengths| {
+            bar.set_length(lengths as u64);
+            bar.inc(1);
+        },
+        &crate::interrupt::Interrupt::new(),
+    )?;
     bar.finish_and_clear();
     let (net, net_args) = (&analysis.net, &analysis.args);
     let mut out = net_args.describe("paths", net);

@@ -17,6 +17,7 @@ use crate::tensor::Tensor;
 use crate::unit::{ForwardCtx, ShortcutKind};
 
 /// The path decomposition of `net` at `(input, labels)`, as rows tagged `when`.
+#[allow(clippy::too_many_arguments)]
 fn path_table(
     spec: &Spec,
     net: &Network,
@@ -25,6 +26,7 @@ fn path_table(
     sample: usize,
     seed: u64,
     when: &str,
+    stop: &Interrupt,
 ) -> Result<Vec<Vec<String>>> {
     let ctx = ForwardCtx {
         mode: spec.bn_mode,
@@ -41,16 +43,19 @@ fn path_table(
             d.max_sum_error()
         );
     }
-    let sampled = (sample > 0).then(|| {
-        sample_paths(
-            net,
-            &cache,
-            &grads,
-            sample,
-            derive_seed(seed, &[purpose::PATHS]),
-            &|| {},
-        )
-    });
+    let sampled = (sample > 0)
+        .then(|| {
+            sample_paths(
+                net,
+                &cache,
+                &grads,
+                sample,
+                derive_seed(seed, &[purpose::PATHS]),
+                &|| {},
+                stop,
+            )
+        })
+        .transpose()?;
     Ok(path_rows(net, &d, sampled.as_deref())
         .iter()
         .map(|r| {
@@ -75,7 +80,7 @@ pub fn run_paths_cell(
     let seed = cell_seed(spec, cell.replicate);
     let (Some(t), Some(data)) = (train, data) else {
         let (net, x, y) = super::runner::build_profile_net(spec, cell)?;
-        let rows = path_table(spec, &net, &x, &y, sample, seed, "init")?;
+        let rows = path_table(spec, &net, &x, &y, sample, seed, "init", stop)?;
         return Ok(CellResult {
             tables: vec![rows],
             warning: None,
@@ -92,10 +97,12 @@ pub fn run_paths_cell(
     let mut r = rng(derive_seed(seed, &[purpose::INPUT]));
     let idx = rand::seq::index::sample(&mut r, n, spec.batch).into_vec();
     let (x, y) = data.train.batch(&idx, cell.net == NetChoice::Mlp);
-    let mut rows = path_table(spec, &net, &x, &y, sample, seed, "init")?;
+    let mut rows = path_table(spec, &net, &x, &y, sample, seed, "init", stop)?;
     let (h, warning) = train_cell_net(spec, cell, t, data, &mut net, stop)?;
     if h.diverged.is_none() {
-        rows.extend(path_table(spec, &net, &x, &y, sample, seed, "trained")?);
+        rows.extend(path_table(
+            spec, &net, &x, &y, sample, seed, "trained", stop,
+        )?);
     }
     Ok(CellResult {
         tables: vec![rows],
@@ -122,7 +129,7 @@ pub fn run_lesion_cell(
         });
     }
     let lesions = crate::analysis::lesion::plan(&net, draws, cell_seed(spec, cell.replicate));
-    let errors = crate::analysis::lesion::run(&net, data, &lesions, &|| {})?;
+    let errors = crate::analysis::lesion::run(&net, data, &lesions, &|| {}, stop)?;
     Ok(CellResult {
         tables: vec![lesions
             .iter()

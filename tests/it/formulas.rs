@@ -40,7 +40,15 @@ fn checks(
     directions: usize,
     seed: u64,
 ) -> resprop::analysis::checks::CheckReport {
-    run_checks(net, x, y, ctx, &CheckOptions { directions, seed }).unwrap()
+    run_checks(
+        net,
+        x,
+        y,
+        ctx,
+        &CheckOptions { directions, seed },
+        &resprop::interrupt::Interrupt::new(),
+    )
+    .unwrap()
 }
 
 fn ctx() -> ForwardCtx {

@@ -144,7 +144,16 @@ fn plain_and_rezero_nets_have_one_path_length() {
         d.norms[0]
     );
     assert!(d.norms[0][4] > 0.0);
-    let sampled = sample_paths(&net, &cache, &grads, 3, 1, &|| {});
+    let sampled = sample_paths(
+        &net,
+        &cache,
+        &grads,
+        3,
+        1,
+        &|| {},
+        &resprop::interrupt::Interrupt::new(),
+    )
+    .unwrap();
     assert_eq!(sampled[4], d.norms[0][4]);
     assert_eq!(sampled[0], 0.0);
 
