@@ -586,12 +586,11 @@ mod tests {
         );
     }
 
-    #[test]
-    fn an_error_from_progress_stops_training_after_that_step() {
-        let data = crate::data::digits::load().unwrap();
-        let mut net = build_mlp(&MlpConfig {
-            units: 2,
-            width: 8,
+    /// A full pre-activation MLP for the digits (64 inputs, 10 classes).
+    fn digits_mlp(units: usize, width: usize) -> Network {
+        build_mlp(&MlpConfig {
+            units,
+            width,
             input_dim: 64,
             classes: 10,
             placement: Placement::FullPreact,
@@ -599,9 +598,13 @@ mod tests {
             norm: crate::layers::NormKind::Batch,
             seed: 1,
         })
-        .unwrap();
-        let cfg = TrainConfig {
-            epochs: 2,
+        .unwrap()
+    }
+
+    /// The paper's SGD recipe at batch 64.
+    fn sgd(epochs: usize, record_every: usize) -> TrainConfig {
+        TrainConfig {
+            epochs,
             batch: 64,
             base_lr: 0.1,
             momentum: 0.9,
@@ -609,10 +612,17 @@ mod tests {
             optimizer: OptimizerKind::Sgd,
             weight_decay_mode: WeightDecayMode::Decoupled,
             warmup: Warmup::UntilError,
-            record_every: 0,
+            record_every,
             signal: false,
             seed: 1,
-        };
+        }
+    }
+
+    #[test]
+    fn an_error_from_progress_stops_training_after_that_step() {
+        let data = crate::data::digits::load().unwrap();
+        let mut net = digits_mlp(2, 8);
+        let cfg = sgd(2, 0);
         let stop = crate::interrupt::Interrupt::new();
         let (mut seen, mut epochs_ended) = (Vec::new(), 0);
         let e = train(
@@ -645,30 +655,8 @@ mod tests {
     #[test]
     fn short_training_on_digits_lowers_the_loss() {
         let data = crate::data::digits::load().unwrap();
-        let mut net = build_mlp(&MlpConfig {
-            units: 4,
-            width: 32,
-            input_dim: 64,
-            classes: 10,
-            placement: Placement::FullPreact,
-            shortcut: ShortcutKind::Identity,
-            norm: crate::layers::NormKind::Batch,
-            seed: 1,
-        })
-        .unwrap();
-        let cfg = TrainConfig {
-            epochs: 3,
-            batch: 64,
-            base_lr: 0.1,
-            momentum: 0.9,
-            weight_decay: 1e-4,
-            optimizer: OptimizerKind::Sgd,
-            weight_decay_mode: WeightDecayMode::Decoupled,
-            warmup: Warmup::UntilError,
-            record_every: 10,
-            signal: false,
-            seed: 1,
-        };
+        let mut net = digits_mlp(4, 32);
+        let cfg = sgd(3, 10);
         let h = train(
             &mut net,
             &data,
