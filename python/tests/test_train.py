@@ -90,7 +90,9 @@ def test_ctrl_c_stops_training_at_the_next_step():
     assert int(m.group(1)) < int(m.group(2)) == 2000 * 22
 
 
-def test_a_handlers_own_exception_comes_through():
+def test_a_handlers_own_exception_comes_through(tmp_path):
+    import numpy as np
+
     class Stop(Exception):
         pass
 
@@ -101,9 +103,14 @@ def test_a_handlers_own_exception_comes_through():
     try:
         interrupt_soon()
         with pytest.raises(Stop):
-            resprop.train(net="mlp", units=8, width=32, epochs=2000)
+            resprop.train(net="mlp", units=8, width=32, epochs=2000, checkpoint=tmp_path)
     finally:
         signal.signal(signal.SIGINT, old)
+    # The run stopped early: its last checkpoint is of an epoch well before the 2000th (or
+    # none was written yet). Without the stop, Stop would come only after all 2000.
+    ck = tmp_path / "checkpoint.npz"
+    if ck.exists():
+        assert int(np.load(ck)["epochs_done"][0]) < 2000
 
 
 SPEC = """

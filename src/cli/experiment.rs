@@ -117,13 +117,24 @@ pub fn run(args: &RunArgs) -> Result<ExitCode> {
         t.elapsed().as_secs_f64(),
         csv.display()
     );
-    if let Some(dir) = &args.plots {
-        for p in draw(&csv, &spec.charts, dir)? {
+    draw_listed(&csv, &spec, args.plots.as_deref(), &mut out)?;
+    emit(&out)?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// With `--plots DIR`, draws the experiment's charts there and lists each in `out`.
+fn draw_listed(
+    csv: &std::path::Path,
+    spec: &crate::experiment::spec::Spec,
+    plots: Option<&std::path::Path>,
+    out: &mut String,
+) -> Result<()> {
+    if let Some(dir) = plots {
+        for p in draw(csv, &spec.charts, dir)? {
             out.push_str(&format!("chart: {}\n", p.display()));
         }
     }
-    emit(&out)?;
-    Ok(ExitCode::SUCCESS)
+    Ok(())
 }
 
 /// `resprop merge`: the experiment's tables from its shards' cells, once all are there.
@@ -136,11 +147,7 @@ pub fn merge(args: &MergeArgs) -> Result<ExitCode> {
         spec.cells().len(),
         csv.display()
     );
-    if let Some(dir) = &args.plots {
-        for p in draw(&csv, &spec.charts, dir)? {
-            out.push_str(&format!("chart: {}\n", p.display()));
-        }
-    }
+    draw_listed(&csv, &spec, args.plots.as_deref(), &mut out)?;
     emit(&out)?;
     Ok(ExitCode::SUCCESS)
 }

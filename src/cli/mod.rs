@@ -384,23 +384,15 @@ impl NetArgs {
         crate::net::memory::ensure_fits(&estimate, &format!("{}", self.net))?;
         let mut net = self.build_sized(&sizes)?;
         if let Some(w) = &self.weights {
-            let now = crate::train::checkpoint::Architecture {
-                net: self.net.to_string(),
-                units: net.num_units(),
-                width: if self.net == NetChoice::Mlp {
-                    self.width
-                } else {
-                    0
-                },
-                placement: self.placement.to_string(),
-                shortcut: self.shortcut.to_string(),
-                projection: match &net.spec {
-                    crate::net::NetSpec::Resnet(c) => c.projection.to_string(),
-                    crate::net::NetSpec::Mlp(_) => String::new(),
-                },
-                norm: self.norm.to_string(),
-                init: self.init.to_string(),
-            };
+            let now = crate::train::checkpoint::Architecture::of(
+                &self.net,
+                &net,
+                self.width,
+                self.placement,
+                self.shortcut,
+                self.norm,
+                self.init,
+            );
             crate::train::checkpoint::load_weights(w, &mut net, &now)?;
         }
         let (input, labels) = match (&self.data, &data) {

@@ -332,8 +332,9 @@ fn read_config(npz: &mut NpzReader<File>, ctx: &dyn Fn(&str) -> String) -> Resul
 #[derive(Debug, Clone, PartialEq)]
 pub struct Architecture {
     pub net: String,
-    /// MLP depth (0 for a ResNet, whose depth is in its name).
+    /// The residual units the network has.
     pub units: usize,
+    /// The MLP's width (0 for a ResNet, whose widths its name fixes).
     pub width: usize,
     pub placement: String,
     pub shortcut: String,
@@ -358,6 +359,35 @@ impl RunConfig {
 }
 
 impl Architecture {
+    /// The architecture of `net`, built from `choice` with these settings (`width`: the MLP's).
+    pub fn of(
+        choice: &crate::net::NetChoice,
+        net: &Network,
+        width: usize,
+        placement: crate::unit::Placement,
+        shortcut: crate::unit::ShortcutKind,
+        norm: crate::layers::NormKind,
+        init: crate::net::Init,
+    ) -> Architecture {
+        Architecture {
+            net: choice.to_string(),
+            units: net.num_units(),
+            width: if *choice == crate::net::NetChoice::Mlp {
+                width
+            } else {
+                0
+            },
+            placement: placement.to_string(),
+            shortcut: shortcut.to_string(),
+            projection: match &net.spec {
+                crate::net::NetSpec::Resnet(c) => c.projection.to_string(),
+                crate::net::NetSpec::Mlp(_) => String::new(),
+            },
+            norm: norm.to_string(),
+            init: init.to_string(),
+        }
+    }
+
     /// The settings in which `now` differs from `self`, as `--flag checkpoint A, now B`.
     pub fn differences(&self, now: &Architecture) -> Vec<String> {
         let pairs = [
