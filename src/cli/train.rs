@@ -167,21 +167,22 @@ impl TrainArgs {
             signal: false,
             seed: args.seed,
         };
+        let arch = checkpoint::Architecture::of(
+            &args.net,
+            &net,
+            args.width,
+            args.placement,
+            args.shortcut,
+            args.norm,
+            args.init,
+        );
         let run_config = checkpoint::RunConfig {
-            net: args.net.to_string(),
-            units: net.num_units(),
-            // The MLP's width; a ResNet's widths are fixed by its name.
-            width: if args.net == NetChoice::Mlp {
-                args.width
-            } else {
-                0
-            },
-            placement: args.placement.to_string(),
-            shortcut: args.shortcut.to_string(),
-            projection: match &net.spec {
-                crate::net::NetSpec::Resnet(c) => c.projection.to_string(),
-                crate::net::NetSpec::Mlp(_) => String::new(),
-            },
+            net: arch.net,
+            units: arch.units,
+            width: arch.width,
+            placement: arch.placement,
+            shortcut: arch.shortcut,
+            projection: arch.projection,
             epochs: args.epochs,
             batch: args.batch,
             lr: args.lr,
@@ -192,8 +193,8 @@ impl TrainArgs {
                 crate::train::OptimizerKind::Sgd => String::new(),
                 crate::train::OptimizerKind::Adam => args.weight_decay_mode.to_string(),
             },
-            norm: args.norm.to_string(),
-            init: args.init.to_string(),
+            norm: arch.norm,
+            init: arch.init,
             warmup: cfg.warmup.to_string(),
             record_every: args.record_every,
             seed: args.seed,
@@ -289,6 +290,7 @@ pub fn run(args: &TrainArgs) -> Result<ExitCode> {
         )
         .unwrap(),
     );
+    let resumed_steps = t.resume.history.steps.len();
     let start = Instant::now();
     let mut lines = String::new();
     let history = args.train_prepared(
@@ -321,10 +323,16 @@ pub fn run(args: &TrainArgs) -> Result<ExitCode> {
     let net = &t.net;
     bar.finish_and_clear();
     let secs = start.elapsed().as_secs_f64();
+    // A resumed run's history holds the checkpoint's steps too: the rate is of this run's.
+    let taken = history.steps.len() - resumed_steps;
     let mut out = format!(
-        "{} steps in {secs:.1} s ({:.1} steps/s)\n",
-        history.steps.len(),
-        history.steps.len() as f64 / secs
+        "{taken} steps in {secs:.1} s ({:.1} steps/s){}\n",
+        taken as f64 / secs.max(1e-9),
+        if resumed_steps > 0 {
+            format!(", after the checkpoint's {resumed_steps}")
+        } else {
+            String::new()
+        }
     );
     if let Some(p) = &args.csv {
         write_atomic(p, &to_csv(&history.steps, &[])?)?;
