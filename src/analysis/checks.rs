@@ -1008,6 +1008,7 @@ mod tests {
             placement: crate::unit::Placement::FullPreact,
             shortcut: ShortcutKind::Identity,
             norm: crate::layers::NormKind::Batch,
+            init: crate::net::Init::He,
             seed: 1,
         })
         .unwrap();

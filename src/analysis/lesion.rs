@@ -169,6 +169,7 @@ mod tests {
             placement: Placement::Original,
             shortcut: shortcut.parse().unwrap(),
             norm: crate::layers::NormKind::Batch,
+            init: crate::net::Init::He,
             seed: 1,
         })
         .unwrap()

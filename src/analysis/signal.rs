@@ -141,6 +141,7 @@ mod tests {
             placement,
             shortcut: ShortcutKind::Identity,
             norm: crate::layers::NormKind::Batch,
+            init: crate::net::Init::He,
             seed: 3,
         })
         .unwrap();

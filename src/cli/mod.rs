@@ -152,9 +152,9 @@ pub struct NetArgs {
     /// out). The projection shortcut's BatchNorm (--projection bn) stays.
     #[arg(long, default_value = "batch", value_parser = parse_norm)]
     pub norm: NormKind,
-    /// How the weights start: he (He et al., the paper's), xavier (Glorot and Bengio's
-    /// 2/(fan_in + fan_out) on every weight layer, as Xiong et al.'s LayerNorm analysis
-    /// assumes) or fixup (Fixup: with --norm none,
+    /// How the weights start: he (He et al., the paper's: N(0, 2/fan_out), the classifier
+    /// N(0, 1/fan_in)), xavier (Glorot and Bengio's N(0, 2/(fan_in + fan_out)) on every weight
+    /// layer, the classifier included, as Xiong et al.'s LayerNorm analysis assumes) or fixup (Fixup: with --norm none,
     /// each branch's last weight layer and the classifier at 0, the others scaled by
     /// L^(-1/(2m-2)), a scalar multiplier per branch and scalar biases).
     #[arg(long, default_value = "he", value_parser = |s: &str| s.parse::<crate::net::Init>())]

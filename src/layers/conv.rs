@@ -94,6 +94,22 @@ impl Conv2d {
         rng: &mut ChaCha8Rng,
     ) -> Self {
         let std = (2.0 / (k * k * c_out) as f64).sqrt();
+        Self::with_std(name, c_in, c_out, k, stride, pad, std, bias, rng)
+    }
+
+    /// `w ~ N(0, std^2)`, bias filled with the given value when present.
+    #[allow(clippy::too_many_arguments)]
+    pub fn with_std(
+        name: &str,
+        c_in: usize,
+        c_out: usize,
+        k: usize,
+        stride: usize,
+        pad: usize,
+        std: f64,
+        bias: Option<f64>,
+        rng: &mut ChaCha8Rng,
+    ) -> Self {
         Conv2d {
             name: name.to_string(),
             w: gaussian(&[c_out, c_in, k, k], std, rng),

@@ -1,5 +1,4 @@
-//! Initialisations: He's (the paper's), Glorot and Bengio's "Xavier" (Xiong et al.'s
-//! analysis of Pre-/Post-LN assumes it), and Fixup (Zhang, Dauphin and Ma, ICLR 2019), which
+//! Fixup (Zhang, Dauphin and Ma, ICLR 2019), which
 //! trains residual networks without normalisation from a rescaled start:
 //!
 //! - each branch's last weight layer and the classifier start at 0, so every unit starts as
@@ -17,78 +16,9 @@ use crate::layers::branch_scale::BranchScale;
 use crate::layers::scalar_bias::ScalarBias;
 use crate::unit::Op;
 
-/// How the weights start.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
-pub enum Init {
-    /// He et al.'s, on fan-out for convolutions, as in the paper's code.
-    #[default]
-    He,
-    /// Glorot and Bengio's, `N(0, 2 / (fan_in + fan_out))`, on every weight layer: half
-    /// He's variance on a square layer.
-    Xavier,
-    /// Fixup's rescaled start (needs a network without normalisation).
-    Fixup,
-}
-
-impl Init {
-    pub fn is_he(&self) -> bool {
-        *self == Init::He
-    }
-}
-
-impl std::str::FromStr for Init {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
-        match s {
-            "he" => Ok(Init::He),
-            "xavier" => Ok(Init::Xavier),
-            "fixup" => Ok(Init::Fixup),
-            _ => Err(format!("unknown init '{s}' (expected he, xavier or fixup)")),
-        }
-    }
-}
-
-impl std::fmt::Display for Init {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self {
-            Init::He => "he",
-            Init::Xavier => "xavier",
-            Init::Fixup => "fixup",
-        })
-    }
-}
-
 /// Fixup's factor on the branch's first `m - 1` weight layers, `L^(-1/(2m-2))`.
 pub fn fixup_scale(units: usize, weights_per_branch: usize) -> f64 {
     (units as f64).powf(-1.0 / (2.0 * weights_per_branch as f64 - 2.0))
-}
-
-/// The factor that turns a He (fan-out) draw into a Xavier one: `sqrt(fan_out / (fan_in +
-/// fan_out))`; the receptive field cancels for a convolution, leaving the channels.
-pub fn xavier_factor(fan_in: usize, fan_out: usize) -> f64 {
-    (fan_out as f64 / (fan_in + fan_out) as f64).sqrt()
-}
-
-/// Rescales every weight layer of a He-initialised network (stem, branches, shortcuts,
-/// head) to Xavier's variance; the same draws, so a He and a Xavier net differ by a factor
-/// per layer only.
-pub fn apply_xavier(net: &mut Network) {
-    let rescale = |op: &mut Op| match op {
-        Op::Dense(d) => {
-            let (fan_in, fan_out) = (d.w.shape()[0], d.w.shape()[1]);
-            d.w *= xavier_factor(fan_in, fan_out);
-        }
-        Op::Conv(c) => {
-            let (fan_out, fan_in) = (c.w.shape()[0], c.w.shape()[1]);
-            c.w *= xavier_factor(fan_in, fan_out);
-        }
-        _ => {}
-    };
-    net.stem.iter_mut().for_each(rescale);
-    net.head.iter_mut().for_each(rescale);
-    for u in &mut net.units {
-        u.ops_mut().for_each(rescale);
-    }
 }
 
 fn is_weight(op: &Op) -> bool {
@@ -186,13 +116,5 @@ mod tests {
         // L^(-1/2) for two-layer branches, L^(-1/4) for three (bottleneck).
         assert_eq!(fixup_scale(54, 2), 54f64.powf(-0.5));
         assert_eq!(fixup_scale(54, 3), 54f64.powf(-0.25));
-        assert!("glorot"
-            .parse::<Init>()
-            .unwrap_err()
-            .contains("unknown init 'glorot'"));
-        // Square layers get half He's variance; a 16 -> 48 layer (He on fan-out: 2/48)
-        // gets 2/64.
-        assert_eq!(xavier_factor(64, 64), 0.5f64.sqrt());
-        assert!((xavier_factor(16, 48).powi(2) * 2.0 / 48.0 - 2.0 / 64.0).abs() < 1e-17);
     }
 }

@@ -2,14 +2,16 @@
 //! placements), L units of two dense layers each, a head (BN-ReLU after the last addition for
 //! pre-activation placements, as in the paper) and a dense classifier.
 //!
-//! Initialisation follows the paper's code and PyTorch's reference nets: hidden, gate and projection weights
-//! He normal on fan-out (`std = sqrt(2 / D_out)`), classifier `N(0, 1 / D_in)`, biases 0
-//! except the gate bias, BN gamma 1 and beta 0.
+//! The weights are drawn by `cfg.init`'s rule (`init.rs`; He's follows the paper's code and
+//! PyTorch's reference nets: hidden, gate and projection weights on fan-out, `std = sqrt(2 /
+//! D_out)`, the classifier `N(0, 1 / D_in)`); biases 0 except the gate bias, norm gamma 1 and
+//! beta 0.
 
 use anyhow::{bail, Result};
 use rand_chacha::ChaCha8Rng;
 use serde::Serialize;
 
+use super::init::{Init, Role};
 use super::{NetSpec, Network};
 use crate::layers::{Dense, NormKind};
 use crate::rng::{derive_seed, purpose, rng};
@@ -33,6 +35,9 @@ pub struct MlpConfig {
         skip_serializing_if = "NormKind::is_batch"
     )]
     pub norm: NormKind,
+    /// The rule the weights are drawn by (left out of descriptions when it is He's).
+    #[serde(skip_serializing_if = "Init::is_he")]
+    pub init: Init,
     /// Seed of the weight initialisation.
     pub seed: u64,
 }
@@ -65,16 +70,18 @@ fn dense_ops(
     prefix: &str,
     width: usize,
     norm: NormKind,
+    init: Init,
     r: &mut ChaCha8Rng,
 ) -> Vec<Op> {
     recipe
         .iter()
         .filter_map(|step| match *step {
-            Step::Weight(i) => Some(Op::Dense(Dense::he_fan_out(
+            Step::Weight(i) => Some(Op::Dense(hidden_dense(
                 &format!("{prefix}.w{i}"),
                 width,
                 width,
                 None,
+                init,
                 r,
             ))),
             Step::Norm(i) => norm
@@ -100,6 +107,19 @@ pub(crate) fn edge_ops(recipe: &[Step], name: &str, channels: usize, norm: NormK
         .collect()
 }
 
+/// A stem, branch, gate or projection layer drawn by `init`'s rule for hidden layers.
+fn hidden_dense(
+    name: &str,
+    d_in: usize,
+    d_out: usize,
+    bias: Option<f64>,
+    init: Init,
+    r: &mut ChaCha8Rng,
+) -> Dense {
+    let std = init.std(Role::Hidden, d_in, d_out);
+    Dense::with_std(name, d_in, d_out, std, bias, r)
+}
+
 /// One residual unit of two dense layers at `width`.
 pub fn dense_unit(
     index: usize,
@@ -107,6 +127,7 @@ pub fn dense_unit(
     shortcut: ShortcutKind,
     width: usize,
     norm: NormKind,
+    init: Init,
     r: &mut ChaCha8Rng,
 ) -> ResidualUnit {
     let name = format!("unit{index}");
@@ -115,6 +136,7 @@ pub fn dense_unit(
         &format!("{name}.branch"),
         width,
         norm,
+        init,
         r,
     );
     branch.extend(crate::unit::shortcut::branch_scale(shortcut, &name, width));
@@ -123,17 +145,19 @@ pub fn dense_unit(
         &format!("{name}.after"),
         width,
         norm,
+        init,
         r,
     );
     let shortcut_ops = match shortcut {
         ShortcutKind::Gate { bias } | ShortcutKind::ShortcutGate { bias } => vec![Op::Dense(
-            Dense::he_fan_out(&format!("{name}.gate"), width, width, Some(bias), r),
+            hidden_dense(&format!("{name}.gate"), width, width, Some(bias), init, r),
         )],
-        ShortcutKind::Conv1x1 => vec![Op::Dense(Dense::he_fan_out(
+        ShortcutKind::Conv1x1 => vec![Op::Dense(hidden_dense(
             &format!("{name}.proj"),
             width,
             width,
             None,
+            init,
             r,
         ))],
         _ => Vec::new(),
@@ -154,11 +178,12 @@ pub fn dense_unit(
 pub fn build_mlp(cfg: &MlpConfig) -> Result<Network> {
     cfg.validate()?;
     let mut r = rng(derive_seed(cfg.seed, &[purpose::INIT]));
-    let mut stem = vec![Op::Dense(Dense::he_fan_out(
+    let mut stem = vec![Op::Dense(hidden_dense(
         "stem",
         cfg.input_dim,
         cfg.width,
         None,
+        cfg.init,
         &mut r,
     ))];
     let stem_head =
@@ -167,13 +192,21 @@ pub fn build_mlp(cfg: &MlpConfig) -> Result<Network> {
     let (shortcut, gain) = crate::unit::shortcut::resolve_for_depth(cfg.shortcut, cfg.units);
     let units = (0..cfg.units)
         .map(|l| {
-            let mut u = dense_unit(l, cfg.placement, shortcut, cfg.width, cfg.norm, &mut r);
+            let mut u = dense_unit(
+                l,
+                cfg.placement,
+                shortcut,
+                cfg.width,
+                cfg.norm,
+                cfg.init,
+                &mut r,
+            );
             u.scale_branch_weights(gain);
             u
         })
         .collect();
     let mut head = stem_head(cfg.placement.head_recipe(), "head");
-    let classifier_std = (1.0 / cfg.width as f64).sqrt();
+    let classifier_std = cfg.init.std(Role::Classifier, cfg.width, cfg.classes);
     head.push(Op::Dense(Dense::with_std(
         "classifier",
         cfg.width,

@@ -4,13 +4,14 @@
 //! cache and returns every `dE/dx_l` from backward, so the analysis never needs hooks.
 
 pub mod fixup;
+pub mod init;
 pub mod memory;
 pub mod mlp;
 pub mod resnet;
 pub mod workloads;
 
 use crate::layers::NormKind;
-pub use fixup::Init;
+pub use init::{Init, Role};
 use std::borrow::Cow;
 use std::sync::Arc;
 
@@ -120,11 +121,11 @@ pub fn build_net_with(
         NetChoice::Resnet { .. } => Some(projection.unwrap_or(default_projection(placement, norm))),
         NetChoice::Mlp => projection,
     };
-    let mut net = build_he(choice, sizes, placement, shortcut, projection, norm, seed)?;
-    match init {
-        Init::He => {}
-        Init::Xavier => fixup::apply_xavier(&mut net),
-        Init::Fixup => fixup::apply(&mut net)?,
+    let mut net = build_drawn(
+        choice, sizes, placement, shortcut, projection, norm, init, seed,
+    )?;
+    if init == Init::Fixup {
+        fixup::apply(&mut net)?;
     }
     Ok(net)
 }
@@ -138,13 +139,16 @@ pub fn default_projection(placement: crate::unit::Placement, norm: NormKind) -> 
     }
 }
 
-fn build_he(
+/// The network with every weight layer drawn by `init`'s rule (Fixup's rewrite comes after).
+#[allow(clippy::too_many_arguments)]
+fn build_drawn(
     choice: &NetChoice,
     sizes: &NetSizes,
     placement: crate::unit::Placement,
     shortcut: crate::unit::ShortcutKind,
     projection: Option<Projection>,
     norm: NormKind,
+    init: Init,
     seed: u64,
 ) -> Result<Network> {
     if let (NetChoice::Mlp, Some(p)) = (choice, projection) {
@@ -159,6 +163,7 @@ fn build_he(
             placement,
             shortcut,
             norm,
+            init,
             seed,
         }),
         NetChoice::Resnet {
@@ -176,6 +181,7 @@ fn build_he(
             shortcut,
             projection: projection.unwrap_or_else(|| Projection::default_for(placement)),
             norm,
+            init,
             seed,
         }),
     }

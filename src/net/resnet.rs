@@ -20,6 +20,7 @@ use anyhow::{bail, Result};
 use rand_chacha::ChaCha8Rng;
 use serde::Serialize;
 
+use super::init::{Init, Role};
 use super::mlp::edge_ops;
 use super::{NetSpec, Network};
 use crate::layers::pad_shortcut::PadShortcut;
@@ -59,6 +60,9 @@ pub struct ResnetConfig {
         skip_serializing_if = "NormKind::is_batch"
     )]
     pub norm: NormKind,
+    /// The rule the weights are drawn by (left out of descriptions when it is He's).
+    #[serde(skip_serializing_if = "Init::is_he")]
+    pub init: Init,
     pub seed: u64,
 }
 
@@ -147,6 +151,7 @@ fn conv_ops(
     specs: &[ConvSpec],
     c_start: usize,
     norm: NormKind,
+    init: Init,
     r: &mut ChaCha8Rng,
 ) -> Vec<Op> {
     let mut channels = c_start;
@@ -156,14 +161,12 @@ fn conv_ops(
             Step::Weight(i) => {
                 let s = specs[i - 1];
                 channels = s.c_out;
-                Some(Op::Conv(Conv2d::he_fan_out(
+                Some(Op::Conv(hidden_conv(
                     &format!("{prefix}.w{i}"),
-                    s.c_in,
-                    s.c_out,
-                    s.k,
-                    s.stride,
+                    s,
                     s.k / 2,
                     None,
+                    init,
                     r,
                 )))
             }
@@ -173,6 +176,20 @@ fn conv_ops(
             Step::Relu => Some(Op::Relu),
         })
         .collect()
+}
+
+/// A stem, branch, gate or projection convolution drawn by `init`'s rule for hidden layers.
+fn hidden_conv(
+    name: &str,
+    s: ConvSpec,
+    pad: usize,
+    bias: Option<f64>,
+    init: Init,
+    r: &mut ChaCha8Rng,
+) -> Conv2d {
+    let field = s.k * s.k;
+    let std = init.std(Role::Hidden, field * s.c_in, field * s.c_out);
+    Conv2d::with_std(name, s.c_in, s.c_out, s.k, s.stride, pad, std, bias, r)
 }
 
 /// One residual unit of the CIFAR nets; `projection` decides the shortcut if it changes shape.
@@ -187,6 +204,7 @@ pub fn conv_unit(
     width: usize,
     stride: usize,
     norm: NormKind,
+    init: Init,
     r: &mut ChaCha8Rng,
 ) -> ResidualUnit {
     let name = format!("unit{index}");
@@ -248,8 +266,24 @@ pub fn conv_unit(
             .unwrap();
         pre_recipe = recipe.drain(..first_weight).collect();
     }
-    let pre = conv_ops(&pre_recipe, &format!("{name}.pre"), &specs, c_in, norm, r);
-    let mut branch = conv_ops(&recipe, &format!("{name}.branch"), &specs, c_in, norm, r);
+    let pre = conv_ops(
+        &pre_recipe,
+        &format!("{name}.pre"),
+        &specs,
+        c_in,
+        norm,
+        init,
+        r,
+    );
+    let mut branch = conv_ops(
+        &recipe,
+        &format!("{name}.branch"),
+        &specs,
+        c_in,
+        norm,
+        init,
+        r,
+    );
     branch.extend(scale);
     let after_add = conv_ops(
         &placement.after_add_recipe(),
@@ -257,30 +291,39 @@ pub fn conv_unit(
         &specs,
         c_out,
         norm,
+        init,
         r,
     );
     let shortcut_ops = match shortcut {
         ShortcutKind::Gate { bias } | ShortcutKind::ShortcutGate { bias } => {
-            vec![Op::Conv(Conv2d::he_fan_out(
+            let gate = ConvSpec {
+                c_in,
+                c_out: c_in,
+                k: 1,
+                stride: 1,
+            };
+            vec![Op::Conv(hidden_conv(
                 &format!("{name}.gate"),
-                c_in,
-                c_in,
-                1,
-                1,
+                gate,
                 0,
                 Some(bias),
+                init,
                 r,
             ))]
         }
         ShortcutKind::Conv1x1 => {
-            let mut ops = vec![Op::Conv(Conv2d::he_fan_out(
-                &format!("{name}.proj"),
+            let proj = ConvSpec {
                 c_in,
                 c_out,
-                1,
+                k: 1,
                 stride,
+            };
+            let mut ops = vec![Op::Conv(hidden_conv(
+                &format!("{name}.proj"),
+                proj,
                 0,
                 None,
+                init,
                 r,
             ))];
             // `--projection bn` puts a BN after the projections where the shape changes; a
@@ -313,15 +356,14 @@ pub fn conv_unit(
 pub fn build_resnet(cfg: &ResnetConfig) -> Result<Network> {
     cfg.validate()?;
     let mut r = rng(derive_seed(cfg.seed, &[purpose::INIT]));
-    let mut stem = vec![Op::Conv(Conv2d::he_fan_out(
-        "stem",
-        cfg.input_channels,
-        STAGE_WIDTHS[0],
-        3,
-        1,
-        1,
-        None,
-        &mut r,
+    let stem_conv = ConvSpec {
+        c_in: cfg.input_channels,
+        c_out: STAGE_WIDTHS[0],
+        k: 3,
+        stride: 1,
+    };
+    let mut stem = vec![Op::Conv(hidden_conv(
+        "stem", stem_conv, 1, None, cfg.init, &mut r,
     ))];
     stem.extend(edge_ops(
         &cfg.placement.stem_recipe(),
@@ -346,6 +388,7 @@ pub fn build_resnet(cfg: &ResnetConfig) -> Result<Network> {
                 width,
                 stride,
                 cfg.norm,
+                cfg.init,
                 &mut r,
             );
             unit.scale_branch_weights(gain);
@@ -358,7 +401,7 @@ pub fn build_resnet(cfg: &ResnetConfig) -> Result<Network> {
     }
     let mut head = edge_ops(&cfg.placement.head_recipe(), "head", channels, cfg.norm);
     head.push(Op::Pool);
-    let std = (1.0 / channels as f64).sqrt();
+    let std = cfg.init.std(Role::Classifier, channels, cfg.classes);
     head.push(Op::Dense(Dense::with_std(
         "classifier",
         channels,
@@ -394,6 +437,7 @@ mod tests {
             shortcut: ShortcutKind::Identity,
             projection: Projection::default_for(placement),
             norm: crate::layers::NormKind::Batch,
+            init: Init::He,
             seed: 0,
         }
     }

@@ -26,6 +26,7 @@ pub fn workload(id: &str) -> Result<Workload> {
         placement: Placement::FullPreact,
         shortcut: ShortcutKind::Identity,
         norm: crate::layers::NormKind::Batch,
+        init: crate::net::Init::He,
         seed: 0,
     };
     let resnet_on = |name: &str, image_size: usize, input_channels: usize| -> Result<Network> {
@@ -41,6 +42,7 @@ pub fn workload(id: &str) -> Result<Workload> {
             shortcut: ShortcutKind::Identity,
             projection: Projection::Plain,
             norm: crate::layers::NormKind::Batch,
+            init: crate::net::Init::He,
             seed: 0,
         })
     };

@@ -519,6 +519,7 @@ mod tests {
             placement: Placement::FullPreact,
             shortcut: ShortcutKind::Identity,
             norm: crate::layers::NormKind::Batch,
+            init: crate::net::Init::He,
             seed: 0,
         })
         .unwrap();
@@ -554,6 +555,7 @@ mod tests {
                 placement: Placement::FullPreact,
                 shortcut: ShortcutKind::Identity,
                 norm: crate::layers::NormKind::Batch,
+                init: crate::net::Init::He,
                 seed: 0,
             })
             .unwrap()
@@ -596,6 +598,7 @@ mod tests {
             placement: Placement::FullPreact,
             shortcut: ShortcutKind::Identity,
             norm: crate::layers::NormKind::Batch,
+            init: crate::net::Init::He,
             seed: 1,
         })
         .unwrap()
@@ -689,6 +692,7 @@ mod tests {
             placement: Placement::PreNorm,
             shortcut: ShortcutKind::Identity,
             norm: crate::layers::NormKind::Layer,
+            init: crate::net::Init::He,
             seed: 1,
         })
         .unwrap();

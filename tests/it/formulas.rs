@@ -27,6 +27,7 @@ fn config(units: usize, width: usize, placement: Placement, shortcut: &str) -> M
         placement,
         shortcut: shortcut.parse().unwrap(),
         norm: resprop::layers::NormKind::Batch,
+        init: resprop::net::Init::He,
         seed: 3,
     }
 }
@@ -117,6 +118,7 @@ fn resnet(name: &str, placement: Placement, shortcut: &str) -> resprop::net::Net
         shortcut: shortcut.parse().unwrap(),
         projection: resprop::unit::Projection::default_for(placement),
         norm: resprop::layers::NormKind::Batch,
+        init: resprop::net::Init::He,
         seed: 2,
     })
     .unwrap()
@@ -203,6 +205,7 @@ fn padded_stage_changes_carry_the_direct_part() {
         shortcut: ShortcutKind::Identity,
         projection: resprop::unit::Projection::Pad,
         norm: resprop::layers::NormKind::Batch,
+        init: resprop::net::Init::He,
         seed: 4,
     })
     .unwrap();

@@ -16,5 +16,6 @@ mod common;
 mod experiments;
 mod formulas;
 mod fusion;
+mod init;
 mod paths;
 mod unit_gradients;

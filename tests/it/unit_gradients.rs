@@ -7,6 +7,7 @@ use resprop::grads::Grads;
 use resprop::layers::{Mode, NormKind};
 use resprop::net::mlp::dense_unit;
 use resprop::net::resnet::{conv_unit, Block};
+use resprop::net::Init;
 use resprop::rng::{gaussian, rng};
 use resprop::tensor::{norm, Tensor};
 use resprop::unit::{ForwardCtx, Placement, Projection, ResidualUnit, ShortcutKind};
@@ -43,7 +44,7 @@ fn ctx(mode: Mode) -> ForwardCtx {
 fn unit(placement: Placement, shortcut: &str, norm: NormKind, seed: u64) -> ResidualUnit {
     let kind: ShortcutKind = shortcut.parse().unwrap();
     randomise_affine(
-        dense_unit(3, placement, kind, 5, norm, &mut rng(seed)),
+        dense_unit(3, placement, kind, 5, norm, Init::He, &mut rng(seed)),
         seed,
     )
 }
@@ -234,6 +235,7 @@ fn conv_units_for_every_placement_and_shortcut() {
                     3,
                     1,
                     norm,
+                    Init::He,
                     &mut rng(5),
                 );
                 check_unit(
@@ -262,6 +264,7 @@ fn conv_units_for_every_placement_and_shortcut() {
                     width,
                     stride,
                     NormKind::Batch,
+                    Init::He,
                     &mut rng(6),
                 );
                 let (kind, ops, pre) = match projection {
@@ -320,7 +323,7 @@ fn gate_bias_sets_the_shortcut_factor() {
 fn deepnorm_unit_matches_finite_differences() {
     for norm in NormKind::ALL {
         let kind = ShortcutKind::DeepNorm { alpha: 1.7 };
-        let u = dense_unit(3, Placement::PostNorm, kind, 5, norm, &mut rng(8));
+        let u = dense_unit(3, Placement::PostNorm, kind, 5, norm, Init::He, &mut rng(8));
         check_unit(
             &randomise_affine(u, 8),
             &[6, 5],
