@@ -1,4 +1,5 @@
-//! Two-way fork-join on a helper thread that spins between jobs.
+//! Two-way fork-join on a helper thread that spins briefly between jobs, and never makes
+//! the caller wait for a job the helper has not started.
 //!
 //! A residual MLP step is hundreds of short parallel sections (a split GEMM, a BatchNorm
 //! pass) of 10-200 µs each. Between them rayon's idle worker goes to sleep, and on this
@@ -7,6 +8,20 @@
 //! helper here instead spins (with `spin_loop`, which yields the core's issue slots to its
 //! sibling hyperthread) for a short window after each job, so back-to-back sections hand over
 //! in well under a microsecond; after the window it parks and costs nothing.
+//!
+//! On a machine whose cores are shared (a second resprop, a browser, a busy loop, a process
+//! pinned to one core) either thread may be descheduled at any moment, and a thread that spins
+//! for the other then burns the time slice the other needs: two resprop processes on two
+//! cores each took 5x their solo step, and a small network pinned to one core could take
+//! minutes. So every wait here is bounded:
+//!
+//! - the caller posts `b`, runs `a`, then takes `b` back and runs it itself if the helper has
+//!   not started it (the split is the caller's, so the bits are the same either way): a
+//!   descheduled helper costs nothing but its own absence;
+//! - a caller waiting for a started `b` spins for [`SPIN_WAIT`], then yields the core between
+//!   looks until [`YIELD_WAIT`], then parks until the helper unparks it;
+//! - the idle helper yields the core between looks while it waits for the next job, and parks
+//!   after [`SPIN_WINDOW`].
 //!
 //! [`join`] decides where `b` runs: on the helper when it is free and the calling thread has
 //! not opted out; through `rayon::join` otherwise (a second caller while the helper is busy,
@@ -22,22 +37,32 @@ use std::sync::OnceLock;
 use std::thread::{self, Thread};
 use std::time::{Duration, Instant};
 
-/// How long the helper spins for the next job before it parks. Longer than the gaps between
-/// a step's parallel sections (a few µs to ~100 µs), short enough that a parked helper does
-/// not compete with rayon's workers in code that does not use it.
+/// How long the idle helper looks for the next job before it parks. Longer than the gaps
+/// between a step's parallel sections (a few µs to ~100 µs), short enough that a parked
+/// helper does not compete with rayon's workers in code that does not use it.
 const SPIN_WINDOW: Duration = Duration::from_micros(500);
+/// How long a caller spins for a started job before it starts yielding the core.
+const SPIN_WAIT: Duration = Duration::from_micros(20);
+/// How long a caller yields between looks before it parks: longer than the largest halves
+/// (a W3 GEMM half takes about a millisecond), since waking a parked thread costs tens of
+/// microseconds on a virtual machine, and a yield to no one returns at once.
+const YIELD_WAIT: Duration = Duration::from_millis(5);
+/// Spins between two yields of the idle helper (about 2 µs of `spin_loop`).
+const SPINS_PER_YIELD: u32 = 128;
 
 const IDLE: u8 = 0;
 const POSTED: u8 = 1;
-const DONE: u8 = 2;
-const PANICKED: u8 = 3;
+const RUNNING: u8 = 2;
+const DONE: u8 = 3;
+const PANICKED: u8 = 4;
 
 /// A posted job: a type-erased `Option<F>` on the caller's stack and the function that takes
-/// and runs it.
-#[derive(Clone, Copy)]
+/// and runs it, and the caller to unpark when it is done.
+#[derive(Clone)]
 struct JobRef {
     data: *mut (),
     run: unsafe fn(*mut ()),
+    caller: Thread,
 }
 
 struct Helper {
@@ -48,14 +73,18 @@ struct Helper {
     job: UnsafeCell<Option<JobRef>>,
     /// A panicking job's payload, written by the helper before it stores PANICKED.
     panic: UnsafeCell<Option<Box<dyn std::any::Any + Send>>>,
+    /// The helper is parked (or about to park) waiting for a job.
     parked: AtomicBool,
+    /// The caller is parked (or about to park) waiting for the job to finish.
+    caller_parked: AtomicBool,
     thread: Thread,
 }
 
-// SAFETY: `job` is written only by the caller holding `claimed`, before a Release store of
-// POSTED, and read only by the helper after an Acquire load of POSTED; the caller does not
-// touch it again until the helper has stored DONE/PANICKED (Release) and it has seen that
-// (Acquire). The pointer inside is used only while the posting caller waits in `join`.
+// SAFETY: `job` is written only by the caller holding `claimed`, before a SeqCst store of
+// POSTED, and read only by the helper after it has moved POSTED to RUNNING (SeqCst); the caller
+// does not touch it again until the helper has stored DONE/PANICKED (Release) and it has seen
+// that (Acquire), or until it has itself moved POSTED back to IDLE, after which the helper
+// cannot read it. The pointer inside is used only while the posting caller waits in `join`.
 // `panic` is written only by the helper, before its Release store of PANICKED, and taken only
 // by the caller after its Acquire load of PANICKED, before it releases `claimed`.
 unsafe impl Sync for Helper {}
@@ -63,9 +92,30 @@ unsafe impl Send for Helper {}
 
 static HELPER: OnceLock<&'static Helper> = OnceLock::new();
 
+/// Test-only: while set, the helper takes no job, as if it were never scheduled, so every
+/// join takes its `b` back (other tests' joins too, which then run serially: the same bits).
+#[cfg(test)]
+static HELPER_AWAY: AtomicBool = AtomicBool::new(false);
+
+/// Test-only: how many jobs their callers took back.
+#[cfg(test)]
+static TAKEN_BACK: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+#[cfg(test)]
+fn helper_away() -> bool {
+    HELPER_AWAY.load(Ordering::SeqCst)
+}
+
+#[cfg(not(test))]
+fn helper_away() -> bool {
+    false
+}
+
 thread_local! {
     /// Set while this thread runs one of several networks in parallel (see [`without_helper`]).
     static HELPER_OFF: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+    /// This thread's handle, for the helper to unpark it (taken once, not per join).
+    static ME: Thread = thread::current();
 }
 
 /// Runs `f` with this thread's joins going through rayon's pool instead of the helper: for
@@ -93,6 +143,7 @@ fn helper() -> &'static Helper {
                     job: UnsafeCell::new(None),
                     panic: UnsafeCell::new(None),
                     parked: AtomicBool::new(false),
+                    caller_parked: AtomicBool::new(false),
                     thread: thread::current(),
                 }));
                 tx.send(me)
@@ -104,27 +155,42 @@ fn helper() -> &'static Helper {
     })
 }
 
-/// The helper's loop: spin for a posted job, park after the spin window, run, report.
+/// The helper's loop: look for a posted job (yielding the core between looks, parking after
+/// the window), take it unless its caller took it back, run it, report.
 fn serve(h: &'static Helper) -> ! {
     loop {
         let mut since = Instant::now();
         let mut spins = 0u32;
-        while h.state.load(Ordering::Acquire) != POSTED {
+        loop {
+            if h.state.load(Ordering::Acquire) == POSTED
+                && !helper_away()
+                && h.state
+                    .compare_exchange(POSTED, RUNNING, Ordering::SeqCst, Ordering::Relaxed)
+                    .is_ok()
+            {
+                break;
+            }
             std::hint::spin_loop();
             spins = spins.wrapping_add(1);
-            if spins.is_multiple_of(256) && since.elapsed() > SPIN_WINDOW {
-                // Announce the park, then look once more: a caller that posts after this
-                // store sees `parked` and unparks us (both SeqCst, so one sees the other).
-                h.parked.store(true, Ordering::SeqCst);
-                if h.state.load(Ordering::SeqCst) != POSTED {
-                    thread::park();
+            if spins.is_multiple_of(SPINS_PER_YIELD) {
+                if since.elapsed() > SPIN_WINDOW {
+                    // Announce the park, then look once more: a caller that posts after this
+                    // store sees `parked` and unparks us (both SeqCst, so one sees the other).
+                    h.parked.store(true, Ordering::SeqCst);
+                    if h.state.load(Ordering::SeqCst) != POSTED {
+                        thread::park();
+                    }
+                    h.parked.store(false, Ordering::SeqCst);
+                    since = Instant::now();
+                } else {
+                    // On a shared core the thread that will post (or another process) may be
+                    // waiting for this one's time slice.
+                    thread::yield_now();
                 }
-                h.parked.store(false, Ordering::SeqCst);
-                since = Instant::now();
             }
         }
-        // SAFETY: see `unsafe impl Sync for Helper`: POSTED was seen with Acquire.
-        let job = unsafe { (*h.job.get()).expect("a posted job") };
+        // SAFETY: see `unsafe impl Sync for Helper`: we moved POSTED to RUNNING.
+        let job = unsafe { (*h.job.get()).clone().expect("a posted job") };
         // SAFETY: `job.data` points to the `Option<F>` matching `job.run`, alive until the
         // caller sees DONE or PANICKED.
         let outcome = catch_unwind(AssertUnwindSafe(|| unsafe { (job.run)(job.data) }));
@@ -136,7 +202,10 @@ fn serve(h: &'static Helper) -> ! {
                 PANICKED
             }
         };
-        h.state.store(done, Ordering::Release);
+        h.state.store(done, Ordering::SeqCst);
+        if h.caller_parked.load(Ordering::SeqCst) {
+            job.caller.unpark();
+        }
     }
 }
 
@@ -175,9 +244,28 @@ pub fn join(a: impl FnOnce() + Send, b: impl FnOnce() + Send) {
     let mut slot = Some(b);
     post(h, &mut slot);
     let mine = catch_unwind(AssertUnwindSafe(a));
-    let theirs = wait(h);
-    // SAFETY: the helper wrote `panic` before storing PANICKED, which `wait` saw (Acquire),
-    // and will not touch it again until a new job is posted.
+    let theirs = if h
+        .state
+        .compare_exchange(POSTED, IDLE, Ordering::SeqCst, Ordering::Relaxed)
+        .is_ok()
+    {
+        // The helper had not started `b`: run it here (the slot is ours again).
+        #[cfg(test)]
+        TAKEN_BACK.fetch_add(1, Ordering::SeqCst);
+        let b = slot.take().expect("a job not taken is still in its slot");
+        match catch_unwind(AssertUnwindSafe(b)) {
+            Ok(()) => DONE,
+            Err(payload) => {
+                // SAFETY: the helper never saw this job, so it does not touch `panic`.
+                unsafe { *h.panic.get() = Some(payload) };
+                PANICKED
+            }
+        }
+    } else {
+        wait(h)
+    };
+    // SAFETY: `panic` was written before PANICKED was stored, by the helper (which `wait` saw
+    // with Acquire) or by this thread, and is not touched again until a new job is posted.
     let their_panic = (theirs == PANICKED).then(|| unsafe { (*h.panic.get()).take() });
     h.claimed.store(false, Ordering::Release);
     if let Err(payload) = mine {
@@ -188,30 +276,73 @@ pub fn join(a: impl FnOnce() + Send, b: impl FnOnce() + Send) {
     }
 }
 
+/// Below this many elements an elementwise or per-column pass runs its two halves on the
+/// calling thread: a fork costs about a microsecond when both threads are on a core, and far
+/// more when one is not, against about a nanosecond per element of work.
+pub const MIN_PARALLEL_ELEMENTS: usize = 16 * 1024;
+
+/// [`join`] when `parallel`, else `a` then `b` on the calling thread: the same halves either
+/// way, so the same bits.
+pub fn join_if(parallel: bool, a: impl FnOnce() + Send, b: impl FnOnce() + Send) {
+    if parallel {
+        join(a, b)
+    } else {
+        a();
+        b();
+    }
+}
+
 fn post<F: FnOnce() + Send>(h: &Helper, slot: &mut Option<F>) {
     // SAFETY: we hold `claimed` and the helper is IDLE, so no one reads `job` now.
     unsafe {
         *h.job.get() = Some(JobRef {
             data: slot as *mut Option<F> as *mut (),
             run: run_slot::<F>,
+            caller: ME.with(Thread::clone),
         });
     }
+    h.caller_parked.store(false, Ordering::SeqCst);
     h.state.store(POSTED, Ordering::SeqCst);
     if h.parked.load(Ordering::SeqCst) {
         h.thread.unpark();
     }
 }
 
-/// Spins until the helper has finished the posted job; returns how it ended.
+/// Waits until the helper has finished the job it started: spins, then yields the core
+/// between looks, then parks; returns how the job ended.
 fn wait(h: &Helper) -> u8 {
-    loop {
+    let finished = |h: &Helper| {
         let s = h.state.load(Ordering::Acquire);
-        if s == DONE || s == PANICKED {
-            h.state.store(IDLE, Ordering::Relaxed);
-            return s;
+        (s == DONE || s == PANICKED).then_some(s)
+    };
+    let since = Instant::now();
+    let mut spins = 0u32;
+    let outcome = loop {
+        if let Some(s) = finished(h) {
+            break s;
         }
-        std::hint::spin_loop();
-    }
+        spins = spins.wrapping_add(1);
+        if !spins.is_multiple_of(64) {
+            std::hint::spin_loop();
+            continue;
+        }
+        let waited = since.elapsed();
+        if waited < SPIN_WAIT {
+            std::hint::spin_loop();
+        } else if waited < YIELD_WAIT {
+            thread::yield_now();
+        } else {
+            // Announce the park, then look once more: the helper stores DONE before it reads
+            // `caller_parked` (both SeqCst), so either we see DONE or it unparks us.
+            h.caller_parked.store(true, Ordering::SeqCst);
+            while finished(h).is_none() {
+                thread::park();
+            }
+            break finished(h).expect("seen finished");
+        }
+    };
+    h.state.store(IDLE, Ordering::Relaxed);
+    outcome
 }
 
 /// Splits `len` items at a boundary that is a multiple of `unit` (so fixed-size tasks stay
@@ -297,6 +428,40 @@ mod tests {
         let r = catch_unwind(|| join(|| panic!("left"), || {}));
         assert!(r.is_err());
         // The helper still serves after both.
+        let count = AtomicUsize::new(0);
+        join(
+            || {
+                count.fetch_add(1, Ordering::Relaxed);
+            },
+            || {
+                count.fetch_add(1, Ordering::Relaxed);
+            },
+        );
+        assert_eq!(count.load(Ordering::Relaxed), 2);
+    }
+
+    #[test]
+    fn a_job_the_helper_has_not_started_runs_on_the_caller() {
+        HELPER_AWAY.store(true, Ordering::SeqCst);
+        let me = std::thread::current().id();
+        // Another test may hold the helper for a moment (its join then goes through rayon):
+        // retry until this caller has posted to the helper and taken its job back.
+        let mut ran_on = None;
+        for _ in 0..1000 {
+            let before = TAKEN_BACK.load(Ordering::SeqCst);
+            let mut right = None;
+            join(|| {}, || right = Some(std::thread::current().id()));
+            if TAKEN_BACK.load(Ordering::SeqCst) > before && right == Some(me) {
+                ran_on = right;
+                break;
+            }
+        }
+        let r = catch_unwind(|| join(|| {}, || panic!("taken back")));
+        HELPER_AWAY.store(false, Ordering::SeqCst);
+        assert_eq!(ran_on, Some(me), "no job was taken back");
+        let message = r.unwrap_err().downcast::<&str>().map(|m| *m);
+        assert_eq!(message.ok(), Some("taken back"));
+        // The helper serves again.
         let count = AtomicUsize::new(0);
         join(
             || {

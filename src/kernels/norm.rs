@@ -350,15 +350,20 @@ pub(crate) fn column_grad_sums(
     (sb, sg)
 }
 
-/// Runs `f` on the two halves of `0..c` (split at a multiple of 8 columns) on two threads and
-/// joins the per-column results in order.
+/// Runs `f` on the two halves of `0..c` (split at a multiple of 8 columns) on two threads
+/// (on this one when the `rows x c` pass is small) and joins the per-column results in order.
 pub(crate) fn column_halves(
+    rows: usize,
     c: usize,
     f: impl Fn(std::ops::Range<usize>) -> (Vec<f64>, Vec<f64>) + Sync,
 ) -> (Vec<f64>, Vec<f64>) {
     let mid = split_point(c, 8);
     let (mut left, mut right) = (None, None);
-    spin_join::join(|| left = Some(f(0..mid)), || right = Some(f(mid..c)));
+    spin_join::join_if(
+        rows * c >= spin_join::MIN_PARALLEL_ELEMENTS,
+        || left = Some(f(0..mid)),
+        || right = Some(f(mid..c)),
+    );
     let ((mut a, mut b), (a1, b1)) = (left.unwrap(), right.unwrap());
     a.extend(a1);
     b.extend(b1);

@@ -113,7 +113,7 @@ impl BatchNorm {
             return plane_stats(xs, l);
         }
         let x = ArrayView2::from_shape((l.n, l.c), xs).expect("a dense activation is (N, C)");
-        column_halves(l.c, |cols| column_stats(x.slice(s![.., cols])))
+        column_halves(l.n, l.c, |cols| column_stats(x.slice(s![.., cols])))
     }
 
     /// The statistics of a forward pass (batch ones in training, running ones in eval) in a
@@ -232,14 +232,18 @@ impl BatchNorm {
         let ys = y.as_slice_mut().unwrap();
         if l.s == 1 {
             // A dense activation is small (W1: 256 KB): two halves of whole rows.
-            let mid = split_point(ys.len(), task);
+            let (len, mid) = (ys.len(), split_point(ys.len(), task));
             let (y0, y1) = ys.split_at_mut(mid);
             let (m0, m1) = if relu {
                 mask.split_at_mut(mid)
             } else {
                 (&mut [][..], &mut [][..])
             };
-            spin_join::join(|| kernel(0, y0, m0), || kernel(mid, y1, m1));
+            spin_join::join_if(
+                len >= spin_join::MIN_PARALLEL_ELEMENTS,
+                || kernel(0, y0, m0),
+                || kernel(mid, y1, m1),
+            );
         } else if relu {
             ys.par_chunks_mut(task)
                 .zip(mask.par_chunks_mut(task))
@@ -307,7 +311,7 @@ impl BatchNorm {
             let g = ArrayView2::from_shape(shape, grad_y.as_slice().unwrap()).unwrap();
             let x = ArrayView2::from_shape(shape, xs).unwrap();
             let mask = mask.map(|mk| ArrayView2::from_shape(shape, mk).unwrap());
-            column_halves(l.c, |cols| {
+            column_halves(l.n, l.c, |cols| {
                 column_grad_sums(
                     g.slice(s![.., cols.clone()]),
                     x.slice(s![.., cols.clone()]),
@@ -390,9 +394,13 @@ impl BatchNorm {
             }
         };
         if l.s == 1 {
-            let mid = split_point(gs.len(), task);
+            let (len, mid) = (gs.len(), split_point(gs.len(), task));
             let (g0, g1) = gs.split_at_mut(mid);
-            spin_join::join(|| kernel(0, g0), || kernel(mid, g1));
+            spin_join::join_if(
+                len >= spin_join::MIN_PARALLEL_ELEMENTS,
+                || kernel(0, g0),
+                || kernel(mid, g1),
+            );
         } else {
             gs.par_chunks_mut(task)
                 .enumerate()
