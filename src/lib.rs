@@ -20,6 +20,7 @@
 //!   two-thread fork-join the engine's short parallel sections use.
 
 pub mod analysis;
+pub mod budget;
 pub mod cli;
 pub mod data;
 pub mod experiment;

@@ -182,6 +182,7 @@ fn failures(t: &Target) -> Vec<String> {
         &CheckOptions {
             directions: 2,
             seed: 3,
+            force: false,
         },
         &resprop::interrupt::Interrupt::new(),
     )

@@ -156,6 +156,7 @@ fn net_args(
         unfused: false,
         weights,
         data: data.map(|d| parse("data", d)).transpose()?,
+        given: Default::default(),
     })
 }
 
@@ -284,6 +285,7 @@ fn check<'py>(
         let opts = CheckOptions {
             directions,
             seed: a.args.seed,
+            force: false,
         };
         run_checks(&a.net, &a.input, &a.labels, &a.args.ctx(), &opts, stop)
     })?;
@@ -360,6 +362,7 @@ fn paths<'py>(
         csv: None,
         sample,
         window,
+        force: false,
     };
     let computed = interruptible(py, |stop| args.compute(&|_| {}, stop))?;
     Ok((
@@ -401,6 +404,7 @@ fn lesion<'py>(
         )?,
         csv: None,
         draws,
+        force: false,
     };
     let l = interruptible(py, |stop| args.compute(&|_| {}, stop))?;
     // The CSV's fields (the deleted units space-separated, as there), with the counts as ints
@@ -442,7 +446,7 @@ fn shatter<'py>(
 ) -> PyResult<(Bound<'py, PyDict>, Bound<'py, PyDict>)> {
     let placement = parse("placement", placement)?;
     let study = interruptible(py, |_| {
-        resprop::analysis::shatter::study(&depths, width, replicates, placement, seed)
+        resprop::analysis::shatter::study(&depths, width, replicates, placement, seed, false)
     })?;
     let (mut net, mut depth, mut lags, mut values) = (vec![], vec![], vec![], vec![]);
     for a in &study.autocorrelations {
@@ -541,6 +545,8 @@ fn train<'py>(
         seed,
         threads: None,
         unfused,
+        force: false,
+        given: Default::default(),
     };
     let history = interruptible(py, |stop| {
         let mut t = args.prepare()?;
@@ -571,10 +577,10 @@ fn run(
         .map_err(|e| value_error(format!("{e:#}")))?;
     let out = std::path::PathBuf::from(out);
     let (csv, charts) = interruptible(py, |stop| {
-        resprop::experiment::runner::compute_cells(&spec, &out, false, None, stop)?;
+        resprop::experiment::runner::compute_cells(&spec, &out, &Default::default(), stop)?;
         let csv = resprop::experiment::runner::assemble(&spec, &out)?;
         let charts = match &plots {
-            Some(dir) => resprop::plot::draw_charts(&csv, &spec.charts, dir)?,
+            Some(dir) => resprop::plot::draw_charts(&csv, &spec.charts, dir, "plots")?,
             None => Vec::new(),
         };
         Ok((csv, charts))

@@ -150,7 +150,13 @@ pub struct CheckOptions {
     pub directions: usize,
     /// Seed of the directions.
     pub seed: u64,
+    /// Run even when the estimate says the finite differences take more than a day.
+    pub force: bool,
 }
+
+/// At most this many directions per target: the false-alarm rate is settled long before, and
+/// the jobs are listed before they run.
+pub const MAX_DIRECTIONS: usize = 10_000;
 
 /// One comparison of a backprop number with a difference estimate.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -299,6 +305,17 @@ pub fn run_checks(
     opts: &CheckOptions,
     stop: &Interrupt,
 ) -> anyhow::Result<CheckReport> {
+    crate::budget::ensure_at_most(
+        "--directions",
+        opts.directions as u64,
+        MAX_DIRECTIONS as u64,
+    )?;
+    // At least two forward passes per direction at each of the four unit inputs checked.
+    crate::budget::ensure_feasible(
+        &format!("--directions {}", opts.directions),
+        net.pass_work(input.shape()[0], 8.0 * opts.directions as f64 / 3.0),
+        opts.force,
+    )?;
     let cache = net.forward(input, labels, ctx)?;
     let mut grads = Grads::new();
     let back = net.backward(&cache, labels, Some(&mut grads));
@@ -1022,6 +1039,7 @@ mod tests {
         let opts = CheckOptions {
             directions: 1,
             seed: 1,
+            force: false,
         };
         let stop = Interrupt::new();
         assert!(run_checks(&net, &x, &y, &ctx, &opts, &stop).is_ok());

@@ -280,7 +280,8 @@ pub fn check_samples(samples: Option<usize>) -> Result<()> {
     if samples == Some(0) {
         bail!("--sample: needs at least 1 path per length");
     }
-    Ok(())
+    // Each length's sampled norms are held at once.
+    crate::budget::ensure_at_most("--sample", samples.unwrap_or(0) as u64, 1_000_000)
 }
 
 #[cfg(test)]

@@ -87,15 +87,23 @@ pub struct Study {
     pub gradients: Vec<SweepGradients>,
 }
 
+/// `force`: run even when the estimate says it takes more than a day.
 pub fn study(
     depths: &[usize],
     width: usize,
     replicates: usize,
     placement: Placement,
     seed: u64,
+    force: bool,
 ) -> Result<Study> {
     if depths.is_empty() || depths.contains(&0) {
         bail!("depths: every depth must be at least 1");
+    }
+    if let Some(d) = depths
+        .iter()
+        .find(|&&d| depths.iter().filter(|&&e| e == d).count() > 1)
+    {
+        bail!("depths: {d} is listed twice");
     }
     if width == 0 {
         bail!("width: must be at least 1");
@@ -103,6 +111,27 @@ pub fn study(
     if replicates == 0 {
         bail!("replicates: must be at least 1");
     }
+    // One forward and backward pass of POINTS samples per family, depth and replicate; the
+    // deepest net must fit in memory.
+    let nets = (Family::ALL.len() * replicates) as f64;
+    let work = depths
+        .iter()
+        .map(|&d| crate::net::memory::pass_work(&NetChoice::Mlp, &sizes(d, width), POINTS, nets))
+        .sum();
+    let deepest = *depths.iter().max().expect("not empty");
+    let what = format!("depths up to {deepest}, width {width}, {replicates} replicates");
+    crate::budget::ensure_feasible(&what, work, force)?;
+    crate::net::memory::ensure_fits(
+        &crate::net::memory::estimate(
+            &NetChoice::Mlp,
+            &sizes(deepest, width),
+            placement,
+            ShortcutKind::Identity,
+            POINTS,
+            crate::net::memory::Purpose::Profile { low_memory: false },
+        ),
+        &what,
+    )?;
     let mut out = Study {
         autocorrelations: Vec::new(),
         gradients: Vec::new(),
@@ -186,6 +215,18 @@ pub fn gradients(
     Ok(g.iter().copied().collect())
 }
 
+/// A comparison net's sizes: a scalar input, two outputs.
+fn sizes(depth: usize, width: usize) -> NetSizes {
+    NetSizes {
+        units: depth,
+        width,
+        input_dim: 1,
+        image_size: 1,
+        input_channels: 1,
+        classes: 2,
+    }
+}
+
 /// One net of the comparison: `depth` original-style units of width `width`, a scalar input
 /// and two outputs, He initialisation.
 pub fn build(
@@ -195,17 +236,9 @@ pub fn build(
     placement: Placement,
     seed: u64,
 ) -> Result<crate::net::Network> {
-    let sizes = NetSizes {
-        units: depth,
-        width,
-        input_dim: 1,
-        image_size: 1,
-        input_channels: 1,
-        classes: 2,
-    };
     build_net_with(
         &NetChoice::Mlp,
-        &sizes,
+        &sizes(depth, width),
         placement,
         if family.residual {
             ShortcutKind::Identity

@@ -163,6 +163,7 @@ pub fn run_one(seed: u64, i: u64) -> Result<SweepResult> {
         &CheckOptions {
             directions: 1,
             seed: config.seed,
+            force: false,
         },
         &crate::interrupt::Interrupt::new(),
     )?;

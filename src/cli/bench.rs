@@ -17,7 +17,7 @@ use crate::grads::Grads;
 use crate::layers::Mode;
 use crate::net::workloads::workload;
 use crate::net::Keep;
-use crate::output::{check_writable, emit, write_atomic};
+use crate::output::{emit, write_atomic};
 use crate::unit::ForwardCtx;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -35,7 +35,8 @@ pub struct BenchArgs {
     /// D1 and D2 (ResNet-110 and ResNet-164 on 1x8x8 images, batch 64: a training step on the
     /// bundled digits); `check-sweep` (`resprop check` on --configs random small networks:
     /// how many false FAILs and inconclusive rows a correct engine gets); or `gemm`: the engine's GEMM on W1's layer shapes, with weights from memory and from
-    /// cache (GFLOP/s; --mode is ignored).
+    /// cache (GFLOP/s). --configs applies to check-sweep only; --mode, --low-memory and
+    /// --unfused to the network workloads only.
     #[arg(long, default_value = "W1")]
     pub workload: String,
     #[arg(long, value_enum, default_value_t = BenchMode::Profile)]
@@ -58,6 +59,9 @@ pub struct BenchArgs {
     /// Time the plain layer-by-layer interpreter instead of the fused engine.
     #[arg(long)]
     pub unfused: bool,
+    /// The flags given on the command line (filled after parsing).
+    #[arg(skip)]
+    pub given: super::Given,
 }
 
 /// W1's layer products, `x W` (forward) and `g W^T` (backward input gradient), 128x256x256,
@@ -204,17 +208,74 @@ pub fn peak_rss_mb() -> Option<f64> {
     Some(kb / 1024.0)
 }
 
+/// What `bench` measures: a network's step, the GEMM alone, or `check`'s false-alarm rate.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    Step,
+    Gemm,
+    CheckSweep,
+}
+
+/// At most this many timed steps or configurations (a benchmark's medians settle long before).
+const MAX_REPEAT: u32 = 10_000;
+const MAX_CONFIGS: u64 = 1_000_000;
+
+impl BenchArgs {
+    fn kind(&self) -> Kind {
+        if self.workload.eq_ignore_ascii_case("gemm") {
+            Kind::Gemm
+        } else if self.workload.eq_ignore_ascii_case("check-sweep") {
+            Kind::CheckSweep
+        } else {
+            Kind::Step
+        }
+    }
+
+    /// Refuses counts out of range and the flags given that the workload does not use.
+    fn refuse_inapplicable(&self) -> Result<()> {
+        let g = &self.given;
+        let kind = self.kind();
+        let name = self.workload.as_str();
+        let not_for = |what: &str| format!("does not apply to --workload {name} ({what})");
+        if kind != Kind::CheckSweep {
+            g.refuse("configs", false, || not_for("a step's timing"))?;
+        }
+        if kind != Kind::Step {
+            let what = match kind {
+                Kind::Gemm => "the GEMM alone",
+                _ => "check on random configurations",
+            };
+            for id in ["mode", "low_memory", "unfused"] {
+                g.refuse(id, false, || not_for(what))?;
+            }
+        }
+        if kind == Kind::CheckSweep {
+            g.refuse("repeat", false, || not_for("one pass over --configs"))?;
+            if !(1..=MAX_CONFIGS).contains(&self.configs) {
+                anyhow::bail!(
+                    "--configs: between 1 and {MAX_CONFIGS}, got {}",
+                    self.configs
+                );
+            }
+        }
+        if self.repeat > MAX_REPEAT {
+            anyhow::bail!("--repeat: at most {MAX_REPEAT}, got {}", self.repeat);
+        }
+        Ok(())
+    }
+}
+
 pub fn run(args: &BenchArgs) -> Result<ExitCode> {
-    if let Some(p) = &args.csv {
-        check_writable(p)?;
+    args.refuse_inapplicable()?;
+    crate::output::Outputs::new()
+        .write("--csv", args.csv.as_deref())
+        .check()?;
+    match args.kind() {
+        Kind::Gemm => return run_gemm(args),
+        Kind::CheckSweep => return run_check_sweep(args),
+        Kind::Step => {}
     }
-    if args.workload.eq_ignore_ascii_case("gemm") {
-        return run_gemm(args);
-    }
-    if args.workload.eq_ignore_ascii_case("check-sweep") {
-        return run_check_sweep(args);
-    }
-    let mut w = workload(&args.workload)?;
+    let mut w = workload(&args.workload).map_err(|e| anyhow::anyhow!("--workload: {e}"))?;
     w.net
         .set_fusion(crate::unit::Fusion::from_unfused(args.unfused));
     let net = &w.net;

@@ -16,6 +16,9 @@ pub struct CheckArgs {
     /// Random directions per finite-difference target.
     #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..))]
     pub directions: u32,
+    /// Run even when the finite differences are estimated to take more than a day.
+    #[arg(long)]
+    pub force: bool,
 }
 
 fn short(v: Option<f64>) -> String {
@@ -34,6 +37,7 @@ pub fn run(args: &CheckArgs) -> Result<ExitCode> {
     let opts = CheckOptions {
         directions: args.directions as usize,
         seed: net_args.seed,
+        force: args.force,
     };
     let report = run_checks(
         &net,

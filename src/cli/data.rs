@@ -8,7 +8,7 @@ use clap::Args;
 use ndarray::Array1;
 use ndarray_npy::NpzWriter;
 
-use crate::output::{check_writable, emit, write_atomic_with};
+use crate::output::{emit, write_atomic_with};
 
 #[derive(Debug, Args)]
 pub struct DataArgs {
@@ -22,7 +22,9 @@ pub struct DataArgs {
 }
 
 pub fn run(args: &DataArgs) -> Result<ExitCode> {
-    check_writable(&args.npz)?;
+    crate::output::Outputs::new()
+        .write_npz("--npz", Some(&args.npz))
+        .check()?;
     let data = crate::data::load(&args.data)?;
     let digest = data.fingerprint();
     write_atomic_with(&args.npz, |w| {

@@ -8,6 +8,7 @@ use std::time::Instant;
 use anyhow::{bail, Context, Result};
 use clap::Args;
 
+use crate::experiment::runner::HowToRun;
 use crate::experiment::spec::{charts_of_results, parse_charts};
 use crate::experiment::{load_spec, run_experiment, ChartKind};
 use crate::output::emit;
@@ -33,6 +34,9 @@ pub struct RunArgs {
     /// `<OUT>/cells/`; `resprop merge` assembles the experiment once every shard is done.
     #[arg(long, value_name = "I/N", value_parser = |s: &str| s.parse::<crate::experiment::runner::Shard>())]
     pub shard: Option<crate::experiment::runner::Shard>,
+    /// Run even when the cells to compute are estimated to take more than a day.
+    #[arg(long)]
+    pub force: bool,
 }
 
 #[derive(Debug, Args)]
@@ -71,6 +75,9 @@ pub struct AllArgs {
     pub plots: PathBuf,
     #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
     pub threads: Option<u32>,
+    /// Run even when an experiment's cells are estimated to take more than a day.
+    #[arg(long)]
+    pub force: bool,
 }
 
 impl Default for AllArgs {
@@ -80,19 +87,27 @@ impl Default for AllArgs {
             results: "results".into(),
             plots: "plots".into(),
             threads: None,
+            force: false,
         }
     }
 }
 
 pub fn run(args: &RunArgs) -> Result<ExitCode> {
     let spec = load_spec(&args.spec)?;
+    crate::output::create_dir("--out", &args.out)?;
+    if let Some(plots) = &args.plots {
+        crate::output::create_dir("--plots", plots)?;
+    }
     let t = Instant::now();
     if let Some(shard) = args.shard {
         let computed = crate::experiment::runner::compute_cells(
             &spec,
             &args.out,
-            true,
-            Some(shard),
+            &HowToRun {
+                progress: true,
+                shard: Some(shard),
+                force: args.force,
+            },
             &crate::interrupt::Interrupt::new(),
         )?;
         let owned = spec.cells().iter().filter(|c| shard.owns(c.index)).count();
@@ -109,7 +124,12 @@ pub fn run(args: &RunArgs) -> Result<ExitCode> {
         ))?;
         return Ok(ExitCode::SUCCESS);
     }
-    let (csv, computed) = run_experiment(&spec, &args.out, true)?;
+    let how = HowToRun {
+        progress: true,
+        force: args.force,
+        ..HowToRun::default()
+    };
+    let (csv, computed) = run_experiment(&spec, &args.out, &how)?;
     let mut out = format!(
         "{}: {} cells ({computed} computed now) in {:.1} s -> {}\n",
         spec.name,
@@ -130,7 +150,7 @@ fn draw_listed(
     out: &mut String,
 ) -> Result<()> {
     if let Some(dir) = plots {
-        for p in draw(csv, &spec.charts, dir)? {
+        for p in draw(csv, &spec.charts, dir, "--plots")? {
             out.push_str(&format!("chart: {}\n", p.display()));
         }
     }
@@ -140,6 +160,12 @@ fn draw_listed(
 /// `resprop merge`: the experiment's tables from its shards' cells, once all are there.
 pub fn merge(args: &MergeArgs) -> Result<ExitCode> {
     let spec = load_spec(&args.spec)?;
+    if !args.out.is_dir() {
+        bail!(
+            "--out: '{}' is not a results folder (the shards' `--out`, holding cells/)",
+            args.out.display()
+        );
+    }
     let csv = crate::experiment::runner::assemble(&spec, &args.out)?;
     let mut out = format!(
         "{}: {} cells merged -> {}\n",
@@ -157,13 +183,13 @@ pub fn plot(args: &PlotArgs) -> Result<ExitCode> {
     let kinds = if args.charts.is_empty() {
         charts_of_results(&args.csv)?.0
     } else {
-        parse_charts(&args.charts)?
+        parse_charts(&args.charts).map_err(|e| anyhow::anyhow!("--charts: {e}"))?
     };
     if kinds.is_empty() {
         bail!("no charts to draw: the spec lists none and --charts was not given");
     }
     let mut out = String::new();
-    for p in draw(&args.csv, &kinds, &args.out)? {
+    for p in draw(&args.csv, &kinds, &args.out, "--out")? {
         out.push_str(&format!("chart: {}\n", p.display()));
     }
     emit(&out)?;
@@ -174,7 +200,7 @@ pub fn all(args: &AllArgs) -> Result<ExitCode> {
     let mut files: Vec<PathBuf> = std::fs::read_dir(&args.experiments)
         .with_context(|| {
             format!(
-                "cannot read the experiments folder '{}'",
+                "--experiments: cannot read the experiments folder '{}'",
                 args.experiments.display()
             )
         })?
@@ -184,7 +210,7 @@ pub fn all(args: &AllArgs) -> Result<ExitCode> {
     files.sort();
     if files.is_empty() {
         bail!(
-            "no *.toml experiment files in '{}'",
+            "--experiments: no *.toml experiment files in '{}'",
             args.experiments.display()
         );
     }
@@ -193,14 +219,21 @@ pub fn all(args: &AllArgs) -> Result<ExitCode> {
         .iter()
         .map(|f| load_spec(f))
         .collect::<Result<Vec<_>>>()?;
+    crate::output::create_dir("--results", &args.results)?;
+    crate::output::create_dir("--plots", &args.plots)?;
     let mut entries = Vec::new();
     let start = Instant::now();
     for spec in &specs {
         let t = Instant::now();
-        let (csv, computed) = run_experiment(spec, &args.results, true)?;
+        let how = HowToRun {
+            progress: true,
+            force: args.force,
+            ..HowToRun::default()
+        };
+        let (csv, computed) = run_experiment(spec, &args.results, &how)?;
         let seconds = t.elapsed().as_secs_f64();
         let table = Table::read(&csv)?;
-        let pngs = draw(&csv, &spec.charts, &args.plots)?;
+        let pngs = draw(&csv, &spec.charts, &args.plots, "--plots")?;
         let charts = pngs
             .iter()
             .map(|p| PathBuf::from(p.file_name().unwrap()))

@@ -11,7 +11,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 
 use super::NetArgs;
 use crate::analysis::lesion::{deletable, plan, run as run_lesions};
-use crate::output::{check_writable, emit, write_atomic};
+use crate::output::{emit, write_atomic};
 
 #[derive(Debug, Args)]
 pub struct LesionArgs {
@@ -24,6 +24,9 @@ pub struct LesionArgs {
     /// Random draws of k units for each k = 1..n/2.
     #[arg(long, default_value_t = 5)]
     pub draws: usize,
+    /// Run even when the lesions are estimated to take more than a day.
+    #[arg(long)]
+    pub force: bool,
 }
 
 /// What `resprop lesion` measures: every lesion of the plan and its test error (the first is
@@ -48,10 +51,31 @@ impl LesionArgs {
         if self.draws == 0 {
             bail!("--draws: at least 1");
         }
+        // The plan lists every lesion before any runs.
+        crate::budget::ensure_at_most("--draws", self.draws as u64, 100_000)?;
+        let d = super::NetArgs::defaults();
+        for (id, differs) in [
+            ("batch", self.net.batch != d.batch),
+            ("bn_mode", self.net.bn_mode != d.bn_mode),
+        ] {
+            self.net.given.refuse(id, differs, || {
+                "lesion measures the error on the whole test split, BatchNorm in evaluation mode"
+                    .into()
+            })?;
+        }
         let analysis = self.net.prepare(crate::net::memory::Purpose::Check)?;
         let Some(data) = &analysis.data else {
             bail!("lesion measures the test error: it needs the checkpoint's data");
         };
+        // Each lesion is a forward pass over the test split: the intact net, one per unit and
+        // --draws per k = 1..n/2.
+        let n = deletable(&analysis.net).len();
+        let lesions = 1.0 + n as f64 + self.draws as f64 * (n / 2) as f64;
+        crate::budget::ensure_feasible(
+            &format!("--draws {} over {n} units", self.draws),
+            analysis.net.pass_work(data.test.len(), lesions / 3.0),
+            self.force,
+        )?;
         let lesions = plan(&analysis.net, self.draws, analysis.args.seed);
         let n = lesions.len();
         let errors = run_lesions(&analysis.net, data, &lesions, &|| progress(n), stop)?;
@@ -64,9 +88,10 @@ impl LesionArgs {
 }
 
 pub fn run(args: &LesionArgs) -> Result<ExitCode> {
-    if let Some(p) = &args.csv {
-        check_writable(p)?;
-    }
+    crate::output::Outputs::new()
+        .write("--csv", args.csv.as_deref())
+        .read("--weights", args.net.weights.as_deref())
+        .check()?;
     let bar = ProgressBar::new(0);
     bar.set_style(
         ProgressStyle::with_template("lesions [{bar:30}] {pos}/{len}, {elapsed} (eta {eta})")

@@ -94,6 +94,73 @@ pub enum Command {
     All(experiment::AllArgs),
 }
 
+/// The flags given on the command line, by clap id (`units`, `input_dim`), as against those
+/// left at their defaults: a flag that cannot apply is refused when given, even at its default
+/// value. Empty when the arguments were not parsed from a command line (then nothing counts as
+/// given, and only values are checked).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Given(std::collections::BTreeSet<String>);
+
+impl Given {
+    /// The flags of `matches` whose value came from the command line.
+    pub fn of(matches: &clap::ArgMatches) -> Given {
+        Given(
+            matches
+                .ids()
+                .filter(|id| {
+                    matches.value_source(id.as_str())
+                        == Some(clap::parser::ValueSource::CommandLine)
+                })
+                .map(|id| id.as_str().to_string())
+                .collect(),
+        )
+    }
+
+    /// Whether the flag with clap id `id` was given.
+    pub fn has(&self, id: &str) -> bool {
+        self.0.contains(id)
+    }
+
+    /// Whether the flag `id` was set: given on the command line, or (for arguments built
+    /// without one, as the Python package builds them) given a value other than its default.
+    pub fn set(&self, id: &str, differs_from_default: bool) -> bool {
+        self.has(id) || differs_from_default
+    }
+
+    /// Refuses the flag `id` when [`Given::set`], saying why it cannot apply.
+    pub fn refuse(
+        &self,
+        id: &str,
+        differs_from_default: bool,
+        why: impl FnOnce() -> String,
+    ) -> Result<()> {
+        if self.set(id, differs_from_default) {
+            anyhow::bail!("--{}: {}", id.replace('_', "-"), why());
+        }
+        Ok(())
+    }
+}
+
+impl Command {
+    /// Hands the given flags to the command's arguments.
+    fn set_given(&mut self, given: &Given) {
+        match self {
+            Command::Profile(a) => a.net.given = given.clone(),
+            Command::Check(a) => a.net.given = given.clone(),
+            Command::Paths(a) => a.net.given = given.clone(),
+            Command::Lesion(a) => a.net.given = given.clone(),
+            Command::Bench(a) => a.given = given.clone(),
+            Command::Train(a) => a.given = given.clone(),
+            Command::Shatter(_)
+            | Command::Run(_)
+            | Command::Merge(_)
+            | Command::Plot(_)
+            | Command::Data(_)
+            | Command::All(_) => {}
+        }
+    }
+}
+
 /// The network, its input batch and the run's seed.
 #[derive(Debug, Clone, Args)]
 pub struct NetArgs {
@@ -184,6 +251,9 @@ pub struct NetArgs {
     /// is sized for the data (with --weights and no --data: for the checkpoint's data).
     #[arg(long, value_parser = |s: &str| s.parse::<crate::data::DataSpec>())]
     pub data: Option<crate::data::DataSpec>,
+    /// The flags given on the command line (filled after parsing).
+    #[arg(skip)]
+    pub given: Given,
 }
 
 /// A network ready to analyse, with its batch.
@@ -246,6 +316,18 @@ impl NetArgs {
         )
     }
 
+    /// Every flag at its default value.
+    pub fn defaults() -> NetArgs {
+        #[derive(clap::Parser)]
+        struct Defaults {
+            #[command(flatten)]
+            net: NetArgs,
+        }
+        <Defaults as clap::Parser>::try_parse_from(["resprop"])
+            .expect("the defaults parse")
+            .net
+    }
+
     /// The network to analyse (trained weights loaded with `--weights`) and its batch
     /// (`--data`'s images, or Gaussian inputs), after checking that `purpose` fits in memory.
     pub fn prepare(&self, purpose: crate::net::memory::Purpose) -> Result<Analysis> {
@@ -253,7 +335,55 @@ impl NetArgs {
             anyhow::bail!("batch must be at least 1, got 0");
         }
         let resolved = self.with_checkpoint_architecture()?;
+        resolved.refuse_inapplicable()?;
         resolved.prepare_resolved(purpose)
+    }
+
+    /// Refuses each flag given that this network and its data cannot use (after a
+    /// checkpoint's architecture is filled in).
+    fn refuse_inapplicable(&self) -> Result<()> {
+        let (g, d) = (&self.given, NetArgs::defaults());
+        match &self.net {
+            NetChoice::Resnet { .. } => {
+                for (id, differs) in [
+                    ("units", self.units != d.units),
+                    ("width", self.width != d.width),
+                    ("input_dim", self.input_dim != d.input_dim),
+                ] {
+                    g.refuse(id, differs, || {
+                        format!("sizes the MLP; {} takes its size from its name", self.net)
+                    })?;
+                }
+            }
+            NetChoice::Mlp => g.refuse("image_size", self.image_size != d.image_size, || {
+                "sizes a ResNet's input images; an MLP's input is --input-dim".into()
+            })?,
+        }
+        let data = match (&self.data, &self.weights) {
+            (Some(_), _) => Some("--data's images"),
+            (None, Some(_)) => Some("the data the checkpoint was trained on"),
+            (None, None) => None,
+        };
+        if let Some(source) = data {
+            for (id, differs) in [
+                ("input_dim", self.input_dim != d.input_dim),
+                ("image_size", self.image_size != d.image_size),
+                ("classes", self.classes != d.classes),
+            ] {
+                g.refuse(id, differs, || format!("the network is sized for {source}"))?;
+            }
+        }
+        let projection_bn = matches!(self.net, NetChoice::Resnet { .. })
+            && self
+                .projection
+                .unwrap_or_else(|| crate::net::default_projection(self.placement, self.norm))
+                == Projection::Bn;
+        if self.norm != NormKind::Batch && !projection_bn {
+            g.refuse("bn_mode", self.bn_mode != d.bn_mode, || {
+                format!("the network has no BatchNorm (--norm {})", self.norm)
+            })?;
+        }
+        Ok(())
     }
 
     /// With `--weights`: every architecture setting left at its default takes the
@@ -263,64 +393,60 @@ impl NetArgs {
             return Ok(self.clone());
         };
         let config = crate::train::checkpoint::read_run_config(w)?;
-        #[derive(clap::Parser)]
-        struct Defaults {
-            #[command(flatten)]
-            net: NetArgs,
-        }
-        let defaults = <Defaults as clap::Parser>::try_parse_from(["resprop"])
-            .expect("the defaults parse")
-            .net;
         let mut out = self.clone();
         let mut conflicts = Vec::new();
         fn adopt<T: PartialEq + Clone + std::fmt::Display>(
             name: &str,
             now: &mut T,
-            default: &T,
+            given: bool,
             saved: Result<T, String>,
             conflicts: &mut Vec<String>,
         ) -> Result<()> {
             let saved =
                 saved.map_err(|e| anyhow::anyhow!("--weights: the checkpoint's {name}: {e}"))?;
-            if *now == *default {
+            if !given {
                 *now = saved;
             } else if *now != saved {
                 conflicts.push(format!("--{name}: checkpoint {saved}, asked {now}"));
             }
             Ok(())
         }
+        // Without a command line (the library, Python) nothing counts as given: a value other
+        // than the default does.
+        let defaults = NetArgs::defaults();
+        let given = |id: &str, differs: bool| self.given.set(id, differs);
         adopt(
             "net",
             &mut out.net,
-            &defaults.net,
+            given("net", self.net != defaults.net),
             config.net.parse(),
             &mut conflicts,
         )?;
         adopt(
             "placement",
             &mut out.placement,
-            &defaults.placement,
+            given("placement", self.placement != defaults.placement),
             config.placement.parse(),
             &mut conflicts,
         )?;
         adopt(
             "shortcut",
             &mut out.shortcut,
-            &defaults.shortcut,
+            given("shortcut", self.shortcut != defaults.shortcut),
             config.shortcut.parse(),
             &mut conflicts,
         )?;
         adopt(
             "norm",
             &mut out.norm,
-            &defaults.norm,
+            given("norm", self.norm != defaults.norm),
             config.norm.parse(),
             &mut conflicts,
         )?;
         adopt(
             "init",
             &mut out.init,
-            &defaults.init,
+            given("init", self.init != defaults.init),
             config.init.parse(),
             &mut conflicts,
         )?;
@@ -328,14 +454,14 @@ impl NetArgs {
             adopt(
                 "units",
                 &mut out.units,
-                &defaults.units,
+                given("units", self.units != defaults.units),
                 Ok(config.units),
                 &mut conflicts,
             )?;
             adopt(
                 "width",
                 &mut out.width,
-                &defaults.width,
+                given("width", self.width != defaults.width),
                 Ok(config.width),
                 &mut conflicts,
             )?;
@@ -423,24 +549,6 @@ impl NetArgs {
             labels,
             data,
         })
-    }
-
-    /// Builds the network, validating every size, after checking that `purpose` fits in the
-    /// memory available.
-    pub fn build_for(&self, purpose: crate::net::memory::Purpose) -> Result<Network> {
-        if self.batch == 0 {
-            anyhow::bail!("batch must be at least 1, got 0");
-        }
-        crate::net::memory::ensure_fits(&self.memory(purpose), &format!("{}", self.net))?;
-        self.build()
-    }
-
-    /// Builds the network, validating every size.
-    pub fn build(&self) -> Result<Network> {
-        if self.batch == 0 {
-            anyhow::bail!("batch must be at least 1, got 0");
-        }
-        self.build_sized(&self.sizes())
     }
 
     fn build_sized(&self, sizes: &NetSizes) -> Result<Network> {
@@ -558,16 +666,63 @@ fn in_pool(
 ) -> Result<ExitCode> {
     let mut builder = rayon::ThreadPoolBuilder::new();
     if let Some(n) = threads {
+        // More threads than this only wait for the cores (and thousands exhaust the system's).
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let max = (4 * cores).max(64);
+        if n as usize > max {
+            anyhow::bail!("--threads: at most {max} on this machine ({cores} cores), got {n}");
+        }
         builder = builder.num_threads(n as usize);
     }
-    let pool = builder.build().context("could not start the thread pool")?;
+    let pool = builder
+        .build()
+        .context("--threads: could not start the thread pool")?;
     pool.install(job)
+}
+
+/// clap's rendered error as one line: its message and what follows it up to the usage (the
+/// missing arguments, the possible values, a tip), then where to look.
+fn one_line(rendered: &str, command: Option<&str>) -> String {
+    let mut line = String::new();
+    for part in rendered
+        .lines()
+        .take_while(|l| !l.starts_with("Usage:") && !l.starts_with("For more information"))
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+    {
+        if !line.is_empty() {
+            line.push_str(if line.ends_with(':') { " " } else { "; " });
+        }
+        line.push_str(part);
+    }
+    if line.is_empty() {
+        line.push_str("error: invalid arguments");
+    }
+    let help = match command {
+        Some(c) => format!("resprop {c} --help"),
+        None => "resprop --help".into(),
+    };
+    format!("{line} (see '{help}')")
+}
+
+/// The command line's definition: the derived one, with negative numbers taken as values (so
+/// `--seed -1` is refused as a value of --seed, not as an unknown flag `-1`).
+pub fn command() -> clap::Command {
+    use clap::CommandFactory;
+    Cli::command()
+        .allow_negative_numbers(true)
+        .mut_subcommands(|c| c.allow_negative_numbers(true))
 }
 
 /// Parses `args` and runs the subcommand. Usage errors are printed as one line.
 pub fn run(args: impl IntoIterator<Item = OsString>) -> ExitCode {
-    let cli = match Cli::try_parse_from(args) {
-        Ok(cli) => cli,
+    use clap::FromArgMatches;
+    let args: Vec<OsString> = args.into_iter().collect();
+    let parsed = command()
+        .try_get_matches_from(&args)
+        .and_then(|m| Cli::from_arg_matches(&m).map(|cli| (cli, m)));
+    let (mut cli, matches) = match parsed {
+        Ok(parsed) => parsed,
         Err(e) => {
             use clap::error::ErrorKind;
             if matches!(
@@ -583,15 +738,21 @@ pub fn run(args: impl IntoIterator<Item = OsString>) -> ExitCode {
                     ExitCode::SUCCESS
                 };
             }
-            let rendered = e.render().to_string();
-            let first = rendered
-                .lines()
-                .next()
-                .unwrap_or("error: invalid arguments");
-            eprintln!("{first} (see 'resprop --help')");
+            // The subcommand's name, for its --help (the first argument that names one).
+            let command = args.iter().skip(1).find_map(|a| {
+                let a = a.to_str()?;
+                command()
+                    .get_subcommands()
+                    .any(|c| c.get_name() == a)
+                    .then(|| a.to_string())
+            });
+            eprintln!("{}", one_line(&e.render().to_string(), command.as_deref()));
             return ExitCode::from(2);
         }
     };
+    if let (Some(command), Some((_, sub))) = (cli.command.as_mut(), matches.subcommand()) {
+        command.set_given(&Given::of(sub));
+    }
     let result = match cli
         .command
         .unwrap_or_else(|| Command::All(experiment::AllArgs::default()))

@@ -12,7 +12,7 @@ use super::NetArgs;
 use crate::analysis::paths::{check_samples, decompose, effective_window, path_rows, sample_paths};
 use crate::analysis::record::fmt_f64;
 use crate::net::Keep;
-use crate::output::{check_writable, emit, write_atomic};
+use crate::output::{emit, write_atomic};
 use crate::rng::derive_seed;
 
 #[derive(Debug, Args)]
@@ -28,8 +28,11 @@ pub struct PathsArgs {
     #[arg(long, value_name = "S")]
     pub sample: Option<usize>,
     /// The share of sum_k ||G_k(0)|| the effective window of path lengths holds.
-    #[arg(long, default_value_t = 0.9)]
+    #[arg(long, default_value_t = 0.9, allow_hyphen_values = true)]
     pub window: f64,
+    /// Run even when the decomposition and the sampling are estimated to take more than a day.
+    #[arg(long)]
+    pub force: bool,
 }
 
 /// What `resprop paths` computes: the rows of its CSV and the network they describe.
@@ -61,6 +64,18 @@ impl PathsArgs {
             .net
             .prepare(crate::net::memory::Purpose::Profile { low_memory: false })?;
         let (net, net_args) = (&analysis.net, &analysis.args);
+        // At least: the decomposition, two unit VJPs for each of the (n + 1)^2 / 2 (l, k)
+        // pairs (n / 3 passes' worth), and a backward pass per sampled path.
+        let lengths = (net.num_units() + 1) as f64;
+        let samples = self.sample.unwrap_or(0) as f64;
+        crate::budget::ensure_feasible(
+            &match self.sample {
+                Some(s) => format!("{} units, --sample {s}", net.num_units()),
+                None => format!("{} units", net.num_units()),
+            },
+            net.pass_work(analysis.input.shape()[0], lengths / 3.0 * (1.0 + samples)),
+            self.force,
+        )?;
         let cache = net.forward_with(
             &analysis.input,
             &analysis.labels,
@@ -101,9 +116,10 @@ impl PathsArgs {
 }
 
 pub fn run(args: &PathsArgs) -> Result<ExitCode> {
-    if let Some(path) = &args.csv {
-        check_writable(path)?;
-    }
+    crate::output::Outputs::new()
+        .write("--csv", args.csv.as_deref())
+        .read("--weights", args.net.weights.as_deref())
+        .check()?;
     let bar = ProgressBar::hidden();
     bar.set_style(
         ProgressStyle::with_template(

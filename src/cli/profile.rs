@@ -9,7 +9,7 @@ use clap::Args;
 use super::NetArgs;
 use crate::analysis::record::{build_records, fmt_f64, profile_csv, Profile};
 use crate::net::Keep;
-use crate::output::{check_writable, emit, write_atomic};
+use crate::output::{emit, write_atomic};
 use crate::unit::ForwardCtx;
 
 #[derive(Debug, Args)]
@@ -37,12 +37,12 @@ pub struct ProfileArgs {
 }
 
 pub fn run(args: &ProfileArgs) -> Result<ExitCode> {
-    for path in [&args.csv, &args.npz, &args.weight_grad_csv]
-        .into_iter()
-        .flatten()
-    {
-        check_writable(path)?;
-    }
+    crate::output::Outputs::new()
+        .write("--csv", args.csv.as_deref())
+        .write_npz("--npz", args.npz.as_deref())
+        .write("--weight-grad-csv", args.weight_grad_csv.as_deref())
+        .read("--weights", args.net.weights.as_deref())
+        .check()?;
     let purpose = crate::net::memory::Purpose::Profile {
         low_memory: args.low_memory,
     };
@@ -74,7 +74,7 @@ pub fn run(args: &ProfileArgs) -> Result<ExitCode> {
     outln!(out, "loss E = {}", fmt_f64(profile.loss));
     print_table(&mut out, &profile, args.all_rows);
     emit(&out)?;
-    report_nonfinite(&profile);
+    report_nonfinite(&profile, &net);
     let mut out = String::new();
 
     if let Some(path) = &args.csv {
@@ -178,11 +178,40 @@ fn print_table(out: &mut String, profile: &Profile, all: bool) {
 }
 
 /// Overflow is a result, not an error: say where it happened, on stderr.
-pub fn report_nonfinite(profile: &Profile) {
+/// A norm of the forward signal at which the numbers stop meaning anything: near the square root
+/// of f64's largest value (1.3e154), where squares overflow.
+const OVERFLOW_NORM: f64 = 1e150;
+
+pub fn report_nonfinite(profile: &Profile, net: &crate::net::Network) {
+    // Where the forward signal first reaches values whose squares overflow f64 (a norm's
+    // variance, a loss): from there on the numbers mean nothing.
+    let overflow = profile.records.iter().find_map(|r| {
+        let huge = |v: f64| v.is_nan() || v >= OVERFLOW_NORM;
+        if huge(r.act_norm) {
+            Some(("||x_l||", r.act_norm, r.unit))
+        } else {
+            r.branch_norm
+                .filter(|&b| huge(b))
+                .map(|b| ("the branch's ||F'(x_l)||", b, r.unit))
+        }
+    });
+    if let Some((what, value, unit)) = overflow {
+        eprintln!(
+            "warning: the forward signal overflows: {what} is {} at unit {unit} (by 1e154 the squares in a norm's variance or the loss exceed f64's 1.8e308); the values from there on are not a gradient profile: use fewer units, a shortcut scale nearer 1, a smaller branch scale, or a normalisation",
+            fmt_f64(value)
+        );
+    }
     let top = profile.records.last().map_or(1.0, |r| r.grad_norm);
     if top == 0.0 && profile.loss.is_finite() {
-        // Not an overflow: nothing flows back (a zero-started classifier, as under Fixup).
-        eprintln!("note: dE/dx_L is exactly 0 (the classifier starts at 0, as under Fixup): every dE/dx_l is 0, and the ratios to it (grad_ratio, direct_ratio, the sample ratios) are 0/0, written NaN");
+        let zero_classifier = net
+            .param("classifier.w")
+            .is_some_and(|w| w.iter().all(|&v| v == 0.0));
+        if zero_classifier {
+            // Not an overflow: nothing flows back through a zero-started classifier (Fixup).
+            eprintln!("note: dE/dx_L is exactly 0 (the classifier starts at 0, as under Fixup): every dE/dx_l is 0, and the ratios to it (grad_ratio, direct_ratio, the sample ratios) are 0/0, written NaN");
+        } else {
+            eprintln!("warning: dE/dx_L is exactly 0{}: every dE/dx_l is 0, and the ratios to it (grad_ratio, direct_ratio, the sample ratios) are 0/0, written NaN", if overflow.is_some() { ", after the overflow above" } else { "" });
+        }
         return;
     }
     for nf in &profile.nonfinite {

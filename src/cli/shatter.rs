@@ -10,7 +10,7 @@ use clap::Args;
 
 use crate::analysis::record::fmt_f64;
 use crate::analysis::shatter::{half_lag, study, sweep, POINTS};
-use crate::output::{check_writable, emit, write_atomic};
+use crate::output::{emit, write_atomic};
 
 #[derive(Debug, Args)]
 pub struct ShatterArgs {
@@ -25,8 +25,9 @@ pub struct ShatterArgs {
     pub replicates: usize,
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
-    /// The unit: original (W N ReLU W N, add, ReLU) or full-preact (N ReLU W N ReLU W, add);
-    /// plain nets are the same unit without the shortcut.
+    /// The unit: original (W N ReLU W N, add, ReLU; the paper's), full-preact (N ReLU W N
+    /// ReLU W, add) or another of profile's --placement; plain nets are the same unit without
+    /// the shortcut.
     #[arg(long, default_value = "original", value_parser = |s: &str| s.parse::<crate::unit::Placement>())]
     pub placement: crate::unit::Placement,
     /// Write the mean autocorrelation per (net, depth, lag), with white and brown noise.
@@ -35,18 +36,23 @@ pub struct ShatterArgs {
     /// Write every gradient: net, depth, replicate, x, gradient.
     #[arg(long, value_name = "FILE")]
     pub gradients_csv: Option<PathBuf>,
+    /// Run even when the sweep is estimated to take more than a day.
+    #[arg(long)]
+    pub force: bool,
 }
 
 pub fn run(args: &ShatterArgs) -> Result<ExitCode> {
-    for p in [&args.csv, &args.gradients_csv].into_iter().flatten() {
-        check_writable(p)?;
-    }
+    crate::output::Outputs::new()
+        .write("--csv", args.csv.as_deref())
+        .write("--gradients-csv", args.gradients_csv.as_deref())
+        .check()?;
     let study = study(
         &args.depths,
         args.width,
         args.replicates,
         args.placement,
         args.seed,
+        args.force,
     )
     .map_err(|e| anyhow::anyhow!("--{e}"))?;
     let mut out = format!(

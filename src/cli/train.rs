@@ -1,6 +1,6 @@
 //! `resprop train`: SGD on real data, recording losses, errors and per-unit gradients.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Instant;
 
@@ -9,7 +9,7 @@ use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
 
 use crate::net::{build_net_with, NetChoice};
-use crate::output::{check_writable, emit, write_atomic};
+use crate::output::{emit, write_atomic};
 use crate::schema::to_csv;
 use crate::train::{checkpoint, train, History, Resume, TrainConfig};
 use crate::unit::{Placement, Projection, ShortcutKind};
@@ -52,10 +52,10 @@ pub struct TrainArgs {
     pub batch: usize,
     /// Base learning rate (a tenth of it during warm-up; divided by 10 at 50% and 75% of the
     /// steps, the paper's 32k/48k of 64k).
-    #[arg(long, default_value_t = 0.1)]
+    #[arg(long, default_value_t = 0.1, allow_hyphen_values = true)]
     pub lr: f64,
     /// SGD momentum.
-    #[arg(long, default_value_t = 0.9)]
+    #[arg(long, default_value_t = 0.9, allow_hyphen_values = true)]
     pub momentum: f64,
     /// sgd (with --momentum, L2 weight decay: the paper's) or adam (bias-corrected, betas
     /// 0.9 and 0.999, eps 1e-8, as PyTorch; weight decay per --weight-decay-mode).
@@ -67,7 +67,7 @@ pub struct TrainArgs {
     /// of the run); Adam, no warm-up.
     #[arg(long, value_name = "N")]
     pub warmup_steps: Option<usize>,
-    #[arg(long, default_value_t = 1e-4)]
+    #[arg(long, default_value_t = 1e-4, allow_hyphen_values = true)]
     pub weight_decay: f64,
     /// Adam's weight decay: decoupled (the weights shrink by lr x decay each step, AdamW) or
     /// l2 (decay x w added to the gradient, PyTorch's Adam). SGD always adds it to the gradient.
@@ -102,6 +102,74 @@ pub struct TrainArgs {
     /// numbers, slower).
     #[arg(long)]
     pub unfused: bool,
+    /// Run even when the training is estimated to take more than a day.
+    #[arg(long)]
+    pub force: bool,
+    /// The flags given on the command line (filled after parsing).
+    #[arg(skip)]
+    pub given: super::Given,
+}
+
+impl TrainArgs {
+    /// Every flag at its default value.
+    pub fn defaults() -> TrainArgs {
+        #[derive(clap::Parser)]
+        struct Defaults {
+            #[command(flatten)]
+            train: TrainArgs,
+        }
+        <Defaults as clap::Parser>::try_parse_from(["resprop"])
+            .expect("the defaults parse")
+            .train
+    }
+
+    /// Refuses values out of range and the flags given that this run cannot use.
+    fn refuse_inapplicable(&self) -> Result<()> {
+        let (g, d) = (&self.given, TrainArgs::defaults());
+        if !(0.0..1.0).contains(&self.momentum) {
+            bail!("--momentum: a number in [0, 1), got {}", self.momentum);
+        }
+        if !(self.weight_decay >= 0.0 && self.weight_decay.is_finite()) {
+            bail!(
+                "--weight-decay: a finite number, 0 or more, got {}",
+                self.weight_decay
+            );
+        }
+        match self.optimizer {
+            crate::train::OptimizerKind::Adam => {
+                g.refuse("momentum", self.momentum != d.momentum, || {
+                    "applies to SGD; Adam's betas are 0.9 and 0.999".into()
+                })?
+            }
+            crate::train::OptimizerKind::Sgd => g.refuse(
+                "weight_decay_mode",
+                self.weight_decay_mode != d.weight_decay_mode,
+                || "applies to Adam; SGD adds the decay to the gradient".into(),
+            )?,
+        }
+        if let NetChoice::Resnet { .. } = self.net {
+            for (id, differs) in [
+                ("units", self.units != d.units),
+                ("width", self.width != d.width),
+            ] {
+                g.refuse(id, differs, || {
+                    format!("sizes the MLP; {} takes its size from its name", self.net)
+                })?;
+            }
+        }
+        if let Some(n) = self.stop_after_epochs {
+            if n == 0 || n > self.epochs {
+                bail!(
+                    "--stop-after-epochs: between 1 and --epochs ({}), got {n}",
+                    self.epochs
+                );
+            }
+        }
+        if self.record_every == 0 && self.grad_csv.is_some() {
+            bail!("--grad-csv: --record-every 0 records no gradients to write");
+        }
+        Ok(())
+    }
 }
 
 /// A training run set up from the flags: its data, network and recipe, and where it starts.
@@ -128,8 +196,12 @@ impl TrainArgs {
             );
         }
         if !(args.lr > 0.0 && args.lr.is_finite()) {
-            bail!("learning rate must be a positive number, got {}", args.lr);
+            bail!(
+                "--lr: the learning rate must be a positive number, got {}",
+                args.lr
+            );
         }
+        args.refuse_inapplicable()?;
         let data = crate::data::load(&args.data)?;
         let sizes = crate::train::sizes_for(&data, args.units, args.width);
         crate::net::memory::ensure_fits(
@@ -154,6 +226,15 @@ impl TrainArgs {
             args.seed,
         )?;
         net.set_fusion(crate::unit::Fusion::from_unfused(args.unfused));
+        // A step per batch of the training split each epoch, then a forward pass over the test
+        // split.
+        let steps = args.epochs as f64 * data.train.len().div_ceil(args.batch) as f64;
+        crate::budget::ensure_feasible(
+            &format!("--epochs {} of batch {}", args.epochs, args.batch),
+            net.pass_work(args.batch, steps)
+                + net.pass_work(data.test.len(), args.epochs as f64 / 3.0),
+            args.force,
+        )?;
         let cfg = TrainConfig {
             epochs: args.epochs,
             batch: args.batch,
@@ -248,14 +329,56 @@ impl TrainArgs {
     }
 }
 
-pub fn run(args: &TrainArgs) -> Result<ExitCode> {
-    let grad_path = args
-        .grad_csv
-        .clone()
-        .or_else(|| args.csv.as_ref().map(|c| c.with_extension("grads.csv")));
-    for p in [&args.csv, &grad_path].into_iter().flatten() {
-        check_writable(p)?;
+impl TrainArgs {
+    /// Where the per-unit gradients go: --grad-csv, or `<csv>.grads.csv` beside --csv.
+    fn grad_path(&self) -> Option<PathBuf> {
+        self.grad_csv
+            .clone()
+            .or_else(|| self.csv.as_ref().map(|c| c.with_extension("grads.csv")))
     }
+
+    /// Checks every file the run will write (and the checkpoint directory) before it starts.
+    fn check_outputs(&self) -> Result<()> {
+        let checkpoint = self.checkpoint.as_ref().map(|d| d.join(checkpoint::FILE));
+        if let Some(dir) = &self.checkpoint {
+            if dir.exists() && !dir.is_dir() {
+                bail!(
+                    "--checkpoint: '{}' is not a directory (the checkpoint is written to DIR/{})",
+                    dir.display(),
+                    checkpoint::FILE
+                );
+            }
+            if !self.resume {
+                crate::output::create_dir("--checkpoint", dir)?;
+            }
+            // What a run killed while saving left behind.
+            crate::output::sweep_stale_temps(dir, None);
+        }
+        let mut outputs = crate::output::Outputs::new()
+            .write("--csv", self.csv.as_deref())
+            .write(
+                if self.grad_csv.is_some() {
+                    "--grad-csv"
+                } else {
+                    "the gradients CSV beside --csv"
+                },
+                self.grad_path().as_deref(),
+            );
+        // The checkpoint file is both read (with --resume) and rewritten; it only has to differ
+        // from the CSVs.
+        if checkpoint
+            .as_ref()
+            .is_some_and(|c| c.parent().is_some_and(Path::is_dir))
+        {
+            outputs = outputs.write_npz("--checkpoint's checkpoint.npz", checkpoint.as_deref());
+        }
+        outputs.check()
+    }
+}
+
+pub fn run(args: &TrainArgs) -> Result<ExitCode> {
+    args.check_outputs()?;
+    let grad_path = args.grad_path();
     let mut t = args.prepare()?;
     let (net, data) = (&t.net, &t.data);
     emit(&format!(
@@ -342,7 +465,9 @@ pub fn run(args: &TrainArgs) -> Result<ExitCode> {
             p.display()
         ));
     }
-    if let (Some(p), true) = (&grad_path, !history.grads.is_empty()) {
+    if let Some(p) = &grad_path {
+        // Always written, empty when nothing was recorded, so that the pair beside --csv never
+        // holds an earlier run's gradients.
         write_atomic(p, &to_csv(&history.grads, &[])?)?;
         out.push_str(&format!(
             "wrote per-unit gradients at {} steps to {}\n",

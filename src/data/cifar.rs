@@ -4,7 +4,7 @@
 
 use std::path::Path;
 
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, Result};
 use ndarray::IxDyn;
 
 use super::{normalise_per_channel, Dataset, Split};
@@ -22,8 +22,8 @@ pub const TEST_FILE: &str = "test_batch.bin";
 
 /// Reads one file's records, checking its size and every label.
 pub fn read_file(path: &Path) -> Result<(Vec<f64>, Vec<usize>)> {
-    let bytes = std::fs::read(path)
-        .with_context(|| format!("cannot read CIFAR-10 file '{}'", path.display()))?;
+    // Five training batches of 10,000 records: a file more than twice that is not CIFAR-10.
+    let bytes = super::read_regular_file(path, 2 * 50_000 * RECORD as u64, "CIFAR-10 file")?;
     if bytes.is_empty() || bytes.len() % RECORD != 0 {
         bail!(
             "'{}' is truncated or not CIFAR-10: {} bytes is not a multiple of {RECORD}",
@@ -64,6 +64,12 @@ fn read_files(dir: &Path, files: &[&str]) -> Result<Dataset> {
 
 /// Loads the directory: training files that exist (at least one), and the test file.
 pub fn load(dir: &Path) -> Result<Split> {
+    if dir.exists() && !dir.is_dir() {
+        bail!(
+            "CIFAR-10 directory '{}' is a file, not a directory (expected the folder holding data_batch_1.bin .. test_batch.bin)",
+            dir.display()
+        );
+    }
     if !dir.is_dir() {
         bail!(
             "CIFAR-10 directory '{}' does not exist (expected data_batch_1.bin .. test_batch.bin)",

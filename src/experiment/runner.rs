@@ -43,18 +43,32 @@ pub const ENGINE: &str = concat!(env!("CARGO_PKG_VERSION"), "+", env!("RESPROP_E
 pub struct TableKind {
     /// File name stem: `<out>/<experiment>/<name>.csv`, `<out>/cells/<fp>.<name>.csv`.
     pub name: &'static str,
-    columns: fn(&Spec) -> Vec<Column>,
+    /// The table's own columns (after the keys) when the cells measure this.
+    columns: fn(Measure) -> Vec<Column>,
 }
 
 impl TableKind {
     pub fn columns(&self, spec: &Spec) -> Vec<Column> {
-        (self.columns)(spec)
+        (self.columns)(spec.measure)
+    }
+
+    /// The table kind whose file stem is `name`.
+    pub fn named(name: &str) -> Option<TableKind> {
+        ALL_TABLES.iter().find(|t| t.name == name).copied()
+    }
+
+    /// The columns every file of this table holds, whatever the spec: the keys and the
+    /// table's own (a profile's verification columns only with `measure = "verification"`).
+    pub fn required_columns(&self) -> Vec<Column> {
+        let mut c = schema::KEYS.columns.to_vec();
+        c.extend((self.columns)(Measure::Profile));
+        c
     }
 }
 
-fn profile_columns(spec: &Spec) -> Vec<Column> {
+fn profile_columns(measure: Measure) -> Vec<Column> {
     let mut h = schema::PROFILE.columns.to_vec();
-    if spec.measure == Measure::Verification {
+    if measure == Measure::Verification {
         h.extend(schema::VERIFICATION.columns);
     }
     h
@@ -102,26 +116,23 @@ pub const SIGNAL_TABLE: TableKind = TableKind {
 /// marks a cell complete). The weight-input statistics of a training run cost two forward
 /// passes: always recorded.
 pub fn tables(spec: &Spec) -> Vec<TableKind> {
-    const ALL: [TableKind; 8] = [
-        PROFILE_TABLE,
-        WEIGHT_GRADS_TABLE,
-        TRAIN_TABLE,
-        GRADS_TABLE,
-        SIGNAL_TABLE,
-        PATHS_TABLE,
-        LESION_TABLE,
-        SHATTER_TABLE,
-    ];
     spec.task
         .tables(spec.weight_grads)
         .into_iter()
-        .map(|name| {
-            *ALL.iter()
-                .find(|t| t.name == name)
-                .expect("every task's table has a kind")
-        })
+        .map(|name| TableKind::named(name).expect("every task's table has a kind"))
         .collect()
 }
+
+const ALL_TABLES: [TableKind; 8] = [
+    PROFILE_TABLE,
+    WEIGHT_GRADS_TABLE,
+    TRAIN_TABLE,
+    GRADS_TABLE,
+    SIGNAL_TABLE,
+    PATHS_TABLE,
+    LESION_TABLE,
+    SHATTER_TABLE,
+];
 
 /// The header of a table of this spec: the keys, then its columns.
 pub fn header(spec: &Spec, table: TableKind) -> Vec<&'static str> {
@@ -163,7 +174,9 @@ pub struct CellInputs {
     /// The sizes the network is built with (for training: fitted to the data).
     pub sizes: NetSizes,
     pub replicate: u64,
-    /// The cell's seed (weights, batch, labels, dropout, data order).
+    /// The cell's seed (weights, batch, labels, dropout, data order), as a string: TOML's
+    /// integers stop at 2^63 - 1.
+    #[serde(serialize_with = "crate::util::serialize_display")]
     pub seed: u64,
     /// Profiles: the Gaussian batch's size, what is measured and the BN mode.
     pub batch: Option<usize>,
@@ -489,14 +502,112 @@ impl StoredCell<'_> {
     fn path(&self, store: &Path, table: TableKind) -> PathBuf {
         store.join(format!("{}.{}.csv", self.fingerprint, table.name))
     }
+
+    /// The cell's manifest: its inputs, then each table's row count and SHA-256. Written after
+    /// the tables, so its presence marks the cell complete.
+    fn manifest_path(&self, store: &Path) -> PathBuf {
+        store.join(format!("{}.toml", self.fingerprint))
+    }
+
+    /// Whether the stored cell can be reused: its manifest and every table it lists, each
+    /// with the bytes it recorded.
+    fn state(&self, store: &Path, kinds: &[TableKind]) -> CellState {
+        let manifest = self.manifest_path(store);
+        let Ok(text) = std::fs::read_to_string(&manifest) else {
+            return if kinds.iter().any(|k| self.path(store, *k).exists()) {
+                CellState::Damaged(
+                    "its tables are there but not its manifest (the run that wrote them stopped)"
+                        .into(),
+                )
+            } else {
+                CellState::Missing
+            };
+        };
+        let stored = match text.parse::<toml::Table>() {
+            Ok(t) => t.get("stored").and_then(|s| s.as_table()).cloned(),
+            Err(_) => None,
+        };
+        let Some(stored) = stored else {
+            return CellState::Damaged(format!(
+                "its manifest {} is unreadable or lists no tables",
+                manifest.display()
+            ));
+        };
+        for kind in kinds {
+            let path = self.path(store, *kind);
+            let want = stored
+                .get(kind.name)
+                .and_then(|t| t.get("sha256"))
+                .and_then(|v| v.as_str());
+            let Some(want) = want else {
+                return CellState::Damaged(format!("its manifest lists no {} table", kind.name));
+            };
+            match std::fs::read(&path) {
+                Ok(bytes) if sha256_hex(&bytes) == want => {}
+                Ok(_) => {
+                    return CellState::Damaged(format!(
+                    "{} is not the file the run wrote (its SHA-256 differs: cut short, or edited)",
+                    path.display()
+                ))
+                }
+                Err(e) => {
+                    return CellState::Damaged(format!("cannot read {}: {e}", path.display()))
+                }
+            }
+        }
+        CellState::Complete
+    }
+
+    /// Writes the cell's tables, then its manifest.
+    fn store(&self, store: &Path, kinds: &[TableKind], tables: &[Vec<Vec<String>>]) -> Result<()> {
+        let mut manifest = self.inputs.to_toml()?;
+        for (kind, rows) in kinds.iter().zip(tables) {
+            let bytes = csv_bytes(None, rows)?;
+            write_atomic(&self.path(store, *kind), &bytes)?;
+            manifest.push_str(&format!(
+                "\n[stored.{}]\nrows = {}\nsha256 = \"{}\"\n",
+                kind.name,
+                rows.len(),
+                sha256_hex(&bytes)
+            ));
+        }
+        write_atomic(&self.manifest_path(store), manifest.as_bytes())
+    }
+}
+
+/// Whether a cell's result is in the store.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum CellState {
+    Complete,
+    Missing,
+    /// Stored, but not as the run wrote it: recomputed by `run`, refused by `merge`.
+    Damaged(String),
+}
+
+fn sha256_hex(bytes: &[u8]) -> String {
+    use sha2::{Digest, Sha256};
+    Sha256::digest(bytes)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
 }
 
 /// Runs every cell whose result is not stored yet, then writes the tidy CSV(s) and
 /// `spec.toml`. Returns the main CSV and how many cells were computed now (the others were
 /// found, with the same fingerprint, from an earlier run).
-pub fn run_experiment(spec: &Spec, out: &Path, progress: bool) -> Result<(PathBuf, usize)> {
-    let computed = compute_cells(spec, out, progress, None, &Interrupt::new())?;
+pub fn run_experiment(spec: &Spec, out: &Path, how: &HowToRun) -> Result<(PathBuf, usize)> {
+    let computed = compute_cells(spec, out, how, &Interrupt::new())?;
     Ok((assemble(spec, out)?, computed))
+}
+
+/// How [`compute_cells`] runs: with a progress bar, one shard of the cells, past the time
+/// estimate.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct HowToRun {
+    pub progress: bool,
+    pub shard: Option<Shard>,
+    /// Run even when the cells to compute are estimated to take more than a day.
+    pub force: bool,
 }
 
 /// One shard of an experiment's cells: those with `index % count == index_of_shard`
@@ -570,10 +681,24 @@ pub fn assemble(spec: &Spec, out: &Path) -> Result<PathBuf> {
     let kinds = tables(spec);
     let cells = spec.cells();
     let stored = stored_cells(spec, &cells, data.as_ref())?;
+    let states: Vec<CellState> = stored.iter().map(|c| c.state(&store, &kinds)).collect();
+    if let Some((c, CellState::Damaged(why))) = stored
+        .iter()
+        .zip(&states)
+        .find(|(_, s)| matches!(s, CellState::Damaged(_)))
+    {
+        anyhow::bail!(
+            "{}: cell {} in '{}' is damaged: {why}; run its shard again (resprop run recomputes it)",
+            spec.name,
+            c.cell.index,
+            store.display()
+        );
+    }
     let missing: Vec<String> = stored
         .iter()
-        .filter(|c| !c.path(&store, kinds[0]).is_file())
-        .map(|c| c.cell.index.to_string())
+        .zip(&states)
+        .filter(|(_, s)| **s == CellState::Missing)
+        .map(|(c, _)| c.cell.index.to_string())
         .collect();
     if !missing.is_empty() {
         let shown = if missing.len() > 20 {
@@ -622,13 +747,12 @@ pub fn assemble(spec: &Spec, out: &Path) -> Result<PathBuf> {
 /// Computes every cell (of `shard`, when given) whose result is not stored yet; returns how
 /// many it computed. A request on `stop` fails the call with [`crate::interrupt::Interrupted`] before the next
 /// cell starts (and between a training cell's steps); the cells finished by then are stored.
-pub fn compute_cells(
-    spec: &Spec,
-    out: &Path,
-    progress: bool,
-    shard: Option<Shard>,
-    stop: &Interrupt,
-) -> Result<usize> {
+pub fn compute_cells(spec: &Spec, out: &Path, how: &HowToRun, stop: &Interrupt) -> Result<usize> {
+    let HowToRun {
+        progress,
+        shard,
+        force,
+    } = *how;
     let store = cell_store(out);
     std::fs::create_dir_all(&store)
         .with_context(|| format!("cannot create '{}'", store.display()))?;
@@ -636,13 +760,37 @@ pub fn compute_cells(
     let kinds = tables(spec);
     let cells = spec.cells();
     let stored = stored_cells(spec, &cells, data.as_ref())?;
-    let todo: Vec<&StoredCell> = stored
+    // What a run killed mid-write left behind.
+    crate::output::sweep_stale_temps(&store, None);
+    let mut todo: Vec<&StoredCell> = Vec::new();
+    for c in stored
         .iter()
         .filter(|c| shard.is_none_or(|s| s.owns(c.cell.index)))
-        .filter(|c| !c.path(&store, kinds[0]).is_file())
-        .collect();
-    // Before anything runs: every cell that will run must fit, with the others running beside
-    // it (as many as there are threads).
+    {
+        match c.state(&store, &kinds) {
+            CellState::Complete => {}
+            CellState::Missing => todo.push(c),
+            CellState::Damaged(why) => {
+                eprintln!(
+                    "warning: {}: cell {} is damaged ({why}): computing it again",
+                    spec.name, c.cell.index
+                );
+                todo.push(c);
+            }
+        }
+    }
+    // Before anything runs: the cells must finish within the time bound (or be forced) ...
+    let work: crate::budget::Work = todo
+        .iter()
+        .map(|sc| cell_work(spec, sc, data.as_ref().map(|(d, _)| d)))
+        .sum();
+    crate::budget::ensure_feasible(
+        &format!("{}: {} cells to compute", spec.name, todo.len()),
+        work,
+        force,
+    )?;
+    // ... and every cell that will run must fit, with the others running beside it (as many
+    // as there are threads).
     let side_by_side = rayon::current_num_threads().min(todo.len()).max(1) as f64;
     for sc in &todo {
         let batch = match (&spec.task, spec.task.train_spec()) {
@@ -721,14 +869,7 @@ pub fn compute_cells(
                     _ => run_cell(spec, cell)?,
                 })
             })?;
-            write_atomic(
-                &store.join(format!("{}.toml", sc.fingerprint)),
-                sc.inputs.to_toml()?.as_bytes(),
-            )?;
-            // The main table last: its presence marks the cell complete.
-            for (kind, rows) in kinds.iter().zip(&result.tables).rev() {
-                write_atomic(&sc.path(&store, *kind), &csv_bytes(None, rows)?)?;
-            }
+            sc.store(&store, &kinds, &result.tables)?;
             bar.inc(1);
             Ok(result.warning)
         })
@@ -738,6 +879,38 @@ pub fn compute_cells(
         eprintln!("warning: {}: {w}", spec.name);
     }
     Ok(todo.len())
+}
+
+/// The least work of computing a cell (see `budget`): its training, then its analysis.
+fn cell_work(spec: &Spec, sc: &StoredCell, data: Option<&Split>) -> crate::budget::Work {
+    let net = &sc.cell.net;
+    let sizes = &sc.inputs.sizes;
+    let pass = |batch: usize, passes: f64| crate::net::memory::pass_work(net, sizes, batch, passes);
+    let (train_n, test_n) = data.map_or((0, 0), |d| (d.train.len(), d.test.len()));
+    let training = |t: &TrainSpec| {
+        pass(
+            t.batch,
+            t.epochs as f64 * train_n.div_ceil(t.batch.max(1)) as f64,
+        )
+    };
+    let lengths = (sc.inputs.sizes_units(sc.cell) + 1) as f64;
+    match &spec.task {
+        Task::Profile => match spec.measure {
+            Measure::Profile => pass(spec.batch, 1.0),
+            // O(L^2) unit VJPs: about L / 3 passes.
+            Measure::Verification => pass(spec.batch, 1.0 + lengths / 3.0),
+        },
+        Task::Train(t) => training(t),
+        Task::Paths { train, sample } => {
+            train.as_ref().map(training).unwrap_or_default()
+                + pass(spec.batch, lengths / 3.0 * (1.0 + *sample as f64))
+        }
+        Task::Lesion { train, draws } => {
+            let lesions = lengths + *draws as f64 * (lengths / 2.0);
+            training(train) + pass(test_n, lesions / 3.0)
+        }
+        Task::Shatter => pass(crate::analysis::shatter::POINTS, 1.0),
+    }
 }
 
 impl CellInputs {

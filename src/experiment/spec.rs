@@ -369,6 +369,14 @@ impl ChartKind {
     ];
 
     /// The table (`<name>.csv` of the experiment's results) the chart is drawn from.
+    /// Columns the chart reads beyond its table's required ones (`TableKind::required_columns`).
+    pub fn extra_columns(self) -> Vec<crate::schema::Column> {
+        match self {
+            ChartKind::Verification => vec![crate::schema::col::ADDITIVE_BACKWARD_ERROR],
+            _ => Vec::new(),
+        }
+    }
+
     pub fn table(self) -> &'static str {
         match self {
             ChartKind::TrainCurves | ChartKind::Generalisation => "train",
@@ -500,7 +508,37 @@ impl Spec {
     }
 }
 
+/// The most cells one experiment file may hold (the bundled ones hold at most a few hundred).
+pub const MAX_CELLS: usize = 100_000;
+
 impl Grid {
+    /// How many cells [`Grid::push_cells`] makes, without making them (saturating).
+    fn cell_count(&self) -> usize {
+        let per_variant = |net: &NetChoice| {
+            let (projections, depths) = if *net == NetChoice::Mlp {
+                (1, self.units.len())
+            } else {
+                (self.projections.len().max(1), 1)
+            };
+            [
+                projections,
+                depths,
+                self.warmups.len(),
+                self.replicates.len(),
+                self.placements.len(),
+                self.shortcuts.len(),
+                self.norms.len(),
+                self.inits.len(),
+            ]
+            .into_iter()
+            .fold(1usize, usize::saturating_mul)
+        };
+        self.nets
+            .iter()
+            .map(per_variant)
+            .fold(0usize, usize::saturating_add)
+    }
+
     fn push_cells(&self, cells: &mut Vec<Cell>) {
         for net in &self.nets {
             for &placement in &self.placements {
@@ -596,20 +634,28 @@ fn parse_each<T>(
         .collect()
 }
 
-/// Parses and validates the text of an experiment file.
-pub fn parse_spec(text: &str) -> Result<Spec> {
-    let raw: RawSpec = toml::from_str(text).map_err(|e| anyhow!(toml_error(text, &e)))?;
-    if raw.name.is_empty()
-        || !raw
-            .name
+/// An experiment's name names its output folder and its charts' files: letters, digits, '-'
+/// and '_' only (no path), and not `cells`, the folder of the stored cells.
+pub fn check_name(name: &str) -> Result<(), String> {
+    if name.is_empty()
+        || !name
             .chars()
             .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
     {
-        bail!(
-            "name: '{}' must be non-empty letters, digits, '-' or '_' (it names the output folder)",
-            raw.name
-        );
+        return Err(format!(
+            "'{name}' must be non-empty letters, digits, '-' or '_' (it names the output folder and the charts)"
+        ));
     }
+    if name == "cells" {
+        return Err("'cells' names the folder of the stored cells; choose another name".into());
+    }
+    Ok(())
+}
+
+/// Parses and validates the text of an experiment file.
+pub fn parse_spec(text: &str) -> Result<Spec> {
+    let raw: RawSpec = toml::from_str(text).map_err(|e| anyhow!(toml_error(text, &e)))?;
+    check_name(&raw.name).map_err(|e| anyhow!("name: {e}"))?;
     if raw.batch == 0 {
         bail!("batch: must be at least 1, got 0");
     }
@@ -708,6 +754,63 @@ pub fn parse_spec(text: &str) -> Result<Spec> {
         bail!(
             "batch: {} is too small for an MLP with BatchNorm in training mode (needs 2)",
             raw.batch
+        );
+    }
+    // A size the grid's networks do not take is refused, not ignored.
+    let has_mlp = grids.iter().any(|g| g.nets.contains(&NetChoice::Mlp));
+    let has_resnet = grids
+        .iter()
+        .any(|g| g.nets.iter().any(|n| *n != NetChoice::Mlp));
+    let from_data = training || task == Task::Shatter;
+    let only_resnets = "sizes the MLP, and the grid has only ResNets";
+    let only_mlps = "sizes a ResNet's input images, and the grid has only MLPs";
+    let refusals = [
+        (
+            "net.units",
+            raw.net.units,
+            (!has_mlp).then_some(only_resnets),
+        ),
+        (
+            "net.width",
+            raw.net.width,
+            (!has_mlp).then_some(only_resnets),
+        ),
+        (
+            "net.input_dim",
+            raw.net.input_dim,
+            if !has_mlp {
+                Some(only_resnets)
+            } else {
+                from_data.then_some("the MLP's input here comes from the data")
+            },
+        ),
+        (
+            "net.image_size",
+            raw.net.image_size,
+            if !has_resnet {
+                Some(only_mlps)
+            } else {
+                from_data.then_some("the images here come from the data")
+            },
+        ),
+        (
+            "net.classes",
+            raw.net.classes,
+            from_data.then_some("the classes here come from the data"),
+        ),
+    ];
+    for (key, given, why) in refusals {
+        if let (Some(_), Some(why)) = (given, why) {
+            bail!("{key}: {why}");
+        }
+    }
+    let cells: usize = grids
+        .iter()
+        .map(Grid::cell_count)
+        .fold(0usize, usize::saturating_add);
+    if cells > MAX_CELLS {
+        bail!(
+            "grid: {cells} cells, more than {MAX_CELLS} in one experiment; split it into several files (each can be sharded)"
         );
     }
     for c in &charts {
@@ -884,6 +987,12 @@ fn parse_grid(
     };
     if units.contains(&0) {
         bail!("{}: depths must be at least 1, got 0", k("units"));
+    }
+    if units.len() > 1 && !nets.contains(&NetChoice::Mlp) {
+        bail!(
+            "{}: several depths apply to the MLP, and this grid has only ResNets (whose depth is in their name)",
+            k("units")
+        );
     }
     if raw.replicates.is_empty() {
         bail!("{}: the list is empty", k("replicates"));

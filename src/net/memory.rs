@@ -45,13 +45,22 @@ pub struct Estimate {
 
 const FIXED_BYTES: f64 = 50e6;
 
-/// Parameters (with BN buffers) and per-sample unit-output values of a network, in f64 so
-/// that absurd sizes give a large number instead of an overflow.
-fn sizes_of(
-    choice: &NetChoice,
-    sizes: &NetSizes,
-    shortcut: ShortcutKind,
-) -> (f64, f64, f64, Block) {
+/// What the estimates need to know of a network, counted in f64 so that absurd sizes give a
+/// large number instead of an overflow.
+#[derive(Debug, Clone, Copy, PartialEq)]
+struct Counts {
+    /// Parameters, with the BatchNorm buffers.
+    params: f64,
+    /// Values of every unit's output for one sample.
+    outputs: f64,
+    /// Values of one input sample.
+    input: f64,
+    /// Multiply-adds of one sample's forward pass through the weight layers.
+    macs: f64,
+    block: Block,
+}
+
+fn counts(choice: &NetChoice, sizes: &NetSizes, shortcut: ShortcutKind) -> Counts {
     let bn = |c: f64| 4.0 * c;
     let shortcut_params = |c_in: f64, c_out: f64| match shortcut {
         ShortcutKind::Gate { .. } | ShortcutKind::ShortcutGate { .. } => c_in * c_in + c_in,
@@ -61,21 +70,26 @@ fn sizes_of(
     match choice {
         NetChoice::Mlp => {
             let (w, l) = (sizes.width as f64, sizes.units as f64);
-            let unit = 2.0 * w * w + 3.0 * bn(w) + shortcut_params(w, w);
-            let params = sizes.input_dim as f64 * w
-                + bn(w)
-                + l * unit
-                + bn(w)
-                + w * sizes.classes as f64
-                + sizes.classes as f64;
-            (params, l * w, sizes.input_dim as f64, Block::Basic)
+            let weights = sizes.input_dim as f64 * w
+                + l * (2.0 * w * w + shortcut_params(w, w))
+                + w * sizes.classes as f64;
+            let params = weights + bn(w) + l * 3.0 * bn(w) + bn(w) + sizes.classes as f64;
+            Counts {
+                params,
+                outputs: l * w,
+                input: sizes.input_dim as f64,
+                macs: weights,
+                block: Block::Basic,
+            }
         }
         NetChoice::Resnet { name, .. } => {
             let (n, block) = parse_resnet_name(name).unwrap_or((1, Block::Basic));
             let n = n as f64;
             let mut side = sizes.image_size as f64;
             let mut c_in = STAGE_WIDTHS[0] as f64;
-            let mut params = 9.0 * sizes.input_channels as f64 * c_in + bn(c_in);
+            let stem = 9.0 * sizes.input_channels as f64 * c_in;
+            let mut params = stem + bn(c_in);
+            let mut macs = stem * side * side;
             let mut outputs = 0.0;
             for (stage, &width) in STAGE_WIDTHS.iter().enumerate() {
                 let c = width as f64;
@@ -86,20 +100,64 @@ fn sizes_of(
                     Block::Basic => c,
                     Block::Bottleneck => 4.0 * c,
                 };
-                let unit = |c_in: f64| match block {
-                    Block::Basic => 9.0 * c_in * c + 9.0 * c * c + 3.0 * bn(c),
-                    Block::Bottleneck => c_in * c + 9.0 * c * c + c * c_out + 3.0 * bn(c_out),
+                let weights = |c_in: f64| match block {
+                    Block::Basic => 9.0 * c_in * c + 9.0 * c * c,
+                    Block::Bottleneck => c_in * c + 9.0 * c * c + c * c_out,
                 };
+                let unit_bn = 3.0 * bn(c_out);
                 // The first unit of a stage may change the shape: a projection (or a pad).
-                params += unit(c_in) + c_in * c_out + bn(c_out) + shortcut_params(c_in, c_out);
-                params += (n - 1.0) * (unit(c_out) + shortcut_params(c_out, c_out));
+                let first = weights(c_in) + c_in * c_out + shortcut_params(c_in, c_out);
+                let others = (n - 1.0) * (weights(c_out) + shortcut_params(c_out, c_out));
+                params += first + bn(c_out) + unit_bn + others + (n - 1.0) * unit_bn;
+                macs += (first + others) * side * side;
                 outputs += n * c_out * side * side;
                 c_in = c_out;
             }
-            params += bn(c_in) + c_in * sizes.classes as f64 + sizes.classes as f64;
+            let classifier = c_in * sizes.classes as f64;
+            params += bn(c_in) + classifier + sizes.classes as f64;
+            macs += classifier;
             let input = sizes.input_channels as f64 * (sizes.image_size as f64).powi(2);
-            (params, outputs, input, block)
+            Counts {
+                params,
+                outputs,
+                input,
+                macs,
+                block,
+            }
         }
+    }
+}
+
+/// The work of `passes` forward and backward passes of the network over `batch` samples:
+/// about 3 forward passes' worth of multiply-adds each (the backward pass takes the input and
+/// the weight gradient of every layer), 2 operations each.
+pub fn pass_work(
+    choice: &NetChoice,
+    sizes: &NetSizes,
+    batch: usize,
+    passes: f64,
+) -> crate::budget::Work {
+    let units = match choice {
+        NetChoice::Mlp => sizes.units as f64,
+        NetChoice::Resnet {
+            units_per_stage, ..
+        } => 3.0 * *units_per_stage as f64,
+    };
+    work_of(
+        counts(choice, sizes, ShortcutKind::Identity).macs,
+        units,
+        batch,
+        passes,
+    )
+}
+
+/// The work of `passes` forward and backward passes of a network of `units` residual units and
+/// `macs` multiply-adds per sample over `batch` samples.
+pub fn work_of(macs: f64, units: f64, batch: usize, passes: f64) -> crate::budget::Work {
+    crate::budget::Work {
+        flops: passes * 3.0 * 2.0 * macs * batch as f64,
+        passes,
+        unit_passes: passes * units,
     }
 }
 
@@ -112,7 +170,13 @@ pub fn estimate(
     batch: usize,
     purpose: Purpose,
 ) -> Estimate {
-    let (params, outputs, input, block) = sizes_of(choice, sizes, shortcut);
+    let Counts {
+        params,
+        outputs,
+        input,
+        block,
+        ..
+    } = counts(choice, sizes, shortcut);
     let kept = match (block, placement.is_preact()) {
         (Block::Basic, false) => 8.7,
         (Block::Basic, true) => 7.0,
@@ -143,12 +207,60 @@ pub fn estimate(
     }
 }
 
-/// Memory the system can give this process now (Linux: `MemAvailable`), in bytes.
+/// Memory the system can give this process now, in bytes (Linux): the least of the machine's
+/// `MemAvailable`, what the process's address-space limit (`ulimit -v`) leaves beyond what it
+/// has mapped, and what its cgroup's `memory.max` leaves beyond `memory.current` (a container's
+/// or a Slurm job's limit).
 pub fn available() -> Option<f64> {
-    let info = std::fs::read_to_string("/proc/meminfo").ok()?;
-    let line = info.lines().find(|l| l.starts_with("MemAvailable:"))?;
-    let kb: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
-    Some(kb * 1024.0)
+    let kb_field = |text: &str, key: &str| -> Option<f64> {
+        let line = text.lines().find(|l| l.starts_with(key))?;
+        Some(line.split_whitespace().nth(1)?.parse::<f64>().ok()? * 1024.0)
+    };
+    let machine = kb_field(
+        &std::fs::read_to_string("/proc/meminfo").ok()?,
+        "MemAvailable:",
+    )?;
+    let mut limits = vec![machine];
+    if let Some(limit) = address_space_limit() {
+        let mapped = std::fs::read_to_string("/proc/self/status")
+            .ok()
+            .and_then(|s| kb_field(&s, "VmSize:"))
+            .unwrap_or(0.0);
+        limits.push((limit - mapped).max(0.0));
+    }
+    if let Some(room) = cgroup_room() {
+        limits.push(room);
+    }
+    limits.into_iter().reduce(f64::min)
+}
+
+/// The soft `RLIMIT_AS` of this process, from `/proc/self/limits` (`None`: unlimited).
+fn address_space_limit() -> Option<f64> {
+    let limits = std::fs::read_to_string("/proc/self/limits").ok()?;
+    let line = limits
+        .lines()
+        .find(|l| l.starts_with("Max address space"))?;
+    line["Max address space".len()..]
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()
+}
+
+/// `memory.max - memory.current` of this process's cgroup (v2), when it has a limit.
+fn cgroup_room() -> Option<f64> {
+    let cgroup = std::fs::read_to_string("/proc/self/cgroup").ok()?;
+    let path = cgroup.lines().find_map(|l| l.strip_prefix("0::"))?;
+    let dir = std::path::Path::new("/sys/fs/cgroup").join(path.trim_start_matches('/'));
+    let read = |f: &str| -> Option<f64> {
+        std::fs::read_to_string(dir.join(f))
+            .ok()?
+            .trim()
+            .parse()
+            .ok()
+    };
+    // "max" (no limit) does not parse.
+    Some((read("memory.max")? - read("memory.current")?).max(0.0))
 }
 
 /// "1.2 GB", "340 MB", "6.4e10 GB".
@@ -169,7 +281,7 @@ pub fn ensure_fits(e: &Estimate, what: &str) -> Result<()> {
     };
     if e.total > avail {
         bail!(
-            "{what} would need about {} ({} for parameters, {} for activations), more than the {} this machine has available; use a smaller width, depth or batch{}",
+            "{what} would need about {} ({} for parameters, {} for activations), more than the {} available to this process (the machine's free memory, ulimit -v and the cgroup's limit); use a smaller width, depth or batch{}",
             human(e.total),
             human(e.parameters),
             human(e.activations),
@@ -220,13 +332,18 @@ mod tests {
             input_channels: 3,
             classes: 10,
         };
-        let (params, outputs, _, _) = sizes_of(
+        let c = counts(
             &"resnet110".parse().unwrap(),
             &sizes,
             ShortcutKind::Identity,
         );
         // 1.73M weights (the paper's 1.7M) plus BatchNorm state.
-        assert!((1.7e6..1.8e6).contains(&params), "{params}");
-        assert_eq!(outputs, 18.0 * (16.0 * 1024.0 + 32.0 * 256.0 + 64.0 * 64.0));
+        assert!((1.7e6..1.8e6).contains(&c.params), "{}", c.params);
+        assert_eq!(
+            c.outputs,
+            18.0 * (16.0 * 1024.0 + 32.0 * 256.0 + 64.0 * 64.0)
+        );
+        // The paper's ResNet-110 takes 0.25 GFLOPs (multiply-adds) per 32x32 image.
+        assert!((0.24e9..0.26e9).contains(&c.macs), "{}", c.macs);
     }
 }

@@ -511,6 +511,40 @@ impl Network {
         update_running_stats_seq(&mut self.head, &cache.head);
     }
 
+    /// Multiply-adds of one sample's forward pass through the weight layers (stem, every
+    /// unit's branch and shortcut, head): what [`crate::budget`] counts.
+    pub fn forward_macs(&self) -> f64 {
+        fn seq(ops: &[Op], shape: &mut Vec<usize>) -> f64 {
+            ops.iter()
+                .map(|op| {
+                    let m = op.macs(shape);
+                    *shape = op.out_shape(shape);
+                    m
+                })
+                .sum()
+        }
+        let mut shape = std::iter::once(1)
+            .chain(self.input_shape.iter().copied())
+            .collect();
+        let mut total = seq(&self.stem, &mut shape);
+        for u in &self.units {
+            let mut inner = shape.clone();
+            total += seq(&u.pre, &mut inner);
+            let mut short = inner.clone();
+            total += seq(&u.shortcut_ops, &mut short);
+            total += seq(&u.branch, &mut inner);
+            total += seq(&u.after_add, &mut inner);
+            shape = inner;
+        }
+        total + seq(&self.head, &mut shape)
+    }
+
+    /// The work of `passes` forward and backward passes over `batch` samples (see
+    /// [`memory::pass_work`]).
+    pub fn pass_work(&self, batch: usize, passes: f64) -> crate::budget::Work {
+        memory::work_of(self.forward_macs(), self.num_units() as f64, batch, passes)
+    }
+
     pub fn visit_params(&self, f: &mut dyn FnMut(String, &Tensor)) {
         self.stem.iter().for_each(|op| op.visit_params(f));
         self.units.iter().for_each(|u| u.visit_params(f));

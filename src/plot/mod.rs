@@ -650,56 +650,84 @@ where
     Ok(())
 }
 
-/// Renders `fig` to `<stem>.png` and `<stem>.svg`, each written to a temporary file first.
+/// Renders `fig` to `<stem>.png` and `<stem>.svg` (the extensions appended to the stem), each
+/// drawn in memory and written atomically (`output::write_atomic`).
 pub fn save_figure(fig: &Figure, stem: &Path) -> Result<(PathBuf, PathBuf)> {
+    use image::ImageEncoder as _;
     register_font();
     let mut fig = fig.clone();
     prepare_log(&mut fig);
-    let png = stem.with_extension("png");
-    let svg = stem.with_extension("svg");
-    let tmp =
-        |p: &Path| p.with_extension(format!("{}.tmp", p.extension().unwrap().to_string_lossy()));
-    let (png_tmp, svg_tmp) = (tmp(&png), tmp(&svg));
+    let with_ext = |ext: &str| {
+        let mut name = stem.as_os_str().to_owned();
+        name.push(ext);
+        PathBuf::from(name)
+    };
+    let (png, svg) = (with_ext(".png"), with_ext(".svg"));
     let result = (|| -> Result<()> {
-        // The bitmap encoder picks the format from the extension, so the temporary keeps ".png".
-        let png_tmp_named = png_tmp.with_extension("tmp.png");
+        let (w, h) = fig.size;
+        let mut rgb = vec![0u8; 3 * w as usize * h as usize];
         draw_figure(
-            BitMapBackend::new(&png_tmp_named, fig.size).into_drawing_area(),
+            BitMapBackend::with_buffer(&mut rgb, fig.size).into_drawing_area(),
             &fig,
         )?;
-        std::fs::rename(&png_tmp_named, &png)?;
+        // What plotters' own file backend does: image's PNG encoder, default settings.
+        let mut bytes = Vec::new();
+        image::codecs::png::PngEncoder::new(&mut bytes).write_image(
+            &rgb,
+            w,
+            h,
+            image::ColorType::Rgb8,
+        )?;
+        crate::output::write_atomic(&png, &bytes)?;
+        let mut text = String::new();
         draw_figure(
-            SVGBackend::new(&svg_tmp, fig.size).into_drawing_area(),
+            SVGBackend::with_string(&mut text, fig.size).into_drawing_area(),
             &fig,
         )?;
-        std::fs::rename(&svg_tmp, &svg)?;
-        Ok(())
+        crate::output::write_atomic(&svg, text.as_bytes())
     })();
-    if let Err(e) = result {
-        for p in [png_tmp.with_extension("tmp.png"), svg_tmp] {
-            std::fs::remove_file(p).ok();
-        }
-        return Err(e.context(format!("cannot write chart '{}'", stem.display())));
-    }
+    result.map_err(|e| e.context(format!("cannot write chart '{}'", stem.display())))?;
     Ok((png, svg))
 }
 
-/// Draws `kinds` into `out`, returning the PNG paths. Each chart reads the table it is drawn
-/// from (`ChartKind::table`) next to the experiment's main CSV.
+/// Draws `kinds` into `out` (created when the tables have been read; `flag` names it in
+/// errors), returning the PNG paths. Each chart reads the table it is drawn from
+/// (`ChartKind::table`) next to the experiment's main CSV, and is named after the experiment.
 pub fn draw_charts(
     csv: &Path,
     kinds: &[crate::experiment::ChartKind],
     out: &Path,
+    flag: &str,
 ) -> Result<Vec<PathBuf>> {
-    use anyhow::Context as _;
-    std::fs::create_dir_all(out).with_context(|| format!("cannot create '{}'", out.display()))?;
     let mut tables: std::collections::BTreeMap<&str, table::Table> = Default::default();
-    let mut pngs = Vec::new();
     for &kind in kinds {
         if !tables.contains_key(kind.table()) {
             let path = csv.with_file_name(format!("{}.csv", kind.table()));
-            tables.insert(kind.table(), table::Table::read(&path)?);
+            let t = table::Table::read(&path)?;
+            let kind_of_table = crate::experiment::runner::TableKind::named(kind.table())
+                .expect("every chart's table has a kind");
+            let mut needed = kind_of_table.required_columns();
+            needed.extend(kind.extra_columns());
+            let missing: Vec<&str> = needed
+                .iter()
+                .filter(|c| !t.has(**c))
+                .map(|c| c.name())
+                .collect();
+            if !missing.is_empty() {
+                anyhow::bail!(
+                    "'{}' cannot give chart '{}': it has no column {} (is it the experiment's {}.csv?)",
+                    path.display(),
+                    kind.name(),
+                    missing.join(", "),
+                    kind.table()
+                );
+            }
+            tables.insert(kind.table(), t);
         }
+    }
+    crate::output::create_dir(flag, out)?;
+    let mut pngs = Vec::new();
+    for &kind in kinds {
         let source = &tables[kind.table()];
         let stem = out.join(format!("{}_{}", source.experiment(), kind.name()));
         let (png, _svg) = save_figure(&charts::figure(kind, source), &stem)?;

@@ -32,7 +32,12 @@ impl Table {
     pub fn read(path: &Path) -> Result<Table> {
         let mut r = csv::Reader::from_path(path)
             .with_context(|| format!("cannot read '{}'", path.display()))?;
-        let header: Vec<String> = r.headers()?.iter().map(String::from).collect();
+        let header: Vec<String> = r
+            .headers()
+            .with_context(|| format!("malformed CSV '{}'", path.display()))?
+            .iter()
+            .map(String::from)
+            .collect();
         let rows = r
             .records()
             .map(|rec| rec.map(|r| r.iter().map(String::from).collect()))
@@ -46,6 +51,21 @@ impl Table {
         }
         if t.rows.is_empty() {
             bail!("'{}' has no rows", path.display());
+        }
+        // The name becomes the charts' file names: it must be one name, and no path.
+        let name = t.experiment();
+        crate::experiment::spec::check_name(name)
+            .map_err(|e| anyhow!("'{}': its experiment column holds {e}", path.display()))?;
+        if let Some(other) = t
+            .rows
+            .iter()
+            .map(|r| t.get(r, EXPERIMENT))
+            .find(|n| *n != name)
+        {
+            bail!(
+                "'{}' holds two experiments ('{name}' and '{other}'): plot draws one",
+                path.display()
+            );
         }
         Ok(t)
     }

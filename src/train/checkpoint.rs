@@ -10,7 +10,7 @@ use std::fs::File;
 use std::path::Path;
 
 use anyhow::{anyhow, bail, Context, Result};
-use ndarray::{Array1, Array2, ArrayD};
+use ndarray::{Array1, Array2};
 use ndarray_npy::{NpzReader, NpzWriter};
 
 use super::{History, Optimizer, Resume, SignalRow};
@@ -228,6 +228,16 @@ pub fn load(
         .by_name("epochs_done")
         .with_context(|| ctx("no epochs_done"))?;
     let saved = read_config(&mut npz, &ctx)?;
+    let epoch = match epochs_done.as_slice() {
+        Some(&[e]) if e >= 1.0 && e <= saved.epochs as f64 && e.fract() == 0.0 => e as usize,
+        _ => bail!(
+            "{}",
+            ctx(&format!(
+                "epochs_done is {epochs_done}, not one whole number of epochs in 1..={}",
+                saved.epochs
+            ))
+        ),
+    };
     let changed = saved.differences(config);
     if !changed.is_empty() {
         bail!(
@@ -237,11 +247,14 @@ pub fn load(
         );
     }
     read_network_state(&mut npz, net, &ctx)?;
-    let names = npz.names()?;
-    optimizer.restore(&names, |n| {
-        npz.by_name::<ndarray::OwnedRepr<f64>, ndarray::IxDyn>(n)
-            .ok()
-    });
+    let mut params = Vec::new();
+    net.visit_params(&mut |n, t| params.push((n, t.shape().to_vec())));
+    optimizer
+        .restore(&params, |n| {
+            npz.by_name::<ndarray::OwnedRepr<f64>, ndarray::IxDyn>(n)
+                .ok()
+        })
+        .map_err(|e| anyhow!("{}", ctx(&e)))?;
     let steps: Array2<f64> = npz.by_name("steps").with_context(|| ctx("no steps"))?;
     let grads: Array2<f64> = npz.by_name("grads").with_context(|| ctx("no grads"))?;
     let history = History {
@@ -254,8 +267,19 @@ pub fn load(
         },
         diverged: None,
     };
+    // The history must end where the checkpoint says it does.
+    let last_epoch = history.steps.last().map(|r| r.epoch + 1);
+    if last_epoch != Some(epoch) {
+        bail!(
+            "{}",
+            ctx(&format!(
+                "epochs_done is {epoch}, but its step table ends in epoch {}",
+                last_epoch.map_or("none (it is empty)".into(), |e| e.to_string())
+            ))
+        );
+    }
     Ok(Resume {
-        epoch: epochs_done[0] as usize,
+        epoch,
         optimizer: Some(optimizer),
         history,
     })
@@ -299,28 +323,40 @@ fn read_network_state(
             .map(|(_, a)| a.clone())
     };
     let mut shape_error = None;
-    net.visit_params_mut(&mut |n, t| match lookup(&n) {
-        Some(a) if a.shape() == t.shape() => *t = a,
-        _ => shape_error = Some(n),
-    });
+    let mut check = |kind: &str, n: String, t: &crate::tensor::Tensor| match lookup(&n) {
+        Some(a) if a.shape() == t.shape() => {}
+        _ => shape_error = shape_error.take().or(Some(format!("{kind} '{n}'"))),
+    };
+    net.visit_params(&mut |n, t| check("parameter", n, t));
+    net.visit_buffers(&mut |n, t| check("buffer", n, t));
     if let Some(n) = shape_error {
         bail!(
             "{}",
             ctx(&format!(
-                "parameter '{n}' has another shape: it was written for another network"
+                "{n} has another shape: it was written for another network"
             ))
         );
     }
-    set_buffers(net, &loaded);
+    net.visit_params_mut(&mut |n, t| *t = lookup(&n).expect("checked above"));
+    net.visit_buffers_mut(&mut |n, t| *t = lookup(&n).expect("checked above"));
     Ok(())
 }
 
 /// The run configuration a checkpoint was written with.
 fn read_config(npz: &mut NpzReader<File>, ctx: &dyn Fn(&str) -> String) -> Result<RunConfig> {
+    let has_config = npz.names().is_ok_and(|names| {
+        names
+            .iter()
+            .any(|n| n == "config_json" || n == "config_json.npy")
+    });
     let saved: Array1<u8> = npz.by_name("config_json").map_err(|_| {
         anyhow!(
             "{}",
-            ctx("no run configuration (written by an older resprop): cannot tell what it holds")
+            ctx(if has_config {
+                "its run configuration (config_json) is damaged"
+            } else {
+                "not a checkpoint: no run configuration (config_json; a profile's --npz or data's --npz is not a checkpoint, and a checkpoint of resprop before 0.1 had none)"
+            })
         )
     })?;
     serde_json::from_slice(saved.as_slice().unwrap_or(&[]))
@@ -414,10 +450,21 @@ impl Architecture {
 
 /// A checkpoint file given to `--weights`, opened.
 fn open_weights(path: &Path) -> Result<NpzReader<File>> {
+    if path.is_dir() {
+        bail!(
+            "--weights: '{}' is a directory; give the checkpoint file in it, '{}'",
+            path.display(),
+            path.join(FILE).display()
+        );
+    }
     let file =
         File::open(path).with_context(|| format!("--weights: cannot open '{}'", path.display()))?;
-    NpzReader::new(file)
-        .with_context(|| format!("--weights: '{}' is not a checkpoint", path.display()))
+    NpzReader::new(file).map_err(|_| {
+        anyhow!(
+            "--weights: '{}' is not a checkpoint (not an .npz archive; `resprop train --checkpoint DIR` writes DIR/{FILE})",
+            path.display()
+        )
+    })
 }
 
 /// The run configuration of a checkpoint file, without loading its arrays.
@@ -443,13 +490,4 @@ pub fn load_weights(path: &Path, net: &mut Network, now: &Architecture) -> Resul
     }
     read_network_state(&mut npz, net, &ctx)?;
     Ok(config)
-}
-
-/// Writes loaded running statistics back into the network's BatchNorm layers.
-fn set_buffers(net: &mut Network, loaded: &[(String, ArrayD<f64>)]) {
-    net.visit_buffers_mut(&mut |name, t| {
-        if let Some((_, a)) = loaded.iter().find(|(n, _)| *n == name) {
-            *t = a.clone();
-        }
-    });
 }

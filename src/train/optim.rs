@@ -250,27 +250,43 @@ impl Optimizer {
         }
     }
 
-    /// Restores what [`Optimizer::state`] wrote (`get` looks an entry up by its name among
-    /// `names`).
-    pub fn restore(&mut self, names: &[String], mut get: impl FnMut(&str) -> Option<Tensor>) {
-        // Every entry `<prefix><param>` into `map` under `<param>`.
+    /// Restores what [`Optimizer::state`] wrote (`get` looks an entry up by its name), for a
+    /// network whose parameters are `params` (name, shape): every parameter's state must be
+    /// there, an array of f64 of the parameter's shape, or resuming would not continue the run.
+    pub fn restore(
+        &mut self,
+        params: &[(String, Vec<usize>)],
+        mut get: impl FnMut(&str) -> Option<Tensor>,
+    ) -> Result<(), String> {
         let mut load = |prefix: &str, map: &mut BTreeMap<String, Tensor>| {
-            for name in names {
-                let Some(param) = name.strip_prefix(prefix) else {
-                    continue;
-                };
-                if let Some(t) = get(name) {
-                    map.insert(param.to_string(), t);
+            for (param, shape) in params {
+                let name = format!("{prefix}{param}");
+                let t = get(&name).ok_or_else(|| {
+                    format!("no array '{name}' of f64 (the optimizer's state of {param})")
+                })?;
+                if t.shape() != shape.as_slice() {
+                    return Err(format!(
+                        "'{name}' has shape {:?}, its parameter {:?}",
+                        t.shape(),
+                        shape
+                    ));
                 }
+                map.insert(param.clone(), t);
             }
+            Ok(())
         };
         match self {
             Optimizer::Sgd(o) => load("velocity/", &mut o.velocity),
             Optimizer::Adam(o) => {
-                load("adam_m/", &mut o.m);
-                load("adam_v/", &mut o.v);
-                if let Some(t) = get("adam_t") {
-                    o.t = t[[0]] as u64;
+                load("adam_m/", &mut o.m)?;
+                load("adam_v/", &mut o.v)?;
+                let t = get("adam_t").ok_or("no array 'adam_t' of f64 (Adam's step count)")?;
+                match t.as_slice() {
+                    Some(&[t]) if t >= 0.0 && t.fract() == 0.0 && t < 2f64.powi(53) => {
+                        o.t = t as u64;
+                        Ok(())
+                    }
+                    _ => Err("'adam_t' is not one whole number of steps".into()),
                 }
             }
         }

@@ -166,6 +166,20 @@ impl Op {
         }
     }
 
+    /// Multiply-adds of this op's forward pass per sample, for an input of shape `in_shape`
+    /// (a weight layer's; the others' elementwise work is left out).
+    pub fn macs(&self, in_shape: &[usize]) -> f64 {
+        match self {
+            Op::Dense(d) => (d.d_in() * d.d_out()) as f64,
+            Op::Conv(c) => {
+                let out = c.out_shape(in_shape);
+                let per_pixel: usize = c.w.shape().iter().product();
+                per_pixel as f64 * (out[2] * out[3]) as f64
+            }
+            _ => 0.0,
+        }
+    }
+
     /// Short human-readable name ("W", "BN", "ReLU"), for descriptions.
     pub fn label(&self) -> &'static str {
         match self {

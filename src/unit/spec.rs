@@ -331,8 +331,25 @@ fn parse_number(full: &str, field: &str, what: &str) -> Result<f64, String> {
             "shortcut '{full}': {what} must be finite, got '{field}'"
         ));
     }
+    // A value that reads as 0 but was written otherwise underflowed: refuse it rather than run
+    // a different shortcut. Magnitudes past 1e6 only overflow the forward signal.
+    let mantissa = field.trim().split(['e', 'E']).next().unwrap_or("");
+    if v == 0.0 && mantissa.chars().any(|c| ('1'..='9').contains(&c)) {
+        return Err(format!(
+            "shortcut '{full}': {what} '{field}' is too small for f64 (it would read as 0)"
+        ));
+    }
+    if v.abs() > MAX_SHORTCUT_PARAMETER {
+        return Err(format!(
+            "shortcut '{full}': {what} must be at most {MAX_SHORTCUT_PARAMETER:e} in magnitude, got '{field}'"
+        ));
+    }
     Ok(v)
 }
+
+/// The largest magnitude of a shortcut's number: a scale, a gate bias or a branch scale beyond it
+/// only drives the forward signal past f64's range.
+pub const MAX_SHORTCUT_PARAMETER: f64 = 1e6;
 
 impl FromStr for ShortcutKind {
     type Err = String;

@@ -162,10 +162,23 @@ fn rerun_skips_complete_cells() {
             "{inputs}"
         );
     }
-    // Mark one finished cell and delete another: a rerun keeps the first and recomputes the second.
+    // Mark one finished cell (its manifest's digest updated to match, so it still verifies)
+    // and delete another: a rerun keeps the first and recomputes the second.
     let marked = &cells[0].1;
     let original = std::fs::read_to_string(marked).unwrap();
-    std::fs::write(marked, original.replacen('0', "0000", 1)).unwrap();
+    let edited = original.replacen('0', "0000", 1);
+    std::fs::write(marked, &edited).unwrap();
+    let manifest = marked.with_extension("").with_extension("toml");
+    let digest = |t: &str| {
+        use sha2::Digest;
+        sha2::Sha256::digest(t.as_bytes())
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect::<String>()
+    };
+    let m = std::fs::read_to_string(&manifest).unwrap();
+    assert!(m.contains(&digest(&original)), "{m}");
+    std::fs::write(&manifest, m.replace(&digest(&original), &digest(&edited))).unwrap();
     let deleted = &cells[5].1;
     let before = std::fs::read(deleted).unwrap();
     std::fs::remove_file(deleted).unwrap();
@@ -338,7 +351,7 @@ fn a_requested_stop_ends_a_run_before_its_first_cell() {
     let out = dir.path().join("results");
     let stop = Interrupt::new();
     stop.request();
-    let e = compute_cells(&spec, &out, false, None, &stop).unwrap_err();
+    let e = compute_cells(&spec, &out, &Default::default(), &stop).unwrap_err();
     assert!(
         e.downcast_ref::<Interrupted>().is_some(),
         "the error says it was a stop: {e:#}"
@@ -351,7 +364,7 @@ fn a_requested_stop_ends_a_run_before_its_first_cell() {
     );
     // Without a stop the same call computes both cells.
     assert_eq!(
-        compute_cells(&spec, &out, false, None, &Interrupt::new()).unwrap(),
+        compute_cells(&spec, &out, &Default::default(), &Interrupt::new()).unwrap(),
         2
     );
 }

@@ -46,7 +46,11 @@ fn checks(
         x,
         y,
         ctx,
-        &CheckOptions { directions, seed },
+        &CheckOptions {
+            directions,
+            seed,
+            force: false,
+        },
         &resprop::interrupt::Interrupt::new(),
     )
     .unwrap()

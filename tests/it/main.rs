@@ -11,11 +11,13 @@
 //! The mutation tests (`tests/mutation.rs`) stay a binary of their own: they switch a fault
 //! on for the whole process, which no other test may share.
 
+mod bad_input;
 mod cli;
 mod common;
 mod experiments;
 mod formulas;
 mod fusion;
+mod hostile;
 mod init;
 mod paths;
 mod unit_gradients;

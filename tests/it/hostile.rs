@@ -1,0 +1,819 @@
+//! Careless and hostile use, one test per class of what outside checks found: outputs written
+//! where no one asked, damaged results reused, leftovers of killed runs, two outputs on one
+//! file, flags accepted and ignored, unbounded work, overflow blamed on something else, damaged
+//! checkpoints and CSVs, and errors that do not say which argument is wrong.
+
+use std::path::{Path, PathBuf};
+
+use crate::common::*;
+
+fn s(p: &Path) -> String {
+    p.to_str().unwrap().to_string()
+}
+
+/// Non-zero exit (2), one line on stderr, no panic, `needle` in it.
+fn refused(args: &[&str], needle: &str) {
+    let o = resprop(args);
+    let err = stderr(&o);
+    assert_eq!(o.status.code(), Some(2), "{args:?}: {err}");
+    assert!(!err.contains("panicked"), "{args:?} panicked: {err}");
+    assert_eq!(err.trim_end().lines().count(), 1, "{args:?}: {err}");
+    assert!(err.contains(needle), "{args:?}: '{needle}' not in: {err}");
+}
+
+const TINY: [&str; 8] = [
+    "--units",
+    "2",
+    "--width",
+    "4",
+    "--input-dim",
+    "4",
+    "--batch",
+    "4",
+];
+
+fn with_tiny<'a>(command: &'a str, extra: &[&'a str]) -> Vec<&'a str> {
+    let mut v = vec![command];
+    v.extend(TINY);
+    v.extend(extra);
+    v
+}
+
+/// A one-epoch checkpoint of a 2-unit MLP in `dir/ck`.
+fn checkpoint(dir: &Path) -> PathBuf {
+    let ck = dir.join("ck");
+    ok(&resprop(&[
+        "train",
+        "--net",
+        "mlp",
+        "--units",
+        "2",
+        "--width",
+        "4",
+        "--epochs",
+        "2",
+        "--batch",
+        "64",
+        "--record-every",
+        "0",
+        "--checkpoint",
+        &s(&ck),
+    ]));
+    ck
+}
+
+const SPEC: &str = r#"
+name = "tiny"
+claim = "a tiny profile"
+seed = 1
+batch = 4
+charts = ["grad_ratio"]
+
+[net]
+units = 2
+width = 4
+
+[grid]
+nets = ["mlp"]
+placements = ["full-preact"]
+shortcuts = ["identity", "scale:0.5"]
+replicates = [0]
+"#;
+
+#[test]
+fn outputs_go_only_where_asked_and_special_files_are_never_replaced() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    // A chart's name comes from the CSV's experiment column: a path there is refused.
+    let spec = d.join("tiny.toml");
+    std::fs::write(&spec, SPEC).unwrap();
+    ok(&resprop(&["run", &s(&spec), "--out", &s(&d.join("res"))]));
+    let csv = d.join("res/tiny/profile.csv");
+    let text = std::fs::read_to_string(&csv).unwrap();
+    for name in ["../../escaped", "/tmp/abs", "v1.2"] {
+        std::fs::write(&csv, text.replace("\ntiny,", &format!("\n{name},"))).unwrap();
+        refused(
+            &["plot", &s(&csv), "--out", &s(&d.join("plots"))],
+            "experiment column",
+        );
+    }
+    assert!(!d.join("escaped_grad_ratio.png").exists());
+    assert!(
+        !d.join("plots").exists(),
+        "no folder made for a failed plot"
+    );
+    // A spec may not name its results after the cell store.
+    std::fs::write(&spec, SPEC.replace("name = \"tiny\"", "name = \"cells\"")).unwrap();
+    refused(&["run", &s(&spec), "--out", &s(&d.join("res"))], "cells");
+
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::FileTypeExt;
+        // A FIFO is written in place, as `>` would; a link is written where it points.
+        let fifo = d.join("pipe");
+        assert!(std::process::Command::new("mkfifo")
+            .arg(&fifo)
+            .status()
+            .unwrap()
+            .success());
+        let reader = {
+            let fifo = fifo.clone();
+            std::thread::spawn(move || std::fs::read_to_string(fifo).unwrap())
+        };
+        ok(&resprop(&with_tiny("profile", &["--csv", &s(&fifo)])));
+        assert!(reader.join().unwrap().starts_with("unit,"));
+        assert!(std::fs::metadata(&fifo).unwrap().file_type().is_fifo());
+        // A zip archive needs seeks: refused on a FIFO before any work.
+        refused(&with_tiny("profile", &["--npz", &s(&fifo)]), "FIFO");
+        let real = d.join("real.csv");
+        std::fs::write(&real, "old").unwrap();
+        let link = d.join("link.csv");
+        std::os::unix::fs::symlink(&real, &link).unwrap();
+        ok(&resprop(&with_tiny("profile", &["--csv", &s(&link)])));
+        assert!(std::fs::symlink_metadata(&link).unwrap().is_symlink());
+        assert!(std::fs::read_to_string(&real).unwrap().starts_with("unit,"));
+    }
+}
+
+#[test]
+fn damaged_cells_are_recomputed_by_run_and_refused_by_merge() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let spec = d.join("tiny.toml");
+    std::fs::write(&spec, SPEC).unwrap();
+    let out = d.join("res");
+    ok(&resprop(&["run", &s(&spec), "--out", &s(&out)]));
+    let csv = out.join("tiny/profile.csv");
+    let whole = std::fs::read(&csv).unwrap();
+    let cell_files: Vec<PathBuf> = std::fs::read_dir(out.join("cells"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.to_string_lossy().ends_with(".profile.csv"))
+        .collect();
+    assert_eq!(cell_files.len(), 2);
+    let cell = &cell_files[0];
+    let rows = std::fs::read_to_string(cell).unwrap();
+    let first_row = rows.lines().next().unwrap().to_string();
+    for damage in [
+        String::new(),                      // truncated to 0 bytes
+        format!("{first_row}\n"),           // cut at a row boundary
+        rows[..rows.len() / 2].to_string(), // cut mid-row
+        format!("{rows}{rows}"),            // doubled
+    ] {
+        std::fs::write(cell, &damage).unwrap();
+        refused(&["merge", &s(&spec), "--out", &s(&out)], "damaged");
+        let o = resprop(&["run", &s(&spec), "--out", &s(&out)]);
+        ok(&o);
+        assert!(stderr(&o).contains("damaged"), "{}", stderr(&o));
+        assert!(String::from_utf8_lossy(&o.stdout).contains("1 computed now"));
+        assert_eq!(std::fs::read(&csv).unwrap(), whole, "the recomputed table");
+    }
+    // A missing manifest (the run stopped between its tables and it) is damage too.
+    let manifest = cell.with_file_name(
+        cell.file_name()
+            .unwrap()
+            .to_string_lossy()
+            .replace(".profile.csv", ".toml"),
+    );
+    std::fs::remove_file(&manifest).unwrap();
+    let o = resprop(&["run", &s(&spec), "--out", &s(&out)]);
+    ok(&o);
+    assert!(stderr(&o).contains("damaged"));
+    assert_eq!(std::fs::read(&csv).unwrap(), whole);
+}
+
+#[test]
+fn temporaries_a_killed_run_left_are_swept_by_the_next_run() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    // No process has this id (Linux's pid_max is at most 2^22).
+    let dead = u32::MAX - 1;
+    let spec = d.join("tiny.toml");
+    std::fs::write(&spec, SPEC).unwrap();
+    let out = d.join("res");
+    ok(&resprop(&["run", &s(&spec), "--out", &s(&out)]));
+    let stale = out
+        .join("cells")
+        .join(format!(".0123abcd.profile.csv.{dead}.tmp"));
+    std::fs::write(&stale, "half a cell").unwrap();
+    ok(&resprop(&["run", &s(&spec), "--out", &s(&out)]));
+    assert!(!stale.exists());
+    let ck = checkpoint(d);
+    let stale = ck.join(format!(".checkpoint.npz.{dead}.tmp"));
+    std::fs::write(&stale, "half a checkpoint").unwrap();
+    ok(&resprop(&[
+        "train",
+        "--net",
+        "mlp",
+        "--units",
+        "2",
+        "--width",
+        "4",
+        "--epochs",
+        "2",
+        "--batch",
+        "64",
+        "--record-every",
+        "0",
+        "--checkpoint",
+        &s(&ck),
+        "--resume",
+    ]));
+    assert!(!stale.exists());
+    let csv = d.join("p.csv");
+    let stale = d.join(format!(".p.csv.{dead}.tmp"));
+    std::fs::write(&stale, "half a csv").unwrap();
+    ok(&resprop(&with_tiny("profile", &["--csv", &s(&csv)])));
+    assert!(!stale.exists());
+}
+
+#[test]
+fn two_outputs_on_one_file_are_refused_and_a_pair_is_never_mismatched() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let a = s(&d.join("a.csv"));
+    let also_a = s(&d.join(".").join("a.csv"));
+    refused(
+        &with_tiny("profile", &["--csv", &a, "--weight-grad-csv", &also_a]),
+        "--csv and --weight-grad-csv both name",
+    );
+    refused(
+        &with_tiny("profile", &["--csv", &a, "--npz", &a]),
+        "--csv and --npz both name",
+    );
+    let train = |extra: &[&str]| {
+        let mut v = vec![
+            "train", "--net", "mlp", "--units", "2", "--width", "4", "--epochs", "1", "--batch",
+            "64",
+        ];
+        v.extend_from_slice(extra);
+        v.into_iter().map(String::from).collect::<Vec<_>>()
+    };
+    let run = |v: Vec<String>| resprop(&v.iter().map(String::as_str).collect::<Vec<_>>());
+    let refused_v = |v: Vec<String>, needle: &str| {
+        refused(&v.iter().map(String::as_str).collect::<Vec<_>>(), needle)
+    };
+    refused_v(train(&["--csv", &a, "--grad-csv", &a]), "both name");
+    refused_v(
+        train(&[
+            "--csv",
+            &s(&d.join("t.grads.csv")),
+            "--grad-csv",
+            &s(&d.join("t.grads.csv")),
+        ]),
+        "both name",
+    );
+    let ck = checkpoint(d);
+    let ck_file = s(&ck.join("checkpoint.npz"));
+    refused_v(
+        train(&["--csv", &ck_file, "--checkpoint", &s(&ck)]),
+        "both name",
+    );
+    refused(
+        &[
+            "profile",
+            "--weights",
+            &ck_file,
+            "--batch",
+            "4",
+            "--csv",
+            &ck_file,
+        ],
+        "the file --weights reads",
+    );
+    // A run that records no gradients leaves an empty table beside its CSV, not an earlier
+    // run's.
+    let t = d.join("t.csv");
+    ok(&run(train(&["--csv", &s(&t), "--record-every", "5"])));
+    let grads = d.join("t.grads.csv");
+    assert!(std::fs::read_to_string(&grads).unwrap().lines().count() > 1);
+    ok(&run(train(&[
+        "--csv",
+        &s(&t),
+        "--record-every",
+        "0",
+        "--seed",
+        "5",
+    ])));
+    assert_eq!(std::fs::read_to_string(&grads).unwrap().lines().count(), 1);
+}
+
+#[test]
+fn flags_that_cannot_apply_are_refused_naming_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let ck = checkpoint(dir.path());
+    let w = s(&ck.join("checkpoint.npz"));
+    let resnet = [
+        "--net",
+        "resnet:1:basic",
+        "--image-size",
+        "8",
+        "--batch",
+        "2",
+    ];
+    let train = [
+        "train", "--net", "mlp", "--units", "2", "--width", "4", "--epochs", "1",
+    ];
+    let cases: Vec<(Vec<&str>, &str)> = vec![
+        (
+            [&["profile"][..], &resnet, &["--units", "3"]].concat(),
+            "--units",
+        ),
+        (
+            [&["profile"][..], &resnet, &["--width", "64"]].concat(),
+            "--width",
+        ),
+        (
+            [&["profile"][..], &resnet, &["--input-dim", "8"]].concat(),
+            "--input-dim",
+        ),
+        (with_tiny("profile", &["--image-size", "8"]), "--image-size"),
+        (
+            with_tiny("profile", &["--norm", "layer", "--bn-mode", "eval"]),
+            "--bn-mode",
+        ),
+        (
+            with_tiny("profile", &["--norm", "none", "--bn-mode", "train"]),
+            "--bn-mode",
+        ),
+        (
+            vec![
+                "profile",
+                "--data",
+                "digits",
+                "--batch",
+                "4",
+                "--classes",
+                "10",
+            ],
+            "--classes",
+        ),
+        (
+            vec!["profile", "--weights", &w, "--net", "resnet110"],
+            "--net",
+        ),
+        (vec!["profile", "--weights", &w, "--units", "54"], "--units"),
+        (
+            vec!["profile", "--weights", &w, "--input-dim", "64"],
+            "--input-dim",
+        ),
+        (vec!["lesion", "--weights", &w, "--batch", "7"], "--batch"),
+        (
+            vec!["lesion", "--weights", &w, "--bn-mode", "train"],
+            "--bn-mode",
+        ),
+        (
+            [&train[..], &["--optimizer", "adam", "--momentum", "0.9"]].concat(),
+            "--momentum",
+        ),
+        (
+            [&train[..], &["--weight-decay-mode", "l2"]].concat(),
+            "--weight-decay-mode",
+        ),
+        ([&train[..], &["--momentum", "2"]].concat(), "--momentum"),
+        ([&train[..], &["--momentum", "-0.5"]].concat(), "--momentum"),
+        ([&train[..], &["--momentum", "nan"]].concat(), "--momentum"),
+        (
+            [&train[..], &["--weight-decay", "-1e-4"]].concat(),
+            "--weight-decay",
+        ),
+        (
+            [&train[..], &["--weight-decay", "inf"]].concat(),
+            "--weight-decay",
+        ),
+        ([&train[..], &["--lr", "-0.1"]].concat(), "--lr"),
+        (
+            [&train[..], &["--stop-after-epochs", "0"]].concat(),
+            "--stop-after-epochs",
+        ),
+        (
+            [&train[..], &["--stop-after-epochs", "5"]].concat(),
+            "--stop-after-epochs",
+        ),
+        (
+            [&train[..], &["--record-every", "0", "--grad-csv", "g.csv"]].concat(),
+            "--grad-csv",
+        ),
+        (
+            vec!["train", "--net", "resnet:1:basic", "--units", "3"],
+            "--units",
+        ),
+        (
+            vec!["bench", "--workload", "gemm", "--mode", "train"],
+            "--mode",
+        ),
+        (
+            vec!["bench", "--workload", "gemm", "--unfused"],
+            "--unfused",
+        ),
+        (
+            vec!["bench", "--workload", "check-sweep", "--low-memory"],
+            "--low-memory",
+        ),
+        (
+            vec!["bench", "--workload", "check-sweep", "--repeat", "3"],
+            "--repeat",
+        ),
+        (
+            vec!["bench", "--workload", "check-sweep", "--configs", "0"],
+            "--configs",
+        ),
+        (
+            vec!["bench", "--workload", "W1", "--configs", "5"],
+            "--configs",
+        ),
+        (
+            vec!["shatter", "--depths", "1,1", "--width", "4"],
+            "--depths",
+        ),
+        (
+            with_tiny("profile", &["--shortcut", "scale:1e-400"]),
+            "too small",
+        ),
+        (
+            with_tiny("profile", &["--shortcut", "alpha:1e300"]),
+            "at most",
+        ),
+        (with_tiny("profile", &["--seed", "-1"]), "--seed"),
+    ];
+    for (args, needle) in cases {
+        refused(&args, needle);
+    }
+}
+
+#[test]
+fn experiment_files_refuse_what_their_networks_cannot_use() {
+    let dir = tempfile::tempdir().unwrap();
+    let spec = dir.path().join("x.toml");
+    for (edit, needle) in [
+        (
+            (
+                "nets = [\"mlp\"]",
+                "nets = [\"resnet:1:basic\"]\nunits = [1, 2, 3]",
+            ),
+            "several depths",
+        ),
+        (("[net]", "[net]\nimage_size = 8"), "net.image_size"),
+    ] {
+        std::fs::write(&spec, SPEC.replace(edit.0, edit.1)).unwrap();
+        refused(
+            &["run", &s(&spec), "--out", &s(&dir.path().join("r"))],
+            needle,
+        );
+    }
+    // A million cells is refused before a single fingerprint is taken.
+    let units: Vec<String> = (1..=1000).map(|u| u.to_string()).collect();
+    let reps: Vec<String> = (0..1000).map(|r| r.to_string()).collect();
+    let text = SPEC.replace(
+        "replicates = [0]",
+        &format!(
+            "units = [{}]\nreplicates = [{}]",
+            units.join(", "),
+            reps.join(", ")
+        ),
+    );
+    std::fs::write(&spec, text).unwrap();
+    refused(
+        &["run", &s(&spec), "--out", &s(&dir.path().join("r"))],
+        "2000000 cells",
+    );
+}
+
+#[test]
+fn unbounded_work_is_refused_with_an_estimate() {
+    let dir = tempfile::tempdir().unwrap();
+    let ck = checkpoint(dir.path());
+    let w = s(&ck.join("checkpoint.npz"));
+    let cases: Vec<(Vec<&str>, &str)> = vec![
+        (
+            with_tiny("paths", &["--sample", "18446744073709551615"]),
+            "--sample: at most",
+        ),
+        (
+            with_tiny("check", &["--directions", "4294967295"]),
+            "--directions: at most",
+        ),
+        (
+            vec!["lesion", "--weights", &w, "--draws", "18446744073709551615"],
+            "--draws: at most",
+        ),
+        (
+            vec!["shatter", "--depths", "100000", "--width", "200"],
+            "would need about",
+        ),
+        (
+            vec![
+                "shatter",
+                "--depths",
+                "1",
+                "--width",
+                "8",
+                "--replicates",
+                "100000000000",
+            ],
+            "at least",
+        ),
+        (
+            vec![
+                "train",
+                "--net",
+                "mlp",
+                "--units",
+                "2",
+                "--width",
+                "8",
+                "--epochs",
+                "1000000000",
+            ],
+            "--force",
+        ),
+        (
+            vec!["bench", "--workload", "gemm", "--repeat", "4294967295"],
+            "--repeat: at most",
+        ),
+        (
+            vec![
+                "bench",
+                "--workload",
+                "check-sweep",
+                "--configs",
+                "18446744073709551615",
+            ],
+            "--configs",
+        ),
+        (
+            with_tiny("profile", &["--threads", "100000"]),
+            "--threads: at most",
+        ),
+        (
+            vec!["profile", "--units", "100000000", "--width", "64"],
+            "would need about",
+        ),
+    ];
+    for (args, needle) in cases {
+        refused(&args, needle);
+    }
+    // A CIFAR-10 folder whose test batch is a FIFO: refused, not read forever.
+    #[cfg(unix)]
+    {
+        let cifar = dir.path().join("cifar");
+        std::fs::create_dir(&cifar).unwrap();
+        std::fs::write(cifar.join("data_batch_1.bin"), vec![0u8; 3073]).unwrap();
+        assert!(std::process::Command::new("mkfifo")
+            .arg(cifar.join("test_batch.bin"))
+            .status()
+            .unwrap()
+            .success());
+        let data = format!("cifar10:{}", s(&cifar));
+        refused(
+            &[
+                "data",
+                "--data",
+                &data,
+                "--npz",
+                &s(&dir.path().join("c.npz")),
+            ],
+            "not a regular file",
+        );
+    }
+}
+
+#[test]
+fn overflow_is_reported_where_it_starts_not_blamed_on_fixup() {
+    let o = resprop(&[
+        "profile",
+        "--units",
+        "600",
+        "--width",
+        "8",
+        "--batch",
+        "8",
+        "--placement",
+        "full-preact",
+        "--shortcut",
+        "scale:2",
+    ]);
+    ok(&o);
+    let err = stderr(&o);
+    assert!(
+        err.contains("the forward signal overflows") && err.contains("at unit"),
+        "{err}"
+    );
+    assert!(!err.contains("Fixup"), "{err}");
+    let o = resprop(&with_tiny(
+        "profile",
+        &["--placement", "full-preact", "--shortcut", "alpha:1e6"],
+    ));
+    ok(&o);
+    // 1e6 is allowed; with 2 units it does not overflow.
+    assert!(!stderr(&o).contains("overflows"), "{}", stderr(&o));
+}
+
+/// `path`'s arrays, `edit` applied, written to `out`.
+fn rewrite_npz(
+    path: &Path,
+    out: &Path,
+    edit: impl Fn(&str, ndarray::ArrayD<f64>) -> Option<ndarray::ArrayD<f64>>,
+) {
+    use ndarray_npy::{NpzReader, NpzWriter};
+    let mut r = NpzReader::new(std::fs::File::open(path).unwrap()).unwrap();
+    let mut w = NpzWriter::new(std::fs::File::create(out).unwrap());
+    for name in r.names().unwrap() {
+        let key = name.trim_end_matches(".npy").to_string();
+        if key.ends_with("_json") {
+            let a: ndarray::Array1<u8> = r.by_name(&name).unwrap();
+            w.add_array(key, &a).unwrap();
+        } else {
+            let a: ndarray::ArrayD<f64> = r.by_name(&name).unwrap();
+            if let Some(a) = edit(&key, a) {
+                w.add_array(key, &a).unwrap();
+            }
+        }
+    }
+    w.finish().unwrap();
+}
+
+#[test]
+fn damaged_checkpoints_and_csvs_are_refused_naming_the_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let ck = checkpoint(d);
+    let good = ck.join("checkpoint.npz");
+    let resume = |ck: &Path| {
+        vec![
+            "train".to_string(),
+            "--net".into(),
+            "mlp".into(),
+            "--units".into(),
+            "2".into(),
+            "--width".into(),
+            "4".into(),
+            "--epochs".into(),
+            "2".into(),
+            "--batch".into(),
+            "64".into(),
+            "--record-every".into(),
+            "0".into(),
+            "--checkpoint".into(),
+            s(ck),
+            "--resume".into(),
+        ]
+    };
+    type Edit = fn(&str, ndarray::ArrayD<f64>) -> Option<ndarray::ArrayD<f64>>;
+    let edits: Vec<(&str, Edit, &str)> = vec![
+        (
+            "buffer of another shape",
+            |k, a| {
+                Some(if k.contains("running_mean") {
+                    ndarray::ArrayD::zeros(ndarray::IxDyn(&[3]))
+                } else {
+                    a
+                })
+            },
+            "has another shape",
+        ),
+        (
+            "velocity missing",
+            |k, a| (!k.starts_with("velocity/unit0")).then_some(a),
+            "no array 'velocity/unit0",
+        ),
+        (
+            "velocity of another shape",
+            |k, a| {
+                Some(if k.starts_with("velocity/unit0.branch.w1") {
+                    ndarray::ArrayD::zeros(ndarray::IxDyn(&[3, 3]))
+                } else {
+                    a
+                })
+            },
+            "has shape [3, 3]",
+        ),
+        (
+            "epochs_done empty",
+            |k, a| {
+                Some(if k == "epochs_done" {
+                    ndarray::ArrayD::zeros(ndarray::IxDyn(&[0]))
+                } else {
+                    a
+                })
+            },
+            "epochs_done",
+        ),
+        (
+            "epochs_done NaN",
+            |k, a| {
+                Some(if k == "epochs_done" {
+                    ndarray::ArrayD::from_elem(ndarray::IxDyn(&[1]), f64::NAN)
+                } else {
+                    a
+                })
+            },
+            "epochs_done",
+        ),
+        (
+            "epochs_done negative",
+            |k, a| {
+                Some(if k == "epochs_done" {
+                    ndarray::ArrayD::from_elem(ndarray::IxDyn(&[1]), -5.0)
+                } else {
+                    a
+                })
+            },
+            "epochs_done",
+        ),
+        (
+            "epochs_done past the run",
+            |k, a| {
+                Some(if k == "epochs_done" {
+                    ndarray::ArrayD::from_elem(ndarray::IxDyn(&[1]), 99.0)
+                } else {
+                    a
+                })
+            },
+            "epochs_done",
+        ),
+        (
+            "epochs_done not the history's",
+            |k, a| {
+                Some(if k == "epochs_done" {
+                    ndarray::ArrayD::from_elem(ndarray::IxDyn(&[1]), 1.0)
+                } else {
+                    a
+                })
+            },
+            "step table ends in epoch 2",
+        ),
+    ];
+    for (what, edit, needle) in edits {
+        let bad = d.join(format!("bad-{}", what.replace(' ', "-")));
+        std::fs::create_dir(&bad).unwrap();
+        rewrite_npz(&good, &bad.join("checkpoint.npz"), edit);
+        let args = resume(&bad);
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        refused(&args, needle);
+        if what.starts_with("buffer") {
+            refused(
+                &[
+                    "profile",
+                    "--weights",
+                    &s(&bad.join("checkpoint.npz")),
+                    "--bn-mode",
+                    "eval",
+                    "--batch",
+                    "4",
+                ],
+                needle,
+            );
+        }
+    }
+    // Not a checkpoint at all: a profile's .npz, a directory.
+    let npz = d.join("state.npz");
+    ok(&resprop(&with_tiny("profile", &["--npz", &s(&npz)])));
+    refused(&["profile", "--weights", &s(&npz)], "not a checkpoint");
+    refused(&["profile", "--weights", &s(&ck)], "is a directory");
+    // A CSV without a chart's column, a training table given as a profile's.
+    let spec = d.join("tiny.toml");
+    std::fs::write(&spec, SPEC).unwrap();
+    let out = d.join("res");
+    ok(&resprop(&["run", &s(&spec), "--out", &s(&out)]));
+    let csv = out.join("tiny/profile.csv");
+    let text = std::fs::read_to_string(&csv).unwrap();
+    let header = text.lines().next().unwrap();
+    let col = header.split(',').position(|c| c == "grad_ratio").unwrap();
+    let cut: String = text
+        .lines()
+        .map(|l| {
+            let mut f: Vec<&str> = l.split(',').collect();
+            f.remove(col);
+            f.join(",") + "\n"
+        })
+        .collect();
+    std::fs::write(&csv, cut).unwrap();
+    refused(&["plot", &s(&csv), "--out", &s(&d.join("p"))], "grad_ratio");
+    std::fs::write(&csv, [0xffu8, 0xfe, 0x00, 0x01].repeat(100)).unwrap();
+    refused(&["plot", &s(&csv), "--out", &s(&d.join("p"))], &s(&csv));
+}
+
+#[test]
+fn errors_name_the_argument_and_what_is_expected() {
+    let dir = tempfile::tempdir().unwrap();
+    refused(&["data", "--data", "digits"], "--npz");
+    refused(&["run"], "<SPEC>");
+    refused(&["merge"], "<SPEC>");
+    refused(&["plot"], "<CSV>");
+    refused(&["train", "--resume"], "--checkpoint");
+    refused(
+        &["profile", "--unit", "3"],
+        "similar argument exists: '--units'",
+    );
+    refused(
+        &["bench", "--mode", "bogus"],
+        "possible values: profile, train",
+    );
+    let npz = s(&dir.path().join("d.npz"));
+    refused(
+        &["data", "--data", "cifar10:/etc/passwd", "--npz", &npz],
+        "is a file, not a directory",
+    );
+    refused(&["train", "--checkpoint", "/etc/passwd"], "--checkpoint");
+}
