@@ -15,6 +15,7 @@ mod bad_input;
 mod cli;
 mod common;
 mod experiments;
+mod formats;
 mod formulas;
 mod fusion;
 mod hostile;
