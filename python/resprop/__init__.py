@@ -36,10 +36,42 @@ from . import _resprop
 __all__ = ["profile", "check", "train", "paths", "lesion", "shatter", "run"]
 
 
+def _check(name, value, default):
+    """Refuses an argument of the wrong kind, naming it and what it expects (the extension's
+    own conversion errors do not say which argument they are about)."""
+    if value is None and default is None:
+        return value
+    if isinstance(value, os.PathLike):
+        value = os.fspath(value)
+    if isinstance(default, bool):
+        if not isinstance(value, bool):
+            raise TypeError(f"{name}: expected True or False, got {value!r}")
+    elif isinstance(default, int):
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise TypeError(f"{name}: expected a whole number, got {value!r}")
+        if value < 0:
+            raise ValueError(f"{name}: expected a whole number of 0 or more, got {value}")
+    elif isinstance(default, float):
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise TypeError(f"{name}: expected a number, got {value!r}")
+    elif isinstance(default, str):
+        if not isinstance(value, str):
+            raise TypeError(f"{name}: expected a string, got {value!r}")
+    elif default is None:
+        # An optional path, name or count (weights, projection, sample, warmup_steps, ...).
+        if not isinstance(value, (str, int)) or isinstance(value, bool):
+            raise TypeError(f"{name}: expected a string, a path or a whole number, got {value!r}")
+    return value
+
+
 def _kwargs(local_vars):
-    """The arguments of the calling function, paths as strings, for the extension."""
-    return {k: (os.fspath(v) if isinstance(v, os.PathLike) else v)
-            for k, v in local_vars.items()}
+    """The arguments of the calling function, checked against the kinds of their defaults
+    (`_check`), paths as strings, for the extension."""
+    import inspect
+    caller = inspect.currentframe().f_back
+    fn = globals()[caller.f_code.co_name]
+    defaults = {k: p.default for k, p in inspect.signature(fn).parameters.items()}
+    return {k: _check(k, v, defaults.get(k)) for k, v in local_vars.items()}
 
 
 def profile(net="mlp", units=54, width=64, input_dim=64, image_size=32, classes=10, batch=32,
@@ -140,8 +172,12 @@ def shatter(depths=(1, 10, 24, 50), width=200, replicates=8, seed=0, placement="
     inputs in [-2, 2). Returns (autocorrelations, gradients): the mean autocorrelation per
     (net, depth, lag), white and brown noise included (depth NaN), as its --csv; and every
     network's gradient per (net, depth, replicate, x), as its --gradients-csv."""
-    auto, grads = _resprop.shatter(depths=list(depths), width=width, replicates=replicates,
-                                   seed=seed, placement=placement)
+    for d in depths:
+        _check("depths", d, 1)
+    args = _kwargs(locals())
+    auto, grads = _resprop.shatter(depths=list(depths), width=args["width"],
+                                   replicates=args["replicates"], seed=args["seed"],
+                                   placement=args["placement"])
     return pd.DataFrame(auto), pd.DataFrame(grads)
 
 

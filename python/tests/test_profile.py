@@ -47,6 +47,23 @@ def test_errors_are_value_errors_with_the_cli_message():
         resprop.profile(batch=0)
 
 
+@pytest.mark.parametrize("fn, kwargs, error, message", [
+    (resprop.profile, dict(units=-1), ValueError, "units: expected a whole number of 0 or more"),
+    (resprop.profile, dict(units="abc"), TypeError, "units: expected a whole number"),
+    (resprop.profile, dict(placement=None), TypeError, "placement: expected a string"),
+    (resprop.profile, dict(seed=1.5), TypeError, "seed: expected a whole number"),
+    (resprop.profile, dict(net="resnet110", units=3), ValueError, "--units: sizes the MLP"),
+    (resprop.check, dict(directions=-3), ValueError, "directions: expected a whole number"),
+    (resprop.train, dict(lr="fast"), TypeError, "lr: expected a number"),
+    (resprop.train, dict(momentum=2.0), ValueError, "--momentum: a number in"),
+    (resprop.paths, dict(sample=True), TypeError, "sample"),
+    (resprop.shatter, dict(depths=(1, -2)), ValueError, "depths: expected a whole number"),
+])
+def test_a_bad_argument_is_named_with_what_it_expects(fn, kwargs, error, message):
+    with pytest.raises(error, match=message):
+        fn(**kwargs)
+
+
 def test_run_returns_the_experiment_table(tmp_path):
     spec = tmp_path / "t.toml"
     spec.write_text('name = "t"\nclaim = "c"\nbatch = 4\ncharts = ["grad_ratio"]\n[net]\nunits = 3\nwidth = 8\n'
