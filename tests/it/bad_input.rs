@@ -7,7 +7,7 @@
 //! with exit status 2, exactly one line on stderr, no panic, and the flag's name in the line.
 
 use std::any::TypeId;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use clap::ArgAction;
 
@@ -23,28 +23,6 @@ struct Fixture {
     results_csv: PathBuf,
     /// A regular file: a path through it cannot be opened or created.
     file: PathBuf,
-}
-
-const SPEC: &str = r#"
-name = "tiny"
-claim = "a tiny profile"
-seed = 1
-batch = 4
-charts = ["grad_ratio"]
-
-[net]
-units = 2
-width = 4
-
-[grid]
-nets = ["mlp"]
-placements = ["full-preact"]
-shortcuts = ["identity"]
-replicates = [0]
-"#;
-
-fn s(p: &Path) -> String {
-    p.to_str().unwrap().to_string()
 }
 
 impl Fixture {
@@ -72,7 +50,7 @@ impl Fixture {
         let experiments = root.join("experiments");
         std::fs::create_dir(&experiments).unwrap();
         let spec = experiments.join("tiny.toml");
-        std::fs::write(&spec, SPEC).unwrap();
+        std::fs::write(&spec, TINY_SPEC).unwrap();
         let results = root.join("results");
         ok(&resprop(&["run", &s(&spec), "--out", &s(&results)]));
         let file = root.join("a-file");

@@ -7,20 +7,6 @@ use std::path::{Path, PathBuf};
 
 use crate::common::*;
 
-fn s(p: &Path) -> String {
-    p.to_str().unwrap().to_string()
-}
-
-/// Non-zero exit (2), one line on stderr, no panic, `needle` in it.
-fn refused(args: &[&str], needle: &str) {
-    let o = resprop(args);
-    let err = stderr(&o);
-    assert_eq!(o.status.code(), Some(2), "{args:?}: {err}");
-    assert!(!err.contains("panicked"), "{args:?} panicked: {err}");
-    assert_eq!(err.trim_end().lines().count(), 1, "{args:?}: {err}");
-    assert!(err.contains(needle), "{args:?}: '{needle}' not in: {err}");
-}
-
 const TINY: [&str; 8] = [
     "--units",
     "2",
@@ -39,54 +25,13 @@ fn with_tiny<'a>(command: &'a str, extra: &[&'a str]) -> Vec<&'a str> {
     v
 }
 
-/// A one-epoch checkpoint of a 2-unit MLP in `dir/ck`.
-fn checkpoint(dir: &Path) -> PathBuf {
-    let ck = dir.join("ck");
-    ok(&resprop(&[
-        "train",
-        "--net",
-        "mlp",
-        "--units",
-        "2",
-        "--width",
-        "4",
-        "--epochs",
-        "2",
-        "--batch",
-        "64",
-        "--record-every",
-        "0",
-        "--checkpoint",
-        &s(&ck),
-    ]));
-    ck
-}
-
-const SPEC: &str = r#"
-name = "tiny"
-claim = "a tiny profile"
-seed = 1
-batch = 4
-charts = ["grad_ratio"]
-
-[net]
-units = 2
-width = 4
-
-[grid]
-nets = ["mlp"]
-placements = ["full-preact"]
-shortcuts = ["identity", "scale:0.5"]
-replicates = [0]
-"#;
-
 #[test]
 fn outputs_go_only_where_asked_and_special_files_are_never_replaced() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
     // A chart's name comes from the CSV's experiment column: a path there is refused.
     let spec = d.join("tiny.toml");
-    std::fs::write(&spec, SPEC).unwrap();
+    std::fs::write(&spec, TINY_SPEC).unwrap();
     ok(&resprop(&["run", &s(&spec), "--out", &s(&d.join("res"))]));
     let csv = d.join("res/tiny/profile.csv");
     let text = std::fs::read_to_string(&csv).unwrap();
@@ -103,7 +48,11 @@ fn outputs_go_only_where_asked_and_special_files_are_never_replaced() {
         "no folder made for a failed plot"
     );
     // A spec may not name its results after the cell store.
-    std::fs::write(&spec, SPEC.replace("name = \"tiny\"", "name = \"cells\"")).unwrap();
+    std::fs::write(
+        &spec,
+        TINY_SPEC.replace("name = \"tiny\"", "name = \"cells\""),
+    )
+    .unwrap();
     refused(&["run", &s(&spec), "--out", &s(&d.join("res"))], "cells");
 
     #[cfg(unix)]
@@ -140,7 +89,7 @@ fn damaged_cells_are_recomputed_by_run_and_refused_by_merge() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
     let spec = d.join("tiny.toml");
-    std::fs::write(&spec, SPEC).unwrap();
+    std::fs::write(&spec, TINY_SPEC).unwrap();
     let out = d.join("res");
     ok(&resprop(&["run", &s(&spec), "--out", &s(&out)]));
     let csv = out.join("tiny/profile.csv");
@@ -189,7 +138,7 @@ fn temporaries_a_killed_run_left_are_swept_by_the_next_run() {
     // No process has this id (Linux's pid_max is at most 2^22).
     let dead = u32::MAX - 1;
     let spec = d.join("tiny.toml");
-    std::fs::write(&spec, SPEC).unwrap();
+    std::fs::write(&spec, TINY_SPEC).unwrap();
     let out = d.join("res");
     ok(&resprop(&["run", &s(&spec), "--out", &s(&out)]));
     let stale = out
@@ -198,27 +147,13 @@ fn temporaries_a_killed_run_left_are_swept_by_the_next_run() {
     std::fs::write(&stale, "half a cell").unwrap();
     ok(&resprop(&["run", &s(&spec), "--out", &s(&out)]));
     assert!(!stale.exists());
-    let ck = checkpoint(d);
+    let ck = tiny_checkpoint(d);
     let stale = ck.join(format!(".checkpoint.npz.{dead}.tmp"));
     std::fs::write(&stale, "half a checkpoint").unwrap();
-    ok(&resprop(&[
-        "train",
-        "--net",
-        "mlp",
-        "--units",
-        "2",
-        "--width",
-        "4",
-        "--epochs",
-        "2",
-        "--batch",
-        "64",
-        "--record-every",
-        "0",
-        "--checkpoint",
-        &s(&ck),
-        "--resume",
-    ]));
+    let resume = tiny_train(&["--checkpoint", &s(&ck), "--resume"]);
+    ok(&resprop(
+        &resume.iter().map(String::as_str).collect::<Vec<_>>(),
+    ));
     assert!(!stale.exists());
     let csv = d.join("p.csv");
     let stale = d.join(format!(".p.csv.{dead}.tmp"));
@@ -263,7 +198,7 @@ fn two_outputs_on_one_file_are_refused_and_a_pair_is_never_mismatched() {
         ]),
         "both name",
     );
-    let ck = checkpoint(d);
+    let ck = tiny_checkpoint(d);
     let ck_file = s(&ck.join("checkpoint.npz"));
     refused_v(
         train(&["--csv", &ck_file, "--checkpoint", &s(&ck)]),
@@ -301,7 +236,7 @@ fn two_outputs_on_one_file_are_refused_and_a_pair_is_never_mismatched() {
 #[test]
 fn flags_that_cannot_apply_are_refused_naming_them() {
     let dir = tempfile::tempdir().unwrap();
-    let ck = checkpoint(dir.path());
+    let ck = tiny_checkpoint(dir.path());
     let w = s(&ck.join("checkpoint.npz"));
     let resnet = [
         "--net",
@@ -455,7 +390,7 @@ fn experiment_files_refuse_what_their_networks_cannot_use() {
         ),
         (("[net]", "[net]\nimage_size = 8"), "net.image_size"),
     ] {
-        std::fs::write(&spec, SPEC.replace(edit.0, edit.1)).unwrap();
+        std::fs::write(&spec, TINY_SPEC.replace(edit.0, edit.1)).unwrap();
         refused(
             &["run", &s(&spec), "--out", &s(&dir.path().join("r"))],
             needle,
@@ -464,7 +399,7 @@ fn experiment_files_refuse_what_their_networks_cannot_use() {
     // A million cells is refused before a single fingerprint is taken.
     let units: Vec<String> = (1..=1000).map(|u| u.to_string()).collect();
     let reps: Vec<String> = (0..1000).map(|r| r.to_string()).collect();
-    let text = SPEC.replace(
+    let text = TINY_SPEC.replace(
         "replicates = [0]",
         &format!(
             "units = [{}]\nreplicates = [{}]",
@@ -482,7 +417,7 @@ fn experiment_files_refuse_what_their_networks_cannot_use() {
 #[test]
 fn unbounded_work_is_refused_with_an_estimate() {
     let dir = tempfile::tempdir().unwrap();
-    let ck = checkpoint(dir.path());
+    let ck = tiny_checkpoint(dir.path());
     let w = s(&ck.join("checkpoint.npz"));
     let cases: Vec<(Vec<&str>, &str)> = vec![
         (
@@ -637,28 +572,9 @@ fn rewrite_npz(
 fn damaged_checkpoints_and_csvs_are_refused_naming_the_file() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
-    let ck = checkpoint(d);
+    let ck = tiny_checkpoint(d);
     let good = ck.join("checkpoint.npz");
-    let resume = |ck: &Path| {
-        vec![
-            "train".to_string(),
-            "--net".into(),
-            "mlp".into(),
-            "--units".into(),
-            "2".into(),
-            "--width".into(),
-            "4".into(),
-            "--epochs".into(),
-            "2".into(),
-            "--batch".into(),
-            "64".into(),
-            "--record-every".into(),
-            "0".into(),
-            "--checkpoint".into(),
-            s(ck),
-            "--resume".into(),
-        ]
-    };
+    let resume = |ck: &Path| tiny_train(&["--checkpoint", &s(ck), "--resume"]);
     type Edit = fn(&str, ndarray::ArrayD<f64>) -> Option<ndarray::ArrayD<f64>>;
     let edits: Vec<(&str, Edit, &str)> = vec![
         (
@@ -773,7 +689,7 @@ fn damaged_checkpoints_and_csvs_are_refused_naming_the_file() {
     refused(&["profile", "--weights", &s(&ck)], "is a directory");
     // A CSV without a chart's column, a training table given as a profile's.
     let spec = d.join("tiny.toml");
-    std::fs::write(&spec, SPEC).unwrap();
+    std::fs::write(&spec, TINY_SPEC).unwrap();
     let out = d.join("res");
     ok(&resprop(&["run", &s(&spec), "--out", &s(&out)]));
     let csv = out.join("tiny/profile.csv");
