@@ -18,6 +18,7 @@ mod experiments;
 mod formats;
 mod formulas;
 mod fusion;
+mod golden;
 mod hostile;
 mod init;
 mod paths;
