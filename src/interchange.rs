@@ -46,10 +46,7 @@ pub fn sgd_steps(
 ) -> Result<SgdRecord> {
     let mut net = net.clone();
     let mut sgd = Sgd::new(SGD_MOMENTUM, SGD_WEIGHT_DECAY);
-    let ctx = ForwardCtx {
-        weight_grads: true,
-        ..*ctx
-    };
+    let ctx = ctx.with_weight_grads(true);
     let mut losses = Vec::new();
     for _ in 0..SGD_STEPS {
         let cache = net.forward(input, labels, &ctx)?;
@@ -177,10 +174,7 @@ pub fn write_npz(
 ) -> Result<()> {
     let meta = serde_json::to_vec_pretty(&describe(net, ctx, cache.loss))?;
     let mut param_grads = Grads::new();
-    let weight_ctx = ForwardCtx {
-        weight_grads: true,
-        ..*ctx
-    };
+    let weight_ctx = ctx.with_weight_grads(true);
     let again = net.forward(input, labels, &weight_ctx)?;
     net.backward(&again, labels, Some(&mut param_grads));
     let steps = sgd_steps(net, input, labels, ctx)?;

@@ -52,6 +52,14 @@ pub fn select(keep: bool, v: f64) -> f64 {
     f64::from_bits(v.to_bits() & (keep as u64).wrapping_neg())
 }
 
+/// `max(z, 0)` that lets NaN through (`z <= 0` is false for NaN); `f64::max` would map NaN to
+/// 0 and hide an overflow upstream. The ReLU layer's and the fused kernels' one definition.
+#[inline(always)]
+#[allow(clippy::neg_cmp_op_on_partial_ord)] // the NaN case is the point
+pub fn relu(z: f64) -> f64 {
+    select(!(z <= 0.0), z)
+}
+
 /// `(sum g, sum g (x - m))` over a run, `g` zeroed where `mask` is false, in eight lanes
 /// (then the lanes in order): BatchNorm's backward reduction, shared by the fused ops so their
 /// bits match the plain layers'.

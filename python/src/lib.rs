@@ -197,10 +197,7 @@ fn profile<'py>(
     let computed = py.detach(|| -> anyhow::Result<_> {
         let a = args.prepare(Purpose::Profile { low_memory: false })?;
         // Input gradients only, as `resprop profile` without --weight-grad-csv.
-        let ctx = ForwardCtx {
-            weight_grads: false,
-            ..a.args.ctx()
-        };
+        let ctx = a.args.ctx().with_weight_grads(false);
         let cache = a.net.forward(&a.input, &a.labels, &ctx)?;
         let grads = a.net.backward(&cache, &a.labels, None);
         let records = build_records(&a.net, &cache, &grads).records;

@@ -57,7 +57,7 @@ pub fn lesioned(net: &Network, deleted: &[usize]) -> Result<Network> {
 /// Test error of `net` with `deleted` removed (BN in evaluation mode, the whole test split).
 pub fn test_error(net: &Network, data: &Split, deleted: &[usize]) -> Result<f64> {
     let flat = net.input_shape.len() == 1;
-    Ok(crate::train::evaluate(&lesioned(net, deleted)?, data, flat)?.1)
+    Ok(super::evaluate::evaluate(&lesioned(net, deleted)?, data, flat)?.1)
 }
 
 /// The k-unit draws of a lesion: `draws` sets of k deletable units, seeded by `(seed, k, d)`.
@@ -178,12 +178,7 @@ mod tests {
     /// A deleted residual unit outputs f(h(x)); a deleted plain unit outputs x.
     #[test]
     fn deleted_units_compute_what_they_should() {
-        let ctx = ForwardCtx {
-            mode: Mode::Eval,
-            dropout_seed: 0,
-            keep_branch: false,
-            weight_grads: false,
-        };
+        let ctx = ForwardCtx::forward_only(Mode::Eval);
         let (x, _) = gaussian_batch(&[8], 6, 3, 2);
         let x = x.mapv(f64::abs);
         let res = mlp("identity");

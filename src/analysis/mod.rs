@@ -2,6 +2,7 @@
 //! the numerical verification of the paper's formulas.
 
 pub mod checks;
+pub mod evaluate;
 pub mod lesion;
 pub mod paths;
 pub mod record;

@@ -202,12 +202,7 @@ pub fn gradients(
     let xs = sweep();
     let input = Tensor::from_shape_vec(ndarray::IxDyn(&[POINTS, 1]), xs)?;
     let labels = vec![0; POINTS];
-    let ctx = ForwardCtx {
-        mode: Mode::Train,
-        dropout_seed: 0,
-        keep_branch: false,
-        weight_grads: false,
-    };
+    let ctx = ForwardCtx::forward_only(Mode::Train);
     let cache = net.forward(&input, &labels, &ctx)?;
     let mut grad_logits = Tensor::zeros(ndarray::IxDyn(&[POINTS, 2]));
     grad_logits.index_axis_mut(ndarray::Axis(1), 0).fill(1.0);
@@ -333,12 +328,7 @@ mod tests {
             let g = gradients(family, 3, 16, Placement::Original, 2).unwrap();
             // Numerical: perturb input i of the batch, re-run the summed first logit.
             let net = build(family, 3, 16, Placement::Original, 2).unwrap();
-            let ctx = ForwardCtx {
-                mode: Mode::Train,
-                dropout_seed: 0,
-                keep_branch: false,
-                weight_grads: false,
-            };
+            let ctx = ForwardCtx::forward_only(Mode::Train);
             let out = |xs: &[f64]| -> f64 {
                 let input =
                     Tensor::from_shape_vec(ndarray::IxDyn(&[POINTS, 1]), xs.to_vec()).unwrap();

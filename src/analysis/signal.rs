@@ -93,12 +93,7 @@ pub fn weight_inputs(
     labels: &[usize],
     mode: Mode,
 ) -> Result<Vec<WeightInput>> {
-    let ctx = ForwardCtx {
-        mode,
-        dropout_seed: 0,
-        keep_branch: false,
-        weight_grads: false,
-    };
+    let ctx = ForwardCtx::forward_only(mode);
     let cache = net.forward(input, labels, &ctx)?;
     let mut out = Vec::new();
     for (l, unit) in net.units.iter().enumerate() {

@@ -149,12 +149,7 @@ pub fn run_one(seed: u64, i: u64) -> Result<SweepResult> {
         config.seed,
     )?;
     let (input, labels) = gaussian_batch(&net.input_shape, config.batch, net.classes, config.seed);
-    let ctx = ForwardCtx {
-        mode: config.mode,
-        dropout_seed: derive_seed(config.seed, &[purpose::DROPOUT]),
-        keep_branch: true,
-        weight_grads: true,
-    };
+    let ctx = ForwardCtx::analysis(config.mode, config.seed);
     let report = run_checks(
         &net,
         &input,

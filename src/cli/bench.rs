@@ -280,12 +280,8 @@ pub fn run(args: &BenchArgs) -> Result<ExitCode> {
         .set_fusion(crate::unit::Fusion::from_unfused(args.unfused));
     let net = &w.net;
     let (input, labels) = gaussian_batch(&net.input_shape, w.batch, net.classes, 0);
-    let ctx = ForwardCtx {
-        mode: Mode::Train,
-        dropout_seed: 0,
-        keep_branch: false,
-        weight_grads: matches!(args.mode, BenchMode::Train),
-    };
+    let ctx = ForwardCtx::forward_only(Mode::Train)
+        .with_weight_grads(matches!(args.mode, BenchMode::Train));
     // Seconds for the whole step and for its forward pass.
     let step = || -> Result<(f64, f64)> {
         let t = Instant::now();

@@ -567,12 +567,7 @@ impl NetArgs {
     }
 
     pub fn ctx(&self) -> ForwardCtx {
-        ForwardCtx {
-            mode: self.bn_mode,
-            dropout_seed: derive_seed(self.seed, &[purpose::DROPOUT]),
-            keep_branch: true,
-            weight_grads: true,
-        }
+        ForwardCtx::analysis(self.bn_mode, self.seed)
     }
 
     /// The header `profile` and `check` print: the run, a typical unit, the shape changes.

@@ -10,7 +10,6 @@ use super::NetArgs;
 use crate::analysis::record::{build_records, fmt_f64, profile_csv, Profile};
 use crate::net::Keep;
 use crate::output::{emit, write_atomic};
-use crate::unit::ForwardCtx;
 
 #[derive(Debug, Args)]
 pub struct ProfileArgs {
@@ -56,10 +55,7 @@ pub fn run(args: &ProfileArgs) -> Result<ExitCode> {
     // Input gradients only, unless the weight gradients are asked for: weight layers then
     // need not keep their inputs.
     let weight_grads = args.weight_grad_csv.is_some();
-    let ctx = ForwardCtx {
-        weight_grads,
-        ..net_args.ctx()
-    };
+    let ctx = net_args.ctx().with_weight_grads(weight_grads);
     let keep = if args.low_memory {
         Keep::Inputs
     } else {

@@ -28,12 +28,7 @@ fn path_table(
     when: &str,
     stop: &Interrupt,
 ) -> Result<Vec<Vec<String>>> {
-    let ctx = ForwardCtx {
-        mode: spec.bn_mode,
-        dropout_seed: derive_seed(seed, &[purpose::DROPOUT]),
-        keep_branch: true,
-        weight_grads: false,
-    };
+    let ctx = ForwardCtx::analysis(spec.bn_mode, seed).with_weight_grads(false);
     let cache = net.forward(input, labels, &ctx)?;
     let grads = net.backward(&cache, labels, None);
     let d = decompose(net, &cache, &grads);

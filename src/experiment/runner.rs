@@ -29,7 +29,7 @@ use crate::data::Split;
 use crate::interrupt::Interrupt;
 use crate::net::{build_net_with, NetSizes};
 use crate::output::write_atomic;
-use crate::rng::{derive_seed, purpose};
+use crate::rng::derive_seed;
 use crate::schema::{self, Column, Row};
 use crate::train::{sizes_for, train, Resume, TrainConfig};
 use crate::unit::ForwardCtx;
@@ -403,12 +403,7 @@ pub(super) fn build_profile_net(
 pub fn run_cell(spec: &Spec, cell: &Cell) -> Result<CellResult> {
     let seed = cell_seed(spec, cell.replicate);
     let (net, input, labels) = build_profile_net(spec, cell)?;
-    let ctx = ForwardCtx {
-        mode: spec.bn_mode,
-        dropout_seed: derive_seed(seed, &[purpose::DROPOUT]),
-        keep_branch: true,
-        weight_grads: true,
-    };
+    let ctx = ForwardCtx::analysis(spec.bn_mode, seed);
     let cache = net.forward(&input, &labels, &ctx)?;
     let mut param_grads = crate::grads::Grads::new();
     let grads = net.backward(

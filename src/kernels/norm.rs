@@ -13,9 +13,9 @@ use ndarray::ArrayView2;
 use rayon::prelude::*;
 
 use crate::fault::{self, Fault};
-use crate::layers::relu::{relu, select};
 use crate::spin_join::{self, split_point};
 use crate::tensor::lane_sum;
+use crate::tensor::{relu, select};
 
 /// `(N, C, S)` sizes of an `(N, C, ...)` tensor, S = product of the trailing axes.
 #[derive(Debug, Clone, Copy)]

@@ -13,15 +13,7 @@ pub struct ReluCache {
     pub positive: ndarray::ArrayD<bool>,
 }
 
-pub use crate::tensor::select;
-
-/// `max(z, 0)` that lets NaN through (`z <= 0` is false for NaN); `f64::max` would map NaN to
-/// 0 and hide an overflow upstream.
-#[inline(always)]
-#[allow(clippy::neg_cmp_op_on_partial_ord)] // the NaN case is the point
-pub fn relu(z: f64) -> f64 {
-    select(!(z <= 0.0), z)
-}
+pub use crate::tensor::{relu, select};
 
 /// In place: `x` becomes `max(x, 0)`.
 pub fn forward(x: Tensor) -> (Tensor, ReluCache) {

@@ -382,10 +382,10 @@ impl Network {
         // Each x_l is one buffer, shared by the record, the shortcut and the branch's first
         // BatchNorm.
         let mut x = Arc::new(x0);
-        // Plane moments of x_l, when unit l-1 could measure them (see `forward_fused`).
+        // Plane moments of x_l, when unit l-1 could measure them (see `ResidualUnit::forward_with_moments`).
         let mut moments = None;
         for unit in &self.units {
-            let (next, cache, next_moments) = unit.forward_fused(x, ctx, moments);
+            let (next, cache, next_moments) = unit.forward_with_moments(x, ctx, moments);
             units.push(match keep {
                 Keep::All => UnitStore::Full(Box::new(cache)),
                 Keep::Inputs => UnitStore::Input(cache.x),

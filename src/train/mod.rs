@@ -4,7 +4,6 @@
 use anyhow::{bail, Result};
 
 pub mod checkpoint;
-use ndarray::Axis;
 use rand::seq::SliceRandom;
 
 use crate::analysis::record::{fmt_f64, gradient_ratios};
@@ -312,52 +311,6 @@ pub struct Resume {
     pub history: History,
 }
 
-fn error_rate(probs: &ndarray::Array2<f64>, labels: &[usize]) -> f64 {
-    let wrong = probs
-        .axis_iter(Axis(0))
-        .zip(labels)
-        .filter(|(p, &t)| {
-            let best = p
-                .iter()
-                .enumerate()
-                .fold(0, |b, (i, &v)| if v > p[b] { i } else { b });
-            best != t
-        })
-        .count();
-    wrong as f64 / labels.len() as f64
-}
-
-/// Loss and error on the test split, BN in evaluation mode, in batches of 500.
-pub fn evaluate(net: &Network, data: &Split, flat: bool) -> Result<(f64, f64)> {
-    evaluate_on(net, &data.test, data.test.len(), flat)
-}
-
-/// Loss and error on the first `n` images of `set`, BN in evaluation mode, in batches of 500.
-pub fn evaluate_on(
-    net: &Network,
-    set: &crate::data::Dataset,
-    n: usize,
-    flat: bool,
-) -> Result<(f64, f64)> {
-    let n = n.min(set.len());
-    let idx: Vec<usize> = (0..n).collect();
-    // No backward follows: weight layers keep no inputs and only the unit inputs are kept.
-    let ctx = ForwardCtx {
-        mode: Mode::Eval,
-        dropout_seed: 0,
-        keep_branch: false,
-        weight_grads: false,
-    };
-    let (mut loss, mut wrong) = (0.0, 0.0);
-    for chunk in idx.chunks(500) {
-        let (x, y) = set.batch(chunk, flat);
-        let cache = net.forward_with(&x, &y, &ctx, crate::net::Keep::Inputs)?;
-        loss += cache.loss * chunk.len() as f64;
-        wrong += error_rate(&cache.probs, &y) * chunk.len() as f64;
-    }
-    Ok((loss / n as f64, wrong / n as f64))
-}
-
 /// Trains `net` on `data` for epochs `resume.epoch..stop_epoch`, calling `progress` after each
 /// step (an error from it stops the run, e.g. [`crate::interrupt::Interrupted`]) and `end_of_epoch(epoch, net, optimizer, history)` after each epoch (for checkpoints). A
 /// diverged run stops and keeps what it recorded. Every random draw derives from (seed, epoch or
@@ -423,12 +376,7 @@ pub fn train(
                 );
             }
             let record = cfg.record_every > 0 && step.is_multiple_of(cfg.record_every);
-            let ctx = ForwardCtx {
-                mode: Mode::Train,
-                dropout_seed: derive_seed(cfg.seed, &[purpose::DROPOUT, step as u64]),
-                keep_branch: false,
-                weight_grads: true,
-            };
+            let ctx = ForwardCtx::training_step(cfg.seed, step);
             let cache = net.forward(&x, &y, &ctx)?;
             let mut grads = Grads::new();
             let back = net.backward(&cache, &y, Some(&mut grads));
@@ -466,15 +414,22 @@ pub fn train(
             let eval_train = epoch % 2 == 0 || epoch + 1 == cfg.epochs;
             let (test, train_eval) = if last {
                 (
-                    Some(evaluate(net, data, flat)?),
+                    Some(crate::analysis::evaluate::evaluate(net, data, flat)?),
                     eval_train
-                        .then(|| evaluate_on(net, &data.train, TRAIN_EVAL_IMAGES, flat))
+                        .then(|| {
+                            crate::analysis::evaluate::evaluate_on(
+                                net,
+                                &data.train,
+                                TRAIN_EVAL_IMAGES,
+                                flat,
+                            )
+                        })
                         .transpose()?,
                 )
             } else {
                 (None, None)
             };
-            let train_error = error_rate(&cache.probs, &y);
+            let train_error = crate::analysis::evaluate::error_rate(&cache.probs, &y);
             warming = warming
                 && match cfg.warmup {
                     Warmup::UntilError => {

@@ -19,6 +19,7 @@
 
 use std::sync::Arc;
 
+pub use super::ctx::ForwardCtx;
 use super::ops::{
     backward_seq, backward_seq_ref, forward_seq, forward_seq_with, freeze_relus_seq,
     update_running_stats_seq, Fusion, Op, OpCache, SeqExtras,
@@ -31,21 +32,6 @@ use crate::kernels::norm::Moments;
 use crate::kernels::Epilogue;
 use crate::layers::Mode;
 use crate::tensor::Tensor;
-
-/// What a forward pass needs besides the input: BN mode and the seed of dropout masks.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct ForwardCtx {
-    pub mode: Mode,
-    /// Dropout masks of unit `l` are drawn from `derive_seed(dropout_seed, [DROPOUT, l])`.
-    pub dropout_seed: u64,
-    /// Keep each unit's `F(x)` in its cache, for analyses that read `F'(x_l)`
-    /// ([`ResidualUnit::branch_term`]): one more tensor per unit. Off for training and timing.
-    pub keep_branch: bool,
-    /// The backward pass may be asked for parameter gradients, so weight layers keep their
-    /// inputs. Off for a gradient profile (input gradients only): the inputs' memory is then
-    /// reused straight away (W1: peak RSS 352 -> 274 MB).
-    pub weight_grads: bool,
-}
 
 #[derive(Debug, Clone)]
 pub struct ResidualUnit {
@@ -189,7 +175,7 @@ impl ResidualUnit {
     /// As [`ResidualUnit::forward`] from an input the caller shares: the cache keeps it
     /// without a copy.
     pub fn forward_shared(&self, x: Arc<Tensor>, ctx: &ForwardCtx) -> (Tensor, UnitCache) {
-        let (y, cache, _) = self.forward_fused(x, ctx, None);
+        let (y, cache, _) = self.forward_with_moments(x, ctx, None);
         (y, cache)
     }
 
@@ -197,7 +183,7 @@ impl ResidualUnit {
     /// below) and returning the output's when it can make them. The paper's unit (identity
     /// h and f) adds `x` inside the branch's last convolution, sample by sample, and measures
     /// the sum there for the next unit's first BatchNorm: two fewer passes over `x_{l+1}`.
-    pub fn forward_fused(
+    pub fn forward_with_moments(
         &self,
         x: Arc<Tensor>,
         ctx: &ForwardCtx,
