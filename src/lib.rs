@@ -27,6 +27,7 @@ pub mod experiment;
 pub mod fault;
 pub mod finite_diff;
 pub mod grads;
+pub mod input;
 pub mod interchange;
 pub mod interrupt;
 pub mod kernels;

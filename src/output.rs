@@ -46,6 +46,12 @@ fn is_stream(_: &fs::FileType) -> bool {
     false
 }
 
+/// Whether `path` names a character device or a FIFO (`/dev/null`, `/dev/stdout`, a named
+/// pipe), which outputs are written into in place: no file can be put beside it.
+pub fn is_stream_path(path: &Path) -> bool {
+    fs::metadata(path).is_ok_and(|m| is_stream(&m.file_type()))
+}
+
 fn is_fifo(path: &Path) -> bool {
     #[cfg(unix)]
     {
@@ -104,7 +110,29 @@ pub fn check_writable(path: &Path) -> Result<()> {
 
 /// The temporary file an output is written to before it is renamed into place.
 fn tmp_path(path: &Path) -> PathBuf {
-    parent_dir(path).join(format!(".{}.{}.tmp", file_name(path), std::process::id()))
+    parent_dir(path).join(format!(
+        ".{}.{}.tmp",
+        temp_stem(&file_name(path)),
+        std::process::id()
+    ))
+}
+
+/// Longest output name kept whole in its temporary's name: with the dot, the process id and
+/// `.tmp` it stays within the 255 bytes a file name may have.
+const MAX_TEMP_STEM: usize = 230;
+
+/// The `<name>` part of a temporary `.<name>.<pid>.tmp`: the output's name, or for a name too
+/// long to take the extra bytes, its first 200 bytes and a digest of the whole.
+fn temp_stem(name: &str) -> String {
+    if name.len() <= MAX_TEMP_STEM {
+        return name.to_string();
+    }
+    let mut cut = 200;
+    while !name.is_char_boundary(cut) {
+        cut -= 1;
+    }
+    let digest = crate::util::sha256_hex(name.as_bytes());
+    format!("{}~{}", &name[..cut], &digest[..16])
 }
 
 fn file_name(path: &Path) -> String {
@@ -118,7 +146,7 @@ fn file_name(path: &Path) -> String {
 fn temp_owner(file: &str, name: Option<&str>) -> Option<u32> {
     let rest = file.strip_prefix('.')?.strip_suffix(".tmp")?;
     let (stem, pid) = rest.rsplit_once('.')?;
-    if name.is_some_and(|n| n != stem) || pid.is_empty() {
+    if name.is_some_and(|n| temp_stem(n) != stem) || pid.is_empty() {
         return None;
     }
     pid.parse().ok()
@@ -150,6 +178,16 @@ pub fn sweep_stale_temps(dir: &Path, name: Option<&str>) -> usize {
         .count()
 }
 
+/// An I/O error from writing `path` (a full disk, a closed pipe) names the file; other errors
+/// from a writer name what they are about already.
+fn name_io_error(e: anyhow::Error, path: &Path) -> anyhow::Error {
+    if e.downcast_ref::<std::io::Error>().is_some() {
+        e.context(format!("cannot write '{}'", path.display()))
+    } else {
+        e
+    }
+}
+
 /// Writes through `fill` into a temporary file, then renames it to `path` (a character device
 /// or FIFO is written in place instead; see the module's description).
 pub fn write_atomic_with(
@@ -163,7 +201,7 @@ pub fn write_atomic_with(
                 .open(path)
                 .with_context(|| format!("cannot write '{}'", path.display()))?;
             let mut w = BufWriter::new(file);
-            fill(&mut w)?;
+            fill(&mut w).map_err(|e| name_io_error(e, path))?;
             return w
                 .flush()
                 .with_context(|| format!("cannot write '{}'", path.display()));
@@ -177,7 +215,7 @@ pub fn write_atomic_with(
         let file =
             File::create(&tmp).with_context(|| format!("cannot write '{}'", path.display()))?;
         let mut w = BufWriter::new(file);
-        fill(&mut w)?;
+        fill(&mut w).map_err(|e| name_io_error(e, path))?;
         w.flush()
             .with_context(|| format!("cannot write '{}'", path.display()))?;
         w.into_inner().map_err(|e| e.into_error())?.sync_all()?;
@@ -188,6 +226,18 @@ pub fn write_atomic_with(
         fs::remove_file(&tmp).ok();
     }
     result
+}
+
+/// Writes `bytes` to a file resprop keeps for itself (a cell of the store): a FIFO or a device
+/// found in its place is refused, not written into (writing a FIFO would wait for a reader).
+pub fn write_own_file(path: &Path, bytes: &[u8]) -> Result<()> {
+    if is_stream_path(path) {
+        bail!(
+            "cannot write '{}': it is a FIFO or a device, not the file resprop keeps there; remove it",
+            path.display()
+        );
+    }
+    write_atomic(path, bytes)
 }
 
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
@@ -254,12 +304,20 @@ impl Outputs {
         self
     }
 
+    /// The files of the data set `spec`, read with `flag`.
+    pub fn read_data(mut self, flag: &str, spec: Option<&crate::data::DataSpec>) -> Outputs {
+        for file in spec.map(|s| s.files()).unwrap_or_default() {
+            self.reads.push((flag.to_string(), file));
+        }
+        self
+    }
+
     /// Every output can be written, no two name one file and none is an input. Character
     /// devices and FIFOs may take several outputs (`--csv /dev/null --npz /dev/null`).
     pub fn check(&self) -> Result<()> {
         let mut seen: Vec<(&str, &Path, PathBuf)> = Vec::new();
         for (flag, path, seeks) in &self.writes {
-            check_writable(path).map_err(|e| anyhow::anyhow!("{flag}: {e}"))?;
+            check_writable(path).map_err(|e| anyhow::anyhow!("{flag}: {e:#}"))?;
             if matches!(target(path)?, Target::Stream) {
                 if *seeks && is_fifo(path) {
                     bail!(
@@ -301,7 +359,7 @@ pub fn emit(text: &str) -> Result<()> {
     let mut out = std::io::stdout().lock();
     match out.write_all(text.as_bytes()).and_then(|_| out.flush()) {
         Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
-        other => Ok(other?),
+        other => other.map_err(|e| anyhow::anyhow!("cannot write to standard output: {e}")),
     }
 }
 

@@ -275,7 +275,9 @@ pub fn run(args: &BenchArgs) -> Result<ExitCode> {
         Kind::CheckSweep => return run_check_sweep(args),
         Kind::Step => {}
     }
-    let mut w = workload(&args.workload).map_err(|e| anyhow::anyhow!("--workload: {e}"))?;
+    let mut w = workload(&args.workload).map_err(|e| {
+        anyhow::anyhow!("--workload: {e}; or gemm, check-sweep (the engine's GEMM alone, `check` on random networks)")
+    })?;
     w.net
         .set_fusion(crate::unit::Fusion::from_unfused(args.unfused));
     let net = &w.net;

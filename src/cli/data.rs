@@ -24,6 +24,7 @@ pub struct DataArgs {
 pub fn run(args: &DataArgs) -> Result<ExitCode> {
     crate::output::Outputs::new()
         .write_npz("--npz", Some(&args.npz))
+        .read_data("--data", Some(&args.data))
         .check()?;
     let data = crate::data::load(&args.data)?;
     let digest = data.fingerprint();

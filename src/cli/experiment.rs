@@ -93,6 +93,9 @@ impl Default for AllArgs {
 }
 
 pub fn run(args: &RunArgs) -> Result<ExitCode> {
+    if args.shard.is_some() && args.plots.is_some() {
+        bail!("--plots: a shard computes only some cells, so there is nothing to chart yet; give --plots to `resprop merge` once every shard is done");
+    }
     let spec = load_spec(&args.spec)?;
     crate::output::create_dir("--out", &args.out)?;
     if let Some(plots) = &args.plots {
@@ -197,6 +200,11 @@ pub fn plot(args: &PlotArgs) -> Result<ExitCode> {
 }
 
 pub fn all(args: &AllArgs) -> Result<ExitCode> {
+    if !args.experiments.exists() && args.experiments == AllArgs::default().experiments {
+        bail!(
+            "no experiments folder here: `resprop` without a command runs every experiment file in ./experiments (run it in resprop's folder, give --experiments DIR, or see `resprop --help`)"
+        );
+    }
     let mut files: Vec<PathBuf> = std::fs::read_dir(&args.experiments)
         .with_context(|| {
             format!(
@@ -219,6 +227,18 @@ pub fn all(args: &AllArgs) -> Result<ExitCode> {
         .iter()
         .map(|f| load_spec(f))
         .collect::<Result<Vec<_>>>()?;
+    // Each experiment's results go to <results>/<name>/: two files with one name would
+    // overwrite each other's tables and charts.
+    for (i, spec) in specs.iter().enumerate() {
+        if let Some(j) = specs[..i].iter().position(|s| s.name == spec.name) {
+            bail!(
+                "--experiments: '{}' and '{}' are both named '{}': their results would overwrite each other; rename one",
+                files[j].display(),
+                files[i].display(),
+                spec.name
+            );
+        }
+    }
     crate::output::create_dir("--results", &args.results)?;
     crate::output::create_dir("--plots", &args.plots)?;
     let mut entries = Vec::new();

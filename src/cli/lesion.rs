@@ -91,6 +91,7 @@ pub fn run(args: &LesionArgs) -> Result<ExitCode> {
     crate::output::Outputs::new()
         .write("--csv", args.csv.as_deref())
         .read("--weights", args.net.weights.as_deref())
+        .read_data("--data", args.net.data.as_ref())
         .check()?;
     let bar = ProgressBar::new(0);
     bar.set_style(

@@ -41,6 +41,7 @@ pub fn run(args: &ProfileArgs) -> Result<ExitCode> {
         .write_npz("--npz", args.npz.as_deref())
         .write("--weight-grad-csv", args.weight_grad_csv.as_deref())
         .read("--weights", args.net.weights.as_deref())
+        .read_data("--data", args.net.data.as_ref())
         .check()?;
     let purpose = crate::net::memory::Purpose::Profile {
         low_memory: args.low_memory,

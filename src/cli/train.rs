@@ -330,11 +330,15 @@ impl TrainArgs {
 }
 
 impl TrainArgs {
-    /// Where the per-unit gradients go: --grad-csv, or `<csv>.grads.csv` beside --csv.
+    /// Where the per-unit gradients go: --grad-csv, or `<csv>.grads.csv` beside --csv (none
+    /// when --csv is a device or a FIFO: `/dev/null.grads.csv` is no place the user named).
     fn grad_path(&self) -> Option<PathBuf> {
-        self.grad_csv
-            .clone()
-            .or_else(|| self.csv.as_ref().map(|c| c.with_extension("grads.csv")))
+        self.grad_csv.clone().or_else(|| {
+            self.csv
+                .as_ref()
+                .filter(|c| !crate::output::is_stream_path(c))
+                .map(|c| c.with_extension("grads.csv"))
+        })
     }
 
     /// Checks every file the run will write (and the checkpoint directory) before it starts.
@@ -355,6 +359,7 @@ impl TrainArgs {
             crate::output::sweep_stale_temps(dir, None);
         }
         let mut outputs = crate::output::Outputs::new()
+            .read_data("--data", Some(&self.data))
             .write("--csv", self.csv.as_deref())
             .write(
                 if self.grad_csv.is_some() {
@@ -379,6 +384,11 @@ impl TrainArgs {
 pub fn run(args: &TrainArgs) -> Result<ExitCode> {
     args.check_outputs()?;
     let grad_path = args.grad_path();
+    if grad_path.is_none() && args.csv.is_some() && args.record_every > 0 {
+        eprintln!(
+            "note: --csv is a device or a FIFO, so the per-unit gradients have no file beside it: give --grad-csv FILE to keep them"
+        );
+    }
     let mut t = args.prepare()?;
     let (net, data) = (&t.net, &t.data);
     emit(&format!(

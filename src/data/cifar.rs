@@ -23,7 +23,7 @@ pub const TEST_FILE: &str = "test_batch.bin";
 /// Reads one file's records, checking its size and every label.
 pub fn read_file(path: &Path) -> Result<(Vec<f64>, Vec<usize>)> {
     // Five training batches of 10,000 records: a file more than twice that is not CIFAR-10.
-    let bytes = super::read_regular_file(path, 2 * 50_000 * RECORD as u64, "CIFAR-10 file")?;
+    let bytes = crate::input::read(path, 2 * 50_000 * RECORD as u64, "CIFAR-10 file")?;
     if bytes.is_empty() || bytes.len() % RECORD != 0 {
         bail!(
             "'{}' is truncated or not CIFAR-10: {} bytes is not a multiple of {RECORD}",
@@ -62,7 +62,9 @@ fn read_files(dir: &Path, files: &[&str]) -> Result<Dataset> {
     })
 }
 
-/// Loads the directory: training files that exist (at least one), and the test file.
+/// Loads the directory: the training files `data_batch_1.bin` .. `data_batch_<k>.bin` (all five,
+/// or the first k of them for a smaller set; a gap is refused, so a lost file is not silently
+/// left out), and the test file.
 pub fn load(dir: &Path) -> Result<Split> {
     if dir.exists() && !dir.is_dir() {
         bail!(
@@ -76,15 +78,22 @@ pub fn load(dir: &Path) -> Result<Split> {
             dir.display()
         );
     }
-    let present: Vec<&str> = TRAIN_FILES
-        .iter()
-        .copied()
-        .filter(|f| dir.join(f).is_file())
-        .collect();
-    if present.is_empty() {
-        bail!("'{}' has no data_batch_*.bin file", dir.display());
+    // Present means any directory entry (a FIFO or a dangling link too: reading it then says
+    // what is wrong with it), not only a readable regular file.
+    let present = |f: &&&str| dir.join(f).symlink_metadata().is_ok();
+    let k = TRAIN_FILES.iter().take_while(present).count();
+    if k == 0 {
+        bail!("'{}' has no data_batch_1.bin", dir.display());
     }
-    let mut train = read_files(dir, &present)?;
+    if let Some(later) = TRAIN_FILES[k..].iter().find(present) {
+        bail!(
+            "'{}' has {later} but not {}: give data_batch_1.bin .. data_batch_<k>.bin without a gap",
+            dir.display(),
+            TRAIN_FILES[k]
+        );
+    }
+    let present = &TRAIN_FILES[..k];
+    let mut train = read_files(dir, present)?;
     let mut test = read_files(dir, &[TEST_FILE])?;
     normalise_per_channel(&mut train.images, &mut test.images);
     Ok(Split {
@@ -119,6 +128,19 @@ mod tests {
         assert_eq!((s.train.len(), s.test.len()), (8, 4));
         assert_eq!(s.train.image_shape(), [3, 32, 32]);
         assert_eq!(s.train.labels[..6], [3, 3, 3, 3, 3, 7]);
+    }
+
+    #[test]
+    fn a_gap_in_the_training_files_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        write(dir.path(), "data_batch_1.bin", 2, 3);
+        write(dir.path(), "data_batch_3.bin", 2, 3);
+        write(dir.path(), TEST_FILE, 2, 1);
+        let e = load(dir.path()).unwrap_err().to_string();
+        assert!(
+            e.contains("has data_batch_3.bin but not data_batch_2.bin"),
+            "{e}"
+        );
     }
 
     #[test]

@@ -50,32 +50,22 @@ impl fmt::Display for DataSpec {
     }
 }
 
-/// Loads the training and test split `spec` names.
-/// The bytes of the regular file `path`, refusing a FIFO, a device or a directory (reading one
-/// could block or never end) and a file larger than `max_bytes`; `what` names it in errors.
-pub fn read_regular_file(
-    path: &std::path::Path,
-    max_bytes: u64,
-    what: &str,
-) -> anyhow::Result<Vec<u8>> {
-    let meta = std::fs::metadata(path)
-        .map_err(|e| anyhow::anyhow!("cannot read {what} '{}': {e}", path.display()))?;
-    if !meta.is_file() {
-        anyhow::bail!(
-            "cannot read {what} '{}': it is not a regular file",
-            path.display()
-        );
+impl DataSpec {
+    /// The files the data set is read from (none for the bundled digits): what no output may
+    /// replace.
+    pub fn files(&self) -> Vec<std::path::PathBuf> {
+        match self {
+            DataSpec::Digits => Vec::new(),
+            DataSpec::Cifar10(dir) => cifar::TRAIN_FILES
+                .iter()
+                .chain([&cifar::TEST_FILE])
+                .map(|f| dir.join(f))
+                .collect(),
+        }
     }
-    if meta.len() > max_bytes {
-        anyhow::bail!(
-            "cannot read {what} '{}': {} bytes, more than the {max_bytes} such a file can hold",
-            path.display(),
-            meta.len()
-        );
-    }
-    std::fs::read(path).map_err(|e| anyhow::anyhow!("cannot read {what} '{}': {e}", path.display()))
 }
 
+/// Loads the training and test split `spec` names.
 pub fn load(spec: &DataSpec) -> anyhow::Result<Split> {
     match spec {
         DataSpec::Digits => digits::load(),

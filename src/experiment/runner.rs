@@ -28,7 +28,7 @@ use crate::analysis::record::{build_records, fmt_f64};
 use crate::data::Split;
 use crate::interrupt::Interrupt;
 use crate::net::{build_net_with, NetSizes};
-use crate::output::write_atomic;
+use crate::output::{write_atomic, write_own_file};
 use crate::rng::derive_seed;
 use crate::schema::{self, Column, Row};
 use crate::train::{sizes_for, train, Resume, TrainConfig};
@@ -508,7 +508,9 @@ impl StoredCell<'_> {
     /// with the bytes it recorded.
     fn state(&self, store: &Path, kinds: &[TableKind]) -> CellState {
         let manifest = self.manifest_path(store);
-        let Ok(text) = std::fs::read_to_string(&manifest) else {
+        let Ok(text) =
+            crate::input::read_text(&manifest, crate::input::MAX_SPEC_BYTES, "cell manifest")
+        else {
             return if kinds.iter().any(|k| self.path(store, *k).exists()) {
                 CellState::Damaged(
                     "its tables are there but not its manifest (the run that wrote them stopped)"
@@ -528,6 +530,17 @@ impl StoredCell<'_> {
                 manifest.display()
             ));
         };
+        // The manifest starts with the inputs its tables were computed from: a manifest and
+        // tables copied over from another cell carry that cell's inputs.
+        match self.inputs.to_toml() {
+            Ok(inputs) if text.starts_with(&inputs) => {}
+            _ => {
+                return CellState::Damaged(format!(
+                    "its manifest {} describes another cell's inputs (copied or swapped from another cell)",
+                    manifest.display()
+                ))
+            }
+        }
         for kind in kinds {
             let path = self.path(store, *kind);
             let want = stored
@@ -537,17 +550,15 @@ impl StoredCell<'_> {
             let Some(want) = want else {
                 return CellState::Damaged(format!("its manifest lists no {} table", kind.name));
             };
-            match std::fs::read(&path) {
-                Ok(bytes) if sha256_hex(&bytes) == want => {}
+            match crate::input::read(&path, crate::input::MAX_TABLE_BYTES, "cell table") {
+                Ok(bytes) if crate::util::sha256_hex(&bytes) == want => {}
                 Ok(_) => {
                     return CellState::Damaged(format!(
                     "{} is not the file the run wrote (its SHA-256 differs: cut short, or edited)",
                     path.display()
                 ))
                 }
-                Err(e) => {
-                    return CellState::Damaged(format!("cannot read {}: {e}", path.display()))
-                }
+                Err(e) => return CellState::Damaged(format!("{e}")),
             }
         }
         CellState::Complete
@@ -558,15 +569,15 @@ impl StoredCell<'_> {
         let mut manifest = self.inputs.to_toml()?;
         for (kind, rows) in kinds.iter().zip(tables) {
             let bytes = csv_bytes(None, rows)?;
-            write_atomic(&self.path(store, *kind), &bytes)?;
+            write_own_file(&self.path(store, *kind), &bytes)?;
             manifest.push_str(&format!(
                 "\n[stored.{}]\nrows = {}\nsha256 = \"{}\"\n",
                 kind.name,
                 rows.len(),
-                sha256_hex(&bytes)
+                crate::util::sha256_hex(&bytes)
             ));
         }
-        write_atomic(&self.manifest_path(store), manifest.as_bytes())
+        write_own_file(&self.manifest_path(store), manifest.as_bytes())
     }
 }
 
@@ -577,14 +588,6 @@ enum CellState {
     Missing,
     /// Stored, but not as the run wrote it: recomputed by `run`, refused by `merge`.
     Damaged(String),
-}
-
-fn sha256_hex(bytes: &[u8]) -> String {
-    use sha2::{Digest, Sha256};
-    Sha256::digest(bytes)
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
 }
 
 /// Runs every cell whose result is not stored yet, then writes the tidy CSV(s) and
@@ -658,7 +661,12 @@ fn stored_cells<'a>(
 fn load_data(spec: &Spec) -> Result<Option<(Split, String)>> {
     match spec.task.train_spec() {
         Some(t) => {
-            let d = crate::data::load(&t.data.parse().map_err(anyhow::Error::msg)?)?;
+            let d = t
+                .data
+                .parse()
+                .map_err(anyhow::Error::msg)
+                .and_then(|d| crate::data::load(&d))
+                .with_context(|| format!("{}: train.data = \"{}\"", spec.name, t.data))?;
             let digest = d.fingerprint();
             Ok(Some((d, digest)))
         }
@@ -717,10 +725,10 @@ pub fn assemble(spec: &Spec, out: &Path) -> Result<PathBuf> {
             let p = sc.path(&store, *kind);
             let units = sc.inputs.sizes_units(sc.cell);
             let keys = cell_keys(spec, sc.cell, units);
+            let bytes = crate::input::read(&p, crate::input::MAX_TABLE_BYTES, "cell table")?;
             let mut r = csv::ReaderBuilder::new()
                 .has_headers(false)
-                .from_path(&p)
-                .with_context(|| format!("reading {}", p.display()))?;
+                .from_reader(bytes.as_slice());
             for rec in r.records() {
                 let rec = rec.with_context(|| format!("malformed cell file {}", p.display()))?;
                 rows.push(

@@ -1020,8 +1020,7 @@ fn parse_grid(
 
 /// Reads and validates an experiment file; errors start with the file's path.
 pub fn load_spec(path: &Path) -> Result<Spec> {
-    let text = std::fs::read_to_string(path)
-        .with_context(|| format!("cannot read '{}'", path.display()))?;
+    let text = crate::input::read_text(path, crate::input::MAX_SPEC_BYTES, "experiment file")?;
     parse_spec(&text).map_err(|e| anyhow!("{}: {e:#}", path.display()))
 }
 
@@ -1029,12 +1028,11 @@ pub fn load_spec(path: &Path) -> Result<Spec> {
 /// claim.
 pub fn charts_of_results(csv: &Path) -> Result<(Vec<ChartKind>, String)> {
     let spec_path = csv.with_file_name("spec.toml");
-    let text = std::fs::read_to_string(&spec_path).with_context(|| {
-        format!(
-            "cannot read '{}' (written next to the CSV by 'resprop run')",
-            spec_path.display()
-        )
-    })?;
+    let text = crate::input::read_text(
+        &spec_path,
+        crate::input::MAX_SPEC_BYTES,
+        "the results folder's spec (written next to the CSV by 'resprop run')",
+    )?;
     let value: toml::Value =
         toml::from_str(&text).with_context(|| format!("malformed '{}'", spec_path.display()))?;
     let names: Vec<String> = value

@@ -30,8 +30,8 @@ pub fn parse_f64(s: &str) -> Option<f64> {
 
 impl Table {
     pub fn read(path: &Path) -> Result<Table> {
-        let mut r = csv::Reader::from_path(path)
-            .with_context(|| format!("cannot read '{}'", path.display()))?;
+        let bytes = crate::input::read(path, crate::input::MAX_TABLE_BYTES, "CSV")?;
+        let mut r = csv::Reader::from_reader(bytes.as_slice());
         let header: Vec<String> = r
             .headers()
             .with_context(|| format!("malformed CSV '{}'", path.display()))?

@@ -219,8 +219,10 @@ pub fn load(
     mut optimizer: Optimizer,
 ) -> Result<Resume> {
     let path = dir.join(FILE);
-    let file = File::open(&path)
-        .with_context(|| format!("cannot resume: no checkpoint at '{}'", path.display()))?;
+    if !path.exists() {
+        bail!("cannot resume: no checkpoint at '{}'", path.display());
+    }
+    let (file, _) = crate::input::open(&path, "checkpoint")?;
     let mut npz = NpzReader::new(file)
         .with_context(|| format!("'{}' is not a checkpoint", path.display()))?;
     let ctx = |what: &str| format!("checkpoint '{}': {what}", path.display());
@@ -457,8 +459,7 @@ fn open_weights(path: &Path) -> Result<NpzReader<File>> {
             path.join(FILE).display()
         );
     }
-    let file =
-        File::open(path).with_context(|| format!("--weights: cannot open '{}'", path.display()))?;
+    let (file, _) = crate::input::open(path, "--weights")?;
     NpzReader::new(file).map_err(|_| {
         anyhow!(
             "--weights: '{}' is not a checkpoint (not an .npz archive; `resprop train --checkpoint DIR` writes DIR/{FILE})",

@@ -20,6 +20,7 @@ mod formulas;
 mod fusion;
 mod golden;
 mod hostile;
+mod hostile_files;
 mod init;
 mod paths;
 mod unit_gradients;
