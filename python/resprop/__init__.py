@@ -119,9 +119,10 @@ def train(net="resnet:2:basic", data="digits", placement="full-preact", shortcut
     data is "digits" (the bundled handwritten digits) or "cifar10:<dir>". SGD runs the
     paper's schedule (a tenth of lr until a batch's error is below 80%, or warmup_steps;
     divided by 10 at 50% and 75% of the steps); optimizer="adam" runs Adam (weight decay
-    decoupled or l2). checkpoint (a folder) saves the training state after every epoch;
-    resume=True continues from it, bit-identical to an uninterrupted run; stop_after_epochs
-    stops early as if interrupted.
+    decoupled or l2). checkpoint (a folder) saves the training state after every epoch (a
+    folder that already holds a checkpoint is refused without resume, and one in use by
+    another run is refused); resume=True continues from it, bit-identical to an
+    uninterrupted run; stop_after_epochs stops early as if interrupted.
 
     Ctrl-C stops after the current step with KeyboardInterrupt. A run that diverges returns
     what it recorded, warns (RuntimeWarning) and says where in steps.attrs["diverged"]."""

@@ -201,8 +201,8 @@ pub struct NetArgs {
     /// on the shortcut, not rescaled; dropout:P:rescale divides by 1-P); none (plain net, h = 0);
     /// and learned branch scalings with h = x: alpha:A (x + a F, a learned scalar per unit
     /// initialised at A: SkipInit), rezero (alpha:0), layerscale:E (x + diag(lambda) F, one
-    /// learned value per channel initialised at E); deepnorm (post-norm only: N(a x + F),
-    /// a = (2L)^(1/4), the branch's weights started at b = (8L)^(-1/4) times He's).
+    /// learned value per channel initialised at E); deepnorm (post-norm with a --norm only:
+    /// N(a x + F), a = (2L)^(1/4), the branch's weights started at b = (8L)^(-1/4) times He's).
     #[arg(long, default_value = "identity", value_parser = parse_shortcut)]
     pub shortcut: ShortcutKind,
     /// ResNets: the shortcut of the units that change width or resolution. bn (1x1 projection
@@ -519,7 +519,8 @@ impl NetArgs {
                 self.norm,
                 self.init,
             );
-            crate::train::checkpoint::load_weights(w, &mut net, &now)?;
+            let given_data = self.data.as_ref().map(|d| d.to_string());
+            crate::train::checkpoint::load_weights(w, &mut net, &now, given_data.as_deref())?;
         }
         let (input, labels) = match (&self.data, &data) {
             (Some(_), Some(d)) => {

@@ -61,12 +61,14 @@ pub struct TrainArgs {
     /// 0.9 and 0.999, eps 1e-8, as PyTorch; weight decay per --weight-decay-mode).
     #[arg(long, default_value = "sgd", value_parser = |s: &str| s.parse::<crate::train::OptimizerKind>())]
     pub optimizer: crate::train::OptimizerKind,
-    /// Warm-up steps (0: none). SGD runs them at a tenth of the rate (the paper's); Adam ramps
-    /// the rate up linearly, (step + 1) / N of it (the Transformer's). Default: SGD, the
-    /// paper's rule (a tenth until a batch's training error is below 80%, and at least 400/64k
-    /// of the run); Adam, no warm-up.
+    /// Warm-up steps (0: none; at most the run's steps). SGD runs them at a tenth of the rate
+    /// (the paper's); Adam ramps the rate up linearly, (step + 1) / N of it (the
+    /// Transformer's). Default: SGD, the paper's rule (a tenth until a batch's training error
+    /// is below 80%, and at least 400/64k of the run); Adam, no warm-up.
     #[arg(long, value_name = "N")]
     pub warmup_steps: Option<usize>,
+    /// Weight decay, 0 or more, with --lr x it below 1 (a step shrinks the weights by that
+    /// fraction of themselves).
     #[arg(long, default_value_t = 1e-4, allow_hyphen_values = true)]
     pub weight_decay: f64,
     /// Adam's weight decay: decoupled (the weights shrink by lr x decay each step, AdamW) or
@@ -83,7 +85,8 @@ pub struct TrainArgs {
     #[arg(long, value_name = "FILE")]
     pub grad_csv: Option<PathBuf>,
     /// Save the complete training state to DIR/checkpoint.npz at the end of every epoch
-    /// (atomically).
+    /// (atomically). A DIR that already holds a checkpoint is refused without --resume, and
+    /// one run at a time holds DIR (a lock on DIR/checkpoint.lock).
     #[arg(long, value_name = "DIR")]
     pub checkpoint: Option<PathBuf>,
     /// Continue from the checkpoint in --checkpoint DIR; the result is bit-identical to an
@@ -91,7 +94,8 @@ pub struct TrainArgs {
     #[arg(long, requires = "checkpoint")]
     pub resume: bool,
     /// Stop after this many epochs (of --epochs), as if interrupted: the schedule still
-    /// spans --epochs, so --resume can finish the run later.
+    /// spans --epochs, so --resume can finish the run later (with --resume: more than the
+    /// checkpoint's epochs).
     #[arg(long, value_name = "N")]
     pub stop_after_epochs: Option<usize>,
     #[arg(long, default_value_t = 0)]
@@ -129,12 +133,8 @@ impl TrainArgs {
         if !(0.0..1.0).contains(&self.momentum) {
             bail!("--momentum: a number in [0, 1), got {}", self.momentum);
         }
-        if !(self.weight_decay >= 0.0 && self.weight_decay.is_finite()) {
-            bail!(
-                "--weight-decay: a finite number, 0 or more, got {}",
-                self.weight_decay
-            );
-        }
+        crate::train::check_weight_decay(self.weight_decay, self.lr)
+            .map_err(|e| anyhow::anyhow!("--weight-decay: {e}"))?;
         match self.optimizer {
             crate::train::OptimizerKind::Adam => {
                 g.refuse("momentum", self.momentum != d.momentum, || {
@@ -180,6 +180,8 @@ pub struct Training {
     /// What a checkpoint records of the run (and a resume must match).
     pub run_config: checkpoint::RunConfig,
     pub resume: Resume,
+    /// The lock on the --checkpoint directory, held until the run ends.
+    _lock: Option<checkpoint::DirLock>,
 }
 
 impl TrainArgs {
@@ -203,6 +205,15 @@ impl TrainArgs {
         }
         args.refuse_inapplicable()?;
         let data = crate::data::load(&args.data)?;
+        if data.train.len() < args.batch {
+            bail!(
+                "--batch {} is larger than the training split of {} ({} images)",
+                args.batch,
+                data.name,
+                data.train.len()
+            );
+        }
+        let per_epoch = crate::train::steps_per_epoch(data.train.len(), args.batch);
         let sizes = crate::train::sizes_for(&data, args.units, args.width);
         crate::net::memory::ensure_fits(
             &crate::net::memory::estimate(
@@ -248,6 +259,14 @@ impl TrainArgs {
             signal: false,
             seed: args.seed,
         };
+        crate::train::check_warmup(
+            cfg.warmup,
+            args.epochs,
+            per_epoch,
+            data.train.len(),
+            args.batch,
+        )
+        .map_err(|e| anyhow::anyhow!("--warmup-steps: {e}"))?;
         let arch = checkpoint::Architecture::of(
             &args.net,
             &net,
@@ -282,9 +301,25 @@ impl TrainArgs {
             data: args.data.to_string(),
             data_sha256: data.fingerprint(),
         };
+        // Last of the checks, so that a run refused for another reason leaves no lock file.
+        let lock = args.claim_checkpoint()?;
         let resume = if args.resume {
             let dir = args.checkpoint.as_ref().unwrap();
-            checkpoint::load(dir, &mut net, &run_config, cfg.new_optimizer())?
+            let resume =
+                checkpoint::load(dir, &mut net, &run_config, cfg.new_optimizer(), per_epoch)?;
+            if let Some(n) = args.stop_after_epochs {
+                if n <= resume.epoch {
+                    bail!(
+                        "--stop-after-epochs {n}: the checkpoint in '{}' has {} epoch{} done already, so no step would run; give a number in {}..={} or leave it out",
+                        dir.display(),
+                        resume.epoch,
+                        if resume.epoch == 1 { "" } else { "s" },
+                        resume.epoch + 1,
+                        args.epochs
+                    );
+                }
+            }
+            resume
         } else {
             Resume::default()
         };
@@ -294,7 +329,37 @@ impl TrainArgs {
             cfg,
             run_config,
             resume,
+            _lock: lock,
         })
+    }
+
+    /// With --checkpoint: takes the directory's lock for this run (a second run on it is
+    /// refused) and, without --resume, refuses a directory that already holds a checkpoint,
+    /// which the run would replace. Creates the directory when it does not exist (without
+    /// --resume).
+    fn claim_checkpoint(&self) -> Result<Option<checkpoint::DirLock>> {
+        let Some(dir) = &self.checkpoint else {
+            return Ok(None);
+        };
+        let file = dir.join(checkpoint::FILE);
+        if self.resume {
+            // Nothing to hold: loading it says there is no checkpoint.
+            if !file.is_file() {
+                return Ok(None);
+            }
+        } else {
+            crate::output::create_dir("--checkpoint", dir)?;
+        }
+        let lock = checkpoint::lock_dir(dir)?;
+        if !self.resume && file.exists() {
+            bail!(
+                "--checkpoint: '{}' already holds a checkpoint ({}), which this run would replace; continue it with --resume, give another directory, or delete '{}'",
+                dir.display(),
+                checkpoint::describe(&file),
+                file.display()
+            );
+        }
+        Ok(Some(lock))
     }
 
     /// Trains the prepared run up to `--stop-after-epochs`, saving a checkpoint after every

@@ -657,6 +657,35 @@ fn stored_cells<'a>(
         .collect()
 }
 
+/// Refuses a training spec whose warm-up (`train.warmup_steps` or a grid's `warmups`) is
+/// longer than its runs, now that the data's size is known.
+fn refuse_long_warmups(spec: &Spec, cells: &[Cell], data: Option<&Split>) -> Result<()> {
+    let (Some(t), Some(data)) = (spec.task.train_spec(), data) else {
+        return Ok(());
+    };
+    if data.train.len() < t.batch {
+        return Ok(()); // training refuses it, naming the batch
+    }
+    let per_epoch = crate::train::steps_per_epoch(data.train.len(), t.batch);
+    for c in cells {
+        crate::train::check_warmup(
+            crate::train::Warmup::for_optimizer(t.optimizer, c.warmup),
+            t.epochs,
+            per_epoch,
+            data.train.len(),
+            t.batch,
+        )
+        .map_err(|e| {
+            anyhow::anyhow!(
+                "{}: cell {}, its warm-up (train.warmup_steps or the grid's warmups): {e}",
+                spec.name,
+                c.index
+            )
+        })?;
+    }
+    Ok(())
+}
+
 /// The data a spec's cells train on, with its digest.
 fn load_data(spec: &Spec) -> Result<Option<(Split, String)>> {
     match spec.task.train_spec() {
@@ -762,6 +791,7 @@ pub fn compute_cells(spec: &Spec, out: &Path, how: &HowToRun, stop: &Interrupt) 
     let data = load_data(spec)?;
     let kinds = tables(spec);
     let cells = spec.cells();
+    refuse_long_warmups(spec, &cells, data.as_ref().map(|(d, _)| d))?;
     let stored = stored_cells(spec, &cells, data.as_ref())?;
     // What a run killed mid-write left behind.
     crate::output::sweep_stale_temps(&store, None);

@@ -868,12 +868,8 @@ fn parse_train(t: RawTrain) -> Result<TrainSpec> {
     if !(t.lr > 0.0 && t.lr.is_finite()) {
         bail!("train.lr: must be a positive number, got {}", t.lr);
     }
-    if !(t.weight_decay >= 0.0 && t.weight_decay.is_finite()) {
-        bail!(
-            "train.weight_decay: must be a non-negative number, got {}",
-            t.weight_decay
-        );
-    }
+    crate::train::check_weight_decay(t.weight_decay, t.lr)
+        .map_err(|e| anyhow!("train.weight_decay: {e}"))?;
     if let Err(e) = t.data.parse::<crate::data::DataSpec>() {
         bail!("train.data: {e}");
     }
@@ -962,9 +958,11 @@ fn parse_grid(
     // Combinations that cannot be built are refused before anything runs.
     for &shortcut in &shortcuts {
         for &placement in &placements {
-            shortcut
-                .check_placement(placement)
-                .map_err(|e| anyhow!("{}: {e}", k("shortcuts")))?;
+            for &norm in &norms {
+                shortcut
+                    .check_combination(placement, norm)
+                    .map_err(|e| anyhow!("{}: {e}", k("shortcuts")))?;
+            }
         }
     }
     if inits.contains(&Init::Fixup) && norms.iter().any(|&n| n != NormKind::None) {

@@ -57,7 +57,7 @@ impl MlpConfig {
             bail!("classes must be at least 2, got {}", self.classes);
         }
         self.shortcut
-            .check_placement(self.placement)
+            .check_combination(self.placement, self.norm)
             .map_err(anyhow::Error::msg)?;
         Ok(())
     }

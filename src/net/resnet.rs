@@ -129,7 +129,7 @@ impl ResnetConfig {
             bail!("input channels must be at least 1, got 0");
         }
         self.shortcut
-            .check_placement(self.placement)
+            .check_combination(self.placement, self.norm)
             .map_err(anyhow::Error::msg)?;
         Ok(())
     }

@@ -6,18 +6,87 @@
 //! resume with any setting that would change the computation is refused, naming the setting
 //! and both values, because the promise is a result bit-identical to an uninterrupted run.
 
-use std::fs::File;
+use std::fs::{File, OpenOptions};
 use std::path::Path;
 
 use anyhow::{anyhow, bail, Context, Result};
-use ndarray::{Array1, Array2};
-use ndarray_npy::{NpzReader, NpzWriter};
+use ndarray::{Array, Array1, Array2, Dimension};
+use ndarray_npy::{NpzReader, NpzWriter, ReadNpyError, ReadNpzError, ReadableElement};
 
 use super::{History, Optimizer, Resume, SignalRow};
 use crate::net::Network;
 use crate::schema::NumericRow;
 
 pub const FILE: &str = "checkpoint.npz";
+
+/// The file in a checkpoint directory that the run writing there holds locked.
+pub const LOCK_FILE: &str = "checkpoint.lock";
+
+/// A checkpoint directory held by one run: an exclusive lock on `DIR/checkpoint.lock`, released
+/// when this is dropped (or the process ends). The file stays: removing it would let a run that
+/// had opened it lock a file no later run sees.
+#[derive(Debug)]
+pub struct DirLock {
+    _file: File,
+}
+
+/// Takes the lock of the checkpoint directory `dir` (which exists) for this run; refuses in one
+/// line when another run holds it.
+pub fn lock_dir(dir: &Path) -> Result<DirLock> {
+    let path = dir.join(LOCK_FILE);
+    let file = OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(|e| {
+            anyhow!(
+                "--checkpoint: cannot open the lock file '{}': {e}",
+                path.display()
+            )
+        })?;
+    match file.try_lock() {
+        Ok(()) => Ok(DirLock { _file: file }),
+        Err(std::fs::TryLockError::WouldBlock) => bail!(
+            "--checkpoint: '{}' is in use by another training run (it holds '{}'); wait for it to end or give another directory",
+            dir.display(),
+            path.display()
+        ),
+        // A file system without locks: run unguarded rather than not at all.
+        Err(std::fs::TryLockError::Error(e)) if e.kind() == std::io::ErrorKind::Unsupported => {
+            Ok(DirLock { _file: file })
+        }
+        Err(std::fs::TryLockError::Error(e)) => {
+            bail!("--checkpoint: cannot lock '{}': {e}", path.display())
+        }
+    }
+}
+
+/// What the checkpoint at `path` holds, in words: its network, how far it got, its seed and
+/// data (or that it cannot be read as a checkpoint).
+pub fn describe(path: &Path) -> String {
+    let read = || -> Result<String> {
+        let mut npz = NpzReader::new(File::open(path)?)?;
+        let ctx = |what: &str| what.to_string();
+        let c = read_config(&mut npz, &ctx)?;
+        let done: Array1<f64> =
+            read_array(&mut npz, "epochs_done", &ctx)?.ok_or_else(|| anyhow!("no epochs_done"))?;
+        let size = if c.width > 0 {
+            format!("{} units of width {}", c.units, c.width)
+        } else {
+            format!("{} units", c.units)
+        };
+        Ok(format!(
+            "{} with {size}, {} of {} epochs done, seed {}, on {}",
+            c.net,
+            done.first().copied().unwrap_or(f64::NAN),
+            c.epochs,
+            c.seed,
+            c.data
+        ))
+    };
+    read().unwrap_or_else(|e| format!("a file that is not a readable checkpoint: {e}"))
+}
 
 /// Numeric rows as an array, one row each, in their schema's column order.
 fn rows_array<R: NumericRow>(rows: &[R]) -> Array2<f64> {
@@ -211,12 +280,14 @@ pub fn save(
 
 /// Loads `<dir>/checkpoint.npz` into `net` and returns where to resume, the optimizer's state
 /// restored into `optimizer` (a fresh one of the run's kind); refuses a checkpoint whose run
-/// configuration differs from `config`.
+/// configuration differs from `config`, and one whose history is not that of its epochs at
+/// `steps_per_epoch` steps each.
 pub fn load(
     dir: &Path,
     net: &mut Network,
     config: &RunConfig,
     mut optimizer: Optimizer,
+    steps_per_epoch: usize,
 ) -> Result<Resume> {
     let path = dir.join(FILE);
     if !path.exists() {
@@ -226,9 +297,7 @@ pub fn load(
     let mut npz = NpzReader::new(file)
         .with_context(|| format!("'{}' is not a checkpoint", path.display()))?;
     let ctx = |what: &str| format!("checkpoint '{}': {what}", path.display());
-    let epochs_done: Array1<f64> = npz
-        .by_name("epochs_done")
-        .with_context(|| ctx("no epochs_done"))?;
+    let epochs_done: Array1<f64> = require_array(&mut npz, "epochs_done", &ctx)?;
     let saved = read_config(&mut npz, &ctx)?;
     let epoch = match epochs_done.as_slice() {
         Some(&[e]) if e >= 1.0 && e <= saved.epochs as f64 && e.fract() == 0.0 => e as usize,
@@ -248,30 +317,37 @@ pub fn load(
             changed.join("; ")
         );
     }
-    read_network_state(&mut npz, net, &ctx)?;
+    read_network_state(&mut npz, net, &ctx, None)?;
     let mut params = Vec::new();
     net.visit_params(&mut |n, t| params.push((n, t.shape().to_vec())));
     optimizer
         .restore(&params, |n| {
-            npz.by_name::<ndarray::OwnedRepr<f64>, ndarray::IxDyn>(n)
-                .ok()
+            read_array::<f64, ndarray::IxDyn>(&mut npz, n, &ctx).map_err(|e| format!("{e:#}"))
         })
-        .map_err(|e| anyhow!("{}", ctx(&e)))?;
-    let steps: Array2<f64> = npz.by_name("steps").with_context(|| ctx("no steps"))?;
-    let grads: Array2<f64> = npz.by_name("grads").with_context(|| ctx("no grads"))?;
+        .map_err(|e| {
+            // A message of read_array already names the checkpoint.
+            if e.starts_with("checkpoint '") {
+                anyhow!("{e}")
+            } else {
+                anyhow!("{}", ctx(&e))
+            }
+        })?;
+    let steps: Array2<f64> = require_array(&mut npz, "steps", &ctx)?;
+    let grads: Array2<f64> = require_array(&mut npz, "grads", &ctx)?;
+    let signal = match read_array::<u8, ndarray::Ix1>(&mut npz, "signal_json", &ctx)? {
+        Some(bytes) => signal_from_json(bytes.as_slice().unwrap_or(&[]))
+            .with_context(|| ctx("malformed signal_json"))?,
+        None => Vec::new(),
+    };
     let history = History {
         steps: rows_from_array(&steps, &path)?,
         grads: rows_from_array(&grads, &path)?,
-        signal: match npz.by_name::<ndarray::OwnedRepr<u8>, ndarray::Ix1>("signal_json") {
-            Ok(bytes) => signal_from_json(bytes.as_slice().unwrap_or(&[]))
-                .with_context(|| ctx("malformed signal_json"))?,
-            Err(_) => Vec::new(),
-        },
+        signal,
         diverged: None,
     };
-    // The history must end where the checkpoint says it does.
-    let last_epoch = history.steps.last().map(|r| r.epoch + 1);
-    if last_epoch != Some(epoch) {
+    // The history must end where the checkpoint says it does ...
+    let last_epoch = steps.rows().into_iter().next_back().map(|r| r[1] + 1.0);
+    if last_epoch != Some(epoch as f64) {
         bail!(
             "{}",
             ctx(&format!(
@@ -280,6 +356,16 @@ pub fn load(
             ))
         );
     }
+    // ... and be the trainer's, step by step.
+    let expect = Expected {
+        epochs_done: epoch,
+        epochs: saved.epochs,
+        steps_per_epoch,
+        record_every: saved.record_every,
+        units: net.num_units(),
+    };
+    check_steps(&steps, &expect).map_err(|e| anyhow!("{}", ctx(&format!("array 'steps' {e}"))))?;
+    check_grads(&grads, &expect).map_err(|e| anyhow!("{}", ctx(&format!("array 'grads' {e}"))))?;
     Ok(Resume {
         epoch,
         optimizer: Some(optimizer),
@@ -287,14 +373,112 @@ pub fn load(
     })
 }
 
+/// What the history of a checkpoint must be, from its run's recipe.
+struct Expected {
+    epochs_done: usize,
+    epochs: usize,
+    steps_per_epoch: usize,
+    record_every: usize,
+    /// The network's residual units (the gradient record has a row per unit input, L + 1).
+    units: usize,
+}
+
+/// A step table as the trainer writes it: steps 0, 1, ... of `epochs_done` epochs, each in its
+/// epoch, test numbers at each epoch's last step only, the training side of the gap at the
+/// epochs that measure it, finite losses and rates. The reason otherwise, after the array's
+/// name.
+fn check_steps(a: &Array2<f64>, e: &Expected) -> Result<(), String> {
+    let want = e.epochs_done * e.steps_per_epoch;
+    if a.nrows() != want {
+        return Err(format!(
+            "has {} rows, not {want} ({} epoch{} done, {} steps each): its history is incomplete, repeated or damaged",
+            a.nrows(),
+            e.epochs_done,
+            if e.epochs_done == 1 { "" } else { "s" },
+            e.steps_per_epoch
+        ));
+    }
+    for (i, r) in a.rows().into_iter().enumerate() {
+        let epoch = i / e.steps_per_epoch.max(1);
+        if r[0] != i as f64 {
+            return Err(format!(
+                "has step {} in row {i}: the steps must run 0, 1, ..., {} in order",
+                r[0],
+                want - 1
+            ));
+        }
+        if r[1] != epoch as f64 {
+            return Err(format!("puts step {i} in epoch {}, not {epoch}", r[1]));
+        }
+        if !(r[2].is_finite() && r[2] > 0.0 && r[3].is_finite() && (0.0..=1.0).contains(&r[4])) {
+            return Err(format!(
+                "has a learning rate, loss or error out of range at step {i} ({}, {}, {})",
+                r[2], r[3], r[4]
+            ));
+        }
+        let last = (i + 1) % e.steps_per_epoch == 0;
+        let (test, train_eval) = (!r[5].is_nan(), !r[7].is_nan());
+        let at = if last {
+            format!("step {i}, the last of epoch {}", epoch + 1)
+        } else {
+            format!("step {i}, not the last of its epoch")
+        };
+        if test != last {
+            return Err(format!(
+                "{} test numbers at {at} (only an epoch's last step has them)",
+                if test { "has" } else { "lacks" }
+            ));
+        }
+        if train_eval != (last && super::evaluates_train(epoch, e.epochs)) {
+            return Err(format!(
+                "{} training-side numbers at {at} (the last steps of epochs 1, 3, 5, ... and of the run have them)",
+                if train_eval { "has" } else { "lacks" }
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// A gradient table as the trainer writes it: a row per unit input `0..=units` at every
+/// `record_every`-th step of the history, in order.
+fn check_grads(a: &Array2<f64>, e: &Expected) -> Result<(), String> {
+    let steps = e.epochs_done * e.steps_per_epoch;
+    let recorded = if e.record_every == 0 {
+        0
+    } else {
+        steps.div_ceil(e.record_every)
+    };
+    let want = recorded * (e.units + 1);
+    if a.nrows() != want {
+        return Err(format!(
+            "has {} rows, not {want} ({recorded} records, every {} of the {steps} steps, of {} unit inputs each): its history is incomplete, repeated or damaged",
+            a.nrows(),
+            e.record_every,
+            e.units + 1
+        ));
+    }
+    for (i, r) in a.rows().into_iter().enumerate() {
+        let (step, unit) = ((i / (e.units + 1)) * e.record_every, i % (e.units + 1));
+        if r[0] != step as f64 || r[1] != unit as f64 {
+            return Err(format!(
+                "has step {}, unit {} in row {i}, not step {step}, unit {unit}",
+                r[0], r[1]
+            ));
+        }
+    }
+    Ok(())
+}
+
 /// Reads every parameter and buffer of `net` from the checkpoint; refuses one written for
-/// another network (a missing array or another shape), naming the array.
+/// another network (a missing array or another shape), naming the array. `data`, when the
+/// network was sized for data other than the checkpoint's: (the checkpoint's, the given),
+/// named when the shapes differ.
 fn read_network_state(
     npz: &mut NpzReader<File>,
     net: &mut Network,
     ctx: &dyn Fn(&str) -> String,
+    data: Option<(&str, &str)>,
 ) -> Result<()> {
-    let mut missing = None;
     let mut loaded = Vec::new();
     for prefix in ["param", "buffer"] {
         let mut names = Vec::new();
@@ -304,19 +488,17 @@ fn read_network_state(
             net.visit_buffers(&mut |n, _| names.push(n));
         }
         for n in names {
-            match npz.by_name::<ndarray::OwnedRepr<f64>, ndarray::IxDyn>(&format!("{prefix}/{n}")) {
-                Ok(a) => loaded.push((n, a)),
-                Err(_) => missing = missing.or(Some(format!("{prefix}/{n}"))),
+            let name = format!("{prefix}/{n}");
+            match read_array::<f64, ndarray::IxDyn>(npz, &name, ctx)? {
+                Some(a) => loaded.push((n, a)),
+                None => bail!(
+                    "{}",
+                    ctx(&format!(
+                        "no array '{name}': it was written for another network"
+                    ))
+                ),
             }
         }
-    }
-    if let Some(m) = missing {
-        bail!(
-            "{}",
-            ctx(&format!(
-                "no array '{m}': it was written for another network"
-            ))
-        );
     }
     let lookup = |name: &str| {
         loaded
@@ -327,38 +509,118 @@ fn read_network_state(
     let mut shape_error = None;
     let mut check = |kind: &str, n: String, t: &crate::tensor::Tensor| match lookup(&n) {
         Some(a) if a.shape() == t.shape() => {}
-        _ => shape_error = shape_error.take().or(Some(format!("{kind} '{n}'"))),
+        a => {
+            shape_error = shape_error.take().or(Some((
+                format!("{kind} '{n}'"),
+                a.map(|a| a.shape().to_vec()).unwrap_or_default(),
+                t.shape().to_vec(),
+            )))
+        }
     };
     net.visit_params(&mut |n, t| check("parameter", n, t));
     net.visit_buffers(&mut |n, t| check("buffer", n, t));
-    if let Some(n) = shape_error {
-        bail!(
-            "{}",
-            ctx(&format!(
-                "{n} has another shape: it was written for another network"
-            ))
-        );
+    if let Some((n, saved, now)) = shape_error {
+        match data {
+            Some((saved_data, now_data)) if saved_data != now_data => bail!(
+                "--data {now_data}: {} was trained on {saved_data}, and this data sizes the network otherwise ({n} is {saved:?} in the checkpoint, {now:?} for --data {now_data}); leave --data out or give data of the checkpoint's input size and classes",
+                ctx("").trim_end_matches([':', ' ']),
+            ),
+            _ => bail!(
+                "{}",
+                ctx(&format!(
+                    "{n} has another shape: it was written for another network"
+                ))
+            ),
+        }
     }
     net.visit_params_mut(&mut |n, t| *t = lookup(&n).expect("checked above"));
     net.visit_buffers_mut(&mut |n, t| *t = lookup(&n).expect("checked above"));
     Ok(())
 }
 
+/// An element type of checkpoint arrays, named as NumPy names it.
+trait NpyType: ReadableElement {
+    const NAME: &'static str;
+}
+
+impl NpyType for f64 {
+    const NAME: &'static str = "float64 ('<f8')";
+}
+
+impl NpyType for u8 {
+    const NAME: &'static str = "uint8 ('|u1')";
+}
+
+/// NumPy's name of an array descriptor (`'<i8'`: int64), the descriptor beside it.
+fn dtype_name(descr: &str) -> String {
+    let d = descr.trim_matches('\'');
+    let name = match d.trim_start_matches(['<', '>', '|', '=']) {
+        "f8" => "float64",
+        "f4" => "float32",
+        "f2" => "float16",
+        "i8" => "int64",
+        "i4" => "int32",
+        "i2" => "int16",
+        "i1" => "int8",
+        "u8" => "uint64",
+        "u4" => "uint32",
+        "u2" => "uint16",
+        "u1" => "uint8",
+        "b1" => "bool",
+        _ => return format!("the type {descr}"),
+    };
+    format!("{name} ('{d}')")
+}
+
+/// Reads the array `name` of a checkpoint (`None` when it has none): one of another element
+/// type or number of dimensions, or one that cannot be read, is refused in one line naming it.
+/// Every array a checkpoint is read for goes through here.
+fn read_array<T: NpyType, D: Dimension>(
+    npz: &mut NpzReader<File>,
+    name: &str,
+    ctx: &dyn Fn(&str) -> String,
+) -> Result<Option<Array<T, D>>> {
+    let present = npz
+        .names()
+        .map_err(|e| anyhow!("{}", ctx(&format!("its list of arrays is damaged ({e})"))))?
+        .iter()
+        .any(|n| n == name);
+    if !present {
+        return Ok(None);
+    }
+    let why = match npz.by_name::<ndarray::OwnedRepr<T>, D>(name) {
+        Ok(a) => return Ok(Some(a)),
+        Err(ReadNpzError::Npy(ReadNpyError::WrongDescriptor(d))) => format!(
+            "holds {}, not {} as resprop writes it",
+            dtype_name(&d.to_string()),
+            T::NAME
+        ),
+        Err(ReadNpzError::Npy(ReadNpyError::WrongNdim(want, got))) => format!(
+            "has {got} dimension{}, not {}",
+            if got == 1 { "" } else { "s" },
+            want.map_or("another number".into(), |w| w.to_string())
+        ),
+        Err(ReadNpzError::Npy(e)) => format!("cannot be read ({e})"),
+        Err(ReadNpzError::Zip(e)) => format!("cannot be read from the archive ({e})"),
+    };
+    bail!("{}", ctx(&format!("array '{name}' {why}")))
+}
+
+/// [`read_array`] of an array the checkpoint must have.
+fn require_array<T: NpyType, D: Dimension>(
+    npz: &mut NpzReader<File>,
+    name: &str,
+    ctx: &dyn Fn(&str) -> String,
+) -> Result<Array<T, D>> {
+    read_array(npz, name, ctx)?.ok_or_else(|| anyhow!("{}", ctx(&format!("no array '{name}'"))))
+}
+
 /// The run configuration a checkpoint was written with.
 fn read_config(npz: &mut NpzReader<File>, ctx: &dyn Fn(&str) -> String) -> Result<RunConfig> {
-    let has_config = npz.names().is_ok_and(|names| {
-        names
-            .iter()
-            .any(|n| n == "config_json" || n == "config_json.npy")
-    });
-    let saved: Array1<u8> = npz.by_name("config_json").map_err(|_| {
+    let saved: Array1<u8> = read_array(npz, "config_json", ctx)?.ok_or_else(|| {
         anyhow!(
             "{}",
-            ctx(if has_config {
-                "its run configuration (config_json) is damaged"
-            } else {
-                "not a checkpoint: no run configuration (config_json; a profile's --npz or data's --npz is not a checkpoint, and a checkpoint of resprop before 0.1 had none)"
-            })
+            ctx("not a checkpoint: no run configuration (config_json; a profile's --npz or data's --npz is not a checkpoint, and a checkpoint of resprop before 0.1 had none)")
         )
     })?;
     serde_json::from_slice(saved.as_slice().unwrap_or(&[]))
@@ -476,8 +738,15 @@ pub fn read_run_config(path: &Path) -> Result<RunConfig> {
 
 /// Loads a checkpoint's trained weights (parameters and BN running statistics) into `net`,
 /// which must have been built with the checkpoint's architecture: a network of other settings
-/// is refused in one line naming each setting and both values.
-pub fn load_weights(path: &Path, net: &mut Network, now: &Architecture) -> Result<RunConfig> {
+/// is refused in one line naming each setting and both values. `data`: the `--data` the
+/// network was sized for, if given (a network whose shapes differ because that data's images
+/// or classes differ from the checkpoint's is refused naming both).
+pub fn load_weights(
+    path: &Path,
+    net: &mut Network,
+    now: &Architecture,
+    data: Option<&str>,
+) -> Result<RunConfig> {
     let mut npz = open_weights(path)?;
     let ctx = |what: &str| format!("checkpoint '{}': {what}", path.display());
     let config = read_config(&mut npz, &ctx)?;
@@ -489,6 +758,6 @@ pub fn load_weights(path: &Path, net: &mut Network, now: &Architecture) -> Resul
             changed.join("; ")
         );
     }
-    read_network_state(&mut npz, net, &ctx)?;
+    read_network_state(&mut npz, net, &ctx, data.map(|d| (config.data.as_str(), d)))?;
     Ok(config)
 }

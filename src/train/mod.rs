@@ -83,6 +83,71 @@ impl Schedule {
 /// Training error above which the warm-up continues.
 pub const WARMUP_ERROR: f64 = 0.8;
 
+/// The steps an epoch of `train_images` takes at `batch`: full batches only (the remainder of
+/// each shuffled epoch is left out).
+pub fn steps_per_epoch(train_images: usize, batch: usize) -> usize {
+    train_images / batch.max(1)
+}
+
+/// Whether the end of `epoch` (0-based) of `epochs` measures the training side of the
+/// generalisation gap: the first, third, fifth, ... and the last epoch.
+pub fn evaluates_train(epoch: usize, epochs: usize) -> bool {
+    epoch.is_multiple_of(2) || epoch + 1 == epochs
+}
+
+/// The largest `lr x weight decay` a run takes: a step shrinks the weights by that fraction of
+/// themselves (SGD's decay added to the gradient, momentum aside, and AdamW's decoupled
+/// decay alike), so at 1 or more it would flip their sign or grow them instead.
+pub const MAX_LR_TIMES_DECAY: f64 = 1.0;
+
+/// Refuses a weight decay that is negative, not finite, or whose product with the base rate
+/// `lr` reaches [`MAX_LR_TIMES_DECAY`]; the reason, for the caller to prefix with its flag.
+pub fn check_weight_decay(weight_decay: f64, lr: f64) -> Result<(), String> {
+    if !(weight_decay >= 0.0 && weight_decay.is_finite()) {
+        return Err(format!(
+            "a finite number, 0 or more, got {}",
+            fmt_huge(weight_decay)
+        ));
+    }
+    if lr * weight_decay >= MAX_LR_TIMES_DECAY {
+        return Err(format!(
+            "lr x weight decay must be below {MAX_LR_TIMES_DECAY} (a step shrinks the weights by that fraction of themselves), got {} x lr {lr} = {}",
+            fmt_huge(weight_decay),
+            fmt_huge(lr * weight_decay)
+        ));
+    }
+    Ok(())
+}
+
+/// Refuses a warm-up of more steps than the run has (`epochs` of `per_epoch` steps): the
+/// whole run would be warm-up. The reason, for the caller to prefix with its flag.
+pub fn check_warmup(
+    warmup: Warmup,
+    epochs: usize,
+    per_epoch: usize,
+    train_images: usize,
+    batch: usize,
+) -> Result<(), String> {
+    let total = epochs * per_epoch;
+    match warmup {
+        Warmup::Steps(n) | Warmup::Linear(n) if n > total => Err(format!(
+            "a warm-up of {n} steps is longer than the run: {epochs} epoch{} of {per_epoch} steps ({train_images} training images, batch {batch}) make {total}",
+            if epochs == 1 { "" } else { "s" }
+        )),
+        _ => Ok(()),
+    }
+}
+
+/// A number for a message: as computed, or in scientific notation when it is huge (a
+/// diverging loss, or 1e300, would print as hundreds of digits).
+pub fn fmt_huge(x: f64) -> String {
+    if x.is_finite() && x.abs() >= 1e6 {
+        format!("{x:.4e}")
+    } else {
+        x.to_string()
+    }
+}
+
 /// How long the first, reduced learning rate (a tenth of the base rate) lasts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
 #[serde(rename_all = "snake_case")]
@@ -332,7 +397,7 @@ pub fn train(
         );
     }
     let flat = net.input_shape.len() == 1;
-    let steps_per_epoch = data.train.len() / cfg.batch;
+    let steps_per_epoch = steps_per_epoch(data.train.len(), cfg.batch);
     let schedule = Schedule {
         base_lr: cfg.base_lr,
         total_steps: steps_per_epoch * cfg.epochs,
@@ -388,7 +453,7 @@ pub fn train(
                 history.diverged = Some(format!(
                     "training diverged at step {step} (epoch {}): loss {}, first non-finite dE/dx_l at unit {}",
                     epoch + 1,
-                    cache.loss,
+                    fmt_huge(cache.loss),
                     first.map_or("none (the forward pass overflowed)".into(), |l| l.to_string())
                 ));
                 return Ok(history);
@@ -411,7 +476,7 @@ pub fn train(
             optimizer.step(net, &grads, lr);
             let last = b + 1 == steps_per_epoch;
             // The training-side numbers of the gap at every other epoch's end and at the last.
-            let eval_train = epoch % 2 == 0 || epoch + 1 == cfg.epochs;
+            let eval_train = evaluates_train(epoch, cfg.epochs);
             let (test, train_eval) = if last {
                 (
                     Some(crate::analysis::evaluate::evaluate(net, data, flat)?),
@@ -517,6 +582,20 @@ mod tests {
             .param("classifier.w")
             .unwrap()
         );
+    }
+
+    #[test]
+    fn huge_numbers_print_in_scientific_notation() {
+        assert_eq!(fmt_huge(6.724760987872359e150), "6.7248e150");
+        assert_eq!(fmt_huge(-2e7), "-2.0000e7");
+        assert_eq!(fmt_huge(2.5), "2.5");
+        assert_eq!(fmt_huge(f64::NAN), "NaN");
+        assert_eq!(fmt_huge(f64::INFINITY), "inf");
+        assert!(check_weight_decay(1e-4, 0.1).is_ok());
+        assert!(check_weight_decay(10.0, 0.1).is_err());
+        assert!(check_warmup(Warmup::Steps(66), 3, 22, 1437, 64).is_ok());
+        assert!(check_warmup(Warmup::Linear(67), 3, 22, 1437, 64).is_err());
+        assert!(check_warmup(Warmup::UntilError, 3, 22, 1437, 64).is_ok());
     }
 
     #[test]

@@ -250,18 +250,19 @@ impl Optimizer {
         }
     }
 
-    /// Restores what [`Optimizer::state`] wrote (`get` looks an entry up by its name), for a
-    /// network whose parameters are `params` (name, shape): every parameter's state must be
-    /// there, an array of f64 of the parameter's shape, or resuming would not continue the run.
+    /// Restores what [`Optimizer::state`] wrote (`get` looks an entry up by its name: `None`
+    /// when there is none, an error when it cannot be read as f64), for a network whose
+    /// parameters are `params` (name, shape): every parameter's state must be there, an array
+    /// of f64 of the parameter's shape, or resuming would not continue the run.
     pub fn restore(
         &mut self,
         params: &[(String, Vec<usize>)],
-        mut get: impl FnMut(&str) -> Option<Tensor>,
+        mut get: impl FnMut(&str) -> Result<Option<Tensor>, String>,
     ) -> Result<(), String> {
         let mut load = |prefix: &str, map: &mut BTreeMap<String, Tensor>| {
             for (param, shape) in params {
                 let name = format!("{prefix}{param}");
-                let t = get(&name).ok_or_else(|| {
+                let t = get(&name)?.ok_or_else(|| {
                     format!("no array '{name}' of f64 (the optimizer's state of {param})")
                 })?;
                 if t.shape() != shape.as_slice() {
@@ -280,7 +281,7 @@ impl Optimizer {
             Optimizer::Adam(o) => {
                 load("adam_m/", &mut o.m)?;
                 load("adam_v/", &mut o.v)?;
-                let t = get("adam_t").ok_or("no array 'adam_t' of f64 (Adam's step count)")?;
+                let t = get("adam_t")?.ok_or("no array 'adam_t' of f64 (Adam's step count)")?;
                 match t.as_slice() {
                     Some(&[t]) if t >= 0.0 && t.fract() == 0.0 && t < 2f64.powi(53) => {
                         o.t = t as u64;

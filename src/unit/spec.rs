@@ -303,12 +303,22 @@ impl ShortcutKind {
         )
     }
 
-    /// A shortcut that only makes sense with one placement: one line saying so, or `Ok`.
-    pub fn check_placement(self, placement: Placement) -> Result<(), String> {
+    /// A shortcut that only makes sense with one placement or with a normalisation: one line
+    /// saying so, or `Ok`. The one place such combinations are refused (the network builders
+    /// and experiment files call it).
+    pub fn check_combination(
+        self,
+        placement: Placement,
+        norm: crate::layers::NormKind,
+    ) -> Result<(), String> {
         match self {
             ShortcutKind::DeepNorm { .. } if placement != Placement::PostNorm => Err(format!(
-                "shortcut 'deepnorm' needs --placement post-norm (it is x_{{l+1}} = N(a x_l + F(x_l))), got '{placement}'"
+                "--shortcut deepnorm needs --placement post-norm (it is x_{{l+1}} = N(a x_l + F(x_l))), got '{placement}'"
             )),
+            ShortcutKind::DeepNorm { .. } if norm == crate::layers::NormKind::None => Err(
+                "--shortcut deepnorm needs a normalisation, got --norm none: DeepNorm's a and b are derived for Post-LN, x_{l+1} = N(a x_l + F(x_l)), and without N the signal grows by a = (2L)^(1/4) per unit; use --norm layer (or batch)"
+                    .into(),
+            ),
             _ => Ok(()),
         }
     }

@@ -733,3 +733,482 @@ fn errors_name_the_argument_and_what_is_expected() {
     );
     refused(&["train", "--checkpoint", "/etc/passwd"], "--checkpoint");
 }
+
+/// `refused` for an owned command line.
+fn refused_owned(args: &[String], needle: &str) {
+    refused(&args.iter().map(String::as_str).collect::<Vec<_>>(), needle);
+}
+
+#[test]
+fn a_checkpoint_folder_is_never_overwritten_or_shared_by_two_runs() {
+    let dir = tempfile::tempdir().unwrap();
+    let ck = tiny_checkpoint(dir.path());
+    let file = ck.join("checkpoint.npz");
+    let before = std::fs::read(&file).unwrap();
+    // A second run into the folder without --resume would replace another run's checkpoint.
+    refused_owned(
+        &tiny_train(&["--checkpoint", &s(&ck), "--seed", "3"]),
+        "already holds a checkpoint (mlp with 2 units of width 4, 2 of 2 epochs done, seed 0, on digits)",
+    );
+    refused_owned(&tiny_train(&["--checkpoint", &s(&ck)]), "--resume");
+    assert_eq!(
+        std::fs::read(&file).unwrap(),
+        before,
+        "the checkpoint is kept"
+    );
+    // A run in progress holds the folder's lock: a second run, fresh or resumed, is refused.
+    let lock = std::fs::File::open(ck.join("checkpoint.lock")).unwrap();
+    lock.lock().unwrap();
+    refused_owned(
+        &tiny_train(&["--checkpoint", &s(&ck), "--resume"]),
+        "is in use by another training run",
+    );
+    let other = dir.path().join("other");
+    std::fs::create_dir(&other).unwrap();
+    std::fs::write(other.join("checkpoint.lock"), b"").unwrap();
+    let held = std::fs::File::open(other.join("checkpoint.lock")).unwrap();
+    held.lock().unwrap();
+    refused_owned(
+        &tiny_train(&["--checkpoint", &s(&other)]),
+        "is in use by another training run",
+    );
+    assert!(!other.join("checkpoint.npz").exists());
+    drop((lock, held));
+    // Released, the folder takes a resume again, and the lock file is all it adds.
+    ok(&resprop(
+        &tiny_train(&["--checkpoint", &s(&ck), "--resume"])
+            .iter()
+            .map(String::as_str)
+            .collect::<Vec<_>>(),
+    ));
+    let mut names: Vec<String> = std::fs::read_dir(&ck)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    assert_eq!(names, ["checkpoint.lock", "checkpoint.npz"]);
+}
+
+#[test]
+fn a_step_table_cut_repeated_or_reordered_is_refused_naming_the_array() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    // One of two epochs: 22 steps, a gradient record every 5 (steps 0, 5, ..., 20).
+    let args = |ck: &Path, extra: &[&str]| {
+        let mut v: Vec<String> = [
+            "train",
+            "--net",
+            "mlp",
+            "--units",
+            "2",
+            "--width",
+            "4",
+            "--epochs",
+            "2",
+            "--record-every",
+            "5",
+            "--checkpoint",
+        ]
+        .map(String::from)
+        .to_vec();
+        v.push(s(ck));
+        v.extend(extra.iter().map(|a| a.to_string()));
+        v
+    };
+    let ck = d.join("ck");
+    ok(&resprop(
+        &args(&ck, &["--stop-after-epochs", "1"])
+            .iter()
+            .map(String::as_str)
+            .collect::<Vec<_>>(),
+    ));
+    let good = ck.join("checkpoint.npz");
+    type Edit = fn(&str, ndarray::ArrayD<f64>) -> Option<ndarray::ArrayD<f64>>;
+    let edits: Vec<(&str, Edit, &str)> = vec![
+        (
+            "cut",
+            |k, a| {
+                Some(if k == "steps" {
+                    a.slice(ndarray::s![..10, ..]).to_owned().into_dyn()
+                } else {
+                    a
+                })
+            },
+            "array 'steps' has 10 rows, not 22",
+        ),
+        (
+            "doubled",
+            |k, a| {
+                Some(if k == "steps" {
+                    ndarray::concatenate(ndarray::Axis(0), &[a.view(), a.view()]).unwrap()
+                } else {
+                    a
+                })
+            },
+            "array 'steps' has 44 rows, not 22",
+        ),
+        (
+            "reversed",
+            |k, a| {
+                Some(if k == "steps" {
+                    a.slice(ndarray::s![..;-1, ..]).to_owned().into_dyn()
+                } else {
+                    a
+                })
+            },
+            "array 'steps' has step 21 in row 0",
+        ),
+        (
+            "test numbers moved",
+            |k, mut a| {
+                if k == "steps" {
+                    for c in 5..9 {
+                        a[[20, c]] = a[[21, c]];
+                        a[[21, c]] = f64::NAN;
+                    }
+                }
+                Some(a)
+            },
+            "array 'steps' has test numbers at step 20",
+        ),
+        (
+            "gradients reversed",
+            |k, a| {
+                Some(if k == "grads" {
+                    a.slice(ndarray::s![..;-1, ..]).to_owned().into_dyn()
+                } else {
+                    a
+                })
+            },
+            "array 'grads' has step 20, unit 2 in row 0",
+        ),
+    ];
+    for (what, edit, needle) in edits {
+        let bad = d.join(what.replace(' ', "-"));
+        std::fs::create_dir(&bad).unwrap();
+        rewrite_npz(&good, &bad.join("checkpoint.npz"), edit);
+        refused_owned(&args(&bad, &["--resume"]), needle);
+        refused_owned(&args(&bad, &["--resume"]), &s(&bad.join("checkpoint.npz")));
+    }
+}
+
+#[test]
+fn a_checkpoint_array_of_another_type_is_refused_naming_both_types() {
+    use ndarray_npy::{NpzReader, NpzWriter};
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let ck = tiny_checkpoint(d);
+    // Each case rewrites one array in another element type, as NumPy would save it.
+    for (key, needle) in [
+        (
+            "epochs_done",
+            "array 'epochs_done' holds int64 ('<i8'), not float64 ('<f8')",
+        ),
+        (
+            "velocity/stem.w",
+            "array 'velocity/stem.w' holds float32 ('<f4'), not float64 ('<f8')",
+        ),
+        (
+            "config_json",
+            "array 'config_json' holds int64 ('<i8'), not uint8 ('|u1')",
+        ),
+        (
+            "param/stem.w",
+            "array 'param/stem.w' holds float32 ('<f4'), not float64 ('<f8')",
+        ),
+    ] {
+        let bad = d.join(key.replace('/', "-"));
+        std::fs::create_dir(&bad).unwrap();
+        let mut r =
+            NpzReader::new(std::fs::File::open(ck.join("checkpoint.npz")).unwrap()).unwrap();
+        let mut w = NpzWriter::new(std::fs::File::create(bad.join("checkpoint.npz")).unwrap());
+        for name in r.names().unwrap() {
+            if name.ends_with("_json") {
+                let a: ndarray::ArrayD<u8> = r.by_name(&name).unwrap();
+                if name == key {
+                    w.add_array(name, &a.mapv(i64::from)).unwrap();
+                } else {
+                    w.add_array(name, &a).unwrap();
+                }
+            } else {
+                let a: ndarray::ArrayD<f64> = r.by_name(&name).unwrap();
+                match key {
+                    "epochs_done" if name == key => w.add_array(name, &a.mapv(|x| x as i64)),
+                    _ if name == key => w.add_array(name, &a.mapv(|x| x as f32)),
+                    _ => w.add_array(name, &a),
+                }
+                .unwrap();
+            }
+        }
+        w.finish().unwrap();
+        refused_owned(&tiny_train(&["--checkpoint", &s(&bad), "--resume"]), needle);
+        if key.starts_with("param") || key == "config_json" {
+            refused(
+                &["profile", "--weights", &s(&bad.join("checkpoint.npz"))],
+                needle,
+            );
+        }
+    }
+}
+
+#[test]
+fn a_resume_whose_stop_is_already_past_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    // Two of two epochs done: stopping after the first cannot happen, nor after the second.
+    let ck = tiny_checkpoint(d);
+    for stop in ["1", "2"] {
+        refused_owned(
+            &tiny_train(&[
+                "--checkpoint",
+                &s(&ck),
+                "--resume",
+                "--stop-after-epochs",
+                stop,
+            ]),
+            &format!(
+                "--stop-after-epochs {stop}: the checkpoint in '{}' has 2 epochs done already",
+                s(&ck)
+            ),
+        );
+    }
+    // One of three done: stopping after the second is a stop to come.
+    let ck3 = d.join("ck3");
+    let three = |extra: &[&str]| {
+        let mut v = vec![
+            "train",
+            "--net",
+            "mlp",
+            "--units",
+            "2",
+            "--width",
+            "4",
+            "--epochs",
+            "3",
+            "--record-every",
+            "0",
+            "--checkpoint",
+        ]
+        .into_iter()
+        .map(String::from)
+        .collect::<Vec<_>>();
+        v.push(s(&ck3));
+        v.extend(extra.iter().map(|a| a.to_string()));
+        v
+    };
+    let run = |v: Vec<String>| resprop(&v.iter().map(String::as_str).collect::<Vec<_>>());
+    ok(&run(three(&["--stop-after-epochs", "1"])));
+    refused_owned(
+        &three(&["--resume", "--stop-after-epochs", "1"]),
+        "give a number in 2..=3",
+    );
+    ok(&run(three(&["--resume", "--stop-after-epochs", "2"])));
+}
+
+#[test]
+fn weights_given_other_data_name_the_checkpoints_data_and_the_given() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let ck = tiny_checkpoint(d).join("checkpoint.npz");
+    // A CIFAR-10 folder of a few images: 3 x 32 x 32 inputs, where the checkpoint took 64.
+    let cifar = d.join("cifar");
+    std::fs::create_dir(&cifar).unwrap();
+    let images = |n: usize| -> Vec<u8> {
+        (0..n)
+            .flat_map(|i| {
+                std::iter::once((i % 10) as u8)
+                    .chain((0..3072).map(move |j| ((i * 7 + j) % 256) as u8))
+            })
+            .collect()
+    };
+    std::fs::write(cifar.join("data_batch_1.bin"), images(8)).unwrap();
+    std::fs::write(cifar.join("test_batch.bin"), images(4)).unwrap();
+    let data = format!("cifar10:{}", s(&cifar));
+    let needle = format!(
+        "--data {data}: checkpoint '{}' was trained on digits, and this data sizes the network otherwise (parameter 'stem.w' is [64, 4] in the checkpoint, [3072, 4] for --data {data})",
+        s(&ck)
+    );
+    refused(&["lesion", "--weights", &s(&ck), "--data", &data], &needle);
+    refused(
+        &[
+            "profile",
+            "--weights",
+            &s(&ck),
+            "--data",
+            &data,
+            "--batch",
+            "4",
+        ],
+        &needle,
+    );
+    // The checkpoint's own data is fine.
+    ok(&resprop(&[
+        "lesion",
+        "--weights",
+        &s(&ck),
+        "--data",
+        "digits",
+        "--draws",
+        "1",
+    ]));
+}
+
+#[test]
+fn weight_decay_is_bounded_by_the_learning_rate() {
+    let tiny = |extra: &[&str]| tiny_train(extra);
+    for wd in ["1e300", "1e10", "10"] {
+        refused_owned(
+            &tiny(&["--weight-decay", wd]),
+            "--weight-decay: lr x weight decay must be below 1",
+        );
+    }
+    // Printed in scientific notation, not as 301 digits.
+    refused_owned(
+        &tiny(&["--weight-decay", "1e300"]),
+        "got 1.0000e300 x lr 0.1 = 1.0000e299",
+    );
+    // The bound is on the product: a smaller rate takes a larger decay.
+    ok(&resprop(
+        &tiny(&["--weight-decay", "5", "--lr", "0.1"])
+            .iter()
+            .map(String::as_str)
+            .collect::<Vec<_>>(),
+    ));
+    refused_owned(
+        &tiny(&[
+            "--optimizer",
+            "adam",
+            "--lr",
+            "1e-3",
+            "--weight-decay",
+            "1000",
+        ]),
+        "--weight-decay",
+    );
+    // Experiment files share the bound.
+    let dir = tempfile::tempdir().unwrap();
+    let spec = dir.path().join("t.toml");
+    std::fs::write(
+        &spec,
+        TRAIN_SPEC.replace("[train]", "[train]\nweight_decay = 20.0"),
+    )
+    .unwrap();
+    refused(
+        &["run", &s(&spec), "--out", &s(&dir.path().join("r"))],
+        "train.weight_decay: lr x weight decay must be below 1",
+    );
+}
+
+#[test]
+fn a_warmup_longer_than_the_run_is_refused_naming_both_lengths() {
+    // Two epochs of 22 steps: 44 in all.
+    for extra in [
+        &["--warmup-steps", "1000000"][..],
+        &["--warmup-steps", "45"][..],
+        &[
+            "--optimizer",
+            "adam",
+            "--lr",
+            "1e-3",
+            "--warmup-steps",
+            "1000",
+        ][..],
+    ] {
+        let n = extra.last().unwrap();
+        refused_owned(
+            &tiny_train(extra),
+            &format!("--warmup-steps: a warm-up of {n} steps is longer than the run: 2 epochs of 22 steps (1437 training images, batch 64) make 44"),
+        );
+    }
+    ok(&resprop(
+        &tiny_train(&["--warmup-steps", "44"])
+            .iter()
+            .map(String::as_str)
+            .collect::<Vec<_>>(),
+    ));
+    // An experiment's warm-ups, once its data is known.
+    let dir = tempfile::tempdir().unwrap();
+    let spec = dir.path().join("t.toml");
+    std::fs::write(
+        &spec,
+        TRAIN_SPEC.replace(
+            "shortcuts = [\"identity\"]",
+            "shortcuts = [\"identity\"]\nwarmups = [0, 1000]",
+        ),
+    )
+    .unwrap();
+    refused(
+        &["run", &s(&spec), "--out", &s(&dir.path().join("r"))],
+        "a warm-up of 1000 steps is longer than the run: 2 epochs of 22 steps",
+    );
+    // Refused before any cell ran.
+    let cells = dir.path().join("r/cells");
+    assert!(!cells.exists() || std::fs::read_dir(&cells).unwrap().next().is_none());
+}
+
+#[test]
+fn deepnorm_without_a_norm_is_refused_naming_both_flags() {
+    let needle = "--shortcut deepnorm needs a normalisation, got --norm none";
+    let flags = [
+        "--placement",
+        "post-norm",
+        "--shortcut",
+        "deepnorm",
+        "--norm",
+        "none",
+    ];
+    refused_owned(&tiny_train(&flags), needle);
+    refused(&with_tiny("profile", &flags), needle);
+    let dir = tempfile::tempdir().unwrap();
+    let spec = dir.path().join("t.toml");
+    std::fs::write(
+        &spec,
+        TRAIN_SPEC
+            .replace(
+                "placements = [\"original\", \"full-preact\"]",
+                "placements = [\"post-norm\"]",
+            )
+            .replace(
+                "shortcuts = [\"identity\"]",
+                "shortcuts = [\"identity\", \"deepnorm\"]\nnorms = [\"layer\", \"none\"]",
+            ),
+    )
+    .unwrap();
+    refused(
+        &["run", &s(&spec), "--out", &s(&dir.path().join("r"))],
+        &format!("grid.shortcuts: {needle}"),
+    );
+    // With a norm it runs.
+    ok(&resprop(&with_tiny(
+        "profile",
+        &[
+            "--placement",
+            "post-norm",
+            "--shortcut",
+            "deepnorm",
+            "--norm",
+            "layer",
+        ],
+    )));
+}
+
+/// A training experiment of two 2-epoch cells on the digits (the warm-up and decay tests
+/// change it).
+const TRAIN_SPEC: &str = r#"
+name = "hostiletrain"
+claim = "A tiny training grid."
+seed = 5
+task = "train"
+charts = ["train_curves"]
+[net]
+units = 2
+width = 4
+[train]
+epochs = 2
+batch = 64
+record_every = 5
+[grid]
+nets = ["mlp"]
+placements = ["original", "full-preact"]
+shortcuts = ["identity"]
+"#;
