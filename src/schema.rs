@@ -299,6 +299,132 @@ pub fn to_csv<R: Row>(rows: &[R], extra: &[(Column, String)]) -> Result<Vec<u8>>
     w.into_inner().map_err(|e| anyhow::anyhow!("csv: {e}"))
 }
 
+// ---------------------------------------------------------------------------------------
+// The tables of an experiment's results, by kind: each task writes some of them, each chart
+// is drawn from one.
+
+/// What each profile cell of an experiment records.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Measure {
+    /// The per-unit gradient record.
+    Profile,
+    /// The record plus the per-unit errors of the formula checks (O(L^2) VJPs per cell).
+    Verification,
+}
+
+/// One of the tables a task writes.
+#[derive(Debug, Clone, Copy)]
+pub struct TableKind {
+    /// File name stem: `<out>/<experiment>/<name>.csv`, `<out>/cells/<fp>.<name>.csv`.
+    pub name: &'static str,
+    /// The table's own columns (after the keys) when the cells measure this.
+    columns: fn(Measure) -> Vec<Column>,
+}
+
+impl TableKind {
+    pub fn columns(&self, measure: Measure) -> Vec<Column> {
+        (self.columns)(measure)
+    }
+
+    /// The columns every file of this table holds, whatever the spec: the keys and the
+    /// table's own (a profile's verification columns only with `measure = "verification"`).
+    pub fn required_columns(&self) -> Vec<Column> {
+        let mut c = KEYS.columns.to_vec();
+        c.extend((self.columns)(Measure::Profile));
+        c
+    }
+}
+
+fn profile_columns(measure: Measure) -> Vec<Column> {
+    let mut h = PROFILE.columns.to_vec();
+    if measure == Measure::Verification {
+        h.extend(VERIFICATION.columns);
+    }
+    h
+}
+
+impl TableKind {
+    pub const PROFILE: TableKind = TableKind {
+        name: "profile",
+        columns: profile_columns,
+    };
+    pub const TRAIN: TableKind = TableKind {
+        name: "train",
+        columns: |_| STEPS.columns.to_vec(),
+    };
+    pub const GRADS: TableKind = TableKind {
+        name: "grads",
+        columns: |_| GRADS.columns.to_vec(),
+    };
+    pub const WEIGHT_GRADS: TableKind = TableKind {
+        name: "weight_grads",
+        columns: |_| WEIGHT_GRADS.columns.to_vec(),
+    };
+    pub const PATHS: TableKind = TableKind {
+        name: "paths",
+        // `when` (init, trained), then the columns of `resprop paths --csv`.
+        columns: |_| {
+            let mut c = vec![col::WHEN];
+            c.extend(PATHS_TABLE.columns);
+            c
+        },
+    };
+    pub const LESION: TableKind = TableKind {
+        name: "lesion",
+        columns: |_| LESIONS.columns.to_vec(),
+    };
+    pub const SHATTER: TableKind = TableKind {
+        name: "shatter",
+        columns: |_| SHATTER.columns.to_vec(),
+    };
+    pub const SIGNAL: TableKind = TableKind {
+        name: "signal",
+        columns: |_| SIGNAL.columns.to_vec(),
+    };
+}
+
+/// Two kinds are one table when they name one file.
+impl PartialEq for TableKind {
+    fn eq(&self, other: &TableKind) -> bool {
+        self.name == other.name
+    }
+}
+
+impl Eq for TableKind {}
+
+impl TableKind {
+    /// Every table an experiment can write.
+    pub const ALL: [TableKind; 8] = [
+        TableKind::PROFILE,
+        TableKind::WEIGHT_GRADS,
+        TableKind::TRAIN,
+        TableKind::GRADS,
+        TableKind::SIGNAL,
+        TableKind::PATHS,
+        TableKind::LESION,
+        TableKind::SHATTER,
+    ];
+}
+
+/// An experiment's name names its output folder and its charts' files: letters, digits, '-'
+/// and '_' only (no path), and not `cells`, the folder of the stored cells.
+pub fn check_name(name: &str) -> Result<(), String> {
+    if name.is_empty()
+        || !name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+    {
+        return Err(format!(
+            "'{name}' must be non-empty letters, digits, '-' or '_' (it names the output folder and the charts)"
+        ));
+    }
+    if name == "cells" {
+        return Err("'cells' names the folder of the stored cells; choose another name".into());
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -272,8 +272,7 @@ pub fn all(args: &AllArgs) -> Result<ExitCode> {
             charts,
             seconds: Some(seconds),
             computed,
-            training: matches!(spec.task, crate::experiment::Task::Train(_)),
-            task: spec.task.name().to_string(),
+            section: spec.task.report_section(),
             paper: spec.paper.clone(),
             signal: if spec.charts.contains(&ChartKind::WeightInputs) {
                 Some(Table::read(&csv.with_file_name("signal.csv"))?)

@@ -30,7 +30,7 @@ use crate::interrupt::Interrupt;
 use crate::net::{build_net_with, NetSizes};
 use crate::output::{write_atomic, write_own_file};
 use crate::rng::derive_seed;
-use crate::schema::{self, Column, Row};
+use crate::schema::{self, Row, TableKind};
 use crate::train::{sizes_for, train, Resume, TrainConfig};
 use crate::unit::ForwardCtx;
 
@@ -38,106 +38,17 @@ use crate::unit::ForwardCtx;
 /// `build.rs`; the charts and the command line are left out, they only present numbers).
 pub const ENGINE: &str = concat!(env!("CARGO_PKG_VERSION"), "+", env!("RESPROP_ENGINE_HASH"));
 
-/// One of the tables a task writes.
-#[derive(Debug, Clone, Copy)]
-pub struct TableKind {
-    /// File name stem: `<out>/<experiment>/<name>.csv`, `<out>/cells/<fp>.<name>.csv`.
-    pub name: &'static str,
-    /// The table's own columns (after the keys) when the cells measure this.
-    columns: fn(Measure) -> Vec<Column>,
-}
-
-impl TableKind {
-    pub fn columns(&self, spec: &Spec) -> Vec<Column> {
-        (self.columns)(spec.measure)
-    }
-
-    /// The table kind whose file stem is `name`.
-    pub fn named(name: &str) -> Option<TableKind> {
-        ALL_TABLES.iter().find(|t| t.name == name).copied()
-    }
-
-    /// The columns every file of this table holds, whatever the spec: the keys and the
-    /// table's own (a profile's verification columns only with `measure = "verification"`).
-    pub fn required_columns(&self) -> Vec<Column> {
-        let mut c = schema::KEYS.columns.to_vec();
-        c.extend((self.columns)(Measure::Profile));
-        c
-    }
-}
-
-fn profile_columns(measure: Measure) -> Vec<Column> {
-    let mut h = schema::PROFILE.columns.to_vec();
-    if measure == Measure::Verification {
-        h.extend(schema::VERIFICATION.columns);
-    }
-    h
-}
-
-pub const PROFILE_TABLE: TableKind = TableKind {
-    name: "profile",
-    columns: profile_columns,
-};
-pub const TRAIN_TABLE: TableKind = TableKind {
-    name: "train",
-    columns: |_| schema::STEPS.columns.to_vec(),
-};
-pub const GRADS_TABLE: TableKind = TableKind {
-    name: "grads",
-    columns: |_| schema::GRADS.columns.to_vec(),
-};
-pub const WEIGHT_GRADS_TABLE: TableKind = TableKind {
-    name: "weight_grads",
-    columns: |_| schema::WEIGHT_GRADS.columns.to_vec(),
-};
-pub const PATHS_TABLE: TableKind = TableKind {
-    name: "paths",
-    // `when` (init, trained), then the columns of `resprop paths --csv`.
-    columns: |_| {
-        let mut c = vec![schema::col::WHEN];
-        c.extend(schema::PATHS_TABLE.columns);
-        c
-    },
-};
-pub const LESION_TABLE: TableKind = TableKind {
-    name: "lesion",
-    columns: |_| schema::LESIONS.columns.to_vec(),
-};
-pub const SHATTER_TABLE: TableKind = TableKind {
-    name: "shatter",
-    columns: |_| schema::SHATTER.columns.to_vec(),
-};
-pub const SIGNAL_TABLE: TableKind = TableKind {
-    name: "signal",
-    columns: |_| schema::SIGNAL.columns.to_vec(),
-};
-
 /// The tables a spec's cells produce; the first is the main one, written last (its presence
 /// marks a cell complete). The weight-input statistics of a training run cost two forward
 /// passes: always recorded.
 pub fn tables(spec: &Spec) -> Vec<TableKind> {
-    spec.task
-        .tables(spec.weight_grads)
-        .into_iter()
-        .map(|name| TableKind::named(name).expect("every task's table has a kind"))
-        .collect()
+    spec.task.tables(spec.weight_grads)
 }
-
-const ALL_TABLES: [TableKind; 8] = [
-    PROFILE_TABLE,
-    WEIGHT_GRADS_TABLE,
-    TRAIN_TABLE,
-    GRADS_TABLE,
-    SIGNAL_TABLE,
-    PATHS_TABLE,
-    LESION_TABLE,
-    SHATTER_TABLE,
-];
 
 /// The header of a table of this spec: the keys, then its columns.
 pub fn header(spec: &Spec, table: TableKind) -> Vec<&'static str> {
     let mut h = schema::KEYS.names();
-    h.extend(table.columns(spec).iter().map(|c| c.name()));
+    h.extend(table.columns(spec.measure).iter().map(|c| c.name()));
     h
 }
 
@@ -899,7 +810,10 @@ pub fn compute_cells(spec: &Spec, out: &Path, how: &HowToRun, stop: &Interrupt) 
                         super::analyses::run_lesion_cell(spec, cell, train, *draws, d, stop)?
                     }
                     (Task::Shatter, _) => super::analyses::run_shatter_cell(spec, cell)?,
-                    _ => run_cell(spec, cell)?,
+                    (Task::Profile, _) => run_cell(spec, cell)?,
+                    (Task::Train(_) | Task::Lesion { .. }, None) => {
+                        anyhow::bail!("{}: a training task without its data", spec.name)
+                    }
                 })
             })?;
             sc.store(&store, &kinds, &result.tables)?;

@@ -30,6 +30,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::layers::Mode;
 use crate::net::{NetChoice, NetSizes};
+pub use crate::plot::kinds::{ChartKind, PaperValues};
+use crate::schema::TableKind;
+pub use crate::schema::{check_name, Measure};
 use crate::unit::{Placement, Projection, ShortcutKind};
 
 #[derive(Debug, Deserialize)]
@@ -194,16 +197,6 @@ fn default_replicates() -> Vec<u64> {
     vec![0]
 }
 
-/// What each cell records.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Measure {
-    /// The per-unit gradient record.
-    Profile,
-    /// The record plus the per-unit errors of the formula checks (O(L^2) VJPs per cell).
-    Verification,
-}
-
 /// What each cell does.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 #[serde(tag = "task", rename_all = "lowercase")]
@@ -248,14 +241,26 @@ impl Task {
     }
 
     /// The tables its cells write, the main one first.
-    pub fn tables(&self, weight_grads: bool) -> Vec<&'static str> {
+    /// The report's section for this task's results.
+    pub fn report_section(&self) -> crate::plot::report::Section {
+        use crate::plot::report::Section;
         match self {
-            Task::Profile if weight_grads => vec!["profile", "weight_grads"],
-            Task::Profile => vec!["profile"],
-            Task::Train(_) => vec!["train", "grads", "signal"],
-            Task::Paths { .. } => vec!["paths"],
-            Task::Lesion { .. } => vec!["lesion"],
-            Task::Shatter => vec!["shatter"],
+            Task::Profile => Section::Profile,
+            Task::Train(_) => Section::Training,
+            Task::Paths { .. } => Section::Paths,
+            Task::Lesion { .. } => Section::Lesion,
+            Task::Shatter => Section::Shatter,
+        }
+    }
+
+    pub fn tables(&self, weight_grads: bool) -> Vec<TableKind> {
+        match self {
+            Task::Profile if weight_grads => vec![TableKind::PROFILE, TableKind::WEIGHT_GRADS],
+            Task::Profile => vec![TableKind::PROFILE],
+            Task::Train(_) => vec![TableKind::TRAIN, TableKind::GRADS, TableKind::SIGNAL],
+            Task::Paths { .. } => vec![TableKind::PATHS],
+            Task::Lesion { .. } => vec![TableKind::LESION],
+            Task::Shatter => vec![TableKind::SHATTER],
         }
     }
 }
@@ -287,112 +292,6 @@ fn is_default_decay(w: &f64) -> bool {
 
 fn is_decoupled(m: &crate::train::WeightDecayMode) -> bool {
     *m == crate::train::WeightDecayMode::Decoupled
-}
-
-/// The paper's numbers for comparison.
-#[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct PaperValues {
-    pub source: String,
-    pub values: Vec<(String, f64)>,
-}
-
-/// Chart kinds an experiment can ask for.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum ChartKind {
-    /// ||dE/dx_l|| / ||dE/dx_L|| against l, one line per variant.
-    GradRatio,
-    /// Direct part and rest against l, one panel per variant.
-    DirectRest,
-    /// Measured direct ratio with prod(lambda) dashed over it.
-    LambdaSweep,
-    /// ||x_l|| against l.
-    Forward,
-    /// Per-sample gradient ratios: min / median / max band per unit.
-    SampleBands,
-    /// Per-unit verification errors with the tolerances.
-    Verification,
-    /// Training loss (log) and test error against the step, one line per variant.
-    TrainCurves,
-    /// log10 ||dE/dx_l|| over (step, unit), one panel per variant.
-    GradHeatmap,
-    /// Gradient ratio against the unit at the first, middle and last recorded steps.
-    GradRatioSteps,
-    /// Test minus training loss and error over training, per variant.
-    Generalisation,
-    /// Variance of every weight layer's input against the unit, at the start and the end.
-    WeightInputs,
-    /// Forward signal propagation: the channel variance of x_l and of the branch term against
-    /// the unit, with the predictions that apply dashed over them.
-    Signal,
-    /// ||dE/dW||_F of each weight layer against the unit, one panel per variant (Xiong et al.
-    /// 2020, Fig. 3).
-    WeightGrads,
-    /// The last unit's last branch weight's gradient norm against the depth L, log-log, with
-    /// the fitted slope per variant and Xiong et al.'s Theorem 1 dashed.
-    LastWeightGrad,
-    /// E||x_l||^2 / d against the unit, with Xiong et al.'s Lemma 2 bounds for Pre-LN.
-    SquaredNorm,
-    /// The input's gradient by path length: exact ||G_k(0)|| and Veit's sampled estimate
-    /// against k, and the cumulative share.
-    PathLengths,
-    /// Test error with each single unit deleted, against the unit.
-    LesionUnits,
-    /// Test error with k random units deleted, against k (mean and range over the draws).
-    LesionCount,
-    /// Autocorrelation of the input gradient over the sweep, per family and depth, with white
-    /// and brown noise.
-    Shatter,
-}
-
-impl ChartKind {
-    pub const ALL: [(&'static str, ChartKind); 19] = [
-        ("grad_ratio", ChartKind::GradRatio),
-        ("direct_rest", ChartKind::DirectRest),
-        ("lambda_sweep", ChartKind::LambdaSweep),
-        ("forward", ChartKind::Forward),
-        ("sample_bands", ChartKind::SampleBands),
-        ("verification", ChartKind::Verification),
-        ("train_curves", ChartKind::TrainCurves),
-        ("grad_heatmap", ChartKind::GradHeatmap),
-        ("grad_ratio_steps", ChartKind::GradRatioSteps),
-        ("generalisation", ChartKind::Generalisation),
-        ("weight_inputs", ChartKind::WeightInputs),
-        ("signal", ChartKind::Signal),
-        ("weight_grads", ChartKind::WeightGrads),
-        ("last_weight_grad", ChartKind::LastWeightGrad),
-        ("squared_norm", ChartKind::SquaredNorm),
-        ("path_lengths", ChartKind::PathLengths),
-        ("lesion_units", ChartKind::LesionUnits),
-        ("lesion_count", ChartKind::LesionCount),
-        ("shatter", ChartKind::Shatter),
-    ];
-
-    /// The table (`<name>.csv` of the experiment's results) the chart is drawn from.
-    /// Columns the chart reads beyond its table's required ones (`TableKind::required_columns`).
-    pub fn extra_columns(self) -> Vec<crate::schema::Column> {
-        match self {
-            ChartKind::Verification => vec![crate::schema::col::ADDITIVE_BACKWARD_ERROR],
-            _ => Vec::new(),
-        }
-    }
-
-    pub fn table(self) -> &'static str {
-        match self {
-            ChartKind::TrainCurves | ChartKind::Generalisation => "train",
-            ChartKind::GradHeatmap | ChartKind::GradRatioSteps => "grads",
-            ChartKind::WeightInputs => "signal",
-            ChartKind::WeightGrads | ChartKind::LastWeightGrad => "weight_grads",
-            ChartKind::PathLengths => "paths",
-            ChartKind::LesionUnits | ChartKind::LesionCount => "lesion",
-            ChartKind::Shatter => "shatter",
-            _ => "profile",
-        }
-    }
-
-    pub fn name(self) -> &'static str {
-        ChartKind::ALL.iter().find(|(_, k)| *k == self).unwrap().0
-    }
 }
 
 /// A validated experiment.
@@ -634,24 +533,6 @@ fn parse_each<T>(
         .collect()
 }
 
-/// An experiment's name names its output folder and its charts' files: letters, digits, '-'
-/// and '_' only (no path), and not `cells`, the folder of the stored cells.
-pub fn check_name(name: &str) -> Result<(), String> {
-    if name.is_empty()
-        || !name
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
-    {
-        return Err(format!(
-            "'{name}' must be non-empty letters, digits, '-' or '_' (it names the output folder and the charts)"
-        ));
-    }
-    if name == "cells" {
-        return Err("'cells' names the folder of the stored cells; choose another name".into());
-    }
-    Ok(())
-}
-
 /// Parses and validates the text of an experiment file.
 pub fn parse_spec(text: &str) -> Result<Spec> {
     let raw: RawSpec = toml::from_str(text).map_err(|e| anyhow!(toml_error(text, &e)))?;
@@ -814,7 +695,7 @@ pub fn parse_spec(text: &str) -> Result<Spec> {
         );
     }
     for c in &charts {
-        if c.table() == "weight_grads" && task == Task::Profile && !raw.weight_grads {
+        if c.table() == TableKind::WEIGHT_GRADS && task == Task::Profile && !raw.weight_grads {
             bail!(
                 "charts: '{}' draws the weight gradients: set weight_grads = true",
                 c.name()

@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use super::table::{geo_mean, Table, UnitRows};
 use super::{Band, Figure, Line, LineStyle, Panel};
 use crate::analysis::checks::{FORMULA_TOL, PROD_LAMBDA_TOL};
-use crate::experiment::ChartKind;
+use crate::plot::kinds::ChartKind;
 
 const UNIT_AXIS: &str = "unit l";
 const WIDE: (u32, u32) = (1100, 700);

@@ -9,6 +9,7 @@
 pub mod analyses;
 pub mod charts;
 pub mod descendants;
+pub mod kinds;
 pub mod report;
 pub mod table;
 pub mod training;
@@ -695,18 +696,16 @@ pub fn save_figure(fig: &Figure, stem: &Path) -> Result<(PathBuf, PathBuf)> {
 /// (`ChartKind::table`) next to the experiment's main CSV, and is named after the experiment.
 pub fn draw_charts(
     csv: &Path,
-    kinds: &[crate::experiment::ChartKind],
+    kinds: &[kinds::ChartKind],
     out: &Path,
     flag: &str,
 ) -> Result<Vec<PathBuf>> {
     let mut tables: std::collections::BTreeMap<&str, table::Table> = Default::default();
     for &kind in kinds {
-        if !tables.contains_key(kind.table()) {
-            let path = csv.with_file_name(format!("{}.csv", kind.table()));
+        if !tables.contains_key(kind.table().name) {
+            let path = csv.with_file_name(format!("{}.csv", kind.table().name));
             let t = table::Table::read(&path)?;
-            let kind_of_table = crate::experiment::runner::TableKind::named(kind.table())
-                .expect("every chart's table has a kind");
-            let mut needed = kind_of_table.required_columns();
+            let mut needed = kind.table().required_columns();
             needed.extend(kind.extra_columns());
             let missing: Vec<&str> = needed
                 .iter()
@@ -719,16 +718,16 @@ pub fn draw_charts(
                     path.display(),
                     kind.name(),
                     missing.join(", "),
-                    kind.table()
+                    kind.table().name
                 );
             }
-            tables.insert(kind.table(), t);
+            tables.insert(kind.table().name, t);
         }
     }
     crate::output::create_dir(flag, out)?;
     let mut pngs = Vec::new();
     for &kind in kinds {
-        let source = &tables[kind.table()];
+        let source = &tables[kind.table().name];
         let stem = out.join(format!("{}_{}", source.experiment(), kind.name()));
         let (png, _svg) = save_figure(&charts::figure(kind, source), &stem)?;
         pngs.push(png);

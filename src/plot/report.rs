@@ -7,6 +7,21 @@ use std::path::{Path, PathBuf};
 
 use super::table::{geo_mean, Table, UnitRows};
 
+/// What an experiment's section of the report summarises, one per task.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Section {
+    /// Gradient profiles at initialisation (profile.csv), with the descendants' numbers.
+    Profile,
+    /// Training runs (train.csv): medians, spread, failures and the paper's ordering.
+    Training,
+    /// The gradient by path length (paths.csv).
+    Paths,
+    /// Lesions of trained networks (lesion.csv).
+    Lesion,
+    /// Shattered gradients (shatter.csv).
+    Shatter,
+}
+
 /// One experiment's inputs to the report.
 pub struct Entry {
     pub name: String,
@@ -17,12 +32,10 @@ pub struct Entry {
     pub seconds: Option<f64>,
     /// Cells computed in this run (the others were complete from an earlier run).
     pub computed: usize,
-    /// A training experiment (its table is train.csv).
-    pub training: bool,
-    /// The task's name (profile, train, paths, lesion, shatter): which numbers follow.
-    pub task: String,
+    /// Which numbers follow the charts: what the task measured.
+    pub section: Section,
     /// The paper's numbers for the variants, when the spec gives them.
-    pub paper: Option<crate::experiment::spec::PaperValues>,
+    pub paper: Option<crate::plot::kinds::PaperValues>,
     /// A training experiment's weight-input statistics (`signal.csv`), when the spec draws
     /// them.
     pub signal: Option<Table>,
@@ -31,15 +44,15 @@ pub struct Entry {
     /// A profile's weight gradients (`weight_grads.csv`), when the spec records them.
     pub weight_grads: Option<Table>,
     /// The charts the spec asks for (some bring their own measured numbers).
-    pub kinds: Vec<crate::experiment::ChartKind>,
+    pub kinds: Vec<crate::plot::kinds::ChartKind>,
 }
 
 /// The numbers that go with the descendants' charts, for the charts this entry draws.
 fn descendant_sections(e: &Entry) -> Vec<String> {
     use super::descendants as d;
-    use crate::experiment::ChartKind;
+    use crate::plot::kinds::ChartKind;
     let mut out = Vec::new();
-    if e.task != "profile" {
+    if e.section != Section::Profile {
         return out;
     }
     if e.kinds.contains(&ChartKind::LastWeightGrad) {
@@ -225,23 +238,17 @@ pub fn render(entries: &[Entry]) -> String {
         for c in &e.charts {
             let _ = writeln!(s, "![{}]({})\n", c.display(), c.display());
         }
-        let analysis = match e.task.as_str() {
-            "paths" => Some(super::analyses::paths_section(&e.table)),
-            "lesion" => Some(super::analyses::lesion_section(&e.table)),
-            "shatter" => Some(super::analyses::shatter_section(&e.table)),
-            _ => None,
+        let analysis = |section: Option<String>| {
+            section.unwrap_or_else(|| "no rows (every cell diverged)\n".into())
         };
-        if let Some(section) = analysis {
-            let _ = writeln!(
-                s,
-                "Measured:\n\n{}",
-                section.unwrap_or_else(|| "no rows (every cell diverged)\n".into())
-            );
-        } else if e.training {
-            let _ = writeln!(s, "Measured:\n\n{}", training_section(e));
-        } else {
-            let _ = writeln!(s, "Measured:\n\n{}", summary(&e.table));
-        }
+        let measured = match e.section {
+            Section::Profile => summary(&e.table),
+            Section::Training => training_section(e),
+            Section::Paths => analysis(super::analyses::paths_section(&e.table)),
+            Section::Lesion => analysis(super::analyses::lesion_section(&e.table)),
+            Section::Shatter => analysis(super::analyses::shatter_section(&e.table)),
+        };
+        let _ = writeln!(s, "Measured:\n\n{measured}");
         for section in descendant_sections(e) {
             let _ = writeln!(s, "{section}");
         }

@@ -54,7 +54,7 @@ impl Table {
         }
         // The name becomes the charts' file names: it must be one name, and no path.
         let name = t.experiment();
-        crate::experiment::spec::check_name(name)
+        crate::schema::check_name(name)
             .map_err(|e| anyhow!("'{}': its experiment column holds {e}", path.display()))?;
         if let Some(other) = t
             .rows

@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 use std::fmt::Write as _;
 
 use super::table::Table;
-use crate::experiment::spec::PaperValues;
+use crate::plot::kinds::PaperValues;
 use crate::stats::{mann_whitney, median, quartiles};
 
 /// A replicate *failed to train* when it diverged, or its last epoch's mean training loss is
