@@ -57,7 +57,15 @@ pub fn branch_scale(kind: ShortcutKind, unit: &str, channels: usize) -> Option<O
         ShortcutKind::LayerScale { init } => Some(Op::BranchScale(BranchScale::per_channel(
             &name, channels, init,
         ))),
-        _ => None,
+        ShortcutKind::Identity
+        | ShortcutKind::Scale { .. }
+        | ShortcutKind::Gate { .. }
+        | ShortcutKind::ShortcutGate { .. }
+        | ShortcutKind::Conv1x1
+        | ShortcutKind::Dropout { .. }
+        | ShortcutKind::None
+        | ShortcutKind::DeepNorm { .. }
+        | ShortcutKind::Pad => None,
     }
 }
 
@@ -155,7 +163,17 @@ pub(super) fn weight_branch(kind: ShortcutKind, cache: &ShortcutCache, mut f: Te
             f
         }
         ShortcutKind::Gate { .. } => f * cache.gate.as_ref().unwrap(),
-        _ => f,
+        // The shortcut-only gate scales h, not F; alpha and layerscale scale F with an op of
+        // the branch (branch_scale), not here.
+        ShortcutKind::Identity
+        | ShortcutKind::ShortcutGate { .. }
+        | ShortcutKind::Conv1x1
+        | ShortcutKind::Dropout { .. }
+        | ShortcutKind::None
+        | ShortcutKind::Alpha { .. }
+        | ShortcutKind::LayerScale { .. }
+        | ShortcutKind::DeepNorm { .. }
+        | ShortcutKind::Pad => f,
     }
 }
 
@@ -234,7 +252,15 @@ pub(super) fn branch_weight_vjp(
             fault::perturb(Fault::ExclusiveGateBranchFactor, &mut g);
             g
         }
-        _ => grad_y.clone(),
+        ShortcutKind::Identity
+        | ShortcutKind::ShortcutGate { .. }
+        | ShortcutKind::Conv1x1
+        | ShortcutKind::Dropout { .. }
+        | ShortcutKind::None
+        | ShortcutKind::Alpha { .. }
+        | ShortcutKind::LayerScale { .. }
+        | ShortcutKind::DeepNorm { .. }
+        | ShortcutKind::Pad => grad_y.clone(),
     }
 }
 
@@ -254,6 +280,15 @@ pub(super) fn branch_weight_input_vjp(
             fault::perturb(Fault::ExclusiveGateBranchTerm, &mut grad_s);
             Some(gate_backward(ops, cache, &grad_s, grads))
         }
-        _ => None,
+        ShortcutKind::Identity
+        | ShortcutKind::Scale { .. }
+        | ShortcutKind::ShortcutGate { .. }
+        | ShortcutKind::Conv1x1
+        | ShortcutKind::Dropout { .. }
+        | ShortcutKind::None
+        | ShortcutKind::Alpha { .. }
+        | ShortcutKind::LayerScale { .. }
+        | ShortcutKind::DeepNorm { .. }
+        | ShortcutKind::Pad => None,
     }
 }

@@ -290,7 +290,12 @@ impl ShortcutKind {
             ShortcutKind::Scale { lambda, .. } => Some(lambda),
             ShortcutKind::DeepNorm { alpha } => Some(alpha),
             ShortcutKind::None => Some(0.0),
-            _ => None,
+            // Gates and dropout depend on x or on a draw; conv1x1 and pad change shape.
+            ShortcutKind::Gate { .. }
+            | ShortcutKind::ShortcutGate { .. }
+            | ShortcutKind::Conv1x1
+            | ShortcutKind::Dropout { .. }
+            | ShortcutKind::Pad => None,
         }
     }
 
@@ -319,7 +324,17 @@ impl ShortcutKind {
                 "--shortcut deepnorm needs a normalisation, got --norm none: DeepNorm's a and b are derived for Post-LN, x_{l+1} = N(a x_l + F(x_l)), and without N the signal grows by a = (2L)^(1/4) per unit; use --norm layer (or batch)"
                     .into(),
             ),
-            _ => Ok(()),
+            ShortcutKind::DeepNorm { .. }
+            | ShortcutKind::Identity
+            | ShortcutKind::Scale { .. }
+            | ShortcutKind::Gate { .. }
+            | ShortcutKind::ShortcutGate { .. }
+            | ShortcutKind::Conv1x1
+            | ShortcutKind::Dropout { .. }
+            | ShortcutKind::None
+            | ShortcutKind::Alpha { .. }
+            | ShortcutKind::LayerScale { .. }
+            | ShortcutKind::Pad => Ok(()),
         }
     }
 
