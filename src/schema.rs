@@ -30,6 +30,8 @@ pub mod col {
     macro_rules! columns {
         ($($(#[$doc:meta])* $id:ident = $name:literal;)*) => {
             $($(#[$doc])* pub const $id: Column = Column($name);)*
+            /// Every column, in the order declared.
+            pub const ALL: &[Column] = &[$($id),*];
         };
     }
 
@@ -127,6 +129,39 @@ pub mod col {
         LAYER = "layer";
         MEAN = "mean";
         VAR = "var";
+    }
+}
+
+/// What a column's cells hold, as a reader checks them (`plot::table::Table::read`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Cells {
+    /// Names, labels, lists: any text.
+    Text,
+    /// A float as resprop writes it (`1.5e-3`, `inf`, `-inf`, `NaN`), or empty (not measured).
+    Number,
+    /// A count or index: a whole number of 0 or more, as the readers parse it (`usize`).
+    Whole,
+    /// As `Whole`, or empty (the warm-up, when the spec leaves it unset).
+    WholeOrEmpty,
+}
+
+impl Column {
+    /// The column called `name`, if resprop writes one.
+    pub fn named(name: &str) -> Option<Column> {
+        col::ALL.iter().copied().find(|c| c.0 == name)
+    }
+
+    /// What the column's cells hold: every column is a number unless listed here.
+    pub fn cells(self) -> Cells {
+        use col::*;
+        match self {
+            EXPERIMENT | NET | PLACEMENT | SHORTCUT | NORM | INIT | PROJECTION | KIND | DELETED
+            | WHEN | LAYER => Cells::Text,
+            CELL | UNITS | REPLICATE | UNIT | STAGE | DIRECT_TOP | SHAPE_CHANGE | K | DRAW
+            | LAG | STEP | EPOCH => Cells::Whole,
+            WARMUP => Cells::WholeOrEmpty,
+            _ => Cells::Number,
+        }
     }
 }
 

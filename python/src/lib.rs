@@ -195,7 +195,7 @@ fn profile<'py>(
     )?;
     // The engine runs without the GIL: other Python threads go on meanwhile.
     let computed = py.detach(|| -> anyhow::Result<_> {
-        let a = args.prepare(Purpose::Profile { low_memory: false })?;
+        let a = args.prepare(Purpose::profile(false))?;
         // Input gradients only, as `resprop profile` without --weight-grad-csv.
         let ctx = a.args.ctx().with_weight_grads(false);
         let cache = a.net.forward(&a.input, &a.labels, &ctx)?;

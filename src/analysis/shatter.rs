@@ -128,7 +128,7 @@ pub fn study(
             placement,
             ShortcutKind::Identity,
             POINTS,
-            crate::net::memory::Purpose::Profile { low_memory: false },
+            crate::net::memory::Purpose::profile(false),
         ),
         &what,
     )?;

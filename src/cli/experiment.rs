@@ -196,7 +196,42 @@ pub fn plot(args: &PlotArgs) -> Result<ExitCode> {
         out.push_str(&format!("chart: {}\n", p.display()));
     }
     emit(&out)?;
+    for note in sibling_notes(&args.csv, &kinds) {
+        eprintln!("note: {note}");
+    }
     Ok(ExitCode::SUCCESS)
+}
+
+/// By design every chart is drawn from its own table (`ChartKind::table`), read beside the CSV
+/// given to `plot`: `train_curves` from `train.csv` even when `grads.csv` is named. Where that
+/// table is not the given file, one note per table says which file the charts read, so a chart
+/// never silently comes from a file the command line did not name.
+fn sibling_notes(csv: &std::path::Path, kinds: &[ChartKind]) -> Vec<String> {
+    let mut tables: Vec<&str> = kinds.iter().map(|k| k.table().name).collect();
+    tables.sort();
+    tables.dedup();
+    tables
+        .into_iter()
+        .filter_map(|table| {
+            let path = csv.with_file_name(format!("{table}.csv"));
+            if path.file_name() == csv.file_name() {
+                return None;
+            }
+            let names: Vec<String> = kinds
+                .iter()
+                .filter(|k| k.table().name == table)
+                .map(|k| format!("'{}'", k.name()))
+                .collect();
+            Some(format!(
+                "chart{} {} read{} '{}', the experiment's {table} table beside '{}' (each chart is drawn from its own table)",
+                if names.len() == 1 { "" } else { "s" },
+                names.join(", "),
+                if names.len() == 1 { "s" } else { "" },
+                path.display(),
+                csv.display()
+            ))
+        })
+        .collect()
 }
 
 pub fn all(args: &AllArgs) -> Result<ExitCode> {

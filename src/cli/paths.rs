@@ -62,7 +62,7 @@ impl PathsArgs {
         }
         let analysis = self
             .net
-            .prepare(crate::net::memory::Purpose::Profile { low_memory: false })?;
+            .prepare(crate::net::memory::Purpose::profile(false))?;
         let (net, net_args) = (&analysis.net, &analysis.args);
         // At least: the decomposition, two unit VJPs for each of the (n + 1)^2 / 2 (l, k)
         // pairs (n / 3 passes' worth), and a backward pass per sampled path.

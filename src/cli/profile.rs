@@ -45,6 +45,8 @@ pub fn run(args: &ProfileArgs) -> Result<ExitCode> {
         .check()?;
     let purpose = crate::net::memory::Purpose::Profile {
         low_memory: args.low_memory,
+        weight_grads: args.weight_grad_csv.is_some(),
+        npz: args.npz.is_some(),
     };
     let super::Analysis {
         args: net_args,
@@ -106,8 +108,10 @@ pub fn run(args: &ProfileArgs) -> Result<ExitCode> {
         out,
         "memory: estimated {}, peak resident {}",
         crate::net::memory::human(net_args.memory(purpose).total),
-        crate::cli::bench::peak_rss_mb()
-            .map_or("unknown".into(), |mb| crate::net::memory::human(mb * 1e6))
+        // VmHWM is in KiB (`peak_rss_mb` gives MiB); the estimate is in bytes.
+        crate::cli::bench::peak_rss_mb().map_or("unknown".into(), |mib| {
+            crate::net::memory::human(mib * 1024.0 * 1024.0)
+        })
     );
     emit(&out)?;
     Ok(ExitCode::SUCCESS)

@@ -755,7 +755,8 @@ pub fn compute_cells(spec: &Spec, out: &Path, how: &HowToRun, stop: &Interrupt) 
             batch,
             purpose,
         );
-        e.total *= side_by_side;
+        // The threads' scratch is shared by the cells that run on them: counted once.
+        e.total = (e.total - e.scratch) * side_by_side + e.scratch;
         crate::net::memory::ensure_fits(
             &e,
             &format!(

@@ -549,6 +549,7 @@ fn grad_heatmap(t: &Table) -> Figure {
                 .fold(0.0, f64::max) as usize;
             let ys: Vec<f64> = (0..=max_unit).map(|u| u as f64).collect();
             let mut z = vec![vec![f64::NAN; xs.len()]; ys.len()];
+            let mut dropped = Vec::new();
             for (i, rows) in steps.values().enumerate() {
                 for (u, z_row) in z.iter_mut().enumerate() {
                     let vals: Vec<f64> = rows
@@ -557,7 +558,13 @@ fn grad_heatmap(t: &Table) -> Figure {
                         .filter_map(|r| t.f(r, col::GRAD_NORM))
                         .collect();
                     if !vals.is_empty() {
-                        z_row[i] = geo_mean(&vals).log10();
+                        // A value log10 cannot colour is NaN (grey, as an empty cell) and
+                        // listed in the chart's notes.
+                        let g = geo_mean(&vals);
+                        match super::log_filter(&[(xs[i], g)]).1.first() {
+                            Some(&(_, reason)) => dropped.push((xs[i], u as f64, reason)),
+                            None => z_row[i] = g.log10(),
+                        }
                     }
                 }
             }
@@ -566,7 +573,7 @@ fn grad_heatmap(t: &Table) -> Figure {
                 x_desc: "step".into(),
                 y_desc: UNIT_AXIS.into(),
                 lines: vec![],
-                heat: Some(super::Heat { xs, ys, z }),
+                heat: Some(super::Heat { xs, ys, z, dropped }),
                 ..Default::default()
             }
         })

@@ -4,7 +4,15 @@
 //! the SVG cannot differ. Text uses the bundled DejaVu Sans (assets/fonts, Bitstream Vera
 //! licence), registered once; no system font is needed. On log axes, zero, underflowed and
 //! non-finite values are left out and listed in a note drawn on the chart, never clamped to
-//! the edge.
+//! the edge; on linear axes, non-finite values and values beyond [`LINEAR_LIMIT`]. Every
+//! chart that leaves points out also says so in one `note:` line on stderr
+//! ([`draw_charts`]): nothing is dropped silently.
+//!
+//! Bounded drawing: plotters' search for tick positions never ends on an infinite range, so
+//! every axis range handed to it is finite and non-degenerate by construction. Log axes are
+//! computed on log10 of the data ([`y_range`]), never on the padded data (1e308 x 10^0.25
+//! overflowed to inf and spun forever), and are therefore within about [-325, 310]; linear
+//! axes hold values within `±LINEAR_LIMIT`, so their padded span is finite.
 
 pub mod analyses;
 pub mod charts;
@@ -105,6 +113,9 @@ pub struct Heat {
     pub xs: Vec<f64>,
     pub ys: Vec<f64>,
     pub z: Vec<Vec<f64>>,
+    /// Cells (x, y) that had values but none the colour scale can show (their z is NaN, as
+    /// an empty cell's): listed in a note, never left grey without a word.
+    pub dropped: Vec<(f64, f64, Dropped)>,
 }
 
 /// A perceptually ordered colour map (viridis, five anchors, linear in between).
@@ -223,15 +234,24 @@ pub struct Figure {
 /// (x, y) pairs of a series.
 pub type Points = Vec<(f64, f64)>;
 
-/// Why a value cannot go on a log axis.
+/// The largest magnitude a linear axis draws: a quarter of `f64::MAX`, so that the axis's
+/// span (at most half of `f64::MAX`) and its 5% padding stay finite. Values beyond it are left
+/// out with a note, as a log axis leaves out what it cannot show.
+pub const LINEAR_LIMIT: f64 = f64::MAX / 4.0;
+
+/// Why a value cannot go on an axis.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Dropped {
     /// Exactly 0 (an exact result, e.g. an error of 0 to the last bit).
     Zero,
     /// Negative, or positive but below the normal f64 range (underflow).
     TinyOrNegative,
-    /// inf or NaN (overflow).
+    /// inf or NaN (overflow, or a diverged run's record).
     NonFinite,
+    /// Beyond `±LINEAR_LIMIT` on a linear axis.
+    Huge,
+    /// x <= 0 (or not finite) on a logarithmic x axis.
+    XNotPositive,
 }
 
 impl Dropped {
@@ -240,17 +260,81 @@ impl Dropped {
             Dropped::Zero => "exactly 0, not drawable on a log axis",
             Dropped::TinyOrNegative => "underflowed (below 1e-308) or negative, not drawn",
             Dropped::NonFinite => "inf or NaN (overflow), not drawn",
+            Dropped::Huge => "beyond ±4.5e307, too large for a linear axis, not drawn",
+            Dropped::XNotPositive => "at x <= 0, not drawable on a log x axis",
         }
+    }
+
+    /// The reason in a few words, for the one-line note on stderr.
+    fn short(self) -> &'static str {
+        match self {
+            Dropped::Zero => "exactly 0 on a log axis",
+            Dropped::TinyOrNegative => "negative or below 1e-308 on a log axis",
+            Dropped::NonFinite => "inf or NaN",
+            Dropped::Huge => "beyond ±4.5e307 on a linear axis",
+            Dropped::XNotPositive => "x <= 0 on a log x axis",
+        }
+    }
+}
+
+/// How many points of a figure [`prepare_log`] left out, by reason.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct NotDrawn(pub std::collections::BTreeMap<Dropped, usize>);
+
+impl NotDrawn {
+    fn add(&mut self, reason: Dropped) {
+        *self.0.entry(reason).or_default() += 1;
+    }
+
+    pub fn total(&self) -> usize {
+        self.0.values().sum()
+    }
+
+    /// "3 points not drawn (2 inf or NaN, 1 exactly 0 on a log axis)"; `None` when none was
+    /// left out.
+    pub fn summary(&self) -> Option<String> {
+        let n = self.total();
+        (n > 0).then(|| {
+            let parts: Vec<String> = self
+                .0
+                .iter()
+                .map(|(r, k)| format!("{k} {}", r.short()))
+                .collect();
+            format!(
+                "{n} point{} not drawn ({})",
+                if n == 1 { "" } else { "s" },
+                parts.join(", ")
+            )
+        })
     }
 }
 
 /// The kept points (finite, > 0) and the x values of the dropped ones with the reason.
 pub fn log_filter(points: &[(f64, f64)]) -> (Points, Vec<(f64, Dropped)>) {
+    axis_filter(points, false, false)
+}
+
+/// The points an axis can show and the x values of the others with the reason: on a log y
+/// axis finite values >= `f64::MIN_POSITIVE`; on a linear one finite values within
+/// `±LINEAR_LIMIT`; on a log x axis only x > 0 (and finite).
+pub fn axis_filter(
+    points: &[(f64, f64)],
+    linear: bool,
+    log_x: bool,
+) -> (Points, Vec<(f64, Dropped)>) {
     let mut kept = Vec::new();
     let mut dropped = Vec::new();
     for &(x, y) in points {
-        if !y.is_finite() {
+        if log_x && !(x > 0.0 && x.is_finite()) {
+            dropped.push((x, Dropped::XNotPositive));
+        } else if !y.is_finite() {
             dropped.push((x, Dropped::NonFinite));
+        } else if linear {
+            if y.abs() > LINEAR_LIMIT {
+                dropped.push((x, Dropped::Huge));
+            } else {
+                kept.push((x, y));
+            }
         } else if y == 0.0 {
             dropped.push((x, Dropped::Zero));
         } else if y < f64::MIN_POSITIVE {
@@ -298,16 +382,34 @@ pub fn ranges(xs: &[f64]) -> String {
     out.join(", ")
 }
 
-/// Drops what a log axis cannot show from every line and band, and adds one note per reason
-/// saying which series lost which units.
-pub fn prepare_log(fig: &mut Figure) {
+/// Drops what an axis cannot show (see [`axis_filter`]) from every line, band and heatmap
+/// cell, adds one note per reason saying which series lost which units, and returns how many
+/// points were left out.
+pub fn prepare_log(fig: &mut Figure) -> NotDrawn {
     let mut by_reason: std::collections::BTreeMap<Dropped, Vec<String>> = Default::default();
+    let mut not_drawn = NotDrawn::default();
     let several = fig.panels.len() > 1;
-    for panel in fig.panels.iter_mut().filter(|p| !p.linear) {
+    for panel in fig.panels.iter_mut() {
+        let where_ = if several {
+            format!(" [{}]", panel.title)
+        } else {
+            String::new()
+        };
+        if let Some(heat) = &panel.heat {
+            for &(x, y, reason) in &heat.dropped {
+                not_drawn.add(reason);
+                by_reason.entry(reason).or_default().push(format!(
+                    "cell{where_} at {} {x}, {} {y}",
+                    panel.x_desc, panel.y_desc
+                ));
+            }
+        }
+        let (linear, log_x) = (panel.linear, panel.log_x);
         let xs = panel
             .lines
             .iter()
-            .flat_map(|l| l.points.iter().map(|p| p.0));
+            .flat_map(|l| l.points.iter().map(|p| p.0))
+            .filter(|&x| x.is_finite() && (!log_x || x > 0.0));
         let (lo, hi) = xs.fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), x| {
             (a.min(x), b.max(x))
         });
@@ -315,7 +417,10 @@ pub fn prepare_log(fig: &mut Figure) {
             panel.x_span = Some((lo, hi));
         }
         for line in &mut panel.lines {
-            let (kept, dropped) = log_filter(&line.points);
+            let (kept, dropped) = axis_filter(&line.points, linear, log_x);
+            for d in &dropped {
+                not_drawn.add(d.1);
+            }
             let mut reasons: Vec<Dropped> = dropped.iter().map(|d| d.1).collect();
             reasons.sort();
             reasons.dedup();
@@ -325,11 +430,6 @@ pub fn prepare_log(fig: &mut Figure) {
                     .filter(|d| d.1 == reason)
                     .map(|d| d.0)
                     .collect();
-                let where_ = if several {
-                    format!(" [{}]", panel.title)
-                } else {
-                    String::new()
-                };
                 by_reason.entry(reason).or_default().push(format!(
                     "{}{where_} at {}",
                     line.label,
@@ -338,9 +438,10 @@ pub fn prepare_log(fig: &mut Figure) {
             }
             line.points = kept;
         }
+        // A band's bounds are drawn around its line's points, which count above.
         for band in &mut panel.bands {
-            let (lo, dropped_lo) = log_filter(&band.lower);
-            let (hi, dropped_hi) = log_filter(&band.upper);
+            let (lo, dropped_lo) = axis_filter(&band.lower, linear, log_x);
+            let (hi, dropped_hi) = axis_filter(&band.upper, linear, log_x);
             if !dropped_lo.is_empty() || !dropped_hi.is_empty() {
                 band.lower.clear();
                 band.upper.clear();
@@ -354,16 +455,27 @@ pub fn prepare_log(fig: &mut Figure) {
         fig.notes
             .push(format!("{}: {}", reason.describe(), items.join("; ")));
     }
+    not_drawn
 }
 
-/// The y extent of a linear panel's data, padded by 5% (or 1 around a flat line).
+/// The half-width of the range drawn around a single value `v` (a flat line, one point): 1,
+/// or a billionth of `|v|` where 1 would vanish in its rounding (|v| beyond 2^53), so the
+/// range is never empty.
+fn flat_pad(v: f64) -> f64 {
+    1f64.max(v.abs() * 1e-9)
+}
+
+/// The y extent of a linear panel's data, padded by 5% (or [`flat_pad`] around a flat line).
+/// Bound: the values are within `±LINEAR_LIMIT` (`prepare_log` leaves out the rest; the
+/// filter here is for figures drawn without it), so the span is at most `f64::MAX / 2` and
+/// the padded range is finite.
 fn y_range_linear(panel: &Panel) -> (f64, f64) {
     let (lo, hi) = panel
         .lines
         .iter()
         .flat_map(|l| l.points.iter().map(|p| p.1))
         .chain(panel.hlines.iter().map(|h| h.0))
-        .filter(|y| y.is_finite())
+        .filter(|y| y.is_finite() && y.abs() <= LINEAR_LIMIT)
         .fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), y| {
             (a.min(y), b.max(y))
         });
@@ -371,12 +483,18 @@ fn y_range_linear(panel: &Panel) -> (f64, f64) {
         return (0.0, 1.0);
     }
     if hi - lo < 1e-12 {
-        return (lo - 1.0, hi + 1.0);
+        return (lo - flat_pad(lo), hi + flat_pad(hi));
     }
     let pad = 0.05 * (hi - lo);
     (lo - pad, hi + pad)
 }
 
+/// The y extent of a log panel's data as log10 bounds: a quarter decade of padding either
+/// side, and at least about two decades around a nearly flat line. Computed on log10 of the
+/// data, never on the data (padding 1e308 by 10^0.25 overflowed to inf, and plotters' tick
+/// search never ended). Bound: only finite values >= `f64::MIN_POSITIVE` count (what
+/// `prepare_log` keeps), whose log10 lies in [-307.7, 308.3], so the bounds lie in
+/// [-308.5, 309.1] and are at least a decade apart, whatever the data.
 fn y_range(panel: &Panel) -> (f64, f64) {
     let ys = panel
         .lines
@@ -388,53 +506,65 @@ fn y_range(panel: &Panel) -> (f64, f64) {
                 .iter()
                 .flat_map(|b| b.lower.iter().chain(&b.upper).map(|p| p.1)),
         )
-        .chain(panel.hlines.iter().map(|h| h.0));
+        .chain(panel.hlines.iter().map(|h| h.0))
+        .filter(|y| y.is_finite() && *y >= f64::MIN_POSITIVE);
     let (lo, hi) = ys.fold((f64::INFINITY, 0.0f64), |(lo, hi), y| {
         (lo.min(y), hi.max(y))
     });
     if !lo.is_finite() || hi <= 0.0 {
-        return (0.1, 10.0);
+        return (-1.0, 1.0);
     }
-    // Pad by a quarter decade; a flat line still gets a visible range.
-    let (lo, hi) = (lo / 10f64.powf(0.25), hi * 10f64.powf(0.25));
-    if hi / lo < 10.0 {
-        (lo / 3.0, hi * 3.0)
+    // Pad by a quarter decade; a flat line still gets a visible range (x3 either side).
+    let (lo, hi) = (lo.log10() - 0.25, hi.log10() + 0.25);
+    if hi - lo < 1.0 {
+        let three = 3f64.log10();
+        (lo - three, hi + three)
     } else {
         (lo, hi)
     }
 }
 
+/// The x extent: the data's (`x_span`, or the lines' finite x values), or [`flat_pad`] around
+/// a single x. Finite and non-empty whatever the data.
 fn x_range(panel: &Panel) -> (f64, f64) {
-    if let Some((lo, hi)) = panel.x_span {
-        return if hi > lo {
-            (lo, hi)
-        } else {
-            (lo - 1.0, lo + 1.0)
-        };
-    }
-    let xs = panel
-        .lines
-        .iter()
-        .flat_map(|l| l.points.iter().map(|p| p.0));
-    let (lo, hi) = xs.fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), x| {
-        (lo.min(x), hi.max(x))
-    });
-    if lo.is_finite() && hi > lo {
+    let (lo, hi) = match panel.x_span {
+        Some(span) => span,
+        None => panel
+            .lines
+            .iter()
+            .flat_map(|l| l.points.iter().map(|p| p.0))
+            .filter(|x| x.is_finite())
+            .fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), x| {
+                (lo.min(x), hi.max(x))
+            }),
+    };
+    if lo.is_finite() && hi.is_finite() && hi > lo {
         (lo, hi)
     } else if lo.is_finite() {
-        (lo - 1.0, lo + 1.0)
+        (lo - flat_pad(lo), lo + flat_pad(lo))
     } else {
         (0.0, 1.0)
     }
 }
 
-/// Tick label for a log10 value: "1e-3" on whole decades, "3.2e-3" between.
+/// Tick label for a log10 value: "1e-3" on whole decades, "3.2e-3" between. Where 10^v itself
+/// is not a normal f64 (ticks above 10^308.25 or below 10^-307.7 on an axis padded past the
+/// f64 range), the mantissa and exponent come from v, so no tick reads "inf" or "0".
 fn decade_label(v: &f64) -> String {
     if (v - v.round()).abs() < 1e-9 {
-        format!("1e{}", v.round() as i64)
-    } else {
-        format!("{:.1e}", 10f64.powf(*v))
+        return format!("1e{}", v.round() as i64);
     }
+    let p = 10f64.powf(*v);
+    if p.is_finite() && p >= f64::MIN_POSITIVE {
+        return format!("{p:.1e}");
+    }
+    let mut e = v.floor();
+    let mut m = 10f64.powf(v - e);
+    if (m * 10.0).round() >= 100.0 {
+        m /= 10.0;
+        e += 1.0;
+    }
+    format!("{m:.1}e{}", e as i64)
 }
 
 /// Draws one panel. The y axis is logarithmic: values are drawn as log10(y) on a linear axis
@@ -473,8 +603,7 @@ where
     let (y0, y1) = if linear {
         y_range_linear(panel)
     } else {
-        let (y0, y1) = y_range(panel);
-        (y0.log10(), y1.log10())
+        y_range(panel)
     };
     let font = if small { 14 } else { 18 };
     let mut chart = ChartBuilder::on(area)
@@ -652,12 +781,13 @@ where
 }
 
 /// Renders `fig` to `<stem>.png` and `<stem>.svg` (the extensions appended to the stem), each
-/// drawn in memory and written atomically (`output::write_atomic`).
-pub fn save_figure(fig: &Figure, stem: &Path) -> Result<(PathBuf, PathBuf)> {
+/// drawn in memory and written atomically (`output::write_atomic`); returns their paths and
+/// how many points the axes could not show (listed in the chart's notes).
+pub fn save_figure(fig: &Figure, stem: &Path) -> Result<(PathBuf, PathBuf, NotDrawn)> {
     use image::ImageEncoder as _;
     register_font();
     let mut fig = fig.clone();
-    prepare_log(&mut fig);
+    let not_drawn = prepare_log(&mut fig);
     let with_ext = |ext: &str| {
         let mut name = stem.as_os_str().to_owned();
         name.push(ext);
@@ -688,12 +818,14 @@ pub fn save_figure(fig: &Figure, stem: &Path) -> Result<(PathBuf, PathBuf)> {
         crate::output::write_atomic(&svg, text.as_bytes())
     })();
     result.map_err(|e| e.context(format!("cannot write chart '{}'", stem.display())))?;
-    Ok((png, svg))
+    Ok((png, svg, not_drawn))
 }
 
 /// Draws `kinds` into `out` (created when the tables have been read; `flag` names it in
 /// errors), returning the PNG paths. Each chart reads the table it is drawn from
 /// (`ChartKind::table`) next to the experiment's main CSV, and is named after the experiment.
+/// A chart that leaves points out (values its axes cannot show, see [`axis_filter`]) says how
+/// many and why in one `note:` line on stderr, besides the notes drawn on it.
 pub fn draw_charts(
     csv: &Path,
     kinds: &[kinds::ChartKind],
@@ -729,7 +861,14 @@ pub fn draw_charts(
     for &kind in kinds {
         let source = &tables[kind.table().name];
         let stem = out.join(format!("{}_{}", source.experiment(), kind.name()));
-        let (png, _svg) = save_figure(&charts::figure(kind, source), &stem)?;
+        let (png, _svg, not_drawn) = save_figure(&charts::figure(kind, source), &stem)?;
+        if let Some(summary) = not_drawn.summary() {
+            eprintln!(
+                "note: chart '{}' ({}): {summary}; listed in the chart's notes",
+                kind.name(),
+                png.display()
+            );
+        }
         pngs.push(png);
     }
     Ok(pngs)

@@ -6,7 +6,7 @@ use std::path::Path;
 use anyhow::{anyhow, bail, Context, Result};
 
 use crate::schema::col::*;
-use crate::schema::Column;
+use crate::schema::{Cells, Column};
 
 /// One variant's rows, grouped by unit (one row per replicate).
 pub type UnitRows<'a> = BTreeMap<usize, Vec<&'a Vec<String>>>;
@@ -17,6 +17,26 @@ pub struct Table {
     pub rows: Vec<Vec<String>>,
     /// The key columns that label a variant (see [`Table::variant`]), found once.
     varying: Vec<Column>,
+}
+
+/// Whether `field` is what a column of `kind` holds; `Err` says what was expected.
+fn check_cell(field: &str, kind: Cells) -> Result<(), &'static str> {
+    let whole = |f: &str| f.bytes().all(|b| b.is_ascii_digit()) && f.parse::<usize>().is_ok();
+    let ok = match kind {
+        Cells::Text => true,
+        // What `parse_f64` reads: empty, or a float in Rust's syntax (`inf`, `NaN` included).
+        Cells::Number => field.is_empty() || field.parse::<f64>().is_ok(),
+        Cells::Whole => whole(field),
+        Cells::WholeOrEmpty => field.is_empty() || whole(field),
+    };
+    if ok {
+        Ok(())
+    } else {
+        Err(match kind {
+            Cells::Number => "a number (such as 1.5e-3, inf or NaN) or empty",
+            _ => "a whole number of 0 or more",
+        })
+    }
 }
 
 /// A float field; empty is `None`, `inf`/`NaN` parse as such.
@@ -38,11 +58,30 @@ impl Table {
             .iter()
             .map(String::from)
             .collect();
-        let rows = r
-            .records()
-            .map(|rec| rec.map(|r| r.iter().map(String::from).collect()))
-            .collect::<Result<Vec<Vec<String>>, _>>()
-            .with_context(|| format!("malformed CSV '{}'", path.display()))?;
+        // Every cell of a column resprop writes is checked against what the column holds
+        // (`Column::cells`): text in a number's column is refused naming the file, the line
+        // and the column, never read as "no value" and left out of a chart.
+        let kinds: Vec<Option<Cells>> = header
+            .iter()
+            .map(|h| Column::named(h).map(Column::cells))
+            .collect();
+        let mut rows = Vec::new();
+        for rec in r.records() {
+            let rec = rec.with_context(|| format!("malformed CSV '{}'", path.display()))?;
+            let line = rec.position().map_or(0, |p| p.line());
+            for (field, (name, kind)) in rec.iter().zip(header.iter().zip(&kinds)) {
+                if let Some(kind) = kind {
+                    check_cell(field, *kind).map_err(|expected| {
+                        anyhow!(
+                            "'{}' line {line}, column '{name}': '{}' is not {expected}",
+                            path.display(),
+                            field.escape_debug()
+                        )
+                    })?;
+                }
+            }
+            rows.push(rec.iter().map(String::from).collect());
+        }
         let t = Table::new(header, rows);
         for column in [EXPERIMENT, CELL, PLACEMENT, SHORTCUT, NET, REPLICATE] {
             t.col(column).map_err(|e| {
@@ -231,5 +270,12 @@ pub fn geo_mean(values: &[f64]) -> f64 {
     if values.iter().any(|&v| v <= 0.0) {
         return 0.0;
     }
-    (values.iter().map(|v| v.ln()).sum::<f64>() / values.len() as f64).exp()
+    let g = (values.iter().map(|v| v.ln()).sum::<f64>() / values.len() as f64).exp();
+    // The mean of the logs is at most the largest log: only rounding can carry exp() past
+    // f64::MAX, and the mean of finite values is then the largest.
+    if g.is_finite() {
+        g
+    } else {
+        values.iter().copied().fold(0.0, f64::max)
+    }
 }
