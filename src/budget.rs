@@ -87,14 +87,23 @@ pub fn ensure_feasible(what: &str, work: Work, force: bool) -> Result<()> {
     let within = seconds.is_finite() && seconds <= LIMIT_SECONDS;
     if !force && !within {
         bail!(
-            "{what}: {:.1e} passes through the network, {:.1e} floating-point operations: at least {} (more than {}); use smaller values, or --force to run it anyway",
-            work.passes,
-            work.flops,
+            "{what}: {} passes through the network, {} floating-point operations: at least {} (more than {}); use smaller values, or --force to run it anyway",
+            count(work.passes),
+            count(work.flops),
             human_seconds(seconds),
             human_seconds(LIMIT_SECONDS)
         );
     }
     Ok(())
+}
+
+/// A count as a person reads it: whole below a million, `1.2e9` above.
+fn count(x: f64) -> String {
+    if x < 1e6 {
+        format!("{x:.0}")
+    } else {
+        format!("{x:.1e}")
+    }
 }
 
 /// Refuses a count above `max` (a bound on what a run could use, past which it only costs

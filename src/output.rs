@@ -99,7 +99,15 @@ fn target(path: &Path) -> Result<Target> {
 pub fn check_writable(path: &Path) -> Result<()> {
     let real = match target(path)? {
         Target::Stream => return Ok(()),
-        Target::Regular(real) => real,
+        Target::Regular(real) => {
+            // An immutable or read-only file would only fail at the final rename, after the
+            // work: open it for writing now (appending nothing; its bytes stay as they are).
+            OpenOptions::new()
+                .append(true)
+                .open(&real)
+                .with_context(|| format!("cannot write '{}'", path.display()))?;
+            real
+        }
         Target::New => path.to_path_buf(),
     };
     let probe = tmp_path(&real);

@@ -442,6 +442,9 @@ impl TableKind {
     ];
 }
 
+/// The longest experiment name.
+pub const MAX_NAME_BYTES: usize = 200;
+
 /// An experiment's name names its output folder and its charts' files: letters, digits, '-'
 /// and '_' only (no path), and not `cells`, the folder of the stored cells.
 pub fn check_name(name: &str) -> Result<(), String> {
@@ -456,6 +459,15 @@ pub fn check_name(name: &str) -> Result<(), String> {
     }
     if name == "cells" {
         return Err("'cells' names the folder of the stored cells; choose another name".into());
+    }
+    // A chart's file is `<name>_<chart>.png` (charts' names have up to 16 bytes), and a file
+    // name may have 255 bytes.
+    if name.len() > MAX_NAME_BYTES {
+        return Err(format!(
+            "'{}...' has {} bytes, more than the {MAX_NAME_BYTES} an experiment's name may have (it names files, and a file name has at most 255 bytes)",
+            &name[..20],
+            name.len()
+        ));
     }
     Ok(())
 }

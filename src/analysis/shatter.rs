@@ -119,7 +119,10 @@ pub fn study(
         .map(|&d| crate::net::memory::pass_work(&NetChoice::Mlp, &sizes(d, width), POINTS, nets))
         .sum();
     let deepest = *depths.iter().max().expect("not empty");
-    let what = format!("depths up to {deepest}, width {width}, {replicates} replicates");
+    let what = format!(
+        "depths up to {deepest}, width {width}, {replicates} replicate{}",
+        if replicates == 1 { "" } else { "s" }
+    );
     crate::budget::ensure_feasible(&what, work, force)?;
     crate::net::memory::ensure_fits(
         &crate::net::memory::estimate(

@@ -480,7 +480,7 @@ pub fn ensure_fits(e: &Estimate, what: &str) -> Result<()> {
     };
     if e.total > avail {
         bail!(
-            "{what} would need about {} ({} for parameters, {} for activations{}), more than the {} available to this process (the machine's free memory, ulimit -v and the cgroup's limit); use a smaller width, depth or batch{}",
+            "{what} would need about {} ({} for parameters, {} for activations{}), more than the {} available to this process (the machine's free memory, ulimit -v and the cgroup's limit); use smaller sizes (width, depth, batch, input){}",
             human(e.total),
             human(e.parameters),
             human(e.activations),
@@ -491,7 +491,7 @@ pub fn ensure_fits(e: &Estimate, what: &str) -> Result<()> {
             },
             human(avail),
             if e.unit_caches > e.parameters.max(e.total / 4.0) {
-                " (or --low-memory for a profile)"
+                " (or, for `resprop profile`, --low-memory)"
             } else {
                 ""
             }

@@ -262,12 +262,17 @@ impl Table {
     }
 }
 
-/// Geometric mean over replicates; `NaN` if any value is non-finite, `0` if any is 0.
+/// Geometric mean over replicates; `NaN` if any value is non-finite, `0` if any is 0, and the
+/// least value if any is negative (which has no geometric mean: the group then shows a value
+/// that no log axis draws, and the chart's note counts it as negative, not as 0).
 pub fn geo_mean(values: &[f64]) -> f64 {
     if values.iter().any(|v| !v.is_finite()) {
         return f64::NAN;
     }
-    if values.iter().any(|&v| v <= 0.0) {
+    if values.iter().any(|&v| v < 0.0) {
+        return values.iter().copied().fold(f64::INFINITY, f64::min);
+    }
+    if values.contains(&0.0) {
         return 0.0;
     }
     let g = (values.iter().map(|v| v.ln()).sum::<f64>() / values.len() as f64).exp();
@@ -277,5 +282,21 @@ pub fn geo_mean(values: &[f64]) -> f64 {
         g
     } else {
         values.iter().copied().fold(0.0, f64::max)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::geo_mean;
+
+    #[test]
+    fn the_geometric_mean_keeps_zero_and_negative_apart() {
+        assert!((geo_mean(&[1.0, 4.0]) - 2.0).abs() < 1e-15);
+        assert_eq!(geo_mean(&[0.0, 4.0]), 0.0);
+        // A negative value has no geometric mean: the least value, not 0, so a chart's note
+        // counts it as negative.
+        assert_eq!(geo_mean(&[-3.5, 4.0, 0.0]), -3.5);
+        assert!(geo_mean(&[f64::NAN, 1.0]).is_nan());
+        assert_eq!(geo_mean(&[f64::MAX, f64::MAX]), f64::MAX);
     }
 }

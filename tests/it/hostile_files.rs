@@ -274,6 +274,20 @@ fn experiment_runs_refuse_what_cannot_apply() {
         ],
         "--plots: a shard",
     );
+    // A name too long to make its charts' file names is refused before any cell runs.
+    let long = d.join("long.toml");
+    std::fs::write(
+        &long,
+        TINY_SPEC.replace(
+            "name = \"tiny\"",
+            &format!("name = \"{}\"", "a".repeat(201)),
+        ),
+    )
+    .unwrap();
+    refused(
+        &["run", &s(&long), "--out", &s(&d.join("r"))],
+        "more than the 200",
+    );
     let exps = d.join("exps");
     std::fs::create_dir(&exps).unwrap();
     std::fs::write(exps.join("a.toml"), TINY_SPEC).unwrap();
