@@ -27,7 +27,8 @@ use crate::analysis::gaussian_batch;
 use crate::analysis::record::{build_records, fmt_f64};
 use crate::data::Split;
 use crate::interrupt::Interrupt;
-use crate::net::{build_net_with, NetSizes};
+use crate::jobs::{InputSizes, NetDescription};
+use crate::net::NetSizes;
 use crate::output::{write_atomic, write_own_file};
 use crate::rng::derive_seed;
 use crate::schema::{self, Column, Row};
@@ -282,23 +283,28 @@ pub struct CellResult {
     pub warning: Option<String>,
 }
 
+/// One cell's architecture: its grid point, the spec's width.
+pub(super) fn cell_description(spec: &Spec, cell: &Cell) -> NetDescription {
+    NetDescription {
+        net: cell.net.clone(),
+        units: cell.units,
+        width: spec.sizes.width,
+        placement: cell.placement,
+        shortcut: cell.shortcut,
+        projection: cell.projection,
+        norm: cell.norm,
+        init: cell.init,
+    }
+}
+
 /// One cell's network, built for the data (the cell's seed).
 pub(super) fn build_cell_net(
     spec: &Spec,
     cell: &Cell,
     data: &Split,
 ) -> Result<crate::net::Network> {
-    let sizes = sizes_for(data, cell.units, spec.sizes.width);
-    let mut net = build_net_with(
-        &cell.net,
-        &sizes,
-        cell.placement,
-        cell.shortcut,
-        cell.projection,
-        cell.norm,
-        cell.init,
-        cell_seed(spec, cell.replicate),
-    )?;
+    let mut net = cell_description(spec, cell)
+        .build(&InputSizes::of_data(data), cell_seed(spec, cell.replicate))?;
     net.set_fusion(spec.fusion());
     Ok(net)
 }
@@ -379,20 +385,7 @@ pub(super) fn build_profile_net(
     cell: &Cell,
 ) -> Result<(crate::net::Network, crate::tensor::Tensor, Vec<usize>)> {
     let seed = cell_seed(spec, cell.replicate);
-    let sizes = NetSizes {
-        units: cell.units,
-        ..spec.sizes
-    };
-    let mut net = build_net_with(
-        &cell.net,
-        &sizes,
-        cell.placement,
-        cell.shortcut,
-        cell.projection,
-        cell.norm,
-        cell.init,
-        seed,
-    )?;
+    let mut net = cell_description(spec, cell).build(&InputSizes::of(&spec.sizes), seed)?;
     net.set_fusion(spec.fusion());
     let (input, labels) = gaussian_batch(&net.input_shape, spec.batch, net.classes, seed);
     Ok((net, input, labels))
