@@ -14,6 +14,8 @@
 //! - [`unit`](mod@unit): the residual unit, its placements and shortcut variants, and the two
 //!   vector-Jacobian products (shortcut only, branch only) whose sum is the backward;
 //! - [`net`]: the residual MLP and the CIFAR ResNets;
+//! - [`jobs`]: the request layer: [`jobs::NetDescription`], the one description of a network
+//!   every front end builds from;
 //! - [`analysis`]: per-unit records (direct/rest split) and the formula checks;
 //! - [`interchange`]: the `.npz` state file; [`output`]: atomic writes; [`cli`]: the binary;
 //! - [`tensor`]: the one GEMM entry point and the fixed-order reductions; [`spin_join`]: the
@@ -30,6 +32,7 @@ pub mod grads;
 pub mod input;
 pub mod interchange;
 pub mod interrupt;
+pub mod jobs;
 pub mod kernels;
 pub mod layers;
 pub mod net;

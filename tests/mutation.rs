@@ -11,7 +11,7 @@ use resprop::analysis::gaussian_batch;
 use resprop::fault::{self, Fault};
 use resprop::layers::Mode;
 use resprop::layers::NormKind;
-use resprop::net::{build_net_with, NetChoice, NetSizes};
+use resprop::net::{InputSizes, NetDescription};
 use resprop::rng::{derive_seed, purpose};
 use resprop::unit::{ForwardCtx, Placement, Projection};
 
@@ -136,29 +136,27 @@ fn targets(f: Fault) -> Vec<Target> {
 
 /// The rows `check` fails on `t` with the injected fault, as `check: what (error)`.
 fn failures(t: &Target) -> Vec<String> {
-    let choice: NetChoice = t.net.parse().unwrap();
-    let sizes = NetSizes {
-        units: 4,
-        width: t.width,
+    let input = InputSizes {
         input_dim: 10,
         image_size: 8,
         input_channels: 3,
         classes: 5,
     };
-    let net = build_net_with(
-        &choice,
-        &sizes,
-        t.placement,
-        t.shortcut.parse().unwrap(),
-        t.projection,
-        t.norm,
-        if t.fixup {
+    let net = NetDescription {
+        net: t.net.parse().unwrap(),
+        units: 4,
+        width: t.width,
+        placement: t.placement,
+        shortcut: t.shortcut.parse().unwrap(),
+        projection: t.projection,
+        norm: t.norm,
+        init: if t.fixup {
             resprop::net::Init::Fixup
         } else {
             resprop::net::Init::He
         },
-        11,
-    )
+    }
+    .build(&input, 11)
     .unwrap();
     let mut net = net;
     if t.fixup {

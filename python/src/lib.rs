@@ -18,8 +18,8 @@ use resprop::schema::NumericRow;
 
 use resprop::analysis::record::build_records;
 use resprop::cli::NetArgs;
+use resprop::jobs::NetDescription;
 use resprop::net::memory::Purpose;
-use resprop::unit::ForwardCtx;
 
 fn value_error(e: impl std::fmt::Display) -> PyErr {
     PyValueError::new_err(e.to_string())
@@ -115,6 +115,31 @@ fn to_py<'py>(py: Python<'py>, v: &serde_json::Value) -> PyResult<Bound<'py, PyA
     })
 }
 
+/// The network's architecture from the keyword arguments (the command line's parsers and
+/// messages).
+#[allow(clippy::too_many_arguments)]
+fn description(
+    net: &str,
+    units: usize,
+    width: usize,
+    placement: &str,
+    shortcut: &str,
+    projection: Option<&str>,
+    norm: &str,
+    init: &str,
+) -> PyResult<NetDescription> {
+    Ok(NetDescription {
+        net: parse("net", net)?,
+        units,
+        width,
+        placement: parse("placement", placement)?,
+        shortcut: parse("shortcut", shortcut)?,
+        projection: projection.map(|p| parse("projection", p)).transpose()?,
+        norm: parse("norm", norm)?,
+        init: parse("init", init)?,
+    })
+}
+
 /// The command line's network flags from the keyword arguments (the same names, parsers and
 /// messages), for `NetArgs::prepare`: the network (with `weights`, a trained one) and its
 /// batch (`data`'s images, or Gaussian inputs), seed for seed the command line's.
@@ -138,18 +163,13 @@ fn net_args(
     data: Option<&str>,
 ) -> PyResult<NetArgs> {
     Ok(NetArgs {
-        net: parse("net", net)?,
-        units,
-        width,
+        arch: description(
+            net, units, width, placement, shortcut, projection, norm, init,
+        )?,
         input_dim,
         image_size,
         classes,
         batch,
-        placement: parse("placement", placement)?,
-        shortcut: parse("shortcut", shortcut)?,
-        projection: projection.map(|p| parse("projection", p)).transpose()?,
-        norm: parse("norm", norm)?,
-        init: parse("init", init)?,
         bn_mode: parse("bn_mode", bn_mode)?,
         seed,
         threads: None,
@@ -228,8 +248,8 @@ fn profile<'py>(
     }
     // The CSV's two trailing columns: the network's (with `weights`, the checkpoint's).
     let n = records.len();
-    columns.set_item("placement", vec![args.placement.to_string(); n])?;
-    columns.set_item("shortcut", vec![args.shortcut.to_string(); n])?;
+    columns.set_item("placement", vec![args.arch.placement.to_string(); n])?;
+    columns.set_item("shortcut", vec![args.arch.shortcut.to_string(); n])?;
     let arrays = match tensors {
         None => None,
         Some((x, grad, direct)) => {
@@ -516,15 +536,10 @@ fn train<'py>(
         ));
     }
     let args = resprop::cli::train::TrainArgs {
-        net: parse("net", net)?,
+        arch: description(
+            net, units, width, placement, shortcut, projection, norm, init,
+        )?,
         data: parse("data", data)?,
-        placement: parse("placement", placement)?,
-        shortcut: parse("shortcut", shortcut)?,
-        projection: projection.map(|p| parse("projection", p)).transpose()?,
-        norm: parse("norm", norm)?,
-        init: parse("init", init)?,
-        units,
-        width,
         epochs,
         batch,
         lr,

@@ -14,7 +14,7 @@
 use anyhow::{bail, Result};
 
 use crate::layers::{Mode, NormKind};
-use crate::net::{build_net_with, Init, NetChoice, NetSizes};
+use crate::net::{Init, InputSizes, NetChoice, NetDescription};
 use crate::rng::{derive_seed, gaussian, rng};
 use crate::tensor::Tensor;
 use crate::unit::{ForwardCtx, Placement, ShortcutKind};
@@ -114,9 +114,13 @@ pub fn study(
     // One forward and backward pass of POINTS samples per family, depth and replicate; the
     // deepest net must fit in memory.
     let nets = (Family::ALL.len() * replicates) as f64;
+    let widest = Family {
+        residual: true,
+        batch_norm: true,
+    };
     let work = depths
         .iter()
-        .map(|&d| crate::net::memory::pass_work(&NetChoice::Mlp, &sizes(d, width), POINTS, nets))
+        .map(|&d| description(widest, d, width, placement).pass_work(&INPUT, POINTS, nets))
         .sum();
     let deepest = *depths.iter().max().expect("not empty");
     let what = format!(
@@ -125,11 +129,8 @@ pub fn study(
     );
     crate::budget::ensure_feasible(&what, work, force)?;
     crate::net::memory::ensure_fits(
-        &crate::net::memory::estimate(
-            &NetChoice::Mlp,
-            &sizes(deepest, width),
-            placement,
-            ShortcutKind::Identity,
+        &description(widest, deepest, width, placement).memory(
+            &INPUT,
             POINTS,
             crate::net::memory::Purpose::profile(false),
         ),
@@ -213,20 +214,42 @@ pub fn gradients(
     Ok(g.iter().copied().collect())
 }
 
-/// A comparison net's sizes: a scalar input, two outputs.
-fn sizes(depth: usize, width: usize) -> NetSizes {
-    NetSizes {
+/// A comparison net's input: a scalar, and two classes.
+const INPUT: InputSizes = InputSizes {
+    input_dim: 1,
+    image_size: 1,
+    input_channels: 1,
+    classes: 2,
+};
+
+/// One net of the comparison: `depth` units of `family` of width `width`, He initialisation.
+pub fn description(
+    family: Family,
+    depth: usize,
+    width: usize,
+    placement: Placement,
+) -> NetDescription {
+    NetDescription {
+        net: NetChoice::Mlp,
         units: depth,
         width,
-        input_dim: 1,
-        image_size: 1,
-        input_channels: 1,
-        classes: 2,
+        placement,
+        shortcut: if family.residual {
+            ShortcutKind::Identity
+        } else {
+            ShortcutKind::None
+        },
+        projection: None,
+        norm: if family.batch_norm {
+            NormKind::Batch
+        } else {
+            NormKind::None
+        },
+        init: Init::He,
     }
 }
 
-/// One net of the comparison: `depth` original-style units of width `width`, a scalar input
-/// and two outputs, He initialisation.
+/// One net of the comparison ([`description`]), a scalar input and two outputs.
 pub fn build(
     family: Family,
     depth: usize,
@@ -234,24 +257,7 @@ pub fn build(
     placement: Placement,
     seed: u64,
 ) -> Result<crate::net::Network> {
-    build_net_with(
-        &NetChoice::Mlp,
-        &sizes(depth, width),
-        placement,
-        if family.residual {
-            ShortcutKind::Identity
-        } else {
-            ShortcutKind::None
-        },
-        None,
-        if family.batch_norm {
-            NormKind::Batch
-        } else {
-            NormKind::None
-        },
-        Init::He,
-        seed,
-    )
+    description(family, depth, width, placement).build(&INPUT, seed)
 }
 
 /// The normalised autocorrelation of a series at lags 0..n-1: `r(0) = 1`; NaN for a constant

@@ -8,18 +8,15 @@ use rand::Rng;
 use super::checks::{run_checks, CheckOptions, Status};
 use super::gaussian_batch;
 use crate::layers::Mode;
-use crate::net::{build_net, NetChoice, NetSizes};
+use crate::net::{InputSizes, NetChoice, NetDescription};
 use crate::rng::{derive_seed, purpose, rng};
 use crate::unit::{ForwardCtx, Placement, Projection, ShortcutKind};
 
 /// One drawn configuration, as the command line would spell it.
 #[derive(Debug, Clone)]
 pub struct SweepConfig {
-    pub net: NetChoice,
-    pub sizes: NetSizes,
-    pub placement: Placement,
-    pub shortcut: ShortcutKind,
-    pub projection: Option<Projection>,
+    pub arch: NetDescription,
+    pub input: InputSizes,
     pub mode: Mode,
     pub batch: usize,
     pub seed: u64,
@@ -28,19 +25,20 @@ pub struct SweepConfig {
 impl SweepConfig {
     /// The `resprop check` command that reproduces it.
     pub fn command(&self) -> String {
-        let size = match &self.net {
+        let (a, input) = (&self.arch, &self.input);
+        let size = match &a.net {
             NetChoice::Mlp => format!(
                 "--units {} --width {} --input-dim {}",
-                self.sizes.units, self.sizes.width, self.sizes.input_dim
+                a.units, a.width, input.input_dim
             ),
-            _ => format!("--image-size {}", self.sizes.image_size),
+            _ => format!("--image-size {}", input.image_size),
         };
-        let projection = self
+        let projection = a
             .projection
             .map_or(String::new(), |p| format!(" --projection {p}"));
         format!(
             "resprop check --net {} {size} --classes {} --batch {} --placement {} --shortcut {}{projection} --bn-mode {} --seed {} --directions 1",
-            self.net, self.sizes.classes, self.batch, self.placement, self.shortcut, self.mode, self.seed
+            a.net, input.classes, self.batch, a.placement, a.shortcut, self.mode, self.seed
         )
     }
 }
@@ -89,18 +87,21 @@ pub fn config(seed: u64, i: u64) -> SweepConfig {
             [2, 3, 5, 8][r.random_range(0..4)]
         };
         SweepConfig {
-            net: NetChoice::Mlp,
-            sizes: NetSizes {
+            arch: NetDescription {
+                net: NetChoice::Mlp,
                 units: r.random_range(2..=6),
                 width: [4, 8, 12, 16][r.random_range(0..4)],
+                placement,
+                shortcut,
+                projection: None,
+                ..NetDescription::default()
+            },
+            input: InputSizes {
                 input_dim: 6,
                 image_size: 8,
                 input_channels: 3,
                 classes: 5,
             },
-            placement,
-            shortcut,
-            projection: None,
             mode,
             batch,
             seed,
@@ -108,20 +109,24 @@ pub fn config(seed: u64, i: u64) -> SweepConfig {
     } else {
         let name =
             ["resnet:1:basic", "resnet:2:basic", "resnet:1:bottleneck"][r.random_range(0..3)];
+        let input = InputSizes {
+            input_dim: 6,
+            image_size: [4, 6, 8][r.random_range(0..3)],
+            // As `resprop check` builds them, so every command reproduces its row.
+            input_channels: 3,
+            classes: 5,
+        };
         SweepConfig {
-            net: name.parse().expect("a valid name"),
-            sizes: NetSizes {
+            arch: NetDescription {
+                net: name.parse().expect("a valid name"),
                 units: 1,
                 width: 8,
-                input_dim: 6,
-                image_size: [4, 6, 8][r.random_range(0..3)],
-                // As `resprop check` builds them, so every command reproduces its row.
-                input_channels: 3,
-                classes: 5,
+                placement,
+                shortcut,
+                projection: Some(Projection::ALL[r.random_range(0..3)]),
+                ..NetDescription::default()
             },
-            placement,
-            shortcut,
-            projection: Some(Projection::ALL[r.random_range(0..3)]),
+            input,
             mode,
             batch: r.random_range(2..=4),
             seed,
@@ -140,14 +145,7 @@ pub struct SweepResult {
 /// Runs `check` (one direction per target) on configuration `i` of the sweep.
 pub fn run_one(seed: u64, i: u64) -> Result<SweepResult> {
     let config = config(seed, i);
-    let net = build_net(
-        &config.net,
-        &config.sizes,
-        config.placement,
-        config.shortcut,
-        config.projection,
-        config.seed,
-    )?;
+    let net = config.arch.build(&config.input, config.seed)?;
     let (input, labels) = gaussian_batch(&net.input_shape, config.batch, net.classes, config.seed);
     let ctx = ForwardCtx::analysis(config.mode, config.seed);
     let report = run_checks(

@@ -163,8 +163,8 @@ fn run_check_sweep(args: &BenchArgs) -> Result<ExitCode> {
         out,
         "check-sweep: {} configurations in {secs:.1} s ({} MLP, {} conv): {} with a FAIL, {} with an inconclusive row ({rows} rows)",
         results.len(),
-        results.iter().filter(|r| r.config.net == crate::net::NetChoice::Mlp).count(),
-        results.iter().filter(|r| r.config.net != crate::net::NetChoice::Mlp).count(),
+        results.iter().filter(|r| r.config.arch.net == crate::net::NetChoice::Mlp).count(),
+        results.iter().filter(|r| r.config.arch.net != crate::net::NetChoice::Mlp).count(),
         failed.len(),
         inconclusive.len(),
     );

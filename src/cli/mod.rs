@@ -24,10 +24,11 @@ use std::process::ExitCode;
 use anyhow::{Context, Result};
 use clap::{Args, Parser, Subcommand};
 
+use crate::jobs::{InputSizes, NetDescription};
 use crate::layers::{Mode, NormKind};
-use crate::net::{build_net_with, NetChoice, NetSizes, Network};
+use crate::net::{NetChoice, NetSizes, Network};
 use crate::rng::{derive_seed, purpose};
-use crate::unit::{ForwardCtx, Placement, Projection, ShortcutKind};
+use crate::unit::{ForwardCtx, Projection, ShortcutKind};
 
 const ABOUT: &str = "How gradients travel through deep residual networks (He et al. 2016, \"Identity Mappings in Deep Residual Networks\").";
 
@@ -94,52 +95,7 @@ pub enum Command {
     All(experiment::AllArgs),
 }
 
-/// The flags given on the command line, by clap id (`units`, `input_dim`), as against those
-/// left at their defaults: a flag that cannot apply is refused when given, even at its default
-/// value. Empty when the arguments were not parsed from a command line (then nothing counts as
-/// given, and only values are checked).
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Given(std::collections::BTreeSet<String>);
-
-impl Given {
-    /// The flags of `matches` whose value came from the command line.
-    pub fn of(matches: &clap::ArgMatches) -> Given {
-        Given(
-            matches
-                .ids()
-                .filter(|id| {
-                    matches.value_source(id.as_str())
-                        == Some(clap::parser::ValueSource::CommandLine)
-                })
-                .map(|id| id.as_str().to_string())
-                .collect(),
-        )
-    }
-
-    /// Whether the flag with clap id `id` was given.
-    pub fn has(&self, id: &str) -> bool {
-        self.0.contains(id)
-    }
-
-    /// Whether the flag `id` was set: given on the command line, or (for arguments built
-    /// without one, as the Python package builds them) given a value other than its default.
-    pub fn set(&self, id: &str, differs_from_default: bool) -> bool {
-        self.has(id) || differs_from_default
-    }
-
-    /// Refuses the flag `id` when [`Given::set`], saying why it cannot apply.
-    pub fn refuse(
-        &self,
-        id: &str,
-        differs_from_default: bool,
-        why: impl FnOnce() -> String,
-    ) -> Result<()> {
-        if self.set(id, differs_from_default) {
-            anyhow::bail!("--{}: {}", id.replace('_', "-"), why());
-        }
-        Ok(())
-    }
-}
+pub use crate::jobs::Given;
 
 impl Command {
     /// Hands the given flags to the command's arguments.
@@ -164,18 +120,10 @@ impl Command {
 /// The network, its input batch and the run's seed.
 #[derive(Debug, Clone, Args)]
 pub struct NetArgs {
-    /// Network: `mlp` (residual MLP of two-dense-layer units; sized by --units, --width,
-    /// --input-dim) or a CIFAR ResNet: `resnet110` (18 basic units per stage), `resnet164`
-    /// (18 bottleneck), `resnet1001` (111 bottleneck), `resnet:N:basic|bottleneck` (N per
-    /// stage; `resnet:3:basic` is ResNet-20).
-    #[arg(long, default_value = "mlp", value_parser = parse_net)]
-    pub net: NetChoice,
-    /// Number of residual units L (MLP).
-    #[arg(long, default_value_t = 54)]
-    pub units: usize,
-    /// Width of every unit, in features (MLP).
-    #[arg(long, default_value_t = 64)]
-    pub width: usize,
+    // The network's architecture: --net, --units, --width, --placement, --shortcut,
+    // --projection, --norm, --init.
+    #[command(flatten)]
+    pub arch: NetDescription,
     /// Input dimension of the dense stem (MLP).
     #[arg(long, default_value_t = 64)]
     pub input_dim: usize,
@@ -188,44 +136,6 @@ pub struct NetArgs {
     /// Mini-batch size N (Gaussian inputs N(0,1), labels uniform over the classes).
     #[arg(long, default_value_t = 32)]
     pub batch: usize,
-    /// Activation placement (Fig. 4): original (W BN ReLU W BN, add, ReLU), bn-after-add
-    /// (W BN ReLU W, add, BN ReLU), relu-before-add (W BN ReLU W BN ReLU, add), relu-preact
-    /// (ReLU W BN ReLU W BN, add), full-preact (BN ReLU W BN ReLU W, add); and the
-    /// Transformer's one-norm units: post-norm (W ReLU W, add, N) and pre-norm (N W ReLU W,
-    /// add; a final N before the head), Post-LN and Pre-LN with --norm layer.
-    #[arg(long, default_value = "original", value_parser = parse_placement)]
-    pub placement: Placement,
-    /// Shortcut h (Fig. 2): identity; scale:L (h = L x); scale:L:B (branch scaled by B too);
-    /// gate:B (exclusive gating (1-g) x + g F, g = sigmoid(W_g x + b), b initialised to B);
-    /// shortcut-gate:B ((1-g) x + F); conv1x1 (learned projection); dropout:P (Bernoulli mask
-    /// on the shortcut, not rescaled; dropout:P:rescale divides by 1-P); none (plain net, h = 0);
-    /// and learned branch scalings with h = x: alpha:A (x + a F, a learned scalar per unit
-    /// initialised at A: SkipInit), rezero (alpha:0), layerscale:E (x + diag(lambda) F, one
-    /// learned value per channel initialised at E); deepnorm (post-norm with a --norm only:
-    /// N(a x + F), a = (2L)^(1/4), the branch's weights started at b = (8L)^(-1/4) times He's).
-    #[arg(long, default_value = "identity", value_parser = parse_shortcut)]
-    pub shortcut: ShortcutKind,
-    /// ResNets: the shortcut of the units that change width or resolution. bn (1x1 projection
-    /// followed by BatchNorm: the default for original, bn-after-add and relu-before-add, as in
-    /// fb.resnet.torch and torchvision), plain (bare 1x1 projection: the default for the
-    /// pre-activation placements, as in the paper's code), pad (option A of He et al. 2015:
-    /// subsample with the stride, zero-pad the new channels; no parameters, so the direct part
-    /// carries on across the stage change instead of restarting).
-    #[arg(long, value_parser = parse_projection)]
-    pub projection: Option<Projection>,
-    /// What fills every normalisation slot of the placement (stem, branch, after the
-    /// addition, head): batch (BatchNorm, the paper's), layer (LayerNorm: per sample, over
-    /// the features or C x H x W, per-channel gamma and beta) or none (the slots are left
-    /// out). The projection shortcut's BatchNorm (--projection bn) stays.
-    #[arg(long, default_value = "batch", value_parser = parse_norm)]
-    pub norm: NormKind,
-    /// How the weights start: he (He et al., the paper's: N(0, 2/fan_out), the classifier
-    /// N(0, 1/fan_in)), xavier (Glorot and Bengio's N(0, 2/(fan_in + fan_out)) on every weight
-    /// layer, the classifier included, as Xiong et al.'s LayerNorm analysis assumes) or fixup (Fixup: with --norm none,
-    /// each branch's last weight layer and the classifier at 0, the others scaled by
-    /// L^(-1/(2m-2)), a scalar multiplier per branch and scalar biases).
-    #[arg(long, default_value = "he", value_parser = |s: &str| s.parse::<crate::net::Init>())]
-    pub init: crate::net::Init,
     /// BatchNorm mode: train (batch statistics) or eval (running statistics).
     #[arg(long, default_value = "train", value_parser = parse_mode)]
     pub bn_mode: Mode,
@@ -268,35 +178,14 @@ pub struct Analysis {
     pub data: Option<crate::data::Split>,
 }
 
-fn parse_net(s: &str) -> Result<NetChoice, String> {
-    s.parse()
-}
-
-fn parse_placement(s: &str) -> Result<Placement, String> {
-    s.parse()
-}
-
-fn parse_shortcut(s: &str) -> Result<ShortcutKind, String> {
-    s.parse()
-}
-
-pub(crate) fn parse_projection(s: &str) -> Result<Projection, String> {
-    s.parse()
-}
-
-pub(crate) fn parse_norm(s: &str) -> Result<NormKind, String> {
-    s.parse()
-}
-
 fn parse_mode(s: &str) -> Result<Mode, String> {
     s.parse()
 }
 
 impl NetArgs {
-    pub fn sizes(&self) -> NetSizes {
-        NetSizes {
-            units: self.units,
-            width: self.width,
+    /// The sizes the flags give the network's input (3 image channels).
+    pub fn input_sizes(&self) -> InputSizes {
+        InputSizes {
             input_dim: self.input_dim,
             image_size: self.image_size,
             input_channels: 3,
@@ -304,16 +193,13 @@ impl NetArgs {
         }
     }
 
+    pub fn sizes(&self) -> NetSizes {
+        self.arch.sizes(&self.input_sizes())
+    }
+
     /// The memory estimate of this network and batch for `purpose`.
     pub fn memory(&self, purpose: crate::net::memory::Purpose) -> crate::net::memory::Estimate {
-        crate::net::memory::estimate(
-            &self.net,
-            &self.sizes(),
-            self.placement,
-            self.shortcut,
-            self.batch,
-            purpose,
-        )
+        self.arch.memory(&self.input_sizes(), self.batch, purpose)
     }
 
     /// Every flag at its default value.
@@ -343,15 +229,16 @@ impl NetArgs {
     /// checkpoint's architecture is filled in).
     fn refuse_inapplicable(&self) -> Result<()> {
         let (g, d) = (&self.given, NetArgs::defaults());
-        match &self.net {
+        let arch = &self.arch;
+        match &arch.net {
             NetChoice::Resnet { .. } => {
                 for (id, differs) in [
-                    ("units", self.units != d.units),
-                    ("width", self.width != d.width),
+                    ("units", arch.units != d.arch.units),
+                    ("width", arch.width != d.arch.width),
                     ("input_dim", self.input_dim != d.input_dim),
                 ] {
                     g.refuse(id, differs, || {
-                        format!("sizes the MLP; {} takes its size from its name", self.net)
+                        format!("sizes the MLP; {} takes its size from its name", arch.net)
                     })?;
                 }
             }
@@ -373,14 +260,10 @@ impl NetArgs {
                 g.refuse(id, differs, || format!("the network is sized for {source}"))?;
             }
         }
-        let projection_bn = matches!(self.net, NetChoice::Resnet { .. })
-            && self
-                .projection
-                .unwrap_or_else(|| crate::net::default_projection(self.placement, self.norm))
-                == Projection::Bn;
-        if self.norm != NormKind::Batch && !projection_bn {
+        let projection_bn = arch.is_resnet() && arch.resolved_projection() == Some(Projection::Bn);
+        if arch.norm != NormKind::Batch && !projection_bn {
             g.refuse("bn_mode", self.bn_mode != d.bn_mode, || {
-                format!("the network has no BatchNorm (--norm {})", self.norm)
+                format!("the network has no BatchNorm (--norm {})", arch.norm)
             })?;
         }
         Ok(())
@@ -393,86 +276,9 @@ impl NetArgs {
             return Ok(self.clone());
         };
         let config = crate::train::checkpoint::read_run_config(w)?;
-        let mut out = self.clone();
-        let mut conflicts = Vec::new();
-        fn adopt<T: PartialEq + Clone + std::fmt::Display>(
-            name: &str,
-            now: &mut T,
-            given: bool,
-            saved: Result<T, String>,
-            conflicts: &mut Vec<String>,
-        ) -> Result<()> {
-            let saved =
-                saved.map_err(|e| anyhow::anyhow!("--weights: the checkpoint's {name}: {e}"))?;
-            if !given {
-                *now = saved;
-            } else if *now != saved {
-                conflicts.push(format!("--{name}: checkpoint {saved}, asked {now}"));
-            }
-            Ok(())
-        }
-        // Without a command line (the library, Python) nothing counts as given: a value other
-        // than the default does.
-        let defaults = NetArgs::defaults();
-        let given = |id: &str, differs: bool| self.given.set(id, differs);
-        adopt(
-            "net",
-            &mut out.net,
-            given("net", self.net != defaults.net),
-            config.net.parse(),
-            &mut conflicts,
-        )?;
-        adopt(
-            "placement",
-            &mut out.placement,
-            given("placement", self.placement != defaults.placement),
-            config.placement.parse(),
-            &mut conflicts,
-        )?;
-        adopt(
-            "shortcut",
-            &mut out.shortcut,
-            given("shortcut", self.shortcut != defaults.shortcut),
-            config.shortcut.parse(),
-            &mut conflicts,
-        )?;
-        adopt(
-            "norm",
-            &mut out.norm,
-            given("norm", self.norm != defaults.norm),
-            config.norm.parse(),
-            &mut conflicts,
-        )?;
-        adopt(
-            "init",
-            &mut out.init,
-            given("init", self.init != defaults.init),
-            config.init.parse(),
-            &mut conflicts,
-        )?;
-        if out.net == NetChoice::Mlp {
-            adopt(
-                "units",
-                &mut out.units,
-                given("units", self.units != defaults.units),
-                Ok(config.units),
-                &mut conflicts,
-            )?;
-            adopt(
-                "width",
-                &mut out.width,
-                given("width", self.width != defaults.width),
-                Ok(config.width),
-                &mut conflicts,
-            )?;
-        } else if out.projection.is_none() && !config.projection.is_empty() {
-            out.projection = Some(
-                config
-                    .projection
-                    .parse()
-                    .map_err(|e| anyhow::anyhow!("--weights: the checkpoint's projection: {e}"))?,
-            );
-        }
+        let (arch, conflicts) =
+            self.arch
+                .adopt_checkpoint(&config, &self.given, &NetArgs::defaults().arch)?;
         if !conflicts.is_empty() {
             anyhow::bail!(
                 "--weights '{}' holds another network ({}): leave these flags out or give the checkpoint's values",
@@ -480,7 +286,10 @@ impl NetArgs {
                 conflicts.join("; ")
             );
         }
-        Ok(out)
+        Ok(NetArgs {
+            arch,
+            ..self.clone()
+        })
     }
 
     fn prepare_resolved(&self, purpose: crate::net::memory::Purpose) -> Result<Analysis> {
@@ -495,32 +304,16 @@ impl NetArgs {
             (None, None) => None,
         };
         let data = spec.map(|d| crate::data::load(&d)).transpose()?;
-        let sizes = match &data {
-            Some(d) => crate::train::sizes_for(d, self.units, self.width),
-            None => self.sizes(),
+        let input = match &data {
+            Some(d) => InputSizes::of_data(d),
+            None => self.input_sizes(),
         };
-        let estimate = crate::net::memory::estimate(
-            &self.net,
-            &sizes,
-            self.placement,
-            self.shortcut,
-            self.batch,
-            purpose,
-        );
-        crate::net::memory::ensure_fits(&estimate, &format!("{}", self.net))?;
-        let mut net = self.build_sized(&sizes)?;
+        let estimate = self.arch.memory(&input, self.batch, purpose);
+        crate::net::memory::ensure_fits(&estimate, &format!("{}", self.arch.net))?;
+        let mut net = self.build_for(&input)?;
         if let Some(w) = &self.weights {
-            let now = crate::train::checkpoint::Architecture::of(
-                &self.net,
-                &net,
-                self.width,
-                self.placement,
-                self.shortcut,
-                self.norm,
-                self.init,
-            );
             let given_data = self.data.as_ref().map(|d| d.to_string());
-            crate::train::checkpoint::load_weights(w, &mut net, &now, given_data.as_deref())?;
+            self.arch.load_weights(w, &mut net, given_data.as_deref())?;
         }
         let (input, labels) = match (&self.data, &data) {
             (Some(_), Some(d)) => {
@@ -534,7 +327,7 @@ impl NetArgs {
                 }
                 let mut r = crate::rng::rng(derive_seed(self.seed, &[purpose::INPUT]));
                 let idx = rand::seq::index::sample(&mut r, n, self.batch).into_vec();
-                d.train.batch(&idx, self.net == NetChoice::Mlp)
+                d.train.batch(&idx, self.arch.net == NetChoice::Mlp)
             }
             _ => crate::analysis::gaussian_batch(
                 &net.input_shape,
@@ -552,17 +345,9 @@ impl NetArgs {
         })
     }
 
-    fn build_sized(&self, sizes: &NetSizes) -> Result<Network> {
-        let mut net = build_net_with(
-            &self.net,
-            sizes,
-            self.placement,
-            self.shortcut,
-            self.projection,
-            self.norm,
-            self.init,
-            self.seed,
-        )?;
+    /// The network for `input`, drawn from --seed, run by the engine --unfused names.
+    fn build_for(&self, input: &InputSizes) -> Result<Network> {
+        let mut net = self.arch.build(input, self.seed)?;
         net.set_fusion(crate::unit::Fusion::from_unfused(self.unfused));
         Ok(net)
     }
@@ -602,8 +387,9 @@ impl NetArgs {
 
     /// One line naming everything that determines the numbers.
     pub fn summary(&self) -> String {
-        let size = match &self.net {
-            NetChoice::Mlp => format!("{} units, width {}", self.units, self.width),
+        let arch = &self.arch;
+        let size = match &arch.net {
+            NetChoice::Mlp => format!("{} units, width {}", arch.units, arch.width),
             NetChoice::Resnet {
                 units_per_stage, ..
             } => {
@@ -615,19 +401,19 @@ impl NetArgs {
                 )
             }
         };
-        let projection = match (&self.net, self.projection) {
+        let projection = match (&arch.net, arch.projection) {
             (NetChoice::Mlp, _) => String::new(),
             (_, p) => format!(
                 ", projection {}",
-                p.unwrap_or_else(|| crate::net::default_projection(self.placement, self.norm))
+                p.unwrap_or_else(|| crate::net::default_projection(arch.placement, arch.norm))
             ),
         };
-        let mut norm = match self.norm {
+        let mut norm = match arch.norm {
             NormKind::Batch => format!("BN {}", self.bn_mode),
             other => format!("norm {other}"),
         };
-        if !self.init.is_he() {
-            norm.push_str(&format!(", init {}", self.init));
+        if !arch.init.is_he() {
+            norm.push_str(&format!(", init {}", arch.init));
         }
         let mut source = String::new();
         if let Some(w) = &self.weights {
@@ -637,8 +423,8 @@ impl NetArgs {
             source.push_str(&format!(", batch from {d}"));
         }
         let size = if self.data.is_some() || self.weights.is_some() {
-            match &self.net {
-                NetChoice::Mlp => format!("{} units, width {}", self.units, self.width),
+            match &arch.net {
+                NetChoice::Mlp => format!("{} units, width {}", arch.units, arch.width),
                 NetChoice::Resnet {
                     units_per_stage, ..
                 } => format!("{} units, sized for the data", 3 * units_per_stage),
@@ -648,7 +434,7 @@ impl NetArgs {
         };
         format!(
             "{} with {size}, batch {}, placement {}, shortcut {}{projection}, {norm}, seed {}{source}",
-            self.net, self.batch, self.placement, self.shortcut, self.seed
+            arch.net, self.batch, arch.placement, arch.shortcut, self.seed
         )
     }
 }

@@ -79,8 +79,8 @@ pub fn run(args: &ProfileArgs) -> Result<ExitCode> {
     if let Some(path) = &args.csv {
         let bytes = profile_csv(
             &profile,
-            net_args.placement.name(),
-            &net_args.shortcut.to_string(),
+            net_args.arch.placement.name(),
+            &net_args.arch.shortcut.to_string(),
         )?;
         write_atomic(path, &bytes)?;
         outln!(

@@ -8,44 +8,31 @@ use anyhow::{bail, Result};
 use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
 
-use crate::net::{build_net_with, NetChoice};
+use crate::net::NetChoice;
 use crate::output::{emit, write_atomic};
 use crate::schema::to_csv;
 use crate::train::{checkpoint, train, History, Resume, TrainConfig};
-use crate::unit::{Placement, Projection, ShortcutKind};
 
 #[derive(Debug, Args)]
+#[command(
+    mut_arg("net", |a| {
+        a.default_value("resnet:2:basic").help(
+            "Network: mlp (sized by --units, --width) or a ResNet (resnet110, resnet:8:basic, ...), \
+             built for the data's image size and channels",
+        )
+    }),
+    mut_arg("units", |a| a.default_value("8")),
+    mut_arg("placement", |a| a.default_value("full-preact"))
+)]
 pub struct TrainArgs {
-    /// Network: mlp (sized by --units, --width) or a ResNet (resnet110, resnet:8:basic, ...),
-    /// built for the data's image size and channels.
-    #[arg(long, default_value = "resnet:2:basic", value_parser = |s: &str| s.parse::<NetChoice>())]
-    pub net: NetChoice,
+    // The network's architecture: --net, --units, --width, --placement, --shortcut,
+    // --projection, --norm, --init (the analysis commands' flags, with train's defaults:
+    // resnet:2:basic, 8 units, full-preact).
+    #[command(flatten)]
+    pub arch: crate::jobs::NetDescription,
     /// `digits` (bundled UCI handwritten digits) or `cifar10:<dir>` (the binary version).
     #[arg(long, default_value = "digits", value_parser = |s: &str| s.parse::<crate::data::DataSpec>())]
     pub data: crate::data::DataSpec,
-    /// Activation placement: original, bn-after-add, relu-before-add, relu-preact,
-    /// full-preact (the paper's Fig. 4), post-norm or pre-norm (one norm per unit).
-    #[arg(long, default_value = "full-preact", value_parser = |s: &str| s.parse::<Placement>())]
-    pub placement: Placement,
-    #[arg(long, default_value = "identity", value_parser = |s: &str| s.parse::<ShortcutKind>())]
-    pub shortcut: ShortcutKind,
-    /// ResNets: shortcut of the shape-changing units: bn (1x1 projection + BatchNorm, the
-    /// default for post-activation placements), plain (bare 1x1 projection, the default for
-    /// pre-activation placements) or pad (subsample and zero-pad, no parameters).
-    #[arg(long, value_parser = super::parse_projection)]
-    pub projection: Option<Projection>,
-    /// What fills the placement's normalisation slots: batch, layer (LayerNorm) or none.
-    #[arg(long, default_value = "batch", value_parser = super::parse_norm)]
-    pub norm: crate::layers::NormKind,
-    /// How the weights start: he, xavier or fixup (with --norm none).
-    #[arg(long, default_value = "he", value_parser = |s: &str| s.parse::<crate::net::Init>())]
-    pub init: crate::net::Init,
-    /// MLP units.
-    #[arg(long, default_value_t = 8)]
-    pub units: usize,
-    /// MLP width.
-    #[arg(long, default_value_t = 64)]
-    pub width: usize,
     #[arg(long, default_value_t = 10)]
     pub epochs: usize,
     #[arg(long, default_value_t = 64)]
@@ -147,13 +134,16 @@ impl TrainArgs {
                 || "applies to Adam; SGD adds the decay to the gradient".into(),
             )?,
         }
-        if let NetChoice::Resnet { .. } = self.net {
+        if let NetChoice::Resnet { .. } = self.arch.net {
             for (id, differs) in [
-                ("units", self.units != d.units),
-                ("width", self.width != d.width),
+                ("units", self.arch.units != d.arch.units),
+                ("width", self.arch.width != d.arch.width),
             ] {
                 g.refuse(id, differs, || {
-                    format!("sizes the MLP; {} takes its size from its name", self.net)
+                    format!(
+                        "sizes the MLP; {} takes its size from its name",
+                        self.arch.net
+                    )
                 })?;
             }
         }
@@ -214,28 +204,17 @@ impl TrainArgs {
             );
         }
         let per_epoch = crate::train::steps_per_epoch(data.train.len(), args.batch);
-        let sizes = crate::train::sizes_for(&data, args.units, args.width);
+        let arch = &args.arch;
+        let input = crate::jobs::InputSizes::of_data(&data);
         crate::net::memory::ensure_fits(
-            &crate::net::memory::estimate(
-                &args.net,
-                &sizes,
-                args.placement,
-                args.shortcut,
+            &arch.memory(
+                &input,
                 args.batch.max(500),
                 crate::net::memory::Purpose::Train,
             ),
-            &args.net.to_string(),
+            &arch.net.to_string(),
         )?;
-        let mut net = build_net_with(
-            &args.net,
-            &sizes,
-            args.placement,
-            args.shortcut,
-            args.projection,
-            args.norm,
-            args.init,
-            args.seed,
-        )?;
+        let mut net = arch.build(&input, args.seed)?;
         net.set_fusion(crate::unit::Fusion::from_unfused(args.unfused));
         // A step per batch of the training split each epoch, then a forward pass over the test
         // split.
@@ -267,22 +246,15 @@ impl TrainArgs {
             args.batch,
         )
         .map_err(|e| anyhow::anyhow!("--warmup-steps: {e}"))?;
-        let arch = checkpoint::Architecture::of(
-            &args.net,
-            &net,
-            args.width,
-            args.placement,
-            args.shortcut,
-            args.norm,
-            args.init,
-        );
         let run_config = checkpoint::RunConfig {
-            net: arch.net,
-            units: arch.units,
-            width: arch.width,
-            placement: arch.placement,
-            shortcut: arch.shortcut,
-            projection: arch.projection,
+            net: arch.net.to_string(),
+            units: arch.residual_units(),
+            width: arch.mlp_width(),
+            placement: arch.placement.to_string(),
+            shortcut: arch.shortcut.to_string(),
+            projection: arch
+                .resolved_projection()
+                .map_or(String::new(), |p| p.to_string()),
             epochs: args.epochs,
             batch: args.batch,
             lr: args.lr,
@@ -293,8 +265,8 @@ impl TrainArgs {
                 crate::train::OptimizerKind::Sgd => String::new(),
                 crate::train::OptimizerKind::Adam => args.weight_decay_mode.to_string(),
             },
-            norm: arch.norm,
-            init: arch.init,
+            norm: arch.norm.to_string(),
+            init: arch.init.to_string(),
             warmup: cfg.warmup.to_string(),
             record_every: args.record_every,
             seed: args.seed,
@@ -458,11 +430,11 @@ pub fn run(args: &TrainArgs) -> Result<ExitCode> {
     let (net, data) = (&t.net, &t.data);
     emit(&format!(
         "resprop train: {} ({} units, {} parameters), {} placement, shortcut {}{}, on {} ({} train / {} test), {} epoch{} of batch {}\n",
-        args.net,
+        args.arch.net,
         net.num_units(),
         net.param_count(),
-        args.placement,
-        args.shortcut,
+        args.arch.placement,
+        args.arch.shortcut,
         match &net.spec {
             crate::net::NetSpec::Resnet(c) => format!(", projection {}", c.projection),
             _ => String::new(),

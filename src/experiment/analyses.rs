@@ -91,7 +91,7 @@ pub fn run_paths_cell(
     }
     let mut r = rng(derive_seed(seed, &[purpose::INPUT]));
     let idx = rand::seq::index::sample(&mut r, n, spec.batch).into_vec();
-    let (x, y) = data.train.batch(&idx, cell.net == NetChoice::Mlp);
+    let (x, y) = data.train.batch(&idx, cell.arch.net == NetChoice::Mlp);
     let mut rows = path_table(spec, &net, &x, &y, sample, seed, "init", stop)?;
     let (h, warning) = train_cell_net(spec, cell, t, data, &mut net, stop)?;
     if h.diverged.is_none() {
@@ -140,8 +140,8 @@ pub fn run_lesion_cell(
 pub fn run_shatter_cell(spec: &Spec, cell: &Cell) -> Result<CellResult> {
     use crate::analysis::shatter::{autocorrelation, gradients, Family};
     let family = Family {
-        residual: cell.shortcut == ShortcutKind::Identity,
-        batch_norm: match cell.norm {
+        residual: cell.arch.shortcut == ShortcutKind::Identity,
+        batch_norm: match cell.arch.norm {
             NormKind::Batch => true,
             NormKind::None => false,
             NormKind::Layer => bail!("shatter compares BatchNorm with none"),
@@ -149,9 +149,9 @@ pub fn run_shatter_cell(spec: &Spec, cell: &Cell) -> Result<CellResult> {
     };
     let g = gradients(
         family,
-        cell.units,
+        cell.arch.units,
         spec.sizes.width,
-        cell.placement,
+        cell.arch.placement,
         cell_seed(spec, cell.replicate),
     )?;
     let rows = autocorrelation(&g)

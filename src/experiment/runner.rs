@@ -27,7 +27,8 @@ use crate::analysis::gaussian_batch;
 use crate::analysis::record::{build_records, fmt_f64};
 use crate::data::Split;
 use crate::interrupt::Interrupt;
-use crate::net::{build_net_with, NetSizes};
+use crate::jobs::InputSizes;
+use crate::net::NetSizes;
 use crate::output::{write_atomic, write_own_file};
 use crate::rng::derive_seed;
 use crate::schema::{self, Row, TableKind};
@@ -62,13 +63,16 @@ fn cell_keys(spec: &Spec, cell: &Cell, units: usize) -> Vec<String> {
     vec![
         spec.name.clone(),
         cell.index.to_string(),
-        cell.net.to_string(),
-        cell.placement.to_string(),
-        cell.shortcut.to_string(),
-        cell.norm.to_string(),
-        cell.init.to_string(),
+        cell.arch.net.to_string(),
+        cell.arch.placement.to_string(),
+        cell.arch.shortcut.to_string(),
+        cell.arch.norm.to_string(),
+        cell.arch.init.to_string(),
         cell.warmup.map(|w| w.to_string()).unwrap_or_default(),
-        cell.projection.map(|p| p.to_string()).unwrap_or_default(),
+        cell.arch
+            .projection
+            .map(|p| p.to_string())
+            .unwrap_or_default(),
         units.to_string(),
         cell.replicate.to_string(),
     ]
@@ -115,13 +119,13 @@ impl CellInputs {
         let (train, sizes, data_sha256) = match (spec.task.train_spec(), data) {
             (Some(t), Some((d, digest))) => (
                 Some(t.clone()),
-                sizes_for(d, cell.units, spec.sizes.width),
+                sizes_for(d, cell.arch.units, spec.sizes.width),
                 Some(digest.clone()),
             ),
             _ => (
                 None,
                 NetSizes {
-                    units: cell.units,
+                    units: cell.arch.units,
                     ..spec.sizes
                 },
                 None,
@@ -141,10 +145,10 @@ impl CellInputs {
         let profile = train.is_none();
         CellInputs {
             engine: ENGINE,
-            net: cell.net.to_string(),
-            placement: cell.placement.to_string(),
-            shortcut: cell.shortcut.to_string(),
-            projection: cell.projection.map(|p| p.to_string()),
+            net: cell.arch.net.to_string(),
+            placement: cell.arch.placement.to_string(),
+            shortcut: cell.arch.shortcut.to_string(),
+            projection: cell.arch.projection.map(|p| p.to_string()),
             sizes,
             replicate: cell.replicate,
             seed: cell_seed(spec, cell.replicate),
@@ -155,8 +159,8 @@ impl CellInputs {
             data_sha256,
             unfused: spec.unfused.then_some(true),
             weight_grads: (profile && spec.weight_grads).then_some(true),
-            norm: (!cell.norm.is_batch()).then(|| cell.norm.to_string()),
-            init: (!cell.init.is_he()).then(|| cell.init.to_string()),
+            norm: (!cell.arch.norm.is_batch()).then(|| cell.arch.norm.to_string()),
+            init: (!cell.arch.init.is_he()).then(|| cell.arch.init.to_string()),
             warmup: cell.warmup,
             analysis: match &spec.task {
                 Task::Profile | Task::Train(_) => None,
@@ -199,17 +203,9 @@ pub(super) fn build_cell_net(
     cell: &Cell,
     data: &Split,
 ) -> Result<crate::net::Network> {
-    let sizes = sizes_for(data, cell.units, spec.sizes.width);
-    let mut net = build_net_with(
-        &cell.net,
-        &sizes,
-        cell.placement,
-        cell.shortcut,
-        cell.projection,
-        cell.norm,
-        cell.init,
-        cell_seed(spec, cell.replicate),
-    )?;
+    let mut net = cell
+        .arch
+        .build(&InputSizes::of_data(data), cell_seed(spec, cell.replicate))?;
     net.set_fusion(spec.fusion());
     Ok(net)
 }
@@ -259,7 +255,7 @@ pub(super) fn train_cell_net(
     let warning = h.diverged.as_ref().map(|d| {
         format!(
             "cell {} ({} {} {}): {d}",
-            cell.index, cell.net, cell.placement, cell.shortcut
+            cell.index, cell.arch.net, cell.arch.placement, cell.arch.shortcut
         )
     });
     Ok((h, warning))
@@ -290,20 +286,7 @@ pub(super) fn build_profile_net(
     cell: &Cell,
 ) -> Result<(crate::net::Network, crate::tensor::Tensor, Vec<usize>)> {
     let seed = cell_seed(spec, cell.replicate);
-    let sizes = NetSizes {
-        units: cell.units,
-        ..spec.sizes
-    };
-    let mut net = build_net_with(
-        &cell.net,
-        &sizes,
-        cell.placement,
-        cell.shortcut,
-        cell.projection,
-        cell.norm,
-        cell.init,
-        seed,
-    )?;
+    let mut net = cell.arch.build(&InputSizes::of(&spec.sizes), seed)?;
     net.set_fusion(spec.fusion());
     let (input, labels) = gaussian_batch(&net.input_shape, spec.batch, net.classes, seed);
     Ok((net, input, labels))
@@ -353,9 +336,9 @@ pub fn run_cell(spec: &Spec, cell: &Cell) -> Result<CellResult> {
         format!(
             "cell {} ({} {} {}): non-finite values: {}",
             cell.index,
-            cell.net,
-            cell.placement,
-            cell.shortcut,
+            cell.arch.net,
+            cell.arch.placement,
+            cell.arch.shortcut,
             cols.join(", ")
         )
     });
@@ -663,7 +646,7 @@ pub fn assemble(spec: &Spec, out: &Path) -> Result<PathBuf> {
         let mut rows = Vec::new();
         for sc in &stored {
             let p = sc.path(&store, *kind);
-            let units = sc.inputs.sizes_units(sc.cell);
+            let units = sc.cell.arch.residual_units();
             let keys = cell_keys(spec, sc.cell, units);
             let bytes = crate::input::read(&p, crate::input::MAX_TABLE_BYTES, "cell table")?;
             let mut r = csv::ReaderBuilder::new()
@@ -747,14 +730,10 @@ pub fn compute_cells(spec: &Spec, out: &Path, how: &HowToRun, stop: &Interrupt) 
             Some(_) => crate::net::memory::Purpose::Train,
             None => crate::net::memory::Purpose::Check,
         };
-        let mut e = crate::net::memory::estimate(
-            &sc.cell.net,
-            &sc.inputs.sizes,
-            sc.cell.placement,
-            sc.cell.shortcut,
-            batch,
-            purpose,
-        );
+        let mut e = sc
+            .cell
+            .arch
+            .memory(&InputSizes::of(&sc.inputs.sizes), batch, purpose);
         // The threads' scratch is shared by the cells that run on them: counted once.
         e.total = (e.total - e.scratch) * side_by_side + e.scratch;
         crate::net::memory::ensure_fits(
@@ -763,9 +742,9 @@ pub fn compute_cells(spec: &Spec, out: &Path, how: &HowToRun, stop: &Interrupt) 
                 "{}: cell {} ({} {} {}, {} side by side)",
                 spec.name,
                 sc.cell.index,
-                sc.cell.net,
-                sc.cell.placement,
-                sc.cell.shortcut,
+                sc.cell.arch.net,
+                sc.cell.arch.placement,
+                sc.cell.arch.shortcut,
                 side_by_side
             ),
         )?;
@@ -831,9 +810,8 @@ pub fn compute_cells(spec: &Spec, out: &Path, how: &HowToRun, stop: &Interrupt) 
 
 /// The least work of computing a cell (see `budget`): its training, then its analysis.
 fn cell_work(spec: &Spec, sc: &StoredCell, data: Option<&Split>) -> crate::budget::Work {
-    let net = &sc.cell.net;
-    let sizes = &sc.inputs.sizes;
-    let pass = |batch: usize, passes: f64| crate::net::memory::pass_work(net, sizes, batch, passes);
+    let input = InputSizes::of(&sc.inputs.sizes);
+    let pass = |batch: usize, passes: f64| sc.cell.arch.pass_work(&input, batch, passes);
     let (train_n, test_n) = data.map_or((0, 0), |d| (d.train.len(), d.test.len()));
     let training = |t: &TrainSpec| {
         pass(
@@ -841,7 +819,7 @@ fn cell_work(spec: &Spec, sc: &StoredCell, data: Option<&Split>) -> crate::budge
             t.epochs as f64 * train_n.div_ceil(t.batch.max(1)) as f64,
         )
     };
-    let lengths = (sc.inputs.sizes_units(sc.cell) + 1) as f64;
+    let lengths = (sc.cell.arch.residual_units() + 1) as f64;
     match &spec.task {
         Task::Profile => match spec.measure {
             Measure::Profile => pass(spec.batch, 1.0),
@@ -858,18 +836,6 @@ fn cell_work(spec: &Spec, sc: &StoredCell, data: Option<&Split>) -> crate::budge
             training(train) + pass(test_n, lesions / 3.0)
         }
         Task::Shatter => pass(crate::analysis::shatter::POINTS, 1.0),
-    }
-}
-
-impl CellInputs {
-    /// The number of units of the cell's network (the MLP's depth, a ResNet's 3 x per stage).
-    fn sizes_units(&self, cell: &Cell) -> usize {
-        match &cell.net {
-            crate::net::NetChoice::Mlp => self.sizes.units,
-            crate::net::NetChoice::Resnet {
-                units_per_stage, ..
-            } => 3 * units_per_stage,
-        }
     }
 }
 

@@ -29,7 +29,7 @@ use anyhow::{anyhow, bail, Context, Result};
 use serde::{Deserialize, Serialize};
 
 use crate::layers::Mode;
-use crate::net::{NetChoice, NetSizes};
+use crate::net::{NetChoice, NetDescription, NetSizes};
 pub use crate::plot::kinds::{ChartKind, PaperValues};
 use crate::schema::TableKind;
 pub use crate::schema::{check_name, Measure};
@@ -377,16 +377,12 @@ fn serialize_displays<T: std::fmt::Display, S: serde::Serializer>(
 #[derive(Debug, Clone, PartialEq)]
 pub struct Cell {
     pub index: usize,
-    pub net: NetChoice,
-    pub placement: Placement,
-    pub shortcut: ShortcutKind,
-    /// The shape-changing units' shortcut, resolved (ResNets); `None` for the MLP.
-    pub projection: Option<Projection>,
-    pub norm: NormKind,
-    pub init: Init,
+    /// The cell's network: its grid point (the projection resolved for ResNets, `None` for
+    /// the MLP; a ResNet's units are the grid's first, which its name overrides), the
+    /// spec's width.
+    pub arch: NetDescription,
     /// Training: the warm-up's length in steps, when set (else the optimizer's default).
     pub warmup: Option<usize>,
-    pub units: usize,
     pub replicate: u64,
 }
 
@@ -401,7 +397,7 @@ impl Spec {
     pub fn cells(&self) -> Vec<Cell> {
         let mut cells = Vec::new();
         for grid in &self.grids {
-            grid.push_cells(&mut cells);
+            grid.push_cells(&mut cells, self.sizes.width);
         }
         cells
     }
@@ -438,13 +434,23 @@ impl Grid {
             .fold(0usize, usize::saturating_add)
     }
 
-    fn push_cells(&self, cells: &mut Vec<Cell>) {
+    fn push_cells(&self, cells: &mut Vec<Cell>, width: usize) {
         for net in &self.nets {
             for &placement in &self.placements {
                 for &shortcut in &self.shortcuts {
                     for &norm in &self.norms {
                         for &init in &self.inits {
-                            self.push_variant(cells, net, placement, shortcut, norm, init);
+                            let arch = NetDescription {
+                                net: net.clone(),
+                                units: 0,
+                                width,
+                                placement,
+                                shortcut,
+                                projection: None,
+                                norm,
+                                init,
+                            };
+                            self.push_variant(cells, &arch);
                         }
                     }
                 }
@@ -455,42 +461,34 @@ impl Grid {
     /// The cells of one (net, placement, shortcut, norm, init): projections apply to the
     /// ResNets' shape-changing units, MLP depth sweeps to the MLP (a ResNet's depth is in its
     /// name).
-    fn push_variant(
-        &self,
-        cells: &mut Vec<Cell>,
-        net: &NetChoice,
-        placement: Placement,
-        shortcut: ShortcutKind,
-        norm: NormKind,
-        init: Init,
-    ) {
-        let (projections, depths): (Vec<Option<Projection>>, &[usize]) = if *net == NetChoice::Mlp {
-            (vec![None], &self.units)
-        } else if self.projections.is_empty() {
-            (
-                vec![Some(crate::net::default_projection(placement, norm))],
-                &self.units[..1],
-            )
-        } else {
-            (
-                self.projections.iter().map(|&p| Some(p)).collect(),
-                &self.units[..1],
-            )
-        };
+    fn push_variant(&self, cells: &mut Vec<Cell>, variant: &NetDescription) {
+        let (placement, norm) = (variant.placement, variant.norm);
+        let (projections, depths): (Vec<Option<Projection>>, &[usize]) =
+            if variant.net == NetChoice::Mlp {
+                (vec![None], &self.units)
+            } else if self.projections.is_empty() {
+                (
+                    vec![Some(crate::net::default_projection(placement, norm))],
+                    &self.units[..1],
+                )
+            } else {
+                (
+                    self.projections.iter().map(|&p| Some(p)).collect(),
+                    &self.units[..1],
+                )
+            };
         for projection in projections {
             for &units in depths {
                 for &warmup in &self.warmups {
                     for &replicate in &self.replicates {
                         cells.push(Cell {
                             index: cells.len(),
-                            net: net.clone(),
-                            placement,
-                            shortcut,
-                            projection,
-                            norm,
-                            init,
+                            arch: NetDescription {
+                                units,
+                                projection,
+                                ..variant.clone()
+                            },
                             warmup,
-                            units,
                             replicate,
                         });
                     }
@@ -783,20 +781,20 @@ fn refuse_repeated_cells(spec: &Spec) -> Result<()> {
     for c in spec.cells() {
         let key = format!(
             "{} {} {} {:?} {} {} {:?} {} {}",
-            c.net,
-            c.placement,
-            c.shortcut,
-            c.projection,
-            c.norm,
-            c.init,
+            c.arch.net,
+            c.arch.placement,
+            c.arch.shortcut,
+            c.arch.projection,
+            c.arch.norm,
+            c.arch.init,
             c.warmup,
-            c.units,
+            c.arch.units,
             c.replicate
         );
         if let Some(first) = seen.insert(key, c.index) {
             bail!(
                 "grid: cells {first} and {} are the same ({} {} {}, replicate {}): a cell may appear in one grid only",
-                c.index, c.net, c.placement, c.shortcut, c.replicate
+                c.index, c.arch.net, c.arch.placement, c.arch.shortcut, c.replicate
             );
         }
     }
@@ -970,9 +968,9 @@ replicates = [0, 1]
         let spec = parse_spec(GOOD).unwrap();
         let cells = spec.cells();
         assert_eq!(cells.len(), 8);
-        assert_eq!(cells[0].placement, Placement::Original);
+        assert_eq!(cells[0].arch.placement, Placement::Original);
         assert_eq!(cells[7].replicate, 1);
-        assert!(cells.iter().all(|c| c.units == 4));
+        assert!(cells.iter().all(|c| c.arch.units == 4));
         assert!(spec.to_toml().unwrap().contains("scale:0.5"));
     }
 

@@ -3,6 +3,7 @@
 //! The network records every unit input `x_0 .. x_L` (`x_L` is the head's input) in its
 //! cache and returns every `dE/dx_l` from backward, so the analysis never needs hooks.
 
+pub mod description;
 pub mod fixup;
 pub mod init;
 pub mod memory;
@@ -28,6 +29,7 @@ use crate::unit::ops::{
 };
 use crate::unit::{ForwardCtx, Projection, ResidualUnit, UnitCache};
 
+pub use description::{InputSizes, NetDescription};
 pub use mlp::{build_mlp, MlpConfig};
 pub use resnet::{build_resnet, ResnetConfig};
 
@@ -79,57 +81,6 @@ pub struct NetSizes {
     pub classes: usize,
 }
 
-/// Builds the named network, validating every size. `projection` is the shortcut of the
-/// ResNets' shape-changing units (`None`: the placement's convention,
-/// [`Projection::default_for`]); an MLP has no such unit and refuses one.
-pub fn build_net(
-    choice: &NetChoice,
-    sizes: &NetSizes,
-    placement: crate::unit::Placement,
-    shortcut: crate::unit::ShortcutKind,
-    projection: Option<Projection>,
-    seed: u64,
-) -> Result<Network> {
-    build_net_with(
-        choice,
-        sizes,
-        placement,
-        shortcut,
-        projection,
-        NormKind::Batch,
-        Init::He,
-        seed,
-    )
-}
-
-/// As [`build_net`], with `norm` filling every normalisation slot of the placement (stem,
-/// branch, after the addition, head; `NormKind::None` leaves them out, and then a ResNet's
-/// shape-changing units default to a bare projection) and the weights started by `init`.
-/// A projection shortcut's BatchNorm asked for explicitly (`--projection bn`) stays.
-#[allow(clippy::too_many_arguments)]
-pub fn build_net_with(
-    choice: &NetChoice,
-    sizes: &NetSizes,
-    placement: crate::unit::Placement,
-    shortcut: crate::unit::ShortcutKind,
-    projection: Option<Projection>,
-    norm: NormKind,
-    init: Init,
-    seed: u64,
-) -> Result<Network> {
-    let projection = match choice {
-        NetChoice::Resnet { .. } => Some(projection.unwrap_or(default_projection(placement, norm))),
-        NetChoice::Mlp => projection,
-    };
-    let mut net = build_drawn(
-        choice, sizes, placement, shortcut, projection, norm, init, seed,
-    )?;
-    if init == Init::Fixup {
-        fixup::apply(&mut net)?;
-    }
-    Ok(net)
-}
-
 /// The shape-changing units' shortcut when none is asked for: each placement's convention
 /// ([`Projection::default_for`]), and a bare projection in a network without normalisation.
 pub fn default_projection(placement: crate::unit::Placement, norm: NormKind) -> Projection {
@@ -139,9 +90,12 @@ pub fn default_projection(placement: crate::unit::Placement, norm: NormKind) -> 
     }
 }
 
-/// The network with every weight layer drawn by `init`'s rule (Fixup's rewrite comes after).
+/// The network with every weight layer drawn by `init`'s rule (Fixup's rewrite comes after),
+/// `projection` resolved. Networks are built through
+/// [`NetDescription::build`](crate::jobs::NetDescription::build), which resolves the projection
+/// and applies Fixup.
 #[allow(clippy::too_many_arguments)]
-fn build_drawn(
+pub(crate) fn build_drawn(
     choice: &NetChoice,
     sizes: &NetSizes,
     placement: crate::unit::Placement,

@@ -627,91 +627,6 @@ fn read_config(npz: &mut NpzReader<File>, ctx: &dyn Fn(&str) -> String) -> Resul
         .with_context(|| ctx("malformed config_json"))
 }
 
-/// What a checkpoint's network is: the settings a network built to receive its weights must
-/// share with it.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Architecture {
-    pub net: String,
-    /// The residual units the network has.
-    pub units: usize,
-    /// The MLP's width (0 for a ResNet, whose widths its name fixes).
-    pub width: usize,
-    pub placement: String,
-    pub shortcut: String,
-    pub projection: String,
-    pub norm: String,
-    pub init: String,
-}
-
-impl RunConfig {
-    pub fn architecture(&self) -> Architecture {
-        Architecture {
-            net: self.net.clone(),
-            units: self.units,
-            width: self.width,
-            placement: self.placement.clone(),
-            shortcut: self.shortcut.clone(),
-            projection: self.projection.clone(),
-            norm: self.norm.clone(),
-            init: self.init.clone(),
-        }
-    }
-}
-
-impl Architecture {
-    /// The architecture of `net`, built from `choice` with these settings (`width`: the MLP's).
-    pub fn of(
-        choice: &crate::net::NetChoice,
-        net: &Network,
-        width: usize,
-        placement: crate::unit::Placement,
-        shortcut: crate::unit::ShortcutKind,
-        norm: crate::layers::NormKind,
-        init: crate::net::Init,
-    ) -> Architecture {
-        Architecture {
-            net: choice.to_string(),
-            units: net.num_units(),
-            width: if *choice == crate::net::NetChoice::Mlp {
-                width
-            } else {
-                0
-            },
-            placement: placement.to_string(),
-            shortcut: shortcut.to_string(),
-            projection: match &net.spec {
-                crate::net::NetSpec::Resnet(c) => c.projection.to_string(),
-                crate::net::NetSpec::Mlp(_) => String::new(),
-            },
-            norm: norm.to_string(),
-            init: init.to_string(),
-        }
-    }
-
-    /// The settings in which `now` differs from `self`, as `--flag checkpoint A, now B`.
-    pub fn differences(&self, now: &Architecture) -> Vec<String> {
-        let pairs = [
-            ("net", self.net.clone(), now.net.clone()),
-            ("units", self.units.to_string(), now.units.to_string()),
-            ("width", self.width.to_string(), now.width.to_string()),
-            ("placement", self.placement.clone(), now.placement.clone()),
-            ("shortcut", self.shortcut.clone(), now.shortcut.clone()),
-            (
-                "projection",
-                self.projection.clone(),
-                now.projection.clone(),
-            ),
-            ("norm", self.norm.clone(), now.norm.clone()),
-            ("init", self.init.clone(), now.init.clone()),
-        ];
-        pairs
-            .into_iter()
-            .filter(|(_, a, b)| a != b)
-            .map(|(k, a, b)| format!("--{k}: checkpoint {a}, now {b}"))
-            .collect()
-    }
-}
-
 /// A checkpoint file given to `--weights`, opened.
 fn open_weights(path: &Path) -> Result<NpzReader<File>> {
     if path.is_dir() {
@@ -737,20 +652,22 @@ pub fn read_run_config(path: &Path) -> Result<RunConfig> {
 }
 
 /// Loads a checkpoint's trained weights (parameters and BN running statistics) into `net`,
-/// which must have been built with the checkpoint's architecture: a network of other settings
-/// is refused in one line naming each setting and both values. `data`: the `--data` the
-/// network was sized for, if given (a network whose shapes differ because that data's images
-/// or classes differ from the checkpoint's is refused naming both).
+/// which must have been built with the checkpoint's architecture: `differences` gives, from the
+/// checkpoint's run configuration, each setting in which `net`'s differs
+/// ([`NetDescription::differences`](crate::jobs::NetDescription::differences)), and a network
+/// of other settings is refused in one line naming each. `data`: the `--data` the network was
+/// sized for, if given (a network whose shapes differ because that data's images or classes
+/// differ from the checkpoint's is refused naming both).
 pub fn load_weights(
     path: &Path,
     net: &mut Network,
-    now: &Architecture,
+    differences: impl FnOnce(&RunConfig) -> Result<Vec<String>>,
     data: Option<&str>,
 ) -> Result<RunConfig> {
     let mut npz = open_weights(path)?;
     let ctx = |what: &str| format!("checkpoint '{}': {what}", path.display());
     let config = read_config(&mut npz, &ctx)?;
-    let changed = config.architecture().differences(now);
+    let changed = differences(&config)?;
     if !changed.is_empty() {
         bail!(
             "--weights '{}' holds another network ({}): build it with the checkpoint's settings",

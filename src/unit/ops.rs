@@ -675,21 +675,28 @@ pub fn update_running_stats_seq(ops: &mut [Op], caches: &[OpCache]) {
 mod tests {
     use super::*;
     use crate::analysis::gaussian_batch;
-    use crate::net::{build_net, NetChoice, NetSizes};
+    use crate::net::{InputSizes, NetChoice, NetDescription};
     use crate::unit::{Placement, ShortcutKind};
     use Stage::*;
 
     fn branch(net: &str, width: usize, placement: Placement) -> (Vec<Op>, Vec<usize>) {
-        let sizes = NetSizes {
-            units: 1,
-            width,
+        let input = InputSizes {
             input_dim: 8,
             image_size: 8,
             input_channels: 3,
             classes: 10,
         };
         let choice: NetChoice = net.parse().unwrap();
-        let net = build_net(&choice, &sizes, placement, ShortcutKind::Identity, None, 1).unwrap();
+        let net = NetDescription {
+            net: choice.clone(),
+            units: 1,
+            width,
+            placement,
+            shortcut: ShortcutKind::Identity,
+            ..NetDescription::default()
+        }
+        .build(&input, 1)
+        .unwrap();
         let shape = match choice {
             NetChoice::Mlp => vec![96, width],
             _ => vec![4, 16, 8, 8],

@@ -279,19 +279,20 @@ fn the_verifier_raises_no_false_alarm_on_random_networks() {
 /// exclusive gates) passes: its gradient is right (NumPy and PyTorch agree to 1e-12).
 #[test]
 fn the_former_false_alarm_passes() {
-    let net = resprop::net::build_net(
-        &resprop::net::NetChoice::Mlp,
-        &resprop::net::NetSizes {
-            units: 6,
-            width: 16,
+    let net = resprop::net::NetDescription {
+        units: 6,
+        width: 16,
+        placement: Placement::BnAfterAdd,
+        shortcut: "gate:-6".parse().unwrap(),
+        ..resprop::net::NetDescription::default()
+    }
+    .build(
+        &resprop::net::InputSizes {
             input_dim: 64,
             image_size: 32,
             input_channels: 3,
             classes: 10,
         },
-        Placement::BnAfterAdd,
-        "gate:-6".parse().unwrap(),
-        None,
         7,
     )
     .unwrap();
@@ -446,10 +447,8 @@ fn running_statistics_update_after_a_training_pass() {
 fn rezero_gradient_is_its_direct_part_exactly() {
     use resprop::grads::Grads;
     use resprop::layers::NormKind;
-    use resprop::net::{build_net_with, NetChoice, NetSizes};
-    let sizes = NetSizes {
-        units: 6,
-        width: 16,
+    use resprop::net::{InputSizes, NetChoice, NetDescription};
+    let input = InputSizes {
         input_dim: 12,
         image_size: 8,
         input_channels: 3,
@@ -462,16 +461,16 @@ fn rezero_gradient_is_its_direct_part_exactly() {
         ("resnet:2:basic", NormKind::None, Placement::FullPreact),
     ] {
         let choice: NetChoice = net.parse().unwrap();
-        let net = build_net_with(
-            &choice,
-            &sizes,
+        let net = NetDescription {
+            net: choice.clone(),
+            units: 6,
+            width: 16,
             placement,
-            "rezero".parse().unwrap(),
-            None,
+            shortcut: "rezero".parse().unwrap(),
             norm,
-            resprop::net::Init::He,
-            3,
-        )
+            ..NetDescription::default()
+        }
+        .build(&input, 3)
         .unwrap();
         let (x, y) = gaussian_batch(&net.input_shape, 8, 10, 3);
         let cache = net.forward(&x, &y, &ctx()).unwrap();
@@ -503,26 +502,23 @@ fn rezero_gradient_is_its_direct_part_exactly() {
 #[test]
 fn deepnorm_constants_follow_the_depth() {
     use resprop::layers::NormKind;
-    use resprop::net::{build_net_with, NetChoice, NetSizes};
-    let sizes = NetSizes {
-        units: 24,
-        width: 8,
+    use resprop::net::{InputSizes, NetDescription};
+    let input = InputSizes {
         input_dim: 12,
         image_size: 8,
         input_channels: 3,
         classes: 10,
     };
     let build = |shortcut: &str| {
-        build_net_with(
-            &NetChoice::Mlp,
-            &sizes,
-            Placement::PostNorm,
-            shortcut.parse().unwrap(),
-            None,
-            NormKind::Layer,
-            resprop::net::Init::He,
-            5,
-        )
+        NetDescription {
+            units: 24,
+            width: 8,
+            placement: Placement::PostNorm,
+            shortcut: shortcut.parse().unwrap(),
+            norm: NormKind::Layer,
+            ..NetDescription::default()
+        }
+        .build(&input, 5)
         .unwrap()
     };
     let (deep, plain) = (build("deepnorm"), build("identity"));
@@ -553,11 +549,9 @@ fn deepnorm_constants_follow_the_depth() {
 #[test]
 fn fixup_starts_as_its_paper_says_and_checks_pass() {
     use resprop::layers::NormKind;
-    use resprop::net::{build_net_with, Init, NetChoice, NetSizes};
+    use resprop::net::{Init, InputSizes, NetDescription};
     use resprop::unit::Op;
-    let sizes = NetSizes {
-        units: 6,
-        width: 8,
+    let input = InputSizes {
         input_dim: 12,
         image_size: 8,
         input_channels: 3,
@@ -567,18 +561,17 @@ fn fixup_starts_as_its_paper_says_and_checks_pass() {
         ("mlp", Placement::Original),
         ("resnet:1:basic", Placement::FullPreact),
     ] {
-        let choice: NetChoice = net.parse().unwrap();
         let build = |init| {
-            build_net_with(
-                &choice,
-                &sizes,
+            NetDescription {
+                net: net.parse().unwrap(),
+                units: 6,
+                width: 8,
                 placement,
-                ShortcutKind::Identity,
-                None,
-                NormKind::None,
+                norm: NormKind::None,
                 init,
-                9,
-            )
+                ..NetDescription::default()
+            }
+            .build(&input, 9)
             .unwrap()
         };
         let (fixup, he) = (build(Init::Fixup), build(Init::He));

@@ -9,7 +9,7 @@
 use resprop::analysis::gaussian_batch;
 use resprop::grads::Grads;
 use resprop::layers::Mode;
-use resprop::net::{build_net, Keep, NetChoice, NetSizes, Network};
+use resprop::net::{InputSizes, Keep, NetChoice, NetDescription, Network};
 use resprop::tensor::Tensor;
 use resprop::unit::{ForwardCtx, Fusion, Placement, Projection, ShortcutKind};
 
@@ -117,10 +117,8 @@ fn assert_plain_equals_fused(mut net: Network, batch: usize, what: &str) -> f64 
     worst
 }
 
-fn sizes(units: usize, width: usize, image_size: usize) -> NetSizes {
-    NetSizes {
-        units,
-        width,
+fn input(image_size: usize) -> InputSizes {
+    InputSizes {
         input_dim: 7,
         image_size,
         input_channels: 3,
@@ -137,14 +135,15 @@ fn plain_interpreter_equals_the_fused_mlp_for_every_placement_and_shortcut() {
         for placement in Placement::ALL {
             for sc in SHORTCUTS {
                 let shortcut: ShortcutKind = sc.parse().unwrap();
-                let net = build_net(
-                    &NetChoice::Mlp,
-                    &sizes(units, width, 8),
+                let net = NetDescription {
+                    net: NetChoice::Mlp,
+                    units,
+                    width,
                     placement,
                     shortcut,
-                    None,
-                    3,
-                )
+                    ..NetDescription::default()
+                }
+                .build(&input(8), 3)
                 .unwrap();
                 let what = format!("mlp {units}x{width} {placement} {sc}");
                 worst = worst.max(assert_plain_equals_fused(net, batch, &what));
@@ -165,14 +164,14 @@ fn plain_interpreter_equals_the_fused_resnet_for_every_placement_shortcut_and_pr
             for sc in SHORTCUTS {
                 for projection in Projection::ALL {
                     let shortcut: ShortcutKind = sc.parse().unwrap();
-                    let net = build_net(
-                        &net_choice,
-                        &sizes(0, 0, 8),
+                    let net = NetDescription {
+                        net: net_choice.clone(),
                         placement,
                         shortcut,
-                        Some(projection),
-                        5,
-                    )
+                        projection: Some(projection),
+                        ..NetDescription::default()
+                    }
+                    .build(&input(8), 5)
                     .unwrap();
                     let what = format!("resnet {block} {placement} {sc} {projection}");
                     worst = worst.max(assert_plain_equals_fused(net, 3, &what));
@@ -183,14 +182,12 @@ fn plain_interpreter_equals_the_fused_resnet_for_every_placement_shortcut_and_pr
     // A deeper net: the fused units hand BN statistics from one to the next.
     let net: NetChoice = "resnet:2:basic".parse().unwrap();
     for placement in [Placement::Original, Placement::FullPreact] {
-        let n = build_net(
-            &net,
-            &sizes(0, 0, 8),
+        let n = NetDescription {
+            net: net.clone(),
             placement,
-            ShortcutKind::Identity,
-            None,
-            7,
-        )
+            ..NetDescription::default()
+        }
+        .build(&input(8), 7)
         .unwrap();
         worst = worst.max(assert_plain_equals_fused(n, 4, "resnet:2:basic"));
     }
@@ -209,14 +206,13 @@ fn rel_diff_sees_a_one_ulp_change() {
 #[test]
 #[should_panic(expected = "did not keep")]
 fn weight_gradients_of_a_pass_that_dropped_the_inputs_are_refused() {
-    let net = build_net(
-        &NetChoice::Mlp,
-        &sizes(2, 16, 8),
-        Placement::FullPreact,
-        ShortcutKind::Identity,
-        None,
-        1,
-    )
+    let net = NetDescription {
+        units: 2,
+        width: 16,
+        placement: Placement::FullPreact,
+        ..NetDescription::default()
+    }
+    .build(&input(8), 1)
     .unwrap();
     let (input, labels) = gaussian_batch(&net.input_shape, 4, net.classes, 2);
     let ctx = ForwardCtx {

@@ -17,7 +17,7 @@
 use std::collections::BTreeMap;
 
 use resprop::layers::NormKind;
-use resprop::net::{build_net_with, Init, NetChoice, NetSizes, Network};
+use resprop::net::{Init, InputSizes, NetDescription, Network};
 use resprop::unit::{Placement, Projection};
 
 const SEEDS: u64 = 12;
@@ -112,30 +112,26 @@ struct Case {
 }
 
 fn check(case: &Case) -> Vec<String> {
-    let sizes = NetSizes {
-        units: 3,
-        width: 64,
+    let input = InputSizes {
         input_dim: 64,
         image_size: 8,
         input_channels: 3,
         classes: 10,
     };
-    let choice: NetChoice = case.net.parse().unwrap();
-    let shortcut = case.shortcut.parse().unwrap();
+    let arch = NetDescription {
+        net: case.net.parse().unwrap(),
+        units: 3,
+        width: 64,
+        placement: case.placement,
+        shortcut: case.shortcut.parse().unwrap(),
+        projection: case.projection,
+        norm: case.norm,
+        init: case.init,
+    };
     let mut pools = BTreeMap::new();
     let mut units = 0;
     for seed in 0..SEEDS {
-        let net = build_net_with(
-            &choice,
-            &sizes,
-            case.placement,
-            shortcut,
-            case.projection,
-            case.norm,
-            case.init,
-            seed,
-        )
-        .unwrap();
+        let net = arch.build(&input, seed).unwrap();
         units = net.num_units();
         weights(&net, &mut pools);
     }

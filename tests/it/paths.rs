@@ -4,7 +4,7 @@
 use resprop::analysis::gaussian_batch;
 use resprop::analysis::paths::{decompose, path_rows, sample_paths, single_path};
 use resprop::layers::{Mode, NormKind};
-use resprop::net::{build_net_with, Init, NetChoice, NetSizes, Network};
+use resprop::net::{InputSizes, NetDescription, Network};
 use resprop::tensor::{norm, Tensor};
 use resprop::unit::{ForwardCtx, Placement};
 
@@ -20,24 +20,23 @@ fn ctx() -> ForwardCtx {
 }
 
 fn build(net: &str, units: usize, placement: Placement, shortcut: &str, norm: NormKind) -> Network {
-    let sizes = NetSizes {
-        units,
-        width: 12,
+    let input = InputSizes {
         input_dim: 10,
         image_size: 8,
         input_channels: 3,
         classes: 10,
     };
-    build_net_with(
-        &net.parse::<NetChoice>().unwrap(),
-        &sizes,
+    NetDescription {
+        net: net.parse().unwrap(),
+        units,
+        width: 12,
         placement,
-        shortcut.parse().unwrap(),
-        None,
+        shortcut: shortcut.parse().unwrap(),
+        projection: None,
         norm,
-        Init::He,
-        5,
-    )
+        ..NetDescription::default()
+    }
+    .build(&input, 5)
     .unwrap()
 }
 
