@@ -396,11 +396,27 @@ pub fn prepare_log(fig: &mut Figure) -> NotDrawn {
             String::new()
         };
         if let Some(heat) = &panel.heat {
-            for &(x, y, reason) in &heat.dropped {
+            // One item per panel and reason: a count and the x range the grey cells span (a
+            // diverged run leaves thousands; listing each would bury the chart).
+            let mut cells: std::collections::BTreeMap<Dropped, (usize, f64, f64)> =
+                Default::default();
+            for &(x, _, reason) in &heat.dropped {
                 not_drawn.add(reason);
+                let e = cells
+                    .entry(reason)
+                    .or_insert((0, f64::INFINITY, f64::NEG_INFINITY));
+                *e = (e.0 + 1, e.1.min(x), e.2.max(x));
+            }
+            for (reason, (n, lo, hi)) in cells {
                 by_reason.entry(reason).or_default().push(format!(
-                    "cell{where_} at {} {x}, {} {y}",
-                    panel.x_desc, panel.y_desc
+                    "{n} cell{}{where_} (grey) at {} {}",
+                    if n == 1 { "" } else { "s" },
+                    panel.x_desc,
+                    if lo == hi {
+                        format!("{lo}")
+                    } else {
+                        format!("{lo} to {hi}")
+                    }
                 ));
             }
         }
@@ -877,6 +893,39 @@ pub fn draw_charts(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_heatmaps_grey_cells_are_summed_up_in_one_short_note() {
+        // A diverged run leaves thousands of cells log10 cannot colour: one item per panel
+        // and reason, with a count and the x range (listing each buried the chart).
+        let dropped = (0..1500)
+            .map(|k| ((40 + 10 * (k % 18)) as f64, (k / 18) as f64, Dropped::Zero))
+            .collect();
+        let mut fig = Figure {
+            title: "t".into(),
+            panels: vec![Panel {
+                title: "p".into(),
+                x_desc: "step".into(),
+                heat: Some(Heat {
+                    xs: vec![],
+                    ys: vec![],
+                    z: vec![],
+                    dropped,
+                }),
+                ..Default::default()
+            }],
+            notes: vec![],
+            size: (100, 100),
+        };
+        let not_drawn = prepare_log(&mut fig);
+        assert_eq!(not_drawn.total(), 1500);
+        assert_eq!(fig.notes.len(), 1);
+        assert!(
+            fig.notes[0].ends_with("1500 cells (grey) at step 40 to 210"),
+            "{}",
+            fig.notes[0]
+        );
+    }
 
     #[test]
     fn ranges_compress_runs() {
