@@ -90,3 +90,23 @@ pub fn tiny_checkpoint(dir: &std::path::Path) -> std::path::PathBuf {
     ));
     ck
 }
+
+/// A profile-sized MLP in a few flags: 2 units of width 4 on 4 inputs, batch 4.
+pub const TINY: [&str; 8] = [
+    "--units",
+    "2",
+    "--width",
+    "4",
+    "--input-dim",
+    "4",
+    "--batch",
+    "4",
+];
+
+/// `command` on the [`TINY`] network, then `extra`.
+pub fn with_tiny<'a>(command: &'a str, extra: &[&'a str]) -> Vec<&'a str> {
+    let mut v = vec![command];
+    v.extend(TINY);
+    v.extend(extra);
+    v
+}

@@ -7,24 +7,6 @@ use std::path::{Path, PathBuf};
 
 use crate::common::*;
 
-const TINY: [&str; 8] = [
-    "--units",
-    "2",
-    "--width",
-    "4",
-    "--input-dim",
-    "4",
-    "--batch",
-    "4",
-];
-
-fn with_tiny<'a>(command: &'a str, extra: &[&'a str]) -> Vec<&'a str> {
-    let mut v = vec![command];
-    v.extend(TINY);
-    v.extend(extra);
-    v
-}
-
 #[test]
 fn outputs_go_only_where_asked_and_special_files_are_never_replaced() {
     let dir = tempfile::tempdir().unwrap();

@@ -6,18 +6,6 @@
 
 use crate::common::*;
 
-const TINY: [&str; 9] = [
-    "profile",
-    "--units",
-    "2",
-    "--width",
-    "4",
-    "--input-dim",
-    "4",
-    "--batch",
-    "4",
-];
-
 fn mkfifo(path: &std::path::Path) {
     assert!(std::process::Command::new("mkfifo")
         .arg(path)
@@ -58,9 +46,10 @@ fn inputs_that_are_fifos_or_devices_are_refused_without_blocking() {
     let fifo = d.join("fifo");
     mkfifo(&fifo);
     // Each of these blocked in open (or read /dev/zero until memory ran out) before.
-    let mut weights = TINY.to_vec();
-    weights.extend(["--weights", fifo.to_str().unwrap()]);
-    refused(&weights, "not a regular file");
+    refused(
+        &with_tiny("profile", &["--weights", &s(&fifo)]),
+        "not a regular file",
+    );
     refused(&["run", &s(&fifo)], "not a regular file");
     let zero = d.join("zlink");
     std::os::unix::fs::symlink("/dev/zero", &zero).unwrap();
@@ -244,15 +233,14 @@ fn a_long_legal_name_is_written_and_an_illegal_one_says_why() {
     let dir = tempfile::tempdir().unwrap();
     // 254 bytes: a legal name, whose temporary needs a shorter name of its own.
     let long = dir.path().join(format!("{}.csv", "b".repeat(250)));
-    let mut args = TINY.to_vec();
-    args.extend(["--csv", long.to_str().unwrap()]);
-    ok(&resprop(&args));
+    ok(&resprop(&with_tiny("profile", &["--csv", &s(&long)])));
     assert!(std::fs::read_to_string(&long).unwrap().starts_with("unit,"));
     assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
     let too_long = dir.path().join(format!("{}.csv", "a".repeat(256)));
-    let mut args = TINY.to_vec();
-    args.extend(["--csv", too_long.to_str().unwrap()]);
-    refused(&args, "File name too long");
+    refused(
+        &with_tiny("profile", &["--csv", &s(&too_long)]),
+        "File name too long",
+    );
 }
 
 #[test]
