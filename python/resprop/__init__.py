@@ -10,23 +10,13 @@ an argument of the wrong kind TypeError naming it.
 Ctrl-C stops train, run, check, paths and lesion at their next step, cell, job, path or
 lesion and raises KeyboardInterrupt saying where they stopped.
 
-The network arguments of profile, check, paths and lesion:
-    net         mlp (sized by units and width) or a ResNet: resnet110, resnet:N:basic, ...
-    units, width, input_dim     the MLP's residual units, width and input size
-    image_size, classes, batch  a ResNet's input size; the classes; the batch
-    placement   original, bn-after-add, relu-before-add, relu-preact, full-preact,
-                post-norm, pre-norm
-    shortcut    identity, scale:L, gate:B, shortcut-gate:B, conv1x1, dropout:P, none,
-                alpha:A, rezero, layerscale:E, deepnorm
-    projection  a ResNet's shape-changing shortcut: bn, plain or pad (default by placement)
-    norm        batch, layer or none;  init: he, xavier or fixup
-    bn_mode     train (batch statistics) or eval (running statistics)
-    seed        the weights', the batch's and the dropout masks' seed
-    weights     a checkpoint from train(checkpoint=DIR): DIR/checkpoint.npz
-    data        digits or cifar10:<dir>: a batch of its training images instead of Gaussian
-                inputs (with weights, the checkpoint's data by default)
+Each function's arguments, their defaults and what they mean are those of the command's
+flags (help(resprop.profile) lists them, from the same definitions as `resprop profile
+--help`); python/resprop/__init__.pyi is generated from them too.
 """
 
+import functools
+import inspect
 import os
 import warnings
 
@@ -65,51 +55,91 @@ def _check(name, value, default):
     return value
 
 
-def _kwargs(local_vars):
-    """The arguments of the calling function, checked against the kinds of their defaults
-    (`_check`), paths as strings, for the extension."""
-    import inspect
-    caller = inspect.currentframe().f_back
-    fn = globals()[caller.f_code.co_name]
-    defaults = {k: p.default for k, p in inspect.signature(fn).parameters.items()}
-    return {k: _check(k, v, defaults.get(k)) for k, v in local_vars.items()}
+def _signature(name):
+    """The function's signature from the command line's definitions: its flags, in the
+    package's order, with their defaults (a required one without)."""
+    params = [
+        inspect.Parameter(n, inspect.Parameter.POSITIONAL_OR_KEYWORD,
+                          default=inspect.Parameter.empty if required else default)
+        for n, default, required, _type, _help in _resprop.parameters(name)
+    ]
+    return inspect.Signature(params)
 
 
-def profile(net="mlp", units=54, width=64, input_dim=64, image_size=32, classes=10, batch=32,
-            placement="original", shortcut="identity", projection=None, norm="batch",
-            init="he", bn_mode="train", seed=0, weights=None, data=None, arrays=False):
+def _arguments_doc(name):
+    """The keyword documentation: each argument's flag help."""
+    lines = ["", "Arguments (the flags of `resprop %s`, same defaults):" % name]
+    for n, default, required, _type, help_text in _resprop.parameters(name):
+        if not help_text:
+            continue
+        shown = "required" if required else "default %r" % (default,)
+        lines.append("    %s (%s): %s" % (n, shown, help_text))
+    return "\n".join(lines)
+
+
+def _command(fn):
+    """Gives `fn(**arguments)` the command's signature and keyword documentation; it is called
+    with every argument bound (defaults applied) and `given`, the ones whose value differs from
+    the default, checked (`_check`) for the command line's parser."""
+    name = fn.__name__
+    sig = _signature(name)
+
+    @functools.wraps(fn)
+    def call(*args, **kwargs):
+        bound = sig.bind(*args, **kwargs)
+        bound.apply_defaults()
+        given = {}
+        for k, v in bound.arguments.items():
+            default = sig.parameters[k].default
+            required = default is inspect.Parameter.empty
+            v = _check(k, v, None if required else default)
+            if required or not _same(v, default):
+                given[k] = v
+        return fn(given, **bound.arguments)
+
+    call.__signature__ = sig
+    call.__doc__ = (fn.__doc__ or "") + "\n" + _arguments_doc(name)
+    return call
+
+
+def _same(value, default):
+    """Whether a value is its default (of the same kind: True is not 1)."""
+    if isinstance(default, tuple) and isinstance(value, (list, tuple)):
+        return tuple(value) == default
+    return type(value) is type(default) and value == default
+
+
+@_command
+def profile(given, arrays=False, **arguments):
     """The per-unit gradient record (one row per unit input x_l, l = 0..L; row L is the
     head's input), as `resprop profile --csv` writes it: ||dE/dx_l||, its direct
     (shortcut-only) part and the rest, the ratios to the top, per-sample ratios and the
-    forward-signal statistics. The network arguments are described in help(resprop).
+    forward-signal statistics. Its arguments are listed below.
 
     With arrays=True, returns (DataFrame, arrays): arrays["x"][l] is x_l,
     arrays["grad"][l] is dE/dx_l and arrays["direct"][l] its direct part (the top gradient
     carried by the shortcuts alone), NumPy float64 arrays shaped like the batch at unit l
     (batch x width for an MLP, batch x channels x height x width for a ResNet). They hold
     3 x (L + 1) activations: about 1.3 GB for resnet110 at batch 32."""
-    cols, tensors = _resprop.profile(**_kwargs(locals()))
+    given.pop("arrays", None)
+    cols, tensors = _resprop.profile(given, arrays)
     df = pd.DataFrame(cols)
     return (df, tensors) if arrays else df
 
 
-def check(net="mlp", units=54, width=64, input_dim=64, image_size=32, classes=10, batch=32,
-          placement="original", shortcut="identity", projection=None, norm="batch",
-          init="he", bn_mode="train", seed=0, weights=None, data=None, directions=3):
+@_command
+def check(given, **arguments):
     """The paper's formulas verified numerically, as `resprop check` prints them: one row
     per check (finite differences, Eq. 4/7, Eq. 5/8, prod lambda) with its result (PASS,
     FAIL, INCONCLUSIVE, n/a), worst error, uncertainty, tolerance, what was compared, the
     reason where it did not apply, and whether it is a verification or a consistency check.
     directions: random directions per finite-difference target. Ctrl-C stops before the
     next finite-difference job with KeyboardInterrupt (ResNet-110's run for minutes)."""
-    return pd.DataFrame(_resprop.check(**_kwargs(locals())))
+    return pd.DataFrame(_resprop.check(given))
 
 
-def train(net="resnet:2:basic", data="digits", placement="full-preact", shortcut="identity",
-          projection=None, norm="batch", init="he", units=8, width=64, epochs=10, batch=64,
-          lr=0.1, momentum=0.9, optimizer="sgd", warmup_steps=None, weight_decay=1e-4,
-          weight_decay_mode="decoupled", record_every=10, checkpoint=None, resume=False,
-          stop_after_epochs=None, seed=0, unfused=False):
+@_command
+def train(given, **arguments):
     """Trains a network as `resprop train` does and returns (steps, grads): the per-step
     table of its --csv (step, epoch, lr, train loss and error; test loss and error at each
     epoch's end, NaN elsewhere; the training-side numbers of the generalisation gap) and the
@@ -126,7 +156,7 @@ def train(net="resnet:2:basic", data="digits", placement="full-preact", shortcut
 
     Ctrl-C stops after the current step with KeyboardInterrupt. A run that diverges returns
     what it recorded, warns (RuntimeWarning) and says where in steps.attrs["diverged"]."""
-    steps, grads, diverged = _resprop.train(**_kwargs(locals()))
+    steps, grads, diverged = _resprop.train(given)
     steps, grads = pd.DataFrame(steps), pd.DataFrame(grads)
     steps.attrs["diverged"] = diverged
     if diverged is not None:
@@ -134,10 +164,8 @@ def train(net="resnet:2:basic", data="digits", placement="full-preact", shortcut
     return steps, grads
 
 
-def paths(net="mlp", units=54, width=64, input_dim=64, image_size=32, classes=10, batch=32,
-          placement="original", shortcut="identity", projection=None, norm="batch",
-          init="he", bn_mode="train", seed=0, weights=None, data=None, sample=None,
-          window=0.9):
+@_command
+def paths(given, **arguments):
     """The gradient by path length, exactly, as `resprop paths --csv` writes it: one row per
     (unit input l, path length k) with paths (C(n, k), n the units above l), exact_norm
     (||G_k(l)||, the part of dE/dx_l that went through exactly k branches), exact_share, and
@@ -148,7 +176,7 @@ def paths(net="mlp", units=54, width=64, input_dim=64, image_size=32, classes=10
     1e-10 (where the command line fails) it also warns. window is the command line's --window
     (the effective window is printed there, not returned). Ctrl-C stops the sampling with
     KeyboardInterrupt."""
-    cols, sum_error = _resprop.paths(**_kwargs(locals()))
+    cols, sum_error = _resprop.paths(given)
     df = pd.DataFrame(cols)
     df.attrs["sum_error"] = sum_error
     if not sum_error <= 1e-10:
@@ -157,33 +185,31 @@ def paths(net="mlp", units=54, width=64, input_dim=64, image_size=32, classes=10
     return df
 
 
-def lesion(weights, net="mlp", units=54, width=64, input_dim=64, image_size=32, classes=10,
-           batch=32, placement="original", shortcut="identity", projection=None,
-           norm="batch", init="he", bn_mode="train", seed=0, data=None, draws=5):
+@_command
+def lesion(given, **arguments):
     """The test error of a trained network (weights: a checkpoint from
     train(checkpoint=DIR)) with residual units deleted, as `resprop lesion --csv` writes it:
     one row per lesion, kind (none: the intact net, single: one unit, random: k drawn
     units), k, draw, deleted (the units, space-separated) and test_error. The network is
     the checkpoint's; draws random sets are drawn for each k = 1..n/2."""
-    return pd.DataFrame(_resprop.lesion(**_kwargs(locals())))
+    return pd.DataFrame(_resprop.lesion(given))
 
 
-def shatter(depths=(1, 10, 24, 50), width=200, replicates=8, seed=0, placement="original"):
+@_command
+def shatter(given, **arguments):
     """Shattered gradients (Balduzzi et al. 2017), as `resprop shatter` computes them:
     d(output)/d(input) of plain and residual MLPs, with and without BatchNorm, over 256
     inputs in [-2, 2). Returns (autocorrelations, gradients): the mean autocorrelation per
     (net, depth, lag), white and brown noise included (depth NaN), as its --csv; and every
     network's gradient per (net, depth, replicate, x), as its --gradients-csv."""
-    for d in depths:
+    for d in arguments["depths"]:
         _check("depths", d, 1)
-    args = _kwargs(locals())
-    auto, grads = _resprop.shatter(depths=list(depths), width=args["width"],
-                                   replicates=args["replicates"], seed=args["seed"],
-                                   placement=args["placement"])
+    auto, grads = _resprop.shatter(given)
     return pd.DataFrame(auto), pd.DataFrame(grads)
 
 
-def run(spec, out="results", plots=None):
+@_command
+def run(given, **arguments):
     """Runs an experiment file (as `resprop run SPEC --out OUT`) and returns its main table
     (profile.csv, train.csv, ...) as a DataFrame. Cells already under OUT/cells/ are reused.
     With plots (a folder), also draws the experiment's charts there (PNG and SVG), as
@@ -191,8 +217,7 @@ def run(spec, out="results", plots=None):
 
     Ctrl-C stops before the next cell (or a training cell's next step) with
     KeyboardInterrupt; the cells finished by then stay stored, so running again resumes."""
-    csv, charts = _resprop.run(os.fspath(spec), os.fspath(out),
-                               None if plots is None else os.fspath(plots))
+    csv, charts = _resprop.run(given)
     df = pd.read_csv(csv)
     df.attrs["charts"] = charts
     return df

@@ -1,3 +1,5 @@
+# Generated from the command line's definitions (src/cli/python.rs): do not edit.
+# `UPDATE_STUB=1 cargo test --release --lib python_stub` writes it again.
 from os import PathLike
 from typing import Dict, List, Literal, Optional, Sequence, Tuple, Union, overload
 
@@ -82,7 +84,7 @@ def train(
     momentum: float = 0.9,
     optimizer: str = "sgd",
     warmup_steps: Optional[int] = None,
-    weight_decay: float = 1e-4,
+    weight_decay: float = 0.0001,
     weight_decay_mode: str = "decoupled",
     record_every: int = 10,
     checkpoint: Optional[Union[str, PathLike[str]]] = None,

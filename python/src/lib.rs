@@ -11,23 +11,16 @@ use std::time::Duration;
 use numpy::IntoPyArray;
 use pyo3::exceptions::{PyKeyboardInterrupt, PyValueError};
 use pyo3::prelude::*;
-use pyo3::types::{PyDict, PyList};
+use pyo3::types::{PyBool, PyDict, PyList, PyTuple};
 
 use resprop::interrupt::{Interrupt, Interrupted};
 use resprop::schema::NumericRow;
 
-use resprop::analysis::record::build_records;
-use resprop::cli::NetArgs;
-use resprop::jobs::NetDescription;
-use resprop::net::memory::Purpose;
+use resprop::cli::keywords::{self, Value};
+use resprop::cli::Command;
 
 fn value_error(e: impl std::fmt::Display) -> PyErr {
     PyValueError::new_err(e.to_string())
-}
-
-fn parse<T: std::str::FromStr<Err = String>>(what: &str, s: &str) -> PyResult<T> {
-    s.parse::<T>()
-        .map_err(|e| value_error(format!("{what}: {e}")))
 }
 
 /// Runs `work` on a helper thread, checking Python's signals every 50 ms meanwhile (the
@@ -37,6 +30,7 @@ fn parse<T: std::str::FromStr<Err = String>>(what: &str, s: &str) -> PyResult<T>
 /// handler's own exception). Other errors become `ValueError` with the command line's message.
 fn interruptible<T: Send>(
     py: Python<'_>,
+    name: &str,
     work: impl FnOnce(&Interrupt) -> anyhow::Result<T> + Send,
 ) -> PyResult<T> {
     let stop = Interrupt::new();
@@ -73,7 +67,7 @@ fn interruptible<T: Send>(
         }
         // The work finished (or failed) before it saw the stop: the signal still counts.
         (_, Some(signal)) => Err(signal),
-        (Err(e), None) => Err(value_error(format!("{e:#}"))),
+        (Err(e), None) => Err(job_error(name, e)),
         (Ok(v), None) => Ok(v),
     }
 }
@@ -115,69 +109,92 @@ fn to_py<'py>(py: Python<'py>, v: &serde_json::Value) -> PyResult<Bound<'py, PyA
     })
 }
 
-/// The network's architecture from the keyword arguments (the command line's parsers and
-/// messages).
-#[allow(clippy::too_many_arguments)]
-fn description(
-    net: &str,
-    units: usize,
-    width: usize,
-    placement: &str,
-    shortcut: &str,
-    projection: Option<&str>,
-    norm: &str,
-    init: &str,
-) -> PyResult<NetDescription> {
-    Ok(NetDescription {
-        net: parse("net", net)?,
-        units,
-        width,
-        placement: parse("placement", placement)?,
-        shortcut: parse("shortcut", shortcut)?,
-        projection: projection.map(|p| parse("projection", p)).transpose()?,
-        norm: parse("norm", norm)?,
-        init: parse("init", init)?,
+/// A Python value as a keyword value of the command line's parser.
+fn value(v: &Bound<'_, PyAny>) -> PyResult<Value> {
+    Ok(if v.is_none() {
+        Value::None
+    } else if let Ok(b) = v.cast::<PyBool>() {
+        Value::Bool(b.is_true())
+    } else if let Ok(i) = v.extract::<i64>() {
+        Value::Int(i)
+    } else if let Ok(f) = v.extract::<f64>() {
+        Value::Float(f)
+    } else if let Ok(s) = v.extract::<String>() {
+        Value::Str(s)
+    } else if let Ok(items) = v.extract::<Vec<Bound<'_, PyAny>>>() {
+        Value::List(items.iter().map(value).collect::<PyResult<_>>()?)
+    } else {
+        return Err(value_error(format!("unsupported value {v}")));
     })
 }
 
-/// The command line's network flags from the keyword arguments (the same names, parsers and
-/// messages), for `NetArgs::prepare`: the network (with `weights`, a trained one) and its
-/// batch (`data`'s images, or Gaussian inputs), seed for seed the command line's.
-#[allow(clippy::too_many_arguments)]
-fn net_args(
-    net: &str,
-    units: usize,
-    width: usize,
-    input_dim: usize,
-    image_size: usize,
-    classes: usize,
-    batch: usize,
-    placement: &str,
-    shortcut: &str,
-    projection: Option<&str>,
-    norm: &str,
-    init: &str,
-    bn_mode: &str,
-    seed: u64,
-    weights: Option<std::path::PathBuf>,
-    data: Option<&str>,
-) -> PyResult<NetArgs> {
-    Ok(NetArgs {
-        arch: description(
-            net, units, width, placement, shortcut, projection, norm, init,
-        )?,
-        input_dim,
-        image_size,
-        classes,
-        batch,
-        bn_mode: parse("bn_mode", bn_mode)?,
-        seed,
-        threads: None,
-        unfused: false,
-        weights,
-        data: data.map(|d| parse("data", d)).transpose()?,
-        given: Default::default(),
+/// The command `name` parsed from `kwargs` by the command line's parser (its flags, defaults,
+/// ranges and messages, each flag named by its keyword).
+fn parse(name: &str, kwargs: &Bound<'_, PyDict>) -> PyResult<Command> {
+    let values = kwargs
+        .iter()
+        .map(|(k, v)| Ok((k.extract::<String>()?, value(&v)?)))
+        .collect::<PyResult<Vec<_>>>()?;
+    keywords::parse(name, &values).map_err(value_error)
+}
+
+/// An error of the engine, its flags named by their keywords.
+fn job_error(name: &str, e: anyhow::Error) -> PyErr {
+    let text = format!("{e:#}");
+    match keywords::subcommand(name) {
+        Some(c) => value_error(keywords::keywords_for_flags(&text, &c)),
+        None => value_error(text),
+    }
+}
+
+/// One keyword argument as Python sees it: name, default, required, stub type, help.
+type Parameter<'py> = (String, Bound<'py, PyAny>, bool, String, String);
+
+/// The keyword arguments of the function `name`: (name, default, required, stub type, help)
+/// for each, from the command line's definitions (`resprop/__init__.py` builds the signatures
+/// and the documentation from them).
+#[pyfunction]
+fn parameters<'py>(
+    py: Python<'py>,
+    name: &str,
+) -> PyResult<Vec<Parameter<'py>>> {
+    if resprop::cli::python::function(name).is_none() {
+        return Err(value_error(format!("no function '{name}'")));
+    }
+    resprop::cli::python::parameters(name)
+        .into_iter()
+        .map(|p| {
+            let default = match &p.default {
+                Some(v) => python_value(py, v)?,
+                None => py.None().into_bound(py),
+            };
+            Ok((p.name, default, p.default.is_none(), p.stub_type, p.help))
+        })
+        .collect()
+}
+
+/// A keyword value as a Python object (a list as a tuple).
+fn python_value<'py>(py: Python<'py>, v: &Value) -> PyResult<Bound<'py, PyAny>> {
+    Ok(match v {
+        Value::None => py.None().into_bound(py),
+        Value::Bool(b) => PyBool::new(py, *b).to_owned().into_any(),
+        Value::Int(i) => i.into_pyobject(py)?.into_any(),
+        Value::Float(f) => f.into_pyobject(py)?.into_any(),
+        Value::Str(s) => s.into_pyobject(py)?.into_any(),
+        Value::List(items) => {
+            let items = items
+                .iter()
+                .map(|v| python_value(py, v))
+                .collect::<PyResult<Vec<_>>>()?;
+            PyTuple::new(py, items)?.into_any()
+        }
     })
+}
+
+/// The package's `.pyi` stub, generated from the command line's definitions.
+#[pyfunction]
+fn stub() -> String {
+    resprop::cli::python::stub()
 }
 
 /// The per-unit record of one network at one batch, as `resprop profile --csv` writes it: a
@@ -187,52 +204,29 @@ fn net_args(
 /// (each shaped like the batch at that unit): `x` (`x_l`), `grad` (`dE/dx_l`) and `direct`
 /// (its direct part, the top gradient carried by the shortcuts alone).
 #[pyfunction]
-#[pyo3(signature = (net="mlp", units=54, width=64, input_dim=64, image_size=32, classes=10, batch=32, placement="original", shortcut="identity", projection=None, norm="batch", init="he", bn_mode="train", seed=0, weights=None, data=None, arrays=false))]
-#[allow(clippy::too_many_arguments)]
+#[pyo3(signature = (kwargs, arrays=false))]
 fn profile<'py>(
     py: Python<'py>,
-    net: &str,
-    units: usize,
-    width: usize,
-    input_dim: usize,
-    image_size: usize,
-    classes: usize,
-    batch: usize,
-    placement: &str,
-    shortcut: &str,
-    projection: Option<&str>,
-    norm: &str,
-    init: &str,
-    bn_mode: &str,
-    seed: u64,
-    weights: Option<std::path::PathBuf>,
-    data: Option<&str>,
+    kwargs: &Bound<'py, PyDict>,
     arrays: bool,
 ) -> PyResult<(Bound<'py, PyDict>, Option<Bound<'py, PyDict>>)> {
-    let args = net_args(
-        net, units, width, input_dim, image_size, classes, batch, placement, shortcut, projection,
-        norm, init, bn_mode, seed, weights, data,
-    )?;
+    let Command::Profile(args) = parse("profile", kwargs)? else {
+        unreachable!("profile parses as profile")
+    };
     // The engine runs without the GIL: other Python threads go on meanwhile.
     let computed = py.detach(|| -> anyhow::Result<_> {
-        let a = args.prepare(Purpose::profile(false))?;
-        // Input gradients only, as `resprop profile` without --weight-grad-csv.
-        let ctx = a.args.ctx().with_weight_grads(false);
-        let cache = a.net.forward(&a.input, &a.labels, &ctx)?;
-        let grads = a.net.backward(&cache, &a.labels, None);
-        let records = build_records(&a.net, &cache, &grads).records;
+        let run = args.job.run()?;
+        let (net, cache, grads) = (&run.analysis.net, &run.cache, &run.grads);
         let tensors = arrays.then(|| {
-            let stages = resprop::analysis::record::Stages::of(&a.net, &cache);
+            let stages = resprop::analysis::record::Stages::of(net, cache);
             let direct =
-                resprop::analysis::record::direct_parts(&a.net, &cache, &grads.grad_x, &stages);
-            let x: Vec<_> = (0..=a.net.num_units())
-                .map(|l| cache.x(l).clone())
-                .collect();
-            (x, grads.grad_x, direct)
+                resprop::analysis::record::direct_parts(net, cache, &grads.grad_x, &stages);
+            let x: Vec<_> = (0..=net.num_units()).map(|l| cache.x(l).clone()).collect();
+            (x, grads.grad_x.clone(), direct)
         });
-        Ok((a.args, records, tensors))
+        Ok((run.analysis.args, run.profile.records, tensors))
     });
-    let (args, records, tensors) = computed.map_err(|e| value_error(format!("{e:#}")))?;
+    let (args, records, tensors) = computed.map_err(|e| job_error("profile", e))?;
     let columns = PyDict::new(py);
     let values: Vec<serde_json::Value> = records
         .iter()
@@ -267,45 +261,12 @@ fn profile<'py>(
 /// `resprop check`: every check's row (check, result, worst, uncertainty, tolerance, what,
 /// reason, proof), as a dict of columns.
 #[pyfunction]
-#[pyo3(signature = (net="mlp", units=54, width=64, input_dim=64, image_size=32, classes=10, batch=32, placement="original", shortcut="identity", projection=None, norm="batch", init="he", bn_mode="train", seed=0, weights=None, data=None, directions=3))]
-#[allow(clippy::too_many_arguments)]
-fn check<'py>(
-    py: Python<'py>,
-    net: &str,
-    units: usize,
-    width: usize,
-    input_dim: usize,
-    image_size: usize,
-    classes: usize,
-    batch: usize,
-    placement: &str,
-    shortcut: &str,
-    projection: Option<&str>,
-    norm: &str,
-    init: &str,
-    bn_mode: &str,
-    seed: u64,
-    weights: Option<std::path::PathBuf>,
-    data: Option<&str>,
-    directions: usize,
-) -> PyResult<Bound<'py, PyDict>> {
-    use resprop::analysis::checks::{run_checks, CheckOptions, Proof, Status};
-    if directions == 0 {
-        return Err(value_error("directions must be at least 1"));
-    }
-    let args = net_args(
-        net, units, width, input_dim, image_size, classes, batch, placement, shortcut, projection,
-        norm, init, bn_mode, seed, weights, data,
-    )?;
-    let report = interruptible(py, |stop| {
-        let a = args.prepare(Purpose::Check)?;
-        let opts = CheckOptions {
-            directions,
-            seed: a.args.seed,
-            force: false,
-        };
-        run_checks(&a.net, &a.input, &a.labels, &a.args.ctx(), &opts, stop)
-    })?;
+fn check<'py>(py: Python<'py>, kwargs: &Bound<'py, PyDict>) -> PyResult<Bound<'py, PyDict>> {
+    use resprop::analysis::checks::{Proof, Status};
+    let Command::Check(args) = parse("check", kwargs)? else {
+        unreachable!("check parses as check")
+    };
+    let (_, report) = interruptible(py, "check", |stop| args.job.run(stop))?;
     let rows = &report.rows;
     let text = |f: &dyn Fn(&resprop::analysis::checks::CheckRow) -> String| {
         rows.iter().map(f).collect::<Vec<_>>()
@@ -348,40 +309,11 @@ fn check<'py>(
 /// `resprop paths --csv`: the gradient by path length, one row per (unit input l, path
 /// length k), and the worst relative error of sum_k G_k(l) against dE/dx_l.
 #[pyfunction]
-#[pyo3(signature = (net="mlp", units=54, width=64, input_dim=64, image_size=32, classes=10, batch=32, placement="original", shortcut="identity", projection=None, norm="batch", init="he", bn_mode="train", seed=0, weights=None, data=None, sample=None, window=0.9))]
-#[allow(clippy::too_many_arguments)]
-fn paths<'py>(
-    py: Python<'py>,
-    net: &str,
-    units: usize,
-    width: usize,
-    input_dim: usize,
-    image_size: usize,
-    classes: usize,
-    batch: usize,
-    placement: &str,
-    shortcut: &str,
-    projection: Option<&str>,
-    norm: &str,
-    init: &str,
-    bn_mode: &str,
-    seed: u64,
-    weights: Option<std::path::PathBuf>,
-    data: Option<&str>,
-    sample: Option<usize>,
-    window: f64,
-) -> PyResult<(Bound<'py, PyDict>, f64)> {
-    let args = resprop::cli::paths::PathsArgs {
-        net: net_args(
-            net, units, width, input_dim, image_size, classes, batch, placement, shortcut,
-            projection, norm, init, bn_mode, seed, weights, data,
-        )?,
-        csv: None,
-        sample,
-        window,
-        force: false,
+fn paths<'py>(py: Python<'py>, kwargs: &Bound<'py, PyDict>) -> PyResult<(Bound<'py, PyDict>, f64)> {
+    let Command::Paths(args) = parse("paths", kwargs)? else {
+        unreachable!("paths parses as paths")
     };
-    let computed = interruptible(py, |stop| args.compute(&|_| {}, stop))?;
+    let computed = interruptible(py, "paths", |stop| args.job.run(&|_| {}, stop))?;
     Ok((
         numeric_columns(py, &computed.rows, &["unit", "k"])?,
         computed.decomposition.max_sum_error(),
@@ -391,39 +323,11 @@ fn paths<'py>(
 /// `resprop lesion --csv`: the test error of the trained network (`weights`) with units
 /// deleted, one row per lesion (kind, k, draw, deleted, test_error).
 #[pyfunction]
-#[pyo3(signature = (weights, net="mlp", units=54, width=64, input_dim=64, image_size=32, classes=10, batch=32, placement="original", shortcut="identity", projection=None, norm="batch", init="he", bn_mode="train", seed=0, data=None, draws=5))]
-#[allow(clippy::too_many_arguments)]
-fn lesion<'py>(
-    py: Python<'py>,
-    weights: std::path::PathBuf,
-    net: &str,
-    units: usize,
-    width: usize,
-    input_dim: usize,
-    image_size: usize,
-    classes: usize,
-    batch: usize,
-    placement: &str,
-    shortcut: &str,
-    projection: Option<&str>,
-    norm: &str,
-    init: &str,
-    bn_mode: &str,
-    seed: u64,
-    data: Option<&str>,
-    draws: usize,
-) -> PyResult<Bound<'py, PyDict>> {
-    let weights = Some(weights);
-    let args = resprop::cli::lesion::LesionArgs {
-        net: net_args(
-            net, units, width, input_dim, image_size, classes, batch, placement, shortcut,
-            projection, norm, init, bn_mode, seed, weights, data,
-        )?,
-        csv: None,
-        draws,
-        force: false,
+fn lesion<'py>(py: Python<'py>, kwargs: &Bound<'py, PyDict>) -> PyResult<Bound<'py, PyDict>> {
+    let Command::Lesion(args) = parse("lesion", kwargs)? else {
+        unreachable!("lesion parses as lesion")
     };
-    let l = interruptible(py, |stop| args.compute(&|_| {}, stop))?;
+    let l = interruptible(py, "lesion", |stop| args.job.run(&|_| {}, stop))?;
     // The CSV's fields (the deleted units space-separated, as there), with the counts as ints
     // and the test error as its float.
     let fields: Vec<Vec<String>> = l
@@ -452,19 +356,14 @@ fn lesion<'py>(
 /// `resprop shatter`: the mean autocorrelation per (net, depth, lag), white and brown noise
 /// included (depth None), and every network's gradient over the sweep.
 #[pyfunction]
-#[pyo3(signature = (depths=vec![1, 10, 24, 50], width=200, replicates=8, seed=0, placement="original"))]
 fn shatter<'py>(
     py: Python<'py>,
-    depths: Vec<usize>,
-    width: usize,
-    replicates: usize,
-    seed: u64,
-    placement: &str,
+    kwargs: &Bound<'py, PyDict>,
 ) -> PyResult<(Bound<'py, PyDict>, Bound<'py, PyDict>)> {
-    let placement = parse("placement", placement)?;
-    let study = interruptible(py, |_| {
-        resprop::analysis::shatter::study(&depths, width, replicates, placement, seed, false)
-    })?;
+    let Command::Shatter(args) = parse("shatter", kwargs)? else {
+        unreachable!("shatter parses as shatter")
+    };
+    let study = interruptible(py, "shatter", |_| args.job.run())?;
     let (mut net, mut depth, mut lags, mut values) = (vec![], vec![], vec![], vec![]);
     for a in &study.autocorrelations {
         for (lag, &r) in a.r.iter().enumerate() {
@@ -502,67 +401,17 @@ fn shatter<'py>(
 /// `resprop train`: the per-step table and the per-unit gradients over training, as dicts of
 /// columns, and the divergence message if the run diverged (what it recorded is kept).
 #[pyfunction]
-#[pyo3(signature = (net="resnet:2:basic", data="digits", placement="full-preact", shortcut="identity", projection=None, norm="batch", init="he", units=8, width=64, epochs=10, batch=64, lr=0.1, momentum=0.9, optimizer="sgd", warmup_steps=None, weight_decay=1e-4, weight_decay_mode="decoupled", record_every=10, checkpoint=None, resume=false, stop_after_epochs=None, seed=0, unfused=false))]
-#[allow(clippy::too_many_arguments)]
 fn train<'py>(
     py: Python<'py>,
-    net: &str,
-    data: &str,
-    placement: &str,
-    shortcut: &str,
-    projection: Option<&str>,
-    norm: &str,
-    init: &str,
-    units: usize,
-    width: usize,
-    epochs: usize,
-    batch: usize,
-    lr: f64,
-    momentum: f64,
-    optimizer: &str,
-    warmup_steps: Option<usize>,
-    weight_decay: f64,
-    weight_decay_mode: &str,
-    record_every: usize,
-    checkpoint: Option<std::path::PathBuf>,
-    resume: bool,
-    stop_after_epochs: Option<usize>,
-    seed: u64,
-    unfused: bool,
+    kwargs: &Bound<'py, PyDict>,
 ) -> PyResult<(Bound<'py, PyDict>, Bound<'py, PyDict>, Option<String>)> {
-    if resume && checkpoint.is_none() {
-        return Err(value_error(
-            "resume needs checkpoint (the folder to resume from)",
-        ));
-    }
-    let args = resprop::cli::train::TrainArgs {
-        arch: description(
-            net, units, width, placement, shortcut, projection, norm, init,
-        )?,
-        data: parse("data", data)?,
-        epochs,
-        batch,
-        lr,
-        momentum,
-        optimizer: parse("optimizer", optimizer)?,
-        warmup_steps,
-        weight_decay,
-        weight_decay_mode: parse("weight_decay_mode", weight_decay_mode)?,
-        record_every,
-        csv: None,
-        grad_csv: None,
-        checkpoint,
-        resume,
-        stop_after_epochs,
-        seed,
-        threads: None,
-        unfused,
-        force: false,
-        given: Default::default(),
+    let Command::Train(args) = parse("train", kwargs)? else {
+        unreachable!("train parses as train")
     };
-    let history = interruptible(py, |stop| {
-        let mut t = args.prepare()?;
-        args.train_prepared(&mut t, |row, total| {
+    let job = args.job;
+    let history = interruptible(py, "train", |stop| {
+        let mut t = job.prepare()?;
+        job.train_prepared(&mut t, |row, total| {
             stop.check(|| format!("after step {} of {total}", row.step + 1))?;
             Ok(())
         })
@@ -578,17 +427,13 @@ fn train<'py>(
 /// main CSV and, with `plots`, of the charts drawn; cells already stored under `OUT/cells/`
 /// are reused.
 #[pyfunction]
-#[pyo3(signature = (spec, out="results", plots=None))]
-fn run(
-    py: Python<'_>,
-    spec: &str,
-    out: &str,
-    plots: Option<std::path::PathBuf>,
-) -> PyResult<(String, Vec<String>)> {
-    let spec = resprop::experiment::load_spec(std::path::Path::new(spec))
-        .map_err(|e| value_error(format!("{e:#}")))?;
-    let out = std::path::PathBuf::from(out);
-    let (csv, charts) = interruptible(py, |stop| {
+fn run(py: Python<'_>, kwargs: &Bound<'_, PyDict>) -> PyResult<(String, Vec<String>)> {
+    let Command::Run(args) = parse("run", kwargs)? else {
+        unreachable!("run parses as run")
+    };
+    let spec = resprop::experiment::load_spec(&args.spec).map_err(|e| job_error("run", e))?;
+    let (out, plots) = (args.out, args.plots);
+    let (csv, charts) = interruptible(py, "run", |stop| {
         resprop::experiment::runner::compute_cells(&spec, &out, &Default::default(), stop)?;
         let csv = resprop::experiment::runner::assemble(&spec, &out)?;
         let charts = match &plots {
@@ -612,5 +457,7 @@ fn _resprop(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(paths, m)?)?;
     m.add_function(wrap_pyfunction!(lesion, m)?)?;
     m.add_function(wrap_pyfunction!(shatter, m)?)?;
+    m.add_function(wrap_pyfunction!(parameters, m)?)?;
+    m.add_function(wrap_pyfunction!(stub, m)?)?;
     Ok(())
 }

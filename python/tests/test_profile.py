@@ -52,10 +52,10 @@ def test_errors_are_value_errors_with_the_cli_message():
     (resprop.profile, dict(units="abc"), TypeError, "units: expected a whole number"),
     (resprop.profile, dict(placement=None), TypeError, "placement: expected a string"),
     (resprop.profile, dict(seed=1.5), TypeError, "seed: expected a whole number"),
-    (resprop.profile, dict(net="resnet110", units=3), ValueError, "--units: sizes the MLP"),
+    (resprop.profile, dict(net="resnet110", units=3), ValueError, "^units: sizes the MLP"),
     (resprop.check, dict(directions=-3), ValueError, "directions: expected a whole number"),
     (resprop.train, dict(lr="fast"), TypeError, "lr: expected a number"),
-    (resprop.train, dict(momentum=2.0), ValueError, "--momentum: a number in"),
+    (resprop.train, dict(momentum=2.0), ValueError, "^momentum: a number in"),
     (resprop.paths, dict(sample=True), TypeError, "sample"),
     (resprop.shatter, dict(depths=(1, -2)), ValueError, "depths: expected a whole number"),
 ])

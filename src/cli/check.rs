@@ -5,20 +5,14 @@ use std::process::ExitCode;
 use anyhow::Result;
 use clap::Args;
 
-use super::NetArgs;
-use crate::analysis::checks::{all_passed, run_checks, CheckOptions, Proof, Status};
+use crate::analysis::checks::{all_passed, Proof, Status};
+use crate::jobs::check::CheckJob;
 use crate::output::emit;
 
 #[derive(Debug, Args)]
 pub struct CheckArgs {
     #[command(flatten)]
-    pub net: NetArgs,
-    /// Random directions per finite-difference target.
-    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..))]
-    pub directions: u32,
-    /// Run even when the finite differences are estimated to take more than a day.
-    #[arg(long)]
-    pub force: bool,
+    pub job: CheckJob,
 }
 
 fn short(v: Option<f64>) -> String {
@@ -26,29 +20,10 @@ fn short(v: Option<f64>) -> String {
 }
 
 pub fn run(args: &CheckArgs) -> Result<ExitCode> {
-    let super::Analysis {
-        args: net_args,
-        net,
-        input,
-        labels,
-        ..
-    } = args.net.prepare(crate::net::memory::Purpose::Check)?;
-    let ctx = net_args.ctx();
-    let opts = CheckOptions {
-        directions: args.directions as usize,
-        seed: net_args.seed,
-        force: args.force,
-    };
-    let report = run_checks(
-        &net,
-        &input,
-        &labels,
-        &ctx,
-        &opts,
-        &crate::interrupt::Interrupt::new(),
-    )?;
+    let (analysis, report) = args.job.run(&crate::interrupt::Interrupt::new())?;
+    let (net_args, net) = (&analysis.args, &analysis.net);
     let rows = &report.rows;
-    let mut out = net_args.describe("check", &net);
+    let mut out = net_args.describe("check", net);
     outln!(
         out,
         "{:<19} {:<12} {:>11} {:>11} {:>9}  what",

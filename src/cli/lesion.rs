@@ -5,93 +5,28 @@ use std::fmt::Write as _;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use anyhow::{bail, Result};
+use anyhow::Result;
 use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
 
-use super::NetArgs;
-use crate::analysis::lesion::{deletable, plan, run as run_lesions};
+use crate::jobs::lesion::{LesionJob, Lesions};
 use crate::output::{emit, write_atomic};
 
 #[derive(Debug, Args)]
 pub struct LesionArgs {
     #[command(flatten)]
-    pub net: NetArgs,
+    pub job: LesionJob,
     /// Write one row per lesion: kind (none, single, random), k (units deleted), draw,
     /// deleted (the deleted units, space-separated), test_error.
     #[arg(long, value_name = "FILE")]
     pub csv: Option<PathBuf>,
-    /// Random draws of k units for each k = 1..n/2.
-    #[arg(long, default_value_t = 5)]
-    pub draws: usize,
-    /// Run even when the lesions are estimated to take more than a day.
-    #[arg(long)]
-    pub force: bool,
-}
-
-/// What `resprop lesion` measures: every lesion of the plan and its test error (the first is
-/// the intact net).
-pub struct Lesions {
-    pub analysis: super::Analysis,
-    pub lesions: Vec<crate::analysis::lesion::Lesion>,
-    pub errors: Vec<f64>,
-}
-
-impl LesionArgs {
-    /// Plans and measures the lesions, calling `progress(n)` after each of the n (a request
-    /// on `stop` ends the call before the next); also the Python package's `lesion`.
-    pub fn compute(
-        &self,
-        progress: &(dyn Fn(usize) + Sync),
-        stop: &crate::interrupt::Interrupt,
-    ) -> Result<Lesions> {
-        if self.net.weights.is_none() {
-            bail!("lesion needs a trained network: --weights CHECKPOINT (from `resprop train --checkpoint DIR`)");
-        }
-        if self.draws == 0 {
-            bail!("--draws: at least 1");
-        }
-        // The plan lists every lesion before any runs.
-        crate::budget::ensure_at_most("--draws", self.draws as u64, 100_000)?;
-        let d = super::NetArgs::defaults();
-        for (id, differs) in [
-            ("batch", self.net.batch != d.batch),
-            ("bn_mode", self.net.bn_mode != d.bn_mode),
-        ] {
-            self.net.given.refuse(id, differs, || {
-                "lesion measures the error on the whole test split, BatchNorm in evaluation mode"
-                    .into()
-            })?;
-        }
-        let analysis = self.net.prepare(crate::net::memory::Purpose::Check)?;
-        let Some(data) = &analysis.data else {
-            bail!("lesion measures the test error: it needs the checkpoint's data");
-        };
-        // Each lesion is a forward pass over the test split: the intact net, one per unit and
-        // --draws per k = 1..n/2.
-        let n = deletable(&analysis.net).len();
-        let lesions = 1.0 + n as f64 + self.draws as f64 * (n / 2) as f64;
-        crate::budget::ensure_feasible(
-            &format!("--draws {} over {n} units", self.draws),
-            analysis.net.pass_work(data.test.len(), lesions / 3.0),
-            self.force,
-        )?;
-        let lesions = plan(&analysis.net, self.draws, analysis.args.seed);
-        let n = lesions.len();
-        let errors = run_lesions(&analysis.net, data, &lesions, &|| progress(n), stop)?;
-        Ok(Lesions {
-            analysis,
-            lesions,
-            errors,
-        })
-    }
 }
 
 pub fn run(args: &LesionArgs) -> Result<ExitCode> {
     crate::output::Outputs::new()
         .write("--csv", args.csv.as_deref())
-        .read("--weights", args.net.weights.as_deref())
-        .read_data("--data", args.net.data.as_ref())
+        .read("--weights", args.job.net.weights.as_deref())
+        .read_data("--data", args.job.net.data.as_ref())
         .check()?;
     let bar = ProgressBar::new(0);
     bar.set_style(
@@ -102,7 +37,7 @@ pub fn run(args: &LesionArgs) -> Result<ExitCode> {
         analysis,
         lesions,
         errors,
-    } = args.compute(
+    } = args.job.run(
         &|n| {
             bar.set_length(n as u64);
             bar.inc(1);
@@ -111,7 +46,7 @@ pub fn run(args: &LesionArgs) -> Result<ExitCode> {
     )?;
     bar.finish_and_clear();
     let (net, net_args) = (&analysis.net, &analysis.args);
-    let pool = deletable(net);
+    let pool = crate::analysis::lesion::deletable(net);
     let mut out = net_args.describe("lesion", net);
     let base = errors[0];
     let _ = writeln!(out, "test error, nothing deleted: {:.2}%", 100.0 * base);

@@ -6,15 +6,14 @@ use std::process::ExitCode;
 use anyhow::Result;
 use clap::Args;
 
-use super::NetArgs;
-use crate::analysis::record::{build_records, fmt_f64, profile_csv, Profile};
-use crate::net::Keep;
+use crate::analysis::record::{fmt_f64, profile_csv, Profile};
+use crate::jobs::profile::{ProfileJob, ProfileRun};
 use crate::output::{emit, write_atomic};
 
 #[derive(Debug, Args)]
 pub struct ProfileArgs {
     #[command(flatten)]
-    pub net: NetArgs,
+    pub job: ProfileJob,
     /// Write the per-unit record as CSV (one row per unit input x_l).
     #[arg(long, value_name = "FILE")]
     pub csv: Option<PathBuf>,
@@ -29,10 +28,6 @@ pub struct ProfileArgs {
     /// Print every unit's row (default: about 20 evenly spaced rows).
     #[arg(long)]
     pub all_rows: bool,
-    /// Keep only each unit's input and re-run its forward pass during backward: the same
-    /// numbers (bit for bit) in a fraction of the memory, for about one more forward pass.
-    #[arg(long)]
-    pub low_memory: bool,
 }
 
 pub fn run(args: &ProfileArgs) -> Result<ExitCode> {
@@ -40,40 +35,34 @@ pub fn run(args: &ProfileArgs) -> Result<ExitCode> {
         .write("--csv", args.csv.as_deref())
         .write_npz("--npz", args.npz.as_deref())
         .write("--weight-grad-csv", args.weight_grad_csv.as_deref())
-        .read("--weights", args.net.weights.as_deref())
-        .read_data("--data", args.net.data.as_ref())
+        .read("--weights", args.job.net.weights.as_deref())
+        .read_data("--data", args.job.net.data.as_ref())
         .check()?;
-    let purpose = crate::net::memory::Purpose::Profile {
-        low_memory: args.low_memory,
+    // What the output files need computed and kept.
+    let job = ProfileJob {
         weight_grads: args.weight_grad_csv.is_some(),
         npz: args.npz.is_some(),
+        ..args.job.clone()
     };
-    let super::Analysis {
-        args: net_args,
-        net,
-        input,
-        labels,
-        ..
-    } = args.net.prepare(purpose)?;
-    // Input gradients only, unless the weight gradients are asked for: weight layers then
-    // need not keep their inputs.
-    let weight_grads = args.weight_grad_csv.is_some();
-    let ctx = net_args.ctx().with_weight_grads(weight_grads);
-    let keep = if args.low_memory {
-        Keep::Inputs
-    } else {
-        Keep::All
-    };
-    let cache = net.forward_with(&input, &labels, &ctx, keep)?;
-    let mut param_grads = crate::grads::Grads::new();
-    let grads = net.backward(&cache, &labels, weight_grads.then_some(&mut param_grads));
-    let profile = build_records(&net, &cache, &grads);
-
-    let mut out = net_args.describe("profile", &net);
+    let ProfileRun {
+        analysis,
+        ctx,
+        cache,
+        grads,
+        param_grads,
+        profile,
+    } = job.run()?;
+    let (net_args, net, input, labels) = (
+        &analysis.args,
+        &analysis.net,
+        &analysis.input,
+        &analysis.labels,
+    );
+    let mut out = net_args.describe("profile", net);
     outln!(out, "loss E = {}", fmt_f64(profile.loss));
     print_table(&mut out, &profile, args.all_rows);
     emit(&out)?;
-    report_nonfinite(&profile, &net);
+    report_nonfinite(&profile, net);
     let mut out = String::new();
 
     if let Some(path) = &args.csv {
@@ -91,7 +80,7 @@ pub fn run(args: &ProfileArgs) -> Result<ExitCode> {
         );
     }
     if let Some(path) = &args.weight_grad_csv {
-        let rows = crate::analysis::record::weight_grad_rows(&net, &param_grads);
+        let rows = crate::analysis::record::weight_grad_rows(net, &param_grads);
         write_atomic(path, &crate::schema::to_csv(&rows, &[])?)?;
         outln!(
             out,
@@ -101,13 +90,13 @@ pub fn run(args: &ProfileArgs) -> Result<ExitCode> {
         );
     }
     if let Some(path) = &args.npz {
-        crate::interchange::write_npz(path, &net, &ctx, &input, &labels, &cache, &grads)?;
+        crate::interchange::write_npz(path, net, &ctx, input, labels, &cache, &grads)?;
         outln!(out, "wrote state to {}", path.display());
     }
     outln!(
         out,
         "memory: estimated {}, peak resident {}",
-        crate::net::memory::human(net_args.memory(purpose).total),
+        crate::net::memory::human(net_args.memory(job.purpose()).total),
         // VmHWM is in KiB (`peak_rss_mb` gives MiB); the estimate is in bytes.
         crate::cli::bench::peak_rss_mb().map_or("unknown".into(), |mib| {
             crate::net::memory::human(mib * 1024.0 * 1024.0)

@@ -9,36 +9,20 @@ use anyhow::Result;
 use clap::Args;
 
 use crate::analysis::record::fmt_f64;
-use crate::analysis::shatter::{half_lag, study, sweep, POINTS};
+use crate::analysis::shatter::{half_lag, sweep, POINTS};
+use crate::jobs::shatter::ShatterJob;
 use crate::output::{emit, write_atomic};
 
 #[derive(Debug, Args)]
 pub struct ShatterArgs {
-    /// Depths to compare, in residual units of two dense layers each (comma-separated).
-    #[arg(long, value_delimiter = ',', default_value = "1,10,24,50")]
-    pub depths: Vec<usize>,
-    /// Width of every layer.
-    #[arg(long, default_value_t = 200)]
-    pub width: usize,
-    /// Networks (seeds) per family and depth; the autocorrelations are averaged over them.
-    #[arg(long, default_value_t = 8)]
-    pub replicates: usize,
-    #[arg(long, default_value_t = 0)]
-    pub seed: u64,
-    /// The unit: original (W N ReLU W N, add, ReLU; the paper's), full-preact (N ReLU W N
-    /// ReLU W, add) or another of profile's --placement; plain nets are the same unit without
-    /// the shortcut.
-    #[arg(long, default_value = "original", value_parser = |s: &str| s.parse::<crate::unit::Placement>())]
-    pub placement: crate::unit::Placement,
+    #[command(flatten)]
+    pub job: ShatterJob,
     /// Write the mean autocorrelation per (net, depth, lag), with white and brown noise.
     #[arg(long, value_name = "FILE")]
     pub csv: Option<PathBuf>,
     /// Write every gradient: net, depth, replicate, x, gradient.
     #[arg(long, value_name = "FILE")]
     pub gradients_csv: Option<PathBuf>,
-    /// Run even when the sweep is estimated to take more than a day.
-    #[arg(long)]
-    pub force: bool,
 }
 
 pub fn run(args: &ShatterArgs) -> Result<ExitCode> {
@@ -46,18 +30,11 @@ pub fn run(args: &ShatterArgs) -> Result<ExitCode> {
         .write("--csv", args.csv.as_deref())
         .write("--gradients-csv", args.gradients_csv.as_deref())
         .check()?;
-    let study = study(
-        &args.depths,
-        args.width,
-        args.replicates,
-        args.placement,
-        args.seed,
-        args.force,
-    )
-    .map_err(|e| anyhow::anyhow!("--{e}"))?;
+    let job = &args.job;
+    let study = job.run()?;
     let mut out = format!(
         "resprop shatter: d(first output)/d(input) over {POINTS} inputs in [-2, 2), width {}, {} nets per point, He initialisation, {} unit (BN over the {POINTS}-point batch where used)\n",
-        args.width, args.replicates, args.placement
+        job.width, job.replicates, job.placement
     );
     let _ = writeln!(
         out,

@@ -4,14 +4,33 @@
 //! - [`net`]: [`NetDescription`], which network (its architecture), and [`InputSizes`], the
 //!   sizes its input gives; `NetDescription::build` is the one way to build a network from
 //!   them.
+//! - [`NetRequest`]: the network an analysis runs on, with its input batch, seed, trained
+//!   weights and data; [`NetRequest::prepare`] builds them ([`Analysis`]).
+//! - One job per command: [`ProfileJob`], [`CheckJob`], [`PathsJob`], [`LesionJob`],
+//!   [`ShatterJob`], [`TrainJob`]. Each is clap `Args` (the command line flattens it and adds
+//!   its output files; Python's keyword arguments parse into it through the same parser,
+//!   `cli::keywords`) and
+//!   serde `Serialize` (a checkpoint stores the train job it came from), and each has a `run`
+//!   that returns what the command writes, without printing or writing files.
 //! - [`Given`]: which flags a command line set, as against those left at their defaults.
-//!
-//! Issue 25 adds one job per command here (profile, check, paths, lesion, shatter, train)
-//! that the command line, experiment cells and Python run alike.
 
+pub mod check;
+pub mod lesion;
 pub mod net;
+pub mod paths;
+pub mod profile;
+pub mod request;
+pub mod shatter;
+pub mod train;
 
+pub use check::CheckJob;
+pub use lesion::LesionJob;
 pub use net::{InputSizes, NetDescription};
+pub use paths::PathsJob;
+pub use profile::ProfileJob;
+pub use request::{Analysis, NetRequest};
+pub use shatter::ShatterJob;
+pub use train::TrainJob;
 
 /// The flags given on the command line, by clap id (`units`, `input_dim`), as against those
 /// left at their defaults: a flag that cannot apply is refused when given, even at its default

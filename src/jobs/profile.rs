@@ -1,0 +1,89 @@
+//! The profile job: the per-unit gradient record of one network at one batch (`resprop
+//! profile`, Python's `profile`, an experiment's profile cells).
+
+use anyhow::Result;
+use clap::Args;
+use serde::Serialize;
+
+use super::{Analysis, NetRequest};
+use crate::analysis::record::{build_records, Profile};
+use crate::grads::Grads;
+use crate::net::memory::Purpose;
+use crate::net::{Keep, NetCache, NetGrads};
+use crate::unit::ForwardCtx;
+
+#[derive(Debug, Clone, Args, Serialize)]
+pub struct ProfileJob {
+    #[command(flatten)]
+    #[serde(flatten)]
+    pub net: NetRequest,
+    /// Keep only each unit's input and re-run its forward pass during backward: the same
+    /// numbers (bit for bit) in a fraction of the memory, for about one more forward pass.
+    #[arg(long)]
+    pub low_memory: bool,
+    /// Also the weight gradients `||dE/dW||` (the command line's `--weight-grad-csv`).
+    #[arg(skip)]
+    pub weight_grads: bool,
+    /// Keep what `--npz` writes (the memory estimate counts its copies).
+    #[arg(skip)]
+    #[serde(skip)]
+    pub npz: bool,
+}
+
+/// What the profile job computed: the network and batch (resolved against a checkpoint), the
+/// forward cache and the gradients they produced, and the records.
+pub struct ProfileRun {
+    pub analysis: Analysis,
+    pub ctx: ForwardCtx,
+    pub cache: NetCache,
+    pub grads: NetGrads,
+    /// The weight gradients (empty unless [`ProfileJob::weight_grads`]).
+    pub param_grads: Grads,
+    pub profile: Profile,
+}
+
+impl ProfileJob {
+    /// The job's memory purpose (what the estimate counts).
+    pub fn purpose(&self) -> Purpose {
+        Purpose::Profile {
+            low_memory: self.low_memory,
+            weight_grads: self.weight_grads,
+            npz: self.npz,
+        }
+    }
+
+    /// Builds the network and batch, runs one forward and backward pass and records them.
+    pub fn run(&self) -> Result<ProfileRun> {
+        let analysis = self.net.prepare(self.purpose())?;
+        self.run_prepared(analysis)
+    }
+
+    /// [`ProfileJob::run`] on a network and batch built already.
+    pub fn run_prepared(&self, analysis: Analysis) -> Result<ProfileRun> {
+        // Input gradients only, unless the weight gradients are asked for: weight layers then
+        // need not keep their inputs.
+        let ctx = analysis.args.ctx().with_weight_grads(self.weight_grads);
+        let keep = if self.low_memory {
+            Keep::Inputs
+        } else {
+            Keep::All
+        };
+        let (net, input, labels) = (&analysis.net, &analysis.input, &analysis.labels);
+        let cache = net.forward_with(input, labels, &ctx, keep)?;
+        let mut param_grads = Grads::new();
+        let grads = net.backward(
+            &cache,
+            labels,
+            self.weight_grads.then_some(&mut param_grads),
+        );
+        let profile = build_records(net, &cache, &grads);
+        Ok(ProfileRun {
+            analysis,
+            ctx,
+            cache,
+            grads,
+            param_grads,
+            profile,
+        })
+    }
+}
