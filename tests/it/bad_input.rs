@@ -15,8 +15,7 @@ use crate::common::*;
 
 /// Files a base command line needs: a checkpoint, an experiment file and its results.
 struct Fixture {
-    _dir: tempfile::TempDir,
-    root: PathBuf,
+    w: Work,
     checkpoint: PathBuf,
     spec: PathBuf,
     experiments: PathBuf,
@@ -27,48 +26,28 @@ struct Fixture {
 
 impl Fixture {
     fn new() -> Fixture {
-        let dir = tempfile::tempdir().unwrap();
-        let root = dir.path().to_path_buf();
-        let ck = root.join("ck");
-        ok(&resprop(&[
-            "train",
-            "--net",
-            "mlp",
-            "--units",
-            "2",
-            "--width",
-            "4",
-            "--epochs",
-            "1",
-            "--batch",
-            "64",
-            "--record-every",
-            "0",
-            "--checkpoint",
-            &s(&ck),
-        ]));
-        let experiments = root.join("experiments");
-        std::fs::create_dir(&experiments).unwrap();
-        let spec = experiments.join("tiny.toml");
-        std::fs::write(&spec, TINY_SPEC).unwrap();
-        let results = root.join("results");
-        ok(&resprop(&["run", &s(&spec), "--out", &s(&results)]));
-        let file = root.join("a-file");
-        std::fs::write(&file, b"not a directory").unwrap();
+        let w = Work::new();
+        let ck = w.path("ck");
+        Argv::tiny_train()
+            .set("--epochs", 1)
+            .path("--checkpoint", &ck)
+            .ok();
+        let experiments = w.mkdir("experiments");
+        let spec = w.write("experiments/tiny.toml", TINY_SPEC);
+        w.cmd("run", &spec, "results").ok();
         Fixture {
             checkpoint: ck.join("checkpoint.npz"),
-            results_csv: results.join("tiny").join("profile.csv"),
+            results_csv: w.path("results/tiny/profile.csv"),
             spec,
             experiments,
-            file,
-            root,
-            _dir: dir,
+            file: w.write("a-file", b"not a directory"),
+            w,
         }
     }
 
     /// A valid, quick command line for `command` (flag name -> value, positionals first).
     fn base(&self, command: &str) -> Vec<(String, Option<String>)> {
-        let r = |p: &str| s(&self.root.join(p));
+        let r = |p: &str| self.w.arg(p);
         let flags: &[(&str, String)] = &match command {
             "profile" | "check" | "paths" => vec![
                 ("units", "2".into()),

@@ -1,12 +1,10 @@
 //! The binary as a user runs it: output files, one-line errors, exit codes, determinism.
 
-use std::path::Path;
-
 use crate::common::*;
 
 /// A bad input: non-zero exit, exactly one line on stderr naming `needle`, no panic.
-fn assert_one_line_error(args: &[&str], needle: &str) {
-    let o = resprop(args);
+fn assert_one_line_error(args: &Argv, needle: &str) {
+    let o = args.run();
     let err = stderr(&o);
     assert!(!o.status.success(), "{args:?} should fail");
     assert!(!err.contains("panicked"), "{args:?} panicked: {err}");
@@ -20,27 +18,12 @@ fn assert_one_line_error(args: &[&str], needle: &str) {
 
 #[test]
 fn profile_writes_a_tidy_csv() {
-    let dir = tempfile::tempdir().unwrap();
-    let csv = dir.path().join("prof.csv");
-    let o = resprop(&[
-        "profile",
-        "--units",
-        "12",
-        "--width",
-        "16",
-        "--batch",
-        "8",
-        "--placement",
-        "original",
-        "--shortcut",
-        "scale:0.5",
-        "--seed",
-        "1",
-        "--csv",
-        csv.to_str().unwrap(),
-    ]);
-    assert!(o.status.success(), "{}", stderr(&o));
-    let text = std::fs::read_to_string(&csv).unwrap();
+    let w = Work::new();
+    let o = Argv::new("profile --units 12 --width 16 --batch 8 --placement original")
+        .with(&["--shortcut", "scale:0.5", "--seed", "1"])
+        .flag("--csv", w.arg("prof.csv"))
+        .ok();
+    let text = w.read("prof.csv");
     let mut lines = text.lines();
     let header = lines.next().unwrap();
     for col in [
@@ -65,7 +48,7 @@ fn profile_writes_a_tidy_csv() {
     let rows: Vec<&str> = lines.collect();
     assert_eq!(rows.len(), 13, "one row per x_l, l = 0..=12");
     assert!(rows[12].starts_with("12,"));
-    let stdout = String::from_utf8_lossy(&o.stdout);
+    let stdout = stdout(&o);
     assert!(
         stdout.contains("grad/top") && stdout.contains("wrote 13 rows"),
         "{stdout}"
@@ -74,111 +57,82 @@ fn profile_writes_a_tidy_csv() {
 
 #[test]
 fn check_passes_and_lists_inapplicable_checks() {
-    let o = resprop(&[
-        "check",
-        "--units",
-        "10",
-        "--width",
-        "16",
-        "--batch",
-        "8",
-        "--placement",
-        "full-preact",
-        "--shortcut",
-        "gate:-6",
-    ]);
-    let out = String::from_utf8_lossy(&o.stdout);
-    assert!(o.status.success(), "{out}\n{}", stderr(&o));
+    let check = Argv::new("check --units 10 --width 16 --batch 8");
+    let o = check
+        .clone()
+        .flag("--placement", "full-preact")
+        .flag("--shortcut", "gate:-6")
+        .ok();
+    let out = stdout(&o);
     assert!(out.contains("PASS") && !out.contains("FAIL"), "{out}");
     assert!(
         out.contains("n/a") && out.contains("constant scaling"),
         "{out}"
     );
-    let o = resprop(&[
-        "check",
-        "--units",
-        "10",
-        "--width",
-        "16",
-        "--batch",
-        "8",
-        "--placement",
-        "original",
-    ]);
-    let out = String::from_utf8_lossy(&o.stdout);
+    let out = stdout(&check.flag("--placement", "original").run());
     assert!(out.contains("f is not the identity"), "{out}");
 }
 
 #[test]
 fn bad_inputs_give_one_line_errors() {
-    assert_one_line_error(&["profile", "--units", "0"], "units");
-    assert_one_line_error(&["profile", "--width", "0"], "width");
-    assert_one_line_error(&["profile", "--batch", "0"], "batch");
-    assert_one_line_error(&["profile", "--batch", "1"], "batch of 1");
-    assert_one_line_error(&["profile", "--placement", "sideways"], "sideways");
-    assert_one_line_error(&["profile", "--shortcut", "wormhole"], "wormhole");
-    assert_one_line_error(
-        &["profile", "--shortcut", "scale:abc"],
-        "'abc' is not a number",
-    );
-    assert_one_line_error(&["profile", "--shortcut", "dropout:1.5"], "1.5");
-    assert_one_line_error(&["profile", "--threads", "0"], "threads");
-    assert_one_line_error(&["profile", "--units", "-3"], "-3");
-    assert_one_line_error(
-        &["profile", "--csv", "/nonexistent-dir-resprop/p.csv"],
-        "does not exist",
-    );
-    assert_one_line_error(&["check", "--directions", "0"], "directions");
-    assert_one_line_error(&["bench", "--workload", "W9"], "W9");
-    assert_one_line_error(&["frobnicate"], "frobnicate");
+    for (line, needle) in [
+        ("profile --units 0", "units"),
+        ("profile --width 0", "width"),
+        ("profile --batch 0", "batch"),
+        ("profile --batch 1", "batch of 1"),
+        ("profile --placement sideways", "sideways"),
+        ("profile --shortcut wormhole", "wormhole"),
+        ("profile --shortcut scale:abc", "'abc' is not a number"),
+        ("profile --shortcut dropout:1.5", "1.5"),
+        ("profile --threads 0", "threads"),
+        ("profile --units -3", "-3"),
+        (
+            "profile --csv /nonexistent-dir-resprop/p.csv",
+            "does not exist",
+        ),
+        ("check --directions 0", "directions"),
+        ("bench --workload W9", "W9"),
+        ("frobnicate", "frobnicate"),
+    ] {
+        assert_one_line_error(&Argv::new(line), needle);
+    }
 }
 
 #[test]
 fn failed_runs_leave_no_file() {
-    let dir = tempfile::tempdir().unwrap();
-    let csv = dir.path().join("out.csv");
-    let o = resprop(&["profile", "--batch", "1", "--csv", csv.to_str().unwrap()]);
+    let w = Work::new();
+    let o = Argv::new("profile --batch 1")
+        .flag("--csv", w.arg("out.csv"))
+        .run();
     assert!(!o.status.success());
-    assert_eq!(
-        std::fs::read_dir(dir.path()).unwrap().count(),
-        0,
-        "no output and no temporary file"
-    );
+    assert_eq!(w.entries().len(), 0, "no output and no temporary file");
 }
 
-fn csv_bytes(dir: &Path, threads: &str, extra: &[&str]) -> Vec<u8> {
-    let path = dir.join(format!("t{threads}.csv"));
-    let mut args = vec![
-        "profile",
-        "--units",
-        "30",
-        "--width",
-        "128",
-        "--batch",
-        "64",
-        "--seed",
-        "7",
-        "--threads",
-        threads,
-    ];
-    args.extend_from_slice(extra);
-    args.extend_from_slice(&["--csv", path.to_str().unwrap()]);
-    let o = resprop(&args);
-    assert!(o.status.success(), "{}", stderr(&o));
-    std::fs::read(path).unwrap()
+/// A profile large enough (128 x 128, batch 64) that the GEMMs run multi-threaded.
+const LARGE: &str = "profile --units 30 --width 128 --batch 64";
+
+fn csv_bytes(w: &Work, threads: &str, extra: &[&str]) -> Vec<u8> {
+    let name = format!("t{threads}.csv");
+    Argv::new(LARGE)
+        .flag("--seed", 7)
+        .flag("--threads", threads)
+        .with(extra)
+        .flag("--csv", w.arg(&name))
+        .ok();
+    w.bytes(&name)
 }
 
 /// Large enough (128 x 128, batch 64) that the GEMMs run multi-threaded with 2 threads.
 #[test]
 fn same_seed_gives_identical_csv_for_any_thread_count() {
-    let dir = tempfile::tempdir().unwrap();
+    let w = Work::new();
     for extra in [
         &["--shortcut", "identity"][..],
         &["--shortcut", "gate:-2", "--placement", "bn-after-add"][..],
         &["--shortcut", "dropout:0.3"][..],
     ] {
-        let one = csv_bytes(dir.path(), "1", extra);
-        let two = csv_bytes(dir.path(), "2", extra);
+        let one = csv_bytes(&w, "1", extra);
+        let two = csv_bytes(&w, "2", extra);
         assert_eq!(one, two, "{extra:?}: CSV differs between 1 and 2 threads");
     }
 }
@@ -186,7 +140,7 @@ fn same_seed_gives_identical_csv_for_any_thread_count() {
 /// Recomputing units during backward gives the same bits as keeping every cache.
 #[test]
 fn low_memory_profile_is_identical() {
-    let dir = tempfile::tempdir().unwrap();
+    let w = Work::new();
     for net in [
         &[
             "--net",
@@ -209,13 +163,13 @@ fn low_memory_profile_is_identical() {
     ] {
         let mut csvs = Vec::new();
         for extra in [&[][..], &["--low-memory"][..]] {
-            let path = dir.path().join(format!("lm{}.csv", extra.len()));
-            let mut args = vec!["profile", "--batch", "4", "--csv", path.to_str().unwrap()];
-            args.extend_from_slice(net);
-            args.extend_from_slice(extra);
-            let o = resprop(&args);
-            assert!(o.status.success(), "{}", stderr(&o));
-            csvs.push(std::fs::read(path).unwrap());
+            let name = format!("lm{}.csv", extra.len());
+            Argv::new("profile --batch 4")
+                .flag("--csv", w.arg(&name))
+                .with(net)
+                .with(extra)
+                .ok();
+            csvs.push(w.bytes(&name));
         }
         assert_eq!(
             csvs[0], csvs[1],
@@ -226,60 +180,35 @@ fn low_memory_profile_is_identical() {
 
 #[test]
 fn different_seeds_give_different_profiles() {
-    let dir = tempfile::tempdir().unwrap();
-    let a = csv_bytes(dir.path(), "1", &[]);
-    let path = dir.path().join("s8.csv");
-    let o = resprop(&[
-        "profile",
-        "--units",
-        "30",
-        "--width",
-        "128",
-        "--batch",
-        "64",
-        "--seed",
-        "8",
-        "--csv",
-        path.to_str().unwrap(),
-    ]);
-    assert!(o.status.success());
-    assert_ne!(a, std::fs::read(path).unwrap());
+    let w = Work::new();
+    let a = csv_bytes(&w, "1", &[]);
+    Argv::new(LARGE)
+        .flag("--seed", 8)
+        .flag("--csv", w.arg("s8.csv"))
+        .ok();
+    assert_ne!(a, w.bytes("s8.csv"));
 }
 
 #[test]
 fn overflow_warns_on_stderr_and_writes_inf() {
-    let dir = tempfile::tempdir().unwrap();
-    let csv = dir.path().join("o.csv");
-    let o = resprop(&[
-        "profile",
-        "--units",
-        "1100",
-        "--width",
-        "4",
-        "--batch",
-        "4",
-        "--placement",
-        "full-preact",
-        "--shortcut",
-        "scale:2",
-        "--csv",
-        csv.to_str().unwrap(),
-    ]);
-    assert!(o.status.success(), "{}", stderr(&o));
+    let w = Work::new();
+    let o = Argv::new("profile --units 1100 --width 4 --batch 4 --placement full-preact")
+        .flag("--shortcut", "scale:2")
+        .flag("--csv", w.arg("o.csv"))
+        .ok();
     let err = stderr(&o);
     assert!(
         err.contains("warning: act_norm is non-finite") && err.contains("first at unit"),
         "{err}"
     );
-    let text = std::fs::read_to_string(csv).unwrap();
+    let text = w.read("o.csv");
     assert!(text.contains("inf") || text.contains("NaN"));
 }
 
 #[test]
 fn help_uses_the_papers_vocabulary() {
-    let o = resprop(&["profile", "--help"]);
-    let out = String::from_utf8_lossy(&o.stdout);
-    assert!(o.status.success());
+    let o = Argv::new("profile --help").ok();
+    let out = stdout(&o);
     for word in [
         "full-preact",
         "bn-after-add",
@@ -295,22 +224,11 @@ fn help_uses_the_papers_vocabulary() {
 #[test]
 fn npz_holds_the_whole_computation() {
     use ndarray_npy::NpzReader;
-    let dir = tempfile::tempdir().unwrap();
-    let npz = dir.path().join("s.npz");
-    let o = resprop(&[
-        "profile",
-        "--units",
-        "5",
-        "--width",
-        "8",
-        "--batch",
-        "6",
-        "--shortcut",
-        "dropout:0.5",
-        "--npz",
-        npz.to_str().unwrap(),
-    ]);
-    assert!(o.status.success(), "{}", stderr(&o));
+    let w = Work::new();
+    let npz = w.path("s.npz");
+    Argv::new("profile --units 5 --width 8 --batch 6 --shortcut dropout:0.5")
+        .path("--npz", &npz)
+        .ok();
     let mut r = NpzReader::new(std::fs::File::open(&npz).unwrap()).unwrap();
     let names = r.names().unwrap();
     for key in [
@@ -379,29 +297,15 @@ fn npz_holds_the_whole_computation() {
 
 #[test]
 fn train_on_digits_writes_curves_and_gradients() {
-    let dir = tempfile::tempdir().unwrap();
-    let csv = dir.path().join("run.csv");
-    let o = resprop(&[
-        "train",
-        "--net",
-        "mlp",
-        "--units",
-        "3",
-        "--width",
-        "16",
-        "--epochs",
-        "2",
-        "--record-every",
-        "5",
-        "--csv",
-        csv.to_str().unwrap(),
-    ]);
-    assert!(o.status.success(), "{}", stderr(&o));
-    let text = std::fs::read_to_string(&csv).unwrap();
+    let w = Work::new();
+    Argv::new("train --net mlp --units 3 --width 16 --epochs 2 --record-every 5")
+        .flag("--csv", w.arg("run.csv"))
+        .ok();
+    let text = w.read("run.csv");
     assert!(text.starts_with("step,epoch,lr,train_loss,train_error,test_loss,test_error"));
     // 1,437 training images in batches of 64: 22 steps per epoch.
     assert_eq!(text.lines().count(), 1 + 44);
-    let grads = std::fs::read_to_string(dir.path().join("run.grads.csv")).unwrap();
+    let grads = w.read("run.grads.csv");
     assert!(grads.starts_with("step,unit,grad_norm,grad_ratio,direct_ratio"));
     assert_eq!(
         grads.lines().count(),
@@ -412,41 +316,27 @@ fn train_on_digits_writes_curves_and_gradients() {
 
 #[test]
 fn train_data_errors_are_one_line() {
-    let dir = tempfile::tempdir().unwrap();
-    assert_one_line_error(&["train", "--data", "mnist"], "unknown data 'mnist'");
-    let missing = format!("cifar10:{}", dir.path().join("nope").display());
-    assert_one_line_error(&["train", "--data", &missing], "does not exist");
-    std::fs::write(dir.path().join("data_batch_1.bin"), vec![0u8; 3073 * 2 + 1]).unwrap();
-    std::fs::write(dir.path().join("test_batch.bin"), vec![0u8; 3073]).unwrap();
-    let truncated = format!("cifar10:{}", dir.path().display());
-    assert_one_line_error(&["train", "--data", &truncated], "multiple of 3073");
-    assert_one_line_error(&["train", "--epochs", "0"], "epochs");
+    let w = Work::new();
+    let data = |value: String| Argv::new("train").flag("--data", value);
+    assert_one_line_error(&data("mnist".into()), "unknown data 'mnist'");
+    let missing = format!("cifar10:{}", w.path("nope").display());
+    assert_one_line_error(&data(missing), "does not exist");
+    w.write("data_batch_1.bin", vec![0u8; 3073 * 2 + 1]);
+    w.write("test_batch.bin", vec![0u8; 3073]);
+    let truncated = format!("cifar10:{}", w.root().display());
+    assert_one_line_error(&data(truncated), "multiple of 3073");
+    assert_one_line_error(&Argv::new("train --epochs 0"), "epochs");
 }
 
 /// A resume that would not continue the checkpoint's run is refused in one line naming the
 /// setting and both values; nothing is trained or written.
 #[test]
 fn a_resume_that_changes_the_run_is_refused() {
-    let dir = tempfile::tempdir().unwrap();
-    let ck = dir.path().join("ck");
-    let base = [
-        "train",
-        "--net",
-        "mlp",
-        "--units",
-        "2",
-        "--width",
-        "8",
-        "--epochs",
-        "4",
-        "--checkpoint",
-        ck.to_str().unwrap(),
-    ];
-    let mut first = base.to_vec();
-    first.extend(["--stop-after-epochs", "1"]);
-    let o = resprop(&first);
-    assert!(o.status.success(), "{}", stderr(&o));
-    let csv = dir.path().join("resumed.csv");
+    let w = Work::new();
+    let base = Argv::new("train --net mlp --units 2 --width 8 --epochs 4")
+        .flag("--checkpoint", w.arg("ck"));
+    base.clone().flag("--stop-after-epochs", 1).ok();
+    let csv = w.path("resumed.csv");
     for (flag, value, needle) in [
         ("--lr", "0.05", "lr: checkpoint 0.1, now 0.05"),
         ("--epochs", "6", "epochs: checkpoint 4, now 6"),
@@ -466,13 +356,12 @@ fn a_resume_that_changes_the_run_is_refused() {
         ),
     ] {
         // The base command with one setting changed (or added).
-        let mut args: Vec<&str> = base.to_vec();
-        match args.iter().position(|a| *a == flag) {
-            Some(i) => args[i + 1] = value,
-            None => args.extend([flag, value]),
-        }
-        args.extend(["--resume", "--csv", csv.to_str().unwrap()]);
-        let o = resprop(&args);
+        let o = base
+            .clone()
+            .set(flag, value)
+            .switch("--resume")
+            .path("--csv", &csv)
+            .run();
         let err = stderr(&o);
         assert!(!o.status.success(), "{flag} {value} resumed");
         assert_eq!(err.trim_end().lines().count(), 1, "one line: {err}");
@@ -483,10 +372,7 @@ fn a_resume_that_changes_the_run_is_refused() {
         assert!(!csv.exists(), "nothing written");
     }
     // The same settings resume.
-    let mut same = base.to_vec();
-    same.push("--resume");
-    let o = resprop(&same);
-    assert!(o.status.success(), "{}", stderr(&o));
+    base.switch("--resume").ok();
 }
 
 /// Two epochs straight and one epoch, a stop, then a resume from the checkpoint: identical CSVs.
@@ -507,56 +393,35 @@ fn resumed_training_is_bit_identical() {
             "alpha:0.5",
         ][..],
     ] {
-        let dir = tempfile::tempdir().unwrap();
-        let p = |n: &str| dir.path().join(n).to_str().unwrap().to_string();
-        let common = [
-            "train",
-            "--net",
-            "resnet:1:basic",
-            "--epochs",
-            "2",
-            "--record-every",
-            "7",
-            "--seed",
-            "4",
-        ];
-        let run = |extra: &[&str]| {
-            let mut args: Vec<&str> = common.to_vec();
-            args.extend_from_slice(optimizer);
-            args.extend_from_slice(extra);
-            let o = resprop(&args);
-            assert!(o.status.success(), "{}", stderr(&o));
-        };
-        run(&["--csv", &p("straight.csv")]);
-        let ck = p("ck");
-        run(&[
-            "--csv",
-            &p("resumed.csv"),
-            "--checkpoint",
-            &ck,
-            "--stop-after-epochs",
-            "1",
-        ]);
-        assert!(dir.path().join("ck/checkpoint.npz").is_file());
-        run(&["--csv", &p("resumed.csv"), "--checkpoint", &ck, "--resume"]);
+        let w = Work::new();
+        let common = Argv::new("train --net resnet:1:basic --epochs 2 --record-every 7 --seed 4");
+        let run = common.clone().with(optimizer);
+        run.clone().flag("--csv", w.arg("straight.csv")).ok();
+        let resumed = run
+            .flag("--csv", w.arg("resumed.csv"))
+            .flag("--checkpoint", w.arg("ck"));
+        resumed.clone().flag("--stop-after-epochs", 1).ok();
+        assert!(w.path("ck/checkpoint.npz").is_file());
+        resumed.switch("--resume").ok();
         for f in ["straight.csv", "straight.grads.csv"] {
             let other = f.replace("straight", "resumed");
             assert_eq!(
-                std::fs::read(p(f)).unwrap(),
-                std::fs::read(p(&other)).unwrap(),
+                w.bytes(f),
+                w.bytes(&other),
                 "{optimizer:?}: {f} differs after resume"
             );
         }
         if !optimizer.is_empty() {
             // Resuming an Adam checkpoint with SGD changes the run: refused, naming it.
-            let mut args: Vec<&str> = common.to_vec();
-            args.extend_from_slice(&optimizer[2..]);
-            args.extend(["--checkpoint", ck.as_str(), "--resume"]);
+            let args = common
+                .with(&optimizer[2..])
+                .flag("--checkpoint", w.arg("ck"))
+                .switch("--resume");
             assert_one_line_error(&args, "optimizer: checkpoint adam, now sgd");
         }
     }
     assert_one_line_error(
-        &["train", "--resume", "--checkpoint", "/nonexistent/nowhere"],
+        &Argv::new("train --resume --checkpoint /nonexistent/nowhere"),
         "no checkpoint",
     );
 }
@@ -564,23 +429,11 @@ fn resumed_training_is_bit_identical() {
 /// A run whose loss goes non-finite stops, names the step and the first unit, keeps its CSV.
 #[test]
 fn diverging_training_stops_with_the_step_and_unit() {
-    let dir = tempfile::tempdir().unwrap();
-    let csv = dir.path().join("d.csv");
-    let o = resprop(&[
-        "train",
-        "--net",
-        "mlp",
-        "--units",
-        "1100",
-        "--width",
-        "4",
-        "--shortcut",
-        "scale:2",
-        "--epochs",
-        "1",
-        "--csv",
-        csv.to_str().unwrap(),
-    ]);
+    let w = Work::new();
+    let csv = w.path("d.csv");
+    let o = Argv::new("train --net mlp --units 1100 --width 4 --shortcut scale:2 --epochs 1")
+        .path("--csv", &csv)
+        .run();
     let err = stderr(&o);
     assert!(!o.status.success());
     assert!(
@@ -592,21 +445,11 @@ fn diverging_training_stops_with_the_step_and_unit() {
 
 #[test]
 fn bench_reports_a_step_and_the_gemm_rates() {
-    let dir = tempfile::tempdir().unwrap();
-    let csv = dir.path().join("bench.csv");
-    let o = resprop(&[
-        "bench",
-        "--workload",
-        "W1",
-        "--mode",
-        "train",
-        "--repeat",
-        "1",
-        "--csv",
-        csv.to_str().unwrap(),
-    ]);
-    assert!(o.status.success(), "{}", stderr(&o));
-    let out = String::from_utf8_lossy(&o.stdout);
+    let w = Work::new();
+    let o = Argv::new("bench --workload W1 --mode train --repeat 1")
+        .flag("--csv", w.arg("bench.csv"))
+        .ok();
+    let out = stdout(&o);
     assert!(out.contains("W1 (residual MLP, 100 units"), "{out}");
     assert!(
         out.contains("mode train, ") && out.contains("peak RSS"),
@@ -616,7 +459,7 @@ fn bench_reports_a_step_and_the_gemm_rates() {
         out.contains("forward median") && out.contains("backward median"),
         "{out}"
     );
-    let table = std::fs::read_to_string(&csv).unwrap();
+    let table = w.read("bench.csv");
     let lines: Vec<&str> = table.lines().collect();
     assert_eq!(
         lines[0],
@@ -624,9 +467,8 @@ fn bench_reports_a_step_and_the_gemm_rates() {
     );
     assert!(lines[1].starts_with("W1,train,"), "{table}");
 
-    let o = resprop(&["bench", "--workload", "gemm", "--repeat", "1"]);
-    assert!(o.status.success(), "{}", stderr(&o));
-    let out = String::from_utf8_lossy(&o.stdout);
+    let o = Argv::new("bench --workload gemm --repeat 1").ok();
+    let out = stdout(&o);
     assert_eq!(
         out.lines().filter(|l| l.contains("GFLOP/s")).count(),
         4,
@@ -641,24 +483,12 @@ fn bench_reports_a_step_and_the_gemm_rates() {
 /// An impossible size fails at once in one line (it used to reach 17 GB and be killed).
 #[test]
 fn an_impossible_size_is_refused_before_allocating() {
-    assert_one_line_error(
-        &[
-            "profile",
-            "--net",
-            "mlp",
-            "--units",
-            "2",
-            "--width",
-            "4000000000",
-            "--batch",
-            "4",
-        ],
-        "would need about",
-    );
-    assert_one_line_error(
-        &["check", "--net", "mlp", "--batch", "1000000000000"],
-        "would need about",
-    );
+    for line in [
+        "profile --net mlp --units 2 --width 4000000000 --batch 4",
+        "check --net mlp --batch 1000000000000",
+    ] {
+        assert_one_line_error(&Argv::new(line), "would need about");
+    }
 }
 
 /// The memory estimate against the peak resident memory `profile` reports, on an MLP and on
@@ -666,23 +496,11 @@ fn an_impossible_size_is_refused_before_allocating() {
 #[test]
 fn the_memory_estimate_matches_the_measured_peak() {
     for args in [
-        vec![
-            "--net", "mlp", "--units", "60", "--width", "256", "--batch", "256",
-        ],
-        vec![
-            "--net",
-            "resnet110",
-            "--batch",
-            "16",
-            "--placement",
-            "original",
-        ],
+        Argv::new("profile --net mlp --units 60 --width 256 --batch 256"),
+        Argv::new("profile --net resnet110 --batch 16 --placement original"),
     ] {
-        let mut all = vec!["profile"];
-        all.extend(args.iter().copied());
-        let o = resprop(&all);
-        assert!(o.status.success(), "{}", stderr(&o));
-        let out = String::from_utf8_lossy(&o.stdout);
+        let o = args.ok();
+        let out = stdout(&o);
         let line = out
             .lines()
             .find(|l| l.starts_with("memory:"))
@@ -710,83 +528,40 @@ fn the_memory_estimate_matches_the_measured_peak() {
 /// `check` passes with it.
 #[test]
 fn unfused_gives_the_same_csv() {
-    let dir = tempfile::tempdir().unwrap();
-    let d = |name: &str| dir.path().join(name).to_str().unwrap().to_string();
-    let profile = [
-        "profile",
-        "--net",
-        "resnet:1:bottleneck",
-        "--image-size",
-        "8",
-        "--batch",
-        "4",
-        "--placement",
-        "full-preact",
-    ];
-    for (name, extra) in [("fused", None), ("plain", Some("--unfused"))] {
-        let mut args = profile.to_vec();
-        let csv = d(&format!("{name}.csv"));
-        args.extend(["--csv", csv.as_str()]);
-        args.extend(extra);
-        ok(&resprop(&args));
-        let train_csv = d(&format!("{name}_train.csv"));
-        let mut args = vec![
-            "train",
-            "--net",
-            "resnet:1:basic",
-            "--epochs",
-            "1",
-            "--record-every",
-            "5",
-            "--placement",
-            "original",
-            "--csv",
-            train_csv.as_str(),
-        ];
-        args.extend(extra);
-        ok(&resprop(&args));
+    let w = Work::new();
+    for (name, extra) in [("fused", &[][..]), ("plain", &["--unfused"][..])] {
+        Argv::new("profile --net resnet:1:bottleneck --image-size 8 --batch 4")
+            .flag("--placement", "full-preact")
+            .flag("--csv", w.arg(format!("{name}.csv")))
+            .with(extra)
+            .ok();
+        Argv::new("train --net resnet:1:basic --epochs 1 --record-every 5")
+            .flag("--placement", "original")
+            .flag("--csv", w.arg(format!("{name}_train.csv")))
+            .with(extra)
+            .ok();
     }
     for file in ["", "_train", "_train.grads"] {
-        let a = std::fs::read(d(&format!("fused{file}.csv"))).unwrap();
-        let b = std::fs::read(d(&format!("plain{file}.csv"))).unwrap();
+        let a = w.bytes(format!("fused{file}.csv"));
+        let b = w.bytes(format!("plain{file}.csv"));
         assert!(!a.is_empty());
         assert_eq!(a, b, "fused{file}.csv and plain{file}.csv differ");
     }
-    let o = resprop(&[
-        "check",
-        "--net",
-        "mlp",
-        "--units",
-        "3",
-        "--width",
-        "8",
-        "--batch",
-        "6",
-        "--unfused",
-    ]);
-    ok(&o);
+    Argv::new(CHECK_MLP).switch("--unfused").ok();
 }
+
+/// `check` on a 3-unit MLP of width 8.
+const CHECK_MLP: &str = "check --net mlp --units 3 --width 8 --batch 6";
 
 /// `--norm` fills every normalisation slot: LayerNorm or nothing, and `check` passes on both;
 /// an unknown norm is a one-line error.
 #[test]
 fn norm_fills_every_slot_and_check_passes() {
     for norm in ["layer", "none"] {
-        let o = resprop(&[
-            "profile",
-            "--net",
-            "mlp",
-            "--units",
-            "3",
-            "--width",
-            "8",
-            "--placement",
-            "full-preact",
-            "--norm",
-            norm,
-        ]);
-        ok(&o);
-        let out = String::from_utf8_lossy(&o.stdout);
+        let o = Argv::new("profile --net mlp --units 3 --width 8 --placement full-preact")
+            .flag("--norm", norm)
+            .ok();
+        let out = stdout(&o);
         let branch = if norm == "layer" {
             "F = LN ReLU W LN ReLU W"
         } else {
@@ -794,57 +569,30 @@ fn norm_fills_every_slot_and_check_passes() {
         };
         assert!(out.contains(branch), "{norm}: {out}");
         for args in [
-            &[
-                "check", "--net", "mlp", "--units", "3", "--width", "8", "--batch", "6",
-            ][..],
-            &[
-                "check",
-                "--net",
-                "resnet:1:basic",
-                "--image-size",
-                "8",
-                "--batch",
-                "3",
-                "--placement",
-                "full-preact",
-            ][..],
+            Argv::new(CHECK_MLP),
+            Argv::new("check --net resnet:1:basic --image-size 8 --batch 3")
+                .flag("--placement", "full-preact"),
         ] {
-            let mut a = args.to_vec();
-            a.extend(["--norm", norm]);
-            ok(&resprop(&a));
+            args.flag("--norm", norm).ok();
         }
     }
-    assert_one_line_error(&["profile", "--norm", "group"], "unknown norm 'group'");
+    assert_one_line_error(&Argv::new("profile --norm group"), "unknown norm 'group'");
 }
 
 /// `--weight-grad-csv` writes `||dE/dW||_F` for each weight layer of each unit; the profile
 /// CSV it comes with is the same as without it.
 #[test]
 fn weight_grad_csv_has_one_row_per_weight_layer() {
-    let dir = tempfile::tempdir().unwrap();
-    let d = |n: &str| dir.path().join(n).to_str().unwrap().to_string();
-    let base = [
-        "profile",
-        "--net",
-        "mlp",
-        "--units",
-        "5",
-        "--width",
-        "16",
-        "--placement",
-        "pre-norm",
-        "--norm",
-        "layer",
-    ];
-    let (a, b, w) = (d("a.csv"), d("b.csv"), d("w.csv"));
-    let mut with = base.to_vec();
-    with.extend(["--csv", a.as_str(), "--weight-grad-csv", w.as_str()]);
-    ok(&resprop(&with));
-    let mut without = base.to_vec();
-    without.extend(["--csv", b.as_str()]);
-    ok(&resprop(&without));
-    assert_eq!(std::fs::read(&a).unwrap(), std::fs::read(&b).unwrap());
-    let text = std::fs::read_to_string(&w).unwrap();
+    let w = Work::new();
+    let base =
+        Argv::new("profile --net mlp --units 5 --width 16 --placement pre-norm --norm layer");
+    base.clone()
+        .flag("--csv", w.arg("a.csv"))
+        .flag("--weight-grad-csv", w.arg("w.csv"))
+        .ok();
+    base.flag("--csv", w.arg("b.csv")).ok();
+    assert_eq!(w.bytes("a.csv"), w.bytes("b.csv"));
+    let text = w.read("w.csv");
     let lines: Vec<&str> = text.lines().collect();
     assert_eq!(lines[0], "unit,layer,weight_grad_norm");
     assert_eq!(lines.len(), 1 + 5 * 2, "{text}");

@@ -20,10 +20,12 @@ shortcuts = ["identity", "scale:0.5"]
 replicates = [0, 1]
 "#;
 
-fn write_spec(dir: &Path, name: &str, text: &str) -> String {
-    let p = dir.join(name);
-    std::fs::write(&p, text).unwrap();
-    p.to_str().unwrap().to_string()
+/// `all` on the specs in `experiments`, into `results` and `plots` of `w`.
+fn all(w: &Work, experiments: &Path) -> Argv {
+    Argv::new("all")
+        .path("--experiments", experiments)
+        .flag("--results", w.arg("results"))
+        .flag("--plots", w.arg("plots"))
 }
 
 /// PNG width and height from the IHDR chunk.
@@ -35,19 +37,13 @@ fn png_size(bytes: &[u8]) -> (u32, u32) {
 
 #[test]
 fn run_writes_tidy_csv_spec_and_charts() {
-    let dir = tempfile::tempdir().unwrap();
-    let spec = write_spec(dir.path(), "tiny.toml", SPEC);
-    let out = dir.path().join("results");
-    let plots = dir.path().join("plots");
-    ok(&resprop(&[
-        "run",
-        &spec,
-        "--out",
-        out.to_str().unwrap(),
-        "--plots",
-        plots.to_str().unwrap(),
-    ]));
-    let csv = std::fs::read_to_string(out.join("tiny/profile.csv")).unwrap();
+    let w = Work::new();
+    w.write("tiny.toml", SPEC);
+    let plots = w.path("plots");
+    w.cmd("run", "tiny.toml", "results")
+        .path("--plots", &plots)
+        .ok();
+    let csv = w.read("results/tiny/profile.csv");
     let mut lines = csv.lines();
     let header = lines.next().unwrap();
     assert!(
@@ -58,8 +54,8 @@ fn run_writes_tidy_csv_spec_and_charts() {
     );
     // 2 placements x 2 shortcuts x 2 replicates = 8 cells, 7 unit inputs each.
     assert_eq!(lines.count(), 8 * 7);
-    assert!(out.join("tiny/spec.toml").is_file());
-    let resolved = std::fs::read_to_string(out.join("tiny/spec.toml")).unwrap();
+    assert!(w.path("results/tiny/spec.toml").is_file());
+    let resolved = w.read("results/tiny/spec.toml");
     assert!(resolved.contains("scale:0.5") && resolved.contains("claim"));
     for chart in [
         "grad_ratio",
@@ -86,7 +82,7 @@ fn run_writes_tidy_csv_spec_and_charts() {
         }
     }
     // Nothing half-written anywhere.
-    for entry in walk(dir.path()) {
+    for entry in walk(w.root()) {
         assert!(
             !entry.ends_with(".tmp") && !entry.contains(".tmp."),
             "temporary file left: {entry}"
@@ -109,26 +105,19 @@ fn walk(dir: &Path) -> Vec<String> {
 
 #[test]
 fn same_csv_for_one_and_two_threads() {
-    let dir = tempfile::tempdir().unwrap();
-    let spec = write_spec(
-        dir.path(),
+    let w = Work::new();
+    w.write(
         "tiny.toml",
-        &SPEC
-            .replace("width = 8", "width = 96")
+        SPEC.replace("width = 8", "width = 96")
             .replace("batch = 4", "batch = 64"),
     );
     let mut csvs = Vec::new();
     for threads in ["1", "2"] {
-        let out = dir.path().join(format!("r{threads}"));
-        ok(&resprop(&[
-            "run",
-            &spec,
-            "--out",
-            out.to_str().unwrap(),
-            "--threads",
-            threads,
-        ]));
-        csvs.push(std::fs::read(out.join("tiny/profile.csv")).unwrap());
+        let out = format!("r{threads}");
+        w.cmd("run", "tiny.toml", &out)
+            .flag("--threads", threads)
+            .ok();
+        csvs.push(w.bytes(format!("{out}/tiny/profile.csv")));
     }
     assert_eq!(csvs[0], csvs[1], "CSV differs between 1 and 2 threads");
 }
@@ -150,11 +139,11 @@ fn stored_cells(out: &Path) -> Vec<(String, std::path::PathBuf)> {
 
 #[test]
 fn rerun_skips_complete_cells() {
-    let dir = tempfile::tempdir().unwrap();
-    let spec = write_spec(dir.path(), "tiny.toml", SPEC);
-    let out = dir.path().join("results");
-    ok(&resprop(&["run", &spec, "--out", out.to_str().unwrap()]));
-    let cells = stored_cells(&out);
+    let w = Work::new();
+    w.write("tiny.toml", SPEC);
+    let run = w.cmd("run", "tiny.toml", "results");
+    run.ok();
+    let cells = stored_cells(&w.path("results"));
     assert_eq!(cells.len(), 8, "one stored result per cell");
     for (inputs, _) in &cells {
         assert!(
@@ -182,14 +171,9 @@ fn rerun_skips_complete_cells() {
     let deleted = &cells[5].1;
     let before = std::fs::read(deleted).unwrap();
     std::fs::remove_file(deleted).unwrap();
-    let o = resprop(&["run", &spec, "--out", out.to_str().unwrap()]);
-    ok(&o);
-    assert!(
-        String::from_utf8_lossy(&o.stdout).contains("(1 computed now)"),
-        "{}",
-        String::from_utf8_lossy(&o.stdout)
-    );
-    let csv = std::fs::read_to_string(out.join("tiny/profile.csv")).unwrap();
+    let o = run.ok();
+    assert!(stdout(&o).contains("(1 computed now)"), "{}", stdout(&o));
+    let csv = w.read("results/tiny/profile.csv");
     let marked_row = original.lines().next().unwrap().replacen('0', "0000", 1);
     assert!(csv.contains(&marked_row), "a complete cell was recomputed");
     assert_eq!(
@@ -203,21 +187,15 @@ fn rerun_skips_complete_cells() {
 /// assembled CSV holds only the new spec's cells.
 #[test]
 fn an_edited_spec_recomputes_what_changed() {
-    let dir = tempfile::tempdir().unwrap();
-    let out = dir.path().join("results");
-    let spec = write_spec(dir.path(), "tiny.toml", SPEC);
-    ok(&resprop(&["run", &spec, "--out", out.to_str().unwrap()]));
-    let edited = write_spec(
-        dir.path(),
-        "tiny.toml",
-        &SPEC.replace("\"scale:0.5\"", "\"scale:0.9\""),
-    );
-    let o = resprop(&["run", &edited, "--out", out.to_str().unwrap()]);
-    ok(&o);
-    let stdout = String::from_utf8_lossy(&o.stdout);
+    let w = Work::new();
+    let run = w.cmd("run", "tiny.toml", "results");
+    w.write("tiny.toml", SPEC);
+    run.ok();
+    w.write("tiny.toml", SPEC.replace("\"scale:0.5\"", "\"scale:0.9\""));
+    let stdout = stdout(&run.ok());
     // 2 placements x 2 replicates have the new shortcut; the identity cells are reused.
     assert!(stdout.contains("8 cells (4 computed now)"), "{stdout}");
-    let csv = std::fs::read_to_string(out.join("tiny/profile.csv")).unwrap();
+    let csv = w.read("results/tiny/profile.csv");
     assert!(csv.contains("scale:0.9") && !csv.contains("scale:0.5"));
     // Full pre-activation, 6 units: the direct ratio at unit 0 is 0.9^6, not 0.5^6.
     let header: Vec<&str> = csv.lines().next().unwrap().split(',').collect();
@@ -237,7 +215,7 @@ fn an_edited_spec_recomputes_what_changed() {
 
 #[test]
 fn bad_specs_give_one_line_errors_naming_file_and_key() {
-    let dir = tempfile::tempdir().unwrap();
+    let w = Work::new();
     for (text, needle) in [
         (SPEC.replace("width = 8", "widht = 8"), "widht"),
         (
@@ -247,14 +225,9 @@ fn bad_specs_give_one_line_errors_naming_file_and_key() {
         (SPEC.replace("units = 6", "units = 0"), "net.units"),
         (SPEC.replace("batch = 4", "batch = \"many\""), "line"),
     ] {
-        let spec = write_spec(dir.path(), "bad.toml", &text);
-        let o = resprop(&[
-            "run",
-            &spec,
-            "--out",
-            dir.path().join("r").to_str().unwrap(),
-        ]);
-        let err = String::from_utf8_lossy(&o.stderr);
+        w.write("bad.toml", &text);
+        let o = w.cmd("run", "bad.toml", "r").run();
+        let err = stderr(&o);
         assert!(!o.status.success(), "{needle}: should fail");
         assert_eq!(err.trim_end().lines().count(), 1, "one line: {err}");
         assert!(
@@ -263,20 +236,16 @@ fn bad_specs_give_one_line_errors_naming_file_and_key() {
         );
         assert!(!err.contains("panicked"));
     }
-    assert!(
-        !dir.path().join("r").exists(),
-        "nothing written for an invalid spec"
-    );
-    let o = resprop(&["plot", dir.path().join("none.csv").to_str().unwrap()]);
-    assert!(!o.status.success() && String::from_utf8_lossy(&o.stderr).contains("none.csv"));
+    assert!(!w.exists("r"), "nothing written for an invalid spec");
+    let o = Argv::new("plot").arg(w.path("none.csv")).run();
+    assert!(!o.status.success() && stderr(&o).contains("none.csv"));
 }
 
 #[test]
 fn all_writes_the_report_from_the_csv() {
-    let dir = tempfile::tempdir().unwrap();
-    let exp = dir.path().join("experiments");
-    std::fs::create_dir(&exp).unwrap();
-    write_spec(&exp, "tiny.toml", SPEC);
+    let w = Work::new();
+    let exp = w.mkdir("experiments");
+    w.write("experiments/tiny.toml", SPEC);
     let verification = SPEC
         .replace("name = \"tiny\"", "name = \"verify\"")
         .replace("batch = 4", "batch = 4\nmeasure = \"verification\"")
@@ -284,18 +253,9 @@ fn all_writes_the_report_from_the_csv() {
             r#"charts = ["grad_ratio", "direct_rest", "lambda_sweep", "forward", "sample_bands"]"#,
             r#"charts = ["verification"]"#,
         );
-    write_spec(&exp, "verify.toml", &verification);
-    let (results, plots) = (dir.path().join("results"), dir.path().join("plots"));
-    ok(&resprop(&[
-        "all",
-        "--experiments",
-        exp.to_str().unwrap(),
-        "--results",
-        results.to_str().unwrap(),
-        "--plots",
-        plots.to_str().unwrap(),
-    ]));
-    let report = std::fs::read_to_string(plots.join("README.md")).unwrap();
+    w.write("experiments/verify.toml", &verification);
+    all(&w, &exp).ok();
+    let report = w.read("plots/README.md");
     assert!(report.contains("## tiny") && report.contains("A tiny grid for the tests."));
     assert!(report.contains("![tiny_grad_ratio.png](tiny_grad_ratio.png)"));
     assert!(report.contains("largest Eq. 5/8 error"));
@@ -312,7 +272,7 @@ fn all_writes_the_report_from_the_csv() {
         (measured - want).abs() / want < 1e-3 && (predicted - want).abs() / want < 1e-3,
         "{row}"
     );
-    assert!(plots.join("verify_verification.png").is_file());
+    assert!(w.path("plots/verify_verification.png").is_file());
 }
 
 const TRAIN_SPEC: &str = r#"
@@ -341,14 +301,9 @@ values = { "original" = 2.0, "full-preact" = 1.0 }
 fn a_requested_stop_ends_a_run_before_its_first_cell() {
     use resprop::experiment::runner::compute_cells;
     use resprop::interrupt::{Interrupt, Interrupted};
-    let dir = tempfile::tempdir().unwrap();
-    let spec = resprop::experiment::load_spec(Path::new(&write_spec(
-        dir.path(),
-        "tinytrain.toml",
-        TRAIN_SPEC,
-    )))
-    .unwrap();
-    let out = dir.path().join("results");
+    let w = Work::new();
+    let spec = resprop::experiment::load_spec(&w.write("tinytrain.toml", TRAIN_SPEC)).unwrap();
+    let out = w.path("results");
     let stop = Interrupt::new();
     stop.request();
     let e = compute_cells(&spec, &out, &Default::default(), &stop).unwrap_err();
@@ -371,21 +326,11 @@ fn a_requested_stop_ends_a_run_before_its_first_cell() {
 
 #[test]
 fn training_experiments_write_curves_heatmaps_and_a_ranked_report() {
-    let dir = tempfile::tempdir().unwrap();
-    let exp = dir.path().join("experiments");
-    std::fs::create_dir(&exp).unwrap();
-    write_spec(&exp, "tinytrain.toml", TRAIN_SPEC);
-    let (results, plots) = (dir.path().join("results"), dir.path().join("plots"));
-    ok(&resprop(&[
-        "all",
-        "--experiments",
-        exp.to_str().unwrap(),
-        "--results",
-        results.to_str().unwrap(),
-        "--plots",
-        plots.to_str().unwrap(),
-    ]));
-    let train = std::fs::read_to_string(results.join("tinytrain/train.csv")).unwrap();
+    let w = Work::new();
+    let exp = w.mkdir("experiments");
+    w.write("experiments/tinytrain.toml", TRAIN_SPEC);
+    all(&w, &exp).ok();
+    let train = w.read("results/tinytrain/train.csv");
     assert!(train.starts_with(
         "experiment,cell,net,placement,shortcut,norm,init,warmup,projection,units,replicate,step,epoch,lr,train_loss"
     ));
@@ -394,13 +339,13 @@ fn training_experiments_write_curves_heatmaps_and_a_ranked_report() {
         1 + 2 * 44,
         "2 cells x 2 epochs x 22 steps"
     );
-    let grads = std::fs::read_to_string(results.join("tinytrain/grads.csv")).unwrap();
+    let grads = w.read("results/tinytrain/grads.csv");
     assert_eq!(
         grads.lines().count(),
         1 + 2 * 9 * 4,
         "2 cells x 9 recorded steps x 4 unit inputs"
     );
-    let signal = std::fs::read_to_string(results.join("tinytrain/signal.csv")).unwrap();
+    let signal = w.read("results/tinytrain/signal.csv");
     assert!(signal.starts_with(
         "experiment,cell,net,placement,shortcut,norm,init,warmup,projection,units,replicate,when,unit,layer,mean,var"
     ));
@@ -416,15 +361,13 @@ fn training_experiments_write_curves_heatmaps_and_a_ranked_report() {
         "generalisation",
         "weight_inputs",
     ] {
-        let png = std::fs::read(plots.join(format!("tinytrain_{chart}.png"))).unwrap();
+        let png = w.bytes(format!("plots/tinytrain_{chart}.png"));
         assert!(png_size(&png).0 > 0);
-        assert!(
-            std::fs::read_to_string(plots.join(format!("tinytrain_{chart}.svg")))
-                .unwrap()
-                .contains("full-preact")
-        );
+        assert!(w
+            .read(format!("plots/tinytrain_{chart}.svg"))
+            .contains("full-preact"));
     }
-    let report = std::fs::read_to_string(plots.join("README.md")).unwrap();
+    let report = w.read("plots/README.md");
     for needle in [
         "median final test error",
         "failed to train",
@@ -477,9 +420,8 @@ fn training_specs_are_validated() {
 /// combinations that cannot be built refused before anything runs.
 #[test]
 fn grids_sweep_norms_and_inits() {
-    let dir = tempfile::tempdir().unwrap();
-    let spec = write_spec(
-        dir.path(),
+    let w = Work::new();
+    w.write(
         "norms.toml",
         r#"
 name = "norms"
@@ -495,22 +437,16 @@ shortcuts = ["identity", "rezero"]
 norms = ["batch", "layer", "none"]
 "#,
     );
-    let out = dir.path().join("results");
-    ok(&resprop(&[
-        "run",
-        &spec,
-        "--out",
-        out.to_str().unwrap(),
-        "--plots",
-        dir.path().join("plots").to_str().unwrap(),
-    ]));
-    let csv = std::fs::read_to_string(out.join("norms/profile.csv")).unwrap();
+    w.cmd("run", "norms.toml", "results")
+        .flag("--plots", w.arg("plots"))
+        .ok();
+    let csv = w.read("results/norms/profile.csv");
     // 2 shortcuts x 3 norms = 6 cells, 5 unit inputs each.
     assert_eq!(csv.lines().count(), 1 + 6 * 5);
     for norm in ["batch", "layer", "none"] {
         assert!(csv.contains(&format!(",identity,{norm},he,")), "{norm}");
     }
-    let svg = std::fs::read_to_string(dir.path().join("plots/norms_signal.svg")).unwrap();
+    let svg = w.read("plots/norms_signal.svg");
     assert!(
         svg.contains("forward signal propagation") && svg.contains("flat"),
         "signal chart"
@@ -525,14 +461,13 @@ norms = ["batch", "layer", "none"]
             "needs --placement post-norm",
         ),
     ] {
-        let bad = write_spec(
-            dir.path(),
+        w.write(
             "bad.toml",
-            &format!("name = \"bad\"\nclaim = \"x\"\n[grid]\n{grid}\n"),
+            format!("name = \"bad\"\nclaim = \"x\"\n[grid]\n{grid}\n"),
         );
-        let o = resprop(&["run", &bad, "--out", out.to_str().unwrap()]);
+        let o = w.cmd("run", "bad.toml", "results").run();
         assert!(!o.status.success());
-        let err = String::from_utf8_lossy(&o.stderr);
+        let err = stderr(&o);
         assert!(
             err.contains(needle) && err.trim_end().lines().count() == 1,
             "{err}"
@@ -544,7 +479,7 @@ norms = ["batch", "layer", "none"]
 /// and the variants are labelled by it.
 #[test]
 fn training_grids_sweep_warmups_with_adam() {
-    let dir = tempfile::tempdir().unwrap();
+    let w = Work::new();
     let text = TRAIN_SPEC
         .replace("[train]", "[train]\noptimizer = \"adam\"\nlr = 1e-3")
         .replace(
@@ -557,18 +492,11 @@ fn training_grids_sweep_warmups_with_adam() {
         )
         .replace(", \"weight_inputs\"", "");
     let text = text[..text.find("[paper]").unwrap()].to_string();
-    let spec = write_spec(dir.path(), "warm.toml", &text);
-    let out = dir.path().join("results");
-    let plots = dir.path().join("plots");
-    ok(&resprop(&[
-        "run",
-        &spec,
-        "--out",
-        out.to_str().unwrap(),
-        "--plots",
-        plots.to_str().unwrap(),
-    ]));
-    let csv = std::fs::read_to_string(out.join("tinytrain/train.csv")).unwrap();
+    w.write("warm.toml", &text);
+    w.cmd("run", "warm.toml", "results")
+        .flag("--plots", w.arg("plots"))
+        .ok();
+    let csv = w.read("results/tinytrain/train.csv");
     // Two cells: keys ... init, warmup, ...; the warm-up ramps the first 7 steps' lr.
     let rows: Vec<&str> = csv.lines().skip(1).collect();
     let lr_at = |warmup: &str, step: &str| -> f64 {
@@ -585,26 +513,25 @@ fn training_grids_sweep_warmups_with_adam() {
     assert_eq!(lr_at("0", "0"), 1e-3);
     assert!((lr_at("7", "0") - 1e-3 / 7.0).abs() < 1e-18);
     assert_eq!(lr_at("7", "6"), 1e-3);
-    let svg = std::fs::read_to_string(plots.join("tinytrain_train_curves.svg")).unwrap();
+    let svg = w.read("plots/tinytrain_train_curves.svg");
     assert!(
         svg.contains("warm-up 0") && svg.contains("warm-up 7"),
         "labels"
     );
     // Warm-ups are a training setting.
-    let bad = write_spec(
-        dir.path(),
+    w.write(
         "bad.toml",
-        &SPEC.replace("replicates = [0, 1]", "replicates = [0, 1]\nwarmups = [10]"),
+        SPEC.replace("replicates = [0, 1]", "replicates = [0, 1]\nwarmups = [10]"),
     );
-    let o = resprop(&["run", &bad, "--out", out.to_str().unwrap()]);
-    assert!(String::from_utf8_lossy(&o.stderr).contains("grid.warmups: warm-ups apply to training"));
+    let o = w.cmd("run", "bad.toml", "results").run();
+    assert!(stderr(&o).contains("grid.warmups: warm-ups apply to training"));
 }
 
 /// Several grids: the cells are their union, in order; a cell in two grids is refused; a
 /// profile records the weight gradients when asked, without changing a byte of its profile.
 #[test]
 fn several_grids_and_weight_gradients() {
-    let dir = tempfile::tempdir().unwrap();
+    let w = Work::new();
     let grids = r#"
 name = "union"
 claim = "Two grids."
@@ -626,23 +553,13 @@ shortcuts = ["rezero"]
 norms = ["none"]
 units = [4]
 "#;
-    write_spec(dir.path(), "union.toml", grids);
-    let out = dir.path().join("results");
-    let plots = dir.path().join("plots");
-    ok(&resprop(&[
-        "all",
-        "--experiments",
-        dir.path().to_str().unwrap(),
-        "--results",
-        out.to_str().unwrap(),
-        "--plots",
-        plots.to_str().unwrap(),
-    ]));
-    let profile = std::fs::read_to_string(out.join("union/profile.csv")).unwrap();
+    w.write("union.toml", grids);
+    all(&w, w.root()).ok();
+    let profile = w.read("results/union/profile.csv");
     // 2 x 3 cells of the first grid, 1 of the second; L + 1 rows each.
     assert_eq!(profile.lines().count(), 1 + 2 * (3 + 5 + 9) + 5);
     assert!(profile.contains(",full-preact,alpha:0,none,he,"));
-    let wg = std::fs::read_to_string(out.join("union/weight_grads.csv")).unwrap();
+    let wg = w.read("results/union/weight_grads.csv");
     // Two weight layers per unit.
     assert_eq!(wg.lines().count(), 1 + 2 * 2 * (2 + 4 + 8) + 2 * 4);
     assert!(wg
@@ -650,31 +567,26 @@ units = [4]
         .next()
         .unwrap()
         .ends_with(",unit,layer,weight_grad_norm"));
-    let report = std::fs::read_to_string(plots.join("README.md")).unwrap();
+    let report = w.read("plots/README.md");
     assert!(
         report.contains("fitted slope") && report.contains("Lemma 2"),
         "report"
     );
     for chart in ["weight_grads", "last_weight_grad", "squared_norm"] {
         assert!(
-            plots.join(format!("union_{chart}.png")).is_file(),
+            w.path(format!("plots/union_{chart}.png")).is_file(),
             "{chart}"
         );
     }
     // The same profile without the weight gradients: byte-identical.
-    let plain = write_spec(
-        dir.path(),
+    w.write(
         "plain.toml",
-        &grids
+        grids
             .replace("weight_grads = true\n", "")
             .replace(", \"weight_grads\", \"last_weight_grad\"", ""),
     );
-    let out2 = dir.path().join("results2");
-    ok(&resprop(&["run", &plain, "--out", out2.to_str().unwrap()]));
-    assert_eq!(
-        profile,
-        std::fs::read_to_string(out2.join("union/profile.csv")).unwrap()
-    );
+    w.cmd("run", "plain.toml", "results2").ok();
+    assert_eq!(profile, w.read("results2/union/profile.csv"));
     // A cell in two grids; a chart of the weight gradients without them.
     for (text, needle) in [
         (
@@ -694,51 +606,37 @@ units = [4]
 /// they refuse.
 #[test]
 fn analysis_tasks_run_as_experiments() {
-    let dir = tempfile::tempdir().unwrap();
-    let exp = dir.path().join("experiments");
-    std::fs::create_dir_all(&exp).unwrap();
+    let w = Work::new();
+    let exp = w.mkdir("experiments");
     let train = "[train]\ndata = \"digits\"\nepochs = 1\nbatch = 64\n";
     let grid =
         "[grid]\nnets = [\"mlp\"]\nplacements = [\"full-preact\"]\nshortcuts = [\"identity\"]\n";
-    write_spec(
-        &exp,
-        "p.toml",
-        &format!("name = \"p\"\nclaim = \"c\"\nbatch = 8\ntask = \"paths\"\ncharts = [\"path_lengths\"]\n[net]\nunits = 3\nwidth = 8\n[paths]\nsample = 2\n{train}{grid}"),
+    w.write(
+        "experiments/p.toml",
+        format!("name = \"p\"\nclaim = \"c\"\nbatch = 8\ntask = \"paths\"\ncharts = [\"path_lengths\"]\n[net]\nunits = 3\nwidth = 8\n[paths]\nsample = 2\n{train}{grid}"),
     );
-    write_spec(
-        &exp,
-        "l.toml",
-        &format!("name = \"l\"\nclaim = \"c\"\ntask = \"lesion\"\ncharts = [\"lesion_units\", \"lesion_count\"]\n[net]\nunits = 4\nwidth = 8\n[lesion]\ndraws = 2\n{train}{}", grid.replace("[\"identity\"]", "[\"identity\", \"none\"]")),
+    w.write(
+        "experiments/l.toml",
+        format!("name = \"l\"\nclaim = \"c\"\ntask = \"lesion\"\ncharts = [\"lesion_units\", \"lesion_count\"]\n[net]\nunits = 4\nwidth = 8\n[lesion]\ndraws = 2\n{train}{}", grid.replace("[\"identity\"]", "[\"identity\", \"none\"]")),
     );
-    write_spec(
-        &exp,
-        "s.toml",
+    w.write(
+        "experiments/s.toml",
         "name = \"s\"\nclaim = \"c\"\ntask = \"shatter\"\ncharts = [\"shatter\"]\n[net]\nwidth = 8\n[grid]\nplacements = [\"original\"]\nshortcuts = [\"identity\", \"none\"]\nnorms = [\"batch\"]\nunits = [1, 3]\n",
     );
-    let results = dir.path().join("results");
-    let plots = dir.path().join("plots");
-    ok(&resprop(&[
-        "all",
-        "--experiments",
-        exp.to_str().unwrap(),
-        "--results",
-        results.to_str().unwrap(),
-        "--plots",
-        plots.to_str().unwrap(),
-    ]));
-    let paths = std::fs::read_to_string(results.join("p/paths.csv")).unwrap();
+    all(&w, &exp).ok();
+    let paths = w.read("results/p/paths.csv");
     assert!(paths.lines().next().unwrap().ends_with(
         ",replicate,when,unit,k,paths,exact_norm,exact_share,sampled_path_norm,sampled_total"
     ));
     // (L + 1)(L + 2) / 2 = 10 rows at init and 10 trained.
     assert_eq!(paths.lines().count(), 1 + 20);
     assert!(paths.contains(",init,0,0,") && paths.contains(",trained,0,0,"));
-    let lesion = std::fs::read_to_string(results.join("l/lesion.csv")).unwrap();
+    let lesion = w.read("results/l/lesion.csv");
     // Per net: intact, 4 single deletions, k = 1, 2 with 2 draws each.
     assert_eq!(lesion.lines().count(), 1 + 2 * (1 + 4 + 4));
-    let shatter = std::fs::read_to_string(results.join("s/shatter.csv")).unwrap();
+    let shatter = w.read("results/s/shatter.csv");
     assert_eq!(shatter.lines().count(), 1 + 4 * 256);
-    let report = std::fs::read_to_string(plots.join("README.md")).unwrap();
+    let report = w.read("plots/README.md");
     for needle in [
         "exact 90% window",
         "one unit: median",
@@ -752,7 +650,7 @@ fn analysis_tasks_run_as_experiments() {
         "l_lesion_count",
         "s_shatter",
     ] {
-        assert!(plots.join(format!("{chart}.png")).is_file(), "{chart}");
+        assert!(w.path(format!("plots/{chart}.png")).is_file(), "{chart}");
     }
     for (text, needle) in [
         (
@@ -782,24 +680,18 @@ fn analysis_tasks_run_as_experiments() {
 /// and writes nothing; a malformed shard is refused.
 #[test]
 fn shards_merge_to_the_unsharded_run() {
-    let dir = tempfile::tempdir().unwrap();
-    let spec = write_spec(dir.path(), "tiny.toml", SPEC);
-    let whole = dir.path().join("whole");
-    ok(&resprop(&["run", &spec, "--out", whole.to_str().unwrap()]));
-    let sharded = dir.path().join("sharded");
-    let out = sharded.to_str().unwrap();
+    let w = Work::new();
+    w.write("tiny.toml", SPEC);
+    w.cmd("run", "tiny.toml", "whole").ok();
+    let (run, merge) = (
+        w.cmd("run", "tiny.toml", "sharded"),
+        w.cmd("merge", "tiny.toml", "sharded"),
+    );
     for i in [0, 2] {
-        ok(&resprop(&[
-            "run",
-            &spec,
-            "--out",
-            out,
-            "--shard",
-            &format!("{i}/3"),
-        ]));
+        run.clone().flag("--shard", format!("{i}/3")).ok();
     }
-    assert!(!sharded.join("tiny").exists(), "a shard writes cells only");
-    let o = resprop(&["merge", &spec, "--out", out]);
+    assert!(!w.exists("sharded/tiny"), "a shard writes cells only");
+    let o = merge.run();
     assert!(!o.status.success());
     // 8 cells: shard 1/3 holds cells 1, 4, 7.
     let e = stderr(&o);
@@ -807,18 +699,18 @@ fn shards_merge_to_the_unsharded_run() {
         e.contains("3 of 8 cells are not in") && e.contains(": 1, 4, 7 "),
         "{e}"
     );
-    assert!(!sharded.join("tiny/profile.csv").exists());
-    ok(&resprop(&["run", &spec, "--out", out, "--shard", "1/3"]));
-    ok(&resprop(&["merge", &spec, "--out", out]));
+    assert!(!w.exists("sharded/tiny/profile.csv"));
+    run.clone().flag("--shard", "1/3").ok();
+    merge.ok();
     for f in ["profile.csv", "spec.toml"] {
         assert_eq!(
-            std::fs::read(whole.join("tiny").join(f)).unwrap(),
-            std::fs::read(sharded.join("tiny").join(f)).unwrap(),
+            w.bytes(format!("whole/tiny/{f}")),
+            w.bytes(format!("sharded/tiny/{f}")),
             "{f}"
         );
     }
     for bad in ["3/3", "1/0", "x/2", "2"] {
-        let o = resprop(&["run", &spec, "--out", out, "--shard", bad]);
+        let o = run.clone().flag("--shard", bad).run();
         assert!(
             !o.status.success() && stderr(&o).contains("expected I/N"),
             "{bad}"

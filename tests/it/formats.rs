@@ -160,16 +160,14 @@ fn the_pattern_matcher_tells_described_from_undescribed() {
 
 #[test]
 fn docs_formats_describes_every_array_of_real_files() {
-    let dir = tempfile::tempdir().unwrap();
-    let d = dir.path();
+    let w = Work::new();
     let mut files = Vec::new();
     let mut write = |args: &[&str]| {
-        let path = d.join(format!("s{}.npz", files.len()));
-        let mut v: Vec<&str> = vec!["profile", "--batch", "4"];
-        v.extend_from_slice(args);
-        let p = path.to_str().unwrap().to_string();
-        v.extend(["--npz", &p]);
-        ok(&resprop(&v));
+        let path = w.path(format!("s{}.npz", files.len()));
+        Argv::new("profile --batch 4")
+            .with(args)
+            .path("--npz", &path)
+            .ok();
         files.push(path);
     };
     let nets: [&[&str]; 3] = [
@@ -300,19 +298,11 @@ fn docs_formats_describes_every_array_of_real_files() {
     .into_iter()
     .enumerate()
     {
-        let ck = d.join(format!("ck{i}"));
-        let ck_s = ck.to_str().unwrap().to_string();
-        let mut v = vec![
-            "train",
-            "--epochs",
-            "1",
-            "--batch",
-            "64",
-            "--checkpoint",
-            &ck_s,
-        ];
-        v.extend_from_slice(extra);
-        ok(&resprop(&v));
+        let ck = w.path(format!("ck{i}"));
+        Argv::new("train --epochs 1 --batch 64")
+            .path("--checkpoint", &ck)
+            .with(extra)
+            .ok();
         checkpoints.push(ck.join("checkpoint.npz"));
     }
     let ck_section = section("Checkpoints");

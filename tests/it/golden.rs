@@ -21,19 +21,9 @@ fn sha256_hex(bytes: &[u8]) -> String {
         .collect()
 }
 
-fn run(args: &[String]) -> std::process::Output {
-    let o = resprop(&args.iter().map(String::as_str).collect::<Vec<_>>());
-    ok(&o);
-    o
-}
-
-fn argv(parts: &[&str]) -> Vec<String> {
-    parts.iter().map(|p| p.to_string()).collect()
-}
-
-/// A checkpoint fixture copied into `dir` (so a resume may rewrite it).
-fn fixture(name: &str, dir: &Path) -> PathBuf {
-    let to = dir.join(name);
+/// A checkpoint fixture copied into `w` (so a resume may rewrite it).
+fn fixture(name: &str, w: &Work) -> PathBuf {
+    let to = w.path(name);
     std::fs::create_dir_all(&to).unwrap();
     std::fs::copy(
         Path::new(GOLDEN).join(name).join("checkpoint.npz"),
@@ -43,26 +33,16 @@ fn fixture(name: &str, dir: &Path) -> PathBuf {
     to
 }
 
-const TRAIN_SPEC: &str = r#"
-name = "tinytrain"
-claim = "a tiny training run"
-seed = 3
-charts = ["train_curves"]
-task = "train"
+/// The checkpoint fixtures and the optimizer flags of the runs they were cut from.
+const FIXTURES: [(&str, &[&str]); 2] = [
+    ("ck_sgd", &[]),
+    ("ck_adam", &["--optimizer", "adam", "--lr", "1e-2"]),
+];
 
-[train]
-data = "digits"
-epochs = 1
-batch = 64
-record_every = 5
-
-[grid]
-nets = ["mlp", "resnet:1:basic"]
-placements = ["original", "full-preact"]
-shortcuts = ["identity"]
-units = [2]
-replicates = [0]
-"#;
+/// The run the fixtures were cut from: [`Argv::tiny_train`] at width 8.
+fn fixture_run() -> Argv {
+    Argv::tiny_train().set("--width", 8)
+}
 
 const ANALYSES_SPEC: &str = r#"
 name = "tinypaths"
@@ -87,202 +67,94 @@ replicates = [0]
 "#;
 
 /// Every output of the golden commands, by a stable name, with its bytes' digest.
-fn outputs(dir: &Path) -> BTreeMap<String, String> {
+fn outputs(w: &Work) -> BTreeMap<String, String> {
     let mut out = BTreeMap::new();
-    let p = |name: &str| s(&dir.join(name));
     let mut record = |name: &str, bytes: &[u8]| {
         out.insert(name.to_string(), sha256_hex(bytes));
     };
-    let file = |name: &str| std::fs::read(dir.join(name)).unwrap();
+    let file = |name: &str| w.bytes(name);
 
-    run(&argv(&[
-        "profile",
-        "--units",
-        "12",
-        "--width",
-        "16",
-        "--batch",
-        "8",
-        "--placement",
-        "full-preact",
-        "--shortcut",
-        "gate:-2",
-        "--seed",
-        "1",
-        "--csv",
-        &p("p1.csv"),
-        "--weight-grad-csv",
-        &p("p1w.csv"),
-        "--npz",
-        &p("p1.npz"),
-    ]));
+    Argv::new("profile --units 12 --width 16 --batch 8 --placement full-preact")
+        .with(&["--shortcut", "gate:-2", "--seed", "1"])
+        .flag("--csv", w.arg("p1.csv"))
+        .flag("--weight-grad-csv", w.arg("p1w.csv"))
+        .flag("--npz", w.arg("p1.npz"))
+        .ok();
     for n in ["p1.csv", "p1w.csv", "p1.npz"] {
         record(n, &file(n));
     }
-    run(&argv(&[
-        "profile",
-        "--net",
-        "resnet:1:basic",
-        "--image-size",
-        "8",
-        "--batch",
-        "4",
-        "--projection",
-        "pad",
-        "--shortcut",
-        "scale:0.9",
-        "--csv",
-        &p("p2.csv"),
-    ]));
+    Argv::new("profile --net resnet:1:basic --image-size 8 --batch 4 --projection pad")
+        .flag("--shortcut", "scale:0.9")
+        .flag("--csv", w.arg("p2.csv"))
+        .ok();
     record("p2.csv", &file("p2.csv"));
-    run(&argv(&[
-        "profile",
-        "--net",
-        "resnet:1:bottleneck",
-        "--image-size",
-        "8",
-        "--batch",
-        "4",
-        "--placement",
-        "post-norm",
-        "--norm",
-        "layer",
-        "--init",
-        "xavier",
-        "--csv",
-        &p("p3.csv"),
-    ]));
+    Argv::new("profile --net resnet:1:bottleneck --image-size 8 --batch 4")
+        .with(&[
+            "--placement",
+            "post-norm",
+            "--norm",
+            "layer",
+            "--init",
+            "xavier",
+        ])
+        .flag("--csv", w.arg("p3.csv"))
+        .ok();
     record("p3.csv", &file("p3.csv"));
-    run(&argv(&[
-        "profile",
-        "--units",
-        "6",
-        "--width",
-        "8",
-        "--batch",
-        "4",
-        "--norm",
-        "none",
-        "--init",
-        "fixup",
-        "--unfused",
-        "--csv",
-        &p("p4.csv"),
-    ]));
+    Argv::new("profile --units 6 --width 8 --batch 4 --norm none --init fixup --unfused")
+        .flag("--csv", w.arg("p4.csv"))
+        .ok();
     record("p4.csv", &file("p4.csv"));
-    let o = run(&argv(&[
-        "check",
-        "--units",
-        "4",
-        "--width",
-        "8",
-        "--batch",
-        "4",
-        "--placement",
-        "full-preact",
-        "--shortcut",
-        "dropout:0.5",
-        "--directions",
-        "1",
-    ]));
+    let o = Argv::new("check --units 4 --width 8 --batch 4 --placement full-preact")
+        .with(&["--shortcut", "dropout:0.5", "--directions", "1"])
+        .ok();
     record("check.stdout", &o.stdout);
-    run(&argv(&[
-        "paths",
-        "--net",
-        "resnet:1:basic",
-        "--image-size",
-        "8",
-        "--batch",
-        "4",
-        "--sample",
-        "3",
-        "--csv",
-        &p("paths.csv"),
-    ]));
+    Argv::new("paths --net resnet:1:basic --image-size 8 --batch 4 --sample 3")
+        .flag("--csv", w.arg("paths.csv"))
+        .ok();
     record("paths.csv", &file("paths.csv"));
-    run(&argv(&[
-        "shatter",
-        "--depths",
-        "1,3",
-        "--width",
-        "8",
-        "--replicates",
-        "2",
-        "--csv",
-        &p("sh.csv"),
-        "--gradients-csv",
-        &p("shg.csv"),
-    ]));
+    Argv::new("shatter --depths 1,3 --width 8 --replicates 2")
+        .flag("--csv", w.arg("sh.csv"))
+        .flag("--gradients-csv", w.arg("shg.csv"))
+        .ok();
     for n in ["sh.csv", "shg.csv"] {
         record(n, &file(n));
     }
     // Training: SGD on a ResNet, Adam on an MLP, each with its checkpoint.
-    run(&argv(&[
-        "train",
-        "--net",
-        "resnet:1:basic",
-        "--epochs",
-        "1",
-        "--batch",
-        "64",
-        "--record-every",
-        "5",
-        "--csv",
-        &p("t1.csv"),
-        "--checkpoint",
-        &p("ck1"),
-    ]));
+    Argv::new("train --net resnet:1:basic --epochs 1 --batch 64 --record-every 5")
+        .flag("--csv", w.arg("t1.csv"))
+        .flag("--checkpoint", w.arg("ck1"))
+        .ok();
     for n in ["t1.csv", "t1.grads.csv"] {
         record(n, &file(n));
     }
-    run(&argv(&[
-        "train",
-        "--net",
-        "mlp",
-        "--units",
-        "3",
-        "--width",
-        "8",
-        "--placement",
-        "pre-norm",
-        "--norm",
-        "layer",
-        "--optimizer",
-        "adam",
-        "--lr",
-        "3e-3",
-        "--warmup-steps",
-        "5",
-        "--epochs",
-        "2",
-        "--batch",
-        "64",
-        "--record-every",
-        "4",
-        "--csv",
-        &p("t2.csv"),
-    ]));
+    Argv::new("train --net mlp --units 3 --width 8 --placement pre-norm --norm layer")
+        .with(&["--optimizer", "adam", "--lr", "3e-3", "--warmup-steps", "5"])
+        .with(&["--epochs", "2", "--batch", "64", "--record-every", "4"])
+        .flag("--csv", w.arg("t2.csv"))
+        .ok();
     for n in ["t2.csv", "t2.grads.csv"] {
         record(n, &file(n));
     }
-    run(&argv(&[
-        "lesion",
-        "--weights",
-        &p("ck1/checkpoint.npz"),
-        "--draws",
-        "2",
-        "--csv",
-        &p("lesion.csv"),
-    ]));
+    Argv::new("lesion")
+        .flag("--weights", w.arg("ck1/checkpoint.npz"))
+        .flag("--draws", 2)
+        .flag("--csv", w.arg("lesion.csv"))
+        .ok();
     record("lesion.csv", &file("lesion.csv"));
     // Experiments: a training task and a paths task, their tables and resolved specs.
     for (name, text, tables) in [
-        ("tinytrain", TRAIN_SPEC, &["train", "grads", "signal"][..]),
+        (
+            "tinytrain",
+            TINY_TRAIN_SPEC,
+            &["train", "grads", "signal"][..],
+        ),
         ("tinypaths", ANALYSES_SPEC, &["paths"][..]),
     ] {
-        let spec = dir.join(format!("{name}.toml"));
-        std::fs::write(&spec, text).unwrap();
-        run(&argv(&["run", &s(&spec), "--out", &p("results")]));
+        let spec = w.write(format!("{name}.toml"), text);
+        Argv::new("run")
+            .arg(&spec)
+            .flag("--out", w.arg("results"))
+            .ok();
         for t in tables.iter().chain(&["spec"]) {
             let ext = if *t == "spec" { "toml" } else { "csv" };
             let rel = format!("results/{name}/{t}.{ext}");
@@ -290,47 +162,22 @@ fn outputs(dir: &Path) -> BTreeMap<String, String> {
         }
     }
     // Checkpoints an earlier build wrote: profiled as they are, and resumed.
-    let sgd = fixture("ck_sgd", dir);
-    run(&argv(&[
-        "profile",
-        "--weights",
-        &s(&sgd.join("checkpoint.npz")),
-        "--batch",
-        "8",
-        "--bn-mode",
-        "eval",
-        "--csv",
-        &p("fixture_profile.csv"),
-    ]));
+    let sgd = fixture("ck_sgd", w);
+    Argv::new("profile")
+        .path("--weights", sgd.join("checkpoint.npz"))
+        .with(&["--batch", "8", "--bn-mode", "eval"])
+        .flag("--csv", w.arg("fixture_profile.csv"))
+        .ok();
     record("fixture_profile.csv", &file("fixture_profile.csv"));
-    for (name, extra) in [
-        ("ck_sgd", &[][..]),
-        ("ck_adam", &["--optimizer", "adam", "--lr", "1e-2"][..]),
-    ] {
-        let ck = fixture(name, dir);
+    for (name, extra) in FIXTURES {
+        let ck = fixture(name, w);
         let csv = format!("{name}_resumed.csv");
-        let mut args = argv(&[
-            "train",
-            "--net",
-            "mlp",
-            "--units",
-            "2",
-            "--width",
-            "8",
-            "--epochs",
-            "2",
-            "--batch",
-            "64",
-            "--record-every",
-            "0",
-            "--checkpoint",
-            &s(&ck),
-            "--resume",
-            "--csv",
-            &p(&csv),
-        ]);
-        args.extend(argv(extra));
-        run(&args);
+        fixture_run()
+            .path("--checkpoint", &ck)
+            .switch("--resume")
+            .flag("--csv", w.arg(&csv))
+            .with(extra)
+            .ok();
         record(&csv, &file(&csv));
     }
     out
@@ -338,8 +185,7 @@ fn outputs(dir: &Path) -> BTreeMap<String, String> {
 
 #[test]
 fn outputs_are_byte_identical_to_the_recorded_digests() {
-    let dir = tempfile::tempdir().unwrap();
-    let got = outputs(dir.path());
+    let got = outputs(&Work::new());
     let path = Path::new(GOLDEN).join("outputs.sha256");
     let text: String = got.iter().map(|(n, d)| format!("{d}  {n}\n")).collect();
     if std::env::var_os("RESPROP_BLESS").is_some() {
@@ -368,46 +214,16 @@ fn outputs_are_byte_identical_to_the_recorded_digests() {
 /// The fixtures resume to the run they were cut from: the same bytes as an uninterrupted run.
 #[test]
 fn checkpoints_of_an_earlier_build_resume_bit_identically() {
-    let dir = tempfile::tempdir().unwrap();
-    let d = dir.path();
-    for (name, extra) in [
-        ("ck_sgd", &[][..]),
-        ("ck_adam", &["--optimizer", "adam", "--lr", "1e-2"][..]),
-    ] {
-        let ck = fixture(name, d);
-        let base = argv(&[
-            "train",
-            "--net",
-            "mlp",
-            "--units",
-            "2",
-            "--width",
-            "8",
-            "--epochs",
-            "2",
-            "--batch",
-            "64",
-            "--record-every",
-            "0",
-        ]);
-        let mut resumed = base.clone();
-        resumed.extend(argv(&[
-            "--checkpoint",
-            &s(&ck),
-            "--resume",
-            "--csv",
-            &s(&d.join("r.csv")),
-        ]));
-        resumed.extend(argv(extra));
-        run(&resumed);
-        let mut whole = base;
-        whole.extend(argv(&["--csv", &s(&d.join("w.csv"))]));
-        whole.extend(argv(extra));
-        run(&whole);
-        assert_eq!(
-            std::fs::read(d.join("r.csv")).unwrap(),
-            std::fs::read(d.join("w.csv")).unwrap(),
-            "{name}"
-        );
+    let w = Work::new();
+    for (name, extra) in FIXTURES {
+        let ck = fixture(name, &w);
+        fixture_run()
+            .path("--checkpoint", &ck)
+            .switch("--resume")
+            .flag("--csv", w.arg("r.csv"))
+            .with(extra)
+            .ok();
+        fixture_run().flag("--csv", w.arg("w.csv")).with(extra).ok();
+        assert_eq!(w.bytes("r.csv"), w.bytes("w.csv"), "{name}");
     }
 }

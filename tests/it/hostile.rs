@@ -9,58 +9,42 @@ use crate::common::*;
 
 #[test]
 fn outputs_go_only_where_asked_and_special_files_are_never_replaced() {
-    let dir = tempfile::tempdir().unwrap();
-    let d = dir.path();
+    let w = Work::new();
     // A chart's name comes from the CSV's experiment column: a path there is refused.
-    let spec = d.join("tiny.toml");
-    std::fs::write(&spec, TINY_SPEC).unwrap();
-    ok(&resprop(&["run", &s(&spec), "--out", &s(&d.join("res"))]));
-    let csv = d.join("res/tiny/profile.csv");
+    let csv = w.tiny_results();
     let text = std::fs::read_to_string(&csv).unwrap();
     for name in ["../../escaped", "/tmp/abs", "v1.2"] {
         std::fs::write(&csv, text.replace("\ntiny,", &format!("\n{name},"))).unwrap();
-        refused(
-            &["plot", &s(&csv), "--out", &s(&d.join("plots"))],
-            "experiment column",
-        );
+        w.cmd("plot", &csv, "plots").refused("experiment column");
     }
-    assert!(!d.join("escaped_grad_ratio.png").exists());
-    assert!(
-        !d.join("plots").exists(),
-        "no folder made for a failed plot"
-    );
+    assert!(!w.exists("escaped_grad_ratio.png"));
+    assert!(!w.exists("plots"), "no folder made for a failed plot");
     // A spec may not name its results after the cell store.
-    std::fs::write(
-        &spec,
+    w.write(
+        "tiny.toml",
         TINY_SPEC.replace("name = \"tiny\"", "name = \"cells\""),
-    )
-    .unwrap();
-    refused(&["run", &s(&spec), "--out", &s(&d.join("res"))], "cells");
+    );
+    w.cmd("run", "tiny.toml", "res").refused("cells");
 
     #[cfg(unix)]
     {
         use std::os::unix::fs::FileTypeExt;
         // A FIFO is written in place, as `>` would; a link is written where it points.
-        let fifo = d.join("pipe");
-        assert!(std::process::Command::new("mkfifo")
-            .arg(&fifo)
-            .status()
-            .unwrap()
-            .success());
+        let fifo = w.path("pipe");
+        mkfifo(&fifo);
         let reader = {
             let fifo = fifo.clone();
             std::thread::spawn(move || std::fs::read_to_string(fifo).unwrap())
         };
-        ok(&resprop(&with_tiny("profile", &["--csv", &s(&fifo)])));
+        Argv::tiny("profile").path("--csv", &fifo).ok();
         assert!(reader.join().unwrap().starts_with("unit,"));
         assert!(std::fs::metadata(&fifo).unwrap().file_type().is_fifo());
         // A zip archive needs seeks: refused on a FIFO before any work.
-        refused(&with_tiny("profile", &["--npz", &s(&fifo)]), "FIFO");
-        let real = d.join("real.csv");
-        std::fs::write(&real, "old").unwrap();
-        let link = d.join("link.csv");
+        Argv::tiny("profile").path("--npz", &fifo).refused("FIFO");
+        let real = w.write("real.csv", "old");
+        let link = w.path("link.csv");
         std::os::unix::fs::symlink(&real, &link).unwrap();
-        ok(&resprop(&with_tiny("profile", &["--csv", &s(&link)])));
+        Argv::tiny("profile").path("--csv", &link).ok();
         assert!(std::fs::symlink_metadata(&link).unwrap().is_symlink());
         assert!(std::fs::read_to_string(&real).unwrap().starts_with("unit,"));
     }
@@ -68,15 +52,14 @@ fn outputs_go_only_where_asked_and_special_files_are_never_replaced() {
 
 #[test]
 fn damaged_cells_are_recomputed_by_run_and_refused_by_merge() {
-    let dir = tempfile::tempdir().unwrap();
-    let d = dir.path();
-    let spec = d.join("tiny.toml");
-    std::fs::write(&spec, TINY_SPEC).unwrap();
-    let out = d.join("res");
-    ok(&resprop(&["run", &s(&spec), "--out", &s(&out)]));
-    let csv = out.join("tiny/profile.csv");
+    let w = Work::new();
+    let csv = w.tiny_results();
+    let (run, merge) = (
+        w.cmd("run", "tiny.toml", "res"),
+        w.cmd("merge", "tiny.toml", "res"),
+    );
     let whole = std::fs::read(&csv).unwrap();
-    let cell_files: Vec<PathBuf> = std::fs::read_dir(out.join("cells"))
+    let cell_files: Vec<PathBuf> = std::fs::read_dir(w.path("res/cells"))
         .unwrap()
         .map(|e| e.unwrap().path())
         .filter(|p| p.to_string_lossy().ends_with(".profile.csv"))
@@ -92,11 +75,10 @@ fn damaged_cells_are_recomputed_by_run_and_refused_by_merge() {
         format!("{rows}{rows}"),            // doubled
     ] {
         std::fs::write(cell, &damage).unwrap();
-        refused(&["merge", &s(&spec), "--out", &s(&out)], "damaged");
-        let o = resprop(&["run", &s(&spec), "--out", &s(&out)]);
-        ok(&o);
+        merge.refused("damaged");
+        let o = run.ok();
         assert!(stderr(&o).contains("damaged"), "{}", stderr(&o));
-        assert!(String::from_utf8_lossy(&o.stdout).contains("1 computed now"));
+        assert!(stdout(&o).contains("1 computed now"));
         assert_eq!(std::fs::read(&csv).unwrap(), whole, "the recomputed table");
     }
     // A missing manifest (the run stopped between its tables and it) is damage too.
@@ -107,261 +89,170 @@ fn damaged_cells_are_recomputed_by_run_and_refused_by_merge() {
             .replace(".profile.csv", ".toml"),
     );
     std::fs::remove_file(&manifest).unwrap();
-    let o = resprop(&["run", &s(&spec), "--out", &s(&out)]);
-    ok(&o);
+    let o = run.ok();
     assert!(stderr(&o).contains("damaged"));
     assert_eq!(std::fs::read(&csv).unwrap(), whole);
 }
 
 #[test]
 fn temporaries_a_killed_run_left_are_swept_by_the_next_run() {
-    let dir = tempfile::tempdir().unwrap();
-    let d = dir.path();
+    let w = Work::new();
     // No process has this id (Linux's pid_max is at most 2^22).
     let dead = u32::MAX - 1;
-    let spec = d.join("tiny.toml");
-    std::fs::write(&spec, TINY_SPEC).unwrap();
-    let out = d.join("res");
-    ok(&resprop(&["run", &s(&spec), "--out", &s(&out)]));
-    let stale = out
-        .join("cells")
-        .join(format!(".0123abcd.profile.csv.{dead}.tmp"));
-    std::fs::write(&stale, "half a cell").unwrap();
-    ok(&resprop(&["run", &s(&spec), "--out", &s(&out)]));
+    w.tiny_results();
+    let stale = w.write(
+        format!("res/cells/.0123abcd.profile.csv.{dead}.tmp"),
+        "half a cell",
+    );
+    w.cmd("run", "tiny.toml", "res").ok();
     assert!(!stale.exists());
-    let ck = tiny_checkpoint(d);
-    let stale = ck.join(format!(".checkpoint.npz.{dead}.tmp"));
-    std::fs::write(&stale, "half a checkpoint").unwrap();
-    let resume = tiny_train(&["--checkpoint", &s(&ck), "--resume"]);
-    ok(&resprop(
-        &resume.iter().map(String::as_str).collect::<Vec<_>>(),
-    ));
+    let ck = w.tiny_checkpoint();
+    let stale = w.write(
+        format!("ck/.checkpoint.npz.{dead}.tmp"),
+        "half a checkpoint",
+    );
+    Argv::tiny_train()
+        .path("--checkpoint", &ck)
+        .switch("--resume")
+        .ok();
     assert!(!stale.exists());
-    let csv = d.join("p.csv");
-    let stale = d.join(format!(".p.csv.{dead}.tmp"));
-    std::fs::write(&stale, "half a csv").unwrap();
-    ok(&resprop(&with_tiny("profile", &["--csv", &s(&csv)])));
+    let stale = w.write(format!(".p.csv.{dead}.tmp"), "half a csv");
+    Argv::tiny("profile").flag("--csv", w.arg("p.csv")).ok();
     assert!(!stale.exists());
 }
 
 #[test]
 fn two_outputs_on_one_file_are_refused_and_a_pair_is_never_mismatched() {
-    let dir = tempfile::tempdir().unwrap();
-    let d = dir.path();
-    let a = s(&d.join("a.csv"));
-    let also_a = s(&d.join(".").join("a.csv"));
-    refused(
-        &with_tiny("profile", &["--csv", &a, "--weight-grad-csv", &also_a]),
-        "--csv and --weight-grad-csv both name",
-    );
-    refused(
-        &with_tiny("profile", &["--csv", &a, "--npz", &a]),
-        "--csv and --npz both name",
-    );
-    let train = |extra: &[&str]| {
-        let mut v = vec![
-            "train", "--net", "mlp", "--units", "2", "--width", "4", "--epochs", "1", "--batch",
-            "64",
-        ];
-        v.extend_from_slice(extra);
-        v.into_iter().map(String::from).collect::<Vec<_>>()
-    };
-    let run = |v: Vec<String>| resprop(&v.iter().map(String::as_str).collect::<Vec<_>>());
-    let refused_v = |v: Vec<String>, needle: &str| {
-        refused(&v.iter().map(String::as_str).collect::<Vec<_>>(), needle)
-    };
-    refused_v(train(&["--csv", &a, "--grad-csv", &a]), "both name");
-    refused_v(
-        train(&[
-            "--csv",
-            &s(&d.join("t.grads.csv")),
-            "--grad-csv",
-            &s(&d.join("t.grads.csv")),
-        ]),
-        "both name",
-    );
-    let ck = tiny_checkpoint(d);
-    let ck_file = s(&ck.join("checkpoint.npz"));
-    refused_v(
-        train(&["--csv", &ck_file, "--checkpoint", &s(&ck)]),
-        "both name",
-    );
-    refused(
-        &[
-            "profile",
-            "--weights",
-            &ck_file,
-            "--batch",
-            "4",
-            "--csv",
-            &ck_file,
-        ],
-        "the file --weights reads",
-    );
+    let w = Work::new();
+    let a = w.arg("a.csv");
+    let also_a = w.arg("./a.csv");
+    Argv::tiny("profile")
+        .flag("--csv", &a)
+        .flag("--weight-grad-csv", &also_a)
+        .refused("--csv and --weight-grad-csv both name");
+    Argv::tiny("profile")
+        .flag("--csv", &a)
+        .flag("--npz", &a)
+        .refused("--csv and --npz both name");
+    let train = || Argv::tiny_mlp("train").with(&["--epochs", "1", "--batch", "64"]);
+    train()
+        .flag("--csv", &a)
+        .flag("--grad-csv", &a)
+        .refused("both name");
+    let grads = w.arg("t.grads.csv");
+    train()
+        .flag("--csv", &grads)
+        .flag("--grad-csv", &grads)
+        .refused("both name");
+    let ck = w.tiny_checkpoint();
+    let ck_file = ck.join("checkpoint.npz");
+    train()
+        .path("--csv", &ck_file)
+        .path("--checkpoint", &ck)
+        .refused("both name");
+    Argv::new("profile")
+        .path("--weights", &ck_file)
+        .flag("--batch", 4)
+        .path("--csv", &ck_file)
+        .refused("the file --weights reads");
     // A run that records no gradients leaves an empty table beside its CSV, not an earlier
     // run's.
-    let t = d.join("t.csv");
-    ok(&run(train(&["--csv", &s(&t), "--record-every", "5"])));
-    let grads = d.join("t.grads.csv");
-    assert!(std::fs::read_to_string(&grads).unwrap().lines().count() > 1);
-    ok(&run(train(&[
-        "--csv",
-        &s(&t),
-        "--record-every",
-        "0",
-        "--seed",
-        "5",
-    ])));
-    assert_eq!(std::fs::read_to_string(&grads).unwrap().lines().count(), 1);
+    let t = w.arg("t.csv");
+    train().flag("--csv", &t).flag("--record-every", 5).ok();
+    assert!(w.read("t.grads.csv").lines().count() > 1);
+    train()
+        .flag("--csv", &t)
+        .with(&["--record-every", "0", "--seed", "5"])
+        .ok();
+    assert_eq!(w.read("t.grads.csv").lines().count(), 1);
 }
 
 #[test]
 fn flags_that_cannot_apply_are_refused_naming_them() {
-    let dir = tempfile::tempdir().unwrap();
-    let ck = tiny_checkpoint(dir.path());
-    let w = s(&ck.join("checkpoint.npz"));
-    let resnet = [
-        "--net",
-        "resnet:1:basic",
-        "--image-size",
-        "8",
-        "--batch",
-        "2",
-    ];
-    let train = [
-        "train", "--net", "mlp", "--units", "2", "--width", "4", "--epochs", "1",
-    ];
-    let cases: Vec<(Vec<&str>, &str)> = vec![
+    let w = Work::new();
+    let ck = w.tiny_checkpoint();
+    let weights = |command: &str| Argv::new(command).path("--weights", ck.join("checkpoint.npz"));
+    let resnet = || Argv::new("profile --net resnet:1:basic --image-size 8 --batch 2");
+    let train = || Argv::tiny_mlp("train").flag("--epochs", 1);
+    let tiny = || Argv::tiny("profile");
+    let cases: Vec<(Argv, &str)> = vec![
+        (resnet().flag("--units", 3), "--units"),
+        (resnet().flag("--width", 64), "--width"),
+        (resnet().flag("--input-dim", 8), "--input-dim"),
+        (tiny().flag("--image-size", 8), "--image-size"),
         (
-            [&["profile"][..], &resnet, &["--units", "3"]].concat(),
-            "--units",
-        ),
-        (
-            [&["profile"][..], &resnet, &["--width", "64"]].concat(),
-            "--width",
-        ),
-        (
-            [&["profile"][..], &resnet, &["--input-dim", "8"]].concat(),
-            "--input-dim",
-        ),
-        (with_tiny("profile", &["--image-size", "8"]), "--image-size"),
-        (
-            with_tiny("profile", &["--norm", "layer", "--bn-mode", "eval"]),
+            tiny().with(&["--norm", "layer", "--bn-mode", "eval"]),
             "--bn-mode",
         ),
         (
-            with_tiny("profile", &["--norm", "none", "--bn-mode", "train"]),
+            tiny().with(&["--norm", "none", "--bn-mode", "train"]),
             "--bn-mode",
         ),
         (
-            vec![
-                "profile",
-                "--data",
-                "digits",
-                "--batch",
-                "4",
-                "--classes",
-                "10",
-            ],
+            Argv::new("profile --data digits --batch 4 --classes 10"),
             "--classes",
         ),
+        (weights("profile").flag("--net", "resnet110"), "--net"),
+        (weights("profile").flag("--units", 54), "--units"),
+        (weights("profile").flag("--input-dim", 64), "--input-dim"),
+        (weights("lesion").flag("--batch", 7), "--batch"),
+        (weights("lesion").flag("--bn-mode", "train"), "--bn-mode"),
         (
-            vec!["profile", "--weights", &w, "--net", "resnet110"],
-            "--net",
-        ),
-        (vec!["profile", "--weights", &w, "--units", "54"], "--units"),
-        (
-            vec!["profile", "--weights", &w, "--input-dim", "64"],
-            "--input-dim",
-        ),
-        (vec!["lesion", "--weights", &w, "--batch", "7"], "--batch"),
-        (
-            vec!["lesion", "--weights", &w, "--bn-mode", "train"],
-            "--bn-mode",
-        ),
-        (
-            [&train[..], &["--optimizer", "adam", "--momentum", "0.9"]].concat(),
+            train().with(&["--optimizer", "adam", "--momentum", "0.9"]),
             "--momentum",
         ),
         (
-            [&train[..], &["--weight-decay-mode", "l2"]].concat(),
+            train().flag("--weight-decay-mode", "l2"),
             "--weight-decay-mode",
         ),
-        ([&train[..], &["--momentum", "2"]].concat(), "--momentum"),
-        ([&train[..], &["--momentum", "-0.5"]].concat(), "--momentum"),
-        ([&train[..], &["--momentum", "nan"]].concat(), "--momentum"),
+        (train().flag("--momentum", "2"), "--momentum"),
+        (train().flag("--momentum", "-0.5"), "--momentum"),
+        (train().flag("--momentum", "nan"), "--momentum"),
+        (train().flag("--weight-decay", "-1e-4"), "--weight-decay"),
+        (train().flag("--weight-decay", "inf"), "--weight-decay"),
+        (train().flag("--lr", "-0.1"), "--lr"),
         (
-            [&train[..], &["--weight-decay", "-1e-4"]].concat(),
-            "--weight-decay",
-        ),
-        (
-            [&train[..], &["--weight-decay", "inf"]].concat(),
-            "--weight-decay",
-        ),
-        ([&train[..], &["--lr", "-0.1"]].concat(), "--lr"),
-        (
-            [&train[..], &["--stop-after-epochs", "0"]].concat(),
+            train().flag("--stop-after-epochs", 0),
             "--stop-after-epochs",
         ),
         (
-            [&train[..], &["--stop-after-epochs", "5"]].concat(),
+            train().flag("--stop-after-epochs", 5),
             "--stop-after-epochs",
         ),
         (
-            [&train[..], &["--record-every", "0", "--grad-csv", "g.csv"]].concat(),
+            train().with(&["--record-every", "0", "--grad-csv", "g.csv"]),
             "--grad-csv",
         ),
+        (Argv::new("train --net resnet:1:basic --units 3"), "--units"),
+        (Argv::new("bench --workload gemm --mode train"), "--mode"),
+        (Argv::new("bench --workload gemm --unfused"), "--unfused"),
         (
-            vec!["train", "--net", "resnet:1:basic", "--units", "3"],
-            "--units",
-        ),
-        (
-            vec!["bench", "--workload", "gemm", "--mode", "train"],
-            "--mode",
-        ),
-        (
-            vec!["bench", "--workload", "gemm", "--unfused"],
-            "--unfused",
-        ),
-        (
-            vec!["bench", "--workload", "check-sweep", "--low-memory"],
+            Argv::new("bench --workload check-sweep --low-memory"),
             "--low-memory",
         ),
         (
-            vec!["bench", "--workload", "check-sweep", "--repeat", "3"],
+            Argv::new("bench --workload check-sweep --repeat 3"),
             "--repeat",
         ),
         (
-            vec!["bench", "--workload", "check-sweep", "--configs", "0"],
+            Argv::new("bench --workload check-sweep --configs 0"),
             "--configs",
         ),
-        (
-            vec!["bench", "--workload", "W1", "--configs", "5"],
-            "--configs",
-        ),
-        (
-            vec!["shatter", "--depths", "1,1", "--width", "4"],
-            "--depths",
-        ),
-        (
-            with_tiny("profile", &["--shortcut", "scale:1e-400"]),
-            "too small",
-        ),
-        (
-            with_tiny("profile", &["--shortcut", "alpha:1e300"]),
-            "at most",
-        ),
-        (with_tiny("profile", &["--seed", "-1"]), "--seed"),
+        (Argv::new("bench --workload W1 --configs 5"), "--configs"),
+        (Argv::new("shatter --depths 1,1 --width 4"), "--depths"),
+        (tiny().flag("--shortcut", "scale:1e-400"), "too small"),
+        (tiny().flag("--shortcut", "alpha:1e300"), "at most"),
+        (tiny().flag("--seed", "-1"), "--seed"),
     ];
     for (args, needle) in cases {
-        refused(&args, needle);
+        args.refused(needle);
     }
 }
 
 #[test]
 fn experiment_files_refuse_what_their_networks_cannot_use() {
-    let dir = tempfile::tempdir().unwrap();
-    let spec = dir.path().join("x.toml");
+    let w = Work::new();
+    let run = w.cmd("run", "x.toml", "r");
     for (edit, needle) in [
         (
             (
@@ -372,11 +263,8 @@ fn experiment_files_refuse_what_their_networks_cannot_use() {
         ),
         (("[net]", "[net]\nimage_size = 8"), "net.image_size"),
     ] {
-        std::fs::write(&spec, TINY_SPEC.replace(edit.0, edit.1)).unwrap();
-        refused(
-            &["run", &s(&spec), "--out", &s(&dir.path().join("r"))],
-            needle,
-        );
+        w.write("x.toml", TINY_SPEC.replace(edit.0, edit.1));
+        run.refused(needle);
     }
     // A million cells is refused before a single fingerprint is taken.
     let units: Vec<String> = (1..=1000).map(|u| u.to_string()).collect();
@@ -389,139 +277,88 @@ fn experiment_files_refuse_what_their_networks_cannot_use() {
             reps.join(", ")
         ),
     );
-    std::fs::write(&spec, text).unwrap();
-    refused(
-        &["run", &s(&spec), "--out", &s(&dir.path().join("r"))],
-        "2000000 cells",
-    );
+    w.write("x.toml", text);
+    run.refused("2000000 cells");
 }
 
 #[test]
 fn unbounded_work_is_refused_with_an_estimate() {
-    let dir = tempfile::tempdir().unwrap();
-    let ck = tiny_checkpoint(dir.path());
-    let w = s(&ck.join("checkpoint.npz"));
-    let cases: Vec<(Vec<&str>, &str)> = vec![
+    let w = Work::new();
+    let ck = w.tiny_checkpoint();
+    let cases: Vec<(Argv, &str)> = vec![
         (
-            with_tiny("paths", &["--sample", "18446744073709551615"]),
+            Argv::tiny("paths").flag("--sample", "18446744073709551615"),
             "--sample: at most",
         ),
         (
-            with_tiny("check", &["--directions", "4294967295"]),
+            Argv::tiny("check").flag("--directions", "4294967295"),
             "--directions: at most",
         ),
         (
-            vec!["lesion", "--weights", &w, "--draws", "18446744073709551615"],
+            Argv::new("lesion")
+                .path("--weights", ck.join("checkpoint.npz"))
+                .flag("--draws", "18446744073709551615"),
             "--draws: at most",
         ),
         (
-            vec!["shatter", "--depths", "100000", "--width", "200"],
+            Argv::new("shatter --depths 100000 --width 200"),
             "would need about",
         ),
         (
-            vec![
-                "shatter",
-                "--depths",
-                "1",
-                "--width",
-                "8",
-                "--replicates",
-                "100000000000",
-            ],
+            Argv::new("shatter --depths 1 --width 8 --replicates 100000000000"),
             "at least",
         ),
         (
-            vec![
-                "train",
-                "--net",
-                "mlp",
-                "--units",
-                "2",
-                "--width",
-                "8",
-                "--epochs",
-                "1000000000",
-            ],
+            Argv::new("train --net mlp --units 2 --width 8 --epochs 1000000000"),
             "--force",
         ),
         (
-            vec!["bench", "--workload", "gemm", "--repeat", "4294967295"],
+            Argv::new("bench --workload gemm --repeat 4294967295"),
             "--repeat: at most",
         ),
         (
-            vec![
-                "bench",
-                "--workload",
-                "check-sweep",
-                "--configs",
-                "18446744073709551615",
-            ],
+            Argv::new("bench --workload check-sweep --configs 18446744073709551615"),
             "--configs",
         ),
         (
-            with_tiny("profile", &["--threads", "100000"]),
+            Argv::tiny("profile").flag("--threads", 100000),
             "--threads: at most",
         ),
         (
-            vec!["profile", "--units", "100000000", "--width", "64"],
+            Argv::new("profile --units 100000000 --width 64"),
             "would need about",
         ),
     ];
     for (args, needle) in cases {
-        refused(&args, needle);
+        args.refused(needle);
     }
     // A CIFAR-10 folder whose test batch is a FIFO: refused, not read forever.
     #[cfg(unix)]
     {
-        let cifar = dir.path().join("cifar");
-        std::fs::create_dir(&cifar).unwrap();
-        std::fs::write(cifar.join("data_batch_1.bin"), vec![0u8; 3073]).unwrap();
-        assert!(std::process::Command::new("mkfifo")
-            .arg(cifar.join("test_batch.bin"))
-            .status()
-            .unwrap()
-            .success());
-        let data = format!("cifar10:{}", s(&cifar));
-        refused(
-            &[
-                "data",
-                "--data",
-                &data,
-                "--npz",
-                &s(&dir.path().join("c.npz")),
-            ],
-            "not a regular file",
-        );
+        let cifar = w.mkdir("cifar");
+        w.write("cifar/data_batch_1.bin", vec![0u8; 3073]);
+        mkfifo(&cifar.join("test_batch.bin"));
+        Argv::new("data")
+            .flag("--data", format!("cifar10:{}", s(&cifar)))
+            .flag("--npz", w.arg("c.npz"))
+            .refused("not a regular file");
     }
 }
 
 #[test]
 fn overflow_is_reported_where_it_starts_not_blamed_on_fixup() {
-    let o = resprop(&[
-        "profile",
-        "--units",
-        "600",
-        "--width",
-        "8",
-        "--batch",
-        "8",
-        "--placement",
-        "full-preact",
-        "--shortcut",
-        "scale:2",
-    ]);
-    ok(&o);
+    let o = Argv::new("profile --units 600 --width 8 --batch 8 --placement full-preact")
+        .flag("--shortcut", "scale:2")
+        .ok();
     let err = stderr(&o);
     assert!(
         err.contains("the forward signal overflows") && err.contains("at unit"),
         "{err}"
     );
     assert!(!err.contains("Fixup"), "{err}");
-    let o = resprop(&with_tiny(
-        "profile",
-        &["--placement", "full-preact", "--shortcut", "alpha:1e6"],
-    ));
-    ok(&o);
+    let o = Argv::tiny("profile")
+        .with(&["--placement", "full-preact", "--shortcut", "alpha:1e6"])
+        .ok();
     // 1e6 is allowed; with 2 units it does not overflow.
     assert!(!stderr(&o).contains("overflows"), "{}", stderr(&o));
 }
@@ -552,11 +389,14 @@ fn rewrite_npz(
 
 #[test]
 fn damaged_checkpoints_and_csvs_are_refused_naming_the_file() {
-    let dir = tempfile::tempdir().unwrap();
-    let d = dir.path();
-    let ck = tiny_checkpoint(d);
+    let w = Work::new();
+    let ck = w.tiny_checkpoint();
     let good = ck.join("checkpoint.npz");
-    let resume = |ck: &Path| tiny_train(&["--checkpoint", &s(ck), "--resume"]);
+    let resume = |ck: &Path| {
+        Argv::tiny_train()
+            .path("--checkpoint", ck)
+            .switch("--resume")
+    };
     type Edit = fn(&str, ndarray::ArrayD<f64>) -> Option<ndarray::ArrayD<f64>>;
     let edits: Vec<(&str, Edit, &str)> = vec![
         (
@@ -643,38 +483,27 @@ fn damaged_checkpoints_and_csvs_are_refused_naming_the_file() {
         ),
     ];
     for (what, edit, needle) in edits {
-        let bad = d.join(format!("bad-{}", what.replace(' ', "-")));
-        std::fs::create_dir(&bad).unwrap();
+        let bad = w.mkdir(format!("bad-{}", what.replace(' ', "-")));
         rewrite_npz(&good, &bad.join("checkpoint.npz"), edit);
-        let args = resume(&bad);
-        let args: Vec<&str> = args.iter().map(String::as_str).collect();
-        refused(&args, needle);
+        resume(&bad).refused(needle);
         if what.starts_with("buffer") {
-            refused(
-                &[
-                    "profile",
-                    "--weights",
-                    &s(&bad.join("checkpoint.npz")),
-                    "--bn-mode",
-                    "eval",
-                    "--batch",
-                    "4",
-                ],
-                needle,
-            );
+            Argv::new("profile")
+                .path("--weights", bad.join("checkpoint.npz"))
+                .with(&["--bn-mode", "eval", "--batch", "4"])
+                .refused(needle);
         }
     }
     // Not a checkpoint at all: a profile's .npz, a directory.
-    let npz = d.join("state.npz");
-    ok(&resprop(&with_tiny("profile", &["--npz", &s(&npz)])));
-    refused(&["profile", "--weights", &s(&npz)], "not a checkpoint");
-    refused(&["profile", "--weights", &s(&ck)], "is a directory");
+    let npz = w.path("state.npz");
+    Argv::tiny("profile").path("--npz", &npz).ok();
+    Argv::new("profile")
+        .path("--weights", &npz)
+        .refused("not a checkpoint");
+    Argv::new("profile")
+        .path("--weights", &ck)
+        .refused("is a directory");
     // A CSV without a chart's column, a training table given as a profile's.
-    let spec = d.join("tiny.toml");
-    std::fs::write(&spec, TINY_SPEC).unwrap();
-    let out = d.join("res");
-    ok(&resprop(&["run", &s(&spec), "--out", &s(&out)]));
-    let csv = out.join("tiny/profile.csv");
+    let csv = w.tiny_results();
     let text = std::fs::read_to_string(&csv).unwrap();
     let header = text.lines().next().unwrap();
     let col = header.split(',').position(|c| c == "grad_ratio").unwrap();
@@ -687,52 +516,44 @@ fn damaged_checkpoints_and_csvs_are_refused_naming_the_file() {
         })
         .collect();
     std::fs::write(&csv, cut).unwrap();
-    refused(&["plot", &s(&csv), "--out", &s(&d.join("p"))], "grad_ratio");
+    let plot = w.cmd("plot", &csv, "p");
+    plot.refused("grad_ratio");
     std::fs::write(&csv, [0xffu8, 0xfe, 0x00, 0x01].repeat(100)).unwrap();
-    refused(&["plot", &s(&csv), "--out", &s(&d.join("p"))], &s(&csv));
+    plot.refused(&s(&csv));
 }
 
 #[test]
 fn errors_name_the_argument_and_what_is_expected() {
-    let dir = tempfile::tempdir().unwrap();
-    refused(&["data", "--data", "digits"], "--npz");
-    refused(&["run"], "<SPEC>");
-    refused(&["merge"], "<SPEC>");
-    refused(&["plot"], "<CSV>");
-    refused(&["train", "--resume"], "--checkpoint");
-    refused(
-        &["profile", "--unit", "3"],
-        "similar argument exists: '--units'",
-    );
-    refused(
-        &["bench", "--mode", "bogus"],
-        "possible values: profile, train",
-    );
-    let npz = s(&dir.path().join("d.npz"));
-    refused(
-        &["data", "--data", "cifar10:/etc/passwd", "--npz", &npz],
-        "is a file, not a directory",
-    );
-    refused(&["train", "--checkpoint", "/etc/passwd"], "--checkpoint");
-}
-
-/// `refused` for an owned command line.
-fn refused_owned(args: &[String], needle: &str) {
-    refused(&args.iter().map(String::as_str).collect::<Vec<_>>(), needle);
+    for (line, needle) in [
+        ("data --data digits", "--npz"),
+        ("run", "<SPEC>"),
+        ("merge", "<SPEC>"),
+        ("plot", "<CSV>"),
+        ("train --resume", "--checkpoint"),
+        ("profile --unit 3", "similar argument exists: '--units'"),
+        ("bench --mode bogus", "possible values: profile, train"),
+    ] {
+        Argv::new(line).refused(needle);
+    }
+    let w = Work::new();
+    Argv::new("data --data cifar10:/etc/passwd")
+        .flag("--npz", w.arg("d.npz"))
+        .refused("is a file, not a directory");
+    Argv::new("train --checkpoint /etc/passwd").refused("--checkpoint");
 }
 
 #[test]
 fn a_checkpoint_folder_is_never_overwritten_or_shared_by_two_runs() {
-    let dir = tempfile::tempdir().unwrap();
-    let ck = tiny_checkpoint(dir.path());
+    let w = Work::new();
+    let ck = w.tiny_checkpoint();
+    let into = |ck: &Path| Argv::tiny_train().path("--checkpoint", ck);
     let file = ck.join("checkpoint.npz");
     let before = std::fs::read(&file).unwrap();
     // A second run into the folder without --resume would replace another run's checkpoint.
-    refused_owned(
-        &tiny_train(&["--checkpoint", &s(&ck), "--seed", "3"]),
+    into(&ck).flag("--seed", 3).refused(
         "already holds a checkpoint (mlp with 2 units of width 4, 2 of 2 epochs done, seed 0, on digits)",
     );
-    refused_owned(&tiny_train(&["--checkpoint", &s(&ck)]), "--resume");
+    into(&ck).refused("--resume");
     assert_eq!(
         std::fs::read(&file).unwrap(),
         before,
@@ -741,28 +562,18 @@ fn a_checkpoint_folder_is_never_overwritten_or_shared_by_two_runs() {
     // A run in progress holds the folder's lock: a second run, fresh or resumed, is refused.
     let lock = std::fs::File::open(ck.join("checkpoint.lock")).unwrap();
     lock.lock().unwrap();
-    refused_owned(
-        &tiny_train(&["--checkpoint", &s(&ck), "--resume"]),
-        "is in use by another training run",
-    );
-    let other = dir.path().join("other");
-    std::fs::create_dir(&other).unwrap();
-    std::fs::write(other.join("checkpoint.lock"), b"").unwrap();
+    into(&ck)
+        .switch("--resume")
+        .refused("is in use by another training run");
+    let other = w.mkdir("other");
+    w.write("other/checkpoint.lock", b"");
     let held = std::fs::File::open(other.join("checkpoint.lock")).unwrap();
     held.lock().unwrap();
-    refused_owned(
-        &tiny_train(&["--checkpoint", &s(&other)]),
-        "is in use by another training run",
-    );
+    into(&other).refused("is in use by another training run");
     assert!(!other.join("checkpoint.npz").exists());
     drop((lock, held));
     // Released, the folder takes a resume again, and the lock file is all it adds.
-    ok(&resprop(
-        &tiny_train(&["--checkpoint", &s(&ck), "--resume"])
-            .iter()
-            .map(String::as_str)
-            .collect::<Vec<_>>(),
-    ));
+    into(&ck).switch("--resume").ok();
     let mut names: Vec<String> = std::fs::read_dir(&ck)
         .unwrap()
         .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
@@ -773,37 +584,15 @@ fn a_checkpoint_folder_is_never_overwritten_or_shared_by_two_runs() {
 
 #[test]
 fn a_step_table_cut_repeated_or_reordered_is_refused_naming_the_array() {
-    let dir = tempfile::tempdir().unwrap();
-    let d = dir.path();
+    let w = Work::new();
     // One of two epochs: 22 steps, a gradient record every 5 (steps 0, 5, ..., 20).
-    let args = |ck: &Path, extra: &[&str]| {
-        let mut v: Vec<String> = [
-            "train",
-            "--net",
-            "mlp",
-            "--units",
-            "2",
-            "--width",
-            "4",
-            "--epochs",
-            "2",
-            "--record-every",
-            "5",
-            "--checkpoint",
-        ]
-        .map(String::from)
-        .to_vec();
-        v.push(s(ck));
-        v.extend(extra.iter().map(|a| a.to_string()));
-        v
+    let args = |ck: &Path| {
+        Argv::tiny_mlp("train")
+            .with(&["--epochs", "2", "--record-every", "5"])
+            .path("--checkpoint", ck)
     };
-    let ck = d.join("ck");
-    ok(&resprop(
-        &args(&ck, &["--stop-after-epochs", "1"])
-            .iter()
-            .map(String::as_str)
-            .collect::<Vec<_>>(),
-    ));
+    let ck = w.path("ck");
+    args(&ck).flag("--stop-after-epochs", 1).ok();
     let good = ck.join("checkpoint.npz");
     type Edit = fn(&str, ndarray::ArrayD<f64>) -> Option<ndarray::ArrayD<f64>>;
     let edits: Vec<(&str, Edit, &str)> = vec![
@@ -866,20 +655,19 @@ fn a_step_table_cut_repeated_or_reordered_is_refused_naming_the_array() {
         ),
     ];
     for (what, edit, needle) in edits {
-        let bad = d.join(what.replace(' ', "-"));
-        std::fs::create_dir(&bad).unwrap();
+        let bad = w.mkdir(what.replace(' ', "-"));
         rewrite_npz(&good, &bad.join("checkpoint.npz"), edit);
-        refused_owned(&args(&bad, &["--resume"]), needle);
-        refused_owned(&args(&bad, &["--resume"]), &s(&bad.join("checkpoint.npz")));
+        let resume = args(&bad).switch("--resume");
+        resume.refused(needle);
+        resume.refused(&s(&bad.join("checkpoint.npz")));
     }
 }
 
 #[test]
 fn a_checkpoint_array_of_another_type_is_refused_naming_both_types() {
     use ndarray_npy::{NpzReader, NpzWriter};
-    let dir = tempfile::tempdir().unwrap();
-    let d = dir.path();
-    let ck = tiny_checkpoint(d);
+    let work = Work::new();
+    let ck = work.tiny_checkpoint();
     // Each case rewrites one array in another element type, as NumPy would save it.
     for (key, needle) in [
         (
@@ -899,8 +687,7 @@ fn a_checkpoint_array_of_another_type_is_refused_naming_both_types() {
             "array 'param/stem.w' holds float32 ('<f4'), not float64 ('<f8')",
         ),
     ] {
-        let bad = d.join(key.replace('/', "-"));
-        std::fs::create_dir(&bad).unwrap();
+        let bad = work.mkdir(key.replace('/', "-"));
         let mut r =
             NpzReader::new(std::fs::File::open(ck.join("checkpoint.npz")).unwrap()).unwrap();
         let mut w = NpzWriter::new(std::fs::File::create(bad.join("checkpoint.npz")).unwrap());
@@ -923,78 +710,52 @@ fn a_checkpoint_array_of_another_type_is_refused_naming_both_types() {
             }
         }
         w.finish().unwrap();
-        refused_owned(&tiny_train(&["--checkpoint", &s(&bad), "--resume"]), needle);
+        Argv::tiny_train()
+            .path("--checkpoint", &bad)
+            .switch("--resume")
+            .refused(needle);
         if key.starts_with("param") || key == "config_json" {
-            refused(
-                &["profile", "--weights", &s(&bad.join("checkpoint.npz"))],
-                needle,
-            );
+            Argv::new("profile")
+                .path("--weights", bad.join("checkpoint.npz"))
+                .refused(needle);
         }
     }
 }
 
 #[test]
 fn a_resume_whose_stop_is_already_past_is_refused() {
-    let dir = tempfile::tempdir().unwrap();
-    let d = dir.path();
+    let w = Work::new();
     // Two of two epochs done: stopping after the first cannot happen, nor after the second.
-    let ck = tiny_checkpoint(d);
+    let ck = w.tiny_checkpoint();
     for stop in ["1", "2"] {
-        refused_owned(
-            &tiny_train(&[
-                "--checkpoint",
-                &s(&ck),
-                "--resume",
-                "--stop-after-epochs",
-                stop,
-            ]),
-            &format!(
+        Argv::tiny_train()
+            .path("--checkpoint", &ck)
+            .switch("--resume")
+            .flag("--stop-after-epochs", stop)
+            .refused(&format!(
                 "--stop-after-epochs {stop}: the checkpoint in '{}' has 2 epochs done already",
                 s(&ck)
-            ),
-        );
+            ));
     }
     // One of three done: stopping after the second is a stop to come.
-    let ck3 = d.join("ck3");
-    let three = |extra: &[&str]| {
-        let mut v = vec![
-            "train",
-            "--net",
-            "mlp",
-            "--units",
-            "2",
-            "--width",
-            "4",
-            "--epochs",
-            "3",
-            "--record-every",
-            "0",
-            "--checkpoint",
-        ]
-        .into_iter()
-        .map(String::from)
-        .collect::<Vec<_>>();
-        v.push(s(&ck3));
-        v.extend(extra.iter().map(|a| a.to_string()));
-        v
-    };
-    let run = |v: Vec<String>| resprop(&v.iter().map(String::as_str).collect::<Vec<_>>());
-    ok(&run(three(&["--stop-after-epochs", "1"])));
-    refused_owned(
-        &three(&["--resume", "--stop-after-epochs", "1"]),
-        "give a number in 2..=3",
-    );
-    ok(&run(three(&["--resume", "--stop-after-epochs", "2"])));
+    let three = Argv::tiny_mlp("train")
+        .with(&["--epochs", "3", "--record-every", "0"])
+        .flag("--checkpoint", w.arg("ck3"));
+    three.clone().flag("--stop-after-epochs", 1).ok();
+    three
+        .clone()
+        .switch("--resume")
+        .flag("--stop-after-epochs", 1)
+        .refused("give a number in 2..=3");
+    three.switch("--resume").flag("--stop-after-epochs", 2).ok();
 }
 
 #[test]
 fn weights_given_other_data_name_the_checkpoints_data_and_the_given() {
-    let dir = tempfile::tempdir().unwrap();
-    let d = dir.path();
-    let ck = tiny_checkpoint(d).join("checkpoint.npz");
+    let w = Work::new();
+    let ck = w.tiny_checkpoint().join("checkpoint.npz");
     // A CIFAR-10 folder of a few images: 3 x 32 x 32 inputs, where the checkpoint took 64.
-    let cifar = d.join("cifar");
-    std::fs::create_dir(&cifar).unwrap();
+    let cifar = w.mkdir("cifar");
     let images = |n: usize| -> Vec<u8> {
         (0..n)
             .flat_map(|i| {
@@ -1003,82 +764,58 @@ fn weights_given_other_data_name_the_checkpoints_data_and_the_given() {
             })
             .collect()
     };
-    std::fs::write(cifar.join("data_batch_1.bin"), images(8)).unwrap();
-    std::fs::write(cifar.join("test_batch.bin"), images(4)).unwrap();
+    w.write("cifar/data_batch_1.bin", images(8));
+    w.write("cifar/test_batch.bin", images(4));
     let data = format!("cifar10:{}", s(&cifar));
     let needle = format!(
         "--data {data}: checkpoint '{}' was trained on digits, and this data sizes the network otherwise (parameter 'stem.w' is [64, 4] in the checkpoint, [3072, 4] for --data {data})",
         s(&ck)
     );
-    refused(&["lesion", "--weights", &s(&ck), "--data", &data], &needle);
-    refused(
-        &[
-            "profile",
-            "--weights",
-            &s(&ck),
-            "--data",
-            &data,
-            "--batch",
-            "4",
-        ],
-        &needle,
-    );
+    let weights = |command: &str| Argv::new(command).path("--weights", &ck);
+    weights("lesion").flag("--data", &data).refused(&needle);
+    weights("profile")
+        .flag("--data", &data)
+        .flag("--batch", 4)
+        .refused(&needle);
     // The checkpoint's own data is fine.
-    ok(&resprop(&[
-        "lesion",
-        "--weights",
-        &s(&ck),
-        "--data",
-        "digits",
-        "--draws",
-        "1",
-    ]));
+    weights("lesion")
+        .with(&["--data", "digits", "--draws", "1"])
+        .ok();
 }
 
 #[test]
 fn weight_decay_is_bounded_by_the_learning_rate() {
-    let tiny = |extra: &[&str]| tiny_train(extra);
     for wd in ["1e300", "1e10", "10"] {
-        refused_owned(
-            &tiny(&["--weight-decay", wd]),
-            "--weight-decay: lr x weight decay must be below 1",
-        );
+        Argv::tiny_train()
+            .flag("--weight-decay", wd)
+            .refused("--weight-decay: lr x weight decay must be below 1");
     }
     // Printed in scientific notation, not as 301 digits.
-    refused_owned(
-        &tiny(&["--weight-decay", "1e300"]),
-        "got 1.0000e300 x lr 0.1 = 1.0000e299",
-    );
+    Argv::tiny_train()
+        .flag("--weight-decay", "1e300")
+        .refused("got 1.0000e300 x lr 0.1 = 1.0000e299");
     // The bound is on the product: a smaller rate takes a larger decay.
-    ok(&resprop(
-        &tiny(&["--weight-decay", "5", "--lr", "0.1"])
-            .iter()
-            .map(String::as_str)
-            .collect::<Vec<_>>(),
-    ));
-    refused_owned(
-        &tiny(&[
+    Argv::tiny_train()
+        .with(&["--weight-decay", "5", "--lr", "0.1"])
+        .ok();
+    Argv::tiny_train()
+        .with(&[
             "--optimizer",
             "adam",
             "--lr",
             "1e-3",
             "--weight-decay",
             "1000",
-        ]),
-        "--weight-decay",
-    );
+        ])
+        .refused("--weight-decay");
     // Experiment files share the bound.
-    let dir = tempfile::tempdir().unwrap();
-    let spec = dir.path().join("t.toml");
-    std::fs::write(
-        &spec,
+    let w = Work::new();
+    w.write(
+        "t.toml",
         TRAIN_SPEC.replace("[train]", "[train]\nweight_decay = 20.0"),
-    )
-    .unwrap();
-    refused(
-        &["run", &s(&spec), "--out", &s(&dir.path().join("r"))],
-        "train.weight_decay: lr x weight decay must be below 1",
     );
+    w.cmd("run", "t.toml", "r")
+        .refused("train.weight_decay: lr x weight decay must be below 1");
 }
 
 #[test]
@@ -1097,34 +834,24 @@ fn a_warmup_longer_than_the_run_is_refused_naming_both_lengths() {
         ][..],
     ] {
         let n = extra.last().unwrap();
-        refused_owned(
-            &tiny_train(extra),
+        Argv::tiny_train().with(extra).refused(
             &format!("--warmup-steps: a warm-up of {n} steps is longer than the run: 2 epochs of 22 steps (1437 training images, batch 64) make 44"),
         );
     }
-    ok(&resprop(
-        &tiny_train(&["--warmup-steps", "44"])
-            .iter()
-            .map(String::as_str)
-            .collect::<Vec<_>>(),
-    ));
+    Argv::tiny_train().flag("--warmup-steps", 44).ok();
     // An experiment's warm-ups, once its data is known.
-    let dir = tempfile::tempdir().unwrap();
-    let spec = dir.path().join("t.toml");
-    std::fs::write(
-        &spec,
+    let w = Work::new();
+    w.write(
+        "t.toml",
         TRAIN_SPEC.replace(
             "shortcuts = [\"identity\"]",
             "shortcuts = [\"identity\"]\nwarmups = [0, 1000]",
         ),
-    )
-    .unwrap();
-    refused(
-        &["run", &s(&spec), "--out", &s(&dir.path().join("r"))],
-        "a warm-up of 1000 steps is longer than the run: 2 epochs of 22 steps",
     );
+    w.cmd("run", "t.toml", "r")
+        .refused("a warm-up of 1000 steps is longer than the run: 2 epochs of 22 steps");
     // Refused before any cell ran.
-    let cells = dir.path().join("r/cells");
+    let cells = w.path("r/cells");
     assert!(!cells.exists() || std::fs::read_dir(&cells).unwrap().next().is_none());
 }
 
@@ -1139,12 +866,11 @@ fn deepnorm_without_a_norm_is_refused_naming_both_flags() {
         "--norm",
         "none",
     ];
-    refused_owned(&tiny_train(&flags), needle);
-    refused(&with_tiny("profile", &flags), needle);
-    let dir = tempfile::tempdir().unwrap();
-    let spec = dir.path().join("t.toml");
-    std::fs::write(
-        &spec,
+    Argv::tiny_train().with(&flags).refused(needle);
+    Argv::tiny("profile").with(&flags).refused(needle);
+    let w = Work::new();
+    w.write(
+        "t.toml",
         TRAIN_SPEC
             .replace(
                 "placements = [\"original\", \"full-preact\"]",
@@ -1154,24 +880,20 @@ fn deepnorm_without_a_norm_is_refused_naming_both_flags() {
                 "shortcuts = [\"identity\"]",
                 "shortcuts = [\"identity\", \"deepnorm\"]\nnorms = [\"layer\", \"none\"]",
             ),
-    )
-    .unwrap();
-    refused(
-        &["run", &s(&spec), "--out", &s(&dir.path().join("r"))],
-        &format!("grid.shortcuts: {needle}"),
     );
+    w.cmd("run", "t.toml", "r")
+        .refused(&format!("grid.shortcuts: {needle}"));
     // With a norm it runs.
-    ok(&resprop(&with_tiny(
-        "profile",
-        &[
+    Argv::tiny("profile")
+        .with(&[
             "--placement",
             "post-norm",
             "--shortcut",
             "deepnorm",
             "--norm",
             "layer",
-        ],
-    )));
+        ])
+        .ok();
 }
 
 /// A training experiment of two 2-epoch cells on the digits (the warm-up and decay tests
@@ -1194,14 +916,6 @@ nets = ["mlp"]
 placements = ["original", "full-preact"]
 shortcuts = ["identity"]
 "#;
-
-/// `run`s [`TINY_SPEC`] into `d/res` and returns its profile.csv (spec.toml beside it).
-fn tiny_results(d: &Path) -> PathBuf {
-    let spec = d.join("tiny.toml");
-    std::fs::write(&spec, TINY_SPEC).unwrap();
-    ok(&resprop(&["run", &s(&spec), "--out", &s(&d.join("res"))]));
-    d.join("res/tiny/profile.csv")
-}
 
 /// `text` with the cells of `column` replaced: `edit(row, old)` gives the new cell of each
 /// data row (0-based; the header is line 1, row r is line r + 2).
@@ -1241,9 +955,8 @@ fn resprop_within(args: &[&str], limit: u64) -> std::process::Output {
 
 #[test]
 fn plot_draws_any_finite_positive_values_in_bounded_time() {
-    let dir = tempfile::tempdir().unwrap();
-    let d = dir.path();
-    let csv = tiny_results(d);
+    let w = Work::new();
+    let csv = w.tiny_results();
     let text = std::fs::read_to_string(&csv).unwrap();
     // Up to 1e307 the padded range stayed finite; from 5e307 it overflowed to inf and the
     // tick search spun forever. The smallest normal value and a range over the whole f64
@@ -1257,8 +970,8 @@ fn plot_draws_any_finite_positive_values_in_bounded_time() {
             v => v.to_string(),
         });
         std::fs::write(&csv, edited).unwrap();
-        let out = d.join(format!("plots-{value}"));
-        let o = resprop_within(&["plot", &s(&csv), "--out", &s(&out)], 120);
+        let out = w.path(format!("plots-{value}"));
+        let o = resprop_within(&w.cmd("plot", &csv, &out).as_strs(), 120);
         ok(&o);
         assert!(out.join("tiny_grad_ratio.png").is_file(), "{value}");
         assert!(
@@ -1271,11 +984,10 @@ fn plot_draws_any_finite_positive_values_in_bounded_time() {
 
 #[test]
 fn plot_refuses_text_in_number_columns_and_notes_values_it_cannot_draw() {
-    let dir = tempfile::tempdir().unwrap();
-    let d = dir.path();
-    let csv = tiny_results(d);
+    let w = Work::new();
+    let csv = w.tiny_results();
     let text = std::fs::read_to_string(&csv).unwrap();
-    let out = s(&d.join("p"));
+    let plot = w.cmd("plot", &csv, "p");
     // Text in a number's column: refused naming the file, the line and the column.
     for (column, row, bad, line) in [
         ("grad_ratio", 1, "notanumber", "line 3"),
@@ -1295,10 +1007,10 @@ fn plot_refuses_text_in_number_columns_and_notes_values_it_cannot_draw() {
         )
         .unwrap();
         for needle in [s(&csv), line.to_string(), format!("column '{column}'")] {
-            refused(&["plot", &s(&csv), "--out", &out], &needle);
+            plot.refused(&needle);
         }
     }
-    assert!(!d.join("p").exists(), "no chart from a refused table");
+    assert!(!w.exists("p"), "no chart from a refused table");
     // NaN (a diverged run) and inf are records, 0 and an underflow legitimate values: the
     // chart is drawn and one note per chart on stderr says how many points were left out,
     // and why.
@@ -1318,98 +1030,65 @@ fn plot_refuses_text_in_number_columns_and_notes_values_it_cannot_draw() {
             }),
         )
         .unwrap();
-        let o = resprop(&["plot", &s(&csv), "--out", &out]);
-        ok(&o);
+        let o = plot.ok();
         let err = stderr(&o);
         let notes: Vec<&str> = err.lines().filter(|l| l.starts_with("note:")).collect();
         assert_eq!(notes.len(), 1, "{err}");
         assert!(notes[0].contains(note), "{err}");
         assert!(notes[0].contains("grad_ratio"), "{err}");
-        let svg = std::fs::read_to_string(d.join("p/tiny_grad_ratio.svg")).unwrap();
+        let svg = w.read("p/tiny_grad_ratio.svg");
         assert!(svg.contains("not drawn"), "the chart lists them too");
     }
 }
 
 #[test]
 fn plot_says_which_sibling_table_a_chart_is_drawn_from() {
-    let dir = tempfile::tempdir().unwrap();
-    let d = dir.path();
-    let spec = d.join("trn.toml");
-    std::fs::write(
-        &spec,
-        r#"
-name = "trn"
-claim = "a tiny training run"
-seed = 3
-charts = ["train_curves"]
-task = "train"
-
-[train]
-data = "digits"
-epochs = 1
-batch = 64
-record_every = 5
-
-[grid]
-nets = ["mlp"]
-placements = ["original"]
-shortcuts = ["identity"]
-units = [2]
-replicates = [0]
-"#,
-    )
-    .unwrap();
-    ok(&resprop(&["run", &s(&spec), "--out", &s(&d.join("rt"))]));
-    let table = |name: &str| s(&d.join(format!("rt/trn/{name}.csv")));
-    let out = s(&d.join("pt"));
+    let w = Work::new();
+    // One cell of the training experiment: an original MLP.
+    w.write(
+        "trn.toml",
+        TINY_TRAIN_SPEC
+            .replace("name = \"tinytrain\"", "name = \"trn\"")
+            .replace("[\"mlp\", \"resnet:1:basic\"]", "[\"mlp\"]")
+            .replace("[\"original\", \"full-preact\"]", "[\"original\"]"),
+    );
+    w.cmd("run", "trn.toml", "rt").ok();
+    let table = |name: &str| w.arg(format!("rt/trn/{name}.csv"));
+    let plot = |name: &str| Argv::new("plot").arg(table(name));
+    let out = w.arg("pt");
     // By design each chart reads its own table beside the CSV given (src/plot/mod.rs,
     // `draw_charts`): drawn, with a note naming the file it read.
     for args in [
-        vec!["plot", &table("grads"), "--out", &out],
-        vec![
-            "plot",
-            &table("signal"),
-            "--charts",
-            "train_curves",
-            "--out",
-            &out,
-        ],
+        plot("grads").flag("--out", &out),
+        plot("signal")
+            .flag("--charts", "train_curves")
+            .flag("--out", &out),
     ] {
-        let o = resprop(&args);
-        ok(&o);
+        let o = args.ok();
         let err = stderr(&o);
         assert_eq!(err.lines().count(), 1, "{args:?}: {err}");
         assert!(
             err.starts_with("note: chart 'train_curves' reads")
                 && err.contains(&table("train"))
-                && err.contains(args[1]),
+                && err.contains(args.as_strs()[1]),
             "{args:?}: {err}"
         );
-        assert!(d.join("pt/trn_train_curves.png").is_file());
+        assert!(w.path("pt/trn_train_curves.png").is_file());
     }
     // The chart's own table: no note.
-    let o = resprop(&["plot", &table("train"), "--out", &out]);
-    ok(&o);
+    let o = plot("train").flag("--out", &out).ok();
     assert_eq!(stderr(&o), "");
     // A chart whose table is missing is refused naming the table it needs.
-    refused(
-        &[
-            "plot",
-            &table("grads"),
-            "--charts",
-            "grad_ratio",
-            "--out",
-            &out,
-        ],
-        "profile.csv",
-    );
+    plot("grads")
+        .flag("--charts", "grad_ratio")
+        .flag("--out", &out)
+        .refused("profile.csv");
 }
 
 /// `memory: estimated X, peak resident Y` of a profile run, in MB.
-fn estimate_and_peak(args: &[&str]) -> (f64, f64) {
-    let o = resprop(args);
-    ok(&o);
-    let out = String::from_utf8_lossy(&o.stdout);
+fn estimate_and_peak(args: &Argv) -> (f64, f64) {
+    let o = args.ok();
+    let out = stdout(&o);
     let line = out
         .lines()
         .find(|l| l.starts_with("memory:"))
@@ -1436,30 +1115,8 @@ fn the_memory_estimate_bounds_the_peak_of_large_inputs() {
     // exact to 0.5%). Dropping the stem's copy of the input, the im2col scratch or the stem's
     // caches puts the estimate below the peak.
     for args in [
-        vec![
-            "profile",
-            "--units",
-            "3",
-            "--width",
-            "8",
-            "--input-dim",
-            "3000000",
-            "--batch",
-            "4",
-            "--threads",
-            "2",
-        ],
-        vec![
-            "profile",
-            "--net",
-            "resnet:1:basic",
-            "--image-size",
-            "250",
-            "--batch",
-            "2",
-            "--threads",
-            "2",
-        ],
+        Argv::new("profile --units 3 --width 8 --input-dim 3000000 --batch 4 --threads 2"),
+        Argv::new("profile --net resnet:1:basic --image-size 250 --batch 2 --threads 2"),
     ] {
         let (estimated, peak) = estimate_and_peak(&args);
         assert!(

@@ -6,81 +6,56 @@
 
 use crate::common::*;
 
-fn mkfifo(path: &std::path::Path) {
-    assert!(std::process::Command::new("mkfifo")
-        .arg(path)
-        .status()
-        .unwrap()
-        .success());
-}
-
-/// A small CIFAR-10 folder: `batches` training files of two records and the test file.
-fn tiny_cifar(dir: &std::path::Path, batches: &[usize]) -> std::path::PathBuf {
-    let cifar = dir.join("cifar");
-    std::fs::create_dir_all(&cifar).unwrap();
+/// A small CIFAR-10 folder `cifar`: `batches` training files of two records and the test
+/// file; returns `cifar10:<folder>`, the `--data` value.
+fn tiny_cifar(w: &Work, batches: &[usize]) -> String {
     let record = |label: u8| {
         let mut r = vec![label];
         r.extend((0..3072).map(|j| (j % 251) as u8));
         r
     };
     for b in batches {
-        std::fs::write(
-            cifar.join(format!("data_batch_{b}.bin")),
+        w.write(
+            format!("cifar/data_batch_{b}.bin"),
             [record(1), record(2)].concat(),
-        )
-        .unwrap();
+        );
     }
-    std::fs::write(
-        cifar.join("test_batch.bin"),
-        [record(3), record(4)].concat(),
-    )
-    .unwrap();
-    cifar
+    w.write("cifar/test_batch.bin", [record(3), record(4)].concat());
+    format!("cifar10:{}", w.arg("cifar"))
 }
 
 #[cfg(unix)]
 #[test]
 fn inputs_that_are_fifos_or_devices_are_refused_without_blocking() {
-    let dir = tempfile::tempdir().unwrap();
-    let d = dir.path();
-    let fifo = d.join("fifo");
+    let w = Work::new();
+    let fifo = w.path("fifo");
     mkfifo(&fifo);
     // Each of these blocked in open (or read /dev/zero until memory ran out) before.
-    refused(
-        &with_tiny("profile", &["--weights", &s(&fifo)]),
-        "not a regular file",
-    );
-    refused(&["run", &s(&fifo)], "not a regular file");
-    let zero = d.join("zlink");
+    Argv::tiny("profile")
+        .path("--weights", &fifo)
+        .refused("not a regular file");
+    Argv::new("run").arg(&fifo).refused("not a regular file");
+    let zero = w.path("zlink");
     std::os::unix::fs::symlink("/dev/zero", &zero).unwrap();
-    refused(&["run", &s(&zero)], "not a regular file");
+    Argv::new("run").arg(&zero).refused("not a regular file");
 
     // plot: the CSV, and the spec.toml beside it.
-    let spec = d.join("tiny.toml");
-    std::fs::write(&spec, TINY_SPEC).unwrap();
-    ok(&resprop(&["run", &s(&spec), "--out", &s(&d.join("res"))]));
-    let results = d.join("res/tiny");
-    let spec_toml = results.join("spec.toml");
-    std::fs::rename(&spec_toml, d.join("spec.saved")).unwrap();
+    let csv = w.tiny_results();
+    let spec_toml = w.path("res/tiny/spec.toml");
+    std::fs::rename(&spec_toml, w.path("spec.saved")).unwrap();
     mkfifo(&spec_toml);
-    let csv = results.join("profile.csv");
-    refused(
-        &["plot", &s(&csv), "--out", &s(&d.join("p"))],
-        "not a regular file",
-    );
+    let plot = w.cmd("plot", &csv, "p");
+    plot.refused("not a regular file");
     std::fs::remove_file(&spec_toml).unwrap();
-    std::fs::rename(d.join("spec.saved"), &spec_toml).unwrap();
-    std::fs::rename(&csv, d.join("csv.saved")).unwrap();
+    std::fs::rename(w.path("spec.saved"), &spec_toml).unwrap();
+    std::fs::rename(&csv, w.path("csv.saved")).unwrap();
     std::os::unix::fs::symlink("/dev/zero", &csv).unwrap();
-    refused(
-        &["plot", &s(&csv), "--out", &s(&d.join("p"))],
-        "not a regular file",
-    );
+    plot.refused("not a regular file");
 
     // A cell table replaced by a FIFO: refused by merge and by run (not read, not written
     // into: both would wait for the other end).
     std::fs::remove_file(&csv).unwrap();
-    let store = d.join("res/cells");
+    let store = w.path("res/cells");
     let table = std::fs::read_dir(&store)
         .unwrap()
         .flatten()
@@ -89,11 +64,9 @@ fn inputs_that_are_fifos_or_devices_are_refused_without_blocking() {
         .unwrap();
     std::fs::remove_file(&table).unwrap();
     mkfifo(&table);
-    refused(
-        &["merge", &s(&spec), "--out", &s(&d.join("res"))],
-        "not a regular file",
-    );
-    let o = resprop(&["run", &s(&spec), "--out", &s(&d.join("res"))]);
+    w.cmd("merge", "tiny.toml", "res")
+        .refused("not a regular file");
+    let o = w.cmd("run", "tiny.toml", "res").run();
     assert_eq!(o.status.code(), Some(2));
     assert!(
         stderr(&o).contains("not the file resprop keeps"),
@@ -104,14 +77,10 @@ fn inputs_that_are_fifos_or_devices_are_refused_without_blocking() {
 
 #[test]
 fn a_cell_copied_from_another_is_not_taken_for_it() {
-    let dir = tempfile::tempdir().unwrap();
-    let d = dir.path();
-    let spec = d.join("tiny.toml");
-    std::fs::write(&spec, TINY_SPEC).unwrap();
-    let out = d.join("res");
-    ok(&resprop(&["run", &s(&spec), "--out", &s(&out)]));
-    let before = std::fs::read(out.join("tiny/profile.csv")).unwrap();
-    let store = out.join("cells");
+    let w = Work::new();
+    w.tiny_results();
+    let before = w.bytes("res/tiny/profile.csv");
+    let store = w.path("res/cells");
     let mut manifests: Vec<_> = std::fs::read_dir(&store)
         .unwrap()
         .flatten()
@@ -128,169 +97,107 @@ fn a_cell_copied_from_another_is_not_taken_for_it() {
         a.with_extension("profile.csv"),
     )
     .unwrap();
-    refused(
-        &["merge", &s(&spec), "--out", &s(&out)],
-        "another cell's inputs",
-    );
-    let o = resprop(&["run", &s(&spec), "--out", &s(&out)]);
-    ok(&o);
-    assert!(
-        String::from_utf8_lossy(&o.stdout).contains("(1 computed now)"),
-        "{}",
-        String::from_utf8_lossy(&o.stdout)
-    );
-    assert_eq!(std::fs::read(out.join("tiny/profile.csv")).unwrap(), before);
+    w.cmd("merge", "tiny.toml", "res")
+        .refused("another cell's inputs");
+    let o = w.cmd("run", "tiny.toml", "res").ok();
+    assert!(stdout(&o).contains("(1 computed now)"), "{}", stdout(&o));
+    assert_eq!(w.bytes("res/tiny/profile.csv"), before);
 }
 
 #[test]
 fn no_output_replaces_a_file_of_the_data_set() {
-    let dir = tempfile::tempdir().unwrap();
-    let cifar = tiny_cifar(dir.path(), &[1, 2]);
-    let data = format!("cifar10:{}", s(&cifar));
-    let test_batch = s(&cifar.join("test_batch.bin"));
-    refused(
-        &["data", "--data", &data, "--npz", &test_batch],
-        "the file --data reads",
-    );
-    let batch = s(&cifar.join("data_batch_1.bin"));
-    refused(
-        &[
-            "profile",
-            "--net",
-            "resnet:1:basic",
-            "--batch",
-            "2",
-            "--data",
-            &data,
-            "--csv",
-            &batch,
-        ],
-        "the file --data reads",
-    );
-    let bytes = std::fs::read(cifar.join("data_batch_1.bin")).unwrap();
+    let w = Work::new();
+    let data = tiny_cifar(&w, &[1, 2]);
+    Argv::new("data")
+        .flag("--data", &data)
+        .flag("--npz", w.arg("cifar/test_batch.bin"))
+        .refused("the file --data reads");
+    Argv::new("profile --net resnet:1:basic --batch 2")
+        .flag("--data", &data)
+        .flag("--csv", w.arg("cifar/data_batch_1.bin"))
+        .refused("the file --data reads");
+    let bytes = w.bytes("cifar/data_batch_1.bin");
     assert_eq!(bytes.len(), 2 * 3073, "the data set is untouched");
 }
 
 #[test]
 fn a_cifar_folder_with_a_batch_missing_is_refused() {
-    let dir = tempfile::tempdir().unwrap();
-    let cifar = tiny_cifar(dir.path(), &[1, 2, 4, 5]);
-    let npz = s(&dir.path().join("c.npz"));
-    refused(
-        &[
-            "data",
-            "--data",
-            &format!("cifar10:{}", s(&cifar)),
-            "--npz",
-            &npz,
-        ],
-        "has data_batch_4.bin but not data_batch_3.bin",
-    );
+    let w = Work::new();
+    let data = tiny_cifar(&w, &[1, 2, 4, 5]);
+    Argv::new("data")
+        .flag("--data", &data)
+        .flag("--npz", w.arg("c.npz"))
+        .refused("has data_batch_4.bin but not data_batch_3.bin");
     // In an experiment file, the message names the experiment and the key.
-    let spec = dir.path().join("t.toml");
-    std::fs::write(
-        &spec,
+    w.write(
+        "t.toml",
         format!(
             "name = \"cf\"\nclaim = \"c\"\nseed = 1\nbatch = 2\ncharts = []\ntask = \"train\"\n\n[train]\nepochs = 1\ndata = \"cifar10:{}\"\n\n[grid]\nnets = [\"resnet:1:basic\"]\nplacements = [\"full-preact\"]\nshortcuts = [\"identity\"]\nreplicates = [0]\n",
-            s(&cifar)
+            w.arg("cifar")
         ),
-    )
-    .unwrap();
-    refused(
-        &["run", &s(&spec), "--out", &s(&dir.path().join("r"))],
-        "cf: train.data",
     );
+    w.cmd("run", "t.toml", "r").refused("cf: train.data");
 }
 
 #[cfg(unix)]
 #[test]
 fn no_file_is_made_beside_a_device() {
-    let dir = tempfile::tempdir().unwrap();
-    let fifo = dir.path().join("fifo");
+    let w = Work::new();
+    let fifo = w.path("fifo");
     mkfifo(&fifo);
     let reader = {
         let fifo = fifo.clone();
         std::thread::spawn(move || std::fs::read_to_string(fifo).unwrap())
     };
-    let mut args = tiny_train(&["--csv", &s(&fifo)]);
-    let every = args.iter().position(|a| a == "--record-every").unwrap();
-    args[every + 1] = "1".into();
-    let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    let o = resprop(&args);
-    ok(&o);
+    let o = Argv::tiny_train()
+        .path("--csv", &fifo)
+        .set("--record-every", 1)
+        .ok();
     assert!(reader.join().unwrap().starts_with("step,"));
     assert!(stderr(&o).contains("--grad-csv"), "{}", stderr(&o));
-    let names: Vec<_> = std::fs::read_dir(dir.path())
-        .unwrap()
-        .flatten()
-        .map(|e| e.file_name())
-        .collect();
+    let names = w.entries();
     assert_eq!(names.len(), 1, "only the FIFO: {names:?}");
 }
 
 #[test]
 fn a_long_legal_name_is_written_and_an_illegal_one_says_why() {
-    let dir = tempfile::tempdir().unwrap();
+    let w = Work::new();
     // 254 bytes: a legal name, whose temporary needs a shorter name of its own.
-    let long = dir.path().join(format!("{}.csv", "b".repeat(250)));
-    ok(&resprop(&with_tiny("profile", &["--csv", &s(&long)])));
-    assert!(std::fs::read_to_string(&long).unwrap().starts_with("unit,"));
-    assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
-    let too_long = dir.path().join(format!("{}.csv", "a".repeat(256)));
-    refused(
-        &with_tiny("profile", &["--csv", &s(&too_long)]),
-        "File name too long",
-    );
+    let long = format!("{}.csv", "b".repeat(250));
+    Argv::tiny("profile").flag("--csv", w.arg(&long)).ok();
+    assert!(w.read(&long).starts_with("unit,"));
+    assert_eq!(w.entries().len(), 1);
+    Argv::tiny("profile")
+        .flag("--csv", w.arg(format!("{}.csv", "a".repeat(256))))
+        .refused("File name too long");
 }
 
 #[test]
 fn experiment_runs_refuse_what_cannot_apply() {
-    let dir = tempfile::tempdir().unwrap();
-    let d = dir.path();
-    let spec = d.join("tiny.toml");
-    std::fs::write(&spec, TINY_SPEC).unwrap();
-    refused(
-        &[
-            "run",
-            &s(&spec),
-            "--shard",
-            "0/2",
-            "--out",
-            &s(&d.join("r")),
-            "--plots",
-            &s(&d.join("p")),
-        ],
-        "--plots: a shard",
-    );
+    let w = Work::new();
+    let spec = w.write("tiny.toml", TINY_SPEC);
+    Argv::new("run")
+        .arg(&spec)
+        .flag("--shard", "0/2")
+        .flag("--out", w.arg("r"))
+        .flag("--plots", w.arg("p"))
+        .refused("--plots: a shard");
     // A name too long to make its charts' file names is refused before any cell runs.
-    let long = d.join("long.toml");
-    std::fs::write(
-        &long,
+    w.write(
+        "long.toml",
         TINY_SPEC.replace(
             "name = \"tiny\"",
             &format!("name = \"{}\"", "a".repeat(201)),
         ),
-    )
-    .unwrap();
-    refused(
-        &["run", &s(&long), "--out", &s(&d.join("r"))],
-        "more than the 200",
     );
-    let exps = d.join("exps");
-    std::fs::create_dir(&exps).unwrap();
-    std::fs::write(exps.join("a.toml"), TINY_SPEC).unwrap();
-    std::fs::write(exps.join("b.toml"), TINY_SPEC).unwrap();
-    refused(
-        &[
-            "all",
-            "--experiments",
-            &s(&exps),
-            "--results",
-            &s(&d.join("r")),
-            "--plots",
-            &s(&d.join("p")),
-        ],
-        "are both named 'tiny'",
-    );
-    assert!(!d.join("r").exists());
+    w.cmd("run", "long.toml", "r").refused("more than the 200");
+    w.mkdir("exps");
+    w.write("exps/a.toml", TINY_SPEC);
+    w.write("exps/b.toml", TINY_SPEC);
+    Argv::new("all")
+        .flag("--experiments", w.arg("exps"))
+        .flag("--results", w.arg("r"))
+        .flag("--plots", w.arg("p"))
+        .refused("are both named 'tiny'");
+    assert!(!w.exists("r"));
 }

@@ -172,32 +172,17 @@ fn plain_and_rezero_nets_have_one_path_length() {
 /// The command: its CSV, its check line, and one-line errors.
 #[test]
 fn paths_command_writes_the_table() {
-    let dir = tempfile::tempdir().unwrap();
-    let csv = dir.path().join("paths.csv");
-    let o = resprop(&[
-        "paths",
-        "--net",
-        "mlp",
-        "--units",
-        "6",
-        "--width",
-        "8",
-        "--batch",
-        "4",
-        "--placement",
-        "full-preact",
-        "--sample",
-        "5",
-        "--csv",
-        csv.to_str().unwrap(),
-    ]);
-    ok(&o);
-    let out = String::from_utf8_lossy(&o.stdout);
+    let w = Work::new();
+    let o = Argv::new("paths --net mlp --units 6 --width 8 --batch 4 --placement full-preact")
+        .flag("--sample", 5)
+        .flag("--csv", w.arg("paths.csv"))
+        .ok();
+    let out = stdout(&o);
     assert!(
         out.contains("check: max over l of") && out.contains("effective paths"),
         "{out}"
     );
-    let text = std::fs::read_to_string(&csv).unwrap();
+    let text = w.read("paths.csv");
     let mut lines = text.lines();
     assert_eq!(
         lines.next().unwrap(),
@@ -228,29 +213,17 @@ fn paths_command_writes_the_table() {
 /// a two-valued gradient (positively homogeneous in its scalar input).
 #[test]
 fn shatter_command_writes_the_autocorrelations() {
-    let dir = tempfile::tempdir().unwrap();
-    let csv = dir.path().join("s.csv");
-    let grads = dir.path().join("g.csv");
-    let o = resprop(&[
-        "shatter",
-        "--depths",
-        "1,4",
-        "--width",
-        "16",
-        "--replicates",
-        "2",
-        "--csv",
-        csv.to_str().unwrap(),
-        "--gradients-csv",
-        grads.to_str().unwrap(),
-    ]);
-    ok(&o);
-    let text = std::fs::read_to_string(&csv).unwrap();
+    let w = Work::new();
+    Argv::new("shatter --depths 1,4 --width 16 --replicates 2")
+        .flag("--csv", w.arg("s.csv"))
+        .flag("--gradients-csv", w.arg("g.csv"))
+        .ok();
+    let text = w.read("s.csv");
     assert!(text.starts_with("net,depth,lag,autocorrelation\n"));
     // 4 families x 2 depths + 2 references, 256 lags each.
     assert_eq!(text.lines().count(), 1 + 10 * 256);
     assert!(text.contains("\nplain,1,0,1e0\n"), "lag 0 is 1");
-    let g = std::fs::read_to_string(&grads).unwrap();
+    let g = w.read("g.csv");
     assert_eq!(g.lines().count(), 1 + 4 * 2 * 2 * 256);
     let plain: std::collections::BTreeSet<&str> = g
         .lines()
@@ -274,80 +247,37 @@ fn shatter_command_writes_the_autocorrelations() {
 /// lesions of a trained net run end to end.
 #[test]
 fn analyses_take_trained_weights_and_real_data() {
-    let dir = tempfile::tempdir().unwrap();
-    let ck = dir.path().join("ck");
-    ok(&resprop(&[
-        "train",
-        "--net",
-        "resnet:1:basic",
-        "--placement",
-        "full-preact",
-        "--epochs",
-        "1",
-        "--checkpoint",
-        ck.to_str().unwrap(),
-    ]));
-    let weights = ck.join("checkpoint.npz");
-    let w = weights.to_str().unwrap();
-    let csv = dir.path().join("p.csv");
-    let o = resprop(&[
-        "profile",
-        "--net",
-        "resnet:1:basic",
-        "--weights",
-        w,
-        "--data",
-        "digits",
-        "--batch",
-        "16",
-        "--csv",
-        csv.to_str().unwrap(),
-    ]);
-    ok(&o);
-    let out = String::from_utf8_lossy(&o.stdout);
+    let w = Work::new();
+    Argv::new("train --net resnet:1:basic --placement full-preact --epochs 1")
+        .flag("--checkpoint", w.arg("ck"))
+        .ok();
+    let weights = w.arg("ck/checkpoint.npz");
+    let o = Argv::new("profile --net resnet:1:basic")
+        .flag("--weights", &weights)
+        .with(&["--data", "digits", "--batch", "16"])
+        .flag("--csv", w.arg("p.csv"))
+        .ok();
+    let out = stdout(&o);
     assert!(
         out.contains("placement full-preact") && out.contains("batch from digits"),
         "{out}"
     );
     // The trained weights change the profile: the same command on a fresh net differs.
-    let fresh = dir.path().join("fresh.csv");
-    ok(&resprop(&[
-        "profile",
-        "--net",
-        "resnet:1:basic",
-        "--placement",
-        "full-preact",
-        "--data",
-        "digits",
-        "--batch",
-        "16",
-        "--csv",
-        fresh.to_str().unwrap(),
-    ]));
-    assert_ne!(std::fs::read(&csv).unwrap(), std::fs::read(&fresh).unwrap());
+    Argv::new("profile --net resnet:1:basic --placement full-preact --data digits --batch 16")
+        .flag("--csv", w.arg("fresh.csv"))
+        .ok();
+    assert_ne!(w.bytes("p.csv"), w.bytes("fresh.csv"));
     // Same seed, same batch: deterministic.
-    let again = dir.path().join("again.csv");
-    ok(&resprop(&[
-        "profile",
-        "--weights",
-        w,
-        "--data",
-        "digits",
-        "--batch",
-        "16",
-        "--csv",
-        again.to_str().unwrap(),
-    ]));
-    assert_eq!(std::fs::read(&csv).unwrap(), std::fs::read(&again).unwrap());
-    let o = resprop(&[
-        "check",
-        "--weights",
-        w,
-        "--placement",
-        "relu-preact",
-        "--batch",
-        "4",
-    ]);
+    Argv::new("profile")
+        .flag("--weights", &weights)
+        .with(&["--data", "digits", "--batch", "16"])
+        .flag("--csv", w.arg("again.csv"))
+        .ok();
+    assert_eq!(w.bytes("p.csv"), w.bytes("again.csv"));
+    let o = Argv::new("check")
+        .flag("--weights", &weights)
+        .with(&["--placement", "relu-preact", "--batch", "4"])
+        .run();
     assert!(!o.status.success());
     let e = stderr(&o);
     assert!(
@@ -355,20 +285,16 @@ fn analyses_take_trained_weights_and_real_data() {
             && e.trim_end().lines().count() == 1,
         "{e}"
     );
-    let o = resprop(&["paths", "--weights", w, "--data", "digits", "--batch", "8"]);
-    ok(&o);
-    let lesions = dir.path().join("l.csv");
-    let o = resprop(&[
-        "lesion",
-        "--weights",
-        w,
-        "--draws",
-        "2",
-        "--csv",
-        lesions.to_str().unwrap(),
-    ]);
-    ok(&o);
-    let text = std::fs::read_to_string(&lesions).unwrap();
+    Argv::new("paths")
+        .flag("--weights", &weights)
+        .with(&["--data", "digits", "--batch", "8"])
+        .ok();
+    Argv::new("lesion")
+        .flag("--weights", &weights)
+        .flag("--draws", 2)
+        .flag("--csv", w.arg("l.csv"))
+        .ok();
+    let text = w.read("l.csv");
     // Baseline, 3 single deletions, k = 1 with 2 draws.
     assert!(
         text.starts_with("kind,k,draw,deleted,test_error\nnone,0,0,,"),
