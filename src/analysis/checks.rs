@@ -617,7 +617,16 @@ fn finite_difference_rows(
 fn eq_name(net: &Network, identity: &str, scaled: &str) -> String {
     match net.units.last().unwrap().shortcut {
         ShortcutKind::Identity => identity.to_string(),
-        _ => scaled.to_string(),
+        ShortcutKind::Scale { .. }
+        | ShortcutKind::Gate { .. }
+        | ShortcutKind::ShortcutGate { .. }
+        | ShortcutKind::Conv1x1
+        | ShortcutKind::Dropout { .. }
+        | ShortcutKind::None
+        | ShortcutKind::Alpha { .. }
+        | ShortcutKind::LayerScale { .. }
+        | ShortcutKind::DeepNorm { .. }
+        | ShortcutKind::Pad => scaled.to_string(),
     }
 }
 
@@ -644,7 +653,18 @@ fn split_rows(
     ) {
         (ShortcutKind::Identity, true) => "Eq. 5",
         (ShortcutKind::Scale { .. } | ShortcutKind::None, true) => "Eq. 8",
-        _ => "Eq. 8 generalised",
+        (ShortcutKind::Identity | ShortcutKind::Scale { .. } | ShortcutKind::None, false)
+        | (
+            ShortcutKind::Gate { .. }
+            | ShortcutKind::ShortcutGate { .. }
+            | ShortcutKind::Conv1x1
+            | ShortcutKind::Dropout { .. }
+            | ShortcutKind::Alpha { .. }
+            | ShortcutKind::LayerScale { .. }
+            | ShortcutKind::DeepNorm { .. }
+            | ShortcutKind::Pad,
+            _,
+        ) => "Eq. 8 generalised",
     };
     let what_direct = format!("{name} direct term: <D_l, v> against differences of <dE/dx_top, S(x_l + t v)>, S = the units with their branch terms held (shortcut path only)");
     let what_branch = format!("{name} branch term: <dE/dx_l - D_l, v> against differences of <dE/dx_top, x_top - S> (the unrolled sum of branch terms)");

@@ -63,15 +63,16 @@ pub struct NetDescription {
     #[arg(long, default_value = "original", value_parser = text::<Placement>)]
     #[serde(with = "crate::util::text")]
     pub placement: Placement,
-    /// Shortcut h (Fig. 2): identity; scale:L (h = L x); scale:L:B (branch scaled by B too);
-    /// gate:B (exclusive gating (1-g) x + g F, g = sigmoid(W_g x + b), b initialised to B);
-    /// shortcut-gate:B ((1-g) x + F); conv1x1 (learned projection); dropout:P (Bernoulli mask
-    /// on the shortcut, not rescaled; dropout:P:rescale divides by 1-P); none (plain net, h = 0);
-    /// and learned branch scalings with h = x: alpha:A (x + a F, a learned scalar per unit
-    /// initialised at A: SkipInit), rezero (alpha:0), layerscale:E (x + diag(lambda) F, one
-    /// learned value per channel initialised at E); deepnorm (post-norm with a --norm only:
-    /// N(a x + F), a = (2L)^(1/4), the branch's weights started at b = (8L)^(-1/4) times He's).
-    #[arg(long, default_value = "identity", value_parser = text::<ShortcutKind>)]
+    /// Shortcut h (Fig. 2). Its help is made from the one list of the kinds,
+    /// [`crate::unit::spec::SHORTCUTS`]: their forms for `-h`, one line per form with its
+    /// meaning for `--help`.
+    #[arg(
+        long,
+        default_value = "identity",
+        value_parser = text::<ShortcutKind>,
+        help = crate::unit::spec::shortcut_help(),
+        long_help = crate::unit::spec::shortcut_long_help()
+    )]
     #[serde(with = "crate::util::text")]
     pub shortcut: ShortcutKind,
     /// ResNets: the shortcut of the units that change width or resolution. bn (1x1 projection

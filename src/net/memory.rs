@@ -152,7 +152,14 @@ fn counts(choice: &NetChoice, sizes: &NetSizes, shortcut: ShortcutKind) -> Count
     let shortcut_params = |c_in: f64, c_out: f64| match shortcut {
         ShortcutKind::Gate { .. } | ShortcutKind::ShortcutGate { .. } => c_in * c_in + c_in,
         ShortcutKind::Conv1x1 => c_in * c_out,
-        _ => 0.0,
+        ShortcutKind::Identity
+        | ShortcutKind::Scale { .. }
+        | ShortcutKind::Dropout { .. }
+        | ShortcutKind::None
+        | ShortcutKind::Alpha { .. }
+        | ShortcutKind::LayerScale { .. }
+        | ShortcutKind::DeepNorm { .. }
+        | ShortcutKind::Pad => 0.0,
     };
     match choice {
         NetChoice::Mlp => {

@@ -160,7 +160,15 @@ pub fn dense_unit(
             init,
             r,
         ))],
-        _ => Vec::new(),
+        // Shortcuts without parameters (pad is a ResNet's shape-changing shortcut).
+        ShortcutKind::Identity
+        | ShortcutKind::Scale { .. }
+        | ShortcutKind::Dropout { .. }
+        | ShortcutKind::None
+        | ShortcutKind::Alpha { .. }
+        | ShortcutKind::LayerScale { .. }
+        | ShortcutKind::DeepNorm { .. }
+        | ShortcutKind::Pad => Vec::new(),
     };
     ResidualUnit {
         index,

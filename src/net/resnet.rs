@@ -338,7 +338,13 @@ pub fn conv_unit(
             ops
         }
         ShortcutKind::Pad => vec![Op::PadShortcut(PadShortcut { stride, c_out })],
-        _ => Vec::new(),
+        ShortcutKind::Identity
+        | ShortcutKind::Scale { .. }
+        | ShortcutKind::Dropout { .. }
+        | ShortcutKind::None
+        | ShortcutKind::Alpha { .. }
+        | ShortcutKind::LayerScale { .. }
+        | ShortcutKind::DeepNorm { .. } => Vec::new(),
     };
     ResidualUnit {
         index,

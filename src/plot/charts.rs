@@ -641,8 +641,9 @@ fn grad_ratio_steps(t: &Table) -> Figure {
 pub(super) type Prediction = (&'static str, fn(f64, f64) -> f64);
 
 pub(super) fn signal_prediction(t: &Table, row: &[String]) -> Option<Prediction> {
+    use crate::unit::ShortcutKind;
     let placement: crate::unit::Placement = t.get(row, col::PLACEMENT).parse().ok()?;
-    let shortcut: crate::unit::ShortcutKind = t.get(row, col::SHORTCUT).parse().ok()?;
+    let shortcut: ShortcutKind = t.get(row, col::SHORTCUT).parse().ok()?;
     let norm = if t.has(col::NORM) {
         t.get(row, col::NORM).to_string()
     } else {
@@ -655,17 +656,27 @@ pub(super) fn signal_prediction(t: &Table, row: &[String]) -> Option<Prediction>
     };
     let identity_f = placement.after_add_is_identity();
     match shortcut {
-        crate::unit::ShortcutKind::Alpha { init: 0.0 } => {
-            Some(("α = 0 (ReZero, SkipInit): flat", |v0, _| v0))
-        }
-        crate::unit::ShortcutKind::Identity if identity_f && norm == "none" && init == "he" => {
+        ShortcutKind::Alpha { init: 0.0 } => Some(("α = 0 (ReZero, SkipInit): flat", |v0, _| v0)),
+        ShortcutKind::Identity if identity_f && norm == "none" && init == "he" => {
             Some(("unnormalised He: Var(x_0) 2^l", |v0, l| v0 * 2f64.powf(l)))
         }
-        crate::unit::ShortcutKind::Identity if placement.is_preact() && norm == "batch" => Some((
+        ShortcutKind::Identity if placement.is_preact() && norm == "batch" => Some((
             "BN pre-activation: Var(x_0) + l (De & Smith 2020)",
             |v0, l| v0 + l,
         )),
-        _ => None,
+        // No prediction: the identity outside the two cases above, alpha away from 0, and the
+        // other shortcuts.
+        ShortcutKind::Identity
+        | ShortcutKind::Alpha { .. }
+        | ShortcutKind::Scale { .. }
+        | ShortcutKind::Gate { .. }
+        | ShortcutKind::ShortcutGate { .. }
+        | ShortcutKind::Conv1x1
+        | ShortcutKind::Dropout { .. }
+        | ShortcutKind::None
+        | ShortcutKind::LayerScale { .. }
+        | ShortcutKind::DeepNorm { .. }
+        | ShortcutKind::Pad => None,
     }
 }
 

@@ -11,7 +11,7 @@ use super::table::{geo_mean, Table};
 use super::{Figure, LineStyle, Panel};
 use crate::schema::col;
 use crate::stats::log_log_slope;
-use crate::unit::Placement;
+use crate::unit::{Placement, ShortcutKind};
 
 const UNIT_AXIS: &str = "unit l";
 
@@ -111,7 +111,17 @@ fn theorem1(placement: Placement, norm: &str) -> Option<(&'static str, f64)> {
     match (placement, norm) {
         (Placement::PostNorm, "layer") => Some(("Xiong Thm 1, Post-LN: L^0", 0.0)),
         (Placement::PreNorm, "layer") => Some(("Xiong Thm 1, Pre-LN: L^(-1/2)", -0.5)),
-        _ => None,
+        // The theorem is about LayerNorm in the Transformer's two units.
+        (
+            Placement::Original
+            | Placement::BnAfterAdd
+            | Placement::ReluBeforeAdd
+            | Placement::ReluPreact
+            | Placement::FullPreact
+            | Placement::PostNorm
+            | Placement::PreNorm,
+            _,
+        ) => None,
     }
 }
 
@@ -501,15 +511,26 @@ pub fn post_norm_direct_section(t: &Table) -> Option<String> {
         if placement_of(t, first) != Some(Placement::PostNorm) {
             continue;
         }
-        let shortcut: Option<crate::unit::ShortcutKind> = t.get(first, col::SHORTCUT).parse().ok();
+        let shortcut: Option<ShortcutKind> = t.get(first, col::SHORTCUT).parse().ok();
         let Some(&top) = units.keys().last() else {
             continue;
         };
         let a = match shortcut {
-            Some(crate::unit::ShortcutKind::DeepNorm { .. }) => {
-                crate::unit::shortcut::deepnorm_constants(top).0
-            }
-            _ => 1.0,
+            Some(ShortcutKind::DeepNorm { .. }) => crate::unit::shortcut::deepnorm_constants(top).0,
+            // Every other kind, and a shortcut that does not parse, taken as adding x itself.
+            Some(
+                ShortcutKind::Identity
+                | ShortcutKind::Scale { .. }
+                | ShortcutKind::Gate { .. }
+                | ShortcutKind::ShortcutGate { .. }
+                | ShortcutKind::Conv1x1
+                | ShortcutKind::Dropout { .. }
+                | ShortcutKind::None
+                | ShortcutKind::Alpha { .. }
+                | ShortcutKind::LayerScale { .. }
+                | ShortcutKind::Pad,
+            )
+            | None => 1.0,
         };
         let mean_at = |l: usize, c: crate::schema::Column| -> Option<f64> {
             let vals: Vec<f64> = units.get(&l)?.iter().filter_map(|r| t.f(r, c)).collect();

@@ -86,7 +86,10 @@ impl Placement {
             Placement::Original | Placement::BnAfterAdd | Placement::ReluBeforeAdd => {
                 vec![Step::Norm(0), Step::Relu]
             }
-            _ => vec![],
+            Placement::ReluPreact
+            | Placement::FullPreact
+            | Placement::PostNorm
+            | Placement::PreNorm => vec![],
         }
     }
 
@@ -96,7 +99,10 @@ impl Placement {
         match self {
             Placement::ReluPreact | Placement::FullPreact => vec![Step::Norm(0), Step::Relu],
             Placement::PreNorm => vec![Step::Norm(0)],
-            _ => vec![],
+            Placement::Original
+            | Placement::BnAfterAdd
+            | Placement::ReluBeforeAdd
+            | Placement::PostNorm => vec![],
         }
     }
 
@@ -156,7 +162,10 @@ impl Placement {
             Placement::Original => vec![Step::Relu],
             Placement::BnAfterAdd => vec![Step::Norm(0), Step::Relu],
             Placement::PostNorm => vec![Step::Norm(0)],
-            _ => vec![],
+            Placement::ReluBeforeAdd
+            | Placement::ReluPreact
+            | Placement::FullPreact
+            | Placement::PreNorm => vec![],
         }
     }
 }
@@ -277,8 +286,137 @@ impl FromStr for Projection {
     }
 }
 
-pub const SHORTCUT_SYNTAX: &str =
-    "identity, scale:L, scale:L:B, gate:B, shortcut-gate:B, conv1x1, dropout:P, dropout:P:rescale, alpha:A, rezero, layerscale:E, deepnorm or none";
+/// One kind `--shortcut` takes, as its user writes it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ShortcutSyntax {
+    /// The form it takes, a number as a capital letter (`scale:L:B`).
+    pub syntax: &'static str,
+    /// The form with numbers filled in: it parses, and displays back as itself (`rezero`
+    /// displays as `alpha:0`, what it is). The tests build every kind from these.
+    pub example: &'static str,
+    /// What it is, in one line.
+    pub meaning: &'static str,
+}
+
+/// Every kind `--shortcut` takes (Fig. 2, then the learned branch scalings and DeepNorm), in
+/// the order they are listed to the user: the one list the parser's error, `--help` (through
+/// [`shortcut_help`] and [`shortcut_long_help`]) and the tests read. A new [`ShortcutKind`]
+/// has its line here (the test `every_shortcut_kind_has_an_example` does not compile until
+/// the kind is named there).
+pub const SHORTCUTS: &[ShortcutSyntax] = &[
+    ShortcutSyntax {
+        syntax: "identity",
+        example: "identity",
+        meaning: "h = x",
+    },
+    ShortcutSyntax {
+        syntax: "scale:L",
+        example: "scale:0.5",
+        meaning: "h = L x",
+    },
+    ShortcutSyntax {
+        syntax: "scale:L:B",
+        example: "scale:0.5:0.5",
+        meaning: "h = L x, the branch scaled by B (the paper's 0.5/0.5)",
+    },
+    ShortcutSyntax {
+        syntax: "gate:B",
+        example: "gate:-2",
+        meaning: "exclusive gating (1-g) x + g F, g = sigmoid(W_g x + b), b initialised to B",
+    },
+    ShortcutSyntax {
+        syntax: "shortcut-gate:B",
+        example: "shortcut-gate:-2",
+        meaning: "shortcut-only gating (1-g) x + F, g as for gate:B",
+    },
+    ShortcutSyntax {
+        syntax: "conv1x1",
+        example: "conv1x1",
+        meaning: "a learned projection h = W_s x (a 1x1 convolution in a ResNet)",
+    },
+    ShortcutSyntax {
+        syntax: "dropout:P",
+        example: "dropout:0.5",
+        meaning: "h = m x, m a Bernoulli mask dropping with probability P, not rescaled",
+    },
+    ShortcutSyntax {
+        syntax: "dropout:P:rescale",
+        example: "dropout:0.25:rescale",
+        meaning: "dropout:P divided by 1-P",
+    },
+    ShortcutSyntax {
+        syntax: "alpha:A",
+        example: "alpha:0.3",
+        meaning: "x + a F (h = x), a learned scalar a per unit initialised at A (SkipInit)",
+    },
+    ShortcutSyntax {
+        syntax: "rezero",
+        example: "rezero",
+        meaning: "alpha:0 (ReZero with --norm none)",
+    },
+    ShortcutSyntax {
+        syntax: "layerscale:E",
+        example: "layerscale:0.1",
+        meaning: "x + diag(lambda) F (h = x), one learned value per channel initialised at E (LayerScale)",
+    },
+    ShortcutSyntax {
+        syntax: "deepnorm",
+        example: "deepnorm",
+        meaning: "post-norm with a --norm only: N(a x + F), a = (2L)^(1/4), the branch's weights started at b = (8L)^(-1/4) times He's",
+    },
+    ShortcutSyntax {
+        syntax: "none",
+        example: "none",
+        meaning: "a plain net, h = 0",
+    },
+];
+
+/// The examples of [`SHORTCUTS`] that `placement` and `norm` take, with their kinds (all but
+/// `deepnorm` outside post-norm with a normalisation): what a test runs to cover every kind.
+pub fn shortcut_examples(
+    placement: Placement,
+    norm: crate::layers::NormKind,
+) -> impl Iterator<Item = (&'static str, ShortcutKind)> {
+    SHORTCUTS
+        .iter()
+        .map(|s| {
+            let kind: ShortcutKind = s.example.parse().expect("the examples parse (a test says)");
+            (s.example, kind)
+        })
+        .filter(move |(_, kind)| kind.check_combination(placement, norm).is_ok())
+}
+
+/// [`SHORTCUTS`]' forms in one line, `identity, scale:L, ... or none`, as the parser's errors
+/// and `-h` name them.
+pub fn shortcut_syntax() -> &'static str {
+    static TEXT: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+        let forms: Vec<&str> = SHORTCUTS.iter().map(|s| s.syntax).collect();
+        match forms.split_last() {
+            Some((last, [])) => last.to_string(),
+            Some((last, rest)) => format!("{} or {last}", rest.join(", ")),
+            None => String::new(),
+        }
+    });
+    &TEXT
+}
+
+/// `--shortcut`'s help for `-h`: the forms in one line.
+pub fn shortcut_help() -> String {
+    format!(
+        "Shortcut h (Fig. 2): {} (--help says what each is)",
+        shortcut_syntax()
+    )
+}
+
+/// `--shortcut`'s help for `--help`: one line per form of [`SHORTCUTS`] with its meaning.
+pub fn shortcut_long_help() -> String {
+    let width = SHORTCUTS.iter().map(|s| s.syntax.len()).max().unwrap_or(0);
+    let mut text = String::from("Shortcut h (Fig. 2), one of:");
+    for s in SHORTCUTS {
+        text.push_str(&format!("\n  {:width$}  {}", s.syntax, s.meaning));
+    }
+    text
+}
 
 impl ShortcutKind {
     /// The constant `lambda` when `h` is a constant scaling (identity 1, plain net 0).
@@ -380,8 +518,12 @@ impl FromStr for ShortcutKind {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, String> {
         let parts: Vec<&str> = s.split(':').collect();
-        let bad_arity =
-            || format!("shortcut '{s}': wrong number of ':' fields (expected {SHORTCUT_SYNTAX})");
+        let bad_arity = || {
+            format!(
+                "shortcut '{s}': wrong number of ':' fields (expected {})",
+                shortcut_syntax()
+            )
+        };
         match parts[0] {
             "identity" if parts.len() == 1 => Ok(ShortcutKind::Identity),
             "rezero" if parts.len() == 1 => Ok(ShortcutKind::Alpha { init: 0.0 }),
@@ -431,7 +573,8 @@ impl FromStr for ShortcutKind {
                 Err(bad_arity())
             }
             other => Err(format!(
-                "unknown shortcut '{other}' (expected {SHORTCUT_SYNTAX})"
+                "unknown shortcut '{other}' (expected {})",
+                shortcut_syntax()
             )),
         }
     }
@@ -464,24 +607,103 @@ impl fmt::Display for ShortcutKind {
 mod tests {
     use super::*;
 
+    /// Every example of [`SHORTCUTS`] parses, and reads back the same from its display; it
+    /// displays as itself but for `rezero`, which is `alpha:0`.
     #[test]
-    fn shortcuts_round_trip() {
-        for s in [
-            "identity",
-            "scale:0.5",
-            "scale:0.5:0.5",
-            "gate:-6",
-            "shortcut-gate:0",
-            "conv1x1",
-            "dropout:0.5",
-            "dropout:0.25:rescale",
-            "none",
-            "alpha:0.25",
-            "layerscale:0.1",
-            "deepnorm",
-        ] {
-            let k: ShortcutKind = s.parse().unwrap();
-            assert_eq!(k.to_string(), s);
+    fn every_shortcut_example_parses_and_round_trips() {
+        for s in SHORTCUTS {
+            let k: ShortcutKind = s
+                .example
+                .parse()
+                .unwrap_or_else(|e| panic!("{}: {e}", s.syntax));
+            assert_eq!(k.to_string().parse::<ShortcutKind>(), Ok(k), "{}", s.syntax);
+            let shown = if s.example == "rezero" {
+                "alpha:0"
+            } else {
+                s.example
+            };
+            assert_eq!(k.to_string(), shown, "{}", s.syntax);
+        }
+    }
+
+    /// The forms of [`SHORTCUTS`] that write a kind. No wildcard: a new variant does not compile
+    /// here until it is named, with its forms, which must then be in the list.
+    fn forms_of(kind: ShortcutKind) -> &'static [&'static str] {
+        match kind {
+            ShortcutKind::Identity => &["identity"],
+            ShortcutKind::Scale { .. } => &["scale:L", "scale:L:B"],
+            ShortcutKind::Gate { .. } => &["gate:B"],
+            ShortcutKind::ShortcutGate { .. } => &["shortcut-gate:B"],
+            ShortcutKind::Conv1x1 => &["conv1x1"],
+            ShortcutKind::Dropout { .. } => &["dropout:P", "dropout:P:rescale"],
+            ShortcutKind::None => &["none"],
+            ShortcutKind::Alpha { .. } => &["alpha:A", "rezero"],
+            ShortcutKind::LayerScale { .. } => &["layerscale:E"],
+            ShortcutKind::DeepNorm { .. } => &["deepnorm"],
+            // `--projection pad`'s, never `--shortcut`'s.
+            ShortcutKind::Pad => &[],
+        }
+    }
+
+    #[test]
+    fn every_shortcut_kind_has_an_example() {
+        // Each form named in `forms_of` is in the list, and its example is of that kind.
+        let all_forms: Vec<&str> = [
+            ShortcutKind::Identity,
+            ShortcutKind::Scale {
+                lambda: 1.0,
+                branch: 1.0,
+            },
+            ShortcutKind::Gate { bias: 0.0 },
+            ShortcutKind::ShortcutGate { bias: 0.0 },
+            ShortcutKind::Conv1x1,
+            ShortcutKind::Dropout {
+                p: 0.0,
+                rescale: false,
+            },
+            ShortcutKind::None,
+            ShortcutKind::Alpha { init: 0.0 },
+            ShortcutKind::LayerScale { init: 0.0 },
+            ShortcutKind::DeepNorm { alpha: 0.0 },
+            ShortcutKind::Pad,
+        ]
+        .into_iter()
+        .flat_map(forms_of)
+        .copied()
+        .collect();
+        for form in &all_forms {
+            let entry = SHORTCUTS
+                .iter()
+                .find(|s| s.syntax == *form)
+                .unwrap_or_else(|| panic!("{form} is not in SHORTCUTS"));
+            let k: ShortcutKind = entry.example.parse().unwrap();
+            assert!(forms_of(k).contains(form), "{form}: its example is {k:?}");
+        }
+        // ... and the list has nothing else, each form once.
+        let mut listed: Vec<&str> = SHORTCUTS.iter().map(|s| s.syntax).collect();
+        let mut named = all_forms.clone();
+        listed.sort_unstable();
+        named.sort_unstable();
+        assert_eq!(listed, named);
+    }
+
+    #[test]
+    fn the_parser_error_and_help_name_every_form() {
+        let e = "wormhole".parse::<ShortcutKind>().unwrap_err();
+        assert_eq!(
+            e,
+            "unknown shortcut 'wormhole' (expected identity, scale:L, scale:L:B, gate:B, shortcut-gate:B, conv1x1, dropout:P, dropout:P:rescale, alpha:A, rezero, layerscale:E, deepnorm or none)"
+        );
+        let (short, long) = (shortcut_help(), shortcut_long_help());
+        for s in SHORTCUTS {
+            assert!(short.contains(s.syntax), "-h lacks {}", s.syntax);
+            assert!(
+                long.lines()
+                    .any(|l| l.trim_start().starts_with(s.syntax) && l.ends_with(s.meaning)),
+                "--help lacks {}: {}",
+                s.syntax,
+                s.meaning
+            );
         }
     }
 

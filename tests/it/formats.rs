@@ -9,6 +9,9 @@
 use std::path::Path;
 
 use crate::common::*;
+use resprop::layers::NormKind;
+use resprop::unit::spec::shortcut_examples;
+use resprop::unit::Placement;
 
 const DOC: &str = include_str!("../../docs/formats.md");
 
@@ -199,17 +202,10 @@ fn docs_formats_describes_every_array_of_real_files() {
                 write(&[net, &["--placement", placement, "--norm", norm]].concat());
             }
         }
-        for shortcut in [
-            "scale:0.5:0.5",
-            "gate:-2",
-            "shortcut-gate:-2",
-            "conv1x1",
-            "dropout:0.5",
-            "alpha:0.3",
-            "layerscale:0.1",
-            "rezero",
-            "none",
-        ] {
+        // Every other kind of the one list (identity: above; deepnorm: below).
+        for (shortcut, _) in shortcut_examples(Placement::FullPreact, NormKind::Batch)
+            .filter(|(s, _)| *s != "identity")
+        {
             write(&[net, &["--placement", "full-preact", "--shortcut", shortcut]].concat());
         }
         write(

@@ -5,18 +5,8 @@ use resprop::analysis::gaussian_batch;
 use resprop::analysis::record::build_records;
 use resprop::layers::Mode;
 use resprop::net::{build_mlp, MlpConfig};
+use resprop::unit::spec::shortcut_examples;
 use resprop::unit::{ForwardCtx, Placement, ShortcutKind};
-
-const SHORTCUTS: [&str; 8] = [
-    "identity",
-    "scale:0.5",
-    "scale:0.5:0.5",
-    "gate:-6",
-    "shortcut-gate:0",
-    "conv1x1",
-    "dropout:0.5",
-    "none",
-];
 
 fn config(units: usize, width: usize, placement: Placement, shortcut: &str) -> MlpConfig {
     MlpConfig {
@@ -71,7 +61,7 @@ fn ctx() -> ForwardCtx {
 #[test]
 fn every_check_passes_on_every_variant() {
     for placement in Placement::ALL {
-        for shortcut in SHORTCUTS {
+        for (shortcut, kind) in shortcut_examples(placement, resprop::layers::NormKind::Batch) {
             let cfg = config(8, 12, placement, shortcut);
             let net = build_mlp(&cfg).unwrap();
             let (x, y) = gaussian_batch(&net.input_shape, 6, 10, 1);
@@ -86,7 +76,6 @@ fn every_check_passes_on_every_variant() {
                     row.worst
                 );
             }
-            let kind: ShortcutKind = shortcut.parse().unwrap();
             let applies = placement.after_add_is_identity() && kind.constant_lambda().is_some();
             for name in ["forward sum", "prod lambda"] {
                 let row = report.rows.iter().find(|r| r.check == name).unwrap();

@@ -8,23 +8,11 @@
 
 use resprop::analysis::gaussian_batch;
 use resprop::grads::Grads;
-use resprop::layers::Mode;
+use resprop::layers::{Mode, NormKind};
 use resprop::net::{InputSizes, Keep, NetChoice, NetDescription, Network};
 use resprop::tensor::Tensor;
-use resprop::unit::{ForwardCtx, Fusion, Placement, Projection, ShortcutKind};
-
-const SHORTCUTS: [&str; 10] = [
-    "identity",
-    "scale:0.5:0.5",
-    "gate:-2",
-    "shortcut-gate:-1",
-    "conv1x1",
-    "dropout:0.3",
-    "none",
-    "scale:0.5",
-    "alpha:0.3",
-    "layerscale:0.2",
-];
+use resprop::unit::spec::shortcut_examples;
+use resprop::unit::{ForwardCtx, Fusion, Placement, Projection};
 
 /// The largest relative difference of two tensors (0 when bit-identical), by elements:
 /// `|a - b| / max(|a|, |b|, tiny)`.
@@ -133,8 +121,7 @@ fn plain_interpreter_equals_the_fused_mlp_for_every_placement_and_shortcut() {
     let mut worst = 0.0f64;
     for (units, width, batch) in [(4, 12, 9), (2, 160, 96)] {
         for placement in Placement::ALL {
-            for sc in SHORTCUTS {
-                let shortcut: ShortcutKind = sc.parse().unwrap();
+            for (sc, shortcut) in shortcut_examples(placement, NormKind::Batch) {
                 let net = NetDescription {
                     net: NetChoice::Mlp,
                     units,
@@ -161,9 +148,8 @@ fn plain_interpreter_equals_the_fused_resnet_for_every_placement_shortcut_and_pr
     for block in ["basic", "bottleneck"] {
         let net_choice: NetChoice = format!("resnet:1:{block}").parse().unwrap();
         for placement in Placement::ALL {
-            for sc in SHORTCUTS {
+            for (sc, shortcut) in shortcut_examples(placement, NormKind::Batch) {
                 for projection in Projection::ALL {
-                    let shortcut: ShortcutKind = sc.parse().unwrap();
                     let net = NetDescription {
                         net: net_choice.clone(),
                         placement,

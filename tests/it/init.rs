@@ -18,6 +18,7 @@ use std::collections::BTreeMap;
 
 use resprop::layers::NormKind;
 use resprop::net::{Init, InputSizes, NetDescription, Network};
+use resprop::unit::spec::shortcut_examples;
 use resprop::unit::{Placement, Projection};
 
 const SEEDS: u64 = 12;
@@ -200,16 +201,10 @@ fn every_weight_layer_starts_by_its_documented_rule() {
                 }
             }
         }
-        for shortcut in [
-            "scale:0.5:0.5",
-            "gate:-2",
-            "shortcut-gate:-2",
-            "conv1x1",
-            "dropout:0.5",
-            "alpha:0.3",
-            "layerscale:0.1",
-            "rezero",
-        ] {
+        // Every other kind of the one list (identity: above; deepnorm: below).
+        for (shortcut, _) in shortcut_examples(Placement::FullPreact, NormKind::Batch)
+            .filter(|(s, _)| *s != "identity")
+        {
             for init in inits {
                 cases.push(Case {
                     net,

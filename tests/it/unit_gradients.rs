@@ -1,4 +1,5 @@
-//! Every placement x shortcut x norm combination (7 x 11 x 3): the unit's hand-written
+//! Every placement x shortcut x norm combination (the shortcuts: every example of the one list
+//! of kinds, `resprop::unit::spec::SHORTCUTS`, that the placement and norm take): the unit's hand-written
 //! backward, its two vector-Jacobian products (shortcut only, branch only) and every parameter
 //! gradient, each against 2-point central differences in f64 with a non-linear loss.
 
@@ -10,26 +11,14 @@ use resprop::net::resnet::{conv_unit, Block};
 use resprop::net::Init;
 use resprop::rng::{gaussian, rng};
 use resprop::tensor::{norm, Tensor};
+use resprop::unit::shortcut::resolve_for_depth;
+use resprop::unit::spec::shortcut_examples;
 use resprop::unit::{ForwardCtx, Placement, Projection, ResidualUnit, ShortcutKind};
 
 /// Relative error bound `||fd - analytic|| / max(||fd||, ||analytic||)`, central differences
 /// with h = 1e-6 (truncation ~1e-12, rounding ~1e-10).
 const TOL: f64 = 1e-6;
 const H: f64 = 1e-6;
-
-const SHORTCUTS: [&str; 11] = [
-    "identity",
-    "scale:0.7",
-    "scale:0.5:0.5",
-    "gate:-1",
-    "shortcut-gate:0.5",
-    "conv1x1",
-    "dropout:0.3",
-    "none",
-    "alpha:0.3",
-    "rezero",
-    "layerscale:0.2",
-];
 
 fn ctx(mode: Mode) -> ForwardCtx {
     ForwardCtx {
@@ -42,11 +31,16 @@ fn ctx(mode: Mode) -> ForwardCtx {
 
 /// A unit whose BN affine parameters are random, so no gradient hides behind gamma = 1, beta = 0.
 fn unit(placement: Placement, shortcut: &str, norm: NormKind, seed: u64) -> ResidualUnit {
-    let kind: ShortcutKind = shortcut.parse().unwrap();
+    let kind = resolved(shortcut.parse().unwrap());
     randomise_affine(
         dense_unit(3, placement, kind, 5, norm, Init::He, &mut rng(seed)),
         seed,
     )
+}
+
+/// A unit alone has no depth: DeepNorm's `a` as for 4 units.
+fn resolved(kind: ShortcutKind) -> ShortcutKind {
+    resolve_for_depth(kind, 4).0
 }
 
 fn randomise_affine(mut u: ResidualUnit, seed: u64) -> ResidualUnit {
@@ -201,7 +195,7 @@ fn check_unit(u: &ResidualUnit, in_shape: &[usize], tag: &str, mode: Mode) {
 fn every_placement_shortcut_and_norm_in_training_mode() {
     for norm in NormKind::ALL {
         for p in Placement::ALL {
-            for s in SHORTCUTS {
+            for (s, _) in shortcut_examples(p, norm) {
                 check_combo(p, s, norm, Mode::Train);
             }
         }
@@ -211,7 +205,7 @@ fn every_placement_shortcut_and_norm_in_training_mode() {
 #[test]
 fn every_placement_and_shortcut_in_eval_mode() {
     for p in Placement::ALL {
-        for s in SHORTCUTS {
+        for (s, _) in shortcut_examples(p, NormKind::Batch) {
             check_combo(p, s, NormKind::Batch, Mode::Eval);
         }
     }
@@ -222,9 +216,9 @@ fn every_placement_and_shortcut_in_eval_mode() {
 #[test]
 fn conv_units_for_every_placement_and_shortcut() {
     for p in Placement::ALL {
-        for s in SHORTCUTS {
-            for norm in NormKind::ALL {
-                let kind: ShortcutKind = s.parse().unwrap();
+        for norm in NormKind::ALL {
+            for (s, kind) in shortcut_examples(p, norm) {
+                let kind = resolved(kind);
                 let basic = conv_unit(
                     1,
                     p,
