@@ -24,16 +24,15 @@ use serde::Serialize;
 use super::spec::{Cell, Measure, Spec, Task, TrainSpec};
 use crate::analysis::checks::verify_units;
 use crate::analysis::gaussian_batch;
-use crate::analysis::record::{build_records, fmt_f64};
+use crate::analysis::record::fmt_f64;
 use crate::data::Split;
 use crate::interrupt::Interrupt;
-use crate::jobs::InputSizes;
+use crate::jobs::{InputSizes, NetDescription};
 use crate::net::NetSizes;
 use crate::output::{write_atomic, write_own_file};
 use crate::rng::derive_seed;
 use crate::schema::{self, Row, TableKind};
 use crate::train::{sizes_for, train, Resume, TrainConfig};
-use crate::unit::ForwardCtx;
 
 /// The engine that computes results: the crate version and a digest of its sources (made by
 /// `build.rs`; the charts and the command line are left out, they only present numbers).
@@ -78,16 +77,13 @@ fn cell_keys(spec: &Spec, cell: &Cell, units: usize) -> Vec<String> {
     ]
 }
 
-/// Everything a cell's numbers depend on, spelled out; its digest is the cell's fingerprint.
+/// Everything a cell's numbers depend on, spelled out: its request (the network description as
+/// the command line and a checkpoint name it, the sizes, the seed, the job's settings); its
+/// digest is the cell's fingerprint. A field added to [`NetDescription`] is part of it without
+/// an edit here.
 #[derive(Debug, Serialize)]
 pub struct CellInputs {
     pub engine: &'static str,
-    pub net: String,
-    pub placement: String,
-    pub shortcut: String,
-    pub projection: Option<String>,
-    /// The sizes the network is built with (for training: fitted to the data).
-    pub sizes: NetSizes,
     pub replicate: u64,
     /// The cell's seed (weights, batch, labels, dropout, data order), as a string: TOML's
     /// integers stop at 2^63 - 1.
@@ -97,21 +93,22 @@ pub struct CellInputs {
     pub batch: Option<usize>,
     pub measure: Option<Measure>,
     pub bn_mode: Option<String>,
-    /// Training: the recipe and a digest of the data's content.
-    pub train: Option<TrainSpec>,
+    /// A digest of the training data's content.
     pub data_sha256: Option<String>,
-    /// `Some(true)` when the spec asks for the plain interpreter (absent otherwise, so the
-    /// fused engine's fingerprints are what they were).
+    /// `Some(true)` when the spec asks for the plain interpreter.
     pub unfused: Option<bool>,
     /// `Some(true)` when the profile also records the weight gradients (a table more).
     pub weight_grads: Option<bool>,
-    /// The norm and the init, when not the paper's (BatchNorm, He).
-    pub norm: Option<String>,
-    pub init: Option<String>,
     /// Training: the warm-up's length, when the spec sets it.
     pub warmup: Option<usize>,
     /// The analysis a paths, lesion or shatter cell runs (absent for profiles and training).
     pub analysis: Option<String>,
+    /// The network, as every front end describes it.
+    pub net: NetDescription,
+    /// The sizes the network is built with (for training: fitted to the data).
+    pub sizes: NetSizes,
+    /// Training: the recipe.
+    pub train: Option<TrainSpec>,
 }
 
 impl CellInputs {
@@ -145,23 +142,18 @@ impl CellInputs {
         let profile = train.is_none();
         CellInputs {
             engine: ENGINE,
-            net: cell.arch.net.to_string(),
-            placement: cell.arch.placement.to_string(),
-            shortcut: cell.arch.shortcut.to_string(),
-            projection: cell.arch.projection.map(|p| p.to_string()),
-            sizes,
             replicate: cell.replicate,
             seed: cell_seed(spec, cell.replicate),
             batch: profile.then_some(spec.batch),
             measure: profile.then_some(spec.measure),
             bn_mode: profile.then(|| spec.bn_mode.to_string()),
-            train,
             data_sha256,
             unfused: spec.unfused.then_some(true),
             weight_grads: (profile && spec.weight_grads).then_some(true),
-            norm: (!cell.arch.norm.is_batch()).then(|| cell.arch.norm.to_string()),
-            init: (!cell.arch.init.is_he()).then(|| cell.arch.init.to_string()),
             warmup: cell.warmup,
+            net: cell.arch.clone(),
+            sizes,
+            train,
             analysis: match &spec.task {
                 Task::Profile | Task::Train(_) => None,
                 Task::Paths { sample, .. } => Some(format!(
@@ -295,19 +287,44 @@ pub(super) fn build_profile_net(
 /// Runs one profile cell and returns its rows (no keys; with the weight gradients' when the
 /// spec asks), plus a warning if anything overflowed.
 pub fn run_cell(spec: &Spec, cell: &Cell) -> Result<CellResult> {
-    let seed = cell_seed(spec, cell.replicate);
     let (net, input, labels) = build_profile_net(spec, cell)?;
-    let ctx = ForwardCtx::analysis(spec.bn_mode, seed);
-    let cache = net.forward(&input, &labels, &ctx)?;
-    let mut param_grads = crate::grads::Grads::new();
-    let grads = net.backward(
-        &cache,
-        &labels,
-        spec.weight_grads.then_some(&mut param_grads),
+    // The command line's profile job, on the cell's network and batch.
+    let request = crate::jobs::NetRequest {
+        arch: cell.arch.clone(),
+        input_dim: spec.sizes.input_dim,
+        image_size: spec.sizes.image_size,
+        classes: spec.sizes.classes,
+        batch: spec.batch,
+        bn_mode: spec.bn_mode,
+        seed: cell_seed(spec, cell.replicate),
+        threads: None,
+        unfused: spec.unfused,
+        weights: None,
+        data: None,
+        given: Default::default(),
+    };
+    let job = crate::jobs::ProfileJob {
+        net: request.clone(),
+        low_memory: false,
+        weight_grads: spec.weight_grads,
+        npz: false,
+    };
+    let run = job.run_prepared(crate::jobs::Analysis {
+        args: request,
+        net,
+        input,
+        labels,
+        data: None,
+    })?;
+    let (net, cache, grads, param_grads, profile) = (
+        &run.analysis.net,
+        &run.cache,
+        &run.grads,
+        &run.param_grads,
+        &run.profile,
     );
-    let profile = build_records(&net, &cache, &grads);
     let verification = match spec.measure {
-        Measure::Verification => Some(verify_units(&net, &cache, &grads).0),
+        Measure::Verification => Some(verify_units(net, cache, grads).0),
         Measure::Profile => None,
     };
     let rows = profile
@@ -345,7 +362,7 @@ pub fn run_cell(spec: &Spec, cell: &Cell) -> Result<CellResult> {
     let mut tables = vec![rows];
     if spec.weight_grads {
         tables.push(
-            crate::analysis::record::weight_grad_rows(&net, &param_grads)
+            crate::analysis::record::weight_grad_rows(net, param_grads)
                 .iter()
                 .map(|r| r.fields())
                 .collect(),

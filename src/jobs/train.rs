@@ -171,6 +171,8 @@ pub struct Training {
     pub cfg: TrainConfig,
     /// What a checkpoint records of the run (and a resume must match).
     pub run_config: checkpoint::RunConfig,
+    /// The job as JSON (the flags by keyword), saved in every checkpoint as `request_json`.
+    pub request_json: Vec<u8>,
     pub resume: Resume,
     /// The lock on the --checkpoint directory, held until the run ends.
     _lock: Option<checkpoint::DirLock>,
@@ -305,6 +307,7 @@ impl TrainJob {
             net,
             cfg,
             run_config,
+            request_json: serde_json::to_vec(self)?,
             resume,
             _lock: lock,
         })
@@ -348,14 +351,16 @@ impl TrainJob {
         progress: impl FnMut(&crate::train::StepRow, usize) -> Result<()>,
     ) -> Result<History> {
         let stop = self.stop_after_epochs.unwrap_or(self.epochs);
-        let run_config = &t.run_config;
+        let (run_config, request_json) = (&t.run_config, &t.request_json);
         let save = |epoch: usize,
                     net: &crate::net::Network,
                     optimizer: &crate::train::Optimizer,
                     h: &History|
          -> Result<()> {
             match &self.checkpoint {
-                Some(dir) => checkpoint::save(dir, epoch, net, optimizer, h, run_config),
+                Some(dir) => {
+                    checkpoint::save(dir, epoch, net, optimizer, h, run_config, request_json)
+                }
                 None => Ok(()),
             }
         };

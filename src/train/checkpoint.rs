@@ -234,7 +234,8 @@ impl RunConfig {
     }
 }
 
-/// Saves the state after `epoch` (0-based) to `<dir>/checkpoint.npz`.
+/// Saves the state after `epoch` (0-based) to `<dir>/checkpoint.npz`, with `request_json`, the
+/// request the run was started from (the train job, as JSON).
 pub fn save(
     dir: &Path,
     epoch: usize,
@@ -242,6 +243,7 @@ pub fn save(
     optimizer: &Optimizer,
     history: &History,
     config: &RunConfig,
+    request_json: &[u8],
 ) -> Result<()> {
     std::fs::create_dir_all(dir).with_context(|| format!("cannot create '{}'", dir.display()))?;
     let path = dir.join(FILE);
@@ -251,6 +253,8 @@ pub fn save(
         npz.add_array("epochs_done", &Array1::from(vec![(epoch + 1) as f64]))
             .map_err(err)?;
         npz.add_array("config_json", &Array1::from(serde_json::to_vec(config)?))
+            .map_err(err)?;
+        npz.add_array("request_json", &Array1::from(request_json.to_vec()))
             .map_err(err)?;
         npz.add_array("steps", &rows_array(&history.steps))
             .map_err(err)?;
