@@ -137,7 +137,7 @@ impl CellInputs {
                 classes: 2,
                 ..sizes
             },
-            _ => sizes,
+            Task::Profile | Task::Train(_) | Task::Paths { .. } | Task::Lesion { .. } => sizes,
         };
         let profile = train.is_none();
         CellInputs {
@@ -741,7 +741,9 @@ pub fn compute_cells(spec: &Spec, out: &Path, how: &HowToRun, stop: &Interrupt) 
             // Evaluation runs in batches of 500.
             (_, Some(t)) => t.batch.max(500).max(spec.batch),
             (Task::Shatter, None) => crate::analysis::shatter::POINTS,
-            _ => spec.batch,
+            (Task::Profile | Task::Train(_) | Task::Paths { .. } | Task::Lesion { .. }, None) => {
+                spec.batch
+            }
         };
         let purpose = match spec.task.train_spec() {
             Some(_) => crate::net::memory::Purpose::Train,

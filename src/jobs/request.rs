@@ -271,10 +271,22 @@ impl NetRequest {
                     "option-A subsample-and-pad shortcut; the direct part carries on across them"
                 }
                 ShortcutKind::None => "no shortcut (plain net)",
-                _ if u.shortcut_ops.len() > 1 => {
-                    "1x1 projection + BN shortcut; the direct part restarts above them"
+                // A projection: its ops say whether BN follows the 1x1 convolution.
+                ShortcutKind::Identity
+                | ShortcutKind::Scale { .. }
+                | ShortcutKind::Gate { .. }
+                | ShortcutKind::ShortcutGate { .. }
+                | ShortcutKind::Conv1x1
+                | ShortcutKind::Dropout { .. }
+                | ShortcutKind::Alpha { .. }
+                | ShortcutKind::LayerScale { .. }
+                | ShortcutKind::DeepNorm { .. } => {
+                    if u.shortcut_ops.len() > 1 {
+                        "1x1 projection + BN shortcut; the direct part restarts above them"
+                    } else {
+                        "bare 1x1 projection shortcut; the direct part restarts above them"
+                    }
                 }
-                _ => "bare 1x1 projection shortcut; the direct part restarts above them",
             };
             out.push_str(&format!(
                 "shape-changing units ({how}): {}\n",

@@ -90,7 +90,25 @@ impl ChartKind {
     pub fn extra_columns(self) -> Vec<crate::schema::Column> {
         match self {
             ChartKind::Verification => vec![crate::schema::col::ADDITIVE_BACKWARD_ERROR],
-            _ => Vec::new(), // no chart but the verification one reads beyond its table
+            // No other chart reads beyond its table.
+            ChartKind::GradRatio
+            | ChartKind::DirectRest
+            | ChartKind::LambdaSweep
+            | ChartKind::Forward
+            | ChartKind::SampleBands
+            | ChartKind::TrainCurves
+            | ChartKind::GradHeatmap
+            | ChartKind::GradRatioSteps
+            | ChartKind::Generalisation
+            | ChartKind::WeightInputs
+            | ChartKind::Signal
+            | ChartKind::WeightGrads
+            | ChartKind::LastWeightGrad
+            | ChartKind::SquaredNorm
+            | ChartKind::PathLengths
+            | ChartKind::LesionUnits
+            | ChartKind::LesionCount
+            | ChartKind::Shatter => Vec::new(),
         }
     }
 

@@ -43,7 +43,16 @@ pub fn resolve_for_depth(kind: ShortcutKind, units: usize) -> (ShortcutKind, f64
             let (a, b) = deepnorm_constants(units);
             (ShortcutKind::DeepNorm { alpha: a }, b)
         }
-        k => (k, 1.0),
+        k @ (ShortcutKind::Identity
+        | ShortcutKind::Scale { .. }
+        | ShortcutKind::Gate { .. }
+        | ShortcutKind::ShortcutGate { .. }
+        | ShortcutKind::Conv1x1
+        | ShortcutKind::Dropout { .. }
+        | ShortcutKind::None
+        | ShortcutKind::Alpha { .. }
+        | ShortcutKind::LayerScale { .. }
+        | ShortcutKind::Pad) => (k, 1.0),
     }
 }
 

@@ -11,6 +11,7 @@
 //! The mutation tests (`tests/mutation.rs`) stay a binary of their own: they switch a fault
 //! on for the whole process, which no other test may share.
 
+mod architecture;
 mod bad_input;
 mod cli;
 mod common;
