@@ -310,6 +310,9 @@ fn gemm_call(
     let (c_rs, c_cs) = (c.strides()[0], c.strides()[1]);
     let (a_rs, a_cs) = (a.strides()[0], a.strides()[1]);
     let (b_rs, b_cs) = (b.strides()[0], b.strides()[1]);
+    if is_dot_product_gemm(m, n, a_cs, b_rs) {
+        return dot_product_gemm(c, a, b, accumulate);
+    }
     // SAFETY: the shapes were checked above; the pointers come from live ndarray views whose
     // strides (in elements) describe exactly the (m,n), (m,k), (k,n) matrices passed, and `c`
     // is a unique mutable borrow so it cannot alias `a` or `b`.
@@ -336,6 +339,82 @@ fn gemm_call(
             gemm::Parallelism::None,
         );
     }
+}
+
+/// True when the `gemm` crate would compute `c = a · b` with its dot-product ("horizontal")
+/// kernels: at most 256 outputs, rows of `a` and columns of `b` contiguous
+/// (gemm-common 0.19, `gemm_basic_generic`; the condition is the same whichever way the crate
+/// transposes the problem). Those kernels sum in as many lanes as the CPU's vectors hold (four
+/// with AVX2, eight with AVX-512), so their bits would depend on the machine.
+fn is_dot_product_gemm(m: usize, n: usize, a_cs: isize, b_rs: isize) -> bool {
+    a_cs == 1 && b_rs == 1 && m * n <= 256
+}
+
+/// Lanes of [`dot_product_gemm`]: the AVX2 kernel's, so results match the `gemm` crate on a
+/// machine without AVX-512 bit for bit.
+const DOT_LANES: usize = 4;
+
+/// Depth of one pass of [`dot_product_gemm`]: the `gemm` crate's dot-product kernels add each
+/// 1024-deep block's sum into `c` before the next.
+const DOT_BLOCK: usize = 1024;
+
+/// The products [`is_dot_product_gemm`] picks out, computed here the same way on every
+/// machine: each output is a dot product in [`DOT_LANES`] fused multiply-add lanes (lane `r`
+/// takes terms `r, r + 4, ...`; the lanes past a short tail add `0 * 0`), reduced as
+/// `(l0 + l2) + (l1 + l3)`, then added to `c` once per [`DOT_BLOCK`] (`c` is overwritten by the
+/// first block unless `accumulate`). This is the order of the `gemm` crate's AVX2 kernel, so
+/// the numbers are those of every earlier build on a machine without AVX-512, and the same on
+/// one with it. `f64::mul_add` rounds once, whether the CPU or the library computes it.
+fn dot_product_gemm(
+    c: &mut ArrayViewMut2<f64>,
+    a: &ArrayView2<f64>,
+    b: &ArrayView2<f64>,
+    accumulate: bool,
+) {
+    let k = a.ncols();
+    for (i, row) in a.outer_iter().enumerate() {
+        for (j, col) in b.axis_iter(Axis(1)).enumerate() {
+            let (row, col) = (row.as_slice(), col.as_slice());
+            let (row, col) = (
+                row.expect("a's rows are contiguous"),
+                col.expect("b's columns are contiguous"),
+            );
+            let mut add = accumulate;
+            for start in (0..k).step_by(DOT_BLOCK) {
+                let end = (start + DOT_BLOCK).min(k);
+                let sum = dot_in_lanes(&row[start..end], &col[start..end]);
+                let out = &mut c[[i, j]];
+                *out = if add { sum + *out } else { sum };
+                add = true;
+            }
+        }
+    }
+}
+
+/// `sum x_i y_i` in [`DOT_LANES`] fused lanes, reduced pairwise (see [`dot_product_gemm`]).
+fn dot_in_lanes(x: &[f64], y: &[f64]) -> f64 {
+    let mut lanes = [0.0f64; DOT_LANES];
+    let whole = x.len() / DOT_LANES * DOT_LANES;
+    for (xs, ys) in x[..whole]
+        .chunks_exact(DOT_LANES)
+        .zip(y[..whole].chunks_exact(DOT_LANES))
+    {
+        for r in 0..DOT_LANES {
+            lanes[r] = xs[r].mul_add(ys[r], lanes[r]);
+        }
+    }
+    if whole < x.len() {
+        // The kernel's masked load reads zeros past the end: those lanes add 0 * 0 (which
+        // turns a -0 into +0, as the hardware does).
+        for (r, lane) in lanes.iter_mut().enumerate() {
+            let (xv, yv) = x
+                .get(whole + r)
+                .zip(y.get(whole + r))
+                .map_or((0.0, 0.0), |(a, b)| (*a, *b));
+            *lane = xv.mul_add(yv, *lane);
+        }
+    }
+    (lanes[0] + lanes[2]) + (lanes[1] + lanes[3])
 }
 
 /// `c = a · b` written into uninitialised row-major memory of `shape = (m, n)`, on the calling
@@ -438,6 +517,55 @@ pub fn median(values: &[f64]) -> Option<f64> {
 mod tests {
     use super::*;
     use ndarray::Array2;
+
+    #[test]
+    fn small_products_sum_in_four_lanes_reduced_pairwise() {
+        // Terms 1, 1e16, 1, -1e16: the lanes hold them apart and give (1 + 1) + (1e16 - 1e16)
+        // = 2, where a running sum gives ((1 + 1e16) + 1) - 1e16 = 0 and eight lanes also 2.
+        // A fifth term 3 lands in lane 0 as the tail.
+        let a = Array2::from_shape_vec((1, 5), vec![1.0, 1e16, 1.0, -1e16, 3.0]).unwrap();
+        let b = Array2::from_elem((5, 1), 1.0);
+        let mut c = Array2::from_elem((1, 1), 10.0);
+        assert!(is_dot_product_gemm(1, 1, 1, 1));
+        matmul_into(&mut c.view_mut(), &a.view(), &b.view(), false);
+        assert_eq!(c[[0, 0]], 5.0);
+        matmul_into(&mut c.view_mut(), &a.view(), &b.view(), true);
+        assert_eq!(c[[0, 0]], 10.0);
+        // A tail lane that adds 0 * 0 turns -0 into +0, as the hardware's masked lanes do.
+        assert_eq!(dot_in_lanes(&[-0.0], &[1.0]).to_bits(), 0.0f64.to_bits());
+        // Past 1024 terms, each block's sum is added into c in turn.
+        let long = vec![1.0; 1030];
+        assert_eq!(dot_in_lanes(&long, &long), 1030.0);
+        let a = Array2::from_elem((2, 2048), 0.5);
+        let b = Array2::from_elem((2048, 3), 2.0);
+        let mut c = Array2::zeros((2, 3));
+        matmul_into(
+            &mut c.view_mut(),
+            &a.view(),
+            &b.t().as_standard_layout().t(),
+            false,
+        );
+        assert!(c.iter().all(|&v| v == 2048.0));
+    }
+
+    #[test]
+    fn small_products_agree_with_a_plain_sum() {
+        use rand::{Rng, SeedableRng};
+        let mut r = rand_chacha::ChaCha8Rng::seed_from_u64(7);
+        for (m, k, n) in [(8, 10, 16), (1, 3, 1), (16, 37, 16), (3, 1030, 5)] {
+            let a = Array2::from_shape_fn((m, k), |_| r.random_range(-1.0..1.0));
+            let bt = Array2::from_shape_fn((n, k), |_| r.random_range(-1.0..1.0));
+            // b as the transposed view of a row-major (n, k): its columns are contiguous.
+            let b = bt.t();
+            assert!(is_dot_product_gemm(m, n, a.strides()[1], b.strides()[0]));
+            let got = matmul(&a.view(), &b);
+            let want = naive(&a, &b.to_owned());
+            for (g, w) in got.iter().zip(&want) {
+                // Both sum k terms of size <= 1; the two orders differ by a few ulps of k.
+                assert!((g - w).abs() <= 1e-13 * k as f64, "{m}x{k}x{n}: {g} vs {w}");
+            }
+        }
+    }
 
     fn naive(a: &Array2<f64>, b: &Array2<f64>) -> Array2<f64> {
         let mut c = Array2::zeros((a.nrows(), b.ncols()));
