@@ -41,4 +41,16 @@ fn main() {
     }
     println!("cargo:rerun-if-changed=src");
     println!("cargo:rustc-env=RESPROP_ENGINE_HASH={h:016x}");
+    onnx_messages();
+}
+
+/// The ONNX message types (`onnx.rs` in OUT_DIR, included by `src/import/proto.rs`), compiled
+/// from `proto/onnx.proto` (ONNX's own schema, Apache-2.0) by protox, a protobuf compiler in
+/// Rust, so a build needs no `protoc` on the machine.
+fn onnx_messages() {
+    println!("cargo:rerun-if-changed=proto/onnx.proto");
+    let files = protox::compile(["onnx.proto"], ["proto"]).expect("proto/onnx.proto compiles");
+    prost_build::Config::new()
+        .compile_fds(files)
+        .expect("the ONNX message types generate");
 }

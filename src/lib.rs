@@ -29,6 +29,7 @@ pub mod experiment;
 pub mod fault;
 pub mod finite_diff;
 pub mod grads;
+pub mod import;
 pub mod input;
 pub mod interchange;
 pub mod interrupt;

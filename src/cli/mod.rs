@@ -12,6 +12,7 @@ pub mod bench;
 pub mod check;
 pub mod data;
 pub mod experiment;
+pub mod inspect;
 pub mod keywords;
 pub mod lesion;
 pub mod paths;
@@ -71,6 +72,10 @@ pub enum Command {
     /// deleted (its branch removed; in a plain net, the unit replaced by the identity) and
     /// with k random units deleted, k = 1..n/2.
     Lesion(lesion::LesionArgs),
+    /// Read an ONNX model (exported from PyTorch or another framework) and print what
+    /// resprop finds in it: the stem, each residual unit (its name from the graph, its
+    /// shortcut, its branch and after-addition ops) and the head.
+    Inspect(inspect::InspectArgs),
     /// Time the benchmark workloads (W1, W1b: residual MLPs; W2-W4: ResNet-110/164/1001; D1, D2: training steps on the digits; see README.md): median/min/max
     /// seconds per step and peak RSS; `--workload gemm` times the GEMM on W1's shapes.
     Bench(bench::BenchArgs),
@@ -110,6 +115,7 @@ impl Command {
             | Command::Merge(_)
             | Command::Plot(_)
             | Command::Data(_)
+            | Command::Inspect(_)
             | Command::All(_) => {}
         }
     }
@@ -231,6 +237,7 @@ pub fn run(args: impl IntoIterator<Item = OsString>) -> ExitCode {
         Command::Plot(a) => in_pool(None, || experiment::plot(&a)),
         Command::Merge(a) => in_pool(None, || experiment::merge(&a)),
         Command::Data(a) => in_pool(None, || data::run(&a)),
+        Command::Inspect(a) => inspect::run(&a),
         Command::All(a) => in_pool(a.threads, || experiment::all(&a)),
     };
     match result {

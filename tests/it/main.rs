@@ -22,6 +22,7 @@ mod fusion;
 mod golden;
 mod hostile;
 mod hostile_files;
+mod import;
 mod init;
 mod paths;
 mod unit_gradients;
