@@ -80,6 +80,10 @@ impl Fixture {
             ],
             "plot" => vec![("CSV", s(&self.results_csv)), ("out", r("p1"))],
             "data" => vec![("npz", r("d.npz"))],
+            "inspect" => vec![(
+                "model",
+                concat!(env!("CARGO_MANIFEST_DIR"), "/tests/onnx/basic.onnx").into(),
+            )],
             "all" => vec![
                 ("experiments", s(&self.experiments)),
                 ("results", r("r2")),
