@@ -6,6 +6,7 @@
 //! - [`units`]: the graph cut into a stem, residual units (two paths from one tensor meeting
 //!   at an Add) and a head, each unit named by its module (`layer1.0`).
 
+pub mod build;
 pub mod graph;
 pub mod proto;
 pub mod units;

@@ -147,6 +147,19 @@ pub(crate) fn build_drawn(
 pub enum NetSpec {
     Mlp(MlpConfig),
     Resnet(resnet::ResnetConfig),
+    /// A network read from a model file (`crate::import`).
+    Imported(ImportedSpec),
+}
+
+/// What a network built from a model says of itself (its `NetSpec`).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ImportedSpec {
+    /// The model file's name as given.
+    pub model: String,
+    /// SHA-256 of the file's bytes: a result names the exact model it came from.
+    pub sha256: String,
+    /// The units' names, in order.
+    pub units: Vec<String>,
 }
 
 #[derive(Debug, Clone)]

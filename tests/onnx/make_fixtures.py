@@ -1,4 +1,7 @@
-"""Writes the small ONNX models the test suite imports (tests/onnx/*.onnx).
+"""Writes the small ONNX models the test suite imports (tests/onnx/*.onnx), and beside each
+(tests/onnx/*.npz) a batch and what PyTorch's autograd computes on it in f64, in training and
+in evaluation mode: the logits, the loss, dE/dx_l at every unit input (and at the last unit's
+output, "top"), and every parameter's gradient.
 
 Each is exported from PyTorch the way docs/import.md tells a user to: in f64, with
 torch.onnx.export's TorchScript exporter (dynamo=False), training mode and no constant folding,
@@ -11,7 +14,10 @@ ReLU, the case that breaks backward hooks.
 Needs torch, torchvision and onnx (pip install torch torchvision onnx); run from anywhere:
     python tests/onnx/make_fixtures.py
 """
+import copy
 import os
+
+import numpy as np
 
 import torch
 import torch.nn as nn
@@ -149,9 +155,64 @@ class InPlaceNet(nn.Module):
         return self.fc(torch.flatten(nn.functional.adaptive_avg_pool2d(x, 1), 1))
 
 
+def randomise(model, seed):
+    """BatchNorm and LayerNorm with random affine parameters and running statistics, so that
+    neither mode of either normalisation is compared at its trivial start."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, (nn.BatchNorm2d, nn.LayerNorm)):
+                m.weight.copy_(1 + 0.2 * torch.randn(m.weight.shape, generator=g))
+                m.bias.copy_(0.2 * torch.randn(m.bias.shape, generator=g))
+            if isinstance(m, nn.BatchNorm2d):
+                m.running_mean.copy_(0.1 * torch.randn(m.running_mean.shape, generator=g))
+                m.running_var.copy_(1 + 0.5 * torch.rand(m.running_var.shape, generator=g))
+
+
+def unit_modules(model):
+    """The modules whose forward is one residual unit, in order, by name."""
+    kinds = (BasicBlock, Bottleneck, PreActBlock, PreLNBlock, InPlaceBlock)
+    return [(n, m) for n, m in model.named_modules() if isinstance(m, kinds)]
+
+
+def reference(model, x, y, training):
+    """What PyTorch's autograd gives on batch (x, y): the logits, the mean cross-entropy, the
+    gradient at every unit's input x_l and at the last unit's output x_L, and every parameter's
+    gradient."""
+    model = copy.deepcopy(model).train(training)
+    inputs, out = {}, {}
+    units = unit_modules(model)
+
+    def keep_input(name):
+        def hook(_m, args):
+            args[0].retain_grad()
+            inputs[name] = args[0]
+        return hook
+
+    for name, m in units:
+        m.register_forward_pre_hook(keep_input(name))
+    def keep_output(_m, _args, o):
+        o.retain_grad()
+        out["top"] = o
+
+    units[-1][1].register_forward_hook(keep_output)
+    x = x.clone().requires_grad_(False)
+    logits = model(x)
+    loss = nn.functional.cross_entropy(logits, y)
+    loss.backward()
+    mode = "train" if training else "eval"
+    ref = {f"{mode}/logits": logits.detach().numpy(), f"{mode}/loss": loss.detach().numpy()}
+    for name, _ in units:
+        ref[f"{mode}/grad_x/{name}"] = inputs[name].grad.numpy()
+    ref[f"{mode}/grad_x/top"] = out["top"].grad.numpy()
+    for name, p in model.named_parameters():
+        ref[f"{mode}/param/{name}"] = p.grad.numpy()
+    return ref
+
+
 def export(model, x, name):
     """The export docs/import.md gives: f64, BatchNorm kept (training mode, no folding)."""
-    model = model.double().train()
+    model.double().train()
     torch.onnx.export(
         model,
         (x,),
@@ -175,5 +236,16 @@ FIXTURES = {
 if __name__ == "__main__":
     for name, (make, shape) in FIXTURES.items():
         torch.manual_seed(0)
-        export(make(), torch.randn(*shape, dtype=torch.float64), name)
-        print(f"wrote {name} ({os.path.getsize(os.path.join(HERE, name))} bytes)")
+        model = make().double()
+        randomise(model, 1)
+        x = torch.randn(*shape, dtype=torch.float64)
+        y = torch.randint(0, 10, (shape[0],))
+        # Exporting in training mode runs the model once, which moves its BatchNorm running
+        # statistics; the file holds the moved ones, so the references are taken after.
+        export(model, x, name)
+        ref = {"x": x.numpy(), "y": y.numpy()}
+        for training in (True, False):
+            ref.update(reference(model, x, y, training))
+        npz = os.path.join(HERE, name.replace(".onnx", ".npz"))
+        np.savez(npz, **ref)
+        print(f"wrote {name} ({os.path.getsize(os.path.join(HERE, name))} bytes) and its reference")
