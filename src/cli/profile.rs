@@ -60,7 +60,12 @@ pub fn run(args: &ProfileArgs) -> Result<ExitCode> {
     );
     let mut out = net_args.describe("profile", net);
     outln!(out, "loss E = {}", fmt_f64(profile.loss));
-    print_table(&mut out, &profile, args.all_rows);
+    print_table(
+        &mut out,
+        &profile,
+        args.all_rows,
+        unit_names(net).as_deref(),
+    );
     emit(&out)?;
     report_nonfinite(&profile, net);
     let mut out = String::new();
@@ -127,10 +132,23 @@ fn short(v: Option<f64>) -> String {
     }
 }
 
-fn print_table(out: &mut String, profile: &Profile, all: bool) {
+/// An imported network's unit names, and `top` for the head's input `x_L`.
+fn unit_names(net: &crate::net::Network) -> Option<Vec<String>> {
+    match &net.spec {
+        crate::net::NetSpec::Imported(spec) => {
+            let mut names = spec.units.clone();
+            names.push("top".into());
+            Some(names)
+        }
+        crate::net::NetSpec::Mlp(_) | crate::net::NetSpec::Resnet(_) => None,
+    }
+}
+
+fn print_table(out: &mut String, profile: &Profile, all: bool, names: Option<&[String]>) {
+    let name = |i: usize| names.map_or(String::new(), |n| format!("  {}", n[i]));
     outln!(
         out,
-        "{:>5} {:>2} {:>10} {:>10} {:>11} {:>10} {:>10} {:>10} {:>8} {:>10} {:>10}",
+        "{:>5} {:>2} {:>10} {:>10} {:>11} {:>10} {:>10} {:>10} {:>8} {:>10} {:>10}{}",
         "unit",
         "st",
         "||x_l||",
@@ -141,13 +159,14 @@ fn print_table(out: &mut String, profile: &Profile, all: bool) {
         "predicted",
         "cos_top",
         "sample_min",
-        "sample_med"
+        "sample_med",
+        names.map_or("", |_| "  name")
     );
     for i in rows_to_show(profile.records.len(), all) {
         let r = &profile.records[i];
         outln!(
             out,
-            "{:>5} {:>2} {:>10} {:>10} {:>11} {:>10} {:>10} {:>10} {:>8} {:>10} {:>10}",
+            "{:>5} {:>2} {:>10} {:>10} {:>11} {:>10} {:>10} {:>10} {:>8} {:>10} {:>10}{}",
             r.unit,
             r.stage,
             short(Some(r.act_norm)),
@@ -163,6 +182,7 @@ fn print_table(out: &mut String, profile: &Profile, all: bool) {
             }),
             short(Some(r.sample_ratio_min)),
             short(Some(r.sample_ratio_median)),
+            name(i),
         );
     }
 }

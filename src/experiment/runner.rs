@@ -301,6 +301,7 @@ pub fn run_cell(spec: &Spec, cell: &Cell) -> Result<CellResult> {
         unfused: spec.unfused,
         weights: None,
         data: None,
+        model: None,
         given: Default::default(),
     };
     let job = crate::jobs::ProfileJob {

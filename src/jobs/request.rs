@@ -59,6 +59,13 @@ pub struct NetRequest {
     #[arg(long, value_parser = |s: &str| s.parse::<crate::data::DataSpec>())]
     #[serde(serialize_with = "crate::util::text_opt::serialize")]
     pub data: Option<crate::data::DataSpec>,
+    /// Analyse your own network: an ONNX model (exported from PyTorch or any framework that
+    /// writes ONNX; docs/import.md). Its layers, weights, input size and classes are the
+    /// file's, its units named by its modules; --batch, --seed and --bn-mode apply, the
+    /// batch is Gaussian.
+    #[arg(long, value_name = "FILE.onnx")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub model: Option<std::path::PathBuf>,
     /// The flags given on the command line (filled after parsing).
     #[arg(skip)]
     #[serde(skip)]
@@ -118,6 +125,9 @@ impl NetRequest {
     pub fn prepare(&self, purpose: crate::net::memory::Purpose) -> Result<Analysis> {
         if self.batch == 0 {
             anyhow::bail!("batch must be at least 1, got 0");
+        }
+        if let Some(model) = &self.model {
+            return self.prepare_imported(model, purpose);
         }
         let resolved = self.with_checkpoint_architecture()?;
         resolved.refuse_inapplicable()?;
@@ -244,6 +254,63 @@ impl NetRequest {
         })
     }
 
+    /// The network of an ONNX model and a Gaussian batch for it. Every flag that describes
+    /// the network or its input is refused: the file says all of it.
+    fn prepare_imported(
+        &self,
+        model: &std::path::Path,
+        purpose: crate::net::memory::Purpose,
+    ) -> Result<Analysis> {
+        let d = NetRequest::defaults();
+        let mine = "the network is --model's";
+        for (id, differs) in [
+            ("net", self.arch.net != d.arch.net),
+            ("units", self.arch.units != d.arch.units),
+            ("width", self.arch.width != d.arch.width),
+            ("placement", self.arch.placement != d.arch.placement),
+            ("shortcut", self.arch.shortcut != d.arch.shortcut),
+            ("projection", self.arch.projection != d.arch.projection),
+            ("norm", self.arch.norm != d.arch.norm),
+            ("init", self.arch.init != d.arch.init),
+            ("input_dim", self.input_dim != d.input_dim),
+            ("image_size", self.image_size != d.image_size),
+            ("classes", self.classes != d.classes),
+        ] {
+            self.given.refuse(id, differs, || mine.into())?;
+        }
+        self.given.refuse("weights", self.weights.is_some(), || {
+            "the weights are --model's own".into()
+        })?;
+        self.given.refuse("data", self.data.is_some(), || {
+            "not yet with --model: an imported network is analysed on a Gaussian batch".into()
+        })?;
+        self.given.refuse("unfused", self.unfused, || {
+            "an imported network always runs the plain interpreter".into()
+        })?;
+        let bytes = crate::input::read(model, crate::import::graph::MAX_MODEL_BYTES, "--model")?;
+        let at = |e: anyhow::Error| anyhow::anyhow!("--model {}: {e:#}", model.display());
+        let graph = crate::import::Graph::decode(&bytes).map_err(at)?;
+        let found = crate::import::find(&graph).map_err(at)?;
+        let net = crate::import::build::network(
+            &graph,
+            &found,
+            &model.display().to_string(),
+            &crate::util::sha256_hex(&bytes),
+        )
+        .map_err(at)?;
+        let estimate = crate::net::memory::estimate_network(&net, self.batch, purpose);
+        crate::net::memory::ensure_fits(&estimate, &model.display().to_string())?;
+        let (input, labels) =
+            crate::analysis::gaussian_batch(&net.input_shape, self.batch, net.classes, self.seed);
+        Ok(Analysis {
+            args: self.clone(),
+            net,
+            input,
+            labels,
+            data: None,
+        })
+    }
+
     /// The network for `input`, drawn from --seed, run by the engine --unfused names.
     fn build_for(&self, input: &InputSizes) -> Result<Network> {
         let mut net = self.arch.build(input, self.seed)?;
@@ -298,6 +365,15 @@ impl NetRequest {
 
     /// One line naming everything that determines the numbers.
     pub fn summary(&self) -> String {
+        if let Some(model) = &self.model {
+            return format!(
+                "--model {}, batch {}, BN {} (where it has BatchNorm), seed {}, Gaussian batch",
+                model.display(),
+                self.batch,
+                self.bn_mode,
+                self.seed
+            );
+        }
         let arch = &self.arch;
         let size = match &arch.net {
             NetChoice::Mlp => format!("{} units, width {}", arch.units, arch.width),

@@ -507,6 +507,78 @@ pub fn ensure_fits(e: &Estimate, what: &str) -> Result<()> {
     Ok(())
 }
 
+/// The per-sample shape after `op` on a per-sample input `shape`, and the values of the
+/// largest im2col buffer it needs (convolutions).
+fn op_shape(op: &crate::unit::Op, shape: &[usize]) -> (Vec<usize>, f64) {
+    use crate::unit::Op;
+    match op {
+        Op::Conv(c) => {
+            let (c_out, k) = (c.w.shape()[0], c.w.shape()[2]);
+            let out = |n: usize| crate::kernels::im2col::out_size(n, k, c.stride, c.pad);
+            let (h, w) = (out(shape[1]), out(shape[2]));
+            (vec![c_out, h, w], (shape[0] * k * k * h * w) as f64)
+        }
+        Op::Dense(d) => (vec![d.w.shape()[1]], 0.0),
+        Op::Pool => (vec![shape[0]], 0.0),
+        Op::PadShortcut(p) => {
+            let mut with_batch = vec![1];
+            with_batch.extend_from_slice(shape);
+            (p.out_shape(&with_batch)[1..].to_vec(), 0.0)
+        }
+        Op::Norm(_) | Op::Relu | Op::BranchScale(_) | Op::ScalarBias(_) | Op::Mask(_) => {
+            (shape.to_vec(), 0.0)
+        }
+    }
+}
+
+/// Tensors of each op's output the plain interpreter may hold at once for a training-mode
+/// backward: its cache, its gradient, a temporary.
+const IMPORTED_TENSORS_PER_OP: f64 = 3.0;
+
+/// The peak memory of `purpose` on a network built from a model file (`crate::import`), with
+/// batch `batch`: an upper bound from its own ops (each op's output counted
+/// [`IMPORTED_TENSORS_PER_OP`] times, the largest im2col per thread), not the measured model
+/// of the built-in networks.
+pub fn estimate_network(net: &super::Network, batch: usize, purpose: Purpose) -> Estimate {
+    let mut shape = net.input_shape.clone();
+    let (mut values, mut scratch) = (shape.iter().product::<usize>() as f64, 0.0f64);
+    let mut walk = |ops: &[crate::unit::Op], shape: &mut Vec<usize>| {
+        for op in ops {
+            let (next, cols) = op_shape(op, shape);
+            values += next.iter().product::<usize>() as f64;
+            scratch = scratch.max(cols);
+            *shape = next;
+        }
+    };
+    walk(&net.stem, &mut shape);
+    for u in &net.units {
+        walk(&u.pre, &mut shape);
+        let mut side = shape.clone();
+        walk(&u.shortcut_ops, &mut side);
+        walk(&u.branch, &mut shape);
+        walk(&u.after_add, &mut shape);
+    }
+    walk(&net.head, &mut shape);
+    let copies = match purpose {
+        Purpose::Profile { npz: true, .. } => 5.0,
+        Purpose::Profile {
+            weight_grads: true, ..
+        } => 2.0,
+        Purpose::Profile { .. } => 1.0,
+        Purpose::Check | Purpose::Train => 4.0,
+    };
+    let parameters = 8.0 * net.param_count() as f64 * copies;
+    let activations = 8.0 * batch as f64 * values * IMPORTED_TENSORS_PER_OP;
+    let scratch = 8.0 * rayon::current_num_threads() as f64 * scratch;
+    Estimate {
+        parameters,
+        activations,
+        scratch,
+        unit_caches: activations,
+        total: parameters + activations + scratch + FIXED_BYTES,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

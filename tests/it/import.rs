@@ -122,3 +122,66 @@ fn bad_model_files_are_refused_in_one_line() {
         .path("--model", &fifo)
         .refused("--model");
 }
+
+#[test]
+fn profile_check_and_paths_run_on_an_imported_network_keyed_by_its_unit_names() {
+    let w = Work::new();
+    let out = stdout(
+        &Argv::new("profile --batch 4")
+            .flag("--model", fixture("preact.onnx"))
+            .path("--csv", w.path("p.csv"))
+            .ok(),
+    );
+    assert!(out.starts_with("resprop profile: --model "), "{out}");
+    let names: Vec<&str> = out
+        .lines()
+        .skip_while(|l| !l.trim_start().starts_with("unit st"))
+        .skip(1)
+        .take(5)
+        .filter_map(|l| l.split_whitespace().last())
+        .collect();
+    assert_eq!(
+        names,
+        ["layer1.0", "layer1.1", "layer2.0", "layer2.1", "top"],
+        "{out}"
+    );
+    // One row per unit input and the head's input, as for a built-in net.
+    assert_eq!(w.read("p.csv").lines().count(), 1 + 5);
+    let check = stdout(
+        &Argv::new("check --batch 2")
+            .flag("--model", fixture("basic.onnx"))
+            .ok(),
+    );
+    assert!(check.contains(" 0 failed"), "{check}");
+    Argv::new("paths --batch 4")
+        .flag("--model", fixture("preln.onnx"))
+        .ok();
+}
+
+#[test]
+fn flags_that_describe_another_network_or_input_are_refused_with_a_model() {
+    let model = fixture("basic.onnx");
+    for (flag, value) in [
+        ("--units", "3"),
+        ("--net", "resnet110"),
+        ("--placement", "full-preact"),
+        ("--shortcut", "scale:0.5"),
+        ("--norm", "layer"),
+        ("--image-size", "16"),
+        ("--classes", "3"),
+        ("--data", "digits"),
+    ] {
+        Argv::new("profile")
+            .flag("--model", &model)
+            .flag(flag, value)
+            .refused(&format!("{flag}: "));
+    }
+    Argv::new("profile")
+        .flag("--model", &model)
+        .switch("--unfused")
+        .refused("--unfused: an imported network always runs the plain interpreter");
+    // The memory preflight sees the imported network too.
+    Argv::new("profile --batch 100000000")
+        .flag("--model", &model)
+        .refused("would need about");
+}
