@@ -91,6 +91,7 @@ fn op_json(op: &Op) -> Value {
         Op::BranchScale(b) => json!({ "op": "branch_scale", "a": format!("{}.a", b.name) }),
         Op::ScalarBias(b) => json!({ "op": "scalar_bias", "b": format!("{}.b", b.name) }),
         Op::Pool => json!({ "op": "global_avg_pool" }),
+        Op::MaxPool(m) => json!({ "op": "max_pool", "k": m.k, "stride": m.stride, "pad": m.pad }),
         Op::PadShortcut(p) => json!({ "op": "pad_shortcut", "stride": p.stride, "c_out": p.c_out }),
         Op::Relu => json!({ "op": "relu" }),
         Op::Mask(_) => json!({ "op": "frozen-relu" }),

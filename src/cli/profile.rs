@@ -101,7 +101,15 @@ pub fn run(args: &ProfileArgs) -> Result<ExitCode> {
     outln!(
         out,
         "memory: estimated {}, peak resident {}",
-        crate::net::memory::human(net_args.memory(job.purpose()).total),
+        crate::net::memory::human(
+            match &net.spec {
+                crate::net::NetSpec::Imported(_) =>
+                    crate::net::memory::estimate_network(net, net_args.batch, job.purpose()),
+                crate::net::NetSpec::Mlp(_) | crate::net::NetSpec::Resnet(_) =>
+                    net_args.memory(job.purpose()),
+            }
+            .total
+        ),
         // VmHWM is in KiB (`peak_rss_mb` gives MiB); the estimate is in bytes.
         crate::cli::bench::peak_rss_mb().map_or("unknown".into(), |mib| {
             crate::net::memory::human(mib * 1024.0 * 1024.0)

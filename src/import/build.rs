@@ -161,6 +161,36 @@ fn ops_of(graph: &Graph, node: &Node, shape: &[usize]) -> Result<(Vec<Op>, Vec<u
             Ok((vec![Op::Norm(Norm::Layer(ln))], shape.to_vec()))
         }
         OpType::Relu => Ok((vec![Op::Relu], shape.to_vec())),
+        OpType::MaxPool => {
+            let [c, h, w] = shape[..] else {
+                bail!(
+                    "{}: input of shape {shape:?} per sample; it pools C x H x W",
+                    node.label()
+                );
+            };
+            if node.int("ceil_mode").unwrap_or(0) != 0 || square(node, "dilations", 1)? != 1 {
+                bail!(
+                    "{}: resprop maps max pooling without ceil_mode or dilation",
+                    node.label()
+                );
+            }
+            let k = square(node, "kernel_shape", 0)?;
+            let (stride, pad) = (square(node, "strides", 1)?, square(node, "pads", 0)?);
+            if k == 0 || stride == 0 || pad >= k || h + 2 * pad < k || w + 2 * pad < k {
+                bail!(
+                    "{}: a {k}x{k} window, stride {stride}, pad {pad} does not fit a {h}x{w} input",
+                    node.label()
+                );
+            }
+            let pool = crate::layers::max_pool::MaxPool {
+                name,
+                k,
+                stride,
+                pad,
+            };
+            let (ho, wo) = pool.out_hw(h, w);
+            Ok((vec![Op::MaxPool(pool)], vec![c, ho, wo]))
+        }
         OpType::Identity | OpType::Dropout => Ok((vec![], shape.to_vec())),
         OpType::GlobalAveragePool => {
             if shape.len() != 3 {

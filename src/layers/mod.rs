@@ -16,6 +16,7 @@ pub mod dense_fused;
 pub mod dropout;
 pub mod layer_norm;
 pub mod loss;
+pub mod max_pool;
 pub mod norm;
 pub mod pad_shortcut;
 pub mod pool;

@@ -510,30 +510,26 @@ pub fn ensure_fits(e: &Estimate, what: &str) -> Result<()> {
 /// The per-sample shape after `op` on a per-sample input `shape`, and the values of the
 /// largest im2col buffer it needs (convolutions).
 fn op_shape(op: &crate::unit::Op, shape: &[usize]) -> (Vec<usize>, f64) {
-    use crate::unit::Op;
-    match op {
-        Op::Conv(c) => {
-            let (c_out, k) = (c.w.shape()[0], c.w.shape()[2]);
-            let out = |n: usize| crate::kernels::im2col::out_size(n, k, c.stride, c.pad);
-            let (h, w) = (out(shape[1]), out(shape[2]));
-            (vec![c_out, h, w], (shape[0] * k * k * h * w) as f64)
+    let mut one = vec![1];
+    one.extend_from_slice(shape);
+    let out = op.out_shape(&one)[1..].to_vec();
+    let cols = match op {
+        crate::unit::Op::Conv(c) => {
+            let k = c.w.shape()[2];
+            (shape[0] * k * k * out[1..].iter().product::<usize>()) as f64
         }
-        Op::Dense(d) => (vec![d.w.shape()[1]], 0.0),
-        Op::Pool => (vec![shape[0]], 0.0),
-        Op::PadShortcut(p) => {
-            let mut with_batch = vec![1];
-            with_batch.extend_from_slice(shape);
-            (p.out_shape(&with_batch)[1..].to_vec(), 0.0)
-        }
-        Op::Norm(_) | Op::Relu | Op::BranchScale(_) | Op::ScalarBias(_) | Op::Mask(_) => {
-            (shape.to_vec(), 0.0)
-        }
-    }
+        _ => 0.0,
+    };
+    (out, cols)
 }
 
 /// Tensors of each op's output the plain interpreter may hold at once for a training-mode
 /// backward: its cache, its gradient, a temporary.
 const IMPORTED_TENSORS_PER_OP: f64 = 3.0;
+
+/// Copies of an imported network's weights held while it is built: the file's bytes, the
+/// decoded protobuf message (while the graph is read from it) and the graph's constants.
+const IMPORT_COPIES: f64 = 3.0;
 
 /// The peak memory of `purpose` on a network built from a model file (`crate::import`), with
 /// batch `batch`: an upper bound from its own ops (each op's output counted
@@ -567,7 +563,8 @@ pub fn estimate_network(net: &super::Network, batch: usize, purpose: Purpose) ->
         Purpose::Profile { .. } => 1.0,
         Purpose::Check | Purpose::Train => 4.0,
     };
-    let parameters = 8.0 * net.param_count() as f64 * copies;
+    // While the network is built, the file's bytes and its decoded weights are held too.
+    let parameters = 8.0 * net.param_count() as f64 * (copies + IMPORT_COPIES);
     let activations = 8.0 * batch as f64 * values * IMPORTED_TENSORS_PER_OP;
     let scratch = 8.0 * rayon::current_num_threads() as f64 * scratch;
     Estimate {

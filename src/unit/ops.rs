@@ -39,6 +39,8 @@ pub enum Op {
     Conv(Conv2d),
     /// Global average pooling `(N, C, H, W) -> (N, C)`.
     Pool,
+    /// Max pooling over k x k windows (an imported model's, e.g. torchvision's ResNet stem).
+    MaxPool(crate::layers::max_pool::MaxPool),
     /// The option-A shortcut of a shape-changing unit (subsample, zero-pad the new channels).
     PadShortcut(PadShortcut),
     /// A normalisation slot, filled by the network's [`NormKind`](crate::layers::NormKind).
@@ -59,6 +61,7 @@ pub enum OpCache {
     Conv(ConvCache),
     /// The pooled input's shape.
     Pool(Vec<usize>),
+    MaxPool(crate::layers::max_pool::MaxPoolCache),
     /// The padded shortcut's input shape.
     PadShortcut(Vec<usize>),
     Norm(NormCache),
@@ -85,6 +88,10 @@ impl Op {
                 (y, OpCache::Conv(c))
             }
             Op::Pool => (pool::forward(&x), OpCache::Pool(x.shape().to_vec())),
+            Op::MaxPool(m) => {
+                let (y, c) = m.forward(&x);
+                (y, OpCache::MaxPool(c))
+            }
             Op::PadShortcut(p) => (p.forward(&x), OpCache::PadShortcut(x.shape().to_vec())),
             Op::Norm(n) => {
                 let (y, c) = n.forward(x, mode);
@@ -109,6 +116,7 @@ impl Op {
             (Op::Dense(d), OpCache::Dense(c)) => d.backward(c, &grad_y, grads),
             (Op::Conv(conv), OpCache::Conv(c)) => conv.backward(c, &grad_y, grads),
             (Op::Pool, OpCache::Pool(shape)) => pool::backward(shape, &grad_y),
+            (Op::MaxPool(m), OpCache::MaxPool(c)) => m.backward(c, &grad_y),
             (Op::PadShortcut(p), OpCache::PadShortcut(shape)) => p.backward(shape, &grad_y),
             (Op::Norm(n), OpCache::Norm(c)) => n.backward(c, grad_y, grads),
             (Op::Relu, OpCache::Relu(c)) => relu::backward(c, grad_y),
@@ -126,7 +134,7 @@ impl Op {
             Op::Norm(n) => n.visit_params(f),
             Op::BranchScale(b) => b.visit_params(f),
             Op::ScalarBias(b) => b.visit_params(f),
-            Op::Relu | Op::Mask(_) | Op::Pool | Op::PadShortcut(_) => {}
+            Op::Relu | Op::Mask(_) | Op::Pool | Op::MaxPool(_) | Op::PadShortcut(_) => {}
         }
     }
 
@@ -137,7 +145,7 @@ impl Op {
             Op::Norm(n) => n.visit_params_mut(f),
             Op::BranchScale(b) => b.visit_params_mut(f),
             Op::ScalarBias(b) => b.visit_params_mut(f),
-            Op::Relu | Op::Mask(_) | Op::Pool | Op::PadShortcut(_) => {}
+            Op::Relu | Op::Mask(_) | Op::Pool | Op::MaxPool(_) | Op::PadShortcut(_) => {}
         }
     }
 
@@ -159,6 +167,10 @@ impl Op {
             Op::Dense(d) => vec![in_shape[0], d.d_out()],
             Op::Conv(c) => c.out_shape(in_shape).to_vec(),
             Op::Pool => in_shape[..2].to_vec(),
+            Op::MaxPool(m) => {
+                let (h, w) = m.out_hw(in_shape[2], in_shape[3]);
+                vec![in_shape[0], in_shape[1], h, w]
+            }
             Op::PadShortcut(p) => p.out_shape(in_shape).to_vec(),
             Op::Norm(_) | Op::Relu | Op::Mask(_) | Op::BranchScale(_) | Op::ScalarBias(_) => {
                 in_shape.to_vec()
@@ -187,6 +199,7 @@ impl Op {
             Op::Conv(c) if c.k() == 1 => "W1x1",
             Op::Conv(_) => "W3x3",
             Op::Pool => "pool",
+            Op::MaxPool(_) => "maxpool",
             Op::PadShortcut(_) => "pad",
             Op::Norm(n) => n.label(),
             Op::BranchScale(b) if b.a.len() == 1 => "alpha",

@@ -32,7 +32,7 @@ fn rows(out: &str) -> Vec<Vec<String>> {
 #[test]
 fn torchvisions_basic_blocks_are_four_units_named_by_their_modules() {
     let out = inspect("basic.onnx");
-    assert!(out.contains("stem: Conv BN Relu\n"), "{out}");
+    assert!(out.contains("stem: Conv BN Relu MaxPool\n"), "{out}");
     assert!(out.contains("head: GlobalAvgPool Flatten Gemm\n"), "{out}");
     let r = rows(&out);
     let names: Vec<&str> = r.iter().map(|r| r[1].as_str()).collect();

@@ -31,8 +31,8 @@ def downsample(cin, cout, stride):
 
 
 class SmallResNet(nn.Module):
-    """torchvision's ResNet layout (conv1, bn1, relu, layer1, layer2, avgpool, fc) at width 8
-    on 8x8 images, with torchvision's blocks, so the node names are theirs."""
+    """torchvision's ResNet layout (conv1, bn1, relu, maxpool, layer1, layer2, avgpool, fc) at
+    width 8 on 12x12 images, with torchvision's blocks, so the node names are theirs."""
 
     def __init__(self, block, width=8, classes=10):
         super().__init__()
@@ -40,6 +40,7 @@ class SmallResNet(nn.Module):
         self.conv1 = nn.Conv2d(3, width, 3, 1, 1, bias=False)
         self.bn1 = nn.BatchNorm2d(width)
         self.relu = nn.ReLU(inplace=True)
+        self.maxpool = nn.MaxPool2d(kernel_size=3, stride=2, padding=1)
         self.layer1 = nn.Sequential(
             block(width, width, downsample=downsample(width, width * e, 1) if e != 1 else None),
             block(width * e, width),
@@ -52,7 +53,7 @@ class SmallResNet(nn.Module):
         self.fc = nn.Linear(2 * width * e, classes)
 
     def forward(self, x):
-        x = self.relu(self.bn1(self.conv1(x)))
+        x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
         x = self.layer2(self.layer1(x))
         return self.fc(torch.flatten(self.avgpool(x), 1))
 
@@ -226,8 +227,8 @@ def export(model, x, name):
 
 
 FIXTURES = {
-    "basic.onnx": (lambda: SmallResNet(BasicBlock), (2, 3, 8, 8)),
-    "bottleneck.onnx": (lambda: SmallResNet(Bottleneck, width=4), (2, 3, 8, 8)),
+    "basic.onnx": (lambda: SmallResNet(BasicBlock), (2, 3, 12, 12)),
+    "bottleneck.onnx": (lambda: SmallResNet(Bottleneck, width=4), (2, 3, 12, 12)),
     "preact.onnx": (PreActNet, (2, 3, 8, 8)),
     "preln.onnx": (PreLNMLP, (2, 64)),
     "inplace.onnx": (InPlaceNet, (2, 3, 8, 8)),
