@@ -43,8 +43,6 @@ fn square(node: &Node, attr: &str, default: usize) -> Result<usize> {
 }
 
 /// The engine ops of one node on an input of per-sample shape `shape`, and the shape after it.
-/// `next` is the node after it in the same sequence, when there is one (a MatMul takes the
-/// bias of the Add that follows it).
 fn ops_of(graph: &Graph, node: &Node, shape: &[usize]) -> Result<(Vec<Op>, Vec<usize>)> {
     let name = node.name.clone();
     match node.op {

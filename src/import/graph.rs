@@ -388,17 +388,6 @@ impl Graph {
         })
     }
 
-    /// The node that computes tensor `name`, by index into `nodes`.
-    pub fn producers(&self) -> HashMap<&str, usize> {
-        let mut by = HashMap::new();
-        for (i, n) in self.nodes.iter().enumerate() {
-            for o in &n.outputs {
-                by.insert(o.as_str(), i);
-            }
-        }
-        by
-    }
-
     /// The inputs of `node` that are activations (not constants, not left out).
     pub fn data_inputs<'a>(&'a self, node: &'a Node) -> impl Iterator<Item = &'a str> + 'a {
         node.inputs

@@ -36,8 +36,9 @@ impl MaxPool {
         )
     }
 
-    pub fn forward(&self, x: &Tensor) -> (Tensor, MaxPoolCache) {
-        let x = crate::tensor::into_standard_layout(x.clone());
+    /// Takes the input by value: a standard-layout input is read in place, not copied.
+    pub fn forward(&self, x: Tensor) -> (Tensor, MaxPoolCache) {
+        let x = crate::tensor::into_standard_layout(x);
         let s = x.shape();
         let (n, c, h, w) = (s[0], s[1], s[2], s[3]);
         let (ho, wo) = self.out_hw(h, w);
@@ -85,10 +86,10 @@ impl MaxPool {
         )
     }
 
-    pub fn backward(&self, cache: &MaxPoolCache, grad_y: &Tensor) -> Tensor {
+    pub fn backward(&self, cache: &MaxPoolCache, grad_y: Tensor) -> Tensor {
         let s = &cache.in_shape;
         let plane = s[2] * s[3];
-        let g = crate::tensor::into_standard_layout(grad_y.clone());
+        let g = crate::tensor::into_standard_layout(grad_y);
         let gs = g.as_slice().expect("standard layout");
         let per_plane = gs.len() / (s[0] * s[1]).max(1);
         let mut gx = vec![0.0; s.iter().product()];
@@ -129,16 +130,19 @@ mod tests {
             };
             let mut r = rng(5);
             let x = gaussian(&[2, 3, h, w], 1.0, &mut r);
-            let (y, cache) = pool.forward(&x);
+            let (y, cache) = pool.forward(x.clone());
             let (ho, wo) = pool.out_hw(h, w);
             assert_eq!(y.shape(), &[2, 3, ho, wo]);
             let (a, b) = (
                 gaussian(y.shape(), 1.0, &mut r),
                 gaussian(y.shape(), 1.0, &mut r),
             );
-            let gx = pool.backward(&cache, &quadratic_loss(&y, &a, &b).1);
-            let num =
-                numerical_gradient(|x| quadratic_loss(&pool.forward(x).0, &a, &b).0, &x, 1e-6);
+            let gx = pool.backward(&cache, quadratic_loss(&y, &a, &b).1);
+            let num = numerical_gradient(
+                |x| quadratic_loss(&pool.forward(x.clone()).0, &a, &b).0,
+                &x,
+                1e-6,
+            );
             assert_close(&format!("k {k} s {stride} p {pad}"), &gx, &num, TOL);
         }
     }
@@ -156,9 +160,9 @@ mod tests {
             vec![1.0, 5.0, 2.0, 2.0, 3.0, -1.0, 0.0, 2.0],
         )
         .unwrap();
-        let (y, cache) = pool.forward(&x);
+        let (y, cache) = pool.forward(x.clone());
         assert_eq!(y.iter().copied().collect::<Vec<_>>(), [5.0, 2.0]);
-        let g = pool.backward(&cache, &Tensor::from_elem(IxDyn(&[1, 1, 1, 2]), 1.0));
+        let g = pool.backward(&cache, Tensor::from_elem(IxDyn(&[1, 1, 1, 2]), 1.0));
         assert_eq!(
             g.iter().copied().collect::<Vec<_>>(),
             [0.0, 1.0, 1.0, 0.0, 0.0, 0.0, 0.0, 0.0]

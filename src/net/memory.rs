@@ -295,6 +295,19 @@ pub fn work_of(macs: f64, units: f64, batch: usize, passes: f64) -> crate::budge
     }
 }
 
+/// Copies of the parameters `purpose` holds: the weights, and the gradients, optimizer state
+/// or `--npz` arrays beside them.
+fn parameter_copies(purpose: Purpose) -> f64 {
+    match purpose {
+        Purpose::Profile { npz: true, .. } => 5.0,
+        Purpose::Profile {
+            weight_grads: true, ..
+        } => 2.0,
+        Purpose::Profile { .. } => 1.0,
+        Purpose::Check | Purpose::Train => 4.0,
+    }
+}
+
 /// Estimates the peak memory of `purpose` on the named network with batch `batch`, on the
 /// threads of the current pool (`rayon::current_num_threads`).
 pub fn estimate(
@@ -388,14 +401,7 @@ pub fn estimate_with(
     threads: usize,
 ) -> Estimate {
     let c = counts(choice, sizes, shortcut);
-    let copies = match purpose {
-        Purpose::Profile { npz: true, .. } => 5.0,
-        Purpose::Profile {
-            weight_grads: true, ..
-        } => 2.0,
-        Purpose::Profile { .. } => 1.0,
-        Purpose::Check | Purpose::Train => 4.0,
-    };
+    let copies = parameter_copies(purpose);
     let n = batch as f64;
     let parameters = 8.0 * c.params * copies;
     let terms = per_sample(choice, sizes, placement, shortcut, purpose);
@@ -555,14 +561,7 @@ pub fn estimate_network(net: &super::Network, batch: usize, purpose: Purpose) ->
         walk(&u.after_add, &mut shape);
     }
     walk(&net.head, &mut shape);
-    let copies = match purpose {
-        Purpose::Profile { npz: true, .. } => 5.0,
-        Purpose::Profile {
-            weight_grads: true, ..
-        } => 2.0,
-        Purpose::Profile { .. } => 1.0,
-        Purpose::Check | Purpose::Train => 4.0,
-    };
+    let copies = parameter_copies(purpose);
     // While the network is built, the file's bytes and its decoded weights are held too.
     let parameters = 8.0 * net.param_count() as f64 * (copies + IMPORT_COPIES);
     let activations = 8.0 * batch as f64 * values * IMPORTED_TENSORS_PER_OP;

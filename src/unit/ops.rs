@@ -89,7 +89,7 @@ impl Op {
             }
             Op::Pool => (pool::forward(&x), OpCache::Pool(x.shape().to_vec())),
             Op::MaxPool(m) => {
-                let (y, c) = m.forward(&x);
+                let (y, c) = m.forward(x);
                 (y, OpCache::MaxPool(c))
             }
             Op::PadShortcut(p) => (p.forward(&x), OpCache::PadShortcut(x.shape().to_vec())),
@@ -116,7 +116,7 @@ impl Op {
             (Op::Dense(d), OpCache::Dense(c)) => d.backward(c, &grad_y, grads),
             (Op::Conv(conv), OpCache::Conv(c)) => conv.backward(c, &grad_y, grads),
             (Op::Pool, OpCache::Pool(shape)) => pool::backward(shape, &grad_y),
-            (Op::MaxPool(m), OpCache::MaxPool(c)) => m.backward(c, &grad_y),
+            (Op::MaxPool(m), OpCache::MaxPool(c)) => m.backward(c, grad_y),
             (Op::PadShortcut(p), OpCache::PadShortcut(shape)) => p.backward(shape, &grad_y),
             (Op::Norm(n), OpCache::Norm(c)) => n.backward(c, grad_y, grads),
             (Op::Relu, OpCache::Relu(c)) => relu::backward(c, grad_y),
