@@ -26,6 +26,7 @@ pub fn run(args: &LesionArgs) -> Result<ExitCode> {
     crate::output::Outputs::new()
         .write("--csv", args.csv.as_deref())
         .read("--weights", args.job.net.weights.as_deref())
+        .read("--model", args.job.net.model.as_deref())
         .read_data("--data", args.job.net.data.as_ref())
         .check()?;
     let bar = ProgressBar::new(0);
@@ -64,16 +65,17 @@ pub fn run(args: &LesionArgs) -> Result<ExitCode> {
     ) {
         let _ = writeln!(
             out,
-            "one unit deleted ({} units): median {:.2}%, worst {:.2}% (unit {worst_u})",
+            "one unit deleted ({} units): median {:.2}%, worst {:.2}% (unit {})",
             singles.len(),
             100.0 * med,
-            100.0 * worst
+            100.0 * worst,
+            net.unit_label(worst_u)
         );
     }
     let shape: Vec<String> = singles
         .iter()
         .filter(|(u, _)| net.units[*u].changes_shape)
-        .map(|(u, e)| format!("unit {u}: {:.2}%", 100.0 * e))
+        .map(|(u, e)| format!("unit {}: {:.2}%", net.unit_label(*u), 100.0 * e))
         .collect();
     if !shape.is_empty() {
         let _ = writeln!(out, "  the shape-changing units: {}", shape.join(", "));

@@ -26,6 +26,7 @@ pub fn run(args: &PathsArgs) -> Result<ExitCode> {
     crate::output::Outputs::new()
         .write("--csv", args.csv.as_deref())
         .read("--weights", args.job.net.weights.as_deref())
+        .read("--model", args.job.net.model.as_deref())
         .read_data("--data", args.job.net.data.as_ref())
         .check()?;
     let bar = ProgressBar::hidden();

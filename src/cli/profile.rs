@@ -36,6 +36,7 @@ pub fn run(args: &ProfileArgs) -> Result<ExitCode> {
         .write_npz("--npz", args.npz.as_deref())
         .write("--weight-grad-csv", args.weight_grad_csv.as_deref())
         .read("--weights", args.job.net.weights.as_deref())
+        .read("--model", args.job.net.model.as_deref())
         .read_data("--data", args.job.net.data.as_ref())
         .check()?;
     // What the output files need computed and kept.
@@ -101,15 +102,7 @@ pub fn run(args: &ProfileArgs) -> Result<ExitCode> {
     outln!(
         out,
         "memory: estimated {}, peak resident {}",
-        crate::net::memory::human(
-            match &net.spec {
-                crate::net::NetSpec::Imported(_) =>
-                    crate::net::memory::estimate_network(net, net_args.batch, job.purpose()),
-                crate::net::NetSpec::Mlp(_) | crate::net::NetSpec::Resnet(_) =>
-                    net_args.memory(job.purpose()),
-            }
-            .total
-        ),
+        crate::net::memory::human(net_args.memory_of(net, job.purpose()).total),
         // VmHWM is in KiB (`peak_rss_mb` gives MiB); the estimate is in bytes.
         crate::cli::bench::peak_rss_mb().map_or("unknown".into(), |mib| {
             crate::net::memory::human(mib * 1024.0 * 1024.0)

@@ -302,6 +302,7 @@ pub fn run_cell(spec: &Spec, cell: &Cell) -> Result<CellResult> {
         weights: None,
         data: None,
         model: None,
+        input_shape: None,
         given: Default::default(),
     };
     let job = crate::jobs::ProfileJob {

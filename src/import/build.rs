@@ -270,22 +270,38 @@ fn seq(graph: &Graph, ids: &[usize], shape: &mut Vec<usize>) -> Result<Vec<Op>> 
     Ok(ops)
 }
 
-/// The network of a model whose structure was found, with `name` and `sha256` saying which
-/// file it came from.
-pub fn network(graph: &Graph, s: &Structure, model: &str, sha256: &str) -> Result<Network> {
-    let input_shape: Vec<usize> = graph
+/// The size of one sample the model's input declares (`[3, 32, 32]`, `[64]`).
+pub fn declared_input_shape(graph: &Graph) -> Result<Vec<usize>> {
+    graph
         .input_shape
         .iter()
         .skip(1)
         .map(|d| {
             d.ok_or_else(|| {
                 anyhow!(
-                    "the model's input '{}' does not declare its size per sample",
+                    "the model's input '{}' does not declare its size per sample; give it with --input-shape",
                     graph.input
                 )
             })
         })
-        .collect::<Result<_>>()?;
+        .collect()
+}
+
+/// The network of a model whose structure was found, on the input size the file declares,
+/// with `name` and `sha256` saying which file it came from.
+pub fn network(graph: &Graph, s: &Structure, model: &str, sha256: &str) -> Result<Network> {
+    network_on(graph, s, model, sha256, declared_input_shape(graph)?)
+}
+
+/// The network of a model on samples of shape `input_shape` (a convolutional model runs on
+/// any image size its ops fit; each op is checked against the shape that reaches it).
+pub fn network_on(
+    graph: &Graph,
+    s: &Structure,
+    model: &str,
+    sha256: &str,
+    input_shape: Vec<usize>,
+) -> Result<Network> {
     let mut shape = input_shape.clone();
     let stem = seq(graph, &s.stem, &mut shape)?;
     let mut units = Vec::with_capacity(s.units.len());
@@ -351,6 +367,7 @@ pub fn network(graph: &Graph, s: &Structure, model: &str, sha256: &str) -> Resul
             model: model.to_string(),
             sha256: sha256.to_string(),
             units: s.units.iter().map(|u| u.name.clone()).collect(),
+            folded_bn: graph.nodes.iter().filter(|n| n.folded_bn).count(),
         }),
         stem,
         units,

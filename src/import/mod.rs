@@ -108,9 +108,10 @@ pub fn describe(graph: &Graph, s: &Structure) -> String {
     out
 }
 
-/// Small ONNX models built in code, for the tests of this module.
-#[cfg(test)]
-pub(crate) mod testing {
+/// Small ONNX models built in code, for the tests of this module and the integration tests
+/// (a model no exporter writes: no residual unit, a cycle, an unknown op).
+#[doc(hidden)]
+pub mod testing {
     use prost::Message;
 
     use super::proto;

@@ -38,8 +38,11 @@ impl LesionJob {
         progress: &(dyn Fn(usize) + Sync),
         stop: &crate::interrupt::Interrupt,
     ) -> Result<Lesions> {
-        if self.net.weights.is_none() {
-            bail!("lesion needs a trained network: --weights CHECKPOINT (from `resprop train --checkpoint DIR`)");
+        if self.net.weights.is_none() && self.net.model.is_none() {
+            bail!("lesion needs a trained network: --weights CHECKPOINT (from `resprop train --checkpoint DIR`) or --model FILE.onnx");
+        }
+        if self.net.model.is_some() && self.net.data.is_none() {
+            bail!("lesion --model measures the model's test error: give the data it was trained on with --data");
         }
         if self.draws == 0 {
             bail!("--draws: at least 1");

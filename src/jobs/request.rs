@@ -66,10 +66,60 @@ pub struct NetRequest {
     #[arg(long, value_name = "FILE.onnx")]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub model: Option<std::path::PathBuf>,
+    /// With --model: the size of one sample, C,H,W for images or D for vectors, instead of
+    /// the one the file declares (a convolutional model runs on any image size its layers
+    /// fit; needed when the file leaves the size open).
+    #[arg(long, value_name = "C,H,W", requires = "model")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(serialize_with = "crate::util::text_opt::serialize")]
+    pub input_shape: Option<InputShape>,
     /// The flags given on the command line (filled after parsing).
     #[arg(skip)]
     #[serde(skip)]
     pub given: Given,
+}
+
+/// The size of one input sample, `C,H,W` or `D` (`--input-shape`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InputShape(pub Vec<usize>);
+
+/// Values in one sample at most (a 3 x 4096 x 4096 image): a bound, before any memory
+/// estimate, on what a typo can ask for.
+const MAX_SAMPLE_VALUES: usize = 3 << 24;
+
+impl std::str::FromStr for InputShape {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let dims = s
+            .split(',')
+            .map(|d| match d.trim().parse::<usize>() {
+                Ok(v) if v > 0 => Ok(v),
+                _ => Err(format!(
+                    "'{s}': sizes are positive integers, C,H,W for images or D for vectors"
+                )),
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        if dims.len() != 1 && dims.len() != 3 {
+            return Err(format!(
+                "'{s}' has {} sizes; give C,H,W for images or D for vectors",
+                dims.len()
+            ));
+        }
+        let values = dims.iter().try_fold(1usize, |a, &d| a.checked_mul(d));
+        if values.is_none_or(|v| v > MAX_SAMPLE_VALUES) {
+            return Err(format!(
+                "'{s}': at most {MAX_SAMPLE_VALUES} values per sample"
+            ));
+        }
+        Ok(InputShape(dims))
+    }
+}
+
+impl std::fmt::Display for InputShape {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let dims: Vec<String> = self.0.iter().map(|d| d.to_string()).collect();
+        f.write_str(&dims.join(","))
+    }
 }
 
 /// A network ready to analyse, with its batch.
@@ -225,19 +275,7 @@ impl NetRequest {
             self.arch.load_weights(w, &mut net, given_data.as_deref())?;
         }
         let (input, labels) = match (&self.data, &data) {
-            (Some(_), Some(d)) => {
-                let n = d.train.len();
-                if self.batch > n {
-                    anyhow::bail!(
-                        "--batch {} is larger than the training split of {} ({n} images)",
-                        self.batch,
-                        d.name
-                    );
-                }
-                let mut r = crate::rng::rng(derive_seed(self.seed, &[purpose::INPUT]));
-                let idx = rand::seq::index::sample(&mut r, n, self.batch).into_vec();
-                d.train.batch(&idx, self.arch.net == NetChoice::Mlp)
-            }
+            (Some(_), Some(d)) => self.data_batch(d, self.arch.net == NetChoice::Mlp)?,
             _ => crate::analysis::gaussian_batch(
                 &net.input_shape,
                 self.batch,
@@ -254,8 +292,9 @@ impl NetRequest {
         })
     }
 
-    /// The network of an ONNX model and a Gaussian batch for it. Every flag that describes
-    /// the network or its input is refused: the file says all of it.
+    /// The network of an ONNX model and its batch: `--data`'s images, or a Gaussian batch of
+    /// the file's input size (or `--input-shape`). Every flag that describes the network is
+    /// refused: the file says all of it.
     fn prepare_imported(
         &self,
         model: &std::path::Path,
@@ -272,43 +311,152 @@ impl NetRequest {
             ("projection", self.arch.projection != d.arch.projection),
             ("norm", self.arch.norm != d.arch.norm),
             ("init", self.arch.init != d.arch.init),
-            ("input_dim", self.input_dim != d.input_dim),
-            ("image_size", self.image_size != d.image_size),
             ("classes", self.classes != d.classes),
         ] {
             self.given.refuse(id, differs, || mine.into())?;
         }
+        for (id, differs) in [
+            ("input_dim", self.input_dim != d.input_dim),
+            ("image_size", self.image_size != d.image_size),
+        ] {
+            self.given.refuse(id, differs, || {
+                "the input size is --model's; --input-shape C,H,W (or D) sets another".into()
+            })?;
+        }
         self.given.refuse("weights", self.weights.is_some(), || {
             "the weights are --model's own".into()
         })?;
-        self.given.refuse("data", self.data.is_some(), || {
-            "not yet with --model: an imported network is analysed on a Gaussian batch".into()
-        })?;
+        if self.data.is_some() {
+            self.given
+                .refuse("input_shape", self.input_shape.is_some(), || {
+                    "the input size is --data's".into()
+                })?;
+        }
         self.given.refuse("unfused", self.unfused, || {
             "an imported network always runs the plain interpreter".into()
         })?;
         let bytes = crate::input::read(model, crate::import::graph::MAX_MODEL_BYTES, "--model")?;
         let at = |e: anyhow::Error| anyhow::anyhow!("--model {}: {e:#}", model.display());
         let graph = crate::import::Graph::decode(&bytes).map_err(at)?;
+        self.refuse_bn_mode_for(&graph)?;
         let found = crate::import::find(&graph).map_err(at)?;
-        let net = crate::import::build::network(
+        let data = self.data.as_ref().map(crate::data::load).transpose()?;
+        let declared = crate::import::build::declared_input_shape(&graph);
+        let shape = match (&data, &self.input_shape) {
+            (Some(d), _) => {
+                let image = d.train.image_shape().to_vec();
+                // A model that reads vectors reads the images flattened.
+                match declared.as_deref() {
+                    Ok([_]) => vec![image.iter().product()],
+                    _ => image,
+                }
+            }
+            (None, Some(s)) => s.0.clone(),
+            (None, None) => declared.map_err(at)?,
+        };
+        let sha256 = crate::util::sha256_hex(&bytes);
+        drop(bytes);
+        let net = crate::import::build::network_on(
             &graph,
             &found,
             &model.display().to_string(),
-            &crate::util::sha256_hex(&bytes),
+            &sha256,
+            shape.clone(),
         )
-        .map_err(at)?;
+        .map_err(|e| match (&data, &self.input_shape) {
+            (Some(d), _) => anyhow::anyhow!(
+                "--model {} on --data {} ({} per sample): {e:#}",
+                model.display(),
+                d.name,
+                shape
+                    .iter()
+                    .map(|v| v.to_string())
+                    .collect::<Vec<_>>()
+                    .join("x")
+            ),
+            (None, Some(s)) => {
+                anyhow::anyhow!("--model {} at --input-shape {s}: {e:#}", model.display())
+            }
+            (None, None) => at(e),
+        })?;
+        drop(graph);
         let estimate = crate::net::memory::estimate_network(&net, self.batch, purpose);
         crate::net::memory::ensure_fits(&estimate, &model.display().to_string())?;
-        let (input, labels) =
-            crate::analysis::gaussian_batch(&net.input_shape, self.batch, net.classes, self.seed);
+        let (input, labels) = match &data {
+            Some(d) => {
+                if d.classes > net.classes {
+                    anyhow::bail!(
+                        "--data {} has {} classes and --model {} gives {} logits",
+                        d.name,
+                        d.classes,
+                        model.display(),
+                        net.classes
+                    );
+                }
+                self.data_batch(d, shape.len() == 1)?
+            }
+            None => crate::analysis::gaussian_batch(
+                &net.input_shape,
+                self.batch,
+                net.classes,
+                self.seed,
+            ),
+        };
         Ok(Analysis {
             args: self.clone(),
             net,
             input,
             labels,
-            data: None,
+            data,
         })
+    }
+
+    /// Refuses `--bn-mode` for a model it cannot apply to: one with no BatchNorm, or (for
+    /// `train`) one whose exporter folded BatchNorm into the convolutions, which holds only
+    /// the network in evaluation mode.
+    fn refuse_bn_mode_for(&self, graph: &crate::import::Graph) -> Result<()> {
+        use crate::import::OpType;
+        let has_bn = graph
+            .nodes
+            .iter()
+            .any(|n| n.op == OpType::BatchNormalization);
+        let folded = graph.nodes.iter().any(|n| n.folded_bn);
+        if folded && self.bn_mode == Mode::Train && self.given.has("bn_mode") {
+            anyhow::bail!(
+                "--bn-mode train: the exporter folded --model's BatchNorm into its convolutions, so the file holds the network in evaluation mode only; export it with training=torch.onnx.TrainingMode.TRAINING, do_constant_folding=False, dynamo=False to keep BatchNorm"
+            );
+        }
+        if !has_bn {
+            let d = NetRequest::defaults();
+            self.given
+                .refuse("bn_mode", self.bn_mode != d.bn_mode, || {
+                    if folded {
+                        "the exporter folded --model's BatchNorm into its convolutions".into()
+                    } else {
+                        "--model has no BatchNorm".into()
+                    }
+                })?;
+        }
+        Ok(())
+    }
+
+    /// `--batch` images of `data`'s training split, drawn with --seed.
+    fn data_batch(
+        &self,
+        d: &crate::data::Split,
+        flat: bool,
+    ) -> Result<(crate::tensor::Tensor, Vec<usize>)> {
+        let n = d.train.len();
+        if self.batch > n {
+            anyhow::bail!(
+                "--batch {} is larger than the training split of {} ({n} images)",
+                self.batch,
+                d.name
+            );
+        }
+        let mut r = crate::rng::rng(derive_seed(self.seed, &[purpose::INPUT]));
+        let idx = rand::seq::index::sample(&mut r, n, self.batch).into_vec();
+        Ok(d.train.batch(&idx, flat))
     }
 
     /// The network for `input`, drawn from --seed, run by the engine --unfused names.
@@ -325,7 +473,13 @@ impl NetRequest {
     /// The header `profile` and `check` print: the run, a typical unit, the shape changes.
     pub fn describe(&self, command: &str, net: &Network) -> String {
         let mut out = format!("resprop {command}: {}\n", self.summary());
-        out.push_str(&format!("unit: {}\n", net.units.last().unwrap().describe()));
+        if let crate::net::NetSpec::Imported(spec) = &net.spec {
+            out.push_str(&imported_notes(spec, net));
+        }
+        let Some(last) = net.units.last() else {
+            return out;
+        };
+        out.push_str(&format!("unit: {}\n", last.describe()));
         let changes: Vec<String> = net
             .units
             .iter()
@@ -363,11 +517,31 @@ impl NetRequest {
         out
     }
 
+    /// The memory estimate of the prepared network `net` for `purpose`: an imported network's
+    /// from its own ops, a built-in one's from its description.
+    pub fn memory_of(
+        &self,
+        net: &Network,
+        purpose: crate::net::memory::Purpose,
+    ) -> crate::net::memory::Estimate {
+        match &net.spec {
+            crate::net::NetSpec::Imported(_) => {
+                crate::net::memory::estimate_network(net, self.batch, purpose)
+            }
+            crate::net::NetSpec::Mlp(_) | crate::net::NetSpec::Resnet(_) => self.memory(purpose),
+        }
+    }
+
     /// One line naming everything that determines the numbers.
     pub fn summary(&self) -> String {
         if let Some(model) = &self.model {
+            let input = match (&self.data, &self.input_shape) {
+                (Some(d), _) => format!("batch from {d}"),
+                (None, Some(s)) => format!("Gaussian batch of {s} samples (--input-shape)"),
+                (None, None) => "Gaussian batch of the file's input size".into(),
+            };
             return format!(
-                "--model {}, batch {}, BN {} (where it has BatchNorm), seed {}, Gaussian batch",
+                "--model {}, batch {}, BN {} (where it has BatchNorm), seed {}, {input}",
                 model.display(),
                 self.batch,
                 self.bn_mode,
@@ -424,4 +598,26 @@ impl NetRequest {
             arch.net, self.batch, arch.placement, arch.shortcut, self.seed
         )
     }
+}
+
+/// The lines an imported network's header adds: its input, its units, what is not as usual.
+fn imported_notes(spec: &crate::net::ImportedSpec, net: &Network) -> String {
+    let shape: Vec<String> = net.input_shape.iter().map(|d| d.to_string()).collect();
+    let mut out = format!(
+        "model: sha256 {}, input {} per sample, {} classes, {} residual units\n",
+        &spec.sha256[..spec.sha256.len().min(12)],
+        shape.join("x"),
+        net.classes,
+        net.units.len()
+    );
+    if net.units.is_empty() {
+        out.push_str("note: no residual unit found in the model: it runs as a plain network, and only the head's input (top) is recorded\n");
+    }
+    if spec.folded_bn > 0 {
+        out.push_str(&format!(
+            "note: the exporter folded BatchNorm into {} convolutions: this is the network in evaluation mode\n",
+            spec.folded_bn
+        ));
+    }
+    out
 }

@@ -160,6 +160,9 @@ pub struct ImportedSpec {
     pub sha256: String,
     /// The units' names, in order.
     pub units: Vec<String>,
+    /// Convolutions the exporter folded a BatchNorm into (the file holds the network in
+    /// evaluation mode only).
+    pub folded_bn: usize,
 }
 
 #[derive(Debug, Clone)]
@@ -276,6 +279,15 @@ pub struct NetGrads {
 }
 
 impl Network {
+    /// How a unit is named to a reader: an imported model's module name (`layer1.0`), else
+    /// its index.
+    pub fn unit_label(&self, l: usize) -> String {
+        match &self.spec {
+            NetSpec::Imported(spec) => spec.units[l].clone(),
+            NetSpec::Mlp(_) | NetSpec::Resnet(_) => l.to_string(),
+        }
+    }
+
     pub fn num_units(&self) -> usize {
         self.units.len()
     }

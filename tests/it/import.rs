@@ -169,7 +169,7 @@ fn flags_that_describe_another_network_or_input_are_refused_with_a_model() {
         ("--norm", "layer"),
         ("--image-size", "16"),
         ("--classes", "3"),
-        ("--data", "digits"),
+        ("--input-dim", "16"),
     ] {
         Argv::new("profile")
             .flag("--model", &model)
@@ -184,4 +184,104 @@ fn flags_that_describe_another_network_or_input_are_refused_with_a_model() {
     Argv::new("profile --batch 100000000")
         .flag("--model", &model)
         .refused("would need about");
+}
+
+#[test]
+fn a_model_runs_on_data_or_at_another_input_shape_and_says_which() {
+    let w = Work::new();
+    // The Pre-LN MLP reads 64 values: the 8x8 digits, flattened.
+    let out = stdout(
+        &Argv::new("profile --batch 8 --data digits")
+            .flag("--model", fixture("preln.onnx"))
+            .path("--csv", w.path("d.csv"))
+            .ok(),
+    );
+    assert!(out.contains(", batch from digits\n"), "{out}");
+    assert!(
+        out.contains("input 64 per sample, 10 classes, 3 residual units"),
+        "{out}"
+    );
+    assert_eq!(w.read("d.csv").lines().count(), 1 + 4);
+    // A convolutional model runs on another image size its layers fit.
+    let out = stdout(
+        &Argv::new("profile --batch 2 --input-shape 3,16,16")
+            .flag("--model", fixture("basic.onnx"))
+            .ok(),
+    );
+    assert!(out.contains("input 3x16x16 per sample"), "{out}");
+    assert!(
+        out.contains("Gaussian batch of 3,16,16 samples (--input-shape)"),
+        "{out}"
+    );
+    // An input the model's layers do not fit is refused at the node it reaches.
+    Argv::new("profile --batch 2 --input-shape 1,16,16")
+        .flag("--model", fixture("basic.onnx"))
+        .refused("at --input-shape 1,16,16: node '/conv1/Conv' (Conv): the input has 1 channels, the weight expects 3");
+    Argv::new("profile --batch 2 --data digits")
+        .flag("--model", fixture("basic.onnx"))
+        .refused("on --data digits (1x8x8 per sample): node '/conv1/Conv'");
+    Argv::new("profile --input-shape 3,16,16 --data digits")
+        .flag("--model", fixture("basic.onnx"))
+        .refused("--input-shape: the input size is --data's");
+    for bad in ["3,0,4", "3,4", "a", "3,99999,99999"] {
+        Argv::new("profile")
+            .flag("--model", fixture("basic.onnx"))
+            .flag("--input-shape", bad)
+            .refused("--input-shape");
+    }
+    Argv::new("profile --input-shape 3,16,16").refused("--model");
+}
+
+#[test]
+fn lesion_deletes_an_imported_models_units_by_name() {
+    let w = Work::new();
+    let out = stdout(
+        &Argv::new("lesion --data digits --draws 1")
+            .flag("--model", fixture("preln.onnx"))
+            .path("--csv", w.path("l.csv"))
+            .ok(),
+    );
+    assert!(out.contains("(unit blocks."), "{out}");
+    // The intact net, one lesion per unit, one draw of k = 1.
+    assert_eq!(w.read("l.csv").lines().count(), 1 + 1 + 3 + 1);
+    Argv::new("lesion")
+        .flag("--model", fixture("preln.onnx"))
+        .refused("give the data it was trained on with --data");
+}
+
+#[test]
+fn bn_mode_is_refused_for_a_model_without_batchnorm() {
+    Argv::new("profile --bn-mode eval")
+        .flag("--model", fixture("preln.onnx"))
+        .refused("--bn-mode: --model has no BatchNorm");
+    Argv::new("profile --bn-mode eval --batch 2")
+        .flag("--model", fixture("basic.onnx"))
+        .ok();
+}
+
+#[test]
+fn a_model_with_no_residual_unit_is_profiled_as_a_plain_net_with_a_note() {
+    use resprop::import::testing::{bytes, model, tensor};
+    let w = Work::new();
+    let values = |n: usize| -> Vec<f32> { (0..n).map(|i| (i % 5) as f32 / 4.0 - 0.5).collect() };
+    let plain = model(
+        &[
+            ("fc1", "Gemm", &["x", "w1"], &["h"]),
+            ("act", "Relu", &["h"], &["a"]),
+            ("fc2", "Gemm", &["a", "w2"], &["y"]),
+        ],
+        vec![
+            tensor("w1", &[4, 4], &values(16)),
+            tensor("w2", &[4, 3], &values(12)),
+        ],
+    );
+    let path = w.write("plain.onnx", bytes(&plain));
+    let out = stdout(&Argv::new("profile --batch 2").path("--model", &path).ok());
+    assert!(
+        out.contains("note: no residual unit found in the model: it runs as a plain network"),
+        "{out}"
+    );
+    assert!(out.contains("0 residual units"), "{out}");
+    let inspect = stdout(&Argv::new("inspect").path("--model", &path).ok());
+    assert!(inspect.contains("no residual unit found"), "{inspect}");
 }
