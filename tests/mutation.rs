@@ -58,9 +58,70 @@ fn conv(placement: Placement, shortcut: &'static str, projection: Projection) ->
     }
 }
 
-/// The networks each fault is tested on (a dense layer runs fused with its BatchNorm at width
-/// 160 and batch 96, where its products are split in columns; on its own at width 8).
+/// An imported model of tests/onnx (exported from PyTorch by tests/onnx/make_fixtures.py):
+/// `net` names the file.
+fn model(file: &'static str, mode: Mode) -> Target {
+    Target {
+        net: file,
+        batch: 3,
+        mode,
+        ..mlp(Placement::Original, "identity")
+    }
+}
+
+/// The imported networks that run each fault's code: torchvision's BasicBlock net (conv, BN,
+/// ReLU, max pooling, identity and projection shortcuts, global pooling, dense head) and a
+/// Pre-LN MLP (LayerNorm, dense layers), as `--model` runs them.
+fn imported_targets(f: Fault) -> Vec<Target> {
+    match f {
+        Fault::ConvInputGrad
+        | Fault::ConvWeightGrad
+        | Fault::PoolGrad
+        | Fault::BnMeanTerm
+        | Fault::BnVarianceTerm
+        | Fault::BnGammaGrad
+        | Fault::BnBetaGrad
+        | Fault::ReluGrad
+        | Fault::LossGrad
+        | Fault::IdentityShortcutVjp
+        | Fault::ProjectionShortcutVjp => vec![model("basic.onnx", Mode::Train)],
+        Fault::BnEvalScale => vec![model("basic.onnx", Mode::Eval)],
+        Fault::DenseInputGrad
+        | Fault::DenseWeightGrad
+        | Fault::DenseBiasGrad
+        | Fault::LnMeanTerm
+        | Fault::LnVarianceTerm
+        | Fault::LnGammaGrad => vec![model("preln.onnx", Mode::Train)],
+        // Code an imported network of these fixtures does not run (the fused engine, the
+        // built-in shortcut kinds, Fixup's biases).
+        Fault::ConvBiasGrad
+        | Fault::SigmoidGrad
+        | Fault::PadShortcutGrad
+        | Fault::FusedIdentityResidual
+        | Fault::ScaleShortcutVjp
+        | Fault::ScaleBranchVjp
+        | Fault::GateDirectFactor
+        | Fault::GatePathTerm
+        | Fault::ExclusiveGateBranchFactor
+        | Fault::ExclusiveGateBranchTerm
+        | Fault::DropoutShortcutVjp
+        | Fault::BranchScaleGrad
+        | Fault::BranchScaleInputGrad
+        | Fault::ScalarBiasGrad => vec![],
+    }
+}
+
+/// The networks each fault is tested on: the built-in ones that run its code, then the
+/// imported ones.
 fn targets(f: Fault) -> Vec<Target> {
+    let mut t = builtin_targets(f);
+    t.extend(imported_targets(f));
+    t
+}
+
+/// The built-in networks each fault is tested on (a dense layer runs fused with its BatchNorm at width
+/// 160 and batch 96, where its products are split in columns; on its own at width 8).
+fn builtin_targets(f: Fault) -> Vec<Target> {
     use Placement::*;
     match f {
         Fault::DenseInputGrad | Fault::DenseWeightGrad => vec![
@@ -134,8 +195,8 @@ fn targets(f: Fault) -> Vec<Target> {
     }
 }
 
-/// The rows `check` fails on `t` with the injected fault, as `check: what (error)`.
-fn failures(t: &Target) -> Vec<String> {
+/// A built-in network as `t` describes it.
+fn builtin(t: &Target) -> resprop::net::Network {
     let input = InputSizes {
         input_dim: 10,
         image_size: 8,
@@ -165,6 +226,19 @@ fn failures(t: &Target) -> Vec<String> {
             *p = &*p + &resprop::rng::gaussian(p.shape(), 0.2, &mut r);
         });
     }
+    net
+}
+
+/// The rows `check` fails on `t` with the injected fault, as `check: what (error)`.
+fn failures(t: &Target) -> Vec<String> {
+    let net = if t.net.ends_with(".onnx") {
+        let path = format!("{}/tests/onnx/{}", env!("CARGO_MANIFEST_DIR"), t.net);
+        let graph = resprop::import::Graph::load(std::path::Path::new(&path), "model").unwrap();
+        let found = resprop::import::find(&graph).unwrap();
+        resprop::import::build::network(&graph, &found, t.net, "").unwrap()
+    } else {
+        builtin(t)
+    };
     let (x, y) = gaussian_batch(&net.input_shape, t.batch, net.classes, 11);
     let ctx = ForwardCtx {
         mode: t.mode,
@@ -219,21 +293,34 @@ fn check_fails_on_every_injected_fault() {
             fault::inject(Some(f));
             let failed = failures(&t);
             fault::inject(None);
-            let net = format!(
-                "{} (width {}, batch {}) {} {}{}{}",
-                t.net,
-                t.width,
-                t.batch,
-                t.placement,
-                t.shortcut,
-                t.projection
-                    .map_or(String::new(), |p| format!(" projection {p}")),
-                if t.mode == Mode::Eval {
-                    ", BN eval"
-                } else {
-                    ""
-                }
-            );
+            let net = if t.net.ends_with(".onnx") {
+                format!(
+                    "--model tests/onnx/{} (batch {}){}",
+                    t.net,
+                    t.batch,
+                    if t.mode == Mode::Eval {
+                        ", BN eval"
+                    } else {
+                        ""
+                    }
+                )
+            } else {
+                format!(
+                    "{} (width {}, batch {}) {} {}{}{}",
+                    t.net,
+                    t.width,
+                    t.batch,
+                    t.placement,
+                    t.shortcut,
+                    t.projection
+                        .map_or(String::new(), |p| format!(" projection {p}")),
+                    if t.mode == Mode::Eval {
+                        ", BN eval"
+                    } else {
+                        ""
+                    }
+                )
+            };
             println!(
                 "| {f:?} | {net} | {} |",
                 if failed.is_empty() {
