@@ -816,9 +816,15 @@ fn unrolling_inapplicable(net: &Network, stages: &Stages) -> Option<String> {
         .filter(|(l, _)| stages.keeps_shape(*l))
     {
         if !u.placement.after_add_is_identity() {
+            // An imported unit's placement is a stand-in; its own ops say what f is.
+            let whose = match &net.spec {
+                crate::net::NetSpec::Imported(_) => format!("in unit {}", net.unit_label(l)),
+                crate::net::NetSpec::Mlp(_) | crate::net::NetSpec::Resnet(_) => {
+                    format!("under '{}'", u.placement)
+                }
+            };
             return Some(format!(
-                "f is not the identity under '{}' (x_{{l+1}} = f(y_l) with f = {})",
-                u.placement,
+                "f is not the identity {whose} (x_{{l+1}} = f(y_l) with f = {})",
                 u.after_add
                     .iter()
                     .map(|o| o.label())
