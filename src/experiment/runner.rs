@@ -59,6 +59,21 @@ pub fn cell_seed(spec: &Spec, replicate: u64) -> u64 {
 
 /// The key columns of a cell's rows.
 fn cell_keys(spec: &Spec, cell: &Cell, units: usize) -> Vec<String> {
+    if let Some(model) = &cell.model {
+        // The file is the network: none of the built-in axes describes it.
+        use crate::schema::{col, KEYS};
+        let mut keys = vec![String::new(); KEYS.len()];
+        for (column, value) in [
+            (col::EXPERIMENT, spec.name.clone()),
+            (col::CELL, cell.index.to_string()),
+            (col::NET, model_label(model)),
+            (col::REPLICATE, cell.replicate.to_string()),
+        ] {
+            keys[KEYS.index(column).expect("a key column")] = value;
+        }
+        keys[KEYS.index(col::UNITS).expect("a key column")] = units.to_string();
+        return keys;
+    }
     vec![
         spec.name.clone(),
         cell.index.to_string(),
@@ -109,6 +124,46 @@ pub struct CellInputs {
     pub sizes: NetSizes,
     /// Training: the recipe.
     pub train: Option<TrainSpec>,
+    /// An imported model: its path and the SHA-256 of its bytes (the fingerprint follows the
+    /// file's content, not its name).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub model: Option<ModelInputs>,
+}
+
+/// The model file a cell profiles.
+#[derive(Debug, Serialize)]
+pub struct ModelInputs {
+    pub file: String,
+    pub sha256: String,
+}
+
+/// A model cell's name in the tables and charts: its file name (`resnet18.onnx`).
+pub fn model_label(path: &str) -> String {
+    std::path::Path::new(path)
+        .file_name()
+        .map_or_else(|| path.to_string(), |n| n.to_string_lossy().into_owned())
+}
+
+/// SHA-256 of a model file, read once per process (a file unreadable here fails the cell
+/// that runs it, in one line, before any work).
+fn model_sha256(path: &str) -> String {
+    use std::collections::BTreeMap;
+    use std::sync::{Mutex, OnceLock};
+    static SEEN: OnceLock<Mutex<BTreeMap<String, String>>> = OnceLock::new();
+    let seen = SEEN.get_or_init(Default::default);
+    if let Some(h) = seen.lock().unwrap().get(path) {
+        return h.clone();
+    }
+    let h = match crate::input::read(
+        std::path::Path::new(path),
+        crate::import::graph::MAX_MODEL_BYTES,
+        "grid.models",
+    ) {
+        Ok(bytes) => crate::util::sha256_hex(&bytes),
+        Err(e) => format!("unreadable ({e:#})"),
+    };
+    seen.lock().unwrap().insert(path.to_string(), h.clone());
+    h
 }
 
 impl CellInputs {
@@ -154,6 +209,10 @@ impl CellInputs {
             net: cell.arch.clone(),
             sizes,
             train,
+            model: cell.model.as_ref().map(|m| ModelInputs {
+                file: m.clone(),
+                sha256: model_sha256(m),
+            }),
             analysis: match &spec.task {
                 Task::Profile | Task::Train(_) => None,
                 Task::Paths { sample, .. } => Some(format!(
@@ -287,6 +346,38 @@ pub(super) fn build_profile_net(
 /// Runs one profile cell and returns its rows (no keys; with the weight gradients' when the
 /// spec asks), plus a warning if anything overflowed.
 pub fn run_cell(spec: &Spec, cell: &Cell) -> Result<CellResult> {
+    let (analysis, job) = match &cell.model {
+        Some(model) => {
+            // `resprop profile --model` with the spec's batch, BN mode and the cell's seed.
+            let request = crate::jobs::NetRequest {
+                model: Some(model.into()),
+                batch: spec.batch,
+                bn_mode: spec.bn_mode,
+                seed: cell_seed(spec, cell.replicate),
+                ..crate::jobs::NetRequest::defaults()
+            };
+            let job = crate::jobs::ProfileJob {
+                net: request.clone(),
+                low_memory: false,
+                weight_grads: spec.weight_grads,
+                npz: false,
+            };
+            let analysis = request
+                .prepare(job.purpose())
+                .map_err(|e| anyhow::anyhow!("grid.models: {e:#}"))?;
+            (analysis, job)
+        }
+        None => builtin_profile(spec, cell)?,
+    };
+    let run = job.run_prepared(analysis)?;
+    profile_rows(spec, cell, run)
+}
+
+/// A built-in profile cell's analysis and job: the cell's network on its Gaussian batch.
+fn builtin_profile(
+    spec: &Spec,
+    cell: &Cell,
+) -> Result<(crate::jobs::Analysis, crate::jobs::ProfileJob)> {
     let (net, input, labels) = build_profile_net(spec, cell)?;
     // The command line's profile job, on the cell's network and batch.
     let request = crate::jobs::NetRequest {
@@ -311,13 +402,23 @@ pub fn run_cell(spec: &Spec, cell: &Cell) -> Result<CellResult> {
         weight_grads: spec.weight_grads,
         npz: false,
     };
-    let run = job.run_prepared(crate::jobs::Analysis {
+    let analysis = crate::jobs::Analysis {
         args: request,
         net,
         input,
         labels,
         data: None,
-    })?;
+    };
+    Ok((analysis, job))
+}
+
+/// A profile cell's rows (and its verification columns, its weight gradients' rows), plus a
+/// warning if anything overflowed.
+fn profile_rows(
+    spec: &Spec,
+    cell: &Cell,
+    run: crate::jobs::profile::ProfileRun,
+) -> Result<CellResult> {
     let (net, cache, grads, param_grads, profile) = (
         &run.analysis.net,
         &run.cache,
@@ -371,6 +472,14 @@ pub fn run_cell(spec: &Spec, cell: &Cell) -> Result<CellResult> {
         );
     }
     Ok(CellResult { tables, warning })
+}
+
+/// Rows of a stored cell table (one record per line, no header).
+fn count_lines(bytes: &[u8]) -> usize {
+    bytes
+        .split(|&b| b == b'\n')
+        .filter(|l| !l.is_empty())
+        .count()
 }
 
 fn csv_bytes(header: Option<&[&str]>, rows: &[Vec<String>]) -> Result<Vec<u8>> {
@@ -665,9 +774,19 @@ pub fn assemble(spec: &Spec, out: &Path) -> Result<PathBuf> {
         let mut rows = Vec::new();
         for sc in &stored {
             let p = sc.path(&store, *kind);
-            let units = sc.cell.arch.residual_units();
-            let keys = cell_keys(spec, sc.cell, units);
             let bytes = crate::input::read(&p, crate::input::MAX_TABLE_BYTES, "cell table")?;
+            let units = match &sc.cell.model {
+                // The file fixes the depth: its profile has a row per unit and the top.
+                Some(_) if *kind == TableKind::PROFILE => count_lines(&bytes).saturating_sub(1),
+                Some(_) => {
+                    let profile = sc.path(&store, TableKind::PROFILE);
+                    let bytes =
+                        crate::input::read(&profile, crate::input::MAX_TABLE_BYTES, "cell table")?;
+                    count_lines(&bytes).saturating_sub(1)
+                }
+                None => sc.cell.arch.residual_units(),
+            };
+            let keys = cell_keys(spec, sc.cell, units);
             let mut r = csv::ReaderBuilder::new()
                 .has_headers(false)
                 .from_reader(bytes.as_slice());

@@ -167,10 +167,17 @@ struct RawNet {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawGrid {
-    #[serde(default = "default_nets")]
-    nets: Vec<String>,
-    placements: Vec<String>,
-    shortcuts: Vec<String>,
+    /// Built-in networks (default: the MLP); a grid names these or `models`.
+    #[serde(default)]
+    nets: Option<Vec<String>>,
+    #[serde(default)]
+    placements: Option<Vec<String>>,
+    #[serde(default)]
+    shortcuts: Option<Vec<String>>,
+    /// ONNX models (paths as given, from the working directory): each profiled as
+    /// `resprop profile --model` does, on the spec's batch size and BN mode.
+    #[serde(default)]
+    models: Vec<String>,
     /// ResNets: shortcuts of the shape-changing units (default: each placement's convention).
     #[serde(default)]
     projections: Vec<String>,
@@ -191,6 +198,10 @@ struct RawGrid {
 
 fn default_nets() -> Vec<String> {
     vec!["mlp".into()]
+}
+
+fn is_empty(v: &[String]) -> bool {
+    v.is_empty()
 }
 
 fn default_replicates() -> Vec<u64> {
@@ -348,6 +359,9 @@ pub struct Grid {
     /// Training cells' warm-up lengths (`[None]`: the optimizer's default; profiles).
     #[serde(skip_serializing_if = "only_none")]
     pub warmups: Vec<Option<usize>>,
+    /// ONNX models (a grid of models has no built-in axis but the replicates).
+    #[serde(skip_serializing_if = "is_empty")]
+    pub models: Vec<String>,
 }
 
 fn only_none(v: &[Option<usize>]) -> bool {
@@ -384,6 +398,8 @@ pub struct Cell {
     /// Training: the warm-up's length in steps, when set (else the optimizer's default).
     pub warmup: Option<usize>,
     pub replicate: u64,
+    /// An imported model's path (its `arch` is then the default and describes nothing).
+    pub model: Option<String>,
 }
 
 impl Spec {
@@ -409,6 +425,9 @@ pub const MAX_CELLS: usize = 100_000;
 impl Grid {
     /// How many cells [`Grid::push_cells`] makes, without making them (saturating).
     fn cell_count(&self) -> usize {
+        if !self.models.is_empty() {
+            return self.models.len().saturating_mul(self.replicates.len());
+        }
         let per_variant = |net: &NetChoice| {
             let (projections, depths) = if *net == NetChoice::Mlp {
                 (1, self.units.len())
@@ -435,6 +454,17 @@ impl Grid {
     }
 
     fn push_cells(&self, cells: &mut Vec<Cell>, width: usize) {
+        for model in &self.models {
+            for &replicate in &self.replicates {
+                cells.push(Cell {
+                    index: cells.len(),
+                    arch: NetDescription::default(),
+                    warmup: None,
+                    replicate,
+                    model: Some(model.clone()),
+                });
+            }
+        }
         for net in &self.nets {
             for &placement in &self.placements {
                 for &shortcut in &self.shortcuts {
@@ -490,6 +520,7 @@ impl Grid {
                             },
                             warmup,
                             replicate,
+                            model: None,
                         });
                     }
                 }
@@ -623,6 +654,31 @@ pub fn parse_spec(text: &str) -> Result<Spec> {
         let raw_grid = RawGrid::deserialize(value)
             .map_err(|e| anyhow!("{key}: {}", e.message().trim().replace('\n', " ")))?;
         grids.push(parse_grid(raw_grid, &key, units, warmup_default, training)?);
+    }
+    if grids.iter().any(|g| !g.models.is_empty()) {
+        if task != Task::Profile {
+            bail!(
+                "grid.models: a grid of models runs profiles (task = \"profile\"), not {}",
+                task.name()
+            );
+        }
+        if raw.unfused {
+            bail!("unfused: an imported model always runs the plain interpreter");
+        }
+        if grids.iter().all(|g| !g.models.is_empty()) {
+            let n = &raw.net;
+            for (name, given) in [
+                ("units", n.units.is_some()),
+                ("width", n.width.is_some()),
+                ("input_dim", n.input_dim.is_some()),
+                ("image_size", n.image_size.is_some()),
+                ("classes", n.classes.is_some()),
+            ] {
+                if given {
+                    bail!("net.{name}: the grid has only models, whose files give their sizes");
+                }
+            }
+        }
     }
     if raw.batch < 2
         && bn_mode == Mode::Train
@@ -780,7 +836,8 @@ fn refuse_repeated_cells(spec: &Spec) -> Result<()> {
     let mut seen = std::collections::BTreeMap::new();
     for c in spec.cells() {
         let key = format!(
-            "{} {} {} {:?} {} {} {:?} {} {}",
+            "{:?} {} {} {} {:?} {} {} {:?} {} {}",
+            c.model,
             c.arch.net,
             c.arch.placement,
             c.arch.shortcut,
@@ -792,9 +849,13 @@ fn refuse_repeated_cells(spec: &Spec) -> Result<()> {
             c.replicate
         );
         if let Some(first) = seen.insert(key, c.index) {
+            let what = match &c.model {
+                Some(m) => format!("model {m}"),
+                None => format!("{} {} {}", c.arch.net, c.arch.placement, c.arch.shortcut),
+            };
             bail!(
-                "grid: cells {first} and {} are the same ({} {} {}, replicate {}): a cell may appear in one grid only",
-                c.index, c.arch.net, c.arch.placement, c.arch.shortcut, c.replicate
+                "grid: cells {first} and {} are the same ({what}, replicate {}): a cell may appear in one grid only",
+                c.index, c.replicate
             );
         }
     }
@@ -810,13 +871,23 @@ fn parse_grid(
     training: bool,
 ) -> Result<Grid> {
     let k = |name: &str| format!("{key}.{name}");
-    let nets = parse_each(&raw.nets, &k("nets"), |s| s.parse::<NetChoice>())?;
-    let placements = parse_each(&raw.placements, &k("placements"), |s| {
-        s.parse::<Placement>()
+    if !raw.models.is_empty() {
+        return parse_model_grid(raw, key);
+    }
+    let missing = |name: &str| anyhow!("{key}: missing field `{name}`");
+    let nets = parse_each(&raw.nets.unwrap_or_else(default_nets), &k("nets"), |s| {
+        s.parse::<NetChoice>()
     })?;
-    let shortcuts = parse_each(&raw.shortcuts, &k("shortcuts"), |s| {
-        s.parse::<ShortcutKind>()
-    })?;
+    let placements = parse_each(
+        &raw.placements.ok_or_else(|| missing("placements"))?,
+        &k("placements"),
+        |s| s.parse::<Placement>(),
+    )?;
+    let shortcuts = parse_each(
+        &raw.shortcuts.ok_or_else(|| missing("shortcuts"))?,
+        &k("shortcuts"),
+        |s| s.parse::<ShortcutKind>(),
+    )?;
     let projections = if raw.projections.is_empty() {
         Vec::new()
     } else {
@@ -892,6 +963,49 @@ fn parse_grid(
         units,
         replicates: raw.replicates,
         warmups,
+        models: Vec::new(),
+    })
+}
+
+/// Validates a grid of ONNX models: the files describe the networks, so no built-in axis
+/// applies (an empty list, as a resolved spec writes them, is no axis).
+fn parse_model_grid(raw: RawGrid, key: &str) -> Result<Grid> {
+    let k = |name: &str| format!("{key}.{name}");
+    let given = |v: &Option<Vec<String>>| v.as_ref().is_some_and(|v| !v.is_empty());
+    for (name, set) in [
+        ("nets", given(&raw.nets)),
+        ("placements", given(&raw.placements)),
+        ("shortcuts", given(&raw.shortcuts)),
+        ("projections", !raw.projections.is_empty()),
+        ("norms", !raw.norms.is_empty()),
+        ("inits", !raw.inits.is_empty()),
+        ("units", !raw.units.is_empty()),
+        ("warmups", !raw.warmups.is_empty()),
+    ] {
+        if set {
+            bail!(
+                "{}: a grid of models takes only models and replicates (each file describes its network)",
+                k(name)
+            );
+        }
+    }
+    if let Some(m) = raw.models.iter().find(|m| m.trim().is_empty()) {
+        bail!("{}: '{m}' is not a file name", k("models"));
+    }
+    if raw.replicates.is_empty() {
+        bail!("{}: the list is empty", k("replicates"));
+    }
+    Ok(Grid {
+        nets: Vec::new(),
+        placements: Vec::new(),
+        shortcuts: Vec::new(),
+        projections: Vec::new(),
+        norms: Vec::new(),
+        inits: Vec::new(),
+        units: Vec::new(),
+        replicates: raw.replicates,
+        warmups: vec![None],
+        models: raw.models,
     })
 }
 

@@ -201,7 +201,12 @@ impl Table {
             .filter(|&c| Some(c) != skip)
             .collect();
         if varying.is_empty() {
-            return format!("{} {}", self.get(row, PLACEMENT), self.get(row, SHORTCUT));
+            let (placement, shortcut) = (self.get(row, PLACEMENT), self.get(row, SHORTCUT));
+            // An imported model's rows name it by its file alone.
+            if placement.is_empty() && shortcut.is_empty() {
+                return self.get(row, NET).to_string();
+            }
+            return format!("{placement} {shortcut}");
         }
         varying
             .iter()

@@ -285,3 +285,93 @@ fn a_model_with_no_residual_unit_is_profiled_as_a_plain_net_with_a_note() {
     let inspect = stdout(&Argv::new("inspect").path("--model", &path).ok());
     assert!(inspect.contains("no residual unit found"), "{inspect}");
 }
+
+#[test]
+fn an_experiment_profiles_models_keyed_by_their_files_and_fingerprinted_by_their_bytes() {
+    let w = Work::new();
+    std::fs::copy(fixture("basic.onnx"), w.path("mine.onnx")).unwrap();
+    let spec = format!(
+        "name = \"mine\"\nclaim = \"c\"\nbatch = 4\ncharts = [\"grad_ratio\"]\n\n[grid]\nmodels = [\"{}\", \"{}\"]\nreplicates = [0, 1]\n",
+        w.arg("mine.onnx"),
+        fixture("preln.onnx")
+    );
+    w.write("m.toml", &spec);
+    let out = stdout(
+        &w.cmd("run", "m.toml", "res")
+            .path("--plots", w.path("pl"))
+            .ok(),
+    );
+    assert!(out.contains("4 cells (4 computed now)"), "{out}");
+    assert!(w.exists("pl/mine_grad_ratio.png"));
+    let csv = w.read("res/mine/profile.csv");
+    let rows: Vec<Vec<&str>> = csv
+        .lines()
+        .skip(1)
+        .map(|l| l.split(',').collect())
+        .collect();
+    // basic.onnx has 4 units, preln.onnx 3: one row per unit input and the top, per replicate;
+    // no built-in axis describes a model, the file's name and its depth do.
+    assert_eq!(rows.len(), 2 * 5 + 2 * 4);
+    for r in &rows {
+        let (net, units) = (r[2], r[9]);
+        assert_eq!(r[3..9], ["", "", "", "", "", ""], "{r:?}");
+        match net {
+            "mine.onnx" => assert_eq!(units, "4"),
+            "preln.onnx" => assert_eq!(units, "3"),
+            other => panic!("net {other}"),
+        }
+    }
+    // The same run reuses every cell; other bytes under the same name are another model.
+    let out = stdout(&w.cmd("run", "m.toml", "res").ok());
+    assert!(out.contains("(0 computed now)"), "{out}");
+    std::fs::copy(fixture("preact.onnx"), w.path("mine.onnx")).unwrap();
+    let out = stdout(&w.cmd("run", "m.toml", "res").ok());
+    assert!(out.contains("(2 computed now)"), "{out}");
+}
+
+#[test]
+fn a_grid_of_models_refuses_what_describes_another_network() {
+    let w = Work::new();
+    let base = format!(
+        "name = \"m\"\nclaim = \"c\"\nbatch = 4\n\n[grid]\nmodels = [\"{}\"]\n",
+        fixture("basic.onnx")
+    );
+    for (extra, grid_extra, needle) in [
+        (
+            "",
+            "placements = [\"original\"]\n",
+            "grid.placements: a grid of models takes only models and replicates",
+        ),
+        ("", "nets = [\"resnet20\"]\n", "grid.nets: a grid of models"),
+        (
+            "[net]\nunits = 3\n",
+            "",
+            "net.units: the grid has only models",
+        ),
+        (
+            "task = \"train\"\n[train]\nepochs = 1\n",
+            "",
+            "grid.models: a grid of models runs profiles",
+        ),
+        (
+            "unfused = true\n",
+            "",
+            "unfused: an imported model always runs the plain interpreter",
+        ),
+    ] {
+        // Top-level keys go before the first table.
+        let (head, tables) = base.split_once("\n\n").unwrap();
+        let (extra_top, extra_tables) = match extra.split_once('[') {
+            Some((top, rest)) => (top.to_string(), format!("[{rest}")),
+            None => (extra.to_string(), String::new()),
+        };
+        let text = format!("{head}\n{extra_top}\n{extra_tables}\n{tables}{grid_extra}");
+        w.write("m.toml", &text);
+        w.cmd("run", "m.toml", "res").refused(needle);
+    }
+    w.write(
+        "bad.toml",
+        base.replace(&fixture("basic.onnx"), &w.arg("missing.onnx")),
+    );
+    w.cmd("run", "bad.toml", "res").refused("grid.models");
+}
