@@ -951,20 +951,44 @@ mod tests {
 
     /// The parameter gradient resprop names `layer.w` (etc.) under PyTorch's name for it: the
     /// initializer the node reads, transposed for a Gemm (resprop's dense weight is in x out).
+    /// A Mul's factor is its scale `.a` (a literal factor, `0.5 * F`, is no PyTorch parameter
+    /// and is not in the reference); an Add's constant the bias of the MatMul it follows.
     fn torch_names(graph: &Graph) -> Vec<(String, String, bool)> {
         let mut out = Vec::new();
         for n in &graph.nodes {
-            let slots: &[(usize, &str)] = match n.op {
-                OpType::Conv | OpType::Gemm => &[(1, "w"), (2, "b")],
-                OpType::BatchNormalization | OpType::LayerNormalization => {
-                    &[(1, "gamma"), (2, "beta")]
+            let constant = n
+                .inputs
+                .iter()
+                .position(|t| graph.constants.contains_key(t));
+            let slots: Vec<(usize, String)> = match n.op {
+                OpType::Conv | OpType::Gemm | OpType::MatMul => {
+                    vec![(1, format!("{}.w", n.name)), (2, format!("{}.b", n.name))]
                 }
-                _ => &[],
+                OpType::BatchNormalization | OpType::LayerNormalization => vec![
+                    (1, format!("{}.gamma", n.name)),
+                    (2, format!("{}.beta", n.name)),
+                ],
+                OpType::Mul => constant
+                    .map(|i| (i, format!("{}.a", n.name)))
+                    .into_iter()
+                    .collect(),
+                OpType::Add => {
+                    let dense = graph.nodes.iter().find(|m| {
+                        graph
+                            .data_inputs(n)
+                            .any(|t| m.outputs.first().is_some_and(|o| o == t))
+                    });
+                    match (constant, dense) {
+                        (Some(i), Some(m)) => vec![(i, format!("{}.b", m.name))],
+                        _ => vec![],
+                    }
+                }
+                _ => vec![],
             };
-            for &(i, suffix) in slots {
+            for (i, ours) in slots {
                 if let Some(t) = n.inputs.get(i).filter(|t| !t.is_empty()) {
                     let transposed = n.op == OpType::Gemm && n.int("transB") == Some(1);
-                    out.push((format!("{}.{suffix}", n.name), t.clone(), transposed));
+                    out.push((ours, t.clone(), transposed));
                 }
             }
         }
@@ -1004,7 +1028,10 @@ mod tests {
             );
             let mut compared = 0;
             for (ours, theirs, transposed) in torch_names(&graph) {
-                let want = &r[&format!("{key}/param/{theirs}")];
+                // A constant that is no PyTorch parameter (a literal factor) has no reference.
+                let Some(want) = r.get(&format!("{key}/param/{theirs}")) else {
+                    continue;
+                };
                 let got = grads
                     .get(&ours)
                     .unwrap_or_else(|| panic!("{name}: no gradient {ours}"));
@@ -1050,5 +1077,20 @@ mod tests {
     #[test]
     fn in_place_adds_and_relus_agree_with_pytorch() {
         agrees_with_pytorch("inplace");
+    }
+
+    /// Average pooling (padding counted and not), a sigmoid, ReZero's learned scalar, a
+    /// LayerScale, constant factors on a shortcut and a branch, and a flattened map into
+    /// MatMul + Add.
+    #[test]
+    fn pooling_sigmoid_scales_and_a_matmul_head_agree_with_pytorch() {
+        agrees_with_pytorch("ops");
+    }
+
+    /// PyTorch's default exporter: BatchNorm folded into the convs, ReduceMean and Reshape in
+    /// the head, units named from the metadata.
+    #[test]
+    fn the_dynamo_exporters_folded_net_agrees_with_pytorch() {
+        agrees_with_pytorch("dynamo");
     }
 }
