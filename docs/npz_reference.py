@@ -5,7 +5,9 @@
     python docs/npz_reference.py state.npz
 
 Rebuilds the forward pass from `meta_json` and the stored arrays (dense and conv layers,
-BatchNorm, ReLU, pooling, every shortcut kind, the shared pre-activation of projection units),
+BatchNorm, LayerNorm, ReLU, sigmoid, learned scales, global, max and average pooling,
+flattening, every shortcut kind, the shared pre-activation of projection units; an imported
+model's too: `resprop profile --model FILE.onnx --npz state.npz`),
 recomputes the loss and every x_l, writes its own backward pass for every dE/dx_l and every
 parameter gradient, then runs the recorded SGD steps (momentum, weight decay, BN running
 statistics) and compares the parameters, momentum buffers and running statistics after them.
@@ -27,11 +29,23 @@ def load(path):
     return z, meta
 
 
-def windows(x, k, stride, pad):
-    """(N, C, H, W) -> (N, C, Ho, Wo, k, k) views of the zero-padded input."""
-    xp = np.pad(x, ((0, 0), (0, 0), (pad, pad), (pad, pad)))
+def windows(x, k, stride, pad, fill=0.0):
+    """(N, C, H, W) -> (N, C, Ho, Wo, k, k) views of the input padded with `fill`."""
+    xp = np.pad(x, ((0, 0), (0, 0), (pad, pad), (pad, pad)), constant_values=fill)
     w = np.lib.stride_tricks.sliding_window_view(xp, (k, k), axis=(2, 3))
     return w[:, :, ::stride, ::stride]
+
+
+def spread(g, k, stride, pad, shape):
+    """The adjoint of `windows`: (N, C, Ho, Wo, k, k) window gradients summed back onto an
+    (N, C, H, W) input, the padding cut off."""
+    n, c, h, w = shape
+    ho, wo = g.shape[2], g.shape[3]
+    gxp = np.zeros((n, c, h + 2 * pad, w + 2 * pad))
+    for i in range(k):
+        for j in range(k):
+            gxp[:, :, i:i + stride * ho:stride, j:j + stride * wo:stride] += g[..., i, j]
+    return gxp[:, :, pad:pad + h, pad:pad + w]
 
 
 class Net:
@@ -88,8 +102,27 @@ class Net:
             return a.reshape(shape) * x, ("scale", op, x, shape)
         if kind == "relu":
             return np.maximum(x, 0.0), ("relu", x > 0)
+        if kind == "sigmoid":
+            y = 1.0 / (1.0 + np.exp(-x))
+            return y, ("sigmoid", y)
         if kind == "global_avg_pool":
             return x.mean(axis=(2, 3)), ("pool", x.shape)
+        if kind == "max_pool":
+            # Padding never wins; of equal values the first in row-major order does.
+            win = windows(x, op["k"], op["stride"], op["pad"], fill=-np.inf)
+            flat = win.reshape(win.shape[:4] + (-1,))
+            first = flat.argmax(axis=-1)
+            return np.take_along_axis(flat, first[..., None], -1)[..., 0], ("max_pool", op, x.shape, first)
+        if kind == "avg_pool":
+            k, s, p = op["k"], op["stride"], op["pad"]
+            total = windows(x, k, s, p).sum(axis=(-2, -1))
+            if op["count_include_pad"]:
+                count = float(k * k)
+            else:
+                count = windows(np.ones((1, 1) + x.shape[2:]), k, s, p).sum(axis=(-2, -1))
+            return total / count, ("avg_pool", op, x.shape, count)
+        if kind == "flatten":
+            return x.reshape(x.shape[0], -1), ("flatten", x.shape)
         if kind == "pad_shortcut":
             s, c_out = op["stride"], op["c_out"]
             sub = x[:, :, ::s, ::s]
@@ -145,13 +178,29 @@ class Net:
             a = self.p(op["a"])
             gx = g * x
             ga = np.array([gx.sum()]) if a.size == 1 else gx.sum(axis=(0,) if x.ndim == 2 else (0, 2, 3))
-            self.add_grad(grads, op["a"], ga)
+            # In the parameter's own shape (an imported model's: (), (C, 1, 1)).
+            self.add_grad(grads, op["a"], ga.reshape(a.shape))
             return g * a.reshape(shape)
         if kind == "relu":
             return g * cache[1]
+        if kind == "sigmoid":
+            y = cache[1]
+            return g * y * (1.0 - y)
         if kind == "pool":
             shp = cache[1]
             return np.broadcast_to(g[:, :, None, None] / (shp[2] * shp[3]), shp).copy()
+        if kind == "max_pool":
+            _, op, shp, first = cache
+            k = op["k"]
+            onehot = (np.arange(k * k) == first[..., None]) * g[..., None]
+            return spread(onehot.reshape(g.shape + (k, k)), k, op["stride"], op["pad"], shp)
+        if kind == "avg_pool":
+            _, op, shp, count = cache
+            k = op["k"]
+            share = np.broadcast_to((g / count)[..., None, None], g.shape + (k, k))
+            return spread(share, k, op["stride"], op["pad"], shp)
+        if kind == "flatten":
+            return g.reshape(cache[1])
         if kind == "pad":
             _, op, shp = cache
             gx = np.zeros(shp)
@@ -335,8 +384,17 @@ def torch_check(z, meta):
             return a.reshape(shape) * x
         if kind == "relu":
             return torch.relu(x)
+        if kind == "sigmoid":
+            return torch.sigmoid(x)
         if kind == "global_avg_pool":
             return x.mean(dim=(2, 3))
+        if kind == "max_pool":
+            return torch.nn.functional.max_pool2d(x, o["k"], o["stride"], o["pad"])
+        if kind == "avg_pool":
+            return torch.nn.functional.avg_pool2d(
+                x, o["k"], o["stride"], o["pad"], count_include_pad=o["count_include_pad"])
+        if kind == "flatten":
+            return x.flatten(1)
         if kind == "pad_shortcut":
             sub = x[:, :, ::o["stride"], ::o["stride"]]
             return torch.nn.functional.pad(sub, (0, 0, 0, 0, 0, o["c_out"] - x.shape[1]))
@@ -420,9 +478,12 @@ def main():
     errors["SGD momentum"] = worst((velocity[n], z[f"sgd/velocity/{n}"]) for n in names)
     errors["SGD BN statistics"] = worst((net.buffers[n], z[f"sgd/buffer/{n}"]) for n in net.buffers)
     spec = meta["spec"]
-    label = f"{spec['net'] if spec['net'] == 'mlp' else spec['name']} {spec['placement']} / {spec['shortcut']}"
-    if "projection" in spec:
-        label += f" / projection {spec['projection']}"
+    if spec["net"] == "imported":
+        label = f"imported {spec['model']}"
+    else:
+        label = f"{spec['net'] if spec['net'] == 'mlp' else spec['name']} {spec['placement']} / {spec['shortcut']}"
+        if "projection" in spec:
+            label += f" / projection {spec['projection']}"
     print(f"{label}: NumPy against resprop, worst relative error: "
           + ", ".join(f"{k} {v:.1e}" for k, v in errors.items()))
     ok = max(errors.values()) < TOL

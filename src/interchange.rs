@@ -92,8 +92,17 @@ fn op_json(op: &Op) -> Value {
         Op::ScalarBias(b) => json!({ "op": "scalar_bias", "b": format!("{}.b", b.name) }),
         Op::Pool => json!({ "op": "global_avg_pool" }),
         Op::MaxPool(m) => json!({ "op": "max_pool", "k": m.k, "stride": m.stride, "pad": m.pad }),
+        Op::AvgPool(a) => json!({
+            "op": "avg_pool",
+            "k": a.k,
+            "stride": a.stride,
+            "pad": a.pad,
+            "count_include_pad": a.count_include_pad,
+        }),
+        Op::Flatten => json!({ "op": "flatten" }),
         Op::PadShortcut(p) => json!({ "op": "pad_shortcut", "stride": p.stride, "c_out": p.c_out }),
         Op::Relu => json!({ "op": "relu" }),
+        Op::Sigmoid => json!({ "op": "sigmoid" }),
         Op::Mask(_) => json!({ "op": "frozen-relu" }),
     }
 }

@@ -377,6 +377,32 @@ mod tests {
         assert_eq!(names(&g, &s.head), ["/head/MatMul"]);
     }
 
+    /// An Add of a constant (a bias) is one op of a path, never the Add that joins a unit;
+    /// a Mul by a constant on the branch stays on the branch, one on the shortcut scales it.
+    #[test]
+    fn an_add_of_a_constant_is_no_join_and_a_branch_may_end_in_a_scale() {
+        let (g, s) = structure(&[
+            ("/u0/m/MatMul", "MatMul", &["x", "w"], &["m0"]),
+            ("/u0/m/Add", "Add", &["m0", "c"], &["b0"]),
+            ("/u0/Mul", "Mul", &["c", "b0"], &["f0"]),
+            ("/u0/sc/Mul", "Mul", &["x", "c"], &["s0"]),
+            ("/u0/Add", "Add", &["s0", "f0"], &["y0"]),
+            ("/head/MatMul", "MatMul", &["y0", "w"], &["h"]),
+            ("/head/Add", "Add", &["c", "h"], &["y"]),
+        ])
+        .unwrap();
+        assert_eq!(s.units.len(), 1);
+        let u = &s.units[0];
+        assert_eq!(u.kind, ShortcutShape::Scale(0.5));
+        assert_eq!(names(&g, &u.shortcut), ["/u0/sc/Mul"]);
+        assert_eq!(
+            names(&g, &u.branch),
+            ["/u0/m/MatMul", "/u0/m/Add", "/u0/Mul"]
+        );
+        assert_eq!(names(&g, &[u.add]), ["/u0/Add"]);
+        assert_eq!(names(&g, &s.head), ["/head/MatMul", "/head/Add"]);
+    }
+
     #[test]
     fn ops_named_as_the_next_units_own_run_before_its_split() {
         let (g, s) = structure(&[

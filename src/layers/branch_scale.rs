@@ -19,7 +19,8 @@ use crate::tensor::Tensor;
 #[derive(Debug, Clone)]
 pub struct BranchScale {
     pub name: String,
-    /// `(1)` for a scalar, `(C)` for one value per channel.
+    /// One value (`(1)`) for a scalar, `C` (`(C)`) for one value per channel; an imported
+    /// model's keeps the shape its file gives (`()`, `(C, 1, 1)`), the gradient the same.
     pub a: Tensor,
 }
 
@@ -97,10 +98,10 @@ impl BranchScale {
                 ga[k] += g * fv;
             }
             fault::perturb_slice(Fault::BranchScaleGrad, &mut ga);
-            let n = ga.len();
+            // In the parameter's own shape: an imported scale keeps its file's ((C, 1, 1)).
             grads.accumulate(
                 &format!("{}.a", self.name),
-                Tensor::from_shape_vec(IxDyn(&[n]), ga).unwrap(),
+                Tensor::from_shape_vec(self.a.raw_dim(), ga).unwrap(),
             );
         }
         let mut g = grad_y;
@@ -137,6 +138,21 @@ mod tests {
             (BranchScale::per_channel("s", 5, 0.2), vec![4, 5]),
             // ReZero's start: a = 0 still has a gradient.
             (BranchScale::scalar("s", 0.0), vec![3, 3, 2, 2]),
+            // An imported model's shapes: a 0-d scalar, PyTorch's (C, 1, 1) per channel.
+            (
+                BranchScale {
+                    name: "s".into(),
+                    a: Tensor::from_elem(IxDyn(&[]), 0.3),
+                },
+                vec![2, 3, 2, 2],
+            ),
+            (
+                BranchScale {
+                    name: "s".into(),
+                    a: Tensor::from_shape_vec(IxDyn(&[3, 1, 1]), vec![0.5, -0.2, 1.1]).unwrap(),
+                },
+                vec![2, 3, 2, 2],
+            ),
         ] {
             let x = gaussian(&shape, 1.0, &mut rng(3));
             let checked = check_layer(

@@ -8,12 +8,14 @@
 //!
 //! [`Grads`]: crate::grads::Grads
 
+pub mod avg_pool;
 pub mod batch_norm;
 pub mod branch_scale;
 pub mod conv;
 pub mod dense;
 pub mod dense_fused;
 pub mod dropout;
+pub mod flatten;
 pub mod layer_norm;
 pub mod loss;
 pub mod max_pool;

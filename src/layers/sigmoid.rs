@@ -16,12 +16,22 @@ pub fn forward(z: &Tensor) -> Tensor {
     z.mapv(sigmoid)
 }
 
+/// [`forward`] in the input's own buffer.
+pub fn forward_in_place(mut z: Tensor) -> Tensor {
+    z.mapv_inplace(sigmoid);
+    z
+}
+
 /// `grad_z = grad_g * g (1 - g)`, from the cached output `g`.
 pub fn backward(g: &Tensor, grad_g: &Tensor) -> Tensor {
-    let mut out = grad_g.clone();
-    out.zip_mut_with(g, |d, &g| *d *= g * (1.0 - g));
-    crate::fault::perturb(crate::fault::Fault::SigmoidGrad, &mut out);
-    out
+    backward_in_place(g, grad_g.clone())
+}
+
+/// [`backward`] in the buffer of a gradient the caller gives away.
+pub fn backward_in_place(g: &Tensor, mut grad_g: Tensor) -> Tensor {
+    grad_g.zip_mut_with(g, |d, &g| *d *= g * (1.0 - g));
+    crate::fault::perturb(crate::fault::Fault::SigmoidGrad, &mut grad_g);
+    grad_g
 }
 
 #[cfg(test)]

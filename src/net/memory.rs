@@ -519,12 +519,26 @@ fn op_shape(op: &crate::unit::Op, shape: &[usize]) -> (Vec<usize>, f64) {
     let mut one = vec![1];
     one.extend_from_slice(shape);
     let out = op.out_shape(&one)[1..].to_vec();
+    use crate::unit::Op;
     let cols = match op {
-        crate::unit::Op::Conv(c) => {
+        Op::Conv(c) => {
             let k = c.w.shape()[2];
             (shape[0] * k * k * out[1..].iter().product::<usize>()) as f64
         }
-        _ => 0.0,
+        // Every other op works on its input and output alone (a pooling op's windows, a
+        // flattening's moved buffer, counted as an output all the same).
+        Op::Dense(_)
+        | Op::Pool
+        | Op::MaxPool(_)
+        | Op::AvgPool(_)
+        | Op::Flatten
+        | Op::PadShortcut(_)
+        | Op::Norm(_)
+        | Op::Relu
+        | Op::Sigmoid
+        | Op::BranchScale(_)
+        | Op::ScalarBias(_)
+        | Op::Mask(_) => 0.0,
     };
     (out, cols)
 }

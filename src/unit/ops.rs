@@ -20,15 +20,16 @@ use std::sync::Arc;
 use crate::grads::Grads;
 use crate::kernels::norm::Moments;
 use crate::kernels::Epilogue;
+use crate::layers::avg_pool::{AvgPool, AvgPoolCache};
 use crate::layers::branch_scale::{BranchScale, BranchScaleCache};
 use crate::layers::pad_shortcut::PadShortcut;
-use crate::layers::pool;
 use crate::layers::preact_conv;
 use crate::layers::scalar_bias::ScalarBias;
 use crate::layers::{
     dense_fused, relu, BatchNorm, BatchNormCache, Conv2d, ConvCache, Dense, DenseCache, Mode, Norm,
     NormCache,
 };
+use crate::layers::{flatten, pool, sigmoid};
 use crate::tensor::Tensor;
 
 // Ops are built once per network (a few hundred at most), so their size does not matter.
@@ -41,11 +42,18 @@ pub enum Op {
     Pool,
     /// Max pooling over k x k windows (an imported model's, e.g. torchvision's ResNet stem).
     MaxPool(crate::layers::max_pool::MaxPool),
+    /// Average pooling over k x k windows (an imported model's).
+    AvgPool(AvgPool),
+    /// Each sample flattened into a vector, `(N, C, H, W) -> (N, C H W)` (an imported
+    /// model's classifier on a feature map).
+    Flatten,
     /// The option-A shortcut of a shape-changing unit (subsample, zero-pad the new channels).
     PadShortcut(PadShortcut),
     /// A normalisation slot, filled by the network's [`NormKind`](crate::layers::NormKind).
     Norm(Norm),
     Relu,
+    /// The logistic sigmoid, element-wise (an imported model's).
+    Sigmoid,
     /// A learned scale on the branch's output (`alpha:A`, `layerscale:E`, Fixup's multiplier).
     BranchScale(BranchScale),
     /// A learned scalar added to every element (Fixup's biases).
@@ -62,10 +70,15 @@ pub enum OpCache {
     /// The pooled input's shape.
     Pool(Vec<usize>),
     MaxPool(crate::layers::max_pool::MaxPoolCache),
+    AvgPool(AvgPoolCache),
+    /// The flattened input's shape.
+    Flatten(Vec<usize>),
     /// The padded shortcut's input shape.
     PadShortcut(Vec<usize>),
     Norm(NormCache),
     Relu(relu::ReluCache),
+    /// The sigmoid's output `g`: its derivative is `g (1 - g)`.
+    Sigmoid(Tensor),
     BranchScale(BranchScaleCache),
     ScalarBias,
     Mask,
@@ -92,6 +105,14 @@ impl Op {
                 let (y, c) = m.forward(x);
                 (y, OpCache::MaxPool(c))
             }
+            Op::AvgPool(a) => {
+                let (y, c) = a.forward(x);
+                (y, OpCache::AvgPool(c))
+            }
+            Op::Flatten => {
+                let (y, shape) = flatten::forward(x);
+                (y, OpCache::Flatten(shape))
+            }
             Op::PadShortcut(p) => (p.forward(&x), OpCache::PadShortcut(x.shape().to_vec())),
             Op::Norm(n) => {
                 let (y, c) = n.forward(x, mode);
@@ -100,6 +121,10 @@ impl Op {
             Op::Relu => {
                 let (y, c) = relu::forward(x);
                 (y, OpCache::Relu(c))
+            }
+            Op::Sigmoid => {
+                let g = sigmoid::forward_in_place(x);
+                (g.clone(), OpCache::Sigmoid(g))
             }
             Op::BranchScale(b) => {
                 let (y, c) = b.forward(x);
@@ -117,9 +142,12 @@ impl Op {
             (Op::Conv(conv), OpCache::Conv(c)) => conv.backward(c, &grad_y, grads),
             (Op::Pool, OpCache::Pool(shape)) => pool::backward(shape, &grad_y),
             (Op::MaxPool(m), OpCache::MaxPool(c)) => m.backward(c, grad_y),
+            (Op::AvgPool(a), OpCache::AvgPool(c)) => a.backward(c, grad_y),
+            (Op::Flatten, OpCache::Flatten(shape)) => flatten::backward(shape, grad_y),
             (Op::PadShortcut(p), OpCache::PadShortcut(shape)) => p.backward(shape, &grad_y),
             (Op::Norm(n), OpCache::Norm(c)) => n.backward(c, grad_y, grads),
             (Op::Relu, OpCache::Relu(c)) => relu::backward(c, grad_y),
+            (Op::Sigmoid, OpCache::Sigmoid(g)) => sigmoid::backward_in_place(g, grad_y),
             (Op::BranchScale(b), OpCache::BranchScale(c)) => b.backward(c, grad_y, grads),
             (Op::ScalarBias(b), OpCache::ScalarBias) => b.backward(grad_y, grads),
             (Op::Mask(m), OpCache::Mask) => grad_y * m,
@@ -134,7 +162,14 @@ impl Op {
             Op::Norm(n) => n.visit_params(f),
             Op::BranchScale(b) => b.visit_params(f),
             Op::ScalarBias(b) => b.visit_params(f),
-            Op::Relu | Op::Mask(_) | Op::Pool | Op::MaxPool(_) | Op::PadShortcut(_) => {}
+            Op::Relu
+            | Op::Sigmoid
+            | Op::Mask(_)
+            | Op::Pool
+            | Op::MaxPool(_)
+            | Op::AvgPool(_)
+            | Op::Flatten
+            | Op::PadShortcut(_) => {}
         }
     }
 
@@ -145,7 +180,14 @@ impl Op {
             Op::Norm(n) => n.visit_params_mut(f),
             Op::BranchScale(b) => b.visit_params_mut(f),
             Op::ScalarBias(b) => b.visit_params_mut(f),
-            Op::Relu | Op::Mask(_) | Op::Pool | Op::MaxPool(_) | Op::PadShortcut(_) => {}
+            Op::Relu
+            | Op::Sigmoid
+            | Op::Mask(_)
+            | Op::Pool
+            | Op::MaxPool(_)
+            | Op::AvgPool(_)
+            | Op::Flatten
+            | Op::PadShortcut(_) => {}
         }
     }
 
@@ -171,10 +213,18 @@ impl Op {
                 let (h, w) = m.out_hw(in_shape[2], in_shape[3]);
                 vec![in_shape[0], in_shape[1], h, w]
             }
-            Op::PadShortcut(p) => p.out_shape(in_shape).to_vec(),
-            Op::Norm(_) | Op::Relu | Op::Mask(_) | Op::BranchScale(_) | Op::ScalarBias(_) => {
-                in_shape.to_vec()
+            Op::AvgPool(a) => {
+                let (h, w) = a.out_hw(in_shape[2], in_shape[3]);
+                vec![in_shape[0], in_shape[1], h, w]
             }
+            Op::Flatten => vec![in_shape[0], in_shape[1..].iter().product()],
+            Op::PadShortcut(p) => p.out_shape(in_shape).to_vec(),
+            Op::Norm(_)
+            | Op::Relu
+            | Op::Sigmoid
+            | Op::Mask(_)
+            | Op::BranchScale(_)
+            | Op::ScalarBias(_) => in_shape.to_vec(),
         }
     }
 
@@ -188,26 +238,39 @@ impl Op {
                 let per_pixel: usize = c.w.shape().iter().product();
                 per_pixel as f64 * (out[2] * out[3]) as f64
             }
-            _ => 0.0,
+            Op::Pool
+            | Op::MaxPool(_)
+            | Op::AvgPool(_)
+            | Op::Flatten
+            | Op::PadShortcut(_)
+            | Op::Norm(_)
+            | Op::Relu
+            | Op::Sigmoid
+            | Op::BranchScale(_)
+            | Op::ScalarBias(_)
+            | Op::Mask(_) => 0.0,
         }
     }
 
-    /// Short human-readable name ("W", "BN", "ReLU"), for descriptions.
-    pub fn label(&self) -> &'static str {
-        match self {
+    /// Short human-readable name ("W", "W3x3", "BN", "ReLU"), for descriptions.
+    pub fn label(&self) -> Cow<'static, str> {
+        Cow::Borrowed(match self {
             Op::Dense(_) => "W",
-            Op::Conv(c) if c.k() == 1 => "W1x1",
-            Op::Conv(_) => "W3x3",
+            // The kernel's size, as an imported model may have any (torchvision's stem: 7x7).
+            Op::Conv(c) => return Cow::Owned(format!("W{0}x{0}", c.k())),
             Op::Pool => "pool",
             Op::MaxPool(_) => "maxpool",
+            Op::AvgPool(_) => "avgpool",
+            Op::Flatten => "flatten",
             Op::PadShortcut(_) => "pad",
             Op::Norm(n) => n.label(),
             Op::BranchScale(b) if b.a.len() == 1 => "alpha",
             Op::BranchScale(_) => "diag",
             Op::ScalarBias(_) => "+b",
             Op::Relu => "ReLU",
+            Op::Sigmoid => "sigmoid",
             Op::Mask(_) => "ReLU(frozen)",
-        }
+        })
     }
 }
 
@@ -715,6 +778,70 @@ mod tests {
             _ => vec![4, 16, 8, 8],
         };
         (net.units[0].branch.clone(), shape)
+    }
+
+    /// An imported model's ops through the op dispatch, in both engines, against central
+    /// differences (h = 1e-6, relative error below 1e-6: the sigmoid is smooth, the rest
+    /// linear): average pooling, the sigmoid, a per-channel scale of PyTorch's shape, a
+    /// flattening, a dense layer.
+    #[test]
+    fn imported_ops_backward_matches_finite_differences() {
+        let mut r = crate::rng::rng(2);
+        let ops = vec![
+            Op::AvgPool(AvgPool {
+                name: "p".into(),
+                k: 3,
+                stride: 2,
+                pad: 1,
+                count_include_pad: false,
+            }),
+            Op::Sigmoid,
+            Op::BranchScale(BranchScale {
+                name: "s".into(),
+                a: crate::rng::gaussian(&[3, 1, 1], 1.0, &mut r),
+            }),
+            Op::Flatten,
+            Op::Dense(Dense {
+                name: "d".into(),
+                w: crate::rng::gaussian(&[27, 4], 0.3, &mut r),
+                b: Some(crate::rng::gaussian(&[4], 0.1, &mut r)),
+            }),
+        ];
+        let x = crate::rng::gaussian(&[2, 3, 5, 6], 1.0, &mut r);
+        for fusion in [Fusion::Plain, Fusion::Fused] {
+            let checked = crate::finite_diff::check_layer(
+                &format!("{fusion:?}"),
+                &ops,
+                &x,
+                1e-6,
+                1e-6,
+                3,
+                |ops, x| forward_seq(ops, x.clone(), Mode::Train, fusion).0,
+                |ops, x, gy, g| {
+                    let (_, c) = forward_seq(ops, x.clone(), Mode::Train, fusion);
+                    backward_seq(ops, &c, gy.clone(), Some(g), fusion)
+                },
+                |ops, f| ops.iter_mut().for_each(|o| o.visit_params_mut(f)),
+            );
+            assert_eq!(checked, ["s.a", "d.w", "d.b"]);
+        }
+    }
+
+    #[test]
+    fn a_conv_is_labelled_with_its_kernel_size() {
+        let conv = |k: usize| {
+            Op::Conv(Conv2d {
+                name: "c".into(),
+                w: Tensor::zeros(ndarray::IxDyn(&[2, 2, k, k])),
+                b: None,
+                stride: 1,
+                pad: 0,
+            })
+        };
+        assert_eq!(
+            [conv(1).label(), conv(3).label(), conv(7).label()],
+            ["W1x1", "W3x3", "W7x7"]
+        );
     }
 
     /// The plans the engine makes for the paper's units: what is fused, and where the

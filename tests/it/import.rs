@@ -99,6 +99,52 @@ fn bottlenecks_pre_activation_pre_ln_and_in_place_adds_are_found() {
 }
 
 #[test]
+fn pooling_sigmoid_scales_a_matmul_head_and_the_dynamo_export_are_found_and_profiled() {
+    let out = inspect("ops.onnx");
+    assert!(out.contains("stem: Conv BN Relu AvgPool\n"), "{out}");
+    assert!(out.contains("head: AvgPool Flatten MatMul Add\n"), "{out}");
+    let r = rows(&out);
+    assert_eq!(
+        r[0][1..],
+        ["blocks.0", "identity", "Conv BN Sigmoid Conv Mul", "-"],
+        "{out}"
+    );
+    // A constant on the shortcut scales it; the one on the branch is a learned scale.
+    assert_eq!(
+        r[2][1..],
+        ["blocks.2", "scale:0.7", "Conv BN Relu Conv BN Mul", "Relu"],
+        "{out}"
+    );
+    let out = inspect("dynamo.onnx");
+    assert!(out.contains("head: ReduceMean Reshape Gemm\n"), "{out}");
+    assert!(
+        out.contains("note: the exporter folded BatchNorm into 10 convolutions"),
+        "{out}"
+    );
+    for (model, units) in [
+        ("ops.onnx", &["blocks.0", "blocks.1", "blocks.2", "top"][..]),
+        (
+            "dynamo.onnx",
+            &["layer1.0", "layer1.1", "layer2.0", "layer2.1", "top"],
+        ),
+    ] {
+        let out = stdout(
+            &Argv::new("profile --batch 4")
+                .flag("--model", fixture(model))
+                .ok(),
+        );
+        let names: Vec<&str> = out
+            .lines()
+            .skip_while(|l| !l.trim_start().starts_with("unit st"))
+            .skip(1)
+            .take(units.len())
+            .filter_map(|l| l.split_whitespace().last())
+            .collect();
+        assert_eq!(names, units, "{out}");
+    }
+}
+
+#[test]
 fn bad_model_files_are_refused_in_one_line() {
     let w = Work::new();
     let good = std::fs::read(fixture("basic.onnx")).unwrap();

@@ -8,14 +8,24 @@ torch.onnx.export's TorchScript exporter (dynamo=False), training mode and no co
 so every BatchNorm stays a separate op and every node is named by its module
 (/layer1/layer1.0/Add). The residual units come from torchvision's own BasicBlock and
 Bottleneck classes at small widths, a full pre-activation ResNet as He et al. 2016 write it, a
-Pre-LN residual MLP, and a block whose forward adds in place (out += identity) with an in-place
-ReLU, the case that breaks backward hooks.
+Pre-LN residual MLP, a block whose forward adds in place (out += identity) with an in-place
+ReLU, the case that breaks backward hooks, and a net of the other ops resprop maps (average
+pooling, a sigmoid, ReZero's learned scalar, a LayerScale, constant scalings, a flattened map
+into x @ w + b).
 
-Needs torch, torchvision and onnx (pip install torch torchvision onnx); run from anywhere:
+One more, dynamo.onnx, is a small torchvision BasicBlock net exported by PyTorch's default
+exporter (dynamo=True), as a user who does not follow docs/import.md gets it: that exporter
+folds each BatchNorm into the conv before it, so the file holds the network in evaluation
+mode, and its reference is taken on the same folding done in PyTorch (see fold_batchnorm).
+
+Needs torch, torchvision and onnx (onnxscript for the dynamo exporter; pip install torch
+torchvision onnx onnxscript); run from anywhere, for all fixtures or the ones named:
     python tests/onnx/make_fixtures.py
+    python tests/onnx/make_fixtures.py ops.onnx dynamo.onnx
 """
 import copy
 import os
+import sys
 
 import numpy as np
 
@@ -156,6 +166,70 @@ class InPlaceNet(nn.Module):
         return self.fc(torch.flatten(nn.functional.adaptive_avg_pool2d(x, 1), 1))
 
 
+class ReZeroBlock(nn.Module):
+    """ReZero's unit, x + alpha F(x), with a sigmoid in F; alpha starts at 0.3, not ReZero's 0,
+    so that the branch and alpha's gradient are both compared at a non-trivial point."""
+
+    def __init__(self, c):
+        super().__init__()
+        self.conv1 = nn.Conv2d(c, c, 3, 1, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(c)
+        self.conv2 = nn.Conv2d(c, c, 3, 1, 1, bias=False)
+        self.alpha = nn.Parameter(torch.tensor(0.3))
+
+    def forward(self, x):
+        return x + self.alpha * self.conv2(torch.sigmoid(self.bn1(self.conv1(x))))
+
+
+class LayerScaleBlock(nn.Module):
+    """CaiT's LayerScale on a conv unit: x + diag(gamma) F(x), gamma of shape (C, 1, 1)."""
+
+    def __init__(self, c):
+        super().__init__()
+        self.conv1 = nn.Conv2d(c, c, 3, 1, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(c)
+        self.conv2 = nn.Conv2d(c, c, 3, 1, 1, bias=True)
+        self.gamma = nn.Parameter(0.1 + 0.05 * torch.arange(c, dtype=torch.float64).reshape(c, 1, 1))
+
+    def forward(self, x):
+        return x + self.gamma * self.conv2(torch.relu(self.bn1(self.conv1(x))))
+
+
+class ScaledBlock(nn.Module):
+    """relu(0.7 x + 0.5 F(x)): constant factors, on the shortcut and on the branch."""
+
+    def __init__(self, c):
+        super().__init__()
+        self.conv1 = nn.Conv2d(c, c, 3, 1, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(c)
+        self.conv2 = nn.Conv2d(c, c, 3, 1, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(c)
+
+    def forward(self, x):
+        return torch.relu(0.7 * x + 0.5 * self.bn2(self.conv2(torch.relu(self.bn1(self.conv1(x))))))
+
+
+class OpsNet(nn.Module):
+    """A stem with average pooling that leaves the padding out of its counts, the three units
+    above, and a head that averages with the padding counted and flattens the C x H x W map
+    (not pooled to 1 x 1) into x @ w + b, which exports as MatMul and Add."""
+
+    def __init__(self, c=4, classes=10):
+        super().__init__()
+        self.conv1 = nn.Conv2d(3, c, 3, 1, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(c)
+        self.pool = nn.AvgPool2d(3, 2, 1, count_include_pad=False)
+        self.blocks = nn.Sequential(ReZeroBlock(c), LayerScaleBlock(c), ScaledBlock(c))
+        self.head_pool = nn.AvgPool2d(2, 1, 1, count_include_pad=True)
+        # 10x10 input: 5x5 after the stem, 6x6 after the head's pooling.
+        self.w = nn.Parameter(0.1 * torch.randn(c * 6 * 6, classes, dtype=torch.float64))
+        self.b = nn.Parameter(0.1 * torch.randn(classes, dtype=torch.float64))
+
+    def forward(self, x):
+        x = self.blocks(self.pool(torch.relu(self.bn1(self.conv1(x)))))
+        return torch.flatten(self.head_pool(x), 1) @ self.w + self.b
+
+
 def randomise(model, seed):
     """BatchNorm and LayerNorm with random affine parameters and running statistics, so that
     neither mode of either normalisation is compared at its trivial start."""
@@ -172,7 +246,8 @@ def randomise(model, seed):
 
 def unit_modules(model):
     """The modules whose forward is one residual unit, in order, by name."""
-    kinds = (BasicBlock, Bottleneck, PreActBlock, PreLNBlock, InPlaceBlock)
+    kinds = (BasicBlock, Bottleneck, PreActBlock, PreLNBlock, InPlaceBlock, ReZeroBlock,
+             LayerScaleBlock, ScaledBlock)
     return [(n, m) for n, m in model.named_modules() if isinstance(m, kinds)]
 
 
@@ -226,27 +301,101 @@ def export(model, x, name):
     )
 
 
+def export_dynamo(model, x, name):
+    """PyTorch's default exporter, with the weights inside the file: it folds each BatchNorm
+    into the conv before it (with the running statistics), so the model is exported in
+    evaluation mode."""
+    model.double().eval()
+    torch.onnx.export(
+        model,
+        (x,),
+        os.path.join(HERE, name),
+        dynamo=True,
+        external_data=False,
+        input_names=["x"],
+        output_names=["logits"],
+    )
+
+
+def fold_batchnorm(model):
+    """A copy of `model` with each BatchNorm that follows a conv folded into it as the dynamo
+    exporter folds it: per output channel s = gamma / sqrt(running_var + eps), W' = s W,
+    b' = s (b - running_mean) + beta. The copy has no BatchNorm, so it is the same network in
+    training and in evaluation mode: the evaluation-mode network the file holds."""
+    model = copy.deepcopy(model).eval()
+    leaves = [(n, m) for n, m in model.named_modules() if not list(m.children())]
+    pairs = [
+        (conv, bn_name, bn)
+        for (_, conv), (bn_name, bn) in zip(leaves, leaves[1:])
+        if isinstance(conv, nn.Conv2d) and isinstance(bn, nn.BatchNorm2d)
+    ]
+    with torch.no_grad():
+        for conv, bn_name, bn in pairs:
+            s = bn.weight / torch.sqrt(bn.running_var + bn.eps)
+            b = conv.bias if conv.bias is not None else torch.zeros_like(bn.running_mean)
+            conv.weight.mul_(s.reshape(-1, 1, 1, 1))
+            conv.bias = nn.Parameter(s * (b - bn.running_mean) + bn.bias)
+            parent, _, leaf = bn_name.rpartition(".")
+            setattr(model.get_submodule(parent), leaf, nn.Identity())
+    return model
+
+
+def onnx_names(ref, name):
+    """The reference's conv biases under the names of the file's initializers: the exporter
+    names the bias it made for a folded conv `<weight>_bias` (conv1.weight_bias), PyTorch's
+    folded copy `conv1.bias`. Refuses a file that kept a BatchNorm (then the folding above
+    would not be the file's network)."""
+    import onnx
+
+    graph = onnx.load(os.path.join(HERE, name)).graph
+    ops = {n.op_type for n in graph.node}
+    assert "BatchNormalization" not in ops, f"{name} kept a BatchNorm: {ops}"
+    for n in graph.node:
+        if n.op_type == "Conv" and len(n.input) == 3 and n.input[1].endswith(".weight"):
+            torch_bias = n.input[1][: -len("weight")] + "bias"
+            for mode in ("train", "eval"):
+                ref[f"{mode}/param/{n.input[2]}"] = ref.pop(f"{mode}/param/{torch_bias}")
+    return ref
+
+
 FIXTURES = {
     "basic.onnx": (lambda: SmallResNet(BasicBlock), (2, 3, 12, 12)),
     "bottleneck.onnx": (lambda: SmallResNet(Bottleneck, width=4), (2, 3, 12, 12)),
     "preact.onnx": (PreActNet, (2, 3, 8, 8)),
     "preln.onnx": (PreLNMLP, (2, 64)),
     "inplace.onnx": (InPlaceNet, (2, 3, 8, 8)),
+    "ops.onnx": (OpsNet, (2, 3, 10, 10)),
+    "dynamo.onnx": (lambda: SmallResNet(BasicBlock, width=4), (2, 3, 12, 12)),
 }
 
+# Exported by the dynamo exporter (export_dynamo), its BatchNorms folded.
+FOLDED = {"dynamo.onnx"}
+
 if __name__ == "__main__":
-    for name, (make, shape) in FIXTURES.items():
+    names = sys.argv[1:] or list(FIXTURES)
+    unknown = [n for n in names if n not in FIXTURES]
+    if unknown:
+        sys.exit(f"unknown fixture(s) {unknown}; the fixtures are {list(FIXTURES)}")
+    for name in names:
+        make, shape = FIXTURES[name]
         torch.manual_seed(0)
         model = make().double()
         randomise(model, 1)
         x = torch.randn(*shape, dtype=torch.float64)
         y = torch.randint(0, 10, (shape[0],))
-        # Exporting in training mode runs the model once, which moves its BatchNorm running
-        # statistics; the file holds the moved ones, so the references are taken after.
-        export(model, x, name)
+        if name in FOLDED:
+            export_dynamo(model, x, name)
+            model = fold_batchnorm(model)
+        else:
+            # Exporting in training mode runs the model once, which moves its BatchNorm
+            # running statistics; the file holds the moved ones, so the references are taken
+            # after.
+            export(model, x, name)
         ref = {"x": x.numpy(), "y": y.numpy()}
         for training in (True, False):
             ref.update(reference(model, x, y, training))
+        if name in FOLDED:
+            ref = onnx_names(ref, name)
         npz = os.path.join(HERE, name.replace(".onnx", ".npz"))
         np.savez(npz, **ref)
         print(f"wrote {name} ({os.path.getsize(os.path.join(HERE, name))} bytes) and its reference")
