@@ -911,164 +911,49 @@ mod mapping {
 #[cfg(test)]
 mod tests {
     //! Each fixture of tests/onnx against what PyTorch's autograd computed on the same batch
-    //! (tests/onnx/make_fixtures.py), in f64: logits, loss, dE/dx_l at every unit input and at
-    //! the last unit's output, and every parameter gradient, in training mode (batch
-    //! statistics) and in evaluation mode (running statistics).
+    //! (tests/onnx/make_fixtures.py), in f64, in training mode (batch statistics) and in
+    //! evaluation mode (running statistics): the loss, the softmax of the logits, dE/dx_l at
+    //! every unit input and at the last unit's output, the direct part D_l at each of these,
+    //! and every parameter gradient ([`super::super::reference::compare`]).
 
-    use std::collections::BTreeMap;
-    use std::fs::File;
+    use std::path::Path;
 
-    use ndarray_npy::NpzReader;
-
-    use super::*;
-    use crate::grads::Grads;
-    use crate::layers::Mode;
-    use crate::unit::ForwardCtx;
+    use crate::import::reference::{compare, load_model, Kind, Reference};
 
     const DIR: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/onnx");
 
-    /// Relative agreement asked of every compared array: the 1e-10.
+    /// Relative agreement asked of every compared array (`max |a - b| / max |b|`): the
+    /// issue's 1e-10.
     const REL: f64 = 1e-10;
 
-    fn reference(name: &str) -> BTreeMap<String, ndarray::ArrayD<f64>> {
-        let mut npz = NpzReader::new(File::open(format!("{DIR}/{name}.npz")).unwrap()).unwrap();
-        let mut out = BTreeMap::new();
-        for key in npz.names().unwrap() {
-            let key = key.trim_end_matches(".npy").to_string();
-            if key == "y" {
-                continue;
-            }
-            out.insert(key.clone(), {
-                let a: ndarray::ArrayD<f64> = npz.by_name(&key).unwrap();
-                a
-            });
-        }
-        out
-    }
-
-    fn labels(name: &str) -> Vec<usize> {
-        let mut npz = NpzReader::new(File::open(format!("{DIR}/{name}.npz")).unwrap()).unwrap();
-        let y: ndarray::ArrayD<i64> = npz.by_name("y").unwrap();
-        y.iter().map(|&v| v as usize).collect()
-    }
-
-    /// max |a - b| / max |b|, asserted below [`REL`].
-    fn close(what: &str, got: &Tensor, want: &Tensor) {
-        assert_eq!(got.shape(), want.shape(), "{what}: shape");
-        let scale = want.iter().fold(0.0f64, |m, v| m.max(v.abs()));
-        let err = got
-            .iter()
-            .zip(want)
-            .fold(0.0f64, |m, (g, w)| m.max((g - w).abs()));
-        assert!(
-            err <= REL * scale.max(f64::MIN_POSITIVE),
-            "{what}: max error {err:.3e} against max |value| {scale:.3e}"
-        );
-    }
-
-    /// The parameter gradient resprop names `layer.w` (etc.) under PyTorch's name for it: the
-    /// initializer the node reads, transposed for a Gemm (resprop's dense weight is in x out).
-    /// A Mul's factor is its scale `.a` (a literal factor, `0.5 * F`, is no PyTorch parameter
-    /// and is not in the reference); an Add's constant the bias of the MatMul it follows.
-    fn torch_names(graph: &Graph) -> Vec<(String, String, bool)> {
-        let mut out = Vec::new();
-        for n in &graph.nodes {
-            let constant = n
-                .inputs
-                .iter()
-                .position(|t| graph.constants.contains_key(t));
-            let slots: Vec<(usize, String)> = match n.op {
-                OpType::Conv | OpType::Gemm | OpType::MatMul => {
-                    vec![(1, format!("{}.w", n.name)), (2, format!("{}.b", n.name))]
-                }
-                OpType::BatchNormalization | OpType::LayerNormalization => vec![
-                    (1, format!("{}.gamma", n.name)),
-                    (2, format!("{}.beta", n.name)),
-                ],
-                OpType::Mul => constant
-                    .map(|i| (i, format!("{}.a", n.name)))
-                    .into_iter()
-                    .collect(),
-                OpType::Add => {
-                    let dense = graph.nodes.iter().find(|m| {
-                        graph
-                            .data_inputs(n)
-                            .any(|t| m.outputs.first().is_some_and(|o| o == t))
-                    });
-                    match (constant, dense) {
-                        (Some(i), Some(m)) => vec![(i, format!("{}.b", m.name))],
-                        _ => vec![],
-                    }
-                }
-                _ => vec![],
-            };
-            for (i, ours) in slots {
-                if let Some(t) = n.inputs.get(i).filter(|t| !t.is_empty()) {
-                    let transposed = n.op == OpType::Gemm && n.int("transB") == Some(1);
-                    out.push((ours, t.clone(), transposed));
-                }
-            }
-        }
-        out
-    }
-
     fn agrees_with_pytorch(name: &str) {
-        let graph =
-            Graph::load(std::path::Path::new(&format!("{DIR}/{name}.onnx")), "model").unwrap();
-        let found = super::super::find(&graph).unwrap();
-        let net = network(&graph, &found, name, "").unwrap();
-        let r = reference(name);
-        let x = r["x"].clone();
-        let y = labels(name);
-        for (mode, key) in [(Mode::Train, "train"), (Mode::Eval, "eval")] {
-            let ctx = ForwardCtx::analysis(mode, 0).with_weight_grads(true);
-            let cache = net.forward(&x, &y, &ctx).unwrap();
-            let loss = r[&format!("{key}/loss")].first().copied().unwrap();
-            assert!(
-                (cache.loss - loss).abs() <= REL * loss.abs(),
-                "{name} {key}: loss {} against {loss}",
-                cache.loss
-            );
-            let mut grads = Grads::new();
-            let g = net.backward(&cache, &y, Some(&mut grads));
-            for (l, unit) in found.units.iter().enumerate() {
-                close(
-                    &format!("{name} {key}: dE/dx at {}", unit.name),
-                    &g.grad_x[l],
-                    &r[&format!("{key}/grad_x/{}", unit.name)],
-                );
+        let (graph, found, net) = load_model(Path::new(&format!("{DIR}/{name}.onnx"))).unwrap();
+        let reference = Reference::load(Path::new(&format!("{DIR}/{name}.npz"))).unwrap();
+        let cmp = compare(&graph, &found, &net, &reference).unwrap();
+        let table = cmp.table(REL);
+        // Every array of the reference was compared, and every kind in both modes.
+        assert!(cmp.unused.is_empty(), "{name}:\n{table}");
+        let units = found.units.len() + 1;
+        for mode in ["train", "eval"] {
+            for (kind, want) in [
+                (Kind::Loss, 1),
+                (Kind::Probs, 1),
+                (Kind::GradX, units),
+                (Kind::Direct, units),
+            ] {
+                let n = cmp
+                    .differences
+                    .iter()
+                    .filter(|d| d.mode == mode && d.kind == kind)
+                    .count();
+                assert_eq!(n, want, "{name} {mode} {kind}:\n{table}");
             }
-            close(
-                &format!("{name} {key}: dE/dx_L"),
-                &g.grad_x[found.units.len()],
-                &r[&format!("{key}/grad_x/top")],
-            );
-            let mut compared = 0;
-            for (ours, theirs, transposed) in torch_names(&graph) {
-                // A constant that is no PyTorch parameter (a literal factor) has no reference.
-                let Some(want) = r.get(&format!("{key}/param/{theirs}")) else {
-                    continue;
-                };
-                let got = grads
-                    .get(&ours)
-                    .unwrap_or_else(|| panic!("{name}: no gradient {ours}"));
-                let got = if transposed {
-                    got.t().to_owned()
-                } else {
-                    got.clone()
-                };
-                close(&format!("{name} {key}: {theirs}"), &got, want);
-                compared += 1;
-            }
-            let params = r
-                .keys()
-                .filter(|k| k.starts_with(&format!("{key}/param/")))
-                .count();
-            assert_eq!(
-                compared, params,
-                "{name} {key}: every PyTorch parameter compared"
-            );
         }
+        let failures = cmp.failures(REL);
+        assert!(
+            failures.is_empty(),
+            "{name}: above {REL:e} relative: {failures:?}\n{table}"
+        );
     }
 
     #[test]

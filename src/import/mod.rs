@@ -4,11 +4,14 @@
 //! - [`graph`]: the file read into a checked graph (one input, one output, the nodes in
 //!   running order, the weights in f64, every op one resprop has a layer for);
 //! - [`units`]: the graph cut into a stem, residual units (two paths from one tensor meeting
-//!   at an Add) and a head, each unit named by its module (`layer1.0`).
+//!   at an Add) and a head, each unit named by its module (`layer1.0`);
+//! - [`build`]: the graph onto resprop's layers, a [`crate::net::Network`];
+//! - [`reference`]: an imported network against PyTorch's autograd on the same batch.
 
 pub mod build;
 pub mod graph;
 pub mod proto;
+pub mod reference;
 pub mod units;
 
 pub use graph::{Graph, OpType};

@@ -253,8 +253,8 @@ def unit_modules(model):
 
 def reference(model, x, y, training):
     """What PyTorch's autograd gives on batch (x, y): the logits, the mean cross-entropy, the
-    gradient at every unit's input x_l and at the last unit's output x_L, and every parameter's
-    gradient."""
+    gradient at every unit's input x_l and at the last unit's output x_L, every parameter's
+    gradient, and the direct part D_l of every dE/dx_l (see direct_parts)."""
     model = copy.deepcopy(model).train(training)
     inputs, out = {}, {}
     units = unit_modules(model)
@@ -283,7 +283,78 @@ def reference(model, x, y, training):
     ref[f"{mode}/grad_x/top"] = out["top"].grad.numpy()
     for name, p in model.named_parameters():
         ref[f"{mode}/param/{name}"] = p.grad.numpy()
+    shapes = [inputs[name].shape for name, _ in units] + [out["top"].shape]
+    grad_x = [ref[f"{mode}/grad_x/{name}"] for name, _ in units] + [ref[f"{mode}/grad_x/top"]]
+    for name, d in zip([n for n, _ in units] + ["top"], direct_parts(model, x, y, shapes, grad_x)):
+        ref[f"{mode}/direct/{name}"] = d
     return ref
+
+
+def direct_parts(model, x, y, shapes, grad_x):
+    """The direct part D_l of dE/dx_l at every unit input and at the top (src/analysis/
+    record.rs): what reaches x_l through the shortcuts alone, h and the after-addition f of each
+    unit from l up to the top t of its run, where D_t = dE/dx_t. A run ends below a unit whose
+    input and output differ in shape (its shortcut is a projection: the path breaks there and
+    starts again, D_t being the whole dE/dx_t); the last run ends at x_L.
+
+    For each run, one forward of `model` (already in its mode) with the branch input of every
+    unit l below t detached, then dE/dx_l for those l. Detaching changes no forward value, so
+    the BatchNorm statistics are the same as in the full pass. `shapes` are the shapes of the
+    unit inputs and of x_L, `grad_x` the full gradients there (D_t of a run with no unit below
+    t)."""
+    units = unit_modules(model)
+    n = len(units)
+    carries = [shapes[l] == shapes[l + 1] for l in range(n)]
+    top = list(range(n + 1))
+    for l in reversed(range(n)):
+        top[l] = top[l + 1] if carries[l] else l
+    parts = list(grad_x)
+    for t in sorted(set(top)):
+        detached = [l for l in range(t) if top[l] == t]
+        if not detached:
+            continue
+        run = copy.deepcopy(model)
+        run_units = unit_modules(run)
+        inputs, fired, out = {}, [], {}
+
+        def keep_input(l):
+            def hook(_m, args):
+                args[0].retain_grad()
+                inputs[l] = args[0]
+            return hook
+
+        def detach(l):
+            def hook(_m, args):
+                # The branch's first module must read x_l itself, so that detaching its input
+                # cuts the branch and nothing else.
+                assert args[0] is inputs[l], f"{run_units[l][0]}: its branch does not start at x_l"
+                fired.append(l)
+                return (args[0].detach(),) + tuple(args[1:])
+            return hook
+
+        for l, (_, m) in enumerate(run_units):
+            m.register_forward_pre_hook(keep_input(l))
+            if l in detached:
+                branch_entry(m).register_forward_pre_hook(detach(l))
+
+        def keep_output(_m, _args, o):
+            o.retain_grad()
+            out["top"] = o
+
+        run_units[-1][1].register_forward_hook(keep_output)
+        loss = nn.functional.cross_entropy(run(x), y)
+        loss.backward()
+        assert sorted(fired) == detached, f"branches detached {fired}, meant {detached}"
+        xs = [inputs[l] for l in range(n)] + [out["top"]]
+        for l in detached + [t]:
+            parts[l] = xs[l].grad.numpy()
+    return parts
+
+
+def branch_entry(unit):
+    """The first module of a unit's branch: its first child that is not the shortcut's
+    (torchvision's `downsample`, `shortcut` here). direct_parts checks that it reads x_l."""
+    return next(m for name, m in unit.named_children() if name not in ("downsample", "shortcut"))
 
 
 def export(model, x, name):
