@@ -285,3 +285,161 @@ fn a_model_with_no_residual_unit_is_profiled_as_a_plain_net_with_a_note() {
     let inspect = stdout(&Argv::new("inspect").path("--model", &path).ok());
     assert!(inspect.contains("no residual unit found"), "{inspect}");
 }
+
+/// A residual MLP with `stages[s]` units in stage `s` (resnet50: 3, 4, 6, 3), named as
+/// torchvision names its modules (`layer1.0` ... `layer4.2`): Gemm-Relu-Gemm branches, a ReLU after each addition, and at
+/// each stage's first unit a dense projection on the shortcut (torchvision's `downsample`).
+fn torchvision_named_mlp(stages: &[usize]) -> Vec<u8> {
+    use resprop::import::testing::{bytes, model, tensor};
+    let names: Vec<String> = stages
+        .iter()
+        .enumerate()
+        .flat_map(|(s, &n)| (0..n).map(move |i| format!("layer{}.{i}", s + 1)))
+        .collect();
+    // (name, op, inputs, outputs), owned; the model takes them borrowed.
+    let mut nodes: Vec<(String, &str, Vec<String>, Vec<String>)> = Vec::new();
+    let mut x = "x".to_string();
+    for (l, name) in names.iter().enumerate() {
+        let scope = format!("/{}/{name}", &name[..6]);
+        let t = |what: &str| format!("{name}.{what}");
+        nodes.push((
+            format!("{scope}/fc1/Gemm"),
+            "Gemm",
+            vec![x.clone(), "w".into()],
+            vec![t("a")],
+        ));
+        nodes.push((
+            format!("{scope}/relu/Relu"),
+            "Relu",
+            vec![t("a")],
+            vec![t("b")],
+        ));
+        nodes.push((
+            format!("{scope}/fc2/Gemm"),
+            "Gemm",
+            vec![t("b"), "w".into()],
+            vec![t("f")],
+        ));
+        let shortcut = if name.ends_with(".0") {
+            nodes.push((
+                format!("{scope}/downsample/Gemm"),
+                "Gemm",
+                vec![x.clone(), "w".into()],
+                vec![t("h")],
+            ));
+            t("h")
+        } else {
+            x.clone()
+        };
+        nodes.push((
+            format!("{scope}/Add"),
+            "Add",
+            vec![t("f"), shortcut],
+            vec![t("y")],
+        ));
+        nodes.push((
+            format!("{scope}/relu_1/Relu"),
+            "Relu",
+            vec![t("y")],
+            vec![format!("x{}", l + 1)],
+        ));
+        x = format!("x{}", l + 1);
+    }
+    nodes.push((
+        "/fc/Gemm".into(),
+        "Gemm",
+        vec![x, "w".into()],
+        vec!["y".into()],
+    ));
+    let inputs: Vec<Vec<&str>> = nodes
+        .iter()
+        .map(|n| n.2.iter().map(String::as_str).collect())
+        .collect();
+    let outputs: Vec<Vec<&str>> = nodes
+        .iter()
+        .map(|n| n.3.iter().map(String::as_str).collect())
+        .collect();
+    let borrowed: Vec<resprop::import::testing::N> = nodes
+        .iter()
+        .zip(inputs.iter().zip(&outputs))
+        .map(|(n, (i, o))| (n.0.as_str(), n.1, i.as_slice(), o.as_slice()))
+        .collect();
+    let w: Vec<f32> = (0..16)
+        .map(|i| ((i * 7) % 9) as f32 / 16.0 - 0.25)
+        .collect();
+    bytes(&model(&borrowed, vec![tensor("w", &[4, 4], &w)]))
+}
+
+/// The CSV of an imported network names each row by its module and says what the importer
+/// found (its placement `imported`, each unit's shortcut); a built-in network's CSV keeps its
+/// columns (tests/it/golden.rs holds its bytes).
+#[test]
+fn an_imported_networks_csv_names_its_units_and_their_shortcuts() {
+    let w = Work::new();
+    Argv::new("profile --batch 2")
+        .flag("--model", fixture("basic.onnx"))
+        .path("--csv", w.path("p.csv"))
+        .ok();
+    let csv = w.read("p.csv");
+    let header: Vec<&str> = csv.lines().next().unwrap().split(',').collect();
+    assert_eq!(
+        header[header.len() - 3..],
+        ["placement", "shortcut", "name"]
+    );
+    let tail: Vec<Vec<&str>> = csv
+        .lines()
+        .skip(1)
+        .map(|l| l.split(',').collect::<Vec<_>>()[header.len() - 3..].to_vec())
+        .collect();
+    assert_eq!(
+        tail,
+        [
+            ["imported", "identity", "layer1.0"],
+            ["imported", "identity", "layer1.1"],
+            ["imported", "projection + BN", "layer2.0"],
+            ["imported", "identity", "layer2.1"],
+            ["imported", "", "top"],
+        ],
+        "{csv}"
+    );
+    // The projections of a torchvision-named model, found on the shortcut.
+    let model = w.write("tv.onnx", torchvision_named_mlp(&[3, 4, 6, 3]));
+    Argv::new("profile --batch 2")
+        .path("--model", &model)
+        .path("--csv", w.path("tv.csv"))
+        .ok();
+    let rows: Vec<(String, String)> = w
+        .read("tv.csv")
+        .lines()
+        .skip(1)
+        .map(|l| {
+            let f: Vec<&str> = l.split(',').collect();
+            (f[f.len() - 2].to_string(), f[f.len() - 1].to_string())
+        })
+        .collect();
+    assert_eq!(rows.len(), 17);
+    assert_eq!(rows[0], ("projection".into(), "layer1.0".into()));
+    assert_eq!(rows[8], ("identity".into(), "layer3.1".into()));
+    assert_eq!(rows[16], ("".into(), "top".into()));
+    // A built-in network's rows end in its placement and shortcut as given, and no name.
+    Argv::new("profile --units 2 --width 4 --batch 2 --shortcut scale:0.5")
+        .path("--csv", w.path("b.csv"))
+        .ok();
+    let builtin = w.read("b.csv");
+    assert!(
+        builtin
+            .lines()
+            .next()
+            .unwrap()
+            .ends_with(",branch_var,placement,shortcut"),
+        "{builtin}"
+    );
+    assert!(
+        builtin
+            .lines()
+            .nth(1)
+            .unwrap()
+            .ends_with(",original,scale:0.5"),
+        "{builtin}"
+    );
+}
