@@ -443,3 +443,83 @@ fn an_imported_networks_csv_names_its_units_and_their_shortcuts() {
         "{builtin}"
     );
 }
+
+/// `--chart` draws the profile, PNG or SVG by the extension: an imported network's axis
+/// names its units; a built-in network's counts them; any other extension is refused before
+/// any work, naming --chart.
+#[test]
+fn profile_chart_draws_the_gradient_ratio_keyed_by_the_units_names() {
+    let w = Work::new();
+    let out = stdout(
+        &Argv::new("profile --batch 4")
+            .flag("--model", fixture("basic.onnx"))
+            .path("--chart", w.path("basic.png"))
+            .path("--csv", w.path("basic.csv"))
+            .ok(),
+    );
+    assert!(out.contains("wrote chart to "), "{out}");
+    let png = image::load_from_memory(&w.bytes("basic.png"))
+        .expect("a PNG that decodes")
+        .to_rgb8();
+    assert_eq!(png.dimensions(), (1100, 700));
+    // Not blank: the grad_ratio line in the palette's first colour, the direct part's
+    // markers in its second.
+    let count = |rgb: [u8; 3]| png.pixels().filter(|p| p.0 == rgb).count();
+    assert!(count([31, 119, 180]) > 200, "no grad_ratio line");
+    assert!(count([255, 127, 14]) > 50, "no direct-part markers");
+    // The SVG writes its text as text: the units' names are on the axis, and the title
+    // names the model and the batch.
+    Argv::new("profile --batch 4")
+        .flag("--model", fixture("basic.onnx"))
+        .path("--chart", w.path("basic.SVG"))
+        .ok();
+    let svg = w.read("basic.SVG");
+    for name in ["layer1.0", "layer1.1", "layer2.0", "layer2.1", "top"] {
+        assert!(
+            svg.contains(&format!(">\n{name}\n<")) || svg.contains(&format!(">{name}<")),
+            "{name} not on the axis"
+        );
+    }
+    assert!(svg.contains("basic.onnx, 4 units, batch 4"), "{svg}");
+    // Sixteen torchvision names and `top` do not fit side by side: upright, every one.
+    let model = w.write("tv.onnx", torchvision_named_mlp(&[3, 4, 6, 3]));
+    Argv::new("profile --batch 2")
+        .path("--model", &model)
+        .path("--chart", w.path("tv.svg"))
+        .ok();
+    let svg = w.read("tv.svg");
+    assert_eq!(
+        svg.matches("rotate(270").count(),
+        17 + 1,
+        "17 names and the y axis' label"
+    );
+    assert!(
+        svg.contains(">\nlayer3.5\n<") || svg.contains(">layer3.5<"),
+        "{svg}"
+    );
+    // A built-in network: its units by index.
+    Argv::new("profile --units 3 --width 4 --batch 2")
+        .path("--chart", w.path("mlp.svg"))
+        .ok();
+    assert!(w
+        .read("mlp.svg")
+        .contains("mlp, 3 units, original, shortcut identity, batch 2"));
+    // Neither .png nor .svg: refused in one line, nothing computed or written.
+    for bad in ["x.txt", "x", "x.png.bak"] {
+        Argv::new("profile --batch 2")
+            .flag("--model", fixture("basic.onnx"))
+            .path("--chart", w.path(bad))
+            .refused("--chart: ");
+        assert!(!w.exists(bad));
+    }
+    // Through the output checks as --csv is.
+    Argv::new("profile --batch 2")
+        .flag("--model", fixture("basic.onnx"))
+        .path("--chart", w.path("same.png"))
+        .path("--csv", w.path("same.png"))
+        .refused("--csv and --chart both name");
+    Argv::new("profile --batch 2")
+        .flag("--model", fixture("basic.onnx"))
+        .path("--chart", w.path("no/such/dir/c.png"))
+        .refused("--chart: ");
+}
