@@ -25,14 +25,23 @@ pub struct ProfileArgs {
     /// weight_grad_norm): the weight-gradient view of Xiong et al. 2020.
     #[arg(long, value_name = "FILE")]
     pub weight_grad_csv: Option<PathBuf>,
+    /// Draw the profile as a chart, PNG or SVG by the file's extension: grad_ratio, the direct
+    /// part and its prediction (prod lambda, where there is one) against the unit, on a log
+    /// axis; an imported model's units named by their modules.
+    #[arg(long, value_name = "FILE")]
+    pub chart: Option<PathBuf>,
     /// Print every unit's row (default: about 20 evenly spaced rows).
     #[arg(long)]
     pub all_rows: bool,
 }
 
 pub fn run(args: &ProfileArgs) -> Result<ExitCode> {
+    if let Some(path) = &args.chart {
+        crate::plot::Format::of(path).map_err(|e| anyhow::anyhow!("--chart: {e}"))?;
+    }
     crate::output::Outputs::new()
         .write("--csv", args.csv.as_deref())
+        .write("--chart", args.chart.as_deref())
         .write_npz("--npz", args.npz.as_deref())
         .write("--weight-grad-csv", args.weight_grad_csv.as_deref())
         .read("--weights", args.job.net.weights.as_deref())
@@ -61,12 +70,8 @@ pub fn run(args: &ProfileArgs) -> Result<ExitCode> {
     );
     let mut out = net_args.describe("profile", net);
     outln!(out, "loss E = {}", fmt_f64(profile.loss));
-    print_table(
-        &mut out,
-        &profile,
-        args.all_rows,
-        unit_names(net).as_deref(),
-    );
+    let names = net.row_names();
+    print_table(&mut out, &profile, args.all_rows, names.as_deref());
     emit(&out)?;
     report_nonfinite(&profile, net);
     let mut out = String::new();
@@ -74,6 +79,7 @@ pub fn run(args: &ProfileArgs) -> Result<ExitCode> {
     if let Some(path) = &args.csv {
         let bytes = profile_csv(
             &profile,
+            net,
             net_args.arch.placement.name(),
             &net_args.arch.shortcut.to_string(),
         )?;
@@ -84,6 +90,17 @@ pub fn run(args: &ProfileArgs) -> Result<ExitCode> {
             profile.records.len(),
             path.display()
         );
+    }
+    if let Some(path) = &args.chart {
+        let fig = crate::plot::charts::profile(chart_title(net_args, net), &profile.records, names);
+        let not_drawn = crate::plot::save_chart(&fig, path)?;
+        if let Some(summary) = not_drawn.summary() {
+            eprintln!(
+                "note: chart {}: {summary}; listed in the chart's notes",
+                path.display()
+            );
+        }
+        outln!(out, "wrote chart to {}", path.display());
     }
     if let Some(path) = &args.weight_grad_csv {
         let rows = crate::analysis::record::weight_grad_rows(net, &param_grads);
@@ -133,16 +150,27 @@ fn short(v: Option<f64>) -> String {
     }
 }
 
-/// An imported network's unit names, and `top` for the head's input `x_L`.
-fn unit_names(net: &crate::net::Network) -> Option<Vec<String>> {
-    match &net.spec {
-        crate::net::NetSpec::Imported(spec) => {
-            let mut names = spec.units.clone();
-            names.push("top".into());
-            Some(names)
-        }
-        crate::net::NetSpec::Mlp(_) | crate::net::NetSpec::Resnet(_) => None,
-    }
+/// The chart's title: the model file (or the built-in network) and the batch.
+fn chart_title(args: &crate::jobs::NetRequest, net: &crate::net::Network) -> String {
+    let units = net.num_units();
+    let what = match &args.model {
+        Some(model) => format!(
+            "{}, {units} units",
+            model
+                .file_name()
+                .unwrap_or(model.as_os_str())
+                .to_string_lossy()
+        ),
+        None => format!(
+            "{}, {units} units, {}, shortcut {}",
+            args.arch.net, args.arch.placement, args.arch.shortcut
+        ),
+    };
+    let batch = match &args.data {
+        Some(data) => format!("batch {} from {data}", args.batch),
+        None => format!("batch {}", args.batch),
+    };
+    format!("resprop profile: {what}, {batch}")
 }
 
 fn print_table(out: &mut String, profile: &Profile, all: bool, names: Option<&[String]>) {

@@ -587,6 +587,7 @@ pub fn network_on(
             model: model.to_string(),
             sha256: sha256.to_string(),
             units: s.units.iter().map(|u| u.name.clone()).collect(),
+            shortcuts: s.units.iter().map(|u| u.kind.to_string()).collect(),
             folded_bn: graph.nodes.iter().filter(|n| n.folded_bn).count(),
         }),
         stem,

@@ -160,6 +160,9 @@ pub struct ImportedSpec {
     pub sha256: String,
     /// The units' names, in order.
     pub units: Vec<String>,
+    /// Each unit's shortcut as the importer found it, as `inspect` names it (`identity`,
+    /// `projection`, `projection + BN`, `scale:<c>`).
+    pub shortcuts: Vec<String>,
     /// Convolutions the exporter folded a BatchNorm into (the file holds the network in
     /// evaluation mode only).
     pub folded_bn: usize,
@@ -285,6 +288,20 @@ impl Network {
         match &self.spec {
             NetSpec::Imported(spec) => spec.units[l].clone(),
             NetSpec::Mlp(_) | NetSpec::Resnet(_) => l.to_string(),
+        }
+    }
+
+    /// An imported network's name for each unit input `x_0 ..= x_L` (a profile's rows): its
+    /// units' module names, then `top` for the head's input. `None` for a built-in network,
+    /// whose rows are named by their index.
+    pub fn row_names(&self) -> Option<Vec<String>> {
+        match &self.spec {
+            NetSpec::Imported(spec) => {
+                let mut names = spec.units.clone();
+                names.push("top".into());
+                Some(names)
+            }
+            NetSpec::Mlp(_) | NetSpec::Resnet(_) => None,
         }
     }
 

@@ -7,6 +7,7 @@ use std::collections::BTreeMap;
 use super::table::{geo_mean, Table, UnitRows};
 use super::{Band, Figure, Line, LineStyle, Panel};
 use crate::analysis::checks::{FORMULA_TOL, PROD_LAMBDA_TOL};
+use crate::analysis::record::UnitRecord;
 use crate::plot::kinds::ChartKind;
 
 const UNIT_AXIS: &str = "unit l";
@@ -286,6 +287,116 @@ pub fn figure(kind: ChartKind, t: &Table) -> Figure {
                 .collect(),
         ),
     }
+}
+
+/// A profile with more rows than this draws its direct part as a line, not as markers.
+const MAX_MARKERS: usize = 40;
+
+/// One network's profile at a glance (`resprop profile --chart`): against the unit, on a log
+/// axis, `‖∂E/∂x_l‖ / ‖∂E/∂x_L‖` (grad_ratio), the direct part `‖D_l‖ / ‖∂E/∂x_top‖`
+/// (direct_ratio) and, where the paper predicts it, `prod λ` (predicted_direct_ratio, Eq. 8)
+/// dashed over it. `names` (an imported network's units, then `top`) are written under the
+/// axis in place of the indices.
+pub fn profile(title: String, records: &[UnitRecord], names: Option<Vec<String>>) -> Figure {
+    // The direct part and its prediction run from each unit up to its own top: a line is
+    // drawn within each run, never across a restart or a unit without a value.
+    let runs = |value: fn(&UnitRecord) -> Option<f64>| -> Vec<Vec<(f64, f64)>> {
+        let mut runs: Vec<Vec<(f64, f64)>> = Vec::new();
+        let mut top = None;
+        for r in records {
+            match value(r) {
+                Some(v) if top == Some(r.direct_top) => {
+                    runs.last_mut().unwrap().push((r.unit as f64, v))
+                }
+                Some(v) => {
+                    runs.push(vec![(r.unit as f64, v)]);
+                    top = Some(r.direct_top);
+                }
+                None => top = None,
+            }
+        }
+        runs
+    };
+    let mut lines = vec![line(
+        "‖∂E/∂x_l‖ / ‖∂E/∂x_L‖ (grad_ratio)",
+        records
+            .iter()
+            .map(|r| (r.unit as f64, r.grad_ratio))
+            .collect(),
+        LineStyle::Solid,
+        0,
+        true,
+    )];
+    let direct = "direct part ‖D_l‖ / ‖∂E/∂x_top‖ (direct_ratio)";
+    if records.len() <= MAX_MARKERS {
+        let points = records
+            .iter()
+            .map(|r| (r.unit as f64, r.direct_ratio))
+            .collect();
+        lines.push(line(direct, points, LineStyle::Points, 1, true));
+    } else {
+        for (i, run) in runs(|r| Some(r.direct_ratio)).into_iter().enumerate() {
+            lines.push(line(direct, run, LineStyle::Solid, 1, i == 0));
+        }
+    }
+    // A run of one point is a top itself, where the prediction is 1 by definition.
+    let predicted: Vec<Vec<(f64, f64)>> = runs(|r| r.predicted_direct_ratio)
+        .into_iter()
+        .filter(|run| run.len() > 1)
+        .collect();
+    let mut notes = Vec::new();
+    if predicted.is_empty() {
+        notes.push("no prediction drawn: prod λ (Eq. 8) predicts the direct part across units whose shortcut is a constant scaling and whose f (after the addition) is the identity, and here no unit is such".into());
+    }
+    for (i, run) in predicted.into_iter().enumerate() {
+        lines.push(line(
+            "predicted: prod λ (Eq. 8)",
+            run,
+            LineStyle::Dashed,
+            1,
+            i == 0,
+        ));
+    }
+    let x_desc = match names {
+        Some(_) => "unit, by its module (top: the head's input x_L)",
+        None => "unit l (l = L: the head's input)",
+    };
+    let mut panel = Panel {
+        title: title.clone(),
+        x_desc: x_desc.into(),
+        y_desc: "gradient norm relative to the top's".into(),
+        lines,
+        x_names: names.unwrap_or_default(),
+        ..Default::default()
+    };
+    // Every series ends at 1 on the right: the legend goes to the emptier right corner.
+    panel.legend_low = fewer_points_lower_right(&panel);
+    Figure {
+        title,
+        panels: vec![panel],
+        notes,
+        size: WIDE,
+    }
+}
+
+/// Whether fewer points lie in the lower right corner of a log panel than in the upper right,
+/// where its legend goes otherwise.
+fn fewer_points_lower_right(panel: &Panel) -> bool {
+    let (lo, hi) = super::y_range(panel);
+    let (x0, x1) = super::x_range(panel);
+    let (right, band) = (x0 + 0.6 * (x1 - x0), 0.25 * (hi - lo));
+    let (mut upper, mut lower) = (0, 0);
+    for &(x, y) in panel.lines.iter().flat_map(|l| &l.points) {
+        if x < right || !(y.is_finite() && y >= f64::MIN_POSITIVE) {
+            continue;
+        }
+        if y.log10() > hi - band {
+            upper += 1;
+        } else if y.log10() < lo + band {
+            lower += 1;
+        }
+    }
+    lower < upper
 }
 
 fn mean(v: &[f64]) -> f64 {

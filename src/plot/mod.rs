@@ -28,6 +28,7 @@ use std::sync::Once;
 use anyhow::{anyhow, Result};
 use plotters::coord::Shift;
 use plotters::prelude::*;
+use plotters::style::text_anchor::{HPos, Pos, VPos};
 use plotters::style::FontStyle;
 
 static FONT: &[u8] = include_bytes!("../../assets/fonts/DejaVuSans.ttf");
@@ -105,6 +106,9 @@ pub struct Panel {
     pub linear: bool,
     /// A logarithmic x axis (positive x only; for power laws against the depth).
     pub log_x: bool,
+    /// Names of the x values 0, 1, 2, ... (an imported network's units), written under the
+    /// axis instead of the numbers; empty: the numbers.
+    pub x_names: Vec<String>,
 }
 
 /// Values on a grid: `z[j][i]` at column `xs[i]` and row `ys[j]` (NaN: no value).
@@ -554,7 +558,10 @@ fn x_range(panel: &Panel) -> (f64, f64) {
                 (lo.min(x), hi.max(x))
             }),
     };
-    if lo.is_finite() && hi.is_finite() && hi > lo {
+    if !panel.x_names.is_empty() {
+        // One slot per name, each value in the middle of its own.
+        (-0.5, panel.x_names.len() as f64 - 0.5)
+    } else if lo.is_finite() && hi.is_finite() && hi > lo {
         (lo, hi)
     } else if lo.is_finite() {
         (lo - flat_pad(lo), lo + flat_pad(lo))
@@ -581,6 +588,57 @@ fn decade_label(v: &f64) -> String {
         e += 1.0;
     }
     format!("{m:.1}e{}", e as i64)
+}
+
+/// Which names go under a named x axis, and how.
+struct NameTicks {
+    /// The x values (indices into the names) that get their name.
+    shown: Vec<usize>,
+    /// Turned to read upwards: side by side they would overlap.
+    upright: bool,
+    /// How much deeper than a row of numbers the label area must be to hold them.
+    extra_depth: i32,
+}
+
+/// Names side by side when the longest fits its slot of `plot_width`; else upright, and
+/// every k-th only when even upright they would overlap (the last, the head's input, always).
+fn name_ticks<DB: DrawingBackend>(
+    area: &DrawingArea<DB, Shift>,
+    names: &[String],
+    font: u32,
+    plot_width: i32,
+) -> Result<NameTicks, DrawingAreaErrorKind<DB::ErrorType>> {
+    let style = TextStyle::from(("sans-serif", font).into_font());
+    let (mut widest, mut tallest) = (0, 0);
+    for name in names {
+        let (w, h) = area.estimate_text_size(name, &style)?;
+        widest = widest.max(w as i32);
+        tallest = tallest.max(h as i32);
+    }
+    let n = names.len();
+    let slot = plot_width.max(1) as f64 / n.max(1) as f64;
+    if (widest + 8) as f64 <= slot {
+        return Ok(NameTicks {
+            shown: (0..n).collect(),
+            upright: false,
+            extra_depth: 0,
+        });
+    }
+    let every = ((tallest + 4) as f64 / slot).ceil().max(1.0) as usize;
+    let mut shown: Vec<usize> = (0..n).step_by(every).collect();
+    if let Some(&last) = shown.last() {
+        if last != n - 1 {
+            if ((n - 1 - last) as f64) * slot < (tallest + 4) as f64 {
+                shown.pop();
+            }
+            shown.push(n - 1);
+        }
+    }
+    Ok(NameTicks {
+        shown,
+        upright: true,
+        extra_depth: (widest - tallest).max(0),
+    })
 }
 
 /// Draws one panel. The y axis is logarithmic: values are drawn as log10(y) on a linear axis
@@ -622,35 +680,75 @@ where
         y_range(panel)
     };
     let font = if small { 14 } else { 18 };
+    let (margin, y_label_area) = (8, if small { 55 } else { 70 });
+    let names = if panel.x_names.is_empty() {
+        None
+    } else {
+        let plot_width = area.dim_in_pixel().0 as i32 - y_label_area - 2 * margin;
+        Some(name_ticks(area, &panel.x_names, font - 2, plot_width).map_err(err)?)
+    };
     let mut chart = ChartBuilder::on(area)
         .caption(&panel.title, ("sans-serif", font + 2))
-        .margin(8)
-        .x_label_area_size(if small { 30 } else { 40 })
-        .y_label_area_size(if small { 55 } else { 70 })
+        .margin(margin)
+        .x_label_area_size(
+            if small { 30 } else { 40 } + names.as_ref().map_or(0, |n| n.extra_depth),
+        )
+        .y_label_area_size(y_label_area)
         .build_cartesian_2d(x0..x1, y0..y1)
         .map_err(err)?;
-    chart
-        .configure_mesh()
-        .x_desc(&panel.x_desc)
+    let y_label = |v: &f64| {
+        if linear {
+            format!("{v:.3}")
+        } else {
+            decade_label(v)
+        }
+    };
+    let x_label = |x: &f64| {
+        if log_x {
+            format!("{:.0}", 10f64.powf(*x))
+        } else {
+            format!("{x:.0}")
+        }
+    };
+    let mut mesh = chart.configure_mesh();
+    mesh.x_desc(&panel.x_desc)
         .y_desc(&panel.y_desc)
         .label_style(("sans-serif", font - 2))
         .axis_desc_style(("sans-serif", font))
-        .y_label_formatter(&|v| {
-            if linear {
-                format!("{v:.3}")
-            } else {
-                decade_label(v)
-            }
-        })
-        .x_label_formatter(&|x| {
-            if log_x {
-                format!("{:.0}", 10f64.powf(*x))
-            } else {
-                format!("{x:.0}")
-            }
-        })
-        .draw()
-        .map_err(err)?;
+        .y_label_formatter(&y_label)
+        .x_label_formatter(&x_label);
+    if names.is_some() {
+        // The names are drawn below, one tick each.
+        mesh.x_labels(0).disable_x_mesh();
+    }
+    mesh.draw().map_err(err)?;
+    if let Some(names) = &names {
+        let grid = BLACK.mix(0.1).stroke_width(1);
+        chart
+            .draw_series(
+                names
+                    .shown
+                    .iter()
+                    .map(|&i| PathElement::new(vec![(i as f64, y0), (i as f64, y1)], grid)),
+            )
+            .map_err(err)?;
+        let style = if names.upright {
+            // Reading upwards, ending at its tick.
+            TextStyle::from(("sans-serif", font - 2).into_font())
+                .transform(FontTransform::Rotate270)
+                .pos(Pos::new(HPos::Right, VPos::Center))
+        } else {
+            TextStyle::from(("sans-serif", font - 2).into_font())
+                .pos(Pos::new(HPos::Center, VPos::Top))
+        };
+        chart
+            .draw_series(names.shown.iter().map(|&i| {
+                EmptyElement::at((i as f64, y0))
+                    + PathElement::new(vec![(0, 0), (0, 5)], BLACK.stroke_width(1))
+                    + Text::new(panel.x_names[i].clone(), (0, 8), style.clone())
+            }))
+            .map_err(err)?;
+    }
     if linear && y0 < 0.0 && y1 > 0.0 {
         chart
             .draw_series(std::iter::once(PathElement::new(
@@ -796,12 +894,70 @@ where
     Ok(())
 }
 
+/// A chart's file format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Format {
+    Png,
+    Svg,
+}
+
+impl Format {
+    /// The format a chart's file name asks for by its extension (`.png` or `.svg`, in any
+    /// case).
+    pub fn of(path: &Path) -> Result<Format, String> {
+        match path
+            .extension()
+            .map(|e| e.to_string_lossy().to_ascii_lowercase())
+            .as_deref()
+        {
+            Some("png") => Ok(Format::Png),
+            Some("svg") => Ok(Format::Svg),
+            _ => Err(format!(
+                "'{}' ends in neither .png nor .svg: a chart is written as PNG or SVG, by its file name's extension",
+                path.display()
+            )),
+        }
+    }
+}
+
+/// `fig` (its points already filtered by [`prepare_log`]) drawn in memory as a file of
+/// `format`.
+fn render(fig: &Figure, format: Format) -> Result<Vec<u8>> {
+    use image::ImageEncoder as _;
+    register_font();
+    match format {
+        Format::Png => {
+            let (w, h) = fig.size;
+            let mut rgb = vec![0u8; 3 * w as usize * h as usize];
+            draw_figure(
+                BitMapBackend::with_buffer(&mut rgb, fig.size).into_drawing_area(),
+                fig,
+            )?;
+            // What plotters' own file backend does: image's PNG encoder, default settings.
+            let mut bytes = Vec::new();
+            image::codecs::png::PngEncoder::new(&mut bytes).write_image(
+                &rgb,
+                w,
+                h,
+                image::ColorType::Rgb8,
+            )?;
+            Ok(bytes)
+        }
+        Format::Svg => {
+            let mut text = String::new();
+            draw_figure(
+                SVGBackend::with_string(&mut text, fig.size).into_drawing_area(),
+                fig,
+            )?;
+            Ok(text.into_bytes())
+        }
+    }
+}
+
 /// Renders `fig` to `<stem>.png` and `<stem>.svg` (the extensions appended to the stem), each
 /// drawn in memory and written atomically (`output::write_atomic`); returns their paths and
 /// how many points the axes could not show (listed in the chart's notes).
 pub fn save_figure(fig: &Figure, stem: &Path) -> Result<(PathBuf, PathBuf, NotDrawn)> {
-    use image::ImageEncoder as _;
-    register_font();
     let mut fig = fig.clone();
     let not_drawn = prepare_log(&mut fig);
     let with_ext = |ext: &str| {
@@ -811,30 +967,24 @@ pub fn save_figure(fig: &Figure, stem: &Path) -> Result<(PathBuf, PathBuf, NotDr
     };
     let (png, svg) = (with_ext(".png"), with_ext(".svg"));
     let result = (|| -> Result<()> {
-        let (w, h) = fig.size;
-        let mut rgb = vec![0u8; 3 * w as usize * h as usize];
-        draw_figure(
-            BitMapBackend::with_buffer(&mut rgb, fig.size).into_drawing_area(),
-            &fig,
-        )?;
-        // What plotters' own file backend does: image's PNG encoder, default settings.
-        let mut bytes = Vec::new();
-        image::codecs::png::PngEncoder::new(&mut bytes).write_image(
-            &rgb,
-            w,
-            h,
-            image::ColorType::Rgb8,
-        )?;
-        crate::output::write_atomic(&png, &bytes)?;
-        let mut text = String::new();
-        draw_figure(
-            SVGBackend::with_string(&mut text, fig.size).into_drawing_area(),
-            &fig,
-        )?;
-        crate::output::write_atomic(&svg, text.as_bytes())
+        crate::output::write_atomic(&png, &render(&fig, Format::Png)?)?;
+        crate::output::write_atomic(&svg, &render(&fig, Format::Svg)?)
     })();
     result.map_err(|e| e.context(format!("cannot write chart '{}'", stem.display())))?;
     Ok((png, svg, not_drawn))
+}
+
+/// Renders `fig` to `path`, as PNG or SVG by its extension ([`Format::of`]), drawn in memory
+/// and written atomically; returns how many points the axes could not show (listed in the
+/// chart's notes).
+pub fn save_chart(fig: &Figure, path: &Path) -> Result<NotDrawn> {
+    let format = Format::of(path).map_err(|e| anyhow!(e))?;
+    let mut fig = fig.clone();
+    let not_drawn = prepare_log(&mut fig);
+    render(&fig, format)
+        .and_then(|bytes| crate::output::write_atomic(path, &bytes))
+        .map_err(|e| e.context(format!("cannot write chart '{}'", path.display())))?;
+    Ok(not_drawn)
 }
 
 /// Draws `kinds` into `out` (created when the tables have been read; `flag` names it in
@@ -925,6 +1075,38 @@ mod tests {
             "{}",
             fig.notes[0]
         );
+    }
+
+    #[test]
+    fn unit_names_stand_upright_and_thin_out_only_when_they_must() {
+        register_font();
+        let mut rgb = vec![0u8; 3 * 1100 * 700];
+        let area = BitMapBackend::with_buffer(&mut rgb, (1100, 700)).into_drawing_area();
+        let names = |n: usize| -> Vec<String> {
+            (0..n)
+                .map(|i| format!("layer{}.{}", 1 + i / 40, i % 40))
+                .chain(["top".to_string()])
+                .collect()
+        };
+        // A few: side by side, every one.
+        let few = name_ticks(&area, &names(4), 16, 1000).unwrap();
+        assert_eq!(
+            (few.shown, few.upright, few.extra_depth),
+            ((0..5).collect(), false, 0)
+        );
+        // resnet152's 50 and top: upright, every one, the area deeper by the longest name.
+        let r152 = name_ticks(&area, &names(50), 16, 1000).unwrap();
+        assert_eq!((r152.shown.len(), r152.upright), (51, true));
+        assert!(r152.extra_depth > 30, "{}", r152.extra_depth);
+        // 150: every k-th upright, the top always, none closer than a line of text.
+        let many = name_ticks(&area, &names(150), 16, 1000).unwrap();
+        assert!(many.upright && many.shown.len() < 60, "{:?}", many.shown);
+        assert_eq!((many.shown[0], *many.shown.last().unwrap()), (0, 150));
+        let slot = 1000.0 / 151.0;
+        assert!(many
+            .shown
+            .windows(2)
+            .all(|w| (w[1] - w[0]) as f64 * slot >= 16.0));
     }
 
     #[test]

@@ -421,3 +421,241 @@ fn a_grid_of_models_refuses_what_describes_another_network() {
     );
     w.cmd("run", "bad.toml", "res").refused("grid.models");
 }
+
+/// A residual MLP with `stages[s]` units in stage `s` (resnet50: 3, 4, 6, 3), named as
+/// torchvision names its modules (`layer1.0` ... `layer4.2`): Gemm-Relu-Gemm branches, a ReLU after each addition, and at
+/// each stage's first unit a dense projection on the shortcut (torchvision's `downsample`).
+fn torchvision_named_mlp(stages: &[usize]) -> Vec<u8> {
+    use resprop::import::testing::{bytes, model, tensor};
+    let names: Vec<String> = stages
+        .iter()
+        .enumerate()
+        .flat_map(|(s, &n)| (0..n).map(move |i| format!("layer{}.{i}", s + 1)))
+        .collect();
+    // (name, op, inputs, outputs), owned; the model takes them borrowed.
+    let mut nodes: Vec<(String, &str, Vec<String>, Vec<String>)> = Vec::new();
+    let mut x = "x".to_string();
+    for (l, name) in names.iter().enumerate() {
+        let scope = format!("/{}/{name}", &name[..6]);
+        let t = |what: &str| format!("{name}.{what}");
+        nodes.push((
+            format!("{scope}/fc1/Gemm"),
+            "Gemm",
+            vec![x.clone(), "w".into()],
+            vec![t("a")],
+        ));
+        nodes.push((
+            format!("{scope}/relu/Relu"),
+            "Relu",
+            vec![t("a")],
+            vec![t("b")],
+        ));
+        nodes.push((
+            format!("{scope}/fc2/Gemm"),
+            "Gemm",
+            vec![t("b"), "w".into()],
+            vec![t("f")],
+        ));
+        let shortcut = if name.ends_with(".0") {
+            nodes.push((
+                format!("{scope}/downsample/Gemm"),
+                "Gemm",
+                vec![x.clone(), "w".into()],
+                vec![t("h")],
+            ));
+            t("h")
+        } else {
+            x.clone()
+        };
+        nodes.push((
+            format!("{scope}/Add"),
+            "Add",
+            vec![t("f"), shortcut],
+            vec![t("y")],
+        ));
+        nodes.push((
+            format!("{scope}/relu_1/Relu"),
+            "Relu",
+            vec![t("y")],
+            vec![format!("x{}", l + 1)],
+        ));
+        x = format!("x{}", l + 1);
+    }
+    nodes.push((
+        "/fc/Gemm".into(),
+        "Gemm",
+        vec![x, "w".into()],
+        vec!["y".into()],
+    ));
+    let inputs: Vec<Vec<&str>> = nodes
+        .iter()
+        .map(|n| n.2.iter().map(String::as_str).collect())
+        .collect();
+    let outputs: Vec<Vec<&str>> = nodes
+        .iter()
+        .map(|n| n.3.iter().map(String::as_str).collect())
+        .collect();
+    let borrowed: Vec<resprop::import::testing::N> = nodes
+        .iter()
+        .zip(inputs.iter().zip(&outputs))
+        .map(|(n, (i, o))| (n.0.as_str(), n.1, i.as_slice(), o.as_slice()))
+        .collect();
+    let w: Vec<f32> = (0..16)
+        .map(|i| ((i * 7) % 9) as f32 / 16.0 - 0.25)
+        .collect();
+    bytes(&model(&borrowed, vec![tensor("w", &[4, 4], &w)]))
+}
+
+/// The CSV of an imported network names each row by its module and says what the importer
+/// found (its placement `imported`, each unit's shortcut); a built-in network's CSV keeps its
+/// columns (tests/it/golden.rs holds its bytes).
+#[test]
+fn an_imported_networks_csv_names_its_units_and_their_shortcuts() {
+    let w = Work::new();
+    Argv::new("profile --batch 2")
+        .flag("--model", fixture("basic.onnx"))
+        .path("--csv", w.path("p.csv"))
+        .ok();
+    let csv = w.read("p.csv");
+    let header: Vec<&str> = csv.lines().next().unwrap().split(',').collect();
+    assert_eq!(
+        header[header.len() - 3..],
+        ["placement", "shortcut", "name"]
+    );
+    let tail: Vec<Vec<&str>> = csv
+        .lines()
+        .skip(1)
+        .map(|l| l.split(',').collect::<Vec<_>>()[header.len() - 3..].to_vec())
+        .collect();
+    assert_eq!(
+        tail,
+        [
+            ["imported", "identity", "layer1.0"],
+            ["imported", "identity", "layer1.1"],
+            ["imported", "projection + BN", "layer2.0"],
+            ["imported", "identity", "layer2.1"],
+            ["imported", "", "top"],
+        ],
+        "{csv}"
+    );
+    // The projections of a torchvision-named model, found on the shortcut.
+    let model = w.write("tv.onnx", torchvision_named_mlp(&[3, 4, 6, 3]));
+    Argv::new("profile --batch 2")
+        .path("--model", &model)
+        .path("--csv", w.path("tv.csv"))
+        .ok();
+    let rows: Vec<(String, String)> = w
+        .read("tv.csv")
+        .lines()
+        .skip(1)
+        .map(|l| {
+            let f: Vec<&str> = l.split(',').collect();
+            (f[f.len() - 2].to_string(), f[f.len() - 1].to_string())
+        })
+        .collect();
+    assert_eq!(rows.len(), 17);
+    assert_eq!(rows[0], ("projection".into(), "layer1.0".into()));
+    assert_eq!(rows[8], ("identity".into(), "layer3.1".into()));
+    assert_eq!(rows[16], ("".into(), "top".into()));
+    // A built-in network's rows end in its placement and shortcut as given, and no name.
+    Argv::new("profile --units 2 --width 4 --batch 2 --shortcut scale:0.5")
+        .path("--csv", w.path("b.csv"))
+        .ok();
+    let builtin = w.read("b.csv");
+    assert!(
+        builtin
+            .lines()
+            .next()
+            .unwrap()
+            .ends_with(",branch_var,placement,shortcut"),
+        "{builtin}"
+    );
+    assert!(
+        builtin
+            .lines()
+            .nth(1)
+            .unwrap()
+            .ends_with(",original,scale:0.5"),
+        "{builtin}"
+    );
+}
+
+/// `--chart` draws the profile, PNG or SVG by the extension: an imported network's axis
+/// names its units; a built-in network's counts them; any other extension is refused before
+/// any work, naming --chart.
+#[test]
+fn profile_chart_draws_the_gradient_ratio_keyed_by_the_units_names() {
+    let w = Work::new();
+    let out = stdout(
+        &Argv::new("profile --batch 4")
+            .flag("--model", fixture("basic.onnx"))
+            .path("--chart", w.path("basic.png"))
+            .path("--csv", w.path("basic.csv"))
+            .ok(),
+    );
+    assert!(out.contains("wrote chart to "), "{out}");
+    let png = image::load_from_memory(&w.bytes("basic.png"))
+        .expect("a PNG that decodes")
+        .to_rgb8();
+    assert_eq!(png.dimensions(), (1100, 700));
+    // Not blank: the grad_ratio line in the palette's first colour, the direct part's
+    // markers in its second.
+    let count = |rgb: [u8; 3]| png.pixels().filter(|p| p.0 == rgb).count();
+    assert!(count([31, 119, 180]) > 200, "no grad_ratio line");
+    assert!(count([255, 127, 14]) > 50, "no direct-part markers");
+    // The SVG writes its text as text: the units' names are on the axis, and the title
+    // names the model and the batch.
+    Argv::new("profile --batch 4")
+        .flag("--model", fixture("basic.onnx"))
+        .path("--chart", w.path("basic.SVG"))
+        .ok();
+    let svg = w.read("basic.SVG");
+    for name in ["layer1.0", "layer1.1", "layer2.0", "layer2.1", "top"] {
+        assert!(
+            svg.contains(&format!(">\n{name}\n<")) || svg.contains(&format!(">{name}<")),
+            "{name} not on the axis"
+        );
+    }
+    assert!(svg.contains("basic.onnx, 4 units, batch 4"), "{svg}");
+    // Sixteen torchvision names and `top` do not fit side by side: upright, every one.
+    let model = w.write("tv.onnx", torchvision_named_mlp(&[3, 4, 6, 3]));
+    Argv::new("profile --batch 2")
+        .path("--model", &model)
+        .path("--chart", w.path("tv.svg"))
+        .ok();
+    let svg = w.read("tv.svg");
+    assert_eq!(
+        svg.matches("rotate(270").count(),
+        17 + 1,
+        "17 names and the y axis' label"
+    );
+    assert!(
+        svg.contains(">\nlayer3.5\n<") || svg.contains(">layer3.5<"),
+        "{svg}"
+    );
+    // A built-in network: its units by index.
+    Argv::new("profile --units 3 --width 4 --batch 2")
+        .path("--chart", w.path("mlp.svg"))
+        .ok();
+    assert!(w
+        .read("mlp.svg")
+        .contains("mlp, 3 units, original, shortcut identity, batch 2"));
+    // Neither .png nor .svg: refused in one line, nothing computed or written.
+    for bad in ["x.txt", "x", "x.png.bak"] {
+        Argv::new("profile --batch 2")
+            .flag("--model", fixture("basic.onnx"))
+            .path("--chart", w.path(bad))
+            .refused("--chart: ");
+        assert!(!w.exists(bad));
+    }
+    // Through the output checks as --csv is.
+    Argv::new("profile --batch 2")
+        .flag("--model", fixture("basic.onnx"))
+        .path("--chart", w.path("same.png"))
+        .path("--csv", w.path("same.png"))
+        .refused("--csv and --chart both name");
+    Argv::new("profile --batch 2")
+        .flag("--model", fixture("basic.onnx"))
+        .path("--chart", w.path("no/such/dir/c.png"))
+        .refused("--chart: ");
+}
