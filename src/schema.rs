@@ -52,6 +52,9 @@ pub mod col {
         /// Residual units of the network (MLP depth; a ResNet's count).
         UNITS = "units";
         REPLICATE = "replicate";
+        /// An imported network's unit, by its module's name (`layer1.0`; `top`: the head's
+        /// input).
+        NAME = "name";
 
         // The per-unit record of a gradient profile.
         /// `l`, the unit whose input `x_l` the row describes (row `L`: the head's input).
@@ -155,8 +158,8 @@ impl Column {
     pub fn cells(self) -> Cells {
         use col::*;
         match self {
-            EXPERIMENT | NET | PLACEMENT | SHORTCUT | NORM | INIT | PROJECTION | KIND | DELETED
-            | WHEN | LAYER => Cells::Text,
+            EXPERIMENT | NET | PLACEMENT | SHORTCUT | NAME | NORM | INIT | PROJECTION | KIND
+            | DELETED | WHEN | LAYER => Cells::Text,
             CELL | UNITS | REPLICATE | UNIT | STAGE | DIRECT_TOP | SHAPE_CHANGE | K | DRAW
             | LAG | STEP | EPOCH => Cells::Whole,
             WARMUP => Cells::WholeOrEmpty,
@@ -312,8 +315,9 @@ pub trait NumericRow: Row + Sized {
 }
 
 /// `rows` as CSV bytes: the schema's header, then one line per row, each followed by the
-/// `extra` fields (named in the header after the schema's columns).
-pub fn to_csv<R: Row>(rows: &[R], extra: &[(Column, String)]) -> Result<Vec<u8>> {
+/// `extra` columns (named in the header after the schema's columns), which hold one field
+/// per row.
+pub fn to_csv<R: Row>(rows: &[R], extra: &[(Column, Vec<String>)]) -> Result<Vec<u8>> {
     let mut w = csv::Writer::from_writer(Vec::new());
     w.write_record(
         R::SCHEMA
@@ -321,14 +325,22 @@ pub fn to_csv<R: Row>(rows: &[R], extra: &[(Column, String)]) -> Result<Vec<u8>>
             .into_iter()
             .chain(extra.iter().map(|(c, _)| c.name())),
     )?;
-    for r in rows {
+    for (c, v) in extra {
+        anyhow::ensure!(
+            v.len() == rows.len(),
+            "column {c}: {} fields for {} rows",
+            v.len(),
+            rows.len()
+        );
+    }
+    for (i, r) in rows.iter().enumerate() {
         let fields = r.fields();
         debug_assert_eq!(fields.len(), R::SCHEMA.len(), "{}", R::SCHEMA.name);
         w.write_record(
             fields
                 .iter()
                 .map(String::as_str)
-                .chain(extra.iter().map(|(_, v)| v.as_str())),
+                .chain(extra.iter().map(|(_, v)| v[i].as_str())),
         )?;
     }
     w.into_inner().map_err(|e| anyhow::anyhow!("csv: {e}"))

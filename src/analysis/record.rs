@@ -350,16 +350,35 @@ impl Row for UnitRecord {
     }
 }
 
-/// The whole profile as CSV bytes (header + one row per unit, each ending in the placement
-/// and the shortcut).
-pub fn profile_csv(profile: &Profile, placement: &str, shortcut: &str) -> anyhow::Result<Vec<u8>> {
-    schema::to_csv(
-        &profile.records,
-        &[
-            (col::PLACEMENT, placement.to_string()),
-            (col::SHORTCUT, shortcut.to_string()),
-        ],
-    )
+/// The whole profile of `net` as CSV bytes: the header, then one row per unit input, each
+/// ending in [`profile_tail`]'s columns.
+pub fn profile_csv(
+    profile: &Profile,
+    net: &Network,
+    placement: &str,
+    shortcut: &str,
+) -> anyhow::Result<Vec<u8>> {
+    let tail = profile_tail(net, profile.records.len(), placement, shortcut);
+    schema::to_csv(&profile.records, &tail)
+}
+
+/// The columns a profile's `rows` rows end in, after the record's (the CSV's and Python's):
+/// the `placement` and `shortcut` given, and for an imported network each row's name (the
+/// unit's module, `top` for the head's input).
+pub fn profile_tail(
+    net: &Network,
+    rows: usize,
+    placement: &str,
+    shortcut: &str,
+) -> Vec<(Column, Vec<String>)> {
+    let mut tail = vec![
+        (col::PLACEMENT, vec![placement.to_string(); rows]),
+        (col::SHORTCUT, vec![shortcut.to_string(); rows]),
+    ];
+    if let Some(names) = net.row_names() {
+        tail.push((col::NAME, names));
+    }
+    tail
 }
 
 /// The weight-gradient view of Xiong et al. 2020 (and most of the Transformer literature):

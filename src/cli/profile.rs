@@ -60,12 +60,8 @@ pub fn run(args: &ProfileArgs) -> Result<ExitCode> {
     );
     let mut out = net_args.describe("profile", net);
     outln!(out, "loss E = {}", fmt_f64(profile.loss));
-    print_table(
-        &mut out,
-        &profile,
-        args.all_rows,
-        unit_names(net).as_deref(),
-    );
+    let names = net.row_names();
+    print_table(&mut out, &profile, args.all_rows, names.as_deref());
     emit(&out)?;
     report_nonfinite(&profile, net);
     let mut out = String::new();
@@ -73,6 +69,7 @@ pub fn run(args: &ProfileArgs) -> Result<ExitCode> {
     if let Some(path) = &args.csv {
         let bytes = profile_csv(
             &profile,
+            net,
             net_args.arch.placement.name(),
             &net_args.arch.shortcut.to_string(),
         )?;
@@ -137,18 +134,6 @@ fn short(v: Option<f64>) -> String {
         None => "-".into(),
         Some(v) if v.is_finite() => format!("{v:.3e}"),
         Some(v) => fmt_f64(v),
-    }
-}
-
-/// An imported network's unit names, and `top` for the head's input `x_L`.
-fn unit_names(net: &crate::net::Network) -> Option<Vec<String>> {
-    match &net.spec {
-        crate::net::NetSpec::Imported(spec) => {
-            let mut names = spec.units.clone();
-            names.push("top".into());
-            Some(names)
-        }
-        crate::net::NetSpec::Mlp(_) | crate::net::NetSpec::Resnet(_) => None,
     }
 }
 

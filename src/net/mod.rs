@@ -276,6 +276,20 @@ pub struct NetGrads {
 }
 
 impl Network {
+    /// An imported network's name for each unit input `x_0 ..= x_L` (a profile's rows): its
+    /// units' module names, then `top` for the head's input. `None` for a built-in network,
+    /// whose rows are named by their index.
+    pub fn row_names(&self) -> Option<Vec<String>> {
+        match &self.spec {
+            NetSpec::Imported(spec) => {
+                let mut names = spec.units.clone();
+                names.push("top".into());
+                Some(names)
+            }
+            NetSpec::Mlp(_) | NetSpec::Resnet(_) => None,
+        }
+    }
+
     pub fn num_units(&self) -> usize {
         self.units.len()
     }
