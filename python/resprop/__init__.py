@@ -13,6 +13,12 @@ lesion and raises KeyboardInterrupt saying where they stopped.
 Each function's arguments, their defaults and what they mean are those of the command's
 flags (help(resprop.profile) lists them, from the same definitions as `resprop profile
 --help`); python/resprop/__init__.pyi is generated from them too.
+
+Your own network: export it with export_onnx (needs PyTorch), then pass the file as model=
+to profile, check or paths:
+
+>>> resprop.export_onnx(model, x, "mynet.onnx")
+>>> df = resprop.profile(model="mynet.onnx", batch=8)
 """
 
 import functools
@@ -23,8 +29,9 @@ import warnings
 import pandas as pd
 
 from . import _resprop
+from ._onnx import export_onnx
 
-__all__ = ["profile", "check", "train", "paths", "lesion", "shatter", "run"]
+__all__ = ["profile", "check", "train", "paths", "lesion", "shatter", "run", "export_onnx"]
 
 
 def _check(name, value, default):
@@ -120,7 +127,10 @@ def profile(given, arrays=False, **arguments):
     arrays["grad"][l] is dE/dx_l and arrays["direct"][l] its direct part (the top gradient
     carried by the shortcuts alone), NumPy float64 arrays shaped like the batch at unit l
     (batch x width for an MLP, batch x channels x height x width for a ResNet). They hold
-    3 x (L + 1) activations: about 1.3 GB for resnet110 at batch 32."""
+    3 x (L + 1) activations: about 1.3 GB for resnet110 at batch 32.
+
+    With model (an ONNX file, see export_onnx), the table ends with a name column: each
+    row's unit by its module's name (layer1.0, ...; top for the head's input)."""
     given.pop("arrays", None)
     cols, tensors = _resprop.profile(given, arrays)
     df = pd.DataFrame(cols)

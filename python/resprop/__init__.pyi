@@ -1,12 +1,13 @@
 # Generated from the command line's definitions (src/cli/python.rs): do not edit.
 # `UPDATE_STUB=1 cargo test --release --lib python_stub` writes it again.
 from os import PathLike
-from typing import Dict, List, Literal, Optional, Sequence, Tuple, Union, overload
+from typing import Any, Dict, List, Literal, Optional, Sequence, Tuple, TypeVar, Union, overload
 
 import numpy as np
 import pandas as pd
 
 Arrays = Dict[str, List[np.ndarray]]
+_P = TypeVar("_P", bound=Union[str, PathLike[str]])
 
 @overload
 def profile(
@@ -26,6 +27,7 @@ def profile(
     seed: int = 0,
     weights: Optional[Union[str, PathLike[str]]] = None,
     data: Optional[str] = None,
+    model: Optional[Union[str, PathLike[str]]] = None,
     arrays: Literal[False] = False,
 ) -> pd.DataFrame: ...
 @overload
@@ -46,6 +48,7 @@ def profile(
     seed: int = 0,
     weights: Optional[Union[str, PathLike[str]]] = None,
     data: Optional[str] = None,
+    model: Optional[Union[str, PathLike[str]]] = None,
     *,
     arrays: Literal[True],
 ) -> Tuple[pd.DataFrame, Arrays]: ...
@@ -66,6 +69,7 @@ def check(
     seed: int = 0,
     weights: Optional[Union[str, PathLike[str]]] = None,
     data: Optional[str] = None,
+    model: Optional[Union[str, PathLike[str]]] = None,
     directions: int = 3,
 ) -> pd.DataFrame: ...
 def train(
@@ -110,6 +114,7 @@ def paths(
     seed: int = 0,
     weights: Optional[Union[str, PathLike[str]]] = None,
     data: Optional[str] = None,
+    model: Optional[Union[str, PathLike[str]]] = None,
     sample: Optional[int] = None,
     window: float = 0.9,
 ) -> pd.DataFrame: ...
@@ -144,3 +149,4 @@ def run(
     out: Union[str, PathLike[str]] = "results",
     plots: Optional[Union[str, PathLike[str]]] = None,
 ) -> pd.DataFrame: ...
+def export_onnx(module: Any, example_input: Any, path: _P) -> _P: ...

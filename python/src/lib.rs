@@ -154,10 +154,7 @@ type Parameter<'py> = (String, Bound<'py, PyAny>, bool, String, String);
 /// for each, from the command line's definitions (`resprop/__init__.py` builds the signatures
 /// and the documentation from them).
 #[pyfunction]
-fn parameters<'py>(
-    py: Python<'py>,
-    name: &str,
-) -> PyResult<Vec<Parameter<'py>>> {
+fn parameters<'py>(py: Python<'py>, name: &str) -> PyResult<Vec<Parameter<'py>>> {
     if resprop::cli::python::function(name).is_none() {
         return Err(value_error(format!("no function '{name}'")));
     }
@@ -224,9 +221,18 @@ fn profile<'py>(
             let x: Vec<_> = (0..=net.num_units()).map(|l| cache.x(l).clone()).collect();
             (x, grads.grad_x.clone(), direct)
         });
-        Ok((run.analysis.args, run.profile.records, tensors))
+        // The CSV's trailing columns: the network's (with `weights`, the checkpoint's; with
+        // `model`, each row's unit name too).
+        let args = &run.analysis.args;
+        let tail = resprop::analysis::record::profile_tail(
+            net,
+            run.profile.records.len(),
+            args.arch.placement.name(),
+            &args.arch.shortcut.to_string(),
+        );
+        Ok((run.profile.records, tail, tensors))
     });
-    let (args, records, tensors) = computed.map_err(|e| job_error("profile", e))?;
+    let (records, tail, tensors) = computed.map_err(|e| job_error("profile", e))?;
     let columns = PyDict::new(py);
     let values: Vec<serde_json::Value> = records
         .iter()
@@ -240,10 +246,9 @@ fn profile<'py>(
         }
         columns.set_item(name, column)?;
     }
-    // The CSV's two trailing columns: the network's (with `weights`, the checkpoint's).
-    let n = records.len();
-    columns.set_item("placement", vec![args.arch.placement.to_string(); n])?;
-    columns.set_item("shortcut", vec![args.arch.shortcut.to_string(); n])?;
+    for (column, values) in tail {
+        columns.set_item(column.name(), values)?;
+    }
     let arrays = match tensors {
         None => None,
         Some((x, grad, direct)) => {

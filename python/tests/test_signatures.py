@@ -58,3 +58,12 @@ def test_arguments_are_the_flags_with_their_defaults(name):
         if p.default is inspect.Parameter.empty:
             continue  # required in Python (lesion's weights), a flag the command checks
         assert as_help_prints(p.default) == flags[p.name], (name, p.name, p.default)
+
+
+def test_every_exported_function_is_in_the_stub():
+    import pathlib
+
+    stub = (pathlib.Path(resprop.__file__).parent / "__init__.pyi").read_text()
+    declared = set(re.findall(r"^def (\w+)\(", stub, re.M))
+    assert set(resprop.__all__) == declared
+    assert all(callable(getattr(resprop, name)) for name in resprop.__all__)

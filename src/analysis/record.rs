@@ -351,33 +351,43 @@ impl Row for UnitRecord {
 }
 
 /// The whole profile of `net` as CSV bytes: the header, then one row per unit input, each
-/// ending in what the network is. A built-in network's rows end in its `placement` and
-/// `shortcut` as given. An imported network has no placement of resprop's: its rows end in
-/// `imported`, the unit's shortcut as the importer found it (empty for the head's input) and
-/// the row's name (the unit's module, `top` for the head's input).
+/// ending in [`profile_tail`]'s columns.
 pub fn profile_csv(
     profile: &Profile,
     net: &Network,
     placement: &str,
     shortcut: &str,
 ) -> anyhow::Result<Vec<u8>> {
-    let n = profile.records.len();
-    let extra = match &net.spec {
+    let tail = profile_tail(net, profile.records.len(), placement, shortcut);
+    schema::to_csv(&profile.records, &tail)
+}
+
+/// The columns a profile's `rows` rows end in, after the record's (the CSV's and Python's):
+/// what the network is. A built-in network's rows end in its `placement` and `shortcut` as
+/// given. An imported network has no placement of resprop's: its rows end in `imported`, the
+/// unit's shortcut as the importer found it (empty for the head's input) and the row's name
+/// (the unit's module, `top` for the head's input).
+pub fn profile_tail(
+    net: &Network,
+    rows: usize,
+    placement: &str,
+    shortcut: &str,
+) -> Vec<(Column, Vec<String>)> {
+    match &net.spec {
         crate::net::NetSpec::Imported(spec) => {
             let mut shortcuts = spec.shortcuts.clone();
             shortcuts.push(String::new());
             vec![
-                (col::PLACEMENT, vec!["imported".to_string(); n]),
+                (col::PLACEMENT, vec!["imported".to_string(); rows]),
                 (col::SHORTCUT, shortcuts),
                 (col::NAME, net.row_names().unwrap_or_default()),
             ]
         }
         crate::net::NetSpec::Mlp(_) | crate::net::NetSpec::Resnet(_) => vec![
-            (col::PLACEMENT, vec![placement.to_string(); n]),
-            (col::SHORTCUT, vec![shortcut.to_string(); n]),
+            (col::PLACEMENT, vec![placement.to_string(); rows]),
+            (col::SHORTCUT, vec![shortcut.to_string(); rows]),
         ],
-    };
-    schema::to_csv(&profile.records, &extra)
+    }
 }
 
 /// The weight-gradient view of Xiong et al. 2020 (and most of the Transformer literature):

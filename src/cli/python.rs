@@ -33,7 +33,7 @@ macro_rules! net_flags {
         &[
             "net", "units", "width", "input_dim", "image_size", "classes", "batch", "placement",
             "shortcut", "projection", "norm", "init", "bn_mode", "seed", "weights", "data",
-            $($more),*
+            "model", $($more),*
         ]
     };
 }
@@ -132,6 +132,13 @@ pub const FUNCTIONS: &[Function] = &[
         returns: "pd.DataFrame",
     },
 ];
+
+/// The functions written in Python alone (no command of their own; `resprop/__init__.py`
+/// imports them), after the commands' in `__all__`: name and stub declaration.
+pub const PYTHON_FUNCTIONS: &[(&str, &str)] = &[(
+    "export_onnx",
+    "def export_onnx(module: Any, example_input: Any, path: _P) -> _P: ...\n",
+)];
 
 /// One keyword argument of a Python function.
 #[derive(Debug, Clone)]
@@ -270,17 +277,18 @@ fn stub_line(p: &Parameter) -> String {
 /// The package's `.pyi` stub (`python/resprop/__init__.pyi`).
 pub fn stub() -> String {
     let mut out = String::from(
-        "# Generated from the command line's definitions (src/cli/python.rs): do not edit.
+        r#"# Generated from the command line's definitions (src/cli/python.rs): do not edit.
 # `UPDATE_STUB=1 cargo test --release --lib python_stub` writes it again.
 from os import PathLike
-from typing import Dict, List, Literal, Optional, Sequence, Tuple, Union, overload
+from typing import Any, Dict, List, Literal, Optional, Sequence, Tuple, TypeVar, Union, overload
 
 import numpy as np
 import pandas as pd
 
 Arrays = Dict[str, List[np.ndarray]]
+_P = TypeVar("_P", bound=Union[str, PathLike[str]])
 
-",
+"#,
     );
     for f in FUNCTIONS {
         let params = parameters(f.name);
@@ -301,6 +309,9 @@ Arrays = Dict[str, List[np.ndarray]]
         out.push_str(&format!("def {}(\n", f.name));
         params.iter().for_each(|p| out.push_str(&stub_line(p)));
         out.push_str(&format!(") -> {}: ...\n", f.returns));
+    }
+    for (_, declaration) in PYTHON_FUNCTIONS {
+        out.push_str(declaration);
     }
     out
 }
