@@ -44,6 +44,9 @@ fn main() -> Result<ExitCode> {
         println!("pass: every array within {REL:e} relative");
         Ok(ExitCode::SUCCESS)
     } else {
+        for d in &failures {
+            println!("above: {} {:.3e}", d.key, d.rel);
+        }
         println!(
             "FAIL: {} arrays above {REL:e} relative, {} not compared",
             failures.len(),

@@ -152,7 +152,7 @@ impl Comparison {
             {
                 Some(w) => {
                     w.arrays += 1;
-                    if !(d.rel <= w.rel) {
+                    if d.rel.is_nan() || d.rel > w.rel {
                         w.rel = d.rel;
                         w.key = d.key.clone();
                     }
@@ -173,7 +173,7 @@ impl Comparison {
     pub fn failures(&self, bound: f64) -> Vec<&Difference> {
         self.differences
             .iter()
-            .filter(|d| !(d.rel <= bound))
+            .filter(|d| d.rel.is_nan() || d.rel > bound)
             .collect()
     }
 
@@ -222,10 +222,12 @@ pub fn relative_error(ours: &Tensor, theirs: &Tensor) -> f64 {
         err = err.max(d);
         scale = scale.max(b.abs());
     }
-    match (err, scale) {
-        (e, _) if e == 0.0 => 0.0,
-        (_, s) if s == 0.0 => f64::INFINITY,
-        (e, s) => e / s,
+    if err == 0.0 {
+        0.0
+    } else if scale == 0.0 {
+        f64::INFINITY
+    } else {
+        err / scale
     }
 }
 
