@@ -247,6 +247,12 @@ fn profile<'py>(
         columns.set_item(name, column)?;
     }
     for (column, values) in tail {
+        // An empty field (the head's input has no shortcut) is missing, as pandas reads the
+        // CSV's empty field.
+        let values: Vec<Option<String>> = values
+            .into_iter()
+            .map(|v| (!v.is_empty()).then_some(v))
+            .collect();
         columns.set_item(column.name(), values)?;
     }
     let arrays = match tensors {
