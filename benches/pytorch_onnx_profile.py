@@ -9,6 +9,8 @@ per-unit statistics, which this step leaves out.
     python benches/pytorch_onnx_profile.py --export resnet50.onnx      # once: the model resprop reads
     python benches/pytorch_onnx_profile.py --batch 8 --repeat 5
     python benches/pytorch_onnx_profile.py --batch 8 --repeat 5 --resprop target/release/resprop --model resnet50.onnx
+    farm-bench -n 5 --vs "python benches/pytorch_onnx_profile.py --repeat 1 --warmup 0" -- \
+        target/release/resprop profile --model resnet50.onnx --batch 8 --threads 2   # alternating
 
 `--export PATH` writes the model (random initialisation, seed 0, at --size) as docs/import.md
 exports it and exits, so that the export's memory stays out of a timed run's peak RSS.
@@ -65,6 +67,8 @@ def main():
     p.add_argument("--size", type=int, default=224, help="input height and width")
     p.add_argument("--mode", choices=["profile", "train"], default="profile")
     p.add_argument("--repeat", type=int, default=5)
+    p.add_argument("--warmup", type=int, default=1,
+                   help="untimed steps first (0 with --repeat 1: one step, as a whole command under farm-bench)")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--export", metavar="PATH", help="write the model as ONNX (docs/import.md) first")
     p.add_argument("--resprop", metavar="BIN", help="also time BIN profile --model (needs --model)")
@@ -105,7 +109,8 @@ def main():
         model.zero_grad(set_to_none=True)
         return time.perf_counter() - t
 
-    step()
+    for _ in range(a.warmup):
+        step()
     times = [step() for _ in range(a.repeat)]
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print(f"pytorch {a.net} (onnx profile) {a.size}x{a.size} batch {a.batch}, mode {a.mode}, {a.threads} threads, "

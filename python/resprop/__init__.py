@@ -41,6 +41,11 @@ def _check(name, value, default):
         return value
     if isinstance(value, os.PathLike):
         value = os.fspath(value)
+    if name == "input_shape" and isinstance(value, (tuple, list)):
+        # (3, 64, 64) as the command line's 3,64,64.
+        if not all(isinstance(d, int) and not isinstance(d, bool) for d in value):
+            raise TypeError(f"{name}: expected whole numbers (C, H, W) or (D,), got {value!r}")
+        value = ",".join(str(d) for d in value)
     if isinstance(default, bool):
         if not isinstance(value, bool):
             raise TypeError(f"{name}: expected True or False, got {value!r}")
@@ -156,7 +161,8 @@ def train(given, **arguments):
     per-unit gradients every `record_every` steps of its --grad-csv (step, unit,
     ||dE/dx_l||, its ratio to the top, the direct part's ratio).
 
-    data is "digits" (the bundled handwritten digits) or "cifar10:<dir>". SGD runs the
+    data is "digits" (the bundled handwritten digits), "fashion-mnist", "mnist:<dir>",
+    "cifar10:<dir>" or "npz:<file>" (see resprop data in the docs). SGD runs the
     paper's schedule (a tenth of lr until a batch's error is below 80%, or warmup_steps;
     divided by 10 at 50% and 75% of the steps); optimizer="adam" runs Adam (weight decay
     decoupled or l2). checkpoint (a folder) saves the training state after every epoch (a
@@ -197,11 +203,12 @@ def paths(given, **arguments):
 
 @_command
 def lesion(given, **arguments):
-    """The test error of a trained network (weights: a checkpoint from
-    train(checkpoint=DIR)) with residual units deleted, as `resprop lesion --csv` writes it:
-    one row per lesion, kind (none: the intact net, single: one unit, random: k drawn
-    units), k, draw, deleted (the units, space-separated) and test_error. The network is
-    the checkpoint's; draws random sets are drawn for each k = 1..n/2."""
+    """The test error of a trained network with residual units deleted, as `resprop lesion
+    --csv` writes it: one row per lesion, kind (none: the intact net, single: one unit,
+    random: k drawn units), k, draw, deleted (the units, space-separated) and test_error.
+    The network is weights' (a checkpoint from train(checkpoint=DIR)) or model's (an ONNX
+    file, with data: the units are then named by its modules); draws random sets are drawn
+    for each k = 1..n/2."""
     return pd.DataFrame(_resprop.lesion(given))
 
 

@@ -28,6 +28,7 @@ def profile(
     weights: Optional[Union[str, PathLike[str]]] = None,
     data: Optional[str] = None,
     model: Optional[Union[str, PathLike[str]]] = None,
+    input_shape: Optional[str] = None,
     arrays: Literal[False] = False,
 ) -> pd.DataFrame: ...
 @overload
@@ -49,6 +50,7 @@ def profile(
     weights: Optional[Union[str, PathLike[str]]] = None,
     data: Optional[str] = None,
     model: Optional[Union[str, PathLike[str]]] = None,
+    input_shape: Optional[str] = None,
     *,
     arrays: Literal[True],
 ) -> Tuple[pd.DataFrame, Arrays]: ...
@@ -70,11 +72,13 @@ def check(
     weights: Optional[Union[str, PathLike[str]]] = None,
     data: Optional[str] = None,
     model: Optional[Union[str, PathLike[str]]] = None,
+    input_shape: Optional[str] = None,
     directions: int = 3,
 ) -> pd.DataFrame: ...
 def train(
     net: str = "resnet:2:basic",
     data: str = "digits",
+    train_subset: Optional[int] = None,
     placement: str = "full-preact",
     shortcut: str = "identity",
     projection: Optional[str] = None,
@@ -115,11 +119,12 @@ def paths(
     weights: Optional[Union[str, PathLike[str]]] = None,
     data: Optional[str] = None,
     model: Optional[Union[str, PathLike[str]]] = None,
+    input_shape: Optional[str] = None,
     sample: Optional[int] = None,
     window: float = 0.9,
 ) -> pd.DataFrame: ...
 def lesion(
-    weights: Union[str, PathLike[str]],
+    weights: Optional[Union[str, PathLike[str]]] = None,
     net: str = "mlp",
     units: int = 54,
     width: int = 64,
@@ -135,6 +140,7 @@ def lesion(
     bn_mode: str = "train",
     seed: int = 0,
     data: Optional[str] = None,
+    model: Optional[Union[str, PathLike[str]]] = None,
     draws: int = 5,
 ) -> pd.DataFrame: ...
 def shatter(

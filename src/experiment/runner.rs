@@ -718,6 +718,12 @@ fn load_data(spec: &Spec) -> Result<Option<(Split, String)>> {
                 .map_err(anyhow::Error::msg)
                 .and_then(|d| crate::data::load(&d))
                 .with_context(|| format!("{}: train.data = \"{}\"", spec.name, t.data))?;
+            let d = match t.train_subset {
+                Some(n) => d
+                    .with_train_subset(n)
+                    .with_context(|| format!("{}: train.train_subset", spec.name))?,
+                None => d,
+            };
             let digest = d.fingerprint();
             Ok(Some((d, digest)))
         }

@@ -113,6 +113,9 @@ struct RawTrain {
     weight_decay: f64,
     #[serde(default)]
     weight_decay_mode: Option<String>,
+    /// Train on this many images of the training split (`--train-subset`).
+    #[serde(default)]
+    train_subset: Option<usize>,
     /// Every cell's warm-up (unless the grid sweeps `warmups`); absent: SGD's until-error
     /// rule, no warm-up for Adam.
     #[serde(default)]
@@ -291,6 +294,10 @@ pub struct TrainSpec {
     pub weight_decay: f64,
     #[serde(skip_serializing_if = "is_decoupled")]
     pub weight_decay_mode: crate::train::WeightDecayMode,
+    /// The training images used (`train_subset = N`); absent: all of them. The cells'
+    /// fingerprints hold the data's digest, which the subset changes.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub train_subset: Option<usize>,
 }
 
 fn is_sgd(o: &crate::train::OptimizerKind) -> bool {
@@ -828,6 +835,10 @@ fn parse_train(t: RawTrain) -> Result<TrainSpec> {
         optimizer,
         weight_decay: t.weight_decay,
         weight_decay_mode,
+        train_subset: match t.train_subset {
+            Some(0) => bail!("train.train_subset: at least 1 image"),
+            n => n,
+        },
     })
 }
 

@@ -53,8 +53,9 @@ pub struct NetRequest {
     /// value is refused (a flag given at its default value counts as left out).
     #[arg(long, value_name = "CHECKPOINT")]
     pub weights: Option<std::path::PathBuf>,
-    /// Take the analysis batch from real data instead of Gaussian inputs: `digits` or
-    /// `cifar10:<dir>`; --batch images of the training split, drawn with --seed. The network
+    /// Take the analysis batch from real data instead of Gaussian inputs: `digits`,
+    /// `fashion-mnist[:DIR]`, `mnist:DIR`, `cifar10:DIR` or `npz:FILE` (`resprop data` lists
+    /// them); --batch images of the training split, drawn with --seed. The network
     /// is sized for the data (with --weights and no --data: for the checkpoint's data).
     #[arg(long, value_parser = |s: &str| s.parse::<crate::data::DataSpec>())]
     #[serde(serialize_with = "crate::util::text_opt::serialize")]
@@ -480,6 +481,9 @@ impl NetRequest {
             return out;
         };
         out.push_str(&format!("unit: {}\n", last.describe()));
+        if let (Some(sizes), crate::net::NetSpec::Resnet(_)) = (net.map_sizes(), &net.spec) {
+            out.push_str(&format!("feature maps (C x H x W): {sizes}\n"));
+        }
         let changes: Vec<String> = net
             .units
             .iter()

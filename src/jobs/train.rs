@@ -28,10 +28,17 @@ pub struct TrainJob {
     // resnet:2:basic, 8 units, full-preact).
     #[command(flatten)]
     pub arch: crate::jobs::NetDescription,
-    /// `digits` (bundled UCI handwritten digits) or `cifar10:<dir>` (the binary version).
+    /// `digits` (the bundled UCI handwritten digits, 8x8), `fashion-mnist[:DIR]` and
+    /// `mnist:DIR` (28x28, IDX files), `cifar10:DIR` (the binary version) or `npz:FILE` (your
+    /// arrays: x, y and optionally x_test, y_test); `resprop data` lists them.
     #[arg(long, default_value = "digits", value_parser = |s: &str| s.parse::<crate::data::DataSpec>())]
     #[serde(serialize_with = "crate::util::serialize_display")]
     pub data: crate::data::DataSpec,
+    /// Train on N images of the training split instead of all of them: the same N for every
+    /// seed, the classes in turn (balanced). The test split stays whole.
+    #[arg(long, value_name = "N")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub train_subset: Option<usize>,
     /// Passes over the training split.
     #[arg(long, default_value_t = 10)]
     pub epochs: usize,
@@ -202,6 +209,12 @@ impl TrainJob {
         }
         args.refuse_inapplicable()?;
         let data = crate::data::load(&args.data)?;
+        let data = match args.train_subset {
+            Some(n) => data
+                .with_train_subset(n)
+                .map_err(|e| anyhow::anyhow!("--train-subset: {e}"))?,
+            None => data,
+        };
         if data.train.len() < args.batch {
             bail!(
                 "--batch {} is larger than the training split of {} ({} images)",

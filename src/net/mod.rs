@@ -291,6 +291,52 @@ impl Network {
         }
     }
 
+    /// The shape of one sample at each unit input `x_0 ..= x_L` (`[C, H, W]` or `[D]`), from
+    /// the ops' shape rules alone.
+    pub fn unit_input_shapes(&self) -> Vec<Vec<usize>> {
+        let apply =
+            |ops: &[Op], shape: Vec<usize>| ops.iter().fold(shape, |s, op| op.out_shape(&s));
+        let mut shape: Vec<usize> = std::iter::once(1)
+            .chain(self.input_shape.iter().copied())
+            .collect();
+        shape = apply(&self.stem, shape);
+        let mut shapes = vec![shape[1..].to_vec()];
+        for u in &self.units {
+            shape = apply(&u.after_add, apply(&u.branch, apply(&u.pre, shape)));
+            shapes.push(shape[1..].to_vec());
+        }
+        shapes
+    }
+
+    /// The feature maps' sizes along an image network, `16x28x28 (x_0..x_17), ...`, each
+    /// size with the unit inputs that have it; `None` for a network of vectors.
+    pub fn map_sizes(&self) -> Option<String> {
+        let shapes = self.unit_input_shapes();
+        if shapes.first().is_none_or(|s| s.len() != 3) {
+            return None;
+        }
+        let mut runs: Vec<(Vec<usize>, usize, usize)> = Vec::new();
+        for (l, s) in shapes.iter().enumerate() {
+            match runs.last_mut() {
+                Some((shape, _, last)) if shape == s => *last = l,
+                _ => runs.push((s.clone(), l, l)),
+            }
+        }
+        let text: Vec<String> = runs
+            .iter()
+            .map(|(s, a, b)| {
+                let dims: Vec<String> = s.iter().map(|d| d.to_string()).collect();
+                let at = if a == b {
+                    format!("x_{a}")
+                } else {
+                    format!("x_{a}..x_{b}")
+                };
+                format!("{} ({at})", dims.join("x"))
+            })
+            .collect();
+        Some(text.join(", "))
+    }
+
     /// An imported network's name for each unit input `x_0 ..= x_L` (a profile's rows): its
     /// units' module names, then `top` for the head's input. `None` for a built-in network,
     /// whose rows are named by their index.

@@ -79,7 +79,7 @@ impl Fixture {
                 ),
             ],
             "plot" => vec![("CSV", s(&self.results_csv)), ("out", r("p1"))],
-            "data" => vec![("npz", r("d.npz"))],
+            "data" => vec![("data", "digits".into()), ("npz", r("d.npz"))],
             "inspect" => vec![(
                 "model",
                 concat!(env!("CARGO_MANIFEST_DIR"), "/tests/onnx/basic.onnx").into(),

