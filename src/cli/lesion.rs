@@ -17,7 +17,8 @@ pub struct LesionArgs {
     #[command(flatten)]
     pub job: LesionJob,
     /// Write one row per lesion: kind (none, single, random), k (units deleted), draw,
-    /// deleted (the deleted units, space-separated), test_error.
+    /// deleted (the deleted units, space-separated; an imported model's by module name),
+    /// test_error.
     #[arg(long, value_name = "FILE")]
     pub csv: Option<PathBuf>,
 }
@@ -109,7 +110,7 @@ pub fn run(args: &LesionArgs) -> Result<ExitCode> {
     if let Some(p) = &args.csv {
         let mut csv = crate::schema::LESIONS.names().join(",") + "\n";
         for (l, e) in lesions.iter().zip(&errors) {
-            csv.push_str(&l.fields(*e).join(","));
+            csv.push_str(&l.fields(*e, net).join(","));
             csv.push('\n');
         }
         write_atomic(p, csv.as_bytes())?;

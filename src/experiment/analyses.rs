@@ -129,7 +129,7 @@ pub fn run_lesion_cell(
         tables: vec![lesions
             .iter()
             .zip(&errors)
-            .map(|(l, &e)| l.fields(e))
+            .map(|(l, &e)| l.fields(e, &net))
             .collect()],
         warning,
     })

@@ -145,3 +145,41 @@ fn data_lists_every_kind_and_says_how_to_install_what_is_missing() {
         "{out}"
     );
 }
+
+#[test]
+fn the_installed_fashion_mnist_has_its_counts_first_labels_and_pixels() {
+    let dir = std::path::Path::new("/usr/share/datasets/fashion-mnist");
+    if !dir.join("train-images-idx3-ubyte.gz").exists() {
+        // CI installs the package and sets this, so there the test cannot pass by skipping.
+        assert!(
+            std::env::var_os("RESPROP_REQUIRE_FASHION_MNIST").is_none(),
+            "Fashion-MNIST is not installed: sudo apt-get install dataset-fashion-mnist"
+        );
+        eprintln!("note: Fashion-MNIST is not installed; its test is skipped");
+        return;
+    }
+    let data = resprop::data::load(&"fashion-mnist".parse().unwrap()).unwrap();
+    assert_eq!(
+        (data.train.len(), data.test.len(), data.classes),
+        (60_000, 10_000, 10)
+    );
+    assert_eq!(data.train.image_shape(), [1, 28, 28]);
+    // The labels' first bytes, as the files hold them (read with Python's gzip module).
+    assert_eq!(data.train.labels[..10], [9, 0, 0, 3, 0, 2, 7, 2, 5, 5]);
+    assert_eq!(data.test.labels[..10], [9, 2, 1, 1, 6, 1, 4, 6, 5, 7]);
+    // Row 14 of the first training image, as the file's bytes: resprop's values are one affine
+    // map (v / 255 - mean) / sd of them.
+    let raw = [
+        0u8, 0, 1, 4, 6, 7, 2, 0, 0, 0, 0, 0, 237, 226, 217, 223, 222, 219, 222, 221, 216, 223,
+        229, 215, 218, 255, 77, 0,
+    ];
+    let row: Vec<f64> = (0..28).map(|x| data.train.images[[0, 0, 14, x]]).collect();
+    let slope = (row[25] - row[0]) / 255.0;
+    assert!(slope > 0.0);
+    for (v, b) in row.iter().zip(raw) {
+        assert!((v - (row[0] + slope * b as f64)).abs() < 1e-12, "{row:?}");
+    }
+    // Standardised with the training split's statistics.
+    let mean = data.train.images.mean().unwrap();
+    assert!(mean.abs() < 1e-9, "{mean}");
+}
