@@ -79,6 +79,7 @@ def train(
     net: str = "resnet:2:basic",
     data: str = "digits",
     train_subset: Optional[int] = None,
+    test_subset: Optional[int] = None,
     placement: str = "full-preact",
     shortcut: str = "identity",
     projection: Optional[str] = None,

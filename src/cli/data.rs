@@ -24,10 +24,19 @@ pub struct DataArgs {
     /// resprop's normalisation, labels int64) and `sha256` (the digest results record).
     #[arg(long, value_name = "FILE", requires = "data")]
     pub npz: Option<PathBuf>,
+    /// The parts of the splits `train --train-subset N --test-subset N` uses (for a
+    /// reference run elsewhere on the same images).
+    #[command(flatten)]
+    pub subsets: data::Subsets,
 }
 
 pub fn run(args: &DataArgs) -> Result<ExitCode> {
     let Some(spec) = &args.data else {
+        if args.subsets != data::Subsets::default() {
+            anyhow::bail!(
+                "--train-subset and --test-subset apply to one data set: give it with --data"
+            );
+        }
         emit(&listing())?;
         return Ok(ExitCode::SUCCESS);
     };
@@ -35,7 +44,9 @@ pub fn run(args: &DataArgs) -> Result<ExitCode> {
         .write_npz("--npz", args.npz.as_deref())
         .read_data("--data", Some(spec))
         .check()?;
-    let data = data::load(spec)?;
+    let data = args
+        .subsets
+        .apply(data::load(spec)?, ["--train-subset", "--test-subset"])?;
     let digest = data.fingerprint();
     let Some(npz_path) = &args.npz else {
         emit(&describe(spec, &data, &digest))?;
@@ -95,7 +106,7 @@ fn describe(spec: &DataSpec, data: &Split, digest: &str) -> String {
     }
     let _ = writeln!(
         out,
-        "normalised with the training split's statistics; sha256 of the split {digest}"
+        "normalised with the whole training split's statistics; sha256 of the split {digest}"
     );
     out
 }

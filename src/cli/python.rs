@@ -60,6 +60,7 @@ pub const FUNCTIONS: &[Function] = &[
             "net",
             "data",
             "train_subset",
+            "test_subset",
             "placement",
             "shortcut",
             "projection",

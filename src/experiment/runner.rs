@@ -718,12 +718,10 @@ fn load_data(spec: &Spec) -> Result<Option<(Split, String)>> {
                 .map_err(anyhow::Error::msg)
                 .and_then(|d| crate::data::load(&d))
                 .with_context(|| format!("{}: train.data = \"{}\"", spec.name, t.data))?;
-            let d = match t.train_subset {
-                Some(n) => d
-                    .with_train_subset(n)
-                    .with_context(|| format!("{}: train.train_subset", spec.name))?,
-                None => d,
-            };
+            let d = t
+                .subsets
+                .apply(d, ["train.train_subset", "train.test_subset"])
+                .with_context(|| spec.name.clone())?;
             let digest = d.fingerprint();
             Ok(Some((d, digest)))
         }

@@ -116,6 +116,9 @@ struct RawTrain {
     /// Train on this many images of the training split (`--train-subset`).
     #[serde(default)]
     train_subset: Option<usize>,
+    /// Evaluate on this many images of the test split (`--test-subset`).
+    #[serde(default)]
+    test_subset: Option<usize>,
     /// Every cell's warm-up (unless the grid sweeps `warmups`); absent: SGD's until-error
     /// rule, no warm-up for Adam.
     #[serde(default)]
@@ -294,10 +297,10 @@ pub struct TrainSpec {
     pub weight_decay: f64,
     #[serde(skip_serializing_if = "is_decoupled")]
     pub weight_decay_mode: crate::train::WeightDecayMode,
-    /// The training images used (`train_subset = N`); absent: all of them. The cells'
-    /// fingerprints hold the data's digest, which the subset changes.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub train_subset: Option<usize>,
+    /// The images used (`train_subset = N`, `test_subset = N`); absent: all of them. The
+    /// cells' fingerprints hold the data's digest, which a subset changes.
+    #[serde(flatten)]
+    pub subsets: crate::data::Subsets,
 }
 
 fn is_sgd(o: &crate::train::OptimizerKind) -> bool {
@@ -835,9 +838,9 @@ fn parse_train(t: RawTrain) -> Result<TrainSpec> {
         optimizer,
         weight_decay: t.weight_decay,
         weight_decay_mode,
-        train_subset: match t.train_subset {
-            Some(0) => bail!("train.train_subset: at least 1 image"),
-            n => n,
+        subsets: crate::data::Subsets {
+            train_subset: t.train_subset,
+            test_subset: t.test_subset,
         },
     })
 }

@@ -34,11 +34,9 @@ pub struct TrainJob {
     #[arg(long, default_value = "digits", value_parser = |s: &str| s.parse::<crate::data::DataSpec>())]
     #[serde(serialize_with = "crate::util::serialize_display")]
     pub data: crate::data::DataSpec,
-    /// Train on N images of the training split instead of all of them: the same N for every
-    /// seed, the classes in turn (balanced). The test split stays whole.
-    #[arg(long, value_name = "N")]
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub train_subset: Option<usize>,
+    #[command(flatten)]
+    #[serde(flatten)]
+    pub subsets: crate::data::Subsets,
     /// Passes over the training split.
     #[arg(long, default_value_t = 10)]
     pub epochs: usize,
@@ -209,12 +207,9 @@ impl TrainJob {
         }
         args.refuse_inapplicable()?;
         let data = crate::data::load(&args.data)?;
-        let data = match args.train_subset {
-            Some(n) => data
-                .with_train_subset(n)
-                .map_err(|e| anyhow::anyhow!("--train-subset: {e}"))?,
-            None => data,
-        };
+        let data = args
+            .subsets
+            .apply(data, ["--train-subset", "--test-subset"])?;
         if data.train.len() < args.batch {
             bail!(
                 "--batch {} is larger than the training split of {} ({} images)",

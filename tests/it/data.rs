@@ -92,7 +92,11 @@ fn an_mnist_folder_is_described_trained_on_and_profiled_at_28x28() {
     Argv::new("train --net mlp --units 2 --width 8 --epochs 1")
         .flag("--data", format!("mnist:{dir}"))
         .flag("--train-subset", 41)
-        .refused("--train-subset: a training subset of 41 images: mnist has 40 training images");
+        .refused("--train-subset: 41 images, but the training split of mnist has 40; give 1..=40");
+    Argv::new("data")
+        .flag("--data", format!("mnist:{dir}"))
+        .flag("--test-subset", 10)
+        .ok();
 }
 
 #[test]
