@@ -39,14 +39,49 @@ pub fn evaluate_on(
 ) -> Result<(f64, f64)> {
     let n = n.min(set.len());
     let idx: Vec<usize> = (0..n).collect();
-    // No backward follows: weight layers keep no inputs and only the unit inputs are kept.
+    // No backward follows: nothing is kept.
     let ctx = ForwardCtx::forward_only(Mode::Eval);
     let (mut loss, mut wrong) = (0.0, 0.0);
     for chunk in idx.chunks(500) {
         let (x, y) = set.batch(chunk, flat);
-        let cache = net.forward_with(&x, &y, &ctx, crate::net::Keep::Inputs)?;
-        loss += cache.loss * chunk.len() as f64;
-        wrong += error_rate(&cache.probs, &y) * chunk.len() as f64;
+        let (chunk_loss, probs) = net.predict(&x, &y, &ctx)?;
+        loss += chunk_loss * chunk.len() as f64;
+        wrong += error_rate(&probs, &y) * chunk.len() as f64;
     }
     Ok((loss / n as f64, wrong / n as f64))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn predict_is_the_forward_pass_bit_for_bit() {
+        let data = crate::data::digits::load().unwrap();
+        // resnet:2:basic, full pre-activation (train's defaults), and the original unit.
+        let mut arch = crate::jobs::TrainJob::defaults().arch;
+        for placement in [arch.placement, "original".parse().unwrap()] {
+            arch.placement = placement;
+            let net = arch
+                .build(&crate::jobs::InputSizes::of_data(&data), 4)
+                .unwrap();
+            same_as_forward(&net, &data);
+        }
+    }
+
+    fn same_as_forward(net: &Network, data: &crate::data::Split) {
+        let (x, y) = data.test.batch(&(0..40).collect::<Vec<_>>(), false);
+        for mode in [Mode::Eval, Mode::Train] {
+            let ctx = ForwardCtx::forward_only(mode);
+            let cache = net
+                .forward_with(&x, &y, &ctx, crate::net::Keep::Inputs)
+                .unwrap();
+            let (loss, probs) = net.predict(&x, &y, &ctx).unwrap();
+            assert_eq!(loss.to_bits(), cache.loss.to_bits());
+            assert!(probs
+                .iter()
+                .zip(&cache.probs)
+                .all(|(a, b)| a.to_bits() == b.to_bits()));
+        }
+    }
 }

@@ -454,6 +454,36 @@ impl Network {
         })
     }
 
+    /// The loss and the class probabilities alone, keeping nothing for a backward pass: the
+    /// same computation as [`Network::forward_with`], each unit's input and cache freed as
+    /// soon as the next unit has its input (evaluation on thousands of images would otherwise
+    /// hold every `x_l` of the chunk: 2.7 GB for ResNet-110 on 500 28x28 images).
+    pub fn predict(
+        &self,
+        input: &Tensor,
+        labels: &[usize],
+        ctx: &ForwardCtx,
+    ) -> Result<(f64, Array2<f64>)> {
+        self.validate_batch(input, labels, ctx.mode)?;
+        let (x0, _) = forward_seq(&self.stem, input.clone(), ctx.mode, self.fusion);
+        let mut x = Arc::new(x0);
+        let mut moments = None;
+        for unit in &self.units {
+            let (next, _, next_moments) = unit.forward_with_moments(x, ctx, moments);
+            x = Arc::new(next);
+            moments = next_moments;
+        }
+        let extras = SeqExtras {
+            moments_in: moments,
+            drop_weight_inputs: !ctx.weight_grads,
+            fusion: self.fusion,
+            ..SeqExtras::default()
+        };
+        let (logits, _, _) = forward_seq_with(&self.head, x, ctx.mode, extras);
+        let (loss, probs) = loss::forward(&logits, labels);
+        Ok((loss, probs))
+    }
+
     /// The loss as a function of `x_l` alone (units `l..L` and the head), for finite differences.
     pub fn loss_from(&self, l: usize, x_l: &Tensor, labels: &[usize], ctx: &ForwardCtx) -> f64 {
         let mut x = x_l.clone();
