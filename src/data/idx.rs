@@ -68,7 +68,7 @@ fn read_bytes(path: &Path) -> Result<Vec<u8>> {
 }
 
 /// Parses an IDX file of unsigned bytes with `dims` dimensions: its sizes and its values.
-pub fn parse(bytes: &[u8], dims: usize, path: &Path) -> Result<(Vec<usize>, Vec<u8>)> {
+pub fn parse<'a>(bytes: &'a [u8], dims: usize, path: &Path) -> Result<(Vec<usize>, &'a [u8])> {
     let name = path.display();
     if bytes.len() < 4 || bytes[0] != 0 || bytes[1] != 0 {
         bail!("'{name}' is not an IDX file (it does not start with two zero bytes)");
@@ -105,7 +105,7 @@ pub fn parse(bytes: &[u8], dims: usize, path: &Path) -> Result<(Vec<usize>, Vec<
             values.len()
         );
     }
-    Ok((sizes, values.to_vec()))
+    Ok((sizes, values))
 }
 
 /// One split's images (scaled to [0, 1]) and labels, checked against each other.
@@ -117,8 +117,9 @@ fn read_set(
 ) -> Result<Dataset> {
     let path = |name: &str| find(dir, name).ok_or_else(|| anyhow!(missing(name)));
     let (image_path, label_path) = (path(images)?, path(labels)?);
-    let (sizes, pixels) = parse(&read_bytes(&image_path)?, 3, &image_path)?;
-    let (label_sizes, label_bytes) = parse(&read_bytes(&label_path)?, 1, &label_path)?;
+    let (image_file, label_file) = (read_bytes(&image_path)?, read_bytes(&label_path)?);
+    let (sizes, pixels) = parse(&image_file, 3, &image_path)?;
+    let (label_sizes, label_bytes) = parse(&label_file, 1, &label_path)?;
     if label_sizes[0] != sizes[0] {
         bail!(
             "'{}' has {} labels for the {} images of '{}'",

@@ -212,6 +212,15 @@ enum UnitStore {
     Input(Arc<Tensor>),
 }
 
+/// What [`Network::forward_pass`] returns besides the units' caches.
+struct ForwardPass {
+    stem: Vec<OpCache>,
+    x_last: Arc<Tensor>,
+    head: Vec<OpCache>,
+    probs: Array2<f64>,
+    loss: f64,
+}
+
 #[derive(Debug, Clone)]
 pub struct NetCache {
     stem: Vec<OpCache>,
@@ -418,9 +427,49 @@ impl Network {
         ctx: &ForwardCtx,
         keep: Keep,
     ) -> Result<NetCache> {
+        let mut units = Vec::with_capacity(self.units.len());
+        let pass = self.forward_pass(input, labels, ctx, &mut |cache| {
+            units.push(match keep {
+                Keep::All => UnitStore::Full(Box::new(cache)),
+                Keep::Inputs => UnitStore::Input(cache.x),
+            })
+        })?;
+        Ok(NetCache {
+            stem: pass.stem,
+            units,
+            x_last: pass.x_last,
+            head: pass.head,
+            probs: pass.probs,
+            loss: pass.loss,
+            ctx: *ctx,
+        })
+    }
+
+    /// The loss and the class probabilities alone, keeping nothing for a backward pass: each
+    /// unit's input and cache are freed as soon as the next unit has its input (evaluation on
+    /// thousands of images would otherwise hold every `x_l` of the chunk: 2.7 GB for
+    /// ResNet-110 on 500 28x28 images).
+    pub fn predict(
+        &self,
+        input: &Tensor,
+        labels: &[usize],
+        ctx: &ForwardCtx,
+    ) -> Result<(f64, Array2<f64>)> {
+        let pass = self.forward_pass(input, labels, ctx, &mut drop)?;
+        Ok((pass.loss, pass.probs))
+    }
+
+    /// The one forward pass of [`Network::forward_with`] and [`Network::predict`]: each
+    /// unit's cache goes to `keep` as soon as the next unit's input exists.
+    fn forward_pass(
+        &self,
+        input: &Tensor,
+        labels: &[usize],
+        ctx: &ForwardCtx,
+        keep: &mut dyn FnMut(UnitCache),
+    ) -> Result<ForwardPass> {
         self.validate_batch(input, labels, ctx.mode)?;
         let (x0, stem) = forward_seq(&self.stem, input.clone(), ctx.mode, self.fusion);
-        let mut units = Vec::with_capacity(self.units.len());
         // Each x_l is one buffer, shared by the record, the shortcut and the branch's first
         // BatchNorm.
         let mut x = Arc::new(x0);
@@ -428,10 +477,7 @@ impl Network {
         let mut moments = None;
         for unit in &self.units {
             let (next, cache, next_moments) = unit.forward_with_moments(x, ctx, moments);
-            units.push(match keep {
-                Keep::All => UnitStore::Full(Box::new(cache)),
-                Keep::Inputs => UnitStore::Input(cache.x),
-            });
+            keep(cache);
             x = Arc::new(next);
             moments = next_moments;
         }
@@ -443,45 +489,13 @@ impl Network {
         };
         let (logits, head, _) = forward_seq_with(&self.head, Arc::clone(&x), ctx.mode, extras);
         let (loss, probs) = loss::forward(&logits, labels);
-        Ok(NetCache {
+        Ok(ForwardPass {
             stem,
-            units,
             x_last: x,
             head,
             probs,
             loss,
-            ctx: *ctx,
         })
-    }
-
-    /// The loss and the class probabilities alone, keeping nothing for a backward pass: the
-    /// same computation as [`Network::forward_with`], each unit's input and cache freed as
-    /// soon as the next unit has its input (evaluation on thousands of images would otherwise
-    /// hold every `x_l` of the chunk: 2.7 GB for ResNet-110 on 500 28x28 images).
-    pub fn predict(
-        &self,
-        input: &Tensor,
-        labels: &[usize],
-        ctx: &ForwardCtx,
-    ) -> Result<(f64, Array2<f64>)> {
-        self.validate_batch(input, labels, ctx.mode)?;
-        let (x0, _) = forward_seq(&self.stem, input.clone(), ctx.mode, self.fusion);
-        let mut x = Arc::new(x0);
-        let mut moments = None;
-        for unit in &self.units {
-            let (next, _, next_moments) = unit.forward_with_moments(x, ctx, moments);
-            x = Arc::new(next);
-            moments = next_moments;
-        }
-        let extras = SeqExtras {
-            moments_in: moments,
-            drop_weight_inputs: !ctx.weight_grads,
-            fusion: self.fusion,
-            ..SeqExtras::default()
-        };
-        let (logits, _, _) = forward_seq_with(&self.head, x, ctx.mode, extras);
-        let (loss, probs) = loss::forward(&logits, labels);
-        Ok((loss, probs))
     }
 
     /// The loss as a function of `x_l` alone (units `l..L` and the head), for finite differences.
