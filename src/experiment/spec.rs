@@ -1078,6 +1078,32 @@ pub fn parse_charts(names: &[String]) -> Result<Vec<ChartKind>> {
 mod tests {
     use super::*;
 
+    #[test]
+    fn the_large_experiments_parse_with_their_data_and_subsets() {
+        // experiments/large/ is not run by the main job, so nothing else reads these files.
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("experiments/large");
+        let mut n = 0;
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let path = entry.unwrap().path();
+            let spec = load_spec(&path).unwrap_or_else(|e| panic!("{}: {e:#}", path.display()));
+            let t = spec.task.train_spec().expect("a training study");
+            assert_eq!(t.data, "fashion-mnist", "{}", path.display());
+            n += spec.cells().len();
+        }
+        assert_eq!(n, 63, "the cells docs/data.md counts");
+    }
+
+    #[test]
+    fn train_and_test_subsets_are_read_from_the_train_table() {
+        let text = "name = \"t\"\nclaim = \"c\"\ncharts = []\ntask = \"train\"\n[train]\nepochs = 1\ntrain_subset = 300\ntest_subset = 50\n[grid]\nnets = [\"mlp\"]\nplacements = [\"original\"]\nshortcuts = [\"identity\"]\n";
+        let spec = parse_spec(text).unwrap();
+        let t = spec.task.train_spec().unwrap();
+        assert_eq!(
+            (t.subsets.train_subset, t.subsets.test_subset),
+            (Some(300), Some(50))
+        );
+    }
+
     const GOOD: &str = r#"
 name = "t"
 claim = "c"
