@@ -48,6 +48,8 @@ pub mod col {
         INIT = "init";
         /// Training cells: the warm-up's length in steps, when the spec sets it.
         WARMUP = "warmup";
+        /// Training cells: the base learning rate, when the grid sweeps it (`lrs`).
+        BASE_LR = "base_lr";
         PROJECTION = "projection";
         /// Residual units of the network (MLP depth; a ResNet's count).
         UNITS = "units";
@@ -200,7 +202,7 @@ use col::*;
 pub const KEYS: Schema = Schema {
     name: "keys",
     columns: &[
-        EXPERIMENT, CELL, NET, PLACEMENT, SHORTCUT, NORM, INIT, WARMUP, PROJECTION, UNITS,
+        EXPERIMENT, CELL, NET, PLACEMENT, SHORTCUT, NORM, INIT, WARMUP, BASE_LR, PROJECTION, UNITS,
         REPLICATE,
     ],
 };

@@ -80,6 +80,7 @@ def train(
     data: str = "digits",
     train_subset: Optional[int] = None,
     test_subset: Optional[int] = None,
+    downsample: Optional[int] = None,
     placement: str = "full-preact",
     shortcut: str = "identity",
     projection: Optional[str] = None,

@@ -34,7 +34,7 @@ pub fn run(args: &DataArgs) -> Result<ExitCode> {
     let Some(spec) = &args.data else {
         if args.subsets != data::Subsets::default() {
             anyhow::bail!(
-                "--train-subset and --test-subset apply to one data set: give it with --data"
+                "--train-subset, --test-subset and --downsample apply to one data set: give it with --data"
             );
         }
         emit(&listing())?;
@@ -44,9 +44,10 @@ pub fn run(args: &DataArgs) -> Result<ExitCode> {
         .write_npz("--npz", args.npz.as_deref())
         .read_data("--data", Some(spec))
         .check()?;
-    let data = args
-        .subsets
-        .apply(data::load(spec)?, ["--train-subset", "--test-subset"])?;
+    let data = args.subsets.apply(
+        data::load(spec)?,
+        ["--train-subset", "--test-subset", "--downsample"],
+    )?;
     let digest = data.fingerprint();
     let Some(npz_path) = &args.npz else {
         emit(&describe(spec, &data, &digest))?;

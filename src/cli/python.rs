@@ -61,6 +61,7 @@ pub const FUNCTIONS: &[Function] = &[
             "data",
             "train_subset",
             "test_subset",
+            "downsample",
             "placement",
             "shortcut",
             "projection",

@@ -83,6 +83,7 @@ fn cell_keys(spec: &Spec, cell: &Cell, units: usize) -> Vec<String> {
         cell.arch.norm.to_string(),
         cell.arch.init.to_string(),
         cell.warmup.map(|w| w.to_string()).unwrap_or_default(),
+        cell.lr.map(|lr| lr.to_string()).unwrap_or_default(),
         cell.arch
             .projection
             .map(|p| p.to_string())
@@ -170,7 +171,11 @@ impl CellInputs {
     pub fn of(spec: &Spec, cell: &Cell, data: Option<&(Split, String)>) -> CellInputs {
         let (train, sizes, data_sha256) = match (spec.task.train_spec(), data) {
             (Some(t), Some((d, digest))) => (
-                Some(t.clone()),
+                // A grid's learning rate replaces the recipe's: the cell is the run it makes.
+                Some(TrainSpec {
+                    lr: cell.lr.unwrap_or(t.lr),
+                    ..t.clone()
+                }),
                 sizes_for(d, cell.arch.units, spec.sizes.width),
                 Some(digest.clone()),
             ),
@@ -274,7 +279,7 @@ pub(super) fn train_cell_net(
     let cfg = TrainConfig {
         epochs: t.epochs,
         batch: t.batch,
-        base_lr: t.lr,
+        base_lr: cell.lr.unwrap_or(t.lr),
         momentum: 0.9,
         weight_decay: t.weight_decay,
         optimizer: t.optimizer,
@@ -720,7 +725,14 @@ fn load_data(spec: &Spec) -> Result<Option<(Split, String)>> {
                 .with_context(|| format!("{}: train.data = \"{}\"", spec.name, t.data))?;
             let d = t
                 .subsets
-                .apply(d, ["train.train_subset", "train.test_subset"])
+                .apply(
+                    d,
+                    [
+                        "train.train_subset",
+                        "train.test_subset",
+                        "train.downsample",
+                    ],
+                )
                 .with_context(|| spec.name.clone())?;
             let digest = d.fingerprint();
             Ok(Some((d, digest)))

@@ -119,6 +119,9 @@ struct RawTrain {
     /// Evaluate on this many images of the test split (`--test-subset`).
     #[serde(default)]
     test_subset: Option<usize>,
+    /// Average F x F pixel blocks of every image (`--downsample`).
+    #[serde(default)]
+    downsample: Option<usize>,
     /// Every cell's warm-up (unless the grid sweeps `warmups`); absent: SGD's until-error
     /// rule, no warm-up for Adam.
     #[serde(default)]
@@ -200,6 +203,9 @@ struct RawGrid {
     /// Training: warm-up lengths in steps (default: `train.warmup_steps`).
     #[serde(default)]
     warmups: Vec<usize>,
+    /// Training: base learning rates (default: `train.lr`), a sweep of the recipe's rate.
+    #[serde(default)]
+    lrs: Vec<f64>,
 }
 
 fn default_nets() -> Vec<String> {
@@ -369,12 +375,19 @@ pub struct Grid {
     /// Training cells' warm-up lengths (`[None]`: the optimizer's default; profiles).
     #[serde(skip_serializing_if = "only_none")]
     pub warmups: Vec<Option<usize>>,
+    /// Training cells' base learning rates (`[None]`: `train.lr`; profiles).
+    #[serde(skip_serializing_if = "only_none_lr")]
+    pub lrs: Vec<Option<f64>>,
     /// ONNX models (a grid of models has no built-in axis but the replicates).
     #[serde(skip_serializing_if = "is_empty")]
     pub models: Vec<String>,
 }
 
 fn only_none(v: &[Option<usize>]) -> bool {
+    v == [None]
+}
+
+fn only_none_lr(v: &[Option<f64>]) -> bool {
     v == [None]
 }
 
@@ -407,6 +420,8 @@ pub struct Cell {
     pub arch: NetDescription,
     /// Training: the warm-up's length in steps, when set (else the optimizer's default).
     pub warmup: Option<usize>,
+    /// Training: the base learning rate, when the grid sweeps it (else `train.lr`).
+    pub lr: Option<f64>,
     pub replicate: u64,
     /// An imported model's path (its `arch` is then the default and describes nothing).
     pub model: Option<String>,
@@ -419,7 +434,7 @@ impl Spec {
     }
 
     /// Every combination of each grid, the grids in order (within one: nets, placements,
-    /// shortcuts, norms, inits, projections, units, warm-ups, replicates).
+    /// shortcuts, norms, inits, projections, units, warm-ups, learning rates, replicates).
     pub fn cells(&self) -> Vec<Cell> {
         let mut cells = Vec::new();
         for grid in &self.grids {
@@ -448,6 +463,7 @@ impl Grid {
                 projections,
                 depths,
                 self.warmups.len(),
+                self.lrs.len(),
                 self.replicates.len(),
                 self.placements.len(),
                 self.shortcuts.len(),
@@ -470,6 +486,7 @@ impl Grid {
                     index: cells.len(),
                     arch: NetDescription::default(),
                     warmup: None,
+                    lr: None,
                     replicate,
                     model: Some(model.clone()),
                 });
@@ -520,18 +537,21 @@ impl Grid {
         for projection in projections {
             for &units in depths {
                 for &warmup in &self.warmups {
-                    for &replicate in &self.replicates {
-                        cells.push(Cell {
-                            index: cells.len(),
-                            arch: NetDescription {
-                                units,
-                                projection,
-                                ..variant.clone()
-                            },
-                            warmup,
-                            replicate,
-                            model: None,
-                        });
+                    for &lr in &self.lrs {
+                        for &replicate in &self.replicates {
+                            cells.push(Cell {
+                                index: cells.len(),
+                                arch: NetDescription {
+                                    units,
+                                    projection,
+                                    ..variant.clone()
+                                },
+                                warmup,
+                                lr,
+                                replicate,
+                                model: None,
+                            });
+                        }
                     }
                 }
             }
@@ -663,7 +683,13 @@ pub fn parse_spec(text: &str) -> Result<Spec> {
     for (key, value) in raw_grids {
         let raw_grid = RawGrid::deserialize(value)
             .map_err(|e| anyhow!("{key}: {}", e.message().trim().replace('\n', " ")))?;
-        grids.push(parse_grid(raw_grid, &key, units, warmup_default, training)?);
+        grids.push(parse_grid(
+            raw_grid,
+            &key,
+            units,
+            warmup_default,
+            task.train_spec(),
+        )?);
     }
     if grids.iter().any(|g| !g.models.is_empty()) {
         if task != Task::Profile {
@@ -768,6 +794,9 @@ pub fn parse_spec(text: &str) -> Result<Spec> {
         if !task.tables(raw.weight_grads).contains(&c.table()) {
             bail!("charts: '{}' does not fit task '{}'", c.name(), raw.task);
         }
+        if *c == ChartKind::LrSweep && grids.iter().all(|g| g.lrs.len() < 2) {
+            bail!("charts: 'lr_sweep' draws a sweep of learning rates: give a grid at least two `lrs`");
+        }
     }
     if task == Task::Shatter {
         for g in &grids {
@@ -841,6 +870,7 @@ fn parse_train(t: RawTrain) -> Result<TrainSpec> {
         subsets: crate::data::Subsets {
             train_subset: t.train_subset,
             test_subset: t.test_subset,
+            downsample: t.downsample,
         },
     })
 }
@@ -850,7 +880,7 @@ fn refuse_repeated_cells(spec: &Spec) -> Result<()> {
     let mut seen = std::collections::BTreeMap::new();
     for c in spec.cells() {
         let key = format!(
-            "{:?} {} {} {} {:?} {} {} {:?} {} {}",
+            "{:?} {} {} {} {:?} {} {} {:?} {:?} {} {}",
             c.model,
             c.arch.net,
             c.arch.placement,
@@ -859,6 +889,7 @@ fn refuse_repeated_cells(spec: &Spec) -> Result<()> {
             c.arch.norm,
             c.arch.init,
             c.warmup,
+            c.lr,
             c.arch.units,
             c.replicate
         );
@@ -882,8 +913,9 @@ fn parse_grid(
     key: &str,
     default_units: usize,
     warmup_default: Option<usize>,
-    training: bool,
+    train: Option<&TrainSpec>,
 ) -> Result<Grid> {
+    let training = train.is_some();
     let k = |name: &str| format!("{key}.{name}");
     if !raw.models.is_empty() {
         return parse_model_grid(raw, key);
@@ -967,6 +999,28 @@ fn parse_grid(
             k("warmups")
         ),
     };
+    let lrs = match train {
+        _ if raw.lrs.is_empty() => vec![None],
+        None => bail!(
+            "{}: learning rates apply to training (a [train] table)",
+            k("lrs")
+        ),
+        Some(t) => {
+            let mut lrs = Vec::new();
+            for &lr in &raw.lrs {
+                if !(lr > 0.0 && lr.is_finite()) {
+                    bail!("{}: each must be a positive number, got {lr}", k("lrs"));
+                }
+                crate::train::check_weight_decay(t.weight_decay, lr)
+                    .map_err(|e| anyhow!("{}: at {lr}, train.weight_decay: {e}", k("lrs")))?;
+                if lrs.contains(&Some(lr)) {
+                    bail!("{}: {lr} appears twice", k("lrs"));
+                }
+                lrs.push(Some(lr));
+            }
+            lrs
+        }
+    };
     Ok(Grid {
         nets,
         placements,
@@ -977,6 +1031,7 @@ fn parse_grid(
         units,
         replicates: raw.replicates,
         warmups,
+        lrs,
         models: Vec::new(),
     })
 }
@@ -995,6 +1050,7 @@ fn parse_model_grid(raw: RawGrid, key: &str) -> Result<Grid> {
         ("inits", !raw.inits.is_empty()),
         ("units", !raw.units.is_empty()),
         ("warmups", !raw.warmups.is_empty()),
+        ("lrs", !raw.lrs.is_empty()),
     ] {
         if set {
             bail!(
@@ -1019,6 +1075,7 @@ fn parse_model_grid(raw: RawGrid, key: &str) -> Result<Grid> {
         units: Vec::new(),
         replicates: raw.replicates,
         warmups: vec![None],
+        lrs: vec![None],
         models: raw.models,
     })
 }
@@ -1082,25 +1139,34 @@ mod tests {
     fn the_large_experiments_parse_with_their_data_and_subsets() {
         // experiments/large/ is not run by the main job, so nothing else reads these files.
         let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("experiments/large");
-        let mut n = 0;
+        let mut cells = std::collections::BTreeMap::new();
         for entry in std::fs::read_dir(&dir).unwrap() {
             let path = entry.unwrap().path();
             let spec = load_spec(&path).unwrap_or_else(|e| panic!("{}: {e:#}", path.display()));
             let t = spec.task.train_spec().expect("a training study");
-            assert_eq!(t.data, "fashion-mnist", "{}", path.display());
-            n += spec.cells().len();
+            cells.insert(spec.name.clone(), (t.data.clone(), spec.cells().len()));
         }
-        assert_eq!(n, 63, "the cells docs/data.md counts");
+        // The counts docs/data.md and docs/training.md give.
+        assert_eq!(
+            cells["fashion_mnist_resnet110"],
+            ("fashion-mnist".to_string(), 63)
+        );
+        assert_eq!(cells["train_depth"], ("digits".to_string(), 14));
+        assert_eq!(cells.len(), 2);
     }
 
     #[test]
-    fn train_and_test_subsets_are_read_from_the_train_table() {
-        let text = "name = \"t\"\nclaim = \"c\"\ncharts = []\ntask = \"train\"\n[train]\nepochs = 1\ntrain_subset = 300\ntest_subset = 50\n[grid]\nnets = [\"mlp\"]\nplacements = [\"original\"]\nshortcuts = [\"identity\"]\n";
+    fn train_and_test_subsets_and_the_downsampling_are_read_from_the_train_table() {
+        let text = "name = \"t\"\nclaim = \"c\"\ncharts = []\ntask = \"train\"\n[train]\nepochs = 1\ntrain_subset = 300\ntest_subset = 50\ndownsample = 2\n[grid]\nnets = [\"mlp\"]\nplacements = [\"original\"]\nshortcuts = [\"identity\"]\n";
         let spec = parse_spec(text).unwrap();
         let t = spec.task.train_spec().unwrap();
         assert_eq!(
-            (t.subsets.train_subset, t.subsets.test_subset),
-            (Some(300), Some(50))
+            (
+                t.subsets.train_subset,
+                t.subsets.test_subset,
+                t.subsets.downsample
+            ),
+            (Some(300), Some(50), Some(2))
         );
     }
 

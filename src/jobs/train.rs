@@ -209,7 +209,7 @@ impl TrainJob {
         let data = crate::data::load(&args.data)?;
         let data = args
             .subsets
-            .apply(data, ["--train-subset", "--test-subset"])?;
+            .apply(data, ["--train-subset", "--test-subset", "--downsample"])?;
         if data.train.len() < args.batch {
             bail!(
                 "--batch {} is larger than the training split of {} ({} images)",

@@ -98,6 +98,7 @@ pub fn figure(kind: ChartKind, t: &Table) -> Figure {
     };
     match kind {
         ChartKind::TrainCurves => train_curves(t),
+        ChartKind::LrSweep => lr_sweep(t),
         ChartKind::GradHeatmap => grad_heatmap(t),
         ChartKind::GradRatioSteps => grad_ratio_steps(t),
         ChartKind::Generalisation => generalisation(t),
@@ -544,6 +545,94 @@ fn train_curves(t: &Table) -> Figure {
             t.experiment()
         ),
         panels,
+        notes,
+        size: (1400, 600),
+    }
+}
+
+/// Final training loss and test error against the base learning rate (log), per variant: the
+/// median over the replicates that reached the last epoch, their range shaded.
+fn lr_sweep(t: &Table) -> Figure {
+    use super::training::{lr_sweeps, VariantStats};
+    let sweeps = lr_sweeps(t);
+    let mut notes = Vec::new();
+    // One legend, in the loss panel (the colours are the same in both).
+    let panel = |title: &str,
+                 y: &str,
+                 linear: bool,
+                 legend: bool,
+                 value: &dyn Fn(&VariantStats) -> Vec<f64>| {
+        let mut lines = Vec::new();
+        let mut bands = Vec::new();
+        for (i, sw) in sweeps.iter().enumerate() {
+            let (mut mid, mut lo, mut hi) = (Vec::new(), Vec::new(), Vec::new());
+            for (lr, v) in &sw.points {
+                let vals = value(v);
+                if let Some(m) = crate::stats::median(&vals) {
+                    mid.push((*lr, m));
+                    lo.push((*lr, vals.iter().copied().fold(f64::INFINITY, f64::min)));
+                    hi.push((*lr, vals.iter().copied().fold(f64::NEG_INFINITY, f64::max)));
+                }
+            }
+            lines.push(line(&sw.variant, mid.clone(), LineStyle::Solid, i, legend));
+            // A marker at each rate run.
+            lines.push(line(&sw.variant, mid, LineStyle::Points, i, false));
+            bands.push(Band {
+                lower: lo,
+                upper: hi,
+                color: i,
+            });
+        }
+        Panel {
+            title: title.into(),
+            x_desc: "base learning rate".into(),
+            y_desc: y.into(),
+            lines,
+            bands,
+            linear,
+            log_x: true,
+            ..Default::default()
+        }
+    };
+    for sw in &sweeps {
+        for (lr, v) in &sw.points {
+            if v.diverged() > 0 {
+                notes.push(format!(
+                    "{} at lr {lr}: {} of {} replicates diverged (not in the median)",
+                    sw.variant,
+                    v.diverged(),
+                    v.outcomes.len()
+                ));
+            }
+        }
+    }
+    let loss = |v: &VariantStats| v.outcomes.iter().filter_map(|o| o.train_loss).collect();
+    let err = |v: &VariantStats| {
+        v.outcomes
+            .iter()
+            .filter_map(|o| o.test_error.map(|e| 100.0 * e))
+            .collect()
+    };
+    let mut loss_panel = panel(
+        "final training loss (the last epoch's mean)",
+        "loss E",
+        false,
+        true,
+        &loss,
+    );
+    // A variant that trains has its lowest loss at a large rate (the right); the low rates
+    // leave every variant's loss near its start: the lower left is where lines are fewest.
+    loss_panel.legend_low = true;
+    loss_panel.legend_left = true;
+    Figure {
+        title: format!(
+            "{}: trained at each learning rate (line: median over replicates; shade: their range)",
+            t.experiment()
+        ),
+        panels: vec![
+            loss_panel,
+            panel("final test error", "test error (%)", true, false, &err),
+        ],
         notes,
         size: (1400, 600),
     }

@@ -35,6 +35,9 @@ pub enum ChartKind {
     GradHeatmap,
     /// Gradient ratio against the unit at the first, middle and last recorded steps.
     GradRatioSteps,
+    /// Final training loss and test error against the base learning rate (a grid's `lrs`),
+    /// median and range over replicates, per variant.
+    LrSweep,
     /// Test minus training loss and error over training, per variant.
     Generalisation,
     /// Variance of every weight layer's input against the unit, at the start and the end.
@@ -63,7 +66,7 @@ pub enum ChartKind {
 }
 
 impl ChartKind {
-    pub const ALL: [(&'static str, ChartKind); 19] = [
+    pub const ALL: [(&'static str, ChartKind); 20] = [
         ("grad_ratio", ChartKind::GradRatio),
         ("direct_rest", ChartKind::DirectRest),
         ("lambda_sweep", ChartKind::LambdaSweep),
@@ -74,6 +77,7 @@ impl ChartKind {
         ("grad_heatmap", ChartKind::GradHeatmap),
         ("grad_ratio_steps", ChartKind::GradRatioSteps),
         ("generalisation", ChartKind::Generalisation),
+        ("lr_sweep", ChartKind::LrSweep),
         ("weight_inputs", ChartKind::WeightInputs),
         ("signal", ChartKind::Signal),
         ("weight_grads", ChartKind::WeightGrads),
@@ -97,6 +101,7 @@ impl ChartKind {
             | ChartKind::Forward
             | ChartKind::SampleBands
             | ChartKind::TrainCurves
+            | ChartKind::LrSweep
             | ChartKind::GradHeatmap
             | ChartKind::GradRatioSteps
             | ChartKind::Generalisation
@@ -117,7 +122,7 @@ impl ChartKind {
         match self {
             GradRatio | DirectRest | LambdaSweep | Forward | SampleBands | Verification
             | Signal | SquaredNorm => TableKind::PROFILE,
-            TrainCurves | Generalisation => TableKind::TRAIN,
+            TrainCurves | Generalisation | LrSweep => TableKind::TRAIN,
             GradHeatmap | GradRatioSteps => TableKind::GRADS,
             WeightInputs => TableKind::SIGNAL,
             WeightGrads | LastWeightGrad => TableKind::WEIGHT_GRADS,

@@ -98,6 +98,8 @@ pub struct Panel {
     pub hlines: Vec<(f64, String)>,
     /// Put the legend at the lower right (when the data crowd the upper right).
     pub legend_low: bool,
+    /// Put the legend on the left (with `legend_low`: lower left).
+    pub legend_left: bool,
     /// x extent of all the data, including points a log axis cannot show (set by `prepare_log`).
     pub x_span: Option<(f64, f64)>,
     /// A heatmap instead of lines.
@@ -641,6 +643,24 @@ fn name_ticks<DB: DrawingBackend>(
     })
 }
 
+/// A log axis's tick value with two significant digits (`0.01`, `0.032`, `3`, `1000`), so
+/// that ticks below 1 are not all printed as `0`.
+fn log_tick_label(v: f64) -> String {
+    if !(v.is_finite() && v > 0.0) {
+        return format!("{v}");
+    }
+    if v >= 10.0 {
+        return format!("{v:.0}");
+    }
+    let decimals = (1.0 - v.log10().floor()).max(0.0) as usize;
+    let s = format!("{v:.decimals$}");
+    if s.contains('.') {
+        s.trim_end_matches('0').trim_end_matches('.').to_string()
+    } else {
+        s
+    }
+}
+
 /// Draws one panel. The y axis is logarithmic: values are drawn as log10(y) on a linear axis
 /// labelled in powers of ten (plotters' own log axis drops labels over wide ranges).
 fn draw_panel<DB: DrawingBackend>(
@@ -705,7 +725,7 @@ where
     };
     let x_label = |x: &f64| {
         if log_x {
-            format!("{:.0}", 10f64.powf(*x))
+            log_tick_label(10f64.powf(*x))
         } else {
             format!("{x:.0}")
         }
@@ -842,10 +862,11 @@ where
             .background_style(WHITE.mix(0.85))
             .border_style(BLACK.mix(0.5))
             .label_font(("sans-serif", font - 3))
-            .position(if panel.legend_low {
-                SeriesLabelPosition::LowerRight
-            } else {
-                SeriesLabelPosition::UpperRight
+            .position(match (panel.legend_low, panel.legend_left) {
+                (true, false) => SeriesLabelPosition::LowerRight,
+                (true, true) => SeriesLabelPosition::LowerLeft,
+                (false, false) => SeriesLabelPosition::UpperRight,
+                (false, true) => SeriesLabelPosition::UpperLeft,
             })
             .draw()
             .map_err(err)?;
@@ -1043,6 +1064,15 @@ pub fn draw_charts(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn log_axis_ticks_below_one_keep_two_significant_digits() {
+        let labels: Vec<String> = [0.001, 0.0316, 0.1, 0.3, 1.0, 3.162, 100.0]
+            .into_iter()
+            .map(log_tick_label)
+            .collect();
+        assert_eq!(labels, ["0.001", "0.032", "0.1", "0.3", "1", "3.2", "100"]);
+    }
 
     #[test]
     fn a_heatmaps_grey_cells_are_summed_up_in_one_short_note() {

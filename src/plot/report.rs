@@ -87,6 +87,14 @@ fn training_section(e: &Entry) -> String {
         .map(|c| c.to_string())
         .collect::<Vec<_>>()
         .join(" or ");
+    let sweeps = super::training::lr_sweeps(&e.table);
+    if !sweeps.is_empty() {
+        return format!(
+            "{reps} replicates per variant and rate, the same seeds for every variant and rate.\n\n{}\n{}",
+            super::training::lr_sweep_table(&sweeps),
+            super::training::lr_sweep_summary(&sweeps)
+        );
+    }
     let mut s = format!(
         "{reps} replicates per variant, the same seeds for every variant.\n\n{}",
         super::training::stats_table(&stats, e.paper.as_ref())
@@ -143,8 +151,27 @@ fn summary(t: &Table) -> String {
     let mut s = String::from(
         "| variant | ‖∂E/∂x_0‖/‖∂E/∂x_L‖ | l₀ | direct ratio at l₀ | predicted (prod λ) | smallest per-sample ratio | largest ‖x_l‖ |\n|---|---|---|---|---|---|---|\n",
     );
+    let mut all_zero = Vec::new();
     for (v, units) in t.by_variant() {
         let first = units.values().next().unwrap();
+        // Fixup at step 0: the classifier is 0, so is every dE/dx_l, and no ratio is defined.
+        if units
+            .values()
+            .flatten()
+            .all(|r| t.f(r, col::GRAD_NORM) == Some(0.0))
+        {
+            let _ = writeln!(
+                s,
+                "| {v} | 0/0 (every ‖∂E/∂x_l‖ = 0) | - | 0/0 | - | 0/0 | {} |",
+                num(units
+                    .values()
+                    .flatten()
+                    .filter_map(|r| t.f(r, col::ACT_NORM))
+                    .fold(0.0, f64::max))
+            );
+            all_zero.push(v);
+            continue;
+        }
         let l0 = first_in_stage(t, &units);
         let at_l0 = |column: Column| {
             l0.and_then(|l| at_unit(t, &units[&l], column))
@@ -184,6 +211,13 @@ fn summary(t: &Table) -> String {
         );
     }
     s.push_str("\nl₀ is the shallowest unit input with units above it in its stage (0 for the MLP; 1 in bottleneck ResNets, whose unit 0 changes width). The direct ratio is ‖D_l‖ over the stage top's gradient norm.\n");
+    if !all_zero.is_empty() {
+        let _ = writeln!(
+            s,
+            "\n{}: every ∂E/∂x_l is exactly 0 at initialisation (Fixup starts the classifier at 0, so the loss does not depend on x_l until the first update has moved the classifier), and every ratio is 0/0. What is defined is the forward signal (the last column, and the signal chart); the gradients after the first steps of training are in train_unnormalised's gradient heatmap.",
+            all_zero.join(", ")
+        );
+    }
     s
 }
 
@@ -289,4 +323,42 @@ pub fn write(dir: &Path, entries: &[Entry]) -> anyhow::Result<PathBuf> {
     let path = dir.join("README.md");
     crate::output::write_atomic(&path, render(entries).as_bytes())?;
     Ok(path)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_net_whose_every_gradient_is_zero_gets_0_over_0_not_nan_and_a_reason() {
+        // Fixup at step 0 (classifier 0): every grad_norm 0, every ratio 0/0 = NaN in the CSV.
+        let header = "experiment,cell,net,placement,shortcut,init,replicate,unit,direct_top,act_norm,grad_norm,grad_ratio,direct_ratio,predicted_direct_ratio,sample_ratio_min";
+        let row =
+            |cell: usize, init: &str, unit: usize, g: &str, r: &str, act: f64| -> Vec<String> {
+                format!("x,{cell},mlp,original,identity,{init},0,{unit},2,{act},{g},{r},{r},,{r}")
+                    .split(',')
+                    .map(String::from)
+                    .collect()
+            };
+        let rows = vec![
+            row(0, "he", 0, "2", "2", 1.0),
+            row(0, "he", 1, "1.5", "1.5", 2.0),
+            row(0, "he", 2, "1", "1", 3.0),
+            row(1, "fixup", 0, "0", "NaN", 1.0),
+            row(1, "fixup", 1, "0", "NaN", 1.0),
+            row(1, "fixup", 2, "0", "NaN", 1.5),
+        ];
+        let t = Table::new(header.split(',').map(String::from).collect(), rows);
+        let s = summary(&t);
+        assert!(!s.contains("NaN"), "{s}");
+        assert!(
+            s.contains("| init fixup | 0/0 (every ‖∂E/∂x_l‖ = 0) | - | 0/0 | - | 0/0 | 1.500e0 |"),
+            "{s}"
+        );
+        assert!(s.contains("| init he | 2.000e0 |"), "{s}");
+        assert!(
+            s.contains("init fixup: every ∂E/∂x_l is exactly 0 at initialisation"),
+            "{s}"
+        );
+    }
 }

@@ -159,7 +159,7 @@ impl Table {
                     .any(|r| self.get(r, c) != self.get(&self.rows[0], c))
         };
         let others = |r: &[String]| -> Vec<String> {
-            [NET, PLACEMENT, SHORTCUT, NORM, INIT, WARMUP, UNITS]
+            [NET, PLACEMENT, SHORTCUT, NORM, INIT, WARMUP, BASE_LR, UNITS]
                 .into_iter()
                 .filter(|&c| self.has(c))
                 .map(|c| self.get(r, c).to_string())
@@ -173,7 +173,7 @@ impl Table {
             })
         };
         [
-            NET, PLACEMENT, SHORTCUT, NORM, INIT, WARMUP, PROJECTION, UNITS,
+            NET, PLACEMENT, SHORTCUT, NORM, INIT, WARMUP, BASE_LR, PROJECTION, UNITS,
         ]
         .into_iter()
         .filter(|&c| {
@@ -222,6 +222,8 @@ impl Table {
                         "" => "no warm-up set".to_string(),
                         w => format!("warm-up {w}"),
                     }
+                } else if c == BASE_LR {
+                    format!("lr {}", self.get(row, c))
                 } else if c == PROJECTION {
                     format!("projection {}", self.get(row, c))
                 } else {

@@ -179,6 +179,145 @@ pub fn variant_stats(t: &Table) -> Vec<VariantStats> {
         .collect()
 }
 
+/// One variant trained at each rate of a learning-rate sweep (a grid's `lrs`): the paper's
+/// optimisation argument in a measurable form, the largest rate at which the variant trains.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LrSweep {
+    /// The variant's label without its rate.
+    pub variant: String,
+    /// Each swept rate (ascending) with the replicates trained at it.
+    pub points: Vec<(f64, VariantStats)>,
+}
+
+impl LrSweep {
+    /// The largest rate at which most replicates trained (did not fail), if any.
+    pub fn largest_training_lr(&self) -> Option<f64> {
+        self.points
+            .iter()
+            .filter(|(_, v)| 2 * v.failed() < v.outcomes.len())
+            .map(|(lr, _)| *lr)
+            .fold(None, |m: Option<f64>, lr| Some(m.map_or(lr, |m| m.max(lr))))
+    }
+}
+
+/// The learning-rate sweeps of a `train.csv` whose cells differ in their base rate (none when
+/// the grid has one rate or none).
+pub fn lr_sweeps(t: &Table) -> Vec<LrSweep> {
+    if !t.has(col::BASE_LR) {
+        return Vec::new();
+    }
+    let mut rates: Vec<f64> = t.rows.iter().filter_map(|r| t.f(r, col::BASE_LR)).collect();
+    rates.sort_by(f64::total_cmp);
+    rates.dedup();
+    if rates.len() < 2 {
+        return Vec::new();
+    }
+    // Each full label (rate included) to its label without the rate, and the rate.
+    let mut of: BTreeMap<String, (String, f64)> = BTreeMap::new();
+    for r in &t.rows {
+        if let Some(lr) = t.f(r, col::BASE_LR) {
+            of.entry(t.variant(r))
+                .or_insert_with(|| (t.variant_except(r, Some(col::BASE_LR)), lr));
+        }
+    }
+    let mut sweeps: Vec<LrSweep> = Vec::new();
+    for v in variant_stats(t) {
+        let Some((base, lr)) = of.get(&v.variant).cloned() else {
+            continue;
+        };
+        match sweeps.iter_mut().find(|s| s.variant == base) {
+            Some(s) => s.points.push((lr, v)),
+            None => sweeps.push(LrSweep {
+                variant: base,
+                points: vec![(lr, v)],
+            }),
+        }
+    }
+    for s in &mut sweeps {
+        s.points.sort_by(|a, b| a.0.total_cmp(&b.0));
+    }
+    sweeps
+}
+
+/// The sweep as a table: per variant and rate, the median final test error and the failures,
+/// and the largest rate at which the variant trains.
+pub fn lr_sweep_table(sweeps: &[LrSweep]) -> String {
+    let mut rates: Vec<f64> = sweeps
+        .iter()
+        .flat_map(|s| s.points.iter().map(|p| p.0))
+        .collect();
+    rates.sort_by(f64::total_cmp);
+    rates.dedup();
+    let mut s = String::from("| variant |");
+    for lr in &rates {
+        let _ = write!(s, " lr {lr} |");
+    }
+    s.push_str(" largest rate that trains |\n|---|");
+    for _ in &rates {
+        s.push_str("---|");
+    }
+    s.push_str("---|\n");
+    for sw in sweeps {
+        let _ = write!(s, "| {} |", sw.variant);
+        for lr in &rates {
+            let cell = sw
+                .points
+                .iter()
+                .find(|p| p.0 == *lr)
+                .map_or("-".into(), |(_, v)| {
+                    format!(
+                        "{} ({} of {} failed)",
+                        v.median_error().map_or("-".into(), pct),
+                        v.failed(),
+                        v.outcomes.len()
+                    )
+                });
+            let _ = write!(s, " {cell} |");
+        }
+        let _ = writeln!(
+            s,
+            " {} |",
+            sw.largest_training_lr()
+                .map_or("none".into(), |lr| lr.to_string())
+        );
+    }
+    let _ = writeln!(
+        s,
+        "\nEach cell: the median final test error over the replicates that reached the last epoch, and how many failed to train ({FAILURE_RULE}). A rate *trains* a variant when most of its replicates did not fail."
+    );
+    s
+}
+
+/// The variants grouped by the largest rate at which they train, largest first (a sentence).
+pub fn lr_sweep_summary(sweeps: &[LrSweep]) -> String {
+    let mut groups: Vec<(Option<f64>, Vec<&str>)> = Vec::new();
+    for sw in sweeps {
+        let lr = sw.largest_training_lr();
+        match groups.iter_mut().find(|g| g.0 == lr) {
+            Some(g) => g.1.push(&sw.variant),
+            None => groups.push((lr, vec![&sw.variant])),
+        }
+    }
+    // Largest rate first, "at no rate" last.
+    groups.sort_by(|a, b| match (a.0, b.0) {
+        (Some(x), Some(y)) => y.total_cmp(&x),
+        (Some(_), None) => std::cmp::Ordering::Less,
+        (None, Some(_)) => std::cmp::Ordering::Greater,
+        (None, None) => std::cmp::Ordering::Equal,
+    });
+    let parts: Vec<String> = groups
+        .iter()
+        .map(|(lr, vs)| match lr {
+            Some(lr) => format!("up to {lr}: {}", vs.join(", ")),
+            None => format!("at none of the rates: {}", vs.join(", ")),
+        })
+        .collect();
+    format!(
+        "The largest rate at which each variant trains: {}.\n",
+        parts.join("; ")
+    )
+}
+
 /// Adds each variant's gradient ratio at unit 0 at the first recorded step, from `grads.csv`.
 pub fn attach_initial_gradients(stats: &mut [VariantStats], grads: &Table) {
     let first = grads
@@ -581,6 +720,71 @@ mod tests {
             }
         }
         Table::new(header.split(',').map(String::from).collect(), rows)
+    }
+
+    /// A learning-rate sweep: two placements at base rates 0.01 and 0.3, 3 replicates, one
+    /// epoch of 2 steps; `errors[placement][rate]` is every replicate's final test error.
+    fn sweep_table(errors: [[f64; 2]; 2]) -> Table {
+        let header = "experiment,cell,net,placement,shortcut,base_lr,units,replicate,step,epoch,lr,train_loss,train_error,test_loss,test_error";
+        let mut rows = Vec::new();
+        let mut cell = 0;
+        for (v, name) in ["original", "full-preact"].iter().enumerate() {
+            for (k, lr) in ["0.01", "0.3"].iter().enumerate() {
+                for rep in 0..3 {
+                    let e = errors[v][k] + 0.01 * rep as f64;
+                    // A failed run's training loss stays at chance.
+                    let loss = if e > 0.5 { 2.3 } else { 0.2 };
+                    for step in 0..2 {
+                        let tail = if step == 1 {
+                            format!("{loss},{e}")
+                        } else {
+                            ",".to_string()
+                        };
+                        rows.push(
+                            format!("x,{cell},mlp,{name},identity,{lr},3,{rep},{step},0,{lr},{loss},0.5,{tail}")
+                                .split(',')
+                                .map(String::from)
+                                .collect(),
+                        );
+                    }
+                    cell += 1;
+                }
+            }
+        }
+        Table::new(header.split(',').map(String::from).collect(), rows)
+    }
+
+    #[test]
+    fn a_sweep_groups_each_variant_by_its_rate_and_finds_the_largest_that_trains() {
+        // The original unit fails at 0.3, full pre-activation trains at both rates.
+        let t = sweep_table([[0.10, 0.90], [0.05, 0.03]]);
+        let sweeps = lr_sweeps(&t);
+        assert_eq!(sweeps.len(), 2);
+        assert_eq!(sweeps[0].variant, "original");
+        let rates: Vec<f64> = sweeps[0].points.iter().map(|p| p.0).collect();
+        assert_eq!(rates, [0.01, 0.3]);
+        assert_eq!(sweeps[0].points[1].1.failed(), 3);
+        assert_eq!(sweeps[0].largest_training_lr(), Some(0.01));
+        assert_eq!(sweeps[1].largest_training_lr(), Some(0.3));
+        let md = lr_sweep_table(&sweeps);
+        assert!(
+            md.contains("| variant | lr 0.01 | lr 0.3 | largest rate that trains |"),
+            "{md}"
+        );
+        assert!(
+            md.contains("| original | 11.00% (0 of 3 failed) | 91.00% (3 of 3 failed) | 0.01 |"),
+            "{md}"
+        );
+        assert_eq!(
+            lr_sweep_summary(&sweeps),
+            "The largest rate at which each variant trains: up to 0.3: full-preact; up to 0.01: original.\n"
+        );
+        // One rate is no sweep.
+        let one = Table::new(
+            t.header.clone(),
+            t.rows.iter().filter(|r| r[5] == "0.3").cloned().collect(),
+        );
+        assert!(lr_sweeps(&one).is_empty());
     }
 
     #[test]

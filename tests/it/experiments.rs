@@ -48,7 +48,7 @@ fn run_writes_tidy_csv_spec_and_charts() {
     let header = lines.next().unwrap();
     assert!(
         header.starts_with(
-            "experiment,cell,net,placement,shortcut,norm,init,warmup,projection,units,replicate,unit,"
+            "experiment,cell,net,placement,shortcut,norm,init,warmup,base_lr,projection,units,replicate,unit,"
         ),
         "{header}"
     );
@@ -332,7 +332,7 @@ fn training_experiments_write_curves_heatmaps_and_a_ranked_report() {
     all(&w, &exp).ok();
     let train = w.read("results/tinytrain/train.csv");
     assert!(train.starts_with(
-        "experiment,cell,net,placement,shortcut,norm,init,warmup,projection,units,replicate,step,epoch,lr,train_loss"
+        "experiment,cell,net,placement,shortcut,norm,init,warmup,base_lr,projection,units,replicate,step,epoch,lr,train_loss"
     ));
     assert_eq!(
         train.lines().count(),
@@ -347,7 +347,7 @@ fn training_experiments_write_curves_heatmaps_and_a_ranked_report() {
     );
     let signal = w.read("results/tinytrain/signal.csv");
     assert!(signal.starts_with(
-        "experiment,cell,net,placement,shortcut,norm,init,warmup,projection,units,replicate,when,unit,layer,mean,var"
+        "experiment,cell,net,placement,shortcut,norm,init,warmup,base_lr,projection,units,replicate,when,unit,layer,mean,var"
     ));
     assert_eq!(
         signal.lines().count(),
@@ -504,12 +504,12 @@ fn training_grids_sweep_warmups_with_adam() {
             .iter()
             .find(|r| {
                 let f: Vec<&str> = r.split(',').collect();
-                f[7] == warmup && f[11] == step
+                f[7] == warmup && f[12] == step
             })
             .unwrap_or_else(|| panic!("no row for warm-up {warmup} step {step}"));
-        r.split(',').nth(13).unwrap().parse().unwrap()
+        r.split(',').nth(14).unwrap().parse().unwrap()
     };
-    assert!(csv.starts_with("experiment,cell,net,placement,shortcut,norm,init,warmup,projection,units,replicate,step,epoch,lr,"), "{}", &csv[..120]);
+    assert!(csv.starts_with("experiment,cell,net,placement,shortcut,norm,init,warmup,base_lr,projection,units,replicate,step,epoch,lr,"), "{}", &csv[..120]);
     assert_eq!(lr_at("0", "0"), 1e-3);
     assert!((lr_at("7", "0") - 1e-3 / 7.0).abs() < 1e-18);
     assert_eq!(lr_at("7", "6"), 1e-3);
@@ -525,6 +525,80 @@ fn training_grids_sweep_warmups_with_adam() {
     );
     let o = w.cmd("run", "bad.toml", "results").run();
     assert!(stderr(&o).contains("grid.warmups: warm-ups apply to training"));
+}
+
+/// A grid sweeps the base learning rate: every cell trains at its own rate (the scheduled `lr`
+/// column at the first step after the warm-up is that rate), its keys carry it, the
+/// `lr_sweep` chart and the report's sweep table are drawn from them, and a sweep is refused
+/// where it cannot apply.
+#[test]
+fn training_grids_sweep_learning_rates() {
+    let w = Work::new();
+    let text = TRAIN_SPEC
+        .replace(
+            "shortcuts = [\"identity\"]",
+            "shortcuts = [\"identity\"]\nwarmups = [0]\nlrs = [0.01, 0.3]\nreplicates = [0, 1, 2]",
+        )
+        .replace(
+            "charts = [\"train_curves\", \"grad_heatmap\", \"grad_ratio_steps\", \"generalisation\", \"weight_inputs\"]",
+            "charts = [\"lr_sweep\"]",
+        );
+    let text = text[..text.find("[paper]").unwrap()].to_string();
+    std::fs::create_dir_all(w.path("exp")).unwrap();
+    w.write("exp/lrs.toml", &text);
+    all(&w, &w.path("exp")).ok();
+    let csv = w.read("results/tinytrain/train.csv");
+    let rows: Vec<Vec<&str>> = csv
+        .lines()
+        .skip(1)
+        .map(|r| r.split(',').collect())
+        .collect();
+    // 2 placements x 2 rates x 3 replicates; the keys' base_lr is the rate of step 0.
+    let cells: std::collections::BTreeSet<&str> = rows.iter().map(|r| r[1]).collect();
+    assert_eq!(cells.len(), 12);
+    for r in rows.iter().filter(|r| r[12] == "0") {
+        let (base, scheduled): (f64, f64) = (r[8].parse().unwrap(), r[14].parse().unwrap());
+        assert!(base == 0.01 || base == 0.3, "{r:?}");
+        assert_eq!(scheduled, base, "{r:?}");
+    }
+    let svg = w.read("plots/tinytrain_lr_sweep.svg");
+    assert!(svg.contains("base learning rate") && svg.contains("original"));
+    // The report's section is the sweep table, one row per placement, one column per rate.
+    let report = w.read("plots/README.md");
+    assert!(
+        report.contains("| variant | lr 0.01 | lr 0.3 | largest rate that trains |"),
+        "{report}"
+    );
+    // Rates are a training setting, positive and distinct; the chart needs a sweep.
+    for (spec, needle) in [
+        (
+            SPEC.replace(
+                "replicates = [0, 1]",
+                "replicates = [0, 1]\nlrs = [0.1, 0.2]",
+            ),
+            "grid.lrs: learning rates apply to training",
+        ),
+        (
+            text.replace("lrs = [0.01, 0.3]", "lrs = [0.01, -1.0]"),
+            "grid.lrs: each must be a positive number, got -1",
+        ),
+        (
+            text.replace("lrs = [0.01, 0.3]", "lrs = [0.3, 0.3]"),
+            "grid.lrs: 0.3 appears twice",
+        ),
+        (
+            text.replace("lrs = [0.01, 0.3]", "lrs = [0.3]"),
+            "charts: 'lr_sweep' draws a sweep of learning rates",
+        ),
+    ] {
+        w.write("bad.toml", spec);
+        let o = w.cmd("run", "bad.toml", "results").run();
+        let err = stderr(&o);
+        assert!(
+            err.contains(needle) && err.trim_end().lines().count() == 1,
+            "{needle}: {err}"
+        );
+    }
 }
 
 /// Several grids: the cells are their union, in order; a cell in two grids is refused; a
