@@ -187,3 +187,19 @@ fn the_installed_fashion_mnist_has_its_counts_first_labels_and_pixels() {
     let mean = data.train.images.mean().unwrap();
     assert!(mean.abs() < 1e-9, "{mean}");
 }
+
+/// `--downsample` must divide the images: a wrong factor is refused in one line naming the
+/// factors that do, from `train` and from `data` alike.
+#[test]
+fn a_downsampling_factor_that_does_not_divide_the_images_is_refused() {
+    for command in ["train", "data"] {
+        crate::common::refused(
+            &[command, "--data", "digits", "--downsample", "3"],
+            "--downsample: 3 does not divide 8x8 images into blocks; give one of 2, 4, 8",
+        );
+        crate::common::refused(
+            &[command, "--data", "digits", "--downsample", "0"],
+            "--downsample: 0 does not divide 8x8 images into blocks",
+        );
+    }
+}
