@@ -54,7 +54,12 @@ pub fn sgd_steps(
         net.backward(&cache, labels, Some(&mut grads));
         losses.push(cache.loss);
         net.update_running_stats(&cache);
-        sgd.step(&mut net, &grads, SGD_LR);
+        sgd.step(
+            &mut net,
+            &grads,
+            SGD_LR,
+            &crate::train::RateFactors::uniform(),
+        );
     }
     Ok(SgdRecord { losses, net, sgd })
 }

@@ -50,6 +50,9 @@ pub mod col {
         WARMUP = "warmup";
         /// Training cells: the base learning rate, when the grid sweeps it (`lrs`).
         BASE_LR = "base_lr";
+        /// Training cells: the recipe, when the grid names it (common, fixup, rezero,
+        /// skipinit).
+        RECIPE = "recipe";
         PROJECTION = "projection";
         /// Residual units of the network (MLP depth; a ResNet's count).
         UNITS = "units";
@@ -160,8 +163,8 @@ impl Column {
     pub fn cells(self) -> Cells {
         use col::*;
         match self {
-            EXPERIMENT | NET | PLACEMENT | SHORTCUT | NAME | NORM | INIT | PROJECTION | KIND
-            | DELETED | WHEN | LAYER => Cells::Text,
+            EXPERIMENT | NET | PLACEMENT | SHORTCUT | NAME | NORM | INIT | RECIPE | PROJECTION
+            | KIND | DELETED | WHEN | LAYER => Cells::Text,
             CELL | UNITS | REPLICATE | UNIT | STAGE | DIRECT_TOP | SHAPE_CHANGE | K | DRAW
             | LAG | STEP | EPOCH => Cells::Whole,
             WARMUP => Cells::WholeOrEmpty,
@@ -202,8 +205,8 @@ use col::*;
 pub const KEYS: Schema = Schema {
     name: "keys",
     columns: &[
-        EXPERIMENT, CELL, NET, PLACEMENT, SHORTCUT, NORM, INIT, WARMUP, BASE_LR, PROJECTION, UNITS,
-        REPLICATE,
+        EXPERIMENT, CELL, NET, PLACEMENT, SHORTCUT, NORM, INIT, WARMUP, BASE_LR, RECIPE,
+        PROJECTION, UNITS, REPLICATE,
     ],
 };
 

@@ -94,6 +94,7 @@ def train(
     momentum: float = 0.9,
     optimizer: str = "sgd",
     warmup_steps: Optional[int] = None,
+    recipe: str = "common",
     weight_decay: float = 0.0001,
     weight_decay_mode: str = "decoupled",
     record_every: int = 10,

@@ -36,6 +36,8 @@ def assert_frames_equal(df, cli):
          optimizer="adam", lr=3e-3, warmup_steps=10),
     dict(net="mlp", units=2, width=8, epochs=1, train_subset=300, record_every=2),
     dict(net="resnet:1:basic", epochs=1, batch=128, downsample=2, test_subset=100),
+    dict(net="mlp", units=4, width=8, epochs=2, placement="original", norm="none",
+         init="fixup", recipe="fixup"),
 ])
 def test_train_equals_the_cli_csvs(tmp_path, kwargs):
     steps, grads = resprop.train(**kwargs)

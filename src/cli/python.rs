@@ -75,6 +75,7 @@ pub const FUNCTIONS: &[Function] = &[
             "momentum",
             "optimizer",
             "warmup_steps",
+            "recipe",
             "weight_decay",
             "weight_decay_mode",
             "record_every",

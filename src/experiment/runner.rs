@@ -84,6 +84,7 @@ fn cell_keys(spec: &Spec, cell: &Cell, units: usize) -> Vec<String> {
         cell.arch.init.to_string(),
         cell.warmup.map(|w| w.to_string()).unwrap_or_default(),
         cell.lr.map(|lr| lr.to_string()).unwrap_or_default(),
+        cell.recipe.map(|r| r.to_string()).unwrap_or_default(),
         cell.arch
             .projection
             .map(|p| p.to_string())
@@ -117,6 +118,13 @@ pub struct CellInputs {
     pub weight_grads: Option<bool>,
     /// Training: the warm-up's length, when the spec sets it.
     pub warmup: Option<usize>,
+    /// Training: a descendant's own recipe (absent for the common one, so that the cells of
+    /// files written before recipes keep their fingerprints).
+    #[serde(
+        skip_serializing_if = "Option::is_none",
+        serialize_with = "serialize_recipe"
+    )]
+    pub recipe: Option<crate::train::Recipe>,
     /// The analysis a paths, lesion or shatter cell runs (absent for profiles and training).
     pub analysis: Option<String>,
     /// The network, as every front end describes it.
@@ -129,6 +137,16 @@ pub struct CellInputs {
     /// file's content, not its name).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub model: Option<ModelInputs>,
+}
+
+fn serialize_recipe<S: serde::Serializer>(
+    r: &Option<crate::train::Recipe>,
+    s: S,
+) -> Result<S::Ok, S::Error> {
+    match r {
+        Some(r) => s.serialize_str(&r.to_string()),
+        None => s.serialize_none(),
+    }
 }
 
 /// The model file a cell profiles.
@@ -211,6 +229,7 @@ impl CellInputs {
             unfused: spec.unfused.then_some(true),
             weight_grads: (profile && spec.weight_grads).then_some(true),
             warmup: cell.warmup,
+            recipe: cell.recipe.filter(|&r| r != crate::train::Recipe::Common),
             net: cell.arch.clone(),
             sizes,
             train,
@@ -285,6 +304,9 @@ pub(super) fn train_cell_net(
         optimizer: t.optimizer,
         weight_decay_mode: t.weight_decay_mode,
         warmup: crate::train::Warmup::for_optimizer(t.optimizer, cell.warmup),
+        scalar_lr_factor: cell
+            .recipe
+            .map_or(1.0, crate::train::Recipe::scalar_lr_factor),
         record_every: t.record_every,
         signal: true,
         seed,

@@ -33,6 +33,7 @@ use crate::net::{NetChoice, NetDescription, NetSizes};
 pub use crate::plot::kinds::{ChartKind, PaperValues};
 use crate::schema::TableKind;
 pub use crate::schema::{check_name, Measure};
+use crate::train::{OptimizerKind, Recipe};
 use crate::unit::{Placement, Projection, ShortcutKind};
 
 #[derive(Debug, Deserialize)]
@@ -206,6 +207,10 @@ struct RawGrid {
     /// Training: base learning rates (default: `train.lr`), a sweep of the recipe's rate.
     #[serde(default)]
     lrs: Vec<f64>,
+    /// Training: the recipes (`common`, the default: the `[train]` table's; `fixup`,
+    /// `rezero`: a descendant's own, see [`crate::train::Recipe`]).
+    #[serde(default)]
+    recipes: Vec<String>,
 }
 
 fn default_nets() -> Vec<String> {
@@ -378,6 +383,12 @@ pub struct Grid {
     /// Training cells' base learning rates (`[None]`: `train.lr`; profiles).
     #[serde(skip_serializing_if = "only_none_lr")]
     pub lrs: Vec<Option<f64>>,
+    /// Training cells' recipes (`[common]` unless the grid names them; `[None]` for profiles).
+    #[serde(
+        skip_serializing_if = "only_none_recipe",
+        serialize_with = "serialize_recipes"
+    )]
+    pub recipes: Vec<Option<Recipe>>,
     /// ONNX models (a grid of models has no built-in axis but the replicates).
     #[serde(skip_serializing_if = "is_empty")]
     pub models: Vec<String>,
@@ -389,6 +400,14 @@ fn only_none(v: &[Option<usize>]) -> bool {
 
 fn only_none_lr(v: &[Option<f64>]) -> bool {
     v == [None]
+}
+
+fn only_none_recipe(v: &[Option<Recipe>]) -> bool {
+    v == [None] || v == [Some(Recipe::Common)]
+}
+
+fn serialize_recipes<S: serde::Serializer>(v: &[Option<Recipe>], s: S) -> Result<S::Ok, S::Error> {
+    s.collect_seq(v.iter().flatten().map(|r| r.to_string()))
 }
 
 fn is_false(b: &bool) -> bool {
@@ -422,6 +441,9 @@ pub struct Cell {
     pub warmup: Option<usize>,
     /// Training: the base learning rate, when the grid sweeps it (else `train.lr`).
     pub lr: Option<f64>,
+    /// Training: the recipe (common unless the grid names another, whose warm-up is then in
+    /// `warmup`); `None` for the other tasks.
+    pub recipe: Option<Recipe>,
     pub replicate: u64,
     /// An imported model's path (its `arch` is then the default and describes nothing).
     pub model: Option<String>,
@@ -464,6 +486,7 @@ impl Grid {
                 depths,
                 self.warmups.len(),
                 self.lrs.len(),
+                self.recipes.len(),
                 self.replicates.len(),
                 self.placements.len(),
                 self.shortcuts.len(),
@@ -487,6 +510,7 @@ impl Grid {
                     arch: NetDescription::default(),
                     warmup: None,
                     lr: None,
+                    recipe: None,
                     replicate,
                     model: Some(model.clone()),
                 });
@@ -538,19 +562,23 @@ impl Grid {
             for &units in depths {
                 for &warmup in &self.warmups {
                     for &lr in &self.lrs {
-                        for &replicate in &self.replicates {
-                            cells.push(Cell {
-                                index: cells.len(),
-                                arch: NetDescription {
-                                    units,
-                                    projection,
-                                    ..variant.clone()
-                                },
-                                warmup,
-                                lr,
-                                replicate,
-                                model: None,
-                            });
+                        for &recipe in &self.recipes {
+                            for &replicate in &self.replicates {
+                                cells.push(Cell {
+                                    index: cells.len(),
+                                    arch: NetDescription {
+                                        units,
+                                        projection,
+                                        ..variant.clone()
+                                    },
+                                    // A descendant's recipe sets its own warm-up.
+                                    warmup: recipe.and_then(Recipe::warmup).or(warmup),
+                                    lr,
+                                    recipe,
+                                    replicate,
+                                    model: None,
+                                });
+                            }
                         }
                     }
                 }
@@ -880,7 +908,7 @@ fn refuse_repeated_cells(spec: &Spec) -> Result<()> {
     let mut seen = std::collections::BTreeMap::new();
     for c in spec.cells() {
         let key = format!(
-            "{:?} {} {} {} {:?} {} {} {:?} {:?} {} {}",
+            "{:?} {} {} {} {:?} {} {} {:?} {:?} {:?} {} {}",
             c.model,
             c.arch.net,
             c.arch.placement,
@@ -890,6 +918,7 @@ fn refuse_repeated_cells(spec: &Spec) -> Result<()> {
             c.arch.init,
             c.warmup,
             c.lr,
+            c.recipe,
             c.arch.units,
             c.replicate
         );
@@ -1021,6 +1050,37 @@ fn parse_grid(
             lrs
         }
     };
+    let recipes = parse_recipes(&raw.recipes, key, train)?;
+    if recipes.iter().flatten().any(|r| r.warmup().is_some()) && !raw.warmups.is_empty() {
+        bail!(
+            "{}: a descendant's recipe sets its own warm-up (none); sweep warm-ups in a grid without one",
+            k("warmups")
+        );
+    }
+    for recipe in recipes.iter().flatten() {
+        for net in &nets {
+            for &placement in &placements {
+                for &shortcut in &shortcuts {
+                    for &norm in &norms {
+                        for &init in &inits {
+                            let arch = NetDescription {
+                                net: net.clone(),
+                                placement,
+                                shortcut,
+                                norm,
+                                init,
+                                ..NetDescription::default()
+                            };
+                            let optimizer = train.map_or(OptimizerKind::Sgd, |t| t.optimizer);
+                            recipe
+                                .check(&arch, optimizer)
+                                .map_err(|e| anyhow!("{}: {e}", k("recipes")))?;
+                        }
+                    }
+                }
+            }
+        }
+    }
     Ok(Grid {
         nets,
         placements,
@@ -1032,8 +1092,34 @@ fn parse_grid(
         replicates: raw.replicates,
         warmups,
         lrs,
+        recipes,
         models: Vec::new(),
     })
+}
+
+/// A grid's recipes: `[common]` for training when it names none (`[None]` for the other
+/// tasks); training only, each once.
+fn parse_recipes(
+    names: &[String],
+    key: &str,
+    train: Option<&TrainSpec>,
+) -> Result<Vec<Option<Recipe>>> {
+    let k = format!("{key}.recipes");
+    if names.is_empty() {
+        return Ok(vec![train.map(|_| Recipe::Common)]);
+    }
+    if train.is_none() {
+        bail!("{k}: recipes apply to training (a [train] table)");
+    }
+    let mut out = Vec::new();
+    for name in names {
+        let r = name.parse::<Recipe>().map_err(|e| anyhow!("{k}: {e}"))?;
+        if out.contains(&Some(r)) {
+            bail!("{k}: {r} appears twice");
+        }
+        out.push(Some(r));
+    }
+    Ok(out)
 }
 
 /// Validates a grid of ONNX models: the files describe the networks, so no built-in axis
@@ -1051,6 +1137,7 @@ fn parse_model_grid(raw: RawGrid, key: &str) -> Result<Grid> {
         ("units", !raw.units.is_empty()),
         ("warmups", !raw.warmups.is_empty()),
         ("lrs", !raw.lrs.is_empty()),
+        ("recipes", !raw.recipes.is_empty()),
     ] {
         if set {
             bail!(
@@ -1076,6 +1163,7 @@ fn parse_model_grid(raw: RawGrid, key: &str) -> Result<Grid> {
         replicates: raw.replicates,
         warmups: vec![None],
         lrs: vec![None],
+        recipes: vec![None],
         models: raw.models,
     })
 }

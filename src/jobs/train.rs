@@ -61,6 +61,13 @@ pub struct TrainJob {
     /// is below 80%, and at least 400/64k of the run); Adam, no warm-up.
     #[arg(long, value_name = "N")]
     pub warmup_steps: Option<usize>,
+    /// common (the flags above: the paper's recipe by default), or a descendant's own, as its
+    /// authors' code trains it: fixup (init fixup: no warm-up, the scalar biases, multipliers
+    /// and the classifier's bias at a tenth of the rate) or rezero (an alpha:A or rezero
+    /// shortcut: no warm-up). SGD only; sets the warm-up, so not with --warmup-steps.
+    #[arg(long, default_value = "common", value_parser = |s: &str| s.parse::<crate::train::Recipe>())]
+    #[serde(serialize_with = "crate::util::serialize_display")]
+    pub recipe: crate::train::Recipe,
     /// Weight decay, 0 or more, with --lr x it below 1 (a step shrinks the weights by that
     /// fraction of themselves).
     #[arg(long, default_value_t = 1e-4, allow_hyphen_values = true)]
@@ -157,6 +164,15 @@ impl TrainJob {
                 })?;
             }
         }
+        self.recipe
+            .check(&self.arch, self.optimizer)
+            .map_err(|e| anyhow::anyhow!("--recipe: {e}"))?;
+        if self.recipe.warmup().is_some() && self.warmup_steps.is_some() {
+            bail!(
+                "--warmup-steps: the {} recipe sets the warm-up (none); leave one of the two out",
+                self.recipe
+            );
+        }
         if let Some(n) = self.stop_after_epochs {
             if n == 0 || n > self.epochs {
                 bail!(
@@ -248,7 +264,11 @@ impl TrainJob {
             weight_decay: args.weight_decay,
             optimizer: args.optimizer,
             weight_decay_mode: args.weight_decay_mode,
-            warmup: crate::train::Warmup::for_optimizer(args.optimizer, args.warmup_steps),
+            warmup: crate::train::Warmup::for_optimizer(
+                args.optimizer,
+                args.recipe.warmup().or(args.warmup_steps),
+            ),
+            scalar_lr_factor: args.recipe.scalar_lr_factor(),
             record_every: args.record_every,
             signal: false,
             seed: args.seed,
@@ -283,6 +303,7 @@ impl TrainJob {
             norm: arch.norm.to_string(),
             init: arch.init.to_string(),
             warmup: cfg.warmup.to_string(),
+            recipe: args.recipe.to_string(),
             record_every: args.record_every,
             seed: args.seed,
             data: args.data.to_string(),

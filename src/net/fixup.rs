@@ -107,6 +107,20 @@ pub fn apply(net: &mut Network) -> Result<()> {
     Ok(())
 }
 
+/// The parameters Fixup's authors train at a reduced rate: their CIFAR and ImageNet scripts put
+/// every parameter whose name holds `bias` or `scale` in its own group at a tenth of the base
+/// rate. Here: every bias (the scalar biases, the classifier's and any dense layer's, all named
+/// `*.b`) and the branch multipliers (`unit{l}.fixup.scale.a`).
+pub fn scalar_param_names(net: &Network) -> std::collections::BTreeSet<String> {
+    let mut names = std::collections::BTreeSet::new();
+    net.visit_params(&mut |name, _| {
+        if name.ends_with(".b") || name.ends_with(".fixup.scale.a") {
+            names.insert(name);
+        }
+    });
+    names
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -116,5 +130,46 @@ mod tests {
         // L^(-1/2) for two-layer branches, L^(-1/4) for three (bottleneck).
         assert_eq!(fixup_scale(54, 2), 54f64.powf(-0.5));
         assert_eq!(fixup_scale(54, 3), 54f64.powf(-0.25));
+    }
+
+    #[test]
+    fn scalar_params_are_the_biases_and_multipliers() {
+        let desc = crate::net::NetDescription {
+            units: 2,
+            width: 4,
+            placement: crate::unit::Placement::Original,
+            norm: crate::layers::NormKind::None,
+            init: crate::net::Init::Fixup,
+            ..Default::default()
+        };
+        let net = desc
+            .build(
+                &crate::net::InputSizes {
+                    input_dim: 3,
+                    image_size: 1,
+                    input_channels: 1,
+                    classes: 2,
+                },
+                1,
+            )
+            .unwrap();
+        let names = scalar_param_names(&net);
+        let want = [
+            "classifier.b",
+            "head.fixup.bias.b",
+            "stem.fixup.bias.b",
+            "unit0.fixup.bias1.b",
+            "unit0.fixup.bias2.b",
+            "unit0.fixup.bias3.b",
+            "unit0.fixup.bias_out.b",
+            "unit0.fixup.scale.a",
+        ];
+        for w in want {
+            assert!(names.contains(w), "{w} missing from {names:?}");
+        }
+        // Two units of four biases and a multiplier, the stem's, the head's, the classifier's.
+        assert_eq!(names.len(), 2 * 5 + 3, "{names:?}");
+        // The weights stay in the main group.
+        assert!(!names.iter().any(|n| n.ends_with(".w")));
     }
 }

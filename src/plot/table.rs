@@ -159,11 +159,13 @@ impl Table {
                     .any(|r| self.get(r, c) != self.get(&self.rows[0], c))
         };
         let others = |r: &[String]| -> Vec<String> {
-            [NET, PLACEMENT, SHORTCUT, NORM, INIT, WARMUP, BASE_LR, UNITS]
-                .into_iter()
-                .filter(|&c| self.has(c))
-                .map(|c| self.get(r, c).to_string())
-                .collect()
+            [
+                NET, PLACEMENT, SHORTCUT, NORM, INIT, WARMUP, BASE_LR, RECIPE, UNITS,
+            ]
+            .into_iter()
+            .filter(|&c| self.has(c))
+            .map(|c| self.get(r, c).to_string())
+            .collect()
         };
         let projection_on_its_own = varies(PROJECTION) && {
             let mut seen: BTreeMap<Vec<String>, &str> = BTreeMap::new();
@@ -172,13 +174,24 @@ impl Table {
                 *seen.entry(others(r)).or_insert(p) != p
             })
         };
+        // A descendant's recipe sets its warm-up: where the warm-up varies only with the
+        // recipe, the recipe names it.
+        let warmup_by_recipe = varies(RECIPE) && {
+            let mut seen: BTreeMap<&str, &str> = BTreeMap::new();
+            self.rows.iter().all(|r| {
+                let (recipe, warmup) = (self.get(r, RECIPE), self.get(r, WARMUP));
+                *seen.entry(recipe).or_insert(warmup) == warmup
+            })
+        };
         [
-            NET, PLACEMENT, SHORTCUT, NORM, INIT, WARMUP, BASE_LR, PROJECTION, UNITS,
+            NET, PLACEMENT, SHORTCUT, NORM, INIT, WARMUP, BASE_LR, RECIPE, PROJECTION, UNITS,
         ]
         .into_iter()
         .filter(|&c| {
             if c == PROJECTION {
                 projection_on_its_own
+            } else if c == WARMUP && warmup_by_recipe {
+                false
             } else {
                 varies(c)
             }
@@ -219,11 +232,16 @@ impl Table {
                     format!("init {}", self.get(row, c))
                 } else if c == WARMUP {
                     match self.get(row, c) {
-                        "" => "no warm-up set".to_string(),
+                        "" => "default warm-up".to_string(),
                         w => format!("warm-up {w}"),
                     }
                 } else if c == BASE_LR {
                     format!("lr {}", self.get(row, c))
+                } else if c == RECIPE {
+                    match self.get(row, c) {
+                        "" => "no recipe set".to_string(),
+                        r => format!("{r} recipe"),
+                    }
                 } else if c == PROJECTION {
                     format!("projection {}", self.get(row, c))
                 } else {
@@ -294,7 +312,42 @@ pub fn geo_mean(values: &[f64]) -> f64 {
 
 #[cfg(test)]
 mod tests {
-    use super::geo_mean;
+    use super::{geo_mean, Table};
+
+    #[test]
+    fn a_warm_up_that_the_recipe_sets_is_named_by_the_recipe() {
+        let header: Vec<String> = [
+            "experiment",
+            "net",
+            "placement",
+            "shortcut",
+            "warmup",
+            "recipe",
+        ]
+        .map(String::from)
+        .to_vec();
+        let row = |shortcut: &str, warmup: &str, recipe: &str| -> Vec<String> {
+            ["e", "mlp", "original", shortcut, warmup, recipe]
+                .map(String::from)
+                .to_vec()
+        };
+        let t = Table::new(
+            header.clone(),
+            vec![row("identity", "", "common"), row("identity", "0", "fixup")],
+        );
+        assert_eq!(t.variant(&t.rows[1]), "fixup recipe");
+        // A warm-up swept apart from the recipe keeps its label; the default one says so.
+        let t = Table::new(
+            header,
+            vec![
+                row("identity", "", "common"),
+                row("identity", "5", "common"),
+                row("identity", "0", "fixup"),
+            ],
+        );
+        assert_eq!(t.variant(&t.rows[0]), "default warm-up common recipe");
+        assert_eq!(t.variant(&t.rows[1]), "warm-up 5 common recipe");
+    }
 
     #[test]
     fn the_geometric_mean_keeps_zero_and_negative_apart() {

@@ -186,6 +186,9 @@ pub struct RunConfig {
     #[serde(default = "default_init")]
     pub init: String,
     pub warmup: String,
+    /// common or a descendant's own (absent before `--recipe`: common).
+    #[serde(default = "default_recipe")]
+    pub recipe: String,
     pub record_every: usize,
     pub seed: u64,
     pub data: String,
@@ -194,6 +197,10 @@ pub struct RunConfig {
 
 fn default_optimizer() -> String {
     "sgd".into()
+}
+
+fn default_recipe() -> String {
+    "common".into()
 }
 
 fn default_norm() -> String {

@@ -17,7 +17,10 @@ use crate::tensor::all_finite;
 use crate::unit::ForwardCtx;
 
 pub mod optim;
-pub use optim::{Adam, Optimizer, OptimizerKind, Sgd, WeightDecayMode};
+pub use optim::{Adam, Optimizer, OptimizerKind, RateFactors, Sgd, WeightDecayMode};
+
+pub mod recipe;
+pub use recipe::Recipe;
 
 /// Network sizes that fit a dataset: the MLP's input dimension is an image's pixel count, a
 /// ResNet takes the images' channels and size.
@@ -207,6 +210,10 @@ pub struct TrainConfig {
     pub optimizer: OptimizerKind,
     pub weight_decay_mode: WeightDecayMode,
     pub warmup: Warmup,
+    /// The rate of Fixup's scalar biases and multipliers (and the classifier's bias) relative
+    /// to the base rate: 1 trains them like every other weight; Fixup's own recipe takes 0.1
+    /// ([`Recipe::scalar_lr_factor`]).
+    pub scalar_lr_factor: f64,
     /// Take the per-unit gradient record every this many steps (0: never).
     pub record_every: usize,
     /// Record every weight layer's input statistics before the first step and after the
@@ -403,6 +410,14 @@ pub fn train(
         total_steps: steps_per_epoch * cfg.epochs,
     };
     let mut optimizer = resume.optimizer.unwrap_or_else(|| cfg.new_optimizer());
+    let rates = if cfg.scalar_lr_factor == 1.0 {
+        RateFactors::uniform()
+    } else {
+        RateFactors::new(
+            crate::net::fixup::scalar_param_names(net),
+            cfg.scalar_lr_factor,
+        )
+    };
     let mut history = resume.history;
     let mut step = resume.epoch * steps_per_epoch;
     // The weight layers' inputs are measured on a fixed batch of training images, BN in
@@ -473,7 +488,7 @@ pub fn train(
             }
             let lr = schedule.lr_with(step, cfg.warmup, warming);
             net.update_running_stats(&cache);
-            optimizer.step(net, &grads, lr);
+            optimizer.step(net, &grads, lr, &rates);
             let last = b + 1 == steps_per_epoch;
             // The training-side numbers of the gap at every other epoch's end and at the last.
             let eval_train = evaluates_train(epoch, cfg.epochs);
@@ -549,11 +564,11 @@ mod tests {
             crate::tensor::Tensor::from_shape_vec(ndarray::IxDyn(&[2]), vec![1.0, -2.0]).unwrap();
         grads.accumulate("classifier.b", g.clone());
         let mut sgd = Sgd::new(0.9, 1e-4);
-        sgd.step(&mut net, &grads, 0.1);
+        sgd.step(&mut net, &grads, 0.1, &RateFactors::uniform());
         // v1 = g + wd w0 = g (w0 = 0); w1 = w0 - 0.1 g.
         let w1 = net.param("classifier.b").unwrap();
         assert_eq!(w1, &w0 - &(&g * 0.1));
-        sgd.step(&mut net, &grads, 0.1);
+        sgd.step(&mut net, &grads, 0.1, &RateFactors::uniform());
         // v2 = 0.9 v1 + g + 1e-4 w1; w2 = w1 - 0.1 v2.
         let v2 = &(&g * 0.9) + &g + &(&w1 * 1e-4);
         let w2 = net.param("classifier.b").unwrap();
@@ -582,6 +597,26 @@ mod tests {
             .param("classifier.w")
             .unwrap()
         );
+    }
+
+    #[test]
+    fn a_reduced_group_steps_at_its_fraction_of_the_rate() {
+        // Fixup's recipe: the named parameters at a tenth of the rate, the others at the rate.
+        let mut net = digits_mlp(1, 4);
+        let (b0, w0) = (
+            net.param("classifier.b").unwrap(),
+            net.param("classifier.w").unwrap(),
+        );
+        let mut grads = Grads::new();
+        grads.accumulate("classifier.b", crate::tensor::Tensor::ones(b0.raw_dim()));
+        grads.accumulate("classifier.w", crate::tensor::Tensor::ones(w0.raw_dim()));
+        let rates = RateFactors::new(["classifier.b".to_string()].into(), 0.1);
+        Sgd::new(0.9, 0.0).step(&mut net, &grads, 0.5, &rates);
+        // One step from zero velocity: w1 = w0 - lr x factor x g.
+        let db = &b0 - &net.param("classifier.b").unwrap();
+        let dw = &w0 - &net.param("classifier.w").unwrap();
+        assert!(db.iter().all(|&d| (d - 0.05).abs() < 1e-15), "{db}");
+        assert!(dw.iter().all(|&d| (d - 0.5).abs() < 1e-15), "{dw}");
     }
 
     #[test]
@@ -649,6 +684,7 @@ mod tests {
             optimizer: OptimizerKind::Sgd,
             weight_decay_mode: WeightDecayMode::Decoupled,
             warmup: Warmup::UntilError,
+            scalar_lr_factor: 1.0,
             record_every,
             signal: false,
             seed: 1,

@@ -7,7 +7,7 @@
 //!   `m = b1 m + (1 - b1) g'`, `v = b2 v + (1 - b2) g'^2`, `t += 1`,
 //!   `w -= lr (m / (1 - b1^t)) / (sqrt(v / (1 - b2^t)) + eps)`.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use crate::grads::Grads;
 use crate::net::Network;
@@ -75,6 +75,36 @@ impl std::fmt::Display for WeightDecayMode {
     }
 }
 
+/// Per-parameter factors on the learning rate: 1 for every parameter, or a factor for a named
+/// set (Fixup's authors train its scalar biases and multipliers at a tenth of the rate, in
+/// their own parameter groups; see [`crate::net::fixup::scalar_param_names`]).
+#[derive(Debug, Clone, Default)]
+pub struct RateFactors {
+    reduced: BTreeSet<String>,
+    factor: f64,
+}
+
+impl RateFactors {
+    /// The same rate for every parameter.
+    pub fn uniform() -> Self {
+        RateFactors::default()
+    }
+
+    /// `factor` for the parameters named in `reduced`, 1 for the others.
+    pub fn new(reduced: BTreeSet<String>, factor: f64) -> Self {
+        RateFactors { reduced, factor }
+    }
+
+    /// The factor on parameter `name`'s rate.
+    pub fn of(&self, name: &str) -> f64 {
+        if self.reduced.contains(name) {
+            self.factor
+        } else {
+            1.0
+        }
+    }
+}
+
 /// SGD with momentum and L2 weight decay.
 #[derive(Debug, Clone)]
 pub struct Sgd {
@@ -93,12 +123,13 @@ impl Sgd {
         }
     }
 
-    /// One update of every parameter that has a gradient.
-    pub fn step(&mut self, net: &mut Network, grads: &Grads, lr: f64) {
+    /// One update of every parameter that has a gradient, each at `lr` times its factor.
+    pub fn step(&mut self, net: &mut Network, grads: &Grads, lr: f64, rates: &RateFactors) {
         let (m, wd) = (self.momentum, self.weight_decay);
         let velocity = &mut self.velocity;
         net.visit_params_mut(&mut |name, w| {
             let Some(g) = grads.get(&name) else { return };
+            let lr = lr * rates.of(&name);
             let v = velocity
                 .entry(name)
                 .or_insert_with(|| Tensor::zeros(w.raw_dim()));
@@ -141,7 +172,7 @@ impl Adam {
         }
     }
 
-    pub fn step(&mut self, net: &mut Network, grads: &Grads, lr: f64) {
+    pub fn step(&mut self, net: &mut Network, grads: &Grads, lr: f64, rates: &RateFactors) {
         self.t += 1;
         let (b1, b2, eps, wd, mode) = (
             self.beta1,
@@ -155,6 +186,7 @@ impl Adam {
         let (ms, vs) = (&mut self.m, &mut self.v);
         net.visit_params_mut(&mut |name, w| {
             let Some(g) = grads.get(&name) else { return };
+            let lr = lr * rates.of(&name);
             adam_update(
                 w,
                 g,
@@ -219,10 +251,10 @@ pub enum Optimizer {
 }
 
 impl Optimizer {
-    pub fn step(&mut self, net: &mut Network, grads: &Grads, lr: f64) {
+    pub fn step(&mut self, net: &mut Network, grads: &Grads, lr: f64, rates: &RateFactors) {
         match self {
-            Optimizer::Sgd(o) => o.step(net, grads, lr),
-            Optimizer::Adam(o) => o.step(net, grads, lr),
+            Optimizer::Sgd(o) => o.step(net, grads, lr, rates),
+            Optimizer::Adam(o) => o.step(net, grads, lr, rates),
         }
     }
 

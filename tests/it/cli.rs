@@ -612,3 +612,44 @@ fn weight_grad_csv_has_one_row_per_weight_layer() {
         "{text}"
     );
 }
+
+/// `--recipe` applies to its own descendant only, with SGD, and sets the warm-up itself.
+#[test]
+fn a_descendants_recipe_is_refused_where_it_cannot_apply() {
+    refused(
+        &["train", "--recipe", "fixup"],
+        "--recipe: the fixup recipe trains nets with init fixup and this network is full-preact identity init he",
+    );
+    refused(
+        &[
+            "train",
+            "--net",
+            "mlp",
+            "--norm",
+            "none",
+            "--init",
+            "fixup",
+            "--placement",
+            "original",
+            "--recipe",
+            "fixup",
+            "--warmup-steps",
+            "3",
+        ],
+        "--warmup-steps: the fixup recipe sets the warm-up (none); leave one of the two out",
+    );
+    refused(
+        &[
+            "train",
+            "--shortcut",
+            "rezero",
+            "--recipe",
+            "rezero",
+            "--optimizer",
+            "adam",
+            "--lr",
+            "1e-3",
+        ],
+        "--recipe: the rezero recipe is SGD with momentum",
+    );
+}

@@ -48,7 +48,7 @@ fn run_writes_tidy_csv_spec_and_charts() {
     let header = lines.next().unwrap();
     assert!(
         header.starts_with(
-            "experiment,cell,net,placement,shortcut,norm,init,warmup,base_lr,projection,units,replicate,unit,"
+            "experiment,cell,net,placement,shortcut,norm,init,warmup,base_lr,recipe,projection,units,replicate,unit,"
         ),
         "{header}"
     );
@@ -332,7 +332,7 @@ fn training_experiments_write_curves_heatmaps_and_a_ranked_report() {
     all(&w, &exp).ok();
     let train = w.read("results/tinytrain/train.csv");
     assert!(train.starts_with(
-        "experiment,cell,net,placement,shortcut,norm,init,warmup,base_lr,projection,units,replicate,step,epoch,lr,train_loss"
+        "experiment,cell,net,placement,shortcut,norm,init,warmup,base_lr,recipe,projection,units,replicate,step,epoch,lr,train_loss"
     ));
     assert_eq!(
         train.lines().count(),
@@ -347,7 +347,7 @@ fn training_experiments_write_curves_heatmaps_and_a_ranked_report() {
     );
     let signal = w.read("results/tinytrain/signal.csv");
     assert!(signal.starts_with(
-        "experiment,cell,net,placement,shortcut,norm,init,warmup,base_lr,projection,units,replicate,when,unit,layer,mean,var"
+        "experiment,cell,net,placement,shortcut,norm,init,warmup,base_lr,recipe,projection,units,replicate,when,unit,layer,mean,var"
     ));
     assert_eq!(
         signal.lines().count(),
@@ -504,12 +504,12 @@ fn training_grids_sweep_warmups_with_adam() {
             .iter()
             .find(|r| {
                 let f: Vec<&str> = r.split(',').collect();
-                f[7] == warmup && f[12] == step
+                f[7] == warmup && f[13] == step
             })
             .unwrap_or_else(|| panic!("no row for warm-up {warmup} step {step}"));
-        r.split(',').nth(14).unwrap().parse().unwrap()
+        r.split(',').nth(15).unwrap().parse().unwrap()
     };
-    assert!(csv.starts_with("experiment,cell,net,placement,shortcut,norm,init,warmup,base_lr,projection,units,replicate,step,epoch,lr,"), "{}", &csv[..120]);
+    assert!(csv.starts_with("experiment,cell,net,placement,shortcut,norm,init,warmup,base_lr,recipe,projection,units,replicate,step,epoch,lr,"), "{}", &csv[..120]);
     assert_eq!(lr_at("0", "0"), 1e-3);
     assert!((lr_at("7", "0") - 1e-3 / 7.0).abs() < 1e-18);
     assert_eq!(lr_at("7", "6"), 1e-3);
@@ -556,8 +556,8 @@ fn training_grids_sweep_learning_rates() {
     // 2 placements x 2 rates x 3 replicates; the keys' base_lr is the rate of step 0.
     let cells: std::collections::BTreeSet<&str> = rows.iter().map(|r| r[1]).collect();
     assert_eq!(cells.len(), 12);
-    for r in rows.iter().filter(|r| r[12] == "0") {
-        let (base, scheduled): (f64, f64) = (r[8].parse().unwrap(), r[14].parse().unwrap());
+    for r in rows.iter().filter(|r| r[13] == "0") {
+        let (base, scheduled): (f64, f64) = (r[8].parse().unwrap(), r[15].parse().unwrap());
         assert!(base == 0.01 || base == 0.3, "{r:?}");
         assert_eq!(scheduled, base, "{r:?}");
     }
@@ -589,6 +589,97 @@ fn training_grids_sweep_learning_rates() {
         (
             text.replace("lrs = [0.01, 0.3]", "lrs = [0.3]"),
             "charts: 'lr_sweep' draws a sweep of learning rates",
+        ),
+    ] {
+        w.write("bad.toml", spec);
+        let o = w.cmd("run", "bad.toml", "results").run();
+        let err = stderr(&o);
+        assert!(
+            err.contains(needle) && err.trim_end().lines().count() == 1,
+            "{needle}: {err}"
+        );
+    }
+}
+
+/// A grid names recipes: the common one (the `[train]` table's) and a descendant's own, whose
+/// cells carry its name in the `recipe` key column, start at the full rate (no warm-up) and
+/// keep the fingerprint rule (a common cell of a grid without `recipes` is the same cell);
+/// a recipe is refused where it cannot apply.
+#[test]
+fn training_grids_name_a_descendants_own_recipe() {
+    let w = Work::new();
+    let text = TRAIN_SPEC
+        .replace(
+            "placements = [\"original\", \"full-preact\"]\nshortcuts = [\"identity\"]",
+            "placements = [\"original\"]\nshortcuts = [\"identity\"]\nnorms = [\"none\"]\ninits = [\"fixup\"]\nrecipes = [\"common\", \"fixup\"]",
+        )
+        .replace(
+            "charts = [\"train_curves\", \"grad_heatmap\", \"grad_ratio_steps\", \"generalisation\", \"weight_inputs\"]",
+            "charts = [\"train_curves\"]",
+        );
+    let text = text[..text.find("[paper]").unwrap()].to_string();
+    w.write("recipes.toml", &text);
+    w.cmd("run", "recipes.toml", "results").ok();
+    let csv = w.read("results/tinytrain/train.csv");
+    let rows: Vec<Vec<&str>> = csv
+        .lines()
+        .skip(1)
+        .map(|r| r.split(',').collect())
+        .collect();
+    // Keys: ... warmup (7), base_lr (8), recipe (9) ...; step 13, lr 15.
+    let first = |recipe: &str| {
+        rows.iter()
+            .find(|r| r[9] == recipe && r[13] == "0")
+            .unwrap_or_else(|| panic!("no first step for {recipe}: {csv}"))
+            .clone()
+    };
+    let (common, fixup) = (first("common"), first("fixup"));
+    assert_eq!(
+        (common[7], fixup[7]),
+        ("", "0"),
+        "the fixup recipe has no warm-up"
+    );
+    let lr = |r: &[&str]| r[15].parse::<f64>().unwrap();
+    assert_eq!(lr(&fixup), 0.1, "{fixup:?}");
+    assert!((lr(&common) - 0.01).abs() < 1e-15, "{common:?}");
+    // The common cell is the one a grid without `recipes` makes: one fingerprint, one file.
+    let plain = text.replace("recipes = [\"common\", \"fixup\"]\n", "");
+    w.write("plain.toml", &plain);
+    let o = w.cmd("run", "plain.toml", "results").ok();
+    assert!(
+        stderr(&o).contains("1 cells (0 computed now")
+            || stdout(&o).contains("1 cells (0 computed now"),
+        "{}{}",
+        stdout(&o),
+        stderr(&o)
+    );
+    for (spec, needle) in [
+        (
+            SPEC.replace(
+                "replicates = [0, 1]",
+                "replicates = [0, 1]\nrecipes = [\"fixup\"]",
+            ),
+            "grid.recipes: recipes apply to training",
+        ),
+        (
+            text.replace("recipes = [\"common\", \"fixup\"]", "recipes = [\"common\", \"fix-up\"]"),
+            "grid.recipes: unknown recipe 'fix-up' (expected common, fixup or rezero)",
+        ),
+        (
+            text.replace("recipes = [\"common\", \"fixup\"]", "recipes = [\"fixup\", \"fixup\"]"),
+            "grid.recipes: fixup appears twice",
+        ),
+        (
+            text.replace("recipes = [\"common\", \"fixup\"]", "recipes = [\"rezero\"]"),
+            "grid.recipes: the rezero recipe trains nets with an alpha:A (or rezero) shortcut and this network is original identity init fixup",
+        ),
+        (
+            text.replace("recipes = [\"common\", \"fixup\"]", "recipes = [\"fixup\"]\nwarmups = [5]"),
+            "grid.warmups: a descendant's recipe sets its own warm-up (none)",
+        ),
+        (
+            text.replace("[train]", "[train]\noptimizer = \"adam\"\nlr = 1e-3"),
+            "grid.recipes: the fixup recipe is SGD with momentum",
         ),
     ] {
         w.write("bad.toml", spec);

@@ -366,8 +366,8 @@ fn an_experiment_profiles_models_keyed_by_their_files_and_fingerprinted_by_their
     // no built-in axis describes a model, the file's name and its depth do.
     assert_eq!(rows.len(), 2 * 5 + 2 * 4);
     for r in &rows {
-        let (net, units) = (r[2], r[10]);
-        assert_eq!(r[3..10], ["", "", "", "", "", "", ""], "{r:?}");
+        let (net, units) = (r[2], r[11]);
+        assert_eq!(r[3..11], ["", "", "", "", "", "", "", ""], "{r:?}");
         match net {
             "mine.onnx" => assert_eq!(units, "4"),
             "preln.onnx" => assert_eq!(units, "3"),
