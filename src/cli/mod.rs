@@ -18,6 +18,7 @@ pub mod lesion;
 pub mod paths;
 pub mod profile;
 pub mod python;
+pub mod serve;
 pub mod shatter;
 pub mod train;
 
@@ -97,6 +98,10 @@ pub enum Command {
     /// Run every experiment in experiments/, draw the charts into plots/ and write
     /// plots/README.md (what `resprop` does with no command).
     All(experiment::AllArgs),
+    /// The explorer: a local web page (http://127.0.0.1:8000/) where the gradient profile of
+    /// a network answers every change of its controls, measured by this engine; the page is
+    /// compiled in and works offline.
+    Serve(serve::ServeArgs),
 }
 
 pub use crate::jobs::Given;
@@ -117,6 +122,7 @@ impl Command {
             | Command::Plot(_)
             | Command::Data(_)
             | Command::Inspect(_)
+            | Command::Serve(_)
             | Command::All(_) => {}
         }
     }
@@ -240,6 +246,7 @@ pub fn run(args: impl IntoIterator<Item = OsString>) -> ExitCode {
         Command::Data(a) => in_pool(None, || data::run(&a)),
         Command::Inspect(a) => inspect::run(&a),
         Command::All(a) => in_pool(a.threads, || experiment::all(&a)),
+        Command::Serve(a) => serve::run(&a),
     };
     match result {
         Ok(code) => code,

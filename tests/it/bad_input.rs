@@ -89,6 +89,7 @@ impl Fixture {
                 ("results", r("r2")),
                 ("plots", r("p2")),
             ],
+            "serve" => vec![("port", "0".into())],
             other => panic!("no base command line for '{other}'"),
         };
         flags

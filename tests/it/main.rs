@@ -26,4 +26,5 @@ mod hostile_files;
 mod import;
 mod init;
 mod paths;
+mod serve;
 mod unit_gradients;
