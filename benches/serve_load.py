@@ -50,6 +50,7 @@ def main():
     server = subprocess.Popen([a.binary, "serve", "--port", "0"], stdout=subprocess.PIPE, text=True)
     try:
         url = re.search(r"(http://127\.0\.0\.1:\d+/)", server.stdout.readline()).group(1)
+        print(f"server VmRSS at start: {rss_mib(server.pid):.1f} MiB")
         for name, body in [
             ("MLP, 50 units, width 32, batch 32", {"net": "mlp", "units": 50, "width": 32, "batch": 32}),
             ("ResNet-110, batch 32, 3x32x32", {"net": "resnet110", "batch": 32}),
@@ -82,6 +83,7 @@ def main():
         settled = rss_mib(server.pid)
         good = sum(ok for ok, _ in results)
         secs = [s for _, s in results]
+        print(f"server VmRSS after the latency runs: {before:.1f} MiB")
         print(f"load: {len(results)} requests from {a.clients} clients in {wall:.2f} s, {good} answered "
               f"correctly; per answer median {statistics.median(secs):.3f} s, max {max(secs):.3f} s; "
               f"server VmRSS {before:.1f} MiB before, {after:.1f} MiB after, {settled:.1f} MiB 2 s later")
