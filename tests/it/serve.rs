@@ -438,3 +438,45 @@ fn a_hundred_requests_from_four_clients_are_all_answered_correctly() {
         c.join().unwrap();
     }
 }
+
+/// A checkpoint trained on a user's file is not read again through the page: the server reads
+/// no path that a checkpoint's contents name.
+#[test]
+fn a_checkpoint_of_data_given_by_a_path_is_refused() {
+    let w = Work::new();
+    // The user's own arrays: 128 vectors of 4 values, labels 0 and 1.
+    let npz = w.path("mine.npz");
+    let mut file = ndarray_npy::NpzWriter::new(std::fs::File::create(&npz).unwrap());
+    let x = ndarray::Array2::<f64>::from_shape_fn((128, 4), |(i, j)| ((i * 7 + j * 3) % 11) as f64);
+    let y = ndarray::Array1::<i64>::from_shape_fn(128, |i| (i % 2) as i64);
+    file.add_array("x", &x).unwrap();
+    file.add_array("y", &y).unwrap();
+    file.finish().unwrap();
+    let ck = w.path("cks/run2");
+    let data = format!("npz:{}", s(&npz));
+    ok(&resprop(&[
+        "train",
+        "--net",
+        "mlp",
+        "--units",
+        "2",
+        "--width",
+        "4",
+        "--epochs",
+        "1",
+        "--data",
+        &data,
+        "--checkpoint",
+        &s(&ck),
+    ]));
+    let server = Running::start(Some(w.path("cks")));
+    let (status, answer) = server.post("/api/profile", br#"{"checkpoint": "run2"}"#);
+    assert_eq!(status, 400, "{answer}");
+    assert!(
+        answer["error"]
+            .as_str()
+            .unwrap()
+            .contains("was trained on data given by a path"),
+        "{answer}"
+    );
+}

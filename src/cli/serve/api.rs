@@ -528,6 +528,7 @@ fn job(state: &State, name: &str, body: &[u8]) -> Reply {
         Arc::new(AtomicUsize::new(0)),
         Arc::new(AtomicUsize::new(0)),
     );
+    let command = command_line(name, &values);
     // In line behind the computation running, if there is room in the line.
     if state.waiting.fetch_add(1, Ordering::SeqCst) >= MAX_WAITING {
         state.waiting.fetch_sub(1, Ordering::SeqCst);
@@ -549,7 +550,7 @@ fn job(state: &State, name: &str, body: &[u8]) -> Reply {
     {
         let mut running = state.running.lock().unwrap_or_else(|e| e.into_inner());
         *running = Some(Running {
-            what: command_line(name, &values),
+            what: command.clone(),
             started: Instant::now(),
             cancellable: name == "paths",
             stop: stop.clone(),
@@ -591,7 +592,7 @@ fn job(state: &State, name: &str, body: &[u8]) -> Reply {
         Ok((csv, loss)) => Reply::json(
             200,
             json!({
-                "command": command_line(name, &values),
+                "command": command,
                 "csv": String::from_utf8_lossy(&csv),
                 "loss": loss.is_finite().then_some(loss),
             }),
