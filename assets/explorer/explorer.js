@@ -231,8 +231,8 @@ function schedule() {
 
 const JSON_POST = (body) => ({ method: "POST", headers: { "Content-Type": "application/json" }, body: JSON.stringify(body) });
 
-// POSTs a job; while it runs, the server's status (time, progress) is shown, and Cancel is
-// offered for work that can stop.
+// POSTs a job; while it runs, the server's status (time, progress) is shown and Cancel is
+// offered.
 async function post(path, body) {
   const started = performance.now();
   let done = false;
@@ -242,13 +242,13 @@ async function post(path, body) {
       if (done || !s.running) return; // a poll that returns after the answer says nothing
       const prog = s.running.total ? ` (${s.running.done} of ${s.running.total})` : "";
       setStatus(`computing… ${s.running.elapsed_s.toFixed(1)} s${prog}`);
-      $("#cancel").disabled = !s.running.cancellable;
+      $("#cancel").disabled = false;
     } catch (_) { /* the answer will say */ }
   }, 400);
   try {
     const res = await fetch(path, JSON_POST(body));
     const answer = await res.json();
-    return { ok: res.ok, answer, ms: performance.now() - started };
+    return { ok: res.ok, status: res.status, answer, ms: performance.now() - started };
   } finally {
     done = true;
     clearInterval(poll);
@@ -272,6 +272,9 @@ async function send() {
   try {
     if (!answered) {
       // said above
+    } else if (answered.status === 409) {
+      // Cancelled: the charts keep the last answer.
+      setStatus(`cancelled: ${answered.answer.error.replace(/^interrupted /, "stopped ")}; the charts show the previous configuration`);
     } else if (!answered.ok) {
       setStatus(`error: ${answered.answer.error}`, true);
       drawPaths();
@@ -298,7 +301,8 @@ async function computePaths() {
   if (!explorer.last || inFlight) return;
   inFlight = true;
   try {
-    const { ok, answer, ms } = await post("/api/paths", explorer.last.request);
+    const { ok, status, answer, ms } = await post("/api/paths", explorer.last.request);
+    if (status === 409) { setStatus(`cancelled: ${answer.error.replace(/^interrupted /, "stopped ")}`); return; }
     if (!ok) { setStatus(`error: ${answer.error}`, true); return; }
     explorer.paths = { csv: answer.csv, columns: parseCsv(answer.csv), command: answer.command };
     $("#paths_csv").href = URL.createObjectURL(new Blob([answer.csv], { type: "text/csv" }));

@@ -7,8 +7,8 @@ Every function takes the command line's flags as keyword arguments (`--bn-mode` 
 `bn_mode`), with its defaults, and returns the table of the matching CSV: the same columns and
 the same floats. Bad arguments raise ValueError with the command line's one-line message, and
 an argument of the wrong kind TypeError naming it.
-Ctrl-C stops train, run, check, paths and lesion at their next step, cell, job, path or
-lesion and raises KeyboardInterrupt saying where they stopped.
+Ctrl-C stops profile, train, run, check, paths and lesion at their next unit, step, cell,
+job, path or lesion and raises KeyboardInterrupt saying where they stopped.
 
 Each function's arguments, their defaults and what they mean are those of the command's
 flags (help(resprop.profile) lists them, from the same definitions as `resprop profile

@@ -210,9 +210,10 @@ fn profile<'py>(
     let Command::Profile(args) = parse("profile", kwargs)? else {
         unreachable!("profile parses as profile")
     };
-    // The engine runs without the GIL: other Python threads go on meanwhile.
-    let computed = py.detach(|| -> anyhow::Result<_> {
-        let run = args.job.run()?;
+    // The engine runs without the GIL (other Python threads go on meanwhile); Ctrl-C stops it
+    // before the next unit of either pass.
+    let computed = interruptible(py, "profile", |stop| -> anyhow::Result<_> {
+        let run = args.job.run(stop)?;
         let (net, cache, grads) = (&run.analysis.net, &run.cache, &run.grads);
         let tensors = arrays.then(|| {
             let stages = resprop::analysis::record::Stages::of(net, cache);
@@ -232,7 +233,7 @@ fn profile<'py>(
         );
         Ok((run.profile.records, tail, tensors))
     });
-    let (records, tail, tensors) = computed.map_err(|e| job_error("profile", e))?;
+    let (records, tail, tensors) = computed?;
     let columns = PyDict::new(py);
     let values: Vec<serde_json::Value> = records
         .iter()

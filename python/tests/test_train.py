@@ -186,6 +186,14 @@ def test_ctrl_c_stops_the_checks_before_their_next_job():
         resprop.check(net="resnet110")
 
 
+def test_ctrl_c_stops_a_profile_before_its_next_unit():
+    # ResNet-110 at batch 64 takes seconds on two cores; the stop comes at 0.3 s.
+    interrupt_soon()
+    with pytest.raises(KeyboardInterrupt,
+                       match=r"^interrupted in the (forward|backward) pass at unit \d+ of 54$"):
+        resprop.profile(net="resnet110", batch=64)
+
+
 def test_ctrl_c_stops_the_path_sampling():
     # 10^6 sampled paths per length would run for hours.
     interrupt_soon()

@@ -61,7 +61,7 @@ pub fn run(args: &ProfileArgs) -> Result<ExitCode> {
         grads,
         param_grads,
         profile,
-    } = job.run()?;
+    } = job.run(&crate::interrupt::Interrupt::new())?;
     let (net_args, net, input, labels) = (
         &analysis.args,
         &analysis.net,

@@ -396,7 +396,7 @@ pub fn run_cell(spec: &Spec, cell: &Cell) -> Result<CellResult> {
         }
         None => builtin_profile(spec, cell)?,
     };
-    let run = job.run_prepared(analysis)?;
+    let run = job.run_prepared(analysis, &Interrupt::new())?;
     profile_rows(spec, cell, run)
 }
 

@@ -8,6 +8,7 @@ use serde::Serialize;
 use super::{Analysis, NetRequest};
 use crate::analysis::record::{build_records, Profile};
 use crate::grads::Grads;
+use crate::interrupt::Interrupt;
 use crate::net::memory::Purpose;
 use crate::net::{Keep, NetCache, NetGrads};
 use crate::unit::ForwardCtx;
@@ -52,14 +53,16 @@ impl ProfileJob {
         }
     }
 
-    /// Builds the network and batch, runs one forward and backward pass and records them.
-    pub fn run(&self) -> Result<ProfileRun> {
+    /// Builds the network and batch, runs one forward and backward pass and records them. A
+    /// request on `stop` ends the job with [`crate::interrupt::Interrupted`] before the next
+    /// unit of either pass.
+    pub fn run(&self, stop: &Interrupt) -> Result<ProfileRun> {
         let analysis = self.net.prepare(self.purpose())?;
-        self.run_prepared(analysis)
+        self.run_prepared(analysis, stop)
     }
 
     /// [`ProfileJob::run`] on a network and batch built already.
-    pub fn run_prepared(&self, analysis: Analysis) -> Result<ProfileRun> {
+    pub fn run_prepared(&self, analysis: Analysis, stop: &Interrupt) -> Result<ProfileRun> {
         // Input gradients only, unless the weight gradients are asked for: weight layers then
         // need not keep their inputs.
         let ctx = analysis.args.ctx().with_weight_grads(self.weight_grads);
@@ -69,13 +72,14 @@ impl ProfileJob {
             Keep::All
         };
         let (net, input, labels) = (&analysis.net, &analysis.input, &analysis.labels);
-        let cache = net.forward_with(input, labels, &ctx, keep)?;
+        let cache = net.forward_until_stopped(input, labels, &ctx, keep, stop)?;
         let mut param_grads = Grads::new();
-        let grads = net.backward(
+        let grads = net.backward_until_stopped(
             &cache,
             labels,
             self.weight_grads.then_some(&mut param_grads),
-        );
+            stop,
+        )?;
         let profile = build_records(net, &cache, &grads);
         Ok(ProfileRun {
             analysis,

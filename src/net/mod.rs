@@ -21,6 +21,7 @@ use ndarray::Array2;
 use serde::Serialize;
 
 use crate::grads::Grads;
+use crate::interrupt::{Interrupt, Interrupted};
 use crate::layers::{loss, Mode};
 use crate::tensor::Tensor;
 use crate::unit::ops::{
@@ -427,8 +428,21 @@ impl Network {
         ctx: &ForwardCtx,
         keep: Keep,
     ) -> Result<NetCache> {
+        self.forward_until_stopped(input, labels, ctx, keep, &Interrupt::new())
+    }
+
+    /// [`Network::forward_with`], checking `stop` before each unit: a request ends the pass
+    /// with [`Interrupted`] within one unit's work (a ResNet-110 pass takes seconds).
+    pub fn forward_until_stopped(
+        &self,
+        input: &Tensor,
+        labels: &[usize],
+        ctx: &ForwardCtx,
+        keep: Keep,
+        stop: &Interrupt,
+    ) -> Result<NetCache> {
         let mut units = Vec::with_capacity(self.units.len());
-        let pass = self.forward_pass(input, labels, ctx, &mut |cache| {
+        let pass = self.forward_pass(input, labels, ctx, stop, &mut |cache| {
             units.push(match keep {
                 Keep::All => UnitStore::Full(Box::new(cache)),
                 Keep::Inputs => UnitStore::Input(cache.x),
@@ -455,7 +469,7 @@ impl Network {
         labels: &[usize],
         ctx: &ForwardCtx,
     ) -> Result<(f64, Array2<f64>)> {
-        let pass = self.forward_pass(input, labels, ctx, &mut drop)?;
+        let pass = self.forward_pass(input, labels, ctx, &Interrupt::new(), &mut drop)?;
         Ok((pass.loss, pass.probs))
     }
 
@@ -466,6 +480,7 @@ impl Network {
         input: &Tensor,
         labels: &[usize],
         ctx: &ForwardCtx,
+        stop: &Interrupt,
         keep: &mut dyn FnMut(UnitCache),
     ) -> Result<ForwardPass> {
         self.validate_batch(input, labels, ctx.mode)?;
@@ -475,7 +490,8 @@ impl Network {
         let mut x = Arc::new(x0);
         // Plane moments of x_l, when unit l-1 could measure them (see `ResidualUnit::forward_with_moments`).
         let mut moments = None;
-        for unit in &self.units {
+        for (l, unit) in self.units.iter().enumerate() {
+            stop.check(|| self.stopped_at("forward", l))?;
             let (next, cache, next_moments) = unit.forward_with_moments(x, ctx, moments);
             keep(cache);
             x = Arc::new(next);
@@ -535,16 +551,35 @@ impl Network {
         labels: &[usize],
         grads: Option<&mut Grads>,
     ) -> NetGrads {
+        self.backward_until_stopped(cache, labels, grads, &Interrupt::new())
+            .unwrap_or_else(|_| unreachable!("a stop no one can request"))
+    }
+
+    /// [`Network::backward`], checking `stop` before each unit.
+    pub fn backward_until_stopped(
+        &self,
+        cache: &NetCache,
+        labels: &[usize],
+        grads: Option<&mut Grads>,
+        stop: &Interrupt,
+    ) -> Result<NetGrads, Interrupted> {
         let grad_logits = loss::backward(&cache.probs, labels);
-        self.backward_from_logits(cache, grad_logits, grads, false)
-            .0
+        Ok(self
+            .backward_from_logits(cache, grad_logits, grads, false, stop)?
+            .0)
+    }
+
+    /// Where a pass stopped, for [`Interrupted`]'s message.
+    fn stopped_at(&self, pass: &str, l: usize) -> String {
+        format!("in the {pass} pass at unit {l} of {}", self.units.len())
     }
 
     /// The gradient of `sum(grad_logits * logits)` with respect to the network's input (the
     /// batch itself, through the stem): for a one-hot `grad_logits` column, the derivative of
     /// that output, summed over the batch, with respect to each input (shattered gradients).
     pub fn input_gradient(&self, cache: &NetCache, grad_logits: Tensor) -> Tensor {
-        self.backward_from_logits(cache, grad_logits, None, true)
+        self.backward_from_logits(cache, grad_logits, None, true, &Interrupt::new())
+            .unwrap_or_else(|_| unreachable!("a stop no one can request"))
             .1
             .expect("asked for the input gradient")
     }
@@ -557,7 +592,8 @@ impl Network {
         grad_logits: Tensor,
         mut grads: Option<&mut Grads>,
         to_input: bool,
-    ) -> (NetGrads, Option<Tensor>) {
+        stop: &Interrupt,
+    ) -> Result<(NetGrads, Option<Tensor>), Interrupted> {
         let fusion = self.fusion;
         let mut g = backward_seq(
             &self.head,
@@ -568,6 +604,7 @@ impl Network {
         );
         let mut grad_x = vec![Tensor::zeros(ndarray::IxDyn(&[0])); self.units.len() + 1];
         for (l, unit) in self.units.iter().enumerate().rev() {
+            stop.check(|| self.stopped_at("backward", l))?;
             let uc = cache.unit(self, l);
             let below = unit.backward(&uc, &g, grads.as_deref_mut());
             grad_x[l + 1] = std::mem::replace(&mut g, below);
@@ -584,7 +621,7 @@ impl Network {
         } else {
             None
         };
-        (NetGrads { grad_x }, input.filter(|_| to_input))
+        Ok((NetGrads { grad_x }, input.filter(|_| to_input)))
     }
 
     /// After a training-mode forward: move every BN's running statistics toward the batch's.

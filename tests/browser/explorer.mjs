@@ -2,8 +2,8 @@
 // driven by playwright-core. Starts `resprop serve --port 0`, loads the page at 1280x720,
 // changes the shortcut to scale:0.9, reads the plotted values back from the page and compares
 // them with the API's answer for the same request (to 1e-12), checks the prod-lambda overlay
-// against 0.9^(L-l), pins the configuration and overlays a second one, and saves a
-// screenshot that it checks is not blank.
+// against 0.9^(L-l), pins the configuration and overlays a second one, cancels a long
+// profile, and saves a screenshot that it checks is not blank.
 //
 //   cd tests/browser && npm ci && node explorer.mjs ../../target/release/resprop /tmp/explorer.png
 import { chromium } from "playwright-core";
@@ -166,7 +166,21 @@ try {
   await page.waitForFunction(() => document.querySelector("#status").classList.contains("error"), null, { timeout: 60000 });
   const message = await page.textContent("#status");
   check(/memory/.test(message) && !message.includes("\n"), `an impossible size shows the preflight's message: ${message.slice(0, 90)}…`);
+  // A long computation (ResNet-110 at batch 128, seconds) shows its progress and stops on Cancel.
+  await page.$eval("#controls", (form) => {
+    form.net.value = "resnet110";
+    form.batch.value = "128";
+    form.net.dispatchEvent(new Event("input", { bubbles: true }));
+  });
+  await page.waitForFunction(() => !document.querySelector("#cancel").disabled, null, { timeout: 60000 });
+  const progress = await page.textContent("#status");
+  await page.click("#cancel");
+  await page.waitForFunction(() => document.querySelector("#status").textContent.startsWith("cancelled"), null, { timeout: 60000 });
+  const cancelled = await page.textContent("#status");
+  check(/^computing… \d+\.\d s/.test(progress) && /^cancelled: stopped in the (forward|backward) pass at unit \d+ of 54;/.test(cancelled),
+    `a long profile shows progress ("${progress}") and Cancel stops it: ${cancelled}`);
   // Back to a size that computes.
+  await page.$eval("#controls", (form) => { form.net.value = "mlp"; form.batch.value = "32"; });
   const k = await page.evaluate(() => window.explorer.updates);
   await page.$eval("#controls", (form) => {
     form.width.value = "32";

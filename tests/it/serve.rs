@@ -385,8 +385,7 @@ fn a_cancelled_computation_stops_and_the_request_in_line_then_runs() {
         status["running"]["what"]
             .as_str()
             .unwrap()
-            .starts_with("resprop paths")
-            && status["running"]["cancellable"] == json!(true),
+            .starts_with("resprop paths"),
         "{status}"
     );
     // A second request waits in line rather than being refused.
@@ -408,6 +407,42 @@ fn a_cancelled_computation_stops_and_the_request_in_line_then_runs() {
     );
     let (code, answer) = second.join().unwrap();
     assert_eq!(code, 200, "{answer}");
+}
+
+#[test]
+fn a_cancelled_profile_stops_before_its_next_unit() {
+    let server = std::sync::Arc::new(Running::start(None));
+    // ResNet-110 at batch 32: seconds of work, cancelled as soon as it is seen running.
+    let long = json!({"net": "resnet110", "batch": 32});
+    let first = {
+        let server = server.clone();
+        std::thread::spawn(move || server.post("/api/profile", long.to_string().as_bytes()))
+    };
+    wait_until_running(&server);
+    let (code, answer) = server.post("/api/cancel", b"");
+    assert_eq!(code, 200);
+    assert!(answer["cancelled"]
+        .as_str()
+        .unwrap()
+        .starts_with("resprop profile"));
+    let (code, answer) = first.join().unwrap();
+    assert_eq!(code, 409, "{answer}");
+    let message = answer["error"].as_str().unwrap();
+    let stopped = stopped_unit(message);
+    assert!(stopped.is_some_and(|l| l < 54), "{message}");
+    // The server goes on.
+    let (code, _) = server.post("/api/profile", br#"{"units": 3, "width": 4}"#);
+    assert_eq!(code, 200);
+}
+
+/// The unit in "interrupted in the forward pass at unit 12 of 54".
+fn stopped_unit(message: &str) -> Option<usize> {
+    let rest = message
+        .strip_prefix("interrupted in the forward pass at unit ")
+        .or_else(|| message.strip_prefix("interrupted in the backward pass at unit "))?;
+    let (unit, total) = rest.split_once(" of ")?;
+    (total == "54").then_some(())?;
+    unit.parse().ok()
 }
 
 #[test]

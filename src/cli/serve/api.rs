@@ -78,7 +78,6 @@ struct Running {
     what: String,
     started: Instant,
     /// Whether the job checks `stop` (paths does, between path lengths; a profile is one pass).
-    cancellable: bool,
     stop: Arc<Interrupt>,
     done: Arc<AtomicUsize>,
     total: Arc<AtomicUsize>,
@@ -338,7 +337,6 @@ fn status(state: &State) -> Reply {
         json!({
             "running": running.as_ref().map(|r| json!({
                 "what": r.what,
-                "cancellable": r.cancellable,
                 "elapsed_s": r.started.elapsed().as_secs_f64(),
                 "done": r.done.load(Ordering::Relaxed),
                 "total": r.total.load(Ordering::Relaxed),
@@ -350,14 +348,10 @@ fn status(state: &State) -> Reply {
 fn cancel(state: &State) -> Reply {
     let running = state.running.lock().unwrap_or_else(|e| e.into_inner());
     match running.as_ref() {
-        Some(r) if r.cancellable => {
+        Some(r) => {
             r.stop.request();
             Reply::json(200, json!({ "cancelled": r.what }))
         }
-        Some(r) => Reply::json(
-            200,
-            json!({ "cancelled": null, "note": format!("{} is one pass and cannot be stopped; it ends by itself", r.what) }),
-        ),
         None => Reply::json(200, json!({ "cancelled": null })),
     }
 }
@@ -552,7 +546,6 @@ fn job(state: &State, name: &str, body: &[u8]) -> Reply {
         *running = Some(Running {
             what: command.clone(),
             started: Instant::now(),
-            cancellable: name == "paths",
             stop: stop.clone(),
             done: done.clone(),
             total: total.clone(),
@@ -563,7 +556,7 @@ fn job(state: &State, name: &str, body: &[u8]) -> Reply {
     let computed = state.pool.install(|| -> anyhow::Result<(Vec<u8>, f64)> {
         match parsed {
             Command::Profile(args) => {
-                let run = args.job.run()?;
+                let run = args.job.run(&stop)?;
                 let a = &run.analysis.args;
                 let csv = crate::analysis::record::profile_csv(
                     &run.profile,
