@@ -19,6 +19,7 @@
 use serde::Serialize;
 
 use super::signal::channel_stats;
+use crate::interrupt::{Interrupt, Interrupted};
 use crate::net::{NetCache, NetGrads, Network};
 use crate::schema::{self, col, Column, Row, Schema};
 use crate::tensor::{cosine, norm, per_sample_norms, Tensor};
@@ -141,7 +142,9 @@ pub fn direct_parts(
     grad_x: &[Tensor],
     stages: &Stages,
 ) -> Vec<Tensor> {
-    direct_parts_and_branch_terms(net, cache, grad_x, stages, false).0
+    direct_parts_and_branch_terms(net, cache, grad_x, stages, false, &Interrupt::new())
+        .unwrap_or_else(|_| unreachable!("a stop no one can request"))
+        .0
 }
 
 /// The direct parts and, when asked, `(||F'(x_l)||, its average channel variance)` per unit
@@ -153,11 +156,13 @@ fn direct_parts_and_branch_terms(
     grad_x: &[Tensor],
     stages: &Stages,
     branch_terms: bool,
-) -> (Vec<Tensor>, Vec<(f64, f64)>) {
+    stop: &Interrupt,
+) -> Result<(Vec<Tensor>, Vec<(f64, f64)>), Interrupted> {
     let l_top = net.num_units();
     let mut parts = vec![grad_x[l_top].clone(); l_top + 1];
     let mut norms = vec![(0.0, 0.0); l_top];
     for l in (0..l_top).rev() {
+        stop.check(|| format!("while recording unit {l} of {l_top}"))?;
         let uc = cache.unit(net, l);
         if branch_terms {
             let term = net.units[l].branch_term(&uc);
@@ -169,7 +174,7 @@ fn direct_parts_and_branch_terms(
             grad_x[l].clone()
         };
     }
-    (parts, norms)
+    Ok((parts, norms))
 }
 
 /// Per unit input: `(||dE/dx_l||, ||dE/dx_l|| / ||dE/dx_L||, ||D_l|| / ||dE/dx_top||)`, what
@@ -202,15 +207,27 @@ pub fn predicted_direct_ratio(net: &Network, l: usize, top: usize) -> Option<f64
 
 /// Builds the records from a forward cache and its backward.
 pub fn build_records(net: &Network, cache: &NetCache, grads: &NetGrads) -> Profile {
+    build_records_until_stopped(net, cache, grads, &Interrupt::new())
+        .unwrap_or_else(|_| unreachable!("a stop no one can request"))
+}
+
+/// [`build_records`], checking `stop` before each unit (ResNet-110's records take a second).
+pub fn build_records_until_stopped(
+    net: &Network,
+    cache: &NetCache,
+    grads: &NetGrads,
+    stop: &Interrupt,
+) -> Result<Profile, Interrupted> {
     let l_top = net.num_units();
     let g_top = &grads.grad_x[l_top];
     let top_norm = norm(g_top);
     let top_samples = per_sample_norms(g_top);
     let stages = Stages::of(net, cache);
     let (direct, branch_terms) =
-        direct_parts_and_branch_terms(net, cache, &grads.grad_x, &stages, true);
+        direct_parts_and_branch_terms(net, cache, &grads.grad_x, &stages, true, stop)?;
     let records: Vec<UnitRecord> = (0..=l_top)
         .map(|l| {
+            stop.check(|| format!("while recording unit {l} of {l_top}"))?;
             let top = stages.top[l];
             let g_stage_top = &grads.grad_x[top];
             let stage_top_norm = norm(g_stage_top);
@@ -233,7 +250,7 @@ pub fn build_records(net: &Network, cache: &NetCache, grads: &NetGrads) -> Profi
                             (lo.min(v), hi.max(v))
                         }
                     });
-            UnitRecord {
+            Ok(UnitRecord {
                 unit: l,
                 stage: stages.stage[l],
                 direct_top: top,
@@ -253,15 +270,15 @@ pub fn build_records(net: &Network, cache: &NetCache, grads: &NetGrads) -> Profi
                 act_mean_sq: act.mean_sq,
                 act_var: act.var,
                 branch_var: (l < l_top).then(|| branch_terms[l].1),
-            }
+            })
         })
-        .collect();
+        .collect::<Result<_, Interrupted>>()?;
     let nonfinite = find_nonfinite(&records);
-    Profile {
+    Ok(Profile {
         records,
         loss: cache.loss,
         nonfinite,
-    }
+    })
 }
 
 fn find_nonfinite(records: &[UnitRecord]) -> Vec<NonFinite> {

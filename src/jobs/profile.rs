@@ -6,7 +6,7 @@ use clap::Args;
 use serde::Serialize;
 
 use super::{Analysis, NetRequest};
-use crate::analysis::record::{build_records, Profile};
+use crate::analysis::record::{build_records_until_stopped, Profile};
 use crate::grads::Grads;
 use crate::interrupt::Interrupt;
 use crate::net::memory::Purpose;
@@ -55,7 +55,7 @@ impl ProfileJob {
 
     /// Builds the network and batch, runs one forward and backward pass and records them. A
     /// request on `stop` ends the job with [`crate::interrupt::Interrupted`] before the next
-    /// unit of either pass.
+    /// unit of either pass or of the records.
     pub fn run(&self, stop: &Interrupt) -> Result<ProfileRun> {
         let analysis = self.net.prepare(self.purpose())?;
         self.run_prepared(analysis, stop)
@@ -80,7 +80,7 @@ impl ProfileJob {
             self.weight_grads.then_some(&mut param_grads),
             stop,
         )?;
-        let profile = build_records(net, &cache, &grads);
+        let profile = build_records_until_stopped(net, &cache, &grads, stop)?;
         Ok(ProfileRun {
             analysis,
             ctx,
