@@ -147,6 +147,9 @@ pub fn direct_parts(
         .0
 }
 
+/// `(||F'(x_l)||, its average channel variance)`.
+type BranchTerm = (f64, f64);
+
 /// The direct parts and, when asked, `(||F'(x_l)||, its average channel variance)` per unit
 /// (which needs a forward pass made with `keep_branch`), in one pass over the units (a cache
 /// that kept only the inputs re-runs each unit once).
@@ -157,7 +160,7 @@ fn direct_parts_and_branch_terms(
     stages: &Stages,
     branch_terms: bool,
     stop: &Interrupt,
-) -> Result<(Vec<Tensor>, Vec<(f64, f64)>), Interrupted> {
+) -> Result<(Vec<Tensor>, Vec<BranchTerm>), Interrupted> {
     let l_top = net.num_units();
     let mut parts = vec![grad_x[l_top].clone(); l_top + 1];
     let mut norms = vec![(0.0, 0.0); l_top];
