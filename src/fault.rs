@@ -4,6 +4,8 @@
 //! enables through a dev-dependency on the crate itself: a build a user makes has no switch,
 //! and every hook below is a constant `false` there.
 
+use crate::float::{c, Float};
+
 /// The injectable faults, each one term of one backward pass.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 #[repr(u8)]
@@ -143,25 +145,25 @@ pub fn inject(fault: Option<Fault>) {
 
 /// Multiplies `values` by [`FACTOR`] when `fault` is injected.
 #[inline(always)]
-pub fn perturb_slice(fault: Fault, values: &mut [f64]) {
+pub fn perturb_slice<T: Float>(fault: Fault, values: &mut [T]) {
     if active(fault) {
-        values.iter_mut().for_each(|v| *v *= FACTOR);
+        values.iter_mut().for_each(|v| *v *= c::<T>(FACTOR));
     }
 }
 
 /// Multiplies `t` by [`FACTOR`] when `fault` is injected.
 #[inline(always)]
-pub fn perturb<D: ndarray::Dimension>(fault: Fault, t: &mut ndarray::Array<f64, D>) {
+pub fn perturb<T: Float, D: ndarray::Dimension>(fault: Fault, t: &mut ndarray::Array<T, D>) {
     if active(fault) {
-        t.mapv_inplace(|v| v * FACTOR);
+        t.mapv_inplace(|v| v * c::<T>(FACTOR));
     }
 }
 
 /// `v` times [`FACTOR`] when `fault` is injected.
 #[inline(always)]
-pub fn factor(fault: Fault, v: f64) -> f64 {
+pub fn factor<T: Float>(fault: Fault, v: T) -> T {
     if active(fault) {
-        v * FACTOR
+        v * c::<T>(FACTOR)
     } else {
         v
     }

@@ -5,20 +5,21 @@
 
 use std::collections::BTreeMap;
 
+use crate::float::Float;
 use crate::tensor::Tensor;
 
 #[derive(Debug, Default, Clone)]
-pub struct Grads {
-    map: BTreeMap<String, Tensor>,
+pub struct Grads<T: Float = f64> {
+    map: BTreeMap<String, Tensor<T>>,
 }
 
-impl Grads {
+impl<T: Float> Grads<T> {
     pub fn new() -> Self {
         Self::default()
     }
 
     /// Adds `g` into the gradient of `name`.
-    pub fn accumulate(&mut self, name: &str, g: Tensor) {
+    pub fn accumulate(&mut self, name: &str, g: Tensor<T>) {
         match self.map.get_mut(name) {
             Some(acc) => *acc += &g,
             None => {
@@ -27,11 +28,11 @@ impl Grads {
         }
     }
 
-    pub fn get(&self, name: &str) -> Option<&Tensor> {
+    pub fn get(&self, name: &str) -> Option<&Tensor<T>> {
         self.map.get(name)
     }
 
-    pub fn iter(&self) -> impl Iterator<Item = (&String, &Tensor)> {
+    pub fn iter(&self) -> impl Iterator<Item = (&String, &Tensor<T>)> {
         self.map.iter()
     }
 

@@ -27,6 +27,7 @@ pub mod cli;
 pub mod data;
 pub mod experiment;
 pub mod fault;
+pub mod float;
 pub mod finite_diff;
 pub mod grads;
 pub mod import;

@@ -1,6 +1,7 @@
 //! Tensors, deterministic reductions and the one GEMM entry point.
 //!
-//! Every activation is an `ArrayD<f64>` whose axis 0 is the batch (N). Dense layers see
+//! Every activation is an `ArrayD<T>` (`T` = f64 or f32, see [`crate::float`]) whose axis 0
+//! is the batch (N). Dense layers see
 //! `(N, D)`, conv layers `(N, C, H, W)`. Reductions run in a fixed order on one thread so
 //! that a number never depends on how many threads rayon has.
 
@@ -8,12 +9,14 @@ use std::mem::MaybeUninit;
 
 use ndarray::{ArrayD, ArrayView2, ArrayViewD, ArrayViewMut2, Axis};
 
-/// An activation, gradient or parameter array (f64, any rank, standard layout).
-pub type Tensor = ArrayD<f64>;
+use crate::float::Float;
+
+/// An activation, gradient or parameter array (f64 unless said, any rank, standard layout).
+pub type Tensor<T = f64> = ArrayD<T>;
 
 /// The same tensor in standard (row-major, contiguous) layout, copying only if it is not.
 /// (`as_standard_layout().into_owned()` would copy even an already-standard array.)
-pub fn into_standard_layout(x: Tensor) -> Tensor {
+pub fn into_standard_layout<T: Float>(x: Tensor<T>) -> Tensor<T> {
     if x.is_standard_layout() {
         x
     } else {
@@ -22,16 +25,16 @@ pub fn into_standard_layout(x: Tensor) -> Tensor {
 }
 
 /// Sum of squares in logical (row-major) order.
-pub fn sum_sq(a: &ArrayViewD<f64>) -> f64 {
-    a.iter().fold(0.0, |acc, &v| acc + v * v)
+pub fn sum_sq<T: Float>(a: &ArrayViewD<T>) -> T {
+    a.iter().fold(T::zero(), |acc, &v| acc + v * v)
 }
 
 /// Sum of `f(v)` over `xs` in eight interleaved lanes, then the lanes in order. The order is
 /// fixed (so are the bits), but the adds are independent, so the loop vectorises; a plain
 /// fold is one long dependency chain, four times slower on a plane of a conv activation.
 #[inline]
-pub fn lane_sum(xs: &[f64], f: impl Fn(f64) -> f64) -> f64 {
-    let mut acc = [0.0; 8];
+pub fn lane_sum<T: Float>(xs: &[T], f: impl Fn(T) -> T) -> T {
+    let mut acc = [T::zero(); 8];
     let chunks = xs.chunks_exact(8);
     let tail = chunks.remainder();
     for c in chunks {
@@ -45,27 +48,26 @@ pub fn lane_sum(xs: &[f64], f: impl Fn(f64) -> f64) -> f64 {
     acc.iter().sum()
 }
 
-/// `v` where `keep`, else +0.0, as a bit mask rather than a branch: ReLU signs are random, so
-/// a branch mispredicts half the time (measured 4 ns per element against 0.3 ns).
+/// `v` where `keep`, else +0.0 ([`Float::select`]).
 #[inline(always)]
-pub fn select(keep: bool, v: f64) -> f64 {
-    f64::from_bits(v.to_bits() & (keep as u64).wrapping_neg())
+pub fn select<T: Float>(keep: bool, v: T) -> T {
+    T::select(keep, v)
 }
 
 /// `max(z, 0)` that lets NaN through (`z <= 0` is false for NaN); `f64::max` would map NaN to
 /// 0 and hide an overflow upstream. The ReLU layer's and the fused kernels' one definition.
 #[inline(always)]
 #[allow(clippy::neg_cmp_op_on_partial_ord)] // the NaN case is the point
-pub fn relu(z: f64) -> f64 {
-    select(!(z <= 0.0), z)
+pub fn relu<T: Float>(z: T) -> T {
+    select(!(z <= T::zero()), z)
 }
 
 /// `(sum g, sum g (x - m))` over a run, `g` zeroed where `mask` is false, in eight lanes
 /// (then the lanes in order): BatchNorm's backward reduction, shared by the fused ops so their
 /// bits match the plain layers'.
 #[inline]
-pub fn grad_sums(g: &[f64], x: &[f64], mask: Option<&[bool]>, m: f64) -> (f64, f64) {
-    let (mut sb, mut sg) = ([0.0; 8], [0.0; 8]);
+pub fn grad_sums<T: Float>(g: &[T], x: &[T], mask: Option<&[bool]>, m: T) -> (T, T) {
+    let (mut sb, mut sg) = ([T::zero(); 8], [T::zero(); 8]);
     let n = g.len();
     let (g, x) = (&g[..n], &x[..n]);
     let whole = n / 8 * 8;
@@ -106,7 +108,7 @@ pub fn grad_sums(g: &[f64], x: &[f64], mask: Option<&[bool]>, m: f64) -> (f64, f
 }
 
 /// `a += b` element-wise, in parallel over fixed chunks (any split gives the same bits).
-pub fn add_assign(a: &mut Tensor, b: &Tensor) {
+pub fn add_assign<T: Float>(a: &mut Tensor<T>, b: &Tensor<T>) {
     use rayon::prelude::*;
     const CHUNK: usize = 1 << 15;
     assert_eq!(a.shape(), b.shape(), "add_assign: shape mismatch");
@@ -115,15 +117,11 @@ pub fn add_assign(a: &mut Tensor, b: &Tensor) {
             a.par_chunks_mut(CHUNK)
                 .zip(b.par_chunks(CHUNK))
                 .for_each(|(a, b)| {
-                    a.iter_mut().zip(b).for_each(|(a, b)| *a += b);
+                    a.iter_mut().zip(b).for_each(|(a, &b)| *a += b);
                 })
         }
         _ => *a += b,
     }
-}
-
-thread_local! {
-    static SCRATCH: std::cell::RefCell<[Vec<f64>; 3]> = const { std::cell::RefCell::new([Vec::new(), Vec::new(), Vec::new()]) };
 }
 
 /// Runs `f` with two of this thread's scratch buffers, of `len_a` and `len_b` elements. The
@@ -131,27 +129,27 @@ thread_local! {
 /// neither allocates nor zero-fills: every user must overwrite what it reads (im2col columns,
 /// a sample's activation, a GEMM output). `f` must not start parallel work, which could run
 /// another scratch user on this thread.
-pub fn with_scratch<R>(
+pub fn with_scratch<T: Float, R>(
     len_a: usize,
     len_b: usize,
-    f: impl FnOnce(&mut [f64], &mut [f64]) -> R,
+    f: impl FnOnce(&mut [T], &mut [T]) -> R,
 ) -> R {
     with_scratch3(len_a, len_b, 0, |a, b, _| f(a, b))
 }
 
 /// As [`with_scratch`], with three buffers.
-pub fn with_scratch3<R>(
+pub fn with_scratch3<T: Float, R>(
     len_a: usize,
     len_b: usize,
     len_c: usize,
-    f: impl FnOnce(&mut [f64], &mut [f64], &mut [f64]) -> R,
+    f: impl FnOnce(&mut [T], &mut [T], &mut [T]) -> R,
 ) -> R {
-    SCRATCH.with(|cell| {
+    T::scratch().with(|cell| {
         let mut bufs = cell.borrow_mut();
         let [a, b, c] = &mut *bufs;
         for (buf, len) in [(&mut *a, len_a), (&mut *b, len_b), (&mut *c, len_c)] {
             if buf.len() < len {
-                buf.resize(len, 0.0);
+                buf.resize(len, T::zero());
             }
         }
         f(&mut a[..len_a], &mut b[..len_b], &mut c[..len_c])
@@ -159,9 +157,11 @@ pub fn with_scratch3<R>(
 }
 
 /// Euclidean norm scaled by the largest magnitude (as LAPACK's dnrm2), so that entries up
-/// to f64::MAX do not overflow the sum of squares; NaN in, NaN out.
-pub fn scaled_norm<'a>(values: impl Iterator<Item = &'a f64> + Clone) -> f64 {
-    let max = values.clone().fold(0.0f64, |m, &v| {
+/// to f64::MAX do not overflow the sum of squares; NaN in, NaN out. In f64 whatever the
+/// element type.
+pub fn scaled_norm<'a, T: Float>(values: impl Iterator<Item = &'a T> + Clone) -> f64 {
+    let values = values.map(|v| v.as_f64());
+    let max = values.clone().fold(0.0f64, |m, v| {
         if v.is_nan() || m.is_nan() {
             f64::NAN
         } else {
@@ -172,46 +172,46 @@ pub fn scaled_norm<'a>(values: impl Iterator<Item = &'a f64> + Clone) -> f64 {
         return max;
     }
     max * values
-        .fold(0.0, |acc, &v| acc + (v / max) * (v / max))
+        .fold(0.0, |acc, v| acc + (v / max) * (v / max))
         .sqrt()
 }
 
-/// Euclidean norm over every element.
-pub fn norm(a: &Tensor) -> f64 {
+/// Euclidean norm over every element (in f64).
+pub fn norm<T: Float>(a: &Tensor<T>) -> f64 {
     scaled_norm(a.iter())
 }
 
 /// Cosine of the angle between `a` and `b`, computed on normalised entries so it cannot overflow.
-pub fn cosine(a: &Tensor, b: &Tensor) -> f64 {
+pub fn cosine<T: Float>(a: &Tensor<T>, b: &Tensor<T>) -> f64 {
     assert_eq!(a.shape(), b.shape(), "cosine: shape mismatch");
     let (na, nb) = (norm(a), norm(b));
     a.iter()
         .zip(b.iter())
-        .fold(0.0, |acc, (&x, &y)| acc + (x / na) * (y / nb))
+        .fold(0.0, |acc, (&x, &y)| acc + (x.as_f64() / na) * (y.as_f64() / nb))
 }
 
-/// Inner product over every element, in logical order.
-pub fn dot(a: &Tensor, b: &Tensor) -> f64 {
+/// Inner product over every element, in logical order (in f64).
+pub fn dot<T: Float>(a: &Tensor<T>, b: &Tensor<T>) -> f64 {
     assert_eq!(a.shape(), b.shape(), "dot: shape mismatch");
     a.iter()
         .zip(b.iter())
-        .fold(0.0, |acc, (&x, &y)| acc + x * y)
+        .fold(0.0, |acc, (&x, &y)| acc + x.as_f64() * y.as_f64())
 }
 
 /// Norm of each sample (row of axis 0).
-pub fn per_sample_norms(a: &Tensor) -> Vec<f64> {
+pub fn per_sample_norms<T: Float>(a: &Tensor<T>) -> Vec<f64> {
     a.axis_iter(Axis(0))
         .map(|s| scaled_norm(s.iter()))
         .collect()
 }
 
 /// True when no element is NaN or infinite.
-pub fn all_finite(a: &Tensor) -> bool {
+pub fn all_finite<T: Float>(a: &Tensor<T>) -> bool {
     a.iter().all(|v| v.is_finite())
 }
 
 /// `a += alpha * b`.
-pub fn axpy(a: &mut Tensor, alpha: f64, b: &Tensor) {
+pub fn axpy<T: Float>(a: &mut Tensor<T>, alpha: T, b: &Tensor<T>) {
     a.zip_mut_with(b, |x, &y| *x += alpha * y);
 }
 
@@ -245,10 +245,10 @@ pub fn gemm_split(m: usize, k: usize, n: usize) -> Option<(Axis, usize)> {
 /// threading (`grad_y W^T`, every dense backward, ran at 66 GFLOP/s threaded against 113
 /// split, and a W1 training step took 0.179 s split against 0.197 threaded). The bits do not
 /// depend on the thread count.
-pub fn matmul_into(
-    c: &mut ArrayViewMut2<f64>,
-    a: &ArrayView2<f64>,
-    b: &ArrayView2<f64>,
+pub fn matmul_into<T: Float>(
+    c: &mut ArrayViewMut2<T>,
+    a: &ArrayView2<T>,
+    b: &ArrayView2<T>,
     accumulate: bool,
 ) {
     let Some((axis, mid)) = gemm_split(a.nrows(), a.ncols(), b.ncols()) else {
@@ -283,10 +283,10 @@ pub fn matmul_into_serial(
 }
 
 /// The one place that calls the `gemm` crate, always on the calling thread.
-fn gemm_call(
-    c: &mut ArrayViewMut2<f64>,
-    a: &ArrayView2<f64>,
-    b: &ArrayView2<f64>,
+fn gemm_call<T: Float>(
+    c: &mut ArrayViewMut2<T>,
+    a: &ArrayView2<T>,
+    b: &ArrayView2<T>,
     accumulate: bool,
 ) {
     let (m, k) = a.dim();
@@ -303,7 +303,7 @@ fn gemm_call(
     }
     if k == 0 {
         if !accumulate {
-            c.fill(0.0);
+            c.fill(T::zero());
         }
         return;
     }
@@ -331,8 +331,8 @@ fn gemm_call(
             b.as_ptr(),
             b_cs,
             b_rs,
-            1.0,
-            1.0,
+            T::one(),
+            T::one(),
             false,
             false,
             false,
@@ -365,10 +365,10 @@ const DOT_BLOCK: usize = 1024;
 /// first block unless `accumulate`). This is the order of the `gemm` crate's AVX2 kernel, so
 /// the numbers are those of every earlier build on a machine without AVX-512, and the same on
 /// one with it. `f64::mul_add` rounds once, whether the CPU or the library computes it.
-fn dot_product_gemm(
-    c: &mut ArrayViewMut2<f64>,
-    a: &ArrayView2<f64>,
-    b: &ArrayView2<f64>,
+fn dot_product_gemm<T: Float>(
+    c: &mut ArrayViewMut2<T>,
+    a: &ArrayView2<T>,
+    b: &ArrayView2<T>,
     accumulate: bool,
 ) {
     let k = a.ncols();
@@ -392,8 +392,8 @@ fn dot_product_gemm(
 }
 
 /// `sum x_i y_i` in [`DOT_LANES`] fused lanes, reduced pairwise (see [`dot_product_gemm`]).
-fn dot_in_lanes(x: &[f64], y: &[f64]) -> f64 {
-    let mut lanes = [0.0f64; DOT_LANES];
+fn dot_in_lanes<T: Float>(x: &[T], y: &[T]) -> T {
+    let mut lanes = [T::zero(); DOT_LANES];
     let whole = x.len() / DOT_LANES * DOT_LANES;
     for (xs, ys) in x[..whole]
         .chunks_exact(DOT_LANES)
@@ -410,7 +410,7 @@ fn dot_in_lanes(x: &[f64], y: &[f64]) -> f64 {
             let (xv, yv) = x
                 .get(whole + r)
                 .zip(y.get(whole + r))
-                .map_or((0.0, 0.0), |(a, b)| (*a, *b));
+                .map_or((T::zero(), T::zero()), |(a, b)| (*a, *b));
             *lane = xv.mul_add(yv, *lane);
         }
     }
@@ -420,39 +420,39 @@ fn dot_in_lanes(x: &[f64], y: &[f64]) -> f64 {
 /// `c = a · b` written into uninitialised row-major memory of `shape = (m, n)`, on the calling
 /// thread; returns `c`, now initialised. For per-sample GEMMs that write straight into their
 /// slice of a fresh output tensor, so the tensor is never filled first (a full extra pass).
-pub fn matmul_uninit_serial<'c>(
-    c: &'c mut [MaybeUninit<f64>],
+pub fn matmul_uninit_serial<'c, T: Float>(
+    c: &'c mut [MaybeUninit<T>],
     shape: (usize, usize),
-    a: &ArrayView2<f64>,
-    b: &ArrayView2<f64>,
-) -> &'c mut [f64] {
+    a: &ArrayView2<T>,
+    b: &ArrayView2<T>,
+) -> &'c mut [T] {
     assert_eq!(c.len(), shape.0 * shape.1, "matmul: output length");
     if a.ncols() == 0 {
-        return init_fill(c, 0.0);
+        return init_fill(c, T::zero());
     }
     // SAFETY: `MaybeUninit<f64>` has the layout of `f64`; the view covers exactly the
     // `m * n` elements of `c`, which the non-accumulating kernel only writes (k > 0, so every
     // element is written; `gemm_call` checks the shapes).
-    let mut view = unsafe { ArrayViewMut2::from_shape_ptr(shape, c.as_mut_ptr().cast::<f64>()) };
+    let mut view = unsafe { ArrayViewMut2::from_shape_ptr(shape, c.as_mut_ptr().cast::<T>()) };
     gemm_call(&mut view, a, b, false);
     // SAFETY: every element was written by the kernel.
-    unsafe { &mut *(c as *mut [MaybeUninit<f64>] as *mut [f64]) }
+    unsafe { &mut *(c as *mut [MaybeUninit<T>] as *mut [T]) }
 }
 
 /// `c = a · b` into an uninitialised block `c` (any positive strides, e.g. a column block of
 /// a row-major matrix), on the calling thread; returns the block, now initialised.
-pub fn matmul_uninit_view<'c>(
-    mut c: ArrayViewMut2<'c, MaybeUninit<f64>>,
-    a: &ArrayView2<f64>,
-    b: &ArrayView2<f64>,
-) -> ArrayViewMut2<'c, f64> {
+pub fn matmul_uninit_view<'c, T: Float>(
+    mut c: ArrayViewMut2<'c, MaybeUninit<T>>,
+    a: &ArrayView2<T>,
+    b: &ArrayView2<T>,
+) -> ArrayViewMut2<'c, T> {
     use ndarray::ShapeBuilder;
     let (m, n) = c.dim();
     let (rs, cs) = (c.strides()[0], c.strides()[1]);
     assert!(rs >= 0 && cs >= 0, "matmul: negative output strides");
     if a.ncols() == 0 {
         c.map_inplace(|e| {
-            e.write(0.0);
+            e.write(T::zero());
         });
     }
     // SAFETY: `MaybeUninit<f64>` has the layout of `f64`, and the view has `c`'s shape, strides
@@ -462,7 +462,7 @@ pub fn matmul_uninit_view<'c>(
     let mut view = unsafe {
         ArrayViewMut2::from_shape_ptr(
             (m, n).strides((rs as usize, cs as usize)),
-            c.as_mut_ptr().cast::<f64>(),
+            c.as_mut_ptr().cast::<T>(),
         )
     };
     if a.ncols() > 0 {
@@ -472,27 +472,27 @@ pub fn matmul_uninit_view<'c>(
 }
 
 /// Fills uninitialised memory with `v`; returns it initialised.
-pub fn init_fill(c: &mut [MaybeUninit<f64>], v: f64) -> &mut [f64] {
+pub fn init_fill<T: Float>(c: &mut [MaybeUninit<T>], v: T) -> &mut [T] {
     c.iter_mut().for_each(|e| {
         e.write(v);
     });
     // SAFETY: every element was just written.
-    unsafe { &mut *(c as *mut [MaybeUninit<f64>] as *mut [f64]) }
+    unsafe { &mut *(c as *mut [MaybeUninit<T>] as *mut [T]) }
 }
 
 /// `a · b` into a new array.
-pub fn matmul(a: &ArrayView2<f64>, b: &ArrayView2<f64>) -> ndarray::Array2<f64> {
+pub fn matmul<T: Float>(a: &ArrayView2<T>, b: &ArrayView2<T>) -> ndarray::Array2<T> {
     let (m, n) = (a.nrows(), b.ncols());
     if a.ncols() == 0 || m == 0 || n == 0 {
         return ndarray::Array2::zeros((m, n));
     }
     // The kernel overwrites every element when it does not read the destination, so the
     // output is not zero-filled first (that would be a full extra pass over memory).
-    let mut c = ndarray::Array2::<f64>::uninit((m, n));
+    let mut c = ndarray::Array2::<T>::uninit((m, n));
     // SAFETY: `MaybeUninit<f64>` has the layout of `f64`; `c` is a fresh standard-layout
     // (m, n) array, so the view covers exactly its elements; the kernel only writes them.
     let mut out =
-        unsafe { ndarray::ArrayViewMut2::from_shape_ptr((m, n), c.as_mut_ptr().cast::<f64>()) };
+        unsafe { ndarray::ArrayViewMut2::from_shape_ptr((m, n), c.as_mut_ptr().cast::<T>()) };
     matmul_into(&mut out, a, b, false);
     // SAFETY: k > 0 and a non-accumulating call (`read_dst = false`) writes all m x n elements.
     unsafe { c.assume_init() }

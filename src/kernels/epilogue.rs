@@ -5,24 +5,25 @@
 
 use super::norm::Moments;
 use crate::tensor::Tensor;
+use crate::float::Float;
 
 #[derive(Debug, Clone, Copy, Default)]
-pub struct Epilogue<'a> {
+pub struct Epilogue<'a, T: Float = f64> {
     /// Added to the output, element by element (the output's shape).
-    pub add: Option<&'a Tensor>,
+    pub add: Option<&'a Tensor<T>>,
     /// Hand back the output's moments (per plane of a conv output, per column of a dense one).
     pub moments: bool,
 }
 
-impl<'a> Epilogue<'a> {
+impl<'a, T: Float> Epilogue<'a, T> {
     /// Nothing after the layer.
-    pub const NONE: Epilogue<'static> = Epilogue {
+    pub const NONE: Epilogue<'static, T> = Epilogue {
         add: None,
         moments: false,
     };
 
     /// The values to add, checked against the output's length.
-    pub fn add_slice(&self, out_len: usize, layer: &str) -> Option<&'a [f64]> {
+    pub fn add_slice(&self, out_len: usize, layer: &str) -> Option<&'a [T]> {
         self.add.map(|t| {
             assert_eq!(
                 t.len(),
@@ -37,14 +38,14 @@ impl<'a> Epilogue<'a> {
     /// whole tensor's slice): adds its part of `add`, then measures its planes if asked.
     pub fn finish_sample(
         &self,
-        add: Option<&[f64]>,
+        add: Option<&[T]>,
         n: usize,
-        y_n: &mut [f64],
+        y_n: &mut [T],
         plane: usize,
-    ) -> Vec<(f64, f64)> {
+    ) -> Vec<(T, T)> {
         if let Some(r) = add {
             let r_n = &r[n * y_n.len()..(n + 1) * y_n.len()];
-            y_n.iter_mut().zip(r_n).for_each(|(v, r)| *v += r);
+            y_n.iter_mut().zip(r_n).for_each(|(v, &r)| *v += r);
         }
         if self.moments {
             Moments::of_sample(y_n, plane)

@@ -8,6 +8,7 @@
 
 use std::mem::MaybeUninit;
 use std::ops::Range;
+use crate::float::Float;
 
 /// Output spatial size.
 pub fn out_size(size: usize, k: usize, stride: usize, pad: usize) -> usize {
@@ -54,7 +55,7 @@ fn valid_cols(g: &Geometry, wo: usize, kj: usize) -> std::ops::Range<usize> {
 /// `x_n: (C, H, W)` -> `cols: (C k k, Ho Wo)`, row `r` at `cols[r * pitch..][..Ho Wo]`
 /// (`pitch = Ho Wo` for one sample alone; a group of samples side by side has a longer
 /// pitch); every element of those rows is written.
-pub(crate) fn im2col(x: &[f64], g: Geometry, cols: &mut [f64], pitch: usize) {
+pub(crate) fn im2col<T: Float>(x: &[T], g: Geometry, cols: &mut [T], pitch: usize) {
     if keeps_size(&g) {
         im2col_shifted(x, g, cols, pitch)
     } else {
@@ -65,16 +66,16 @@ pub(crate) fn im2col(x: &[f64], g: Geometry, cols: &mut [f64], pitch: usize) {
 /// `x_n = col2im(cols)`: the adjoint of im2col, `cols: (C k k, Ho Wo)` (rows `pitch` apart)
 /// summed back into a fresh `x_n: (C, H, W)` (every element is written); `cols` is scratch
 /// and may be changed.
-pub(crate) fn col2im_into<'x>(
-    cols: &mut [f64],
+pub(crate) fn col2im_into<'x, T: Float>(
+    cols: &mut [T],
     g: Geometry,
-    x: &'x mut [MaybeUninit<f64>],
+    x: &'x mut [MaybeUninit<T>],
     pitch: usize,
-) -> &'x mut [f64] {
+) -> &'x mut [T] {
     if keeps_size(&g) {
         return col2im_shifted(cols, g, x, pitch);
     }
-    let x = crate::tensor::init_fill(x, 0.0);
+    let x = crate::tensor::init_fill(x, T::zero());
     col2im_rows(cols, g, x, pitch);
     x
 }
@@ -145,20 +146,20 @@ impl Shift {
 /// one per row for a 3x3 kernel): stores for short ones, since a `memset` call per element
 /// was 10% of a training step on 8x8 images.
 #[inline(always)]
-fn zero(xs: &mut [f64]) {
+fn zero<T: Float>(xs: &mut [T]) {
     match xs.len() {
         0 => {}
-        1 => xs[0] = 0.0,
+        1 => xs[0] = T::zero(),
         2 => {
-            xs[0] = 0.0;
-            xs[1] = 0.0;
+            xs[0] = T::zero();
+            xs[1] = T::zero();
         }
-        _ => xs.fill(0.0),
+        _ => xs.fill(T::zero()),
     }
 }
 
 /// [`im2col`] of a size-keeping convolution, one shifted plane at a time.
-fn im2col_shifted(x: &[f64], g: Geometry, cols: &mut [f64], pitch: usize) {
+fn im2col_shifted<T: Float>(x: &[T], g: Geometry, cols: &mut [T], pitch: usize) {
     let (k, w, plane) = (g.k, g.w, g.h * g.w);
     let shifts = Shift::all(&g);
     for ci in 0..g.c {
@@ -184,12 +185,12 @@ fn im2col_shifted(x: &[f64], g: Geometry, cols: &mut [f64], pitch: usize) {
 /// to an element that gets no contribution at this kernel position. That changes no bit:
 /// `v + 0.0 = v` for every `v` but `-0.0`, and a sum that starts at `+0.0` never becomes
 /// `-0.0` in round-to-nearest.
-fn col2im_shifted<'x>(
-    cols: &mut [f64],
+fn col2im_shifted<'x, T: Float>(
+    cols: &mut [T],
     g: Geometry,
-    x: &'x mut [MaybeUninit<f64>],
+    x: &'x mut [MaybeUninit<T>],
     pitch: usize,
-) -> &'x mut [f64] {
+) -> &'x mut [T] {
     let (k, w, plane) = (g.k, g.w, g.h * g.w);
     let shifts = Shift::all(&g);
     for (ci, dst) in x.chunks_exact_mut(plane).take(g.c).enumerate() {
@@ -207,15 +208,15 @@ fn col2im_shifted<'x>(
                 let (head, rest) = dst.split_at_mut(from);
                 let (body, tail) = rest.split_at_mut(to - from);
                 for e in head.iter_mut().chain(tail) {
-                    e.write(0.0);
+                    e.write(T::zero());
                 }
                 for (o, &v) in body.iter_mut().zip(src) {
-                    o.write(0.0 + v);
+                    o.write(T::zero() + v);
                 }
             } else {
                 let body = &mut dst[from..to];
                 // SAFETY: the first kernel position wrote every element of the plane.
-                let body = unsafe { &mut *(body as *mut [MaybeUninit<f64>] as *mut [f64]) };
+                let body = unsafe { &mut *(body as *mut [MaybeUninit<T>] as *mut [T]) };
                 for (o, &v) in body.iter_mut().zip(src) {
                     *o += v;
                 }
@@ -224,11 +225,11 @@ fn col2im_shifted<'x>(
     }
     // SAFETY: every plane was written in full at its first kernel position, and the planes
     // cover `x` (`x` holds `c` planes).
-    unsafe { &mut *(x as *mut [MaybeUninit<f64>] as *mut [f64]) }
+    unsafe { &mut *(x as *mut [MaybeUninit<T>] as *mut [T]) }
 }
 
 /// [`im2col`] one output row at a time (any stride and padding).
-pub(crate) fn im2col_rows(x: &[f64], g: Geometry, cols: &mut [f64], pitch: usize) {
+pub(crate) fn im2col_rows<T: Float>(x: &[T], g: Geometry, cols: &mut [T], pitch: usize) {
     let (ho, wo) = g.out();
     let (k, h, w, s) = (g.k, g.h, g.w, g.s);
     for ci in 0..g.c {
@@ -239,12 +240,12 @@ pub(crate) fn im2col_rows(x: &[f64], g: Geometry, cols: &mut [f64], pitch: usize
                 for oh in 0..ho {
                     let out = &mut row[oh * wo..(oh + 1) * wo];
                     let Some(ih) = g.in_row(oh, ki) else {
-                        out.fill(0.0);
+                        out.fill(T::zero());
                         continue;
                     };
                     let src = &x[(ci * h + ih) * w..][..w];
-                    out[..valid.start].fill(0.0);
-                    out[valid.end..].fill(0.0);
+                    out[..valid.start].fill(T::zero());
+                    out[valid.end..].fill(T::zero());
                     // Input column of output column `valid.start`.
                     let first = valid.start * s + kj - g.p;
                     if s == 1 {
@@ -265,7 +266,7 @@ pub(crate) fn im2col_rows(x: &[f64], g: Geometry, cols: &mut [f64], pitch: usize
 
 /// Adds `cols: (C k k, Ho Wo)` back into `x_n: (C, H, W)` (the adjoint of im2col), one
 /// contiguous (stride 1) or strided run of valid columns at a time.
-pub(crate) fn col2im_rows(cols: &[f64], g: Geometry, x: &mut [f64], pitch: usize) {
+pub(crate) fn col2im_rows<T: Float>(cols: &[T], g: Geometry, x: &mut [T], pitch: usize) {
     let (ho, wo) = g.out();
     let (k, h, w, s) = (g.k, g.h, g.w, g.s);
     for ci in 0..g.c {

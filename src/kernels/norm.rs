@@ -16,6 +16,7 @@ use crate::fault::{self, Fault};
 use crate::spin_join::{self, split_point};
 use crate::tensor::lane_sum;
 use crate::tensor::{relu, select};
+use crate::float::{c, Float};
 
 /// `(N, C, S)` sizes of an `(N, C, ...)` tensor, S = product of the trailing axes.
 #[derive(Debug, Clone, Copy)]
@@ -71,7 +72,7 @@ impl Layout {
 /// slice is that channel's single value), a dense row has channels `0..C` (the slice is the
 /// whole row of values). Monomorphised, so each loop vectorises with no branch inside.
 pub(crate) trait Run {
-    fn at(p: &[f64], i: usize) -> f64;
+    fn at<T: Float>(p: &[T], i: usize) -> T;
 }
 
 pub(crate) struct Plane;
@@ -79,21 +80,21 @@ pub(crate) struct Row;
 
 impl Run for Plane {
     #[inline(always)]
-    fn at(p: &[f64], _: usize) -> f64 {
+    fn at<T: Float>(p: &[T], _: usize) -> T {
         p[0]
     }
 }
 
 impl Run for Row {
     #[inline(always)]
-    fn at(p: &[f64], i: usize) -> f64 {
+    fn at<T: Float>(p: &[T], i: usize) -> T {
         p[i]
     }
 }
 
 impl Layout {
     /// The parameters of the run of `len` elements starting at flat index `rs`.
-    pub(crate) fn params<'v>(&self, values: &'v [f64], rs: usize, len: usize) -> &'v [f64] {
+    pub(crate) fn params<'v, T: Float>(&self, values: &'v [T], rs: usize, len: usize) -> &'v [T] {
         if self.s == 1 {
             &values[..len]
         } else {
@@ -105,12 +106,12 @@ impl Layout {
 
 /// `out = a x + b`, or `relu(a x + b)` with the ReLU's mask when `mask` is non-empty.
 #[inline(always)]
-pub(crate) fn affine_run<R: Run>(
-    out: &mut [MaybeUninit<f64>],
-    x: &[f64],
+pub(crate) fn affine_run<T: Float, R: Run>(
+    out: &mut [MaybeUninit<T>],
+    x: &[T],
     mask: &mut [MaybeUninit<bool>],
-    a: &[f64],
-    b: &[f64],
+    a: &[T],
+    b: &[T],
 ) {
     let n = out.len();
     let x = &x[..n];
@@ -122,7 +123,7 @@ pub(crate) fn affine_run<R: Run>(
         let mask = &mut mask[..n];
         for i in 0..n {
             let z = R::at(a, i) * x[i] + R::at(b, i);
-            mask[i].write(z > 0.0);
+            mask[i].write(z > T::zero());
             out[i].write(relu(z));
         }
     }
@@ -130,39 +131,39 @@ pub(crate) fn affine_run<R: Run>(
 
 /// One dense row (or a stretch of it) of the forward map, for ops that fuse a BatchNorm:
 /// `out = a x + b`, or with the ReLU and its mask when `mask` is non-empty.
-pub(crate) fn affine_row(
-    out: &mut [MaybeUninit<f64>],
-    x: &[f64],
+pub(crate) fn affine_row<T: Float>(
+    out: &mut [MaybeUninit<T>],
+    x: &[T],
     mask: &mut [MaybeUninit<bool>],
-    a: &[f64],
-    b: &[f64],
+    a: &[T],
+    b: &[T],
 ) {
-    affine_run::<Row>(out, x, mask, a, b)
+    affine_run::<_, Row>(out, x, mask, a, b)
 }
 
 /// One dense row (or a stretch) of the training-mode input gradient, in place; `p` is
 /// `[scale, c1, c2, mean]` of its channels.
-pub(crate) fn train_grad_row(g: &mut [f64], x: &[f64], mask: Option<&[bool]>, p: [&[f64]; 4]) {
-    train_grad_run::<Row>(g, x, mask, p)
+pub(crate) fn train_grad_row<T: Float>(g: &mut [T], x: &[T], mask: Option<&[bool]>, p: [&[T]; 4]) {
+    train_grad_run::<_, Row>(g, x, mask, p)
 }
 
 /// One dense row (or a stretch) of the evaluation-mode input gradient, in place.
-pub(crate) fn eval_grad_row(g: &mut [f64], mask: Option<&[bool]>, scale: &[f64]) {
-    eval_grad_run::<Row>(g, mask, scale)
+pub(crate) fn eval_grad_row<T: Float>(g: &mut [T], mask: Option<&[bool]>, scale: &[T]) {
+    eval_grad_run::<_, Row>(g, mask, scale)
 }
 
 /// Training-mode input gradient in place: `g <- scale (mask g) - c1 - c2 (x - mean)`.
 #[inline(always)]
-pub(crate) fn train_grad_run<R: Run>(
-    g: &mut [f64],
-    x: &[f64],
+pub(crate) fn train_grad_run<T: Float, R: Run>(
+    g: &mut [T],
+    x: &[T],
     mask: Option<&[bool]>,
-    p: [&[f64]; 4],
+    p: [&[T]; 4],
 ) {
     let n = g.len();
     let x = &x[..n];
     let [scale, c1, c2, mean] = p;
-    let term = |i: usize, gi: f64| {
+    let term = |i: usize, gi: T| {
         R::at(scale, i) * gi - R::at(c1, i) - R::at(c2, i) * (x[i] - R::at(mean, i))
     };
     match mask {
@@ -182,7 +183,7 @@ pub(crate) fn train_grad_run<R: Run>(
 
 /// Evaluation-mode input gradient in place: `g <- scale (mask g)`.
 #[inline(always)]
-pub(crate) fn eval_grad_run<R: Run>(g: &mut [f64], mask: Option<&[bool]>, scale: &[f64]) {
+pub(crate) fn eval_grad_run<T: Float, R: Run>(g: &mut [T], mask: Option<&[bool]>, scale: &[T]) {
     let n = g.len();
     match mask {
         Some(mask) => {
@@ -202,16 +203,16 @@ pub(crate) fn eval_grad_run<R: Run>(g: &mut [f64], mask: Option<&[bool]>, scale:
 /// Per channel `(sum_a, sum_b)` of a conv activation: `plane(start, channel)` sums one
 /// plane; parallel blocks of channels, each channel summed plane by plane in sample order
 /// with fixed lanes.
-pub(crate) fn channel_sums(
+pub(crate) fn channel_sums<T: Float>(
     l: Layout,
-    plane: &(dyn Fn(usize, usize) -> (f64, f64) + Sync),
-) -> (Vec<f64>, Vec<f64>) {
-    let blocks: Vec<Vec<(f64, f64)>> = (0..l.c.div_ceil(CHANNEL_BLOCK))
+    plane: &(dyn Fn(usize, usize) -> (T, T) + Sync),
+) -> (Vec<T>, Vec<T>) {
+    let blocks: Vec<Vec<(T, T)>> = (0..l.c.div_ceil(CHANNEL_BLOCK))
         .into_par_iter()
         .map(|blk| {
             (blk * CHANNEL_BLOCK..((blk + 1) * CHANNEL_BLOCK).min(l.c))
                 .map(|ch| {
-                    (0..l.n).fold((0.0, 0.0), |(a, b), n| {
+                    (0..l.n).fold((T::zero(), T::zero()), |(a, b), n| {
                         let (da, db) = plane((n * l.c + ch) * l.s, ch);
                         (a + da, b + db)
                     })
@@ -224,17 +225,17 @@ pub(crate) fn channel_sums(
 
 /// The per-channel affine map of a normalisation, `y = a x + b`.
 #[derive(Debug, Clone)]
-pub(crate) struct Affine {
-    pub a: Vec<f64>,
-    pub b: Vec<f64>,
+pub(crate) struct Affine<T: Float = f64> {
+    pub a: Vec<T>,
+    pub b: Vec<T>,
 }
 
 /// Mean and biased variance per channel of a conv activation in one pass over memory: each
 /// plane's mean and centred squares while it is in cache, then the planes combined in sample
 /// order with the pairwise update of Chan, Golub and LeVeque (as stable as two passes over
 /// the whole channel, which read the tensor twice). Parallel over blocks of channels.
-pub(crate) fn plane_stats(xs: &[f64], l: Layout) -> (Vec<f64>, Vec<f64>) {
-    let blocks: Vec<Vec<(f64, f64)>> = (0..l.c.div_ceil(CHANNEL_BLOCK))
+pub(crate) fn plane_stats<T: Float>(xs: &[T], l: Layout) -> (Vec<T>, Vec<T>) {
+    let blocks: Vec<Vec<(T, T)>> = (0..l.c.div_ceil(CHANNEL_BLOCK))
         .into_par_iter()
         .map(|blk| {
             (blk * CHANNEL_BLOCK..((blk + 1) * CHANNEL_BLOCK).min(l.c))
@@ -246,15 +247,15 @@ pub(crate) fn plane_stats(xs: &[f64], l: Layout) -> (Vec<f64>, Vec<f64>) {
 }
 
 /// One plane's `(mean, sum of squared deviations)`, two passes over the plane (in cache).
-pub(crate) fn plane_moments(plane: &[f64]) -> (f64, f64) {
-    let mean = lane_sum(plane, |v| v) / plane.len() as f64;
+pub(crate) fn plane_moments<T: Float>(plane: &[T]) -> (T, T) {
+    let mean = lane_sum(plane, |v| v) / c::<T>(plane.len() as f64);
     (mean, lane_sum(plane, |v| (v - mean) * (v - mean)))
 }
 
 /// A channel's mean and biased variance from its planes' moments, combined in sample order.
-pub(crate) fn combine_planes(l: Layout, moments: impl Fn(usize) -> (f64, f64)) -> (f64, f64) {
-    let s = l.s as f64;
-    let (mut count, mut mean, mut m2) = (0.0, 0.0, 0.0);
+pub(crate) fn combine_planes<T: Float>(l: Layout, moments: impl Fn(usize) -> (T, T)) -> (T, T) {
+    let s = c::<T>(l.s as f64);
+    let (mut count, mut mean, mut m2) = (T::zero(), T::zero(), T::zero());
     for n in 0..l.n {
         let (plane_mean, plane_m2) = moments(n);
         let total = count + s;
@@ -270,23 +271,23 @@ pub(crate) fn combine_planes(l: Layout, moments: impl Fn(usize) -> (f64, f64)) -
 /// cache, so the next BatchNorm need not read the tensor again. They give bit for bit the
 /// statistics of [`BatchNorm::forward`]'s own pass.
 #[derive(Debug, Clone)]
-pub enum Moments {
+pub enum Moments<T: Float = f64> {
     /// Per-plane `(mean, centred sum of squares)` of a conv activation, `[n * C + c]`.
-    Planes(Vec<(f64, f64)>),
+    Planes(Vec<(T, T)>),
     /// Per-channel mean and biased variance of a dense activation (as `column_stats` gives).
-    Columns { mean: Vec<f64>, var: Vec<f64> },
+    Columns { mean: Vec<T>, var: Vec<T> },
 }
 
-impl Moments {
+impl<T: Float> Moments<T> {
     /// Moments of every plane of one sample (`C` planes of `plane` values), in channel order.
-    pub(crate) fn of_sample(y_n: &[f64], plane: usize) -> Vec<(f64, f64)> {
+    pub(crate) fn of_sample(y_n: &[T], plane: usize) -> Vec<(T, T)> {
         y_n.chunks_exact(plane).map(plane_moments).collect()
     }
 }
 
 /// `gamma * inv_std` per channel: the factor every affine step multiplies by.
-pub(crate) fn scales(gamma: &[f64], inv_std: &[f64]) -> Vec<f64> {
-    gamma.iter().zip(inv_std).map(|(g, i)| g * i).collect()
+pub(crate) fn scales<T: Float>(gamma: &[T], inv_std: &[T]) -> Vec<T> {
+    gamma.iter().zip(inv_std).map(|(&g, &i)| g * i).collect()
 }
 
 /// Per-column mean and biased variance of a block of a dense activation `(N, W)` whose rows
@@ -294,37 +295,37 @@ pub(crate) fn scales(gamma: &[f64], inv_std: &[f64]) -> Vec<f64> {
 /// not cancel), vectorised across columns. A column's result does not depend on the block
 /// it is in, so any split of the columns (between threads, or into a producing op) gives
 /// the same bits.
-pub(crate) fn column_stats(x: ArrayView2<f64>) -> (Vec<f64>, Vec<f64>) {
+pub(crate) fn column_stats<T: Float>(x: ArrayView2<T>) -> (Vec<T>, Vec<T>) {
     let (n, w) = x.dim();
-    let count = n as f64;
-    let mut sum = vec![0.0; w];
+    let count = c::<T>(n as f64);
+    let mut sum = vec![T::zero(); w];
     for row in x.rows() {
         let row = row.to_slice().expect("rows are contiguous");
-        sum.iter_mut().zip(row).for_each(|(a, v)| *a += v);
+        sum.iter_mut().zip(row).for_each(|(a, &v)| *a += v);
     }
-    let mean: Vec<f64> = sum.iter().map(|v| v / count).collect();
-    let mut sq = vec![0.0; w];
+    let mean: Vec<T> = sum.iter().map(|&v| v / count).collect();
+    let mut sq = vec![T::zero(); w];
     for row in x.rows() {
         let row = row.to_slice().expect("rows are contiguous");
         sq.iter_mut()
             .zip(row)
             .zip(&mean)
-            .for_each(|((a, v), m)| *a += (v - m) * (v - m));
+            .for_each(|((a, &v), &m)| *a += (v - m) * (v - m));
     }
-    let var = sq.iter().map(|v| v / count).collect();
+    let var = sq.iter().map(|&v| v / count).collect();
     (mean, var)
 }
 
 /// Per-column `(sum g, sum g (x - mean))` of a block of a dense gradient, `g` masked by the
 /// ReLU's `mask` when given; rows in order, vectorised across columns.
-pub(crate) fn column_grad_sums(
-    g: ArrayView2<f64>,
-    x: ArrayView2<f64>,
+pub(crate) fn column_grad_sums<T: Float>(
+    g: ArrayView2<T>,
+    x: ArrayView2<T>,
     mask: Option<ArrayView2<bool>>,
-    mean: &[f64],
-) -> (Vec<f64>, Vec<f64>) {
+    mean: &[T],
+) -> (Vec<T>, Vec<T>) {
     let w = g.ncols();
-    let (mut sb, mut sg) = (vec![0.0; w], vec![0.0; w]);
+    let (mut sb, mut sg) = (vec![T::zero(); w], vec![T::zero(); w]);
     let mean = &mean[..w];
     for (r, (g, x)) in g.rows().into_iter().zip(x.rows()).enumerate() {
         let g = &g.to_slice().expect("rows are contiguous")[..w];
@@ -352,11 +353,11 @@ pub(crate) fn column_grad_sums(
 
 /// Runs `f` on the two halves of `0..c` (split at a multiple of 8 columns) on two threads
 /// (on this one when the `rows x c` pass is small) and joins the per-column results in order.
-pub(crate) fn column_halves(
+pub(crate) fn column_halves<T: Float>(
     rows: usize,
     c: usize,
-    f: impl Fn(std::ops::Range<usize>) -> (Vec<f64>, Vec<f64>) + Sync,
-) -> (Vec<f64>, Vec<f64>) {
+    f: impl Fn(std::ops::Range<usize>) -> (Vec<T>, Vec<T>) + Sync,
+) -> (Vec<T>, Vec<T>) {
     let mid = split_point(c, 8);
     let (mut left, mut right) = (None, None);
     spin_join::join_if(
@@ -372,13 +373,13 @@ pub(crate) fn column_halves(
 
 /// The training-mode input-gradient coefficients per channel: `grad_x = scale g - c1 - c2
 /// (x - mean)` with `c1 = scale grad_beta / M`, `c2 = scale inv_std^2 sum_gx / M`.
-pub(crate) fn train_grad_coefficients(
-    scale: &[f64],
-    inv_std: &[f64],
-    grad_beta: &[f64],
-    sum_gx: &[f64],
-    m: f64,
-) -> (Vec<f64>, Vec<f64>) {
+pub(crate) fn train_grad_coefficients<T: Float>(
+    scale: &[T],
+    inv_std: &[T],
+    grad_beta: &[T],
+    sum_gx: &[T],
+    m: T,
+) -> (Vec<T>, Vec<T>) {
     (0..scale.len())
         .map(|ch| {
             let sc = scale[ch] / m;

@@ -4,22 +4,23 @@
 
 use super::norm::Affine;
 use crate::tensor::relu;
+use crate::float::Float;
 
 /// Where a convolution reads sample `n`'s input: a stored tensor, or the pre-activation
 /// `relu(a x + b)` of one (a BatchNorm's affine map then ReLU), made per sample in a scratch
 /// buffer so the activated tensor never exists whole (the fused BN-ReLU-conv).
 #[derive(Clone, Copy)]
-pub(crate) enum Prologue<'a> {
-    Plain(&'a [f64]),
+pub(crate) enum Prologue<'a, T: Float = f64> {
+    Plain(&'a [T]),
     Preact {
-        x: &'a [f64],
-        affine: &'a Affine,
+        x: &'a [T],
+        affine: &'a Affine<T>,
         /// Values per channel plane, `H W`.
         plane: usize,
     },
 }
 
-impl Prologue<'_> {
+impl<T: Float> Prologue<'_, T> {
     /// Scratch a sample of `sample_len` values needs: none when it is read in place.
     pub(crate) fn scratch_len(&self, sample_len: usize) -> usize {
         match self {
@@ -30,7 +31,7 @@ impl Prologue<'_> {
 
     /// Sample `n` (`len` values), computed into `scratch` (at least `len` long) when it has
     /// to be.
-    pub(crate) fn sample<'s>(&'s self, n: usize, len: usize, scratch: &'s mut [f64]) -> &'s [f64] {
+    pub(crate) fn sample<'s>(&'s self, n: usize, len: usize, scratch: &'s mut [T]) -> &'s [T] {
         match *self {
             Prologue::Plain(x) => &x[n * len..(n + 1) * len],
             Prologue::Preact { x, affine, plane } => {

@@ -8,16 +8,17 @@ use ndarray::Axis;
 
 use super::im2col::Geometry;
 use crate::tensor::Tensor;
+use crate::float::{c, Float};
 
 /// Per-channel mean and biased variance of an `(N, C, ...)` tensor: two passes over the
 /// channel's `N H W` values.
-pub fn channel_moments(x: &Tensor) -> (Vec<f64>, Vec<f64>) {
+pub fn channel_moments<T: Float>(x: &Tensor<T>) -> (Vec<T>, Vec<T>) {
     (0..x.shape()[1])
         .map(|ch| {
             let v = x.index_axis(Axis(1), ch);
-            let m = v.len() as f64;
-            let mean = v.iter().sum::<f64>() / m;
-            let var = v.iter().map(|a| (a - mean) * (a - mean)).sum::<f64>() / m;
+            let m = c::<T>(v.len() as f64);
+            let mean = v.iter().sum::<T>() / m;
+            let var = v.iter().map(|&a| (a - mean) * (a - mean)).sum::<T>() / m;
             (mean, var)
         })
         .unzip()
@@ -25,7 +26,7 @@ pub fn channel_moments(x: &Tensor) -> (Vec<f64>, Vec<f64>) {
 
 /// `a_c x + b_c` on channel `c`, then `max(., 0)` when `relu`; the mask is where the
 /// pre-activation was positive.
-pub fn affine(x: &Tensor, a: &[f64], b: &[f64], relu: bool) -> (Tensor, ndarray::ArrayD<bool>) {
+pub fn affine<T: Float>(x: &Tensor<T>, a: &[T], b: &[T], relu: bool) -> (Tensor<T>, ndarray::ArrayD<bool>) {
     let mut y = x.clone();
     let mut mask = x.mapv(|_| true);
     for ch in 0..x.shape()[1] {
@@ -33,18 +34,18 @@ pub fn affine(x: &Tensor, a: &[f64], b: &[f64], relu: bool) -> (Tensor, ndarray:
         let mut m_c = mask.index_axis_mut(Axis(1), ch);
         for (v, m) in y_c.iter_mut().zip(m_c.iter_mut()) {
             let z = a[ch] * *v + b[ch];
-            *m = z > 0.0;
-            *v = if relu && z <= 0.0 { 0.0 } else { z };
+            *m = z > T::zero();
+            *v = if relu && z <= T::zero() { T::zero() } else { z };
         }
     }
     (y, mask)
 }
 
 /// `(x - mean_c) / sqrt(var_c + eps)` per channel.
-fn normalised(x: &Tensor, mean: &[f64], var: &[f64], eps: f64) -> Tensor {
+fn normalised<T: Float>(x: &Tensor<T>, mean: &[T], var: &[T], eps: T) -> Tensor<T> {
     let mut xhat = x.clone();
     for ch in 0..x.shape()[1] {
-        let inv = 1.0 / (var[ch] + eps).sqrt();
+        let inv = T::one() / (var[ch] + eps).sqrt();
         xhat.index_axis_mut(Axis(1), ch)
             .mapv_inplace(|v| (v - mean[ch]) * inv);
     }
@@ -52,21 +53,21 @@ fn normalised(x: &Tensor, mean: &[f64], var: &[f64], eps: f64) -> Tensor {
 }
 
 /// BatchNorm in training mode: `y = gamma xhat + beta`, `xhat` from the batch's statistics.
-pub fn batch_norm_train(x: &Tensor, gamma: &[f64], beta: &[f64], eps: f64) -> Tensor {
+pub fn batch_norm_train<T: Float>(x: &Tensor<T>, gamma: &[T], beta: &[T], eps: T) -> Tensor<T> {
     let (mean, var) = channel_moments(x);
     let xhat = normalised(x, &mean, &var, eps);
     affine(&xhat, gamma, beta, false).0
 }
 
 /// BatchNorm in evaluation mode: the running statistics, an affine map.
-pub fn batch_norm_eval(
-    x: &Tensor,
-    gamma: &[f64],
-    beta: &[f64],
-    running_mean: &[f64],
-    running_var: &[f64],
-    eps: f64,
-) -> Tensor {
+pub fn batch_norm_eval<T: Float>(
+    x: &Tensor<T>,
+    gamma: &[T],
+    beta: &[T],
+    running_mean: &[T],
+    running_var: &[T],
+    eps: T,
+) -> Tensor<T> {
     let xhat = normalised(x, running_mean, running_var, eps);
     affine(&xhat, gamma, beta, false).0
 }
@@ -75,12 +76,12 @@ pub fn batch_norm_eval(
 /// `grad_beta = sum g`, `grad_gamma = sum g xhat`,
 /// `grad_x = gamma / sqrt(var + eps) (g - grad_beta / M - xhat grad_gamma / M)`.
 /// Returns `(grad_x, grad_gamma, grad_beta)`.
-pub fn batch_norm_train_backward(
-    x: &Tensor,
-    gamma: &[f64],
-    eps: f64,
-    grad_y: &Tensor,
-) -> (Tensor, Vec<f64>, Vec<f64>) {
+pub fn batch_norm_train_backward<T: Float>(
+    x: &Tensor<T>,
+    gamma: &[T],
+    eps: T,
+    grad_y: &Tensor<T>,
+) -> (Tensor<T>, Vec<T>, Vec<T>) {
     let (mean, var) = channel_moments(x);
     let xhat = normalised(x, &mean, &var, eps);
     let mut grad_x = grad_y.clone();
@@ -88,9 +89,9 @@ pub fn batch_norm_train_backward(
     for ch in 0..x.shape()[1] {
         let g = grad_y.index_axis(Axis(1), ch);
         let xh = xhat.index_axis(Axis(1), ch);
-        let m = g.len() as f64;
-        let gb: f64 = g.iter().sum();
-        let gg: f64 = g.iter().zip(xh.iter()).map(|(g, x)| g * x).sum();
+        let m = c::<T>(g.len() as f64);
+        let gb: T = g.iter().sum();
+        let gg: T = g.iter().zip(xh.iter()).map(|(&g, &x)| g * x).sum();
         let scale = gamma[ch] / (var[ch] + eps).sqrt();
         let mut out = grad_x.index_axis_mut(Axis(1), ch);
         for ((o, &g), &xh) in out.iter_mut().zip(g.iter()).zip(xh.iter()) {
@@ -125,17 +126,17 @@ fn for_each_tap(g: &Geometry, mut f: impl FnMut(usize, usize)) {
 
 /// im2col by its definition: each column entry is the input pixel its tap reads, 0 where the
 /// tap falls outside the image.
-pub fn im2col(x: &[f64], g: Geometry) -> Vec<f64> {
+pub fn im2col<T: Float>(x: &[T], g: Geometry) -> Vec<T> {
     let (ho, wo) = g.out();
-    let mut cols = vec![0.0; g.c * g.k * g.k * ho * wo];
+    let mut cols = vec![T::zero(); g.c * g.k * g.k * ho * wo];
     for_each_tap(&g, |col, input| cols[col] = x[input]);
     cols
 }
 
 /// col2im, the adjoint of [`im2col`]: each input element is the sum of the entries of
 /// `cols` copied from it, added in `(ci, ki, kj, oh, ow)` order onto `0.0`.
-pub fn col2im(cols: &[f64], g: Geometry) -> Vec<f64> {
-    let mut x = vec![0.0; g.c * g.h * g.w];
+pub fn col2im<T: Float>(cols: &[T], g: Geometry) -> Vec<T> {
+    let mut x = vec![T::zero(); g.c * g.h * g.w];
     for_each_tap(&g, |col, input| x[input] += cols[col]);
     x
 }

@@ -223,9 +223,9 @@ impl BatchNorm {
                         &mut []
                     };
                     if l.s == 1 {
-                        affine_run::<Row>(o, src, m, pa, pb);
+                        affine_run::<_, Row>(o, src, m, pa, pb);
                     } else {
-                        affine_run::<Plane>(o, src, m, pa, pb);
+                        affine_run::<_, Plane>(o, src, m, pa, pb);
                     }
                 }
             };
@@ -377,14 +377,14 @@ impl BatchNorm {
                         l.params(mean, rs, len),
                     ];
                     if l.s == 1 {
-                        train_grad_run::<Row>(g, &xs[rs..], mk, p);
+                        train_grad_run::<_, Row>(g, &xs[rs..], mk, p);
                     } else {
-                        train_grad_run::<Plane>(g, &xs[rs..], mk, p);
+                        train_grad_run::<_, Plane>(g, &xs[rs..], mk, p);
                     }
                 } else if l.s == 1 {
-                    eval_grad_run::<Row>(g, mk, ps);
+                    eval_grad_run::<_, Row>(g, mk, ps);
                 } else {
-                    eval_grad_run::<Plane>(g, mk, ps);
+                    eval_grad_run::<_, Plane>(g, mk, ps);
                 }
                 if let Some(r) = add {
                     g.iter_mut()
