@@ -4,7 +4,7 @@
 //! enables through a dev-dependency on the crate itself: a build a user makes has no switch,
 //! and every hook below is a constant `false` there.
 
-use crate::float::{c, Float};
+use crate::float::Float;
 
 /// The injectable faults, each one term of one backward pass.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -147,7 +147,7 @@ pub fn inject(fault: Option<Fault>) {
 #[inline(always)]
 pub fn perturb_slice<T: Float>(fault: Fault, values: &mut [T]) {
     if active(fault) {
-        values.iter_mut().for_each(|v| *v *= c::<T>(FACTOR));
+        values.iter_mut().for_each(|v| *v *= T::of_f64(FACTOR));
     }
 }
 
@@ -155,7 +155,7 @@ pub fn perturb_slice<T: Float>(fault: Fault, values: &mut [T]) {
 #[inline(always)]
 pub fn perturb<T: Float, D: ndarray::Dimension>(fault: Fault, t: &mut ndarray::Array<T, D>) {
     if active(fault) {
-        t.mapv_inplace(|v| v * c::<T>(FACTOR));
+        t.mapv_inplace(|v| v * T::of_f64(FACTOR));
     }
 }
 
@@ -163,7 +163,7 @@ pub fn perturb<T: Float, D: ndarray::Dimension>(fault: Fault, t: &mut ndarray::A
 #[inline(always)]
 pub fn factor<T: Float>(fault: Fault, v: T) -> T {
     if active(fault) {
-        v * c::<T>(FACTOR)
+        v * T::of_f64(FACTOR)
     } else {
         v
     }

@@ -24,6 +24,16 @@ pub fn into_standard_layout<T: Float>(x: Tensor<T>) -> Tensor<T> {
     }
 }
 
+/// `x` in another element type (rounded to nearest when narrowing); no copy when the type is
+/// the same.
+pub fn cast<T: Float, U: Float>(x: Tensor<T>) -> Tensor<U> {
+    if std::any::TypeId::of::<T>() == std::any::TypeId::of::<U>() {
+        // SAFETY: T and U are the same type.
+        return unsafe { std::mem::transmute::<Tensor<T>, Tensor<U>>(x) };
+    }
+    x.mapv(|v| U::of_f64(v.as_f64()))
+}
+
 /// Sum of squares in logical (row-major) order.
 pub fn sum_sq<T: Float>(a: &ArrayViewD<T>) -> T {
     a.iter().fold(T::zero(), |acc, &v| acc + v * v)
@@ -185,9 +195,9 @@ pub fn norm<T: Float>(a: &Tensor<T>) -> f64 {
 pub fn cosine<T: Float>(a: &Tensor<T>, b: &Tensor<T>) -> f64 {
     assert_eq!(a.shape(), b.shape(), "cosine: shape mismatch");
     let (na, nb) = (norm(a), norm(b));
-    a.iter()
-        .zip(b.iter())
-        .fold(0.0, |acc, (&x, &y)| acc + (x.as_f64() / na) * (y.as_f64() / nb))
+    a.iter().zip(b.iter()).fold(0.0, |acc, (&x, &y)| {
+        acc + (x.as_f64() / na) * (y.as_f64() / nb)
+    })
 }
 
 /// Inner product over every element, in logical order (in f64).
@@ -273,10 +283,10 @@ const SPLIT_MIN_ROWS: usize = 16;
 
 /// As [`matmul_into`], always on the calling thread: for GEMMs that already run inside a
 /// parallel loop (one per sample of a convolution), so parallelism is never nested.
-pub fn matmul_into_serial(
-    c: &mut ArrayViewMut2<f64>,
-    a: &ArrayView2<f64>,
-    b: &ArrayView2<f64>,
+pub fn matmul_into_serial<T: Float>(
+    c: &mut ArrayViewMut2<T>,
+    a: &ArrayView2<T>,
+    b: &ArrayView2<T>,
     accumulate: bool,
 ) {
     gemm_call(c, a, b, accumulate);
@@ -532,7 +542,7 @@ mod tests {
         matmul_into(&mut c.view_mut(), &a.view(), &b.view(), true);
         assert_eq!(c[[0, 0]], 10.0);
         // A tail lane that adds 0 * 0 turns -0 into +0, as the hardware's masked lanes do.
-        assert_eq!(dot_in_lanes(&[-0.0], &[1.0]).to_bits(), 0.0f64.to_bits());
+        assert_eq!(dot_in_lanes::<f64>(&[-0.0], &[1.0]).to_bits(), 0.0f64.to_bits());
         // Past 1024 terms, each block's sum is added into c in turn.
         let long = vec![1.0; 1030];
         assert_eq!(dot_in_lanes(&long, &long), 1030.0);
@@ -646,7 +656,7 @@ mod tests {
         assert!(norm(&with_nan).is_nan());
         with_nan[[2]] = f64::INFINITY;
         assert_eq!(norm(&with_nan), f64::INFINITY);
-        assert_eq!(norm(&Tensor::zeros(ndarray::IxDyn(&[3]))), 0.0);
+        assert_eq!(norm(&Tensor::<f64>::zeros(ndarray::IxDyn(&[3]))), 0.0);
         assert!((cosine(&big, &big) - 1.0).abs() < 1e-15);
     }
 

@@ -4,8 +4,8 @@
 //! for `add: x` (its identity shortcut) and the op sequence for the moments.
 
 use super::norm::Moments;
-use crate::tensor::Tensor;
 use crate::float::Float;
+use crate::tensor::Tensor;
 
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Epilogue<'a, T: Float = f64> {

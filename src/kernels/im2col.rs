@@ -6,9 +6,9 @@
 //! [`super::reference`] has the definition as plain index loops; the tests hold all three
 //! equal bit for bit (they copy the same values and add in the same order).
 
+use crate::float::Float;
 use std::mem::MaybeUninit;
 use std::ops::Range;
-use crate::float::Float;
 
 /// Output spatial size.
 pub fn out_size(size: usize, k: usize, stride: usize, pad: usize) -> usize {

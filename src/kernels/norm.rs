@@ -13,10 +13,10 @@ use ndarray::ArrayView2;
 use rayon::prelude::*;
 
 use crate::fault::{self, Fault};
+use crate::float::Float;
 use crate::spin_join::{self, split_point};
 use crate::tensor::lane_sum;
 use crate::tensor::{relu, select};
-use crate::float::{c, Float};
 
 /// `(N, C, S)` sizes of an `(N, C, ...)` tensor, S = product of the trailing axes.
 #[derive(Debug, Clone, Copy)]
@@ -248,13 +248,13 @@ pub(crate) fn plane_stats<T: Float>(xs: &[T], l: Layout) -> (Vec<T>, Vec<T>) {
 
 /// One plane's `(mean, sum of squared deviations)`, two passes over the plane (in cache).
 pub(crate) fn plane_moments<T: Float>(plane: &[T]) -> (T, T) {
-    let mean = lane_sum(plane, |v| v) / c::<T>(plane.len() as f64);
+    let mean = lane_sum(plane, |v| v) / T::of_f64(plane.len() as f64);
     (mean, lane_sum(plane, |v| (v - mean) * (v - mean)))
 }
 
 /// A channel's mean and biased variance from its planes' moments, combined in sample order.
 pub(crate) fn combine_planes<T: Float>(l: Layout, moments: impl Fn(usize) -> (T, T)) -> (T, T) {
-    let s = c::<T>(l.s as f64);
+    let s = T::of_f64(l.s as f64);
     let (mut count, mut mean, mut m2) = (T::zero(), T::zero(), T::zero());
     for n in 0..l.n {
         let (plane_mean, plane_m2) = moments(n);
@@ -297,7 +297,7 @@ pub(crate) fn scales<T: Float>(gamma: &[T], inv_std: &[T]) -> Vec<T> {
 /// the same bits.
 pub(crate) fn column_stats<T: Float>(x: ArrayView2<T>) -> (Vec<T>, Vec<T>) {
     let (n, w) = x.dim();
-    let count = c::<T>(n as f64);
+    let count = T::of_f64(n as f64);
     let mut sum = vec![T::zero(); w];
     for row in x.rows() {
         let row = row.to_slice().expect("rows are contiguous");
@@ -466,9 +466,9 @@ mod tests {
                         &mut mask[..0]
                     };
                     if l.s == 1 {
-                        affine_run::<Row>(&mut out[rs..rs + run], &xs[rs..], m, pa, pb);
+                        affine_run::<_, Row>(&mut out[rs..rs + run], &xs[rs..], m, pa, pb);
                     } else {
-                        affine_run::<Plane>(&mut out[rs..rs + run], &xs[rs..], m, pa, pb);
+                        affine_run::<_, Plane>(&mut out[rs..rs + run], &xs[rs..], m, pa, pb);
                     }
                 }
                 // SAFETY: every run above wrote its elements.

@@ -3,8 +3,8 @@
 //! scratch buffer, so that the activated tensor never exists whole (the fused BN-ReLU-conv).
 
 use super::norm::Affine;
-use crate::tensor::relu;
 use crate::float::Float;
+use crate::tensor::relu;
 
 /// Where a convolution reads sample `n`'s input: a stored tensor, or the pre-activation
 /// `relu(a x + b)` of one (a BatchNorm's affine map then ReLU), made per sample in a scratch

@@ -7,8 +7,8 @@
 use ndarray::Axis;
 
 use super::im2col::Geometry;
+use crate::float::Float;
 use crate::tensor::Tensor;
-use crate::float::{c, Float};
 
 /// Per-channel mean and biased variance of an `(N, C, ...)` tensor: two passes over the
 /// channel's `N H W` values.
@@ -16,7 +16,7 @@ pub fn channel_moments<T: Float>(x: &Tensor<T>) -> (Vec<T>, Vec<T>) {
     (0..x.shape()[1])
         .map(|ch| {
             let v = x.index_axis(Axis(1), ch);
-            let m = c::<T>(v.len() as f64);
+            let m = T::of_f64(v.len() as f64);
             let mean = v.iter().sum::<T>() / m;
             let var = v.iter().map(|&a| (a - mean) * (a - mean)).sum::<T>() / m;
             (mean, var)
@@ -26,7 +26,12 @@ pub fn channel_moments<T: Float>(x: &Tensor<T>) -> (Vec<T>, Vec<T>) {
 
 /// `a_c x + b_c` on channel `c`, then `max(., 0)` when `relu`; the mask is where the
 /// pre-activation was positive.
-pub fn affine<T: Float>(x: &Tensor<T>, a: &[T], b: &[T], relu: bool) -> (Tensor<T>, ndarray::ArrayD<bool>) {
+pub fn affine<T: Float>(
+    x: &Tensor<T>,
+    a: &[T],
+    b: &[T],
+    relu: bool,
+) -> (Tensor<T>, ndarray::ArrayD<bool>) {
     let mut y = x.clone();
     let mut mask = x.mapv(|_| true);
     for ch in 0..x.shape()[1] {
@@ -89,7 +94,7 @@ pub fn batch_norm_train_backward<T: Float>(
     for ch in 0..x.shape()[1] {
         let g = grad_y.index_axis(Axis(1), ch);
         let xh = xhat.index_axis(Axis(1), ch);
-        let m = c::<T>(g.len() as f64);
+        let m = T::of_f64(g.len() as f64);
         let gb: T = g.iter().sum();
         let gg: T = g.iter().zip(xh.iter()).map(|(&g, &x)| g * x).sum();
         let scale = gamma[ch] / (var[ch] + eps).sqrt();

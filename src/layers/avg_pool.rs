@@ -16,6 +16,7 @@ use std::ops::Range;
 
 use ndarray::IxDyn;
 
+use crate::float::Float;
 use crate::kernels::im2col::out_size;
 use crate::tensor::Tensor;
 
@@ -44,11 +45,16 @@ fn window(o: usize, k: usize, stride: usize, pad: usize, n: usize) -> Range<usiz
 
 /// What a window of `rows x cols` input places is divided by: `k^2` when the padding counts
 /// (without ceil mode no window reaches past the padding), else the places on the input.
-fn divisor(rows: &Range<usize>, cols: &Range<usize>, k: usize, count_include_pad: bool) -> f64 {
+fn divisor<T: Float>(
+    rows: &Range<usize>,
+    cols: &Range<usize>,
+    k: usize,
+    count_include_pad: bool,
+) -> T {
     if count_include_pad {
-        (k * k) as f64
+        T::of_f64((k * k) as f64)
     } else {
-        (rows.len() * cols.len()) as f64
+        T::of_f64((rows.len() * cols.len()) as f64)
     }
 }
 
@@ -63,11 +69,11 @@ impl AvgPool {
 
     /// Calls `f(out, rows, cols, divisor)` for each output place of an `h x w` plane, `out`
     /// its flat index in the output plane.
-    fn for_each_window(
+    fn for_each_window<T: Float>(
         &self,
         h: usize,
         w: usize,
-        mut f: impl FnMut(usize, Range<usize>, Range<usize>, f64),
+        mut f: impl FnMut(usize, Range<usize>, Range<usize>, T),
     ) {
         let (ho, wo) = self.out_hw(h, w);
         for oi in 0..ho {
@@ -81,36 +87,36 @@ impl AvgPool {
     }
 
     /// Reads a standard-layout input in place.
-    pub fn forward(&self, x: Tensor) -> (Tensor, AvgPoolCache) {
+    pub fn forward<T: Float>(&self, x: Tensor<T>) -> (Tensor<T>, AvgPoolCache) {
         let x = crate::tensor::into_standard_layout(x);
         let s = x.shape().to_vec();
         let (h, w) = (s[2], s[3]);
         let (ho, wo) = self.out_hw(h, w);
         let xs = x.as_slice().expect("standard layout");
-        let mut y = vec![0.0; s[0] * s[1] * ho * wo];
+        let mut y = vec![T::zero(); s[0] * s[1] * ho * wo];
         for (plane, out) in xs.chunks_exact(h * w).zip(y.chunks_exact_mut(ho * wo)) {
             self.for_each_window(h, w, |o, rows, cols, d| {
-                let sum: f64 = rows
+                let sum: T = rows
                     .map(|i| {
                         plane[i * w + cols.start..i * w + cols.end]
                             .iter()
-                            .sum::<f64>()
+                            .sum::<T>()
                     })
                     .sum();
                 out[o] = sum / d;
             });
         }
-        let y = Tensor::from_shape_vec(IxDyn(&[s[0], s[1], ho, wo]), y).expect("output shape");
+        let y = Tensor::<T>::from_shape_vec(IxDyn(&[s[0], s[1], ho, wo]), y).expect("output shape");
         (y, AvgPoolCache { in_shape: s })
     }
 
-    pub fn backward(&self, cache: &AvgPoolCache, grad_y: Tensor) -> Tensor {
+    pub fn backward<T: Float>(&self, cache: &AvgPoolCache, grad_y: Tensor<T>) -> Tensor<T> {
         let s = &cache.in_shape;
         let (h, w) = (s[2], s[3]);
         let (ho, wo) = self.out_hw(h, w);
         let g = crate::tensor::into_standard_layout(grad_y);
         let gs = g.as_slice().expect("standard layout");
-        let mut gx = vec![0.0; s.iter().product()];
+        let mut gx = vec![T::zero(); s.iter().product()];
         for (gp, out) in gs.chunks_exact(ho * wo).zip(gx.chunks_exact_mut(h * w)) {
             self.for_each_window(h, w, |o, rows, cols, d| {
                 let share = gp[o] / d;
@@ -121,7 +127,7 @@ impl AvgPool {
                 }
             });
         }
-        Tensor::from_shape_vec(IxDyn(s), gx).expect("input shape")
+        Tensor::<T>::from_shape_vec(IxDyn(s), gx).expect("input shape")
     }
 }
 

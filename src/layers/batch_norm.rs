@@ -30,6 +30,7 @@ use super::norm::NormLayer;
 use super::relu::ReluCache;
 use super::Mode;
 use crate::fault::{self, Fault};
+use crate::float::Float;
 use crate::grads::Grads;
 use crate::kernels::norm::*;
 use crate::spin_join::{self, split_point};
@@ -39,32 +40,32 @@ pub const EPS: f64 = 1e-5;
 pub const MOMENTUM: f64 = 0.1;
 
 #[derive(Debug, Clone)]
-pub struct BatchNorm {
+pub struct BatchNorm<T: Float = f64> {
     pub name: String,
     /// (C)
-    pub gamma: Tensor,
+    pub gamma: Tensor<T>,
     /// (C)
-    pub beta: Tensor,
+    pub beta: Tensor<T>,
     /// (C)
-    pub running_mean: Tensor,
+    pub running_mean: Tensor<T>,
     /// (C)
-    pub running_var: Tensor,
-    pub eps: f64,
-    pub momentum: f64,
+    pub running_var: Tensor<T>,
+    pub eps: T,
+    pub momentum: T,
 }
 
 #[derive(Debug, Clone)]
-pub struct BatchNormCache {
+pub struct BatchNormCache<T: Float = f64> {
     pub mode: Mode,
     /// The input, shared (a residual unit keeps the same `x_l` for its record and shortcut);
     /// `xhat = (x - mean) * inv_std` is recomputed where needed.
-    pub x: Arc<Tensor>,
+    pub x: Arc<Tensor<T>>,
     /// Per channel, the mean actually used (the batch's in training, the running one in eval).
-    pub mean: Vec<f64>,
+    pub mean: Vec<T>,
     /// 1 / sqrt(var + eps) per channel, of the statistics actually used.
-    pub inv_std: Vec<f64>,
+    pub inv_std: Vec<T>,
     /// Biased batch variance per channel (training mode), for the running update.
-    pub batch_var: Vec<f64>,
+    pub batch_var: Vec<T>,
     /// Values per channel, M = N * H * W.
     pub count: usize,
 }
@@ -78,35 +79,41 @@ impl BatchNorm {
             beta: Tensor::zeros(IxDyn(&[channels])),
             running_mean: Tensor::zeros(IxDyn(&[channels])),
             running_var: Tensor::ones(IxDyn(&[channels])),
-            eps: EPS,
-            momentum: MOMENTUM,
+            eps: (EPS),
+            momentum: (MOMENTUM),
         }
     }
+}
 
+impl<T: Float> BatchNorm<T> {
     pub fn channels(&self) -> usize {
         self.gamma.len()
     }
 
     /// `y = gamma xhat + beta`. Takes the input by value: it moves into the cache.
-    pub fn forward(&self, x: Tensor, mode: Mode) -> (Tensor, BatchNormCache) {
+    pub fn forward(&self, x: Tensor<T>, mode: Mode) -> (Tensor<T>, BatchNormCache<T>) {
         let (y, cache, _) = self.forward_shared(Arc::new(x), mode, false, None);
         (y, cache)
     }
 
     /// `relu(gamma xhat + beta)` in one pass, with both layers' caches (the same values as
     /// running the two layers one after the other).
-    pub fn forward_relu(&self, x: Tensor, mode: Mode) -> (Tensor, BatchNormCache, ReluCache) {
+    pub fn forward_relu(
+        &self,
+        x: Tensor<T>,
+        mode: Mode,
+    ) -> (Tensor<T>, BatchNormCache<T>, ReluCache) {
         let (y, cache, relu) = self.forward_shared(Arc::new(x), mode, true, None);
         (y, cache, relu.expect("the fused pass makes a mask"))
     }
 
     /// Batch mean and biased variance per channel; two passes (mean, then centred squares), so
     /// large means do not cancel.
-    fn batch_stats(&self, xs: &[f64], l: Layout) -> (Vec<f64>, Vec<f64>) {
+    fn batch_stats(&self, xs: &[T], l: Layout) -> (Vec<T>, Vec<T>) {
         let count = (l.n * l.s) as f64;
         assert!(
             count > 1.0,
-            "{}: training-mode BatchNorm needs more than one value per channel",
+            "{}: training-mode BatchNorm<T> needs more than one value per channel",
             self.name
         );
         if l.s > 1 {
@@ -120,10 +127,10 @@ impl BatchNorm {
     /// cache that keeps `x`, and the per-channel affine map `y = a x + b` they give.
     pub(crate) fn normalise(
         &self,
-        x: Arc<Tensor>,
+        x: Arc<Tensor<T>>,
         mode: Mode,
-        moments: Option<&Moments>,
-    ) -> (BatchNormCache, Affine) {
+        moments: Option<&Moments<T>>,
+    ) -> (BatchNormCache<T>, Affine<T>) {
         assert_eq!(
             x.shape()[1],
             self.channels(),
@@ -169,26 +176,28 @@ impl BatchNorm {
     }
 
     /// `a = gamma inv_std`, `b = beta - a mean`: one multiply-add per element.
-    pub(crate) fn affine(&self, mean: &[f64], inv_std: &[f64]) -> Affine {
+    pub(crate) fn affine(&self, mean: &[T], inv_std: &[T]) -> Affine<T> {
         self.affine_from(0, mean, inv_std)
     }
 
     /// [`BatchNorm::affine`] of the channels `c0..c0 + mean.len()`.
-    pub(crate) fn affine_from(&self, c0: usize, mean: &[f64], inv_std: &[f64]) -> Affine {
+    pub(crate) fn affine_from(&self, c0: usize, mean: &[T], inv_std: &[T]) -> Affine<T> {
         let c1 = c0 + mean.len();
         let a = scales(&self.gamma.as_slice().unwrap()[c0..c1], inv_std);
         let b = self.beta.as_slice().unwrap()[c0..c1]
             .iter()
             .zip(&a)
             .zip(mean)
-            .map(|((beta, a), m)| beta - a * m)
+            .map(|((&beta, &a), &m)| beta - a * m)
             .collect();
         Affine { a, b }
     }
 
     /// `1 / sqrt(var + eps)` per channel.
-    pub(crate) fn inv_std(&self, var: &[f64]) -> Vec<f64> {
-        var.iter().map(|v| 1.0 / (v + self.eps).sqrt()).collect()
+    pub(crate) fn inv_std(&self, var: &[T]) -> Vec<T> {
+        var.iter()
+            .map(|&v| T::one() / (v + self.eps).sqrt())
+            .collect()
     }
 
     /// The plain (`relu` false) or BN-ReLU pass from an input the caller shares (kept in the
@@ -196,39 +205,38 @@ impl BatchNorm {
     /// them.
     pub(crate) fn forward_shared(
         &self,
-        x: Arc<Tensor>,
+        x: Arc<Tensor<T>>,
         mode: Mode,
         relu: bool,
-        moments: Option<&Moments>,
-    ) -> (Tensor, BatchNormCache, Option<ReluCache>) {
+        moments: Option<&Moments<T>>,
+    ) -> (Tensor<T>, BatchNormCache<T>, Option<ReluCache>) {
         let (cache, Affine { a, b }) = self.normalise(x, mode, moments);
         let x = &cache.x;
         let xs = x.as_slice().unwrap();
         let l = Layout::of(x.shape());
-        let mut y = Tensor::uninit(x.raw_dim());
+        let mut y = Tensor::<T>::uninit(x.raw_dim());
         // Written in full by the kernels below: not zero-filled first (a pass over memory
         // the kernels would then fetch back, half of it from the other core).
         let mut mask = Box::<[bool]>::new_uninit_slice(if relu { x.len() } else { 0 });
         let task = l.task_len();
         let run = l.run_len();
         // `start` is the flat index of `out`'s first element; `out` holds whole runs.
-        let kernel =
-            |start: usize, out: &mut [MaybeUninit<f64>], mask: &mut [MaybeUninit<bool>]| {
-                for (j, o) in out.chunks_mut(run).enumerate() {
-                    let (rs, len) = (start + j * run, o.len());
-                    let (src, pa, pb) = (&xs[rs..], l.params(&a, rs, len), l.params(&b, rs, len));
-                    let m = if relu {
-                        &mut mask[j * run..j * run + len]
-                    } else {
-                        &mut []
-                    };
-                    if l.s == 1 {
-                        affine_run::<_, Row>(o, src, m, pa, pb);
-                    } else {
-                        affine_run::<_, Plane>(o, src, m, pa, pb);
-                    }
+        let kernel = |start: usize, out: &mut [MaybeUninit<T>], mask: &mut [MaybeUninit<bool>]| {
+            for (j, o) in out.chunks_mut(run).enumerate() {
+                let (rs, len) = (start + j * run, o.len());
+                let (src, pa, pb) = (&xs[rs..], l.params(&a, rs, len), l.params(&b, rs, len));
+                let m = if relu {
+                    &mut mask[j * run..j * run + len]
+                } else {
+                    &mut []
+                };
+                if l.s == 1 {
+                    affine_run::<_, Row>(o, src, m, pa, pb);
+                } else {
+                    affine_run::<_, Plane>(o, src, m, pa, pb);
                 }
-            };
+            }
+        };
         let ys = y.as_slice_mut().unwrap();
         if l.s == 1 {
             // A dense activation is small (W1: 256 KB): two halves of whole rows.
@@ -268,21 +276,21 @@ impl BatchNorm {
     /// Takes the output gradient by value and turns it into the input gradient in place.
     pub fn backward(
         &self,
-        cache: &BatchNormCache,
-        grad_y: Tensor,
-        grads: Option<&mut Grads>,
-    ) -> Tensor {
+        cache: &BatchNormCache<T>,
+        grad_y: Tensor<T>,
+        grads: Option<&mut Grads<T>>,
+    ) -> Tensor<T> {
         self.backward_impl(cache, None, grad_y, grads)
     }
 
     /// Backward through `relu(BN(x))` from the gradient of the ReLU's output, in place.
     pub fn backward_relu(
         &self,
-        cache: &BatchNormCache,
+        cache: &BatchNormCache<T>,
         relu: &ReluCache,
-        grad_y: Tensor,
-        grads: Option<&mut Grads>,
-    ) -> Tensor {
+        grad_y: Tensor<T>,
+        grads: Option<&mut Grads<T>>,
+    ) -> Tensor<T> {
         self.backward_impl(
             cache,
             Some(relu.positive.as_slice().unwrap()),
@@ -293,11 +301,11 @@ impl BatchNorm {
 
     fn backward_impl(
         &self,
-        cache: &BatchNormCache,
+        cache: &BatchNormCache<T>,
         mask: Option<&[bool]>,
-        grad_y: Tensor,
-        grads: Option<&mut Grads>,
-    ) -> Tensor {
+        grad_y: Tensor<T>,
+        grads: Option<&mut Grads<T>>,
+    ) -> Tensor<T> {
         let grad_y = crate::tensor::into_standard_layout(grad_y);
         let l = Layout::of(grad_y.shape());
         let xs = cache.x.as_slice().unwrap();
@@ -336,17 +344,17 @@ impl BatchNorm {
     /// `add` is added to the result run by run (the caller's epilogue).
     pub(crate) fn finish_backward(
         &self,
-        cache: &BatchNormCache,
+        cache: &BatchNormCache<T>,
         mask: Option<&[bool]>,
-        mut grad_y: Tensor,
-        (grad_beta, sum_gx): (Vec<f64>, Vec<f64>),
-        grads: Option<&mut Grads>,
-        add: Option<&[f64]>,
-    ) -> Tensor {
+        mut grad_y: Tensor<T>,
+        (grad_beta, sum_gx): (Vec<T>, Vec<T>),
+        grads: Option<&mut Grads<T>>,
+        add: Option<&[T]>,
+    ) -> Tensor<T> {
         let l = Layout::of(grad_y.shape());
         let xs = cache.x.as_slice().unwrap();
         let (mean, inv_std) = (&cache.mean, &cache.inv_std);
-        let grad_gamma: Vec<f64> = sum_gx.iter().zip(inv_std).map(|(s, i)| s * i).collect();
+        let grad_gamma: Vec<T> = sum_gx.iter().zip(inv_std).map(|(&s, &i)| s * i).collect();
         let mut scale = scales(self.gamma.as_slice().unwrap(), inv_std);
         if cache.mode == Mode::Eval {
             fault::perturb_slice(Fault::BnEvalScale, &mut scale);
@@ -354,7 +362,7 @@ impl BatchNorm {
         let task = l.task_len();
         let run = l.run_len();
         let gs = grad_y.as_slice_mut().unwrap();
-        let m = cache.count as f64;
+        let m = T::of_f64(cache.count as f64);
         // Training: grad_x = scale (g - grad_beta / M - xhat grad_gamma / M), and
         // xhat grad_gamma = (x - mean) inv_std^2 sum_gx, so per channel
         // grad_x = scale g - c1 - c2 (x - mean).
@@ -364,7 +372,7 @@ impl BatchNorm {
             (Vec::new(), Vec::new())
         };
         // `start` is the flat index of `out`'s first element; `out` holds whole runs.
-        let kernel = |start: usize, out: &mut [f64]| {
+        let kernel = |start: usize, out: &mut [T]| {
             for (j, g) in out.chunks_mut(run).enumerate() {
                 let (rs, len) = (start + j * run, g.len());
                 let mk = mask.map(|mk| &mk[rs..rs + len]);
@@ -389,7 +397,7 @@ impl BatchNorm {
                 if let Some(r) = add {
                     g.iter_mut()
                         .zip(&r[rs..rs + len])
-                        .for_each(|(g, r)| *g += r);
+                        .for_each(|(g, &r)| *g += r);
                 }
             }
         };
@@ -415,9 +423,9 @@ impl BatchNorm {
     /// Adds `grad_gamma` and `grad_beta` into `grads` under this layer's names.
     pub(crate) fn accumulate_affine_grads(
         &self,
-        grads: &mut Grads,
-        mut grad_gamma: Vec<f64>,
-        mut grad_beta: Vec<f64>,
+        grads: &mut Grads<T>,
+        mut grad_gamma: Vec<T>,
+        mut grad_beta: Vec<T>,
     ) {
         fault::perturb_slice(Fault::BnGammaGrad, &mut grad_gamma);
         fault::perturb_slice(Fault::BnBetaGrad, &mut grad_beta);
@@ -433,7 +441,7 @@ impl BatchNorm {
 
     /// The mask `relu(BN(x)) > 0` of a cached pass, recomputed from its input exactly as the
     /// forward pass decided it (for a fused op that keeps no mask).
-    pub(crate) fn relu_mask(&self, cache: &BatchNormCache) -> ndarray::ArrayD<bool> {
+    pub(crate) fn relu_mask(&self, cache: &BatchNormCache<T>) -> ndarray::ArrayD<bool> {
         let Affine { a, b } = self.affine(&cache.mean, &cache.inv_std);
         let l = Layout::of(cache.x.shape());
         let xs = cache.x.as_slice().unwrap();
@@ -442,19 +450,19 @@ impl BatchNorm {
             .enumerate()
             .map(|(i, &v)| {
                 let ch = l.channel(i);
-                a[ch] * v + b[ch] > 0.0
+                a[ch] * v + b[ch] > T::zero()
             })
             .collect();
         ndarray::ArrayD::from_shape_vec(cache.x.raw_dim(), mask).unwrap()
     }
 
     /// Moves the running statistics toward this batch's (training-mode caches only).
-    pub fn update_running_stats(&mut self, cache: &BatchNormCache) {
+    pub fn update_running_stats(&mut self, cache: &BatchNormCache<T>) {
         if cache.mode != Mode::Train {
             return;
         }
         let m = self.momentum;
-        let unbias = cache.count as f64 / (cache.count as f64 - 1.0);
+        let unbias = T::of_f64(cache.count as f64 / (cache.count as f64 - 1.0));
         let rm = self
             .running_mean
             .view_mut()
@@ -470,28 +478,28 @@ impl BatchNorm {
             .and(&Array1::from(cache.mean.clone()))
             .and(&Array1::from(cache.batch_var.clone()))
             .for_each(|rm, rv, &bm, &bv| {
-                *rm = (1.0 - m) * *rm + m * bm;
-                *rv = (1.0 - m) * *rv + m * bv * unbias;
+                *rm = (T::one() - m) * *rm + m * bm;
+                *rv = (T::one() - m) * *rv + m * bv * unbias;
             });
     }
 
-    pub fn visit_params(&self, f: &mut dyn FnMut(String, &Tensor)) {
+    pub fn visit_params(&self, f: &mut dyn FnMut(String, &Tensor<T>)) {
         f(format!("{}.gamma", self.name), &self.gamma);
         f(format!("{}.beta", self.name), &self.beta);
     }
 
-    pub fn visit_params_mut(&mut self, f: &mut dyn FnMut(String, &mut Tensor)) {
+    pub fn visit_params_mut(&mut self, f: &mut dyn FnMut(String, &mut Tensor<T>)) {
         f(format!("{}.gamma", self.name), &mut self.gamma);
         f(format!("{}.beta", self.name), &mut self.beta);
     }
 
     /// Running statistics: state, not parameters.
-    pub fn visit_buffers(&self, f: &mut dyn FnMut(String, &Tensor)) {
+    pub fn visit_buffers(&self, f: &mut dyn FnMut(String, &Tensor<T>)) {
         f(format!("{}.running_mean", self.name), &self.running_mean);
         f(format!("{}.running_var", self.name), &self.running_var);
     }
 
-    pub fn visit_buffers_mut(&mut self, f: &mut dyn FnMut(String, &mut Tensor)) {
+    pub fn visit_buffers_mut(&mut self, f: &mut dyn FnMut(String, &mut Tensor<T>)) {
         f(
             format!("{}.running_mean", self.name),
             &mut self.running_mean,
@@ -500,39 +508,39 @@ impl BatchNorm {
     }
 }
 
-impl NormLayer for BatchNorm {
-    type Cache = BatchNormCache;
+impl<T: Float> NormLayer<T> for BatchNorm<T> {
+    type Cache = BatchNormCache<T>;
 
-    fn forward(&self, x: Tensor, mode: Mode) -> (Tensor, BatchNormCache) {
+    fn forward(&self, x: Tensor<T>, mode: Mode) -> (Tensor<T>, BatchNormCache<T>) {
         BatchNorm::forward(self, x, mode)
     }
 
     fn backward(
         &self,
-        cache: &BatchNormCache,
-        grad_y: Tensor,
-        grads: Option<&mut Grads>,
-    ) -> Tensor {
+        cache: &BatchNormCache<T>,
+        grad_y: Tensor<T>,
+        grads: Option<&mut Grads<T>>,
+    ) -> Tensor<T> {
         BatchNorm::backward(self, cache, grad_y, grads)
     }
 
-    fn update_running_stats(&mut self, cache: &BatchNormCache) {
+    fn update_running_stats(&mut self, cache: &BatchNormCache<T>) {
         BatchNorm::update_running_stats(self, cache)
     }
 
-    fn visit_params(&self, f: &mut dyn FnMut(String, &Tensor)) {
+    fn visit_params(&self, f: &mut dyn FnMut(String, &Tensor<T>)) {
         BatchNorm::visit_params(self, f)
     }
 
-    fn visit_params_mut(&mut self, f: &mut dyn FnMut(String, &mut Tensor)) {
+    fn visit_params_mut(&mut self, f: &mut dyn FnMut(String, &mut Tensor<T>)) {
         BatchNorm::visit_params_mut(self, f)
     }
 
-    fn visit_buffers(&self, f: &mut dyn FnMut(String, &Tensor)) {
+    fn visit_buffers(&self, f: &mut dyn FnMut(String, &Tensor<T>)) {
         BatchNorm::visit_buffers(self, f)
     }
 
-    fn visit_buffers_mut(&mut self, f: &mut dyn FnMut(String, &mut Tensor)) {
+    fn visit_buffers_mut(&mut self, f: &mut dyn FnMut(String, &mut Tensor<T>)) {
         BatchNorm::visit_buffers_mut(self, f)
     }
 

@@ -13,21 +13,22 @@
 use ndarray::IxDyn;
 
 use crate::fault::{self, Fault};
+use crate::float::Float;
 use crate::grads::Grads;
 use crate::tensor::Tensor;
 
 #[derive(Debug, Clone)]
-pub struct BranchScale {
+pub struct BranchScale<T: Float = f64> {
     pub name: String,
     /// One value (`(1)`) for a scalar, `C` (`(C)`) for one value per channel; an imported
     /// model's keeps the shape its file gives (`()`, `(C, 1, 1)`), the gradient the same.
-    pub a: Tensor,
+    pub a: Tensor<T>,
 }
 
 #[derive(Debug, Clone)]
-pub struct BranchScaleCache {
+pub struct BranchScaleCache<T: Float = f64> {
     /// The branch output `F` the scale multiplied.
-    pub f: Tensor,
+    pub f: Tensor<T>,
 }
 
 impl BranchScale {
@@ -46,13 +47,15 @@ impl BranchScale {
             a: Tensor::from_elem(IxDyn(&[channels]), init),
         }
     }
+}
 
+impl<T: Float> BranchScale<T> {
     fn is_scalar(&self) -> bool {
         self.a.len() == 1
     }
 
     /// The factor of flat element `i` of a tensor with `c` channels of `s` values each.
-    fn factor(&self, a: &[f64], i: usize, c: usize, s: usize) -> f64 {
+    fn factor(&self, a: &[T], i: usize, c: usize, s: usize) -> T {
         if self.is_scalar() {
             a[0]
         } else {
@@ -60,7 +63,7 @@ impl BranchScale {
         }
     }
 
-    pub fn forward(&self, f: Tensor) -> (Tensor, BranchScaleCache) {
+    pub fn forward(&self, f: Tensor<T>) -> (Tensor<T>, BranchScaleCache<T>) {
         let f = crate::tensor::into_standard_layout(f);
         let (c, s) = (f.shape()[1], f.shape()[2..].iter().product::<usize>());
         assert!(
@@ -80,10 +83,10 @@ impl BranchScale {
 
     pub fn backward(
         &self,
-        cache: &BranchScaleCache,
-        grad_y: Tensor,
-        grads: Option<&mut Grads>,
-    ) -> Tensor {
+        cache: &BranchScaleCache<T>,
+        grad_y: Tensor<T>,
+        grads: Option<&mut Grads<T>>,
+    ) -> Tensor<T> {
         let grad_y = crate::tensor::into_standard_layout(grad_y);
         let (c, s) = (
             grad_y.shape()[1],
@@ -91,9 +94,9 @@ impl BranchScale {
         );
         let a = self.a.as_slice().unwrap();
         if let Some(grads) = grads {
-            let mut ga = vec![0.0; self.a.len()];
+            let mut ga = vec![T::zero(); self.a.len()];
             let f = cache.f.as_slice().unwrap();
-            for (i, (g, fv)) in grad_y.iter().zip(f).enumerate() {
+            for (i, (&g, &fv)) in grad_y.iter().zip(f).enumerate() {
                 let k = if self.is_scalar() { 0 } else { (i / s) % c };
                 ga[k] += g * fv;
             }
@@ -101,7 +104,7 @@ impl BranchScale {
             // In the parameter's own shape: an imported scale keeps its file's ((C, 1, 1)).
             grads.accumulate(
                 &format!("{}.a", self.name),
-                Tensor::from_shape_vec(self.a.raw_dim(), ga).unwrap(),
+                Tensor::<T>::from_shape_vec(self.a.raw_dim(), ga).unwrap(),
             );
         }
         let mut g = grad_y;
@@ -111,11 +114,11 @@ impl BranchScale {
         g
     }
 
-    pub fn visit_params(&self, f: &mut dyn FnMut(String, &Tensor)) {
+    pub fn visit_params(&self, f: &mut dyn FnMut(String, &Tensor<T>)) {
         f(format!("{}.a", self.name), &self.a);
     }
 
-    pub fn visit_params_mut(&mut self, f: &mut dyn FnMut(String, &mut Tensor)) {
+    pub fn visit_params_mut(&mut self, f: &mut dyn FnMut(String, &mut Tensor<T>)) {
         f(format!("{}.a", self.name), &mut self.a);
     }
 }

@@ -27,6 +27,7 @@ use crate::kernels::{Epilogue, Prologue};
 use crate::rng::gaussian;
 use std::mem::MaybeUninit;
 
+use crate::float::Float;
 use crate::tensor::{
     matmul_into_serial, matmul_uninit_serial, with_scratch, with_scratch3, Tensor,
 };
@@ -49,7 +50,7 @@ fn group_size(hw_out: usize) -> usize {
 
 /// `(size, c, hw)` samples -> `(c, size hw)`: sample `s`'s plane `c` to row `c`, columns
 /// `s hw ..`.
-fn gather_samples(src: &[f64], c: usize, hw: usize, dst: &mut [f64]) {
+fn gather_samples<T: Float>(src: &[T], c: usize, hw: usize, dst: &mut [T]) {
     let size = src.len() / (c * hw);
     let pitch = size * hw;
     for (s, sample) in src.chunks_exact(c * hw).enumerate() {
@@ -60,12 +61,12 @@ fn gather_samples(src: &[f64], c: usize, hw: usize, dst: &mut [f64]) {
 }
 
 #[derive(Debug, Clone)]
-pub struct Conv2d {
+pub struct Conv2d<T: Float = f64> {
     pub name: String,
     /// (C_out, C_in, k, k)
-    pub w: Tensor,
+    pub w: Tensor<T>,
     /// (C_out), when the layer has a bias (the gate's 1x1 convolution).
-    pub b: Option<Tensor>,
+    pub b: Option<Tensor<T>>,
     pub stride: usize,
     pub pad: usize,
 }
@@ -73,9 +74,9 @@ pub struct Conv2d {
 /// The input: im2col is recomputed in backward rather than kept (memory matters more than
 /// the copy for ResNet-1001).
 #[derive(Debug, Clone)]
-pub struct ConvCache {
+pub struct ConvCache<T: Float = f64> {
     /// (N, C_in, H, W)
-    pub x: Tensor,
+    pub x: Tensor<T>,
 }
 
 pub use crate::kernels::im2col::out_size;
@@ -118,7 +119,9 @@ impl Conv2d {
             pad,
         }
     }
+}
 
+impl<T: Float> Conv2d<T> {
     pub fn c_out(&self) -> usize {
         self.w.shape()[0]
     }
@@ -135,7 +138,7 @@ impl Conv2d {
     }
 
     /// `w` as `(C_out, C_in k k)`.
-    fn w2(&self) -> ArrayView2<'_, f64> {
+    fn w2(&self) -> ArrayView2<'_, T> {
         let (co, rest) = (self.c_out(), self.c_in() * self.k() * self.k());
         self.w.view().into_shape_with_order((co, rest)).unwrap()
     }
@@ -151,7 +154,7 @@ impl Conv2d {
         ]
     }
 
-    pub fn apply(&self, x: &Tensor) -> Tensor {
+    pub fn apply(&self, x: &Tensor<T>) -> Tensor<T> {
         let x = x
             .view()
             .into_dimensionality::<Ix4>()
@@ -184,10 +187,10 @@ impl Conv2d {
     /// the epilogue asks for them.
     pub(crate) fn forward_from(
         &self,
-        input: Prologue,
+        input: Prologue<'_, T>,
         in_shape: &[usize],
-        epilogue: Epilogue,
-    ) -> (Tensor, Option<Moments>) {
+        epilogue: Epilogue<'_, T>,
+    ) -> (Tensor<T>, Option<Moments<T>>) {
         let g = self.geometry(in_shape);
         let out = self.out_shape(in_shape);
         let (co, hw_out) = (out[1], out[2] * out[3]);
@@ -195,11 +198,11 @@ impl Conv2d {
         let w2 = self.w2();
         let pointwise = self.is_pointwise();
         let group = group_size(hw_out);
-        let mut y = Tensor::uninit(IxDyn(&out));
+        let mut y = Tensor::<T>::uninit(IxDyn(&out));
         let sample_out = co * hw_out;
         let add = epilogue.add_slice(y.len(), &self.name);
         // After the GEMM, per sample while it is in cache: the bias, then the epilogue.
-        let finish = |n: usize, y_n: &mut [f64]| {
+        let finish = |n: usize, y_n: &mut [T]| {
             if let Some(b) = &self.b {
                 for (row, &bv) in y_n.chunks_exact_mut(hw_out).zip(b.iter()) {
                     row.iter_mut().for_each(|v| *v += bv);
@@ -207,7 +210,7 @@ impl Conv2d {
             }
             epilogue.finish_sample(add, n, y_n, hw_out)
         };
-        let per_sample: Vec<Vec<(f64, f64)>> = y
+        let per_sample: Vec<Vec<(T, T)>> = y
             .as_slice_mut()
             .unwrap()
             .par_chunks_mut(group * sample_out)
@@ -267,7 +270,7 @@ impl Conv2d {
                                 }
                                 // SAFETY: every element of the sample was just written.
                                 let y_n =
-                                    unsafe { &mut *(y_n as *mut [MaybeUninit<f64>] as *mut [f64]) };
+                                    unsafe { &mut *(y_n as *mut [MaybeUninit<T>] as *mut [T]) };
                                 finish(n0 + s, y_n)
                             })
                             .collect()
@@ -286,17 +289,17 @@ impl Conv2d {
     }
 
     /// Takes the input by value: it moves into the cache.
-    pub fn forward(&self, x: Tensor) -> (Tensor, ConvCache) {
+    pub fn forward(&self, x: Tensor<T>) -> (Tensor<T>, ConvCache<T>) {
         let x = crate::tensor::into_standard_layout(x);
         (self.apply(&x), ConvCache { x })
     }
 
     pub fn backward(
         &self,
-        cache: &ConvCache,
-        grad_y: &Tensor,
-        grads: Option<&mut Grads>,
-    ) -> Tensor {
+        cache: &ConvCache<T>,
+        grad_y: &Tensor<T>,
+        grads: Option<&mut Grads<T>>,
+    ) -> Tensor<T> {
         let input = Prologue::Plain(cache.x.as_slice().unwrap());
         if let Some(grads) = grads {
             self.weight_grads(input, cache.x.shape(), grad_y, grads);
@@ -305,18 +308,18 @@ impl Conv2d {
     }
 
     /// `dE/dx` for an input of shape `in_shape` (the input's values are not needed).
-    pub(crate) fn input_grad(&self, grad_y: &Tensor, in_shape: &[usize]) -> Tensor {
+    pub(crate) fn input_grad(&self, grad_y: &Tensor<T>, in_shape: &[usize]) -> Tensor<T> {
         self.input_grad_then(grad_y, in_shape, |_, _| ()).0
     }
 
     /// As [`Conv2d::input_grad`], running `then(n, grad_x_n)` on each sample's gradient while
     /// it is still in cache; returns the per-sample results in sample order.
-    pub(crate) fn input_grad_then<T: Send>(
+    pub(crate) fn input_grad_then<R: Send>(
         &self,
-        grad_y: &Tensor,
+        grad_y: &Tensor<T>,
         in_shape: &[usize],
-        then: impl Fn(usize, &mut [f64]) -> T + Sync,
-    ) -> (Tensor, Vec<T>) {
+        then: impl Fn(usize, &mut [T]) -> R + Sync,
+    ) -> (Tensor<T>, Vec<R>) {
         let gy = grad_y.as_standard_layout();
         let gys = gy.as_slice().unwrap();
         let g = self.geometry(in_shape);
@@ -327,7 +330,7 @@ impl Conv2d {
         let sample_out = co * hw_out;
         let pointwise = self.is_pointwise();
         let group = group_size(hw_out);
-        let mut gx = Tensor::uninit(IxDyn(in_shape));
+        let mut gx = Tensor::<T>::uninit(IxDyn(in_shape));
         let results = gx
             .as_slice_mut()
             .unwrap()
@@ -377,7 +380,7 @@ impl Conv2d {
                                     }
                                 }
                                 // SAFETY: every element of the sample was just written.
-                                unsafe { &mut *(gx_n as *mut [MaybeUninit<f64>] as *mut [f64]) }
+                                unsafe { &mut *(gx_n as *mut [MaybeUninit<T>] as *mut [T]) }
                             } else {
                                 col2im_into(&mut gcols[s * hw_out..], g, gx_n, pitch)
                             };
@@ -397,10 +400,10 @@ impl Conv2d {
     /// GEMM each for large maps, one group's single GEMM for small ones.
     pub(crate) fn weight_grads(
         &self,
-        input: Prologue,
+        input: Prologue<'_, T>,
         in_shape: &[usize],
-        grad_y: &Tensor,
-        grads: &mut Grads,
+        grad_y: &Tensor<T>,
+        grads: &mut Grads<T>,
     ) {
         let gy = grad_y.as_standard_layout();
         let gys = gy.as_slice().unwrap();
@@ -413,11 +416,11 @@ impl Conv2d {
         let pointwise = self.is_pointwise();
         let group = group_size(hw_out);
         let chunk_len = if group == 1 { GRAD_CHUNK } else { group };
-        let partials: Vec<(Array2<f64>, Vec<f64>)> = (0..n_batch.div_ceil(chunk_len))
+        let partials: Vec<(Array2<T>, Vec<T>)> = (0..n_batch.div_ceil(chunk_len))
             .into_par_iter()
             .map(|chunk| {
-                let mut gw = Array2::<f64>::zeros((co, ckk));
-                let mut gb = vec![0.0; co];
+                let mut gw = Array2::<T>::zeros((co, ckk));
+                let mut gb = vec![T::zero(); co];
                 let samples = chunk * chunk_len..((chunk + 1) * chunk_len).min(n_batch);
                 for n in samples.clone() {
                     let gy_n = &gys[n * sample_out..(n + 1) * sample_out];
@@ -480,11 +483,11 @@ impl Conv2d {
                 (gw, gb)
             })
             .collect();
-        let mut gw = Array2::<f64>::zeros((co, ckk));
-        let mut gb = vec![0.0; co];
+        let mut gw = Array2::<T>::zeros((co, ckk));
+        let mut gb = vec![T::zero(); co];
         for (pw, pb) in &partials {
             gw += pw;
-            gb.iter_mut().zip(pb).for_each(|(a, b)| *a += b);
+            gb.iter_mut().zip(pb).for_each(|(a, &b)| *a += b);
         }
         fault::perturb(Fault::ConvWeightGrad, &mut gw);
         fault::perturb_slice(Fault::ConvBiasGrad, &mut gb);
@@ -495,19 +498,19 @@ impl Conv2d {
         if self.b.is_some() {
             grads.accumulate(
                 &format!("{}.b", self.name),
-                Tensor::from_shape_vec(IxDyn(&[co]), gb).unwrap(),
+                Tensor::<T>::from_shape_vec(IxDyn(&[co]), gb).unwrap(),
             );
         }
     }
 
-    pub fn visit_params(&self, f: &mut dyn FnMut(String, &Tensor)) {
+    pub fn visit_params(&self, f: &mut dyn FnMut(String, &Tensor<T>)) {
         f(format!("{}.w", self.name), &self.w);
         if let Some(b) = &self.b {
             f(format!("{}.b", self.name), b);
         }
     }
 
-    pub fn visit_params_mut(&mut self, f: &mut dyn FnMut(String, &mut Tensor)) {
+    pub fn visit_params_mut(&mut self, f: &mut dyn FnMut(String, &mut Tensor<T>)) {
         f(format!("{}.w", self.name), &mut self.w);
         if let Some(b) = &mut self.b {
             f(format!("{}.b", self.name), b);

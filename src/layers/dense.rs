@@ -6,6 +6,7 @@ use ndarray::{Axis, Ix1, Ix2, IxDyn};
 use rand_chacha::ChaCha8Rng;
 
 use crate::fault::{self, Fault};
+use crate::float::Float;
 use crate::grads::Grads;
 use crate::rng::gaussian;
 use crate::tensor::{matmul, Tensor};
@@ -15,20 +16,20 @@ pub(crate) const NO_INPUT: &str =
     "weight gradients need the layer input, which this forward pass did not keep (ForwardCtx::weight_grads)";
 
 #[derive(Debug, Clone)]
-pub struct Dense {
+pub struct Dense<T: Float = f64> {
     pub name: String,
     /// (D_in, D_out)
-    pub w: Tensor,
+    pub w: Tensor<T>,
     /// (D_out), when the layer has a bias.
-    pub b: Option<Tensor>,
+    pub b: Option<Tensor<T>>,
 }
 
 /// What backward needs: the input, for the weight gradient only.
 #[derive(Debug, Clone)]
-pub struct DenseCache {
+pub struct DenseCache<T: Float = f64> {
     /// (N, D_in); `None` when the forward pass was told no weight gradients would be asked
     /// for (a gradient profile), so the input's memory is reused at once.
-    pub x: Option<Tensor>,
+    pub x: Option<Tensor<T>>,
 }
 
 impl Dense {
@@ -59,7 +60,9 @@ impl Dense {
             b: bias.map(|v| Tensor::from_elem(IxDyn(&[d_out]), v)),
         }
     }
+}
 
+impl<T: Float> Dense<T> {
     pub fn d_in(&self) -> usize {
         self.w.shape()[0]
     }
@@ -69,12 +72,12 @@ impl Dense {
     }
 
     /// Takes the input by value: it moves into the cache, no copy.
-    pub fn forward(&self, x: Tensor) -> (Tensor, DenseCache) {
+    pub fn forward(&self, x: Tensor<T>) -> (Tensor<T>, DenseCache<T>) {
         (self.apply(&x), DenseCache { x: Some(x) })
     }
 
     /// The forward map alone (no cache).
-    pub fn apply(&self, x: &Tensor) -> Tensor {
+    pub fn apply(&self, x: &Tensor<T>) -> Tensor<T> {
         let x2 = x
             .view()
             .into_dimensionality::<Ix2>()
@@ -90,10 +93,10 @@ impl Dense {
 
     pub fn backward(
         &self,
-        cache: &DenseCache,
-        grad_y: &Tensor,
-        grads: Option<&mut Grads>,
-    ) -> Tensor {
+        cache: &DenseCache<T>,
+        grad_y: &Tensor<T>,
+        grads: Option<&mut Grads<T>>,
+    ) -> Tensor<T> {
         let gy = grad_y
             .view()
             .into_dimensionality::<Ix2>()
@@ -119,14 +122,14 @@ impl Dense {
         gx.into_dyn()
     }
 
-    pub fn visit_params(&self, f: &mut dyn FnMut(String, &Tensor)) {
+    pub fn visit_params(&self, f: &mut dyn FnMut(String, &Tensor<T>)) {
         f(format!("{}.w", self.name), &self.w);
         if let Some(b) = &self.b {
             f(format!("{}.b", self.name), b);
         }
     }
 
-    pub fn visit_params_mut(&mut self, f: &mut dyn FnMut(String, &mut Tensor)) {
+    pub fn visit_params_mut(&mut self, f: &mut dyn FnMut(String, &mut Tensor<T>)) {
         f(format!("{}.w", self.name), &mut self.w);
         if let Some(b) = &mut self.b {
             f(format!("{}.b", self.name), b);

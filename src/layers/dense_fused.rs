@@ -37,6 +37,7 @@ use super::dense::{Dense, DenseCache};
 use super::relu::ReluCache;
 use super::Mode;
 use crate::fault::{self, Fault};
+use crate::float::Float;
 use crate::grads::Grads;
 use crate::kernels::norm::{
     affine_row, column_grad_sums, column_stats, eval_grad_row, scales, train_grad_coefficients,
@@ -62,7 +63,11 @@ fn column_split(rows: usize, k: usize, n: usize) -> Option<usize> {
 /// BatchNorm of the layer's width that can normalise the batch. A function of the shapes
 /// alone, so a plan can be made before any data is seen; anything else runs the layers one
 /// by one.
-pub fn applies(d: &Dense, in_shape: &[usize], bn: Option<(&BatchNorm, Mode)>) -> bool {
+pub fn applies<T: Float>(
+    d: &Dense<T>,
+    in_shape: &[usize],
+    bn: Option<(&BatchNorm<T>, Mode)>,
+) -> bool {
     let shape_ok = d.b.is_none()
         && in_shape.len() == 2
         && in_shape[1] == d.d_in()
@@ -80,13 +85,13 @@ pub fn applies(d: &Dense, in_shape: &[usize], bn: Option<(&BatchNorm, Mode)>) ->
 /// dense layer after a BatchNorm of its input width), with the products cut as the separate
 /// layers cut them: `g W^T` into column blocks and, for `weight_grads`, `x^T g` into row
 /// blocks at the same channel. The output gradient is `(rows, d_out)`, rows from the cache.
-pub fn backward_applies(
-    d: &Dense,
-    d_cache: &DenseCache,
-    bn_cache: &BatchNormCache,
+pub fn backward_applies<T: Float>(
+    d: &Dense<T>,
+    d_cache: &DenseCache<T>,
+    bn_cache: &BatchNormCache<T>,
     weight_grads: bool,
 ) -> bool {
-    let two_d = |t: &Tensor| t.ndim() == 2 && t.is_standard_layout();
+    let two_d = |t: &Tensor<T>| t.ndim() == 2 && t.is_standard_layout();
     let rows = bn_cache.x.shape()[0];
     let mid = column_split(rows, d.d_out(), d.d_in());
     let weight_split_ok = !weight_grads
@@ -111,35 +116,40 @@ fn halves(rows: usize, k: usize, n: usize) -> (Range<usize>, Range<usize>) {
     (0..mid, mid..n)
 }
 
-fn as_2d(t: &Tensor) -> ArrayView2<'_, f64> {
+fn as_2d<T: Float>(t: &Tensor<T>) -> ArrayView2<'_, T> {
     t.view().into_dimensionality::<Ix2>().expect("a 2-D tensor")
 }
 
 /// `y = relu(BN(x W))` (or `BN(x W)` when `relu` is false), as [`Dense::forward`] then
 /// [`BatchNorm::forward_relu`] give it, with their caches.
-pub fn forward_bn(
-    d: &Dense,
-    bn: &BatchNorm,
-    x: Tensor,
+pub fn forward_bn<T: Float>(
+    d: &Dense<T>,
+    bn: &BatchNorm<T>,
+    x: Tensor<T>,
     mode: Mode,
     relu: bool,
     keep_input: bool,
-) -> (Tensor, DenseCache, BatchNormCache, Option<ReluCache>) {
+) -> (
+    Tensor<T>,
+    DenseCache<T>,
+    BatchNormCache<T>,
+    Option<ReluCache>,
+) {
     // The kernels walk contiguous rows (a no-op for every tensor the engine makes).
     let x = crate::tensor::into_standard_layout(x);
     let (rows, n) = (x.shape()[0], d.d_out());
     let x2 = as_2d(&x);
     let w = as_2d(&d.w);
-    let mut h = Array2::<f64>::uninit((rows, n));
-    let mut y = Array2::<f64>::uninit((rows, n));
+    let mut h = Array2::<T>::uninit((rows, n));
+    let mut y = Array2::<T>::uninit((rows, n));
     // Written in full by the row kernels (not zero-filled first).
     let mut mask = Array2::<bool>::uninit(if relu { (rows, n) } else { (0, 0) });
     let (left, right) = halves(rows, d.d_in(), n);
     // One column block: its GEMM, its statistics, its normalisation. Returns the block's
     // (mean, variance used, inverse standard deviation).
     let block = |cols: Range<usize>,
-                 h: ArrayViewMut2<MaybeUninit<f64>>,
-                 mut y: ArrayViewMut2<MaybeUninit<f64>>,
+                 h: ArrayViewMut2<MaybeUninit<T>>,
+                 mut y: ArrayViewMut2<MaybeUninit<T>>,
                  mut mask: ArrayViewMut2<MaybeUninit<bool>>| {
         let h = matmul_uninit_view(h, &x2, &w.slice(s![.., cols.clone()]));
         let (mean, var) = match mode {
@@ -206,12 +216,12 @@ pub fn forward_bn(
 /// `y = x W`, then the epilogue: `y += add` and the per-column statistics of `y` when asked
 /// (a training-mode BatchNorm reads `y` next); the bits of [`Dense::forward`] then the
 /// addition and the BatchNorm's own statistics pass.
-pub fn forward_then(
-    d: &Dense,
-    x: Tensor,
-    epilogue: Epilogue,
+pub fn forward_then<T: Float>(
+    d: &Dense<T>,
+    x: Tensor<T>,
+    epilogue: Epilogue<'_, T>,
     keep_input: bool,
-) -> (Tensor, DenseCache, Option<Moments>) {
+) -> (Tensor<T>, DenseCache<T>, Option<Moments<T>>) {
     let x = crate::tensor::into_standard_layout(x);
     let (rows, n) = (x.shape()[0], d.d_out());
     if let Some(r) = epilogue.add {
@@ -220,9 +230,9 @@ pub fn forward_then(
     let x2 = as_2d(&x);
     let w = as_2d(&d.w);
     let r = epilogue.add.map(as_2d);
-    let mut y = Array2::<f64>::uninit((rows, n));
+    let mut y = Array2::<T>::uninit((rows, n));
     let (left, right) = halves(rows, d.d_in(), n);
-    let block = |cols: Range<usize>, y: ArrayViewMut2<MaybeUninit<f64>>| {
+    let block = |cols: Range<usize>, y: ArrayViewMut2<MaybeUninit<T>>| {
         let mut y = matmul_uninit_view(y, &x2, &w.slice(s![.., cols.clone()]));
         if let Some(r) = &r {
             y += &r.slice(s![.., cols]);
@@ -254,16 +264,16 @@ pub fn forward_then(
 /// [`BatchNorm::backward_relu`] give it, plus `add` added to the result. Accumulates the
 /// weight, gamma and beta gradients when `grads` is given.
 #[allow(clippy::too_many_arguments)]
-pub fn backward_bn(
-    bn: &BatchNorm,
-    bn_cache: &BatchNormCache,
+pub fn backward_bn<T: Float>(
+    bn: &BatchNorm<T>,
+    bn_cache: &BatchNormCache<T>,
     relu: Option<&ReluCache>,
-    d: &Dense,
-    d_cache: &DenseCache,
-    g: &Tensor,
-    grads: Option<&mut Grads>,
-    add: Option<&Tensor>,
-) -> Tensor {
+    d: &Dense<T>,
+    d_cache: &DenseCache<T>,
+    g: &Tensor<T>,
+    grads: Option<&mut Grads<T>>,
+    add: Option<&Tensor<T>>,
+) -> Tensor<T> {
     let (rows, c) = (g.shape()[0], d.d_in());
     assert_eq!(
         g.shape(),
@@ -288,25 +298,25 @@ pub fn backward_bn(
     let r = add.map(as_2d);
     let weight_grads = grads.is_some();
     let need_sums = bn_cache.mode == Mode::Train || weight_grads;
-    let m = bn_cache.count as f64;
+    let m = T::of_f64(bn_cache.count as f64);
     let gamma = bn.gamma.as_slice().unwrap();
     let (mean, inv_std) = (&bn_cache.mean, &bn_cache.inv_std);
-    let mut gx = Array2::<f64>::uninit((rows, c));
-    let mut gw = Array2::<f64>::uninit(if weight_grads { (c, d.d_out()) } else { (0, 0) });
+    let mut gx = Array2::<T>::uninit((rows, c));
+    let mut gw = Array2::<T>::uninit(if weight_grads { (c, d.d_out()) } else { (0, 0) });
     let (left, right) = halves(rows, d.d_out(), c);
     // One block of the BatchNorm's channels (rows of W): its part of `g W^T` and of the weight
     // gradient, then the BatchNorm backward of those channels. Returns (grad_beta, sum_gx).
     let block = |cols: Range<usize>,
-                 gx: ArrayViewMut2<MaybeUninit<f64>>,
-                 gw: Option<ArrayViewMut2<MaybeUninit<f64>>>| {
+                 gx: ArrayViewMut2<MaybeUninit<T>>,
+                 gw: Option<ArrayViewMut2<MaybeUninit<T>>>| {
         let mut gx = matmul_uninit_view(gx, &g2, &w.slice(s![cols.clone(), ..]).t());
         if fault::active(Fault::DenseInputGrad) {
-            gx.mapv_inplace(|v| v * fault::FACTOR);
+            gx.mapv_inplace(|v| v * T::of_f64(fault::FACTOR));
         }
         if let (Some(gw), Some(a)) = (gw, &a) {
             let mut gw = matmul_uninit_view(gw, &a.slice(s![.., cols.clone()]).t(), &g2);
             if fault::active(Fault::DenseWeightGrad) {
-                gw.mapv_inplace(|v| v * fault::FACTOR);
+                gw.mapv_inplace(|v| v * T::of_f64(fault::FACTOR));
             }
         }
         let x = x.slice(s![.., cols.clone()]);
@@ -339,7 +349,7 @@ pub fn backward_bn(
                 g_row
                     .iter_mut()
                     .zip(r_row.to_slice().unwrap())
-                    .for_each(|(g, r)| *g += r);
+                    .for_each(|(g, &r)| *g += r);
             }
         }
         sums
@@ -363,7 +373,7 @@ pub fn backward_bn(
         // SAFETY: the two row blocks of the weight gradient were written by their GEMMs.
         let gw = unsafe { gw.assume_init() };
         grads.accumulate(&format!("{}.w", d.name), gw.into_dyn());
-        let grad_gamma: Vec<f64> = sum_gx.iter().zip(inv_std).map(|(s, i)| s * i).collect();
+        let grad_gamma: Vec<T> = sum_gx.iter().zip(inv_std).map(|(&s, &i)| s * i).collect();
         bn.accumulate_affine_grads(grads, grad_gamma, grad_beta);
     }
     // SAFETY: the two column blocks' GEMMs wrote every element of `gx`.

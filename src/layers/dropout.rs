@@ -8,25 +8,27 @@ use ndarray::IxDyn;
 use rand::Rng;
 use rand_chacha::ChaCha8Rng;
 
+use crate::float::Float;
 use crate::tensor::Tensor;
 
 /// A mask of the given shape: `keep` (1 or `1/(1-p)`) with probability `1 - p`, else 0.
-pub fn mask(shape: &[usize], p: f64, rescale: bool, rng: &mut ChaCha8Rng) -> Tensor {
-    let keep = if rescale { 1.0 / (1.0 - p) } else { 1.0 };
-    Tensor::from_shape_simple_fn(IxDyn(shape), || {
+/// The draws are f64 whatever `T`, so an f32 mask equals its f64 twin's.
+pub fn mask<T: Float>(shape: &[usize], p: f64, rescale: bool, rng: &mut ChaCha8Rng) -> Tensor<T> {
+    let keep = T::of_f64(if rescale { 1.0 / (1.0 - p) } else { 1.0 });
+    Tensor::<T>::from_shape_simple_fn(IxDyn(shape), || {
         if rng.random::<f64>() < p {
-            0.0
+            T::zero()
         } else {
             keep
         }
     })
 }
 
-pub fn forward(x: &Tensor, mask: &Tensor) -> Tensor {
+pub fn forward<T: Float>(x: &Tensor<T>, mask: &Tensor<T>) -> Tensor<T> {
     x * mask
 }
 
-pub fn backward(mask: &Tensor, grad_y: &Tensor) -> Tensor {
+pub fn backward<T: Float>(mask: &Tensor<T>, grad_y: &Tensor<T>) -> Tensor<T> {
     grad_y * mask
 }
 
@@ -52,11 +54,11 @@ mod tests {
 
     #[test]
     fn mask_keeps_about_one_minus_p_and_rescales() {
-        let m = mask(&[10_000], 0.3, false, &mut rng(1));
+        let m: Tensor = mask(&[10_000], 0.3, false, &mut rng(1));
         let kept = m.iter().filter(|&&v| v == 1.0).count() as f64 / 10_000.0;
         assert!((kept - 0.7).abs() < 0.02, "{kept}");
         assert!(m.iter().all(|&v| v == 0.0 || v == 1.0));
-        let r = mask(&[100], 0.5, true, &mut rng(1));
+        let r: Tensor = mask(&[100], 0.5, true, &mut rng(1));
         assert!(r.iter().all(|&v| v == 0.0 || v == 2.0));
     }
 }

@@ -6,10 +6,11 @@
 
 use ndarray::IxDyn;
 
+use crate::float::Float;
 use crate::tensor::Tensor;
 
 /// The input's shape, for backward.
-pub fn forward(x: Tensor) -> (Tensor, Vec<usize>) {
+pub fn forward<T: Float>(x: Tensor<T>) -> (Tensor<T>, Vec<usize>) {
     let shape = x.shape().to_vec();
     let per_sample = shape[1..].iter().product::<usize>();
     let y = crate::tensor::into_standard_layout(x)
@@ -19,7 +20,7 @@ pub fn forward(x: Tensor) -> (Tensor, Vec<usize>) {
 }
 
 /// `in_shape` is the input's shape.
-pub fn backward(in_shape: &[usize], grad_y: Tensor) -> Tensor {
+pub fn backward<T: Float>(in_shape: &[usize], grad_y: Tensor<T>) -> Tensor<T> {
     crate::tensor::into_standard_layout(grad_y)
         .into_shape_with_order(IxDyn(in_shape))
         .expect("the gradient has the output's size, the input's")

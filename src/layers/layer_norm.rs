@@ -18,27 +18,28 @@ use ndarray::IxDyn;
 use super::norm::NormLayer;
 use super::Mode;
 use crate::fault::{self, Fault};
+use crate::float::Float;
 use crate::grads::Grads;
 use crate::tensor::Tensor;
 
 pub const EPS: f64 = 1e-5;
 
 #[derive(Debug, Clone)]
-pub struct LayerNorm {
+pub struct LayerNorm<T: Float = f64> {
     pub name: String,
     /// (C)
-    pub gamma: Tensor,
+    pub gamma: Tensor<T>,
     /// (C)
-    pub beta: Tensor,
-    pub eps: f64,
+    pub beta: Tensor<T>,
+    pub eps: T,
 }
 
 #[derive(Debug, Clone)]
-pub struct LayerNormCache {
+pub struct LayerNormCache<T: Float = f64> {
     /// `xhat`, the normalised input.
-    pub xhat: Tensor,
+    pub xhat: Tensor<T>,
     /// `1 / sqrt(var_n + eps)` per sample.
-    pub inv_std: Vec<f64>,
+    pub inv_std: Vec<T>,
 }
 
 /// `(N, C, S)`: samples, channels, values per channel plane.
@@ -53,23 +54,25 @@ impl LayerNorm {
             name: name.to_string(),
             gamma: Tensor::ones(IxDyn(&[channels])),
             beta: Tensor::zeros(IxDyn(&[channels])),
-            eps: EPS,
+            eps: (EPS),
         }
     }
 }
 
-impl NormLayer for LayerNorm {
-    type Cache = LayerNormCache;
+impl<T: Float> LayerNorm<T> {}
 
-    fn forward(&self, x: Tensor, _mode: Mode) -> (Tensor, LayerNormCache) {
+impl<T: Float> NormLayer<T> for LayerNorm<T> {
+    type Cache = LayerNormCache<T>;
+
+    fn forward(&self, x: Tensor<T>, _mode: Mode) -> (Tensor<T>, LayerNormCache<T>) {
         let x = crate::tensor::into_standard_layout(x);
         let (n, c, s) = layout(x.shape());
         assert_eq!(c, self.gamma.len(), "{}: channels", self.name);
-        let m = (c * s) as f64;
+        let m = T::of_f64((c * s) as f64);
         let gamma = self.gamma.as_slice().unwrap();
         let beta = self.beta.as_slice().unwrap();
         let mut xhat = x;
-        let mut y = Tensor::zeros(xhat.raw_dim());
+        let mut y = Tensor::<T>::zeros(xhat.raw_dim());
         let mut inv_std = Vec::with_capacity(n);
         for (x_n, y_n) in xhat
             .as_slice_mut()
@@ -78,9 +81,9 @@ impl NormLayer for LayerNorm {
             .zip(y.as_slice_mut().unwrap().chunks_exact_mut(c * s))
         {
             // Two passes (mean, then centred squares), so a large mean does not cancel.
-            let mean = x_n.iter().sum::<f64>() / m;
-            let var = x_n.iter().map(|v| (v - mean) * (v - mean)).sum::<f64>() / m;
-            let inv = 1.0 / (var + self.eps).sqrt();
+            let mean = x_n.iter().sum::<T>() / m;
+            let var = x_n.iter().map(|&v| (v - mean) * (v - mean)).sum::<T>() / m;
+            let inv = T::one() / (var + self.eps).sqrt();
             for (ch, (xp, yp)) in x_n
                 .chunks_exact_mut(s)
                 .zip(y_n.chunks_exact_mut(s))
@@ -98,22 +101,22 @@ impl NormLayer for LayerNorm {
 
     fn backward(
         &self,
-        cache: &LayerNormCache,
-        grad_y: Tensor,
-        grads: Option<&mut Grads>,
-    ) -> Tensor {
+        cache: &LayerNormCache<T>,
+        grad_y: Tensor<T>,
+        grads: Option<&mut Grads<T>>,
+    ) -> Tensor<T> {
         let grad_y = crate::tensor::into_standard_layout(grad_y);
         let (n, c, s) = layout(grad_y.shape());
-        let m = (c * s) as f64;
+        let m = T::of_f64((c * s) as f64);
         let gamma = self.gamma.as_slice().unwrap();
         let xhat = cache.xhat.as_slice().unwrap();
         let gy = grad_y.as_slice().unwrap();
-        let mut grad_x = vec![0.0; gy.len()];
+        let mut grad_x = vec![T::zero(); gy.len()];
         for i in 0..n {
             let (g_n, xh_n) = (&gy[i * c * s..][..c * s], &xhat[i * c * s..][..c * s]);
-            let (mut sum_h, mut sum_hx) = (0.0, 0.0);
+            let (mut sum_h, mut sum_hx) = (T::zero(), T::zero());
             for (ch, (gp, xp)) in g_n.chunks_exact(s).zip(xh_n.chunks_exact(s)).enumerate() {
-                for (g, xh) in gp.iter().zip(xp) {
+                for (&g, &xh) in gp.iter().zip(xp) {
                     let h = gamma[ch] * g;
                     sum_h += h;
                     sum_hx += h * xh;
@@ -129,42 +132,42 @@ impl NormLayer for LayerNorm {
                 .zip(xh_n.chunks_exact(s))
                 .enumerate()
             {
-                for ((o, g), xh) in o.iter_mut().zip(gp).zip(xp) {
+                for ((o, &g), &xh) in o.iter_mut().zip(gp).zip(xp) {
                     *o = inv * (gamma[ch] * g - mean_h - xh * mean_hx);
                 }
             }
         }
         if let Some(grads) = grads {
-            let mut gg = vec![0.0; c];
-            let mut gb = vec![0.0; c];
-            for (j, (g, xh)) in gy.iter().zip(xhat).enumerate() {
+            let mut gg = vec![T::zero(); c];
+            let mut gb = vec![T::zero(); c];
+            for (j, (&g, &xh)) in gy.iter().zip(xhat).enumerate() {
                 let ch = (j / s) % c;
                 gg[ch] += g * xh;
                 gb[ch] += g;
             }
             fault::perturb_slice(Fault::LnGammaGrad, &mut gg);
-            let v = |v: Vec<f64>| Tensor::from_shape_vec(IxDyn(&[c]), v).unwrap();
+            let v = |v: Vec<T>| Tensor::<T>::from_shape_vec(IxDyn(&[c]), v).unwrap();
             grads.accumulate(&format!("{}.gamma", self.name), v(gg));
             grads.accumulate(&format!("{}.beta", self.name), v(gb));
         }
-        Tensor::from_shape_vec(grad_y.raw_dim(), grad_x).unwrap()
+        Tensor::<T>::from_shape_vec(grad_y.raw_dim(), grad_x).unwrap()
     }
 
-    fn update_running_stats(&mut self, _cache: &LayerNormCache) {}
+    fn update_running_stats(&mut self, _cache: &LayerNormCache<T>) {}
 
-    fn visit_params(&self, f: &mut dyn FnMut(String, &Tensor)) {
+    fn visit_params(&self, f: &mut dyn FnMut(String, &Tensor<T>)) {
         f(format!("{}.gamma", self.name), &self.gamma);
         f(format!("{}.beta", self.name), &self.beta);
     }
 
-    fn visit_params_mut(&mut self, f: &mut dyn FnMut(String, &mut Tensor)) {
+    fn visit_params_mut(&mut self, f: &mut dyn FnMut(String, &mut Tensor<T>)) {
         f(format!("{}.gamma", self.name), &mut self.gamma);
         f(format!("{}.beta", self.name), &mut self.beta);
     }
 
-    fn visit_buffers(&self, _f: &mut dyn FnMut(String, &Tensor)) {}
+    fn visit_buffers(&self, _f: &mut dyn FnMut(String, &Tensor<T>)) {}
 
-    fn visit_buffers_mut(&mut self, _f: &mut dyn FnMut(String, &mut Tensor)) {}
+    fn visit_buffers_mut(&mut self, _f: &mut dyn FnMut(String, &mut Tensor<T>)) {}
 
     fn label(&self) -> &'static str {
         "LN"

@@ -3,40 +3,41 @@
 
 use ndarray::{Array2, Axis, Ix2};
 
+use crate::float::Float;
 use crate::tensor::Tensor;
 
 /// The loss and the softmax probabilities `(N, K)` that backward needs.
-pub fn forward(logits: &Tensor, labels: &[usize]) -> (f64, Array2<f64>) {
+pub fn forward<T: Float>(logits: &Tensor<T>, labels: &[usize]) -> (T, Array2<T>) {
     let z = logits
         .view()
         .into_dimensionality::<Ix2>()
         .expect("logits must be (N, K)");
     assert_eq!(z.nrows(), labels.len(), "one label per sample");
     let mut probs = Array2::zeros(z.raw_dim());
-    let mut total = 0.0;
+    let mut total = T::zero();
     for ((row, mut p), &t) in z
         .axis_iter(Axis(0))
         .zip(probs.axis_iter_mut(Axis(0)))
         .zip(labels)
     {
         // Subtracting the max keeps exp() finite; log-sum-exp gives the loss without log(0).
-        let max = row.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
-        let sum: f64 = row.iter().map(|&v| (v - max).exp()).sum();
+        let max = row.iter().cloned().fold(T::neg_infinity(), T::max);
+        let sum: T = row.iter().map(|&v| (v - max).exp()).sum();
         for (pi, &v) in p.iter_mut().zip(row.iter()) {
             *pi = (v - max).exp() / sum;
         }
         total += sum.ln() + max - row[t];
     }
-    (total / labels.len() as f64, probs)
+    (total / T::of_f64(labels.len() as f64), probs)
 }
 
-pub fn backward(probs: &Array2<f64>, labels: &[usize]) -> Tensor {
-    let n = labels.len() as f64;
+pub fn backward<T: Float>(probs: &Array2<T>, labels: &[usize]) -> Tensor<T> {
+    let n = T::of_f64(labels.len() as f64);
     let mut g = probs.clone();
     for (mut row, &t) in g.axis_iter_mut(Axis(0)).zip(labels) {
-        row[t] -= 1.0;
+        row[t] -= T::one();
     }
-    let mut g = g / n;
+    let mut g = g.mapv(|v| v / n);
     crate::fault::perturb(crate::fault::Fault::LossGrad, &mut g);
     g.into_dyn()
 }
@@ -59,14 +60,14 @@ mod tests {
 
     #[test]
     fn uniform_logits_give_log_k() {
-        let z = Tensor::zeros(ndarray::IxDyn(&[3, 10]));
+        let z: Tensor = Tensor::zeros(ndarray::IxDyn(&[3, 10]));
         let (e, _) = forward(&z, &[1, 2, 3]);
         assert!((e - 10f64.ln()).abs() < 1e-15);
     }
 
     #[test]
     fn huge_logits_stay_finite() {
-        let z = Tensor::from_shape_vec(ndarray::IxDyn(&[1, 2]), vec![1000.0, -1000.0]).unwrap();
+        let z: Tensor = Tensor::from_shape_vec(ndarray::IxDyn(&[1, 2]), vec![1000.0, -1000.0]).unwrap();
         let (e, _) = forward(&z, &[1]);
         assert!((e - 2000.0).abs() < 1e-9);
     }

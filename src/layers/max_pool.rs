@@ -8,6 +8,7 @@
 
 use ndarray::IxDyn;
 
+use crate::float::Float;
 use crate::kernels::im2col::out_size;
 use crate::tensor::Tensor;
 
@@ -37,7 +38,7 @@ impl MaxPool {
     }
 
     /// Takes the input by value: a standard-layout input is read in place, not copied.
-    pub fn forward(&self, x: Tensor) -> (Tensor, MaxPoolCache) {
+    pub fn forward<T: Float>(&self, x: Tensor<T>) -> (Tensor<T>, MaxPoolCache) {
         let x = crate::tensor::into_standard_layout(x);
         let s = x.shape();
         let (n, c, h, w) = (s[0], s[1], s[2], s[3]);
@@ -48,7 +49,7 @@ impl MaxPool {
         for plane in xs.chunks_exact(h * w) {
             for oi in 0..ho {
                 for oj in 0..wo {
-                    let (mut best, mut at) = (f64::NEG_INFINITY, u32::MAX);
+                    let (mut best, mut at) = (T::neg_infinity(), u32::MAX);
                     for di in 0..self.k {
                         let Some(i) = (oi * self.stride + di).checked_sub(self.pad) else {
                             continue;
@@ -76,7 +77,7 @@ impl MaxPool {
                 }
             }
         }
-        let y = Tensor::from_shape_vec(IxDyn(&[n, c, ho, wo]), y).expect("output shape");
+        let y = Tensor::<T>::from_shape_vec(IxDyn(&[n, c, ho, wo]), y).expect("output shape");
         (
             y,
             MaxPoolCache {
@@ -86,13 +87,13 @@ impl MaxPool {
         )
     }
 
-    pub fn backward(&self, cache: &MaxPoolCache, grad_y: Tensor) -> Tensor {
+    pub fn backward<T: Float>(&self, cache: &MaxPoolCache, grad_y: Tensor<T>) -> Tensor<T> {
         let s = &cache.in_shape;
         let plane = s[2] * s[3];
         let g = crate::tensor::into_standard_layout(grad_y);
         let gs = g.as_slice().expect("standard layout");
         let per_plane = gs.len() / (s[0] * s[1]).max(1);
-        let mut gx = vec![0.0; s.iter().product()];
+        let mut gx = vec![T::zero(); s.iter().product()];
         for (p, (gp, wp)) in gs
             .chunks_exact(per_plane.max(1))
             .zip(cache.winners.chunks_exact(per_plane.max(1)))
@@ -105,7 +106,7 @@ impl MaxPool {
                 }
             }
         }
-        Tensor::from_shape_vec(IxDyn(s), gx).expect("input shape")
+        Tensor::<T>::from_shape_vec(IxDyn(s), gx).expect("input shape")
     }
 }
 

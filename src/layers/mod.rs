@@ -48,7 +48,7 @@ impl std::str::FromStr for Mode {
             "train" => Ok(Mode::Train),
             "eval" => Ok(Mode::Eval),
             _ => Err(format!(
-                "unknown BatchNorm mode '{s}' (expected 'train' or 'eval')"
+                "unknown BatchNorm<T> mode '{s}' (expected 'train' or 'eval')"
             )),
         }
     }

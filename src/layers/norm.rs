@@ -14,31 +14,37 @@ use std::str::FromStr;
 use super::batch_norm::{BatchNorm, BatchNormCache};
 use super::layer_norm::{LayerNorm, LayerNormCache};
 use super::Mode;
+use crate::float::Float;
 use crate::grads::Grads;
 use crate::tensor::Tensor;
 
 /// What every normalisation layer provides. Its cache is whatever its backward needs.
-pub trait NormLayer {
+pub trait NormLayer<T: Float = f64> {
     type Cache;
 
     /// Normalises `x` (batch on axis 0, channels on axis 1); `mode` says whether batch or
     /// running statistics are used (a layer without running statistics ignores it).
-    fn forward(&self, x: Tensor, mode: Mode) -> (Tensor, Self::Cache);
+    fn forward(&self, x: Tensor<T>, mode: Mode) -> (Tensor<T>, Self::Cache);
 
     /// The input gradient from the output gradient; parameter gradients into `grads`.
-    fn backward(&self, cache: &Self::Cache, grad_y: Tensor, grads: Option<&mut Grads>) -> Tensor;
+    fn backward(
+        &self,
+        cache: &Self::Cache,
+        grad_y: Tensor<T>,
+        grads: Option<&mut Grads<T>>,
+    ) -> Tensor<T>;
 
     /// After a training-mode forward: moves the running statistics toward the batch's (a
     /// layer without running statistics has nothing to do).
     fn update_running_stats(&mut self, cache: &Self::Cache);
 
     /// Learned parameters, named.
-    fn visit_params(&self, f: &mut dyn FnMut(String, &Tensor));
-    fn visit_params_mut(&mut self, f: &mut dyn FnMut(String, &mut Tensor));
+    fn visit_params(&self, f: &mut dyn FnMut(String, &Tensor<T>));
+    fn visit_params_mut(&mut self, f: &mut dyn FnMut(String, &mut Tensor<T>));
 
     /// State that is not learned by gradient (running statistics), named.
-    fn visit_buffers(&self, f: &mut dyn FnMut(String, &Tensor));
-    fn visit_buffers_mut(&mut self, f: &mut dyn FnMut(String, &mut Tensor));
+    fn visit_buffers(&self, f: &mut dyn FnMut(String, &Tensor<T>));
+    fn visit_buffers_mut(&mut self, f: &mut dyn FnMut(String, &mut Tensor<T>));
 
     /// The short label descriptions use ("BN").
     fn label(&self) -> &'static str;
@@ -116,16 +122,16 @@ impl FromStr for NormKind {
 // A network holds a few hundred at most, so the variants' sizes do not matter.
 #[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone)]
-pub enum Norm {
-    Batch(BatchNorm),
-    Layer(LayerNorm),
+pub enum Norm<T: Float = f64> {
+    Batch(BatchNorm<T>),
+    Layer(LayerNorm<T>),
 }
 
 /// The cache of a [`Norm`]'s forward pass.
 #[derive(Debug, Clone)]
-pub enum NormCache {
-    Batch(BatchNormCache),
-    Layer(LayerNormCache),
+pub enum NormCache<T: Float = f64> {
+    Batch(BatchNormCache<T>),
+    Layer(LayerNormCache<T>),
 }
 
 /// Runs `$e` with `$n` bound to the layer inside a [`Norm`], whatever its kind: the one
@@ -139,7 +145,7 @@ macro_rules! with_layer {
     };
 }
 
-impl Norm {
+impl<T: Float> Norm<T> {
     pub fn kind(&self) -> NormKind {
         match self {
             Norm::Batch(_) => NormKind::Batch,
@@ -152,7 +158,7 @@ impl Norm {
         with_layer!(self, n => &n.name)
     }
 
-    pub fn forward(&self, x: Tensor, mode: Mode) -> (Tensor, NormCache) {
+    pub fn forward(&self, x: Tensor<T>, mode: Mode) -> (Tensor<T>, NormCache<T>) {
         match self {
             Norm::Batch(n) => {
                 let (y, c) = NormLayer::forward(n, x, mode);
@@ -165,7 +171,12 @@ impl Norm {
         }
     }
 
-    pub fn backward(&self, cache: &NormCache, grad_y: Tensor, grads: Option<&mut Grads>) -> Tensor {
+    pub fn backward(
+        &self,
+        cache: &NormCache<T>,
+        grad_y: Tensor<T>,
+        grads: Option<&mut Grads<T>>,
+    ) -> Tensor<T> {
         match (self, cache) {
             (Norm::Batch(n), NormCache::Batch(c)) => NormLayer::backward(n, c, grad_y, grads),
             (Norm::Layer(n), NormCache::Layer(c)) => NormLayer::backward(n, c, grad_y, grads),
@@ -173,7 +184,7 @@ impl Norm {
         }
     }
 
-    pub fn update_running_stats(&mut self, cache: &NormCache) {
+    pub fn update_running_stats(&mut self, cache: &NormCache<T>) {
         match (self, cache) {
             (Norm::Batch(n), NormCache::Batch(c)) => NormLayer::update_running_stats(n, c),
             (Norm::Layer(n), NormCache::Layer(c)) => NormLayer::update_running_stats(n, c),
@@ -181,19 +192,19 @@ impl Norm {
         }
     }
 
-    pub fn visit_params(&self, f: &mut dyn FnMut(String, &Tensor)) {
+    pub fn visit_params(&self, f: &mut dyn FnMut(String, &Tensor<T>)) {
         with_layer!(self, n => NormLayer::visit_params(n, f))
     }
 
-    pub fn visit_params_mut(&mut self, f: &mut dyn FnMut(String, &mut Tensor)) {
+    pub fn visit_params_mut(&mut self, f: &mut dyn FnMut(String, &mut Tensor<T>)) {
         with_layer!(self, n => NormLayer::visit_params_mut(n, f))
     }
 
-    pub fn visit_buffers(&self, f: &mut dyn FnMut(String, &Tensor)) {
+    pub fn visit_buffers(&self, f: &mut dyn FnMut(String, &Tensor<T>)) {
         with_layer!(self, n => NormLayer::visit_buffers(n, f))
     }
 
-    pub fn visit_buffers_mut(&mut self, f: &mut dyn FnMut(String, &mut Tensor)) {
+    pub fn visit_buffers_mut(&mut self, f: &mut dyn FnMut(String, &mut Tensor<T>)) {
         with_layer!(self, n => NormLayer::visit_buffers_mut(n, f))
     }
 

@@ -13,6 +13,7 @@
 
 use ndarray::{s, Ix4, IxDyn};
 
+use crate::float::Float;
 use crate::tensor::Tensor;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -29,7 +30,7 @@ impl PadShortcut {
         [in_shape[0], self.c_out, out(in_shape[2]), out(in_shape[3])]
     }
 
-    pub fn forward(&self, x: &Tensor) -> Tensor {
+    pub fn forward<T: Float>(&self, x: &Tensor<T>) -> Tensor<T> {
         let x = x
             .view()
             .into_dimensionality::<Ix4>()
@@ -42,21 +43,21 @@ impl PadShortcut {
         );
         let out = self.out_shape(x.shape());
         let st = self.stride as isize;
-        let mut y = Tensor::zeros(IxDyn(&out));
+        let mut y = Tensor::<T>::zeros(IxDyn(&out));
         y.slice_mut(s![.., ..c_in, .., ..])
             .assign(&x.slice(s![.., .., ..;st, ..;st]));
         y
     }
 
     /// `dE/dx` for an input of shape `in_shape` from `dE/dy`.
-    pub fn backward(&self, in_shape: &[usize], grad_y: &Tensor) -> Tensor {
+    pub fn backward<T: Float>(&self, in_shape: &[usize], grad_y: &Tensor<T>) -> Tensor<T> {
         let gy = grad_y
             .view()
             .into_dimensionality::<Ix4>()
             .expect("the padded shortcut's gradient must be (N, C, H, W)");
         let c_in = in_shape[1];
         let st = self.stride as isize;
-        let mut gx = Tensor::zeros(IxDyn(in_shape));
+        let mut gx = Tensor::<T>::zeros(IxDyn(in_shape));
         gx.slice_mut(s![.., .., ..;st, ..;st])
             .assign(&gy.slice(s![.., ..c_in, .., ..]));
         crate::fault::perturb(crate::fault::Fault::PadShortcutGrad, &mut gx);

@@ -3,9 +3,10 @@
 
 use ndarray::{Axis, Ix4, IxDyn};
 
+use crate::float::Float;
 use crate::tensor::Tensor;
 
-pub fn forward(x: &Tensor) -> Tensor {
+pub fn forward<T: Float>(x: &Tensor<T>) -> Tensor<T> {
     let x4 = x
         .view()
         .into_dimensionality::<Ix4>()
@@ -13,21 +14,21 @@ pub fn forward(x: &Tensor) -> Tensor {
     let (n, c, h, w) = x4.dim();
     let flat = x4.as_standard_layout();
     let flat = flat.into_shape_with_order((n, c, h * w)).unwrap();
-    flat.map_axis(Axis(2), |v| v.sum() / (h * w) as f64)
+    flat.map_axis(Axis(2), |v| v.sum() / T::of_f64((h * w) as f64))
         .into_dyn()
 }
 
 /// `in_shape` is the input's `(N, C, H, W)`.
-pub fn backward(in_shape: &[usize], grad_y: &Tensor) -> Tensor {
+pub fn backward<T: Float>(in_shape: &[usize], grad_y: &Tensor<T>) -> Tensor<T> {
     let (n, c, h, w) = (in_shape[0], in_shape[1], in_shape[2], in_shape[3]);
-    let scale = 1.0 / (h * w) as f64;
+    let scale = T::of_f64(1.0 / (h * w) as f64);
     let g = grad_y.view().into_dimensionality::<ndarray::Ix2>().unwrap();
-    let mut gx = vec![0.0; n * c * h * w];
+    let mut gx = vec![T::zero(); n * c * h * w];
     let scale = crate::fault::factor(crate::fault::Fault::PoolGrad, scale);
     for (i, plane) in gx.chunks_exact_mut(h * w).enumerate() {
         plane.fill(g[[i / c, i % c]] * scale);
     }
-    Tensor::from_shape_vec(IxDyn(in_shape), gx).unwrap()
+    Tensor::<T>::from_shape_vec(IxDyn(in_shape), gx).unwrap()
 }
 
 #[cfg(test)]

@@ -20,39 +20,40 @@ use super::batch_norm::{BatchNorm, BatchNormCache};
 use super::conv::Conv2d;
 use super::relu::select;
 use super::Mode;
+use crate::float::Float;
 use crate::grads::Grads;
 use crate::kernels::norm::Moments;
 use crate::kernels::{Epilogue, Prologue};
 use crate::tensor::{grad_sums, Tensor};
 
 /// `conv(relu(BN(x)))`; the cache is the BatchNorm's (it keeps `x`, shared, and the stats).
-pub fn forward(
-    bn: &BatchNorm,
-    conv: &Conv2d,
-    x: Arc<Tensor>,
+pub fn forward<T: Float>(
+    bn: &BatchNorm<T>,
+    conv: &Conv2d<T>,
+    x: Arc<Tensor<T>>,
     mode: Mode,
-) -> (Tensor, BatchNormCache) {
+) -> (Tensor<T>, BatchNormCache<T>) {
     let (y, cache, _) = forward_with(bn, conv, x, mode, &Extras::default());
     (y, cache)
 }
 
 /// What a fused pass can do besides its own job, each while a sample is in cache.
 #[derive(Default)]
-pub(crate) struct Extras<'a> {
+pub(crate) struct Extras<'a, T: Float = f64> {
     /// The input's plane moments, computed by the op that wrote it (skips BN's own pass).
-    pub moments_in: Option<&'a Moments>,
+    pub moments_in: Option<&'a Moments<T>>,
     /// What the convolution does to each output sample after its product.
-    pub epilogue: Epilogue<'a>,
+    pub epilogue: Epilogue<'a, T>,
 }
 
 /// [`forward`] with [`Extras`]; returns the output's plane moments when the epilogue asks.
-pub(crate) fn forward_with(
-    bn: &BatchNorm,
-    conv: &Conv2d,
-    x: Arc<Tensor>,
+pub(crate) fn forward_with<T: Float>(
+    bn: &BatchNorm<T>,
+    conv: &Conv2d<T>,
+    x: Arc<Tensor<T>>,
     mode: Mode,
-    extras: &Extras,
-) -> (Tensor, BatchNormCache, Option<Moments>) {
+    extras: &Extras<T>,
+) -> (Tensor<T>, BatchNormCache<T>, Option<Moments<T>>) {
     let (cache, affine) = bn.normalise(x, mode, extras.moments_in);
     let shape = cache.x.shape();
     let input = Prologue::Preact {
@@ -66,14 +67,14 @@ pub(crate) fn forward_with(
 
 /// `dE/dx` from `dE/dy`, plus `add` if given (added in the last pass, no pass of its own);
 /// parameter gradients of the conv, then of the BN, into `grads`.
-pub fn backward(
-    bn: &BatchNorm,
-    conv: &Conv2d,
-    cache: &BatchNormCache,
-    grad_y: &Tensor,
-    mut grads: Option<&mut Grads>,
-    add: Option<&Tensor>,
-) -> Tensor {
+pub fn backward<T: Float>(
+    bn: &BatchNorm<T>,
+    conv: &Conv2d<T>,
+    cache: &BatchNormCache<T>,
+    grad_y: &Tensor<T>,
+    mut grads: Option<&mut Grads<T>>,
+    add: Option<&Tensor<T>>,
+) -> Tensor<T> {
     let affine = bn.affine(&cache.mean, &cache.inv_std);
     let shape = cache.x.shape();
     let (c, plane) = (shape[1], shape[2] * shape[3]);
@@ -97,18 +98,18 @@ pub fn backward(
             .map(|(ch, (g, x))| {
                 let (a, b, m) = (affine.a[ch], affine.b[ch], cache.mean[ch]);
                 for (g, &v) in g.iter_mut().zip(x) {
-                    *g = select(a * v + b > 0.0, *g);
+                    *g = select(a * v + b > T::zero(), *g);
                 }
                 grad_sums(g, x, None, m)
             })
             .collect::<Vec<_>>()
     });
     // Channel sums over samples in sample order, as BatchNorm adds its planes.
-    let (grad_beta, sum_gx): (Vec<f64>, Vec<f64>) = (0..c)
+    let (grad_beta, sum_gx): (Vec<T>, Vec<T>) = (0..c)
         .map(|ch| {
-            partials
-                .iter()
-                .fold((0.0, 0.0), |(sb, sg), p| (sb + p[ch].0, sg + p[ch].1))
+            partials.iter().fold((T::zero(), T::zero()), |(sb, sg), p| {
+                (sb + p[ch].0, sg + p[ch].1)
+            })
         })
         .unzip();
     let add = add.map(|r| r.as_slice().expect("standard layout"));

@@ -2,6 +2,7 @@
 
 use rayon::prelude::*;
 
+use crate::float::Float;
 use crate::tensor::Tensor;
 
 /// Elements per parallel task (fixed: element-wise, so any split gives the same bits).
@@ -16,7 +17,7 @@ pub struct ReluCache {
 pub use crate::tensor::{relu, select};
 
 /// In place: `x` becomes `max(x, 0)`.
-pub fn forward(x: Tensor) -> (Tensor, ReluCache) {
+pub fn forward<T: Float>(x: Tensor<T>) -> (Tensor<T>, ReluCache) {
     let mut x = crate::tensor::into_standard_layout(x);
     let values = x.as_slice_mut().unwrap();
     let mut mask = vec![false; values.len()];
@@ -25,7 +26,7 @@ pub fn forward(x: Tensor) -> (Tensor, ReluCache) {
         .zip(mask.par_chunks_mut(CHUNK))
         .for_each(|(v, m)| {
             for (v, m) in v.iter_mut().zip(m) {
-                *m = *v > 0.0;
+                *m = *v > T::zero();
                 *v = relu(*v);
             }
         });
@@ -34,7 +35,7 @@ pub fn forward(x: Tensor) -> (Tensor, ReluCache) {
 }
 
 /// In place: the gradient survives where the output was positive.
-pub fn backward(cache: &ReluCache, grad_y: Tensor) -> Tensor {
+pub fn backward<T: Float>(cache: &ReluCache, grad_y: Tensor<T>) -> Tensor<T> {
     let mut grad_y = crate::tensor::into_standard_layout(grad_y);
     let mask = cache.positive.as_slice().unwrap();
     grad_y

@@ -4,14 +4,15 @@
 use ndarray::IxDyn;
 
 use crate::fault::{self, Fault};
+use crate::float::Float;
 use crate::grads::Grads;
 use crate::tensor::Tensor;
 
 #[derive(Debug, Clone)]
-pub struct ScalarBias {
+pub struct ScalarBias<T: Float = f64> {
     pub name: String,
     /// `(1)`
-    pub b: Tensor,
+    pub b: Tensor<T>,
 }
 
 impl ScalarBias {
@@ -22,29 +23,31 @@ impl ScalarBias {
             b: Tensor::zeros(IxDyn(&[1])),
         }
     }
+}
 
-    pub fn forward(&self, mut x: Tensor) -> Tensor {
+impl<T: Float> ScalarBias<T> {
+    pub fn forward(&self, mut x: Tensor<T>) -> Tensor<T> {
         let b = self.b[[0]];
         x.mapv_inplace(|v| v + b);
         x
     }
 
-    pub fn backward(&self, grad_y: Tensor, grads: Option<&mut Grads>) -> Tensor {
+    pub fn backward(&self, grad_y: Tensor<T>, grads: Option<&mut Grads<T>>) -> Tensor<T> {
         if let Some(grads) = grads {
             let sum = fault::factor(Fault::ScalarBiasGrad, grad_y.sum());
             grads.accumulate(
                 &format!("{}.b", self.name),
-                Tensor::from_elem(IxDyn(&[1]), sum),
+                Tensor::<T>::from_elem(IxDyn(&[1]), sum),
             );
         }
         grad_y
     }
 
-    pub fn visit_params(&self, f: &mut dyn FnMut(String, &Tensor)) {
+    pub fn visit_params(&self, f: &mut dyn FnMut(String, &Tensor<T>)) {
         f(format!("{}.b", self.name), &self.b);
     }
 
-    pub fn visit_params_mut(&mut self, f: &mut dyn FnMut(String, &mut Tensor)) {
+    pub fn visit_params_mut(&mut self, f: &mut dyn FnMut(String, &mut Tensor<T>)) {
         f(format!("{}.b", self.name), &mut self.b);
     }
 }

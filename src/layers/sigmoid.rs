@@ -1,35 +1,36 @@
 //! Logistic sigmoid `g = 1 / (1 + exp(-z))`, the gate non-linearity; `dg/dz = g (1 - g)`.
 
+use crate::float::Float;
 use crate::tensor::Tensor;
 
 /// Numerically stable for large |z| (no overflow of exp).
-pub fn sigmoid(z: f64) -> f64 {
-    if z >= 0.0 {
-        1.0 / (1.0 + (-z).exp())
+pub fn sigmoid<T: Float>(z: T) -> T {
+    if z >= T::zero() {
+        T::one() / (T::one() + (-z).exp())
     } else {
         let e = z.exp();
-        e / (1.0 + e)
+        e / (T::one() + e)
     }
 }
 
-pub fn forward(z: &Tensor) -> Tensor {
+pub fn forward<T: Float>(z: &Tensor<T>) -> Tensor<T> {
     z.mapv(sigmoid)
 }
 
 /// [`forward`] in the input's own buffer.
-pub fn forward_in_place(mut z: Tensor) -> Tensor {
+pub fn forward_in_place<T: Float>(mut z: Tensor<T>) -> Tensor<T> {
     z.mapv_inplace(sigmoid);
     z
 }
 
 /// `grad_z = grad_g * g (1 - g)`, from the cached output `g`.
-pub fn backward(g: &Tensor, grad_g: &Tensor) -> Tensor {
+pub fn backward<T: Float>(g: &Tensor<T>, grad_g: &Tensor<T>) -> Tensor<T> {
     backward_in_place(g, grad_g.clone())
 }
 
 /// [`backward`] in the buffer of a gradient the caller gives away.
-pub fn backward_in_place(g: &Tensor, mut grad_g: Tensor) -> Tensor {
-    grad_g.zip_mut_with(g, |d, &g| *d *= g * (1.0 - g));
+pub fn backward_in_place<T: Float>(g: &Tensor<T>, mut grad_g: Tensor<T>) -> Tensor<T> {
+    grad_g.zip_mut_with(g, |d, &g| *d *= g * (T::one() - g));
     crate::fault::perturb(crate::fault::Fault::SigmoidGrad, &mut grad_g);
     grad_g
 }
@@ -58,6 +59,6 @@ mod tests {
     fn sigmoid_is_stable_at_extremes() {
         assert_eq!(sigmoid(-1000.0), 0.0);
         assert_eq!(sigmoid(1000.0), 1.0);
-        assert!((sigmoid(-6.0) - 0.0024726231566347743).abs() < 1e-15);
+        assert!((sigmoid(-6.0f64) - 0.0024726231566347743).abs() < 1e-15);
     }
 }
