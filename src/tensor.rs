@@ -34,6 +34,11 @@ pub fn cast<T: Float, U: Float>(x: Tensor<T>) -> Tensor<U> {
     x.mapv(|v| U::of_f64(v.as_f64()))
 }
 
+/// A copy of `x` in another element type (rounded to nearest when narrowing).
+pub fn cast_ref<T: Float, U: Float>(x: &Tensor<T>) -> Tensor<U> {
+    x.mapv(|v| U::of_f64(v.as_f64()))
+}
+
 /// Sum of squares in logical (row-major) order.
 pub fn sum_sq<T: Float>(a: &ArrayViewD<T>) -> T {
     a.iter().fold(T::zero(), |acc, &v| acc + v * v)
@@ -542,7 +547,10 @@ mod tests {
         matmul_into(&mut c.view_mut(), &a.view(), &b.view(), true);
         assert_eq!(c[[0, 0]], 10.0);
         // A tail lane that adds 0 * 0 turns -0 into +0, as the hardware's masked lanes do.
-        assert_eq!(dot_in_lanes::<f64>(&[-0.0], &[1.0]).to_bits(), 0.0f64.to_bits());
+        assert_eq!(
+            dot_in_lanes::<f64>(&[-0.0], &[1.0]).to_bits(),
+            0.0f64.to_bits()
+        );
         // Past 1024 terms, each block's sum is added into c in turn.
         let long = vec![1.0; 1030];
         assert_eq!(dot_in_lanes(&long, &long), 1030.0);

@@ -86,6 +86,19 @@ impl BatchNorm {
 }
 
 impl<T: Float> BatchNorm<T> {
+    /// The layer in another element type, its parameters and statistics rounded to nearest.
+    pub fn cast<U: Float>(&self) -> BatchNorm<U> {
+        BatchNorm {
+            name: self.name.clone(),
+            gamma: crate::tensor::cast_ref(&self.gamma),
+            beta: crate::tensor::cast_ref(&self.beta),
+            running_mean: crate::tensor::cast_ref(&self.running_mean),
+            running_var: crate::tensor::cast_ref(&self.running_var),
+            eps: U::of_f64(self.eps.as_f64()),
+            momentum: U::of_f64(self.momentum.as_f64()),
+        }
+    }
+
     pub fn channels(&self) -> usize {
         self.gamma.len()
     }

@@ -50,6 +50,13 @@ impl BranchScale {
 }
 
 impl<T: Float> BranchScale<T> {
+    /// The layer in another element type, its parameters rounded to nearest.
+    pub fn cast<U: Float>(&self) -> BranchScale<U> {
+        BranchScale {
+            name: self.name.clone(),
+            a: crate::tensor::cast_ref(&self.a),
+        }
+    }
     fn is_scalar(&self) -> bool {
         self.a.len() == 1
     }

@@ -122,6 +122,17 @@ impl Conv2d {
 }
 
 impl<T: Float> Conv2d<T> {
+    /// The layer in another element type, its parameters rounded to nearest.
+    pub fn cast<U: Float>(&self) -> Conv2d<U> {
+        Conv2d {
+            name: self.name.clone(),
+            w: crate::tensor::cast_ref(&self.w),
+            b: self.b.as_ref().map(crate::tensor::cast_ref),
+            stride: self.stride,
+            pad: self.pad,
+        }
+    }
+
     pub fn c_out(&self) -> usize {
         self.w.shape()[0]
     }

@@ -63,6 +63,15 @@ impl Dense {
 }
 
 impl<T: Float> Dense<T> {
+    /// The layer in another element type, its parameters rounded to nearest.
+    pub fn cast<U: Float>(&self) -> Dense<U> {
+        Dense {
+            name: self.name.clone(),
+            w: crate::tensor::cast_ref(&self.w),
+            b: self.b.as_ref().map(crate::tensor::cast_ref),
+        }
+    }
+
     pub fn d_in(&self) -> usize {
         self.w.shape()[0]
     }

@@ -59,7 +59,17 @@ impl LayerNorm {
     }
 }
 
-impl<T: Float> LayerNorm<T> {}
+impl<T: Float> LayerNorm<T> {
+    /// The layer in another element type, its parameters rounded to nearest.
+    pub fn cast<U: Float>(&self) -> LayerNorm<U> {
+        LayerNorm {
+            name: self.name.clone(),
+            gamma: crate::tensor::cast_ref(&self.gamma),
+            beta: crate::tensor::cast_ref(&self.beta),
+            eps: U::of_f64(self.eps.as_f64()),
+        }
+    }
+}
 
 impl<T: Float> NormLayer<T> for LayerNorm<T> {
     type Cache = LayerNormCache<T>;

@@ -67,7 +67,8 @@ mod tests {
 
     #[test]
     fn huge_logits_stay_finite() {
-        let z: Tensor = Tensor::from_shape_vec(ndarray::IxDyn(&[1, 2]), vec![1000.0, -1000.0]).unwrap();
+        let z: Tensor =
+            Tensor::from_shape_vec(ndarray::IxDyn(&[1, 2]), vec![1000.0, -1000.0]).unwrap();
         let (e, _) = forward(&z, &[1]);
         assert!((e - 2000.0).abs() < 1e-9);
     }

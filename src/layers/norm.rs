@@ -146,6 +146,14 @@ macro_rules! with_layer {
 }
 
 impl<T: Float> Norm<T> {
+    /// The layer in another element type.
+    pub fn cast<U: Float>(&self) -> Norm<U> {
+        match self {
+            Norm::Batch(n) => Norm::Batch(n.cast()),
+            Norm::Layer(n) => Norm::Layer(n.cast()),
+        }
+    }
+
     pub fn kind(&self) -> NormKind {
         match self {
             Norm::Batch(_) => NormKind::Batch,

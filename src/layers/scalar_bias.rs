@@ -26,6 +26,14 @@ impl ScalarBias {
 }
 
 impl<T: Float> ScalarBias<T> {
+    /// The layer in another element type, its parameter rounded to nearest.
+    pub fn cast<U: Float>(&self) -> ScalarBias<U> {
+        ScalarBias {
+            name: self.name.clone(),
+            b: crate::tensor::cast_ref(&self.b),
+        }
+    }
+
     pub fn forward(&self, mut x: Tensor<T>) -> Tensor<T> {
         let b = self.b[[0]];
         x.mapv_inplace(|v| v + b);

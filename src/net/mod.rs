@@ -30,6 +30,7 @@ use crate::unit::ops::{
 };
 use crate::unit::{ForwardCtx, Projection, ResidualUnit, UnitCache};
 
+use crate::float::Float;
 pub use description::{InputSizes, NetDescription};
 pub use mlp::{build_mlp, MlpConfig};
 pub use resnet::{build_resnet, ResnetConfig};
@@ -170,12 +171,12 @@ pub struct ImportedSpec {
 }
 
 #[derive(Debug, Clone)]
-pub struct Network {
+pub struct Network<T: Float = f64> {
     pub spec: NetSpec,
-    pub stem: Vec<Op>,
-    pub units: Vec<ResidualUnit>,
+    pub stem: Vec<Op<T>>,
+    pub units: Vec<ResidualUnit<T>>,
     /// Extra BN-ReLU for pre-activation nets, then the classifier (last op).
-    pub head: Vec<Op>,
+    pub head: Vec<Op<T>>,
     /// Number of classes.
     pub classes: usize,
     /// Shape of one input sample (e.g. `[64]`).
@@ -208,37 +209,37 @@ pub enum Keep {
 }
 
 #[derive(Debug, Clone)]
-enum UnitStore {
-    Full(Box<UnitCache>),
-    Input(Arc<Tensor>),
+enum UnitStore<T: Float = f64> {
+    Full(Box<UnitCache<T>>),
+    Input(Arc<Tensor<T>>),
 }
 
 /// What [`Network::forward_pass`] returns besides the units' caches.
-struct ForwardPass {
-    stem: Vec<OpCache>,
-    x_last: Arc<Tensor>,
-    head: Vec<OpCache>,
-    probs: Array2<f64>,
-    loss: f64,
+struct ForwardPass<T: Float = f64> {
+    stem: Vec<OpCache<T>>,
+    x_last: Arc<Tensor<T>>,
+    head: Vec<OpCache<T>>,
+    probs: Array2<T>,
+    loss: T,
 }
 
 #[derive(Debug, Clone)]
-pub struct NetCache {
-    stem: Vec<OpCache>,
-    units: Vec<UnitStore>,
+pub struct NetCache<T: Float = f64> {
+    stem: Vec<OpCache<T>>,
+    units: Vec<UnitStore<T>>,
     /// `x_L`, the head's input (shared with the head's leading BatchNorm, if any).
-    pub x_last: Arc<Tensor>,
-    head: Vec<OpCache>,
+    pub x_last: Arc<Tensor<T>>,
+    head: Vec<OpCache<T>>,
     /// (N, K)
-    pub probs: Array2<f64>,
-    pub loss: f64,
+    pub probs: Array2<T>,
+    pub loss: T,
     /// The context of the pass, so a kept input can be re-run identically.
     pub ctx: ForwardCtx,
 }
 
-impl NetCache {
+impl<T: Float> NetCache<T> {
     /// `x_l` for `l` in `0..=L`.
-    pub fn x(&self, l: usize) -> &Tensor {
+    pub fn x(&self, l: usize) -> &Tensor<T> {
         match self.units.get(l) {
             Some(UnitStore::Full(c)) => &c.x,
             Some(UnitStore::Input(x)) => x,
@@ -247,7 +248,7 @@ impl NetCache {
     }
 
     /// Unit `l`'s cache, re-running its forward pass if only its input was kept.
-    pub fn unit<'a>(&'a self, net: &Network, l: usize) -> Cow<'a, UnitCache> {
+    pub fn unit<'a>(&'a self, net: &Network<T>, l: usize) -> Cow<'a, UnitCache<T>> {
         match &self.units[l] {
             UnitStore::Full(c) => Cow::Borrowed(&**c),
             UnitStore::Input(x) => {
@@ -257,18 +258,18 @@ impl NetCache {
     }
 }
 
-impl NetCache {
+impl<T: Float> NetCache<T> {
     /// The smallest batch variance of any BatchNorm channel in a training-mode pass:
     /// `(variance, layer name, channel)`. A channel whose values nearly coincide makes the
     /// loss strongly curved there (`1 / sqrt(var + eps)` changes fast), which limits what
     /// finite differences can resolve.
-    pub fn smallest_bn_variance(&self, net: &Network) -> Option<(f64, String, usize)> {
+    pub fn smallest_bn_variance(&self, net: &Network<T>) -> Option<(f64, String, usize)> {
         let mut best: Option<(f64, String, usize)> = None;
-        let mut visit = |bn: &crate::layers::BatchNorm, c: &crate::layers::BatchNormCache| {
+        let mut visit = |bn: &crate::layers::BatchNorm<T>, c: &crate::layers::BatchNormCache<T>| {
             if c.mode != Mode::Train {
                 return;
             }
-            for (ch, &v) in c.batch_var.iter().enumerate() {
+            for (ch, v) in c.batch_var.iter().map(|v| v.as_f64()).enumerate() {
                 if best.as_ref().is_none_or(|b| v < b.0) {
                     best = Some((v, bn.name.clone(), ch));
                 }
@@ -286,12 +287,27 @@ impl NetCache {
 
 /// The result of a backward pass.
 #[derive(Debug, Clone)]
-pub struct NetGrads {
+pub struct NetGrads<T: Float = f64> {
     /// `dE/dx_l` for `l` in `0..=L`.
-    pub grad_x: Vec<Tensor>,
+    pub grad_x: Vec<Tensor<T>>,
 }
 
-impl Network {
+impl<T: Float> Network<T> {
+    /// The network in another element type, its parameters and running statistics rounded to
+    /// nearest (an f32 network is its f64 twin, rounded).
+    pub fn cast<U: Float>(&self) -> Network<U> {
+        let ops = |ops: &[Op<T>]| ops.iter().map(Op::cast).collect();
+        Network {
+            spec: self.spec.clone(),
+            stem: ops(&self.stem),
+            units: self.units.iter().map(ResidualUnit::cast).collect(),
+            head: ops(&self.head),
+            classes: self.classes,
+            input_shape: self.input_shape.clone(),
+            fusion: self.fusion,
+        }
+    }
+
     /// How a unit is named to a reader: an imported model's module name (`layer1.0`), else
     /// its index.
     pub fn unit_label(&self, l: usize) -> String {
@@ -305,7 +321,7 @@ impl Network {
     /// the ops' shape rules alone.
     pub fn unit_input_shapes(&self) -> Vec<Vec<usize>> {
         let apply =
-            |ops: &[Op], shape: Vec<usize>| ops.iter().fold(shape, |s, op| op.out_shape(&s));
+            |ops: &[Op<T>], shape: Vec<usize>| ops.iter().fold(shape, |s, op| op.out_shape(&s));
         let mut shape: Vec<usize> = std::iter::once(1)
             .chain(self.input_shape.iter().copied())
             .collect();
@@ -372,7 +388,7 @@ impl Network {
     }
 
     /// Rejects inputs the engine cannot give a meaningful answer for, naming the bad value.
-    pub fn validate_batch(&self, input: &Tensor, labels: &[usize], mode: Mode) -> Result<()> {
+    pub fn validate_batch(&self, input: &Tensor<T>, labels: &[usize], mode: Mode) -> Result<()> {
         let shape = input.shape();
         if shape.is_empty() || shape[1..] != self.input_shape[..] {
             bail!(
@@ -396,7 +412,7 @@ impl Network {
             _ => 1,
         };
         if mode == Mode::Train && n * smallest_map < 2 {
-            bail!("a batch of {n}: BatchNorm in training mode needs at least 2 values per channel, and the smallest feature map has {smallest_map} pixel(s) (use a larger batch or BN mode 'eval')");
+            bail!("a batch of {n}: BatchNorm<T> in training mode needs at least 2 values per channel, and the smallest feature map has {smallest_map} pixel(s) (use a larger batch or BN mode 'eval')");
         }
         if labels.len() != n {
             bail!("{} labels for a batch of {n}", labels.len());
@@ -410,24 +426,29 @@ impl Network {
         if let Some(i) = input.iter().position(|v| !v.is_finite()) {
             bail!(
                 "input contains a non-finite value ({}) at flat index {i}",
-                input.as_slice().map_or(f64::NAN, |s| s[i])
+                input.as_slice().map_or(f64::NAN, |s| s[i].as_f64())
             );
         }
         Ok(())
     }
 
-    pub fn forward(&self, input: &Tensor, labels: &[usize], ctx: &ForwardCtx) -> Result<NetCache> {
+    pub fn forward(
+        &self,
+        input: &Tensor<T>,
+        labels: &[usize],
+        ctx: &ForwardCtx,
+    ) -> Result<NetCache<T>> {
         self.forward_with(input, labels, ctx, Keep::All)
     }
 
     /// The forward pass, keeping every cache or only the unit inputs.
     pub fn forward_with(
         &self,
-        input: &Tensor,
+        input: &Tensor<T>,
         labels: &[usize],
         ctx: &ForwardCtx,
         keep: Keep,
-    ) -> Result<NetCache> {
+    ) -> Result<NetCache<T>> {
         self.forward_until_stopped(input, labels, ctx, keep, &Interrupt::new())
     }
 
@@ -435,12 +456,12 @@ impl Network {
     /// with [`Interrupted`] within one unit's work (a ResNet-110 pass takes seconds).
     pub fn forward_until_stopped(
         &self,
-        input: &Tensor,
+        input: &Tensor<T>,
         labels: &[usize],
         ctx: &ForwardCtx,
         keep: Keep,
         stop: &Interrupt,
-    ) -> Result<NetCache> {
+    ) -> Result<NetCache<T>> {
         let mut units = Vec::with_capacity(self.units.len());
         let pass = self.forward_pass(input, labels, ctx, stop, &mut |cache| {
             units.push(match keep {
@@ -465,10 +486,10 @@ impl Network {
     /// ResNet-110 on 500 28x28 images).
     pub fn predict(
         &self,
-        input: &Tensor,
+        input: &Tensor<T>,
         labels: &[usize],
         ctx: &ForwardCtx,
-    ) -> Result<(f64, Array2<f64>)> {
+    ) -> Result<(T, Array2<T>)> {
         let pass = self.forward_pass(input, labels, ctx, &Interrupt::new(), &mut drop)?;
         Ok((pass.loss, pass.probs))
     }
@@ -477,12 +498,12 @@ impl Network {
     /// unit's cache goes to `keep` as soon as the next unit's input exists.
     fn forward_pass(
         &self,
-        input: &Tensor,
+        input: &Tensor<T>,
         labels: &[usize],
         ctx: &ForwardCtx,
         stop: &Interrupt,
-        keep: &mut dyn FnMut(UnitCache),
-    ) -> Result<ForwardPass> {
+        keep: &mut dyn FnMut(UnitCache<T>),
+    ) -> Result<ForwardPass<T>> {
         self.validate_batch(input, labels, ctx.mode)?;
         let (x0, stem) = forward_seq(&self.stem, input.clone(), ctx.mode, self.fusion);
         // Each x_l is one buffer, shared by the record, the shortcut and the branch's first
@@ -515,7 +536,7 @@ impl Network {
     }
 
     /// The loss as a function of `x_l` alone (units `l..L` and the head), for finite differences.
-    pub fn loss_from(&self, l: usize, x_l: &Tensor, labels: &[usize], ctx: &ForwardCtx) -> f64 {
+    pub fn loss_from(&self, l: usize, x_l: &Tensor<T>, labels: &[usize], ctx: &ForwardCtx) -> T {
         let mut x = x_l.clone();
         for unit in &self.units[l..] {
             x = unit.forward(&x, ctx).0;
@@ -532,7 +553,7 @@ impl Network {
     /// smooth everywhere, so its derivative there *is* the network's, and finite differences
     /// can use steps large enough to be far above rounding. The ReLU's own backward is tested
     /// against unfrozen differences in its layer file.
-    pub fn with_frozen_relus(&self, cache: &NetCache) -> Network {
+    pub fn with_frozen_relus(&self, cache: &NetCache<T>) -> Network<T> {
         let mut net = self.clone();
         freeze_relus_seq(&mut net.stem, &cache.stem);
         for l in 0..self.units.len() {
@@ -547,10 +568,10 @@ impl Network {
     /// otherwise (a gradient profile needs input gradients only).
     pub fn backward(
         &self,
-        cache: &NetCache,
+        cache: &NetCache<T>,
         labels: &[usize],
-        grads: Option<&mut Grads>,
-    ) -> NetGrads {
+        grads: Option<&mut Grads<T>>,
+    ) -> NetGrads<T> {
         self.backward_until_stopped(cache, labels, grads, &Interrupt::new())
             .unwrap_or_else(|_| unreachable!("a stop no one can request"))
     }
@@ -558,11 +579,11 @@ impl Network {
     /// [`Network::backward`], checking `stop` before each unit.
     pub fn backward_until_stopped(
         &self,
-        cache: &NetCache,
+        cache: &NetCache<T>,
         labels: &[usize],
-        grads: Option<&mut Grads>,
+        grads: Option<&mut Grads<T>>,
         stop: &Interrupt,
-    ) -> Result<NetGrads, Interrupted> {
+    ) -> Result<NetGrads<T>, Interrupted> {
         let grad_logits = loss::backward(&cache.probs, labels);
         Ok(self
             .backward_from_logits(cache, grad_logits, grads, false, stop)?
@@ -577,7 +598,7 @@ impl Network {
     /// The gradient of `sum(grad_logits * logits)` with respect to the network's input (the
     /// batch itself, through the stem): for a one-hot `grad_logits` column, the derivative of
     /// that output, summed over the batch, with respect to each input (shattered gradients).
-    pub fn input_gradient(&self, cache: &NetCache, grad_logits: Tensor) -> Tensor {
+    pub fn input_gradient(&self, cache: &NetCache<T>, grad_logits: Tensor<T>) -> Tensor<T> {
         self.backward_from_logits(cache, grad_logits, None, true, &Interrupt::new())
             .unwrap_or_else(|_| unreachable!("a stop no one can request"))
             .1
@@ -588,12 +609,12 @@ impl Network {
     /// into `grads` when given, and the input's gradient when `to_input`.
     fn backward_from_logits(
         &self,
-        cache: &NetCache,
-        grad_logits: Tensor,
-        mut grads: Option<&mut Grads>,
+        cache: &NetCache<T>,
+        grad_logits: Tensor<T>,
+        mut grads: Option<&mut Grads<T>>,
         to_input: bool,
         stop: &Interrupt,
-    ) -> Result<(NetGrads, Option<Tensor>), Interrupted> {
+    ) -> Result<(NetGrads<T>, Option<Tensor<T>>), Interrupted> {
         let fusion = self.fusion;
         let mut g = backward_seq(
             &self.head,
@@ -602,7 +623,7 @@ impl Network {
             grads.as_deref_mut(),
             fusion,
         );
-        let mut grad_x = vec![Tensor::zeros(ndarray::IxDyn(&[0])); self.units.len() + 1];
+        let mut grad_x = vec![Tensor::<T>::zeros(ndarray::IxDyn(&[0])); self.units.len() + 1];
         for (l, unit) in self.units.iter().enumerate().rev() {
             stop.check(|| self.stopped_at("backward", l))?;
             let uc = cache.unit(self, l);
@@ -625,7 +646,7 @@ impl Network {
     }
 
     /// After a training-mode forward: move every BN's running statistics toward the batch's.
-    pub fn update_running_stats(&mut self, cache: &NetCache) {
+    pub fn update_running_stats(&mut self, cache: &NetCache<T>) {
         update_running_stats_seq(&mut self.stem, &cache.stem);
         for l in 0..self.units.len() {
             let uc = cache.unit(self, l);
@@ -637,7 +658,7 @@ impl Network {
     /// Multiply-adds of one sample's forward pass through the weight layers (stem, every
     /// unit's branch and shortcut, head): what [`crate::budget`] counts.
     pub fn forward_macs(&self) -> f64 {
-        fn seq(ops: &[Op], shape: &mut Vec<usize>) -> f64 {
+        fn seq<T: Float>(ops: &[Op<T>], shape: &mut Vec<usize>) -> f64 {
             ops.iter()
                 .map(|op| {
                     let m = op.macs(shape);
@@ -668,25 +689,25 @@ impl Network {
         memory::work_of(self.forward_macs(), self.num_units() as f64, batch, passes)
     }
 
-    pub fn visit_params(&self, f: &mut dyn FnMut(String, &Tensor)) {
+    pub fn visit_params(&self, f: &mut dyn FnMut(String, &Tensor<T>)) {
         self.stem.iter().for_each(|op| op.visit_params(f));
         self.units.iter().for_each(|u| u.visit_params(f));
         self.head.iter().for_each(|op| op.visit_params(f));
     }
 
-    pub fn visit_params_mut(&mut self, f: &mut dyn FnMut(String, &mut Tensor)) {
+    pub fn visit_params_mut(&mut self, f: &mut dyn FnMut(String, &mut Tensor<T>)) {
         self.stem.iter_mut().for_each(|op| op.visit_params_mut(f));
         self.units.iter_mut().for_each(|u| u.visit_params_mut(f));
         self.head.iter_mut().for_each(|op| op.visit_params_mut(f));
     }
 
-    pub fn visit_buffers(&self, f: &mut dyn FnMut(String, &Tensor)) {
+    pub fn visit_buffers(&self, f: &mut dyn FnMut(String, &Tensor<T>)) {
         self.stem.iter().for_each(|op| op.visit_buffers(f));
         self.units.iter().for_each(|u| u.visit_buffers(f));
         self.head.iter().for_each(|op| op.visit_buffers(f));
     }
 
-    pub fn visit_buffers_mut(&mut self, f: &mut dyn FnMut(String, &mut Tensor)) {
+    pub fn visit_buffers_mut(&mut self, f: &mut dyn FnMut(String, &mut Tensor<T>)) {
         self.stem.iter_mut().for_each(|op| op.visit_buffers_mut(f));
         self.units.iter_mut().for_each(|u| u.visit_buffers_mut(f));
         self.head.iter_mut().for_each(|op| op.visit_buffers_mut(f));
@@ -696,7 +717,7 @@ impl Network {
     /// The names of one part's parameters, in visiting order.
     pub fn param_names_of(&self, part: Part) -> Vec<String> {
         let mut names = Vec::new();
-        let mut push = |n: String, _: &Tensor| names.push(n);
+        let mut push = |n: String, _: &Tensor<T>| names.push(n);
         let (body, classifier) = self.head.split_at(self.head.len().saturating_sub(1));
         match part {
             Part::Stem => self.stem.iter().for_each(|op| op.visit_params(&mut push)),
@@ -714,7 +735,7 @@ impl Network {
     }
 
     /// A copy of the parameter `name`.
-    pub fn param(&self, name: &str) -> Option<Tensor> {
+    pub fn param(&self, name: &str) -> Option<Tensor<T>> {
         let mut found = None;
         self.visit_params(&mut |n, t| {
             if n == name {
@@ -725,7 +746,7 @@ impl Network {
     }
 
     /// A copy of the network with `value` in place of parameter `name`.
-    pub fn with_param(&self, name: &str, value: &Tensor) -> Network {
+    pub fn with_param(&self, name: &str, value: &Tensor<T>) -> Network<T> {
         let mut net = self.clone();
         net.visit_params_mut(&mut |n, t| {
             if n == name {

@@ -17,6 +17,7 @@
 use std::borrow::Cow;
 use std::sync::Arc;
 
+use crate::float::Float;
 use crate::grads::Grads;
 use crate::kernels::norm::Moments;
 use crate::kernels::Epilogue;
@@ -35,9 +36,9 @@ use crate::tensor::Tensor;
 // Ops are built once per network (a few hundred at most), so their size does not matter.
 #[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone)]
-pub enum Op {
-    Dense(Dense),
-    Conv(Conv2d),
+pub enum Op<T: Float = f64> {
+    Dense(Dense<T>),
+    Conv(Conv2d<T>),
     /// Global average pooling `(N, C, H, W) -> (N, C)`.
     Pool,
     /// Max pooling over k x k windows (an imported model's, e.g. torchvision's ResNet stem).
@@ -50,23 +51,23 @@ pub enum Op {
     /// The option-A shortcut of a shape-changing unit (subsample, zero-pad the new channels).
     PadShortcut(PadShortcut),
     /// A normalisation slot, filled by the network's [`NormKind`](crate::layers::NormKind).
-    Norm(Norm),
+    Norm(Norm<T>),
     Relu,
     /// The logistic sigmoid, element-wise (an imported model's).
     Sigmoid,
     /// A learned scale on the branch's output (`alpha:A`, `layerscale:E`, Fixup's multiplier).
-    BranchScale(BranchScale),
+    BranchScale(BranchScale<T>),
     /// A learned scalar added to every element (Fixup's biases).
-    ScalarBias(ScalarBias),
+    ScalarBias(ScalarBias<T>),
     /// A ReLU frozen at one point: multiply by that point's fixed 0/1 pattern. Finite
     /// differences use it to stay on the base point's linear piece (see `Network::with_frozen_relus`).
-    Mask(Tensor),
+    Mask(Tensor<T>),
 }
 
 #[derive(Debug, Clone)]
-pub enum OpCache {
-    Dense(DenseCache),
-    Conv(ConvCache),
+pub enum OpCache<T: Float = f64> {
+    Dense(DenseCache<T>),
+    Conv(ConvCache<T>),
     /// The pooled input's shape.
     Pool(Vec<usize>),
     MaxPool(crate::layers::max_pool::MaxPoolCache),
@@ -75,11 +76,11 @@ pub enum OpCache {
     Flatten(Vec<usize>),
     /// The padded shortcut's input shape.
     PadShortcut(Vec<usize>),
-    Norm(NormCache),
+    Norm(NormCache<T>),
     Relu(relu::ReluCache),
     /// The sigmoid's output `g`: its derivative is `g (1 - g)`.
-    Sigmoid(Tensor),
-    BranchScale(BranchScaleCache),
+    Sigmoid(Tensor<T>),
+    BranchScale(BranchScaleCache<T>),
     ScalarBias,
     Mask,
     /// The ReLU and the convolution of a fused BN-ReLU-conv: their state lives in the
@@ -88,9 +89,9 @@ pub enum OpCache {
     FusedConv,
 }
 
-impl Op {
+impl<T: Float> Op<T> {
     /// Takes the input by value so layers can reuse or keep its buffer without a copy.
-    pub fn forward(&self, x: Tensor, mode: Mode) -> (Tensor, OpCache) {
+    pub fn forward(&self, x: Tensor<T>, mode: Mode) -> (Tensor<T>, OpCache<T>) {
         match self {
             Op::Dense(d) => {
                 let (y, c) = d.forward(x);
@@ -136,7 +137,12 @@ impl Op {
     }
 
     /// Takes the output gradient by value (element-wise layers work in place).
-    pub fn backward(&self, cache: &OpCache, grad_y: Tensor, grads: Option<&mut Grads>) -> Tensor {
+    pub fn backward(
+        &self,
+        cache: &OpCache<T>,
+        grad_y: Tensor<T>,
+        grads: Option<&mut Grads<T>>,
+    ) -> Tensor<T> {
         match (self, cache) {
             (Op::Dense(d), OpCache::Dense(c)) => d.backward(c, &grad_y, grads),
             (Op::Conv(conv), OpCache::Conv(c)) => conv.backward(c, &grad_y, grads),
@@ -155,7 +161,26 @@ impl Op {
         }
     }
 
-    pub fn visit_params(&self, f: &mut dyn FnMut(String, &Tensor)) {
+    /// The op in another element type, its parameters rounded to nearest.
+    pub fn cast<U: Float>(&self) -> Op<U> {
+        match self {
+            Op::Dense(d) => Op::Dense(d.cast()),
+            Op::Conv(c) => Op::Conv(c.cast()),
+            Op::Norm(n) => Op::Norm(n.cast()),
+            Op::BranchScale(b) => Op::BranchScale(b.cast()),
+            Op::ScalarBias(b) => Op::ScalarBias(b.cast()),
+            Op::Mask(m) => Op::Mask(crate::tensor::cast_ref(m)),
+            Op::Relu => Op::Relu,
+            Op::Sigmoid => Op::Sigmoid,
+            Op::Pool => Op::Pool,
+            Op::MaxPool(m) => Op::MaxPool(m.clone()),
+            Op::AvgPool(a) => Op::AvgPool(a.clone()),
+            Op::Flatten => Op::Flatten,
+            Op::PadShortcut(p) => Op::PadShortcut(p.clone()),
+        }
+    }
+
+    pub fn visit_params(&self, f: &mut dyn FnMut(String, &Tensor<T>)) {
         match self {
             Op::Dense(d) => d.visit_params(f),
             Op::Conv(c) => c.visit_params(f),
@@ -173,7 +198,7 @@ impl Op {
         }
     }
 
-    pub fn visit_params_mut(&mut self, f: &mut dyn FnMut(String, &mut Tensor)) {
+    pub fn visit_params_mut(&mut self, f: &mut dyn FnMut(String, &mut Tensor<T>)) {
         match self {
             Op::Dense(d) => d.visit_params_mut(f),
             Op::Conv(c) => c.visit_params_mut(f),
@@ -191,13 +216,13 @@ impl Op {
         }
     }
 
-    pub fn visit_buffers(&self, f: &mut dyn FnMut(String, &Tensor)) {
+    pub fn visit_buffers(&self, f: &mut dyn FnMut(String, &Tensor<T>)) {
         if let Op::Norm(n) = self {
             n.visit_buffers(f)
         }
     }
 
-    pub fn visit_buffers_mut(&mut self, f: &mut dyn FnMut(String, &mut Tensor)) {
+    pub fn visit_buffers_mut(&mut self, f: &mut dyn FnMut(String, &mut Tensor<T>)) {
         if let Op::Norm(n) = self {
             n.visit_buffers_mut(f)
         }
@@ -300,7 +325,12 @@ impl Fusion {
 /// Runs `ops` in order; an empty sequence is the identity. The fused engine runs the ops in
 /// the stages of [`forward_plan`]; each stage yields every member's cache slot. Same values
 /// as one op at a time, fewer passes.
-pub fn forward_seq(ops: &[Op], x: Tensor, mode: Mode, fusion: Fusion) -> (Tensor, Vec<OpCache>) {
+pub fn forward_seq<T: Float>(
+    ops: &[Op<T>],
+    x: Tensor<T>,
+    mode: Mode,
+    fusion: Fusion,
+) -> (Tensor<T>, Vec<OpCache<T>>) {
     let extras = SeqExtras {
         fusion,
         ..SeqExtras::default()
@@ -311,13 +341,13 @@ pub fn forward_seq(ops: &[Op], x: Tensor, mode: Mode, fusion: Fusion) -> (Tensor
 
 /// What a sequence's forward pass receives or hands over besides the tensors.
 #[derive(Default)]
-pub struct SeqExtras<'a> {
+pub struct SeqExtras<'a, T: Float = f64> {
     /// The input's plane moments, from the op that wrote it.
-    pub moments_in: Option<Moments>,
+    pub moments_in: Option<Moments<T>>,
     /// What the sequence's last op does to its output: add a tensor (a residual unit's
     /// identity shortcut, inside the last layer while each sample is in cache; after the
     /// sequence otherwise) and hand back the output's moments (when the last op can).
-    pub epilogue: Epilogue<'a>,
+    pub epilogue: Epilogue<'a, T>,
     /// No weight gradient will be asked of this pass: weight layers need not keep their
     /// inputs (see [`ForwardCtx::weight_grads`](crate::unit::ForwardCtx::weight_grads)).
     pub drop_weight_inputs: bool,
@@ -328,12 +358,12 @@ pub struct SeqExtras<'a> {
 /// [`forward_seq`] from an input the caller keeps too (a leading BatchNorm caches the shared
 /// input instead of a copy; any other first op gets the tensor itself, copied only if the
 /// caller still holds it), with [`SeqExtras`].
-pub fn forward_seq_with(
-    ops: &[Op],
-    x: Arc<Tensor>,
+pub fn forward_seq_with<T: Float>(
+    ops: &[Op<T>],
+    x: Arc<Tensor<T>>,
     mode: Mode,
-    extras: SeqExtras,
-) -> (Tensor, Vec<OpCache>, Option<Moments>) {
+    extras: SeqExtras<'_, T>,
+) -> (Tensor<T>, Vec<OpCache<T>>, Option<Moments<T>>) {
     match extras.fusion {
         Fusion::Fused => forward_fused(ops, x, mode, extras),
         Fusion::Plain => forward_plain(ops, x, mode, extras),
@@ -341,13 +371,13 @@ pub fn forward_seq_with(
 }
 
 /// Backward through `ops` in reverse order.
-pub fn backward_seq(
-    ops: &[Op],
-    caches: &[OpCache],
-    grad_y: Tensor,
-    grads: Option<&mut Grads>,
+pub fn backward_seq<T: Float>(
+    ops: &[Op<T>],
+    caches: &[OpCache<T>],
+    grad_y: Tensor<T>,
+    grads: Option<&mut Grads<T>>,
     fusion: Fusion,
-) -> Tensor {
+) -> Tensor<T> {
     match fusion {
         Fusion::Fused => backward_fused(ops, caches, Cow::Owned(grad_y), grads, None),
         Fusion::Plain => backward_plain(ops, caches, grad_y, grads, None),
@@ -357,13 +387,13 @@ pub fn backward_seq(
 /// As [`backward_seq`] (fused) from a gradient the caller keeps (a trailing weight layer
 /// reads it in place; otherwise it is copied once), plus `add` added to the input gradient
 /// (the identity shortcut's term of `dE/dx_l`) in the pass that reaches the first op.
-pub fn backward_seq_ref(
-    ops: &[Op],
-    caches: &[OpCache],
-    grad_y: &Tensor,
-    grads: Option<&mut Grads>,
-    add: Option<&Tensor>,
-) -> Tensor {
+pub fn backward_seq_ref<T: Float>(
+    ops: &[Op<T>],
+    caches: &[OpCache<T>],
+    grad_y: &Tensor<T>,
+    grads: Option<&mut Grads<T>>,
+    add: Option<&Tensor<T>>,
+) -> Tensor<T> {
     backward_fused(ops, caches, Cow::Borrowed(grad_y), grads, add)
 }
 
@@ -371,12 +401,12 @@ pub fn backward_seq_ref(
 
 /// One op at a time, each op's own forward; the epilogue's tensor is added after the last op
 /// and no moments are handed on. The reference every fused stage must equal.
-fn forward_plain(
-    ops: &[Op],
-    x: Arc<Tensor>,
+fn forward_plain<T: Float>(
+    ops: &[Op<T>],
+    x: Arc<Tensor<T>>,
     mode: Mode,
-    extras: SeqExtras,
-) -> (Tensor, Vec<OpCache>, Option<Moments>) {
+    extras: SeqExtras<'_, T>,
+) -> (Tensor<T>, Vec<OpCache<T>>, Option<Moments<T>>) {
     let mut caches = Vec::with_capacity(ops.len());
     let mut y = Arc::unwrap_or_clone(x);
     for op in ops {
@@ -394,13 +424,13 @@ fn forward_plain(
 }
 
 /// Each op's own backward, in reverse; `add` is added to the input gradient at the end.
-fn backward_plain(
-    ops: &[Op],
-    caches: &[OpCache],
-    grad_y: Tensor,
-    mut grads: Option<&mut Grads>,
-    add: Option<&Tensor>,
-) -> Tensor {
+fn backward_plain<T: Float>(
+    ops: &[Op<T>],
+    caches: &[OpCache<T>],
+    grad_y: Tensor<T>,
+    mut grads: Option<&mut Grads<T>>,
+    add: Option<&Tensor<T>>,
+) -> Tensor<T> {
     let mut g = ops
         .iter()
         .zip(caches)
@@ -450,8 +480,8 @@ impl Stage {
 /// The forward plan of `ops` for an input of shape `in_shape`: at each position, the first
 /// stage whose pattern matches and whose shapes its kernel takes (`add`: the shape of the
 /// epilogue's tensor, if any). A function of the ops and the shapes alone.
-pub fn forward_plan(
-    ops: &[Op],
+pub fn forward_plan<T: Float>(
+    ops: &[Op<T>],
     in_shape: &[usize],
     mode: Mode,
     add: Option<&[usize]>,
@@ -493,7 +523,11 @@ pub fn forward_plan(
 /// The backward plan of `ops` from the caches of a fused forward pass, the last stage
 /// first: at each end position, the first stage whose pattern matches the ops and their
 /// caches and whose shapes its kernel takes (`weight_grads`: parameter gradients wanted).
-pub fn backward_plan(ops: &[Op], caches: &[OpCache], weight_grads: bool) -> Vec<Stage> {
+pub fn backward_plan<T: Float>(
+    ops: &[Op<T>],
+    caches: &[OpCache<T>],
+    weight_grads: bool,
+) -> Vec<Stage> {
     let mut plan = Vec::new();
     let mut end = ops.len().min(caches.len());
     while end > 0 {
@@ -529,12 +563,12 @@ pub fn backward_plan(ops: &[Op], caches: &[OpCache], weight_grads: bool) -> Vec<
 /// Runs the stages of [`forward_plan`]. Between stages, a pre-activation conv followed by a
 /// BatchNorm hands over its output's plane moments (training mode), so the BatchNorm skips
 /// its statistics pass: the same bits either way.
-fn forward_fused(
-    ops: &[Op],
-    x: Arc<Tensor>,
+fn forward_fused<T: Float>(
+    ops: &[Op<T>],
+    x: Arc<Tensor<T>>,
     mode: Mode,
-    extras: SeqExtras,
-) -> (Tensor, Vec<OpCache>, Option<Moments>) {
+    extras: SeqExtras<'_, T>,
+) -> (Tensor<T>, Vec<OpCache<T>>, Option<Moments<T>>) {
     let epilogue = extras.epilogue;
     let add_shape = epilogue.add.map(|t| t.shape().to_vec());
     let plan = forward_plan(ops, x.shape(), mode, add_shape.as_deref());
@@ -619,20 +653,20 @@ fn forward_fused(
 }
 
 /// An op's input: owned, or shared with the caller (only a BatchNorm keeps it as it is).
-enum Input {
-    Owned(Tensor),
-    Shared(Arc<Tensor>),
+enum Input<T: Float = f64> {
+    Owned(Tensor<T>),
+    Shared(Arc<Tensor<T>>),
 }
 
-impl Input {
-    fn into_shared(self) -> Arc<Tensor> {
+impl<T: Float> Input<T> {
+    fn into_shared(self) -> Arc<Tensor<T>> {
         match self {
             Input::Owned(t) => Arc::new(t),
             Input::Shared(a) => a,
         }
     }
 
-    fn into_owned(self) -> Tensor {
+    fn into_owned(self) -> Tensor<T> {
         match self {
             Input::Owned(t) => t,
             Input::Shared(a) => Arc::unwrap_or_clone(a),
@@ -643,13 +677,13 @@ impl Input {
 /// Runs the stages of [`backward_plan`], last first. Weight layers read a borrowed gradient
 /// in place; `add` is added to the input gradient by the stage that reaches the first op
 /// (inside its last pass where the kernel can, after it otherwise).
-fn backward_fused(
-    ops: &[Op],
-    caches: &[OpCache],
-    grad_y: Cow<'_, Tensor>,
-    mut grads: Option<&mut Grads>,
-    add: Option<&Tensor>,
-) -> Tensor {
+fn backward_fused<T: Float>(
+    ops: &[Op<T>],
+    caches: &[OpCache<T>],
+    grad_y: Cow<'_, Tensor<T>>,
+    mut grads: Option<&mut Grads<T>>,
+    add: Option<&Tensor<T>>,
+) -> Tensor<T> {
     let plan = backward_plan(ops, caches, grads.is_some());
     let mut g = grad_y;
     let mut end = ops.len();
@@ -711,7 +745,7 @@ fn backward_fused(
 
 /// Replaces every ReLU of `ops` by the fixed pattern it had in `caches` (a fused ReLU's
 /// pattern is recomputed from its BatchNorm's cache, exactly as the forward pass decided it).
-pub fn freeze_relus_seq(ops: &mut [Op], caches: &[OpCache]) {
+pub fn freeze_relus_seq<T: Float>(ops: &mut [Op<T>], caches: &[OpCache<T>]) {
     for i in 0..ops.len().min(caches.len()) {
         let positive = match (&caches[i], i.checked_sub(1).map(|j| (&ops[j], &caches[j]))) {
             (OpCache::Relu(c), _) => c.positive.clone(),
@@ -721,15 +755,15 @@ pub fn freeze_relus_seq(ops: &mut [Op], caches: &[OpCache]) {
             ) => bn.relu_mask(c),
             _ => continue,
         };
-        ops[i] = Op::Mask(positive.mapv(|p| if p { 1.0 } else { 0.0 }));
+        ops[i] = Op::Mask(positive.mapv(|p| if p { T::one() } else { T::zero() }));
     }
 }
 
 /// Every BatchNorm of `ops` with its cache.
-pub fn visit_bn_caches<'a>(
-    ops: &'a [Op],
-    caches: &'a [OpCache],
-    f: &mut dyn FnMut(&'a BatchNorm, &'a BatchNormCache),
+pub fn visit_bn_caches<'a, T: Float>(
+    ops: &'a [Op<T>],
+    caches: &'a [OpCache<T>],
+    f: &mut dyn FnMut(&'a BatchNorm<T>, &'a BatchNormCache<T>),
 ) {
     for (op, cache) in ops.iter().zip(caches) {
         if let (Op::Norm(Norm::Batch(bn)), OpCache::Norm(NormCache::Batch(c))) = (op, cache) {
@@ -739,7 +773,7 @@ pub fn visit_bn_caches<'a>(
 }
 
 /// Updates the running statistics of every BatchNorm in `ops` from a training-mode pass.
-pub fn update_running_stats_seq(ops: &mut [Op], caches: &[OpCache]) {
+pub fn update_running_stats_seq<T: Float>(ops: &mut [Op<T>], caches: &[OpCache<T>]) {
     for (op, cache) in ops.iter_mut().zip(caches) {
         if let (Op::Norm(n), OpCache::Norm(c)) = (op, cache) {
             n.update_running_stats(c);
@@ -830,7 +864,7 @@ mod tests {
     #[test]
     fn a_conv_is_labelled_with_its_kernel_size() {
         let conv = |k: usize| {
-            Op::Conv(Conv2d {
+            Op::Conv(Conv2d::<f64> {
                 name: "c".into(),
                 w: Tensor::zeros(ndarray::IxDyn(&[2, 2, k, k])),
                 b: None,

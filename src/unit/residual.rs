@@ -27,6 +27,7 @@ use super::ops::{
 use super::shortcut::{self, ShortcutCache};
 use super::spec::{Placement, ShortcutKind};
 use crate::fault::{self, Fault};
+use crate::float::Float;
 use crate::grads::Grads;
 use crate::kernels::norm::Moments;
 use crate::kernels::Epilogue;
@@ -34,21 +35,21 @@ use crate::layers::Mode;
 use crate::tensor::Tensor;
 
 #[derive(Debug, Clone)]
-pub struct ResidualUnit {
+pub struct ResidualUnit<T: Float = f64> {
     pub index: usize,
     pub placement: Placement,
     pub shortcut: ShortcutKind,
     /// The residual function F.
-    pub branch: Vec<Op>,
+    pub branch: Vec<Op<T>>,
     /// The after-addition function f (empty = identity).
-    pub after_add: Vec<Op>,
+    pub after_add: Vec<Op<T>>,
     /// The shortcut's own layers: the gate's pre-activation `W_g x + b_g` (gates), the
     /// projection `W_s x` (conv1x1, followed by a BatchNorm under `--projection bn`) or the
     /// option-A subsample-and-pad (pad); empty for the other kinds.
-    pub shortcut_ops: Vec<Op>,
+    pub shortcut_ops: Vec<Op<T>>,
     /// Activation applied once before the split (pre-activation units that change shape: the
     /// projection then sees the pre-activated input, as in the paper's code); usually empty.
-    pub pre: Vec<Op>,
+    pub pre: Vec<Op<T>>,
     /// True when the output's shape differs from the input's (width or resolution changes).
     pub changes_shape: bool,
     /// The fused engine or the plain layer-by-layer interpreter (`--unfused`).
@@ -56,39 +57,55 @@ pub struct ResidualUnit {
 }
 
 #[derive(Debug, Clone)]
-pub struct UnitCache {
+pub struct UnitCache<T: Float = f64> {
     /// The unit input `x_l`, shared with the branch's leading BatchNorm (no copy).
-    pub x: Arc<Tensor>,
-    pre: Vec<OpCache>,
+    pub x: Arc<Tensor<T>>,
+    pre: Vec<OpCache<T>>,
     /// The input both paths see: `pre(x)` (`x` itself when `pre` is empty).
-    split_input: Option<Tensor>,
-    branch: Vec<OpCache>,
+    split_input: Option<Tensor<T>>,
+    branch: Vec<OpCache<T>>,
     /// `F(x)`, before any gate: kept only for the exclusive gate, whose backward needs it
     /// (`d/dg [g F] = F`); every other shortcut adds its term into `F(x)`'s own buffer.
-    branch_out: Option<Tensor>,
+    branch_out: Option<Tensor<T>>,
     /// The shortcut's state: its layers' caches, gate, projection output, dropout mask.
-    pub shortcut: ShortcutCache,
-    after_add: Vec<OpCache>,
+    pub shortcut: ShortcutCache<T>,
+    after_add: Vec<OpCache<T>>,
 }
 
 /// The two summands of Eq. 1 at one input, with the caches backward needs.
 #[derive(Debug, Clone)]
-pub struct UnitParts {
+pub struct UnitParts<T: Float = f64> {
     /// `h(x)`
-    pub shortcut: Tensor,
+    pub shortcut: Tensor<T>,
     /// `F'(x)`: `F`, `B F` or `g F`
-    pub branch_term: Tensor,
+    pub branch_term: Tensor<T>,
 }
 
-impl ResidualUnit {
+impl<T: Float> ResidualUnit<T> {
+    /// The unit in another element type, its parameters rounded to nearest.
+    pub fn cast<U: Float>(&self) -> ResidualUnit<U> {
+        let ops = |ops: &[Op<T>]| ops.iter().map(Op::cast).collect();
+        ResidualUnit {
+            index: self.index,
+            placement: self.placement,
+            shortcut: self.shortcut,
+            branch: ops(&self.branch),
+            after_add: ops(&self.after_add),
+            shortcut_ops: ops(&self.shortcut_ops),
+            pre: ops(&self.pre),
+            changes_shape: self.changes_shape,
+            fusion: self.fusion,
+        }
+    }
+
     /// Runs the branch and the shortcut's own layers (gate, projection, mask). Returns the
     /// cache, complete except for the after-addition function, and `F(x)`.
     fn forward_inputs(
         &self,
-        x_in: Arc<Tensor>,
+        x_in: Arc<Tensor<T>>,
         ctx: &ForwardCtx,
-        moments_in: Option<Moments>,
-    ) -> (UnitCache, Tensor) {
+        moments_in: Option<Moments<T>>,
+    ) -> (UnitCache<T>, Tensor<T>) {
         // The input's moments go to whichever sequence reads x first.
         let with_moments = |moments_in| SeqExtras {
             moments_in,
@@ -119,7 +136,7 @@ impl ResidualUnit {
                 (y, c)
             }
         };
-        let x: &Tensor = split_input.as_ref().unwrap_or(&x_in);
+        let x: &Tensor<T> = split_input.as_ref().unwrap_or(&x_in);
         let shortcut = shortcut::forward(
             self.shortcut,
             &self.shortcut_ops,
@@ -141,19 +158,19 @@ impl ResidualUnit {
     }
 
     /// The input both paths read: `pre(x)`, or `x` itself.
-    fn split_input<'a>(&self, cache: &'a UnitCache) -> &'a Tensor {
+    fn split_input<'a>(&self, cache: &'a UnitCache<T>) -> &'a Tensor<T> {
         cache.split_input.as_ref().unwrap_or(&cache.x)
     }
 
     /// `acc += h(x)` from the cached shortcut state.
-    fn add_shortcut(&self, cache: &UnitCache, acc: &mut Tensor) {
+    fn add_shortcut(&self, cache: &UnitCache<T>, acc: &mut Tensor<T>) {
         shortcut::add_h(self.shortcut, &cache.shortcut, self.split_input(cache), acc);
     }
 
     /// `h(x)` and `F'(x)` separately, before the addition.
-    pub fn forward_parts(&self, x: &Tensor, ctx: &ForwardCtx) -> UnitParts {
+    pub fn forward_parts(&self, x: &Tensor<T>, ctx: &ForwardCtx) -> UnitParts<T> {
         let (mut cache, branch_out) = self.forward_inputs(Arc::new(x.clone()), ctx, None);
-        let mut shortcut = Tensor::zeros(branch_out.raw_dim());
+        let mut shortcut = Tensor::<T>::zeros(branch_out.raw_dim());
         self.add_shortcut(&cache, &mut shortcut);
         let branch_term = self.add_branch_term(&mut cache, branch_out, false);
         UnitParts {
@@ -163,18 +180,18 @@ impl ResidualUnit {
     }
 
     /// The after-addition function `f` alone.
-    pub fn apply_after_add(&self, y: &Tensor, mode: Mode) -> Tensor {
+    pub fn apply_after_add(&self, y: &Tensor<T>, mode: Mode) -> Tensor<T> {
         forward_seq(&self.after_add, y.clone(), mode, Fusion::Fused).0
     }
 
     /// `x_next = f(h(x) + F'(x))` with the cache for backward.
-    pub fn forward(&self, x: &Tensor, ctx: &ForwardCtx) -> (Tensor, UnitCache) {
+    pub fn forward(&self, x: &Tensor<T>, ctx: &ForwardCtx) -> (Tensor<T>, UnitCache<T>) {
         self.forward_shared(Arc::new(x.clone()), ctx)
     }
 
     /// As [`ResidualUnit::forward`] from an input the caller shares: the cache keeps it
     /// without a copy.
-    pub fn forward_shared(&self, x: Arc<Tensor>, ctx: &ForwardCtx) -> (Tensor, UnitCache) {
+    pub fn forward_shared(&self, x: Arc<Tensor<T>>, ctx: &ForwardCtx) -> (Tensor<T>, UnitCache<T>) {
         let (y, cache, _) = self.forward_with_moments(x, ctx, None);
         (y, cache)
     }
@@ -185,10 +202,10 @@ impl ResidualUnit {
     /// the sum there for the next unit's first BatchNorm: two fewer passes over `x_{l+1}`.
     pub fn forward_with_moments(
         &self,
-        x: Arc<Tensor>,
+        x: Arc<Tensor<T>>,
         ctx: &ForwardCtx,
-        moments_in: Option<Moments>,
-    ) -> (Tensor, UnitCache, Option<Moments>) {
+        moments_in: Option<Moments<T>>,
+    ) -> (Tensor<T>, UnitCache<T>, Option<Moments<T>>) {
         if self.is_identity_unit() && !ctx.keep_branch && self.fusion == Fusion::Fused {
             return self.forward_identity_fused(x, ctx, moments_in);
         }
@@ -203,7 +220,12 @@ impl ResidualUnit {
     /// The term the branch adds to the sum, `F`, `B F` (scaled) or `g F` (exclusive gate),
     /// in `F(x)`'s own buffer. `F(x)` itself stays in the cache when asked for, and always for
     /// the exclusive gate, whose backward needs it (`d/dg [g F] = F`).
-    fn add_branch_term(&self, cache: &mut UnitCache, branch_out: Tensor, keep: bool) -> Tensor {
+    fn add_branch_term(
+        &self,
+        cache: &mut UnitCache<T>,
+        branch_out: Tensor<T>,
+        keep: bool,
+    ) -> Tensor<T> {
         if keep || shortcut::needs_branch_output(self.shortcut) {
             cache.branch_out = Some(branch_out.clone());
         }
@@ -211,7 +233,7 @@ impl ResidualUnit {
     }
 
     /// `F'(x)` of a cached pass made with `keep_branch` (the analyses' forward).
-    pub fn branch_term(&self, cache: &UnitCache) -> Tensor {
+    pub fn branch_term(&self, cache: &UnitCache<T>) -> Tensor<T> {
         let f = cache
             .branch_out
             .as_ref()
@@ -220,7 +242,12 @@ impl ResidualUnit {
     }
 
     /// `grad_y = J_f^T grad_next`: through the after-addition function.
-    fn grad_sum(&self, cache: &UnitCache, grad_next: Tensor, grads: Option<&mut Grads>) -> Tensor {
+    fn grad_sum(
+        &self,
+        cache: &UnitCache<T>,
+        grad_next: Tensor<T>,
+        grads: Option<&mut Grads<T>>,
+    ) -> Tensor<T> {
         backward_seq(
             &self.after_add,
             &cache.after_add,
@@ -233,10 +260,10 @@ impl ResidualUnit {
     /// `J_h(x)^T grad_y`; takes `grad_y` by value so identity-like shortcuts reuse it.
     fn shortcut_part(
         &self,
-        cache: &UnitCache,
-        grad_y: Tensor,
-        mut grads: Option<&mut Grads>,
-    ) -> Tensor {
+        cache: &UnitCache<T>,
+        grad_y: Tensor<T>,
+        mut grads: Option<&mut Grads<T>>,
+    ) -> Tensor<T> {
         let g = shortcut::shortcut_vjp(
             self.shortcut,
             &self.shortcut_ops,
@@ -250,7 +277,12 @@ impl ResidualUnit {
 
     /// Backward through the shared pre-activation, if any (linear in the gradient, so the
     /// shortcut and branch parts can each pass through it and still add up).
-    fn through_pre(&self, cache: &UnitCache, g: Tensor, grads: Option<&mut Grads>) -> Tensor {
+    fn through_pre(
+        &self,
+        cache: &UnitCache<T>,
+        g: Tensor<T>,
+        grads: Option<&mut Grads<T>>,
+    ) -> Tensor<T> {
         if self.pre.is_empty() {
             g
         } else {
@@ -261,10 +293,10 @@ impl ResidualUnit {
     /// `J_{F'}(x)^T grad_y`.
     fn branch_part(
         &self,
-        cache: &UnitCache,
-        grad_y: &Tensor,
-        mut grads: Option<&mut Grads>,
-    ) -> Tensor {
+        cache: &UnitCache<T>,
+        grad_y: &Tensor<T>,
+        mut grads: Option<&mut Grads<T>>,
+    ) -> Tensor<T> {
         let grad_f = shortcut::branch_weight_vjp(self.shortcut, &cache.shortcut, grad_y);
         let mut grad_x = backward_seq(
             &self.branch,
@@ -289,10 +321,10 @@ impl ResidualUnit {
     /// Full backward: `dE/dx_l` from `dE/dx_{l+1}`, parameter gradients into `grads` if given.
     pub fn backward(
         &self,
-        cache: &UnitCache,
-        grad_next: &Tensor,
-        grads: Option<&mut Grads>,
-    ) -> Tensor {
+        cache: &UnitCache<T>,
+        grad_next: &Tensor<T>,
+        grads: Option<&mut Grads<T>>,
+    ) -> Tensor<T> {
         if self.is_identity_unit() && self.fusion == Fusion::Fused {
             return self.backward_identity_fused(cache, grad_next, grads);
         }
@@ -302,16 +334,20 @@ impl ResidualUnit {
     }
 
     /// Both parts of the backward, `(shortcut part, branch part)`; their sum is `dE/dx_l`.
-    pub fn backward_split(&self, cache: &UnitCache, grad_next: &Tensor) -> (Tensor, Tensor) {
+    pub fn backward_split(
+        &self,
+        cache: &UnitCache<T>,
+        grad_next: &Tensor<T>,
+    ) -> (Tensor<T>, Tensor<T>) {
         self.backward_split_inner(cache, grad_next, None)
     }
 
     fn backward_split_inner(
         &self,
-        cache: &UnitCache,
-        grad_next: &Tensor,
-        mut grads: Option<&mut Grads>,
-    ) -> (Tensor, Tensor) {
+        cache: &UnitCache<T>,
+        grad_next: &Tensor<T>,
+        mut grads: Option<&mut Grads<T>>,
+    ) -> (Tensor<T>, Tensor<T>) {
         let grad_y = self.grad_sum(cache, grad_next.clone(), grads.as_deref_mut());
         let b = self.branch_part(cache, &grad_y, grads.as_deref_mut());
         let s = self.shortcut_part(cache, grad_y, grads);
@@ -319,19 +355,19 @@ impl ResidualUnit {
     }
 
     /// The vector-Jacobian product through the shortcut path only (f included).
-    pub fn vjp_shortcut(&self, cache: &UnitCache, grad_next: &Tensor) -> Tensor {
+    pub fn vjp_shortcut(&self, cache: &UnitCache<T>, grad_next: &Tensor<T>) -> Tensor<T> {
         let grad_y = self.grad_sum(cache, grad_next.clone(), None);
         self.shortcut_part(cache, grad_y, None)
     }
 
     /// The vector-Jacobian product through the branch only (f included).
-    pub fn vjp_branch(&self, cache: &UnitCache, grad_next: &Tensor) -> Tensor {
+    pub fn vjp_branch(&self, cache: &UnitCache<T>, grad_next: &Tensor<T>) -> Tensor<T> {
         let grad_y = self.grad_sum(cache, grad_next.clone(), None);
         self.branch_part(cache, &grad_y, None)
     }
 
     /// Multiplies the initial weights of the branch's weight layers by `gain` (DeepNorm's `b`).
-    pub fn scale_branch_weights(&mut self, gain: f64) {
+    pub fn scale_branch_weights(&mut self, gain: T) {
         for op in &mut self.branch {
             match op {
                 Op::Dense(d) => d.w *= gain,
@@ -342,14 +378,14 @@ impl ResidualUnit {
     }
 
     /// Replaces every ReLU by the pattern it had in `cache` (see `Network::with_frozen_relus`).
-    pub fn freeze_relus(&mut self, cache: &UnitCache) {
+    pub fn freeze_relus(&mut self, cache: &UnitCache<T>) {
         freeze_relus_seq(&mut self.pre, &cache.pre);
         freeze_relus_seq(&mut self.branch, &cache.branch);
         freeze_relus_seq(&mut self.after_add, &cache.after_add);
         freeze_relus_seq(&mut self.shortcut_ops, &cache.shortcut.ops);
     }
 
-    pub fn update_running_stats(&mut self, cache: &UnitCache) {
+    pub fn update_running_stats(&mut self, cache: &UnitCache<T>) {
         update_running_stats_seq(&mut self.pre, &cache.pre);
         update_running_stats_seq(&mut self.branch, &cache.branch);
         update_running_stats_seq(&mut self.after_add, &cache.after_add);
@@ -360,8 +396,8 @@ impl ResidualUnit {
     /// shortcut), for diagnostics that read the batch statistics.
     pub fn visit_bn_caches<'a>(
         &'a self,
-        cache: &'a UnitCache,
-        f: &mut dyn FnMut(&'a crate::layers::BatchNorm, &'a crate::layers::BatchNormCache),
+        cache: &'a UnitCache<T>,
+        f: &mut dyn FnMut(&'a crate::layers::BatchNorm<T>, &'a crate::layers::BatchNormCache<T>),
     ) {
         for (ops, caches) in [
             (&self.pre, &cache.pre),
@@ -374,7 +410,7 @@ impl ResidualUnit {
     }
 
     /// Every op of the unit, in visiting order (pre, branch, after-addition, shortcut).
-    pub fn ops(&self) -> impl Iterator<Item = &Op> {
+    pub fn ops(&self) -> impl Iterator<Item = &Op<T>> {
         self.pre
             .iter()
             .chain(&self.branch)
@@ -383,7 +419,7 @@ impl ResidualUnit {
     }
 
     /// As [`ResidualUnit::ops`], to change them (initialisations).
-    pub fn ops_mut(&mut self) -> impl Iterator<Item = &mut Op> {
+    pub fn ops_mut(&mut self) -> impl Iterator<Item = &mut Op<T>> {
         self.pre
             .iter_mut()
             .chain(&mut self.branch)
@@ -391,25 +427,25 @@ impl ResidualUnit {
             .chain(&mut self.shortcut_ops)
     }
 
-    pub fn visit_params(&self, f: &mut dyn FnMut(String, &Tensor)) {
+    pub fn visit_params(&self, f: &mut dyn FnMut(String, &Tensor<T>)) {
         self.ops().for_each(|op| op.visit_params(f));
     }
 
-    pub fn visit_params_mut(&mut self, f: &mut dyn FnMut(String, &mut Tensor)) {
+    pub fn visit_params_mut(&mut self, f: &mut dyn FnMut(String, &mut Tensor<T>)) {
         self.ops_mut().for_each(|op| op.visit_params_mut(f));
     }
 
-    pub fn visit_buffers(&self, f: &mut dyn FnMut(String, &Tensor)) {
+    pub fn visit_buffers(&self, f: &mut dyn FnMut(String, &Tensor<T>)) {
         self.ops().for_each(|op| op.visit_buffers(f));
     }
 
-    pub fn visit_buffers_mut(&mut self, f: &mut dyn FnMut(String, &mut Tensor)) {
+    pub fn visit_buffers_mut(&mut self, f: &mut dyn FnMut(String, &mut Tensor<T>)) {
         self.ops_mut().for_each(|op| op.visit_buffers_mut(f));
     }
 
     /// e.g. "W BN ReLU W BN | add | ReLU".
     pub fn describe(&self) -> String {
-        let seq = |ops: &[Op]| ops.iter().map(|o| o.label()).collect::<Vec<_>>().join(" ");
+        let seq = |ops: &[Op<T>]| ops.iter().map(|o| o.label()).collect::<Vec<_>>().join(" ");
         let after = if self.after_add.is_empty() {
             "identity".to_string()
         } else {
@@ -439,10 +475,10 @@ impl ResidualUnit {
 
     fn forward_identity_fused(
         &self,
-        x: Arc<Tensor>,
+        x: Arc<Tensor<T>>,
         ctx: &ForwardCtx,
-        moments_in: Option<Moments>,
-    ) -> (Tensor, UnitCache, Option<Moments>) {
+        moments_in: Option<Moments<T>>,
+    ) -> (Tensor<T>, UnitCache<T>, Option<Moments<T>>) {
         let extras = SeqExtras {
             moments_in,
             epilogue: Epilogue {
@@ -468,12 +504,12 @@ impl ResidualUnit {
     /// `dE/dx_l = J_F^T grad + grad`, with no copies of `grad`.
     fn backward_identity_fused(
         &self,
-        cache: &UnitCache,
-        grad_next: &Tensor,
-        grads: Option<&mut Grads>,
-    ) -> Tensor {
+        cache: &UnitCache<T>,
+        grad_next: &Tensor<T>,
+        grads: Option<&mut Grads<T>>,
+    ) -> Tensor<T> {
         if fault::active(Fault::FusedIdentityResidual) {
-            let wrong = grad_next * fault::FACTOR;
+            let wrong = grad_next * T::of_f64(fault::FACTOR);
             return backward_seq_ref(&self.branch, &cache.branch, grad_next, grads, Some(&wrong));
         }
         backward_seq_ref(

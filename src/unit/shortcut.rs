@@ -21,6 +21,7 @@ use super::ops::{backward_seq, forward_seq, Fusion, Op, OpCache};
 use super::residual::ForwardCtx;
 use super::spec::ShortcutKind;
 use crate::fault::{self, Fault};
+use crate::float::Float;
 use crate::grads::Grads;
 use crate::layers::branch_scale::BranchScale;
 use crate::layers::{dropout, sigmoid};
@@ -80,29 +81,29 @@ pub fn branch_scale(kind: ShortcutKind, unit: &str, channels: usize) -> Option<O
 
 /// What a shortcut's forward leaves for its backward.
 #[derive(Debug, Clone, Default)]
-pub struct ShortcutCache {
+pub struct ShortcutCache<T: Float = f64> {
     /// Caches of the shortcut's own layers (gate pre-activation, projection, pad).
-    pub(super) ops: Vec<OpCache>,
+    pub(super) ops: Vec<OpCache<T>>,
     /// `s = sigmoid(W_g x + b_g)` for gated shortcuts.
-    pub gate: Option<Tensor>,
+    pub gate: Option<Tensor<T>>,
     /// `h(x)` of a projection or padded shortcut (the output of its layers).
-    pub(super) projection: Option<Tensor>,
+    pub(super) projection: Option<Tensor<T>>,
     /// Dropout mask on the shortcut.
-    pub mask: Option<Tensor>,
+    pub mask: Option<Tensor<T>>,
     /// How the shortcut's layers ran (their backward runs the same way).
     pub(super) fusion: Fusion,
 }
 
 /// Runs the shortcut's own layers on `x` (the input the shortcut reads) and draws the dropout
 /// mask of unit `index`.
-pub(super) fn forward(
+pub(super) fn forward<T: Float>(
     kind: ShortcutKind,
-    ops: &[Op],
-    x: &Tensor,
+    ops: &[Op<T>],
+    x: &Tensor<T>,
     ctx: &ForwardCtx,
     index: usize,
     fusion: Fusion,
-) -> ShortcutCache {
+) -> ShortcutCache<T> {
     let mut cache = ShortcutCache {
         fusion,
         ..ShortcutCache::default()
@@ -138,18 +139,24 @@ pub(super) fn forward(
 }
 
 /// `acc += h(x)`.
-pub(super) fn add_h(kind: ShortcutKind, cache: &ShortcutCache, x: &Tensor, acc: &mut Tensor) {
+pub(super) fn add_h<T: Float>(
+    kind: ShortcutKind,
+    cache: &ShortcutCache<T>,
+    x: &Tensor<T>,
+    acc: &mut Tensor<T>,
+) {
     match kind {
         ShortcutKind::Identity | ShortcutKind::Alpha { .. } | ShortcutKind::LayerScale { .. } => {
             crate::tensor::add_assign(acc, x)
         }
         ShortcutKind::Scale { lambda, .. } | ShortcutKind::DeepNorm { alpha: lambda } => {
+            let lambda = T::of_f64(lambda);
             acc.zip_mut_with(x, |a, &v| *a += lambda * v)
         }
         ShortcutKind::Gate { .. } | ShortcutKind::ShortcutGate { .. } => ndarray::Zip::from(acc)
             .and(x)
             .and(cache.gate.as_ref().unwrap())
-            .for_each(|a, &v, &g| *a += (1.0 - g) * v),
+            .for_each(|a, &v, &g| *a += (T::one() - g) * v),
         ShortcutKind::Conv1x1 | ShortcutKind::Pad => *acc += cache.projection.as_ref().unwrap(),
         ShortcutKind::Dropout { .. } => ndarray::Zip::from(acc)
             .and(x)
@@ -165,10 +172,14 @@ pub(super) fn needs_branch_output(kind: ShortcutKind) -> bool {
 }
 
 /// The branch term `F'` from `F(x)`, in `F(x)`'s own buffer.
-pub(super) fn weight_branch(kind: ShortcutKind, cache: &ShortcutCache, mut f: Tensor) -> Tensor {
+pub(super) fn weight_branch<T: Float>(
+    kind: ShortcutKind,
+    cache: &ShortcutCache<T>,
+    mut f: Tensor<T>,
+) -> Tensor<T> {
     match kind {
         ShortcutKind::Scale { branch, .. } => {
-            f *= branch;
+            f *= T::of_f64(branch);
             f
         }
         ShortcutKind::Gate { .. } => f * cache.gate.as_ref().unwrap(),
@@ -187,38 +198,42 @@ pub(super) fn weight_branch(kind: ShortcutKind, cache: &ShortcutCache, mut f: Te
 }
 
 /// The branch term `F'` from a kept `F(x)` (the analyses' forward).
-pub(super) fn branch_term(kind: ShortcutKind, cache: &ShortcutCache, f: &Tensor) -> Tensor {
+pub(super) fn branch_term<T: Float>(
+    kind: ShortcutKind,
+    cache: &ShortcutCache<T>,
+    f: &Tensor<T>,
+) -> Tensor<T> {
     weight_branch(kind, cache, f.clone())
 }
 
 /// Backward through the gate's pre-activation: `grad_s` -> input gradient, weights into `grads`.
-fn gate_backward(
-    ops: &[Op],
-    cache: &ShortcutCache,
-    grad_s: &Tensor,
-    grads: Option<&mut Grads>,
-) -> Tensor {
+fn gate_backward<T: Float>(
+    ops: &[Op<T>],
+    cache: &ShortcutCache<T>,
+    grad_s: &Tensor<T>,
+    grads: Option<&mut Grads<T>>,
+) -> Tensor<T> {
     let grad_z = sigmoid::backward(cache.gate.as_ref().unwrap(), grad_s);
     backward_seq(ops, &cache.ops, grad_z, grads, cache.fusion)
 }
 
 /// `J_h(x)^T grad_y`, the shortcut-only VJP; takes `grad_y` by value so identity-like
 /// shortcuts reuse it. `x` is the input the shortcut read.
-pub(super) fn shortcut_vjp(
+pub(super) fn shortcut_vjp<T: Float>(
     kind: ShortcutKind,
-    ops: &[Op],
-    cache: &ShortcutCache,
-    x: &Tensor,
-    mut grad_y: Tensor,
-    grads: Option<&mut Grads>,
-) -> Tensor {
+    ops: &[Op<T>],
+    cache: &ShortcutCache<T>,
+    x: &Tensor<T>,
+    mut grad_y: Tensor<T>,
+    grads: Option<&mut Grads<T>>,
+) -> Tensor<T> {
     match kind {
         ShortcutKind::Identity | ShortcutKind::Alpha { .. } | ShortcutKind::LayerScale { .. } => {
             fault::perturb(Fault::IdentityShortcutVjp, &mut grad_y);
             grad_y
         }
         ShortcutKind::Scale { lambda, .. } | ShortcutKind::DeepNorm { alpha: lambda } => {
-            grad_y *= fault::factor(Fault::ScaleShortcutVjp, lambda);
+            grad_y *= fault::factor(Fault::ScaleShortcutVjp, T::of_f64(lambda));
             grad_y
         }
         ShortcutKind::Gate { .. } | ShortcutKind::ShortcutGate { .. } => {
@@ -227,7 +242,7 @@ pub(super) fn shortcut_vjp(
             let mut grad_s = -(&grad_y * x);
             fault::perturb(Fault::GatePathTerm, &mut grad_s);
             grad_y.zip_mut_with(cache.gate.as_ref().unwrap(), |d, &s| {
-                *d *= fault::factor(Fault::GateDirectFactor, 1.0 - s)
+                *d *= fault::factor(Fault::GateDirectFactor, T::one() - s)
             });
             grad_y += &gate_backward(ops, cache, &grad_s, grads);
             grad_y
@@ -244,18 +259,20 @@ pub(super) fn shortcut_vjp(
         }
         // h = 0: no gradient, in the shape of the input the shortcut would have read
         // (which differs from grad_y's when the unit changes shape).
-        ShortcutKind::None => Tensor::zeros(x.raw_dim()),
+        ShortcutKind::None => Tensor::<T>::zeros(x.raw_dim()),
     }
 }
 
 /// The branch weight's VJP into `F`: `dE/dF` from `grad_y = dE/d(h + F')`.
-pub(super) fn branch_weight_vjp(
+pub(super) fn branch_weight_vjp<T: Float>(
     kind: ShortcutKind,
-    cache: &ShortcutCache,
-    grad_y: &Tensor,
-) -> Tensor {
+    cache: &ShortcutCache<T>,
+    grad_y: &Tensor<T>,
+) -> Tensor<T> {
     match kind {
-        ShortcutKind::Scale { branch, .. } => grad_y * fault::factor(Fault::ScaleBranchVjp, branch),
+        ShortcutKind::Scale { branch, .. } => {
+            grad_y * fault::factor(Fault::ScaleBranchVjp, T::of_f64(branch))
+        }
         ShortcutKind::Gate { .. } => {
             let mut g = grad_y * cache.gate.as_ref().unwrap();
             fault::perturb(Fault::ExclusiveGateBranchFactor, &mut g);
@@ -275,14 +292,14 @@ pub(super) fn branch_weight_vjp(
 
 /// The branch weight's own dependence on `x` (the exclusive gate's `d/ds [s F] = F`, carried
 /// through the gate's layers); `None` for the kinds whose weight is a constant.
-pub(super) fn branch_weight_input_vjp(
+pub(super) fn branch_weight_input_vjp<T: Float>(
     kind: ShortcutKind,
-    ops: &[Op],
-    cache: &ShortcutCache,
-    branch_out: Option<&Tensor>,
-    grad_y: &Tensor,
-    grads: Option<&mut Grads>,
-) -> Option<Tensor> {
+    ops: &[Op<T>],
+    cache: &ShortcutCache<T>,
+    branch_out: Option<&Tensor<T>>,
+    grad_y: &Tensor<T>,
+    grads: Option<&mut Grads<T>>,
+) -> Option<Tensor<T>> {
     match kind {
         ShortcutKind::Gate { .. } => {
             let mut grad_s = grad_y * branch_out.expect("the gate keeps F(x)");
