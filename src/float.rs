@@ -87,6 +87,53 @@ impl Float for f32 {
     }
 }
 
+/// The element type a command runs in (`--precision f32|f64`).
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, Default, serde::Serialize, serde::Deserialize,
+)]
+#[serde(rename_all = "lowercase")]
+pub enum Precision {
+    F32,
+    #[default]
+    F64,
+}
+
+impl Precision {
+    pub fn is_f64(&self) -> bool {
+        *self == Precision::F64
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Precision::F32 => f32::NAME,
+            Precision::F64 => f64::NAME,
+        }
+    }
+}
+
+impl std::fmt::Display for Precision {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl std::str::FromStr for Precision {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "f32" => Ok(Precision::F32),
+            "f64" => Ok(Precision::F64),
+            _ => Err(format!("unknown precision '{s}' (expected f32 or f64)")),
+        }
+    }
+}
+
+/// `x` itself as a `&B` when `A` and `B` are the same type (an f64 run's network, used as it
+/// is rather than copied); `None` otherwise.
+pub fn same_type<A: 'static, B: 'static>(x: &A) -> Option<&B> {
+    (x as &dyn std::any::Any).downcast_ref::<B>()
+}
+
 /// `v` in the element type: constants in generic code (`c::<T>(0.5)`).
 #[inline(always)]
 pub fn c<T: Float>(v: f64) -> T {

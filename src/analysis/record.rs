@@ -19,6 +19,7 @@
 use serde::Serialize;
 
 use super::signal::channel_stats;
+use crate::float::Float;
 use crate::interrupt::{Interrupt, Interrupted};
 use crate::net::{NetCache, NetGrads, Network};
 use crate::schema::{self, col, Column, Row, Schema};
@@ -40,7 +41,7 @@ pub struct Stages {
 }
 
 impl Stages {
-    pub fn of(net: &Network, cache: &NetCache) -> Stages {
+    pub fn of<T: Float>(net: &Network<T>, cache: &NetCache<T>) -> Stages {
         let units = net.num_units();
         let mut stage = vec![0; units + 1];
         for l in 1..=units {
@@ -136,12 +137,12 @@ pub struct Profile {
 }
 
 /// The direct parts `D_0 ..= D_L`, restarting where the shortcut path breaks.
-pub fn direct_parts(
-    net: &Network,
-    cache: &NetCache,
-    grad_x: &[Tensor],
+pub fn direct_parts<T: Float>(
+    net: &Network<T>,
+    cache: &NetCache<T>,
+    grad_x: &[Tensor<T>],
     stages: &Stages,
-) -> Vec<Tensor> {
+) -> Vec<Tensor<T>> {
     direct_parts_and_branch_terms(net, cache, grad_x, stages, false, &Interrupt::new())
         .unwrap_or_else(|_| unreachable!("a stop no one can request"))
         .0
@@ -153,14 +154,14 @@ type BranchTerm = (f64, f64);
 /// The direct parts and, when asked, `(||F'(x_l)||, its average channel variance)` per unit
 /// (which needs a forward pass made with `keep_branch`), in one pass over the units (a cache
 /// that kept only the inputs re-runs each unit once).
-fn direct_parts_and_branch_terms(
-    net: &Network,
-    cache: &NetCache,
-    grad_x: &[Tensor],
+fn direct_parts_and_branch_terms<T: Float>(
+    net: &Network<T>,
+    cache: &NetCache<T>,
+    grad_x: &[Tensor<T>],
     stages: &Stages,
     branch_terms: bool,
     stop: &Interrupt,
-) -> Result<(Vec<Tensor>, Vec<BranchTerm>), Interrupted> {
+) -> Result<(Vec<Tensor<T>>, Vec<BranchTerm>), Interrupted> {
     let l_top = net.num_units();
     let mut parts = vec![grad_x[l_top].clone(); l_top + 1];
     let mut norms = vec![(0.0, 0.0); l_top];
@@ -183,7 +184,11 @@ fn direct_parts_and_branch_terms(
 /// Per unit input: `(||dE/dx_l||, ||dE/dx_l|| / ||dE/dx_L||, ||D_l|| / ||dE/dx_top||)`, what
 /// training records as it goes; unlike [`build_records`] it needs no `keep_branch` pass, so a
 /// recorded training step runs the engine's fused path like any other.
-pub fn gradient_ratios(net: &Network, cache: &NetCache, grads: &NetGrads) -> Vec<(f64, f64, f64)> {
+pub fn gradient_ratios<T: Float>(
+    net: &Network<T>,
+    cache: &NetCache<T>,
+    grads: &NetGrads<T>,
+) -> Vec<(f64, f64, f64)> {
     let l_top = net.num_units();
     let stages = Stages::of(net, cache);
     let direct = direct_parts(net, cache, &grads.grad_x, &stages);
@@ -199,7 +204,7 @@ pub fn gradient_ratios(net: &Network, cache: &NetCache, grads: &NetGrads) -> Vec
 
 /// `prod_{i=l}^{top-1} lambda_i` when the paper predicts the direct part exactly: constant
 /// shortcut scaling (identity: 1, plain: 0) and an identity after-addition function.
-pub fn predicted_direct_ratio(net: &Network, l: usize, top: usize) -> Option<f64> {
+pub fn predicted_direct_ratio<T: Float>(net: &Network<T>, l: usize, top: usize) -> Option<f64> {
     net.units[l..top].iter().try_fold(1.0, |acc, u| {
         if !u.placement.after_add_is_identity() {
             return None;
@@ -209,16 +214,20 @@ pub fn predicted_direct_ratio(net: &Network, l: usize, top: usize) -> Option<f64
 }
 
 /// Builds the records from a forward cache and its backward.
-pub fn build_records(net: &Network, cache: &NetCache, grads: &NetGrads) -> Profile {
+pub fn build_records<T: Float>(
+    net: &Network<T>,
+    cache: &NetCache<T>,
+    grads: &NetGrads<T>,
+) -> Profile {
     build_records_until_stopped(net, cache, grads, &Interrupt::new())
         .unwrap_or_else(|_| unreachable!("a stop no one can request"))
 }
 
 /// [`build_records`], checking `stop` before each unit (ResNet-110's records take a second).
-pub fn build_records_until_stopped(
-    net: &Network,
-    cache: &NetCache,
-    grads: &NetGrads,
+pub fn build_records_until_stopped<T: Float>(
+    net: &Network<T>,
+    cache: &NetCache<T>,
+    grads: &NetGrads<T>,
     stop: &Interrupt,
 ) -> Result<Profile, Interrupted> {
     let l_top = net.num_units();
@@ -372,9 +381,9 @@ impl Row for UnitRecord {
 
 /// The whole profile of `net` as CSV bytes: the header, then one row per unit input, each
 /// ending in [`profile_tail`]'s columns.
-pub fn profile_csv(
+pub fn profile_csv<T: Float>(
     profile: &Profile,
-    net: &Network,
+    net: &Network<T>,
     placement: &str,
     shortcut: &str,
 ) -> anyhow::Result<Vec<u8>> {
@@ -387,8 +396,8 @@ pub fn profile_csv(
 /// given. An imported network has no placement of resprop's: its rows end in `imported`, the
 /// unit's shortcut as the importer found it (empty for the head's input) and the row's name
 /// (the unit's module, `top` for the head's input).
-pub fn profile_tail(
-    net: &Network,
+pub fn profile_tail<T: Float>(
+    net: &Network<T>,
     rows: usize,
     placement: &str,
     shortcut: &str,
@@ -434,7 +443,10 @@ impl Row for WeightGradRow {
 
 /// One row per weight (a parameter named `...<layer>.w`) of every unit, from the parameter
 /// gradients of a backward pass.
-pub fn weight_grad_rows(net: &Network, grads: &crate::grads::Grads) -> Vec<WeightGradRow> {
+pub fn weight_grad_rows<T: Float, G: Float>(
+    net: &Network<T>,
+    grads: &crate::grads::Grads<G>,
+) -> Vec<WeightGradRow> {
     let mut rows = Vec::new();
     for l in 0..net.num_units() {
         for name in net.param_names_of(crate::net::Part::Unit(l)) {

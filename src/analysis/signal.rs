@@ -9,6 +9,7 @@
 
 use anyhow::Result;
 
+use crate::float::Float;
 use crate::layers::Mode;
 use crate::net::Network;
 use crate::tensor::Tensor;
@@ -42,8 +43,21 @@ pub struct ChannelStats {
     pub var: f64,
 }
 
-pub fn channel_stats(x: &Tensor) -> ChannelStats {
-    let (means, vars) = crate::kernels::reference::channel_moments(x);
+/// In f64 whatever the element type (an f32 activation's values widened exactly).
+pub fn channel_stats<T: Float>(x: &Tensor<T>) -> ChannelStats {
+    let (means, vars): (Vec<f64>, Vec<f64>) = (0..x.shape()[1])
+        .map(|ch| {
+            let v = x.index_axis(ndarray::Axis(1), ch);
+            let m = v.len() as f64;
+            let mean = v.iter().map(|a| a.as_f64()).sum::<f64>() / m;
+            let var = v
+                .iter()
+                .map(|a| (a.as_f64() - mean) * (a.as_f64() - mean))
+                .sum::<f64>()
+                / m;
+            (mean, var)
+        })
+        .unzip();
     let c = means.len() as f64;
     ChannelStats {
         mean_sq: means.iter().map(|m| m * m).sum::<f64>() / c,

@@ -7,6 +7,7 @@ use anyhow::Result;
 use clap::Args;
 
 use crate::analysis::record::{fmt_f64, profile_csv, Profile};
+use crate::float::{same_type, Float, Precision};
 use crate::jobs::profile::{ProfileJob, ProfileRun};
 use crate::output::{emit, write_atomic};
 
@@ -48,12 +49,24 @@ pub fn run(args: &ProfileArgs) -> Result<ExitCode> {
         .read("--model", args.job.net.model.as_deref())
         .read_data("--data", args.job.net.data.as_ref())
         .check()?;
+    if args.npz.is_some() && !args.job.precision.is_f64() {
+        anyhow::bail!("--npz: the state file holds f64 arrays (docs/formats.md); leave out --precision f32 to write it");
+    }
     // What the output files need computed and kept.
     let job = ProfileJob {
         weight_grads: args.weight_grad_csv.is_some(),
         npz: args.npz.is_some(),
         ..args.job.clone()
     };
+    let stop = crate::interrupt::Interrupt::new();
+    match job.precision {
+        Precision::F64 => report(args, &job, job.run_as::<f64>(&stop)?),
+        Precision::F32 => report(args, &job, job.run_as::<f32>(&stop)?),
+    }
+}
+
+/// Prints the profile and writes the files asked for, from a run in `T`.
+fn report<T: Float>(args: &ProfileArgs, job: &ProfileJob, run: ProfileRun<T>) -> Result<ExitCode> {
     let ProfileRun {
         analysis,
         ctx,
@@ -61,7 +74,7 @@ pub fn run(args: &ProfileArgs) -> Result<ExitCode> {
         grads,
         param_grads,
         profile,
-    } = job.run(&crate::interrupt::Interrupt::new())?;
+    } = run;
     let (net_args, net, input, labels) = (
         &analysis.args,
         &analysis.net,
@@ -69,11 +82,21 @@ pub fn run(args: &ProfileArgs) -> Result<ExitCode> {
         &analysis.labels,
     );
     let mut out = net_args.describe("profile", net);
+    if !job.precision.is_f64() {
+        outln!(
+            out,
+            "precision: {} (the records are computed in f64 from its values)",
+            job.precision
+        );
+    }
     outln!(out, "loss E = {}", fmt_f64(profile.loss));
     let names = net.row_names();
     print_table(&mut out, &profile, args.all_rows, names.as_deref());
     emit(&out)?;
     report_nonfinite(&profile, net);
+    if !job.precision.is_f64() {
+        report_f32_range(&profile, &cache);
+    }
     let mut out = String::new();
 
     if let Some(path) = &args.csv {
@@ -113,7 +136,12 @@ pub fn run(args: &ProfileArgs) -> Result<ExitCode> {
         );
     }
     if let Some(path) = &args.npz {
-        crate::interchange::write_npz(path, net, &ctx, input, labels, &cache, &grads)?;
+        // Refused above for any type but f64.
+        let (cache, grads) = (
+            same_type(&cache).expect("an f64 run"),
+            same_type(&grads).expect("an f64 run"),
+        );
+        crate::interchange::write_npz(path, net, &ctx, input, labels, cache, grads)?;
         outln!(out, "wrote state to {}", path.display());
     }
     outln!(
@@ -213,6 +241,33 @@ fn print_table(out: &mut String, profile: &Profile, all: bool, names: Option<&[S
             short(Some(r.sample_ratio_median)),
             name(i),
         );
+    }
+}
+
+/// Where an f32 run's gradient left f32's normal range: from the top down, the first unit
+/// whose `dE/dx_l` or direct part has a root-mean-square entry below f32's smallest normal
+/// value (1.2e-38; below 1.4e-45 an entry is 0). From there on the f32 values have lost
+/// precision or vanished where f64 keeps them: said on stderr, with the remedy.
+fn report_f32_range<T: Float>(profile: &Profile, cache: &crate::net::NetCache<T>) {
+    let rms = |norm: f64, l: usize| norm / (cache.x(l).len() as f64).sqrt();
+    let small = |v: f64, l: usize| v.is_finite() && rms(v, l) < f64::from(f32::MIN_POSITIVE);
+    let first = profile.records.iter().rev().find_map(|r| {
+        if small(r.grad_norm, r.unit) {
+            Some(("||dE/dx_l||", r.grad_norm, r.unit))
+        } else if small(r.direct_norm, r.unit) {
+            Some(("the direct part ||D_l||", r.direct_norm, r.unit))
+        } else {
+            None
+        }
+    });
+    if let Some((what, value, unit)) = first {
+        eprintln!(
+            "note: in f32, {what} leaves f32's normal range at unit {unit} ({}, below 1.2e-38 per entry; entries under 1.4e-45 are 0): the values from there down are not those of f64; rerun with --precision f64",
+            fmt_f64(value)
+        );
+    }
+    if !profile.nonfinite.is_empty() || !profile.loss.is_finite() {
+        eprintln!("note: f32 overflows above 3.4e38 where f64 reaches 1.8e308: rerun with --precision f64");
     }
 }
 

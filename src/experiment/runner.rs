@@ -388,6 +388,7 @@ pub fn run_cell(spec: &Spec, cell: &Cell) -> Result<CellResult> {
                 low_memory: false,
                 weight_grads: spec.weight_grads,
                 npz: false,
+                precision: crate::float::Precision::F64,
             };
             let analysis = request
                 .prepare(job.purpose())
@@ -428,6 +429,7 @@ fn builtin_profile(
         low_memory: false,
         weight_grads: spec.weight_grads,
         npz: false,
+        precision: crate::float::Precision::F64,
     };
     let analysis = crate::jobs::Analysis {
         args: request,

@@ -7,10 +7,12 @@ use serde::Serialize;
 
 use super::{Analysis, NetRequest};
 use crate::analysis::record::{build_records_until_stopped, Profile};
+use crate::float::{same_type, Float, Precision};
 use crate::grads::Grads;
 use crate::interrupt::Interrupt;
 use crate::net::memory::Purpose;
-use crate::net::{Keep, NetCache, NetGrads};
+use crate::net::{Keep, NetCache, NetGrads, Network};
+use crate::tensor::{cast_ref, Tensor};
 use crate::unit::ForwardCtx;
 
 #[derive(Debug, Clone, Args, Serialize)]
@@ -29,17 +31,23 @@ pub struct ProfileJob {
     #[arg(skip)]
     #[serde(skip)]
     pub npz: bool,
+    /// The element type of the forward and backward passes: f64 (the reference) or f32 (half
+    /// the memory, faster; the network is its f64 twin rounded, and the records are computed
+    /// in f64 from the f32 values).
+    #[arg(long, default_value = "f64", value_name = "f32|f64")]
+    #[serde(skip_serializing_if = "Precision::is_f64")]
+    pub precision: Precision,
 }
 
-/// What the profile job computed: the network and batch (resolved against a checkpoint), the
-/// forward cache and the gradients they produced, and the records.
-pub struct ProfileRun {
+/// What the profile job computed: the network and batch (resolved against a checkpoint; in
+/// f64), the forward cache and the gradients they produced (in `T`), and the records.
+pub struct ProfileRun<T: Float = f64> {
     pub analysis: Analysis,
     pub ctx: ForwardCtx,
-    pub cache: NetCache,
-    pub grads: NetGrads,
+    pub cache: NetCache<T>,
+    pub grads: NetGrads<T>,
     /// The weight gradients (empty unless [`ProfileJob::weight_grads`]).
-    pub param_grads: Grads,
+    pub param_grads: Grads<T>,
     pub profile: Profile,
 }
 
@@ -57,12 +65,23 @@ impl ProfileJob {
     /// request on `stop` ends the job with [`crate::interrupt::Interrupted`] before the next
     /// unit of either pass or of the records.
     pub fn run(&self, stop: &Interrupt) -> Result<ProfileRun> {
+        self.run_as::<f64>(stop)
+    }
+
+    /// [`ProfileJob::run`] in the element type `T` (the caller dispatches on
+    /// [`ProfileJob::precision`]).
+    pub fn run_as<T: Float>(&self, stop: &Interrupt) -> Result<ProfileRun<T>> {
         let analysis = self.net.prepare(self.purpose())?;
         self.run_prepared(analysis, stop)
     }
 
-    /// [`ProfileJob::run`] on a network and batch built already.
-    pub fn run_prepared(&self, analysis: Analysis, stop: &Interrupt) -> Result<ProfileRun> {
+    /// [`ProfileJob::run_as`] on a network and batch built already (in f64; an f32 run rounds
+    /// them).
+    pub fn run_prepared<T: Float>(
+        &self,
+        analysis: Analysis,
+        stop: &Interrupt,
+    ) -> Result<ProfileRun<T>> {
         // Input gradients only, unless the weight gradients are asked for: weight layers then
         // need not keep their inputs.
         let ctx = analysis.args.ctx().with_weight_grads(self.weight_grads);
@@ -71,7 +90,22 @@ impl ProfileJob {
         } else {
             Keep::All
         };
-        let (net, input, labels) = (&analysis.net, &analysis.input, &analysis.labels);
+        let (net_t, input_t);
+        let net: &Network<T> = match same_type(&analysis.net) {
+            Some(net) => net,
+            None => {
+                net_t = analysis.net.cast();
+                &net_t
+            }
+        };
+        let input: &Tensor<T> = match same_type(&analysis.input) {
+            Some(input) => input,
+            None => {
+                input_t = cast_ref(&analysis.input);
+                &input_t
+            }
+        };
+        let labels = &analysis.labels;
         let cache = net.forward_until_stopped(input, labels, &ctx, keep, stop)?;
         let mut param_grads = Grads::new();
         let grads = net.backward_until_stopped(

@@ -220,7 +220,7 @@ struct ForwardPass<T: Float = f64> {
     x_last: Arc<Tensor<T>>,
     head: Vec<OpCache<T>>,
     probs: Array2<T>,
-    loss: T,
+    loss: f64,
 }
 
 #[derive(Debug, Clone)]
@@ -232,7 +232,7 @@ pub struct NetCache<T: Float = f64> {
     head: Vec<OpCache<T>>,
     /// (N, K)
     pub probs: Array2<T>,
-    pub loss: T,
+    pub loss: f64,
     /// The context of the pass, so a kept input can be re-run identically.
     pub ctx: ForwardCtx,
 }
@@ -489,7 +489,7 @@ impl<T: Float> Network<T> {
         input: &Tensor<T>,
         labels: &[usize],
         ctx: &ForwardCtx,
-    ) -> Result<(T, Array2<T>)> {
+    ) -> Result<(f64, Array2<T>)> {
         let pass = self.forward_pass(input, labels, ctx, &Interrupt::new(), &mut drop)?;
         Ok((pass.loss, pass.probs))
     }
@@ -531,7 +531,7 @@ impl<T: Float> Network<T> {
             x_last: x,
             head,
             probs,
-            loss,
+            loss: loss.as_f64(),
         })
     }
 

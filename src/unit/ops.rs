@@ -176,7 +176,7 @@ impl<T: Float> Op<T> {
             Op::MaxPool(m) => Op::MaxPool(m.clone()),
             Op::AvgPool(a) => Op::AvgPool(a.clone()),
             Op::Flatten => Op::Flatten,
-            Op::PadShortcut(p) => Op::PadShortcut(p.clone()),
+            Op::PadShortcut(p) => Op::PadShortcut(*p),
         }
     }
 
