@@ -53,6 +53,7 @@ pub mod col {
         /// Training cells: the recipe, when the grid names it (common, fixup, rezero,
         /// skipinit).
         RECIPE = "recipe";
+        PRECISION = "precision";
         PROJECTION = "projection";
         /// Residual units of the network (MLP depth; a ResNet's count).
         UNITS = "units";
@@ -163,8 +164,8 @@ impl Column {
     pub fn cells(self) -> Cells {
         use col::*;
         match self {
-            EXPERIMENT | NET | PLACEMENT | SHORTCUT | NAME | NORM | INIT | RECIPE | PROJECTION
-            | KIND | DELETED | WHEN | LAYER => Cells::Text,
+            EXPERIMENT | NET | PLACEMENT | SHORTCUT | NAME | NORM | INIT | RECIPE | PRECISION
+            | PROJECTION | KIND | DELETED | WHEN | LAYER => Cells::Text,
             CELL | UNITS | REPLICATE | UNIT | STAGE | DIRECT_TOP | SHAPE_CHANGE | K | DRAW
             | LAG | STEP | EPOCH => Cells::Whole,
             WARMUP => Cells::WholeOrEmpty,

@@ -26,6 +26,7 @@ use crate::analysis::checks::verify_units;
 use crate::analysis::gaussian_batch;
 use crate::analysis::record::fmt_f64;
 use crate::data::Split;
+use crate::float::{same_type, Precision};
 use crate::interrupt::Interrupt;
 use crate::jobs::{InputSizes, NetDescription};
 use crate::net::NetSizes;
@@ -45,11 +46,30 @@ pub fn tables(spec: &Spec) -> Vec<TableKind> {
     spec.task.tables(spec.weight_grads)
 }
 
-/// The header of a table of this spec: the keys, then its columns.
+/// The header of a table of this spec: the keys (with `precision` after `recipe` when a grid
+/// runs f32: an f64-only spec's tables are those of every earlier build), then its columns.
 pub fn header(spec: &Spec, table: TableKind) -> Vec<&'static str> {
     let mut h = schema::KEYS.names();
+    if has_precision_column(spec) {
+        h.insert(precision_at(), schema::col::PRECISION.name());
+    }
     h.extend(table.columns(spec.measure).iter().map(|c| c.name()));
     h
+}
+
+/// Whether the spec's tables have a `precision` key column: when a grid runs f32.
+pub fn has_precision_column(spec: &Spec) -> bool {
+    spec.grids
+        .iter()
+        .any(|g| g.precisions.iter().any(|p| !p.is_f64()))
+}
+
+/// Where the `precision` key column goes: after `recipe`.
+fn precision_at() -> usize {
+    schema::KEYS
+        .index(schema::col::RECIPE)
+        .expect("a key column")
+        + 1
 }
 
 /// The seed every cell of a replicate shares.
@@ -59,6 +79,15 @@ pub fn cell_seed(spec: &Spec, replicate: u64) -> u64 {
 
 /// The key columns of a cell's rows.
 fn cell_keys(spec: &Spec, cell: &Cell, units: usize) -> Vec<String> {
+    let mut keys = keys_of(spec, cell, units);
+    if has_precision_column(spec) {
+        keys.insert(precision_at(), cell.precision.to_string());
+    }
+    keys
+}
+
+/// The columns of [`schema::KEYS`] for a cell's rows.
+fn keys_of(spec: &Spec, cell: &Cell, units: usize) -> Vec<String> {
     if let Some(model) = &cell.model {
         // The file is the network: none of the built-in axes describes it.
         use crate::schema::{col, KEYS};
@@ -125,6 +154,10 @@ pub struct CellInputs {
         serialize_with = "serialize_recipe"
     )]
     pub recipe: Option<crate::train::Recipe>,
+    /// The element type, when not f64 (absent for f64, so that earlier cells keep their
+    /// fingerprints).
+    #[serde(skip_serializing_if = "crate::float::Precision::is_f64")]
+    pub precision: crate::float::Precision,
     /// The analysis a paths, lesion or shatter cell runs (absent for profiles and training).
     pub analysis: Option<String>,
     /// The network, as every front end describes it.
@@ -230,6 +263,7 @@ impl CellInputs {
             weight_grads: (profile && spec.weight_grads).then_some(true),
             warmup: cell.warmup,
             recipe: cell.recipe.filter(|&r| r != crate::train::Recipe::Common),
+            precision: cell.precision,
             net: cell.arch.clone(),
             sizes,
             train,
@@ -397,8 +431,11 @@ pub fn run_cell(spec: &Spec, cell: &Cell) -> Result<CellResult> {
         }
         None => builtin_profile(spec, cell)?,
     };
-    let run = job.run_prepared(analysis, &Interrupt::new())?;
-    profile_rows(spec, cell, run)
+    let stop = Interrupt::new();
+    match cell.precision {
+        Precision::F64 => profile_rows(spec, cell, job.run_prepared::<f64>(analysis, &stop)?),
+        Precision::F32 => profile_rows(spec, cell, job.run_prepared::<f32>(analysis, &stop)?),
+    }
 }
 
 /// A built-in profile cell's analysis and job: the cell's network on its Gaussian batch.
@@ -429,7 +466,7 @@ fn builtin_profile(
         low_memory: false,
         weight_grads: spec.weight_grads,
         npz: false,
-        precision: crate::float::Precision::F64,
+        precision: cell.precision,
     };
     let analysis = crate::jobs::Analysis {
         args: request,
@@ -443,10 +480,10 @@ fn builtin_profile(
 
 /// A profile cell's rows (and its verification columns, its weight gradients' rows), plus a
 /// warning if anything overflowed.
-fn profile_rows(
+fn profile_rows<T: crate::float::Float>(
     spec: &Spec,
     cell: &Cell,
-    run: crate::jobs::profile::ProfileRun,
+    run: crate::jobs::profile::ProfileRun<T>,
 ) -> Result<CellResult> {
     let (net, cache, grads, param_grads, profile) = (
         &run.analysis.net,
@@ -456,7 +493,15 @@ fn profile_rows(
         &run.profile,
     );
     let verification = match spec.measure {
-        Measure::Verification => Some(verify_units(net, cache, grads).0),
+        // f64 only (the spec refuses f32 with the verification).
+        Measure::Verification => Some(
+            verify_units(
+                net,
+                same_type(cache).expect("an f64 run"),
+                same_type(grads).expect("an f64 run"),
+            )
+            .0,
+        ),
         Measure::Profile => None,
     };
     let rows = profile

@@ -28,6 +28,7 @@ use std::path::Path;
 use anyhow::{anyhow, bail, Context, Result};
 use serde::{Deserialize, Serialize};
 
+use crate::float::Precision;
 use crate::layers::Mode;
 use crate::net::{NetChoice, NetDescription, NetSizes};
 pub use crate::plot::kinds::{ChartKind, PaperValues};
@@ -211,6 +212,9 @@ struct RawGrid {
     /// `rezero`: a descendant's own, see [`crate::train::Recipe`]).
     #[serde(default)]
     recipes: Vec<String>,
+    /// Profiles: the element types, `f64` (the default) and/or `f32`.
+    #[serde(default)]
+    precisions: Vec<String>,
 }
 
 fn default_nets() -> Vec<String> {
@@ -389,6 +393,12 @@ pub struct Grid {
         serialize_with = "serialize_recipes"
     )]
     pub recipes: Vec<Option<Recipe>>,
+    /// The element types of the cells' passes (`[f64]` unless the grid names them).
+    #[serde(
+        skip_serializing_if = "only_f64",
+        serialize_with = "serialize_displays"
+    )]
+    pub precisions: Vec<Precision>,
     /// ONNX models (a grid of models has no built-in axis but the replicates).
     #[serde(skip_serializing_if = "is_empty")]
     pub models: Vec<String>,
@@ -408,6 +418,10 @@ fn only_none_recipe(v: &[Option<Recipe>]) -> bool {
 
 fn serialize_recipes<S: serde::Serializer>(v: &[Option<Recipe>], s: S) -> Result<S::Ok, S::Error> {
     s.collect_seq(v.iter().flatten().map(|r| r.to_string()))
+}
+
+fn only_f64(v: &[Precision]) -> bool {
+    v == [Precision::F64]
 }
 
 fn is_false(b: &bool) -> bool {
@@ -444,6 +458,8 @@ pub struct Cell {
     /// Training: the recipe (common unless the grid names another, whose warm-up is then in
     /// `warmup`); `None` for the other tasks.
     pub recipe: Option<Recipe>,
+    /// The element type of the cell's passes.
+    pub precision: Precision,
     pub replicate: u64,
     /// An imported model's path (its `arch` is then the default and describes nothing).
     pub model: Option<String>,
@@ -487,6 +503,7 @@ impl Grid {
                 self.warmups.len(),
                 self.lrs.len(),
                 self.recipes.len(),
+                self.precisions.len(),
                 self.replicates.len(),
                 self.placements.len(),
                 self.shortcuts.len(),
@@ -511,6 +528,7 @@ impl Grid {
                     warmup: None,
                     lr: None,
                     recipe: None,
+                    precision: Precision::F64,
                     replicate,
                     model: Some(model.clone()),
                 });
@@ -563,21 +581,24 @@ impl Grid {
                 for &warmup in &self.warmups {
                     for &lr in &self.lrs {
                         for &recipe in &self.recipes {
-                            for &replicate in &self.replicates {
-                                cells.push(Cell {
-                                    index: cells.len(),
-                                    arch: NetDescription {
-                                        units,
-                                        projection,
-                                        ..variant.clone()
-                                    },
-                                    // A descendant's recipe sets its own warm-up.
-                                    warmup: recipe.and_then(Recipe::warmup).or(warmup),
-                                    lr,
-                                    recipe,
-                                    replicate,
-                                    model: None,
-                                });
+                            for &precision in &self.precisions {
+                                for &replicate in &self.replicates {
+                                    cells.push(Cell {
+                                        index: cells.len(),
+                                        arch: NetDescription {
+                                            units,
+                                            projection,
+                                            ..variant.clone()
+                                        },
+                                        // A descendant's recipe sets its own warm-up.
+                                        warmup: recipe.and_then(Recipe::warmup).or(warmup),
+                                        lr,
+                                        recipe,
+                                        precision,
+                                        replicate,
+                                        model: None,
+                                    });
+                                }
                             }
                         }
                     }
@@ -826,6 +847,20 @@ pub fn parse_spec(text: &str) -> Result<Spec> {
             bail!("charts: 'lr_sweep' draws a sweep of learning rates: give a grid at least two `lrs`");
         }
     }
+    if grids
+        .iter()
+        .any(|g| g.precisions.iter().any(|p| !p.is_f64()))
+    {
+        if task != Task::Profile {
+            bail!(
+                "grid.precisions: f32 runs profile cells (task = \"profile\"); {} runs in f64",
+                task.name()
+            );
+        }
+        if measure == Measure::Verification {
+            bail!("grid.precisions: the verification's tolerances need f64; measure the profile in f32");
+        }
+    }
     if task == Task::Shatter {
         for g in &grids {
             if g.nets.iter().any(|n| *n != NetChoice::Mlp)
@@ -908,7 +943,7 @@ fn refuse_repeated_cells(spec: &Spec) -> Result<()> {
     let mut seen = std::collections::BTreeMap::new();
     for c in spec.cells() {
         let key = format!(
-            "{:?} {} {} {} {:?} {} {} {:?} {:?} {:?} {} {}",
+            "{:?} {} {} {} {:?} {} {} {:?} {:?} {:?} {} {} {}",
             c.model,
             c.arch.net,
             c.arch.placement,
@@ -920,6 +955,7 @@ fn refuse_repeated_cells(spec: &Spec) -> Result<()> {
             c.lr,
             c.recipe,
             c.arch.units,
+            c.precision,
             c.replicate
         );
         if let Some(first) = seen.insert(key, c.index) {
@@ -1081,6 +1117,17 @@ fn parse_grid(
             }
         }
     }
+    let precisions = if raw.precisions.is_empty() {
+        vec![Precision::F64]
+    } else {
+        let p = parse_each(&raw.precisions, &k("precisions"), |s| {
+            s.parse::<Precision>()
+        })?;
+        if p.len() == 2 && p[0] == p[1] {
+            bail!("{}: {} appears twice", k("precisions"), p[0]);
+        }
+        p
+    };
     Ok(Grid {
         nets,
         placements,
@@ -1093,6 +1140,7 @@ fn parse_grid(
         warmups,
         lrs,
         recipes,
+        precisions,
         models: Vec::new(),
     })
 }
@@ -1138,6 +1186,7 @@ fn parse_model_grid(raw: RawGrid, key: &str) -> Result<Grid> {
         ("warmups", !raw.warmups.is_empty()),
         ("lrs", !raw.lrs.is_empty()),
         ("recipes", !raw.recipes.is_empty()),
+        ("precisions", !raw.precisions.is_empty()),
     ] {
         if set {
             bail!(
@@ -1164,6 +1213,7 @@ fn parse_model_grid(raw: RawGrid, key: &str) -> Result<Grid> {
         warmups: vec![None],
         lrs: vec![None],
         recipes: vec![None],
+        precisions: vec![Precision::F64],
         models: raw.models,
     })
 }

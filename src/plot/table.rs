@@ -160,7 +160,7 @@ impl Table {
         };
         let others = |r: &[String]| -> Vec<String> {
             [
-                NET, PLACEMENT, SHORTCUT, NORM, INIT, WARMUP, BASE_LR, RECIPE, UNITS,
+                NET, PLACEMENT, SHORTCUT, NORM, INIT, WARMUP, BASE_LR, RECIPE, PRECISION, UNITS,
             ]
             .into_iter()
             .filter(|&c| self.has(c))
@@ -184,7 +184,8 @@ impl Table {
             })
         };
         [
-            NET, PLACEMENT, SHORTCUT, NORM, INIT, WARMUP, BASE_LR, RECIPE, PROJECTION, UNITS,
+            NET, PLACEMENT, SHORTCUT, NORM, INIT, WARMUP, BASE_LR, RECIPE, PRECISION, PROJECTION,
+            UNITS,
         ]
         .into_iter()
         .filter(|&c| {

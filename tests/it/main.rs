@@ -26,5 +26,6 @@ mod hostile_files;
 mod import;
 mod init;
 mod paths;
+mod precision;
 mod serve;
 mod unit_gradients;
