@@ -130,9 +130,10 @@ def profile(given, arrays=False, **arguments):
 
     With arrays=True, returns (DataFrame, arrays): arrays["x"][l] is x_l,
     arrays["grad"][l] is dE/dx_l and arrays["direct"][l] its direct part (the top gradient
-    carried by the shortcuts alone), NumPy float64 arrays shaped like the batch at unit l
-    (batch x width for an MLP, batch x channels x height x width for a ResNet). They hold
-    3 x (L + 1) activations: about 1.3 GB for resnet110 at batch 32.
+    carried by the shortcuts alone), NumPy arrays shaped like the batch at unit l (batch x
+    width for an MLP, batch x channels x height x width for a ResNet), float64 (float32
+    with precision="f32"). They hold 3 x (L + 1) activations: about 1.3 GB for resnet110
+    at batch 32 in f64.
 
     With model (an ONNX file, see export_onnx), the table ends with a name column: each
     row's unit by its module's name (layer1.0, ...; top for the head's input)."""

@@ -29,6 +29,7 @@ def profile(
     data: Optional[str] = None,
     model: Optional[Union[str, PathLike[str]]] = None,
     input_shape: Optional[str] = None,
+    precision: str = "f64",
     arrays: Literal[False] = False,
 ) -> pd.DataFrame: ...
 @overload
@@ -51,6 +52,7 @@ def profile(
     data: Optional[str] = None,
     model: Optional[Union[str, PathLike[str]]] = None,
     input_shape: Optional[str] = None,
+    precision: str = "f64",
     *,
     arrays: Literal[True],
 ) -> Tuple[pd.DataFrame, Arrays]: ...

@@ -13,6 +13,7 @@ use pyo3::exceptions::{PyKeyboardInterrupt, PyValueError};
 use pyo3::prelude::*;
 use pyo3::types::{PyBool, PyDict, PyList, PyTuple};
 
+use resprop::float::{Float, Precision};
 use resprop::interrupt::{Interrupt, Interrupted};
 use resprop::schema::NumericRow;
 
@@ -210,11 +211,24 @@ fn profile<'py>(
     let Command::Profile(args) = parse("profile", kwargs)? else {
         unreachable!("profile parses as profile")
     };
+    // The arrays come in the run's element type (float32 for precision="f32").
+    match args.job.precision {
+        Precision::F64 => profile_as::<f64>(py, &args.job, arrays),
+        Precision::F32 => profile_as::<f32>(py, &args.job, arrays),
+    }
+}
+
+/// [`profile`] in the element type `T`.
+fn profile_as<'py, T: Float + numpy::Element>(
+    py: Python<'py>,
+    job: &resprop::jobs::ProfileJob,
+    arrays: bool,
+) -> PyResult<(Bound<'py, PyDict>, Option<Bound<'py, PyDict>>)> {
     // The engine runs without the GIL (other Python threads go on meanwhile); Ctrl-C stops it
     // before the next unit of either pass.
     let computed = interruptible(py, "profile", |stop| -> anyhow::Result<_> {
-        let run = args.job.run(stop)?;
-        let (net, cache, grads) = (&run.analysis.net, &run.cache, &run.grads);
+        let run = job.run_as::<T>(stop)?;
+        let (net, cache, grads) = (run.net(), &run.cache, &run.grads);
         let tensors = arrays.then(|| {
             let stages = resprop::analysis::record::Stages::of(net, cache);
             let direct =
@@ -226,7 +240,7 @@ fn profile<'py>(
         // `model`, each row's unit name too).
         let args = &run.analysis.args;
         let tail = resprop::analysis::record::profile_tail(
-            net,
+            &run.analysis.net,
             run.profile.records.len(),
             args.arch.placement.name(),
             &args.arch.shortcut.to_string(),

@@ -74,6 +74,7 @@ fn report<T: Float>(args: &ProfileArgs, job: &ProfileJob, run: ProfileRun<T>) ->
         grads,
         param_grads,
         profile,
+        ..
     } = run;
     let (net_args, net, input, labels) = (
         &analysis.args,

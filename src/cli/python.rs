@@ -42,7 +42,7 @@ macro_rules! net_flags {
 pub const FUNCTIONS: &[Function] = &[
     Function {
         name: "profile",
-        flags: net_flags!(),
+        flags: net_flags!("precision"),
         required: &[],
         python_only: &[("arrays", "bool", "False")],
         returns: "pd.DataFrame",

@@ -43,12 +43,24 @@ pub struct ProfileJob {
 /// f64), the forward cache and the gradients they produced (in `T`), and the records.
 pub struct ProfileRun<T: Float = f64> {
     pub analysis: Analysis,
+    /// The network in `T` when `T` is not f64 (see [`ProfileRun::net`]).
+    cast_net: Option<Network<T>>,
     pub ctx: ForwardCtx,
     pub cache: NetCache<T>,
     pub grads: NetGrads<T>,
     /// The weight gradients (empty unless [`ProfileJob::weight_grads`]).
     pub param_grads: Grads<T>,
     pub profile: Profile,
+}
+
+impl<T: Float> ProfileRun<T> {
+    /// The network the passes ran: the analysis's, or its copy in `T`.
+    pub fn net(&self) -> &Network<T> {
+        self.cast_net
+            .as_ref()
+            .or_else(|| same_type(&self.analysis.net))
+            .expect("the network in T")
+    }
 }
 
 impl ProfileJob {
@@ -90,14 +102,14 @@ impl ProfileJob {
         } else {
             Keep::All
         };
-        let (net_t, input_t);
-        let net: &Network<T> = match same_type(&analysis.net) {
-            Some(net) => net,
-            None => {
-                net_t = analysis.net.cast();
-                &net_t
-            }
-        };
+        let cast_net = same_type::<_, Network<T>>(&analysis.net)
+            .is_none()
+            .then(|| analysis.net.cast());
+        let input_t;
+        let net: &Network<T> = cast_net
+            .as_ref()
+            .or_else(|| same_type(&analysis.net))
+            .expect("the network in T");
         let input: &Tensor<T> = match same_type(&analysis.input) {
             Some(input) => input,
             None => {
@@ -117,6 +129,7 @@ impl ProfileJob {
         let profile = build_records_until_stopped(net, &cache, &grads, stop)?;
         Ok(ProfileRun {
             analysis,
+            cast_net,
             ctx,
             cache,
             grads,

@@ -122,6 +122,7 @@ fn a_profile_or_paths_answer_is_the_command_lines_csv() {
         json!({"net": "resnet:1:basic", "image_size": 8, "batch": 4, "placement": "full-preact", "shortcut": "identity"}),
         json!({"net": "mlp", "units": 3, "width": 4, "norm": "none", "init": "fixup", "placement": "original", "unfused": true}),
         json!({"net": "resnet:1:basic", "data": "digits", "batch": 6, "seed": 2}),
+        json!({"net": "resnet:1:basic", "image_size": 8, "batch": 4, "precision": "f32"}),
     ] {
         let (status, answer) = server.post("/api/profile", request.to_string().as_bytes());
         assert_eq!(status, 200, "{request}: {answer}");

@@ -23,6 +23,7 @@ use serde_json::{json, Value as Json};
 
 use crate::cli::keywords::{self, Value};
 use crate::cli::Command;
+use crate::float::Precision;
 use crate::interrupt::Interrupt;
 
 /// The largest request body read. A job's keywords take a few hundred bytes; the server reads
@@ -369,7 +370,7 @@ fn keywords_of(state: &State, name: &str, body: &[u8]) -> Result<Vec<(String, Va
     let extra: &[&str] = if name == "paths" {
         &["sample", "window"]
     } else {
-        &["low_memory"]
+        &["low_memory", "precision"]
     };
     let mut values = Vec::new();
     for (key, v) in fields {
@@ -556,15 +557,25 @@ fn job(state: &State, name: &str, body: &[u8]) -> Reply {
     let computed = state.pool.install(|| -> anyhow::Result<(Vec<u8>, f64)> {
         match parsed {
             Command::Profile(args) => {
-                let run = args.job.run(&stop)?;
-                let a = &run.analysis.args;
+                // The records are f64 whatever the passes ran in.
+                let (analysis, profile) = match args.job.precision {
+                    Precision::F64 => {
+                        let run = args.job.run_as::<f64>(&stop)?;
+                        (run.analysis, run.profile)
+                    }
+                    Precision::F32 => {
+                        let run = args.job.run_as::<f32>(&stop)?;
+                        (run.analysis, run.profile)
+                    }
+                };
+                let a = &analysis.args;
                 let csv = crate::analysis::record::profile_csv(
-                    &run.profile,
-                    &run.analysis.net,
+                    &profile,
+                    &analysis.net,
                     a.arch.placement.name(),
                     &a.arch.shortcut.to_string(),
                 )?;
-                Ok((csv, run.profile.loss))
+                Ok((csv, profile.loss))
             }
             Command::Paths(args) => {
                 let paths = args.job.run(
