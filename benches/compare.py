@@ -7,6 +7,7 @@ Python with torch (not a dependency of resprop):
 
     cargo build --release
     python benches/compare.py --rounds 3 W1:profile W1:train W2:profile W3:train
+    python benches/compare.py --precision f32 --rounds 3 W1:profile W2:profile W3:profile
 """
 import argparse
 import os
@@ -43,7 +44,10 @@ def main():
     p.add_argument("cases", nargs="+", help="WORKLOAD:MODE, e.g. W2:profile")
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--repeat", type=int, default=7, help="timed steps per run")
+    p.add_argument("--precision", choices=["f32", "f64"], default="f64",
+                   help="the element type of both (PyTorch's default dtype)")
     a = p.parse_args()
+    print(f"{a.precision}:")
     print("| workload | mode | resprop (s) | PyTorch (s) | ratio | peak RSS resprop / PyTorch (MB) |")
     print("|---|---|---|---|---|---|")
     for case in a.cases:
@@ -52,9 +56,9 @@ def main():
         ours, theirs = [], []
         for _ in range(a.rounds):
             ours.append(run([RESPROP, "bench", "--workload", workload, "--mode", mode,
-                             "--repeat", str(a.repeat)]))
+                             "--repeat", str(a.repeat), "--precision", a.precision]))
             theirs.append(run([sys.executable, os.path.join(HERE, script), "--mode", mode,
-                               "--repeat", str(a.repeat)] + args))
+                               "--repeat", str(a.repeat), "--precision", a.precision] + args))
         t_ours = statistics.median(t for t, _ in ours)
         t_theirs = statistics.median(t for t, _ in theirs)
         print(f"| {workload} | {mode} | {t_ours:.3f} | {t_theirs:.3f} | {t_ours / t_theirs:.2f} "

@@ -48,13 +48,14 @@ def main():
     p.add_argument("--net", default="resnet110", choices=["resnet110", "resnet164", "resnet1001"])
     p.add_argument("--batch", type=int, default=32)
     p.add_argument("--mode", choices=["profile", "train"], default="profile")
+    p.add_argument("--precision", choices=["f32", "f64"], default="f64")
     p.add_argument("--repeat", type=int, default=5)
     p.add_argument("--threads", type=int, default=2)
     a = p.parse_args()
     n, bottleneck = {"resnet110": (18, False), "resnet164": (18, True), "resnet1001": (111, True)}[a.net]
     torch.set_num_threads(a.threads)
     torch.manual_seed(0)
-    torch.set_default_dtype(torch.float64)
+    torch.set_default_dtype(torch.float64 if a.precision == "f64" else torch.float32)
     stem = conv(3, 16, 3, 1)
     units, c = [], 16
     for stage, width in enumerate([16, 32, 64]):

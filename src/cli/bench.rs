@@ -13,11 +13,14 @@ use clap::{Args, ValueEnum};
 use indicatif::{ProgressBar, ProgressStyle};
 
 use crate::analysis::gaussian_batch;
+use crate::float::{Float, Precision};
 use crate::grads::Grads;
 use crate::layers::Mode;
-use crate::net::workloads::workload;
+use crate::net::workloads::{workload, Workload};
 use crate::net::Keep;
+use crate::net::Network;
 use crate::output::{emit, write_atomic};
+use crate::tensor::Tensor;
 use crate::unit::ForwardCtx;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -56,6 +59,9 @@ pub struct BenchArgs {
     /// `--workload check-sweep`: how many random configurations to check.
     #[arg(long, default_value_t = 1000)]
     pub configs: u64,
+    /// The element type of the timed steps (the network is the f64 workload, rounded).
+    #[arg(long, default_value = "f64", value_name = "f32|f64")]
+    pub precision: Precision,
     /// Time the plain layer-by-layer interpreter instead of the fused engine.
     #[arg(long)]
     pub unfused: bool,
@@ -245,7 +251,7 @@ impl BenchArgs {
                 Kind::Gemm => "the GEMM alone",
                 _ => "check on random configurations",
             };
-            for id in ["mode", "low_memory", "unfused"] {
+            for id in ["mode", "low_memory", "unfused", "precision"] {
                 g.refuse(id, false, || not_for(what))?;
             }
         }
@@ -280,8 +286,16 @@ pub fn run(args: &BenchArgs) -> Result<ExitCode> {
     })?;
     w.net
         .set_fusion(crate::unit::Fusion::from_unfused(args.unfused));
-    let net = &w.net;
+    match args.precision {
+        Precision::F64 => time_steps(args, &w, &w.net),
+        Precision::F32 => time_steps(args, &w, &w.net.cast::<f32>()),
+    }
+}
+
+/// Times `args.repeat` steps of `net` (the workload `w`, in `T`) and reports them.
+fn time_steps<T: Float>(args: &BenchArgs, w: &Workload, net: &Network<T>) -> Result<ExitCode> {
     let (input, labels) = gaussian_batch(&net.input_shape, w.batch, net.classes, 0);
+    let input: Tensor<T> = crate::tensor::cast(input);
     let ctx = ForwardCtx::forward_only(Mode::Train)
         .with_weight_grads(matches!(args.mode, BenchMode::Train));
     // Seconds for the whole step and for its forward pass.
@@ -328,10 +342,11 @@ pub fn run(args: &BenchArgs) -> Result<ExitCode> {
     let max = times.iter().cloned().fold(0.0, f64::max);
     let rss = peak_rss_mb();
     let mode = format!(
-        "{:?}{}{}",
+        "{:?}{}{}{}",
         args.mode,
         if args.low_memory { ", low memory" } else { "" },
-        if args.unfused { ", unfused" } else { "" }
+        if args.unfused { ", unfused" } else { "" },
+        if args.precision.is_f64() { "" } else { ", f32" }
     )
     .to_lowercase();
     let mut out = String::new();

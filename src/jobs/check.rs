@@ -21,6 +21,11 @@ pub struct CheckJob {
     #[arg(long)]
     #[serde(skip)]
     pub force: bool,
+    /// f64 only: the finite differences' tolerances rest on f64's rounding (f32 is refused,
+    /// with the reason).
+    #[arg(long, default_value = "f64", value_name = "f64")]
+    #[serde(skip)]
+    pub precision: crate::float::Precision,
 }
 
 impl CheckJob {
@@ -29,6 +34,9 @@ impl CheckJob {
     pub fn run(&self, stop: &Interrupt) -> Result<(Analysis, CheckReport)> {
         if self.directions == 0 {
             anyhow::bail!("--directions: at least 1");
+        }
+        if !self.precision.is_f64() {
+            anyhow::bail!("--precision: check runs in f64 only: its finite differences resolve relative errors near 1e-10, and f32 rounds at 6e-8");
         }
         let analysis = self.net.prepare(crate::net::memory::Purpose::Check)?;
         let opts = CheckOptions {

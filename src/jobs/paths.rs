@@ -28,6 +28,11 @@ pub struct PathsJob {
     #[arg(long)]
     #[serde(skip)]
     pub force: bool,
+    /// f64 only: the path-length terms sum to the backward pass to rounding (f32 is refused,
+    /// with the reason).
+    #[arg(long, default_value = "f64", value_name = "f64")]
+    #[serde(skip)]
+    pub precision: crate::float::Precision,
 }
 
 /// What `resprop paths` computes: the rows of its CSV and the network they describe.
@@ -52,6 +57,9 @@ impl PathsJob {
         stop: &crate::interrupt::Interrupt,
     ) -> Result<Paths> {
         check_samples(self.sample)?;
+        if !self.precision.is_f64() {
+            bail!("--precision: paths runs in f64 only: its path-length terms sum to the backward pass to rounding (the sum_error it reports), which f32's 6e-8 would blur");
+        }
         if !(self.window > 0.0 && self.window <= 1.0) {
             bail!("--window: a share in (0, 1], got {}", self.window);
         }

@@ -159,6 +159,12 @@ fn f32_is_refused_where_it_cannot_apply() {
         .flag("--npz", w.arg("s.npz"))
         .refused("--npz: the state file holds f64 arrays");
     assert!(!w.exists("s.npz"));
+    Argv::tiny_mlp("check")
+        .flag("--precision", "f32")
+        .refused("--precision: check runs in f64 only");
+    Argv::tiny_mlp("paths")
+        .flag("--precision", "f32")
+        .refused("--precision: paths runs in f64 only");
     let spec = |grid_extra: &str, top_extra: &str| {
         format!(
             "name = \"p\"\nclaim = \"c\"\nseed = 1\nbatch = 4\ncharts = [\"grad_ratio\"]\n{top_extra}\n[net]\nunits = 2\nwidth = 4\n\n[grid]\nplacements = [\"full-preact\"]\nshortcuts = [\"identity\"]\n{grid_extra}\n"
