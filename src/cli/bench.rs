@@ -16,7 +16,7 @@ use crate::analysis::gaussian_batch;
 use crate::float::{Float, Precision};
 use crate::grads::Grads;
 use crate::layers::Mode;
-use crate::net::workloads::{workload, Workload};
+use crate::net::workloads::{workload, About};
 use crate::net::Keep;
 use crate::net::Network;
 use crate::output::{emit, write_atomic};
@@ -287,13 +287,19 @@ pub fn run(args: &BenchArgs) -> Result<ExitCode> {
     w.net
         .set_fusion(crate::unit::Fusion::from_unfused(args.unfused));
     match args.precision {
-        Precision::F64 => time_steps(args, &w, &w.net),
-        Precision::F32 => time_steps(args, &w, &w.net.cast::<f32>()),
+        Precision::F64 => time_steps(args, &w.about(), &w.net),
+        Precision::F32 => {
+            // The f64 network is not kept beside its rounded copy.
+            let about = w.about();
+            let net = w.net.cast::<f32>();
+            drop(w);
+            time_steps(args, &about, &net)
+        }
     }
 }
 
 /// Times `args.repeat` steps of `net` (the workload `w`, in `T`) and reports them.
-fn time_steps<T: Float>(args: &BenchArgs, w: &Workload, net: &Network<T>) -> Result<ExitCode> {
+fn time_steps<T: Float>(args: &BenchArgs, w: &About, net: &Network<T>) -> Result<ExitCode> {
     let (input, labels) = gaussian_batch(&net.input_shape, w.batch, net.classes, 0);
     let input: Tensor<T> = crate::tensor::cast(input);
     let ctx = ForwardCtx::forward_only(Mode::Train)

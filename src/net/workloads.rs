@@ -15,6 +15,23 @@ pub struct Workload {
     pub batch: usize,
 }
 
+/// What a workload is, without its network.
+pub struct About {
+    pub id: &'static str,
+    pub description: &'static str,
+    pub batch: usize,
+}
+
+impl Workload {
+    pub fn about(&self) -> About {
+        About {
+            id: self.id,
+            description: self.description,
+            batch: self.batch,
+        }
+    }
+}
+
 /// The benchmark workloads: full pre-activation units, identity shortcuts, He init,
 /// BN in training mode, Gaussian inputs, 10 classes, f64.
 pub fn workload(id: &str) -> Result<Workload> {
