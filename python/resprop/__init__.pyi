@@ -105,6 +105,7 @@ def train(
     stop_after_epochs: Optional[int] = None,
     seed: int = 0,
     unfused: bool = False,
+    precision: str = "f64",
 ) -> Tuple[pd.DataFrame, pd.DataFrame]: ...
 def paths(
     net: str = "mlp",

@@ -38,6 +38,7 @@ def assert_frames_equal(df, cli):
     dict(net="resnet:1:basic", epochs=1, batch=128, downsample=2, test_subset=100),
     dict(net="mlp", units=4, width=8, epochs=2, placement="original", norm="none",
          init="fixup", recipe="fixup"),
+    dict(net="resnet:1:basic", epochs=1, batch=128, precision="f32"),
 ])
 def test_train_equals_the_cli_csvs(tmp_path, kwargs):
     steps, grads = resprop.train(**kwargs)

@@ -5,12 +5,13 @@ use anyhow::Result;
 use ndarray::Axis;
 
 use crate::data::Split;
+use crate::float::Float;
 use crate::layers::Mode;
 use crate::net::Network;
 use crate::unit::ForwardCtx;
 
 /// The share of rows whose largest probability is not at the label.
-pub fn error_rate(probs: &ndarray::Array2<f64>, labels: &[usize]) -> f64 {
+pub fn error_rate<T: Float>(probs: &ndarray::Array2<T>, labels: &[usize]) -> f64 {
     let wrong = probs
         .axis_iter(Axis(0))
         .zip(labels)
@@ -26,13 +27,13 @@ pub fn error_rate(probs: &ndarray::Array2<f64>, labels: &[usize]) -> f64 {
 }
 
 /// Loss and error on the test split, BN in evaluation mode, in batches of 500.
-pub fn evaluate(net: &Network, data: &Split, flat: bool) -> Result<(f64, f64)> {
+pub fn evaluate<T: Float>(net: &Network<T>, data: &Split, flat: bool) -> Result<(f64, f64)> {
     evaluate_on(net, &data.test, data.test.len(), flat)
 }
 
 /// Loss and error on the first `n` images of `set`, BN in evaluation mode, in batches of 500.
-pub fn evaluate_on(
-    net: &Network,
+pub fn evaluate_on<T: Float>(
+    net: &Network<T>,
     set: &crate::data::Dataset,
     n: usize,
     flat: bool,
@@ -44,6 +45,7 @@ pub fn evaluate_on(
     let (mut loss, mut wrong) = (0.0, 0.0);
     for chunk in idx.chunks(500) {
         let (x, y) = set.batch(chunk, flat);
+        let x: crate::tensor::Tensor<T> = crate::tensor::cast(x);
         let (chunk_loss, probs) = net.predict(&x, &y, &ctx)?;
         loss += chunk_loss * chunk.len() as f64;
         wrong += error_rate(&probs, &y) * chunk.len() as f64;

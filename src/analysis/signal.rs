@@ -27,10 +27,14 @@ pub struct WeightInput {
     pub var: f64,
 }
 
-fn mean_var(x: &Tensor) -> (f64, f64) {
+fn mean_var<T: Float>(x: &Tensor<T>) -> (f64, f64) {
     let n = x.len() as f64;
-    let mean = x.iter().sum::<f64>() / n;
-    let var = x.iter().map(|v| (v - mean) * (v - mean)).sum::<f64>() / n;
+    let mean = x.iter().map(|v| v.as_f64()).sum::<f64>() / n;
+    let var = x
+        .iter()
+        .map(|v| (v.as_f64() - mean) * (v.as_f64() - mean))
+        .sum::<f64>()
+        / n;
     (mean, var)
 }
 
@@ -67,7 +71,7 @@ pub fn channel_stats<T: Float>(x: &Tensor<T>) -> ChannelStats {
 
 /// The short name of a weight op inside a unit, from its parameter name (`unit3.branch.w2` ->
 /// `w2`, `unit18.proj` -> `proj`).
-fn layer_name(op: &Op) -> Option<String> {
+fn layer_name<T: Float>(op: &Op<T>) -> Option<String> {
     let name = match op {
         Op::Dense(d) => &d.name,
         Op::Conv(c) => &c.name,
@@ -77,13 +81,13 @@ fn layer_name(op: &Op) -> Option<String> {
 }
 
 /// Runs `ops` one by one from `x`, recording the input of every weight layer.
-fn record(
-    ops: &[Op],
-    mut x: Tensor,
+fn record<T: Float>(
+    ops: &[Op<T>],
+    mut x: Tensor<T>,
     mode: Mode,
     unit: usize,
     out: &mut Vec<WeightInput>,
-) -> Tensor {
+) -> Tensor<T> {
     for op in ops {
         if let Some(layer) = layer_name(op) {
             let (mean, var) = mean_var(&x);
@@ -101,9 +105,9 @@ fn record(
 
 /// The input statistics of every weight layer of every unit (branch, projection and gate),
 /// BN in `mode`, for the batch `input`.
-pub fn weight_inputs(
-    net: &Network,
-    input: &Tensor,
+pub fn weight_inputs<T: Float>(
+    net: &Network<T>,
+    input: &Tensor<T>,
     labels: &[usize],
     mode: Mode,
 ) -> Result<Vec<WeightInput>> {

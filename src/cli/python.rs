@@ -84,6 +84,7 @@ pub const FUNCTIONS: &[Function] = &[
             "stop_after_epochs",
             "seed",
             "unfused",
+            "precision",
         ],
         required: &[],
         python_only: &[],

@@ -345,25 +345,43 @@ pub(super) fn train_cell_net(
         signal: true,
         seed,
     };
-    let h = train(
-        net,
-        data,
-        &cfg,
-        Resume::default(),
-        t.epochs,
-        |row, total| {
-            stop.check(|| {
-                format!(
-                    "in cell {} after step {} of {}",
-                    cell.index,
-                    row.step + 1,
-                    total
-                )
-            })?;
-            Ok(())
-        },
-        |_, _, _, _| Ok(()),
-    )?;
+    let progress = |row: &crate::train::StepRow, total: usize| {
+        stop.check(|| {
+            format!(
+                "in cell {} after step {} of {}",
+                cell.index,
+                row.step + 1,
+                total
+            )
+        })?;
+        Ok(())
+    };
+    let h = match cell.precision {
+        Precision::F64 => train(
+            net,
+            data,
+            &cfg,
+            Resume::default(),
+            t.epochs,
+            progress,
+            |_, _, _, _| Ok(()),
+        )?,
+        Precision::F32 => {
+            // Steps in f32; the trained network comes back widened to f64 (exactly).
+            let mut net32 = net.cast::<f32>();
+            let h = train(
+                &mut net32,
+                data,
+                &cfg,
+                Resume::default(),
+                t.epochs,
+                progress,
+                |_, _, _, _| Ok(()),
+            )?;
+            *net = net32.cast();
+            h
+        }
+    };
     let warning = h.diverged.as_ref().map(|d| {
         format!(
             "cell {} ({} {} {}): {d}",

@@ -851,9 +851,9 @@ pub fn parse_spec(text: &str) -> Result<Spec> {
         .iter()
         .any(|g| g.precisions.iter().any(|p| !p.is_f64()))
     {
-        if task != Task::Profile {
+        if !matches!(task, Task::Profile | Task::Train(_)) {
             bail!(
-                "grid.precisions: f32 runs profile cells (task = \"profile\"); {} runs in f64",
+                "grid.precisions: f32 runs profile and training cells; {} runs in f64",
                 task.name()
             );
         }

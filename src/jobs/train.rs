@@ -108,6 +108,11 @@ pub struct TrainJob {
     /// numbers, slower).
     #[arg(long)]
     pub unfused: bool,
+    /// The element type of the steps: f64 (the reference) or f32 (faster, half the memory;
+    /// the network starts as its f64 twin rounded, the checkpoint holds its values widened).
+    #[arg(long, default_value = "f64", value_name = "f32|f64")]
+    #[serde(skip_serializing_if = "crate::float::Precision::is_f64")]
+    pub precision: crate::float::Precision,
     /// Run even when the training is estimated to take more than a day.
     #[arg(long)]
     #[serde(skip)]
@@ -308,6 +313,7 @@ impl TrainJob {
             seed: args.seed,
             data: args.data.to_string(),
             data_sha256: data.fingerprint(),
+            precision: args.precision,
         };
         // Last of the checks, so that a run refused for another reason leaves no lock file.
         let lock = args.claim_checkpoint()?;
@@ -393,14 +399,33 @@ impl TrainJob {
                 None => Ok(()),
             }
         };
-        train(
-            &mut t.net,
-            &t.data,
-            &t.cfg,
-            std::mem::take(&mut t.resume),
-            stop,
-            progress,
-            save,
-        )
+        let resume = std::mem::take(&mut t.resume);
+        match self.precision {
+            crate::float::Precision::F64 => {
+                train(&mut t.net, &t.data, &t.cfg, resume, stop, progress, save)
+            }
+            crate::float::Precision::F32 => {
+                // Steps in f32; checkpoints and the trained network handed back hold its
+                // values widened to f64 (exactly).
+                let mut net = t.net.cast::<f32>();
+                let save = |epoch: usize,
+                            net: &crate::net::Network<f32>,
+                            optimizer: &crate::train::Optimizer<f32>,
+                            h: &History| {
+                    save(epoch, &net.cast(), &optimizer.cast(), h)
+                };
+                let history = train(
+                    &mut net,
+                    &t.data,
+                    &t.cfg,
+                    resume.cast(),
+                    stop,
+                    progress,
+                    save,
+                )?;
+                t.net = net.cast();
+                Ok(history)
+            }
+        }
     }
 }

@@ -111,7 +111,9 @@ pub fn apply(net: &mut Network) -> Result<()> {
 /// every parameter whose name holds `bias` or `scale` in its own group at a tenth of the base
 /// rate. Here: every bias (the scalar biases, the classifier's and any dense layer's, all named
 /// `*.b`) and the branch multipliers (`unit{l}.fixup.scale.a`).
-pub fn scalar_param_names(net: &Network) -> std::collections::BTreeSet<String> {
+pub fn scalar_param_names<T: crate::float::Float>(
+    net: &Network<T>,
+) -> std::collections::BTreeSet<String> {
     let mut names = std::collections::BTreeSet::new();
     net.visit_params(&mut |name, _| {
         if name.ends_with(".b") || name.ends_with(".fixup.scale.a") {

@@ -193,6 +193,10 @@ pub struct RunConfig {
     pub seed: u64,
     pub data: String,
     pub data_sha256: String,
+    /// The element type the run steps in (absent for f64, and before `--precision`). The
+    /// checkpoint holds f64 arrays either way: an f32 run's values, widened exactly.
+    #[serde(default, skip_serializing_if = "crate::float::Precision::is_f64")]
+    pub precision: crate::float::Precision,
 }
 
 fn default_optimizer() -> String {
@@ -220,8 +224,13 @@ impl RunConfig {
             serde_json::to_value(now).expect("plain fields"),
         );
         let (a, b) = (a.as_object().unwrap(), b.as_object().unwrap());
+        // A field left out of one side (precision f64) counts as differing from the other's.
+        let only_now: Vec<(&String, &serde_json::Value)> =
+            b.iter().filter(|(k, _)| !a.contains_key(*k)).collect();
         a.iter()
             .filter(|(k, v)| b.get(*k) != Some(v))
+            .map(|(k, v)| (k, Some(v)))
+            .chain(only_now.into_iter().map(|(k, _)| (k, None)))
             .map(|(k, v)| {
                 let show = |v: Option<&serde_json::Value>| {
                     v.map_or("none".to_string(), |v| match v {
@@ -230,12 +239,19 @@ impl RunConfig {
                         other => other.to_string(),
                     })
                 };
-                format!(
-                    "{}: checkpoint {}, now {}",
-                    k.replace('_', "-"),
-                    show(Some(v)),
-                    show(b.get(k))
-                )
+                // A field left out is at its default (precision: f64).
+                let default = || (k == "precision").then(|| "f64".to_string());
+                let (was, now) = (
+                    v.map_or_else(
+                        || default().unwrap_or_else(|| show(None)),
+                        |v| show(Some(v)),
+                    ),
+                    b.get(k).map_or_else(
+                        || default().unwrap_or_else(|| show(None)),
+                        |v| show(Some(v)),
+                    ),
+                );
+                format!("{}: checkpoint {was}, now {now}", k.replace('_', "-"))
             })
             .collect()
     }

@@ -8,6 +8,7 @@ use rand::seq::SliceRandom;
 
 use crate::analysis::record::{fmt_f64, gradient_ratios};
 use crate::data::{augment, Split};
+use crate::float::Float;
 use crate::grads::Grads;
 use crate::layers::Mode;
 use crate::net::Network;
@@ -179,7 +180,7 @@ impl Warmup {
 
 impl TrainConfig {
     /// A fresh optimizer for this run.
-    pub fn new_optimizer(&self) -> Optimizer {
+    pub fn new_optimizer<T: Float>(&self) -> Optimizer<T> {
         match self.optimizer {
             OptimizerKind::Sgd => Optimizer::Sgd(Sgd::new(self.momentum, self.weight_decay)),
             OptimizerKind::Adam => {
@@ -376,25 +377,47 @@ pub struct History {
 }
 
 /// Where a run starts: from scratch, or from a checkpoint at an epoch boundary.
-#[derive(Debug, Clone, Default)]
-pub struct Resume {
+#[derive(Debug, Clone)]
+pub struct Resume<T: Float = f64> {
     pub epoch: usize,
-    pub optimizer: Option<Optimizer>,
+    pub optimizer: Option<Optimizer<T>>,
     pub history: History,
+}
+
+impl<T: Float> Default for Resume<T> {
+    fn default() -> Self {
+        Resume {
+            epoch: 0,
+            optimizer: None,
+            history: History::default(),
+        }
+    }
+}
+
+impl Resume {
+    /// The same point of the run, its optimizer state in `T` (an f32 run resumed from an
+    /// f64 checkpoint).
+    pub fn cast<T: Float>(self) -> Resume<T> {
+        Resume {
+            epoch: self.epoch,
+            optimizer: self.optimizer.map(|o| o.cast()),
+            history: self.history,
+        }
+    }
 }
 
 /// Trains `net` on `data` for epochs `resume.epoch..stop_epoch`, calling `progress` after each
 /// step (an error from it stops the run, e.g. [`crate::interrupt::Interrupted`]) and `end_of_epoch(epoch, net, optimizer, history)` after each epoch (for checkpoints). A
 /// diverged run stops and keeps what it recorded. Every random draw derives from (seed, epoch or
 /// step), so a run resumed at an epoch boundary continues bit for bit.
-pub fn train(
-    net: &mut Network,
+pub fn train<T: Float>(
+    net: &mut Network<T>,
     data: &Split,
     cfg: &TrainConfig,
-    resume: Resume,
+    resume: Resume<T>,
     stop_epoch: usize,
     mut progress: impl FnMut(&StepRow, usize) -> Result<()>,
-    mut end_of_epoch: impl FnMut(usize, &Network, &Optimizer, &History) -> Result<()>,
+    mut end_of_epoch: impl FnMut(usize, &Network<T>, &Optimizer<T>, &History) -> Result<()>,
 ) -> Result<History> {
     if data.train.len() < cfg.batch {
         bail!(
@@ -409,7 +432,7 @@ pub fn train(
         base_lr: cfg.base_lr,
         total_steps: steps_per_epoch * cfg.epochs,
     };
-    let mut optimizer = resume.optimizer.unwrap_or_else(|| cfg.new_optimizer());
+    let mut optimizer = resume.optimizer.unwrap_or_else(|| cfg.new_optimizer::<T>());
     let rates = if cfg.scalar_lr_factor == 1.0 {
         RateFactors::uniform()
     } else {
@@ -426,13 +449,15 @@ pub fn train(
         let idx: Vec<usize> = (0..SIGNAL_IMAGES.min(data.train.len())).collect();
         data.train.batch(&idx, flat)
     };
-    let record_signal = |net: &Network, when: &'static str, history: &mut History| -> Result<()> {
-        let (x, y) = signal_batch();
-        for input in crate::analysis::signal::weight_inputs(net, &x, &y, Mode::Train)? {
-            history.signal.push(SignalRow { when, input });
-        }
-        Ok(())
-    };
+    let record_signal =
+        |net: &Network<T>, when: &'static str, history: &mut History| -> Result<()> {
+            let (x, y) = signal_batch();
+            let x: crate::tensor::Tensor<T> = crate::tensor::cast(x);
+            for input in crate::analysis::signal::weight_inputs(net, &x, &y, Mode::Train)? {
+                history.signal.push(SignalRow { when, input });
+            }
+            Ok(())
+        };
     if cfg.signal && resume.epoch == 0 {
         record_signal(net, "init", &mut history)?;
     }
@@ -455,6 +480,8 @@ pub fn train(
                     &mut rng(derive_seed(cfg.seed, &[purpose::DIRECTIONS, step as u64])),
                 );
             }
+            // Augmented in f64, then rounded: an f32 run sees its f64 twin's batch.
+            let x: crate::tensor::Tensor<T> = crate::tensor::cast(x);
             let record = cfg.record_every > 0 && step.is_multiple_of(cfg.record_every);
             let ctx = ForwardCtx::training_step(cfg.seed, step);
             let cache = net.forward(&x, &y, &ctx)?;

@@ -9,6 +9,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
+use crate::float::Float;
 use crate::grads::Grads;
 use crate::net::Network;
 use crate::tensor::Tensor;
@@ -107,14 +108,14 @@ impl RateFactors {
 
 /// SGD with momentum and L2 weight decay.
 #[derive(Debug, Clone)]
-pub struct Sgd {
+pub struct Sgd<T: Float = f64> {
     pub momentum: f64,
     pub weight_decay: f64,
     /// Momentum buffers by parameter name.
-    pub velocity: BTreeMap<String, Tensor>,
+    pub velocity: BTreeMap<String, Tensor<T>>,
 }
 
-impl Sgd {
+impl<T: Float> Sgd<T> {
     pub fn new(momentum: f64, weight_decay: f64) -> Self {
         Sgd {
             momentum,
@@ -124,15 +125,15 @@ impl Sgd {
     }
 
     /// One update of every parameter that has a gradient, each at `lr` times its factor.
-    pub fn step(&mut self, net: &mut Network, grads: &Grads, lr: f64, rates: &RateFactors) {
-        let (m, wd) = (self.momentum, self.weight_decay);
+    pub fn step(&mut self, net: &mut Network<T>, grads: &Grads<T>, lr: f64, rates: &RateFactors) {
+        let (m, wd) = (T::of_f64(self.momentum), T::of_f64(self.weight_decay));
         let velocity = &mut self.velocity;
         net.visit_params_mut(&mut |name, w| {
             let Some(g) = grads.get(&name) else { return };
-            let lr = lr * rates.of(&name);
+            let lr = T::of_f64(lr * rates.of(&name));
             let v = velocity
                 .entry(name)
-                .or_insert_with(|| Tensor::zeros(w.raw_dim()));
+                .or_insert_with(|| Tensor::<T>::zeros(w.raw_dim()));
             ndarray::Zip::from(&mut *v)
                 .and(g)
                 .and(&*w)
@@ -144,7 +145,7 @@ impl Sgd {
 
 /// Adam, bias-corrected; see the module's header.
 #[derive(Debug, Clone)]
-pub struct Adam {
+pub struct Adam<T: Float = f64> {
     pub beta1: f64,
     pub beta2: f64,
     pub eps: f64,
@@ -153,11 +154,11 @@ pub struct Adam {
     /// Steps taken (`t` of the bias correction).
     pub t: u64,
     /// First and second moments by parameter name.
-    pub m: BTreeMap<String, Tensor>,
-    pub v: BTreeMap<String, Tensor>,
+    pub m: BTreeMap<String, Tensor<T>>,
+    pub v: BTreeMap<String, Tensor<T>>,
 }
 
-impl Adam {
+impl<T: Float> Adam<T> {
     /// PyTorch's defaults for the moments: `b1 = 0.9`, `b2 = 0.999`, `eps = 1e-8`.
     pub fn new(weight_decay: f64, mode: WeightDecayMode) -> Self {
         Adam {
@@ -172,7 +173,7 @@ impl Adam {
         }
     }
 
-    pub fn step(&mut self, net: &mut Network, grads: &Grads, lr: f64, rates: &RateFactors) {
+    pub fn step(&mut self, net: &mut Network<T>, grads: &Grads<T>, lr: f64, rates: &RateFactors) {
         self.t += 1;
         let (b1, b2, eps, wd, mode) = (
             self.beta1,
@@ -191,8 +192,9 @@ impl Adam {
                 w,
                 g,
                 ms.entry(name.clone())
-                    .or_insert_with(|| Tensor::zeros(w.raw_dim())),
-                vs.entry(name).or_insert_with(|| Tensor::zeros(w.raw_dim())),
+                    .or_insert_with(|| Tensor::<T>::zeros(w.raw_dim())),
+                vs.entry(name)
+                    .or_insert_with(|| Tensor::<T>::zeros(w.raw_dim())),
                 AdamStep {
                     lr,
                     b1,
@@ -222,42 +224,82 @@ struct AdamStep {
 }
 
 /// One parameter's Adam update, in place.
-fn adam_update(w: &mut Tensor, g: &Tensor, m: &mut Tensor, v: &mut Tensor, s: AdamStep) {
+fn adam_update<T: Float>(
+    w: &mut Tensor<T>,
+    g: &Tensor<T>,
+    m: &mut Tensor<T>,
+    v: &mut Tensor<T>,
+    s: AdamStep,
+) {
+    let c = T::of_f64;
     if s.mode == WeightDecayMode::Decoupled {
-        w.mapv_inplace(|w| w * (1.0 - s.lr * s.wd));
+        let shrink = c(1.0 - s.lr * s.wd);
+        w.mapv_inplace(|w| w * shrink);
     }
-    let l2 = if s.mode == WeightDecayMode::L2 {
+    let l2 = c(if s.mode == WeightDecayMode::L2 {
         s.wd
     } else {
         0.0
-    };
+    });
+    let (b1, b2, one_b1, one_b2) = (c(s.b1), c(s.b2), c(1.0 - s.b1), c(1.0 - s.b2));
+    let (lr, c1, c2, eps) = (c(s.lr), c(s.c1), c(s.c2), c(s.eps));
     ndarray::Zip::from(w)
         .and(g)
         .and(m)
         .and(v)
         .for_each(|w, &g, m, v| {
             let g = g + l2 * *w;
-            *m = s.b1 * *m + (1.0 - s.b1) * g;
-            *v = s.b2 * *v + (1.0 - s.b2) * g * g;
-            *w -= s.lr * (*m / s.c1) / ((*v / s.c2).sqrt() + s.eps);
+            *m = b1 * *m + one_b1 * g;
+            *v = b2 * *v + one_b2 * g * g;
+            *w -= lr * (*m / c1) / ((*v / c2).sqrt() + eps);
         });
 }
 
 /// The optimizer of a run.
 #[derive(Debug, Clone)]
-pub enum Optimizer {
-    Sgd(Sgd),
-    Adam(Adam),
+pub enum Optimizer<T: Float = f64> {
+    Sgd(Sgd<T>),
+    Adam(Adam<T>),
 }
 
-impl Optimizer {
-    pub fn step(&mut self, net: &mut Network, grads: &Grads, lr: f64, rates: &RateFactors) {
+impl<T: Float> Optimizer<T> {
+    /// The optimizer's state in another element type (rounded to nearest when narrowing):
+    /// checkpoints hold f64, an f32 run steps in f32.
+    pub fn cast<U: Float>(&self) -> Optimizer<U> {
+        let map = |m: &BTreeMap<String, Tensor<T>>| -> BTreeMap<String, Tensor<U>> {
+            m.iter()
+                .map(|(n, t)| (n.clone(), crate::tensor::cast_ref(t)))
+                .collect()
+        };
+        match self {
+            Optimizer::Sgd(o) => Optimizer::Sgd(Sgd {
+                momentum: o.momentum,
+                weight_decay: o.weight_decay,
+                velocity: map(&o.velocity),
+            }),
+            Optimizer::Adam(o) => Optimizer::Adam(Adam {
+                beta1: o.beta1,
+                beta2: o.beta2,
+                eps: o.eps,
+                weight_decay: o.weight_decay,
+                mode: o.mode,
+                t: o.t,
+                m: map(&o.m),
+                v: map(&o.v),
+            }),
+        }
+    }
+
+    pub fn step(&mut self, net: &mut Network<T>, grads: &Grads<T>, lr: f64, rates: &RateFactors) {
         match self {
             Optimizer::Sgd(o) => o.step(net, grads, lr, rates),
             Optimizer::Adam(o) => o.step(net, grads, lr, rates),
         }
     }
+}
 
+/// Checkpoints hold f64: the state of an f32 run is cast first.
+impl Optimizer {
     /// The state a checkpoint keeps, as named tensors: `velocity/<param>` (SGD), or
     /// `adam_m/<param>`, `adam_v/<param>` and `adam_t` (Adam).
     pub fn state(&self) -> Vec<(String, Tensor)> {
@@ -346,7 +388,7 @@ mod tests {
                 [0.4826812519662487, -0.9935103543836423, 1.9739969403424882],
             ),
         ] {
-            let mut w = Tensor::from_shape_vec(IxDyn(&[3]), vec![0.5, -1.0, 2.0]).unwrap();
+            let mut w: Tensor = Tensor::from_shape_vec(IxDyn(&[3]), vec![0.5, -1.0, 2.0]).unwrap();
             let (mut m, mut v) = (Tensor::zeros(IxDyn(&[3])), Tensor::zeros(IxDyn(&[3])));
             for (t, g) in gs.iter().enumerate() {
                 let g = Tensor::from_shape_vec(IxDyn(&[3]), g.to_vec()).unwrap();

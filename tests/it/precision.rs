@@ -234,3 +234,95 @@ fn the_precision_column_appears_only_with_f32() {
         .collect();
     assert_eq!(f64_rows, plain_rows);
 }
+
+/// Training in f32: a run stopped and resumed from its checkpoint is bit-identical to one
+/// that ran through (the checkpoint holds the f32 values widened, which round back exactly);
+/// the same for 1 and 2 threads; a resume in the other precision is refused; the checkpoint
+/// profiles like any other; and the f32 run trains.
+#[test]
+fn f32_training_resumes_bit_for_bit_and_refuses_the_other_precision() {
+    let w = Work::new();
+    let train = "train --net mlp --units 4 --width 32 --epochs 3 --precision f32";
+    Argv::new(train)
+        .flag("--csv", w.arg("full.csv"))
+        .flag("--threads", 1)
+        .ok();
+    Argv::new(train)
+        .flag("--csv", w.arg("two.csv"))
+        .flag("--threads", 2)
+        .ok();
+    assert_eq!(w.bytes("full.csv"), w.bytes("two.csv"), "1 and 2 threads");
+    Argv::new(train)
+        .flag("--checkpoint", w.arg("ck"))
+        .flag("--stop-after-epochs", 1)
+        .flag("--csv", w.arg("part.csv"))
+        .ok();
+    Argv::new(train)
+        .flag("--checkpoint", w.arg("ck"))
+        .switch("--resume")
+        .flag("--csv", w.arg("resumed.csv"))
+        .ok();
+    assert_eq!(w.bytes("full.csv"), w.bytes("resumed.csv"), "resumed");
+    Argv::new("train --net mlp --units 4 --width 32 --epochs 3")
+        .flag("--checkpoint", w.arg("ck"))
+        .switch("--resume")
+        .refused("precision: checkpoint f32, now f64");
+    Argv::new("profile")
+        .flag("--weights", w.arg("ck/checkpoint.npz"))
+        .flag("--csv", w.arg("p.csv"))
+        .ok();
+    // The last epoch's test error, against chance (90%) on the digits.
+    let full = w.read("full.csv");
+    let header: Vec<&str> = full.lines().next().unwrap().split(',').collect();
+    let at = header.iter().position(|h| *h == "test_error").unwrap();
+    let last: f64 = full
+        .lines()
+        .rev()
+        .find_map(|l| l.split(',').nth(at).and_then(|v| v.parse().ok()))
+        .unwrap();
+    assert!(last < 0.2, "test error {last}");
+}
+
+/// An experiment's training cells in both precisions: the f64 cells are those of an f64-only
+/// spec, byte for byte; the f32 ones differ from them (they ran in f32) but train.
+#[test]
+fn a_training_grid_runs_f32_beside_f64() {
+    let w = Work::new();
+    let spec = |precisions: &str| {
+        format!(
+            "name = \"t\"\nclaim = \"c\"\nseed = 5\ntask = \"train\"\ncharts = [\"train_curves\"]\n[net]\nunits = 3\nwidth = 16\n[train]\nepochs = 2\nbatch = 64\nrecord_every = 5\n[grid]\nnets = [\"mlp\"]\nplacements = [\"full-preact\"]\nshortcuts = [\"identity\"]\n{precisions}\n"
+        )
+    };
+    w.write("a.toml", spec(""));
+    w.write("b.toml", spec("precisions = [\"f64\", \"f32\"]"));
+    w.cmd("run", "a.toml", "out_a").ok();
+    w.cmd("run", "b.toml", "out_b").ok();
+    let plain = w.read("out_a/t/train.csv");
+    let both = w.read("out_b/t/train.csv");
+    let header: Vec<&str> = both.lines().next().unwrap().split(',').collect();
+    let p = header.iter().position(|h| *h == "precision").unwrap();
+    let rows = |precision: &str| -> Vec<String> {
+        both.lines()
+            .skip(1)
+            .filter(|l| l.split(',').nth(p) == Some(precision))
+            .map(|l| {
+                let mut f: Vec<&str> = l.split(',').collect();
+                f.remove(p);
+                f.remove(1);
+                f.join(",")
+            })
+            .collect()
+    };
+    let plain_rows: Vec<String> = plain
+        .lines()
+        .skip(1)
+        .map(|l| {
+            let mut f: Vec<&str> = l.split(',').collect();
+            f.remove(1);
+            f.join(",")
+        })
+        .collect();
+    assert_eq!(rows("f64"), plain_rows);
+    assert_eq!(rows("f32").len(), plain_rows.len());
+    assert_ne!(rows("f32"), plain_rows);
+}
