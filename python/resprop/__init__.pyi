@@ -148,6 +148,7 @@ def lesion(
     data: Optional[str] = None,
     model: Optional[Union[str, PathLike[str]]] = None,
     draws: int = 5,
+    precision: str = "f64",
 ) -> pd.DataFrame: ...
 def shatter(
     depths: Sequence[int] = (1, 10, 24, 50),
@@ -155,6 +156,7 @@ def shatter(
     replicates: int = 8,
     seed: int = 0,
     placement: str = "original",
+    precision: str = "f64",
 ) -> Tuple[pd.DataFrame, pd.DataFrame]: ...
 def run(
     spec: Union[str, PathLike[str]],

@@ -9,6 +9,7 @@ use anyhow::{bail, Result};
 use rand::seq::index::sample;
 
 use crate::data::Split;
+use crate::float::Float;
 use crate::layers::branch_scale::BranchScale;
 use crate::net::Network;
 use crate::rng::{derive_seed, rng};
@@ -16,7 +17,7 @@ use crate::unit::{Op, ResidualUnit, ShortcutKind};
 
 /// Unit `u` with its branch deleted: the branch's output multiplied by 0 (it still runs, so
 /// shape-changing units keep their output shape); for a plain unit, the identity.
-pub fn delete_branch(u: &ResidualUnit) -> Result<ResidualUnit> {
+pub fn delete_branch<T: Float>(u: &ResidualUnit<T>) -> Result<ResidualUnit<T>> {
     let mut out = u.clone();
     if u.shortcut == ShortcutKind::None {
         if u.changes_shape {
@@ -28,10 +29,9 @@ pub fn delete_branch(u: &ResidualUnit) -> Result<ResidualUnit> {
         out.after_add.clear();
         out.branch = Vec::new();
     }
-    out.branch.push(Op::BranchScale(BranchScale::scalar(
-        &format!("unit{}.lesion", u.index),
-        0.0,
-    )));
+    out.branch.push(Op::BranchScale(
+        BranchScale::scalar(&format!("unit{}.lesion", u.index), 0.0).cast(),
+    ));
     Ok(out)
 }
 
@@ -46,7 +46,7 @@ pub fn deletable(net: &Network) -> Vec<usize> {
 }
 
 /// `net` with the units in `deleted` removed.
-pub fn lesioned(net: &Network, deleted: &[usize]) -> Result<Network> {
+pub fn lesioned<T: Float>(net: &Network<T>, deleted: &[usize]) -> Result<Network<T>> {
     let mut out = net.clone();
     for &l in deleted {
         out.units[l] = delete_branch(&net.units[l])?;
@@ -55,7 +55,7 @@ pub fn lesioned(net: &Network, deleted: &[usize]) -> Result<Network> {
 }
 
 /// Test error of `net` with `deleted` removed (BN in evaluation mode, the whole test split).
-pub fn test_error(net: &Network, data: &Split, deleted: &[usize]) -> Result<f64> {
+pub fn test_error<T: Float>(net: &Network<T>, data: &Split, deleted: &[usize]) -> Result<f64> {
     let flat = net.input_shape.len() == 1;
     Ok(super::evaluate::evaluate(&lesioned(net, deleted)?, data, flat)?.1)
 }
@@ -134,8 +134,8 @@ pub fn plan(net: &Network, n_draws: usize, seed: u64) -> Vec<Lesion> {
 }
 
 /// The test error of every lesion, in parallel (each its own network: no order dependence).
-pub fn run(
-    net: &Network,
+pub fn run<T: Float>(
+    net: &Network<T>,
     data: &Split,
     lesions: &[Lesion],
     progress: &(dyn Fn() + Sync),

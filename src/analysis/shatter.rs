@@ -95,6 +95,7 @@ pub fn study(
     placement: Placement,
     seed: u64,
     force: bool,
+    precision: crate::float::Precision,
 ) -> Result<Study> {
     if depths.is_empty() || depths.contains(&0) {
         bail!("depths: every depth must be at least 1");
@@ -144,13 +145,15 @@ pub fn study(
         for &depth in depths {
             let series = (0..replicates)
                 .map(|rep| {
-                    gradients(
-                        family,
-                        depth,
-                        width,
-                        placement,
-                        derive_seed(seed, &[rep as u64]),
-                    )
+                    let seed = derive_seed(seed, &[rep as u64]);
+                    match precision {
+                        crate::float::Precision::F64 => {
+                            gradients_as::<f64>(family, depth, width, placement, seed)
+                        }
+                        crate::float::Precision::F32 => {
+                            gradients_as::<f32>(family, depth, width, placement, seed)
+                        }
+                    }
                 })
                 .collect::<Result<Vec<_>>>()?;
             out.autocorrelations.push(Autocorrelation {
@@ -199,19 +202,34 @@ pub fn gradients(
     placement: Placement,
     seed: u64,
 ) -> Result<Vec<f64>> {
+    gradients_as::<f64>(family, depth, width, placement, seed)
+}
+
+/// [`gradients`] with the passes in `T` (the net and the sweep rounded from f64; the
+/// derivatives widened back).
+fn gradients_as<T: crate::float::Float>(
+    family: Family,
+    depth: usize,
+    width: usize,
+    placement: Placement,
+    seed: u64,
+) -> Result<Vec<f64>> {
     if depth == 0 || width == 0 {
         bail!("depth and width must be at least 1 (got {depth}, {width})");
     }
-    let net = build(family, depth, width, placement, seed)?;
+    let net: crate::net::Network<T> = build(family, depth, width, placement, seed)?.cast();
     let xs = sweep();
-    let input = Tensor::from_shape_vec(ndarray::IxDyn(&[POINTS, 1]), xs)?;
+    let input: Tensor<T> =
+        crate::tensor::cast(Tensor::from_shape_vec(ndarray::IxDyn(&[POINTS, 1]), xs)?);
     let labels = vec![0; POINTS];
     let ctx = ForwardCtx::forward_only(Mode::Train);
     let cache = net.forward(&input, &labels, &ctx)?;
-    let mut grad_logits = Tensor::zeros(ndarray::IxDyn(&[POINTS, 2]));
-    grad_logits.index_axis_mut(ndarray::Axis(1), 0).fill(1.0);
+    let mut grad_logits = Tensor::<T>::zeros(ndarray::IxDyn(&[POINTS, 2]));
+    grad_logits
+        .index_axis_mut(ndarray::Axis(1), 0)
+        .fill(T::one());
     let g = net.input_gradient(&cache, grad_logits);
-    Ok(g.iter().copied().collect())
+    Ok(g.iter().map(|v| v.as_f64()).collect())
 }
 
 /// A comparison net's input: a scalar, and two classes.

@@ -118,6 +118,7 @@ pub const FUNCTIONS: &[Function] = &[
             "data",
             "model",
             "draws",
+            "precision",
         ],
         required: &[],
         python_only: &[],
@@ -125,7 +126,14 @@ pub const FUNCTIONS: &[Function] = &[
     },
     Function {
         name: "shatter",
-        flags: &["depths", "width", "replicates", "seed", "placement"],
+        flags: &[
+            "depths",
+            "width",
+            "replicates",
+            "seed",
+            "placement",
+            "precision",
+        ],
         required: &[],
         python_only: &[],
         returns: "Tuple[pd.DataFrame, pd.DataFrame]",

@@ -20,6 +20,11 @@ pub struct LesionJob {
     #[arg(long)]
     #[serde(skip)]
     pub force: bool,
+    /// The element type of the lesioned networks' forward passes: f64, or f32 (the trained
+    /// network rounded).
+    #[arg(long, default_value = "f64", value_name = "f32|f64")]
+    #[serde(skip_serializing_if = "crate::float::Precision::is_f64")]
+    pub precision: crate::float::Precision,
 }
 
 /// What `resprop lesion` measures: every lesion of the plan and its test error (the first is
@@ -74,7 +79,18 @@ impl LesionJob {
         )?;
         let lesions = plan(&analysis.net, self.draws, analysis.args.seed);
         let n = lesions.len();
-        let errors = run_lesions(&analysis.net, data, &lesions, &|| progress(n), stop)?;
+        let errors = match self.precision {
+            crate::float::Precision::F64 => {
+                run_lesions(&analysis.net, data, &lesions, &|| progress(n), stop)?
+            }
+            crate::float::Precision::F32 => run_lesions(
+                &analysis.net.cast::<f32>(),
+                data,
+                &lesions,
+                &|| progress(n),
+                stop,
+            )?,
+        };
         Ok(Lesions {
             analysis,
             lesions,

@@ -31,6 +31,10 @@ pub struct ShatterJob {
     #[arg(long)]
     #[serde(skip)]
     pub force: bool,
+    /// The element type of the networks' passes: f64, or f32 (each net its f64 twin rounded).
+    #[arg(long, default_value = "f64", value_name = "f32|f64")]
+    #[serde(skip_serializing_if = "crate::float::Precision::is_f64")]
+    pub precision: crate::float::Precision,
 }
 
 impl ShatterJob {
@@ -44,6 +48,7 @@ impl ShatterJob {
             self.placement,
             self.seed,
             self.force,
+            self.precision,
         )
         .map_err(|e| anyhow::anyhow!("--{e}"))
     }

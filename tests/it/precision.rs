@@ -326,3 +326,50 @@ fn a_training_grid_runs_f32_beside_f64() {
     assert_eq!(rows("f32").len(), plain_rows.len());
     assert_ne!(rows("f32"), plain_rows);
 }
+
+/// `lesion` and `shatter` in f32 measure what they do in f64, up to f32's rounding: the
+/// lesioned nets' test errors within one test image, the autocorrelations within 0.05 (a
+/// plain net's shattered gradient is the most sensitive to rounding).
+#[test]
+fn lesion_and_shatter_run_in_f32_close_to_f64() {
+    let w = Work::new();
+    Argv::new("train --net mlp --units 4 --width 32 --epochs 2")
+        .flag("--checkpoint", w.arg("ck"))
+        .flag("--csv", w.arg("t.csv"))
+        .ok();
+    let column = |csv: &str, name: &str| -> Vec<f64> {
+        let mut lines = csv.lines();
+        let header: Vec<&str> = lines.next().unwrap().split(',').collect();
+        let at = header.iter().position(|h| *h == name).unwrap();
+        lines
+            .map(|l| l.split(',').nth(at).unwrap().parse().unwrap())
+            .collect()
+    };
+    for p in ["f64", "f32"] {
+        Argv::new("lesion")
+            .flag("--weights", w.arg("ck/checkpoint.npz"))
+            .flag("--precision", p)
+            .flag("--csv", w.arg(format!("l{p}.csv")))
+            .ok();
+        Argv::new("shatter --depths 1,10 --width 32 --replicates 2")
+            .flag("--precision", p)
+            .flag("--csv", w.arg(format!("s{p}.csv")))
+            .ok();
+    }
+    let (l64, l32) = (
+        column(&w.read("lf64.csv"), "test_error"),
+        column(&w.read("lf32.csv"), "test_error"),
+    );
+    assert_eq!(l64.len(), l32.len());
+    for (a, b) in l64.iter().zip(&l32) {
+        assert!((a - b).abs() <= 1.0 / 360.0 + 1e-12, "{a} against {b}");
+    }
+    let (s64, s32) = (
+        column(&w.read("sf64.csv"), "autocorrelation"),
+        column(&w.read("sf32.csv"), "autocorrelation"),
+    );
+    assert_eq!(s64.len(), s32.len());
+    for (a, b) in s64.iter().zip(&s32) {
+        assert!((a - b).abs() <= 0.05, "{a} against {b}");
+    }
+}
