@@ -27,11 +27,12 @@ pub struct WeightInput {
     pub var: f64,
 }
 
-fn mean_var<T: Float>(x: &Tensor<T>) -> (f64, f64) {
-    let n = x.len() as f64;
-    let mean = x.iter().map(|v| v.as_f64()).sum::<f64>() / n;
-    let var = x
-        .iter()
+/// Mean and biased variance of `values` in f64 (two passes, in order), whatever the element
+/// type.
+fn mean_var<'a, T: Float>(values: impl ExactSizeIterator<Item = &'a T> + Clone) -> (f64, f64) {
+    let n = values.len() as f64;
+    let mean = values.clone().map(|v| v.as_f64()).sum::<f64>() / n;
+    let var = values
         .map(|v| (v.as_f64() - mean) * (v.as_f64() - mean))
         .sum::<f64>()
         / n;
@@ -50,17 +51,7 @@ pub struct ChannelStats {
 /// In f64 whatever the element type (an f32 activation's values widened exactly).
 pub fn channel_stats<T: Float>(x: &Tensor<T>) -> ChannelStats {
     let (means, vars): (Vec<f64>, Vec<f64>) = (0..x.shape()[1])
-        .map(|ch| {
-            let v = x.index_axis(ndarray::Axis(1), ch);
-            let m = v.len() as f64;
-            let mean = v.iter().map(|a| a.as_f64()).sum::<f64>() / m;
-            let var = v
-                .iter()
-                .map(|a| (a.as_f64() - mean) * (a.as_f64() - mean))
-                .sum::<f64>()
-                / m;
-            (mean, var)
-        })
+        .map(|ch| mean_var(x.index_axis(ndarray::Axis(1), ch).iter()))
         .unzip();
     let c = means.len() as f64;
     ChannelStats {
@@ -90,7 +81,7 @@ fn record<T: Float>(
 ) -> Tensor<T> {
     for op in ops {
         if let Some(layer) = layer_name(op) {
-            let (mean, var) = mean_var(&x);
+            let (mean, var) = mean_var(x.iter());
             out.push(WeightInput {
                 unit,
                 layer,

@@ -33,7 +33,7 @@ use crate::net::NetSizes;
 use crate::output::{write_atomic, write_own_file};
 use crate::rng::derive_seed;
 use crate::schema::{self, Row, TableKind};
-use crate::train::{sizes_for, train, Resume, TrainConfig};
+use crate::train::{sizes_for, train_in, Resume, TrainConfig};
 
 /// The engine that computes results: the crate version and a digest of its sources (made by
 /// `build.rs`; the charts and the command line are left out, they only present numbers).
@@ -356,32 +356,16 @@ pub(super) fn train_cell_net(
         })?;
         Ok(())
     };
-    let h = match cell.precision {
-        Precision::F64 => train(
-            net,
-            data,
-            &cfg,
-            Resume::default(),
-            t.epochs,
-            progress,
-            |_, _, _, _| Ok(()),
-        )?,
-        Precision::F32 => {
-            // Steps in f32; the trained network comes back widened to f64 (exactly).
-            let mut net32 = net.cast::<f32>();
-            let h = train(
-                &mut net32,
-                data,
-                &cfg,
-                Resume::default(),
-                t.epochs,
-                progress,
-                |_, _, _, _| Ok(()),
-            )?;
-            *net = net32.cast();
-            h
-        }
-    };
+    let h = train_in(
+        cell.precision,
+        net,
+        data,
+        &cfg,
+        Resume::default(),
+        t.epochs,
+        progress,
+        |_, _, _, _| Ok(()),
+    )?;
     let warning = h.diverged.as_ref().map(|d| {
         format!(
             "cell {} ({} {} {}): {d}",

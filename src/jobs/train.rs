@@ -9,7 +9,7 @@ use clap::Args;
 use serde::Serialize;
 
 use crate::net::NetChoice;
-use crate::train::{checkpoint, train, History, Resume, TrainConfig};
+use crate::train::{checkpoint, train_in, History, Resume, TrainConfig};
 
 #[derive(Debug, Clone, Args, Serialize)]
 #[command(
@@ -400,32 +400,15 @@ impl TrainJob {
             }
         };
         let resume = std::mem::take(&mut t.resume);
-        match self.precision {
-            crate::float::Precision::F64 => {
-                train(&mut t.net, &t.data, &t.cfg, resume, stop, progress, save)
-            }
-            crate::float::Precision::F32 => {
-                // Steps in f32; checkpoints and the trained network handed back hold its
-                // values widened to f64 (exactly).
-                let mut net = t.net.cast::<f32>();
-                let save = |epoch: usize,
-                            net: &crate::net::Network<f32>,
-                            optimizer: &crate::train::Optimizer<f32>,
-                            h: &History| {
-                    save(epoch, &net.cast(), &optimizer.cast(), h)
-                };
-                let history = train(
-                    &mut net,
-                    &t.data,
-                    &t.cfg,
-                    resume.cast(),
-                    stop,
-                    progress,
-                    save,
-                )?;
-                t.net = net.cast();
-                Ok(history)
-            }
-        }
+        train_in(
+            self.precision,
+            &mut t.net,
+            &t.data,
+            &t.cfg,
+            resume,
+            stop,
+            progress,
+            save,
+        )
     }
 }

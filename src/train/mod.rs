@@ -406,6 +406,44 @@ impl Resume {
     }
 }
 
+/// [`train`] in the element type `precision` names, for an f64 network and an f64 resume
+/// point: an f32 run steps on the network rounded to f32, hands `end_of_epoch` its state
+/// widened back to f64 (exactly: checkpoints hold f64), and leaves the trained network in
+/// `net`, widened.
+#[allow(clippy::too_many_arguments)]
+pub fn train_in(
+    precision: crate::float::Precision,
+    net: &mut Network,
+    data: &Split,
+    cfg: &TrainConfig,
+    resume: Resume,
+    stop_epoch: usize,
+    progress: impl FnMut(&StepRow, usize) -> Result<()>,
+    mut end_of_epoch: impl FnMut(usize, &Network, &Optimizer, &History) -> Result<()>,
+) -> Result<History> {
+    match precision {
+        crate::float::Precision::F64 => {
+            train(net, data, cfg, resume, stop_epoch, progress, end_of_epoch)
+        }
+        crate::float::Precision::F32 => {
+            let mut net32 = net.cast::<f32>();
+            let history = train(
+                &mut net32,
+                data,
+                cfg,
+                resume.cast(),
+                stop_epoch,
+                progress,
+                |epoch, n: &Network<f32>, o: &Optimizer<f32>, h: &History| {
+                    end_of_epoch(epoch, &n.cast(), &o.cast(), h)
+                },
+            )?;
+            *net = net32.cast();
+            Ok(history)
+        }
+    }
+}
+
 /// Trains `net` on `data` for epochs `resume.epoch..stop_epoch`, calling `progress` after each
 /// step (an error from it stops the run, e.g. [`crate::interrupt::Interrupted`]) and `end_of_epoch(epoch, net, optimizer, history)` after each epoch (for checkpoints). A
 /// diverged run stops and keeps what it recorded. Every random draw derives from (seed, epoch or

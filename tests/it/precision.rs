@@ -212,27 +212,29 @@ fn the_precision_column_appears_only_with_f32() {
     assert_eq!(header[recipe + 1], "precision");
     // The f64 rows, without the precision column and with the cells renumbered, are the f64
     // spec's rows.
-    let f64_rows: Vec<String> = both
-        .lines()
+    assert_eq!(
+        rows_of(&both, Some((recipe + 1, "f64"))),
+        rows_of(&plain, None)
+    );
+}
+
+/// A table's rows without the cell index (cells are numbered across precisions) and, with
+/// `precision = Some((column, value))`, only those with that value there, without the column.
+fn rows_of(csv: &str, precision: Option<(usize, &str)>) -> Vec<String> {
+    csv.lines()
         .skip(1)
-        .filter(|l| l.split(',').nth(recipe + 1) == Some("f64"))
-        .map(|l| {
+        .filter_map(|l| {
             let mut f: Vec<&str> = l.split(',').collect();
-            f.remove(recipe + 1);
+            if let Some((at, value)) = precision {
+                if f[at] != value {
+                    return None;
+                }
+                f.remove(at);
+            }
             f.remove(1);
-            f.join(",")
+            Some(f.join(","))
         })
-        .collect();
-    let plain_rows: Vec<String> = plain
-        .lines()
-        .skip(1)
-        .map(|l| {
-            let mut f: Vec<&str> = l.split(',').collect();
-            f.remove(1);
-            f.join(",")
-        })
-        .collect();
-    assert_eq!(f64_rows, plain_rows);
+        .collect()
 }
 
 /// Training in f32: a run stopped and resumed from its checkpoint is bit-identical to one
@@ -301,30 +303,11 @@ fn a_training_grid_runs_f32_beside_f64() {
     let both = w.read("out_b/t/train.csv");
     let header: Vec<&str> = both.lines().next().unwrap().split(',').collect();
     let p = header.iter().position(|h| *h == "precision").unwrap();
-    let rows = |precision: &str| -> Vec<String> {
-        both.lines()
-            .skip(1)
-            .filter(|l| l.split(',').nth(p) == Some(precision))
-            .map(|l| {
-                let mut f: Vec<&str> = l.split(',').collect();
-                f.remove(p);
-                f.remove(1);
-                f.join(",")
-            })
-            .collect()
-    };
-    let plain_rows: Vec<String> = plain
-        .lines()
-        .skip(1)
-        .map(|l| {
-            let mut f: Vec<&str> = l.split(',').collect();
-            f.remove(1);
-            f.join(",")
-        })
-        .collect();
-    assert_eq!(rows("f64"), plain_rows);
-    assert_eq!(rows("f32").len(), plain_rows.len());
-    assert_ne!(rows("f32"), plain_rows);
+    let plain_rows = rows_of(&plain, None);
+    assert_eq!(rows_of(&both, Some((p, "f64"))), plain_rows);
+    let f32_rows = rows_of(&both, Some((p, "f32")));
+    assert_eq!(f32_rows.len(), plain_rows.len());
+    assert_ne!(f32_rows, plain_rows);
 }
 
 /// `lesion` and `shatter` in f32 measure what they do in f64, up to f32's rounding: the
